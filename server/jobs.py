@@ -1,0 +1,179 @@
+"""Jobs: the record the queue keeps for each submission, and the executor contract that runs one."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal, Protocol
+
+Stream = Literal["stdout", "stderr"]
+
+
+class JobStatus(str, Enum):
+    """Lifecycle: queued -> running -> completed | failed | timeout, or cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+FINISHED_STATUSES = frozenset(s for s in JobStatus if s.finished)
+
+
+@dataclass(slots=True)
+class ExecutionResult:
+    """What an executor reports for one job.
+
+    `reason` is None for a normal exit; otherwise a machine-readable cause: "timeout" (the executor enforced the
+    wall time itself), "memory_limit", "output_limit", "compile_error", "compile_timeout", "signal",
+    "internal_error", ... The queue maps it to a status: exit 0 and no reason -> completed, reason "timeout" ->
+    timeout, anything else -> failed (reason defaulting to "runtime_error" or "signal").
+    """
+
+    exit_code: int | None = None
+    signal: str | None = None
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    reason: str | None = None
+    compile_output: str | None = None
+    compile_time_ms: float | None = None
+    # Time the program itself ran (excluding compilation); None lets the queue use its own clock.
+    run_time_ms: float | None = None
+
+
+class OutputCallback(Protocol):
+    """Receives ordered output chunks while the program runs. Must not block."""
+
+    def __call__(self, stream: Stream, data: str) -> None: ...
+
+
+@dataclass(slots=True)
+class JobIO:
+    """The live side of a running job handed to the executor.
+
+    `stdin` is set for interactive jobs: the executor writes each item to the program's stdin and closes it on
+    `None` (end of input). For non-interactive jobs the whole `job.stdin` is written and stdin closed.
+    """
+
+    on_output: OutputCallback
+    stdin: asyncio.Queue[bytes | None] | None = None
+
+
+# The executor runs one job to its end and returns what happened. The queue cancels the task on timeout or stop;
+# an executor must then kill everything it started before letting CancelledError propagate.
+Executor = Callable[["Job", JobIO], Awaitable[ExecutionResult]]
+
+
+def new_job_id() -> str:
+    """A random, unguessable id (128 bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One submission and, once finished, its result."""
+
+    language: str
+    code: str
+    stdin: str = ""
+    args: list[str] = field(default_factory=list)
+    priority: int = 0
+    owner: str = ""
+    timeout_ms: int = 10_000
+    interactive: bool = False
+    id: str = field(default_factory=new_job_id)
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = field(default_factory=now_ms)
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: ExecutionResult | None = None
+    # Per-job event sequence number, so subscribers can order and resume.
+    seq: int = 0
+    # Set by the queue while the job waits: the position among queued jobs is computed on demand.
+    position: int | None = None
+
+    @property
+    def wait_time_ms(self) -> float | None:
+        if self.started_at is not None:
+            return self.started_at - self.created_at
+        if self.finished_at is not None:  # cancelled while queued
+            return self.finished_at - self.created_at
+        return None
+
+    @property
+    def execution_time_ms(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        if self.result is not None and self.result.run_time_ms is not None:
+            return self.result.run_time_ms
+        return self.finished_at - self.started_at
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def summary(self) -> dict[str, Any]:
+        """Metadata only: safe to show anyone (no code, stdin or output)."""
+        result = self.result
+        return {
+            "id": self.id,
+            "language": self.language,
+            "priority": self.priority,
+            "status": self.status.value,
+            "createdAt": _iso_ms(self.created_at),
+            "startedAt": _iso_ms(self.started_at),
+            "finishedAt": _iso_ms(self.finished_at),
+            "waitTimeMs": _round(self.wait_time_ms),
+            "executionTimeMs": _round(self.execution_time_ms),
+            "exitCode": result.exit_code if result else None,
+            "signal": result.signal if result else None,
+            "reason": result.reason if result else None,
+            "truncated": result.truncated if result else False,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full job, for its owner: includes code, output and compile output."""
+        data = self.summary()
+        result = self.result
+        data.update(
+            {
+                "code": self.code,
+                "stdin": self.stdin,
+                "args": self.args,
+                "timeoutMs": self.timeout_ms,
+                "stdout": result.stdout if result else "",
+                "stderr": result.stderr if result else "",
+                "compileOutput": result.compile_output if result else None,
+                "compileTimeMs": _round(result.compile_time_ms) if result else None,
+            }
+        )
+        if self.status is JobStatus.QUEUED:
+            data["position"] = self.position
+        return data
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _iso_ms(value: float | None) -> str | None:
+    if value is None:
+        return None
+    seconds, millis = divmod(int(value), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"

@@ -1,0 +1,49 @@
+"""The queue contract every backend (embedded memory, Redis) keeps; handlers and the hub only see this."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..events import EventEmitter
+from ..jobs import Job
+
+
+class QueueBackend(Protocol):
+    """A priority job queue with bounded concurrency, bounded waiting room, timeouts and cancellation."""
+
+    events: EventEmitter
+    max_concurrent: int
+    max_queue_size: int
+
+    async def start(self) -> None:
+        """Start background work (retention sweeps, Redis readers)."""
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop accepting, give running jobs `grace_s`, then cancel what is left with reason `shutdown`."""
+
+    async def submit(self, job: Job) -> Job:
+        """Enqueue; raises QueueFull past max_queue_size and ShuttingDown while closing."""
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job (queued, running or retained finished), or None."""
+
+    async def position(self, job: Job) -> int | None:
+        """1-based place in line while queued, else None."""
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job (REST DELETE). NotFound if unknown, Conflict when running or finished."""
+
+    async def stop(self, job_id: str, reason: str = "stopped") -> Job:
+        """Cancel a queued job or kill a running one (status cancelled). NotFound / Conflict as for cancel."""
+
+    async def wait(self, job_id: str) -> Job:
+        """Wait until the job is finished and return it."""
+
+    async def write_stdin(self, job_id: str, data: bytes | None) -> None:
+        """Feed live stdin to a running interactive job (None closes it). Conflict if not accepting input."""
+
+    async def stats(self) -> dict[str, Any]:
+        """The statistics snapshot (camelCase, as the seed)."""
+
+    def note_rate_limited(self) -> None:
+        """Count a 429 (the limiter lives outside the queue, the dashboard shows them together)."""
