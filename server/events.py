@@ -39,8 +39,9 @@ class EventEmitter:
             try:
                 listener(event)
             except Exception:
-                logger.exception("event listener %r failed on %s event for job %s", listener, event.get("type"),
-                                 event.get("jobId"))
+                logger.exception(
+                    "event listener %r failed on %s event for job %s", listener, event.get("type"), event.get("jobId")
+                )
 
     def __len__(self) -> int:
         return len(self._listeners)

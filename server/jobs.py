@@ -76,6 +76,20 @@ class JobIO:
 Executor = Callable[["Job", JobIO], Awaitable[ExecutionResult]]
 
 
+class Runner(Protocol):
+    """The executor plus what the API needs to know about it (the sandbox implements this)."""
+
+    async def __call__(self, job: Job, io: JobIO) -> ExecutionResult: ...
+
+    def runtimes(self) -> list[dict[str, Any]]: ...
+
+    def resolve(self, name: str) -> str | None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
 def new_job_id() -> str:
     """A random, unguessable id (128 bits, hex)."""
     return secrets.token_hex(16)

@@ -148,7 +148,8 @@ class Settings:
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             name = f.metadata["env"]
-            if name not in values:
+            # An empty value (`WORKER_SLOTS=` in .env.example) means "use the default".
+            if name not in values or not values[name].strip():
                 continue
             parser: Parser = f.metadata["parser"]
             try:

@@ -1,0 +1,52 @@
+# Conveyor: `make run` starts the server, `make test` runs the whole suite. Both set up .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: run test lint bench install install-test system-run system-test clean
+
+run: system-run install
+	$(BIN)/python -m server
+
+test: system-test install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check server tests bench
+	$(BIN)/ruff format --check server tests bench
+	$(BIN)/mypy
+
+bench: system-test install-bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+system-run:
+	@.ci/system-packages run
+
+system-test:
+	@.ci/system-packages test
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "conveyor: Python cannot create virtual environments; install them with: sudo apt-get install -y python3-venv" >&2; exit 1; fi; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(VENV)/.stamp-install
+$(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e .
+	@touch $@
+
+install-test: $(VENV)/.stamp-test
+$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[test,redis]'
+	@touch $@ $(VENV)/.stamp-install
+
+install-bench: $(VENV)/.stamp-bench
+$(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
+	$(PIP) install -q -e '.[test,redis,bench]'
+	@touch $@ $(VENV)/.stamp-install $(VENV)/.stamp-test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts

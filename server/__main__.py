@@ -1,0 +1,69 @@
+"""`python -m server` starts Conveyor; `python -m server hash-key` prints the digest of an API key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .errors import SandboxUnavailable, SettingsError
+from .keys import QUEUE
+from .settings import Settings
+
+logger = logging.getLogger("server")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully: refuse new jobs (503), give running ones the grace
+    period, cancel what is left with reason `shutdown`, close sockets, exit."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        logger.info("Conveyor listening on http://%s:%d", settings.host, settings.port)
+        await stop.wait()
+        logger.info("shutting down: refusing new jobs, %d ms grace for running ones", settings.shutdown_grace_ms)
+        await app[QUEUE].close(settings.shutdown_grace_ms / 1000.0)
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["hash-key"]:
+        from .apikeys import hash_key_main
+
+        return hash_key_main(argv[1:])
+    if argv:
+        print(f"usage: python -m server [hash-key [KEY]] (unknown argument {argv[0]!r})", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        asyncio.run(serve(settings))
+    except (SandboxUnavailable, SettingsError) as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"conveyor: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

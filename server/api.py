@@ -1,0 +1,115 @@
+"""REST handlers: thin wrappers that validate, call the queue and shape JSON."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType
+from .identity import Client, anonymous, peer_ip
+from .keys import CLIENT, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .payloads import parse_run
+
+OPENAPI_PATH = __file__.rsplit("/", 1)[0] + "/openapi.json"
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Encode with orjson once; aiohttp's json_response would go through the stdlib encoder."""
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def client_of(request: web.Request) -> Client:
+    """The caller, as identified by the rate-limit middleware (anonymous by peer address without it)."""
+    return request.get(CLIENT) or anonymous(peer_ip(request))
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", "application/octet-stream", ""):
+        raise UnsupportedMediaType(f"Send JSON with Content-Type: application/json, not {request.content_type}.")
+    body = await request.read()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+
+
+def check_priority(client: Client, priority: int) -> None:
+    """Priority is a privilege: anonymous callers get 0, an API-key user up to its `max_priority`."""
+    if priority > client.max_priority:
+        who = f"API key {client.user!r}" if client.user else "anonymous callers"
+        raise Forbidden(
+            f"priority {priority} is above the maximum of {client.max_priority} for {who}.",
+            field="priority",
+            maxPriority=client.max_priority,
+        )
+
+
+async def submit_run(request: web.Request) -> web.Response:
+    settings, queue = request.app[SETTINGS], request.app[QUEUE]
+    wait = request.query.get("wait", "true").lower()
+    if wait not in ("true", "false", "1", "0"):
+        raise BadRequest("wait must be true or false.", field="wait")
+    run = parse_run(await read_json(request), settings, request.app[RUNNER])
+    client = client_of(request)
+    check_priority(client, run.priority)
+    job = await queue.submit(run.to_job(client.key))
+    if wait in ("false", "0"):
+        position = await queue.position(job)
+        return json_response(
+            {"jobId": job.id, "status": job.status.value, "position": position},
+            status=202,
+            headers={"Location": f"/queue/job/{job.id}"},
+        )
+    job = await queue.wait(job.id)
+    return json_response(job.to_dict())
+
+
+async def get_queue_status(request: web.Request) -> web.Response:
+    return json_response(await request.app[QUEUE].stats())
+
+
+async def get_job(request: web.Request) -> web.Response:
+    queue = request.app[QUEUE]
+    job = await queue.get(request.match_info["job_id"])
+    if job is None:
+        raise NotFound(f"No job with id {request.match_info['job_id']!r}.")
+    job.position = await queue.position(job)
+    return json_response(job.to_dict())
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await request.app[QUEUE].cancel(request.match_info["job_id"])
+    return json_response({"id": job.id, "status": job.status.value})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    app = request.app
+    return json_response(
+        {
+            "status": "ok",
+            "uptime": round(time.monotonic() - app[STARTED_AT], 3),
+            "queue": await app[QUEUE].stats(),
+            "sandbox": app[RUNNER].describe(),
+        }
+    )
+
+
+async def get_runtimes(request: web.Request) -> web.Response:
+    return json_response(request.app[RUNNER].runtimes())
+
+
+async def get_openapi(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(OPENAPI_PATH, headers={"Content-Type": "application/json"})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/run", submit_run)
+    app.router.add_get("/queue/status", get_queue_status)
+    app.router.add_get("/queue/job/{job_id}", get_job)
+    app.router.add_delete("/queue/job/{job_id}", cancel_job)
+    app.router.add_get("/health", get_health)
+    app.router.add_get("/runtimes", get_runtimes)
+    app.router.add_get("/openapi.json", get_openapi)

@@ -1,0 +1,67 @@
+"""The application factory: wires settings, runner, queue, middlewares and routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .api import setup_routes
+from .events import EventEmitter
+from .jobs import Runner
+from .keys import EVENTS, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .middlewares import error_middleware
+from .queue import QueueBackend, create_queue
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# JSON envelope overhead on top of code and stdin (field names, escapes).
+BODY_SLACK_BYTES = 64 * 1024
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runner: Runner | None = None,
+    queue: QueueBackend | None = None,
+) -> web.Application:
+    """Build the app. `runner` defaults to the bubblewrap sandbox, created (and checked) at start-up."""
+    settings = settings or Settings()
+    # JSON escapes can double a string's size (\u sequences are 6 bytes per char at worst, but that is abuse):
+    # allow 2x so a legitimate max-size program is rejected by our 413 naming the field, not by aiohttp.
+    max_body = 2 * (settings.max_code_bytes + settings.max_stdin_bytes) + BODY_SLACK_BYTES
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
+    app[SETTINGS] = settings
+    app[STARTED_AT] = time.monotonic()
+    app[EVENTS] = queue.events if queue is not None else EventEmitter()
+
+    async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
+        if runner is not None:
+            app[RUNNER] = runner
+            yield
+            return
+        from .sandbox import Sandbox
+
+        sandbox = await Sandbox.create(settings)
+        app[RUNNER] = sandbox
+        try:
+            yield
+        finally:
+            await sandbox.close()
+
+    async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
+        q = queue if queue is not None else create_queue(settings, executor=app[RUNNER], events=app[EVENTS])
+        app[QUEUE] = q
+        await q.start()
+        try:
+            yield
+        finally:
+            await q.close(settings.shutdown_grace_ms / 1000.0)
+
+    app.cleanup_ctx.append(runner_ctx)
+    app.cleanup_ctx.append(queue_ctx)
+    setup_routes(app)
+    return app

@@ -1,0 +1,60 @@
+"""Middlewares: every error leaves as JSON `{"error", "message"}` with the right status, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .errors import ConveyorError
+
+logger = logging.getLogger(__name__)
+
+
+def error_body(status: int, error: str, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": error, "message": message, **extra}, status=status, dumps=_dumps)
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map ConveyorError and aiohttp's HTTP exceptions to JSON; log and hide anything unexpected."""
+    try:
+        return await handler(request)
+    except ConveyorError as exc:
+        response = web.json_response(exc.body(), status=exc.status, dumps=_dumps)
+        response.headers.update(exc.headers)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.empty_body:
+            raise
+        phrase = HTTPStatus(exc.status).phrase if exc.status in HTTPStatus._value2member_map_ else exc.reason
+        message = (
+            exc.text
+            if exc.text and not exc.text.startswith(f"{exc.status}:")
+            else _default_message(request, exc.status)
+        )
+        response = error_body(exc.status, phrase, message)
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_body(500, "Internal server error", "Something went wrong on our side; it has been logged.")
+
+
+def _default_message(request: web.Request, status: int) -> str:
+    if status == 404:
+        return f"No route for {request.method} {request.path}."
+    if status == 405:
+        return f"{request.method} is not allowed on {request.path}."
+    if status == 413:
+        return "The request body is too large."
+    return HTTPStatus(status).description or HTTPStatus(status).phrase
