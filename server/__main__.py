@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .app import create_app
 from .errors import SandboxUnavailable, SettingsError
-from .keys import QUEUE
+from .keys import HUB, QUEUE
 from .settings import Settings
 
 logger = logging.getLogger("server")
@@ -34,6 +34,7 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         logger.info("shutting down: refusing new jobs, %d ms grace for running ones", settings.shutdown_grace_ms)
         await app[QUEUE].close(settings.shutdown_grace_ms / 1000.0)
+        await app[HUB].close()
     finally:
         await runner.cleanup()
 

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from .api import setup_routes
 from .events import EventEmitter
+from .hub import Hub, open_socket
 from .jobs import Runner
-from .keys import EVENTS, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .middlewares import error_middleware
 from .queue import QueueBackend, create_queue
 from .settings import Settings
@@ -61,7 +62,18 @@ def create_app(
         finally:
             await q.close(settings.shutdown_grace_ms / 1000.0)
 
+    async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+        hub = Hub(settings, app[QUEUE], runner=app[RUNNER])
+        app[HUB] = hub
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.close()
+
     app.cleanup_ctx.append(runner_ctx)
     app.cleanup_ctx.append(queue_ctx)
+    app.cleanup_ctx.append(hub_ctx)
     setup_routes(app)
+    app.router.add_get("/ws", open_socket)
     return app

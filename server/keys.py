@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from .events import EventEmitter
@@ -10,12 +12,17 @@ from .jobs import Runner
 from .queue import QueueBackend
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .hub import Hub
+
 SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", QueueBackend)
 EVENTS = web.AppKey("events", EventEmitter)
 STARTED_AT = web.AppKey("started_at", float)
 RUNNER = web.AppKey("runner", Runner)
+# Typed by annotation: the hub module imports this one.
+HUB: web.AppKey[Hub] = web.AppKey("hub")
 
 CLIENT = web.RequestKey("client", Client)
 
-__all__ = ["CLIENT", "EVENTS", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]
+__all__ = ["CLIENT", "EVENTS", "HUB", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]

@@ -42,6 +42,9 @@ class QueueBackend(Protocol):
     async def write_stdin(self, job_id: str, data: bytes | None) -> None:
         """Feed live stdin to a running interactive job (None closes it). Conflict if not accepting input."""
 
+    async def recent(self, limit: int = 100) -> list[Job]:
+        """The most recent jobs (finished, then active), oldest first, for the dashboard's table."""
+
     async def stats(self) -> dict[str, Any]:
         """The statistics snapshot (camelCase, as the seed)."""
 

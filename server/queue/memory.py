@@ -152,6 +152,11 @@ class MemoryQueue:
                 if not waiters:
                     del self._waiters[job_id]
 
+    async def recent(self, limit: int = 100) -> list[Job]:
+        active = sorted(self._active.values(), key=lambda j: j.created_at)
+        finished = list(self._finished.values())[-limit:]
+        return (finished + active)[-limit:]
+
     async def stats(self) -> dict[str, Any]:
         return self.stats_now()
 
@@ -226,7 +231,10 @@ class MemoryQueue:
             job.started_at = now_ms()
             self._stats.on_started(job)
             if job.interactive:
-                self._stdin[job.id] = asyncio.Queue()
+                channel: asyncio.Queue[bytes | None] = asyncio.Queue()
+                if job.stdin:  # what came with the submission goes first, then live input
+                    channel.put_nowait(job.stdin.encode())
+                self._stdin[job.id] = channel
             self._running[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             self.events.emit(
                 {

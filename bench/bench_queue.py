@@ -1,0 +1,186 @@
+"""Queue benchmarks: no-op throughput against a bare heapq+task loop, enqueue/dequeue cost by depth, memory.
+
+Run by hand: `python -m bench.bench_queue` (or `make bench`). Figures are ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import gc
+import heapq
+import itertools
+import time
+import tracemalloc
+from typing import Any
+
+from server.jobs import ExecutionResult, Job, JobIO
+from server.queue import MemoryQueue
+
+NOOP_RESULT = ExecutionResult(exit_code=0)
+
+
+async def noop(job: Job, io: JobIO) -> ExecutionResult:
+    return NOOP_RESULT
+
+
+async def queue_throughput(n: int, concurrency: int) -> float:
+    """Jobs/s through the real queue with events and stats on (one listener, like the hub's)."""
+    queue = MemoryQueue(executor=noop, max_concurrent=concurrency, max_queue_size=n, retention_count=1000)
+    seen = 0
+
+    def listener(event: dict[str, Any]) -> None:
+        nonlocal seen
+        seen += 1
+
+    queue.events.subscribe(listener)
+    done = asyncio.Event()
+    finished = 0
+
+    def on_finish(event: dict[str, Any]) -> None:
+        nonlocal finished
+        if event["type"] == "completed":
+            finished += 1
+            if finished == n:
+                done.set()
+
+    queue.events.subscribe(on_finish)
+    await queue.start()
+    start = time.perf_counter()
+    for i in range(n):
+        await queue.submit(Job(language="python", code="", priority=i % 3))
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    await queue.close()
+    assert seen == 3 * n
+    return n / elapsed
+
+
+async def bare_throughput(n: int, concurrency: int) -> float:
+    """The floor: a heap and one asyncio task per job, nothing else."""
+    heap: list[tuple[int, int, int]] = []
+    counter = itertools.count()
+    running = 0
+    finished = 0
+    done = asyncio.Event()
+
+    def dispatch() -> None:
+        nonlocal running
+        while running < concurrency and heap:
+            heapq.heappop(heap)
+            running += 1
+            asyncio.get_running_loop().create_task(work())
+
+    async def work() -> None:
+        nonlocal running, finished
+        running -= 1
+        finished += 1
+        if finished == n:
+            done.set()
+        dispatch()
+
+    start = time.perf_counter()
+    for i in range(n):
+        heapq.heappush(heap, (-(i % 3), next(counter), i))
+        dispatch()
+    await done.wait()
+    return n / (time.perf_counter() - start)
+
+
+class _Hold:
+    """Executor: the first job holds the single slot until released, later ones finish at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.first = True
+
+    async def __call__(self, job: Job, io: JobIO) -> ExecutionResult:
+        if self.first:
+            self.first = False
+            await self.release.wait()
+        return NOOP_RESULT
+
+
+async def cycle_cost(depth: int, cycles: int = 20_000) -> float:
+    """Microseconds per enqueue+dequeue with `depth` jobs waiting: each cycle submits one job and runs one."""
+    hold = _Hold()
+    queue = MemoryQueue(executor=hold, max_concurrent=1, max_queue_size=depth + cycles + 10, retention_count=100)
+    await queue.submit(Job(language="python", code=""))
+    await asyncio.sleep(0)
+    for i in range(depth):
+        await queue.submit(Job(language="python", code="", priority=i % 5))
+    finished = 0
+    done = asyncio.Event()
+
+    def on_event(event: dict[str, Any]) -> None:
+        nonlocal finished
+        if event["type"] == "completed":
+            finished += 1
+            if finished == cycles:
+                done.set()
+
+    queue.events.subscribe(on_event)
+    start = time.perf_counter()
+    hold.release.set()
+    for i in range(cycles):
+        await queue.submit(Job(language="python", code="", priority=i % 5))
+        await asyncio.sleep(0)
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    await queue.close()
+    return elapsed / cycles * 1e6
+
+
+def seed_insert_cost(depth: int, ops: int = 2000) -> float:
+    """Microseconds per insert+shift into a sorted list, the seed's O(n) design, at `depth` waiting."""
+    items: list[tuple[int, int]] = [(-(i % 5), i) for i in range(depth)]
+    items.sort()
+    counter = itertools.count(depth)
+    start = time.perf_counter()
+    for i in range(ops):
+        bisect.insort(items, (-(i % 5), next(counter)))
+        items.pop(0)
+    return (time.perf_counter() - start) / ops * 1e6
+
+
+def memory_per_job(n: int = 100_000) -> float:
+    """Bytes per queued job (tracemalloc), beyond the code string itself (shared empty string here)."""
+
+    async def run() -> float:
+        hold = _Hold()
+        queue = MemoryQueue(executor=hold, max_concurrent=1, max_queue_size=n + 10)
+        await queue.submit(Job(language="python", code=""))
+        await asyncio.sleep(0)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(n):
+            await queue.submit(Job(language="python", code=""))
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        hold.release.set()
+        await queue.close()
+        return (after - before) / n
+
+    return asyncio.run(run())
+
+
+def main() -> dict[str, Any]:
+    n, concurrency = 100_000, 5
+    bare = asyncio.run(bare_throughput(n, concurrency))
+    real = asyncio.run(queue_throughput(n, concurrency))
+    print(f"no-op jobs/s   queue {real:,.0f}   bare heapq+task {bare:,.0f}   ratio {real / bare:.2f}")
+    costs = {depth: asyncio.run(cycle_cost(depth)) for depth in (100, 10_000, 100_000)}
+    seed = {depth: seed_insert_cost(depth) for depth in (100, 10_000, 100_000)}
+    for depth in costs:
+        print(
+            f"enqueue+dequeue at {depth:>7,} queued: {costs[depth]:6.2f} us   (seed-style sorted list {seed[depth]:8.2f} us)"
+        )
+    print(f"100k/100 cost ratio: {costs[100_000] / costs[100]:.2f} (seed-style: {seed[100_000] / seed[100]:.1f})")
+    per_job = memory_per_job()
+    print(f"memory per queued job: {per_job:,.0f} bytes")
+    return {"queue_jobs_per_s": real, "bare_jobs_per_s": bare, "costs_us": costs, "seed_us": seed, "bytes": per_job}
+
+
+if __name__ == "__main__":
+    main()

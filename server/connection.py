@@ -1,0 +1,249 @@
+"""One WebSocket connection: a bounded send queue with its writer task, and the client's messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .errors import BadRequest, ConveyorError, Forbidden, NotFound
+from .identity import Client
+from .jobs import Job
+from .payloads import parse_run
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+logger = logging.getLogger(__name__)
+
+# A stalled client whose close handshake does not finish in this time has its transport aborted.
+CLOSE_TIMEOUT_S = 1.0
+TRY_AGAIN_LATER = 1013
+
+
+class Connection:
+    """A connected browser or client. `send` never awaits: it enqueues bytes for the writer task."""
+
+    def __init__(
+        self, hub: Hub, conn_id: int, ws: web.WebSocketResponse, request: web.Request, client: Client, size: int
+    ) -> None:
+        self.hub = hub
+        self.id = conn_id
+        self.ws = ws
+        self.request = request
+        self.client = client
+        self.jobs: set[str] = set()
+        self.interactive: set[str] = set()
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=size)
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{conn_id}")
+
+    def send(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._outbox.put_nowait(data)
+        except asyncio.QueueFull:
+            # Never buffer without bound for a client that does not read: close it; it may reconnect and
+            # resume with `since`.
+            logger.warning("closing WebSocket %d (%s): send queue overflowed", self.id, self.client.ip)
+            self._closing = True
+            asyncio.get_running_loop().create_task(self.close(TRY_AGAIN_LATER, "send queue overflow"))
+
+    def send_json(self, message: dict[str, Any]) -> None:
+        self.send(orjson.dumps(message))
+
+    def send_error(self, exc: ConveyorError, **context: Any) -> None:
+        self.send_json({"type": "error", **exc.body(), **{k: v for k, v in context.items() if v is not None}})
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                data = await self._outbox.get()
+                await self.ws.send_frame(data, WSMsgType.TEXT)
+        except (ConnectionError, RuntimeError):
+            pass  # the socket went away; the reader side notices and unregisters
+
+    async def close(self, code: int, message: str) -> None:
+        self._closing = True
+        self._writer.cancel()
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), CLOSE_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        self._writer.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._writer
+
+    async def flush(self, timeout: float = 1.0) -> None:
+        """Wait (briefly) until queued messages are written; used before a deliberate close."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._outbox.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    async def read_loop(self) -> None:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                await self._handle_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                self.send_error(BadRequest("Send JSON text frames, not binary ones."))
+            elif msg.type == WSMsgType.ERROR:
+                break
+
+    async def _handle_text(self, text: str) -> None:
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.send_error(BadRequest("The message is not valid JSON."))
+            return
+        if not isinstance(message, dict):
+            self.send_error(BadRequest("A message must be a JSON object with a type."))
+            return
+        request_id = message.get("requestId")
+        request_id = request_id if isinstance(request_id, str | int) else None
+        handler = _HANDLERS.get(message.get("type"))  # type: ignore[arg-type]
+        if handler is None:
+            self.send_error(
+                BadRequest(f"Unknown message type {message.get('type')!r}.", valid=sorted(_HANDLERS)),
+                requestId=request_id,
+            )
+            return
+        try:
+            await handler(self, message)
+        except ConveyorError as exc:
+            job_id = message.get("jobId") if isinstance(message.get("jobId"), str) else None
+            self.send_error(exc, requestId=request_id, jobId=job_id)
+        except Exception:
+            logger.exception("WebSocket %d: %s message failed", self.id, message.get("type"))
+            self.send_error(ConveyorError("Something went wrong on our side; it has been logged."))
+
+    # -- message handlers ------------------------------------------------------------------------------------
+
+    async def on_auth(self, message: dict[str, Any]) -> None:
+        key = _str_field(message, "key")
+        if self.hub.authenticate_key is None:
+            raise BadRequest("This server has no API keys configured.")
+        self.client = self.hub.authenticate_key(key, self.client.ip)
+        self.send_json({"type": "auth", "user": self.client.user, "admin": self.client.admin})
+
+    async def on_run(self, message: dict[str, Any]) -> None:
+        hub = self.hub
+        run = parse_run(message, hub.settings, hub.runner, allow_interactive=True)
+        if run.priority > self.client.max_priority:
+            raise Forbidden(
+                f"priority {run.priority} is above the maximum of {self.client.max_priority}.",
+                field="priority",
+                maxPriority=self.client.max_priority,
+            )
+        if hub.check_submit is not None:
+            await hub.check_submit(self.client)
+        job = await hub.queue.submit(run.to_job(self.client.key))
+        if job.interactive:
+            self.interactive.add(job.id)
+        position = await hub.queue.position(job)
+        queued: dict[str, Any] = {"type": "queued", "jobId": job.id, "seq": 1, "position": position}
+        if "requestId" in message:
+            queued["requestId"] = message["requestId"]
+        self.send_json(queued)
+        # Events after `queued` may already be logged (the job can start at once): replay them, then go live.
+        hub.watch(self, job.id, since=1, job=job)
+        hub.track_position(job.id, position)
+
+    async def on_stdin(self, message: dict[str, Any]) -> None:
+        job = await self._owned_job(message)
+        data = _str_field(message, "data")
+        await self.hub.queue.write_stdin(job.id, data.encode())
+
+    async def on_eof(self, message: dict[str, Any]) -> None:
+        job = await self._owned_job(message)
+        await self.hub.queue.write_stdin(job.id, None)
+
+    async def on_stop(self, message: dict[str, Any]) -> None:
+        job = await self._owned_job(message)
+        # Our watchers get the terminal `cancelled` event; nothing else to send.
+        await self.hub.queue.stop(job.id, "stopped")
+
+    async def on_subscribe(self, message: dict[str, Any]) -> None:
+        if message.get("topic") == "queue":
+            await self.hub.subscribe_topic(self)
+            return
+        if "topic" in message:
+            raise BadRequest(f"Unknown topic {message['topic']!r}; the only topic is 'queue'.", field="topic")
+        job_id = _str_field(message, "jobId")
+        since = message.get("since", 0)
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise BadRequest("since must be a non-negative integer (the last seq you saw).", field="since")
+        job = await self.hub.queue.get(job_id)
+        if job is None:
+            raise NotFound(f"No job with id {job_id!r}.")
+        self.hub.watch(self, job_id, since=since, job=job)
+        self.hub.track_position(job_id, await self.hub.queue.position(job))
+        self.send_json({"type": "subscribed", "jobId": job_id, "status": job.status.value})
+
+    async def on_unsubscribe(self, message: dict[str, Any]) -> None:
+        if message.get("topic") == "queue":
+            self.hub.unsubscribe_topic(self)
+        else:
+            self.hub.unwatch(self, _str_field(message, "jobId"))
+        self.send_json({"type": "unsubscribed", **{k: message[k] for k in ("topic", "jobId") if k in message}})
+
+    async def on_ping(self, message: dict[str, Any]) -> None:
+        self.send_json({"type": "pong"})
+
+    async def _owned_job(self, message: dict[str, Any]) -> Job:
+        job_id = _str_field(message, "jobId")
+        job = await self.hub.queue.get(job_id)
+        if job is None:
+            raise NotFound(f"No job with id {job_id!r}.")
+        if job.owner != self.client.key and not self.client.admin:
+            raise Forbidden("Only the client that submitted this job (or an admin) may control it.")
+        return job
+
+
+def _str_field(message: dict[str, Any], name: str) -> str:
+    value = message.get(name)
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} is required and must be a string.", field=name)
+    return value
+
+
+_HANDLERS = {
+    "auth": Connection.on_auth,
+    "run": Connection.on_run,
+    "stdin": Connection.on_stdin,
+    "eof": Connection.on_eof,
+    "stop": Connection.on_stop,
+    "subscribe": Connection.on_subscribe,
+    "unsubscribe": Connection.on_unsubscribe,
+    "ping": Connection.on_ping,
+}
+
+
+async def handle_ws(request: web.Request, hub: Hub, client: Client) -> web.WebSocketResponse:
+    """Upgrade after the origin and per-IP checks (done by the caller), then serve until the socket closes."""
+    ws = web.WebSocketResponse(
+        heartbeat=25.0,
+        max_msg_size=hub.settings.ws_max_message_bytes,
+        compress=False,  # messages are encoded once for all sockets; per-socket deflate would undo that
+    )
+    await ws.prepare(request)
+    conn = hub.register(ws, request, client)
+    try:
+        conn.send_json({"type": "hello", "connectionId": conn.id, "user": client.user, "admin": client.admin})
+        await conn.read_loop()
+    finally:
+        await hub.unregister(conn)
+    if ws.close_code is None:
+        await ws.close(code=WSCloseCode.OK)
+    return ws

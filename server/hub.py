@@ -1,0 +1,268 @@
+"""The WebSocket hub: routes queue events to sockets, keeps per-job logs for replay, pushes queue stats."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, web
+
+from .connection import Connection, handle_ws
+from .errors import Forbidden, TooManyRequests
+from .events import Event
+from .identity import Client, anonymous, peer_ip
+from .jobs import FINISHED_STATUSES, Job, Runner
+from .keys import CLIENT, HUB
+from .queue import QueueBackend
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
+# Finished jobs whose event logs stay in memory for replay; older ones are rebuilt from the job record.
+FINISHED_LOGS = 64
+RECENT_JOBS = 200
+
+SubmitCheck = Callable[[Client], Awaitable[None]]
+KeyAuth = Callable[[str, str], Client]
+
+
+class Hub:
+    """Fan-out of queue events to WebSocket connections.
+
+    The queue calls `on_event` synchronously; it encodes each event once (orjson) and hands the bytes to every
+    interested connection's bounded send queue, so no socket can slow the queue or another socket.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        queue: QueueBackend,
+        *,
+        runner: Runner,
+        check_submit: SubmitCheck | None = None,
+        authenticate_key: KeyAuth | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.runner = runner
+        self.check_submit = check_submit
+        self.authenticate_key = authenticate_key
+        self.connections: set[Connection] = set()
+        self._ids = itertools.count(1)
+        self._per_ip: dict[str, int] = {}
+        self._by_job: dict[str, set[Connection]] = {}
+        self._topic: set[Connection] = set()
+        self._logs: dict[str, list[tuple[int, bytes]]] = {}
+        self._finished_logs: OrderedDict[str, list[tuple[int, bytes]]] = OrderedDict()
+        self._positions: dict[str, int | None] = {}
+        self._positions_pending = False
+        self._stats_dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._unsubscribe = self.queue.events.subscribe(self.on_event)
+        self._tasks.append(asyncio.create_task(self._stats_loop(), name="conveyor-hub-stats"))
+
+    async def close(self) -> None:
+        """Tell every socket the server is going away (1001) and stop."""
+        self._closing = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        await asyncio.gather(
+            *(conn.close(WSCloseCode.GOING_AWAY, "server shutting down") for conn in list(self.connections)),
+            return_exceptions=True,
+        )
+        for task in self._tasks:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    # -- connections -----------------------------------------------------------------------------------------
+
+    def admit(self, ip: str) -> bool:
+        return self._per_ip.get(ip, 0) < self.settings.ws_max_connections_per_ip
+
+    def register(self, ws: web.WebSocketResponse, request: web.Request, client: Client) -> Connection:
+        conn = Connection(self, next(self._ids), ws, request, client, self.settings.ws_send_queue_size)
+        self.connections.add(conn)
+        self._per_ip[client.ip] = self._per_ip.get(client.ip, 0) + 1
+        return conn
+
+    async def unregister(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        left = self._per_ip.get(conn.client.ip, 1) - 1
+        if left > 0:
+            self._per_ip[conn.client.ip] = left
+        else:
+            self._per_ip.pop(conn.client.ip, None)
+        self._topic.discard(conn)
+        for job_id in list(conn.jobs):
+            self.unwatch(conn, job_id)
+        # Nobody can feed an interactive job once its submitter is gone: stop it.
+        for job_id in list(conn.interactive):
+            with suppress(Exception):
+                await self.queue.stop(job_id, "stopped")
+        await conn.shutdown()
+
+    # -- subscriptions ---------------------------------------------------------------------------------------
+
+    def watch(self, conn: Connection, job_id: str, since: int | None = None, job: Job | None = None) -> None:
+        """Subscribe `conn` to one job; with `since`, first replay the logged events after that seq."""
+        if since is not None:
+            log = self._logs.get(job_id) or self._finished_logs.get(job_id)
+            if log is not None:
+                for seq, data in log:
+                    if seq > since:
+                        conn.send(data)
+            elif job is not None and job.status.finished:
+                for data in _rebuild_log(job, since):
+                    conn.send(data)
+        conn.jobs.add(job_id)
+        self._by_job.setdefault(job_id, set()).add(conn)
+
+    def unwatch(self, conn: Connection, job_id: str) -> None:
+        conn.jobs.discard(job_id)
+        watchers = self._by_job.get(job_id)
+        if watchers is not None:
+            watchers.discard(conn)
+            if not watchers:
+                del self._by_job[job_id]
+                self._positions.pop(job_id, None)
+
+    async def subscribe_topic(self, conn: Connection) -> None:
+        self._topic.add(conn)
+        jobs = await self.queue.recent(RECENT_JOBS)
+        conn.send(
+            orjson.dumps({"type": "snapshot", "jobs": [j.summary() for j in jobs], "stats": await self.queue.stats()})
+        )
+
+    def unsubscribe_topic(self, conn: Connection) -> None:
+        self._topic.discard(conn)
+
+    # -- events ----------------------------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """The queue's listener: log, route and mark stats dirty. Never awaits."""
+        job_id: str = event["jobId"]
+        kind = event["type"]
+        data = orjson.dumps(event)
+        log = self._logs.setdefault(job_id, [])
+        log.append((event["seq"], data))
+        watchers = self._by_job.get(job_id)
+        if watchers:
+            for conn in tuple(watchers):
+                conn.send(data)
+        if kind != "output":
+            # Lifecycle metadata only: the queue topic never carries code, stdin or output.
+            for conn in tuple(self._topic):
+                conn.send(data)
+            self._stats_dirty.set()
+            if kind != "queued":
+                self._schedule_positions()
+        if kind in TERMINAL_TYPES:
+            self._retire_log(job_id)
+            for conn in tuple(watchers or ()):
+                conn.interactive.discard(job_id)
+
+    def _retire_log(self, job_id: str) -> None:
+        log = self._logs.pop(job_id, None)
+        if log is None:
+            return
+        self._finished_logs[job_id] = log
+        while len(self._finished_logs) > FINISHED_LOGS:
+            self._finished_logs.popitem(last=False)
+
+    def _schedule_positions(self) -> None:
+        if self._positions_pending or not self._positions:
+            return
+        self._positions_pending = True
+        self._tasks.append(asyncio.create_task(self._refresh_positions()))
+
+    async def _refresh_positions(self) -> None:
+        """Tell watchers of queued jobs when their place in line moved (coalesced: one pass per loop turn)."""
+        await asyncio.sleep(0)
+        self._positions_pending = False
+        try:
+            for job_id, previous in list(self._positions.items()):
+                job = await self.queue.get(job_id)
+                position = None if job is None else await self.queue.position(job)
+                if position is None:
+                    self._positions.pop(job_id, None)
+                elif position != previous:
+                    self._positions[job_id] = position
+                    data = orjson.dumps({"type": "position", "jobId": job_id, "position": position})
+                    for conn in tuple(self._by_job.get(job_id, ())):
+                        conn.send(data)
+        except Exception:
+            logger.exception("position refresh failed")
+        finally:
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    def track_position(self, job_id: str, position: int | None) -> None:
+        """Remember a watched queued job's place so `position` messages go out when it moves."""
+        if position is not None:
+            self._positions[job_id] = position
+
+    async def _stats_loop(self) -> None:
+        interval = self.settings.stats_interval_ms / 1000.0
+        while True:
+            await self._stats_dirty.wait()
+            self._stats_dirty.clear()
+            try:
+                if self._topic:
+                    data = orjson.dumps({"type": "stats", **(await self.queue.stats())})
+                    for conn in tuple(self._topic):
+                        conn.send(data)
+            except Exception:
+                logger.exception("stats broadcast failed")
+            await asyncio.sleep(interval)
+
+
+def _rebuild_log(job: Job, since: int) -> list[bytes]:
+    """Events of a finished job whose log was evicted, rebuilt from its record (stdout, then stderr)."""
+    result = job.result
+    events: list[dict[str, Any]] = []
+    if result is not None:
+        for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+            if text:
+                events.append({"type": "output", "jobId": job.id, "stream": stream, "data": text})
+    summary = job.summary()
+    events.append(
+        {
+            "type": job.status.value,
+            "jobId": job.id,
+            **{k: summary[k] for k in ("exitCode", "signal", "reason", "truncated", "waitTimeMs", "executionTimeMs")},
+        }
+    )
+    # Give the rebuilt events the last seqs, so a client that saw part of the job skips what it has.
+    first = job.seq - len(events) + 1
+    return [orjson.dumps({**e, "seq": first + i}) for i, e in enumerate(events) if first + i > since]
+
+
+async def open_socket(request: web.Request) -> web.StreamResponse:
+    """GET /ws: refuse cross-origin upgrades (cross-site WebSocket hijacking) and too many sockets per address."""
+    hub = request.app[HUB]
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        allowed = hub.settings.allowed_origins or (f"{request.scheme}://{request.host}",)
+        if origin not in allowed:
+            raise Forbidden(f"Origin {origin!r} may not open a WebSocket here.", origin=origin)
+    if hub._closing:
+        raise web.HTTPServiceUnavailable(text="The server is shutting down.")
+    client = request.get(CLIENT) or anonymous(peer_ip(request))
+    if not hub.admit(client.ip):
+        raise TooManyRequests(
+            f"At most {hub.settings.ws_max_connections_per_ip} WebSocket connections per address.",
+            headers={"Retry-After": "5"},
+            retryAfter=5,
+        )
+    return await handle_ws(request, hub, client)

@@ -1,0 +1,203 @@
+"""REST API against the real sandbox; every response is checked against the served OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from jsonschema import Draft202012Validator
+
+from tests.conftest import AppClientFactory
+
+Client = TestClient[web.Request, web.Application]
+SPEC: dict[str, Any] = orjson.loads((Path(__file__).parent.parent / "server" / "openapi.json").read_bytes())
+HELLO = {"language": "python", "code": "print('hello')"}
+SLEEP = {"language": "python", "code": "import time\ntime.sleep(30)"}
+
+
+def _response_schema(path: str, method: str, status: int) -> dict[str, Any]:
+    template = next((p for p in SPEC["paths"] if p == path or (("{" in p) and path.startswith(p.split("{")[0]))), None)
+    assert template is not None, f"{path} is not in openapi.json"
+    operation = SPEC["paths"][template][method.lower()]
+    response = operation["responses"].get(str(status))
+    assert response is not None, f"{method} {template} does not document status {status}"
+    if "$ref" in response:
+        response = SPEC["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    schema: dict[str, Any] = response["content"]["application/json"]["schema"]
+    return schema
+
+
+async def call(client: Client, method: str, path: str, status: int, **kwargs: Any) -> Any:
+    """Make a request, assert its status, and validate the JSON body against openapi.json."""
+    resp = await client.request(method, path, **kwargs)
+    body = await resp.json()
+    assert resp.status == status, body
+    assert resp.content_type == "application/json"
+    schema = _response_schema(path.split("?")[0], method, status)
+    Draft202012Validator({**schema, "components": SPEC["components"]}).validate(body)
+    return body
+
+
+async def wait_for_status(client: Client, job_id: str, statuses: set[str], timeout: float = 20) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            job = await call(client, "GET", f"/queue/job/{job_id}", 200)
+            if job["status"] in statuses:
+                return job  # type: ignore[no-any-return]
+            await asyncio.sleep(0.05)
+
+
+async def test_run_waits_and_returns_the_job(client: Client) -> None:
+    job = await call(client, "POST", "/run", 200, json={**HELLO, "stdin": "", "args": []})
+    assert job["status"] == "completed"
+    assert job["stdout"] == "hello\n" and job["exitCode"] == 0
+    assert job["waitTimeMs"] >= 0 and job["executionTimeMs"] > 0
+    assert len(job["id"]) == 32
+
+
+async def test_run_without_waiting_then_poll(client: Client) -> None:
+    resp = await client.post("/run?wait=false", json=HELLO)
+    assert resp.status == 202
+    body = await resp.json()
+    assert resp.headers["Location"] == f"/queue/job/{body['jobId']}"
+    assert body["status"] == "queued"
+    job = await wait_for_status(client, body["jobId"], {"completed"})
+    assert job["stdout"] == "hello\n"
+
+
+async def test_node_alias_from_the_seed(client: Client) -> None:
+    job = await call(client, "POST", "/run", 200, json={"language": "node", "code": 'console.log("test")'})
+    assert job["language"] == "javascript" and job["stdout"] == "test\n"
+
+
+async def test_failed_job_has_a_reason(client: Client) -> None:
+    job = await call(client, "POST", "/run", 200, json={"language": "python", "code": "raise SystemExit(3)"})
+    assert (job["status"], job["exitCode"], job["reason"]) == ("failed", 3, "runtime_error")
+
+
+async def test_timeout_status(client: Client) -> None:
+    job = await call(client, "POST", "/run", 200, json={**SLEEP, "timeoutMs": 300})
+    assert job["status"] == "timeout" and job["reason"] == "timeout"
+
+
+async def test_cancel_rules(app_client: AppClientFactory) -> None:
+    client = await app_client(max_concurrent_jobs=1)
+    running = (await call(client, "POST", "/run?wait=false", 202, json=SLEEP))["jobId"]
+    queued = (await call(client, "POST", "/run?wait=false", 202, json=HELLO))["jobId"]
+    await wait_for_status(client, running, {"running"})
+    job = await call(client, "GET", f"/queue/job/{queued}", 200)
+    assert job["status"] == "queued" and job["position"] == 1
+    assert await call(client, "DELETE", f"/queue/job/{queued}", 200) == {"id": queued, "status": "cancelled"}
+    conflict = await call(client, "DELETE", f"/queue/job/{running}", 409)
+    assert conflict["error"] == "Conflict" and "running" in conflict["message"]
+    await call(client, "DELETE", f"/queue/job/{queued}", 409)
+    await call(client, "DELETE", "/queue/job/0123456789abcdef0123456789abcdef", 404)
+    await call(client, "GET", "/queue/job/nope", 404)
+    stats = await call(client, "GET", "/queue/status", 200)
+    assert stats["totalCancelled"] == 1
+
+
+async def test_queue_full_is_503_with_retry_after(app_client: AppClientFactory) -> None:
+    client = await app_client(max_concurrent_jobs=1, max_queue_size=1)
+    first = (await call(client, "POST", "/run?wait=false", 202, json=SLEEP))["jobId"]
+    await wait_for_status(client, first, {"running"})
+    await call(client, "POST", "/run?wait=false", 202, json=SLEEP)
+    resp = await client.post("/run", json=HELLO)
+    body = await resp.json()
+    assert resp.status == 503
+    assert body["error"] == "Queue full" and body["retryAfter"] >= 1
+    assert resp.headers["Retry-After"] == str(body["retryAfter"])
+    stats = await call(client, "GET", "/queue/status", 200)
+    assert stats["totalRejected"] == 1 and stats["queueLength"] == 1 and stats["runningCount"] == 1
+
+
+async def test_status_health_runtimes(client: Client) -> None:
+    await call(client, "POST", "/run", 200, json=HELLO)
+    stats = await call(client, "GET", "/queue/status", 200)
+    assert stats["totalQueued"] == 1 and stats["totalProcessed"] == 1
+    assert (stats["maxConcurrent"], stats["maxQueueSize"]) == (2, 20)
+    health = await call(client, "GET", "/health", 200)
+    assert health["status"] == "ok" and health["queue"]["totalProcessed"] == 1
+    assert "memory" in str(health["sandbox"])
+    runtimes = await call(client, "GET", "/runtimes", 200)
+    languages = {r["language"] for r in runtimes}
+    assert {"python", "javascript", "bash"} <= languages
+    javascript = next(r for r in runtimes if r["language"] == "javascript")
+    assert "node" in javascript["aliases"] and javascript["version"]
+
+
+async def test_openapi_document_is_served(client: Client) -> None:
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    spec = await resp.json()
+    assert spec["openapi"].startswith("3.1") and "/run" in spec["paths"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"code": "print(1)"}, 400, "language"),
+        ({"language": "python"}, 400, "code"),
+        ({"language": 3, "code": "x"}, 400, "language"),
+        ({"language": "python", "code": ["x"]}, 400, "code"),
+        ({"language": "python", "code": "x", "stdin": 5}, 400, "stdin"),
+        ({"language": "python", "code": "x", "args": "a b"}, 400, "args"),
+        ({"language": "python", "code": "x", "args": [1]}, 400, "args"),
+        ({"language": "python", "code": "x", "priority": -1}, 400, "priority"),
+        ({"language": "python", "code": "x", "priority": 1.5}, 400, "priority"),
+        ({"language": "python", "code": "x", "priority": True}, 400, "priority"),
+        ({"language": "python", "code": "x", "timeoutMs": 999_999}, 400, "timeoutMs"),
+        ({"language": "python", "code": "x", "timeoutMs": 0}, 400, "timeoutMs"),
+        ({"language": "python", "code": "   "}, 400, "code"),
+        ({"language": "python", "code": "x" * 65_537}, 413, "code"),
+        ({"language": "python", "code": "x", "priority": 5}, 403, "priority"),
+    ],
+)
+async def test_bad_submissions_name_the_field(client: Client, body: dict[str, Any], status: int, field: str) -> None:
+    error = await call(client, "POST", "/run", status, json=body)
+    assert error["field"] == field
+    assert set(error) >= {"error", "message"}
+
+
+async def test_unknown_language_lists_valid_ones(client: Client) -> None:
+    error = await call(client, "POST", "/run", 400, json={"language": "cobol", "code": "x"})
+    assert "cobol" in error["message"] and "python" in error["message"]
+    assert "node" in error["valid"]
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "status"),
+    [
+        (b"{not json", {"Content-Type": "application/json"}, 400),
+        (b"[1, 2]", {"Content-Type": "application/json"}, 400),
+        (b"", {"Content-Type": "application/json"}, 400),
+        (b"language=python", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ],
+)
+async def test_malformed_bodies(client: Client, data: bytes, headers: dict[str, str], status: int) -> None:
+    error = await call(client, "POST", "/run", status, data=data, headers=headers)
+    assert error["error"] and error["message"]
+
+
+async def test_bad_wait_parameter(client: Client) -> None:
+    await call(client, "POST", "/run?wait=maybe", 400, json=HELLO)
+
+
+async def test_oversized_body_is_json_413(client: Client) -> None:
+    resp = await client.post("/run", data=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    body = await resp.json()
+    assert body["error"] == "Request Entity Too Large" and body["message"]
+
+
+async def test_unknown_route_and_method_are_json(client: Client) -> None:
+    resp = await client.get("/nope")
+    assert resp.status == 404 and (await resp.json())["error"] == "Not Found"
+    resp = await client.put("/run")
+    assert resp.status == 405 and "PUT" in (await resp.json())["message"]
+    assert "POST" in resp.headers["Allow"]

@@ -1,0 +1,282 @@
+"""The WebSocket hub against the real sandbox: lifecycle, live output, stdin, stop, topic, replay, abuse."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
+from aiohttp.test_utils import TestClient
+
+from server.keys import HUB
+from tests.conftest import AppClientFactory
+
+Client = TestClient[web.Request, web.Application]
+TERMINAL = {"completed", "failed", "timeout", "cancelled"}
+
+
+async def recv(ws: ClientWebSocketResponse, timeout: float = 20) -> dict[str, Any]:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == WSMsgType.TEXT, msg
+    data: dict[str, Any] = orjson.loads(msg.data)
+    return data
+
+
+async def until(ws: ClientWebSocketResponse, kind: str | set[str], timeout: float = 20) -> list[dict[str, Any]]:
+    """Every message up to and including the first of type `kind`."""
+    kinds = {kind} if isinstance(kind, str) else kind
+    seen = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await recv(ws)
+            seen.append(message)
+            if message["type"] in kinds:
+                return seen
+
+
+async def connect(client: Client, **kwargs: Any) -> ClientWebSocketResponse:
+    ws = await client.ws_connect("/ws", **kwargs)
+    hello = await recv(ws)
+    assert hello["type"] == "hello"
+    return ws
+
+
+async def test_full_lifecycle_in_order(client: Client) -> None:
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "python", "code": "print('hi')", "requestId": "r1"})
+    messages = await until(ws, TERMINAL)
+    kinds = [m["type"] for m in messages]
+    assert kinds[0] == "queued" and messages[0]["requestId"] == "r1" and "position" in messages[0]
+    assert kinds[1] == "running" and "startedAt" in messages[1]
+    assert kinds[-1] == "completed"
+    assert "".join(m["data"] for m in messages if m["type"] == "output") == "hi\n"
+    seqs = [m["seq"] for m in messages]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    final = messages[-1]
+    assert final["exitCode"] == 0 and final["truncated"] is False
+    assert final["executionTimeMs"] > 0 and final["waitTimeMs"] >= 0
+    assert {m["jobId"] for m in messages} == {messages[0]["jobId"]}
+
+
+async def test_output_streams_while_the_program_runs(client: Client) -> None:
+    ws = await connect(client)
+    code = "import sys, time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.4)\nprint('err', file=sys.stderr)"
+    await ws.send_json({"type": "run", "language": "python", "code": code})
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    async with asyncio.timeout(20):
+        while True:
+            message = await recv(ws)
+            arrivals.append((time.monotonic(), message))
+            if message["type"] in TERMINAL:
+                break
+    outputs = [(t, m) for t, m in arrivals if m["type"] == "output"]
+    assert [m["data"] for _, m in outputs if m["stream"] == "stdout"] == ["0\n", "1\n", "2\n"]
+    assert [m["data"] for _, m in outputs if m["stream"] == "stderr"] == ["err\n"]
+    # The first line arrived while the program was still sleeping, not with the result.
+    assert outputs[0][0] < arrivals[-1][0] - 0.5
+
+
+async def test_interactive_input_round_trip_and_eof(client: Client) -> None:
+    ws = await connect(client)
+    code = "name = input('name? ')\nprint('hello', name, flush=True)\nimport sys\nprint(len(sys.stdin.read()))"
+    await ws.send_json({"type": "run", "language": "python", "code": code, "interactive": True})
+    queued = await recv(ws)
+    job_id = queued["jobId"]
+    await until(ws, "running")
+    await ws.send_json({"type": "stdin", "jobId": job_id, "data": "bob\n"})
+    text = ""
+    while "hello bob" not in text:
+        message = await recv(ws)
+        assert message["type"] == "output", message
+        text += message["data"]
+    await ws.send_json({"type": "stdin", "jobId": job_id, "data": "abc"})
+    await ws.send_json({"type": "eof", "jobId": job_id})
+    rest = await until(ws, TERMINAL)
+    assert "3\n" in "".join(m.get("data", "") for m in rest)
+    assert rest[-1]["type"] == "completed"
+
+
+async def test_stop_a_running_infinite_loop(client: Client) -> None:
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "python", "code": "while True:\n    pass"})
+    job_id = (await recv(ws))["jobId"]
+    await until(ws, "running")
+    await ws.send_json({"type": "stop", "jobId": job_id})
+    final = (await until(ws, TERMINAL))[-1]
+    assert final["type"] == "cancelled" and final["reason"] == "stopped"
+    job = await (await client.get(f"/queue/job/{job_id}")).json()
+    assert job["status"] == "cancelled"
+
+
+async def test_only_the_owner_may_stop(app_client: AppClientFactory, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(b"bob-secret").hexdigest()
+    keys.write_text(f'[[keys]]\nname = "bob"\nsha256 = "{digest}"\n')
+    client = await app_client(api_keys_file=str(keys))
+    owner = await connect(client)
+    other = await connect(client, headers={"Authorization": "Bearer bob-secret"})
+    await owner.send_json({"type": "run", "language": "python", "code": "while True:\n    pass"})
+    job_id = (await recv(owner))["jobId"]
+    await until(owner, "running")
+    await other.send_json({"type": "stop", "jobId": job_id})
+    error = await recv(other)
+    assert error["type"] == "error" and error["error"] == "Forbidden" and error["jobId"] == job_id
+    await owner.send_json({"type": "stop", "jobId": job_id})
+    assert (await until(owner, TERMINAL))[-1]["type"] == "cancelled"
+
+
+async def test_queue_topic_sees_rest_jobs_and_stats_without_output(client: Client) -> None:
+    ws = await connect(client)
+    await ws.send_json({"type": "subscribe", "topic": "queue"})
+    snapshot = await recv(ws)
+    assert snapshot["type"] == "snapshot" and "stats" in snapshot
+    resp = await client.post("/run", json={"language": "python", "code": "print('secret output')"})
+    job = await resp.json()
+    messages = await until(ws, "stats")
+    messages += await until(ws, "completed") if not any(m["type"] == "completed" for m in messages) else []
+    kinds = [m["type"] for m in messages if m.get("jobId") == job["id"]]
+    assert kinds[:2] == ["queued", "running"] and "completed" in kinds
+    raw = orjson.dumps(messages).decode()
+    assert "secret output" not in raw and "print(" not in raw
+    stats = [m for m in messages if m["type"] == "stats"]
+    assert stats and "queueLength" in stats[-1]
+
+
+async def test_resume_with_since_replays_missed_output(client: Client) -> None:
+    ws = await connect(client)
+    code = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n    time.sleep(0.15)"
+    await ws.send_json({"type": "run", "language": "python", "code": code})
+    job_id = (await recv(ws))["jobId"]
+    seen = []
+    while len([m for m in seen if m["type"] == "output"]) < 2:
+        seen.append(await recv(ws))
+    last_seq = seen[-1]["seq"]
+    await ws.close()
+    await asyncio.sleep(0.5)  # output produced while disconnected
+    ws2 = await connect(client)
+    await ws2.send_json({"type": "subscribe", "jobId": job_id, "since": last_seq})
+    rest = await until(ws2, TERMINAL)
+    text = "".join(m["data"] for m in seen + rest if m["type"] == "output")
+    assert text == "".join(f"line {i}\n" for i in range(6))
+    seqs = [m["seq"] for m in rest if "seq" in m]
+    assert seqs == sorted(seqs) and seqs[0] == last_seq + 1
+
+
+async def test_subscribe_to_a_rest_job_replays_from_the_start(client: Client) -> None:
+    job = await (await client.post("/run", json={"language": "bash", "code": "echo one; echo two"})).json()
+    ws = await connect(client)
+    await ws.send_json({"type": "subscribe", "jobId": job["id"]})
+    messages = await until(ws, TERMINAL)
+    assert [m["type"] for m in messages if m["type"] != "subscribed"][:2] == ["queued", "running"]
+    assert "".join(m["data"] for m in messages if m["type"] == "output") == "one\ntwo\n"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ("not json", "Bad request"),
+        ("[1]", "Bad request"),
+        ('{"type": "dance"}', "Bad request"),
+        ('{"type": "run", "code": "x"}', "Bad request"),
+        ('{"type": "run", "language": "cobol", "code": "x", "requestId": "q"}', "Bad request"),
+        ('{"type": "stdin", "jobId": "nope", "data": "x"}', "Not found"),
+        ('{"type": "subscribe", "jobId": 5}', "Bad request"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_the_socket_stays_open(client: Client, frame: str, error: str) -> None:
+    ws = await connect(client)
+    await ws.send_str(frame)
+    message = await recv(ws)
+    assert message["type"] == "error" and message["error"] == error and message["message"]
+    if '"requestId"' in frame:
+        assert message["requestId"] == "q"
+    await ws.send_json({"type": "ping"})
+    assert (await recv(ws))["type"] == "pong"
+
+
+async def test_oversized_frame_closes_with_1009(app_client: AppClientFactory) -> None:
+    client = await app_client(ws_max_message_bytes=4096)
+    ws = await connect(client)
+    await ws.send_str("x" * 10_000)
+    msg = await ws.receive(timeout=10)
+    assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+    assert ws.close_code == 1009
+
+
+async def test_cross_origin_upgrade_is_refused(client: Client) -> None:
+    resp = await client.get(
+        "/ws",
+        headers={
+            "Origin": "https://evil.example",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        },
+    )
+    assert resp.status == 403
+    assert (await resp.json())["error"] == "Forbidden"
+    own = f"http://{client.server.host}:{client.server.port}"
+    ws = await connect(client, origin=own)
+    await ws.close()
+
+
+async def test_connections_per_ip_are_capped(app_client: AppClientFactory) -> None:
+    client = await app_client(ws_max_connections_per_ip=2)
+    first, second = await connect(client), await connect(client)
+    with pytest.raises(Exception) as info:
+        await client.ws_connect("/ws")
+    assert "429" in str(info.value)
+    await first.close()
+    await second.close()
+
+
+async def _raw_ws(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    return reader, writer
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    header = bytes([0x81])
+    if len(payload) < 126:
+        header += bytes([0x80 | len(payload)])
+    else:
+        header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_client_that_never_reads_does_not_delay_others(app_client: AppClientFactory) -> None:
+    client = await app_client(ws_send_queue_size=16, max_concurrent_jobs=2, max_output_bytes=1_048_576)
+    hub = client.app[HUB]
+    host, port = str(client.server.host), int(client.server.port or 0)
+    _, stalled = await _raw_ws(host, port)
+    flood = "import sys\nfor _ in range(64):\n    sys.stdout.write('x' * 16000 + '\\n')\n    sys.stdout.flush()"
+    for _ in range(4):
+        stalled.write(_masked_text_frame(orjson.dumps({"type": "run", "language": "python", "code": flood})))
+    await stalled.drain()
+    ws = await connect(client)
+    await ws.send_json({"type": "subscribe", "topic": "queue"})
+    await ws.send_json({"type": "run", "language": "python", "code": "print('fine')"})
+    messages = await until(ws, TERMINAL, timeout=60)
+    assert any(m.get("data") == "fine\n" for m in messages)
+    # The stalled socket was cut off instead of buffering without bound.
+    async with asyncio.timeout(30):
+        while len(hub.connections) > 1:
+            await asyncio.sleep(0.05)
+    stalled.close()
