@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType
-from .identity import Client, anonymous, peer_ip
+from .errors import BadRequest, NotFound, UnsupportedMediaType
+from .identity import Client, anonymous, check_priority, peer_ip
 from .keys import CLIENT, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .payloads import parse_run
 
@@ -34,17 +34,6 @@ async def read_json(request: web.Request) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}.") from None
-
-
-def check_priority(client: Client, priority: int) -> None:
-    """Priority is a privilege: anonymous callers get 0, an API-key user up to its `max_priority`."""
-    if priority > client.max_priority:
-        who = f"API key {client.user!r}" if client.user else "anonymous callers"
-        raise Forbidden(
-            f"priority {priority} is above the maximum of {client.max_priority} for {who}.",
-            field="priority",
-            maxPriority=client.max_priority,
-        )
 
 
 async def submit_run(request: web.Request) -> web.Response:

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .api import setup_routes
+from .apikeys import ApiKeys, client_for_key
 from .events import EventEmitter
 from .hub import Hub, open_socket
+from .identity import Client
 from .jobs import Runner
 from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .middlewares import error_middleware
 from .queue import QueueBackend, create_queue
+from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,7 +37,22 @@ def create_app(
     # JSON escapes can double a string's size (\u sequences are 6 bytes per char at worst, but that is abuse):
     # allow 2x so a legitimate max-size program is rejected by our 413 naming the field, not by aiohttp.
     max_body = 2 * (settings.max_code_bytes + settings.max_stdin_bytes) + BODY_SLACK_BYTES
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
+    keys = ApiKeys.load(settings.api_keys_file)
+    limiter = RateLimiter(settings)
+
+    def count_denial() -> None:
+        if QUEUE in app:
+            app[QUEUE].note_rate_limited()
+
+    async def check_submit(client: Client) -> None:
+        decision = await limiter.hit(client, "submit")
+        if not decision.allowed:
+            count_denial()
+            raise_if_denied(decision, "submit")
+
+    # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
+    middlewares = [error_middleware, ratelimit_middleware(limiter, keys, settings, on_denied=count_denial)]
+    app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
@@ -63,7 +81,13 @@ def create_app(
             await q.close(settings.shutdown_grace_ms / 1000.0)
 
     async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-        hub = Hub(settings, app[QUEUE], runner=app[RUNNER])
+        hub = Hub(
+            settings,
+            app[QUEUE],
+            runner=app[RUNNER],
+            check_submit=check_submit,
+            authenticate_key=lambda key, ip: client_for_key(key, ip, keys),
+        )
         app[HUB] = hub
         await hub.start()
         try:
@@ -71,6 +95,14 @@ def create_app(
         finally:
             await hub.close()
 
+    async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+        await limiter.start()
+        try:
+            yield
+        finally:
+            await limiter.close()
+
+    app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(runner_ctx)
     app.cleanup_ctx.append(queue_ctx)
     app.cleanup_ctx.append(hub_ctx)

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .errors import BadRequest, ConveyorError, Forbidden, NotFound
-from .identity import Client
+from .identity import Client, check_priority
 from .jobs import Job
 from .payloads import parse_run
 
@@ -140,12 +140,7 @@ class Connection:
     async def on_run(self, message: dict[str, Any]) -> None:
         hub = self.hub
         run = parse_run(message, hub.settings, hub.runner, allow_interactive=True)
-        if run.priority > self.client.max_priority:
-            raise Forbidden(
-                f"priority {run.priority} is above the maximum of {self.client.max_priority}.",
-                field="priority",
-                maxPriority=self.client.max_priority,
-            )
+        check_priority(self.client, run.priority)
         if hub.check_submit is not None:
             await hub.check_submit(self.client)
         job = await hub.queue.submit(run.to_job(self.client.key))
