@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..events import EventEmitter
-from ..jobs import Job
+from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus
+
+logger = logging.getLogger(__name__)
 
 
 class QueueBackend(Protocol):
@@ -50,3 +55,38 @@ class QueueBackend(Protocol):
 
     def note_rate_limited(self) -> None:
         """Count a 429 (the limiter lives outside the queue, the dashboard shows them together)."""
+
+
+async def execute(
+    executor: Executor, job: Job, io: JobIO, grace_s: float, stop_reason: Callable[[], str | None]
+) -> tuple[JobStatus, ExecutionResult]:
+    """Run one job through the executor with the queue's backstop timeout; map the outcome to a final status.
+
+    Cancellation counts as a stop only when `stop_reason()` names one (stop, shutdown); any other cancellation
+    propagates. An executor that raises is an internal error, logged with the job id, never a crashed queue.
+    """
+    try:
+        async with asyncio.timeout(job.timeout_ms / 1000.0 + grace_s):
+            result = await executor(job, io)
+        return status_of(result), result
+    except TimeoutError:
+        return JobStatus.TIMEOUT, ExecutionResult(reason="timeout", signal="SIGKILL")
+    except asyncio.CancelledError:
+        reason = stop_reason()
+        if reason is None:
+            raise
+        return JobStatus.CANCELLED, ExecutionResult(reason=reason, signal="SIGKILL")
+    except Exception:
+        logger.exception("executor failed on job %s", job.id)
+        return JobStatus.FAILED, ExecutionResult(reason="internal_error")
+
+
+def status_of(result: ExecutionResult) -> JobStatus:
+    """exit 0 and no reason: completed; reason "timeout": timeout; anything else failed, with a reason."""
+    if result.reason == "timeout":
+        return JobStatus.TIMEOUT
+    if result.reason is None and result.exit_code == 0 and result.signal is None:
+        return JobStatus.COMPLETED
+    if result.reason is None:
+        result.reason = "signal" if result.signal is not None else "runtime_error"
+    return JobStatus.FAILED

@@ -16,6 +16,7 @@ from ..errors import Conflict, NotFound, QueueFull, ShuttingDown
 from ..events import EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream, now_ms
 from ..stats import QueueStats
+from .base import execute
 
 logger = logging.getLogger(__name__)
 
@@ -254,23 +255,10 @@ class MemoryQueue:
                 )
 
         io = JobIO(on_output=on_output, stdin=self._stdin.get(job.id))
-        status = JobStatus.FAILED
         try:
-            async with asyncio.timeout(job.timeout_ms / 1000.0 + self._timeout_grace_s):
-                result = await self._executor(job, io)
-            status = _status_of(result)
-        except TimeoutError:
-            result = ExecutionResult(reason="timeout", signal="SIGKILL")
-            status = JobStatus.TIMEOUT
-        except asyncio.CancelledError:
-            reason = self._stop_reasons.pop(job.id, None)
-            if reason is None:  # cancelled by something other than stop/close: let it propagate
-                raise
-            result = ExecutionResult(reason=reason, signal="SIGKILL")
-            status = JobStatus.CANCELLED
-        except Exception:
-            logger.exception("executor failed on job %s", job.id)
-            result = ExecutionResult(reason="internal_error")
+            status, result = await execute(
+                self._executor, job, io, self._timeout_grace_s, lambda: self._stop_reasons.pop(job.id, None)
+            )
         finally:
             self._running.pop(job.id, None)
             self._stdin.pop(job.id, None)
@@ -337,12 +325,3 @@ class MemoryQueue:
             return 5
         return max(1, min(60, int(self._queued / rate) + 1))
 
-
-def _status_of(result: ExecutionResult) -> JobStatus:
-    if result.reason == "timeout":
-        return JobStatus.TIMEOUT
-    if result.reason is None and result.exit_code == 0 and result.signal is None:
-        return JobStatus.COMPLETED
-    if result.reason is None:
-        result.reason = "signal" if result.signal is not None else "runtime_error"
-    return JobStatus.FAILED
