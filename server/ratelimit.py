@@ -131,18 +131,37 @@ class Policy:
     header: str
 
 
-# Not frozen: a frozen dataclass costs ~5x more to build, and one is built per request.
+# Not frozen: a frozen dataclass costs ~5x more to build, and one is built per request. The integer header values
+# are properties, computed only when headers are built (a WebSocket submission needs none of them).
 @dataclass(slots=True)
 class Decision:
-    """The outcome of one hit, with everything the response headers need."""
+    """The outcome of one hit: the store's answer plus what the response headers need."""
 
+    policy: Policy
+    now: float
     allowed: bool
-    limit: int
     remaining: int
-    reset_epoch: int  # unix seconds when the bucket is full again
-    reset_after_s: int  # the same, as a delay (RateLimit `t`)
-    retry_after_s: int  # 0 when allowed, else >= 1
-    policy: str  # RateLimit-Policy value
+    until_full_s: float
+    until_token_s: float  # 0 when allowed
+
+    @property
+    def limit(self) -> int:
+        return self.policy.capacity
+
+    @property
+    def reset_epoch(self) -> int:
+        """Unix seconds when the bucket is full again."""
+        return math.ceil(self.now + self.until_full_s)
+
+    @property
+    def reset_after_s(self) -> int:
+        """Seconds until the bucket is full again (RateLimit `t`)."""
+        return math.ceil(self.until_full_s - _EPS) if self.until_full_s > 0.0 else 0
+
+    @property
+    def retry_after_s(self) -> int:
+        """0 when allowed, else whole seconds (>= 1) until the next token."""
+        return 0 if self.allowed else max(1, math.ceil(self.until_token_s - _EPS))
 
 
 def make_policy(name: str, requests: int, burst: int, window_s: float) -> Policy:
@@ -172,7 +191,7 @@ class RateLimiter:
     ) -> None:
         self.store: LimiterStore = store if store is not None else MemoryLimiterStore()
         # A local store is called synchronously: no coroutine per decision (see bench/bench_ratelimit.py).
-        self._local = self.store if isinstance(self.store, MemoryLimiterStore) else None
+        self._take_now = self.store.take_now if isinstance(self.store, MemoryLimiterStore) else None
         self._clock = clock
         self._sweep_interval_s = sweep_interval_s
         self._window_s = settings.rate_limit_window_ms / 1000.0
@@ -203,27 +222,25 @@ class RateLimiter:
         policy = self.policy(client, bucket)
         now = self._clock()
         key = f"{bucket}:{client.key}"
-        if self._local is not None:
-            taken = self._local.take_now(key, policy.rate_per_s, policy.capacity, now)
-        else:
-            taken = await self.store.take(key, policy.rate_per_s, policy.capacity, now)
-        return _decide(policy, taken, now)
+        if self._take_now is not None:
+            return Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
+        return Decision(policy, now, *await self.store.take(key, policy.rate_per_s, policy.capacity, now))
 
     def hit_now(self, client: Client, bucket: Bucket) -> Decision:
         """`hit` without a coroutine, for a local (in-memory) store only."""
-        if self._local is None:
+        if self._take_now is None:
             raise TypeError("hit_now needs a MemoryLimiterStore")
         policy = self.policy(client, bucket)
         now = self._clock()
-        taken = self._local.take_now(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
-        return _decide(policy, taken, now)
+        key = f"{bucket}:{client.key}"
+        return Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
 
     async def refund(self, client: Client, bucket: Bucket) -> Decision:
         """Give back the token of a request refused with 401/403 (those must not consume quota)."""
         policy = self.policy(client, bucket)
         now = self._clock()
         taken = await self.store.refund(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
-        return _decide(policy, taken, now)
+        return Decision(policy, now, *taken)
 
     async def sweep(self) -> int:
         """Forget full buckets now (the periodic task does this every `sweep_interval_s`)."""
@@ -252,26 +269,13 @@ class RateLimiter:
                 logger.debug("rate limiter sweep dropped %d full buckets", removed)
 
 
-def _decide(policy: Policy, taken: Take, now: float) -> Decision:
-    allowed, remaining, until_full, until_token = taken
-    return Decision(
-        allowed=allowed,
-        limit=policy.capacity,
-        remaining=remaining,
-        reset_epoch=math.ceil(now + until_full),
-        reset_after_s=math.ceil(until_full - _EPS) if until_full > 0.0 else 0,
-        retry_after_s=0 if allowed else max(1, math.ceil(until_token - _EPS)),
-        policy=policy.header,
-    )
-
-
 def decision_headers(d: Decision, bucket: str) -> dict[str, str]:
     """X-RateLimit-* plus the IETF RateLimit / RateLimit-Policy fields (draft 11); Retry-After on a denial."""
     headers = {
         "X-RateLimit-Limit": str(d.limit),
         "X-RateLimit-Remaining": str(d.remaining),
         "X-RateLimit-Reset": str(d.reset_epoch),
-        "RateLimit-Policy": d.policy,
+        "RateLimit-Policy": d.policy.header,
         "RateLimit": f'"{bucket}";r={d.remaining};t={d.reset_after_s}',
     }
     if not d.allowed:

@@ -26,6 +26,7 @@ from server.ratelimit import (
     Take,
     bucket_for,
     decision_headers,
+    make_policy,
     raise_if_denied,
     ratelimit_middleware,
 )
@@ -333,7 +334,8 @@ async def test_burst_setting_sets_capacity(clock: FakeClock) -> None:
     client = anonymous("203.0.113.7")
     results = [await limiter.hit(client, "submit") for _ in range(4)]
     assert [d.allowed for d in results] == [True, True, True, False]
-    assert results[0].policy == '"submit";q=3;w=18'
+    assert results[0].policy.header == '"submit";q=3;w=18'
+    assert (results[0].limit, results[0].retry_after_s) == (3, 0)
     assert (results[2].remaining, results[2].reset_after_s) == (0, 18)
     assert results[3].retry_after_s == 6
 
@@ -478,10 +480,15 @@ async def test_sweep_task_survives_store_errors(clock: FakeClock, caplog: pytest
 
 
 def test_decision_headers_and_429() -> None:
-    decision = Decision(
-        allowed=False, limit=10, remaining=0, reset_epoch=1_700_000_060, reset_after_s=60, retry_after_s=45,
-        policy='"submit";q=10;w=60',
-    )  # fmt: skip
+    policy = make_policy("submit", 10, 10, 60.0)
+    assert policy.header == '"submit";q=10;w=60'
+    decision = Decision(policy, 1_700_000_000.5, allowed=False, remaining=0, until_full_s=59.5, until_token_s=44.2)
+    assert (decision.limit, decision.reset_epoch, decision.reset_after_s, decision.retry_after_s) == (
+        10,
+        1_700_000_060,
+        60,
+        45,
+    )
     assert decision_headers(decision, "submit") == {
         "X-RateLimit-Limit": "10",
         "X-RateLimit-Remaining": "0",
@@ -534,3 +541,16 @@ def test_store_take_arithmetic() -> None:
     assert store.take_now("k", rate, 2, 103.0) == (False, 0, 9.0, 3.0)
     assert store.take_now("k", rate, 2, 106.0) == (True, 0, 12.0, 0.0)
     assert store.take_now("k", rate, 2, 200.0) == (True, 1, 6.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("requests", "burst", "window_s", "header"),
+    [
+        (10, 10, 60.0, '"submit";q=10;w=60'),
+        (7, 10, 60.0, '"submit";q=10;w=86'),  # w is the time to refill the whole bucket, rounded up
+        (10, 10, 0.1, '"submit";q=10;w=1'),  # never below one second
+        (100, 200, 60.0, '"submit";q=200;w=120'),
+    ],
+)
+def test_policy_header(requests: int, burst: int, window_s: float, header: str) -> None:
+    assert make_policy("submit", requests, burst, window_s).header == header
