@@ -1,0 +1,137 @@
+"""Languages: the definitions in languages.toml, and lookup by name or alias."""
+
+from __future__ import annotations
+
+import glob
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LANGUAGES_FILE = Path(__file__).with_name("languages.toml")
+
+_REQUIRED = ("source", "run", "version")
+_KNOWN = {*_REQUIRED, "aliases", "compile", "env", "etc", "out_of_memory", "address_space_headroom_mb"}
+
+
+@dataclass(frozen=True, slots=True)
+class Language:
+    """How to compile, run and probe one language inside the sandbox."""
+
+    name: str
+    source: str
+    run: tuple[str, ...]
+    version: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+    compile: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    etc: tuple[str, ...] = ()
+    out_of_memory: tuple[str, ...] = ()
+    address_space_headroom_mb: int = 0
+
+    def compile_argv(self, *, heap_mb: int) -> list[str] | None:
+        """The compile command with placeholders filled in, or None for interpreted languages."""
+        if self.compile is None:
+            return None
+        return [part.format(heap_mb=heap_mb) for part in self.compile]
+
+    def run_argv(self, args: Iterable[str], *, heap_mb: int) -> list[str]:
+        """The run command with placeholders filled in and the job's args appended verbatim."""
+        return [part.format(heap_mb=heap_mb) for part in self.run] + list(args)
+
+    def etc_paths(self) -> list[str]:
+        """Existing host paths matching the `etc` globs."""
+        return sorted({path for pattern in self.etc for path in glob.glob(pattern)})
+
+    def ran_out_of_memory(self, stderr: str) -> bool:
+        return any(marker in stderr for marker in self.out_of_memory)
+
+
+def load_languages(path: Path = LANGUAGES_FILE) -> dict[str, Language]:
+    """Read the definitions; raises ValueError naming the language and key on a malformed entry."""
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    languages: dict[str, Language] = {}
+    for name, raw in data.items():
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: [{name}] must be a table")
+        languages[name] = _parse(name, raw, path)
+    _check_names(languages, path)
+    return languages
+
+
+def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
+    unknown = set(raw) - _KNOWN
+    missing = [key for key in _REQUIRED if key not in raw]
+    if unknown or missing:
+        raise ValueError(f"{path}: [{name}] unknown keys {sorted(unknown)}, missing keys {missing}")
+    compile_cmd = raw.get("compile")
+    return Language(
+        name=name,
+        source=_str(raw["source"], name, "source"),
+        run=_argv(raw["run"], name, "run"),
+        version=_argv(raw["version"], name, "version"),
+        aliases=_strs(raw.get("aliases", []), name, "aliases"),
+        compile=None if compile_cmd is None else _argv(compile_cmd, name, "compile"),
+        env={_str(k, name, "env"): _str(v, name, "env") for k, v in dict(raw.get("env", {})).items()},
+        etc=_strs(raw.get("etc", []), name, "etc"),
+        out_of_memory=_strs(raw.get("out_of_memory", []), name, "out_of_memory"),
+        address_space_headroom_mb=int(raw.get("address_space_headroom_mb", 0)),
+    )
+
+
+def _check_names(languages: dict[str, Language], path: Path) -> None:
+    seen: dict[str, str] = {}
+    for language in languages.values():
+        if "/" in language.source or language.source.startswith("."):
+            raise ValueError(f"{path}: [{language.name}] source must be a plain file name")
+        for alias in (language.name, *language.aliases):
+            key = alias.lower()
+            if key in seen:
+                raise ValueError(f"{path}: name {alias!r} is used by both {seen[key]} and {language.name}")
+            seen[key] = language.name
+
+
+def _str(value: Any, name: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"[{name}] {key}: expected a string, got {value!r}")
+    return value
+
+
+def _strs(value: Any, name: str, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"[{name}] {key}: expected a list of strings")
+    return tuple(_str(item, name, key) for item in value)
+
+
+def _argv(value: Any, name: str, key: str) -> tuple[str, ...]:
+    argv = _strs(value, name, key)
+    if not argv:
+        raise ValueError(f"[{name}] {key}: expected a non-empty command")
+    return argv
+
+
+class LanguageIndex:
+    """Canonical names and aliases of the languages offered, matched case-insensitively."""
+
+    def __init__(self, languages: Iterable[Language]) -> None:
+        self._by_name = {language.name: language for language in languages}
+        self._names = {
+            alias.lower(): language.name
+            for language in self._by_name.values()
+            for alias in (language.name, *language.aliases)
+        }
+
+    def resolve(self, name: str) -> str | None:
+        return self._names.get(name.strip().lower())
+
+    def get(self, name: str) -> Language | None:
+        canonical = self.resolve(name)
+        return None if canonical is None else self._by_name[canonical]
+
+    def __iter__(self) -> Iterator[Language]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)

@@ -1,0 +1,91 @@
+"""Language definitions: the shipped file, lookup by alias, command templating, malformed files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.languages import LanguageIndex, load_languages
+
+SHIPPED = {"python", "javascript", "bash", "c", "cpp", "java", "rust", "perl"}
+
+
+def test_ships_all_eight_languages() -> None:
+    languages = load_languages()
+    assert set(languages) == SHIPPED
+    assert languages["java"].source == "Main.java"
+    assert languages["c"].compile is not None and languages["python"].compile is None
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("python", "python"),
+        ("py", "python"),
+        ("python3", "python"),
+        ("node", "javascript"),
+        ("js", "javascript"),
+        ("c++", "cpp"),
+        ("C++", "cpp"),
+        (" Rust ", "rust"),
+        ("java", "java"),
+        ("cobol", None),
+        ("", None),
+    ],
+)
+def test_resolve_names_and_aliases(name: str, canonical: str | None) -> None:
+    index = LanguageIndex(load_languages().values())
+    assert index.resolve(name) == canonical
+
+
+def test_index_only_knows_the_languages_given() -> None:
+    languages = load_languages()
+    index = LanguageIndex([languages["python"]])
+    assert index.resolve("py") == "python"
+    assert index.resolve("node") is None
+    assert [lang.name for lang in index] == ["python"]
+
+
+def test_commands_fill_the_heap_and_append_args() -> None:
+    languages = load_languages()
+    run = languages["java"].run_argv(["--x", "{heap_mb}"], heap_mb=128)
+    assert "-Xmx128m" in run
+    assert run[-3:] == ["Main", "--x", "{heap_mb}"]  # the job's args are passed verbatim, never templated
+    compile_cmd = languages["java"].compile_argv(heap_mb=64)
+    assert compile_cmd is not None and "-J-Xmx64m" in compile_cmd
+    assert languages["python"].compile_argv(heap_mb=64) is None
+
+
+def test_out_of_memory_markers() -> None:
+    python = load_languages()["python"]
+    assert python.ran_out_of_memory("Traceback ...\nMemoryError\n")
+    assert not python.ran_out_of_memory("ValueError: nope\n")
+
+
+def test_etc_globs_only_return_existing_paths(tmp_path: Path) -> None:
+    path = tmp_path / "langs.toml"
+    path.write_text(f'[x]\nsource = "x"\nrun = ["x"]\nversion = ["x"]\netc = ["{tmp_path}/conf-*", "/nonexistent/*"]\n')
+    (tmp_path / "conf-1").mkdir()
+    assert load_languages(path)["x"].etc_paths() == [str(tmp_path / "conf-1")]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[x]\nsource = "x"\nrun = ["x"]\n', "missing keys ['version']"),
+        ('[x]\nsource = "x"\nrun = ["x"]\nversion = ["x"]\nbogus = 1\n', "unknown keys ['bogus']"),
+        ('[x]\nsource = "x"\nrun = []\nversion = ["x"]\n', "non-empty command"),
+        ('[x]\nsource = "../x"\nrun = ["x"]\nversion = ["x"]\n', "plain file name"),
+        (
+            '[x]\nsource = "x"\nrun = ["x"]\nversion = ["x"]\n[y]\naliases = ["X"]\nsource = "y"\nrun = ["y"]\n'
+            'version = ["y"]\n',
+            "used by both x and y",
+        ),
+    ],
+)
+def test_malformed_definitions_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "langs.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_languages(path)
