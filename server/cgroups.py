@@ -1,0 +1,291 @@
+"""Cgroups: one memory and pids cgroup per job, under the server's own cgroup (v2 delegated subtree or v1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CONTROLLERS = ("memory", "pids")
+_PREFIX = "conveyor-"
+_EMPTY_WAIT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Hierarchy:
+    """One cgroup hierarchy we use: its version, the controllers we use in it, and the server's own cgroup."""
+
+    version: int
+    controllers: tuple[str, ...]
+    own: Path
+
+    def label(self, controller: str) -> str:
+        return f"cgroup v{self.version} {controller}"
+
+
+def _own_cgroups() -> dict[str, tuple[int, str]]:
+    """controller -> (version, path of this process's cgroup relative to the hierarchy root)."""
+    out: dict[str, tuple[int, str]] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hid, _, rest = line.partition(":")
+        names, _, path = rest.partition(":")
+        if hid == "0" and not names:
+            out["unified"] = (2, path)
+        for name in names.split(","):
+            if name in CONTROLLERS:
+                out[name] = (1, path)
+    return out
+
+
+def _mounts() -> dict[str, tuple[str, str]]:
+    """controller (or "unified") -> (root inside the hierarchy, mount point) from mountinfo."""
+    out: dict[str, tuple[str, str]] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        parts, extra = fields.split(), tail.split()
+        if len(parts) < 5 or len(extra) < 3:
+            continue
+        root, point = parts[3], parts[4].replace("\\040", " ")
+        if extra[0] == "cgroup2":
+            out.setdefault("unified", (root, point))
+        elif extra[0] == "cgroup":
+            for name in extra[2].split(","):
+                if name in CONTROLLERS:
+                    out.setdefault(name, (root, point))
+    return out
+
+
+def _locate(own: dict[str, tuple[int, str]], mounts: dict[str, tuple[str, str]], key: str) -> Path | None:
+    if key not in own or key not in mounts:
+        return None
+    _, path = own[key]
+    root, point = mounts[key]
+    if root != "/" and not (path == root or path.startswith(root.rstrip("/") + "/")):
+        return None  # our cgroup is outside the part of the hierarchy mounted here
+    rel = path[len(root) :] if root != "/" else path
+    return Path(point) / rel.lstrip("/")
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _find_hierarchies() -> list[_Hierarchy]:
+    """Prefer v2 for the controllers the unified hierarchy offers us; else each controller's v1 hierarchy."""
+    own, mounts = _own_cgroups(), _mounts()
+    found: list[_Hierarchy] = []
+    unified = _locate(own, mounts, "unified")
+    offered: set[str] = set()
+    if unified is not None:
+        with contextlib.suppress(OSError):
+            offered = set((unified / "cgroup.controllers").read_text().split())
+    in_v2 = tuple(c for c in CONTROLLERS if c in offered)
+    if unified is not None and in_v2:
+        found.append(_Hierarchy(2, in_v2, unified))
+    for controller in CONTROLLERS:
+        path = _locate(own, mounts, controller)
+        if controller not in in_v2 and path is not None and own[controller][0] == 1:
+            found.append(_Hierarchy(1, (controller,), path))
+    return found
+
+
+class JobCgroup:
+    """The cgroups of one job: the launcher writes its own pid into `procs_files` before it execs bwrap."""
+
+    def __init__(self, name: str, dirs: list[tuple[_Hierarchy, Path]]) -> None:
+        self.name = name
+        self._dirs = dirs
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [str(path / "cgroup.procs") for _, path in self._dirs]
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel OOM-killed a process of this job because of the memory limit."""
+        for hierarchy, path in self._dirs:
+            if "memory" in hierarchy.controllers:
+                name = "memory.events" if hierarchy.version == 2 else "memory.oom_control"
+                return _read_counter(path / name, "oom_kill") > 0
+        return False
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for _, path in self._dirs:
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL every process in the job's cgroups; a few passes catch processes forked meanwhile."""
+        for hierarchy, path in self._dirs:
+            if hierarchy.version == 2:
+                with contextlib.suppress(OSError):
+                    _write(path / "cgroup.kill", "1")
+        for _ in range(4):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    async def remove(self) -> None:
+        """Kill what is left, wait for the cgroups to empty, and remove them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _EMPTY_WAIT_S
+        while True:
+            self.kill()
+            if not self.pids() or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        for _, path in self._dirs:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning("cannot remove cgroup %s of job %s: %s", path, self.name, exc)
+
+
+class Cgroups:
+    """Creates per-job cgroups with the memory and pids limits, below one directory per server instance."""
+
+    def __init__(self, bases: list[tuple[_Hierarchy, Path]], memory_bytes: int, max_tasks: int) -> None:
+        self._bases = bases
+        self._memory_bytes = memory_bytes
+        self._max_tasks = max_tasks
+
+    def enforced_by(self, controller: str) -> str | None:
+        """How a controller's limit is enforced, e.g. "cgroup v1 memory", or None when it is not."""
+        for hierarchy, _ in self._bases:
+            if controller in hierarchy.controllers:
+                return hierarchy.label(controller)
+        return None
+
+    @classmethod
+    def setup(cls, *, memory_bytes: int, max_tasks: int) -> Cgroups:
+        """Find the hierarchies we may create child cgroups in; controllers we cannot use are left out."""
+        bases: list[tuple[_Hierarchy, Path]] = []
+        for hierarchy in _find_hierarchies():
+            try:
+                bases.append((hierarchy, _make_base(hierarchy)))
+            except OSError as exc:
+                logger.info("%s not usable for job limits: %s", hierarchy.label("/".join(hierarchy.controllers)), exc)
+        return cls(bases, memory_bytes, max_tasks)
+
+    def create(self, name: str) -> JobCgroup:
+        """mkdir the job's cgroups and write their limits. Raises OSError if the host refuses."""
+        dirs: list[tuple[_Hierarchy, Path]] = []
+        try:
+            for hierarchy, base in self._bases:
+                path = base / name
+                path.mkdir()
+                dirs.append((hierarchy, path))
+                self._limit(hierarchy, path)
+        except OSError:
+            for _, path in dirs:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            raise
+        return JobCgroup(name, dirs)
+
+    def _limit(self, hierarchy: _Hierarchy, path: Path) -> None:
+        if "pids" in hierarchy.controllers:
+            _write(path / "pids.max", str(self._max_tasks))
+        if "memory" not in hierarchy.controllers:
+            return
+        if hierarchy.version == 2:
+            _write(path / "memory.max", str(self._memory_bytes))
+            _optional_write(path / "memory.swap.max", "0")
+        else:
+            _write(path / "memory.limit_in_bytes", str(self._memory_bytes))
+            # Without this the job could spill past the limit into swap (when swap accounting is on).
+            _optional_write(path / "memory.memsw.limit_in_bytes", str(self._memory_bytes))
+
+    def close(self) -> None:
+        """Remove this server's directories (job cgroups are removed as their jobs end)."""
+        for hierarchy, base in self._bases:
+            _remove_tree(base, hierarchy)
+        self._bases = []
+
+
+def _read_counter(path: Path, key: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    return 0
+
+
+def _optional_write(path: Path, value: str) -> None:
+    if path.exists():
+        with contextlib.suppress(OSError):
+            _write(path, value)
+
+
+def _make_base(hierarchy: _Hierarchy) -> Path:
+    """Create this server's directory under its own cgroup, after sweeping ones left by dead servers."""
+    _sweep_stale(hierarchy)
+    if hierarchy.version == 2:
+        _enable_v2(hierarchy)
+    base = hierarchy.own / f"{_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    base.mkdir()
+    if hierarchy.version == 2:
+        try:
+            _write(base / "cgroup.subtree_control", " ".join(f"+{c}" for c in hierarchy.controllers))
+        except OSError:
+            base.rmdir()
+            raise
+    return base
+
+
+def _enable_v2(hierarchy: _Hierarchy) -> None:
+    """Enable our controllers for the children of our own cgroup.
+
+    cgroup v2 forbids processes in a cgroup that hands controllers to its children (the "no internal processes"
+    rule), so if our cgroup holds us, this process first moves into a leaf child: what a delegated subtree
+    (systemd Delegate=yes) expects. If other processes share our cgroup this still fails and v2 is not used.
+    """
+    control = hierarchy.own / "cgroup.subtree_control"
+    wanted = " ".join(f"+{c}" for c in hierarchy.controllers)
+    if set(hierarchy.controllers) <= set(control.read_text().split()):
+        return
+    try:
+        _write(control, wanted)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    leaf = hierarchy.own / f"{_PREFIX}server"
+    leaf.mkdir(exist_ok=True)
+    _write(leaf / "cgroup.procs", str(os.getpid()))
+    _write(control, wanted)
+
+
+def _sweep_stale(hierarchy: _Hierarchy) -> None:
+    for path in hierarchy.own.glob(f"{_PREFIX}*-*"):
+        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _remove_tree(path, hierarchy)
+
+
+def _remove_tree(base: Path, hierarchy: _Hierarchy) -> None:
+    with contextlib.suppress(OSError):
+        for child in base.iterdir():
+            if child.is_dir():
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+        base.rmdir()
+        return
+    if base.exists():
+        logger.warning("cannot remove %s directory %s (jobs still in it?)", hierarchy.label("cgroup"), base)
