@@ -1,0 +1,262 @@
+"""The sandboxed executor: every language, input, output streaming, outcomes, and what it reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from server.errors import SandboxUnavailable
+from server.jobs import ExecutionResult, Job, JobIO, Stream
+from server.sandbox import Sandbox
+from server.settings import Settings
+
+# Small limits keep the suite fast; compiles get room for a cold JVM or rustc on a busy two-core machine.
+SETTINGS = Settings(
+    job_timeout_ms=3000,
+    compile_timeout_ms=30_000,
+    memory_limit_mb=256,
+    max_processes=48,
+    max_output_bytes=256 * 1024,
+)
+
+HELLO = {
+    "python": 'print("hello from python")',
+    "javascript": 'console.log("hello from javascript")',
+    "bash": 'echo "hello from bash"',
+    "c": '#include <stdio.h>\nint main(void) { puts("hello from c"); return 0; }\n',
+    "cpp": '#include <iostream>\nint main() { std::cout << "hello from cpp" << std::endl; }\n',
+    "java": 'public class Main { public static void main(String[] a) { System.out.println("hello from java"); } }\n',
+    "rust": 'fn main() { println!("hello from rust"); }\n',
+    "perl": 'print "hello from perl\\n";',
+}
+
+ECHO_INPUT_AND_ARGS = {
+    "python": "import sys\nprint(sys.argv[1:], sys.stdin.read().upper())",
+    "bash": 'echo "[$*]"; tr a-z A-Z',
+    "c": (
+        "#include <stdio.h>\n#include <ctype.h>\nint main(int n, char **v) {\n"
+        '  for (int i = 1; i < n; i++) printf("%s;", v[i]);\n'
+        "  int c; while ((c = getchar()) != EOF) putchar(toupper(c));\n}\n"
+    ),
+    "java": (
+        "import java.io.*;\npublic class Main { public static void main(String[] a) throws IOException {\n"
+        '  System.out.print(String.join(";", a) + ";");\n'
+        "  System.out.print(new String(System.in.readAllBytes()).toUpperCase()); } }\n"
+    ),
+}
+
+
+@dataclass
+class Run:
+    """A finished job: its result and every on_output call, in order."""
+
+    result: ExecutionResult
+    events: list[tuple[Stream, str]] = field(default_factory=list)
+
+    def joined(self, stream: Stream) -> str:
+        return "".join(text for s, text in self.events if s == stream)
+
+
+def make_job(language: str, code: str, **fields: Any) -> Job:
+    fields.setdefault("timeout_ms", SETTINGS.job_timeout_ms)
+    return Job(language=language, code=code, **fields)
+
+
+async def run_job(sandbox: Sandbox, language: str, code: str, **fields: Any) -> Run:
+    events: list[tuple[Stream, str]] = []
+    result = await sandbox(make_job(language, code, **fields), JobIO(on_output=lambda s, t: events.append((s, t))))
+    return Run(result, events)
+
+
+def start_sandbox(settings: Settings, **options: Any) -> Iterator[Sandbox]:
+    """For module fixtures: create a sandbox outside any test's loop (it holds no loop state), close it after."""
+    sandbox = asyncio.run(Sandbox.create(settings, **options))
+    yield sandbox
+    asyncio.run(sandbox.close())
+
+
+@contextlib.asynccontextmanager
+async def open_sandbox(settings: Settings, **options: Any) -> AsyncIterator[Sandbox]:
+    sandbox = await Sandbox.create(settings, **options)
+    try:
+        yield sandbox
+    finally:
+        await sandbox.close()
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    yield from start_sandbox(SETTINGS)
+
+
+@pytest.mark.parametrize("language", sorted(HELLO))
+async def test_hello_world_in_every_language(sandbox: Sandbox, language: str) -> None:
+    run = await run_job(sandbox, language, HELLO[language])
+    assert run.result.reason is None, run.result
+    assert run.result.exit_code == 0 and run.result.signal is None
+    assert run.result.stdout == f"hello from {language}\n"
+    assert run.joined("stdout") == run.result.stdout
+    assert run.result.run_time_ms is not None and run.result.run_time_ms > 0
+    compiled = language in ("c", "cpp", "java", "rust")
+    assert (run.result.compile_time_ms is not None) == compiled
+    assert (run.result.compile_output is not None) == compiled
+
+
+@pytest.mark.parametrize("language", sorted(ECHO_INPUT_AND_ARGS))
+async def test_stdin_and_args_reach_the_program(sandbox: Sandbox, language: str) -> None:
+    run = await run_job(sandbox, language, ECHO_INPUT_AND_ARGS[language], stdin="abc\n", args=["x y", "$HOME", "*"])
+    assert run.result.exit_code == 0, run.result
+    expected = {
+        "python": "['x y', '$HOME', '*'] ABC\n\n",
+        "bash": "[x y $HOME *]\nABC\n",
+        "c": "x y;$HOME;*;ABC\n",
+        "java": "x y;$HOME;*;ABC\n",
+    }
+    assert run.result.stdout == expected[language]
+
+
+async def test_exit_codes_are_reported_exactly(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "python", "import sys; sys.exit(3)")
+    assert (run.result.exit_code, run.result.signal, run.result.reason) == (3, None, None)
+    # 139 is also what a shell reports for SIGSEGV: the driver tells the two apart.
+    run = await run_job(sandbox, "c", "#include <stdlib.h>\nint main(void) { exit(139); }\n")
+    assert (run.result.exit_code, run.result.signal) == (139, None)
+
+
+async def test_signals_are_reported_by_name(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "c", "int main(void) { volatile int *p = 0; return *p; }\n")
+    assert (run.result.exit_code, run.result.signal, run.result.reason) == (None, "SIGSEGV", None)
+    run = await run_job(sandbox, "bash", "kill -9 $$")
+    assert (run.result.exit_code, run.result.signal) == (None, "SIGKILL")
+    run = await run_job(sandbox, "python", "import os; os.abort()")
+    assert run.result.signal == "SIGABRT"
+
+
+@pytest.mark.parametrize(
+    ("language", "code", "marker"),
+    [
+        ("c", "int main(void) { return undefined_name; }\n", "undefined_name"),
+        ("java", "public class Main { public static void main(String[] a) { int x = ; } }\n", "Main.java:1"),
+    ],
+)
+async def test_compile_errors_fill_compile_output(sandbox: Sandbox, language: str, code: str, marker: str) -> None:
+    run = await run_job(sandbox, language, code)
+    assert run.result.reason == "compile_error"
+    assert run.result.compile_output is not None and marker in run.result.compile_output
+    assert "error" in run.result.compile_output
+    assert run.result.stdout == "" and run.events == []  # compiler output is not program output
+    assert run.result.exit_code is None and run.result.compile_time_ms is not None
+
+
+async def test_compile_timeout() -> None:
+    settings = Settings(compile_timeout_ms=100, job_timeout_ms=3000)
+    # Instantiating every standard header takes g++ well over 100 ms.
+    code = '#include <bits/stdc++.h>\nint main() { std::map<int, std::string> m; m[1] = "x"; }\n'
+    async with open_sandbox(settings, languages=["cpp"]) as sandbox:
+        run = await run_job(sandbox, "cpp", code)
+        assert run.result.reason == "compile_timeout"
+        assert run.result.compile_time_ms is not None and run.result.run_time_ms is None
+
+
+async def test_stdout_and_stderr_stream_separately_in_order(sandbox: Sandbox) -> None:
+    code = "import sys\nfor i in range(3):\n    print(f'out{i}')\n    print(f'err{i}', file=sys.stderr)\n"
+    run = await run_job(sandbox, "python", code)
+    assert run.result.stdout == "out0\nout1\nout2\n" and run.result.stderr == "err0\nerr1\nerr2\n"
+    assert run.joined("stdout") == run.result.stdout and run.joined("stderr") == run.result.stderr
+
+
+async def test_output_streams_while_the_program_runs(sandbox: Sandbox) -> None:
+    """The prompt must arrive before the program gets its input: nothing waits for the job to end."""
+    prompted = asyncio.Event()
+    events: list[tuple[Stream, str]] = []
+
+    def on_output(stream: Stream, data: str) -> None:
+        events.append((stream, data))
+        if "name?" in data:
+            prompted.set()
+
+    stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+    job = make_job("python", "name = input('name? ')\nprint(f'hi {name}')", interactive=True)
+    task = asyncio.create_task(sandbox(job, JobIO(on_output=on_output, stdin=stdin)))
+    await asyncio.wait_for(prompted.wait(), 3)
+    assert not task.done()
+    stdin.put_nowait(b"ada\n")
+    stdin.put_nowait(None)
+    result = await task
+    assert result.exit_code == 0 and result.stdout == "name? hi ada\n"
+
+
+async def test_interactive_input_in_pieces_until_closed(sandbox: Sandbox) -> None:
+    stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+    for piece in (b"one ", b"two\nthr", b"ee\n", None):
+        stdin.put_nowait(piece)
+    job = make_job("bash", 'while read -r line; do echo "<$line>"; done; echo done', interactive=True)
+    result = await sandbox(job, JobIO(on_output=lambda s, t: None, stdin=stdin))
+    assert result.stdout == "<one two>\n<three>\ndone\n"
+
+
+async def test_utf8_split_across_reads_is_not_broken(sandbox: Sandbox) -> None:
+    code = (
+        "import sys, time\nout = sys.stdout.buffer\n"
+        "for piece in (b'caf\\xc3', b'\\xa9 \\xe2\\x82', b'\\xac\\n', b'bad \\xff\\n'):\n"
+        "    out.write(piece); out.flush(); time.sleep(0.05)\n"
+    )
+    run = await run_job(sandbox, "python", code)
+    assert run.result.stdout == "café €\nbad \ufffd\n"
+    assert run.joined("stdout") == run.result.stdout
+    assert all("\ufffd" not in text for _, text in run.events[:-1])
+
+
+async def test_large_writes_arrive_in_bounded_chunks(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "python", "import sys; sys.stdout.write('é' * 100_000)")
+    assert run.result.stdout == "é" * 100_000 and not run.result.truncated
+    assert max(len(text.encode()) for _, text in run.events) <= 16 * 1024
+    assert run.joined("stdout") == run.result.stdout
+
+
+async def test_unknown_language_is_refused(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "cobol", "DISPLAY 'HI'.")
+    assert run.result.reason == "unsupported_language" and run.events == []
+
+
+async def test_aliases_run_the_canonical_language(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "node", "console.log(process.version.startsWith('v'))")
+    assert run.result.stdout == "true\n"
+
+
+def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
+    runtimes = {entry["language"]: entry for entry in sandbox.runtimes()}
+    assert set(runtimes) == set(HELLO)
+    assert runtimes["python"]["aliases"] == ["py", "python3"] and runtimes["python"]["version"][0].isdigit()
+    assert sandbox.resolve("node") == "javascript" and sandbox.resolve("PY") == "python"
+    assert sandbox.resolve("python3") == "python" and sandbox.resolve("brainfuck") is None
+    info = sandbox.describe()
+    assert info["backend"] == "bwrap" and info["bwrapVersion"]
+    limits = info["limits"]
+    assert limits["memory"] == {"limitMb": 256, "enforcedBy": limits["memory"]["enforcedBy"]}
+    assert limits["memory"]["enforcedBy"] in ("cgroup v1 memory", "cgroup v2 memory", "RLIMIT_AS")
+    assert limits["processes"]["limit"] == 48
+    assert limits["cpu"]["enforcedBy"] == "RLIMIT_CPU" and limits["fileSize"]["enforcedBy"] == "RLIMIT_FSIZE"
+    assert limits["openFiles"]["enforcedBy"] == "RLIMIT_NOFILE"
+    assert {"output", "wallTime", "workdir"} <= set(limits)
+
+
+async def test_missing_bwrap_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        await Sandbox.create(SETTINGS, languages=["bash"])
+
+
+async def test_development_mode_warns_and_still_runs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="server.sandbox")
+    async with open_sandbox(Settings(sandbox="none", job_timeout_ms=3000), languages=["python"]) as sandbox:
+        assert any("SANDBOX=none" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        run = await run_job(sandbox, "python", "import os; print(open('main.py').read().strip() != '')")
+        assert run.result.stdout == "True\n"
+        assert sandbox.describe()["backend"] == "none"
