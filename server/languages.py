@@ -40,6 +40,9 @@ class Language:
         """The run command with placeholders filled in and the job's args appended verbatim."""
         return [part.format(heap_mb=heap_mb) for part in self.run] + list(args)
 
+    def version_argv(self, *, heap_mb: int) -> list[str]:
+        return [part.format(heap_mb=heap_mb) for part in self.version]
+
     def etc_paths(self) -> list[str]:
         """Existing host paths matching the `etc` globs."""
         return sorted({path for pattern in self.etc for path in glob.glob(pattern)})

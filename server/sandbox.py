@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import tempfile
@@ -47,6 +48,7 @@ ETC_FILES = {
     "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\n",
     "hosts": "127.0.0.1 localhost\n::1 localhost\n",
 }
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SIGNAL_REASONS = {"SIGXCPU": "cpu_limit", "SIGXFSZ": "file_size_limit"}
 
 # The stage driver, the sandbox's first process after rlimits are set. It runs the compile stage (output to its
@@ -221,7 +223,8 @@ class Sandbox:
 
     async def _probe(self, lang: Language) -> str | None:
         """Run the version command inside the sandbox; the language is offered only if it works."""
-        spec = self._spec(lang, f"probe-{lang.name}", list(lang.version), None, PROBE_TIMEOUT_MS)
+        run = lang.version_argv(heap_mb=self.settings.memory_limit_mb // 2)
+        spec = self._spec(lang, f"probe-{lang.name}", run, None, PROBE_TIMEOUT_MS)
         spec.source_name = None
         out = await self._execute(spec, None)
         text = out.stdout + out.stderr
@@ -239,7 +242,9 @@ class Sandbox:
         if lang is None:
             return ExecutionResult(reason="unsupported_language", stderr=f"Unknown language {job.language!r}.\n")
         heap_mb = self.settings.memory_limit_mb // 2
-        spec = self._spec(lang, job.id, lang.run_argv(job.args, heap_mb=heap_mb), job.code, job.timeout_ms)
+        # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
+        name = job.id if SAFE_NAME.fullmatch(job.id) else f"job-{secrets.token_hex(8)}"
+        spec = self._spec(lang, name, lang.run_argv(job.args, heap_mb=heap_mb), job.code, job.timeout_ms)
         spec.compile = lang.compile_argv(heap_mb=heap_mb)
         spec.stdin = job.stdin.encode()
         out = await self._execute(spec, io)
@@ -425,6 +430,19 @@ def _signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
+def _program_status(out: Outcome) -> str | None:
+    """The program's wait status ("exit N" / "signal N"): the driver's report, else what bwrap's exit implies."""
+    if out.run_status is not None or out.reason is not None or out.compile_status not in (None, "exit 0"):
+        return out.run_status
+    code = out.returncode
+    if code is not None and code < 0:
+        return f"signal {-code}"
+    if code is not None and 128 < code <= 128 + 64:
+        # The driver itself was killed (say the program ran kill -9 -1): bwrap reports that as 128+N.
+        return f"signal {code - 128}"
+    return None
+
+
 def _result(lang: Language, out: Outcome) -> ExecutionResult:
     """Map what the run observed to the result the queue understands."""
     result = ExecutionResult(
@@ -435,27 +453,23 @@ def _result(lang: Language, out: Outcome) -> ExecutionResult:
         compile_time_ms=out.compile_time_ms,
         run_time_ms=out.run_time_ms,
     )
-    status = out.run_status
-    if out.reason is None and status is None and out.compile_status not in (None, "exit 0"):
-        result.reason = "compile_error"
-        if out.compile_status.startswith("signal"):
-            result.compile_output = (result.compile_output or "") + f"\n[compiler {out.compile_status}]\n"
+    kind, _, number = (_program_status(out) or "").partition(" ")
+    if kind == "exit":
+        result.exit_code = int(number)
+    elif kind == "signal":
+        result.signal = _signal_name(int(number))
     elif out.reason is not None:
-        result.reason = out.reason
-        result.signal = "SIGKILL"
-    elif status is not None and status.startswith("exit "):
-        result.exit_code = int(status[5:])
-    elif status is not None and status.startswith("signal "):
-        result.signal = _signal_name(int(status[7:]))
-    elif out.returncode is not None and out.returncode < 0:
-        result.signal = _signal_name(-out.returncode)
-    elif out.returncode is not None and 128 < out.returncode <= 128 + 64 and out.run_status is None:
-        # The driver itself was killed (e.g. kill -9 -1 from the program): bwrap reports 128+N.
-        result.signal = _signal_name(out.returncode - 128)
+        result.signal = "SIGKILL"  # we stopped it
+    elif out.compile_status not in (None, "exit 0"):
+        result.reason = "compile_error"
+        if out.compile_status and out.compile_status.startswith("signal"):
+            result.compile_output = f"{result.compile_output or ''}\n[compiler {out.compile_status}]\n"
     else:
         result.reason = "internal_error"
-    failed = result.reason not in (None, "output_limit") or result.exit_code not in (None, 0) or result.signal
-    if out.oom_killed or (failed and result.reason != "compile_error" and lang.ran_out_of_memory(out.stderr)):
+    if out.reason is not None:  # timeout, compile_timeout, output_limit (even if the program exited meanwhile)
+        result.reason = out.reason
+    failed = result.exit_code not in (None, 0) or result.signal is not None
+    if out.oom_killed or (result.reason is None and failed and lang.ran_out_of_memory(out.stderr)):
         result.reason = "memory_limit"
     elif result.reason is None and result.signal in SIGNAL_REASONS:
         result.reason = SIGNAL_REASONS[result.signal]

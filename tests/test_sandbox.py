@@ -136,6 +136,9 @@ async def test_signals_are_reported_by_name(sandbox: Sandbox) -> None:
     assert (run.result.exit_code, run.result.signal) == (None, "SIGKILL")
     run = await run_job(sandbox, "python", "import os; os.abort()")
     assert run.result.signal == "SIGABRT"
+    # Killing everything it can see also takes the stage driver down; the job still ends, as SIGKILL.
+    run = await run_job(sandbox, "bash", "kill -9 -1; sleep 5")
+    assert (run.result.exit_code, run.result.signal, run.result.reason) == (None, "SIGKILL", None)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,359 @@
+"""Escapes and resource attacks against the sandbox, each checked by what it actually achieved."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.jobs import JobIO, Stream
+from server.sandbox import Sandbox
+from server.settings import Settings
+from tests.test_sandbox import SETTINGS, make_job, run_job, start_sandbox
+
+# Tight limits for the attacks: few processes, small output cap, quick CPU and wall limits.
+TIGHT = Settings(
+    job_timeout_ms=2000,
+    compile_timeout_ms=30_000,
+    memory_limit_mb=128,
+    max_processes=16,
+    cpu_time_limit_s=1,
+    max_output_bytes=64 * 1024,
+    max_file_size_mb=1,
+    max_open_files=64,
+    workdir_size_mb=4,
+)
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    yield from start_sandbox(SETTINGS, languages=["python", "bash", "c"])
+
+
+@pytest.fixture(scope="module")
+def tight() -> Iterator[Sandbox]:
+    yield from start_sandbox(TIGHT, languages=["python", "bash"])
+
+
+@pytest.fixture(scope="module")
+def rlimits_only() -> Iterator[Sandbox]:
+    """The fallback for hosts without usable cgroups: RLIMIT_AS and RLIMIT_NPROC."""
+    yield from start_sandbox(TIGHT, cgroups=False, languages=["python", "bash", "java", "javascript"])
+
+
+def marker() -> str:
+    return f"conveyor-marker-{secrets.token_hex(6)}"
+
+
+def host_processes_with(text: str) -> list[int]:
+    """Host pids whose command line contains `text` (this test's own process excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+async def wait_for_processes(text: str, count: int) -> list[int]:
+    """Poll until `count` host processes carry `text` (they start just after the job says so)."""
+    for _ in range(500):
+        found = host_processes_with(text)
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"expected {count} processes with {text}, found {host_processes_with(text)}")
+
+
+def job_cgroups(job_id: str) -> list[str]:
+    """Any cgroup directory still named after the job, in the v1 or v2 hierarchies."""
+    found = []
+    for root in Path("/sys/fs/cgroup").glob("*"):
+        for dirpath, dirnames, _ in os.walk(root):
+            found += [f"{dirpath}/{name}" for name in dirnames if name == job_id]
+    return found
+
+
+def vm_rss_kb() -> int:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    assert match is not None
+    return int(match.group(1))
+
+
+# -- network -------------------------------------------------------------------------------------------------
+
+
+async def test_no_network_not_even_host_loopback(sandbox: Sandbox) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    code = (
+        "import socket\n"
+        f"for addr in [('127.0.0.1', {port}), ('1.1.1.1', 53), ('8.8.8.8', 443)]:\n"
+        "    try:\n"
+        "        socket.create_connection(addr, timeout=1).close()\n"
+        "        print('CONNECTED', addr)\n"
+        "    except OSError as exc:\n"
+        "        print('blocked', type(exc).__name__)\n"
+        "print(sorted(name for _, name in socket.if_nameindex()))\n"
+    )
+    try:
+        run = await run_job(sandbox, "python", code)
+        listener.settimeout(0.01)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing reached the host's listener
+    finally:
+        listener.close()
+    assert run.result.exit_code == 0, run.result
+    assert "CONNECTED" not in run.result.stdout
+    assert run.result.stdout.count("blocked") == 3
+    assert run.result.stdout.endswith("['lo']\n")  # only the sandbox's own, empty loopback
+
+
+# -- filesystem ----------------------------------------------------------------------------------------------
+
+
+async def test_host_files_are_not_readable(sandbox: Sandbox) -> None:
+    secrets_on_host = [str(Path(__file__).resolve()), "/etc/shadow", "/root", "/home", str(Path.cwd())]
+    assert all(Path(p).exists() for p in secrets_on_host)  # they exist on the host, so the test means something
+    code = (
+        "import os, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print('READ', path, open(path).read(20) if os.path.isfile(path) else os.listdir(path))\n"
+        "    except OSError as exc:\n"
+        "        print('denied', type(exc).__name__)\n"
+    )
+    run = await run_job(sandbox, "python", code, args=secrets_on_host)
+    assert run.result.exit_code == 0, run.result
+    assert "READ" not in run.result.stdout
+    assert run.result.stdout.count("denied") == len(secrets_on_host)
+
+
+async def test_only_the_work_dir_and_tmp_are_writable(sandbox: Sandbox) -> None:
+    code = (
+        "import os\n"
+        "for path in ['/x', '/etc/x', '/usr/x', '/usr/bin/python3', '/dev/x', '/proc/x', '/box/ok', '/tmp/ok']:\n"
+        "    try:\n"
+        "        with open(path, 'a') as f: f.write('x')\n"
+        "        print('wrote', path)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', path)\n"
+    )
+    run = await run_job(sandbox, "python", code)
+    wrote = [line.split()[1] for line in run.result.stdout.splitlines() if line.startswith("wrote")]
+    assert wrote == ["/box/ok", "/tmp/ok"], run.result
+
+
+async def test_etc_holds_only_what_runtimes_need(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "bash", "ls /etc; echo; cat /etc/passwd")
+    listing, _, passwd = run.result.stdout.partition("\n\n")
+    assert "shadow" not in listing and "ssh" not in listing
+    assert set(listing.split()) <= {"alternatives", "ld.so.cache", "localtime", "passwd", "group", "hosts"}
+    assert [line.split(":")[0] for line in passwd.split()] == ["root", "sandbox"]
+
+
+async def test_concurrent_jobs_cannot_see_each_others_files(sandbox: Sandbox) -> None:
+    ready = asyncio.Event()
+
+    def on_output(stream: Stream, data: str) -> None:
+        if "ready" in data:
+            ready.set()
+
+    stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+    writer = make_job(
+        "bash",
+        "echo secret > /box/secret-a; echo secret > /tmp/secret-a; echo ready; cat > /dev/null",
+        interactive=True,
+    )
+    task = asyncio.create_task(sandbox(writer, JobIO(on_output=on_output, stdin=stdin)))
+    await asyncio.wait_for(ready.wait(), 5)
+    reader = await run_job(sandbox, "bash", "ls -A /box /tmp /dev/shm; cat /box/secret-a /tmp/secret-a")
+    stdin.put_nowait(None)
+    assert (await task).exit_code == 0
+    assert "secret" not in reader.result.stdout
+    assert reader.result.stdout.split() == ["/box:", "main.sh", "/dev/shm:", "/tmp:"]
+
+
+async def test_work_dir_size_is_capped(tight: Sandbox) -> None:
+    code = "for i in range(20):\n    open(f'/box/f{i}', 'wb').write(b'x' * 900_000)\n"
+    run = await run_job(tight, "python", code)
+    assert run.result.exit_code == 1 and "No space left on device" in run.result.stderr
+
+
+# -- identity and processes ----------------------------------------------------------------------------------
+
+
+async def test_runs_unprivileged_without_capabilities(sandbox: Sandbox) -> None:
+    run = await run_job(
+        sandbox, "bash", "id -u; id -g; grep CapEff /proc/self/status; unshare -U true || echo nouserns"
+    )
+    uid, gid, caps, *rest = run.result.stdout.splitlines()
+    assert uid == gid == "65534"
+    assert caps.split()[1] == "0000000000000000"
+    assert rest == ["nouserns"]  # no nested user namespaces either
+
+
+async def test_proc_shows_only_the_jobs_processes(sandbox: Sandbox) -> None:
+    code = (
+        "import os\n"
+        "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
+        "    print(pid, open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[0].decode())\n"
+    )
+    run = await run_job(sandbox, "python", code)
+    processes = dict(line.split(" ", 1) for line in run.result.stdout.splitlines())
+    # bwrap's pid 1, the stage driver, the program: nothing of the host's.
+    assert [os.path.basename(cmd) for cmd in processes.values()] == ["bwrap", "perl", "python3"], processes
+    assert list(processes) == ["1", "2", "3"]
+
+
+async def test_background_children_do_not_outlive_the_job(sandbox: Sandbox) -> None:
+    tag = marker()
+    run = await run_job(
+        sandbox, "bash", f"(exec -a {tag} sleep 300) &\n(setsid bash -c 'exec -a {tag} sleep 300' &)\necho started"
+    )
+    assert run.result.exit_code == 0 and run.result.stdout == "started\n"
+    assert host_processes_with(tag) == []
+
+
+async def test_fork_bomb_is_contained(tight: Sandbox) -> None:
+    tag = marker()
+    job = make_job("bash", ":(){ :|:& };:\nwait", args=[tag])
+    started = time.monotonic()
+    result = await tight(job, JobIO(on_output=lambda s, d: None))
+    assert time.monotonic() - started < job.timeout_ms / 1000 + 1
+    assert result.reason == "timeout" or result.exit_code is not None
+    assert "Resource temporarily unavailable" in result.stderr  # fork() hit the process limit
+    assert host_processes_with(tag) == []
+    assert job_cgroups(job.id) == []
+
+
+async def test_cancelling_a_job_kills_its_tree(sandbox: Sandbox) -> None:
+    tag = marker()
+    started = asyncio.Event()
+    job = make_job("bash", f"(exec -a {tag} sleep 300) &\necho started\nexec -a {tag} sleep 300", timeout_ms=60_000)
+    task = asyncio.create_task(sandbox(job, JobIO(on_output=lambda s, d: started.set())))
+    await asyncio.wait_for(started.wait(), 5)
+    assert len(await wait_for_processes(tag, 2)) == 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert host_processes_with(tag) == []
+    assert job_cgroups(job.id) == []
+
+
+# -- resource limits -----------------------------------------------------------------------------------------
+
+
+async def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
+    job = make_job("python", "while True: pass", timeout_ms=1000)
+    started = time.monotonic()
+    result = await sandbox(job, JobIO(on_output=lambda s, d: None))
+    assert time.monotonic() - started < 1.0 + 1.0
+    assert (result.reason, result.signal, result.exit_code) == ("timeout", "SIGKILL", None)
+    assert result.run_time_ms is not None and result.run_time_ms >= 1000
+
+
+async def test_sleeping_program_times_out(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "bash", "echo before; sleep 30; echo after", timeout_ms=500)
+    assert run.result.reason == "timeout" and run.result.stdout == "before\n"
+
+
+async def test_cpu_time_is_limited(tight: Sandbox) -> None:
+    run = await run_job(tight, "python", "while True: pass", timeout_ms=5000)
+    assert (run.result.signal, run.result.reason) == ("SIGXCPU", "cpu_limit")
+
+
+async def test_huge_allocation_hits_the_memory_limit(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "python", "x = bytearray(8 << 30)\nprint('allocated')")
+    assert run.result.reason == "memory_limit", run.result
+    assert "allocated" not in run.result.stdout
+
+
+async def test_output_flood_is_truncated_at_the_cap(tight: Sandbox) -> None:
+    rss_before = vm_rss_kb()
+    for _ in range(3):
+        run = await run_job(tight, "bash", "yes flood")
+        assert (run.result.truncated, run.result.reason) == (True, "output_limit")
+        assert len(run.result.stdout.encode()) == TIGHT.max_output_bytes
+        assert run.joined("stdout") == run.result.stdout
+    assert vm_rss_kb() - rss_before < 32 * 1024  # a few MiB of noise, not the flood
+
+
+async def test_file_size_and_open_files_are_limited(tight: Sandbox) -> None:
+    run = await run_job(tight, "bash", "exec head -c 2000000 /dev/zero > /box/big")
+    assert (run.result.signal, run.result.reason) == ("SIGXFSZ", "file_size_limit")
+    # Python ignores SIGXFSZ, so it sees the error instead.
+    run = await run_job(tight, "python", "open('/box/big', 'wb').write(b'x' * (2 << 20))")
+    assert run.result.exit_code == 1 and "File too large" in run.result.stderr
+    run = await run_job(tight, "python", "files = [open('/dev/null') for _ in range(1000)]")
+    assert run.result.exit_code == 1 and "Too many open files" in run.result.stderr
+
+
+# -- hosts without cgroups -----------------------------------------------------------------------------------
+
+
+def test_rlimit_fallback_is_described(rlimits_only: Sandbox) -> None:
+    limits = rlimits_only.describe()["limits"]
+    assert limits["memory"]["enforcedBy"] == "RLIMIT_AS"
+    assert limits["processes"]["enforcedBy"].startswith("RLIMIT_NPROC")
+
+
+async def test_rlimit_fallback_refuses_huge_allocations(rlimits_only: Sandbox) -> None:
+    run = await run_job(rlimits_only, "python", "x = bytearray(8 << 30)")
+    assert run.result.reason == "memory_limit" and "MemoryError" in run.result.stderr
+
+
+async def test_rlimit_fallback_contains_fork_bombs(rlimits_only: Sandbox) -> None:
+    tag = marker()
+    run = await run_job(rlimits_only, "bash", ":(){ :|:& };:\nwait", args=[tag])
+    assert "Resource temporarily unavailable" in run.result.stderr
+    assert host_processes_with(tag) == []
+
+
+async def test_rlimit_fallback_counts_processes_per_job(rlimits_only: Sandbox) -> None:
+    """Every job's tasks are host uid 65534, yet RLIMIT_NPROC counts per job (its own user namespace)."""
+    code = "for i in $(seq 12); do sleep 0.5 & done; wait; echo ok"
+    runs = await asyncio.gather(*(run_job(rlimits_only, "bash", code) for _ in range(3)))
+    assert [(run.result.stdout, run.result.stderr) for run in runs] == [("ok\n", "")] * 3
+
+
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("java", 'public class Main { public static void main(String[] a) { System.out.println("ok"); } }'),
+        ("javascript", "console.log('ok')"),
+    ],
+)
+async def test_rlimit_fallback_still_runs_big_runtimes(rlimits_only: Sandbox, language: str, code: str) -> None:
+    run = await run_job(rlimits_only, language, code)
+    assert run.result.stdout == "ok\n", run.result
+
+
+async def test_host_sees_the_sandbox_as_nobody(sandbox: Sandbox) -> None:
+    tag = marker()
+    started = asyncio.Event()
+    job = make_job("bash", f"echo started; exec -a {tag} sleep 30", timeout_ms=10_000)
+    task = asyncio.create_task(sandbox(job, JobIO(on_output=lambda s, d: started.set())))
+    try:
+        await asyncio.wait_for(started.wait(), 5)
+        (pid,) = await wait_for_processes(tag, 1)
+        uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+        expected = "65534" if os.geteuid() == 0 else str(os.geteuid())  # as root we drop to nobody before bwrap
+        assert uids.split()[1:] == [expected] * 4
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
