@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -217,9 +218,18 @@ class Sandbox:
         self._bwrap_help = (await _capture([self._bwrap, "--help"]))[1]
         argv = [self._bwrap, "--unshare-all", "--unshare-user", "--ro-bind", "/usr", "/usr", *self._roots, "true"]
         code, out = await _capture(self._privdrop() + argv)
-        if code != 0:
-            detail = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
-            raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here ({detail}): {INSTALL_HINT}")
+        if code == 0:
+            return
+        detail = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
+        if self._setpriv is not None and (await _capture(argv))[0] == 0:
+            logger.warning(
+                "bubblewrap works only for root here (%s): sandboxed processes run as host root in a user namespace "
+                "and RLIMIT_NPROC does not bind them; allow unprivileged user namespaces to run them as nobody",
+                detail,
+            )
+            self._setpriv = None
+            return
+        raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here ({detail}): {INSTALL_HINT}")
 
     async def _probe(self, lang: Language) -> str | None:
         """Run the version command inside the sandbox; the language is offered only if it works."""
@@ -362,25 +372,31 @@ class Sandbox:
     def describe(self) -> dict[str, Any]:
         """The backend and every limit with how this host enforces it (for GET /health)."""
         s = self.settings
-        nproc = "RLIMIT_NPROC (counts the job's tasks and threads in its user namespace)"
+        host_uid = SANDBOX_UID if self._setpriv else os.geteuid()
+        memory: dict[str, Any] = {"limitMb": s.memory_limit_mb, "enforcedBy": self._enforcer("memory") or "RLIMIT_AS"}
+        if memory["enforcedBy"] == "RLIMIT_AS":
+            memory["note"] = "address space; java and javascript get headroom and cap their heap themselves"
+        processes = {"limit": s.max_processes, "counts": "tasks (threads too)", "enforcedBy": self._enforcer("pids")}
+        if processes["enforcedBy"] is None:
+            processes["enforcedBy"] = "RLIMIT_NPROC (per job user namespace)" if host_uid else "none (root is exempt)"
         workdir = "tmpfs size" if "--size" in self._bwrap_help else "memory only (bwrap without --size)"
         if self.backend == "none":
             workdir = "not capped (SANDBOX=none: a host temp dir; RLIMIT_FSIZE per file)"
         return {
             "backend": self.backend,
             "bwrapVersion": self._bwrap_version,
-            "hostUid": SANDBOX_UID if self._setpriv else os.geteuid(),
-            "sandboxUid": SANDBOX_UID if self.backend == "bwrap" else None,
+            "hostUid": host_uid,
+            "sandboxUid": SANDBOX_UID if self.backend == "bwrap" else host_uid,
             "network": "none (empty network namespace)" if self.backend == "bwrap" else "host (SANDBOX=none)",
             "limits": {
-                "memory": {"limitMb": s.memory_limit_mb, "enforcedBy": self._enforcer("memory") or "RLIMIT_AS"},
-                "processes": {"limit": s.max_processes, "enforcedBy": self._enforcer("pids") or nproc},
+                "memory": memory,
+                "processes": processes,
                 "cpu": {"limitS": s.cpu_time_limit_s, "enforcedBy": "RLIMIT_CPU"},
                 "fileSize": {"limitMb": s.max_file_size_mb, "enforcedBy": "RLIMIT_FSIZE"},
                 "openFiles": {"limit": s.max_open_files, "enforcedBy": "RLIMIT_NOFILE"},
                 "output": {"limitBytes": s.max_output_bytes, "enforcedBy": "executor kills the job past the cap"},
                 "wallTime": {
-                    "runMs": s.job_timeout_ms,
+                    "defaultMs": s.job_timeout_ms,
                     "compileMs": s.compile_timeout_ms,
                     "enforcedBy": "executor kills the process tree",
                 },
@@ -529,11 +545,12 @@ class _Run:
             self._cgroup = sandbox._cgroups.create(spec.name)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
+        status_w, compile_w = _above_stdio(status_w), _above_stdio(compile_w)
         ours, theirs = [status_r, compile_r], [status_w, compile_w]
         try:
             source_fd = None
             if sandbox.backend == "bwrap":
-                source_fd = _memfd(spec.source) if spec.source_name else None
+                source_fd = _above_stdio(_memfd(spec.source)) if spec.source_name else None
                 theirs += [source_fd] if source_fd is not None else []
             else:
                 self._workdir = _workdir(spec, chown=sandbox._setpriv is not None)
@@ -567,29 +584,46 @@ class _Run:
     async def _supervise(self, status: asyncio.StreamReader) -> None:
         """Follow the driver's stage reports and kill the tree when a stage outlives its deadline."""
         loop = asyncio.get_running_loop()
-        stage = "compile" if self._spec.compile else "run"
+        # The program runs as the driver's uid; when the server is not root (so the pipe is the program's host uid
+        # too) it can reopen the status pipe through /proc/<driver>/fd. Only the expected reports count, in order,
+        # so forged lines cannot extend its deadline; a forged run-end only ends its own job early.
+        expected = ["run-start", "run-end"]
+        if self._spec.compile:
+            expected[:0] = ["compile-start", "compile-end"]
+        stage = expected[0].partition("-")[0]
         started = loop.time()
         deadline = started + self._limit_s(stage)
-        while True:
+        while expected:
             try:
                 line = await asyncio.wait_for(status.readline(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 self._record_time(stage, loop.time() - started)
                 self.stop("compile_timeout" if stage == "compile" else "timeout")
                 return
+            except ValueError:
+                continue  # an overlong (forged) line
             if not line:
                 return
-            now = loop.time()
             event, _, detail = line.decode(errors="replace").strip().partition(" ")
+            if event != expected[0]:
+                continue
+            expected.pop(0)
+            now = loop.time()
             stage, _, phase = event.partition("-")
             if phase == "start":
                 started, deadline = now, now + self._limit_s(stage)
-            elif phase == "end":
-                self._record_time(stage, now - started)
-                if stage == "compile":
-                    self._out.compile_status = detail
-                else:
-                    self._out.run_status = detail
+                continue
+            self._record_time(stage, now - started)
+            if stage == "run":
+                self._out.run_status = detail
+                # The driver exits now and bwrap's pid 1 with it, which ends the pid namespace; killing right away
+                # gives the same result without trusting that, and the output already written stays readable.
+                self.kill()
+                return
+            self._out.compile_status = detail
+            if detail != "exit 0":
+                return
+            stage, started, deadline = "run", now, now + self._limit_s("run")
 
     def _limit_s(self, stage: str) -> float:
         return (self._spec.compile_timeout_ms if stage == "compile" else self._spec.run_timeout_ms) / 1000.0
@@ -678,6 +712,15 @@ class _Run:
             await self._cgroup.remove()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _above_stdio(fd: int) -> int:
+    """Passed fds must not be 0-2, which the child's stdio pipes replace (a server started with stdio closed)."""
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
 
 
 def _memfd(data: bytes) -> int:

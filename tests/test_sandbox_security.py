@@ -266,6 +266,22 @@ async def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
     assert result.run_time_ms is not None and result.run_time_ms >= 1000
 
 
+async def test_forged_stage_reports_cannot_extend_the_deadline(sandbox: Sandbox) -> None:
+    """The program shares the driver's uid and may reach its status pipe via /proc/2/fd (if the server is not root)."""
+    code = (
+        "ls -l /proc/2/fd | grep -c pipe\n"
+        "for i in $(seq 100); do\n"
+        "  for fd in /proc/2/fd/[3-9]*; do printf 'run-start\\ncompile-start\\n' > $fd; done 2>/dev/null\n"
+        "  sleep 0.05\n"
+        "done\n"
+    )
+    job = make_job("bash", code, timeout_ms=1000)
+    started = time.monotonic()
+    result = await sandbox(job, JobIO(on_output=lambda s, d: None))
+    assert time.monotonic() - started < 1.0 + 1.0
+    assert result.reason == "timeout" and int(result.stdout) >= 1, result
+
+
 async def test_sleeping_program_times_out(sandbox: Sandbox) -> None:
     run = await run_job(sandbox, "bash", "echo before; sleep 30; echo after", timeout_ms=500)
     assert run.result.reason == "timeout" and run.result.stdout == "before\n"
