@@ -251,6 +251,8 @@ class Sandbox:
         lang = self._index.get(job.language)
         if lang is None:
             return ExecutionResult(reason="unsupported_language", stderr=f"Unknown language {job.language!r}.\n")
+        if any("\0" in arg for arg in job.args):
+            return ExecutionResult(reason="invalid_args", stderr="Arguments cannot contain NUL characters.\n")
         heap_mb = self.settings.memory_limit_mb // 2
         # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
         name = job.id if SAFE_NAME.fullmatch(job.id) else f"job-{secrets.token_hex(8)}"
@@ -378,7 +380,8 @@ class Sandbox:
             memory["note"] = "address space; java and javascript get headroom and cap their heap themselves"
         processes = {"limit": s.max_processes, "counts": "tasks (threads too)", "enforcedBy": self._enforcer("pids")}
         if processes["enforcedBy"] is None:
-            processes["enforcedBy"] = "RLIMIT_NPROC (per job user namespace)" if host_uid else "none (root is exempt)"
+            scope = "per job user namespace" if self.backend == "bwrap" else f"all of uid {host_uid} on the host"
+            processes["enforcedBy"] = f"RLIMIT_NPROC ({scope})" if host_uid else "none (root is exempt)"
         workdir = "tmpfs size" if "--size" in self._bwrap_help else "memory only (bwrap without --size)"
         if self.backend == "none":
             workdir = "not capped (SANDBOX=none: a host temp dir; RLIMIT_FSIZE per file)"

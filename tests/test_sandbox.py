@@ -228,6 +228,11 @@ async def test_unknown_language_is_refused(sandbox: Sandbox) -> None:
     assert run.result.reason == "unsupported_language" and run.events == []
 
 
+async def test_nul_in_args_is_refused(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "bash", "echo $1", args=["a\0b"])
+    assert run.result.reason == "invalid_args" and run.events == []
+
+
 async def test_aliases_run_the_canonical_language(sandbox: Sandbox) -> None:
     run = await run_job(sandbox, "node", "console.log(process.version.startsWith('v'))")
     assert run.result.stdout == "true\n"

@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,6 +253,34 @@ async def test_cancelling_a_job_kills_its_tree(sandbox: Sandbox) -> None:
         await task
     assert host_processes_with(tag) == []
     assert job_cgroups(job.id) == []
+
+
+async def test_jobs_die_with_the_server() -> None:
+    """A server killed with SIGKILL cannot clean up: bwrap's --die-with-parent takes the job down with it."""
+    tag = marker()
+    script = (
+        "import asyncio, sys\n"
+        "from server.jobs import Job, JobIO\n"
+        "from server.sandbox import Sandbox\n"
+        "from server.settings import Settings\n"
+        "async def main():\n"
+        "    box = await Sandbox.create(Settings(), languages=['bash'])\n"
+        f"    code = '(exec -a {tag} sleep 300) & exec -a {tag} sleep 300'\n"
+        "    job = Job(language='bash', code=code, timeout_ms=60000)\n"
+        "    await box(job, JobIO(on_output=lambda s, d: None))\n"
+        "asyncio.run(main())\n"
+    )
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", script, cwd=Path(__file__).parent.parent)
+    try:
+        await wait_for_processes(tag, 2)
+    finally:
+        server.kill()
+        await server.wait()
+    for _ in range(500):
+        if not host_processes_with(tag):
+            break
+        await asyncio.sleep(0.01)
+    assert host_processes_with(tag) == []
 
 
 # -- resource limits -----------------------------------------------------------------------------------------
