@@ -1,0 +1,502 @@
+/* The editor: pick a language, run code over the WebSocket, stream its output, feed it input, stop it. */
+"use strict";
+
+(() => {
+  const { el, fmtMs, Socket } = Conveyor;
+  const config = Conveyor.config();
+
+  // Starter programs by language id; a language the server adds later gets a comment instead.
+  const STARTERS = {
+    python: 'name = "world"\nprint(f"Hello, {name}!")\n',
+    python3: 'print("Hello, world!")\n',
+    javascript: 'console.log("Hello, world!");\n',
+    node: 'console.log("Hello, world!");\n',
+    typescript: 'const name: string = "world";\nconsole.log(`Hello, ${name}!`);\n',
+    ruby: 'puts "Hello, world!"\n',
+    php: '<?php\necho "Hello, world!\\n";\n',
+    perl: 'print "Hello, world!\\n";\n',
+    lua: 'print("Hello, world!")\n',
+    bash: 'echo "Hello, world!"\n',
+    sh: 'echo "Hello, world!"\n',
+    c: '#include <stdio.h>\n\nint main(void) {\n    printf("Hello, world!\\n");\n    return 0;\n}\n',
+    cpp:
+      '#include <iostream>\n\nint main() {\n    std::cout << "Hello, world!" << std::endl;\n    return 0;\n}\n',
+    java:
+      'public class Main {\n    public static void main(String[] args) {\n' +
+      '        System.out.println("Hello, world!");\n    }\n}\n',
+    go: 'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("Hello, world!")\n}\n',
+    rust: 'fn main() {\n    println!("Hello, world!");\n}\n',
+    kotlin: 'fun main() {\n    println("Hello, world!")\n}\n',
+    csharp:
+      'using System;\n\nclass Program {\n    static void Main() {\n' +
+      '        Console.WriteLine("Hello, world!");\n    }\n}\n',
+    haskell: 'main :: IO ()\nmain = putStrLn "Hello, world!"\n',
+    r: 'cat("Hello, world!\\n")\n',
+  };
+  const NAMES = {
+    python: "Python",
+    javascript: "JavaScript (Node.js)",
+    typescript: "TypeScript",
+    bash: "Bash",
+    c: "C",
+    cpp: "C++",
+    java: "Java",
+    rust: "Rust",
+    go: "Go",
+    perl: "Perl",
+    ruby: "Ruby",
+    php: "PHP",
+    lua: "Lua",
+    kotlin: "Kotlin",
+    csharp: "C#",
+    haskell: "Haskell",
+    r: "R",
+  };
+  const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
+  const INDENT = "    ";
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    language: $("language"),
+    run: $("run"),
+    stop: $("stop"),
+    status: $("status"),
+    code: $("code"),
+    gutter: $("gutter"),
+    codeSize: $("code-size"),
+    output: $("output"),
+    stdin: $("stdin"),
+    inputForm: $("input-form"),
+    input: $("input"),
+    eof: $("eof"),
+  };
+
+  // The run being shown. `lastSeq` is the newest event seen, so a reconnect resumes exactly after it.
+  const job = {
+    id: null,
+    requestId: null,
+    state: "idle", // idle | submitting | queued | running | finished
+    lastSeq: 0,
+    startedAt: 0, // local Date.now() at the start, for the ticking clock
+    eofSent: false,
+    language: null,
+  };
+  let requestCounter = 0;
+  let ticker = null;
+  let runtimes = [];
+
+  // -- status line ---------------------------------------------------------------------------------------------
+
+  function setStatus(state, text) {
+    ui.status.dataset.state = state;
+    ui.status.textContent = text;
+  }
+
+  function startTicker() {
+    stopTicker();
+    const tick = () => setStatus("running", `running ${(Math.max(0, Date.now() - job.startedAt) / 1000).toFixed(1)} s`);
+    tick();
+    ticker = setInterval(tick, 100);
+  }
+
+  function stopTicker() {
+    clearInterval(ticker);
+    ticker = null;
+  }
+
+  function finalText(message) {
+    const time = message.executionTimeMs !== null && message.executionTimeMs !== undefined;
+    const parts = [];
+    switch (message.type) {
+      case "completed":
+        parts.push("completed", `exit ${message.exitCode}`);
+        if (time) parts.push(fmtMs(message.executionTimeMs));
+        break;
+      case "failed": {
+        parts.push(`failed: ${message.reason || "error"}`);
+        if (message.exitCode !== null && message.exitCode !== undefined) parts.push(`exit ${message.exitCode}`);
+        else if (message.signal) parts.push(message.signal);
+        if (time) parts.push(fmtMs(message.executionTimeMs));
+        break;
+      }
+      case "timeout":
+        parts.push(time ? `timeout after ${fmtMs(message.executionTimeMs)}` : "timeout");
+        break;
+      default:
+        parts.push(message.reason && message.reason !== "stopped" ? `cancelled (${message.reason})` : "cancelled");
+    }
+    let text = parts.join(", ");
+    if (message.truncated) text += " · output truncated";
+    return text;
+  }
+
+  // -- controls ------------------------------------------------------------------------------------------------
+
+  function syncControls() {
+    const active = job.state === "submitting" || job.state === "queued" || job.state === "running";
+    ui.run.disabled = active || !ui.language.value || !socket.ready;
+    ui.stop.disabled = !(job.state === "queued" || job.state === "running") || !job.id;
+    const acceptsInput = job.state === "running" && !job.eofSent && socket.ready;
+    ui.input.disabled = !acceptsInput;
+    ui.eof.disabled = !acceptsInput;
+  }
+
+  // -- output pane ---------------------------------------------------------------------------------------------
+
+  function nearBottom() {
+    const out = ui.output;
+    return out.scrollHeight - out.scrollTop - out.clientHeight < 40;
+  }
+
+  /** Append program text. Consecutive chunks of one stream share a span, so long outputs stay light. */
+  function appendOutput(stream, text) {
+    const stick = nearBottom();
+    const last = ui.output.lastElementChild;
+    if (last && last.dataset.stream === stream) {
+      last.append(document.createTextNode(text));
+    } else {
+      ui.output.append(el("span", { className: `out out-${stream}`, dataset: { stream } }, text));
+    }
+    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
+  }
+
+  function appendNote(text, kind = "note") {
+    const stick = nearBottom();
+    const last = ui.output.lastElementChild;
+    const needsBreak = last && last.textContent && !last.textContent.endsWith("\n");
+    ui.output.append(el("span", { className: `out out-${kind}`, dataset: { stream: kind } }, needsBreak ? "\n" : "", text, "\n"));
+    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
+  }
+
+  function showCompileOutput(text) {
+    if (!text || ui.output.textContent.includes(text.trim())) return;
+    // Spans (styled as blocks): the output pane is a <pre>, which holds phrasing content only.
+    const block = el(
+      "span",
+      { className: "compile-block", dataset: { stream: "compile" } },
+      el("span", { className: "compile-head" }, "Compiler output"),
+      el("span", { className: "compile-text" }, text),
+    );
+    ui.output.prepend(block);
+  }
+
+  async function fetchCompileOutput(jobId) {
+    try {
+      const response = await fetch(`/queue/job/${encodeURIComponent(jobId)}`, { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const data = await response.json();
+      if (job.id === jobId) showCompileOutput(data.compileOutput);
+    } catch (err) {
+      // The status line already says the compile failed; the details are a bonus.
+    }
+  }
+
+  // -- messages ------------------------------------------------------------------------------------------------
+
+  function onMessage(message) {
+    if (message.type === "error") return onError(message);
+    if (message.type === "queued" && message.requestId === job.requestId && job.state === "submitting") {
+      job.id = message.jobId;
+      job.state = "queued";
+    }
+    if (!job.id || message.jobId !== job.id) return;
+    if (message.type === "position") {
+      if (job.state === "queued") setStatus("queued", `queued (#${message.position} in line)`);
+      return;
+    }
+    if (message.type === "subscribed") {
+      if (FINAL.has(message.status) && job.state !== "finished") appendNote("(the run ended while the page was offline)");
+      return;
+    }
+    if (typeof message.seq === "number") {
+      if (message.seq <= job.lastSeq) return; // replayed after a reconnect, already shown
+      job.lastSeq = message.seq;
+    }
+    switch (message.type) {
+      case "queued":
+        setStatus("queued", message.position ? `queued (#${message.position} in line)` : "queued");
+        break;
+      case "running":
+        job.state = "running";
+        job.startedAt = Math.min(Date.now(), message.startedAt || Date.now());
+        startTicker();
+        break;
+      case "output":
+        appendOutput(message.stream === "stderr" ? "stderr" : "stdout", message.data);
+        break;
+      default:
+        if (FINAL.has(message.type)) onFinished(message);
+    }
+    syncControls();
+  }
+
+  function onFinished(message) {
+    stopTicker();
+    job.state = "finished";
+    setStatus(message.type, finalText(message));
+    if (!ui.output.textContent) appendNote("(no output)");
+    if (message.reason === "compile_error" || message.reason === "compile_timeout") fetchCompileOutput(job.id);
+  }
+
+  function onError(message) {
+    const mine = (message.requestId && message.requestId === job.requestId) || (message.jobId && message.jobId === job.id);
+    const text = message.message || message.error || "error";
+    if (mine && job.state === "submitting") {
+      job.state = "idle";
+      setStatus("error", `not started: ${text}`);
+    } else {
+      appendNote(text, "error");
+    }
+    syncControls();
+  }
+
+  // -- actions -------------------------------------------------------------------------------------------------
+
+  function run() {
+    if (ui.run.disabled) return;
+    const language = ui.language.value;
+    requestCounter += 1;
+    Object.assign(job, { id: null, requestId: `run-${requestCounter}`, state: "submitting", lastSeq: 0, eofSent: false, language });
+    stopTicker();
+    ui.output.replaceChildren();
+    const sent = socket.send({
+      type: "run",
+      language,
+      code: ui.code.value,
+      stdin: ui.stdin.value,
+      interactive: true,
+      requestId: job.requestId,
+    });
+    if (!sent) {
+      job.state = "idle";
+      setStatus("error", "not connected: the run was not sent");
+    } else {
+      setStatus("submitting", "submitting…");
+    }
+    syncControls();
+  }
+
+  function stop() {
+    if (job.id && (job.state === "queued" || job.state === "running")) {
+      socket.send({ type: "stop", jobId: job.id });
+      setStatus("stopping", "stopping…");
+    }
+  }
+
+  function sendLine() {
+    if (ui.input.disabled) return;
+    const line = ui.input.value;
+    if (socket.send({ type: "stdin", jobId: job.id, data: `${line}\n` })) {
+      appendOutput("stdin", `${line}\n`);
+      ui.input.value = "";
+    }
+  }
+
+  function sendEof() {
+    if (ui.input.disabled) return;
+    if (ui.input.value) sendLine();
+    if (socket.send({ type: "eof", jobId: job.id })) {
+      job.eofSent = true;
+      appendNote("(end of input)");
+      syncControls();
+    }
+  }
+
+  // -- code area -----------------------------------------------------------------------------------------------
+
+  function updateGutter() {
+    const lines = ui.code.value.split("\n").length;
+    if (ui.gutter.dataset.lines !== String(lines)) {
+      ui.gutter.dataset.lines = String(lines);
+      ui.gutter.textContent = Array.from({ length: lines }, (_, i) => i + 1).join("\n");
+    }
+    ui.gutter.scrollTop = ui.code.scrollTop;
+    const bytes = new TextEncoder().encode(ui.code.value).length;
+    ui.codeSize.textContent = config.maxCodeBytes ? `${bytes.toLocaleString("en-US")} / ${config.maxCodeBytes.toLocaleString("en-US")} bytes` : "";
+    ui.codeSize.classList.toggle("over", Boolean(config.maxCodeBytes) && bytes > config.maxCodeBytes);
+  }
+
+  /** Insert text as if typed, so the browser's undo history keeps working. */
+  function insertText(text) {
+    if (!document.execCommand("insertText", false, text)) {
+      ui.code.setRangeText(text, ui.code.selectionStart, ui.code.selectionEnd, "end");
+    }
+    updateGutter();
+  }
+
+  function indentSelection(outdent) {
+    const area = ui.code;
+    const { value, selectionStart, selectionEnd } = area;
+    if (!outdent && selectionStart === selectionEnd) {
+      insertText(job.language === "go" || ui.language.value === "go" ? "\t" : INDENT);
+      return;
+    }
+    const lineStart = value.lastIndexOf("\n", selectionStart - 1) + 1;
+    const block = value.slice(lineStart, selectionEnd);
+    const lines = block.split("\n");
+    const changed = lines.map((line) => {
+      if (!outdent) return INDENT + line;
+      if (line.startsWith("\t")) return line.slice(1);
+      return line.replace(/^ {1,4}/, "");
+    });
+    area.setSelectionRange(lineStart, selectionEnd);
+    insertText(changed.join("\n"));
+    area.setSelectionRange(lineStart, lineStart + changed.join("\n").length);
+  }
+
+  function newlineWithIndent() {
+    const { value, selectionStart } = ui.code;
+    const lineStart = value.lastIndexOf("\n", selectionStart - 1) + 1;
+    const line = value.slice(lineStart, selectionStart);
+    let indent = line.match(/^[ \t]*/)[0];
+    if (/[:{([]\s*$/.test(line)) indent += line.startsWith("\t") || ui.language.value === "go" ? "\t" : INDENT;
+    insertText(`\n${indent}`);
+  }
+
+  // Escape releases the Tab key for one press, so keyboard users can still leave the code area.
+  let tabReleased = false;
+
+  ui.code.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      tabReleased = true;
+      return;
+    }
+    if (event.key === "Tab" && !tabReleased && !event.ctrlKey && !event.altKey && !event.metaKey) {
+      event.preventDefault();
+      indentSelection(event.shiftKey);
+    } else if (event.key === "Enter" && !event.ctrlKey && !event.metaKey && !event.shiftKey && !event.altKey) {
+      event.preventDefault();
+      newlineWithIndent();
+    }
+    tabReleased = false;
+  });
+  ui.code.addEventListener("input", () => {
+    updateGutter();
+    saveCode();
+  });
+  ui.code.addEventListener("scroll", () => {
+    ui.gutter.scrollTop = ui.code.scrollTop;
+  });
+
+  // -- languages and saved code --------------------------------------------------------------------------------
+
+  function storageKey(language) {
+    return `conveyor.code.${language}`;
+  }
+
+  function saveCode() {
+    try {
+      localStorage.setItem(storageKey(ui.language.value), ui.code.value);
+    } catch (err) {
+      // Private windows may refuse storage; the code simply is not remembered.
+    }
+  }
+
+  function loadCode(language) {
+    let saved = null;
+    try {
+      saved = localStorage.getItem(storageKey(language));
+    } catch (err) {
+      saved = null;
+    }
+    ui.code.value = saved !== null ? saved : starterFor(language);
+    updateGutter();
+  }
+
+  function starterFor(language) {
+    const entry = runtimes.find((r) => r.id === language);
+    const ids = [language, ...((entry && entry.aliases) || [])];
+    for (const id of ids) if (STARTERS[id]) return STARTERS[id];
+    return `// Write a ${entry ? entry.label : language} program here.\n`;
+  }
+
+  /** Accept a few shapes of /runtimes entries: the sandbox owns that document. */
+  function normalizeRuntime(item) {
+    if (typeof item === "string") return { id: item, label: item, aliases: [] };
+    const id = item.id || item.name || item.language;
+    const name = item.displayName || item.label || NAMES[id] || item.name || id;
+    const version = item.version ? ` ${item.version}` : "";
+    return { id, label: `${name}${version}`, aliases: item.aliases || [], available: item.available !== false };
+  }
+
+  async function loadRuntimes(attempt = 0) {
+    try {
+      const response = await fetch("/runtimes", { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const data = await response.json();
+      const list = Array.isArray(data) ? data : data.runtimes || data.languages || [];
+      runtimes = list.map(normalizeRuntime).filter((r) => r.id && r.available !== false);
+    } catch (err) {
+      setStatus("error", `could not load languages (${err.message}); retrying…`);
+      setTimeout(() => loadRuntimes(attempt + 1), Math.min(10_000, 1000 * 2 ** attempt));
+      return;
+    }
+    let preferred = null;
+    try {
+      preferred = localStorage.getItem("conveyor.language");
+    } catch (err) {
+      preferred = null;
+    }
+    ui.language.replaceChildren(...runtimes.map((r) => el("option", { value: r.id }, r.label)));
+    const initial = runtimes.find((r) => r.id === preferred) || runtimes.find((r) => r.id === "python") || runtimes[0];
+    if (initial) ui.language.value = initial.id;
+    ui.language.disabled = runtimes.length === 0;
+    loadCode(ui.language.value);
+    if (job.state === "idle") setStatus("idle", runtimes.length ? "ready" : "no languages available");
+    syncControls();
+  }
+
+  ui.language.addEventListener("change", () => {
+    try {
+      localStorage.setItem("conveyor.language", ui.language.value);
+    } catch (err) {
+      // not remembered
+    }
+    loadCode(ui.language.value);
+    syncControls();
+  });
+
+  // -- wiring --------------------------------------------------------------------------------------------------
+
+  ui.run.addEventListener("click", run);
+  ui.stop.addEventListener("click", stop);
+  ui.eof.addEventListener("click", sendEof);
+  ui.inputForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendLine();
+  });
+  ui.input.addEventListener("keydown", (event) => {
+    if (event.key === "d" && event.ctrlKey) {
+      event.preventDefault();
+      sendEof();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      run();
+    }
+  });
+
+  const socket = new Socket({
+    onMessage,
+    onReady: () => {
+      // Resume a run the page was showing: replay what was missed, then continue live.
+      if (job.id && (job.state === "queued" || job.state === "running")) {
+        socket.send({ type: "subscribe", jobId: job.id, since: job.lastSeq });
+        appendNote("(reconnected)");
+      } else if (job.state === "submitting") {
+        job.state = "idle";
+        setStatus("error", "the connection dropped before the run was accepted; run again");
+      }
+      syncControls();
+    },
+    onClose: (wasReady) => {
+      if (wasReady && (job.state === "queued" || job.state === "running")) appendNote("(connection lost; resuming…)");
+      syncControls();
+    },
+  });
+
+  updateGutter();
+  loadRuntimes();
+})();
