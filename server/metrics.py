@@ -1,0 +1,155 @@
+"""Prometheus metrics: `GET /metrics`, counted from queue events and read from the queue and hub at scrape time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from .events import Event
+from .jobs import FINISHED_STATUSES
+from .keys import HUB, QUEUE
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "conveyor"
+TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
+# Seconds. Waits are short on an idle server and long under load; runs are bounded by JOB_TIMEOUT_MS.
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+EXECUTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class _ScrapeCollector(Collector):
+    """Values that live elsewhere (queue stats, hub sockets), read when Prometheus scrapes.
+
+    `collect` is synchronous but the queue's `stats()` is async (Redis), so the handler awaits the stats first and
+    leaves them in `stats` for the encoder's call to `collect`, which follows at once on the same loop.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self.stats: dict[str, Any] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats
+        yield _gauge("queue_length", "Jobs waiting in the queue.", stats.get("queueLength", 0))
+        yield _gauge("jobs_running", "Jobs running now.", stats.get("runningCount", 0))
+        yield _gauge("max_concurrent_jobs", "Jobs that may run at once.", stats.get("maxConcurrent", 0))
+        yield _gauge("max_queue_size", "Jobs that may wait at once.", stats.get("maxQueueSize", 0))
+        yield _counter(
+            "rejected", "Submissions refused because the queue was full (HTTP 503).", stats.get("totalRejected", 0)
+        )
+        yield _counter(
+            "rate_limited", "Requests refused by the rate limiter (HTTP 429).", stats.get("totalRateLimited", 0)
+        )
+        hub = self._app.get(HUB)
+        connections = len(hub.connections) if hub is not None else 0
+        yield _gauge("websocket_connections", "Open WebSocket connections.", connections)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{NAMESPACE}_{name}", documentation, value=value)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{NAMESPACE}_{name}", documentation, value=value)
+
+
+class Metrics:
+    """One app's metrics in its own registry (tests build many apps; the global registry would collide)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.registry = CollectorRegistry()
+        self.scrape = _ScrapeCollector(app)
+        self.registry.register(self.scrape)
+        ProcessCollector(namespace=NAMESPACE, registry=self.registry)
+        self.submitted = Counter(
+            "jobs_submitted", "Jobs accepted into the queue.", ["language"], namespace=NAMESPACE, registry=self.registry
+        )
+        self.finished = Counter(
+            "jobs",
+            "Jobs that reached a final status.",
+            ["status", "language"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.wait_time = Histogram(
+            "job_wait_seconds",
+            "Time from submission to start, for jobs that ran.",
+            ["language"],
+            namespace=NAMESPACE,
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.execution_time = Histogram(
+            "job_execution_seconds",
+            "Time the program ran (compilation excluded).",
+            ["language"],
+            namespace=NAMESPACE,
+            buckets=EXECUTION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def on_event(self, event: Event) -> None:
+        """The queue listener. Runs on the queue's path: synchronous, O(1) and never raises."""
+        try:
+            kind = event.get("type")
+            if kind == "queued":
+                self.submitted.labels(language=str(event.get("language"))).inc()
+            elif kind in TERMINAL_TYPES:
+                self._on_finished(kind, event)
+        except Exception:
+            # The emitter would log and skip us too; catching here keeps the promise local to this module.
+            logger.exception("metrics: %s event for job %s not counted", event.get("type"), event.get("jobId"))
+
+    def _on_finished(self, kind: str, event: Event) -> None:
+        language = str(event.get("language"))
+        self.finished.labels(status=kind, language=language).inc()
+        execution_ms = event.get("executionTimeMs")
+        # Both are observed when the job ends, so a job counts once and nothing is remembered between events; a job
+        # cancelled while queued never ran, so its wait is not a wait for a slot (the stats percentiles agree).
+        if execution_ms is None:
+            return
+        self.execution_time.labels(language=language).observe(execution_ms / 1000.0)
+        wait_ms = event.get("waitTimeMs")
+        if wait_ms is not None:
+            self.wait_time.labels(language=language).observe(wait_ms / 1000.0)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """The Prometheus text format (or OpenMetrics when the scraper asks for it)."""
+    app = request.app
+    metrics = app[METRICS]
+    metrics.scrape.stats = await app[QUEUE].stats()
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+
+def setup_metrics(app: web.Application) -> None:
+    """Add `GET /metrics` and count queue events while the app runs. Call after the queue's cleanup context is added."""
+    metrics = Metrics(app)
+    app[METRICS] = metrics
+
+    async def listen(app: web.Application) -> AsyncIterator[None]:
+        # The emitter the queue really emits on (the hub listens there too). It should be app[EVENTS], but a
+        # backend given an emitter with no listeners yet falls back to its own (`events or EventEmitter()`: an
+        # empty emitter is falsy), so app[EVENTS] alone would count nothing.
+        unsubscribe = app[QUEUE].events.subscribe(metrics.on_event)
+        try:
+            yield
+        finally:
+            unsubscribe()
+
+    app.cleanup_ctx.append(listen)
+    app.router.add_get("/metrics", get_metrics)
