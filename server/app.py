@@ -15,7 +15,9 @@ from .hub import Hub, open_socket
 from .identity import Client
 from .jobs import Runner
 from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .metrics import setup_metrics
 from .middlewares import error_middleware
+from .pages import setup_pages
 from .queue import QueueBackend, create_queue
 from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
@@ -107,5 +109,7 @@ def create_app(
     app.cleanup_ctx.append(queue_ctx)
     app.cleanup_ctx.append(hub_ctx)
     setup_routes(app)
+    setup_pages(app)
+    setup_metrics(app)
     app.router.add_get("/ws", open_socket)
     return app
