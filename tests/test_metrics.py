@@ -1,0 +1,111 @@
+"""GET /metrics: Prometheus text counted from real jobs, gauges read at scrape time, per-app registries."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from server.app import create_app
+from server.jobs import Runner
+from server.metrics import METRICS
+from tests.conftest import AppClientFactory, make_settings
+
+Client = TestClient[web.Request, web.Application]
+SLEEP = {"language": "python", "code": "import time\ntime.sleep(60)"}
+
+
+async def scrape(client: Client) -> list[Sample]:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    return [sample for family in text_string_to_metric_families(await resp.text()) for sample in family.samples]
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float | None:
+    """The one sample called `name` whose labels include `labels`, or None."""
+    found = [s.value for s in samples if s.name == name and labels.items() <= s.labels.items()]
+    assert len(found) <= 1, f"{name} {labels} matches {len(found)} samples"
+    return found[0] if found else None
+
+
+async def run(client: Client, code: str, language: str = "python", **extra: object) -> str:
+    resp = await client.post("/run", json={"language": language, "code": code, **extra})
+    assert resp.status == 200, await resp.text()
+    status: str = (await resp.json())["status"]
+    return status
+
+
+async def test_jobs_counted_by_final_status_and_language(client: Client) -> None:
+    assert await run(client, "print('ok')") == "completed"
+    assert await run(client, "raise SystemExit(2)") == "failed"
+    assert await run(client, "echo hi", "bash") == "completed"
+    assert await run(client, "import time\ntime.sleep(30)", timeoutMs=300) == "timeout"
+    samples = await scrape(client)
+    assert value(samples, "conveyor_jobs_total", status="completed", language="python") == 1
+    assert value(samples, "conveyor_jobs_total", status="failed", language="python") == 1
+    assert value(samples, "conveyor_jobs_total", status="timeout", language="python") == 1
+    assert value(samples, "conveyor_jobs_total", status="completed", language="bash") == 1
+    assert value(samples, "conveyor_jobs_total", status="cancelled", language="python") is None
+    assert value(samples, "conveyor_jobs_submitted_total", language="python") == 3
+    assert value(samples, "conveyor_jobs_submitted_total", language="bash") == 1
+    # Every job here ran, so each has one wait and one execution observation.
+    assert value(samples, "conveyor_job_execution_seconds_count", language="python") == 3
+    assert value(samples, "conveyor_job_wait_seconds_count", language="python") == 3
+    assert value(samples, "conveyor_job_execution_seconds_count", language="bash") == 1
+    timed_out = value(samples, "conveyor_job_execution_seconds_bucket", language="python", le="0.1")
+    assert timed_out is not None and timed_out < 3  # the 0.3 s timeout is not in the 0.1 s bucket
+    assert value(samples, "conveyor_process_resident_memory_bytes") is not None
+
+
+async def test_queue_gauges_and_rejections_are_read_at_scrape_time(app_client: AppClientFactory) -> None:
+    client = await app_client(max_concurrent_jobs=1, max_queue_size=2)
+    for _ in range(3):
+        resp = await client.post("/run?wait=false", json=SLEEP)
+        assert resp.status == 202
+    resp = await client.post("/run?wait=false", json=SLEEP)
+    assert resp.status == 503
+    samples = await scrape(client)
+    assert value(samples, "conveyor_jobs_running") == 1
+    assert value(samples, "conveyor_queue_length") == 2
+    assert value(samples, "conveyor_max_concurrent_jobs") == 1
+    assert value(samples, "conveyor_max_queue_size") == 2
+    assert value(samples, "conveyor_rejected_total") == 1
+    # The refused job never entered the queue.
+    assert value(samples, "conveyor_jobs_submitted_total", language="python") == 3
+
+
+async def test_rate_limit_denials_are_counted_and_metrics_is_not_limited(app_client: AppClientFactory) -> None:
+    client = await app_client(rate_limit_requests=1, rate_limit_read_requests=1)
+    assert await run(client, "print(1)") == "completed"
+    resp = await client.post("/run", json={"language": "python", "code": "print(2)"})
+    assert resp.status == 429
+    for _ in range(3):  # more scrapes than the read bucket holds
+        samples = await scrape(client)
+    assert value(samples, "conveyor_rate_limited_total") == 1
+
+
+async def test_websocket_gauge_follows_open_sockets(client: Client) -> None:
+    assert value(await scrape(client), "conveyor_websocket_connections") == 0
+    ws = await client.ws_connect("/ws")
+    assert (await ws.receive_json())["type"] == "hello"
+    assert value(await scrape(client), "conveyor_websocket_connections") == 1
+    await ws.close()
+    async with asyncio.timeout(10):
+        while value(await scrape(client), "conveyor_websocket_connections") != 0:
+            await asyncio.sleep(0.02)
+
+
+async def test_openmetrics_on_request(client: Client) -> None:
+    resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert (await resp.text()).endswith("# EOF\n")
+
+
+def test_each_app_has_its_own_registry(sandbox: Runner) -> None:
+    first, second = (create_app(make_settings(), runner=sandbox) for _ in range(2))
+    assert first[METRICS].registry is not second[METRICS].registry
