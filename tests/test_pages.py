@@ -1,0 +1,381 @@
+"""The editor and the dashboard in a real headless Chromium against a real listening server and the real sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page, async_playwright, expect
+from pytest_aiohttp.plugin import AiohttpServer
+
+from server.app import create_app
+from server.jobs import Runner
+from server.keys import HUB
+from tests.browser import VIEWPORT, Recorder, launch, screenshot
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.browser
+# Generous: the first run of a language in a session may compile or warm caches. Waits end as soon as the DOM
+# condition holds, so this costs nothing when things are fast.
+expect.set_options(timeout=20_000)
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+ADMIN_KEY = "cvy_dashboard-admin-key"
+SLEEP = "import time\ntime.sleep(60)"
+
+
+@pytest.fixture
+async def serve(aiohttp_server: AiohttpServer, sandbox: Runner) -> ServerFactory:
+    """Factory: a real server on 127.0.0.1 (the browser connects over TCP) running a fresh app."""
+
+    async def make(*, port: int | None = None, **overrides: Any) -> TestServer:
+        app = create_app(make_settings(**overrides), runner=sandbox)
+        server: TestServer = await (aiohttp_server(app, port=port) if port else aiohttp_server(app))
+        return server
+
+    return make
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    # One browser per test: async Playwright lives on the test's event loop (function-scoped under pytest-aiohttp).
+    # A launch costs well under a second.
+    async with async_playwright() as playwright:
+        chromium = await launch(playwright)
+        yield chromium
+        await chromium.close()
+
+
+class Pages:
+    """Opens pages in fresh browser contexts and records what each one requested."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.recorders: dict[Page, tuple[Recorder, str]] = {}
+
+    async def open(self, server: TestServer, path: str) -> Page:
+        context = await self.browser.new_context(viewport=VIEWPORT)
+        page = await context.new_page()
+        recorder = Recorder()
+        recorder.attach(page)
+        origin = origin_of(server)
+        self.recorders[page] = (recorder, origin)
+        await page.goto(origin + path)
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        return page
+
+    def recorder(self, page: Page) -> Recorder:
+        return self.recorders[page][0]
+
+    async def close(self) -> None:
+        for page in self.recorders:
+            await page.context.close()
+
+
+@pytest.fixture
+async def pages(browser: Browser) -> AsyncIterator[Pages]:
+    opened = Pages(browser)
+    yield opened
+    await opened.close()
+    # Every test also proves the pages stayed on their own server and threw no script errors.
+    for recorder, origin in opened.recorders.values():
+        assert recorder.outside(origin) == []
+        assert recorder.errors == []
+
+
+def origin_of(server: TestServer) -> str:
+    return str(server.make_url("/")).rstrip("/")
+
+
+async def submit(server: TestServer, code: str, language: str = "python", *, wait: bool = False) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        url = server.make_url("/run").with_query(wait="true" if wait else "false")
+        async with session.post(url, json={"language": language, "code": code}) as resp:
+            body: dict[str, Any] = await resp.json()
+            body["httpStatus"] = resp.status
+            return body
+
+
+async def stop_as_owner(server: TestServer, job_id: str) -> None:
+    """Stop a REST-submitted job over the WebSocket: an anonymous caller owns jobs from its own address."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/ws")) as ws:
+        await ws.send_json({"type": "subscribe", "jobId": job_id})
+        await ws.send_json({"type": "stop", "jobId": job_id})
+        async with asyncio.timeout(20):
+            async for msg in ws:
+                data = msg.json()
+                if data.get("type") == "cancelled" or data.get("type") == "error":
+                    assert data["type"] == "cancelled", data
+                    return
+
+
+async def stop_server(server: TestServer) -> None:
+    """Stop like a deploy does. The hub closes its sockets (1001) in a cleanup context, which aiohttp runs only
+    after waiting up to 60 s for open handlers, WebSockets included; closing them first (what an on_shutdown hook
+    in app.py would do) keeps the test quick. Reported to the hub's owner."""
+    await server.app[HUB].close()
+    await server.close()
+
+
+# -- editor -------------------------------------------------------------------------------------------------------
+
+
+async def editor_ready(page: Page) -> None:
+    await expect(page.locator("#language")).to_have_value("python")
+    await expect(page.locator("#run")).to_be_enabled()
+
+
+async def test_editor_runs_python_hello_with_keyboard(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await expect(page.locator("#language option")).to_contain_text(["Python"])
+    await page.fill("#code", "for i in range(2):\n")
+    await page.focus("#code")
+    await page.keyboard.press("Control+End")
+    await page.keyboard.press("Tab")  # indents instead of moving focus
+    await page.keyboard.type("print('hello', i)")
+    await expect(page.locator("#code")).to_be_focused()
+    await expect(page.locator("#code")).to_have_value("for i in range(2):\n    print('hello', i)")
+    await page.keyboard.press("Control+Enter")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#status")).to_have_text(re.compile(r"^completed, exit 0, [\d.]+ m?s$"))
+    await expect(page.locator("#output .out-stdout")).to_have_text("hello 0\nhello 1\n", use_inner_text=True)
+    await screenshot(page, "editor")
+
+
+async def test_editor_escapes_output_and_marks_stderr(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await page.fill(
+        "#code", "import sys\nprint('<img src=x onerror=alert(1)><b>bold</b>')\nprint('oops', file=sys.stderr)"
+    )
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output .out-stderr")).to_have_text("oops\n", use_inner_text=True)
+    await expect(page.locator("#output .out-stdout")).to_contain_text("<img src=x onerror=alert(1)><b>bold</b>")
+    await expect(page.locator("#output img, #output b")).to_have_count(0)
+
+
+async def test_editor_shows_compile_errors(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await page.select_option("#language", "c")
+    await expect(page.locator("#code")).to_have_value(re.compile("printf"))  # the C starter replaced Python's
+    await page.fill("#code", "int main(void) { return missing_name; }\n")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_text(re.compile(r"^failed: compile_error"))
+    await expect(page.locator("#output .compile-block")).to_contain_text("missing_name")
+
+
+async def test_editor_sends_typed_input_and_eof(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    code = (
+        "import sys\nname = input()\nprint('hi ' + name, flush=True)\n"
+        "rest = sys.stdin.read()\nprint('rest', len(rest.splitlines()))"
+    )
+    await page.fill("#code", code)
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_text(re.compile(r"^running \d+\.\d s$"))
+    await expect(page.locator("#input")).to_be_enabled()
+    await page.fill("#input", "bob")
+    await page.press("#input", "Enter")
+    await expect(page.locator("#output")).to_contain_text("hi bob")
+    for line in ("x", "y"):
+        await page.fill("#input", line)
+        await page.press("#input", "Enter")
+    await page.press("#input", "Control+d")  # end of input
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output")).to_contain_text("rest 2")
+    await expect(page.locator("#input")).to_be_disabled()
+    await screenshot(page, "editor-input")
+
+
+async def test_editor_stop_ends_an_infinite_loop(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    code = (
+        "import itertools\nfor i in itertools.count():\n    if i % 500000 == 0:\n        print('tick', i, flush=True)"
+    )
+    await page.fill("#code", code)
+    await page.click("#run")
+    await expect(page.locator("#output")).to_contain_text("tick 0")
+    await expect(page.locator("#stop")).to_be_enabled()
+    await page.click("#stop")
+    await expect(page.locator("#status")).to_have_text("cancelled")
+    await expect(page.locator("#stop")).to_be_disabled()
+    await expect(page.locator("#run")).to_be_enabled()
+
+
+async def test_editor_shows_its_place_in_line(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve(max_concurrent_jobs=1)
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    sleeper = await submit(server, SLEEP)
+    ahead = await submit(server, SLEEP)
+    await page.fill("#code", "print('my turn')")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_text("queued (#2 in line)")
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(server.make_url(f"/queue/job/{ahead['jobId']}")) as resp:
+            assert resp.status == 200
+    await expect(page.locator("#status")).to_have_text("queued (#1 in line)")
+    await stop_as_owner(server, sleeper["jobId"])
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output")).to_have_text("my turn")
+
+
+async def test_editor_resumes_after_its_socket_drops(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    code = "import time\nfor i in range(1000):\n    print('line', i, flush=True)\n    time.sleep(0.01)\n"
+    await page.fill("#code", code)
+    await page.click("#run")
+    await expect(page.locator("#output")).to_contain_text("line 5")
+    # What the hub does to a client that stops reading: close with 1013 ("reconnect and resume with since").
+    for conn in list(server.app[HUB].connections):
+        await conn.close(1013, "test")
+    await expect(page.locator("#output")).to_contain_text("(reconnected)")
+    # The hub stops an interactive job whose submitter disconnected, so the run ends cancelled; what matters
+    # here is that the replay after `since` neither lost nor repeated a line.
+    await expect(page.locator("#status")).to_have_attribute("data-state", re.compile("completed|cancelled"))
+    text = await page.locator("#output .out-stdout").all_inner_texts()
+    numbers = [int(line.split()[1]) for line in "".join(text).splitlines()]
+    assert numbers == list(range(len(numbers))) and len(numbers) > 5
+
+
+# -- dashboard ----------------------------------------------------------------------------------------------------
+
+
+def row(page: Page, job_id: str) -> Any:
+    return page.locator(f'#jobs-body tr[data-job-id="{job_id}"]')
+
+
+async def test_dashboard_follows_jobs_submitted_by_rest(serve: ServerFactory, pages: Pages) -> None:
+    # One slot and two places: a sleeper runs, two wait, the next is refused (503) and one more is rate limited.
+    server = await serve(max_concurrent_jobs=1, max_queue_size=2, rate_limit_requests=4)
+    page = await pages.open(server, "/dashboard")
+    await expect(page.locator("#stat-completed")).to_have_text("0")
+    await expect(page.locator("#jobs-empty")).to_be_visible()
+
+    sleeper = await submit(server, SLEEP)
+    hello = await submit(server, "print('hello')")
+    failing = await submit(server, "exit 3", "bash")
+    assert (await submit(server, "print(1)"))["httpStatus"] == 503
+    assert (await submit(server, "print(2)"))["httpStatus"] == 429
+
+    await expect(page.locator("#stat-running")).to_have_text("1 / 1")
+    await expect(page.locator("#stat-queue")).to_have_text("2")
+    await expect(row(page, sleeper["jobId"]).locator(".badge")).to_have_text("running")
+    await expect(row(page, hello["jobId"]).locator(".badge")).to_have_text("queued")
+    # A viewer never gets controls, even for jobs that could be stopped.
+    await expect(page.locator("#jobs-body button")).to_have_count(0)
+    await expect(page.locator("#actions-head")).to_be_hidden()
+    await screenshot(page, "dashboard-busy")
+
+    await stop_as_owner(server, sleeper["jobId"])
+    await expect(page.locator("#stat-completed")).to_have_text("1")
+    await expect(page.locator("#stat-failed")).to_have_text("1")
+    await expect(page.locator("#stat-cancelled")).to_have_text("1")
+    await expect(page.locator("#stat-rejected")).to_have_text("1")
+    await expect(page.locator("#stat-ratelimited")).to_have_text("1")
+    await expect(page.locator("#stat-queue")).to_have_text("0")
+    await expect(page.locator("#jobs-body tr")).to_have_count(3)
+    await expect(row(page, failing["jobId"]).locator(".badge")).to_have_text("failed")
+
+    await page.select_option("#filter-status", "failed")
+    await expect(page.locator("#jobs-body tr")).to_have_count(1)
+    await expect(page.locator("#jobs-body tr td").nth(2)).to_have_text("bash")
+    await page.select_option("#filter-status", "")
+    await page.select_option("#filter-language", "python")
+    await expect(page.locator("#jobs-body tr")).to_have_count(2)
+    await page.select_option("#filter-language", "")
+    await page.fill("#filter-id", hello["jobId"][:10])
+    await expect(page.locator("#jobs-body tr")).to_have_count(1)
+    await row(page, hello["jobId"]).click()
+    await expect(page.locator("#detail-list")).to_contain_text(hello["jobId"])
+    await expect(page.locator("#detail-list")).to_contain_text("completed")
+    await page.fill("#filter-id", "")
+    await screenshot(page, "dashboard")
+
+
+async def test_viewer_is_read_only_and_admin_stops_jobs(serve: ServerFactory, pages: Pages, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
+    keys.write_text(f'[[keys]]\nname = "ops"\nsha256 = "{digest}"\nadmin = true\n')
+    server = await serve(api_keys_file=str(keys), max_concurrent_jobs=1)
+    viewer = await pages.open(server, "/dashboard")
+    admin = await pages.open(server, "/dashboard")
+    await admin.fill("#api-key", "cvy_wrong-key")
+    await admin.click("#auth-submit")
+    await expect(admin.locator("#auth-message")).to_contain_text("Key refused")
+    await admin.fill("#api-key", ADMIN_KEY)
+    await admin.click("#auth-submit")
+    await expect(admin.locator("#admin-badge")).to_have_text("admin")
+
+    # The code and the output carry markers that must never reach a dashboard.
+    running = await submit(server, "print('OUT' + 'PUT-7f3a', flush=True)\nimport time\ntime.sleep(60)  # CODE-91c2")
+    queued = await submit(server, "print('later')")
+    for page in (viewer, admin):
+        await expect(row(page, running["jobId"]).locator(".badge")).to_have_text("running")
+        await expect(row(page, queued["jobId"]).locator(".badge")).to_have_text("queued")
+    await expect(viewer.locator("#jobs-body button, #detail-actions button")).to_have_count(0)
+    await expect(row(admin, running["jobId"]).locator("button")).to_have_text("Stop")
+    await expect(row(admin, queued["jobId"]).locator("button")).to_have_text("Cancel")
+    await screenshot(admin, "dashboard-admin")
+
+    await row(admin, queued["jobId"]).locator("button").click()
+    await row(admin, running["jobId"]).locator("button").click()
+    for page in (viewer, admin):
+        await expect(row(page, running["jobId"]).locator(".badge")).to_have_text("cancelled")
+        await expect(row(page, queued["jobId"]).locator(".badge")).to_have_text("cancelled")
+    await expect(admin.locator("#jobs-body button")).to_have_count(0)
+    for page in (viewer, admin):
+        content = await page.content()
+        frames = "".join(pages.recorder(page).frames)
+        for marker in ("PUT-7f3a", "CODE-91c2", "time.sleep"):
+            assert marker not in content and marker not in frames
+
+
+async def test_dashboard_reconnects_after_a_server_restart(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/dashboard")
+    await submit(server, "print(1)", wait=True)
+    await expect(page.locator("#stat-completed")).to_have_text("1")
+    port = server.port
+    await stop_server(server)
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "closed")
+
+    restarted = await serve(port=port)
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    # A fresh snapshot from the new process: its counters start again.
+    await expect(page.locator("#stat-completed")).to_have_text("0")
+    job = await submit(restarted, "print(2)", wait=True)
+    await expect(row(page, job["id"]).locator(".badge")).to_have_text("completed")
+    await expect(page.locator("#stat-completed")).to_have_text("1")
+
+
+async def test_pages_only_talk_to_their_own_server(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    origin = origin_of(server)
+    editor = await pages.open(server, "/")
+    await editor_ready(editor)
+    await editor.click("#run")
+    await expect(editor.locator("#status")).to_have_attribute("data-state", "completed")
+    dashboard = await pages.open(server, "/dashboard")
+    await expect(dashboard.locator("#jobs-body tr")).to_have_count(1)
+    for page in (editor, dashboard):
+        urls = pages.recorder(page).urls
+        assert f"ws://{origin.removeprefix('http://')}/ws" in urls
+        assert any("/static/style.css" in url for url in urls)
+        assert pages.recorder(page).outside(origin) == []
+    async with aiohttp.ClientSession() as session, session.get(f"{origin}/dashboard") as resp:
+        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
