@@ -12,6 +12,7 @@ from server.errors import Conflict, NotFound, QueueFull, ShuttingDown
 from server.events import Event
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import MemoryQueue
+from server.queue.redis import RedisQueue
 
 
 class Gate:
@@ -52,13 +53,27 @@ def gate() -> Gate:
     return Gate()
 
 
-@pytest.fixture
-async def make_queue(gate: Gate) -> AsyncIterator[Callable[..., MemoryQueue]]:
-    queues: list[MemoryQueue] = []
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
-    def make(**kwargs: Any) -> MemoryQueue:
+
+@pytest.fixture
+async def make_queue(gate: Gate, backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+    """Factory of started queues of the parametrized backend; Redis ones share the test's real redis-server."""
+    queues: list[Any] = []
+    url = request.getfixturevalue("redis_url") if backend == "redis" else ""
+
+    async def make(**kwargs: Any) -> Any:
         kwargs.setdefault("executor", gate)
-        queue = MemoryQueue(**kwargs)
+        if backend == "redis":
+            for memory_only in ("clock",):
+                kwargs.pop(memory_only, None)
+            kwargs.setdefault("worker_slots", kwargs.get("max_concurrent", 5))
+            queue: Any = RedisQueue(url, **kwargs)
+        else:
+            queue = MemoryQueue(**kwargs)
+        await queue.start()
         queues.append(queue)
         return queue
 
@@ -72,45 +87,78 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def eventually(predicate: Callable[[], Any], timeout: float = 10) -> None:
+    """Wait until `predicate()` (sync or async) is true; the Redis backend acts through its own tasks."""
+    async with asyncio.timeout(timeout):
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def status_of(queue: Any, job_id: str) -> JobStatus:
+    job = await queue.get(job_id)
+    assert job is not None
+    return job.status  # type: ignore[no-any-return]
+
+
 def job(code: str, priority: int = 0, **kwargs: Any) -> Job:
     return Job(language="python", code=code, priority=priority, **kwargs)
 
 
-async def test_priority_order_then_fifo(make_queue: Callable[..., MemoryQueue], gate: Gate) -> None:
-    queue = make_queue(max_concurrent=1)
+async def started(gate: Gate, n: int) -> None:
+    await eventually(lambda: len(gate.started) >= n)
+
+
+async def test_priority_order_then_fifo(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue(max_concurrent=1)
     await queue.submit(job("first"))
+    await started(gate, 1)
     for code, priority in [("low-a", 0), ("high-a", 5), ("low-b", 0), ("mid", 2), ("high-b", 5)]:
         await queue.submit(job(code, priority))
-    await settle()
-    for code in ["first", "high-a", "high-b", "mid", "low-a", "low-b"]:
+    order = ["first", "high-a", "high-b", "mid", "low-a", "low-b"]
+    for n, code in enumerate(order, 1):
+        await started(gate, n)
         assert gate.started[-1] == code
         gate.finish(code)
-        await settle()
-    assert gate.started == ["first", "high-a", "high-b", "mid", "low-a", "low-b"]
+    await started(gate, len(order))
+    assert gate.started == order
 
 
-async def test_concurrency_bound_and_freed_slot_starts_next_at_once(
-    make_queue: Callable[..., MemoryQueue], gate: Gate
-) -> None:
-    queue = make_queue(max_concurrent=5)
+async def test_concurrency_bound_and_freed_slot_starts_next(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue(max_concurrent=5)
     jobs = [await queue.submit(job(f"j{i}")) for i in range(10)]
+    await started(gate, 5)
     await settle()
     assert len(gate.started) == 5
-    assert [j.status for j in jobs] == [JobStatus.RUNNING] * 5 + [JobStatus.QUEUED] * 5
+    assert [await status_of(queue, j.id) for j in jobs] == [JobStatus.RUNNING] * 5 + [JobStatus.QUEUED] * 5
     stats = await queue.stats()
     assert stats["runningCount"] == 5 and stats["queueLength"] == 5
     assert [await queue.position(j) for j in jobs[5:]] == [1, 2, 3, 4, 5]
     gate.finish("j0")
     done = await queue.wait(jobs[0].id)
     assert done.status is JobStatus.COMPLETED
-    # No polling: the next job was started in the same turn that finished the previous one.
-    assert jobs[5].status is JobStatus.RUNNING
+    await started(gate, 6)
+    assert await status_of(queue, jobs[5].id) is JobStatus.RUNNING
+
+
+async def test_memory_queue_starts_the_next_job_in_the_same_turn() -> None:
+    gate = Gate()
+    queue = MemoryQueue(executor=gate, max_concurrent=1)
+    first, second = await queue.submit(job("a")), await queue.submit(job("b"))
     await settle()
-    assert len(gate.started) == 6
+    gate.finish("a")
+    await queue.wait(first.id)
+    # No polling: finishing the first job dispatched the second before anyone else ran.
+    assert second.status is JobStatus.RUNNING
+    await queue.close()
 
 
-async def test_queue_full_is_refused_and_counted(make_queue: Callable[..., MemoryQueue]) -> None:
-    queue = make_queue(max_concurrent=1, max_queue_size=3)
+async def test_queue_full_is_refused_and_counted(make_queue: Callable[..., Any]) -> None:
+    queue = await make_queue(max_concurrent=1, max_queue_size=3)
     for i in range(4):
         await queue.submit(job(f"j{i}"))
     with pytest.raises(QueueFull) as info:
@@ -124,8 +172,8 @@ async def test_queue_full_is_refused_and_counted(make_queue: Callable[..., Memor
     assert stats["totalQueued"] == 4
 
 
-async def test_timeout_kills_the_executor(make_queue: Callable[..., MemoryQueue], gate: Gate) -> None:
-    queue = make_queue(max_concurrent=1)
+async def test_timeout_kills_the_executor(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue(max_concurrent=1)
     slow = await queue.submit(job("forever", timeout_ms=50))
     done = await queue.wait(slow.id)
     assert done.status is JobStatus.TIMEOUT
@@ -134,8 +182,8 @@ async def test_timeout_kills_the_executor(make_queue: Callable[..., MemoryQueue]
     assert (await queue.stats())["totalTimeout"] == 1
 
 
-async def test_executor_reported_timeout_maps_to_timeout(make_queue: Callable[..., MemoryQueue], gate: Gate) -> None:
-    queue = make_queue()
+async def test_executor_reported_timeout_maps_to_timeout(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue()
     j = await queue.submit(job("t"))
     gate.finish("t", ExecutionResult(reason="timeout", signal="SIGKILL"))
     assert (await queue.wait(j.id)).status is JobStatus.TIMEOUT
@@ -152,9 +200,9 @@ async def test_executor_reported_timeout_maps_to_timeout(make_queue: Callable[..
     ],
 )
 async def test_outcomes_map_to_statuses(
-    make_queue: Callable[..., MemoryQueue], gate: Gate, result: ExecutionResult, status: JobStatus, reason: str | None
+    make_queue: Callable[..., Any], gate: Gate, result: ExecutionResult, status: JobStatus, reason: str | None
 ) -> None:
-    queue = make_queue()
+    queue = await make_queue()
     j = await queue.submit(job("x"))
     gate.finish("x", result)
     done = await queue.wait(j.id)
@@ -162,7 +210,7 @@ async def test_outcomes_map_to_statuses(
     assert done.result is not None and done.result.reason == reason
 
 
-async def test_executor_crash_is_internal_error_and_queue_goes_on(make_queue: Callable[..., MemoryQueue]) -> None:
+async def test_executor_crash_is_internal_error_and_queue_goes_on(make_queue: Callable[..., Any]) -> None:
     calls = 0
 
     async def flaky(job: Job, io: JobIO) -> ExecutionResult:
@@ -172,19 +220,20 @@ async def test_executor_crash_is_internal_error_and_queue_goes_on(make_queue: Ca
             raise RuntimeError("boom")
         return ExecutionResult(exit_code=0)
 
-    queue = make_queue(executor=flaky, max_concurrent=1)
+    queue = await make_queue(executor=flaky, max_concurrent=1)
     a = await queue.submit(job("a"))
     b = await queue.submit(job("b"))
-    assert (await queue.wait(a.id)).status is JobStatus.FAILED
-    assert a.result is not None and a.result.reason == "internal_error"
+    failed = await queue.wait(a.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.result is not None and failed.result.reason == "internal_error"
     assert (await queue.wait(b.id)).status is JobStatus.COMPLETED
 
 
-async def test_cancel_rules(make_queue: Callable[..., MemoryQueue], gate: Gate) -> None:
-    queue = make_queue(max_concurrent=1)
+async def test_cancel_rules(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue(max_concurrent=1)
     running = await queue.submit(job("run"))
+    await started(gate, 1)
     queued = await queue.submit(job("wait"))
-    await settle()
     cancelled = await queue.cancel(queued.id)
     assert cancelled.status is JobStatus.CANCELLED
     assert cancelled.finished_at is not None and cancelled.wait_time_ms is not None
@@ -204,46 +253,43 @@ async def test_cancel_rules(make_queue: Callable[..., MemoryQueue], gate: Gate) 
     assert gate.started == ["run"]
 
 
-async def test_stop_kills_a_running_job(make_queue: Callable[..., MemoryQueue], gate: Gate) -> None:
-    queue = make_queue(max_concurrent=1)
+async def test_stop_kills_a_running_job(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue(max_concurrent=1)
     running = await queue.submit(job("loop"))
+    await started(gate, 1)
     nxt = await queue.submit(job("next"))
-    await settle()
     stopped = await queue.stop(running.id)
     assert stopped.status is JobStatus.CANCELLED
     assert stopped.result is not None and stopped.result.reason == "stopped"
     assert gate.cancelled == ["loop"]
-    await settle()
-    assert nxt.status is JobStatus.RUNNING
+    await started(gate, 2)
+    assert await status_of(queue, nxt.id) is JobStatus.RUNNING
 
 
-async def test_events_in_order_and_a_raising_listener_breaks_nothing(
-    make_queue: Callable[..., MemoryQueue], gate: Gate
-) -> None:
-    queue = make_queue()
+async def test_events_in_order_and_a_raising_listener_breaks_nothing(make_queue: Callable[..., Any]) -> None:
     seen: list[Event] = []
 
     def bad(event: Event) -> None:
         raise ValueError("listener bug")
-
-    queue.events.subscribe(bad)
-    queue.events.subscribe(seen.append)
 
     async def talker(job: Job, io: JobIO) -> ExecutionResult:
         io.on_output("stdout", "a")
         io.on_output("stderr", "b")
         return ExecutionResult(exit_code=0)
 
-    queue2 = make_queue(executor=talker, events=queue.events)
-    j = await queue2.submit(job("x"))
-    await queue2.wait(j.id)
+    queue = await make_queue(executor=talker)
+    queue.events.subscribe(bad)
+    queue.events.subscribe(seen.append)
+    j = await queue.submit(job("x"))
+    await queue.wait(j.id)
+    await eventually(lambda: any(e["type"] == "completed" for e in seen))
     assert [e["type"] for e in seen] == ["queued", "running", "output", "output", "completed"]
     assert [e["seq"] for e in seen] == [1, 2, 3, 4, 5]
     assert [(e.get("stream"), e.get("data")) for e in seen[2:4]] == [("stdout", "a"), ("stderr", "b")]
     assert all(e["jobId"] == j.id for e in seen)
 
 
-async def test_interactive_stdin_channel(make_queue: Callable[..., MemoryQueue]) -> None:
+async def test_interactive_stdin_channel(make_queue: Callable[..., Any]) -> None:
     async def echo(job: Job, io: JobIO) -> ExecutionResult:
         assert io.stdin is not None
         parts = []
@@ -251,23 +297,28 @@ async def test_interactive_stdin_channel(make_queue: Callable[..., MemoryQueue])
             parts.append(chunk)
         return ExecutionResult(exit_code=0, stdout=b"".join(parts).decode())
 
-    queue = make_queue(executor=echo)
-    j = await queue.submit(job("x", interactive=True))
-    await settle()
+    queue = await make_queue(executor=echo)
+    j = await queue.submit(job("x", interactive=True, stdin="pre "))
+    await eventually(lambda: status_of(queue, j.id))
+    await eventually(lambda: _is_running(queue, j.id))
     await queue.write_stdin(j.id, b"hello ")
     await queue.write_stdin(j.id, b"world")
     await queue.write_stdin(j.id, None)
     done = await queue.wait(j.id)
-    assert done.result is not None and done.result.stdout == "hello world"
+    assert done.result is not None and done.result.stdout == "pre hello world"
     with pytest.raises(Conflict):
         await queue.write_stdin(j.id, b"late")
 
 
-async def test_statistics(make_queue: Callable[..., MemoryQueue], gate: Gate) -> None:
-    queue = make_queue(max_concurrent=2, max_queue_size=10)
+async def _is_running(queue: Any, job_id: str) -> bool:
+    return await status_of(queue, job_id) is JobStatus.RUNNING
+
+
+async def test_statistics(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue(max_concurrent=2, max_queue_size=10)
     jobs = [await queue.submit(job(f"j{i}")) for i in range(4)]
-    await settle()
-    for j in jobs:
+    for n, j in enumerate(jobs, 1):
+        await started(gate, n)
         gate.finish(j.code, ExecutionResult(exit_code=0 if j.code != "j3" else 1))
     for j in jobs:
         await queue.wait(j.id)
@@ -281,9 +332,8 @@ async def test_statistics(make_queue: Callable[..., MemoryQueue], gate: Gate) ->
     assert stats["averageExecutionTime"] >= 0
 
 
-async def test_retention_by_count_and_age(make_queue: Callable[..., MemoryQueue], gate: Gate) -> None:
-    clock = Clock()
-    queue = make_queue(retention_count=3, retention_seconds=60, clock=clock)
+async def test_retention_by_count(make_queue: Callable[..., Any], gate: Gate) -> None:
+    queue = await make_queue(retention_count=3)
     ids = []
     for i in range(5):
         j = await queue.submit(job(f"j{i}"))
@@ -291,38 +341,51 @@ async def test_retention_by_count_and_age(make_queue: Callable[..., MemoryQueue]
         await queue.wait(j.id)
         ids.append(j.id)
     assert [await queue.get(i) is not None for i in ids] == [False, False, True, True, True]
+
+
+async def test_memory_retention_by_age(gate: Gate) -> None:
+    clock = Clock()
+    queue = MemoryQueue(executor=gate, retention_seconds=60, clock=clock)
+    first = await queue.submit(job("a"))
+    gate.finish("a")
+    await queue.wait(first.id)
     clock.now += 61
-    j = await queue.submit(job("late"))
-    gate.finish("late")
-    await queue.wait(j.id)
-    assert [await queue.get(i) is not None for i in ids] == [False] * 5
-    assert await queue.get(j.id) is not None
+    second = await queue.submit(job("b"))
+    gate.finish("b")
+    await queue.wait(second.id)
+    assert await queue.get(first.id) is None and await queue.get(second.id) is not None
+    await queue.close()
 
 
-async def test_close_cancels_queued_and_gives_running_a_grace(
-    make_queue: Callable[..., MemoryQueue], gate: Gate
-) -> None:
-    queue = make_queue(max_concurrent=2)
+async def test_close_gives_running_a_grace(make_queue: Callable[..., Any], gate: Gate, backend: str) -> None:
+    queue = await make_queue(max_concurrent=2)
     quick = await queue.submit(job("quick"))
     stuck = await queue.submit(job("stuck"))
+    await started(gate, 2)
     waiting = await queue.submit(job("waiting"))
-    await settle()
-    closing = asyncio.create_task(queue.close(grace_s=0.2))
+    closing = asyncio.create_task(queue.close(grace_s=0.3))
     await settle()
     with pytest.raises(ShuttingDown):
         await queue.submit(job("late"))
     gate.finish("quick")
     await closing
-    assert quick.status is JobStatus.COMPLETED
-    assert stuck.status is JobStatus.CANCELLED and stuck.result is not None and stuck.result.reason == "shutdown"
-    assert waiting.status is JobStatus.CANCELLED and waiting.result is not None
-    assert waiting.result.reason == "shutdown"
+    if backend == "redis":  # the queue's own connection is closed: look through a new one
+        queue = await make_queue(max_concurrent=0 + 1, executor=Gate())
+    assert await status_of(queue, quick.id) is JobStatus.COMPLETED
+    stuck_job = await queue.get(stuck.id)
+    assert stuck_job.status is JobStatus.CANCELLED and stuck_job.result.reason == "shutdown"
+    waiting_job = await queue.get(waiting.id)
+    if backend == "memory":
+        assert waiting_job.status is JobStatus.CANCELLED and waiting_job.result.reason == "shutdown"
+    else:  # queued jobs survive in Redis for the other (or restarted) instances
+        assert waiting_job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-async def test_many_cancellations_keep_the_heap_small(make_queue: Callable[..., MemoryQueue]) -> None:
-    queue = make_queue(max_concurrent=1, max_queue_size=10_000)
+async def test_many_cancellations_keep_the_heap_small(gate: Gate) -> None:
+    queue = MemoryQueue(executor=gate, max_concurrent=1, max_queue_size=10_000)
     jobs = [await queue.submit(job(f"j{i}")) for i in range(1000)]
     for j in jobs[1:-1]:
         await queue.cancel(j.id)
     assert len(queue._heap) < 200
     assert await queue.position(jobs[-1]) == 1
+    await queue.close()

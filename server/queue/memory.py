@@ -324,4 +324,3 @@ class MemoryQueue:
         if rate <= 0:
             return 5
         return max(1, min(60, int(self._queued / rate) + 1))
-
