@@ -93,7 +93,8 @@ const Charts = (() => {
       const minutes = Math.round(this.windowMs / 60_000);
       for (let m = minutes; m >= 0; m -= 5) {
         const x = pad.left + plotW * (1 - (m * 60_000) / this.windowMs);
-        ctx.fillText(m === 0 ? "now" : `-${m}m`, Math.min(Math.max(x, pad.left + 12), pad.left + plotW - 12), height - 5);
+        const clamped = Math.min(Math.max(x, pad.left + 12), pad.left + plotW - 12);
+        ctx.fillText(m === 0 ? "now" : `-${m}m`, clamped, height - 5);
       }
       if (samples.length < 2) {
         const label = "collecting samples…";

@@ -2,16 +2,14 @@
 "use strict";
 
 (() => {
-  const { el, fmtMs, fmtClock, fmtNumber, Socket } = Conveyor;
+  const { fmtNumber, Socket } = Conveyor;
   const { Ring, TimeChart, cssVar } = Charts;
+  const { JobTable, FINAL } = Jobs;
   const config = Conveyor.config();
 
   const WINDOW_MS = (config.chartWindowMinutes || 15) * 60_000;
   const SAMPLE_MS = Math.max(2000, config.statsIntervalMs || 0);
   const THROUGHPUT_WINDOW_MS = 60_000; // the server's jobsPerSecond covers the last minute
-  const MAX_JOBS = 500;
-  const MAX_ROWS = 200;
-  const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -37,217 +35,14 @@
   const state = {
     stats: null,
     statsAt: 0,
-    jobs: new Map(),
     admin: false,
     user: null,
     key: null, // kept in memory only, to re-authenticate after a reconnect
     authPending: false,
-    selected: null,
-    stopping: new Set(),
   };
+  const table = new JobTable(ui, { canAct: () => state.admin, onStop: stopJob });
 
-  // -- jobs ----------------------------------------------------------------------------------------------------
-
-  const toMs = (value) => (typeof value === "number" ? value : value ? Date.parse(value) : null);
-
-  function fromSummary(summary) {
-    return {
-      id: summary.id,
-      language: summary.language,
-      priority: summary.priority,
-      status: summary.status,
-      createdAt: toMs(summary.createdAt),
-      startedAt: toMs(summary.startedAt),
-      finishedAt: toMs(summary.finishedAt),
-      waitTimeMs: summary.waitTimeMs,
-      executionTimeMs: summary.executionTimeMs,
-      compileTimeMs: summary.compileTimeMs ?? null,
-      exitCode: summary.exitCode,
-      signal: summary.signal,
-      reason: summary.reason,
-      truncated: summary.truncated,
-    };
-  }
-
-  function jobFor(id) {
-    let job = state.jobs.get(id);
-    if (!job) {
-      job = { id, status: "queued", language: null, priority: null, createdAt: null };
-      state.jobs.set(id, job);
-    }
-    return job;
-  }
-
-  /** Apply one lifecycle event from the queue topic (never output: the topic does not carry it). */
-  function applyEvent(message) {
-    const job = jobFor(message.jobId);
-    if (message.type === "queued") {
-      Object.assign(job, {
-        status: "queued",
-        language: message.language ?? job.language,
-        priority: message.priority ?? job.priority,
-        createdAt: toMs(message.createdAt) ?? Date.now(),
-      });
-    } else if (message.type === "running") {
-      Object.assign(job, { status: "running", startedAt: toMs(message.startedAt), waitTimeMs: message.waitTimeMs });
-    } else if (FINAL.has(message.type)) {
-      Object.assign(job, {
-        status: message.type,
-        finishedAt: Date.now(),
-        exitCode: message.exitCode,
-        signal: message.signal,
-        reason: message.reason,
-        truncated: message.truncated,
-        waitTimeMs: message.waitTimeMs,
-        executionTimeMs: message.executionTimeMs,
-        compileTimeMs: message.compileTimeMs,
-        language: message.language ?? job.language,
-      });
-      state.stopping.delete(job.id);
-    }
-    trimJobs();
-    scheduleRender();
-  }
-
-  function trimJobs() {
-    if (state.jobs.size <= MAX_JOBS) return;
-    for (const [id, job] of state.jobs) {
-      if (state.jobs.size <= MAX_JOBS) break;
-      if (FINAL.has(job.status) && id !== state.selected) state.jobs.delete(id);
-    }
-  }
-
-  const isActive = (job) => job.status === "queued" || job.status === "running";
-  const liveWait = (job) => (job.status === "queued" && job.createdAt ? Math.max(0, Date.now() - job.createdAt) : job.waitTimeMs);
-  const liveRun = (job) =>
-    job.status === "running" && job.startedAt ? Math.max(0, Date.now() - job.startedAt) : job.executionTimeMs;
-
-  // -- rendering -----------------------------------------------------------------------------------------------
-
-  let renderQueued = false;
-  function scheduleRender() {
-    if (renderQueued) return;
-    renderQueued = true;
-    requestAnimationFrame(() => {
-      renderQueued = false;
-      renderTable();
-      renderDetail();
-    });
-  }
-
-  function badge(status) {
-    return el("span", { className: `badge badge-${status}`, dataset: { status } }, status);
-  }
-
-  function actionButton(job) {
-    if (!state.admin || !isActive(job)) return null;
-    const label = job.status === "queued" ? "Cancel" : "Stop";
-    const busy = state.stopping.has(job.id);
-    return el(
-      "button",
-      {
-        type: "button",
-        className: "btn btn-small btn-danger action",
-        dataset: { action: "stop", jobId: job.id },
-        disabled: busy,
-        onclick: (event) => {
-          event.stopPropagation();
-          stopJob(job.id);
-        },
-      },
-      busy ? "…" : label,
-    );
-  }
-
-  function matches(job) {
-    const status = ui.filterStatus.value;
-    if (status === "active" ? !isActive(job) : status && job.status !== status) return false;
-    if (ui.filterLanguage.value && job.language !== ui.filterLanguage.value) return false;
-    const needle = ui.filterId.value.trim().toLowerCase();
-    return !needle || job.id.toLowerCase().includes(needle);
-  }
-
-  function renderTable() {
-    syncLanguages();
-    // Active jobs first (the ones an admin may act on), then newest first.
-    const all = [...state.jobs.values()];
-    const shown = all
-      .filter(matches)
-      .sort((a, b) => isActive(b) - isActive(a) || (b.createdAt || 0) - (a.createdAt || 0))
-      .slice(0, MAX_ROWS);
-    ui.actionsHead.hidden = !state.admin;
-    ui.body.replaceChildren(
-      ...shown.map((job) =>
-        el(
-          "tr",
-          {
-            dataset: { jobId: job.id, status: job.status },
-            className: job.id === state.selected ? "selected" : "",
-            tabindex: 0,
-            onclick: () => select(job.id),
-            onkeydown: (event) => event.key === "Enter" && select(job.id),
-          },
-          el("td", { className: "mono", title: job.id }, job.id.slice(0, 12)),
-          el("td", {}, badge(job.status)),
-          el("td", {}, job.language || "–"),
-          el("td", { className: "num" }, job.priority ?? "–"),
-          el("td", { className: "num" }, fmtMs(liveWait(job))),
-          el("td", { className: "num" }, fmtMs(liveRun(job))),
-          el("td", { className: "mono muted" }, fmtClock(job.createdAt)),
-          state.admin ? el("td", { className: "actions-col" }, actionButton(job)) : null,
-        ),
-      ),
-    );
-    ui.empty.hidden = shown.length > 0;
-    ui.empty.textContent = all.length ? "No jobs match the filters." : "No jobs yet.";
-    ui.count.textContent = shown.length === all.length ? `(${all.length})` : `(${shown.length} of ${all.length})`;
-  }
-
-  function syncLanguages() {
-    const languages = [...new Set([...state.jobs.values()].map((j) => j.language).filter(Boolean))].sort();
-    const current = [...ui.filterLanguage.options].slice(1).map((o) => o.value);
-    if (languages.join() === current.join()) return;
-    const selected = ui.filterLanguage.value;
-    ui.filterLanguage.replaceChildren(
-      el("option", { value: "" }, "all languages"),
-      ...languages.map((language) => el("option", { value: language }, language)),
-    );
-    ui.filterLanguage.value = languages.includes(selected) ? selected : "";
-  }
-
-  function select(id) {
-    state.selected = id;
-    scheduleRender();
-  }
-
-  function renderDetail() {
-    const job = state.selected ? state.jobs.get(state.selected) : null;
-    ui.detailList.hidden = !job;
-    ui.detailEmpty.hidden = Boolean(job);
-    ui.detailClose.hidden = !job;
-    if (!job) {
-      ui.detailActions.replaceChildren();
-      return;
-    }
-    const rows = [
-      ["Job id", el("span", { className: "mono wrap" }, job.id)],
-      ["Status", badge(job.status)],
-      ["Language", job.language || "–"],
-      ["Priority", job.priority ?? "–"],
-      ["Created", fmtClock(job.createdAt)],
-      ["Started", fmtClock(job.startedAt)],
-      ["Finished", fmtClock(job.finishedAt)],
-      ["Wait", fmtMs(liveWait(job))],
-      ["Run", fmtMs(liveRun(job))],
-      ["Compile", fmtMs(job.compileTimeMs)],
-      ["Exit code", job.exitCode ?? "–"],
-      ["Signal", job.signal || "–"],
-      ["Reason", job.reason || "–"],
-      ["Truncated", job.truncated ? "yes" : "no"],
-    ];
-    ui.detailList.replaceChildren(...rows.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
-    ui.detailActions.replaceChildren(...[actionButton(job)].filter(Boolean));
-  }
+  // -- statistics ----------------------------------------------------------------------------------------------
 
   function renderStats() {
     const s = state.stats;
@@ -345,14 +140,13 @@
     ui.adminBadge.textContent = admin ? "admin" : "read-only";
     ui.authMessage.textContent = message;
     ui.authSubmit.textContent = admin ? "Switch key" : "Sign in";
-    scheduleRender();
+    table.render();
   }
 
   function stopJob(id) {
     if (!state.admin) return;
     if (socket.send({ type: "stop", jobId: id })) {
-      state.stopping.add(id);
-      scheduleRender();
+      table.markStopping(id, true);
     } else {
       toast("Not connected: the stop was not sent.");
     }
@@ -373,8 +167,8 @@
     state.key = key;
     state.authPending = true;
     ui.apiKey.value = "";
-    if (!socket.send({ type: "auth", key })) ui.authMessage.textContent = "Not connected; the key is sent on reconnect.";
-    else ui.authMessage.textContent = "Checking the key…";
+    const sent = socket.send({ type: "auth", key });
+    ui.authMessage.textContent = sent ? "Checking the key…" : "Not connected; the key is sent on reconnect.";
   });
 
   // -- messages ------------------------------------------------------------------------------------------------
@@ -382,10 +176,8 @@
   function onMessage(message) {
     switch (message.type) {
       case "snapshot":
-        state.jobs = new Map(message.jobs.map((summary) => [summary.id, fromSummary(summary)]));
-        state.stopping.clear();
+        table.reset(message.jobs);
         onStats(message.stats);
-        scheduleRender();
         break;
       case "stats":
         onStats(message);
@@ -405,7 +197,7 @@
         break;
       default:
         if (message.jobId && (message.type === "queued" || message.type === "running" || FINAL.has(message.type))) {
-          applyEvent(message);
+          table.apply(message);
         }
     }
   }
@@ -428,16 +220,9 @@
       setAdmin(false, null, `Key refused: ${text}`);
       return;
     }
-    if (message.jobId) {
-      state.stopping.delete(message.jobId);
-      scheduleRender();
-    }
+    if (message.jobId) table.markStopping(message.jobId, false);
     toast(text);
   }
-
-  ui.detailClose.addEventListener("click", () => select(null));
-  for (const input of [ui.filterStatus, ui.filterLanguage]) input.addEventListener("change", scheduleRender);
-  ui.filterId.addEventListener("input", scheduleRender);
 
   const socket = new Socket({
     onMessage,
@@ -459,7 +244,7 @@
   // Running and queued rows show live times; the rate may decay to 0 without a push.
   setInterval(() => {
     renderStats();
-    if ([...state.jobs.values()].some(isActive)) scheduleRender();
+    if (table.hasActive) table.render();
   }, 1000);
   drawCharts();
 })();

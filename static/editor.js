@@ -5,55 +5,7 @@
   const { el, fmtMs, Socket } = Conveyor;
   const config = Conveyor.config();
 
-  // Starter programs by language id; a language the server adds later gets a comment instead.
-  const STARTERS = {
-    python: 'name = "world"\nprint(f"Hello, {name}!")\n',
-    python3: 'print("Hello, world!")\n',
-    javascript: 'console.log("Hello, world!");\n',
-    node: 'console.log("Hello, world!");\n',
-    typescript: 'const name: string = "world";\nconsole.log(`Hello, ${name}!`);\n',
-    ruby: 'puts "Hello, world!"\n',
-    php: '<?php\necho "Hello, world!\\n";\n',
-    perl: 'print "Hello, world!\\n";\n',
-    lua: 'print("Hello, world!")\n',
-    bash: 'echo "Hello, world!"\n',
-    sh: 'echo "Hello, world!"\n',
-    c: '#include <stdio.h>\n\nint main(void) {\n    printf("Hello, world!\\n");\n    return 0;\n}\n',
-    cpp:
-      '#include <iostream>\n\nint main() {\n    std::cout << "Hello, world!" << std::endl;\n    return 0;\n}\n',
-    java:
-      'public class Main {\n    public static void main(String[] args) {\n' +
-      '        System.out.println("Hello, world!");\n    }\n}\n',
-    go: 'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("Hello, world!")\n}\n',
-    rust: 'fn main() {\n    println!("Hello, world!");\n}\n',
-    kotlin: 'fun main() {\n    println("Hello, world!")\n}\n',
-    csharp:
-      'using System;\n\nclass Program {\n    static void Main() {\n' +
-      '        Console.WriteLine("Hello, world!");\n    }\n}\n',
-    haskell: 'main :: IO ()\nmain = putStrLn "Hello, world!"\n',
-    r: 'cat("Hello, world!\\n")\n',
-  };
-  const NAMES = {
-    python: "Python",
-    javascript: "JavaScript (Node.js)",
-    typescript: "TypeScript",
-    bash: "Bash",
-    c: "C",
-    cpp: "C++",
-    java: "Java",
-    rust: "Rust",
-    go: "Go",
-    perl: "Perl",
-    ruby: "Ruby",
-    php: "PHP",
-    lua: "Lua",
-    kotlin: "Kotlin",
-    csharp: "C#",
-    haskell: "Haskell",
-    r: "R",
-  };
   const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
-  const INDENT = "    ";
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -79,7 +31,6 @@
     lastSeq: 0,
     startedAt: 0, // local Date.now() at the start, for the ticking clock
     eofSent: false,
-    language: null,
   };
   let requestCounter = 0;
   let ticker = null;
@@ -164,7 +115,8 @@
     const stick = nearBottom();
     const last = ui.output.lastElementChild;
     const needsBreak = last && last.textContent && !last.textContent.endsWith("\n");
-    ui.output.append(el("span", { className: `out out-${kind}`, dataset: { stream: kind } }, needsBreak ? "\n" : "", text, "\n"));
+    const attrs = { className: `out out-${kind}`, dataset: { stream: kind } };
+    ui.output.append(el("span", attrs, needsBreak ? "\n" : "", text, "\n"));
     if (stick) ui.output.scrollTop = ui.output.scrollHeight;
   }
 
@@ -182,7 +134,8 @@
 
   async function fetchCompileOutput(jobId) {
     try {
-      const response = await fetch(`/queue/job/${encodeURIComponent(jobId)}`, { headers: { Accept: "application/json" } });
+      const url = `/queue/job/${encodeURIComponent(jobId)}`;
+      const response = await fetch(url, { headers: { Accept: "application/json" } });
       if (!response.ok) return;
       const data = await response.json();
       if (job.id === jobId) showCompileOutput(data.compileOutput);
@@ -205,7 +158,9 @@
       return;
     }
     if (message.type === "subscribed") {
-      if (FINAL.has(message.status) && job.state !== "finished") appendNote("(the run ended while the page was offline)");
+      if (FINAL.has(message.status) && job.state !== "finished") {
+        appendNote("(the run ended while the page was offline)");
+      }
       return;
     }
     if (typeof message.seq === "number") {
@@ -239,7 +194,8 @@
   }
 
   function onError(message) {
-    const mine = (message.requestId && message.requestId === job.requestId) || (message.jobId && message.jobId === job.id);
+    const mine =
+      (message.requestId && message.requestId === job.requestId) || (message.jobId && message.jobId === job.id);
     const text = message.message || message.error || "error";
     if (mine && job.state === "submitting") {
       job.state = "idle";
@@ -256,13 +212,14 @@
     if (ui.run.disabled) return;
     const language = ui.language.value;
     requestCounter += 1;
-    Object.assign(job, { id: null, requestId: `run-${requestCounter}`, state: "submitting", lastSeq: 0, eofSent: false, language });
+    Object.assign(job, { id: null, requestId: `run-${requestCounter}`, state: "submitting", lastSeq: 0 });
+    job.eofSent = false;
     stopTicker();
     ui.output.replaceChildren();
     const sent = socket.send({
       type: "run",
       language,
-      code: ui.code.value,
+      code: code.value,
       stdin: ui.stdin.value,
       interactive: true,
       requestId: job.requestId,
@@ -304,79 +261,16 @@
 
   // -- code area -----------------------------------------------------------------------------------------------
 
-  function updateGutter() {
-    const lines = ui.code.value.split("\n").length;
-    if (ui.gutter.dataset.lines !== String(lines)) {
-      ui.gutter.dataset.lines = String(lines);
-      ui.gutter.textContent = Array.from({ length: lines }, (_, i) => i + 1).join("\n");
-    }
-    ui.gutter.scrollTop = ui.code.scrollTop;
-    const bytes = new TextEncoder().encode(ui.code.value).length;
-    ui.codeSize.textContent = config.maxCodeBytes ? `${bytes.toLocaleString("en-US")} / ${config.maxCodeBytes.toLocaleString("en-US")} bytes` : "";
-    ui.codeSize.classList.toggle("over", Boolean(config.maxCodeBytes) && bytes > config.maxCodeBytes);
-  }
-
-  /** Insert text as if typed, so the browser's undo history keeps working. */
-  function insertText(text) {
-    if (!document.execCommand("insertText", false, text)) {
-      ui.code.setRangeText(text, ui.code.selectionStart, ui.code.selectionEnd, "end");
-    }
-    updateGutter();
-  }
-
-  function indentSelection(outdent) {
-    const area = ui.code;
-    const { value, selectionStart, selectionEnd } = area;
-    if (!outdent && selectionStart === selectionEnd) {
-      insertText(job.language === "go" || ui.language.value === "go" ? "\t" : INDENT);
-      return;
-    }
-    const lineStart = value.lastIndexOf("\n", selectionStart - 1) + 1;
-    const block = value.slice(lineStart, selectionEnd);
-    const lines = block.split("\n");
-    const changed = lines.map((line) => {
-      if (!outdent) return INDENT + line;
-      if (line.startsWith("\t")) return line.slice(1);
-      return line.replace(/^ {1,4}/, "");
-    });
-    area.setSelectionRange(lineStart, selectionEnd);
-    insertText(changed.join("\n"));
-    area.setSelectionRange(lineStart, lineStart + changed.join("\n").length);
-  }
-
-  function newlineWithIndent() {
-    const { value, selectionStart } = ui.code;
-    const lineStart = value.lastIndexOf("\n", selectionStart - 1) + 1;
-    const line = value.slice(lineStart, selectionStart);
-    let indent = line.match(/^[ \t]*/)[0];
-    if (/[:{([]\s*$/.test(line)) indent += line.startsWith("\t") || ui.language.value === "go" ? "\t" : INDENT;
-    insertText(`\n${indent}`);
-  }
-
-  // Escape releases the Tab key for one press, so keyboard users can still leave the code area.
-  let tabReleased = false;
-
-  ui.code.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") {
-      tabReleased = true;
-      return;
-    }
-    if (event.key === "Tab" && !tabReleased && !event.ctrlKey && !event.altKey && !event.metaKey) {
-      event.preventDefault();
-      indentSelection(event.shiftKey);
-    } else if (event.key === "Enter" && !event.ctrlKey && !event.metaKey && !event.shiftKey && !event.altKey) {
-      event.preventDefault();
-      newlineWithIndent();
-    }
-    tabReleased = false;
+  const code = new CodeArea(ui.code, ui.gutter, {
+    indentUnit: () => (ui.language.value === "go" ? "\t" : "    "),
+    onChange: (text) => {
+      const bytes = new TextEncoder().encode(text).length;
+      const max = config.maxCodeBytes;
+      ui.codeSize.textContent = max ? `${bytes.toLocaleString("en-US")} / ${max.toLocaleString("en-US")} bytes` : "";
+      ui.codeSize.classList.toggle("over", Boolean(max) && bytes > max);
+    },
   });
-  ui.code.addEventListener("input", () => {
-    updateGutter();
-    saveCode();
-  });
-  ui.code.addEventListener("scroll", () => {
-    ui.gutter.scrollTop = ui.code.scrollTop;
-  });
+  ui.code.addEventListener("input", saveCode);
 
   // -- languages and saved code --------------------------------------------------------------------------------
 
@@ -386,7 +280,7 @@
 
   function saveCode() {
     try {
-      localStorage.setItem(storageKey(ui.language.value), ui.code.value);
+      localStorage.setItem(storageKey(ui.language.value), code.value);
     } catch (err) {
       // Private windows may refuse storage; the code simply is not remembered.
     }
@@ -399,8 +293,7 @@
     } catch (err) {
       saved = null;
     }
-    ui.code.value = saved !== null ? saved : starterFor(language);
-    updateGutter();
+    code.value = saved !== null ? saved : starterFor(language);
   }
 
   function starterFor(language) {
@@ -497,6 +390,6 @@
     },
   });
 
-  updateGutter();
+  code.changed();
   loadRuntimes();
 })();
