@@ -109,6 +109,17 @@ class Spec:
 
 
 @dataclass(slots=True)
+class Fds:
+    """File descriptors handed to the sandbox (same numbers inside): the driver's status and compiler-output
+    pipes, bwrap's own status (same pipe), and the source file bwrap copies into /box."""
+
+    status: int
+    compile: int
+    bwrap_status: int | None = None
+    source: int | None = None
+
+
+@dataclass(slots=True)
 class Outcome:
     """What one run observed, before it is mapped to an ExecutionResult."""
 
@@ -298,15 +309,14 @@ class Sandbox:
             return []
         return [self._setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"]
 
-    def argv(self, spec: Spec, fds: tuple[int, int, int | None], cgroup: JobCgroup | None) -> list[str]:
+    def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
         """launcher [join cgroups] -> setpriv -> bwrap -> prlimit -> perl driver -> compile, run."""
-        status_fd, compile_fd, source_fd = fds
         compile_cmd = spec.compile or []
-        cmd = [*self._rlimits(spec), "perl", "-e", DRIVER, str(status_fd), str(compile_fd), str(len(compile_cmd))]
+        cmd = [*self._rlimits(spec), "perl", "-e", DRIVER, str(fds.status), str(fds.compile), str(len(compile_cmd))]
         cmd += [*compile_cmd, *spec.run]
         if self.backend == "bwrap":
             assert self._bwrap is not None
-            cmd = [self._bwrap, *self._bwrap_args(spec, source_fd), "--", *cmd]
+            cmd = [self._bwrap, *self._bwrap_args(spec, fds), "--", *cmd]
         cmd = self._privdrop() + cmd
         if cgroup is not None:
             cmd = ["/bin/sh", "-c", JOIN_CGROUPS, "conveyor-join", *cgroup.procs_files, "--", *cmd]
@@ -331,7 +341,7 @@ class Sandbox:
             args.append(f"--as={spec.address_space_mb << 20}")
         return [*args, "--"]
 
-    def _bwrap_args(self, spec: Spec, source_fd: int | None) -> list[str]:
+    def _bwrap_args(self, spec: Spec, fds: Fds) -> list[str]:
         sized = ["--size", str(self.settings.workdir_size_mb << 20)] if "--size" in self._bwrap_help else []
         args = ["--unshare-all", "--unshare-user", "--unshare-cgroup", "--die-with-parent", "--new-session"]
         if "--disable-userns" in self._bwrap_help:
@@ -344,8 +354,10 @@ class Sandbox:
             args += ["--ro-bind-try", path, path]
         for name in ETC_FILES:
             args += ["--ro-bind", str(self._etc_dir / name), f"/etc/{name}"]
-        if source_fd is not None and spec.source_name:
-            args += ["--file", str(source_fd), f"{BOX}/{spec.source_name}"]
+        if fds.source is not None and spec.source_name:
+            args += ["--file", str(fds.source), f"{BOX}/{spec.source_name}"]
+        if fds.bwrap_status is not None:
+            args += ["--json-status-fd", str(fds.bwrap_status)]
         # bwrap's own tmpfs for / and /dev is owned by the sandbox user: make them read-only, so the only
         # writable places are the size-capped /box, /tmp and /dev/shm.
         return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]
@@ -511,30 +523,28 @@ class _Run:
         self._cgroup: JobCgroup | None = None
         self._workdir: str | None = None
         self._transports: list[asyncio.BaseTransport] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
+        self._feeder: asyncio.Task[None] | None = None
+        self._child_pid: int | None = None  # bwrap's pid 1, from --json-status-fd
+        self._draining = False
 
     async def start_and_wait(self) -> Outcome:
         status, compile_output = await self._spawn()
         proc = self._proc
         assert proc is not None and proc.stdout is not None and proc.stderr is not None
-        readers = [
-            asyncio.create_task(self._pump(proc.stdout, "stdout")),
-            asyncio.create_task(self._pump(proc.stderr, "stderr")),
-            asyncio.create_task(self._collect(compile_output)),
+        self._readers = [
+            asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
+            asyncio.ensure_future(self._pump(proc.stderr, "stderr")),
+            asyncio.ensure_future(self._collect(compile_output)),
+            asyncio.ensure_future(proc.wait()),
         ]
-        self._tasks = [*readers, asyncio.create_task(self._feed())]
+        self._feeder = asyncio.create_task(self._feed())
         await self._supervise(status)
-        # The driver is done (or the tree was killed): bwrap's pid 1 exits with it and the kernel kills whatever
-        # else is left in the pid namespace, so the pipes close. Stragglers only exist with SANDBOX=none.
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), EXIT_GRACE_S)
-        except TimeoutError:
-            self.kill()
-            await proc.wait()
-        _, pending = await asyncio.wait(readers, timeout=EXIT_GRACE_S)
-        if pending:
-            logger.warning("%s: output pipes still open after exit; killing", self._spec.name)
-            self.kill()
+        # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
+        # bwrap's monitor exit and --die-with-parent takes pid 1 and every background process with it; killing pid
+        # 1 now does the same without trusting the driver's report. Output already written stays readable.
+        self.kill()
+        await self._settle()
         out = self._out
         out.returncode = proc.returncode
         out.stdout, out.stderr = "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
@@ -542,23 +552,40 @@ class _Run:
         out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
         return out
 
+    async def _settle(self) -> None:
+        """Wait until the process has exited and its pipes are drained, killing harder if that does not happen.
+
+        Once bwrap's pid 1 is gone the kernel has killed every process of the job's pid namespace, so the pipes
+        close at once; only SANDBOX=none (without cgroups) can leave stragglers holding them.
+        """
+        for _ in range(2):
+            _, pending = await asyncio.wait(self._readers, timeout=EXIT_GRACE_S)
+            if not pending:
+                return
+            logger.warning("%s: still running or holding its pipes after it was ended; killing", self._spec.name)
+            self._kill_all()
+        logger.error("%s: process tree did not go away", self._spec.name)
+
     async def _spawn(self) -> tuple[asyncio.StreamReader, asyncio.StreamReader]:
         sandbox, spec = self._sandbox, self._spec
         if sandbox._cgroups is not None:
             self._cgroup = sandbox._cgroups.create(spec.name)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
-        status_w, compile_w = _above_stdio(status_w), _above_stdio(compile_w)
-        ours, theirs = [status_r, compile_r], [status_w, compile_w]
+        fds = Fds(status=_above_stdio(status_w), compile=_above_stdio(compile_w))
+        ours, theirs = [status_r, compile_r], [fds.status, fds.compile]
         try:
-            source_fd = None
             if sandbox.backend == "bwrap":
-                source_fd = _above_stdio(_memfd(spec.source)) if spec.source_name else None
-                theirs += [source_fd] if source_fd is not None else []
+                # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
+                fds.bwrap_status = _above_stdio(os.dup(fds.status))
+                theirs.append(fds.bwrap_status)
+                if spec.source_name:
+                    fds.source = _above_stdio(_memfd(spec.source))
+                    theirs.append(fds.source)
             else:
                 self._workdir = _workdir(spec, chown=sandbox._setpriv is not None)
             self._proc = await asyncio.create_subprocess_exec(
-                *sandbox.argv(spec, (status_w, compile_w, source_fd), self._cgroup),
+                *sandbox.argv(spec, fds, self._cgroup),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -607,6 +634,11 @@ class _Run:
                 continue  # an overlong (forged) line
             if not line:
                 return
+            if line.startswith(b"{") and self._child_pid is None:
+                # bwrap writes this before its pid 1 runs anything, so the first one cannot be forged.
+                match = re.search(rb'"child-pid": *(\d+)', line)
+                self._child_pid = int(match.group(1)) if match else None
+                continue
             event, _, detail = line.decode(errors="replace").strip().partition(" ")
             if event != expected[0]:
                 continue
@@ -619,9 +651,6 @@ class _Run:
             self._record_time(stage, now - started)
             if stage == "run":
                 self._out.run_status = detail
-                # The driver exits now and bwrap's pid 1 with it, which ends the pid namespace; killing right away
-                # gives the same result without trusting that, and the output already written stays readable.
-                self.kill()
                 return
             self._out.compile_status = detail
             if detail != "exit 0":
@@ -643,8 +672,8 @@ class _Run:
         on_output = self._io.on_output if self._io is not None else None
         parts = self._parts[stream]
         while data := await reader.read(READ_SIZE):
-            if self._out.truncated:
-                continue  # drain until the killed tree closes the pipe
+            if self._out.truncated or self._draining:
+                continue  # read until the killed tree closes the pipe
             room = self._cap - self._used
             if len(data) > room:
                 data = data[:room]
@@ -658,7 +687,7 @@ class _Run:
                         on_output(stream, text)
             if self._out.truncated:
                 self.stop("output_limit")
-        tail = "" if self._out.truncated else decoder.decode(b"", final=True)
+        tail = "" if self._out.truncated or self._draining else decoder.decode(b"", final=True)
         if tail:
             parts.append(tail)
             if on_output is not None:
@@ -693,22 +722,42 @@ class _Run:
         self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the whole tree now. Killing bwrap's monitor makes the kernel kill its pid 1 (--die-with-parent),
-        and pid 1's death kills every process of the pid namespace; the cgroup sweep is a second net."""
+        """End the whole tree now: SIGKILL to bwrap's pid 1 ends the job's pid namespace at once (the kernel kills
+        every process in it and no fork can race that), and bwrap's monitor then exits. The pid cannot have been
+        reused: the monitor, its parent, is still alive. Once the monitor has exited on its own, pid 1 is already
+        gone too (--die-with-parent).
+        """
         proc = self._proc
-        if proc is not None and (proc.returncode is None or self._sandbox.backend == "none"):
+        if proc is None:
+            return
+        if self._sandbox.backend == "none":
+            self._kill_all()
+        elif proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                if self._child_pid is not None:
+                    os.kill(self._child_pid, signal.SIGKILL)
+                else:  # killed while bwrap is still setting up
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def _kill_all(self) -> None:
+        """Last resort, and SANDBOX=none: the launcher's process group and everything in the job's cgroups."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
         if self._cgroup is not None:
             self._cgroup.kill()
 
     async def cleanup(self) -> None:
         """After kill(): reap, close pipes, remove the cgroup and the work dir."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._proc is not None:
-            await self._proc.wait()
+        self._draining = True  # pumps keep reading to EOF (a paused pipe never reports it) but keep nothing
+        if self._feeder is not None:
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
+        if self._readers:
+            await self._settle()
+        for future in self._readers:
+            future.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
         for transport in self._transports:
             transport.close()
         if self._cgroup is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ import pytest
 from server.jobs import JobIO, Stream
 from server.sandbox import Sandbox
 from server.settings import Settings
-from tests.test_sandbox import SETTINGS, make_job, run_job, start_sandbox
+from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
 # Tight limits for the attacks: few processes, small output cap, quick CPU and wall limits.
 TIGHT = Settings(
@@ -251,6 +252,21 @@ async def test_cancelling_a_job_kills_its_tree(sandbox: Sandbox) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert host_processes_with(tag) == []
+    assert job_cgroups(job.id) == []
+
+
+async def test_cancelling_during_an_output_flood() -> None:
+    """Cancellation must not wait on pipes nobody reads any more."""
+    tag = marker()
+    started = asyncio.Event()
+    async with open_sandbox(dataclasses.replace(SETTINGS, max_output_bytes=1 << 30), languages=["bash"]) as box:
+        job = make_job("bash", f"exec -a {tag} yes", timeout_ms=60_000)
+        task = asyncio.create_task(box(job, JobIO(on_output=lambda s, d: started.set())))
+        await asyncio.wait_for(started.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert host_processes_with(tag) == []
     assert job_cgroups(job.id) == []
 
