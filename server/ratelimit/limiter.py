@@ -1,0 +1,110 @@
+"""`RateLimiter`: token buckets per client and bucket name, on the store the settings choose."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import suppress
+
+from ..identity import Client
+from ..settings import Settings
+from .base import Bucket, Decision, LimiterStore, Policy, make_policy
+from .memory import MemoryLimiterStore
+
+logger = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    """Token buckets per client and bucket name ("submit": job submissions, "read": other API calls).
+
+    API-key users are limited per user and may carry their own submit rate and burst; everyone else per address.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: LimiterStore | None = None,
+        clock: Callable[[], float] = time.time,
+        sweep_interval_s: float = 60.0,
+    ) -> None:
+        self.store: LimiterStore = store if store is not None else MemoryLimiterStore()
+        # A local store is called synchronously: no coroutine per decision (see bench/bench_ratelimit.py).
+        self._take_now = self.store.take_now if isinstance(self.store, MemoryLimiterStore) else None
+        self._clock = clock
+        self._sweep_interval_s = sweep_interval_s
+        self._window_s = settings.rate_limit_window_ms / 1000.0
+        self._requests = settings.rate_limit_requests
+        self._submit = make_policy("submit", settings.rate_limit_requests, settings.effective_burst, self._window_s)
+        read = settings.rate_limit_read_requests
+        self._read = make_policy("read", read, read, self._window_s)
+        self._overrides: dict[tuple[int | None, int | None], Policy] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def policy(self, client: Client, bucket: Bucket) -> Policy:
+        """The bucket shape for this client. Per-user overrides apply to the submit bucket only."""
+        if bucket == "read":
+            return self._read
+        if client.rate_limit_requests is None and client.rate_limit_burst is None:
+            return self._submit
+        shape = (client.rate_limit_requests, client.rate_limit_burst)
+        policy = self._overrides.get(shape)
+        if policy is None:
+            requests = client.rate_limit_requests or self._requests
+            # As for the settings: a user's burst defaults to its own rate, not to the global burst.
+            burst = client.rate_limit_burst or client.rate_limit_requests or self._submit.capacity
+            policy = self._overrides[shape] = make_policy("submit", requests, burst, self._window_s)
+        return policy
+
+    async def hit(self, client: Client, bucket: Bucket) -> Decision:
+        """Draw one token from the client's bucket. Call `check_priority` first: a 403 must not cost quota."""
+        policy = self.policy(client, bucket)
+        now = self._clock()
+        key = f"{bucket}:{client.key}"
+        if self._take_now is not None:
+            return Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
+        return Decision(policy, now, *await self.store.take(key, policy.rate_per_s, policy.capacity, now))
+
+    def hit_now(self, client: Client, bucket: Bucket) -> Decision:
+        """`hit` without a coroutine, for a local (in-memory) store only."""
+        if self._take_now is None:
+            raise TypeError("hit_now needs a MemoryLimiterStore")
+        policy = self.policy(client, bucket)
+        now = self._clock()
+        key = f"{bucket}:{client.key}"
+        return Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
+
+    async def refund(self, client: Client, bucket: Bucket) -> Decision:
+        """Give back the token of a request refused with 401/403 (those must not consume quota)."""
+        policy = self.policy(client, bucket)
+        now = self._clock()
+        taken = await self.store.refund(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
+        return Decision(policy, now, *taken)
+
+    async def sweep(self) -> int:
+        """Forget full buckets now (the periodic task does this every `sweep_interval_s`)."""
+        return await self.store.sweep(self._clock())
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._sweep_forever(), name="ratelimit-sweep")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                removed = await self.sweep()
+            except Exception:
+                logger.exception("rate limiter sweep failed")
+            else:
+                logger.debug("rate limiter sweep dropped %d full buckets", removed)

@@ -1,0 +1,75 @@
+"""The aiohttp middleware: identify every caller, limit the API routes, stamp the rate-limit headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from ..apikeys import ApiKeys, authenticate
+from ..errors import ConveyorError
+from ..keys import CLIENT
+from ..settings import Settings
+from .base import Bucket, decision_headers, raise_if_denied
+from .limiter import RateLimiter
+
+_READ_PATHS = frozenset({"/queue", "/runtimes", "/openapi.json", "/ws"})
+_QUOTA_FREE_STATUSES = frozenset({401, 403})
+
+
+def bucket_for(method: str, path: str) -> Bucket | None:
+    """Which bucket a request draws from; None for pages, static files, /health and /metrics."""
+    if path == "/run":
+        return "submit" if method == "POST" else None
+    if path in _READ_PATHS or path.startswith("/queue/"):
+        return "read"
+    return None
+
+
+def ratelimit_middleware(
+    limiter: RateLimiter,
+    keys: ApiKeys,
+    settings: Settings,
+    *,
+    on_denied: Callable[[], None] | None = None,
+) -> Middleware:
+    """Identify every caller into `request[CLIENT]`, limit the API routes and add the headers to their responses.
+
+    Place it inside the error-to-JSON middleware: it raises Unauthorized / TooManyRequests. `on_denied` counts 429s.
+    """
+
+    @web.middleware
+    async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Before any bucket: a bad key is a 401 that costs no quota.
+        client = authenticate(request, keys, settings)
+        request[CLIENT] = client
+        bucket = bucket_for(request.method, request.path)
+        if bucket is None:
+            return await handler(request)
+        decision = await limiter.hit(client, bucket)
+        if not decision.allowed:
+            if on_denied is not None:
+                on_denied()
+            raise_if_denied(decision, bucket)
+        try:
+            response = await handler(request)
+        except (ConveyorError, web.HTTPException) as exc:
+            if exc.status in _QUOTA_FREE_STATUSES:
+                decision = await limiter.refund(client, bucket)
+            _merge(exc.headers, decision_headers(decision, bucket))
+            raise
+        # A prepared response (a WebSocket, a stream) has sent its headers already.
+        if not response.prepared:
+            _merge(response.headers, decision_headers(decision, bucket))
+        return response
+
+    return ratelimit
+
+
+def _merge(target: MutableMapping[str, str], headers: Mapping[str, str]) -> None:
+    # The handler's own headers win (a 503's Retry-After is about the queue, not the bucket).
+    present = {name.lower() for name in target}
+    for name, value in headers.items():
+        if name.lower() not in present:
+            target[name] = value
