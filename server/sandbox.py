@@ -526,18 +526,15 @@ class _Run:
         self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
         self._feeder: asyncio.Task[None] | None = None
         self._child_pid: int | None = None  # bwrap's pid 1, from --json-status-fd
+        self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
         self._draining = False
 
     async def start_and_wait(self) -> Outcome:
-        status, compile_output = await self._spawn()
+        status_fd, compile_fd = await self._spawn()
         proc = self._proc
-        assert proc is not None and proc.stdout is not None and proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
-            asyncio.ensure_future(self._pump(proc.stderr, "stderr")),
-            asyncio.ensure_future(self._collect(compile_output)),
-            asyncio.ensure_future(proc.wait()),
-        ]
+        assert proc is not None
+        status = await self._reader(status_fd)
+        self._readers.append(asyncio.ensure_future(self._collect(await self._reader(compile_fd))))
         self._feeder = asyncio.create_task(self._feed())
         await self._supervise(status)
         # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
@@ -566,7 +563,8 @@ class _Run:
             self._kill_all()
         logger.error("%s: process tree did not go away", self._spec.name)
 
-    async def _spawn(self) -> tuple[asyncio.StreamReader, asyncio.StreamReader]:
+    async def _spawn(self) -> tuple[int, int]:
+        """Start the launcher and the output pumps; returns the read ends of the status and compiler pipes."""
         sandbox, spec = self._sandbox, self._spec
         if sandbox._cgroups is not None:
             self._cgroup = sandbox._cgroups.create(spec.name)
@@ -601,12 +599,22 @@ class _Run:
         finally:
             for fd in theirs:
                 os.close(fd)
-        return await self._reader(status_r), await self._reader(compile_r)
+        # No await since the spawn: from here on cleanup() always has pumps to drain the pipes to their end.
+        proc = self._proc
+        assert proc.stdout is not None and proc.stderr is not None
+        self._readers = [
+            asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
+            asyncio.ensure_future(self._pump(proc.stderr, "stderr")),
+            asyncio.ensure_future(proc.wait()),
+        ]
+        self._raw_fds = ours
+        return status_r, compile_r
 
     async def _reader(self, fd: int) -> asyncio.StreamReader:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-        pipe = os.fdopen(fd, "rb", buffering=0)
+        self._raw_fds.remove(fd)
+        pipe = os.fdopen(fd, "rb", buffering=0)  # owns the fd now; closed with its transport
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
         self._transports.append(transport)
         return reader
@@ -760,6 +768,8 @@ class _Run:
         await asyncio.gather(*self._readers, return_exceptions=True)
         for transport in self._transports:
             transport.close()
+        for fd in self._raw_fds:
+            os.close(fd)
         if self._cgroup is not None:
             await self._cgroup.remove()
         if self._workdir is not None:
