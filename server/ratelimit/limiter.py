@@ -20,6 +20,8 @@ class RateLimiter:
     """Token buckets per client and bucket name ("submit": job submissions, "read": other API calls).
 
     API-key users are limited per user and may carry their own submit rate and burst; everyone else per address.
+    The store is `RedisLimiterStore` when `settings.redis_url` is set (one limit across instances), else
+    `MemoryLimiterStore`; `store=` overrides both.
     """
 
     def __init__(
@@ -30,8 +32,9 @@ class RateLimiter:
         clock: Callable[[], float] = time.time,
         sweep_interval_s: float = 60.0,
     ) -> None:
-        self.store: LimiterStore = store if store is not None else MemoryLimiterStore()
-        # A local store is called synchronously: no coroutine per decision (see bench/bench_ratelimit.py).
+        self.store: LimiterStore = store if store is not None else _store_for(settings)
+        # A local store is called synchronously: no coroutine per decision (see bench/bench_ratelimit.py). A shared
+        # store is a network round trip, awaited through the protocol.
         self._take_now = self.store.take_now if isinstance(self.store, MemoryLimiterStore) else None
         self._clock = clock
         self._sweep_interval_s = sweep_interval_s
@@ -108,3 +111,12 @@ class RateLimiter:
                 logger.exception("rate limiter sweep failed")
             else:
                 logger.debug("rate limiter sweep dropped %d full buckets", removed)
+
+
+def _store_for(settings: Settings) -> LimiterStore:
+    if settings.redis_url:
+        # Imported lazily: the redis client is an optional extra, and the in-memory default needs none of it.
+        from .redis import RedisLimiterStore
+
+        return RedisLimiterStore(settings.redis_url, prefix=settings.redis_prefix)
+    return MemoryLimiterStore()
