@@ -1,4 +1,9 @@
-"""Rate limiting: bucket arithmetic, headers, the middleware on a tiny app, identity rules, sweeping. No sleeps."""
+"""Rate limiting: bucket arithmetic, headers, the middleware on a tiny app, identity rules, sweeping.
+
+Store- and limiter-level behaviour runs on both stores (memory, and Redis against a real redis-server); tests that
+move an injected clock are memory-only, since the Redis store keeps time by Redis `TIME`. No sleeps, except one
+bounded wait for Redis to expire keys.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import asyncio
 import dataclasses
 import hashlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis
 from aiohttp import WSServerHandshakeError, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -21,6 +27,7 @@ from server.keys import CLIENT
 from server.ratelimit import (
     Bucket,
     Decision,
+    LimiterStore,
     MemoryLimiterStore,
     RateLimiter,
     Take,
@@ -30,6 +37,7 @@ from server.ratelimit import (
     raise_if_denied,
     ratelimit_middleware,
 )
+from server.ratelimit.redis import RedisLimiterStore
 from server.settings import Settings
 
 T0 = 1_700_000_000.25
@@ -99,6 +107,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 Factory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+LimiterFactory = Callable[..., RateLimiter]
+
+# For tests that move the injected clock: the Redis store does not read it.
+memory_only = pytest.mark.parametrize("backend", ["memory"])
 
 
 @pytest.fixture
@@ -111,11 +123,38 @@ def denied() -> list[int]:
     return []
 
 
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def make_client(aiohttp_client: AiohttpClient, clock: FakeClock, denied: list[int]) -> Factory:
+def store_url(backend: str, request: pytest.FixtureRequest) -> str:
+    """The test's (emptied) Redis for the redis backend; "" (no Redis) for the memory one."""
+    return str(request.getfixturevalue("redis_url")) if backend == "redis" else ""
+
+
+@pytest.fixture
+async def make_limiter(store_url: str, clock: FakeClock) -> AsyncIterator[LimiterFactory]:
+    """Factory of limiters on the parametrized store, chosen from settings as the app does; closed afterwards."""
+    limiters: list[RateLimiter] = []
+
+    def make(**overrides: Any) -> RateLimiter:
+        limiter_clock = overrides.pop("clock", clock)
+        limiter = RateLimiter(_settings(redis_url=store_url, **overrides), clock=limiter_clock)
+        limiters.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in limiters:
+        await limiter.close()
+
+
+@pytest.fixture
+def make_client(aiohttp_client: AiohttpClient, make_limiter: LimiterFactory, denied: list[int]) -> Factory:
     async def make(**overrides: Any) -> TestClient[web.Request, web.Application]:
+        limiter = make_limiter(**overrides)
         settings = dataclasses.replace(Settings(), **overrides)
-        limiter = RateLimiter(settings, clock=clock)
         app = web.Application(
             middlewares=[
                 errors_to_json,
@@ -186,6 +225,7 @@ async def test_headers_on_success(make_client: Factory, clock: FakeClock) -> Non
     assert "Retry-After" not in headers
 
 
+@memory_only
 async def test_bucket_refills_with_time(make_client: Factory, clock: FakeClock) -> None:
     client = await make_client()
     assert await _statuses(client, 11) == [200] * 10 + [429]
@@ -288,6 +328,7 @@ async def test_unknown_or_malformed_key_is_401_without_consuming_quota(make_clie
     assert await _statuses(client, 3) == [200, 200, 429]
 
 
+@memory_only  # 200 requests over HTTP take long enough for Redis TIME to refill a token at 100/min
 async def test_users_are_limited_per_user_with_overrides(make_client: Factory) -> None:
     client = await make_client(trusted_proxies=("127.0.0.1",))
     for i in range(200):
@@ -322,6 +363,18 @@ async def test_priority_above_maximum_is_403_without_consuming_quota(make_client
     assert await _statuses(client, 3) == [200, 200, 429]
 
 
+@pytest.mark.parametrize("backend", [pytest.param("redis", marks=pytest.mark.redis)])
+async def test_two_instances_share_one_limit_over_http(make_client: Factory, denied: list[int]) -> None:
+    # Two apps with their own limiters on one Redis: 10 submissions in total for one client, not 10 each.
+    first, second = await make_client(), await make_client()
+    statuses = [(await (first if i % 2 else second).post("/run", json={})).status for i in range(15)]
+    assert statuses == [200] * 10 + [429] * 5
+    response = await first.post("/run", json={})
+    assert response.headers["Retry-After"] == "6"
+    assert response.headers["RateLimit"] == '"submit";r=0;t=60'
+    assert len(denied) == 6
+
+
 # ---------------------------------------------------------------------------------------------------- limiter
 
 
@@ -329,8 +382,8 @@ def _settings(**overrides: Any) -> Settings:
     return dataclasses.replace(Settings(), **overrides)
 
 
-async def test_burst_setting_sets_capacity(clock: FakeClock) -> None:
-    limiter = RateLimiter(_settings(rate_limit_requests=10, rate_limit_burst=3), clock=clock)
+async def test_burst_setting_sets_capacity(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(rate_limit_requests=10, rate_limit_burst=3)
     client = anonymous("203.0.113.7")
     results = [await limiter.hit(client, "submit") for _ in range(4)]
     assert [d.allowed for d in results] == [True, True, True, False]
@@ -344,6 +397,14 @@ async def test_exact_capacity_at_epoch_scale_time() -> None:
     # Near 1.7e9 a float step is 2.4e-7 s; 200 simultaneous requests must still give exactly 200.
     clock = FakeClock(1_799_999_999.123)
     limiter = RateLimiter(_settings(rate_limit_requests=7, rate_limit_burst=200, rate_limit_window_ms=1), clock=clock)
+    client = anonymous("203.0.113.7")
+    allowed = [(await limiter.hit(client, "submit")).allowed for _ in range(201)]
+    assert allowed == [True] * 200 + [False]
+
+
+async def test_exact_capacity_with_a_fractional_interval(make_limiter: LimiterFactory) -> None:
+    # 7 per minute: 8.571428... s per token, added up 200 times, must still allow exactly 200.
+    limiter = make_limiter(rate_limit_requests=7, rate_limit_burst=200)
     client = anonymous("203.0.113.7")
     allowed = [(await limiter.hit(client, "submit")).allowed for _ in range(201)]
     assert allowed == [True] * 200 + [False]
@@ -370,8 +431,8 @@ async def test_user_override_with_only_one_field(clock: FakeClock) -> None:
     assert limiter.policy(rate_only, "read") is limiter.policy(anonymous("x"), "read")
 
 
-async def test_refund(clock: FakeClock) -> None:
-    limiter = RateLimiter(_settings(), clock=clock)
+async def test_refund(make_limiter: LimiterFactory, backend: str, store_url: str) -> None:
+    limiter = make_limiter()
     client = anonymous("203.0.113.7")
     await limiter.hit(client, "submit")
     second = await limiter.hit(client, "submit")
@@ -381,8 +442,11 @@ async def test_refund(clock: FakeClock) -> None:
     full = await limiter.refund(client, "submit")
     assert (full.remaining, full.reset_after_s) == (10, 0)
     assert (await limiter.refund(client, "submit")).remaining == 10  # never above capacity
-    assert isinstance(limiter.store, MemoryLimiterStore)
-    assert len(limiter.store) == 0
+    if backend == "memory":
+        assert isinstance(limiter.store, MemoryLimiterStore)
+        assert len(limiter.store) == 0
+    else:
+        assert _keys(store_url) == []  # a full bucket is no key at all
 
 
 class RemoteStore:
@@ -474,6 +538,129 @@ async def test_sweep_task_survives_store_errors(clock: FakeClock, caplog: pytest
         await asyncio.sleep(0)
     assert "rate limiter sweep failed" in caplog.text
     await limiter.close()
+
+
+# ---------------------------------------------------------------------------------------------------- stores
+
+
+@pytest.fixture
+async def store(backend: str, store_url: str) -> AsyncIterator[LimiterStore]:
+    made: LimiterStore = RedisLimiterStore(store_url, prefix="t") if backend == "redis" else MemoryLimiterStore()
+    yield made
+    await made.close()
+
+
+def _near(seconds: float) -> Any:
+    """A duration as the memory store computes it, within what a Redis round trip or two lets time move."""
+    return pytest.approx(seconds, abs=0.05)
+
+
+async def test_store_take_and_refund(store: LimiterStore) -> None:
+    rate = 1 / 6
+    assert [await store.take("k", rate, 2, T0) for _ in range(3)] == [
+        (True, 1, _near(6.0), 0.0),
+        (True, 0, _near(12.0), 0.0),
+        (False, 0, _near(12.0), _near(6.0)),  # denied: nothing changes
+    ]
+    assert await store.take("k", rate, 2, T0) == (False, 0, _near(12.0), _near(6.0))
+    assert await store.take("other", rate, 2, T0) == (True, 1, _near(6.0), 0.0)
+    assert await store.refund("k", rate, 2, T0) == (True, 1, _near(6.0), 0.0)
+    assert await store.refund("k", rate, 2, T0) == (True, 2, 0.0, 0.0)
+    assert await store.refund("k", rate, 2, T0) == (True, 2, 0.0, 0.0)  # never above capacity
+    assert await store.refund("never-seen", rate, 2, T0) == (True, 2, 0.0, 0.0)
+    assert await store.sweep(T0) == 0  # the memory store's buckets are not full yet; Redis has nothing to sweep
+
+
+def _keys(url: str, pattern: str = "*") -> list[str]:
+    with redis.Redis.from_url(url, decode_responses=True) as r:
+        return sorted(r.keys(pattern))
+
+
+def _pttls(url: str, keys: list[str]) -> list[int]:
+    with redis.Redis.from_url(url, decode_responses=True) as r:
+        pipe = r.pipeline(transaction=False)
+        for key in keys:
+            pipe.pttl(key)
+        return list(pipe.execute())
+
+
+@pytest.mark.redis
+async def test_settings_choose_the_store(redis_url: str) -> None:
+    local = RateLimiter(_settings())
+    shared = RateLimiter(_settings(redis_url=redis_url, redis_prefix="eu"))
+    try:
+        assert isinstance(local.store, MemoryLimiterStore)
+        assert isinstance(shared.store, RedisLimiterStore)
+        with pytest.raises(TypeError):
+            shared.hit_now(anonymous("203.0.113.7"), "submit")  # the sync fast path is the memory store's alone
+        await shared.hit(anonymous("203.0.113.7"), "submit")
+        assert _keys(redis_url) == ["eu:ratelimit:submit:ip:203.0.113.7"]
+        assert await shared.sweep() == 0
+    finally:
+        await local.close()
+        await shared.close()
+
+
+@pytest.mark.redis
+async def test_two_instances_share_one_limit(redis_url: str) -> None:
+    # The instances' clocks disagree by an hour; Redis TIME decides, so that changes nothing.
+    a = RateLimiter(_settings(redis_url=redis_url), clock=FakeClock(T0))
+    b = RateLimiter(_settings(redis_url=redis_url), clock=FakeClock(T0 + 3600))
+    client = anonymous("203.0.113.7")
+    try:
+        decisions = [await (a if i % 2 else b).hit(client, "submit") for i in range(15)]
+        assert [d.allowed for d in decisions] == [True] * 10 + [False] * 5
+        assert [d.remaining for d in decisions[:10]] == list(range(9, -1, -1))
+        assert {(d.retry_after_s, d.reset_after_s) for d in decisions[10:]} == {(6, 60)}
+        # Headers come from each instance's own clock plus the shared bucket's relative durations.
+        assert (decisions[-2].reset_epoch, decisions[-1].reset_epoch) == (math.ceil(T0 + 60), math.ceil(T0 + 3660))
+        assert (await b.hit(anonymous("203.0.113.8"), "submit")).remaining == 9
+        assert (await a.hit(client, "read")).remaining == 119
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.redis
+async def test_keys_live_until_the_bucket_is_full(redis_url: str) -> None:
+    limiter = RateLimiter(_settings(redis_url=redis_url))
+    client = anonymous("203.0.113.7")
+    key = "conveyor:ratelimit:submit:ip:203.0.113.7"
+    try:
+        await limiter.hit(client, "submit")
+        [ttl] = _pttls(redis_url, [key])
+        assert 5_000 < ttl <= 6_000  # one token owed: 6 s
+        for _ in range(9):
+            await limiter.hit(client, "submit")
+        [ttl] = _pttls(redis_url, [key])
+        assert 59_000 < ttl <= 60_000  # empty: full again after the whole window, never later
+        assert not (await limiter.hit(client, "submit")).allowed
+        [after_denial] = _pttls(redis_url, [key])
+        assert after_denial <= ttl  # a denial writes nothing
+        await limiter.refund(client, "submit")
+        [ttl] = _pttls(redis_url, [key])
+        assert 53_000 < ttl <= 54_000
+    finally:
+        await limiter.close()
+
+
+@pytest.mark.redis
+async def test_a_thousand_clients_leave_nothing_behind(redis_url: str) -> None:
+    # 10 per 10 s: one hit owes 1 s, so each key lives about a second.
+    limiter = RateLimiter(_settings(redis_url=redis_url, rate_limit_window_ms=10_000))
+    try:
+        for i in range(1000):
+            assert (await limiter.hit(anonymous(f"10.0.{i >> 8}.{i & 255}"), "submit")).allowed
+        keys = _keys(redis_url)
+        assert len(keys) == 1000
+        assert all(0 < ttl <= 1000 for ttl in _pttls(redis_url, keys))
+        assert await limiter.sweep() == 0
+        async with asyncio.timeout(10):
+            while _keys(redis_url):
+                await asyncio.sleep(0.05)
+        assert (await limiter.hit(anonymous("10.0.0.1"), "submit")).remaining == 9  # a full bucket again
+    finally:
+        await limiter.close()
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
