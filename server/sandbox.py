@@ -31,7 +31,7 @@ BOX = "/box"  # the job's work dir inside the sandbox
 PATH = "/usr/bin:/bin"  # toolchains from the host's /usr only (not /usr/local, ~/.cargo, pyenv shims ...)
 READ_SIZE = 65536
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
-PROBE_TIMEOUT_MS = 20_000  # cold JVM and rustc starts on a busy two-core host
+PROBE_TIMEOUT_MS = 10_000  # generous for a cold JVM start on a busy two-core host
 EXIT_GRACE_S = 2.0
 # Our own tasks in a job's cgroup (bwrap's monitor and pid-1 reaper, the stage driver), on top of max_processes.
 HELPER_TASKS = 3

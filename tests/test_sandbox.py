@@ -238,6 +238,15 @@ async def test_aliases_run_the_canonical_language(sandbox: Sandbox) -> None:
     assert run.result.stdout == "true\n"
 
 
+async def test_toolchains_come_from_the_hosts_usr_only(sandbox: Sandbox) -> None:
+    code = "echo $PATH; for t in python3 node gcc javac rustc perl; do command -v $t; done; ls /root /home 2>&1"
+    run = await run_job(sandbox, "bash", code)
+    path, *tools, root, home = run.result.stdout.splitlines()
+    assert path == "/usr/bin:/bin"
+    assert tools == [f"/usr/bin/{t}" for t in ("python3", "node", "gcc", "javac", "rustc", "perl")]
+    assert "No such file or directory" in root and "No such file or directory" in home
+
+
 def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
     runtimes = {entry["language"]: entry for entry in sandbox.runtimes()}
     assert set(runtimes) == set(HELLO)
