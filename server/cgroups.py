@@ -238,7 +238,7 @@ def _make_base(hierarchy: _Hierarchy) -> Path:
     _sweep_stale(hierarchy)
     if hierarchy.version == 2:
         _enable_v2(hierarchy)
-    base = hierarchy.own / f"{_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    base = hierarchy.own / f"{_PREFIX}{_pid_namespace()}-{os.getpid()}-{secrets.token_hex(3)}"
     base.mkdir()
     if hierarchy.version == 2:
         try:
@@ -272,9 +272,15 @@ def _enable_v2(hierarchy: _Hierarchy) -> None:
     _write(control, wanted)
 
 
+def _pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
 def _sweep_stale(hierarchy: _Hierarchy) -> None:
-    for path in hierarchy.own.glob(f"{_PREFIX}*-*"):
-        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+    """Remove directories of dead servers. Names carry the pid namespace, so that servers in other containers
+    sharing this hierarchy (whose pids we cannot see) are left alone."""
+    for path in hierarchy.own.glob(f"{_PREFIX}{_pid_namespace()}-*-*"):
+        pid = path.name.split("-")[2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             _remove_tree(path, hierarchy)
 

@@ -78,13 +78,17 @@ async def wait_for_processes(text: str, count: int) -> list[int]:
     raise AssertionError(f"expected {count} processes with {text}, found {host_processes_with(text)}")
 
 
-def job_cgroups(job_id: str) -> list[str]:
-    """Any cgroup directory still named after the job, in the v1 or v2 hierarchies."""
+def cgroups_named(match: re.Pattern[str]) -> list[str]:
+    """Cgroup directories (v1 or v2 hierarchies) whose name matches."""
     found = []
     for root in Path("/sys/fs/cgroup").glob("*"):
         for dirpath, dirnames, _ in os.walk(root):
-            found += [f"{dirpath}/{name}" for name in dirnames if name == job_id]
+            found += [f"{dirpath}/{name}" for name in dirnames if match.fullmatch(name)]
     return found
+
+
+def job_cgroups(job_id: str) -> list[str]:
+    return cgroups_named(re.compile(re.escape(job_id)))
 
 
 def vm_rss_kb() -> int:
@@ -312,6 +316,10 @@ async def test_jobs_die_with_the_server() -> None:
             break
         await asyncio.sleep(0.01)
     assert host_processes_with(tag) == []
+    # The dead server's cgroup directories are swept by the next server to start.
+    if cgroups_named(re.compile(rf"conveyor-\d+-{server.pid}-\w+")):
+        async with open_sandbox(SETTINGS, languages=["bash"]):
+            assert cgroups_named(re.compile(rf"conveyor-\d+-{server.pid}-\w+")) == []
 
 
 # -- resource limits -----------------------------------------------------------------------------------------
