@@ -1,7 +1,8 @@
 """Rate limiter benchmark: decisions/s on 10,000 distinct keys, ours against the `limits` library in the same run.
 
 Run by hand: `python bench/bench_ratelimit.py` (or `python -m bench.bench_ratelimit`). Every path reads the wall
-clock once per decision, as the real ones do (and as `limits` does internally).
+clock once per decision, as the real ones do (and as `limits` does internally). When `redis-server` is installed
+the run also measures the Redis store, on a throwaway server this script starts on a free port.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ import asyncio
 import gc
 import os
 import platform
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 if __package__ in (None, ""):  # run as a script: make `server` importable from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,6 +35,11 @@ N_KEYS = 10_000
 N_DECISIONS = 1_000_000
 ROUNDS = 3
 SETTINGS = Settings()  # 10 per 60 s, burst 10: each key is hit 100 times, so most decisions are denials
+# A Redis decision is a round trip, tens of microseconds: a smaller workload, the first N_REDIS_KEYS keys hit 20
+# times each (half allowed), one decision in flight or REDIS_CONCURRENCY at once (requests arriving together).
+N_REDIS_KEYS = 5_000
+N_REDIS_DECISIONS = 100_000
+REDIS_CONCURRENCY = 50
 
 
 def _ips() -> list[str]:
@@ -113,6 +124,110 @@ def bench_limits_fixed(order: list[int]) -> int:
     return _bench_limits(FixedWindowRateLimiter, order)
 
 
+@contextmanager
+def redis_server() -> Iterator[str | None]:
+    """A throwaway redis-server on a free port (no persistence); None when redis-server or redis-py is missing."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    try:
+        import redis
+    except ImportError:
+        yield None
+        return
+    if not os.path.exists(binary):
+        yield None
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as workdir:
+        args = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            workdir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            with redis.Redis.from_url(url) as client:
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        client.ping()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            raise RuntimeError("redis-server did not start") from None
+                        time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+
+
+def bench_redis_store_take(url: str) -> Callable[[list[int]], int]:
+    def run_all(order: list[int]) -> int:
+        from server.ratelimit.redis import RedisLimiterStore
+
+        async def run() -> int:
+            store = RedisLimiterStore(url)
+            keys = [f"submit:ip:{ip}" for ip in _ips()]
+            rate = SETTINGS.rate_limit_requests / (SETTINGS.rate_limit_window_ms / 1000)
+            capacity = SETTINGS.effective_burst
+            take, clock = store.take, time.time
+            allowed = 0
+            try:
+                for i in order:
+                    allowed += (await take(keys[i], rate, capacity, clock()))[0]
+            finally:
+                await store.close()
+            return allowed
+
+        _flush(url)
+        return asyncio.run(run())
+
+    return run_all
+
+
+def bench_redis_limiter_hit_concurrent(url: str) -> Callable[[list[int]], int]:
+    def run_all(order: list[int]) -> int:
+        async def run() -> int:
+            limiter = RateLimiter(Settings(redis_url=url))
+            clients = _clients()
+
+            async def worker(part: list[int]) -> int:
+                hit = limiter.hit
+                allowed = 0
+                for i in part:
+                    allowed += (await hit(clients[i], "submit")).allowed
+                return allowed
+
+            try:
+                parts = [order[n::REDIS_CONCURRENCY] for n in range(REDIS_CONCURRENCY)]
+                return sum(await asyncio.gather(*(worker(part) for part in parts)))
+            finally:
+                await limiter.close()
+
+        _flush(url)
+        return asyncio.run(run())
+
+    return run_all
+
+
 def measure(fn: Callable[[list[int]], int], order: list[int]) -> tuple[float, int]:
     """Best of ROUNDS, in decisions/s; a fresh limiter each round so every round sees the same workload."""
     best = 0.0
@@ -159,6 +274,25 @@ def main() -> None:
     for name, rate in list(results.items())[:4]:
         print(f"  {name:<48} {rate / moving:>6.1f}x")
     print(f"sweep of 100,000 full buckets: {sweep_ms(100_000):.1f} ms")
+    with redis_server() as url:
+        if url is None:
+            print("Redis store: skipped (no redis-server or redis-py)")
+            return
+        redis_order = [i % N_REDIS_KEYS for i in range(N_REDIS_DECISIONS)]
+        print(
+            f"Redis store (local redis-server, one Lua script per decision): {N_REDIS_DECISIONS:,} decisions over"
+            f" {N_REDIS_KEYS:,} keys, best of {ROUNDS}"
+        )
+        redis_cases: list[tuple[str, Callable[[list[int]], int]]] = [
+            ("await RedisLimiterStore.take (1 in flight)", bench_redis_store_take(url)),
+            (
+                f"await RateLimiter.hit on Redis ({REDIS_CONCURRENCY} in flight)",
+                bench_redis_limiter_hit_concurrent(url),
+            ),
+        ]
+        for name, fn in redis_cases:
+            rate, allowed = measure(fn, redis_order)
+            print(f"  {name:<48} {rate:>12,.0f} decisions/s   ({allowed:,} allowed)")
 
 
 if __name__ == "__main__":
