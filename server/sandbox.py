@@ -111,12 +111,13 @@ class Spec:
 @dataclass(slots=True)
 class Fds:
     """File descriptors handed to the sandbox (same numbers inside): the driver's status and compiler-output
-    pipes, bwrap's own status (same pipe), and the source file bwrap copies into /box."""
+    pipes, bwrap's own status (same pipe), and in-memory files bwrap copies in (the source, /etc files)."""
 
     status: int
     compile: int
     bwrap_status: int | None = None
     source: int | None = None
+    etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
 
 
 @dataclass(slots=True)
@@ -152,11 +153,6 @@ class Sandbox:
         # As root, drop to an unprivileged host uid before bwrap: the job's processes are then "nobody" on the host
         # too (not root in a user namespace), and RLIMIT_NPROC is not waived for them as it is for root.
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
-        self._etc_dir = Path(tempfile.mkdtemp(prefix="conveyor-etc-"))
-        self._etc_dir.chmod(0o755)
-        for name, text in ETC_FILES.items():
-            (self._etc_dir / name).write_text(text)
-            (self._etc_dir / name).chmod(0o644)
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -352,8 +348,8 @@ class Sandbox:
             args += [*sized, "--tmpfs", path]
         for path in (*ETC_PATHS, *spec.etc):
             args += ["--ro-bind-try", path, path]
-        for name in ETC_FILES:
-            args += ["--ro-bind", str(self._etc_dir / name), f"/etc/{name}"]
+        for name, fd in fds.etc.items():
+            args += ["--ro-bind-data", str(fd), f"/etc/{name}"]
         if fds.source is not None and spec.source_name:
             args += ["--file", str(fds.source), f"{BOX}/{spec.source_name}"]
         if fds.bwrap_status is not None:
@@ -420,14 +416,13 @@ class Sandbox:
         }
 
     async def close(self) -> None:
-        """Finish cleanups still running, remove this server's cgroups and generated files."""
+        """Finish cleanups still running and remove this server's cgroups."""
         loop = asyncio.get_running_loop()
         pending = [t for t in self._cleanups if t.get_loop() is loop]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._cgroups is not None:
             self._cgroups.close()
-        shutil.rmtree(self._etc_dir, ignore_errors=True)
 
 
 def _root_links() -> list[str]:
@@ -580,6 +575,9 @@ class _Run:
                 if spec.source_name:
                     fds.source = _above_stdio(_memfd(spec.source))
                     theirs.append(fds.source)
+                for name, text in ETC_FILES.items():
+                    fds.etc[name] = _above_stdio(_memfd(text.encode()))
+                    theirs.append(fds.etc[name])
             else:
                 self._workdir = _workdir(spec, chown=sandbox._setpriv is not None)
             self._proc = await asyncio.create_subprocess_exec(
@@ -786,8 +784,8 @@ def _above_stdio(fd: int) -> int:
 
 
 def _memfd(data: bytes) -> int:
-    """The source as an in-memory file bwrap copies into the sandbox's /box (--file)."""
-    fd = os.memfd_create("source")
+    """An in-memory file for bwrap to copy into the sandbox: nothing on the host's disk to clean up."""
+    fd = os.memfd_create("conveyor")
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
