@@ -174,7 +174,8 @@ def main() -> dict[str, Any]:
     seed = {depth: seed_insert_cost(depth) for depth in (100, 10_000, 100_000)}
     for depth in costs:
         print(
-            f"enqueue+dequeue at {depth:>7,} queued: {costs[depth]:6.2f} us   (seed-style sorted list {seed[depth]:8.2f} us)"
+            f"enqueue+dequeue at {depth:>7,} queued: {costs[depth]:6.2f} us"
+            f"   (seed-style sorted list {seed[depth]:8.2f} us)"
         )
     print(f"100k/100 cost ratio: {costs[100_000] / costs[100]:.2f} (seed-style: {seed[100_000] / seed[100]:.1f})")
     per_job = memory_per_job()

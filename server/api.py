@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .errors import BadRequest, NotFound, UnsupportedMediaType
+from .errors import BadRequest, NotFound, QueueFull, UnsupportedMediaType
 from .identity import Client, anonymous, check_priority, peer_ip
-from .keys import CLIENT, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .keys import CLIENT, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .payloads import parse_run
 
 OPENAPI_PATH = __file__.rsplit("/", 1)[0] + "/openapi.json"
@@ -44,7 +44,12 @@ async def submit_run(request: web.Request) -> web.Response:
     run = parse_run(await read_json(request), settings, request.app[RUNNER])
     client = client_of(request)
     check_priority(client, run.priority)
-    job = await queue.submit(run.to_job(client.key))
+    try:
+        job = await queue.submit(run.to_job(client.key))
+    except QueueFull:
+        if HUB in request.app:
+            request.app[HUB].mark_stats_dirty()
+        raise
     if wait in ("false", "0"):
         position = await queue.position(job)
         return json_response(

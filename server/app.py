@@ -45,6 +45,8 @@ def create_app(
     def count_denial() -> None:
         if QUEUE in app:
             app[QUEUE].note_rate_limited()
+        if HUB in app:
+            app[HUB].mark_stats_dirty()
 
     async def check_submit(client: Client) -> None:
         decision = await limiter.hit(client, "submit")
@@ -108,6 +110,13 @@ def create_app(
     app.cleanup_ctx.append(runner_ctx)
     app.cleanup_ctx.append(queue_ctx)
     app.cleanup_ctx.append(hub_ctx)
+
+    async def close_sockets(app: web.Application) -> None:
+        # Before aiohttp waits for open handlers (WebSockets never finish by themselves): tell them with 1001.
+        if HUB in app:
+            await app[HUB].close()
+
+    app.on_shutdown.append(close_sockets)
     setup_routes(app)
     setup_pages(app)
     setup_metrics(app)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .errors import BadRequest, ConveyorError, Forbidden, NotFound
+from .errors import BadRequest, ConveyorError, Forbidden, NotFound, QueueFull
 from .identity import Client, check_priority
 from .jobs import Job
 from .payloads import parse_run
@@ -39,6 +39,8 @@ class Connection:
         self.jobs: set[str] = set()
         self.interactive: set[str] = set()
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=size)
+        # Kept now: aiohttp lets go of the request's transport while closing, and abort() may be needed then.
+        self._transport = request.transport
         self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{conn_id}")
 
@@ -71,12 +73,14 @@ class Connection:
     async def close(self, code: int, message: str) -> None:
         self._closing = True
         self._writer.cancel()
-        try:
-            await asyncio.wait_for(self.ws.close(code=code, message=message.encode()), CLOSE_TIMEOUT_S)
-        except (TimeoutError, ConnectionError, RuntimeError):
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
+        # Not awaited with wait_for: aiohttp's close blocks, even past a cancellation, until the send buffer
+        # drains, which a client that does not read never allows. Give it a moment, then drop the connection.
+        closer = asyncio.create_task(self.ws.close(code=code, message=message.encode()))
+        await asyncio.wait([closer], timeout=CLOSE_TIMEOUT_S)
+        transport = self._transport
+        if transport is not None and (not closer.done() or transport.get_write_buffer_size() > 0):
+            transport.abort()
+            closer.cancel()
 
     async def shutdown(self) -> None:
         self._closing = True
@@ -143,7 +147,11 @@ class Connection:
         check_priority(self.client, run.priority)
         if hub.check_submit is not None:
             await hub.check_submit(self.client)
-        job = await hub.queue.submit(run.to_job(self.client.key))
+        try:
+            job = await hub.queue.submit(run.to_job(self.client.key))
+        except QueueFull:
+            hub.mark_stats_dirty()
+            raise
         if job.interactive:
             self.interactive.add(job.id)
         position = await hub.queue.position(job)
@@ -183,6 +191,8 @@ class Connection:
         if job is None:
             raise NotFound(f"No job with id {job_id!r}.")
         self.hub.watch(self, job_id, since=since, job=job)
+        if job.owner == self.client.key:
+            self.hub.adopt(self, job)
         self.hub.track_position(job_id, await self.hub.queue.position(job))
         self.send_json({"type": "subscribed", "jobId": job_id, "status": job.status.value})
 

@@ -28,6 +28,8 @@ TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
 # Finished jobs whose event logs stay in memory for replay; older ones are rebuilt from the job record.
 FINISHED_LOGS = 64
 RECENT_JOBS = 200
+# How long an interactive job outlives its submitter's socket, waiting for the same client to reconnect.
+ORPHAN_GRACE_S = 10.0
 
 SubmitCheck = Callable[[Client], Awaitable[None]]
 KeyAuth = Callable[[str, str], Client]
@@ -64,6 +66,7 @@ class Hub:
         self._positions: dict[str, int | None] = {}
         self._positions_pending = False
         self._stats_dirty = asyncio.Event()
+        self._orphans: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._closing = False
@@ -75,6 +78,8 @@ class Hub:
     async def close(self) -> None:
         """Tell every socket the server is going away (1001) and stop."""
         self._closing = True
+        for timer in self._orphans.values():
+            timer.cancel()
         if self._unsubscribe is not None:
             self._unsubscribe()
         await asyncio.gather(
@@ -107,11 +112,33 @@ class Hub:
         self._topic.discard(conn)
         for job_id in list(conn.jobs):
             self.unwatch(conn, job_id)
-        # Nobody can feed an interactive job once its submitter is gone: stop it.
-        for job_id in list(conn.interactive):
-            with suppress(Exception):
-                await self.queue.stop(job_id, "stopped")
+        # Nobody can feed an interactive job once its submitter is gone: stop it, after a grace period in which
+        # the same client may reconnect and take it over (a browser on a flaky network resumes with `since`).
+        loop = asyncio.get_running_loop()
+        for job_id in conn.interactive:
+            self._orphans[job_id] = loop.call_later(ORPHAN_GRACE_S, self._stop_orphan, job_id)
         await conn.shutdown()
+
+    def adopt(self, conn: Connection, job: Job) -> None:
+        """A reconnecting submitter takes back its interactive job, so it is not stopped as an orphan."""
+        timer = self._orphans.pop(job.id, None)
+        if timer is not None:
+            timer.cancel()
+        if job.interactive and not job.status.finished:
+            conn.interactive.add(job.id)
+
+    def _stop_orphan(self, job_id: str) -> None:
+        self._orphans.pop(job_id, None)
+        task = asyncio.get_running_loop().create_task(self._stop_quietly(job_id))
+        self._tasks.append(task)
+
+    async def _stop_quietly(self, job_id: str) -> None:
+        with suppress(Exception):
+            await self.queue.stop(job_id, "stopped")
+
+    def mark_stats_dirty(self) -> None:
+        """Something the stats show changed outside the event stream (a 503 or 429): push a snapshot soon."""
+        self._stats_dirty.set()
 
     # -- subscriptions ---------------------------------------------------------------------------------------
 
@@ -170,6 +197,9 @@ class Hub:
                 self._schedule_positions()
         if kind in TERMINAL_TYPES:
             self._retire_log(job_id)
+            orphan = self._orphans.pop(job_id, None)
+            if orphan is not None:
+                orphan.cancel()
             for conn in tuple(watchers or ()):
                 conn.interactive.discard(job_id)
 

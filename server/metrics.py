@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from .events import Event
 from .jobs import FINISHED_STATUSES
-from .keys import HUB, QUEUE
+from .keys import EVENTS, HUB, QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +142,7 @@ def setup_metrics(app: web.Application) -> None:
     app[METRICS] = metrics
 
     async def listen(app: web.Application) -> AsyncIterator[None]:
-        # The emitter the queue really emits on (the hub listens there too). It should be app[EVENTS], but a
-        # backend given an emitter with no listeners yet falls back to its own (`events or EventEmitter()`: an
-        # empty emitter is falsy), so app[EVENTS] alone would count nothing.
-        unsubscribe = app[QUEUE].events.subscribe(metrics.on_event)
+        unsubscribe = app[EVENTS].subscribe(metrics.on_event)
         try:
             yield
         finally:

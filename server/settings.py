@@ -65,6 +65,16 @@ def _networks(raw: str) -> tuple[str, ...]:
 _networks.form = "a comma-separated list of IP addresses or CIDR networks"  # type: ignore[attr-defined]
 
 
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError
+    return value
+
+
+_redis_url.form = "a redis://, rediss:// or unix:// URL"  # type: ignore[attr-defined]
+
+
 def _choice(*options: str) -> Parser:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -126,7 +136,7 @@ class Settings:
     stats_interval_ms: int = _env("STATS_INTERVAL_MS", _int_range(50), 500)
 
     # Redis scale-out (empty: embedded in-memory backend)
-    redis_url: str = _env("REDIS_URL", _text, "")
+    redis_url: str = _env("REDIS_URL", _redis_url, "")
     redis_prefix: str = _env("REDIS_PREFIX", _text, "conveyor")
     worker_slots: int = _env("WORKER_SLOTS", _int_range(1, 10_000), os.cpu_count() or 1)
     lease_timeout_ms: int = _env("LEASE_TIMEOUT_MS", _int_range(1000), 15_000)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import socket
 import struct
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ async def until(ws: ClientWebSocketResponse, kind: str | set[str], timeout: floa
 
 
 async def connect(client: Client, **kwargs: Any) -> ClientWebSocketResponse:
-    ws = await client.ws_connect("/ws", **kwargs)
+    ws: ClientWebSocketResponse = await client.ws_connect("/ws", **kwargs)
     hello = await recv(ws)
     assert hello["type"] == "hello"
     return ws
@@ -68,7 +69,10 @@ async def test_full_lifecycle_in_order(client: Client) -> None:
 
 async def test_output_streams_while_the_program_runs(client: Client) -> None:
     ws = await connect(client)
-    code = "import sys, time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.4)\nprint('err', file=sys.stderr)"
+    code = (
+        "import sys, time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.4)\n"
+        "print('err', file=sys.stderr)"
+    )
     await ws.send_json({"type": "run", "language": "python", "code": code})
     arrivals: list[tuple[float, dict[str, Any]]] = []
     async with asyncio.timeout(20):
@@ -155,7 +159,7 @@ async def test_resume_with_since_replays_missed_output(client: Client) -> None:
     code = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n    time.sleep(0.15)"
     await ws.send_json({"type": "run", "language": "python", "code": code})
     job_id = (await recv(ws))["jobId"]
-    seen = []
+    seen: list[dict[str, Any]] = []
     while len([m for m in seen if m["type"] == "output"]) < 2:
         seen.append(await recv(ws))
     last_seq = seen[-1]["seq"]
@@ -240,7 +244,12 @@ async def test_connections_per_ip_are_capped(app_client: AppClientFactory) -> No
 
 
 async def _raw_ws(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(host, port)
+    # A tiny receive window, so the server's socket buffers fill after little data instead of megabytes.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -267,16 +276,60 @@ async def test_a_client_that_never_reads_does_not_delay_others(app_client: AppCl
     host, port = str(client.server.host), int(client.server.port or 0)
     _, stalled = await _raw_ws(host, port)
     flood = "import sys\nfor _ in range(64):\n    sys.stdout.write('x' * 16000 + '\\n')\n    sys.stdout.flush()"
-    for _ in range(4):
+    for _ in range(12):
         stalled.write(_masked_text_frame(orjson.dumps({"type": "run", "language": "python", "code": flood})))
     await stalled.drain()
     ws = await connect(client)
     await ws.send_json({"type": "subscribe", "topic": "queue"})
-    await ws.send_json({"type": "run", "language": "python", "code": "print('fine')"})
-    messages = await until(ws, TERMINAL, timeout=60)
-    assert any(m.get("data") == "fine\n" for m in messages)
+    await ws.send_json({"type": "run", "language": "python", "code": "print('fine')", "requestId": "mine"})
+    mine = None
+    output = ""
+    async with asyncio.timeout(60):
+        while True:
+            message = await recv(ws)
+            if message.get("requestId") == "mine":
+                mine = message["jobId"]
+            if mine is not None and message.get("jobId") == mine:
+                output += message.get("data", "")
+                if message["type"] in TERMINAL:
+                    break
+    assert output == "fine\n"
     # The stalled socket was cut off instead of buffering without bound.
     async with asyncio.timeout(30):
         while len(hub.connections) > 1:
             await asyncio.sleep(0.05)
     stalled.close()
+
+
+async def test_interactive_job_survives_a_reconnect_within_the_grace(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.hub.ORPHAN_GRACE_S", 0.5)
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "python", "code": "print('echo', input())", "interactive": True})
+    job_id = (await recv(ws))["jobId"]
+    seen = await until(ws, "running")
+    await ws.close()
+    ws2 = await connect(client)
+    await ws2.send_json({"type": "subscribe", "jobId": job_id, "since": seen[-1]["seq"]})
+    await until(ws2, "subscribed")
+    await asyncio.sleep(0.8)  # past the grace: the job was adopted, so it is still running
+    await ws2.send_json({"type": "stdin", "jobId": job_id, "data": "back\n"})
+    rest = await until(ws2, TERMINAL)
+    assert rest[-1]["type"] == "completed"
+    assert "echo back\n" in "".join(m.get("data", "") for m in rest)
+
+
+async def test_interactive_job_is_stopped_when_its_submitter_is_gone(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.hub.ORPHAN_GRACE_S", 0.2)
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "python", "code": "input()", "interactive": True})
+    job_id = (await recv(ws))["jobId"]
+    await until(ws, "running")
+    await ws.close()
+    async with asyncio.timeout(20):
+        while (job := await (await client.get(f"/queue/job/{job_id}")).json())["status"] == "running":
+            await asyncio.sleep(0.05)
+    assert job["status"] == "cancelled" and job["reason"] == "stopped"

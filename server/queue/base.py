@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..events import EventEmitter
-from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus
+from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, OutputCallback, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +90,44 @@ def status_of(result: ExecutionResult) -> JobStatus:
     if result.reason is None:
         result.reason = "signal" if result.signal is not None else "runtime_error"
     return JobStatus.FAILED
+
+
+# Output chunks: writes closer together than this are merged into one event, bigger ones split.
+COALESCE_S = 0.008
+MAX_CHUNK = 16 * 1024
+
+
+class OutputCoalescer:
+    """Merges a program's small writes (print() writes the text and the newline separately) into one output event
+    per ~8 ms and stream, and splits large ones, so a chatty program costs few events and none waits long."""
+
+    def __init__(self, emit: OutputCallback) -> None:
+        self._emit = emit
+        self._stream: Stream | None = None
+        self._parts: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, stream: Stream, data: str) -> None:
+        if not data:
+            return
+        if self._stream is not None and stream != self._stream:
+            self.flush()  # keep stdout and stderr apart and in order
+        self._stream = stream
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= MAX_CHUNK:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(COALESCE_S, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._parts or self._stream is None:
+            return
+        text, stream = "".join(self._parts), self._stream
+        self._parts, self._size = [], 0
+        for start in range(0, len(text), MAX_CHUNK):
+            self._emit(stream, text[start : start + MAX_CHUNK])

@@ -16,7 +16,7 @@ from ..errors import Conflict, NotFound, QueueFull, ShuttingDown
 from ..events import EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream, now_ms
 from ..stats import QueueStats
-from .base import execute
+from .base import OutputCoalescer, execute
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class MemoryQueue:
         events: EventEmitter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.events = events or EventEmitter()
+        self.events = events if events is not None else EventEmitter()
         self.max_concurrent = max_concurrent
         self.max_queue_size = max_queue_size
         self._executor = executor
@@ -254,11 +254,13 @@ class MemoryQueue:
                     {"type": "output", "jobId": job.id, "seq": job.next_seq(), "stream": stream, "data": data}
                 )
 
-        io = JobIO(on_output=on_output, stdin=self._stdin.get(job.id))
+        coalescer = OutputCoalescer(on_output)
+        io = JobIO(on_output=coalescer, stdin=self._stdin.get(job.id))
         try:
             status, result = await execute(
                 self._executor, job, io, self._timeout_grace_s, lambda: self._stop_reasons.pop(job.id, None)
             )
+            coalescer.flush()
         finally:
             self._running.pop(job.id, None)
             self._stdin.pop(job.id, None)

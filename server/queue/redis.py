@@ -18,7 +18,7 @@ from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 from ..stats import percentile
 from . import scripts
-from .base import execute
+from .base import OutputCoalescer, execute
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class RedisQueue:
         prefix: str = "conveyor",
         events: EventEmitter | None = None,
     ) -> None:
-        self.events = events or EventEmitter()
+        self.events = events if events is not None else EventEmitter()
         self.max_concurrent = max_concurrent
         self.max_queue_size = max_queue_size
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command.
@@ -381,10 +381,12 @@ class RedisQueue:
         publisher = asyncio.create_task(self._publish_output(job.id, pending))
         started = time.monotonic()
         try:
-            io = JobIO(on_output=on_output, stdin=self._stdin.get(job.id))
+            coalescer = OutputCoalescer(on_output)
+            io = JobIO(on_output=coalescer, stdin=self._stdin.get(job.id))
             status, result = await execute(
                 self._executor, job, io, self._grace_s, lambda: self._stop_reasons.pop(job.id, None)
             )
+            coalescer.flush()
             pending.put_nowait(None)
             await publisher  # output events go out before the terminal one
             await self._finish(job, status, result, (time.monotonic() - started) * 1000.0)
