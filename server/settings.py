@@ -138,7 +138,8 @@ class Settings:
     # Redis scale-out (empty: embedded in-memory backend)
     redis_url: str = _env("REDIS_URL", _redis_url, "")
     redis_prefix: str = _env("REDIS_PREFIX", _text, "conveyor")
-    worker_slots: int = _env("WORKER_SLOTS", _int_range(1, 10_000), os.cpu_count() or 1)
+    # 0: this instance serves the API and sockets but executes nothing (a front node).
+    worker_slots: int = _env("WORKER_SLOTS", _int_range(0, 10_000), os.cpu_count() or 1)
     lease_timeout_ms: int = _env("LEASE_TIMEOUT_MS", _int_range(1000), 15_000)
     retry_lost_jobs: bool = _env("RETRY_LOST_JOBS", _flag, False)
 

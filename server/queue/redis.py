@@ -62,6 +62,7 @@ class RedisQueue:
         self._blocking: Any = aioredis.from_url(url, decode_responses=True, socket_timeout=30)
         self._executor = executor
         self._slots = asyncio.Semaphore(worker_slots)
+        self._worker_slots = worker_slots
         self._lease_ms = lease_timeout_ms
         self._retry = retry_lost_jobs
         self._retention = (retention_seconds, retention_count)
@@ -90,16 +91,17 @@ class RedisQueue:
             last_id = (await self._redis.xinfo_stream(self._key("events")))["last-generated-id"]
         self._tasks = [
             asyncio.create_task(self._read_events(last_id), name="conveyor-redis-events"),
-            asyncio.create_task(self._claim_loop(), name="conveyor-redis-claim"),
             asyncio.create_task(self._lease_loop(), name="conveyor-redis-leases"),
         ]
+        if self._worker_slots > 0:
+            self._tasks.append(asyncio.create_task(self._claim_loop(), name="conveyor-redis-claim"))
 
     async def close(self, grace_s: float = 0.0) -> None:
         if self._closing:
             return
         self._closing = True
         # Queued jobs stay in Redis for the other (or the restarted) instances; only our running ones end here.
-        for task in self._tasks[1:2]:  # the claim loop: take no new work
+        for task in self._tasks[2:]:  # the claim loop: take no new work
             task.cancel()
         if self._local and grace_s > 0:
             await asyncio.wait(list(self._local.values()), timeout=grace_s)
