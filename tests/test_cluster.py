@@ -121,7 +121,7 @@ async def test_submit_on_a_watch_and_stop_on_a_run_on_b(cluster: Callable[..., I
         assert orjson.loads((await ws.receive()).data)["type"] == "hello"
         code = "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.2)"
         await ws.send_json({"type": "run", "language": "python", "code": code})
-        messages = []
+        messages: list[dict[str, Any]] = []
         async with asyncio.timeout(30):
             while not messages or messages[-1]["type"] not in TERMINAL:
                 messages.append(orjson.loads((await ws.receive()).data))

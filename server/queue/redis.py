@@ -57,9 +57,9 @@ class RedisQueue:
         self.max_concurrent = max_concurrent
         self.max_queue_size = max_queue_size
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command.
-        self._redis: Any = aioredis.from_url(url, decode_responses=True, socket_timeout=30)
+        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
         # Blocking reads (XREAD BLOCK, BLPOP) get their own client: closing it is what interrupts them on shutdown.
-        self._blocking: Any = aioredis.from_url(url, decode_responses=True, socket_timeout=30)
+        self._blocking: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
         self._executor = executor
         self._slots = asyncio.Semaphore(worker_slots)
         self._worker_slots = worker_slots

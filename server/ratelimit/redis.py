@@ -65,7 +65,7 @@ class RedisLimiterStore:
     def __init__(self, url: str, *, prefix: str = "conveyor") -> None:
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command. No blocking
         # commands here, so one client (and its pool) serves every request.
-        self._redis: Any = aioredis.from_url(url, socket_timeout=5)
+        self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=5)
         self._prefix = f"{prefix}:ratelimit:"
         self._take = self._redis.register_script(TAKE)
         self._refund = self._redis.register_script(REFUND)
