@@ -17,11 +17,26 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
+from server.app import create_app
+from server.jobs import Runner
 from server.keys import HUB
-from tests.conftest import AppClientFactory
+from tests.conftest import AppClientFactory, make_settings
 
 Client = TestClient[web.Request, web.Application]
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def app_client(request: pytest.FixtureRequest, aiohttp_client: Any, sandbox: Runner) -> AppClientFactory:
+    """The hub suite runs on both backends: with Redis, every event goes through the stream and back."""
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+
+    async def make(**overrides: Any) -> Client:
+        app = create_app(make_settings(redis_url=redis_url, **overrides), runner=sandbox)
+        client: Client = await aiohttp_client(app)
+        return client
+
+    return make
 
 
 async def recv(ws: ClientWebSocketResponse, timeout: float = 20) -> dict[str, Any]:
