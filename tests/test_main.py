@@ -1,0 +1,96 @@
+"""`python -m server` as a process: graceful shutdown on SIGTERM and the sandbox refusal at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiohttp import WSMsgType
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start_server(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "LOG_LEVEL": "warning", **env},
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                async with session.get(f"{url}/health") as resp:
+                    if resp.status == 200:
+                        return proc, url
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+
+async def test_sigterm_cancels_what_is_left_tells_sockets_and_exits_0(tmp_path: Path) -> None:
+    proc, url = await start_server(tmp_path, SHUTDOWN_GRACE_MS="300", MAX_CONCURRENT_JOBS="1")
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
+            sleeper = {"language": "python", "code": "import time\nprint('up', flush=True)\ntime.sleep(60)"}
+            waiting = asyncio.create_task(session.post(f"{url}/run", json=sleeper))
+            async with asyncio.timeout(20):
+                while True:
+                    async with session.get(f"{url}/queue/status") as resp:
+                        if (await resp.json())["runningCount"] == 1:
+                            break
+                    await asyncio.sleep(0.05)
+            async with session.post(f"{url}/run?wait=false", json={"language": "bash", "code": "echo"}) as resp:
+                queued_id = (await resp.json())["jobId"]
+            proc.send_signal(signal.SIGTERM)
+            # The client waiting on the running job gets its final state: cancelled after the grace period.
+            response = await asyncio.wait_for(waiting, 20)
+            job = await response.json()
+            assert (job["status"], job["reason"]) == ("cancelled", "shutdown")
+            # Sockets are told the server is going away.
+            async with asyncio.timeout(20):
+                while (msg := await ws.receive()).type == WSMsgType.TEXT:
+                    orjson.loads(msg.data)
+            assert ws.close_code == 1001
+        assert proc.wait(timeout=20) == 0
+        assert queued_id
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_start_up_refuses_without_bubblewrap(tmp_path: Path) -> None:
+    # A PATH without bwrap: the server must refuse with one line, never fall back to running code unsandboxed.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "server"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(empty), "PORT": str(free_port())},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    # Log lines may come first (start-up housekeeping); the refusal itself is one line naming the fix.
+    refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
+    assert len(refusal) == 1 and "apt-get install bubblewrap" in refusal[0], proc.stderr
