@@ -82,3 +82,10 @@ class QueueFull(ConveyorError):
 class ShuttingDown(ConveyorError):
     status = 503
     error = "Shutting down"
+
+
+class BackendUnavailable(ConveyorError):
+    """The shared store (Redis) cannot be reached: nothing was accepted, try again."""
+
+    status = 503
+    error = "Service unavailable"

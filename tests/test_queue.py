@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from server.errors import Conflict, NotFound, QueueFull, ShuttingDown
+from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from server.events import Event
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import MemoryQueue
 from server.queue.redis import RedisQueue
+from tests.conftest import free_port
 
 
 class Gate:
@@ -389,3 +391,34 @@ async def test_many_cancellations_keep_the_heap_small(gate: Gate) -> None:
     assert len(queue._heap) < 200
     assert await queue.position(jobs[-1]) == 1
     await queue.close()
+
+
+async def test_redis_outage_is_a_clear_error(tmp_path: Any) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        queue = RedisQueue(url, executor=Gate())
+        await eventually(lambda: _started(queue))
+        server.kill()
+        server.wait()
+        with pytest.raises(BackendUnavailable) as info:
+            await queue.submit(job("x"))
+        assert info.value.status == 503 and info.value.body()["retryAfter"] == 5
+        await queue.close()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        await RedisQueue(f"redis://127.0.0.1:{port}/0", executor=Gate()).start()
+
+
+async def _started(queue: RedisQueue) -> bool:
+    try:
+        await queue.start()
+    except SettingsError:
+        return False
+    return True

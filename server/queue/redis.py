@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
-from ..errors import Conflict, NotFound, QueueFull, ShuttingDown
+from ..errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 from ..stats import percentile
@@ -22,10 +25,26 @@ from .base import OutputCoalescer, execute
 
 logger = logging.getLogger(__name__)
 
+_M = TypeVar("_M", bound=Callable[..., Awaitable[Any]])
+
 STREAM_MAXLEN = 100_000
 WAKE_TIMEOUT_S = 1.0  # BLPOP's bound: a missed wake-up costs at most this, it is not a polling interval
 READ_BLOCK_MS = 5000
 TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
+
+
+def _unavailable_on_redis_error(method: _M) -> _M:
+    """A Redis outage becomes a clear 503 for the client, not a traceback and a 500."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except RedisError as exc:
+            logger.error("Redis unavailable: %s", exc)
+            raise BackendUnavailable("The job store is unreachable; try again shortly.", retryAfter=5) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class RedisQueue:
@@ -84,7 +103,10 @@ class RedisQueue:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._redis.ping()
+        try:
+            await self._redis.ping()
+        except RedisError as exc:
+            raise SettingsError(f"REDIS_URL: cannot reach Redis ({exc})") from None
         # Read from the stream's current end (entries before we started are history, not news).
         last_id = "0-0"
         if await self._redis.exists(self._key("events")):
@@ -129,6 +151,7 @@ class RedisQueue:
 
     # -- submission and lookup -------------------------------------------------------------------------------
 
+    @_unavailable_on_redis_error
     async def submit(self, job: Job) -> Job:
         if self._closing:
             raise ShuttingDown("The server is shutting down; try another instance or retry shortly.", retryAfter=5)
@@ -158,14 +181,17 @@ class RedisQueue:
         job.seq = 1
         return job
 
+    @_unavailable_on_redis_error
     async def get(self, job_id: str) -> Job | None:
         data = await self._redis.hgetall(self._key(f"job:{job_id}"))
         return _job_from_hash(data) if data else None
 
+    @_unavailable_on_redis_error
     async def position(self, job: Job) -> int | None:
         rank = await self._redis.zrevrank(self._key("queued"), job.id)
         return None if rank is None else int(rank) + 1
 
+    @_unavailable_on_redis_error
     async def recent(self, limit: int = 100) -> list[Job]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrevrange(self._key("finished"), 0, limit - 1)
@@ -199,6 +225,7 @@ class RedisQueue:
             if not waiters:
                 self._waiters.pop(job_id, None)
 
+    @_unavailable_on_redis_error
     async def stats(self) -> dict[str, Any]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(self._key("stats"))
@@ -246,12 +273,14 @@ class RedisQueue:
 
     # -- cancellation and input ------------------------------------------------------------------------------
 
+    @_unavailable_on_redis_error
     async def cancel(self, job_id: str) -> Job:
         status = await self._cancel_queued(job_id, "cancelled")
         if status != "queued":
             raise Conflict(f"Job {job_id} is {status}; only queued jobs can be cancelled.", status=status)
         return await self._require(job_id)
 
+    @_unavailable_on_redis_error
     async def stop(self, job_id: str, reason: str = "stopped") -> Job:
         status = await self._cancel_queued(job_id, reason)
         if status == "running":
@@ -266,6 +295,7 @@ class RedisQueue:
             raise Conflict(f"Job {job_id} is already {status}.", status=status)
         return await self._require(job_id)
 
+    @_unavailable_on_redis_error
     async def write_stdin(self, job_id: str, data: bytes | None) -> None:
         channel = self._stdin.get(job_id)
         if channel is not None:
