@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: run test lint bench install install-test system-run system-test clean
+.PHONY: run test lint bench install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
