@@ -77,9 +77,9 @@ class Connection:
         # drains, which a client that does not read never allows. Give it a moment, then drop the connection.
         closer = asyncio.create_task(self.ws.close(code=code, message=message.encode()))
         await asyncio.wait([closer], timeout=CLOSE_TIMEOUT_S)
-        transport = self._transport
-        if transport is not None and (not closer.done() or transport.get_write_buffer_size() > 0):
-            transport.abort()
+        stalled = code == TRY_AGAIN_LATER and self._transport is not None and self._transport.get_write_buffer_size()
+        if self._transport is not None and (not closer.done() or stalled):
+            self._transport.abort()
             closer.cancel()
 
     async def shutdown(self) -> None:
