@@ -348,3 +348,20 @@ async def test_interactive_job_is_stopped_when_its_submitter_is_gone(
         while (job := await (await client.get(f"/queue/job/{job_id}")).json())["status"] == "running":
             await asyncio.sleep(0.05)
     assert job["status"] == "cancelled" and job["reason"] == "stopped"
+
+
+async def test_position_messages_as_the_line_moves(app_client: AppClientFactory) -> None:
+    client = await app_client(max_concurrent_jobs=1, worker_slots=1)
+    ws = await connect(client)
+    blocker = "import sys\nsys.stdin.readline()"
+    await ws.send_json({"type": "run", "language": "python", "code": blocker, "interactive": True})
+    first = (await recv(ws))["jobId"]
+    await until(ws, "running")
+    await ws.send_json({"type": "run", "language": "bash", "code": "echo a", "requestId": "a"})
+    await ws.send_json({"type": "run", "language": "bash", "code": "echo b", "requestId": "b"})
+    queued = {m["requestId"]: m for m in [await recv(ws), await recv(ws)]}
+    assert (queued["a"]["position"], queued["b"]["position"]) == (1, 2)
+    await ws.send_json({"type": "eof", "jobId": first})
+    # When the first job ends, the second starts and the third moves up to first in line.
+    moved = await until(ws, "position")
+    assert moved[-1] == {"type": "position", "jobId": queued["b"]["jobId"], "position": 1}
