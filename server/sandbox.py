@@ -3,36 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import codecs
-import contextlib
-import fcntl
 import logging
 import os
 import re
 import secrets
 import shutil
 import signal
-import tempfile
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
-from .jobs import ExecutionResult, Job, JobIO, Stream
+from .execution import BOX, DRIVER, SANDBOX_UID, Fds, Outcome, Run, Spec
+from .jobs import ExecutionResult, Job, JobIO
 from .languages import Language, LanguageIndex, load_languages
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host when the server runs as root
-BOX = "/box"  # the job's work dir inside the sandbox
 PATH = "/usr/bin:/bin"  # toolchains from the host's /usr only (not /usr/local, ~/.cargo, pyenv shims ...)
-READ_SIZE = 65536
-CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 PROBE_TIMEOUT_MS = 10_000  # generous for a cold JVM start on a busy two-core host
-EXIT_GRACE_S = 2.0
 # Our own tasks in a job's cgroup (bwrap's monitor and pid-1 reaper, the stage driver), on top of max_processes.
 HELPER_TASKS = 3
 JOIN_FAILED = 125
@@ -44,97 +35,12 @@ INSTALL_HINT = (
 # Host /etc entries runtimes read: symlinks to toolchains (javac, cc for rustc's linker), the dynamic linker's
 # cache, the time zone. Nothing else from /etc (no shadow, no host accounts, no resolver config).
 ETC_PATHS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
-ETC_FILES = {
-    "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}::{BOX}:/bin/sh\n",
-    "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\n",
-    "hosts": "127.0.0.1 localhost\n::1 localhost\n",
-}
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SIGNAL_REASONS = {"SIGXCPU": "cpu_limit", "SIGXFSZ": "file_size_limit"}
 
-# The stage driver, the sandbox's first process after rlimits are set. It runs the compile stage (output to its
-# own pipe, stdin from /dev/null) and then the program, and reports each stage's start and exact wait status on
-# the status pipe: bwrap itself would fold "killed by signal N" into exit code 128+N. perl-base is Essential on
-# Debian, so this needs nothing beyond the perl language itself.
-DRIVER = r"""
-use strict; use POSIX ();
-my ($sfd, $cfd, $n) = splice(@ARGV, 0, 3);
-open(my $st, '>&=', $sfd) or POSIX::_exit(120);
-select((select($st), $| = 1)[0]);
-sub stage {
-    my ($name, $out, @cmd) = @_;
-    print $st "$name-start\n";
-    my $pid = fork();
-    if (!defined $pid) { print $st "$name-end error\n"; return -1; }
-    if ($pid == 0) {
-        if (defined $out) {
-            my $null = POSIX::open('/dev/null', POSIX::O_RDONLY());
-            POSIX::dup2($null, 0); POSIX::dup2($out, 1); POSIX::dup2($out, 2); POSIX::close($null);
-        }
-        POSIX::close($_) for ($sfd, $cfd);
-        exec { $cmd[0] } @cmd;
-        print STDERR "cannot run $cmd[0]: $!\n";
-        POSIX::_exit(127);
-    }
-    waitpid($pid, 0);
-    my $s = $?;
-    print $st "$name-end ", ($s & 127 ? "signal " . ($s & 127) : "exit " . ($s >> 8)), "\n";
-    return $s;
-}
-if ($n > 0) { POSIX::_exit(0) if stage('compile', $cfd, splice(@ARGV, 0, $n)) != 0; }
-POSIX::close($cfd);
-stage('run', undef, @ARGV);
-POSIX::_exit(0);
-"""
 # Runs as the server's user before bwrap: joins the job's cgroups, so bwrap and everything it starts is limited
 # from its first instruction (no window where a fork escapes), then execs the rest of the command line.
 JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; shift; done; shift; exec "$@"'
-
-
-@dataclass(slots=True)
-class Spec:
-    """What to run once: a job, or a start-up probe."""
-
-    name: str
-    run: list[str]
-    compile: list[str] | None = None
-    source_name: str | None = None
-    source: bytes = b""
-    env: dict[str, str] = field(default_factory=dict)
-    etc: list[str] = field(default_factory=list)
-    address_space_mb: int = 0
-    compile_timeout_ms: int = 10_000
-    run_timeout_ms: int = 10_000
-    stdin: bytes = b""
-
-
-@dataclass(slots=True)
-class Fds:
-    """File descriptors handed to the sandbox (same numbers inside): the driver's status and compiler-output
-    pipes, bwrap's own status (same pipe), and in-memory files bwrap copies in (the source, /etc files)."""
-
-    status: int
-    compile: int
-    bwrap_status: int | None = None
-    source: int | None = None
-    etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one run observed, before it is mapped to an ExecutionResult."""
-
-    stdout: str = ""
-    stderr: str = ""
-    compile_output: str = ""
-    truncated: bool = False
-    reason: str | None = None  # timeout, compile_timeout, output_limit: set when the executor stopped the job
-    compile_status: str | None = None  # "exit 0", "signal 9", ...
-    run_status: str | None = None
-    returncode: int | None = None  # of the launcher/bwrap, used only when the driver could not report
-    oom_killed: bool = False
-    compile_time_ms: float | None = None
-    run_time_ms: float | None = None
 
 
 class Sandbox:
@@ -286,7 +192,7 @@ class Sandbox:
         )
 
     async def _execute(self, spec: Spec, io: JobIO | None) -> Outcome:
-        run = _Run(self, spec, io)
+        run = Run(self, spec, io)
         try:
             return await run.start_and_wait()
         finally:
@@ -297,6 +203,17 @@ class Sandbox:
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
             await asyncio.shield(cleanup)
+
+    # With argv() and env() below, what a Run needs from its launcher (execution.Launcher).
+
+    @property
+    def drops_privileges(self) -> bool:
+        """Whether jobs run as SANDBOX_UID on the host (setpriv, when the server is root)."""
+        return self._setpriv is not None
+
+    def job_cgroup(self, name: str) -> JobCgroup | None:
+        """Create the job's cgroup, or None when only rlimits apply."""
+        return self._cgroups.create(name) if self._cgroups is not None else None
 
     # -- command line ----------------------------------------------------------------------------------------
 
@@ -500,306 +417,3 @@ def _result(lang: Language, out: Outcome) -> ExecutionResult:
     elif result.reason is None and result.signal in SIGNAL_REASONS:
         result.reason = SIGNAL_REASONS[result.signal]
     return result
-
-
-class _Run:
-    """One sandboxed process tree: spawn it, stream its output, enforce the stage deadlines, tear it down."""
-
-    def __init__(self, sandbox: Sandbox, spec: Spec, io: JobIO | None) -> None:
-        self._sandbox = sandbox
-        self._spec = spec
-        self._io = io
-        self._out = Outcome()
-        self._cap = sandbox.settings.max_output_bytes
-        self._used = 0
-        self._parts: dict[Stream, list[str]] = {"stdout": [], "stderr": []}
-        self._compile_output = bytearray()
-        self._proc: asyncio.subprocess.Process | None = None
-        self._cgroup: JobCgroup | None = None
-        self._workdir: str | None = None
-        self._transports: list[asyncio.BaseTransport] = []
-        self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
-        self._feeder: asyncio.Task[None] | None = None
-        self._child_pid: int | None = None  # bwrap's pid 1, from --json-status-fd
-        self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
-        self._draining = False
-
-    async def start_and_wait(self) -> Outcome:
-        status_fd, compile_fd = await self._spawn()
-        proc = self._proc
-        assert proc is not None
-        status = await self._reader(status_fd)
-        self._readers.append(asyncio.ensure_future(self._collect(await self._reader(compile_fd))))
-        self._feeder = asyncio.create_task(self._feed())
-        await self._supervise(status)
-        # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
-        # bwrap's monitor exit and --die-with-parent takes pid 1 and every background process with it; killing pid
-        # 1 now does the same without trusting the driver's report. Output already written stays readable.
-        self.kill()
-        await self._settle()
-        out = self._out
-        out.returncode = proc.returncode
-        out.stdout, out.stderr = "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
-        out.compile_output = self._compile_output.decode(errors="replace")
-        out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
-        return out
-
-    async def _settle(self) -> None:
-        """Wait until the process has exited and its pipes are drained, killing harder if that does not happen.
-
-        Once bwrap's pid 1 is gone the kernel has killed every process of the job's pid namespace, so the pipes
-        close at once; only SANDBOX=none (without cgroups) can leave stragglers holding them.
-        """
-        for _ in range(2):
-            _, pending = await asyncio.wait(self._readers, timeout=EXIT_GRACE_S)
-            if not pending:
-                return
-            logger.warning("%s: still running or holding its pipes after it was ended; killing", self._spec.name)
-            self._kill_all()
-        logger.error("%s: process tree did not go away", self._spec.name)
-
-    async def _spawn(self) -> tuple[int, int]:
-        """Start the launcher and the output pumps; returns the read ends of the status and compiler pipes."""
-        sandbox, spec = self._sandbox, self._spec
-        if sandbox._cgroups is not None:
-            self._cgroup = sandbox._cgroups.create(spec.name)
-        status_r, status_w = os.pipe()
-        compile_r, compile_w = os.pipe()
-        fds = Fds(status=_above_stdio(status_w), compile=_above_stdio(compile_w))
-        ours, theirs = [status_r, compile_r], [fds.status, fds.compile]
-        try:
-            if sandbox.backend == "bwrap":
-                # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
-                fds.bwrap_status = _above_stdio(os.dup(fds.status))
-                theirs.append(fds.bwrap_status)
-                if spec.source_name:
-                    fds.source = _above_stdio(_memfd(spec.source))
-                    theirs.append(fds.source)
-                for name, text in ETC_FILES.items():
-                    fds.etc[name] = _above_stdio(_memfd(text.encode()))
-                    theirs.append(fds.etc[name])
-            else:
-                self._workdir = _workdir(spec, chown=sandbox._setpriv is not None)
-            self._proc = await asyncio.create_subprocess_exec(
-                *sandbox.argv(spec, fds, self._cgroup),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=theirs,
-                start_new_session=True,
-                env=sandbox.env(spec, self._workdir),
-                cwd=self._workdir or "/",
-            )
-        except BaseException:
-            for fd in ours:
-                os.close(fd)
-            raise
-        finally:
-            for fd in theirs:
-                os.close(fd)
-        # No await since the spawn: from here on cleanup() always has pumps to drain the pipes to their end.
-        proc = self._proc
-        assert proc.stdout is not None and proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
-            asyncio.ensure_future(self._pump(proc.stderr, "stderr")),
-            asyncio.ensure_future(proc.wait()),
-        ]
-        self._raw_fds = ours
-        return status_r, compile_r
-
-    async def _reader(self, fd: int) -> asyncio.StreamReader:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
-        self._raw_fds.remove(fd)
-        pipe = os.fdopen(fd, "rb", buffering=0)  # owns the fd now; closed with its transport
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
-        self._transports.append(transport)
-        return reader
-
-    async def _supervise(self, status: asyncio.StreamReader) -> None:
-        """Follow the driver's stage reports and kill the tree when a stage outlives its deadline."""
-        loop = asyncio.get_running_loop()
-        # The program runs as the driver's uid; when the server is not root (so the pipe is the program's host uid
-        # too) it can reopen the status pipe through /proc/<driver>/fd. Only the expected reports count, in order,
-        # so forged lines cannot extend its deadline; a forged run-end only ends its own job early.
-        expected = ["run-start", "run-end"]
-        if self._spec.compile:
-            expected[:0] = ["compile-start", "compile-end"]
-        stage = expected[0].partition("-")[0]
-        started = loop.time()
-        deadline = started + self._limit_s(stage)
-        while expected:
-            try:
-                line = await asyncio.wait_for(status.readline(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                self._record_time(stage, loop.time() - started)
-                self.stop("compile_timeout" if stage == "compile" else "timeout")
-                return
-            except ValueError:
-                continue  # an overlong (forged) line
-            if not line:
-                return
-            if line.startswith(b"{") and self._child_pid is None:
-                # bwrap writes this before its pid 1 runs anything, so the first one cannot be forged.
-                match = re.search(rb'"child-pid": *(\d+)', line)
-                self._child_pid = int(match.group(1)) if match else None
-                continue
-            event, _, detail = line.decode(errors="replace").strip().partition(" ")
-            if event != expected[0]:
-                continue
-            expected.pop(0)
-            now = loop.time()
-            stage, _, phase = event.partition("-")
-            if phase == "start":
-                started, deadline = now, now + self._limit_s(stage)
-                continue
-            self._record_time(stage, now - started)
-            if stage == "run":
-                self._out.run_status = detail
-                return
-            self._out.compile_status = detail
-            if detail != "exit 0":
-                return
-            stage, started, deadline = "run", now, now + self._limit_s("run")
-
-    def _limit_s(self, stage: str) -> float:
-        return (self._spec.compile_timeout_ms if stage == "compile" else self._spec.run_timeout_ms) / 1000.0
-
-    def _record_time(self, stage: str, seconds: float) -> None:
-        if stage == "compile":
-            self._out.compile_time_ms = seconds * 1000.0
-        else:
-            self._out.run_time_ms = seconds * 1000.0
-
-    async def _pump(self, reader: asyncio.StreamReader, stream: Stream) -> None:
-        """Forward one output pipe as it arrives, decoded incrementally, within the shared output cap."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        on_output = self._io.on_output if self._io is not None else None
-        parts = self._parts[stream]
-        while data := await reader.read(READ_SIZE):
-            if self._out.truncated or self._draining:
-                continue  # read until the killed tree closes the pipe
-            room = self._cap - self._used
-            if len(data) > room:
-                data = data[:room]
-                self._out.truncated = True
-            self._used += len(data)
-            for start in range(0, len(data), CHUNK):
-                text = decoder.decode(data[start : start + CHUNK])
-                if text:
-                    parts.append(text)
-                    if on_output is not None:
-                        on_output(stream, text)
-            if self._out.truncated:
-                self.stop("output_limit")
-        tail = "" if self._out.truncated or self._draining else decoder.decode(b"", final=True)
-        if tail:
-            parts.append(tail)
-            if on_output is not None:
-                on_output(stream, tail)
-
-    async def _collect(self, reader: asyncio.StreamReader) -> None:
-        """Compiler output: kept up to the output cap, the rest read and dropped so the compiler never blocks."""
-        while data := await reader.read(READ_SIZE):
-            self._compile_output += data[: max(0, self._cap - len(self._compile_output))]
-
-    async def _feed(self) -> None:
-        """Write job.stdin, then live input for interactive jobs until None; then close the program's stdin."""
-        assert self._proc is not None and self._proc.stdin is not None
-        writer = self._proc.stdin
-        try:
-            if self._spec.stdin:
-                writer.write(self._spec.stdin)
-                await writer.drain()
-            live = self._io.stdin if self._io is not None else None
-            while live is not None and (item := await live.get()) is not None:
-                writer.write(item)
-                await writer.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the program exited or closed its stdin
-        finally:
-            writer.close()
-
-    def stop(self, reason: str) -> None:
-        """End the job early for `reason`; the first reason wins."""
-        if self._out.reason is None:
-            self._out.reason = reason
-        self.kill()
-
-    def kill(self) -> None:
-        """End the whole tree now: SIGKILL to bwrap's pid 1 ends the job's pid namespace at once (the kernel kills
-        every process in it and no fork can race that), and bwrap's monitor then exits. The pid cannot have been
-        reused: the monitor, its parent, is still alive. Once the monitor has exited on its own, pid 1 is already
-        gone too (--die-with-parent).
-        """
-        proc = self._proc
-        if proc is None:
-            return
-        if self._sandbox.backend == "none":
-            self._kill_all()
-        elif proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if self._child_pid is not None:
-                    os.kill(self._child_pid, signal.SIGKILL)
-                else:  # killed while bwrap is still setting up
-                    os.killpg(proc.pid, signal.SIGKILL)
-
-    def _kill_all(self) -> None:
-        """Last resort, and SANDBOX=none: the launcher's process group and everything in the job's cgroups."""
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-        if self._cgroup is not None:
-            self._cgroup.kill()
-
-    async def cleanup(self) -> None:
-        """After kill(): reap, close pipes, remove the cgroup and the work dir."""
-        self._draining = True  # pumps keep reading to EOF (a paused pipe never reports it) but keep nothing
-        if self._feeder is not None:
-            self._feeder.cancel()
-            await asyncio.gather(self._feeder, return_exceptions=True)
-        if self._readers:
-            await self._settle()
-        for future in self._readers:
-            future.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        for transport in self._transports:
-            transport.close()
-        for fd in self._raw_fds:
-            os.close(fd)
-        if self._cgroup is not None:
-            await self._cgroup.remove()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-
-
-def _above_stdio(fd: int) -> int:
-    """Passed fds must not be 0-2, which the child's stdio pipes replace (a server started with stdio closed)."""
-    if fd > 2:
-        return fd
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.close(fd)
-    return moved
-
-
-def _memfd(data: bytes) -> int:
-    """An in-memory file for bwrap to copy into the sandbox: nothing on the host's disk to clean up."""
-    fd = os.memfd_create("conveyor")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _workdir(spec: Spec, *, chown: bool) -> str:
-    """SANDBOX=none: a host temp dir with the source and a tmp/ dir, owned by the uid the job runs as."""
-    path = tempfile.mkdtemp(prefix=f"conveyor-{spec.name}-")
-    os.mkdir(f"{path}/tmp")
-    if spec.source_name:
-        Path(path, spec.source_name).write_bytes(spec.source)
-    if chown:
-        for item in (path, f"{path}/tmp", *([f"{path}/{spec.source_name}"] if spec.source_name else [])):
-            os.chown(item, SANDBOX_UID, SANDBOX_UID)
-    return path
