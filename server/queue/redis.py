@@ -76,11 +76,14 @@ class RedisQueue:
         self.max_concurrent = max_concurrent
         self.max_queue_size = max_queue_size
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command.
-        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
+        # No socket_timeout on the command client: redis-py wraps every read in a timer for it, a third of the
+        # client's CPU per job (bench/bench_redis.py). An unreachable Redis still fails fast at connect.
+        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
         # Blocking reads (XREAD BLOCK, BLPOP) get their own client: closing it is what interrupts them on shutdown.
         self._blocking: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
         self._executor = executor
-        self._slots = asyncio.Semaphore(worker_slots)
+        self._free = worker_slots
+        self._freed = asyncio.Event()
         self._worker_slots = worker_slots
         self._lease_ms = lease_timeout_ms
         self._retry = retry_lost_jobs
@@ -372,45 +375,52 @@ class RedisQueue:
 
     async def _claim_loop(self) -> None:
         while True:
-            await self._slots.acquire()
+            while self._free <= 0:
+                self._freed.clear()
+                await self._freed.wait()
             try:
-                data = await self._scripts["CLAIM"](
-                    args=[self._p, self.worker_id, self._lease_ms, self.max_concurrent, STREAM_MAXLEN]
+                batch = await self._scripts["CLAIM"](
+                    args=[self._p, self.worker_id, self._lease_ms, self.max_concurrent, STREAM_MAXLEN, self._free]
                 )
             except asyncio.CancelledError:
-                self._slots.release()
                 raise
             except Exception:
-                self._slots.release()
                 if self._closing:
                     return
                 logger.exception("claiming a job failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            if not data:
-                self._slots.release()
+            if not batch:
                 # Workers wake on a blocking pop: every enqueue and every finish pushes a token.
                 with suppress(Exception):
                     await self._blocking.blpop([self._key("wake")], timeout=WAKE_TIMEOUT_S)
                 if self._closing:  # redis-py may have turned our cancellation into a connection error
                     return
                 continue
-            job = _job_from_hash(dict(zip(data[::2], data[1::2], strict=True)))
-            if job.interactive:
-                channel: asyncio.Queue[bytes | None] = asyncio.Queue()
-                if job.stdin:
-                    channel.put_nowait(job.stdin.encode())
-                self._stdin[job.id] = channel
-            self._local[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            for data in batch:
+                self._free -= 1
+                self._start(_job_from_hash(dict(zip(data[::2], data[1::2], strict=True))))
+
+    def _start(self, job: Job) -> None:
+        if job.interactive:
+            channel: asyncio.Queue[bytes | None] = asyncio.Queue()
+            if job.stdin:
+                channel.put_nowait(job.stdin.encode())
+            self._stdin[job.id] = channel
+        self._local[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
 
     async def _run(self, job: Job) -> None:
         pending: asyncio.Queue[tuple[Stream, str] | None] = asyncio.Queue()
+        publisher: asyncio.Task[None] | None = None
 
         def on_output(stream: Stream, data: str) -> None:
-            if data:
-                pending.put_nowait((stream, data))
+            nonlocal publisher
+            if not data:
+                return
+            pending.put_nowait((stream, data))
+            if publisher is None:  # most jobs print little or nothing: no task until they do
+                publisher = asyncio.create_task(self._publish_output(job.id, pending))
 
-        publisher = asyncio.create_task(self._publish_output(job.id, pending))
         started = time.monotonic()
         try:
             coalescer = OutputCoalescer(on_output)
@@ -419,17 +429,20 @@ class RedisQueue:
                 self._executor, job, io, self._grace_s, lambda: self._stop_reasons.pop(job.id, None)
             )
             coalescer.flush()
-            pending.put_nowait(None)
-            await publisher  # output events go out before the terminal one
+            if publisher is not None:
+                pending.put_nowait(None)
+                await publisher  # output events go out before the terminal one
             await self._finish(job, status, result, (time.monotonic() - started) * 1000.0)
         except Exception:
             logger.exception("finishing job %s failed", job.id)
         finally:
-            publisher.cancel()
+            if publisher is not None:
+                publisher.cancel()
             self._local.pop(job.id, None)
             self._stdin.pop(job.id, None)
             self._stop_reasons.pop(job.id, None)
-            self._slots.release()
+            self._free += 1
+            self._freed.set()
 
     async def _publish_output(self, job_id: str, pending: asyncio.Queue[tuple[Stream, str] | None]) -> None:
         while (item := await pending.get()) is not None:

@@ -70,26 +70,32 @@ return {1, queued + 1, now}
 """
 )
 
-# ARGV: P, worker, lease_ms, max_concurrent, maxlen. Returns the claimed job's hash as a flat list, or nil.
+# ARGV: P, worker, lease_ms, max_concurrent, maxlen, count. Claims up to `count` jobs (one call fills every free
+# slot of an instance); returns their hashes, each as a flat list.
 CLAIM = (
     _PRELUDE
     + """
-local worker, lease, maxc, maxlen = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-if redis.call('ZCARD', P .. ':running') >= maxc then return nil end
-local popped = redis.call('ZPOPMAX', P .. ':queued')
-if #popped == 0 then return nil end
-local id = popped[1]
-local key = P .. ':job:' .. id
+local worker, lease, maxc, maxlen, count = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local running = redis.call('ZCARD', P .. ':running')
+local claimed = {}
 local now = now_ms()
-local wait = now - tonumber(redis.call('HGET', key, 'created_at'))
-redis.call('HSET', key, 'status', 'running', 'started_at', now, 'worker', worker)
-redis.call('ZADD', P .. ':running', now + lease, id)
-redis.call('HINCRBYFLOAT', P .. ':stats', 'wait_sum', wait)
-redis.call('HINCRBY', P .. ':stats', 'wait_count', 1)
-redis.call('LPUSH', P .. ':recent_wait', wait)
-redis.call('LTRIM', P .. ':recent_wait', 0, 999)
-emit(maxlen, key, cjson.encode({type = 'running', jobId = id, startedAt = now, waitTimeMs = wait}))
-return redis.call('HGETALL', key)
+while #claimed < count and running < maxc do
+  local popped = redis.call('ZPOPMAX', P .. ':queued')
+  if #popped == 0 then break end
+  local id = popped[1]
+  local key = P .. ':job:' .. id
+  local wait = now - tonumber(redis.call('HGET', key, 'created_at'))
+  redis.call('HSET', key, 'status', 'running', 'started_at', now, 'worker', worker)
+  redis.call('ZADD', P .. ':running', now + lease, id)
+  redis.call('HINCRBYFLOAT', P .. ':stats', 'wait_sum', wait)
+  redis.call('HINCRBY', P .. ':stats', 'wait_count', 1)
+  redis.call('LPUSH', P .. ':recent_wait', wait)
+  emit(maxlen, key, cjson.encode({type = 'running', jobId = id, startedAt = now, waitTimeMs = wait}))
+  claimed[#claimed + 1] = redis.call('HGETALL', key)
+  running = running + 1
+end
+if #claimed > 0 then redis.call('LTRIM', P .. ':recent_wait', 0, 999) end
+return claimed
 """
 )
 
