@@ -11,11 +11,7 @@ import asyncio
 import gc
 import os
 import platform
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -126,57 +122,24 @@ def bench_limits_fixed(order: list[int]) -> int:
 
 @contextmanager
 def redis_server() -> Iterator[str | None]:
-    """A throwaway redis-server on a free port (no persistence); None when redis-server or redis-py is missing."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    """A throwaway redis-server, or None when it (or the redis client) is not installed: the Redis rows are optional."""
     try:
-        import redis
+        from bench.redisserver import available
+        from bench.redisserver import redis_server as start
     except ImportError:
         yield None
         return
-    if not os.path.exists(binary):
+    if not available():
         yield None
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        args = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            workdir,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            with redis.Redis.from_url(url) as client:
-                deadline = time.monotonic() + 10
-                while True:
-                    try:
-                        client.ping()
-                        break
-                    except redis.ConnectionError:
-                        if time.monotonic() > deadline or proc.poll() is not None:
-                            raise RuntimeError("redis-server did not start") from None
-                        time.sleep(0.05)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with start() as url:
+        yield url
 
 
 def _flush(url: str) -> None:
-    import redis
+    from bench.redisserver import flush
 
-    with redis.Redis.from_url(url) as client:
-        client.flushall()
+    flush(url)
 
 
 def bench_redis_store_take(url: str) -> Callable[[list[int]], int]:

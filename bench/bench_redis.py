@@ -13,11 +13,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -29,6 +25,7 @@ from typing import Any
 import redis
 from redis.asyncio.connection import AbstractConnection
 
+from bench import redisserver
 from server.jobs import ExecutionResult, Job, JobIO
 from server.queue import scripts
 from server.queue.redis import RedisQueue
@@ -59,37 +56,14 @@ class Run:
 @contextmanager
 def redis_server() -> Iterator[str]:
     """A throwaway redis-server on a free 127.0.0.1 port, no persistence; yields its URL and stops it on exit."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(binary):
+    if not redisserver.available():
         raise SystemExit("bench_redis needs redis-server (apt-get install redis-server)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-redis-") as workdir:
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir]
-        args += ["--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            with redis.Redis.from_url(url) as client:
-                deadline = time.monotonic() + 10
-                while True:
-                    try:
-                        client.ping()
-                        break
-                    except redis.ConnectionError:
-                        if time.monotonic() > deadline or proc.poll() is not None:
-                            raise RuntimeError("redis-server did not start") from None
-                        time.sleep(0.05)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with redisserver.redis_server() as url:
+        yield url
 
 
 def _flush(url: str) -> None:
-    with redis.Redis.from_url(url) as client:
-        client.flushall()
+    redisserver.flush(url)
 
 
 def _redis_cpu_s(url: str) -> float:
