@@ -14,6 +14,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .hub import Hub
+    from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", QueueBackend)
@@ -22,7 +23,8 @@ STARTED_AT = web.AppKey("started_at", float)
 RUNNER = web.AppKey("runner", Runner)
 # Typed by annotation: the hub module imports this one.
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
 CLIENT = web.RequestKey("client", Client)
 
-__all__ = ["CLIENT", "EVENTS", "HUB", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]
+__all__ = ["CLIENT", "EVENTS", "HUB", "METRICS", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from .events import Event
 from .jobs import FINISHED_STATUSES
-from .keys import EVENTS, HUB, QUEUE
+from .keys import EVENTS, HUB, METRICS, QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,6 @@ class Metrics:
         wait_ms = event.get("waitTimeMs")
         if wait_ms is not None:
             self.wait_time.labels(language=language).observe(wait_ms / 1000.0)
-
-
-METRICS = web.AppKey("metrics", Metrics)
 
 
 async def get_metrics(request: web.Request) -> web.Response:

@@ -365,3 +365,18 @@ async def test_position_messages_as_the_line_moves(app_client: AppClientFactory)
     # When the first job ends, the second starts and the third moves up to first in line.
     moved = await until(ws, "position")
     assert moved[-1] == {"type": "position", "jobId": queued["b"]["jobId"], "position": 1}
+
+
+async def test_run_messages_draw_from_the_submit_bucket(app_client: AppClientFactory) -> None:
+    client = await app_client(rate_limit_requests=1)
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "bash", "code": "echo one", "requestId": "1"})
+    assert (await recv(ws))["type"] == "queued"
+    await ws.send_json({"type": "run", "language": "bash", "code": "echo two", "requestId": "2"})
+    messages = await until(ws, "error")
+    error = messages[-1]
+    assert (error["error"], error["requestId"]) == ("Too many requests", "2")
+    assert error["retryAfter"] >= 1 and "Try again in" in error["message"]
+    # The socket stays open and usable.
+    await ws.send_json({"type": "ping"})
+    assert (await until(ws, "pong"))[-1]["type"] == "pong"

@@ -11,7 +11,7 @@ from prometheus_client.samples import Sample
 
 from server.app import create_app
 from server.jobs import Runner
-from server.metrics import METRICS
+from server.keys import METRICS
 from tests.conftest import AppClientFactory, make_settings
 
 Client = TestClient[web.Request, web.Application]
