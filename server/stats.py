@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .jobs import Job, JobStatus
@@ -91,24 +91,68 @@ class QueueStats:
         return len(self._finish_times) / THROUGHPUT_SECONDS
 
     def snapshot(self, *, queue_length: int, running: int, max_concurrent: int, max_queue_size: int) -> dict[str, Any]:
-        waits = sorted(self._recent_wait)
-        execs = sorted(self._recent_exec)
-        return {
-            "totalQueued": self.total_queued,
-            "totalProcessed": self.total_processed,
-            "totalCompleted": self.total_completed,
-            "totalFailed": self.total_failed,
-            "totalTimeout": self.total_timeout,
-            "totalCancelled": self.total_cancelled,
-            "totalRejected": self.total_rejected,
-            "totalRateLimited": self.total_rate_limited,
-            "averageWaitTime": round(self._wait_sum / self._wait_count, 1) if self._wait_count else 0,
-            "averageExecutionTime": round(self._exec_sum / self._exec_count, 1) if self._exec_count else 0,
-            "waitTime": {f"p{q}": round(percentile(waits, q), 1) for q in (50, 95, 99)},
-            "executionTime": {f"p{q}": round(percentile(execs, q), 1) for q in (50, 95, 99)},
-            "jobsPerSecond": round(self.jobs_per_second(), 3),
-            "queueLength": queue_length,
-            "runningCount": running,
-            "maxConcurrent": max_concurrent,
-            "maxQueueSize": max_queue_size,
+        counters = {
+            "queued": self.total_queued,
+            "processed": self.total_processed,
+            "completed": self.total_completed,
+            "failed": self.total_failed,
+            "timeout": self.total_timeout,
+            "cancelled": self.total_cancelled,
+            "rejected": self.total_rejected,
+            "rate_limited": self.total_rate_limited,
+            "wait_sum": self._wait_sum,
+            "wait_count": self._wait_count,
+            "exec_sum": self._exec_sum,
+            "exec_count": self._exec_count,
         }
+        return build_snapshot(
+            counters,
+            waits=self._recent_wait,
+            execs=self._recent_exec,
+            jobs_per_second=self.jobs_per_second(),
+            queue_length=queue_length,
+            running=running,
+            max_concurrent=max_concurrent,
+            max_queue_size=max_queue_size,
+        )
+
+
+def build_snapshot(
+    counters: Mapping[str, float],
+    *,
+    waits: Iterable[float],
+    execs: Iterable[float],
+    jobs_per_second: float,
+    queue_length: int,
+    running: int,
+    max_concurrent: int,
+    max_queue_size: int,
+) -> dict[str, Any]:
+    """The statistics payload (camelCase, as the seed) from raw counters; shared by the memory and Redis backends."""
+
+    def count(name: str) -> int:
+        return int(counters.get(name, 0))
+
+    def average(total: str, n: str) -> float:
+        return round(counters[total] / counters[n], 1) if counters.get(n) else 0
+
+    wait_sorted, exec_sorted = sorted(waits), sorted(execs)
+    return {
+        "totalQueued": count("queued"),
+        "totalProcessed": count("processed"),
+        "totalCompleted": count("completed"),
+        "totalFailed": count("failed"),
+        "totalTimeout": count("timeout"),
+        "totalCancelled": count("cancelled"),
+        "totalRejected": count("rejected"),
+        "totalRateLimited": count("rate_limited"),
+        "averageWaitTime": average("wait_sum", "wait_count"),
+        "averageExecutionTime": average("exec_sum", "exec_count"),
+        "waitTime": {f"p{q}": round(percentile(wait_sorted, q), 1) for q in (50, 95, 99)},
+        "executionTime": {f"p{q}": round(percentile(exec_sorted, q), 1) for q in (50, 95, 99)},
+        "jobsPerSecond": round(jobs_per_second, 3),
+        "queueLength": queue_length,
+        "runningCount": running,
+        "maxConcurrent": max_concurrent,
+        "maxQueueSize": max_queue_size,
+    }

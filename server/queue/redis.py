@@ -19,9 +19,10 @@ from redis.exceptions import RedisError
 from ..errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
-from ..stats import percentile
+from ..stats import build_snapshot
 from . import scripts
 from .base import OutputCoalescer, execute
+from .records import job_from_hash, result_dict
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class RedisQueue:
     @_unavailable_on_redis_error
     async def get(self, job_id: str) -> Job | None:
         data = await self._redis.hgetall(self._key(f"job:{job_id}"))
-        return _job_from_hash(data) if data else None
+        return job_from_hash(data) if data else None
 
     @_unavailable_on_redis_error
     async def position(self, job: Job) -> int | None:
@@ -205,7 +206,7 @@ class RedisQueue:
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self._key(f"job:{job_id}"))
-        jobs = [_job_from_hash(data) for data in await pipe.execute() if data]
+        jobs = [job_from_hash(data) for data in await pipe.execute() if data]
         jobs.sort(key=lambda j: j.created_at)
         return jobs[-limit:]
 
@@ -239,37 +240,18 @@ class RedisQueue:
         pipe.lrange(self._key("finish_times"), 0, -1)
         pipe.time()
         raw, queued, running, waits, execs, finishes, (secs, micros) = await pipe.execute()
-        counters = {k: float(v) for k, v in raw.items()}
         now_ms = secs * 1000 + micros // 1000
         recent_finishes = sum(1 for t in finishes if float(t) >= now_ms - 60_000)
-        wait_sorted = sorted(float(w) for w in waits)
-        exec_sorted = sorted(float(e) for e in execs)
-
-        def count(name: str) -> int:
-            return int(counters.get(name, 0))
-
-        def average(total: str, n: str) -> float:
-            return round(counters[total] / counters[n], 1) if counters.get(n) else 0
-
-        return {
-            "totalQueued": count("queued"),
-            "totalProcessed": count("processed"),
-            "totalCompleted": count("completed"),
-            "totalFailed": count("failed"),
-            "totalTimeout": count("timeout"),
-            "totalCancelled": count("cancelled"),
-            "totalRejected": count("rejected"),
-            "totalRateLimited": count("rate_limited"),
-            "averageWaitTime": average("wait_sum", "wait_count"),
-            "averageExecutionTime": average("exec_sum", "exec_count"),
-            "waitTime": {f"p{q}": round(percentile(wait_sorted, q), 1) for q in (50, 95, 99)},
-            "executionTime": {f"p{q}": round(percentile(exec_sorted, q), 1) for q in (50, 95, 99)},
-            "jobsPerSecond": round(recent_finishes / 60.0, 3),
-            "queueLength": int(queued),
-            "runningCount": int(running),
-            "maxConcurrent": self.max_concurrent,
-            "maxQueueSize": self.max_queue_size,
-        }
+        return build_snapshot(
+            {k: float(v) for k, v in raw.items()},
+            waits=(float(w) for w in waits),
+            execs=(float(e) for e in execs),
+            jobs_per_second=recent_finishes / 60.0,
+            queue_length=int(queued),
+            running=int(running),
+            max_concurrent=self.max_concurrent,
+            max_queue_size=self.max_queue_size,
+        )
 
     def note_rate_limited(self) -> None:
         self._spawn(self._redis.hincrby(self._key("stats"), "rate_limited", 1))
@@ -399,7 +381,7 @@ class RedisQueue:
                 continue
             for data in batch:
                 self._free -= 1
-                self._start(_job_from_hash(dict(zip(data[::2], data[1::2], strict=True))))
+                self._start(job_from_hash(dict(zip(data[::2], data[1::2], strict=True))))
 
     def _start(self, job: Job) -> None:
         if job.interactive:
@@ -467,7 +449,7 @@ class RedisQueue:
                 "language": job.language,
             }
         )
-        stored = orjson.dumps(_result_dict(result))
+        stored = orjson.dumps(result_dict(result))
         await self._scripts["FINISH"](
             args=[
                 self._p,
@@ -494,36 +476,3 @@ class RedisQueue:
                     logger.warning("job %s lost its worker (lease expired)", job_id)
             except Exception:
                 logger.exception("lease renewal or reclaim failed")
-
-
-def _result_dict(result: ExecutionResult) -> dict[str, Any]:
-    return {name: getattr(result, name) for name in ExecutionResult.__slots__}
-
-
-def _job_from_hash(data: dict[str, str]) -> Job:
-    def number(name: str) -> float | None:
-        value = data.get(name)
-        return float(value) if value not in (None, "") else None
-
-    result_raw = data.get("result")
-    result = None
-    if result_raw:
-        fields = orjson.loads(result_raw)
-        result = ExecutionResult(**{k: v for k, v in fields.items() if k in ExecutionResult.__slots__})
-    return Job(
-        id=data["id"],
-        language=data["language"],
-        code=data.get("code", ""),
-        stdin=data.get("stdin", ""),
-        args=orjson.loads(data.get("args", "[]")),
-        priority=int(data.get("priority", 0)),
-        owner=data.get("owner", ""),
-        timeout_ms=int(data.get("timeout_ms", 0)),
-        interactive=data.get("interactive") == "1",
-        status=JobStatus(data["status"]),
-        created_at=number("created_at") or 0.0,
-        started_at=number("started_at"),
-        finished_at=number("finished_at"),
-        result=result,
-        seq=int(data.get("seq", 0)),
-    )
