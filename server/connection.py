@@ -57,6 +57,9 @@ class Connection:
         # Kept now: aiohttp lets go of the request's transport while closing, and abort() may be needed then.
         self._transport = request.transport
         self._closing = False
+        self._close_request: tuple[int, str] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{conn_id}")
 
     def send(self, data: bytes) -> None:
@@ -103,15 +106,39 @@ class Connection:
                 await asyncio.sleep(0.01)
 
     async def close(self, code: int, message: str) -> None:
+        """Close from outside (shutdown 1001, overflow 1013). The connection's own task does it: aiohttp completes
+        the close handshake only when no other task is inside receive(), so we stop the reader and wait."""
+        if self._close_request is None:
+            self._close_request = (code, message)
         self._closing = True
         self._writer.cancel()
-        # Not awaited with wait_for: aiohttp's close blocks, even past a cancellation, until the send buffer
-        # drains, which a client that does not read never allows. Give it a moment, then drop the connection.
+        if self._reader is not None:
+            self._reader.cancel()
+        with suppress(TimeoutError):
+            async with asyncio.timeout(2 * CLOSE_TIMEOUT_S):
+                await self._finished.wait()
+
+    async def serve(self) -> None:
+        """Read until the client leaves or `close` is asked for; then finish the close handshake."""
+        self._reader = asyncio.create_task(self.read_loop(), name=f"ws-reader-{self.id}")
+        try:
+            await asyncio.wait([self._reader])  # never raises: a cancelled reader means `close` was asked for
+            if self._close_request is not None:
+                await self._close_handshake(*self._close_request)
+        finally:
+            self._finished.set()
+
+    async def _close_handshake(self, code: int, message: str) -> None:
+        transport = self._transport
+        # A client that does not read never lets the close frame out: drop it at once.
+        if code == TRY_AGAIN_LATER and transport is not None and transport.get_write_buffer_size() > 0:
+            transport.abort()
+            return
+        # Not wait_for: aiohttp's close can outlive a cancellation while its send buffer drains.
         closer = asyncio.create_task(self.ws.close(code=code, message=message.encode()))
         await asyncio.wait([closer], timeout=CLOSE_TIMEOUT_S)
-        stalled = code == TRY_AGAIN_LATER and self._transport is not None and self._transport.get_write_buffer_size()
-        if self._transport is not None and (not closer.done() or stalled):
-            self._transport.abort()
+        if not closer.done() and transport is not None:
+            transport.abort()
             closer.cancel()
 
     async def shutdown(self) -> None:
@@ -272,7 +299,7 @@ async def handle_ws(request: web.Request, hub: Hub, client: Client) -> web.WebSo
     conn = hub.register(ws, request, client)
     try:
         conn.send_json({"type": "hello", "connectionId": conn.id, "user": client.user, "admin": client.admin})
-        await conn.read_loop()
+        await conn.serve()
     finally:
         await hub.unregister(conn)
     if ws.close_code is None:
