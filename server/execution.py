@@ -160,6 +160,7 @@ class Run:
         self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
         self._feeder: asyncio.Task[None] | None = None
         self._child_pid: int | None = None  # bwrap's pid 1, from --json-status-fd
+        self._spawning: asyncio.Future[asyncio.subprocess.Process] | None = None  # a spawn cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
         self._draining = False
 
@@ -203,8 +204,9 @@ class Run:
         self._cgroup = launcher.job_cgroup(spec.name)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
+        self._raw_fds = [status_r, compile_r]
         fds = Fds(status=_above_stdio(status_w), compile=_above_stdio(compile_w))
-        ours, theirs = [status_r, compile_r], [fds.status, fds.compile]
+        theirs = [fds.status, fds.compile]
         try:
             if launcher.backend == "bwrap":
                 # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
@@ -218,33 +220,48 @@ class Run:
                     theirs.append(fds.etc[name])
             else:
                 self._workdir = _workdir(spec, chown=launcher.drops_privileges)
-            self._proc = await asyncio.create_subprocess_exec(
-                *launcher.argv(spec, fds, self._cgroup),
+            argv, env = launcher.argv(spec, fds, self._cgroup), launcher.env(spec, self._workdir)
+        except BaseException:
+            for fd in theirs:
+                os.close(fd)
+            raise
+        # A cancelled create_subprocess_exec SIGKILLs the launcher's pid alone and then waits for its pipes to close.
+        # By then that pid may be bwrap's monitor, and a child it has not released yet outlives it, blocked for ever
+        # (see kill()) and holding those pipes: the wait never ends, and nothing kills the child. So the spawn always
+        # runs to its end, and a cancelled one is finished and killed by cleanup().
+        spawn = asyncio.ensure_future(self._start(argv, env, theirs))
+        try:
+            self._proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            self._spawning = spawn
+            raise
+        self._watch(self._proc)
+        return status_r, compile_r
+
+    async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=theirs,
                 start_new_session=True,
-                env=launcher.env(spec, self._workdir),
+                env=env,
                 cwd=self._workdir or "/",
             )
-        except BaseException:
-            for fd in ours:
-                os.close(fd)
-            raise
         finally:
-            for fd in theirs:
+            for fd in theirs:  # the launcher has its own copies now (or never started)
                 os.close(fd)
-        # No await since the spawn: from here on cleanup() always has pumps to drain the pipes to their end.
-        proc = self._proc
+
+    def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """Pumps for the output pipes and the process exit: from here on cleanup() can drain the pipes to their end."""
         assert proc.stdout is not None and proc.stderr is not None
         self._readers = [
             asyncio.ensure_future(self._pump(proc.stdout, "stdout")),
             asyncio.ensure_future(self._pump(proc.stderr, "stderr")),
             asyncio.ensure_future(proc.wait()),
         ]
-        self._raw_fds = ours
-        return status_r, compile_r
 
     async def _reader(self, fd: int) -> asyncio.StreamReader:
         loop = asyncio.get_running_loop()
@@ -269,7 +286,10 @@ class Run:
         deadline = started + self._limit_s(stage)
         while expected:
             try:
-                line = await asyncio.wait_for(status.readline(), max(0.0, deadline - loop.time()))
+                # Not wait_for: on Python 3.11 it swallows a cancellation that arrives as the line does, and the
+                # cancelled job would then run on to its end.
+                async with asyncio.timeout_at(deadline):
+                    line = await status.readline()
             except TimeoutError:
                 self._record_time(stage, loop.time() - started)
                 self.stop("compile_timeout" if stage == "compile" else "timeout")
@@ -366,22 +386,37 @@ class Run:
         self.kill()
 
     def kill(self) -> None:
-        """End the whole tree now: SIGKILL to bwrap's pid 1 ends the job's pid namespace at once (the kernel kills
-        every process in it and no fork can race that), and bwrap's monitor then exits. The pid cannot have been
-        reused: the monitor, its parent, is still alive. Once the monitor has exited on its own, pid 1 is already
-        gone too (--die-with-parent).
+        """End the whole tree now.
+
+        Normally bwrap's pid 1 is known and its monitor is running: SIGKILL to pid 1 ends the job's pid namespace at
+        once (the kernel kills every process in it and no fork can race that), and the monitor then exits on its own
+        and reports. The pid cannot have been reused: the monitor, its parent, has not been reaped.
+
+        Otherwise the job is ending before bwrap reported, or after its monitor died: the launcher's process group,
+        the monitor's child and everything in the job's cgroups are killed. This must include a child bwrap has not
+        released yet. Until its monitor's go-ahead it has no parent-death signal (bwrap sets that later, in pid 1) and
+        it waits on an eventfd, which never reports the writer gone: if the monitor dies first, it stays blocked for
+        ever as pid 1 of its pid namespace, reparented to host init.
         """
         proc = self._proc
-        if proc is None:
-            return
         if self._launcher.backend == "none":
             self._kill_all()
-        elif proc.returncode is None:
+            return
+        running = proc is not None and proc.returncode is None
+        if running and self._child_pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if self._child_pid is not None:
-                    os.kill(self._child_pid, signal.SIGKILL)
-                else:  # killed while bwrap is still setting up
-                    os.killpg(proc.pid, signal.SIGKILL)
+                os.kill(self._child_pid, signal.SIGKILL)
+            return
+        if proc is not None and running:
+            # A child not released yet is still in the launcher's process group (it calls setsid only once released);
+            # a released one is not, so its pid is killed too.
+            for child in _children(proc.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self._cgroup is not None:
+            self._cgroup.kill()
 
     def _kill_all(self) -> None:
         """Last resort, and SANDBOX=none: the launcher's process group and everything in the job's cgroups."""
@@ -393,6 +428,14 @@ class Run:
 
     async def cleanup(self) -> None:
         """After kill(): reap, close pipes, remove the cgroup and the work dir."""
+        spawning = self._spawning
+        if spawning is not None:
+            # Cancelled while spawning: take the process the spawn started and end it like any other.
+            await asyncio.wait([spawning])
+            if not spawning.cancelled() and spawning.exception() is None:
+                self._proc = spawning.result()
+                self._watch(self._proc)
+            self.kill()
         self._draining = True  # pumps keep reading to EOF (a paused pipe never reports it) but keep nothing
         if self._feeder is not None:
             self._feeder.cancel()
@@ -410,6 +453,14 @@ class Run:
             await self._cgroup.remove()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The children of a running process (its main thread's; bwrap's monitor is single-threaded)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _above_stdio(fd: int) -> int:
