@@ -9,6 +9,9 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,34 @@ logger = logging.getLogger(__name__)
 CONTROLLERS = ("memory", "pids")
 _PREFIX = "conveyor-"
 _EMPTY_WAIT_S = 2.0
+_GUARD_STOP_S = 5.0
+
+# The guard: a watchdog beside the server, blocked reading a pipe that only the server holds open, so the read ends
+# (EOF) once the server is gone, however it ended (SIGKILL included). It then kills whatever is left in the server's
+# job cgroups and removes them, for up to 5 s. bwrap's --die-with-parent alone is not enough: a sandbox child that
+# bwrap's monitor has not released yet has no parent-death signal, and if the monitor dies with the server it blocks
+# for ever as pid 1 of its pid namespace. Removing a job's cgroup also stops a launcher the server had started but
+# that has not joined it yet: its join fails. Arguments: the server's base directories, one per hierarchy.
+_GUARD = """
+trap '' HUP INT TERM
+read -r _
+n=0
+while :; do
+    for base; do
+        for dir in "$base"/*/; do
+            [ -d "$dir" ] || continue
+            for pid in $(cat "${dir}cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+            rmdir "$dir" 2>/dev/null
+        done
+        rmdir "$base" 2>/dev/null
+    done
+    left=
+    for base; do [ -d "$base" ] && left=1; done
+    n=$((n + 1))
+    { [ -z "$left" ] || [ "$n" -ge 100 ]; } && exit 0
+    sleep 0.05
+done
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +149,7 @@ class JobCgroup:
         return False
 
     def pids(self) -> set[int]:
-        found: set[int] = set()
-        for _, path in self._dirs:
-            with contextlib.suppress(OSError, ValueError):
-                found.update(int(p) for p in (path / "cgroup.procs").read_text().split())
-        return found
+        return _procs(path for _, path in self._dirs)
 
     def kill(self) -> None:
         """SIGKILL every process in the job's cgroups; a few passes catch processes forked meanwhile."""
@@ -159,10 +186,13 @@ class JobCgroup:
 class Cgroups:
     """Creates per-job cgroups with the memory and pids limits, below one directory per server instance."""
 
-    def __init__(self, bases: list[tuple[_Hierarchy, Path]], memory_bytes: int, max_tasks: int) -> None:
+    def __init__(
+        self, bases: list[tuple[_Hierarchy, Path]], memory_bytes: int, max_tasks: int, *, guard: _Guard | None = None
+    ) -> None:
         self._bases = bases
         self._memory_bytes = memory_bytes
         self._max_tasks = max_tasks
+        self._guard = guard
 
     def enforced_by(self, controller: str) -> str | None:
         """How a controller's limit is enforced, e.g. "cgroup v1 memory", or None when it is not."""
@@ -180,7 +210,13 @@ class Cgroups:
                 bases.append((hierarchy, _make_base(hierarchy)))
             except OSError as exc:
                 logger.info("%s not usable for job limits: %s", hierarchy.label("/".join(hierarchy.controllers)), exc)
-        return cls(bases, memory_bytes, max_tasks)
+        guard = None
+        if bases:
+            try:
+                guard = _Guard([base for _, base in bases])
+            except OSError as exc:
+                logger.warning("cannot start the cgroup guard (%s): jobs may outlive a killed server", exc)
+        return cls(bases, memory_bytes, max_tasks, guard=guard)
 
     def create(self, name: str) -> JobCgroup:
         """mkdir the job's cgroups and write their limits. Raises OSError if the host refuses."""
@@ -216,6 +252,39 @@ class Cgroups:
         for hierarchy, base in self._bases:
             _remove_tree(base, hierarchy)
         self._bases = []
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
+
+
+class _Guard:
+    """The guard process (see _GUARD) for this server's base directories, in its own session so that signals sent
+    to the server's process group or terminal do not take it down with the server."""
+
+    def __init__(self, bases: list[Path]) -> None:
+        read, self._write = os.pipe()  # close-on-exec: launchers and jobs never hold the write end
+        try:
+            self._proc = subprocess.Popen(
+                ["/bin/sh", "-c", _GUARD, "conveyor-guard", *map(str, bases)],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._write)
+            raise
+        finally:
+            os.close(read)
+
+    def stop(self) -> None:
+        """Release the guard: it sweeps what is left (after a clean close, nothing) and exits."""
+        os.close(self._write)
+        try:
+            self._proc.wait(timeout=_GUARD_STOP_S)
+        except subprocess.TimeoutExpired:
+            logger.warning("cgroup guard %d still running after %.0f s", self._proc.pid, _GUARD_STOP_S)
 
 
 def _read_counter(path: Path, key: str) -> int:
@@ -277,12 +346,42 @@ def _pid_namespace() -> int:
 
 
 def _sweep_stale(hierarchy: _Hierarchy) -> None:
-    """Remove directories of dead servers. Names carry the pid namespace, so that servers in other containers
-    sharing this hierarchy (whose pids we cannot see) are left alone."""
+    """Kill what is left in the directories of dead servers (their guard did not get to it), then remove them.
+
+    A directory is a dead server's only if its name carries our pid namespace and a pid that does not exist in it:
+    a live server's pid always exists, and servers in other containers sharing this hierarchy (whose pids we cannot
+    see) carry another namespace. A reused pid only makes us leave a dead server's directory for a later sweep.
+    """
     for path in hierarchy.own.glob(f"{_PREFIX}{_pid_namespace()}-*-*"):
         pid = path.name.split("-")[2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _kill_tree(path)
             _remove_tree(path, hierarchy)
+
+
+def _procs(dirs: Iterable[Path]) -> set[int]:
+    found: set[int] = set()
+    for path in dirs:
+        with contextlib.suppress(OSError, ValueError):
+            found.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+    return found
+
+
+def _kill_tree(base: Path) -> None:
+    """SIGKILL every process in a server's directory and its job cgroups until they are empty, for up to
+    _EMPTY_WAIT_S (killed processes take a moment to leave)."""
+    deadline = time.monotonic() + _EMPTY_WAIT_S
+    while True:
+        dirs = [base]
+        with contextlib.suppress(OSError):
+            dirs += [child for child in base.iterdir() if child.is_dir()]
+        pids = _procs(dirs)
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 def _remove_tree(base: Path, hierarchy: _Hierarchy) -> None:
