@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,41 @@ async def wait_for_processes(text: str, count: int) -> list[int]:
             return found
         await asyncio.sleep(0.01)
     raise AssertionError(f"expected {count} processes with {text}, found {host_processes_with(text)}")
+
+
+def processes_of_server(pid: int) -> dict[int, str]:
+    """Live (not zombie) host processes in the cgroups of the server with this pid: pid -> what it is."""
+    key = f"/conveyor-{os.stat('/proc/self/ns/pid').st_ino}-{pid}-"
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if key not in (entry / "cgroup").read_text():
+                continue
+            status = dict(line.split(":\t", 1) for line in (entry / "status").read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if not status["State"].startswith("Z"):
+            pid_1 = status.get("NSpid", "").split()[-1:] == ["1"]
+            found[int(entry.name)] = f"{status['Name']}{' (pid 1 of its namespace)' if pid_1 else ''}"
+    return found
+
+
+def dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def wait_until_gone(what: Callable[[], object], seconds: float = 10.0) -> None:
+    """Poll until `what()` is empty; the assertion shows what is left."""
+    for _ in range(int(seconds * 20)):
+        if not what():
+            return
+        await asyncio.sleep(0.05)
+    assert not what()
 
 
 def cgroups_named(match: re.Pattern[str]) -> list[str]:
@@ -290,8 +327,124 @@ async def test_cancelling_during_an_output_flood() -> None:
     assert job_cgroups(job.id) == []
 
 
+@pytest.mark.parametrize("box", ["sandbox", "rlimits_only"])
+async def test_cancelling_a_starting_job_at_any_moment(box: str, sandbox: Sandbox, rlimits_only: Sandbox) -> None:
+    """Cancellation is honoured, and ends every process of the job, whenever it comes while the job starts.
+
+    Half the cancellations arrive while asyncio is still spawning the launcher, with the loop then held for a
+    growing time so the launcher gets that much further: into bwrap's monitor before it released its child (which
+    then waits for the dead monitor for ever unless killed), or into the child's set-up before it became a pid 1
+    that dies with its parent. The other half arrive as the job's stage reports come in.
+    """
+    if box == "rlimits_only":
+        sandbox = rlimits_only
+    for step in range(60):
+        tag = marker()
+        job = make_job("bash", 'exec -a "$1" sleep 300', args=[tag], timeout_ms=60_000)
+        task = asyncio.create_task(sandbox(job, JobIO(on_output=lambda s, d: None)))
+        if step % 2 == 0:
+            await asyncio.sleep(0)  # the task is inside the spawn now
+            task.cancel()
+            time.sleep(step / 4000)  # hold the loop: 0 to 15 ms
+        else:
+            await asyncio.sleep(step / 2000)  # 0 to 30 ms
+            task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, f"cancellation at step {step} did not end the job: {host_processes_with(tag)} still running"
+        assert task.cancelled()
+        assert host_processes_with(tag) == []
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def is_guard(pid: int) -> bool:
+    try:
+        return b"conveyor-guard" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("guard", ["alive", "killed"])
+async def test_a_server_killed_while_a_job_starts_leaves_nothing(guard: str) -> None:
+    """A server SIGKILLed while a job's sandbox is being set up takes the whole job with it.
+
+    bwrap's --die-with-parent cannot cover this: the child bwrap's monitor clones (the job's future pid 1) waits for
+    the monitor's go-ahead with no parent-death signal of its own, and a monitor started as the server died dies
+    too before it gives it (of --die-with-parent, or writing its status to a pipe nobody reads). The server's cgroup
+    guard then kills what is left; if the guard was killed too, the next server to start does. To hold the job at
+    that point every time, the test stops the launcher as soon as the server has forked it, kills the server, and
+    lets the launcher go on.
+    """
+    tag = marker()
+    script = (
+        "import asyncio, sys\n"
+        "from server.jobs import Job, JobIO\n"
+        "from server.sandbox import Sandbox\n"
+        "from server.settings import Settings\n"
+        "async def main():\n"
+        "    box = await Sandbox.create(Settings(), languages=['bash'])\n"
+        "    print('ready', flush=True)\n"
+        "    sys.stdin.readline()\n"
+        f"    job = Job(language='bash', code='exec -a \"$1\" sleep 300', args=['{tag}'], timeout_ms=60000)\n"
+        "    await box(job, JobIO(on_output=lambda s, d: None))\n"
+        "asyncio.run(main())\n"
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        cwd=Path(__file__).parent.parent,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    launcher = None
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        assert await asyncio.wait_for(server.stdout.readline(), 30) == b"ready\n"
+        guards = [pid for pid in children_of(server.pid) if is_guard(pid)]
+        if guard == "killed":
+            for pid in guards:
+                os.kill(pid, signal.SIGKILL)
+        # From now on the server's only other child is the job's launcher: stop it at once, exec'd yet or not.
+        server.stdin.write(b"go\n")
+        await server.stdin.drain()
+        deadline = time.monotonic() + 10
+        while launcher is None and time.monotonic() < deadline:
+            for child in children_of(server.pid):
+                if child not in guards:
+                    launcher = child
+                    os.kill(launcher, signal.SIGSTOP)
+        assert launcher is not None, "the server never started the job"
+    finally:
+        server.kill()
+        # Let the launcher go only once the server is dead. Not by awaiting server.wait() first: that waits for the
+        # server's stdout to close, and a launcher stopped before its exec still holds a copy of it.
+        while not dead(server.pid):
+            await asyncio.sleep(0.001)
+        if launcher is not None:
+            with contextlib.suppress(ProcessLookupError):  # the server's cgroup guard may have killed it already
+                os.kill(launcher, signal.SIGCONT)
+        await server.wait()
+    assert launcher is not None
+    # The launcher's pid becomes bwrap's monitor: once it is gone, whatever it started exists, and must go too.
+    await wait_until_gone(lambda: not dead(launcher))
+    if guard == "killed":
+        await asyncio.sleep(0.5)  # what is left stays, until a server starts and sweeps the dead one's cgroups
+        async with open_sandbox(SETTINGS, languages=["bash"]):
+            assert processes_of_server(server.pid) == {}
+            assert cgroups_named(re.compile(rf"conveyor-\d+-{server.pid}-\w+")) == []
+    await wait_until_gone(lambda: processes_of_server(server.pid))
+    await wait_until_gone(lambda: host_processes_with(tag))
+
+
 async def test_jobs_die_with_the_server() -> None:
-    """A server killed with SIGKILL cannot clean up: bwrap's --die-with-parent takes the job down with it."""
+    """A server killed with SIGKILL cannot clean up: bwrap's --die-with-parent takes a running job down with it."""
     tag = marker()
     script = (
         "import asyncio, sys\n"
@@ -311,11 +464,9 @@ async def test_jobs_die_with_the_server() -> None:
     finally:
         server.kill()
         await server.wait()
-    for _ in range(500):
-        if not host_processes_with(tag):
-            break
-        await asyncio.sleep(0.01)
-    assert host_processes_with(tag) == []
+    await wait_until_gone(lambda: host_processes_with(tag))
+    # Nothing else of it either, bwrap's pid 1 above all (it would hold the job's cgroups and pipes for ever).
+    await wait_until_gone(lambda: processes_of_server(server.pid))
     # The dead server's cgroup directories are swept by the next server to start.
     if cgroups_named(re.compile(rf"conveyor-\d+-{server.pid}-\w+")):
         async with open_sandbox(SETTINGS, languages=["bash"]):
