@@ -143,6 +143,14 @@ class Settings:
     lease_timeout_ms: int = _env("LEASE_TIMEOUT_MS", _int_range(1000), 15_000)
     retry_lost_jobs: bool = _env("RETRY_LOST_JOBS", _flag, False)
 
+    # Judge features: batches and callbacks
+    max_batch_size: int = _env("MAX_BATCH_SIZE", _int_range(1, 1000), 20)
+    callback_secret: str = _env("CALLBACK_SECRET", _text, "")
+    callback_allowed_networks: tuple[str, ...] = _env("CALLBACK_ALLOWED_NETWORKS", _networks, ())
+    callback_timeout_ms: int = _env("CALLBACK_TIMEOUT_MS", _int_range(100, 60_000), 5000)
+    callback_retries: int = _env("CALLBACK_RETRIES", _int_range(0, 10), 3)
+    callback_queue_size: int = _env("CALLBACK_QUEUE_SIZE", _int_range(1, 1_000_000), 1000)
+
     @property
     def effective_burst(self) -> int:
         return self.rate_limit_burst or self.rate_limit_requests
