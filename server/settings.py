@@ -144,6 +144,7 @@ class Settings:
     retry_lost_jobs: bool = _env("RETRY_LOST_JOBS", _flag, False)
 
     # Judge features: batches and callbacks
+    max_tests: int = _env("MAX_TESTS", _int_range(1, 1000), 64)
     max_batch_size: int = _env("MAX_BATCH_SIZE", _int_range(1, 1000), 20)
     callback_secret: str = _env("CALLBACK_SECRET", _text, "")
     callback_allowed_networks: tuple[str, ...] = _env("CALLBACK_ALLOWED_NETWORKS", _networks, ())
