@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host when the server runs as root
 BOX = "/box"  # the job's work dir inside the sandbox
+# A build handed to a fresh sandbox: a tar of the work dir after the compile stage, unpacked there before the run
+# (inside the sandbox: nothing on the host ever parses what a job produced).
+ARTIFACT = ".conveyor-build.tar"
+PACK = ["tar", "--exclude=./tmp", f"--exclude=./{ARTIFACT}", "-cf", "-", "."]
 READ_SIZE = 65536
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 EXIT_GRACE_S = 2.0
@@ -79,14 +83,30 @@ class Spec:
     name: str
     run: list[str]
     compile: list[str] | None = None
-    source_name: str | None = None
-    source: bytes = b""
+    # The job's files, relative to the work dir (validated by payloads: no absolute paths, no `..`).
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    # A build to unpack into the work dir before the program runs (in place of the compile stage).
+    artifact: bytes | None = None
     env: dict[str, str] = field(default_factory=dict)
     etc: list[str] = field(default_factory=list)
     address_space_mb: int = 0
+    memory_mb: int | None = None  # the job's own memory limit, when below the server's
     compile_timeout_ms: int = 10_000
     run_timeout_ms: int = 10_000
+    cpu_time_s: int = 10
     stdin: bytes = b""
+    output_cap: int | None = None  # stdout+stderr cap, when not MAX_OUTPUT_BYTES (a packed build)
+
+    @property
+    def directories(self) -> list[str]:
+        """The directories the files need, parents first."""
+        dirs = {
+            "/".join(parts[:depth])
+            for name, _ in self.files
+            for parts in [name.split("/")]
+            for depth in range(1, len(parts))
+        }
+        return sorted(dirs, key=lambda d: (d.count("/"), d))
 
 
 @dataclass(slots=True)
@@ -97,7 +117,8 @@ class Fds:
     status: int
     compile: int
     bwrap_status: int | None = None
-    source: int | None = None
+    files: list[int] = field(default_factory=list)  # the job's files, in Spec.files order
+    artifact: int | None = None
     etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
 
 
@@ -107,7 +128,10 @@ class Outcome:
 
     stdout: str = ""
     stderr: str = ""
+    stdout_bytes: bytes = b""  # exactly what the program wrote (within the cap), for binary-safe output
+    stderr_bytes: bytes = b""
     compile_output: str = ""
+    compile_output_bytes: bytes = b""
     truncated: bool = False
     reason: str | None = None  # timeout, compile_timeout, output_limit: set when the executor stopped the job
     compile_status: str | None = None  # "exit 0", "signal 9", ...
@@ -132,7 +156,7 @@ class Launcher(Protocol):
         """Whether jobs run as SANDBOX_UID on the host too, so a SANDBOX=none work dir must be theirs."""
         ...
 
-    def job_cgroup(self, name: str) -> JobCgroup | None:
+    def job_cgroup(self, name: str, memory_mb: int | None = None) -> JobCgroup | None:
         """Create the job's cgroup, or None when only rlimits apply."""
         ...
 
@@ -149,9 +173,9 @@ class Run:
         self._spec = spec
         self._io = io
         self._out = Outcome()
-        self._cap = launcher.settings.max_output_bytes
+        self._cap = spec.output_cap or launcher.settings.max_output_bytes
         self._used = 0
-        self._parts: dict[Stream, list[str]] = {"stdout": [], "stderr": []}
+        self._raw: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._compile_output = bytearray()
         self._proc: asyncio.subprocess.Process | None = None
         self._cgroup: JobCgroup | None = None
@@ -179,8 +203,10 @@ class Run:
         await self._settle()
         out = self._out
         out.returncode = proc.returncode
-        out.stdout, out.stderr = "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
-        out.compile_output = self._compile_output.decode(errors="replace")
+        out.stdout_bytes, out.stderr_bytes = bytes(self._raw["stdout"]), bytes(self._raw["stderr"])
+        out.stdout, out.stderr = _text(out.stdout_bytes, out.truncated), _text(out.stderr_bytes, out.truncated)
+        out.compile_output_bytes = bytes(self._compile_output)
+        out.compile_output = out.compile_output_bytes.decode(errors="replace")
         out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
         return out
 
@@ -201,7 +227,7 @@ class Run:
     async def _spawn(self) -> tuple[int, int]:
         """Start the launcher and the output pumps; returns the read ends of the status and compiler pipes."""
         launcher, spec = self._launcher, self._spec
-        self._cgroup = launcher.job_cgroup(spec.name)
+        self._cgroup = launcher.job_cgroup(spec.name, spec.memory_mb)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
         self._raw_fds = [status_r, compile_r]
@@ -212,9 +238,12 @@ class Run:
                 # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
                 fds.bwrap_status = _above_stdio(os.dup(fds.status))
                 theirs.append(fds.bwrap_status)
-                if spec.source_name:
-                    fds.source = _above_stdio(_memfd(spec.source))
-                    theirs.append(fds.source)
+                for _, content in spec.files:
+                    fds.files.append(_above_stdio(_memfd(content)))
+                    theirs.append(fds.files[-1])
+                if spec.artifact is not None:
+                    fds.artifact = _above_stdio(_memfd(spec.artifact))
+                    theirs.append(fds.artifact)
                 for name, text in ETC_FILES.items():
                     fds.etc[name] = _above_stdio(_memfd(text.encode()))
                     theirs.append(fds.etc[name])
@@ -334,7 +363,7 @@ class Run:
         """Forward one output pipe as it arrives, decoded incrementally, within the shared output cap."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         on_output = self._io.on_output if self._io is not None else None
-        parts = self._parts[stream]
+        raw = self._raw[stream]
         while data := await reader.read(READ_SIZE):
             if self._out.truncated or self._draining:
                 continue  # read until the killed tree closes the pipe
@@ -343,19 +372,17 @@ class Run:
                 data = data[:room]
                 self._out.truncated = True
             self._used += len(data)
-            for start in range(0, len(data), CHUNK):
-                text = decoder.decode(data[start : start + CHUNK])
-                if text:
-                    parts.append(text)
-                    if on_output is not None:
+            raw += data
+            if on_output is not None:
+                for start in range(0, len(data), CHUNK):
+                    text = decoder.decode(data[start : start + CHUNK])
+                    if text:
                         on_output(stream, text)
             if self._out.truncated:
                 self.stop("output_limit")
-        tail = "" if self._out.truncated or self._draining else decoder.decode(b"", final=True)
-        if tail:
-            parts.append(tail)
-            if on_output is not None:
-                on_output(stream, tail)
+        tail = "" if on_output is None or self._out.truncated or self._draining else decoder.decode(b"", final=True)
+        if tail and on_output is not None:
+            on_output(stream, tail)
 
     async def _collect(self, reader: asyncio.StreamReader) -> None:
         """Compiler output: kept up to the output cap, the rest read and dropped so the compiler never blocks."""
@@ -455,6 +482,11 @@ class Run:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+def _text(data: bytes, truncated: bool) -> str:
+    """Output as text: invalid UTF-8 replaced, and a character the output cap cut in two dropped."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=not truncated)
+
+
 def _children(pid: int) -> list[int]:
     """The children of a running process (its main thread's; bwrap's monitor is single-threaded)."""
     try:
@@ -483,12 +515,20 @@ def _memfd(data: bytes) -> int:
 
 
 def _workdir(spec: Spec, *, chown: bool) -> str:
-    """SANDBOX=none: a host temp dir with the source and a tmp/ dir, owned by the uid the job runs as."""
+    """SANDBOX=none: a host temp dir with the files and a tmp/ dir, owned by the uid the job runs as."""
     path = tempfile.mkdtemp(prefix=f"conveyor-{spec.name}-")
-    os.mkdir(f"{path}/tmp")
-    if spec.source_name:
-        Path(path, spec.source_name).write_bytes(spec.source)
+    made = [path, f"{path}/tmp"]
+    os.mkdir(made[-1])
+    for directory in spec.directories:
+        made.append(f"{path}/{directory}")
+        os.mkdir(made[-1])
+    for name, content in spec.files:
+        made.append(f"{path}/{name}")
+        Path(made[-1]).write_bytes(content)
+    if spec.artifact is not None:
+        made.append(f"{path}/{ARTIFACT}")
+        Path(made[-1]).write_bytes(spec.artifact)
     if chown:
-        for item in (path, f"{path}/tmp", *([f"{path}/{spec.source_name}"] if spec.source_name else [])):
+        for item in made:
             os.chown(item, SANDBOX_UID, SANDBOX_UID)
     return path

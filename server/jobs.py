@@ -75,6 +75,8 @@ class JobIO:
 
     on_output: OutputCallback
     stdin: asyncio.Queue[bytes | None] | None = None
+    # Other live events of the run (a test's result), emitted by the queue as they come: {"type": ..., ...}.
+    on_event: Callable[[dict[str, Any]], None] | None = None
 
 
 # The executor runs one job to its end and returns what happened. The queue cancels the task on timeout or stop;
@@ -211,6 +213,11 @@ class Job:
         if self.result is not None and self.result.run_time_ms is not None:
             return self.result.run_time_ms
         return self.finished_at - self.started_at
+
+    @property
+    def runs(self) -> int:
+        """How many times the program runs: once per test, else once."""
+        return len(self.tests) if self.tests else 1
 
     def next_seq(self) -> int:
         self.seq += 1
