@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host when the server runs as root
 BOX = "/box"  # the job's work dir inside the sandbox
 READ_SIZE = 65536
+# The longest line the status pipe may carry: bwrap's first report is about 250 bytes, the driver's about 20.
+STATUS_LINE_LIMIT = 1024
+CHILD_PID = re.compile(rb'\{ "child-pid": (\d+)[^\n]*\}\n')  # bwrap's first report
+EXIT_CODE = re.compile(rb'\{ "exit-code": \d+ \}\n')  # bwrap's last, once its pid 1 has ended
+STAGE_END = re.compile(r"(exit|signal) \d{1,3}|error")
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 EXIT_GRACE_S = 2.0
 # Copied in from memfds in place of the host's passwd, group and hosts: no host accounts or names inside.
@@ -40,9 +45,17 @@ ETC_FILES = {
 # Debian, so this needs nothing beyond the perl language itself. Core built-ins only: loading POSIX.pm would cost
 # about 8 ms of CPU per job. Reopening STDIN/STDOUT/STDERR keeps fds 0-2 (perl dup2s onto them), and every fd
 # perl opens above 2 is close-on-exec; the two inherited pipe fds are closed by hand before the exec.
+# Before anything else it makes itself not dumpable (prctl PR_SET_DUMPABLE 0): the program runs as the same uid,
+# and could otherwise take the status pipe with pidfd_getfd or /proc/<driver>/fd and write to the server. exec
+# makes the program dumpable again, which only exposes the program to itself. Then it joins a new anonymous session
+# keyring (keyctl KEYCTL_JOIN_SESSION_KEYRING, NULL): without that every job would hold the server's session
+# keyring, which a login session (pam_keyinit) fills. Either failing ends the job before the program runs.
+# The syscall numbers come as arguments, from libseccomp, for the native architecture.
 DRIVER = r"""
 use strict;
-my ($sfd, $cfd, $n) = splice(@ARGV, 0, 3);
+my ($sfd, $cfd, $prctl, $keyctl, $n) = splice(@ARGV, 0, 5);
+if (syscall(0 + $prctl, 4, 0, 0, 0, 0) != 0) { print STDERR "conveyor driver: prctl: $!\n"; exit 121; }
+if (syscall(0 + $keyctl, 1, 0) < 0) { print STDERR "conveyor driver: keyctl: $!\n"; exit 121; }
 open(my $st, '>&=', $sfd) or exit 120;
 open(my $co, '>&=', $cfd) or exit 120;
 select((select($st), $| = 1)[0]);
@@ -97,6 +110,7 @@ class Fds:
     status: int
     compile: int
     bwrap_status: int | None = None
+    seccomp: int | None = None  # the syscall filter's BPF, for bwrap --seccomp
     source: int | None = None
     etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
 
@@ -130,6 +144,11 @@ class Launcher(Protocol):
     @property
     def drops_privileges(self) -> bool:
         """Whether jobs run as SANDBOX_UID on the host too, so a SANDBOX=none work dir must be theirs."""
+        ...
+
+    @property
+    def seccomp_bpf(self) -> bytes | None:
+        """The syscall filter to hand to bwrap, or None (SANDBOX=none)."""
         ...
 
     def job_cgroup(self, name: str) -> JobCgroup | None:
@@ -168,7 +187,7 @@ class Run:
         status_fd, compile_fd = await self._spawn()
         proc = self._proc
         assert proc is not None
-        status = await self._reader(status_fd)
+        status = await self._reader(status_fd, limit=STATUS_LINE_LIMIT)
         self._readers.append(asyncio.ensure_future(self._collect(await self._reader(compile_fd))))
         self._feeder = asyncio.create_task(self._feed())
         await self._supervise(status)
@@ -212,6 +231,9 @@ class Run:
                 # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
                 fds.bwrap_status = _above_stdio(os.dup(fds.status))
                 theirs.append(fds.bwrap_status)
+                if launcher.seccomp_bpf is not None:
+                    fds.seccomp = _above_stdio(_memfd(launcher.seccomp_bpf))
+                    theirs.append(fds.seccomp)
                 if spec.source_name:
                     fds.source = _above_stdio(_memfd(spec.source))
                     theirs.append(fds.source)
@@ -263,9 +285,9 @@ class Run:
             asyncio.ensure_future(proc.wait()),
         ]
 
-    async def _reader(self, fd: int) -> asyncio.StreamReader:
+    async def _reader(self, fd: int, limit: int = READ_SIZE) -> asyncio.StreamReader:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
         self._raw_fds.remove(fd)
         pipe = os.fdopen(fd, "rb", buffering=0)  # owns the fd now; closed with its transport
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
@@ -273,11 +295,15 @@ class Run:
         return reader
 
     async def _supervise(self, status: asyncio.StreamReader) -> None:
-        """Follow the driver's stage reports and kill the tree when a stage outlives its deadline."""
+        """Follow the driver's stage reports and kill the tree when a stage outlives its deadline.
+
+        The status pipe carries a handful of short lines, each expected in its order: bwrap's pid report, the
+        driver's stage reports, and bwrap's exit report if the driver dies early. Anything else means a process of
+        the job got hold of the pipe (the driver is not dumpable and pidfd_getfd is filtered, so it should not): the
+        job ends at once with reason internal_error, and nothing more is read from it. Reads are bounded by
+        STATUS_LINE_LIMIT, so no flood on this channel costs the server more than a line.
+        """
         loop = asyncio.get_running_loop()
-        # The program runs as the driver's uid; when the server is not root (so the pipe is the program's host uid
-        # too) it can reopen the status pipe through /proc/<driver>/fd. Only the expected reports count, in order,
-        # so forged lines cannot extend its deadline; a forged run-end only ends its own job early.
         expected = ["run-start", "run-end"]
         if self._spec.compile:
             expected[:0] = ["compile-start", "compile-end"]
@@ -295,20 +321,25 @@ class Run:
                 self.stop("compile_timeout" if stage == "compile" else "timeout")
                 return
             except ValueError:
-                continue  # an overlong (forged) line
-            if not line:
+                self._unexpected(b"a line longer than %d bytes" % STATUS_LINE_LIMIT)
                 return
-            if line.startswith(b"{") and self._child_pid is None:
-                # bwrap writes this before its pid 1 runs anything, so the first one cannot be forged.
-                match = re.search(rb'"child-pid": *(\d+)', line)
-                self._child_pid = int(match.group(1)) if match else None
+            if not line or EXIT_CODE.fullmatch(line):
+                return  # the driver is gone: the result comes from bwrap's exit status
+            if self._launcher.backend == "bwrap" and self._child_pid is None:
+                # bwrap writes this before its pid 1 runs anything, so it is always the first line.
+                match = CHILD_PID.fullmatch(line)
+                if match is None:
+                    self._unexpected(line)
+                    return
+                self._child_pid = int(match.group(1))
                 continue
-            event, _, detail = line.decode(errors="replace").strip().partition(" ")
-            if event != expected[0]:
-                continue
+            event, _, detail = line.decode(errors="replace").removesuffix("\n").partition(" ")
+            stage, _, phase = event.partition("-")
+            if event != expected[0] or (detail if phase == "start" else not STAGE_END.fullmatch(detail)):
+                self._unexpected(line)
+                return
             expected.pop(0)
             now = loop.time()
-            stage, _, phase = event.partition("-")
             if phase == "start":
                 started, deadline = now, now + self._limit_s(stage)
                 continue
@@ -320,6 +351,10 @@ class Run:
             if detail != "exit 0":
                 return
             stage, started, deadline = "run", now, now + self._limit_s("run")
+
+    def _unexpected(self, data: bytes) -> None:
+        logger.error("%s: unexpected data on the status pipe (%r); ending the job", self._spec.name, data[:100])
+        self.stop("internal_error")
 
     def _limit_s(self, stage: str) -> float:
         return (self._spec.compile_timeout_ms if stage == "compile" else self._spec.run_timeout_ms) / 1000.0

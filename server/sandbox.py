@@ -13,6 +13,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from . import seccomp
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
 from .execution import BOX, DRIVER, SANDBOX_UID, Fds, Outcome, Run, Spec
@@ -46,8 +47,16 @@ JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; 
 class Sandbox:
     """The executor: bubblewrap with fresh namespaces, cgroup/rlimit limits, and one stage driver per job."""
 
-    def __init__(self, settings: Settings, languages: dict[str, Language], *, cgroups: Cgroups | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        languages: dict[str, Language],
+        *,
+        cgroups: Cgroups | None,
+        syscall_filter: seccomp.SyscallFilter,
+    ) -> None:
         self.settings = settings
+        self._filter = syscall_filter
         self.backend = settings.sandbox
         self._all = languages
         self._index = LanguageIndex([])
@@ -79,13 +88,17 @@ class Sandbox:
         for tool in ("prlimit", "perl"):
             if shutil.which(tool, path=PATH) is None:
                 raise SandboxUnavailable(f"{tool} not found in {PATH}: install util-linux and perl-base")
+        try:
+            syscall_filter = await asyncio.to_thread(seccomp.build)
+        except RuntimeError as exc:
+            raise SandboxUnavailable(str(exc)) from None
         groups = None
         if cgroups:
             max_tasks = settings.max_processes + HELPER_TASKS
             groups = await asyncio.to_thread(
                 Cgroups.setup, memory_bytes=settings.memory_limit_mb << 20, max_tasks=max_tasks
             )
-        sandbox = cls(settings, defs, cgroups=groups)
+        sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter)
         try:
             await sandbox._start()
         except BaseException:
@@ -211,6 +224,11 @@ class Sandbox:
         """Whether jobs run as SANDBOX_UID on the host (setpriv, when the server is root)."""
         return self._setpriv is not None
 
+    @property
+    def seccomp_bpf(self) -> bytes | None:
+        """The syscall filter for bwrap --seccomp (SANDBOX=none runs without one)."""
+        return self._filter.bpf if self.backend == "bwrap" else None
+
     def job_cgroup(self, name: str) -> JobCgroup | None:
         """Create the job's cgroup, or None when only rlimits apply."""
         return self._cgroups.create(name) if self._cgroups is not None else None
@@ -225,8 +243,9 @@ class Sandbox:
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
         """launcher [join cgroups] -> setpriv -> bwrap -> prlimit -> perl driver -> compile, run."""
         compile_cmd = spec.compile or []
-        cmd = [*self._rlimits(spec), "perl", "-e", DRIVER, str(fds.status), str(fds.compile), str(len(compile_cmd))]
-        cmd += [*compile_cmd, *spec.run]
+        numbers = [str(self._filter.numbers[name]) for name in seccomp.DRIVER_SYSCALLS]
+        cmd = [*self._rlimits(spec), "perl", "-e", DRIVER, str(fds.status), str(fds.compile), *numbers]
+        cmd += [str(len(compile_cmd)), *compile_cmd, *spec.run]
         if self.backend == "bwrap":
             assert self._bwrap is not None
             cmd = [self._bwrap, *self._bwrap_args(spec, fds), "--", *cmd]
@@ -271,6 +290,8 @@ class Sandbox:
             args += ["--file", str(fds.source), f"{BOX}/{spec.source_name}"]
         if fds.bwrap_status is not None:
             args += ["--json-status-fd", str(fds.bwrap_status)]
+        if fds.seccomp is not None:
+            args += ["--seccomp", str(fds.seccomp)]
         # bwrap's own tmpfs for / and /dev is owned by the sandbox user: make them read-only, so the only
         # writable places are the size-capped /box, /tmp and /dev/shm.
         return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]
