@@ -32,6 +32,7 @@ EXIT_CODE = re.compile(rb'\{ "exit-code": \d+ \}\n')  # bwrap's last, once its p
 STAGE_END = re.compile(r"(exit|signal) \d{1,3}|error")
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 EXIT_GRACE_S = 2.0
+CPU_POLL_S = 0.01  # the job-wide CPU check's shortest interval, as the job nears its limit
 # Copied in from memfds in place of the host's passwd, group and hosts: no host accounts or names inside.
 ETC_FILES = {
     "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}::{BOX}:/bin/sh\n",
@@ -130,6 +131,11 @@ class Outcome:
     oom_killed: bool = False
     compile_time_ms: float | None = None
     run_time_ms: float | None = None
+    # From the job's cgroup, per stage; None without cgroups.
+    cpu_time_ms: float | None = None
+    memory_peak_bytes: int | None = None
+    compile_cpu_time_ms: float | None = None
+    compile_memory_peak_bytes: int | None = None
 
 
 class Launcher(Protocol):
@@ -182,6 +188,9 @@ class Run:
         self._spawning: asyncio.Future[asyncio.subprocess.Process] | None = None  # a spawn cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
         self._draining = False
+        self._stage: str | None = None  # the stage being accounted, from its start report to its end
+        self._cpu_base: int | None = None  # the job's cgroup CPU time when that stage started
+        self._cpu_watch: asyncio.Task[None] | None = None
 
     async def start_and_wait(self) -> Outcome:
         status_fd, compile_fd = await self._spawn()
@@ -191,11 +200,15 @@ class Run:
         self._readers.append(asyncio.ensure_future(self._collect(await self._reader(compile_fd))))
         self._feeder = asyncio.create_task(self._feed())
         await self._supervise(status)
+        if self._cpu_watch is not None:
+            self._cpu_watch.cancel()
         # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
         # bwrap's monitor exit and --die-with-parent takes pid 1 and every background process with it; killing pid
         # 1 now does the same without trusting the driver's report. Output already written stays readable.
         self.kill()
         await self._settle()
+        if self._stage is not None:
+            self._account()  # now that the whole tree is gone, background processes included
         out = self._out
         out.returncode = proc.returncode
         out.stdout, out.stderr = "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
@@ -342,12 +355,14 @@ class Run:
             now = loop.time()
             if phase == "start":
                 started, deadline = now, now + self._limit_s(stage)
+                self._begin_stage(stage)
                 continue
             self._record_time(stage, now - started)
             if stage == "run":
                 self._out.run_status = detail
                 return
             self._out.compile_status = detail
+            self._account()
             if detail != "exit 0":
                 return
             stage, started, deadline = "run", now, now + self._limit_s("run")
@@ -355,6 +370,43 @@ class Run:
     def _unexpected(self, data: bytes) -> None:
         logger.error("%s: unexpected data on the status pipe (%r); ending the job", self._spec.name, data[:100])
         self.stop("internal_error")
+
+    def _begin_stage(self, stage: str) -> None:
+        """Start a stage's accounting (the driver's own start-up is not the program's), and the job-wide CPU limit
+        for the run stage."""
+        cgroup = self._cgroup
+        if cgroup is None:
+            return
+        cgroup.start_stage()
+        self._stage, self._cpu_base = stage, cgroup.cpu_ns()
+        if stage == "run" and self._cpu_base is not None:
+            self._cpu_watch = asyncio.create_task(self._watch_cpu(cgroup, self._cpu_base))
+
+    def _account(self) -> None:
+        """Record the stage's CPU time and memory peak, read from the job's cgroup."""
+        assert self._cgroup is not None
+        used, peak = self._cgroup.cpu_ns(), self._cgroup.memory_peak()
+        cpu_ms = None if used is None or self._cpu_base is None else (used - self._cpu_base) / 1e6
+        if self._stage == "compile":
+            self._out.compile_cpu_time_ms, self._out.compile_memory_peak_bytes = cpu_ms, peak
+        else:
+            self._out.cpu_time_ms, self._out.memory_peak_bytes = cpu_ms, peak
+        self._stage = None
+
+    async def _watch_cpu(self, cgroup: JobCgroup, base: int) -> None:
+        """End the job with reason cpu_limit once its whole process tree has used CPU_TIME_LIMIT_S.
+
+        RLIMIT_CPU is per process: a job that keeps forking short-lived spinners never meets it. The job cannot use
+        more than one CPU-second per CPU each second, so the next check is due no sooner than the CPU time left
+        divided by the CPUs: few reads, and the overrun is at most CPU_POLL_S on each CPU.
+        """
+        limit = self._launcher.settings.cpu_time_limit_s * 1_000_000_000
+        cpus = os.cpu_count() or 1
+        while (used := cgroup.cpu_ns()) is not None and used - base < limit:
+            await asyncio.sleep(max((limit - (used - base)) / 1e9 / cpus, CPU_POLL_S))
+        if used is not None:
+            logger.info("%s: used %.0f ms of CPU, over its limit; ending it", self._spec.name, (used - base) / 1e6)
+            self.stop("cpu_limit")
 
     def _limit_s(self, stage: str) -> float:
         return (self._spec.compile_timeout_ms if stage == "compile" else self._spec.run_timeout_ms) / 1000.0
@@ -472,6 +524,9 @@ class Run:
                 self._watch(self._proc)
             self.kill()
         self._draining = True  # pumps keep reading to EOF (a paused pipe never reports it) but keep nothing
+        if self._cpu_watch is not None:
+            self._cpu_watch.cancel()
+            await asyncio.gather(self._cpu_watch, return_exceptions=True)
         if self._feeder is not None:
             self._feeder.cancel()
             await asyncio.gather(self._feeder, return_exceptions=True)

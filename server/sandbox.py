@@ -416,6 +416,10 @@ def _result(lang: Language, out: Outcome) -> ExecutionResult:
         compile_output=out.compile_output if lang.compile is not None else None,
         compile_time_ms=out.compile_time_ms,
         run_time_ms=out.run_time_ms,
+        cpu_time_ms=out.cpu_time_ms,
+        memory_peak_bytes=out.memory_peak_bytes,
+        compile_cpu_time_ms=out.compile_cpu_time_ms,
+        compile_memory_peak_bytes=out.compile_memory_peak_bytes,
     )
     kind, _, number = (_program_status(out) or "").partition(" ")
     if kind == "exit":

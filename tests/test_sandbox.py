@@ -223,6 +223,51 @@ async def test_large_writes_arrive_in_bounded_chunks(sandbox: Sandbox) -> None:
     assert run.joined("stdout") == run.result.stdout
 
 
+# -- accounting ----------------------------------------------------------------------------------------------
+
+SPIN_ONE_CPU_SECOND = "import time\nwhile time.process_time() < 1.0:\n    pass\n"
+
+
+async def test_cpu_time_of_a_one_second_spin(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "python", SPIN_ONE_CPU_SECOND)
+    assert run.result.exit_code == 0, run.result
+    # About 1,000 ms: the spin plus the interpreter's start, whatever the machine's load (CPU time, not wall time).
+    assert run.result.cpu_time_ms is not None and 900 <= run.result.cpu_time_ms <= 3000, run.result
+    assert run.result.compile_cpu_time_ms is None and run.result.compile_memory_peak_bytes is None
+
+
+async def test_memory_peak_of_a_100_mb_allocation(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "python", "block = b'x' * (100 << 20)\nprint(len(block) >> 20)")
+    assert run.result.stdout == "100\n", run.result
+    assert run.result.memory_peak_bytes is not None and run.result.memory_peak_bytes >= 100 << 20, run.result
+    assert run.result.memory_peak_bytes < SETTINGS.memory_limit_mb << 20
+
+
+async def test_compile_and_run_are_accounted_separately(sandbox: Sandbox) -> None:
+    spin = "#include <time.h>\nint main(void) { while (clock() < CLOCKS_PER_SEC / 2) {} return 0; }\n"
+    run = await run_job(sandbox, "c", spin)
+    result = run.result
+    assert result.exit_code == 0, result
+    assert result.compile_cpu_time_ms is not None and result.compile_cpu_time_ms > 0, result
+    assert result.compile_memory_peak_bytes is not None and result.compile_memory_peak_bytes > 1 << 20, result
+    # The run's half CPU-second is the program's own, not the compiler's too.
+    assert result.cpu_time_ms is not None and 450 <= result.cpu_time_ms < 500 + result.compile_cpu_time_ms, result
+
+
+async def test_usage_reaches_rest_and_websocket(client: Any) -> None:
+    async with client.ws_connect("/ws") as ws:
+        resp = await client.post("/run", json={"language": "python", "code": SPIN_ONE_CPU_SECOND})
+        job = await resp.json()
+        await ws.send_json({"type": "subscribe", "jobId": job["id"]})
+        while (event := await ws.receive_json(timeout=30))["type"] != "completed":
+            pass
+    for data in (job, event):
+        assert 900 <= data["cpuTimeMs"] <= 3000 and data["memoryPeakBytes"] > 1 << 20, data
+        assert data["compileCpuTimeMs"] is None and data["compileMemoryPeakBytes"] is None
+    resp = await client.get(f"/queue/job/{job['id']}")
+    assert (await resp.json())["cpuTimeMs"] == job["cpuTimeMs"]
+
+
 async def test_unknown_language_is_refused(sandbox: Sandbox) -> None:
     run = await run_job(sandbox, "cobol", "DISPLAY 'HI'.")
     assert run.result.reason == "unsupported_language" and run.events == []

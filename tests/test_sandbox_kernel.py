@@ -15,9 +15,10 @@ import pytest
 
 from server.cgroups import JobCgroup
 from server.execution import Fds, Run, Spec
+from server.jobs import JobIO
 from server.sandbox import Sandbox
 from server.settings import Settings
-from tests.test_sandbox import SETTINGS, run_job, start_sandbox
+from tests.test_sandbox import SETTINGS, make_job, run_job, start_sandbox
 
 X86_64 = platform.machine() == "x86_64"
 # A quick CPU limit for the CPU tests; everything else as the other sandbox tests.
@@ -314,3 +315,30 @@ async def test_other_abis_are_killed(sandbox: Sandbox) -> None:
     for code in (i386, x32):
         run = await run_job(sandbox, "c", code)
         assert (run.result.stdout, run.result.signal) == ("start\n", "SIGSYS"), run.result
+
+
+# -- CPU for the whole job -----------------------------------------------------------------------------------
+
+# Keeps re-forking 0.8 CPU-s spinners, two at a time: no process reaches the per-process RLIMIT_CPU.
+REFORKING_SPINNER = """
+import os, time
+def spin():
+    start = time.process_time()
+    while time.process_time() - start < 0.8:
+        pass
+    os._exit(0)
+for round in range(20):
+    children = [os.fork() for _ in range(2)]
+    if 0 in children:
+        spin()
+    for pid in children:
+        os.waitpid(pid, 0)
+    print('round', round, flush=True)
+"""
+
+
+async def test_cpu_limit_covers_the_whole_process_tree(cpu_limited: Sandbox) -> None:
+    job = make_job("python", REFORKING_SPINNER, timeout_ms=CPU.job_timeout_ms)
+    result = await cpu_limited(job, JobIO(on_output=lambda s, d: None))
+    assert result.reason == "cpu_limit", result
+    assert result.cpu_time_ms is not None and result.cpu_time_ms < 2 * 1000 * CPU.cpu_time_limit_s, result

@@ -505,7 +505,8 @@ async def test_sleeping_program_times_out(sandbox: Sandbox) -> None:
 
 async def test_cpu_time_is_limited(tight: Sandbox) -> None:
     run = await run_job(tight, "python", "while True: pass", timeout_ms=5000)
-    assert (run.result.signal, run.result.reason) == ("SIGXCPU", "cpu_limit")
+    # The job-wide limit (SIGKILL) and the per-process RLIMIT_CPU (SIGXCPU) come due together here.
+    assert run.result.reason == "cpu_limit" and run.result.signal in ("SIGKILL", "SIGXCPU"), run.result
 
 
 async def test_huge_allocation_hits_the_memory_limit(sandbox: Sandbox) -> None:
