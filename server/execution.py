@@ -362,7 +362,8 @@ class Run:
                 self._out.run_status = detail
                 return
             self._out.compile_status = detail
-            self._account()
+            if self._stage is not None:
+                self._account()
             if detail != "exit 0":
                 return
             stage, started, deadline = "run", now, now + self._limit_s("run")

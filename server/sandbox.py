@@ -38,6 +38,12 @@ INSTALL_HINT = (
 ETC_PATHS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SIGNAL_REASONS = {"SIGXCPU": "cpu_limit", "SIGXFSZ": "file_size_limit"}
+NO_MEMORY_CGROUP = (
+    "no memory cgroup for per-job limits on this host, and RLIMIT_AS alone is per process (a job of 16 processes "
+    "could use 16 times MEMORY_LIMIT_MB): run the server as root, or in a delegated cgroup v2 subtree "
+    "(systemd-run --user --scope -p Delegate=yes make run, or Delegate=yes in its unit), or set "
+    "ALLOW_PER_PROCESS_LIMITS=1 to accept per-process limits of MEMORY_LIMIT_MB / MAX_PROCESSES each"
+)
 
 # Runs as the server's user before bwrap: joins the job's cgroups, so bwrap and everything it starts is limited
 # from its first instruction (no window where a fork escapes), then execs the rest of the command line.
@@ -124,6 +130,14 @@ class Sandbox:
                 logger.warning("cannot put jobs into cgroups (%s); using rlimits only", problem)
                 self._cgroups.close()
                 self._cgroups = None
+        if self._enforcer("memory") is None:
+            if not self.settings.allow_per_process_limits:
+                raise SandboxUnavailable(NO_MEMORY_CGROUP)
+            logger.warning(
+                "ALLOW_PER_PROCESS_LIMITS: no memory cgroup, each process of a job gets RLIMIT_AS of %d MB "
+                "(MEMORY_LIMIT_MB / MAX_PROCESSES)",
+                self._memory_mb,
+            )
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
         langs = list(self._all.values())
@@ -159,7 +173,7 @@ class Sandbox:
 
     async def _probe(self, lang: Language) -> str | None:
         """Run the version command inside the sandbox; the language is offered only if it works."""
-        run = lang.version_argv(heap_mb=self.settings.memory_limit_mb // 2)
+        run = lang.version_argv(heap_mb=self._memory_mb // 2)
         spec = self._spec(lang, f"probe-{lang.name}", run, None, PROBE_TIMEOUT_MS)
         spec.source_name = None
         out = await self._execute(spec, None)
@@ -179,7 +193,7 @@ class Sandbox:
             return ExecutionResult(reason="unsupported_language", stderr=f"Unknown language {job.language!r}.\n")
         if any("\0" in arg for arg in job.args):
             return ExecutionResult(reason="invalid_args", stderr="Arguments cannot contain NUL characters.\n")
-        heap_mb = self.settings.memory_limit_mb // 2
+        heap_mb = self._memory_mb // 2
         # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
         name = job.id if SAFE_NAME.fullmatch(job.id) else f"job-{secrets.token_hex(8)}"
         spec = self._spec(lang, name, lang.run_argv(job.args, heap_mb=heap_mb), job.code, job.timeout_ms)
@@ -199,7 +213,7 @@ class Sandbox:
             source=(code or "").encode(),
             env=dict(lang.env),
             etc=lang.etc_paths(),
-            address_space_mb=self.settings.memory_limit_mb + lang.address_space_headroom_mb,
+            address_space_mb=self._memory_mb + lang.address_space_headroom_mb,
             compile_timeout_ms=self.settings.compile_timeout_ms,
             run_timeout_ms=timeout_ms,
         )
@@ -306,6 +320,13 @@ class Sandbox:
     def _enforcer(self, controller: str) -> str | None:
         return self._cgroups.enforced_by(controller) if self._cgroups is not None else None
 
+    @property
+    def _memory_mb(self) -> int:
+        """The memory one job may use (its cgroup's limit), or without a memory cgroup one process: the job's share
+        divided by the processes it may have, so that all of them together stay within MEMORY_LIMIT_MB."""
+        s = self.settings
+        return s.memory_limit_mb if self._enforcer("memory") else max(1, s.memory_limit_mb // s.max_processes)
+
     def runtimes(self) -> list[dict[str, Any]]:
         """The languages offered: canonical name, detected version, aliases."""
         return [
@@ -323,7 +344,11 @@ class Sandbox:
         host_uid = SANDBOX_UID if self._setpriv else os.geteuid()
         memory: dict[str, Any] = {"limitMb": s.memory_limit_mb, "enforcedBy": self._enforcer("memory") or "RLIMIT_AS"}
         if memory["enforcedBy"] == "RLIMIT_AS":
-            memory["note"] = "address space; java and javascript get headroom and cap their heap themselves"
+            memory["perProcessMb"] = self._memory_mb
+            memory["note"] = (
+                "ALLOW_PER_PROCESS_LIMITS: address space of each process, MEMORY_LIMIT_MB / MAX_PROCESSES; java and "
+                "javascript get headroom and cap their heap themselves"
+            )
         processes = {"limit": s.max_processes, "counts": "tasks (threads too)", "enforcedBy": self._enforcer("pids")}
         if processes["enforcedBy"] is None:
             scope = "per job user namespace" if self.backend == "bwrap" else f"all of uid {host_uid} on the host"
