@@ -229,6 +229,13 @@ class Cgroups:
                 return hierarchy.label(controller)
         return None
 
+    def cpu_accounting(self) -> str | None:
+        """Where a job's CPU time is read (JobCgroup.cpu_ns), or None when it is not."""
+        for hierarchy, _ in self._bases:
+            if "cpuacct" in hierarchy.controllers:
+                return hierarchy.label("cpuacct")
+        return "cgroup v2 cpu.stat" if any(hierarchy.version == 2 for hierarchy, _ in self._bases) else None
+
     @classmethod
     def setup(cls, *, memory_bytes: int, max_tasks: int) -> Cgroups:
         """Find the hierarchies we may create child cgroups in; controllers we cannot use are left out."""

@@ -353,6 +353,8 @@ class Sandbox:
         if processes["enforcedBy"] is None:
             scope = "per job user namespace" if self.backend == "bwrap" else f"all of uid {host_uid} on the host"
             processes["enforcedBy"] = f"RLIMIT_NPROC ({scope})" if host_uid else "none (root is exempt)"
+        cpu_by = self._cgroups.cpu_accounting() if self._cgroups is not None else None
+        cpu = f"{cpu_by} (the whole job), RLIMIT_CPU (each process)" if cpu_by else "RLIMIT_CPU (each process)"
         workdir = "tmpfs size" if "--size" in self._bwrap_help else "memory only (bwrap without --size)"
         if self.backend == "none":
             workdir = "not capped (SANDBOX=none: a host temp dir; RLIMIT_FSIZE per file)"
@@ -362,10 +364,13 @@ class Sandbox:
             "hostUid": host_uid,
             "sandboxUid": SANDBOX_UID if self.backend == "bwrap" else host_uid,
             "network": "none (empty network namespace)" if self.backend == "bwrap" else "host (SANDBOX=none)",
+            "syscallFilter": self._filter.describe() if self.backend == "bwrap" else None,
+            "keyring": "a new empty session keyring for each job",
+            "stageDriver": "not dumpable (its pipes are out of the program's reach)",
             "limits": {
                 "memory": memory,
                 "processes": processes,
-                "cpu": {"limitS": s.cpu_time_limit_s, "enforcedBy": "RLIMIT_CPU"},
+                "cpu": {"limitS": s.cpu_time_limit_s, "enforcedBy": cpu},
                 "fileSize": {"limitMb": s.max_file_size_mb, "enforcedBy": "RLIMIT_FSIZE"},
                 "openFiles": {"limit": s.max_open_files, "enforcedBy": "RLIMIT_NOFILE"},
                 "output": {"limitBytes": s.max_output_bytes, "enforcedBy": "executor kills the job past the cap"},

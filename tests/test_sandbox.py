@@ -304,9 +304,15 @@ def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
     assert limits["memory"] == {"limitMb": 256, "enforcedBy": limits["memory"]["enforcedBy"]}
     assert limits["memory"]["enforcedBy"] in ("cgroup v1 memory", "cgroup v2 memory", "RLIMIT_AS")
     assert limits["processes"]["limit"] == 48
-    assert limits["cpu"]["enforcedBy"] == "RLIMIT_CPU" and limits["fileSize"]["enforcedBy"] == "RLIMIT_FSIZE"
+    assert limits["cpu"]["enforcedBy"] == "cgroup v1 cpuacct (the whole job), RLIMIT_CPU (each process)"
+    assert limits["fileSize"]["enforcedBy"] == "RLIMIT_FSIZE"
     assert limits["openFiles"]["enforcedBy"] == "RLIMIT_NOFILE"
     assert {"output", "wallTime", "workdir"} <= set(limits)
+    syscalls = info["syscallFilter"]
+    assert {"io_uring_setup", "perf_event_open", "pidfd_getfd", "add_key", "unshare"} <= set(syscalls["deniedEperm"])
+    assert syscalls["deniedEnosys"] == ["clone3"]
+    assert syscalls["socketFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert "other ABIs (i386, x32) kill the process" in syscalls["arch"]
 
 
 async def test_missing_bwrap_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
