@@ -77,6 +77,20 @@ async def test_status_pipe_cannot_be_stolen_with_pidfd_getfd(sandbox: Sandbox) -
     assert (run.result.exit_code, run.result.reason) == (0, None)
 
 
+async def test_bwraps_pid_1_holds_nothing_the_program_does_not_have(sandbox: Sandbox) -> None:
+    """bwrap's pid 1 stays dumpable (bubblewrap has no option for that), so the program can open its /proc entries:
+    all it finds is the job's own stdin, stdout and stderr and bwrap's eventfd, and pid 1 has no capabilities."""
+    code = (
+        "import os\n"
+        "mine = {os.readlink(f'/proc/self/fd/{fd}') for fd in (0, 1, 2)}\n"
+        "theirs = {os.readlink(f'/proc/1/fd/{fd}') for fd in os.listdir('/proc/1/fd')}\n"
+        "print(sorted(theirs - mine))\n"
+        "print([line.split()[1] for line in open('/proc/1/status') if line.startswith(('CapEff', 'Seccomp:'))])\n"
+    )
+    run = await run_job(sandbox, "python", code)
+    assert run.result.stdout == "['anon_inode:[eventfd]']\n['0000000000000000', '2']\n", run.result
+
+
 # A stand-in for the stage driver that reports the start of the run, then writes `sys.argv[2]` (escapes allowed) to
 # the status pipe: once, or for ever with "forever" as `sys.argv[3]`.
 HOSTILE_DRIVER = """
