@@ -191,12 +191,14 @@ class Run:
         self._stage: str | None = None  # the stage being accounted, from its start report to its end
         self._cpu_base: int | None = None  # the job's cgroup CPU time when that stage started
         self._cpu_watch: asyncio.Task[None] | None = None
+        self._status_pipe: asyncio.BaseTransport | None = None
 
     async def start_and_wait(self) -> Outcome:
         status_fd, compile_fd = await self._spawn()
         proc = self._proc
         assert proc is not None
         status = await self._reader(status_fd, limit=STATUS_LINE_LIMIT)
+        self._status_pipe = self._transports[-1]
         self._readers.append(asyncio.ensure_future(self._collect(await self._reader(compile_fd))))
         self._feeder = asyncio.create_task(self._feed())
         await self._supervise(status)
@@ -371,6 +373,10 @@ class Run:
     def _unexpected(self, data: bytes) -> None:
         logger.error("%s: unexpected data on the status pipe (%r); ending the job", self._spec.name, data[:100])
         self.stop("internal_error")
+        # Nothing more is read from it: closed, so that a writer (bwrap's monitor reporting the exit, once the pipe
+        # is full) fails at once rather than blocking, and the job's teardown does not wait on it.
+        if self._status_pipe is not None:
+            self._status_pipe.close()
 
     def _begin_stage(self, stage: str) -> None:
         """Start a stage's accounting (the driver's own start-up is not the program's), and the job-wide CPU limit

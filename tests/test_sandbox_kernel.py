@@ -13,12 +13,13 @@ from collections.abc import Iterator
 import pyseccomp
 import pytest
 
+from server import sandbox as sandbox_module
 from server.cgroups import JobCgroup
 from server.execution import Fds, Run, Spec
 from server.jobs import JobIO
 from server.sandbox import Sandbox
 from server.settings import Settings
-from tests.test_sandbox import SETTINGS, make_job, run_job, start_sandbox
+from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
 X86_64 = platform.machine() == "x86_64"
 # A quick CPU limit for the CPU tests; everything else as the other sandbox tests.
@@ -144,6 +145,22 @@ async def test_unexpected_status_data_ends_the_job(data: str, repeat: str, caplo
         await run.cleanup()
     assert out.reason == "internal_error", out  # not "timeout": the server did not read it for a minute
     assert "hostile: unexpected data on the status pipe" in caplog.text
+    assert "still running or holding its pipes" not in caplog.text  # ended at once, nothing blocked on the pipe
+
+
+async def test_a_stolen_status_pipe_ends_only_its_own_job(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defence in depth: with the driver left dumpable and no syscall filter, the theft succeeds, and the server
+    still reads one line of the flood, ends that job, and leaves nothing blocked on the pipe."""
+    monkeypatch.setattr(Sandbox, "seccomp_bpf", property(lambda self: None))
+    undumpable = next(line for line in sandbox_module.DRIVER.splitlines() if "$prctl, 4" in line)
+    monkeypatch.setattr(sandbox_module, "DRIVER", sandbox_module.DRIVER.replace(undumpable, ""))
+    async with open_sandbox(SETTINGS, languages=["c"]) as undefended:
+        run = await run_job(undefended, "c", STEAL_STATUS_PIPE, timeout_ms=60_000)
+    assert (run.result.stdout, run.result.reason) == ("stole 1\n", "internal_error"), run.result
+    assert "unexpected data on the status pipe (b'x\\n')" in caplog.text
+    assert "still running or holding its pipes" not in caplog.text
 
 
 # -- keyrings ------------------------------------------------------------------------------------------------
