@@ -13,10 +13,10 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from . import seccomp
+from . import driver, seccomp
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
-from .execution import BOX, DRIVER, SANDBOX_UID, Fds, Outcome, Run, Spec
+from .execution import BOX, SANDBOX_UID, Fds, Outcome, Run, Spec
 from .jobs import ExecutionResult, Job, JobIO
 from .languages import Language, LanguageIndex, load_languages
 from .settings import Settings
@@ -256,10 +256,8 @@ class Sandbox:
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
         """launcher [join cgroups] -> setpriv -> bwrap -> prlimit -> perl driver -> compile, run."""
-        compile_cmd = spec.compile or []
-        numbers = [str(self._filter.numbers[name]) for name in seccomp.DRIVER_SYSCALLS]
-        cmd = [*self._rlimits(spec), "perl", "-e", DRIVER, str(fds.status), str(fds.compile), *numbers]
-        cmd += [str(len(compile_cmd)), *compile_cmd, *spec.run]
+        numbers = [self._filter.numbers[name] for name in seccomp.DRIVER_SYSCALLS]
+        cmd = [*self._rlimits(spec), *driver.command(fds.status, fds.compile, numbers, spec.compile or [], spec.run)]
         if self.backend == "bwrap":
             assert self._bwrap is not None
             cmd = [self._bwrap, *self._bwrap_args(spec, fds), "--", *cmd]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pyseccomp
 import pytest
 
-from server import sandbox as sandbox_module
+from server import driver
 from server.cgroups import JobCgroup
 from server.execution import Fds, Run, Spec
 from server.jobs import JobIO
@@ -154,8 +154,8 @@ async def test_a_stolen_status_pipe_ends_only_its_own_job(
     """Defence in depth: with the driver left dumpable and no syscall filter, the theft succeeds, and the server
     still reads one line of the flood, ends that job, and leaves nothing blocked on the pipe."""
     monkeypatch.setattr(Sandbox, "seccomp_bpf", property(lambda self: None))
-    undumpable = next(line for line in sandbox_module.DRIVER.splitlines() if "$prctl, 4" in line)
-    monkeypatch.setattr(sandbox_module, "DRIVER", sandbox_module.DRIVER.replace(undumpable, ""))
+    undumpable = next(line for line in driver.SOURCE.splitlines() if "$prctl, 4" in line)
+    monkeypatch.setattr(driver, "SOURCE", driver.SOURCE.replace(undumpable, ""))
     async with open_sandbox(SETTINGS, languages=["c"]) as undefended:
         run = await run_job(undefended, "c", STEAL_STATUS_PIPE, timeout_ms=60_000)
     assert (run.result.stdout, run.result.reason) == ("stole 1\n", "internal_error"), run.result
