@@ -373,3 +373,40 @@ async def test_cpu_limit_covers_the_whole_process_tree(cpu_limited: Sandbox) -> 
     result = await cpu_limited(job, JobIO(on_output=lambda s, d: None))
     assert result.reason == "cpu_limit", result
     assert result.cpu_time_ms is not None and result.cpu_time_ms < 2 * 1000 * CPU.cpu_time_limit_s, result
+
+
+# -- runtimes under the filter -------------------------------------------------------------------------------
+
+# Each starts threads (glibc's pthread_create tries clone3 first) and reads a file asynchronously where the runtime
+# may use io_uring (libuv in node): with both refused, each falls back and prints "ok 2".
+FALLBACKS = {
+    "c": (
+        "#include <pthread.h>\n#include <stdio.h>\nstatic void *one(void *n) { return n; }\n"
+        "int main(void) { pthread_t t; void *r; pthread_create(&t, 0, one, (void *)2); pthread_join(t, &r);\n"
+        '  printf("ok %ld\\n", (long)r); }\n'
+    ),
+    "javascript": (
+        "const { Worker } = require('worker_threads');\n"
+        "require('fs').promises.readFile('/etc/hosts', 'utf8').then((hosts) => {\n"
+        "  const w = new Worker('require(\"worker_threads\").parentPort.postMessage(2)', { eval: true });\n"
+        "  w.on('message', (n) => { console.log(hosts.includes('localhost') ? `ok ${n}` : 'no'); w.terminate(); });\n"
+        "});\n"
+    ),
+    "java": (
+        "public class Main { public static void main(String[] a) throws Exception {\n"
+        "  int[] n = {0}; Thread t = new Thread(() -> n[0] = 2); t.start(); t.join();\n"
+        '  System.out.println("ok " + n[0]); } }\n'
+    ),
+    "rust": 'fn main() { let n = std::thread::spawn(|| 2).join().unwrap(); println!("ok {n}"); }\n',
+}
+
+
+@pytest.fixture(scope="module")
+def runtimes() -> Iterator[Sandbox]:
+    yield from start_sandbox(SETTINGS, languages=list(FALLBACKS))
+
+
+@pytest.mark.parametrize("language", sorted(FALLBACKS))
+async def test_runtimes_fall_back_from_clone3_and_io_uring(runtimes: Sandbox, language: str) -> None:
+    run = await run_job(runtimes, language, FALLBACKS[language])
+    assert (run.result.stdout, run.result.exit_code) == ("ok 2\n", 0), run.result
