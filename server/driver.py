@@ -12,15 +12,12 @@ import re
 # perl opens above 2 is close-on-exec; the two inherited pipe fds are closed by hand before the exec.
 # Before anything else it makes itself not dumpable (prctl PR_SET_DUMPABLE 0): the program runs as the same uid,
 # and could otherwise take the status pipe with pidfd_getfd or /proc/<driver>/fd and write to the server. exec
-# makes the program dumpable again, which only exposes the program to itself. Then it joins a new anonymous session
-# keyring (keyctl KEYCTL_JOIN_SESSION_KEYRING, NULL): without that every job would hold the server's session
-# keyring, which a login session (pam_keyinit) fills. Either failing ends the job before the program runs.
-# The syscall numbers come as arguments, from libseccomp, for the native architecture.
+# makes the program dumpable again, which only exposes the program to itself. If that fails the job ends before
+# the program runs. prctl's number comes as an argument, from libseccomp, for the native architecture.
 SOURCE = r"""
 use strict;
-my ($sfd, $cfd, $prctl, $keyctl, $n) = splice(@ARGV, 0, 5);
+my ($sfd, $cfd, $prctl, $n) = splice(@ARGV, 0, 4);
 if (syscall(0 + $prctl, 4, 0, 0, 0, 0) != 0) { print STDERR "conveyor driver: prctl: $!\n"; exit 121; }
-if (syscall(0 + $keyctl, 1, 0) < 0) { print STDERR "conveyor driver: keyctl: $!\n"; exit 121; }
 open(my $st, '>&=', $sfd) or exit 120;
 open(my $co, '>&=', $cfd) or exit 120;
 select((select($st), $| = 1)[0]);
@@ -56,7 +53,24 @@ EXIT_CODE = re.compile(rb'\{ "exit-code": \d+ \}\n')  # bwrap's last, once its p
 STAGE_END = re.compile(r"(exit|signal) \d{1,3}|error")
 
 
-def command(status_fd: int, compile_fd: int, syscalls: list[int], compile_argv: list[str], run: list[str]) -> list[str]:
-    """The driver's command line: its pipes, the native numbers of prctl and keyctl, then both stages."""
-    fixed = [str(status_fd), str(compile_fd), *map(str, syscalls), str(len(compile_argv))]
+KEYRING_FAILED = 124
+# Runs in the launcher, as the job's host uid, just before bwrap: joins a new anonymous session keyring (keyctl
+# KEYCTL_JOIN_SESSION_KEYRING, NULL), then execs the rest of the command line. Without it every job would hold the
+# server's session keyring, which a login session (pam_keyinit) fills, and share it with the next job. Here rather
+# than in the driver so that the syscall filter can refuse keyctl altogether: a job allowed even this one call
+# could fill its uid's key quota (kernel.keys.maxkeys) with keyrings, one per process, and stop other jobs starting.
+NEW_KEYRING = (
+    'syscall(0 + shift, 1, 0) >= 0 or do { print STDERR "conveyor: cannot join a new session keyring: $!\\n"; '
+    f"exit {KEYRING_FAILED} }}; exec {{ $ARGV[0] }} @ARGV; exit 127"
+)
+
+
+def command(status_fd: int, compile_fd: int, prctl: int, compile_argv: list[str], run: list[str]) -> list[str]:
+    """The driver's command line: its pipes, the native number of prctl, then both stages."""
+    fixed = [str(status_fd), str(compile_fd), str(prctl), str(len(compile_argv))]
     return ["perl", "-e", SOURCE, *fixed, *compile_argv, *run]
+
+
+def new_keyring(keyctl: int, argv: list[str]) -> list[str]:
+    """`argv` run in a new, empty session keyring."""
+    return ["perl", "-e", NEW_KEYRING, str(keyctl), *argv]

@@ -255,13 +255,14 @@ class Sandbox:
         return [self._setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"]
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
-        """launcher [join cgroups] -> setpriv -> bwrap -> prlimit -> perl driver -> compile, run."""
-        numbers = [self._filter.numbers[name] for name in seccomp.DRIVER_SYSCALLS]
-        cmd = [*self._rlimits(spec), *driver.command(fds.status, fds.compile, numbers, spec.compile or [], spec.run)]
+        """launcher [join cgroups] -> setpriv -> new keyring -> bwrap -> prlimit -> perl driver -> compile, run."""
+        prctl, keyctl = self._filter.numbers["prctl"], self._filter.numbers["keyctl"]
+        cmd = [*self._rlimits(spec), *driver.command(fds.status, fds.compile, prctl, spec.compile or [], spec.run)]
         if self.backend == "bwrap":
             assert self._bwrap is not None
             cmd = [self._bwrap, *self._bwrap_args(spec, fds), "--", *cmd]
-        cmd = self._privdrop() + cmd
+        # After setpriv: the keyring then belongs to (and counts against the key quota of) the job's host uid.
+        cmd = self._privdrop() + driver.new_keyring(keyctl, cmd)
         if cgroup is not None:
             cmd = ["/bin/sh", "-c", JOIN_CGROUPS, "conveyor-join", *cgroup.procs_files, "--", *cmd]
         return cmd

@@ -13,7 +13,7 @@ INSTALL_HINT = "libseccomp is needed for the syscall filter: apt-get install lib
 # sandbox's view (other processes' memory and fds, the host's keyrings), a kernel interface with a long record of
 # privilege escalations (io_uring, bpf, userfaultfd, perf), or something only an administrator does.
 DENIED = {
-    "keyrings (shared with the host, not namespaced)": ("add_key", "request_key"),
+    "keyrings (shared with the host, not namespaced)": ("keyctl", "add_key", "request_key"),
     "asynchronous I/O that bypasses this filter": ("io_uring_setup", "io_uring_enter", "io_uring_register"),
     "other processes' memory, fds and state": (
         "ptrace",
@@ -74,10 +74,9 @@ CLONE_NAMESPACES = {
     "CLONE_NEWNET": 0x40000000,
 }
 SOCKET_FAMILIES = {"AF_UNIX": 1, "AF_INET": 2, "AF_INET6": 10}
-KEYCTL_JOIN_SESSION_KEYRING = 1
 PERSONALITY_QUERY = 0xFFFFFFFF
-# What the stage driver calls by number (perl's syscall()): the numbers are the native architecture's.
-DRIVER_SYSCALLS = ("prctl", "keyctl")
+# What our perl helpers call by number (perl's syscall()), for the native architecture.
+NUMBERED = ("prctl", "keyctl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +86,7 @@ class SyscallFilter:
     bpf: bytes
     arch: str
     denied: tuple[str, ...]  # the names in DENIED that exist on this architecture
-    numbers: dict[str, int]  # DRIVER_SYSCALLS -> native number
+    numbers: dict[str, int]  # NUMBERED -> native number
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -95,7 +94,6 @@ class SyscallFilter:
             "defaultAction": "allow",
             "deniedEperm": list(self.denied),
             "deniedEnosys": list(NOT_IMPLEMENTED),
-            "keyctl": "only KEYCTL_JOIN_SESSION_KEYRING with no name (a new empty keyring of its own)",
             "personality": "query only (0xffffffff)",
             "clone": "refused with namespace flags: " + ", ".join(CLONE_NAMESPACES),
             "socketFamilies": list(SOCKET_FAMILIES),
@@ -124,9 +122,6 @@ def build() -> SyscallFilter:
                 denied.append(name)
     for name in NOT_IMPLEMENTED:
         flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
-    # keyctl: everything but joining a new anonymous session keyring, which the stage driver does for each job.
-    flt.add_rule(eperm, "keyctl", sc.Arg(0, sc.NE, KEYCTL_JOIN_SESSION_KEYRING))
-    flt.add_rule(eperm, "keyctl", sc.Arg(1, sc.NE, 0))
     flt.add_rule(eperm, "personality", sc.Arg(0, sc.NE, PERSONALITY_QUERY))
     flags_arg = 1 if native in (sc.Arch.S390, sc.Arch.S390X) else 0  # s390 swaps clone's first two arguments
     for flag in CLONE_NAMESPACES.values():
@@ -140,7 +135,7 @@ def build() -> SyscallFilter:
         for family in range(max(allowed)):
             if family not in allowed:
                 flt.add_rule(no_family, call, sc.Arg(0, sc.EQ, family))
-    numbers = {name: sc.resolve_syscall(native, name) for name in DRIVER_SYSCALLS}
+    numbers = {name: sc.resolve_syscall(native, name) for name in NUMBERED}
     return SyscallFilter(bpf=_export(flt), arch=_arch_name(native), denied=tuple(denied), numbers=numbers)
 
 
