@@ -23,7 +23,14 @@ DENIED = {
         "process_madvise",
         "kcmp",
     ),
-    "kernel attack surface": ("perf_event_open", "userfaultfd", "bpf", "fanotify_init", "open_by_handle_at"),
+    "kernel attack surface": (
+        "perf_event_open",
+        "userfaultfd",
+        "bpf",
+        "fanotify_init",
+        "open_by_handle_at",
+        "modify_ldt",
+    ),
     "kernels and modules": ("kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module"),
     "mounts": (
         "mount",
