@@ -241,7 +241,8 @@ for name, number in zip(pairs[::2], pairs[1::2]):
     print(name, errno.errorcode[ctypes.get_errno()] if result < 0 else f'returned {result}')
 """
 
-DENIED = [
+# What the issue named; the test below covers everything /health lists.
+NAMED = [
     "io_uring_setup",
     "io_uring_enter",
     "io_uring_register",
@@ -291,9 +292,11 @@ async def test_io_uring_and_perf_event_open_are_refused(sandbox: Sandbox) -> Non
 
 
 async def test_every_denied_syscall_answers_eperm(sandbox: Sandbox) -> None:
-    args = [str(item) for name in DENIED for item in (name, nr(name))]
+    denied = sandbox.describe()["syscallFilter"]["deniedEperm"]
+    assert set(NAMED) <= set(denied)
+    args = [str(item) for name in denied for item in (name, nr(name))]
     run = await run_job(sandbox, "python", RAW_SYSCALLS, args=args)
-    assert run.result.stdout.splitlines() == [f"{name} EPERM" for name in DENIED], run.result
+    assert run.result.stdout.splitlines() == [f"{name} EPERM" for name in denied], run.result
 
 
 async def test_clone3_says_enosys_so_runtimes_fall_back_to_filtered_clone(sandbox: Sandbox) -> None:
