@@ -104,7 +104,7 @@ class SyscallFilter:
             "personality": "query only (0xffffffff)",
             "clone": "refused with namespace flags: " + ", ".join(CLONE_NAMESPACES),
             "socketFamilies": list(SOCKET_FAMILIES),
-            "arch": f"{self.arch} only; other ABIs (i386, x32) kill the process",
+            "arch": f"{self.arch} only; other ABIs (on x86-64: i386 and x32) kill the process",
         }
 
 
