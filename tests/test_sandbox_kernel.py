@@ -414,5 +414,5 @@ def runtimes() -> Iterator[Sandbox]:
 
 @pytest.mark.parametrize("language", sorted(FALLBACKS))
 async def test_runtimes_fall_back_from_clone3_and_io_uring(runtimes: Sandbox, language: str) -> None:
-    run = await run_job(runtimes, language, FALLBACKS[language])
+    run = await run_job(runtimes, language, FALLBACKS[language], timeout_ms=30_000)  # a JVM on a busy machine
     assert (run.result.stdout, run.result.exit_code) == ("ok 2\n", 0), run.result
