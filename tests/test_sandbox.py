@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -322,6 +323,12 @@ def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
 async def test_missing_bwrap_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        await Sandbox.create(SETTINGS, languages=["bash"])
+
+
+async def test_missing_libseccomp_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # what importing it does without libseccomp.so.2
+    with pytest.raises(SandboxUnavailable, match="apt-get install libseccomp2"):
         await Sandbox.create(SETTINGS, languages=["bash"])
 
 
