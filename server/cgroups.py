@@ -1,4 +1,5 @@
-"""Cgroups: one memory and pids cgroup per job, under the server's own cgroup (v2 delegated subtree or v1)."""
+"""Cgroups: one memory, pids and CPU-accounting cgroup per job, under the server's own cgroup (v2 delegated
+subtree or v1)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-CONTROLLERS = ("memory", "pids")
+# cpuacct is cgroup v1's; cgroup v2 keeps CPU usage in every cgroup's cpu.stat, no controller needed.
+CONTROLLERS = ("memory", "pids", "cpuacct")
 _PREFIX = "conveyor-"
 _EMPTY_WAIT_S = 2.0
 _GUARD_STOP_S = 5.0
@@ -151,6 +153,32 @@ class JobCgroup:
     def pids(self) -> set[int]:
         return _procs(path for _, path in self._dirs)
 
+    def cpu_ns(self) -> int | None:
+        """CPU time used by every process the job has had (the dead ones too), or None when not accounted."""
+        for hierarchy, path in self._dirs:
+            if "cpuacct" in hierarchy.controllers:
+                return _read_int(path / "cpuacct.usage")
+        for hierarchy, path in self._dirs:
+            if hierarchy.version == 2:
+                usec = _read_counter(path / "cpu.stat", "usage_usec", default=-1)
+                return None if usec < 0 else usec * 1000
+        return None
+
+    def memory_peak(self) -> int | None:
+        """The job's highest memory use (page cache and tmpfs files included) since start_stage(), in bytes."""
+        for hierarchy, path in self._dirs:
+            if "memory" in hierarchy.controllers:
+                return _read_int(path / ("memory.peak" if hierarchy.version == 2 else "memory.max_usage_in_bytes"))
+        return None
+
+    def start_stage(self) -> None:
+        """Restart the memory peak from the current use, so the run stage's peak is not the compiler's. cgroup v2
+        cannot reset memory.peak this way (before Linux 6.12 not at all): there it stays the whole job's peak."""
+        for hierarchy, path in self._dirs:
+            if "memory" in hierarchy.controllers and hierarchy.version == 1:
+                with contextlib.suppress(OSError):
+                    _write(path / "memory.max_usage_in_bytes", "0")
+
     def kill(self) -> None:
         """SIGKILL every process in the job's cgroups; a few passes catch processes forked meanwhile."""
         for hierarchy, path in self._dirs:
@@ -200,6 +228,13 @@ class Cgroups:
             if controller in hierarchy.controllers:
                 return hierarchy.label(controller)
         return None
+
+    def cpu_accounting(self) -> str | None:
+        """Where a job's CPU time is read (JobCgroup.cpu_ns), or None when it is not."""
+        for hierarchy, _ in self._bases:
+            if "cpuacct" in hierarchy.controllers:
+                return hierarchy.label("cpuacct")
+        return "cgroup v2 cpu.stat" if any(hierarchy.version == 2 for hierarchy, _ in self._bases) else None
 
     @classmethod
     def setup(cls, *, memory_bytes: int, max_tasks: int) -> Cgroups:
@@ -288,13 +323,20 @@ class _Guard:
             logger.warning("cgroup guard %d still running after %.0f s", self._proc.pid, _GUARD_STOP_S)
 
 
-def _read_counter(path: Path, key: str) -> int:
+def _read_counter(path: Path, key: str, default: int = 0) -> int:
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             name, _, value = line.partition(" ")
             if name == key and value.strip().isdigit():
                 return int(value)
-    return 0
+    return default
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _optional_write(path: Path, value: str) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .cgroups import JobCgroup
+from .driver import CHILD_PID, EXIT_CODE, STAGE_END, STATUS_LINE_LIMIT
 from .jobs import JobIO, Stream
 from .settings import Settings
 
@@ -31,49 +31,13 @@ PACK = ["tar", "--exclude=./tmp", f"--exclude=./{ARTIFACT}", "-cf", "-", "."]
 READ_SIZE = 65536
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 EXIT_GRACE_S = 2.0
+CPU_POLL_S = 0.01  # the job-wide CPU check's shortest interval, as the job nears its limit
 # Copied in from memfds in place of the host's passwd, group and hosts: no host accounts or names inside.
 ETC_FILES = {
     "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}::{BOX}:/bin/sh\n",
     "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\n",
     "hosts": "127.0.0.1 localhost\n::1 localhost\n",
 }
-
-# The stage driver, the sandbox's first process after rlimits are set. It runs the compile stage (output to its
-# own pipe, stdin from /dev/null) and then the program, and reports each stage's start and exact wait status on
-# the status pipe: bwrap itself would fold "killed by signal N" into exit code 128+N. perl-base is Essential on
-# Debian, so this needs nothing beyond the perl language itself. Core built-ins only: loading POSIX.pm would cost
-# about 8 ms of CPU per job. Reopening STDIN/STDOUT/STDERR keeps fds 0-2 (perl dup2s onto them), and every fd
-# perl opens above 2 is close-on-exec; the two inherited pipe fds are closed by hand before the exec.
-DRIVER = r"""
-use strict;
-my ($sfd, $cfd, $n) = splice(@ARGV, 0, 3);
-open(my $st, '>&=', $sfd) or exit 120;
-open(my $co, '>&=', $cfd) or exit 120;
-select((select($st), $| = 1)[0]);
-sub stage {
-    my ($name, $to_pipe, @cmd) = @_;
-    print $st "$name-start\n";
-    my $pid = fork();
-    if (!defined $pid) { print $st "$name-end error\n"; return -1; }
-    if ($pid == 0) {
-        if ($to_pipe) {
-            open(STDIN, '<', '/dev/null'); open(STDOUT, '>&', $co); open(STDERR, '>&', $co);
-        }
-        close($st); close($co);
-        exec { $cmd[0] } @cmd;
-        print STDERR "cannot run $cmd[0]: $!\n";
-        exit 127;
-    }
-    waitpid($pid, 0);
-    my $s = $?;
-    print $st "$name-end ", ($s & 127 ? "signal " . ($s & 127) : "exit " . ($s >> 8)), "\n";
-    return $s;
-}
-if ($n > 0) { exit 0 if stage('compile', 1, splice(@ARGV, 0, $n)) != 0; }
-close($co);
-stage('run', 0, @ARGV);
-exit 0;
-"""
 
 
 @dataclass(slots=True)
@@ -93,7 +57,7 @@ class Spec:
     memory_mb: int | None = None  # the job's own memory limit, when below the server's
     compile_timeout_ms: int = 10_000
     run_timeout_ms: int = 10_000
-    cpu_time_s: int = 10
+    cpu_time_ms: int = 10_000  # the whole process tree's CPU time (RLIMIT_CPU per process, rounded up, too)
     stdin: bytes = b""
     output_cap: int | None = None  # stdout+stderr cap, when not MAX_OUTPUT_BYTES (a packed build)
 
@@ -117,6 +81,7 @@ class Fds:
     status: int
     compile: int
     bwrap_status: int | None = None
+    seccomp: int | None = None  # the syscall filter's BPF, for bwrap --seccomp
     files: list[int] = field(default_factory=list)  # the job's files, in Spec.files order
     artifact: int | None = None
     etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
@@ -140,6 +105,11 @@ class Outcome:
     oom_killed: bool = False
     compile_time_ms: float | None = None
     run_time_ms: float | None = None
+    # From the job's cgroup, per stage; None without cgroups.
+    cpu_time_ms: float | None = None
+    memory_peak_bytes: int | None = None
+    compile_cpu_time_ms: float | None = None
+    compile_memory_peak_bytes: int | None = None
 
 
 class Launcher(Protocol):
@@ -154,6 +124,11 @@ class Launcher(Protocol):
     @property
     def drops_privileges(self) -> bool:
         """Whether jobs run as SANDBOX_UID on the host too, so a SANDBOX=none work dir must be theirs."""
+        ...
+
+    @property
+    def seccomp_bpf(self) -> bytes | None:
+        """The syscall filter to hand to bwrap, or None (SANDBOX=none)."""
         ...
 
     def job_cgroup(self, name: str, memory_mb: int | None = None) -> JobCgroup | None:
@@ -187,20 +162,29 @@ class Run:
         self._spawning: asyncio.Future[asyncio.subprocess.Process] | None = None  # a spawn cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
         self._draining = False
+        self._stage: str | None = None  # the stage being accounted, from its start report to its end
+        self._cpu_base: int | None = None  # the job's cgroup CPU time when that stage started
+        self._cpu_watch: asyncio.Task[None] | None = None
+        self._status_pipe: asyncio.BaseTransport | None = None
 
     async def start_and_wait(self) -> Outcome:
         status_fd, compile_fd = await self._spawn()
         proc = self._proc
         assert proc is not None
-        status = await self._reader(status_fd)
+        status = await self._reader(status_fd, limit=STATUS_LINE_LIMIT)
+        self._status_pipe = self._transports[-1]
         self._readers.append(asyncio.ensure_future(self._collect(await self._reader(compile_fd))))
         self._feeder = asyncio.create_task(self._feed())
         await self._supervise(status)
+        if self._cpu_watch is not None:
+            self._cpu_watch.cancel()
         # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
         # bwrap's monitor exit and --die-with-parent takes pid 1 and every background process with it; killing pid
         # 1 now does the same without trusting the driver's report. Output already written stays readable.
         self.kill()
         await self._settle()
+        if self._stage is not None:
+            self._account()  # now that the whole tree is gone, background processes included
         out = self._out
         out.returncode = proc.returncode
         out.stdout_bytes, out.stderr_bytes = bytes(self._raw["stdout"]), bytes(self._raw["stderr"])
@@ -238,6 +222,9 @@ class Run:
                 # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
                 fds.bwrap_status = _above_stdio(os.dup(fds.status))
                 theirs.append(fds.bwrap_status)
+                if launcher.seccomp_bpf is not None:
+                    fds.seccomp = _above_stdio(_memfd(launcher.seccomp_bpf))
+                    theirs.append(fds.seccomp)
                 for _, content in spec.files:
                     fds.files.append(_above_stdio(_memfd(content)))
                     theirs.append(fds.files[-1])
@@ -292,9 +279,9 @@ class Run:
             asyncio.ensure_future(proc.wait()),
         ]
 
-    async def _reader(self, fd: int) -> asyncio.StreamReader:
+    async def _reader(self, fd: int, limit: int = READ_SIZE) -> asyncio.StreamReader:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_SIZE, loop=loop)
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
         self._raw_fds.remove(fd)
         pipe = os.fdopen(fd, "rb", buffering=0)  # owns the fd now; closed with its transport
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
@@ -302,11 +289,15 @@ class Run:
         return reader
 
     async def _supervise(self, status: asyncio.StreamReader) -> None:
-        """Follow the driver's stage reports and kill the tree when a stage outlives its deadline."""
+        """Follow the driver's stage reports and kill the tree when a stage outlives its deadline.
+
+        The status pipe carries a handful of short lines, each expected in its order: bwrap's pid report, the
+        driver's stage reports, and bwrap's exit report if the driver dies early. Anything else means a process of
+        the job got hold of the pipe (the driver is not dumpable and pidfd_getfd is filtered, so it should not): the
+        job ends at once with reason internal_error, and nothing more is read from it. Reads are bounded by
+        STATUS_LINE_LIMIT, so no flood on this channel costs the server more than a line.
+        """
         loop = asyncio.get_running_loop()
-        # The program runs as the driver's uid; when the server is not root (so the pipe is the program's host uid
-        # too) it can reopen the status pipe through /proc/<driver>/fd. Only the expected reports count, in order,
-        # so forged lines cannot extend its deadline; a forged run-end only ends its own job early.
         expected = ["run-start", "run-end"]
         if self._spec.compile:
             expected[:0] = ["compile-start", "compile-end"]
@@ -324,31 +315,85 @@ class Run:
                 self.stop("compile_timeout" if stage == "compile" else "timeout")
                 return
             except ValueError:
-                continue  # an overlong (forged) line
-            if not line:
+                self._unexpected(b"a line longer than %d bytes" % STATUS_LINE_LIMIT)
                 return
-            if line.startswith(b"{") and self._child_pid is None:
-                # bwrap writes this before its pid 1 runs anything, so the first one cannot be forged.
-                match = re.search(rb'"child-pid": *(\d+)', line)
-                self._child_pid = int(match.group(1)) if match else None
+            if not line or EXIT_CODE.fullmatch(line):
+                return  # the driver is gone: the result comes from bwrap's exit status
+            if self._launcher.backend == "bwrap" and self._child_pid is None:
+                # bwrap writes this before its pid 1 runs anything, so it is always the first line.
+                match = CHILD_PID.fullmatch(line)
+                if match is None:
+                    self._unexpected(line)
+                    return
+                self._child_pid = int(match.group(1))
                 continue
-            event, _, detail = line.decode(errors="replace").strip().partition(" ")
-            if event != expected[0]:
-                continue
+            event, _, detail = line.decode(errors="replace").removesuffix("\n").partition(" ")
+            stage, _, phase = event.partition("-")
+            if event != expected[0] or (detail if phase == "start" else not STAGE_END.fullmatch(detail)):
+                self._unexpected(line)
+                return
             expected.pop(0)
             now = loop.time()
-            stage, _, phase = event.partition("-")
             if phase == "start":
                 started, deadline = now, now + self._limit_s(stage)
+                self._begin_stage(stage)
                 continue
             self._record_time(stage, now - started)
             if stage == "run":
                 self._out.run_status = detail
                 return
             self._out.compile_status = detail
+            if self._stage is not None:
+                self._account()
             if detail != "exit 0":
                 return
             stage, started, deadline = "run", now, now + self._limit_s("run")
+
+    def _unexpected(self, data: bytes) -> None:
+        logger.error("%s: unexpected data on the status pipe (%r); ending the job", self._spec.name, data[:100])
+        self.stop("internal_error")
+        # Nothing more is read from it: closed, so that a writer (bwrap's monitor reporting the exit, once the pipe
+        # is full) fails at once rather than blocking, and the job's teardown does not wait on it.
+        if self._status_pipe is not None:
+            self._status_pipe.close()
+
+    def _begin_stage(self, stage: str) -> None:
+        """Start a stage's accounting (the driver's own start-up is not the program's), and the job-wide CPU limit
+        for the run stage."""
+        cgroup = self._cgroup
+        if cgroup is None:
+            return
+        cgroup.start_stage()
+        self._stage, self._cpu_base = stage, cgroup.cpu_ns()
+        if stage == "run" and self._cpu_base is not None:
+            self._cpu_watch = asyncio.create_task(self._watch_cpu(cgroup, self._cpu_base))
+
+    def _account(self) -> None:
+        """Record the stage's CPU time and memory peak, read from the job's cgroup."""
+        assert self._cgroup is not None
+        used, peak = self._cgroup.cpu_ns(), self._cgroup.memory_peak()
+        cpu_ms = None if used is None or self._cpu_base is None else (used - self._cpu_base) / 1e6
+        if self._stage == "compile":
+            self._out.compile_cpu_time_ms, self._out.compile_memory_peak_bytes = cpu_ms, peak
+        else:
+            self._out.cpu_time_ms, self._out.memory_peak_bytes = cpu_ms, peak
+        self._stage = None
+
+    async def _watch_cpu(self, cgroup: JobCgroup, base: int) -> None:
+        """End the job with reason cpu_limit once its whole process tree has used its CPU time (CPU_TIME_LIMIT_S, or
+        less when the job asked).
+
+        RLIMIT_CPU is per process: a job that keeps forking short-lived spinners never meets it. The job cannot use
+        more than one CPU-second per CPU each second, so the next check is due no sooner than the CPU time left
+        divided by the CPUs: few reads, and the overrun is at most CPU_POLL_S on each CPU.
+        """
+        limit = self._spec.cpu_time_ms * 1_000_000
+        cpus = os.cpu_count() or 1
+        while (used := cgroup.cpu_ns()) is not None and used - base < limit:
+            await asyncio.sleep(max((limit - (used - base)) / 1e9 / cpus, CPU_POLL_S))
+        if used is not None:
+            logger.info("%s: used %.0f ms of CPU, over its limit; ending it", self._spec.name, (used - base) / 1e6)
+            self.stop("cpu_limit")
 
     def _limit_s(self, stage: str) -> float:
         return (self._spec.compile_timeout_ms if stage == "compile" else self._spec.run_timeout_ms) / 1000.0
@@ -464,6 +509,9 @@ class Run:
                 self._watch(self._proc)
             self.kill()
         self._draining = True  # pumps keep reading to EOF (a paused pipe never reports it) but keep nothing
+        if self._cpu_watch is not None:
+            self._cpu_watch.cancel()
+            await asyncio.gather(self._cpu_watch, return_exceptions=True)
         if self._feeder is not None:
             self._feeder.cancel()
             await asyncio.gather(self._feeder, return_exceptions=True)

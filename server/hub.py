@@ -271,6 +271,7 @@ def _rebuild_log(job: Job, since: int) -> list[bytes]:
             "type": job.status.value,
             "jobId": job.id,
             **{k: summary[k] for k in ("exitCode", "signal", "reason", "truncated", "waitTimeMs", "executionTimeMs")},
+            **(job.result.usage() if job.result is not None else {}),
         }
     )
     # Give the rebuilt events the last seqs, so a client that saw part of the job skips what it has.

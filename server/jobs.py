@@ -57,6 +57,20 @@ class ExecutionResult:
     tests: list[dict[str, Any]] | None = None
     stdout_lossy: bool = False
     stderr_lossy: bool = False
+    # CPU time and peak memory of each stage's whole process tree, from the job's cgroup (None without one).
+    cpu_time_ms: float | None = None
+    memory_peak_bytes: int | None = None
+    compile_cpu_time_ms: float | None = None
+    compile_memory_peak_bytes: int | None = None
+
+    def usage(self) -> dict[str, Any]:
+        """The resource figures as the API spells them (REST job, WebSocket terminal event)."""
+        return {
+            "cpuTimeMs": _round(self.cpu_time_ms),
+            "memoryPeakBytes": self.memory_peak_bytes,
+            "compileCpuTimeMs": _round(self.compile_cpu_time_ms),
+            "compileMemoryPeakBytes": self.compile_memory_peak_bytes,
+        }
 
 
 class OutputCallback(Protocol):
@@ -240,6 +254,7 @@ class Job:
             "signal": result.signal if result else None,
             "reason": result.reason if result else None,
             "truncated": result.truncated if result else False,
+            **(result or _NO_RESULT).usage(),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,6 +292,9 @@ class Job:
         if self.status is JobStatus.QUEUED:
             data["position"] = self.position
         return data
+
+
+_NO_RESULT = ExecutionResult()
 
 
 def _round(value: float | None) -> float | None:

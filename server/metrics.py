@@ -24,6 +24,10 @@ TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
 # Seconds. Waits are short on an idle server and long under load; runs are bounded by JOB_TIMEOUT_MS.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 EXECUTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Bytes: 1 MiB to 4 GiB, doubling (MEMORY_LIMIT_MB is 256 by default).
+MEMORY_BUCKETS = tuple(float(1 << (20 + i)) for i in range(13))
+# The event's figures for each stage: (CPU time in ms, memory peak in bytes).
+STAGE_USAGE = {"run": ("cpuTimeMs", "memoryPeakBytes"), "compile": ("compileCpuTimeMs", "compileMemoryPeakBytes")}
 
 
 class _ScrapeCollector(Collector):
@@ -97,6 +101,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cpu_time = Histogram(
+            "job_cpu_seconds",
+            "CPU time of a stage's whole process tree (from the job's cgroup).",
+            ["language", "stage"],
+            namespace=NAMESPACE,
+            buckets=EXECUTION_BUCKETS,
+            registry=self.registry,
+        )
+        self.memory_peak = Histogram(
+            "job_memory_peak_bytes",
+            "Peak memory of a stage (from the job's cgroup: page cache and tmpfs files included, as the limit counts).",
+            ["language", "stage"],
+            namespace=NAMESPACE,
+            buckets=MEMORY_BUCKETS,
+            registry=self.registry,
+        )
+
     def on_event(self, event: Event) -> None:
         """The queue listener. Runs on the queue's path: synchronous, O(1) and never raises."""
         try:
@@ -112,6 +133,12 @@ class Metrics:
     def _on_finished(self, kind: str, event: Event) -> None:
         language = str(event.get("language"))
         self.finished.labels(status=kind, language=language).inc()
+        for stage, (cpu_key, memory_key) in STAGE_USAGE.items():
+            cpu_ms, peak = event.get(cpu_key), event.get(memory_key)
+            if cpu_ms is not None:
+                self.cpu_time.labels(language=language, stage=stage).observe(cpu_ms / 1000.0)
+            if peak is not None:
+                self.memory_peak.labels(language=language, stage=stage).observe(peak)
         execution_ms = event.get("executionTimeMs")
         # Both are observed when the job ends, so a job counts once and nothing is remembered between events; a job
         # cancelled while queued never ran, so its wait is not a wait for a slot (the stats percentiles agree).

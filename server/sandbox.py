@@ -16,9 +16,10 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from . import driver, seccomp
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
-from .execution import ARTIFACT, BOX, DRIVER, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec
+from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec
 from .jobs import ExecutionResult, Job, JobIO
 from .judge import Build, judge
 from .languages import Language, LanguageIndex, load_languages
@@ -41,6 +42,12 @@ INSTALL_HINT = (
 ETC_PATHS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SIGNAL_REASONS = {"SIGXCPU": "cpu_limit", "SIGXFSZ": "file_size_limit"}
+NO_MEMORY_CGROUP = (
+    "no memory cgroup for per-job limits on this host, and RLIMIT_AS alone is per process (a job of 16 processes "
+    "could use 16 times MEMORY_LIMIT_MB): run the server as root, or in a delegated cgroup v2 subtree "
+    "(systemd-run --user --scope -p Delegate=yes make run, or Delegate=yes in its unit), or set "
+    "ALLOW_PER_PROCESS_LIMITS=1 to accept per-process limits of MEMORY_LIMIT_MB / MAX_PROCESSES each"
+)
 
 # Runs as the server's user before bwrap: joins the job's cgroups, so bwrap and everything it starts is limited
 # from its first instruction (no window where a fork escapes), then execs the rest of the command line.
@@ -50,8 +57,16 @@ JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; 
 class Sandbox:
     """The executor: bubblewrap with fresh namespaces, cgroup/rlimit limits, and one stage driver per job."""
 
-    def __init__(self, settings: Settings, languages: dict[str, Language], *, cgroups: Cgroups | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        languages: dict[str, Language],
+        *,
+        cgroups: Cgroups | None,
+        syscall_filter: seccomp.SyscallFilter,
+    ) -> None:
         self.settings = settings
+        self._filter = syscall_filter
         self.backend = settings.sandbox
         self._all = languages
         self._index = LanguageIndex([])
@@ -84,13 +99,17 @@ class Sandbox:
         for tool in ("prlimit", "perl"):
             if shutil.which(tool, path=PATH) is None:
                 raise SandboxUnavailable(f"{tool} not found in {PATH}: install util-linux and perl-base")
+        try:
+            syscall_filter = await asyncio.to_thread(seccomp.build)
+        except RuntimeError as exc:
+            raise SandboxUnavailable(str(exc)) from None
         groups = None
         if cgroups:
             max_tasks = settings.max_processes + HELPER_TASKS
             groups = await asyncio.to_thread(
                 Cgroups.setup, memory_bytes=settings.memory_limit_mb << 20, max_tasks=max_tasks
             )
-        sandbox = cls(settings, defs, cgroups=groups)
+        sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter)
         try:
             await sandbox._start()
         except BaseException:
@@ -116,6 +135,14 @@ class Sandbox:
                 logger.warning("cannot put jobs into cgroups (%s); using rlimits only", problem)
                 self._cgroups.close()
                 self._cgroups = None
+        if self._enforcer("memory") is None:
+            if not self.settings.allow_per_process_limits:
+                raise SandboxUnavailable(NO_MEMORY_CGROUP)
+            logger.warning(
+                "ALLOW_PER_PROCESS_LIMITS: no memory cgroup, each process of a job gets RLIMIT_AS of %d MB "
+                "(MEMORY_LIMIT_MB / MAX_PROCESSES)",
+                self._memory_mb,
+            )
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
         langs = list(self._all.values())
@@ -151,7 +178,7 @@ class Sandbox:
 
     async def _probe(self, lang: Language) -> str | None:
         """Run the version command inside the sandbox; the language is offered only if it works."""
-        run = lang.version_argv(heap_mb=self.settings.memory_limit_mb // 2)
+        run = lang.version_argv(heap_mb=self._memory_mb // 2)
         spec = self._spec(lang, f"probe-{lang.name}", run)
         spec.run_timeout_ms = PROBE_TIMEOUT_MS
         out = await self._execute(spec, None)
@@ -220,7 +247,7 @@ class Sandbox:
         return self.settings.compile_timeout_ms
 
     def _job_spec(self, lang: Language, job: Job, *, stdin: bytes, timeout_ms: int) -> Spec:
-        memory_mb = job.limits.memory_mb or self.settings.memory_limit_mb
+        memory_mb = min(job.limits.memory_mb or self.settings.memory_limit_mb, self._memory_mb)
         heap_mb = memory_mb // 2
         files = [(f.name, f.raw) for f in job.files] if job.files else [(lang.source, job.code.encode())]
         program = lang.program([name for name, _ in files], job.compiler_options)
@@ -233,7 +260,7 @@ class Sandbox:
         spec.memory_mb = job.limits.memory_mb
         spec.compile_timeout_ms = job.limits.compile_timeout_ms or self.settings.compile_timeout_ms
         if job.limits.cpu_time_ms is not None:
-            spec.cpu_time_s = max(1, math.ceil(job.limits.cpu_time_ms / 1000))
+            spec.cpu_time_ms = job.limits.cpu_time_ms
         return spec
 
     def _spec(self, lang: Language, name: str, run: list[str]) -> Spec:
@@ -242,9 +269,9 @@ class Sandbox:
             run=run,
             env=dict(lang.env),
             etc=lang.etc_paths(),
-            address_space_mb=self.settings.memory_limit_mb + lang.address_space_headroom_mb,
+            address_space_mb=self._memory_mb + lang.address_space_headroom_mb,
             compile_timeout_ms=self.settings.compile_timeout_ms,
-            cpu_time_s=self.settings.cpu_time_limit_s,
+            cpu_time_ms=self.settings.cpu_time_limit_s * 1000,
         )
 
     async def _execute(self, spec: Spec, io: JobIO | None) -> Outcome:
@@ -267,6 +294,11 @@ class Sandbox:
         """Whether jobs run as SANDBOX_UID on the host (setpriv, when the server is root)."""
         return self._setpriv is not None
 
+    @property
+    def seccomp_bpf(self) -> bytes | None:
+        """The syscall filter for bwrap --seccomp (SANDBOX=none runs without one)."""
+        return self._filter.bpf if self.backend == "bwrap" else None
+
     def job_cgroup(self, name: str, memory_mb: int | None = None) -> JobCgroup | None:
         """Create the job's cgroup (with its own memory limit when it asked for less), or None for rlimits only."""
         if self._cgroups is None:
@@ -281,14 +313,14 @@ class Sandbox:
         return [self._setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"]
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
-        """launcher [join cgroups] -> setpriv -> bwrap -> prlimit -> perl driver -> compile, run."""
-        compile_cmd = spec.compile or []
-        cmd = [*self._rlimits(spec), "perl", "-e", DRIVER, str(fds.status), str(fds.compile), str(len(compile_cmd))]
-        cmd += [*compile_cmd, *spec.run]
+        """launcher [join cgroups] -> setpriv -> new keyring -> bwrap -> prlimit -> perl driver -> compile, run."""
+        prctl, keyctl = self._filter.numbers["prctl"], self._filter.numbers["keyctl"]
+        cmd = [*self._rlimits(spec), *driver.command(fds.status, fds.compile, prctl, spec.compile or [], spec.run)]
         if self.backend == "bwrap":
             assert self._bwrap is not None
             cmd = [self._bwrap, *self._bwrap_args(spec, fds), "--", *cmd]
-        cmd = self._privdrop() + cmd
+        # After setpriv: the keyring then belongs to (and counts against the key quota of) the job's host uid.
+        cmd = self._privdrop() + driver.new_keyring(keyctl, cmd)
         if cgroup is not None:
             cmd = ["/bin/sh", "-c", JOIN_CGROUPS, "conveyor-join", *cgroup.procs_files, "--", *cmd]
         return cmd
@@ -299,9 +331,10 @@ class Sandbox:
         # so RLIMIT_NPROC counts this job's tasks (Linux >= 5.14 counts per user namespace) rather than all of uid
         # 65534 on the host.
         s = self.settings
+        cpu_s = max(1, math.ceil(spec.cpu_time_ms / 1000))  # RLIMIT_CPU counts whole seconds
         args = [
             "prlimit",
-            f"--cpu={spec.cpu_time_s}:{spec.cpu_time_s + 1}",  # SIGXCPU first, SIGKILL a second later
+            f"--cpu={cpu_s}:{cpu_s + 1}",  # SIGXCPU first, SIGKILL a second later
             f"--fsize={s.max_file_size_mb << 20}",
             f"--nofile={s.max_open_files}",
             "--core=0",  # a core_pattern pipe would run a host helper as root
@@ -333,6 +366,8 @@ class Sandbox:
             args += ["--ro-bind-data", str(fds.artifact), f"/{ARTIFACT}"]
         if fds.bwrap_status is not None:
             args += ["--json-status-fd", str(fds.bwrap_status)]
+        if fds.seccomp is not None:
+            args += ["--seccomp", str(fds.seccomp)]
         # bwrap's own tmpfs for / and /dev is owned by the sandbox user: make them read-only, so the only
         # writable places are the size-capped /box, /tmp and /dev/shm.
         return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]
@@ -346,6 +381,13 @@ class Sandbox:
 
     def _enforcer(self, controller: str) -> str | None:
         return self._cgroups.enforced_by(controller) if self._cgroups is not None else None
+
+    @property
+    def _memory_mb(self) -> int:
+        """The memory one job may use (its cgroup's limit), or without a memory cgroup one process: the job's share
+        divided by the processes it may have, so that all of them together stay within MEMORY_LIMIT_MB."""
+        s = self.settings
+        return s.memory_limit_mb if self._enforcer("memory") else max(1, s.memory_limit_mb // s.max_processes)
 
     def runtimes(self) -> list[dict[str, Any]]:
         """The languages offered: canonical name, detected version, aliases."""
@@ -369,11 +411,17 @@ class Sandbox:
         host_uid = SANDBOX_UID if self._setpriv else os.geteuid()
         memory: dict[str, Any] = {"limitMb": s.memory_limit_mb, "enforcedBy": self._enforcer("memory") or "RLIMIT_AS"}
         if memory["enforcedBy"] == "RLIMIT_AS":
-            memory["note"] = "address space; java and javascript get headroom and cap their heap themselves"
+            memory["perProcessMb"] = self._memory_mb
+            memory["note"] = (
+                "ALLOW_PER_PROCESS_LIMITS: address space of each process, MEMORY_LIMIT_MB / MAX_PROCESSES; java and "
+                "javascript get headroom and cap their heap themselves"
+            )
         processes = {"limit": s.max_processes, "counts": "tasks (threads too)", "enforcedBy": self._enforcer("pids")}
         if processes["enforcedBy"] is None:
             scope = "per job user namespace" if self.backend == "bwrap" else f"all of uid {host_uid} on the host"
             processes["enforcedBy"] = f"RLIMIT_NPROC ({scope})" if host_uid else "none (root is exempt)"
+        cpu_by = self._cgroups.cpu_accounting() if self._cgroups is not None else None
+        cpu = f"{cpu_by} (the whole job), RLIMIT_CPU (each process)" if cpu_by else "RLIMIT_CPU (each process)"
         workdir = "tmpfs size" if "--size" in self._bwrap_help else "memory only (bwrap without --size)"
         if self.backend == "none":
             workdir = "not capped (SANDBOX=none: a host temp dir; RLIMIT_FSIZE per file)"
@@ -383,10 +431,13 @@ class Sandbox:
             "hostUid": host_uid,
             "sandboxUid": SANDBOX_UID if self.backend == "bwrap" else host_uid,
             "network": "none (empty network namespace)" if self.backend == "bwrap" else "host (SANDBOX=none)",
+            "syscallFilter": self._filter.describe() if self.backend == "bwrap" else None,
+            "keyring": "a new empty session keyring for each job",
+            "stageDriver": "not dumpable (its pipes are out of the program's reach)",
             "limits": {
                 "memory": memory,
                 "processes": processes,
-                "cpu": {"limitS": s.cpu_time_limit_s, "enforcedBy": "RLIMIT_CPU"},
+                "cpu": {"limitS": s.cpu_time_limit_s, "enforcedBy": cpu},
                 "fileSize": {"limitMb": s.max_file_size_mb, "enforcedBy": "RLIMIT_FSIZE"},
                 "openFiles": {"limit": s.max_open_files, "enforcedBy": "RLIMIT_NOFILE"},
                 "output": {"limitBytes": s.max_output_bytes, "enforcedBy": "executor kills the job past the cap"},
@@ -473,6 +524,10 @@ def _result(lang: Language, out: Outcome, encoding: str = "utf8") -> ExecutionRe
         run_time_ms=out.run_time_ms,
         stdout_lossy=_lossy(out.stdout_bytes, out.truncated),
         stderr_lossy=_lossy(out.stderr_bytes, out.truncated),
+        cpu_time_ms=out.cpu_time_ms,
+        memory_peak_bytes=out.memory_peak_bytes,
+        compile_cpu_time_ms=out.compile_cpu_time_ms,
+        compile_memory_peak_bytes=out.compile_memory_peak_bytes,
     )
     if encoding == "base64":
         result.stdout = base64.b64encode(out.stdout_bytes).decode()

@@ -118,6 +118,8 @@ class Settings:
     max_file_size_mb: int = _env("MAX_FILE_SIZE_MB", _int_range(1, 65_536), 16)
     max_open_files: int = _env("MAX_OPEN_FILES", _int_range(16, 1_048_576), 256)
     workdir_size_mb: int = _env("WORKDIR_SIZE_MB", _int_range(1, 65_536), 64)
+    # Without a memory cgroup the server refuses to start unless this accepts per-process limits.
+    allow_per_process_limits: bool = _env("ALLOW_PER_PROCESS_LIMITS", _flag, False)
 
     # Rate limiting and API keys
     rate_limit_requests: int = _env("RATE_LIMIT_REQUESTS", _int_range(1), 10)

@@ -76,6 +76,8 @@
       default:
         parts.push(message.reason && message.reason !== "stopped" ? `cancelled (${message.reason})` : "cancelled");
     }
+    if (message.cpuTimeMs != null) parts.push(`CPU ${fmtMs(message.cpuTimeMs)}`);
+    if (message.memoryPeakBytes != null) parts.push(`${(message.memoryPeakBytes / 1048576).toFixed(1)} MiB peak`);
     let text = parts.join(", ");
     if (message.truncated) text += " · output truncated";
     return text;

@@ -26,6 +26,8 @@ const Jobs = (() => {
       waitTimeMs: summary.waitTimeMs,
       executionTimeMs: summary.executionTimeMs,
       compileTimeMs: summary.compileTimeMs ?? null,
+      cpuTimeMs: summary.cpuTimeMs ?? null,
+      memoryPeakBytes: summary.memoryPeakBytes ?? null,
       exitCode: summary.exitCode,
       signal: summary.signal,
       reason: summary.reason,
@@ -94,6 +96,8 @@ const Jobs = (() => {
           waitTimeMs: message.waitTimeMs,
           executionTimeMs: message.executionTimeMs,
           compileTimeMs: message.compileTimeMs,
+          cpuTimeMs: message.cpuTimeMs ?? null,
+          memoryPeakBytes: message.memoryPeakBytes ?? null,
           language: message.language ?? job.language,
         });
         this.stopping.delete(job.id);
@@ -231,6 +235,8 @@ const Jobs = (() => {
         ["Wait", fmtMs(liveWait(job))],
         ["Run", fmtMs(liveRun(job))],
         ["Compile", fmtMs(job.compileTimeMs)],
+        ["CPU", fmtMs(job.cpuTimeMs)],
+        ["Memory peak", job.memoryPeakBytes == null ? "–" : `${(job.memoryPeakBytes / 1048576).toFixed(1)} MiB`],
         ["Exit code", job.exitCode ?? "–"],
         ["Signal", job.signal || "–"],
         ["Reason", job.reason || "–"],

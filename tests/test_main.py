@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import WSMsgType
 
 from tests.conftest import free_port
@@ -19,12 +20,14 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def start_server(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+async def start_server(
+    tmp_path: Path, argv: list[str] | None = None, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server"],
+            argv or [sys.executable, "-m", "server"],
             env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "LOG_LEVEL": "warning", **env},
             cwd=tmp_path,
             stdout=out,
@@ -94,3 +97,42 @@ def test_start_up_refuses_without_bubblewrap(tmp_path: Path) -> None:
     # Log lines may come first (start-up housekeeping); the refusal itself is one line naming the fix.
     refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
     assert len(refusal) == 1 and "apt-get install bubblewrap" in refusal[0], proc.stderr
+
+
+def without_cgroups(*argv: str) -> list[str]:
+    """argv run in a mount namespace of its own with an empty /sys/fs/cgroup: a host where the server cannot reach
+    any cgroup (what a non-root server without a delegated subtree sees)."""
+    script = 'mount -t tmpfs none /sys/fs/cgroup && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")
+def test_start_up_refuses_without_per_job_memory_limits(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        without_cgroups(sys.executable, "-m", "server"),
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(free_port())},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
+    assert len(refusal) == 1, proc.stderr
+    for way_out in ("as root", "systemd-run --user --scope -p Delegate=yes", "ALLOW_PER_PROCESS_LIMITS=1"):
+        assert way_out in refusal[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")
+async def test_opting_in_to_per_process_limits_starts_and_says_so(tmp_path: Path) -> None:
+    env = {"ALLOW_PER_PROCESS_LIMITS": "1", "MEMORY_LIMIT_MB": "1024", "MAX_PROCESSES": "16", "LOG_LEVEL": "warning"}
+    proc, url = await start_server(tmp_path, argv=without_cgroups(sys.executable, "-m", "server"), **env)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as resp:
+            memory = (await resp.json())["sandbox"]["limits"]["memory"]
+        assert (memory["enforcedBy"], memory["perProcessMb"]) == ("RLIMIT_AS", 64)
+        assert "ALLOW_PER_PROCESS_LIMITS" in (tmp_path / "server.log").read_text()  # the warning at start-up
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -109,3 +109,17 @@ async def test_openmetrics_on_request(client: Client) -> None:
 def test_each_app_has_its_own_registry(sandbox: Runner) -> None:
     first, second = (create_app(make_settings(), runner=sandbox) for _ in range(2))
     assert first[METRICS].registry is not second[METRICS].registry
+
+
+async def test_cpu_time_and_memory_peak_histograms_per_stage(client: Client) -> None:
+    c = '#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n'
+    assert await run(client, c, "c") == "completed"
+    assert await run(client, "print('hi')") == "completed"
+    samples = await scrape(client)
+    for name in ("conveyor_job_cpu_seconds_count", "conveyor_job_memory_peak_bytes_count"):
+        assert value(samples, name, language="c", stage="compile") == 1
+        assert value(samples, name, language="c", stage="run") == 1
+        assert value(samples, name, language="python", stage="run") == 1
+        assert value(samples, name, language="python", stage="compile") is None  # nothing compiled
+    peak = value(samples, "conveyor_job_memory_peak_bytes_sum", language="python", stage="run")
+    assert peak is not None and peak > 1 << 20  # an interpreter's worth, not zero

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +224,55 @@ async def test_large_writes_arrive_in_bounded_chunks(sandbox: Sandbox) -> None:
     assert run.joined("stdout") == run.result.stdout
 
 
+# -- accounting ----------------------------------------------------------------------------------------------
+
+SPIN_ONE_CPU_SECOND = "import time\nwhile time.process_time() < 1.0:\n    pass\n"
+SPIN_WALL_MS = 30_000  # a CPU-second may take many seconds on a busy shared machine
+
+
+async def test_cpu_time_of_a_one_second_spin(sandbox: Sandbox) -> None:
+    run = await run_job(sandbox, "python", SPIN_ONE_CPU_SECOND, timeout_ms=SPIN_WALL_MS)
+    assert run.result.exit_code == 0, run.result
+    # About 1,000 ms: CPU time, not wall time, so loose bounds hold whatever the machine's load. (Counting starts when
+    # the server reads the run's start report, so a slow server may miss a little of the interpreter's start.)
+    assert run.result.cpu_time_ms is not None and 500 <= run.result.cpu_time_ms <= 3000, run.result
+    assert run.result.compile_cpu_time_ms is None and run.result.compile_memory_peak_bytes is None
+
+
+async def test_memory_peak_of_a_100_mb_allocation(sandbox: Sandbox) -> None:
+    code = "block = b'x' * (100 << 20)\nprint(len(block) >> 20)"
+    run = await run_job(sandbox, "python", code, timeout_ms=SPIN_WALL_MS)
+    assert run.result.stdout == "100\n", run.result
+    assert run.result.memory_peak_bytes is not None and run.result.memory_peak_bytes >= 100 << 20, run.result
+    assert run.result.memory_peak_bytes < SETTINGS.memory_limit_mb << 20
+
+
+async def test_compile_and_run_are_accounted_separately(sandbox: Sandbox) -> None:
+    spin = "#include <time.h>\nint main(void) { while (clock() < CLOCKS_PER_SEC / 2) {} return 0; }\n"
+    run = await run_job(sandbox, "c", spin, timeout_ms=SPIN_WALL_MS)
+    result = run.result
+    assert result.exit_code == 0, result
+    assert result.compile_cpu_time_ms is not None and result.compile_cpu_time_ms > 0, result
+    assert result.compile_memory_peak_bytes is not None and result.compile_memory_peak_bytes > 1 << 20, result
+    # The run's half CPU-second is the program's own, not the compiler's too.
+    assert result.cpu_time_ms is not None and 250 <= result.cpu_time_ms < 500 + result.compile_cpu_time_ms, result
+
+
+async def test_usage_reaches_rest_and_websocket(app_client: Any) -> None:
+    client = await app_client(job_timeout_ms=SPIN_WALL_MS)
+    async with client.ws_connect("/ws") as ws:
+        resp = await client.post("/run", json={"language": "python", "code": SPIN_ONE_CPU_SECOND})
+        job = await resp.json()
+        await ws.send_json({"type": "subscribe", "jobId": job["id"]})
+        while (event := await ws.receive_json(timeout=30))["type"] != "completed":
+            pass
+    for data in (job, event):
+        assert 500 <= data["cpuTimeMs"] <= 3000 and data["memoryPeakBytes"] > 1 << 20, data
+        assert data["compileCpuTimeMs"] is None and data["compileMemoryPeakBytes"] is None
+    resp = await client.get(f"/queue/job/{job['id']}")
+    assert (await resp.json())["cpuTimeMs"] == job["cpuTimeMs"]
+
+
 async def test_unknown_language_is_refused(sandbox: Sandbox) -> None:
     run = await run_job(sandbox, "cobol", "DISPLAY 'HI'.")
     assert run.result.reason == "unsupported_language" and run.events == []
@@ -259,14 +309,26 @@ def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
     assert limits["memory"] == {"limitMb": 256, "enforcedBy": limits["memory"]["enforcedBy"]}
     assert limits["memory"]["enforcedBy"] in ("cgroup v1 memory", "cgroup v2 memory", "RLIMIT_AS")
     assert limits["processes"]["limit"] == 48
-    assert limits["cpu"]["enforcedBy"] == "RLIMIT_CPU" and limits["fileSize"]["enforcedBy"] == "RLIMIT_FSIZE"
+    assert limits["cpu"]["enforcedBy"] == "cgroup v1 cpuacct (the whole job), RLIMIT_CPU (each process)"
+    assert limits["fileSize"]["enforcedBy"] == "RLIMIT_FSIZE"
     assert limits["openFiles"]["enforcedBy"] == "RLIMIT_NOFILE"
     assert {"output", "wallTime", "workdir"} <= set(limits)
+    syscalls = info["syscallFilter"]
+    assert {"io_uring_setup", "perf_event_open", "pidfd_getfd", "add_key", "unshare"} <= set(syscalls["deniedEperm"])
+    assert syscalls["deniedEnosys"] == ["clone3"]
+    assert syscalls["socketFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert "other ABIs (on x86-64: i386 and x32) kill the process" in syscalls["arch"]
 
 
 async def test_missing_bwrap_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        await Sandbox.create(SETTINGS, languages=["bash"])
+
+
+async def test_missing_libseccomp_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # what importing it does without libseccomp.so.2
+    with pytest.raises(SandboxUnavailable, match="apt-get install libseccomp2"):
         await Sandbox.create(SETTINGS, languages=["bash"])
 
 

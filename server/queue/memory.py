@@ -290,6 +290,7 @@ class MemoryQueue:
                 "waitTimeMs": job.wait_time_ms,
                 "executionTimeMs": job.execution_time_ms,
                 "compileTimeMs": result.compile_time_ms,
+                **result.usage(),
                 "language": job.language,
             }
         )

@@ -446,6 +446,7 @@ class RedisQueue:
                 "waitTimeMs": wait,
                 "executionTimeMs": round(execution, 1),
                 "compileTimeMs": result.compile_time_ms,
+                **result.usage(),
                 "language": job.language,
             }
         )
