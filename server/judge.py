@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,8 +59,18 @@ async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
         verdict=next((v for v in verdicts if v != Verdict.ACCEPTED.value), Verdict.ACCEPTED.value),
         compile_output=build.result.compile_output if build else None,
         compile_time_ms=build.result.compile_time_ms if build else None,
+        compile_cpu_time_ms=build.result.compile_cpu_time_ms if build else None,
+        compile_memory_peak_bytes=build.result.compile_memory_peak_bytes if build else None,
         run_time_ms=sum(entry["timeMs"] or 0.0 for entry in entries),
+        cpu_time_ms=_total(entry["cpuTimeMs"] for entry in entries),
+        memory_peak_bytes=max((entry["memoryPeakBytes"] or 0 for entry in entries), default=None) or None,
     )
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    """The sum, or None when no run reported a figure (no cgroups)."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _verdict(result: ExecutionResult, expected: str | None, encoding: str) -> str:
@@ -86,6 +97,8 @@ def _entry(index: int, job: Job, run: ExecutionResult | None, verdict: str) -> d
         "truncated": run.truncated if run else False,
         "stdoutLossy": run.stdout_lossy if run else False,
         "timeMs": round(run.run_time_ms, 1) if run and run.run_time_ms is not None else None,
+        "cpuTimeMs": run.usage()["cpuTimeMs"] if run else None,
+        "memoryPeakBytes": run.memory_peak_bytes if run else None,
     }
 
 

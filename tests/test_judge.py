@@ -215,6 +215,10 @@ async def test_tests_compile_once_and_each_gets_its_verdict(client: Client) -> N
     assert job["tests"][3]["exitCode"] == 3
     assert job["summary"] == {"passed": 2, "total": 4}
     assert job["compileTimeMs"] > 0 and all(t["timeMs"] is not None for t in job["tests"])
+    # The compile's cost is reported once, each test's own run separately, the job's CPU as their sum.
+    assert job["compileCpuTimeMs"] > 0 and all(t["cpuTimeMs"] is not None for t in job["tests"])
+    assert job["cpuTimeMs"] == pytest.approx(sum(t["cpuTimeMs"] for t in job["tests"]), abs=1)
+    assert all(t["memoryPeakBytes"] > 0 for t in job["tests"])
 
 
 async def test_each_test_runs_in_a_fresh_sandbox(client: Client) -> None:
