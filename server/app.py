@@ -14,7 +14,7 @@ from .events import EventEmitter
 from .hub import Hub, open_socket
 from .identity import Client
 from .jobs import Runner
-from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
@@ -58,6 +58,7 @@ def create_app(
     middlewares = [error_middleware, ratelimit_middleware(limiter, keys, settings, on_denied=count_denial)]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings
+    app[LIMITER] = limiter
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
 
