@@ -18,6 +18,7 @@ from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
+from .piston import setup_piston
 from .queue import QueueBackend, create_queue
 from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
@@ -122,4 +123,5 @@ def create_app(
     setup_pages(app)
     setup_metrics(app)
     app.router.add_get("/ws", open_socket)
+    setup_piston(app)
     return app
