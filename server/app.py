@@ -14,6 +14,7 @@ from .events import EventEmitter
 from .hub import Hub, open_socket
 from .identity import Client
 from .jobs import Runner
+from .judge0 import setup_judge0
 from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .metrics import setup_metrics
 from .middlewares import error_middleware
@@ -124,4 +125,5 @@ def create_app(
     setup_metrics(app)
     app.router.add_get("/ws", open_socket)
     setup_piston(app)
+    setup_judge0(app)
     return app
