@@ -67,7 +67,8 @@ def requested_fields(raw: str | None) -> tuple[str, ...]:
         raise BadRequest(f"invalid fields: [{', '.join(invalid)}]")
     if "*" in names:
         return FIELDS
-    return tuple(name for name in FIELDS if name in names) or DEFAULT_FIELDS
+    # In the serializer's order, whatever the order asked for.
+    return tuple(name for name in FIELDS if name in (names or DEFAULT_FIELDS))
 
 
 def readable_job(client: Client, job: Job | None) -> Job | None:
