@@ -70,9 +70,11 @@ async def test_sdk_test_cases_and_batches(client: Client) -> None:
     # Several test cases become several submissions, created with one batch request and polled with batch reads.
     def run() -> list[judge0.Submission]:
         cases = [("2", "4"), ("3", "9"), ("4", "15")]
-        return judge0.run(
-            client=sdk(client), source_code="n = int(input())\nprint(n * n)", language=71, test_cases=cases
+        code = "n = int(input())\nprint(n * n)"
+        submissions: list[judge0.Submission] = judge0.run(
+            client=sdk(client), source_code=code, language=71, test_cases=cases
         )
+        return submissions
 
     submissions = await in_thread(run)
     assert [s.status for s in submissions] == [Status.ACCEPTED, Status.ACCEPTED, Status.WRONG_ANSWER]
