@@ -382,3 +382,46 @@ async def test_memory_limit_is_applied(client: Client) -> None:
     body = {"source_code": "x = bytearray(200 * 1024 * 1024)\nprint('ok')", "language_id": 71, "memory_limit": 65536}
     _, got = await submit(client, body)
     assert got["status"]["id"] != 3
+
+
+# -- bounds and hostile input -----------------------------------------------------------------------------------
+
+
+def _zip(members: dict[str, bytes]) -> str:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, content in members.items():
+            z.writestr(name, content)
+    return base64.b64encode(archive.getvalue()).decode()
+
+
+async def test_additional_files_cannot_unpack_past_the_code_limit(app_client: AppClientFactory) -> None:
+    client = await app_client(max_code_bytes=4096)
+    bomb = _zip({"zeros.bin": bytes(10 * 1024 * 1024)})  # a few KB compressed
+    status, errors = await submit(client, {"source_code": "print(1)", "language_id": 71, "additional_files": bomb})
+    assert (status, errors) == (422, {"additional_files": ["holds more than 4096 bytes"]})
+    many = _zip({f"f{i}": b"" for i in range(100)})
+    status, errors = await submit(client, {"source_code": "print(1)", "language_id": 71, "additional_files": many})
+    assert status == 422 and errors["additional_files"][0].startswith("holds more than")
+    status, errors = await submit(client, {"source_code": "1", "language_id": 71, "additional_files": "bm90IGEgemlw"})
+    assert (status, errors) == (422, {"additional_files": ["is not a zip"]})
+
+
+async def test_additional_files_cannot_escape_the_work_dir(client: Client) -> None:
+    body = {"source_code": "print(1)", "language_id": 71, "additional_files": _zip({"../../etc/evil": b"x"})}
+    status, errors = await submit(client, body)
+    assert status == 422 and "source_code" in errors and ".." in errors["source_code"][0]
+
+
+def test_what_jobs_do_not_keep_is_bounded() -> None:
+    from server.judge0 import Judge0Api
+    from server.judge0_submission import Extras
+    from server.keys import SETTINGS
+    from tests.conftest import make_settings
+
+    app = web.Application()
+    app[SETTINGS] = make_settings(job_retention_count=2)
+    api = Judge0Api(app)
+    for job_id in ("a", "b", "c"):
+        api.remember(job_id, Extras(language_id=71))
+    assert list(api.extras) == ["b", "c"]

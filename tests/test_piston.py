@@ -368,3 +368,9 @@ async def test_sockets_per_address_are_bounded(app_client: AppClientFactory) -> 
     async with client.ws_connect("/api/v2/connect"):
         response = await client.get("/api/v2/connect", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
         assert response.status == 429
+
+
+async def test_file_names_cannot_escape_the_work_dir(client: Client) -> None:
+    files = [{"name": "main.py", "content": "print(1)"}, {"name": "../../etc/cron.d/x", "content": "x"}]
+    status, answer = await execute(client, {"language": "python", "version": "*", "files": files})
+    assert status == 400 and "../../etc/cron.d/x" in answer["message"]
