@@ -174,12 +174,10 @@ class Judge0Api:
                 check_callback_url(extras.callback_url)
             run = parse_run(native, self.settings, self.app[RUNNER])
         except ConveyorError as exc:
-            field = (
-                "callback_url"
-                if exc.extra.get("field") == "callbackUrl"
-                else native_error_field(exc.extra.get("field"))
-            )
-            raise Unprocessable({field: [exc.message]}) from None
+            name = native_error_field(exc.extra.get("field"))
+            if name == "source_code" and exc.extra.get("file") not in (None, native.get("main")):
+                name = "additional_files"  # a file from the zip
+            raise Unprocessable({name: [exc.message]}) from None
         check_priority(client, run.priority)
         return run.to_job(client.key), extras
 
