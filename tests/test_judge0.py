@@ -425,3 +425,12 @@ def test_what_jobs_do_not_keep_is_bounded() -> None:
     for job_id in ("a", "b", "c"):
         api.remember(job_id, Extras(language_id=71))
     assert list(api.extras) == ["b", "c"]
+
+
+@pytest.mark.redis
+async def test_submissions_through_the_redis_queue(app_client: AppClientFactory, redis_url: str) -> None:
+    client = await app_client(redis_url=redis_url)
+    status, got = await submit(client, {"source_code": "print(input())", "language_id": 71, "stdin": "r"})
+    assert status == 201 and got["stdout"] == "r\n" and got["status"]["id"] == 3
+    read = await (await client.get(f"/judge0/submissions/{got['token']}?fields=stdout")).json()
+    assert read == {"stdout": "r\n"}

@@ -374,3 +374,13 @@ async def test_file_names_cannot_escape_the_work_dir(client: Client) -> None:
     files = [{"name": "main.py", "content": "print(1)"}, {"name": "../../etc/cron.d/x", "content": "x"}]
     status, answer = await execute(client, {"language": "python", "version": "*", "files": files})
     assert status == 400 and "../../etc/cron.d/x" in answer["message"]
+
+
+@pytest.mark.redis
+async def test_execute_through_the_redis_queue(app_client: AppClientFactory, redis_url: str) -> None:
+    # Output events cross Redis to the instance that follows the job: `output` is still interleaved.
+    client = await app_client(redis_url=redis_url)
+    code = "import sys\nprint('out', flush=True)\nprint('err', file=sys.stderr)"
+    status, result = await execute(client, python(code))
+    assert status == 200 and result["run"]["stdout"] == "out\n" and result["run"]["stderr"] == "err\n"
+    assert sorted(result["run"]["output"].splitlines()) == ["err", "out"]
