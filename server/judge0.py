@@ -15,24 +15,23 @@ from aiohttp import web
 
 from .api import client_of, json_response, read_json
 from .callbacks import CallbackSender, Delivery, callback_sender, check_callback_url
+from .compat import submit
 from .errors import BadRequest, ConveyorError, QueueFull
 from .events import Event
 from .identity import Client, check_priority
 from .jobs import Job
+from .judge0_catalog import Catalog, Judge0Config
+from .judge0_status import decimal_text, outcome
 from .judge0_submission import (
     CONVERSION_ERROR,
     DEFAULT_FIELDS,
     FIELDS,
     TEXT_FIELDS,
-    Catalog,
     Extras,
-    Judge0Config,
     Unconvertible,
     Unprocessable,
-    decimal_text,
     job_id_of,
     native_error_field,
-    outcome,
     parse_submission,
     ruby_encode64,
     token_of,
@@ -40,7 +39,6 @@ from .judge0_submission import (
 from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .languages import load_languages
 from .payloads import parse_run
-from .piston import submit
 from .ratelimit import raise_if_denied
 from .watch import job_watch
 

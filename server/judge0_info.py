@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .api import client_of, json_response
-from .judge0_submission import VERSION, Extras, outcome
+from .judge0_catalog import VERSION
+from .judge0_status import outcome
+from .judge0_submission import Extras
 from .keys import QUEUE, RUNNER, SETTINGS
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
-"""Judge0 submissions: Judge0's parameters, defaults and validations onto a native run; a job shown as Judge0's
-submission (its fields, statuses and base64)."""
+"""Judge0 submissions: Judge0's parameters, defaults and validations onto a native run; its attributes, tokens
+and base64 as Judge0 writes them."""
 
 from __future__ import annotations
 
@@ -8,26 +8,18 @@ import binascii
 import io
 import math
 import re
-import resource
 import shlex
-import signal
-import tomllib
 import uuid
 import zipfile
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from .errors import ConveyorError
-from .jobs import ExecutionResult, Job, JobStatus, Runner
-from .languages import Language
+from .judge0_catalog import Catalog, Judge0Config, LanguageEntry
 from .payloads import MAX_FILES
 from .settings import Settings
-from .verdicts import outputs_match
 
-JUDGE0_FILE = Path(__file__).with_name("judge0.toml")
-VERSION = "1.13.1"
 # The serializer's attributes in order (db/schema.rb's columns, then status and language), and its defaults.
 FIELDS = (
     *"source_code language_id stdin expected_output stdout status_id created_at finished_at time memory stderr "
@@ -47,20 +39,6 @@ _NUMERIC = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "off", "OFF"})
 # Characters Judge0 deletes from compiler options and arguments before they reach its bash script.
 _SHELL_META = re.compile(r"[$&;<>|`]")
-# Status ids (app/enumerations/status.rb) and the runtime errors isolate's signals map to.
-QUEUED, PROCESSING, ACCEPTED, WRONG_ANSWER, TLE, COMPILE_ERROR = 1, 2, 3, 4, 5, 6
-SIGXFSZ_ERROR, NZEC, OTHER, INTERNAL = 8, 11, 12, 13
-_BY_SIGNAL = {11: 7, 25: 8, 8: 9, 6: 10}
-_VERDICT_STATUS = {
-    "accepted": ACCEPTED,
-    "wrong_answer": WRONG_ANSWER,
-    "time_limit": TLE,
-    "cpu_limit": TLE,
-    "compile_error": COMPILE_ERROR,
-    "output_limit": SIGXFSZ_ERROR,
-    "runtime_error": NZEC,
-    "memory_limit": OTHER,
-}
 
 
 class Unprocessable(ConveyorError):
@@ -106,143 +84,6 @@ def job_id_of(token: str) -> str:
         return uuid.UUID(token).hex
     except ValueError:
         return token
-
-
-@dataclass(frozen=True, slots=True)
-class LanguageEntry:
-    id: int
-    language: str
-    name: str
-    source_file: str
-    compile_cmd: str | None
-    run_cmd: str
-
-    def brief(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "is_archived": False,
-            "source_file": self.source_file,
-            "compile_cmd": self.compile_cmd,
-            "run_cmd": self.run_cmd,
-        }
-
-
-class Catalog:
-    """Judge0's ids for the languages the runner offers, and its statuses."""
-
-    def __init__(self, runner: Runner, languages: dict[str, Language], settings: Settings) -> None:
-        with JUDGE0_FILE.open("rb") as f:
-            data = tomllib.load(f)
-        self.statuses = {int(key): value for key, value in data["statuses"].items()}
-        self._rows = data["languages"]
-        self._runner = runner
-        self._languages = languages
-        self._heap_mb = settings.memory_limit_mb // 2
-
-    def offered(self) -> list[LanguageEntry]:
-        versions = {r["language"]: r["version"] for r in self._runner.runtimes()}
-        entries = []
-        for row in self._rows:
-            native, language = row["language"], self._languages.get(row["language"])
-            if native not in versions or language is None:
-                continue
-            program = language.program(compiler_options=["%s"])
-            compile_argv = language.compile_argv(heap_mb=self._heap_mb, program=program)
-            entries.append(
-                LanguageEntry(
-                    id=row["id"],
-                    language=native,
-                    name=row["name"].format(version=versions[native]),
-                    source_file=language.source,
-                    compile_cmd=shlex.join(compile_argv) if compile_argv else None,
-                    run_cmd=shlex.join(language.run_argv([], heap_mb=self._heap_mb, program=program)),
-                )
-            )
-        return entries
-
-    def by_id(self, language_id: int) -> LanguageEntry | None:
-        return next((e for e in self.offered() if e.id == language_id), None)
-
-    def for_language(self, native: str) -> LanguageEntry | None:
-        """The first id of a native language: what a job submitted elsewhere shows as its language."""
-        return next((e for e in self.offered() if e.language == native), None)
-
-
-@dataclass(frozen=True, slots=True)
-class Judge0Config:
-    """Judge0's configuration variables with this server's real values (`GET /config_info`)."""
-
-    cpu_time_limit: float
-    wall_time_limit: float
-    memory_limit: int
-    stack_limit: int
-    max_processes: int
-    max_file_size: int
-    max_number_of_runs: int
-    extract_size: int
-
-    @classmethod
-    def of(cls, settings: Settings) -> Judge0Config:
-        stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
-        return cls(
-            cpu_time_limit=float(settings.cpu_time_limit_s),
-            wall_time_limit=settings.job_timeout_ms / 1000,
-            memory_limit=settings.memory_limit_mb * 1024,
-            stack_limit=0 if stack == resource.RLIM_INFINITY else stack // 1024,
-            max_processes=settings.max_processes,
-            max_file_size=settings.max_file_size_mb * 1024,
-            max_number_of_runs=min(20, settings.max_tests),
-            extract_size=settings.max_code_bytes // 1024,
-        )
-
-    def info(self, settings: Settings) -> dict[str, Any]:
-        """Every key of Judge0's Config.config_info. There is no per-run extra CPU time, stack, process or file
-        size limit, per-process limit, network or stderr redirection by default; the maxima are the defaults."""
-        return {
-            "maintenance_mode": False,
-            "enable_wait_result": True,
-            "enable_compiler_options": True,
-            "allowed_languages_for_compile_options": [],
-            "enable_command_line_arguments": True,
-            "enable_submission_delete": False,
-            "enable_callbacks": True,
-            "callbacks_max_tries": 1 + settings.callback_retries,
-            "callbacks_timeout": settings.callback_timeout_ms / 1000,
-            "enable_additional_files": True,
-            "max_queue_size": settings.max_queue_size,
-            "cpu_time_limit": self.cpu_time_limit,
-            "max_cpu_time_limit": self.cpu_time_limit,
-            "cpu_extra_time": 0.0,
-            "max_cpu_extra_time": 0.0,
-            "wall_time_limit": self.wall_time_limit,
-            "max_wall_time_limit": self.wall_time_limit,
-            "memory_limit": self.memory_limit,
-            "max_memory_limit": self.memory_limit,
-            "stack_limit": self.stack_limit,
-            "max_stack_limit": self.stack_limit,
-            "max_processes_and_or_threads": self.max_processes,
-            "max_max_processes_and_or_threads": self.max_processes,
-            "enable_per_process_and_thread_time_limit": False,
-            "allow_enable_per_process_and_thread_time_limit": False,
-            "enable_per_process_and_thread_memory_limit": False,
-            "allow_enable_per_process_and_thread_memory_limit": False,
-            "max_file_size": self.max_file_size,
-            "max_max_file_size": self.max_file_size,
-            "number_of_runs": 1,
-            "max_number_of_runs": self.max_number_of_runs,
-            "redirect_stderr_to_stdout": False,
-            "max_extract_size": self.extract_size,
-            "enable_batched_submissions": True,
-            "max_submission_batch_size": settings.max_batch_size,
-            "submission_cache_duration": 0.0,
-            "use_docs_as_homepage": False,
-            "allow_enable_network": False,
-            "enable_network": False,
-        }
 
 
 @dataclass(slots=True)
@@ -504,128 +345,3 @@ def native_error_field(native_field: str | None) -> str:
         "tests": "number_of_runs",
         "callbackUrl": "callback_url",
     }.get(native_field or "", "base")
-
-
-# -- a job as a submission -----------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The result attributes of a submission."""
-
-    status: int
-    stdout: str | None = None
-    stderr: str | None = None
-    compile_output: str | None = None
-    time: float | None = None
-    wall_time: float | None = None
-    memory: float | None = None
-    exit_code: int | None = None
-    exit_signal: int | None = None
-    message: str | None = None
-    lossy: bool = False
-
-
-def _signal_number(name: str | None) -> int | None:
-    if name is None:
-        return None
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        return None
-
-
-def _accounting(result: ExecutionResult, name: str) -> float | None:
-    # CPU and memory accounting come with the sandbox hardening issue; until then they read as null.
-    value = getattr(result, name, None)
-    return value if isinstance(value, int | float) else None
-
-
-def outcome(job: Job, extras: Extras) -> Outcome:
-    """isolate_job.rb's statuses and attributes for a job: TLE, compile error, signals 11/25/8/6 to 7/8/9/10,
-    NZEC, Internal Error, and Accepted or Wrong Answer by Judge0's comparison."""
-    if job.status is JobStatus.QUEUED:
-        return Outcome(QUEUED)
-    if job.status is JobStatus.RUNNING:
-        return Outcome(PROCESSING)
-    result = job.result or ExecutionResult()
-    if result.reason in ("compile_error", "compile_timeout"):
-        text = "Compilation time limit exceeded." if result.reason == "compile_timeout" else result.compile_output
-        return Outcome(COMPILE_ERROR, compile_output=text or None)
-    if job.tests is not None and result.tests:
-        return _tests_outcome(job, result)
-    stdout, stderr = result.stdout, result.stderr
-    if extras.redirect_stderr_to_stdout:
-        stdout, stderr = stdout + stderr, ""
-    cpu = _accounting(result, "cpu_time_ms")
-    memory = _accounting(result, "memory_peak_bytes")
-    found = Outcome(
-        status=ACCEPTED,
-        stdout=stdout or None,
-        stderr=stderr or None,
-        compile_output=result.compile_output or None,
-        time=cpu / 1000 if cpu is not None else None,
-        wall_time=job.execution_time_ms / 1000 if job.execution_time_ms is not None else None,
-        memory=memory // 1024 if memory is not None else None,
-        exit_code=result.exit_code if result.exit_code is not None else 0,
-        exit_signal=_signal_number(result.signal),
-        lossy=result.stdout_lossy or result.stderr_lossy,
-    )
-    found.status, found.message = _status(result, job.expected_output, stdout)
-    return found
-
-
-def _status(result: ExecutionResult, expected: str | None, stdout: str) -> tuple[int, str | None]:
-    number = _signal_number(result.signal)
-    if result.reason == "timeout":
-        return TLE, "Time limit exceeded (wall clock)"
-    if result.reason == "cpu_limit":
-        return TLE, "Time limit exceeded"
-    if result.reason == "output_limit":  # isolate's file size limit on the stdout file: SIGXFSZ
-        return SIGXFSZ_ERROR, "Caught fatal signal 25"
-    if number is not None:
-        return _BY_SIGNAL.get(number, OTHER), f"Caught fatal signal {number}"
-    if result.exit_code is None:
-        return INTERNAL, f"Internal error: {result.reason or 'no exit status'}"
-    if result.exit_code != 0:
-        return NZEC, f"Exited with error status {result.exit_code}"
-    if expected is None or outputs_match(expected, stdout):
-        return ACCEPTED, None
-    return WRONG_ANSWER, None
-
-
-def _tests_outcome(job: Job, result: ExecutionResult) -> Outcome:
-    """number_of_runs: Judge0 stops at the first run that is not accepted and averages time and memory."""
-    tests = result.tests or []
-    ran = []
-    for test in tests:
-        ran.append(test)
-        if test.get("verdict") != "accepted":
-            break
-    last = ran[-1]
-    times = [t["cpuTimeMs"] for t in ran if isinstance(t.get("cpuTimeMs"), int | float)]
-    walls = [t["timeMs"] for t in ran if isinstance(t.get("timeMs"), int | float)]
-    memories = [t["memoryPeakBytes"] for t in ran if isinstance(t.get("memoryPeakBytes"), int | float)]
-    status = _VERDICT_STATUS.get(str(last.get("verdict")), INTERNAL)
-    number = _signal_number(last.get("signal"))
-    if number is not None:
-        status = _BY_SIGNAL.get(number, OTHER)
-    return Outcome(
-        status=status,
-        stdout=last.get("stdout") or None,
-        stderr=last.get("stderr") or None,
-        compile_output=result.compile_output or None,
-        time=sum(times) / len(times) / 1000 if times else None,
-        wall_time=sum(walls) / len(walls) / 1000 if walls else None,
-        memory=sum(memories) / len(memories) // 1024 if memories else None,
-        exit_code=last.get("exitCode") if last.get("exitCode") is not None else 0,
-        exit_signal=number,
-    )
-
-
-def decimal_text(seconds: float | Decimal | None) -> str | None:
-    """A Rails decimal column as JSON: a string, milliseconds at most ("0.002", "1.5", "5.0")."""
-    if seconds is None:
-        return None
-    text = f"{Decimal(str(seconds)).quantize(Decimal('0.001')):f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text

@@ -16,11 +16,12 @@ import orjson
 from aiohttp import web
 
 from .api import client_of, json_response
-from .errors import BadRequest, ConveyorError, MethodNotAllowed, QueueFull, UnsupportedMediaType
+from .compat import accounting, signal_number, submit
+from .errors import BadRequest, ConveyorError, MethodNotAllowed, UnsupportedMediaType
 from .events import Event
 from .identity import check_priority
 from .jobs import ExecutionResult, Job, Runner
-from .keys import HUB, QUEUE, RUNNER, SETTINGS
+from .keys import QUEUE, RUNNER, SETTINGS
 from .languages import Language, load_languages
 from .payloads import parse_run
 from .settings import Settings
@@ -250,19 +251,6 @@ class OutputTape:
         return result.stdout + result.stderr
 
 
-def accounting(result: ExecutionResult, name: str) -> float | None:
-    # The CPU and memory accounting fields come with the sandbox hardening issue; until then they read as null.
-    value = getattr(result, name, None)
-    return value if isinstance(value, int | float) else None
-
-
-def signal_number(name: str) -> int | None:
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        return None
-
-
 def run_stage(result: ExecutionResult, output: str, wall_time: float | None) -> dict[str, Any]:
     """The run stage as Piston's job.js reports it, status and message as isolate words them."""
     code: int | None = None
@@ -353,16 +341,6 @@ async def read_body(request: web.Request) -> Any:
         return orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}") from None
-
-
-async def submit(app: web.Application, job: Job) -> Job:
-    """Queue a compat job like a native one (the rate limiter has already counted it)."""
-    try:
-        return await app[QUEUE].submit(job)
-    except QueueFull:
-        if HUB in app:
-            app[HUB].mark_stats_dirty()
-        raise
 
 
 class PistonApi:

@@ -12,13 +12,14 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .api import client_of
+from .compat import submit
 from .errors import BadRequest, Conflict, ConveyorError, Forbidden, PayloadTooLarge, TooManyRequests
 from .events import Event
 from .identity import Client, check_priority
 from .jobs import ExecutionResult, Job
 from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .payloads import parse_run
-from .piston import PistonRuntime, compile_stage, parse_execute, run_stage, submit
+from .piston import PistonRuntime, compile_stage, parse_execute, run_stage
 from .ratelimit import raise_if_denied
 from .watch import job_watch
 
