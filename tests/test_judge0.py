@@ -118,6 +118,8 @@ async def test_api_key_in_x_auth_token(app_client: AppClientFactory, tmp_path: P
     token = str(submission.token)
     with pytest.raises(RuntimeError):  # the SDK's words for a 401 while it reads the languages
         await in_thread(lambda: sdk(client, **{"X-Auth-Token": "wrong-key"}))
+    # Only Judge0's routes read the header; the native API keeps to Authorization: Bearer.
+    assert (await client.get("/queue/status", headers={"X-Auth-Token": "wrong-key"})).status == 200
     # Deleting is the owner's or an admin's: anyone else is refused before Judge0's own rules apply.
     response = await client.delete(f"/judge0/submissions/{token}")
     assert response.status == 403
