@@ -183,12 +183,12 @@ class Session:
                     receive = asyncio.ensure_future(self.ws.receive())
                 done, _ = await asyncio.wait({receive, take}, return_when=asyncio.FIRST_COMPLETED)
                 if take in done:
-                    item = take.result()
-                    take = asyncio.ensure_future(self.outbox.get())
-                    close = await self.on_item(item)
+                    # No getter while the item is handled: the last messages are drained from the outbox then.
+                    close = await self.on_item(take.result())
                     if close is not None:
                         await self._close(receive, close)
                         return
+                    take = asyncio.ensure_future(self.outbox.get())
                 if receive in done:
                     message, receive = receive.result(), None
         finally:
