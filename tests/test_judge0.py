@@ -436,3 +436,12 @@ async def test_submissions_through_the_redis_queue(app_client: AppClientFactory,
     assert status == 201 and got["stdout"] == "r\n" and got["status"]["id"] == 3
     read = await (await client.get(f"/judge0/submissions/{got['token']}?fields=stdout")).json()
     assert read == {"stdout": "r\n"}
+
+
+@NEEDS_JUDGE_WIRING
+async def test_output_that_is_not_utf8_needs_base64(client: Client) -> None:
+    # Judge0's answer when text mode cannot carry the output; the native stdoutLossy flag tells us.
+    body = {"source_code": "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe')", "language_id": 71}
+    status, got = await submit(client, body)
+    assert status == 201 and set(got) == {"token", "error"}
+    assert got["error"].startswith("some attributes for this submission cannot be converted to UTF-8")
