@@ -252,8 +252,8 @@ def parse_submission(
     params: Any, base64_encoded: bool, catalog: Catalog, config: Judge0Config, settings: Settings
 ) -> tuple[dict[str, Any], Extras]:
     """A Judge0 submission (Submission's validations, messages and defaults) as a native `POST /run` body."""
-    if not isinstance(params, dict):
-        params = {}
+    # Rails' params.permit keeps scalars only: an object or a list where a value belongs is as if absent.
+    params = {k: v for k, v in params.items() if not isinstance(v, dict | list)} if isinstance(params, dict) else {}
     errors: dict[str, list[str]] = {}
     source = _text(params.get("source_code"), base64_encoded)
     if source is None or not source.strip():

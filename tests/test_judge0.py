@@ -155,6 +155,10 @@ async def test_create_answers_a_token_and_the_job_is_readable(client: Client) ->
     [
         ({"language_id": 71}, {"source_code": ["can't be blank"]}),
         ({"source_code": "x"}, {"language_id": ["can't be blank"]}),
+        (
+            {"source_code": {"a": 1}, "language_id": [71]},
+            {"source_code": ["can't be blank"], "language_id": ["can't be blank"]},
+        ),
         ({"source_code": "x", "language_id": 150000}, {"language_id": ["language with id 150000 doesn't exist"]}),
         (
             {"source_code": "x", "language_id": 71, "cpu_time_limit": 100},
