@@ -384,3 +384,14 @@ async def test_execute_through_the_redis_queue(app_client: AppClientFactory, red
     status, result = await execute(client, python(code))
     assert status == 200 and result["run"]["stdout"] == "out\n" and result["run"]["stderr"] == "err\n"
     assert sorted(result["run"]["output"].splitlines()) == ["err", "out"]
+
+
+async def test_socket_init_draws_from_the_submit_bucket(app_client: AppClientFactory) -> None:
+    client = await app_client(rate_limit_requests=1, rate_limit_burst=1)
+    for expected in (4999, 4002):
+        async with client.ws_connect("/api/v2/connect") as ws:
+            await ws.send_json({"type": "init", **python("print(1)")})
+            received = await messages_until_close(ws)
+        assert ws.close_code == expected
+    assert received[0]["type"] == "error" and "rate limit" in received[0]["message"].lower()
+    assert (await (await client.get("/queue/status")).json())["totalRateLimited"] == 1
