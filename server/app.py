@@ -14,10 +14,12 @@ from .events import EventEmitter
 from .hub import Hub, open_socket
 from .identity import Client
 from .jobs import Runner
-from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .judge0 import setup_judge0
+from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
+from .piston import setup_piston
 from .queue import QueueBackend, create_queue
 from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
@@ -58,6 +60,7 @@ def create_app(
     middlewares = [error_middleware, ratelimit_middleware(limiter, keys, settings, on_denied=count_denial)]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings
+    app[LIMITER] = limiter
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
 
@@ -121,4 +124,6 @@ def create_app(
     setup_pages(app)
     setup_metrics(app)
     app.router.add_get("/ws", open_socket)
+    setup_piston(app)
+    setup_judge0(app)
     return app

@@ -15,6 +15,8 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .hub import Hub
     from .metrics import Metrics
+    from .ratelimit import RateLimiter
+    from .watch import JobWatch
 
 SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", QueueBackend)
@@ -24,7 +26,9 @@ RUNNER = web.AppKey("runner", Runner)
 # Typed by annotation: the hub module imports this one.
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+WATCH: web.AppKey[JobWatch] = web.AppKey("watch")
 
 CLIENT = web.RequestKey("client", Client)
 
-__all__ = ["CLIENT", "EVENTS", "HUB", "METRICS", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]
+__all__ = ["CLIENT", "EVENTS", "HUB", "LIMITER", "METRICS", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT", "WATCH"]
