@@ -252,3 +252,15 @@ async def test_base64_output_is_exact_and_utf8_output_marks_replacements(client:
     assert job["stdout"] == "ok\ufffd\ufffd\x00" and job["stdoutLossy"] is True and job["stderrLossy"] is True
     clean = await run(client, language="python", code="print('héllo')")
     assert clean["stdoutLossy"] is False
+
+
+async def test_an_executable_runs_as_it_is(client: Client, tmp_path: Any) -> None:
+    import asyncio
+
+    source, binary = tmp_path / "hello.c", tmp_path / "hello"
+    source.write_text('#include <stdio.h>\nint main(int c, char **v) { printf("elf %s\\n", v[1]); return 7; }')
+    proc = await asyncio.create_subprocess_exec("gcc", "-o", str(binary), str(source))
+    assert await proc.wait() == 0
+    files = [{"name": "prog", "content": base64.b64encode(binary.read_bytes()).decode(), "encoding": "base64"}]
+    job = await run(client, language="executable", files=files, args=["arg"])
+    assert (job["stdout"], job["exitCode"]) == ("elf arg\n", 7), job

@@ -21,9 +21,6 @@ from server.judge0_submission import FIELDS, ruby_decode64, ruby_encode64
 from tests.conftest import AppClientFactory
 
 Client = TestClient[Request, Application]
-# Tests that need the judge features' execution (several files, per-run limits, compiler options, tests compiled
-# once, base64 executables); they pass once issue 13's wiring lands, and xfail_strict then asks for the mark to go.
-NEEDS_JUDGE_WIRING = pytest.mark.xfail(reason="issue 13's execution wiring", strict=True)
 ADMIN_KEY, USER_KEY = "admin-secret-key", "user-secret-key"
 
 
@@ -342,7 +339,6 @@ async def test_languages_statuses_and_information(client: Client) -> None:
 # -- what waits for the judge features' execution ---------------------------------------------------------------
 
 
-@NEEDS_JUDGE_WIRING
 async def test_number_of_runs_compiles_once_and_runs_that_often(client: Client) -> None:
     body = {
         "source_code": "print(input())",
@@ -355,7 +351,6 @@ async def test_number_of_runs_compiles_once_and_runs_that_often(client: Client) 
     assert got == {"stdout": "x\n", "number_of_runs": 3, "status": {"id": 3, "description": "Accepted"}}
 
 
-@NEEDS_JUDGE_WIRING
 async def test_executable_runs_a_base64_elf(client: Client, tmp_path: Path) -> None:
     source, binary = tmp_path / "hello.c", tmp_path / "hello"
     source.write_text('#include <stdio.h>\nint main(){puts("elf");}')
@@ -366,7 +361,6 @@ async def test_executable_runs_a_base64_elf(client: Client, tmp_path: Path) -> N
     assert ruby_decode64(got["stdout"]) == b"elf\n"
 
 
-@NEEDS_JUDGE_WIRING
 async def test_additional_files_and_compiler_options(client: Client) -> None:
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
@@ -383,7 +377,6 @@ async def test_additional_files_and_compiler_options(client: Client) -> None:
     assert got["stdout"] == "7\n"
 
 
-@NEEDS_JUDGE_WIRING
 async def test_memory_limit_is_applied(client: Client) -> None:
     body = {"source_code": "x = bytearray(200 * 1024 * 1024)\nprint('ok')", "language_id": 71, "memory_limit": 65536}
     _, got = await submit(client, body)
@@ -442,7 +435,6 @@ async def test_submissions_through_the_redis_queue(app_client: AppClientFactory,
     assert read == {"stdout": "r\n"}
 
 
-@NEEDS_JUDGE_WIRING
 async def test_output_that_is_not_utf8_needs_base64(client: Client) -> None:
     # Judge0's answer when text mode cannot carry the output; the native stdoutLossy flag tells us.
     body = {"source_code": "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe')", "language_id": 71}

@@ -8,10 +8,10 @@ import pytest
 
 from server.languages import LanguageIndex, load_languages
 
-SHIPPED = {"python", "javascript", "bash", "c", "cpp", "java", "rust", "perl"}
+SHIPPED = {"python", "javascript", "bash", "c", "cpp", "java", "rust", "perl", "executable"}
 
 
-def test_ships_all_eight_languages() -> None:
+def test_ships_the_eight_languages_and_executables() -> None:
     languages = load_languages()
     assert set(languages) == SHIPPED
     assert languages["java"].source == "Main.java"

@@ -19,11 +19,6 @@ from tests.conftest import AppClientFactory
 
 Client = TestClient[Request, Application]
 NPM = Path(__file__).parent / "npm"
-# Tests that need the judge features' execution (several files written, per-run limits applied); they pass once
-# issue 13's wiring lands, and xfail_strict then asks for this mark to go.
-NEEDS_JUDGE_WIRING = pytest.mark.xfail(
-    reason="several files and per-run limits: issue 13's execution wiring", strict=True
-)
 
 
 async def piston_client(client: Client, action: str, *args: Any) -> Any:
@@ -239,7 +234,6 @@ async def test_packages_lists_each_installed_package_once(client: Client) -> Non
     assert response.status == 405 and "message" in await response.json()
 
 
-@NEEDS_JUDGE_WIRING
 async def test_several_files_with_hex_and_base64(client: Client) -> None:
     files = [
         {"name": "main.py", "content": "import helper\nprint(helper.VALUE, open('data.bin', 'rb').read())"},
@@ -250,7 +244,6 @@ async def test_several_files_with_hex_and_base64(client: Client) -> None:
     assert result["run"]["stdout"] == "42 b'\\x00\\x01'\n"
 
 
-@NEEDS_JUDGE_WIRING
 async def test_run_memory_limit_is_applied(client: Client) -> None:
     code = "x = bytearray(200 * 1024 * 1024)\nprint('allocated')"
     _, result = await execute(client, python(code, run_memory_limit=64 << 20))
