@@ -101,8 +101,8 @@ async def submit(
     """POST /run as an anonymous REST client holding the owner token OWNER (so that it may stop its jobs)."""
     async with aiohttp.ClientSession() as session:
         url = server.make_url("/run").with_query(wait="true" if wait else "false")
-        body = {"language": language, "code": code, "stdin": stdin}
-        async with session.post(url, json=body, headers={"X-Owner-Token": OWNER}) as resp:
+        run = {"language": language, "code": code, "stdin": stdin}
+        async with session.post(url, json=run, headers={"X-Owner-Token": OWNER}) as resp:
             body: dict[str, Any] = await resp.json()
             body["httpStatus"] = resp.status
             return body
