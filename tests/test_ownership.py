@@ -318,3 +318,46 @@ async def test_resubscribing_sockets_share_one_snapshot(app_client: AppClientFac
     messages = await until(late, "completed")
     assert messages[0]["type"] == "snapshot" and messages[-1]["jobId"] == job["id"]
     assert hub.snapshot_builds == 1
+
+
+async def test_signing_in_changes_what_the_socket_may_see(app_client: AppClientFactory) -> None:
+    client = await app_client()
+    hub = client.app[HUB]
+    done = await call(client, "POST", "/run", 200, json={"language": "bash", "code": "echo"}, headers=bearer(ALICE))
+    ws, _ = await connect(client, headers=bearer(ALICE))
+    await ws.send_json({"type": "subscribe", "topic": "queue"})
+    assert "id" not in (await until(ws, "snapshot"))[-1]["jobs"][0]
+    await ws.send_json({"type": "subscribe", "jobId": done["id"]})
+    await until(ws, "subscribed")
+    # Becoming an admin re-sends the topic with ids; becoming bob drops alice's job from what the socket watches.
+    await ws.send_json({"type": "auth", "key": OPS})
+    answers = await until(ws, "auth")
+    assert [j["id"] for j in answers[-2]["jobs"]] == [done["id"]] and answers[-1]["admin"] is True
+    await ws.send_json({"type": "auth", "key": BOB})
+    answers = await until(ws, "auth")
+    assert answers[-2]["type"] == "snapshot" and "id" not in answers[-2]["jobs"][0]
+    (conn,) = hub.connections
+    assert conn.client.user == "bob" and done["id"] not in conn.jobs
+
+
+async def test_per_socket_and_snapshot_records_are_bounded(
+    app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.connection.MAX_SUBMITTED", 2)
+    monkeypatch.setattr("server.hub.SNAPSHOT_TAIL", 2)
+    client = await app_client(stats_interval_ms=60_000)
+    hub = client.app[HUB]
+    watcher, _ = await connect(client)
+    await watcher.send_json({"type": "subscribe", "topic": "queue"})
+    await until(watcher, "snapshot")
+    ws, _ = await connect(client)
+    for i in range(3):
+        await ws.send_json({"type": "run", "language": "bash", "code": f"echo {i}", "requestId": str(i)})
+        await until(ws, "completed")
+    assert sorted(len(conn.submitted) for conn in hub.connections) == [0, 2]
+    # More topic messages than the tail holds since the snapshot: the next subscriber gets a fresh one.
+    assert hub.snapshot_builds == 1
+    late, _ = await connect(client)
+    await late.send_json({"type": "subscribe", "topic": "queue"})
+    snapshot = (await until(late, "snapshot"))[-1]
+    assert hub.snapshot_builds == 2 and [j["status"] for j in snapshot["jobs"]] == ["completed"] * 3
