@@ -29,6 +29,8 @@ TRY_AGAIN_LATER = 1013
 POLICY_VIOLATION = 1008
 # Jobs a connection submitted and may drive as their submitter; the oldest are forgotten past this.
 MAX_SUBMITTED = 1024
+# Jobs one connection may watch at once.
+MAX_WATCHED = 256
 # Messages for one socket that arrive within this window go out in one write (live output stays well under 20 ms).
 WRITE_COALESCE_S = 0.004
 HIGH_WATER = 256 * 1024
@@ -314,6 +316,8 @@ class Connection:
         if not isinstance(since, int) or isinstance(since, bool) or since < 0:
             raise BadRequest("since must be a non-negative integer (the last seq you saw).", field="since")
         job = await readable_job(self.hub.queue, self.client, job_id)
+        if len(self.jobs) >= MAX_WATCHED and job_id not in self.jobs:
+            raise BadRequest(f"A connection watches at most {MAX_WATCHED} jobs; unsubscribe from some first.")
         self.hub.watch(self, job_id, since=since, job=job)
         if is_owner(self.client, job) or job_id in self.submitted:
             self.hub.adopt(self, job)

@@ -361,3 +361,25 @@ async def test_per_socket_and_snapshot_records_are_bounded(
     await late.send_json({"type": "subscribe", "topic": "queue"})
     snapshot = (await until(late, "snapshot"))[-1]
     assert hub.snapshot_builds == 2 and [j["status"] for j in snapshot["jobs"]] == ["completed"] * 3
+
+
+async def test_a_socket_watches_a_bounded_number_of_jobs(
+    app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("server.connection.MAX_WATCHED", 2)
+    client = await app_client()
+    ids = [
+        (await call(client, "POST", "/run", 200, json={"language": "bash", "code": f"echo {i}"}))["id"]
+        for i in range(3)
+    ]
+    ws, _ = await connect(client)
+    for job_id in ids[:2]:
+        await ws.send_json({"type": "subscribe", "jobId": job_id})
+        await until(ws, "subscribed")
+    await ws.send_json({"type": "subscribe", "jobId": ids[2]})
+    error = (await until(ws, "error"))[-1]
+    assert error["error"] == "Bad request" and "at most 2 jobs" in error["message"]
+    await ws.send_json({"type": "unsubscribe", "jobId": ids[0]})
+    await until(ws, "unsubscribed")
+    await ws.send_json({"type": "subscribe", "jobId": ids[2]})
+    await until(ws, "subscribed")
