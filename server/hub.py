@@ -210,16 +210,21 @@ class Hub:
         costs a copy of bytes, not a scan of the queue."""
         loop = asyncio.get_running_loop()
         snapshot = self._snapshot
-        if snapshot is not None:
-            if not snapshot.ready.done():
-                await asyncio.shield(snapshot.ready)
-                return snapshot
-            fresh = loop.time() - snapshot.built_at < self.settings.stats_interval_ms / 1000.0
-            if snapshot.ready.exception() is None and (fresh or not snapshot.changed):
-                return snapshot
-        snapshot = self._snapshot = _Snapshot(loop.create_future())
-        try:
+        if snapshot is None or (
+            snapshot.ready.done()
+            and snapshot.changed
+            and loop.time() - snapshot.built_at >= self.settings.stats_interval_ms / 1000.0
+        ):
+            snapshot = self._snapshot = _Snapshot(loop.create_future())
             self.snapshot_builds += 1
+            # Its own task: a subscriber that leaves mid-build must not cancel the build the others wait for.
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(loop.create_task(self._build_snapshot(snapshot), name="conveyor-hub-snapshot"))
+        await asyncio.shield(snapshot.ready)
+        return snapshot
+
+    async def _build_snapshot(self, snapshot: _Snapshot) -> None:
+        try:
             jobs = await self.queue.recent(RECENT_JOBS)
             stats = await self.queue.stats()
             summaries = [{**job.summary(), "handle": self.handles(job.id)} for job in jobs]
@@ -227,15 +232,19 @@ class Hub:
             for summary in summaries:
                 del summary["id"]
             snapshot.viewer = orjson.dumps({"type": "snapshot", "jobs": summaries, "stats": stats})
-            snapshot.built_at = loop.time()
+            snapshot.built_at = asyncio.get_running_loop().time()
             snapshot.ready.set_result(None)
-        except BaseException as exc:
+        except Exception as exc:
+            # The next subscriber tries again; the ones waiting now get an error message.
             if self._snapshot is snapshot:
                 self._snapshot = None
             snapshot.ready.set_exception(exc)
-            snapshot.ready.exception()  # retrieved: waiters re-raise it, nobody else must log it
-            raise
-        return snapshot
+            snapshot.ready.exception()  # marked retrieved: the waiters report it, not the event loop
+        finally:
+            if not snapshot.ready.done():  # cancelled: the hub is closing
+                if self._snapshot is snapshot:
+                    self._snapshot = None
+                snapshot.ready.cancel()
 
     def _to_topic(self, admin_data: bytes, viewer_data: bytes) -> None:
         for conn in tuple(self._topic):

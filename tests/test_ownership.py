@@ -383,3 +383,25 @@ async def test_a_socket_watches_a_bounded_number_of_jobs(
     await until(ws, "unsubscribed")
     await ws.send_json({"type": "subscribe", "jobId": ids[2]})
     await until(ws, "subscribed")
+
+
+async def test_a_failed_snapshot_build_is_an_error_and_the_next_one_works(
+    app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await app_client()
+    hub = client.app[HUB]
+    recent = hub.queue.recent
+    calls = []
+
+    async def fails_once(limit: int = 100) -> list[Any]:
+        calls.append(limit)
+        if len(calls) == 1:
+            raise RuntimeError("store unavailable")
+        return await recent(limit)
+
+    monkeypatch.setattr(hub.queue, "recent", fails_once)
+    ws, _ = await connect(client)
+    await ws.send_json({"type": "subscribe", "topic": "queue"})
+    assert (await recv(ws))["type"] == "error"
+    await ws.send_json({"type": "subscribe", "topic": "queue"})
+    assert (await recv(ws))["type"] == "snapshot" and hub.snapshot_builds == 2
