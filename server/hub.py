@@ -196,10 +196,12 @@ class Hub:
         """The connection authenticated as someone else: drop what it may no longer watch, and give it the queue
         topic as its new audience sees it (an admin gets ids, a viewer handles)."""
         before, conn.client = conn.client, client
-        for job_id in list(conn.jobs):
-            job = await self.queue.get(job_id)
-            if job is not None and not may_read(client, job):
-                self.unwatch(conn, job_id)
+        # Only a key user or an admin can have been watching a job that others may not read.
+        if (before.user is not None or before.admin) and (before.owner, before.admin) != (client.owner, client.admin):
+            for job_id in list(conn.jobs):
+                job = await self.queue.get(job_id)
+                if job is not None and not may_read(client, job):
+                    self.unwatch(conn, job_id)
         if conn.in_topic and before.admin != client.admin:
             self.unsubscribe_topic(conn)
             await self.subscribe_topic(conn)
