@@ -7,9 +7,8 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
 from .app import create_app
+from .edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
 from .keys import HUB, QUEUE
 from .settings import Settings
@@ -21,21 +20,23 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully: refuse new jobs (503), give running ones the grace
     period, cancel what is left with reason `shutdown`, close sockets, exit."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = make_runner(app, settings)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        server = await listen(runner, settings)
         logger.info("Conveyor listening on http://%s:%d", settings.host, settings.port)
         await stop.wait()
         logger.info("shutting down: refusing new jobs, %d ms grace for running ones", settings.shutdown_grace_ms)
         await app[QUEUE].close(settings.shutdown_grace_ms / 1000.0)
         await app[HUB].close()
     finally:
+        if server is not None:
+            server.close()
         await runner.cleanup()
 
 
@@ -55,6 +56,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    soft, _ = raise_nofile_limit()
+    logger.info("open files: up to %d, %d of them kept for jobs", soft, settings.fd_reserve)
     try:
         asyncio.run(serve(settings))
     except (SandboxUnavailable, SettingsError) as exc:

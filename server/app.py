@@ -15,6 +15,7 @@ from .hub import Hub, open_socket
 from .identity import Client
 from .jobs import Runner
 from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .lockout import AuthLockout
 from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
@@ -41,6 +42,7 @@ def create_app(
     max_body = 2 * (settings.max_code_bytes + settings.max_stdin_bytes) + BODY_SLACK_BYTES
     keys = ApiKeys.load(settings.api_keys_file)
     limiter = RateLimiter(settings)
+    lockout = AuthLockout(limiter, settings)
 
     def count_denial() -> None:
         if QUEUE in app:
@@ -55,7 +57,10 @@ def create_app(
             raise_if_denied(decision, "submit")
 
     # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
-    middlewares = [error_middleware, ratelimit_middleware(limiter, keys, settings, on_denied=count_denial)]
+    middlewares = [
+        error_middleware,
+        ratelimit_middleware(limiter, keys, settings, on_denied=count_denial, lockout=lockout),
+    ]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings
     app[STARTED_AT] = time.monotonic()
@@ -91,6 +96,7 @@ def create_app(
             runner=app[RUNNER],
             check_submit=check_submit,
             authenticate_key=lambda key, ip: client_for_key(key, ip, keys),
+            lockout=lockout,
         )
         app[HUB] = hub
         await hub.start()

@@ -9,6 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from .identity import OWNER_COOKIE, OWNER_TOKEN, new_owner_token
 from .keys import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,20 @@ CHART_WINDOW_MINUTES = 15
 def _render(page: str, request: web.Request, config: dict[str, Any]) -> web.Response:
     response = aiohttp_jinja2.render_template(f"{page}.html", request, {"page": page, "config": config})
     response.headers.update(PAGE_HEADERS)
+    _give_owner_token(request, response)
     return response
+
+
+def _give_owner_token(request: web.Request, response: web.Response) -> None:
+    """A browser's owner token: HttpOnly (page scripts, and so an injected one, never read it), SameSite=Strict
+    (no other site's page can make the browser send it), for this browser session. The same-origin WebSocket
+    and REST calls carry it, so a reloaded editor still owns its running job."""
+    current = request.cookies.get(OWNER_COOKIE)
+    if current is not None and OWNER_TOKEN.fullmatch(current):
+        return
+    response.set_cookie(
+        OWNER_COOKIE, new_owner_token(), path="/", httponly=True, samesite="Strict", secure=request.secure
+    )
 
 
 async def get_editor(request: web.Request) -> web.Response:

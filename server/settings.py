@@ -129,12 +129,23 @@ class Settings:
     rate_limit_read_requests: int = _env("RATE_LIMIT_READ_REQUESTS", _int_range(1), 120)
     trusted_proxies: tuple[str, ...] = _env("TRUSTED_PROXIES", _networks, ())
     api_keys_file: str = _env("API_KEYS_FILE", _text, "")
+    # Failed authentications (a wrong or malformed key, REST or WebSocket) per address per RATE_LIMIT_WINDOW_MS.
+    auth_failure_limit: int = _env("AUTH_FAILURE_LIMIT", _int_range(1), 10)
+
+    # HTTP edge
+    http_header_timeout_ms: int = _env("HTTP_HEADER_TIMEOUT_MS", _int_range(100), 10_000)
+    http_body_timeout_ms: int = _env("HTTP_BODY_TIMEOUT_MS", _int_range(100), 30_000)
+    http_keepalive_timeout_ms: int = _env("HTTP_KEEPALIVE_TIMEOUT_MS", _int_range(100), 15_000)
+    http_max_connections_per_ip: int = _env("HTTP_MAX_CONNECTIONS_PER_IP", _int_range(1), 128)
+    fd_reserve: int = _env("FD_RESERVE", _int_range(16), 256)
 
     # WebSocket
     allowed_origins: tuple[str, ...] = _env("ALLOWED_ORIGINS", _csv, ())
     ws_max_message_bytes: int = _env("WS_MAX_MESSAGE_BYTES", _int_range(1024), 262_144)
     ws_max_connections_per_ip: int = _env("WS_MAX_CONNECTIONS_PER_IP", _int_range(1), 32)
     ws_send_queue_size: int = _env("WS_SEND_QUEUE_SIZE", _int_range(16), 1024)
+    ws_messages_per_second: int = _env("WS_MESSAGES_PER_SECOND", _int_range(1), 20)
+    ws_message_burst: int = _env("WS_MESSAGE_BURST", _int_range(1), 60)
     stats_interval_ms: int = _env("STATS_INTERVAL_MS", _int_range(50), 500)
 
     # Redis scale-out (empty: embedded in-memory backend)

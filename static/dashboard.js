@@ -23,6 +23,7 @@
     detailList: $("detail-list"),
     detailEmpty: $("detail-empty"),
     detailActions: $("detail-actions"),
+    detailFull: $("detail-full"),
     detailClose: $("detail-close"),
     authForm: $("auth-form"),
     apiKey: $("api-key"),
@@ -40,7 +41,26 @@
     key: null, // kept in memory only, to re-authenticate after a reconnect
     authPending: false,
   };
-  const table = new JobTable(ui, { canAct: () => state.admin, onStop: stopJob });
+  const table = new JobTable(ui, { canAct: () => state.admin, onStop: stopJob, loadJob });
+
+  /** The full job, for an admin: REST with the key this page holds in memory (never stored). */
+  async function loadJob(id) {
+    if (!state.admin || !state.key) return null;
+    try {
+      const response = await fetch(`/queue/job/${encodeURIComponent(id)}`, {
+        headers: { Accept: "application/json", Authorization: `Bearer ${state.key}` },
+      });
+      return response.ok ? await response.json() : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function openLinkedJob() {
+    const id = JobTable.hashId();
+    if (id && state.admin) table.openId(id);
+  }
+  window.addEventListener("hashchange", openLinkedJob);
 
   // -- statistics ----------------------------------------------------------------------------------------------
 
@@ -188,15 +208,16 @@
           Boolean(message.admin),
           message.user,
           message.admin
-            ? `Signed in as ${message.user}: Cancel and Stop act on any job.`
+            ? `Signed in as ${message.user}: job ids, whole jobs, and Cancel and Stop on any job.`
             : `${message.user} is not an admin; the dashboard stays read-only.`,
         );
+        openLinkedJob();
         break;
       case "error":
         onError(message);
         break;
       default:
-        if (message.jobId && (message.type === "queued" || message.type === "running" || FINAL.has(message.type))) {
+        if (message.handle && (message.type === "queued" || message.type === "running" || FINAL.has(message.type))) {
           table.apply(message);
         }
     }
@@ -236,6 +257,7 @@
     },
     onClose: () => {
       if (state.admin) setAdmin(false, null, "Reconnecting; actions return once the key is accepted again.");
+      table.closeDetail();
       baseline = null;
     },
   });

@@ -32,6 +32,10 @@
     startedAt: 0, // local Date.now() at the start, for the ticking clock
     eofSent: false,
   };
+  // A reloaded page takes back its run: the id is kept for this tab, the owner token is the server's cookie.
+  const RUN_KEY = "conveyor.run";
+  const resumed = sessionStorage.getItem(RUN_KEY);
+  if (resumed) Object.assign(job, { id: resumed, state: "queued" });
   let requestCounter = 0;
   let ticker = null;
   let runtimes = [];
@@ -153,6 +157,7 @@
     if (message.type === "queued" && message.requestId === job.requestId && job.state === "submitting") {
       job.id = message.jobId;
       job.state = "queued";
+      sessionStorage.setItem(RUN_KEY, job.id);
     }
     if (!job.id || message.jobId !== job.id) return;
     if (message.type === "position") {
@@ -190,6 +195,7 @@
   function onFinished(message) {
     stopTicker();
     job.state = "finished";
+    sessionStorage.removeItem(RUN_KEY);
     setStatus(message.type, finalText(message));
     if (!ui.output.textContent) appendNote("(no output)");
     if (message.reason === "compile_error" || message.reason === "compile_timeout") fetchCompileOutput(job.id);
@@ -202,6 +208,10 @@
     if (mine && job.state === "submitting") {
       job.state = "idle";
       setStatus("error", `not started: ${text}`);
+    } else if (mine && message.error === "Not found" && job.id === resumed) {
+      job.state = "idle";
+      sessionStorage.removeItem(RUN_KEY);
+      setStatus("idle", "ready");
     } else {
       appendNote(text, "error");
     }

@@ -8,7 +8,8 @@ from typing import Literal, Protocol
 
 from ..errors import TooManyRequests
 
-Bucket = Literal["submit", "read"]
+# "auth" counts failed authentications per address (server/lockout.py).
+Bucket = Literal["submit", "read", "auth"]
 
 # (allowed, tokens_left, seconds_until_full, seconds_until_next_token). A plain tuple, not a NamedTuple: building
 # one is 40x cheaper and this is the limiter's hot path. Both durations are relative, so a store may answer from
