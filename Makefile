@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: run test lint bench install install-test install-bench system-run system-test clean
+.PHONY: run test lint bench assets install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -19,6 +19,11 @@ lint: install-test
 
 bench: system-test install-bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The pages' vendor bundles (CodeMirror, uPlot, Swagger UI) are committed in static/vendor/; this rebuilds them
+# from web/package-lock.json with npm and esbuild (needs node and npm; nothing else the project does needs them).
+assets:
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 system-run:
 	@.ci/system-packages run
