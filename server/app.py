@@ -13,6 +13,7 @@ from .apikeys import ApiKeys, client_for_key
 from .events import EventEmitter
 from .hub import Hub, open_socket
 from .identity import Client
+from .joblog import log_finished_jobs
 from .jobs import Runner
 from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .metrics import setup_metrics
@@ -60,6 +61,7 @@ def create_app(
     app[SETTINGS] = settings
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
+    log_finished_jobs(app[EVENTS])
 
     async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
         if runner is not None:
