@@ -11,6 +11,7 @@ from aiohttp import web
 from .api import setup_routes
 from .apikeys import ApiKeys, client_for_key
 from .events import EventEmitter
+from .history import setup_history
 from .hub import Hub, open_socket
 from .identity import Client
 from .joblog import log_finished_jobs
@@ -122,5 +123,6 @@ def create_app(
     setup_routes(app)
     setup_pages(app)
     setup_metrics(app)
+    setup_history(app)
     app.router.add_get("/ws", open_socket)
     return app
