@@ -21,6 +21,7 @@ from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
 from .queue import QueueBackend, create_queue
+from .quota import setup_quota
 from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
 
@@ -124,5 +125,6 @@ def create_app(
     setup_pages(app)
     setup_metrics(app)
     setup_history(app)
+    setup_quota(app, limiter)
     app.router.add_get("/ws", open_socket)
     return app
