@@ -44,7 +44,8 @@ _PERCENTILES = {"waitP50": ("waitTime", "p50"), "waitP95": ("waitTime", "p95")} 
     "execP50": ("executionTime", "p50"),
     "execP95": ("executionTime", "p95"),
 }
-# The series a history response carries, besides `t` (epoch ms) and `throughput` (jobs/s).
+# The series a history response carries, besides `t` (epoch ms), `processed` (the cumulative count, so a client can
+# take a rate from any point to its live count) and `throughput` (jobs/s).
 SERIES = (*_GAUGES, *_PERCENTILES)
 
 Sample = dict[str, float]
@@ -205,12 +206,13 @@ def columns(samples: list[Sample], interval_s: float) -> dict[str, list[float | 
     the bucket's highest value (a short spike must stay visible), throughput is the bucket's processed delta over its
     time span, null across a gap or a counter reset (an in-memory server restarted)."""
     step = max(1, math.ceil(len(samples) / MAX_POINTS))
-    out: dict[str, list[float | None]] = {"t": [], "throughput": [], **{name: [] for name in SERIES}}
+    out: dict[str, list[float | None]] = {"t": [], "processed": [], "throughput": [], **{name: [] for name in SERIES}}
     previous: Sample | None = None
     for start in range(0, len(samples), step):
         bucket = samples[start : start + step]
         last = bucket[-1]
         out["t"].append(last["t"])
+        out["processed"].append(last["processed"])
         for name in SERIES:
             out[name].append(max(s[name] for s in bucket))
         rate: float | None = None

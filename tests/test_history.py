@@ -123,6 +123,7 @@ def test_throughput_is_the_counter_delta_over_time() -> None:
     samples = [sample(0, 0), sample(5, 10), sample(10, 40), sample(15, 40)]
     cols = columns(samples, 5.0)
     assert cols["t"] == [0, 5000, 10000, 15000]
+    assert cols["processed"] == [0, 10, 40, 40]
     assert cols["throughput"] == [None, 2.0, 6.0, 0.0]
     assert cols["queueLength"] == [0, 0, 0, 0]
     assert cols["waitP95"] == [9.0] * 4
@@ -163,6 +164,7 @@ async def test_history_endpoint_serves_the_ranges(app_client: AppClientFactory) 
     assert body["series"]["throughput"][1:] == [2.0] * 180
     assert set(body["series"]) == {
         "t",
+        "processed",
         "throughput",
         "queueLength",
         "running",

@@ -21,11 +21,12 @@ export {
   indentOnInput,
   indentUnit,
   syntaxHighlighting,
+  HighlightStyle,
   StreamLanguage,
 } from "@codemirror/language";
 export { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
 export { search, searchKeymap, highlightSelectionMatches } from "@codemirror/search";
-export { classHighlighter } from "@lezer/highlight";
+export { tags } from "@lezer/highlight";
 
 import { python } from "@codemirror/lang-python";
 import { javascript } from "@codemirror/lang-javascript";
