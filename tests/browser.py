@@ -22,6 +22,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
+# `make screenshots` sets this to docs/screenshots: the README's pictures are taken by the tests that check the pages.
+PUBLISH = os.environ.get("CONVEYOR_SCREENSHOTS", "")
 VIEWPORT: ViewportSize = {"width": 1400, "height": 860}
 
 
@@ -56,9 +58,12 @@ class Recorder:
         return [url for url in self.urls if not url.startswith(allowed)]
 
 
-async def screenshot(page: Page, name: str) -> Path:
-    """Save a full-page PNG under tests/artifacts/ (git-ignored) for a human to look at."""
+async def screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:
+    """Save a PNG under tests/artifacts/ (git-ignored) for a human to look at, and under $CONVEYOR_SCREENSHOTS."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True)
+    await page.screenshot(path=str(path), full_page=full_page)
+    if PUBLISH:
+        Path(PUBLISH).mkdir(parents=True, exist_ok=True)
+        (Path(PUBLISH) / path.name).write_bytes(path.read_bytes())
     return path

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 from pytest_aiohttp.plugin import AiohttpServer
 
 from server.app import create_app
@@ -60,15 +60,18 @@ class Pages:
         self.browser = browser
         self.recorders: dict[Page, tuple[Recorder, str]] = {}
 
-    async def open(self, server: TestServer, path: str) -> Page:
-        context = await self.browser.new_context(viewport=VIEWPORT)
+    async def open(
+        self, server: TestServer, path: str, *, viewport: ViewportSize = VIEWPORT, wait_socket: bool = True
+    ) -> Page:
+        context = await self.browser.new_context(viewport=viewport)
         page = await context.new_page()
         recorder = Recorder()
         recorder.attach(page)
         origin = origin_of(server)
         self.recorders[page] = (recorder, origin)
         await page.goto(origin + path)
-        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        if wait_socket:
+            await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
         return page
 
     def recorder(self, page: Page) -> Recorder:
