@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: run test lint bench assets install install-test install-bench system-run system-test clean
+.PHONY: run test lint bench assets screenshots install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -24,6 +24,11 @@ bench: system-test install-bench
 # from web/package-lock.json with npm and esbuild (needs node and npm; nothing else the project does needs them).
 assets:
 	cd web && npm ci --no-audit --no-fund && npm run build
+
+# The README's pictures, taken by the browser tests that check those pages (docs/screenshots/).
+screenshots: system-test install-test
+	CONVEYOR_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_editor.py tests/test_charts.py \
+	  tests/test_docs.py -k "theme or phone or charts_are_full or docs_render"
 
 system-run:
 	@.ci/system-packages run

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, Playwright, ViewportSize, WebSocket
+from playwright.async_api import Browser, ConsoleMessage, Page, Playwright, ViewportSize, WebSocket
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Headless and quiet: no background networking, no component updates, nothing that reaches outside the test.
@@ -41,11 +41,18 @@ class Recorder:
     urls: list[str] = field(default_factory=list)
     frames: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Content-Security-Policy refusals (Chromium reports them as console errors): a page must need none.
+    csp: list[str] = field(default_factory=list)
 
     def attach(self, page: Page) -> None:
         page.on("request", lambda request: self.urls.append(request.url))
         page.on("websocket", self._on_websocket)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", self._on_console)
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.csp.append(message.text)
 
     def _on_websocket(self, ws: WebSocket) -> None:
         self.urls.append(ws.url)

@@ -11,7 +11,17 @@ from playwright.async_api import Page, expect
 
 from server.keys import EVENTS, QUEUE
 from tests.browser import screenshot
-from tests.test_pages import Pages, ServerFactory, browser, code_of, editor_ready, expect_code, pages, serve
+from tests.test_pages import (
+    Pages,
+    ServerFactory,
+    browser,
+    code_of,
+    editor_ready,
+    expect_code,
+    pages,
+    serve,
+    set_code,
+)
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser", "pages", "serve"]  # fixtures, used by name
@@ -28,9 +38,18 @@ LANGUAGES = {
 }
 
 
-async def set_code(page: Page, text: str) -> None:
-    await page.fill("#code", text)
-    await expect_code(page, text)
+SHOWCASE = """#include <stdio.h>
+
+/* Triangular numbers up to n, read from stdin. */
+int main(void) {
+    int n = 0;
+    if (scanf("%d", &n) != 1) return 1;
+    for (int i = 1; i <= n; i++) {
+        printf("%d: %d\\n", i, i * (i + 1) / 2);
+    }
+    return 0;
+}
+"""
 
 
 async def token_color(page: Page, text: str) -> str:
@@ -103,6 +122,13 @@ async def test_theme_toggle_themes_the_whole_page_and_persists(serve: ServerFact
     page = await pages.open(server, "/")
     await editor_ready(page)
     await page.emulate_media(color_scheme="dark")
+    await page.select_option("#language", "c")
+    await set_code(page, SHOWCASE)
+    await page.fill("#stdin", "5\n")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await page.locator("#code").click(position={"x": 200, "y": 12})  # the cursor on line 1: bracket and line marks
+    await screenshot(page, "editor-dark", full_page=False)
     toggle = page.locator("#theme-toggle")
     await expect(toggle).to_have_attribute("data-choice", "system")
     await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
@@ -114,7 +140,7 @@ async def test_theme_toggle_themes_the_whole_page_and_persists(serve: ServerFact
         "getComputedStyle(document.querySelector('#code-editor').shadowRoot.querySelector('.cm-editor')).backgroundColor"
     )
     assert dark_bg != light_bg and editor_bg in ("rgb(251, 252, 253)",)  # the editor follows the page
-    await screenshot(page, "editor-light")
+    await screenshot(page, "editor-light", full_page=False)
     await page.reload()
     await expect(page.locator("html")).to_have_attribute("data-theme", "light")  # remembered
     await page.locator("#theme-toggle").click()  # light -> dark
