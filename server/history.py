@@ -59,6 +59,7 @@ Sample = dict[str, float]
 class HistoryResponse(TypedDict):
     range: str
     intervalMs: int
+    now: int
     series: dict[str, list[float | None]]
 
 
@@ -197,11 +198,13 @@ class HistorySampler:
         """The columns of one range, merged into at most MAX_POINTS buckets."""
         count = math.ceil(RANGES[range_name] / self.interval_s) + 1
         samples = await self.store.latest(count)
-        horizon = self.slot_ms(self._clock()) - RANGES[range_name] * 1000
+        now = self._clock()
+        horizon = self.slot_ms(now) - RANGES[range_name] * 1000
         samples = [s for s in samples if s["t"] >= horizon]
         return {
             "range": range_name,
             "intervalMs": round(self.interval_s * 1000),
+            "now": int(now * 1000),
             "series": columns(samples, self.interval_s),
         }
 

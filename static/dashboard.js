@@ -69,7 +69,7 @@
    */
   function currentRate() {
     if (!state.stats) return 0;
-    const now = Date.now();
+    const now = Date.now() + history.skewMs;
     const { t, processed } = history.series;
     let base = -1;
     for (let i = t.length - 1; i >= 0; i -= 1) {
@@ -89,7 +89,8 @@
 
   // -- charts --------------------------------------------------------------------------------------------------
 
-  const history = { range: "15m", series: { t: [], processed: [] }, timer: null, loading: false };
+  // `skewMs`: the server's clock minus this browser's, from the last response (sample times are the server's).
+  const history = { range: "15m", series: { t: [], processed: [] }, skewMs: 0, timer: null, loading: false };
   const charts = {
     throughput: new TimeChart($("chart-throughput"), {
       series: [{ label: "jobs/s", color: "--chart-p50", fill: true }],
@@ -129,6 +130,7 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const body = await response.json();
       if (range !== history.range) return; // the user picked another range meanwhile
+      history.skewMs = typeof body.now === "number" ? body.now - Date.now() : 0;
       drawHistory(body);
       $("charts-note").textContent = "";
     } catch (err) {
@@ -141,7 +143,7 @@
   function drawHistory(body) {
     const s = body.series;
     history.series = s;
-    const to = Date.now();
+    const to = Date.now() + history.skewMs;
     const span = { from: to - RANGES[history.range], to };
     charts.throughput.setData(s.t, [s.throughput], span);
     charts.queue.setData(s.t, [s.queueLength, s.running], span);

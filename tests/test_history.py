@@ -159,7 +159,7 @@ async def test_history_endpoint_serves_the_ranges(app_client: AppClientFactory) 
     resp = await client.get("/queue/history", params={"range": "15m"})
     assert resp.status == 200
     body = await resp.json()
-    assert (body["range"], body["intervalMs"]) == ("15m", 5000)
+    assert (body["range"], body["intervalMs"], body["now"]) == ("15m", 5000, int(clock.now * 1000))
     assert len(body["series"]["t"]) == 181  # every 5 s over the last 15 minutes, both ends included
     assert body["series"]["throughput"][1:] == [2.0] * 180
     assert set(body["series"]) == {
