@@ -23,6 +23,7 @@ bench: system-test install-bench
 # The pages' vendor bundles (CodeMirror, uPlot, Swagger UI) are committed in static/vendor/; this rebuilds them
 # from web/package-lock.json with npm and esbuild (needs node and npm; nothing else the project does needs them).
 assets:
+	@command -v npm >/dev/null || { echo "conveyor: make assets needs node and npm (apt-get install -y nodejs npm)" >&2; exit 1; }
 	cd web && npm ci --no-audit --no-fund && npm run build
 
 # The README's pictures, taken by the browser tests that check those pages (docs/screenshots/).
