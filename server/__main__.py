@@ -1,4 +1,4 @@
-"""`python -m server` starts Conveyor; `python -m server hash-key` prints the digest of an API key."""
+"""`python -m server` starts Conveyor; `--help` lists its settings; `hash-key` prints the digest of an API key."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import textwrap
 
 from .app import create_app
 from .edge import listen, make_runner, raise_nofile_limit
@@ -40,13 +41,35 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
+USAGE = "usage: python -m server [--help] [hash-key [KEY]]"
+
+
+def help_text() -> str:
+    """The usage line, how to stop, and every setting with its default and meaning (from `Settings`)."""
+    lines = [
+        USAGE,
+        "",
+        "Starts Conveyor on HOST:PORT. Ctrl-C or SIGTERM stops it gracefully: new jobs are refused, running ones",
+        "get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason shutdown). `hash-key` makes an API key.",
+        "",
+        "Settings, from the environment or a .env file in the working directory (the environment wins):",
+    ]
+    for name, default, doc in Settings.describe():
+        lines.append(f"  {name}={default}")
+        lines.extend(textwrap.wrap(doc.replace("`", ""), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(help_text())
+        return 0
     if argv[:1] == ["hash-key"]:
         from .apikeys import hash_key_main
 
         return hash_key_main(argv[1:])
     if argv:
-        print(f"usage: python -m server [hash-key [KEY]] (unknown argument {argv[0]!r})", file=sys.stderr)
+        print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
         return 2
     try:
         settings = Settings.from_env()

@@ -11,8 +11,10 @@ from aiohttp import web
 from .api import setup_routes
 from .apikeys import ApiKeys, client_for_key
 from .events import EventEmitter
+from .history import setup_history
 from .hub import Hub, open_socket
 from .identity import Client
+from .joblog import log_finished_jobs
 from .jobs import Runner
 from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .lockout import AuthLockout
@@ -20,6 +22,7 @@ from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
 from .queue import QueueBackend, create_queue
+from .quota import setup_quota
 from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
 
@@ -65,6 +68,7 @@ def create_app(
     app[SETTINGS] = settings
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
+    log_finished_jobs(app[EVENTS])
 
     async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
         if runner is not None:
@@ -126,5 +130,7 @@ def create_app(
     setup_routes(app)
     setup_pages(app)
     setup_metrics(app)
+    setup_history(app)
+    setup_quota(app, limiter)
     app.router.add_get("/ws", open_socket)
     return app

@@ -13,6 +13,7 @@ from .queue import QueueBackend
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .history import HistorySampler
     from .hub import Hub
     from .metrics import Metrics
 
@@ -24,7 +25,8 @@ RUNNER = web.AppKey("runner", Runner)
 # Typed by annotation: the hub module imports this one.
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+HISTORY: web.AppKey[HistorySampler] = web.AppKey("history")
 
 CLIENT = web.RequestKey("client", Client)
 
-__all__ = ["CLIENT", "EVENTS", "HUB", "METRICS", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]
+__all__ = ["CLIENT", "EVENTS", "HISTORY", "HUB", "METRICS", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]

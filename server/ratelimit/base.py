@@ -34,6 +34,9 @@ class LimiterStore(Protocol):
     async def refund(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
         """Give one token back (a request refused for a reason that must not cost quota); `allowed` is True."""
 
+    async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
+        """What `take` would answer now, changing nothing (`allowed`: whether a token is there)."""
+
     async def sweep(self, now: float) -> int:
         """Forget buckets that are full again; return how many. A store with key expiry may return 0."""
 

@@ -90,6 +90,13 @@ class RateLimiter:
         taken = await self.store.refund(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
         return Decision(policy, now, *taken)
 
+    async def peek(self, client: Client, bucket: Bucket) -> Decision:
+        """The client's bucket as the next `hit` would find it, without drawing a token (for GET /ratelimit)."""
+        policy = self.policy(client, bucket)
+        now = self._clock()
+        taken = await self.store.peek(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
+        return Decision(policy, now, *taken)
+
     async def sweep(self) -> int:
         """Forget full buckets now (the periodic task does this every `sweep_interval_s`)."""
         return await self.store.sweep(self._clock())
