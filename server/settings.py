@@ -140,9 +140,18 @@ class Settings:
         "COMPILE_TIMEOUT_MS", _int_range(100, 600_000), 10_000, "wall time of a compile stage"
     )
     memory_limit_mb: int = _env(
-        "MEMORY_LIMIT_MB", _int_range(16, 65_536), 256, "memory of one job (cgroup memory controller, else RLIMIT_AS)"
+        "MEMORY_LIMIT_MB",
+        _int_range(16, 65_536),
+        256,
+        "memory of one job (cgroup memory controller; see `ALLOW_PER_PROCESS_LIMITS`)",
     )
-    cpu_time_limit_s: int = _env("CPU_TIME_LIMIT_S", _int_range(1, 3600), 10, "CPU seconds of one job (RLIMIT_CPU)")
+    cpu_time_limit_s: int = _env(
+        "CPU_TIME_LIMIT_S",
+        _int_range(1, 3600),
+        10,
+        "CPU seconds of one job's whole process tree (cgroup CPU accounting, reason `cpu_limit`), and of each "
+        "process (RLIMIT_CPU)",
+    )
     max_processes: int = _env(
         "MAX_PROCESSES", _int_range(1, 100_000), 64, "processes and threads of one job (cgroup pids, else RLIMIT_NPROC)"
     )
@@ -222,7 +231,8 @@ class Settings:
         "STATS_INTERVAL_MS",
         _int_range(50),
         500,
-        "queue-topic `stats` snapshots at most this often while anything changes",
+        "queue-topic `stats` at most this often while anything changes; the shared snapshot is rebuilt at most "
+        "this often",
     )
     ws_messages_per_second: int = _env(
         "WS_MESSAGES_PER_SECOND", _int_range(1), 20, "messages a WebSocket connection may send per second…"
