@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 NPM_STAMP := tests/npm/node_modules/.stamp
 
-.PHONY: run test lint bench install install-test install-bench system-run system-test clean
+.PHONY: run test lint bench assets screenshots install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -20,6 +20,17 @@ lint: install-test
 
 bench: system-test install-bench
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The pages' vendor bundles (CodeMirror, uPlot, Swagger UI) are committed in static/vendor/; this rebuilds them
+# from web/package-lock.json with npm and esbuild (needs node and npm; nothing else the project does needs them).
+assets:
+	@command -v npm >/dev/null || { echo "conveyor: make assets needs node and npm (apt-get install -y nodejs npm)" >&2; exit 1; }
+	cd web && npm ci --no-audit --no-fund && npm run build
+
+# The README's pictures, taken by the browser tests that check those pages (docs/screenshots/).
+screenshots: system-test install-test
+	CONVEYOR_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_editor.py tests/test_charts.py \
+	  tests/test_docs.py -k "theme or phone or charts_are_full or docs_render"
 
 system-run:
 	@.ci/system-packages run

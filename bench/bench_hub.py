@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -48,6 +49,7 @@ STREAM_CODE = f"import sys\nsys.stdout.write('x' * {STREAM_BYTES - 1} + '\\n')\n
 STREAM_REPS = 5
 TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled"})
 REPO = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "cvy_bench-hub-admin"
 SERVER_COMMAND = [sys.executable, "-m", "server"]
 SERVER_ENV = {
     "HOST": "127.0.0.1",
@@ -55,6 +57,7 @@ SERVER_ENV = {
     "RATE_LIMIT_REQUESTS": "1000000",
     "RATE_LIMIT_READ_REQUESTS": "1000000",
     "WS_MAX_CONNECTIONS_PER_IP": "2000",
+    "HTTP_MAX_CONNECTIONS_PER_IP": "100000",
     "MAX_CONCURRENT_JOBS": "2",
     "MAX_QUEUE_SIZE": "100000",
     "STATS_INTERVAL_MS": "500",
@@ -96,7 +99,12 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def running_server(clients: int) -> Iterator[Server]:
     port = _free_port()
-    env = {**os.environ, **SERVER_ENV, "PORT": str(port), "WS_MAX_CONNECTIONS_PER_IP": str(max(2000, clients + 10))}
+    cap = str(max(2000, clients + 10))
+    # Subscribers see display handles, not ids; one admin subscriber (this key) tells which handle is which job.
+    keys = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    keys.write(f'[[keys]]\nname = "bench"\nsha256 = "{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}"\nadmin = true\n')
+    keys.close()
+    env = {**os.environ, **SERVER_ENV, "PORT": str(port), "WS_MAX_CONNECTIONS_PER_IP": cap, "API_KEYS_FILE": keys.name}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(SERVER_COMMAND, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -109,6 +117,7 @@ def running_server(clients: int) -> Iterator[Server]:
             proc.kill()
             proc.wait()
         log.close()
+        os.unlink(keys.name)
 
 
 async def wait_ready(server: Server, timeout: float = 30.0) -> None:
@@ -151,12 +160,13 @@ PONG = _client_frame(b"", 0xA)
 class Sink(asyncio.Protocol):
     """A subscriber that does the least per received chunk: timestamp it and keep it; frames are parsed later."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, admin: bool = False) -> None:
         loop = asyncio.get_running_loop()
         key = base64.b64encode(os.urandom(16)).decode()
+        authorization = f"Authorization: Bearer {ADMIN_KEY}\r\n" if admin else ""
         self.request = (
             f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{authorization}\r\n"
         ).encode()
         self.transport: asyncio.Transport | None = None
         self.upgraded: asyncio.Future[None] = loop.create_future()
@@ -272,7 +282,7 @@ async def connect_sinks(port: int, n: int) -> list[Sink]:
     loop = asyncio.get_running_loop()
     sinks: list[Sink] = []
     for first in range(0, n, CONNECT_BATCH):
-        batch = [Sink(port) for _ in range(first, min(n, first + CONNECT_BATCH))]
+        batch = [Sink(port, admin=i == 0) for i in range(first, min(n, first + CONNECT_BATCH))]
         await asyncio.gather(*(loop.create_connection(_factory(s), "127.0.0.1", port) for s in batch))
         await asyncio.wait_for(asyncio.gather(*(s.upgraded for s in batch)), 30)
         sinks += batch
@@ -306,6 +316,7 @@ def analyse(sinks: list[Sink], subs: Submissions, start: float) -> dict[str, Any
     types: Counter[str] = Counter()
     closes: Counter[int] = Counter()
     close_times: list[float] = []
+    ids: dict[str, str] = {}  # display handle -> job id, from the admin subscriber (sinks[0], analysed first)
     for sink in sinks:
         for t, opcode, payload in frames(sink.chunks):
             if opcode == 0x8:
@@ -319,7 +330,9 @@ def analyse(sinks: list[Sink], subs: Submissions, start: float) -> dict[str, Any
             if kind != "queued":
                 continue
             event = orjson.loads(payload)
-            times = subs.sent.get(event["jobId"])
+            if "jobId" in event:
+                ids[event["handle"]] = event["jobId"]
+            times = subs.sent.get(event.get("jobId") or ids.get(event["handle"], ""))
             if times is not None:
                 latency = t + wall - event["createdAt"] / 1000.0
                 from_created.append(latency)

@@ -1,4 +1,4 @@
-"""`python -m server` starts Conveyor; `python -m server hash-key` prints the digest of an API key."""
+"""`python -m server` starts Conveyor; `--help` lists its settings; `hash-key` prints the digest of an API key."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import asyncio
 import logging
 import signal
 import sys
-
-from aiohttp import web
+import textwrap
 
 from .app import create_app
+from .edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
 from .keys import HUB, QUEUE
 from .settings import Settings
@@ -21,31 +21,55 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully: refuse new jobs (503), give running ones the grace
     period, cancel what is left with reason `shutdown`, close sockets, exit."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = make_runner(app, settings)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
+        server = await listen(runner, settings)
         logger.info("Conveyor listening on http://%s:%d", settings.host, settings.port)
         await stop.wait()
         logger.info("shutting down: refusing new jobs, %d ms grace for running ones", settings.shutdown_grace_ms)
         await app[QUEUE].close(settings.shutdown_grace_ms / 1000.0)
         await app[HUB].close()
     finally:
+        if server is not None:
+            server.close()
         await runner.cleanup()
 
 
+USAGE = "usage: python -m server [--help] [hash-key [KEY]]"
+
+
+def help_text() -> str:
+    """The usage line, how to stop, and every setting with its default and meaning (from `Settings`)."""
+    lines = [
+        USAGE,
+        "",
+        "Starts Conveyor on HOST:PORT. Ctrl-C or SIGTERM stops it gracefully: new jobs are refused, running ones",
+        "get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason shutdown). `hash-key` makes an API key.",
+        "",
+        "Settings, from the environment or a .env file in the working directory (the environment wins):",
+    ]
+    for name, default, doc in Settings.describe():
+        lines.append(f"  {name}={default}")
+        lines.extend(textwrap.wrap(doc.replace("`", ""), width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(help_text())
+        return 0
     if argv[:1] == ["hash-key"]:
         from .apikeys import hash_key_main
 
         return hash_key_main(argv[1:])
     if argv:
-        print(f"usage: python -m server [hash-key [KEY]] (unknown argument {argv[0]!r})", file=sys.stderr)
+        print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
         return 2
     try:
         settings = Settings.from_env()
@@ -55,6 +79,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    soft, _ = raise_nofile_limit()
+    logger.info("open files: up to %d, %d of them kept for jobs", soft, settings.fd_reserve)
     try:
         asyncio.run(serve(settings))
     except (SandboxUnavailable, SettingsError) as exc:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .errors import BadRequest, NotFound, QueueFull, UnsupportedMediaType
+from .access import drivable_job, readable_job
+from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
 from .identity import Client, anonymous, check_priority, peer_ip
-from .keys import CLIENT, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .keys import CLIENT, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .payloads import parse_run
+from .submissions import submit
 
 OPENAPI_PATH = __file__.rsplit("/", 1)[0] + "/openapi.json"
 
@@ -29,7 +32,13 @@ def client_of(request: web.Request) -> Client:
 async def read_json(request: web.Request) -> Any:
     if request.content_type not in ("application/json", "application/octet-stream", ""):
         raise UnsupportedMediaType(f"Send JSON with Content-Type: application/json, not {request.content_type}.")
-    body = await request.read()
+    try:
+        # aiohttp waits for a body as long as the client likes; a client trickling (or never sending) the bytes it
+        # announced would hold the connection and its handler forever.
+        async with asyncio.timeout(request.app[SETTINGS].http_body_timeout_ms / 1000.0):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout("The request body did not arrive in time.") from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -44,12 +53,7 @@ async def submit_run(request: web.Request) -> web.Response:
     run = parse_run(await read_json(request), settings, request.app[RUNNER])
     client = client_of(request)
     check_priority(client, run.priority)
-    try:
-        job = await queue.submit(run.to_job(client.key))
-    except QueueFull:
-        if HUB in request.app:
-            request.app[HUB].mark_stats_dirty()
-        raise
+    job = await submit(request.app, run.to_job(client.job_owner))
     if wait in ("false", "0"):
         position = await queue.position(job)
         return json_response(
@@ -67,16 +71,26 @@ async def get_queue_status(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
-    job = await queue.get(request.match_info["job_id"])
-    if job is None:
-        raise NotFound(f"No job with id {request.match_info['job_id']!r}.")
+    job = await readable_job(queue, client_of(request), request.match_info["job_id"])
     job.position = await queue.position(job)
     return json_response(job.to_dict())
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    job = await request.app[QUEUE].cancel(request.match_info["job_id"])
+    queue = request.app[QUEUE]
+    job = await readable_job(queue, client_of(request), request.match_info["job_id"])
+    job = await queue.cancel(job.id)
     return json_response({"id": job.id, "status": job.status.value})
+
+
+async def stop_job(request: web.Request) -> web.Response:
+    """Stop a queued or running job (its owner, by key or owner token, or an admin); answers with its final state."""
+    queue = request.app[QUEUE]
+    job = await drivable_job(queue, client_of(request), request.match_info["job_id"])
+    job = await queue.stop(job.id, "stopped")
+    return json_response(
+        {"id": job.id, "status": job.status.value, "reason": job.result.reason if job.result else None}
+    )
 
 
 async def get_health(request: web.Request) -> web.Response:
@@ -104,6 +118,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/queue/status", get_queue_status)
     app.router.add_get("/queue/job/{job_id}", get_job)
     app.router.add_delete("/queue/job/{job_id}", cancel_job)
+    app.router.add_post("/queue/job/{job_id}/stop", stop_job)
     app.router.add_get("/health", get_health)
     app.router.add_get("/runtimes", get_runtimes)
     app.router.add_get("/openapi.json", get_openapi)

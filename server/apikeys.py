@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from .errors import SettingsError, Unauthorized
-from .identity import Client, anonymous, client_ip, parse_networks
+from .identity import Client, anonymous, client_ip, owner_token, parse_networks
 from .settings import Settings
 
 # RFC 6750 b64token: what may follow "Bearer ". Anything else is a malformed header, not an unknown key.
@@ -48,6 +48,7 @@ class ApiKeyEntry:
             admin=self.admin,
             rate_limit_requests=self.rate_limit_requests,
             rate_limit_burst=self.rate_limit_burst,
+            owner=f"key:{self.name}",
         )
 
 
@@ -174,14 +175,15 @@ def client_for_key(raw_key: str | None, ip: str, keys: ApiKeys) -> Client:
 
 
 def authenticate(request: web.BaseRequest, keys: ApiKeys, settings: Settings) -> Client:
-    """Identify the caller: `Authorization: Bearer <key>` or anonymous by address. Unauthorized when bad."""
+    """Identify the caller: `Authorization: Bearer <key>`, or anonymous by address with its owner token if it sent
+    one. Unauthorized when the key is bad."""
     ip = client_ip(request, parse_networks(settings.trusted_proxies))
     values = request.headers.getall(hdrs.AUTHORIZATION, [])
     if not values and JUDGE0_AUTH_HEADER in request.headers and request.path.startswith("/judge0/"):
         # Judge0's clients send their key as X-Auth-Token (docs/compat.md); it names the same API keys.
         return client_for_key(request.headers[JUDGE0_AUTH_HEADER].strip(), ip, keys)
     if not values:
-        return anonymous(ip)
+        return anonymous(ip).with_owner_token(owner_token(request))
     if len(values) > 1:
         raise _unauthorized("Send one Authorization header.", "invalid_request")
     scheme, _, token = values[0].strip().partition(" ")

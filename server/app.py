@@ -10,24 +10,27 @@ from aiohttp import web
 
 from .api import setup_routes
 from .apikeys import ApiKeys, client_for_key
+from .batches import setup_batches
 from .events import EventEmitter
+from .history import setup_history
 from .hub import Hub, open_socket
 from .identity import Client
+from .joblog import log_finished_jobs
 from .jobs import Runner
 from .judge0 import setup_judge0
 from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .lockout import AuthLockout
 from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
 from .piston import setup_piston
 from .queue import QueueBackend, create_queue
+from .quota import setup_quota
 from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
+from .submissions import setup_callbacks, submit
 
 logger = logging.getLogger(__name__)
-
-# JSON envelope overhead on top of code and stdin (field names, escapes).
-BODY_SLACK_BYTES = 64 * 1024
 
 
 def create_app(
@@ -38,11 +41,10 @@ def create_app(
 ) -> web.Application:
     """Build the app. `runner` defaults to the bubblewrap sandbox, created (and checked) at start-up."""
     settings = settings or Settings()
-    # JSON escapes can double a string's size (\u sequences are 6 bytes per char at worst, but that is abuse):
-    # allow 2x so a legitimate max-size program is rejected by our 413 naming the field, not by aiohttp.
-    max_body = 2 * (settings.max_code_bytes + settings.max_stdin_bytes) + BODY_SLACK_BYTES
+    max_body = settings.max_body_bytes
     keys = ApiKeys.load(settings.api_keys_file)
     limiter = RateLimiter(settings)
+    lockout = AuthLockout(limiter, settings)
 
     def count_denial() -> None:
         if QUEUE in app:
@@ -57,12 +59,16 @@ def create_app(
             raise_if_denied(decision, "submit")
 
     # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
-    middlewares = [error_middleware, ratelimit_middleware(limiter, keys, settings, on_denied=count_denial)]
+    middlewares = [
+        error_middleware,
+        ratelimit_middleware(limiter, keys, settings, on_denied=count_denial, lockout=lockout),
+    ]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings
     app[LIMITER] = limiter
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
+    log_finished_jobs(app[EVENTS])
 
     async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
         if runner is not None:
@@ -94,6 +100,8 @@ def create_app(
             runner=app[RUNNER],
             check_submit=check_submit,
             authenticate_key=lambda key, ip: client_for_key(key, ip, keys),
+            lockout=lockout,
+            submit=lambda job: submit(app, job),
         )
         app[HUB] = hub
         await hub.start()
@@ -123,7 +131,11 @@ def create_app(
     setup_routes(app)
     setup_pages(app)
     setup_metrics(app)
+    setup_history(app)
+    setup_quota(app, limiter)
     app.router.add_get("/ws", open_socket)
+    setup_batches(app)
+    setup_callbacks(app)
     setup_piston(app)
     setup_judge0(app)
     return app

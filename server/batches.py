@@ -6,12 +6,14 @@ from typing import Any
 
 from aiohttp import web
 
+from .access import may_read, not_found
 from .api import client_of, json_response, read_json
-from .errors import BadRequest, ConveyorError, QueueFull
+from .errors import BadRequest, ConveyorError
 from .identity import check_priority
-from .keys import HUB, LIMITER, QUEUE, RUNNER, SETTINGS
+from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .payloads import parse_run
 from .ratelimit import raise_if_denied
+from .submissions import submit
 
 
 async def submit_runs(request: web.Request) -> web.Response:
@@ -20,7 +22,7 @@ async def submit_runs(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
     # A batch may be as large as its items together; every other route keeps the app's smaller body limit.
-    batch = request.clone(client_max_size=settings.max_batch_size * request.app._client_max_size)
+    batch = request.clone(client_max_size=settings.max_batch_size * settings.max_body_bytes)
     body = await read_json(batch)
     items = body.get("submissions") if isinstance(body, dict) else None
     if not isinstance(items, list):
@@ -39,11 +41,7 @@ async def submit_runs(request: web.Request) -> web.Response:
             check_priority(client, run.priority)
             decision = await app[LIMITER].hit(client, "submit")
             raise_if_denied(decision, "submit")
-            job = await app[QUEUE].submit(run.to_job(client.key))
-        except QueueFull as exc:
-            if HUB in app:
-                app[HUB].mark_stats_dirty()
-            answers.append({"index": index, "status": exc.status, **exc.body()})
+            job = await submit(app, run.to_job(client.job_owner))
         except ConveyorError as exc:
             answers.append({"index": index, "status": exc.status, **exc.body()})
         else:
@@ -62,8 +60,9 @@ async def get_runs(request: web.Request) -> web.Response:
     jobs: list[dict[str, Any]] = []
     for job_id in ids:
         job = await queue.get(job_id)
-        if job is None or not client.may_read(job):
-            jobs.append({"id": job_id, "error": "Not found", "message": f"No job with id {job_id!r}."})
+        if job is None or not may_read(client, job):
+            error = not_found(job_id)
+            jobs.append({"id": job_id, **error.body()})
             continue
         job.position = await queue.position(job)
         jobs.append(job.to_dict())

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from aiohttp import web
-
-from .errors import QueueFull
-from .jobs import ExecutionResult, Job
-from .keys import HUB, QUEUE
-
-
-async def submit(app: web.Application, job: Job) -> Job:
-    """Queue a compat job like a native one (the rate limiter has already counted it)."""
-    try:
-        return await app[QUEUE].submit(job)
-    except QueueFull:
-        if HUB in app:
-            app[HUB].mark_stats_dirty()
-        raise
+from .jobs import ExecutionResult
 
 
 def accounting(result: ExecutionResult, name: str) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
@@ -11,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .errors import BadRequest, ConveyorError, Forbidden, NotFound, QueueFull
-from .identity import Client, check_priority
+from .access import drivable_job, is_owner, readable_job
+from .errors import BadRequest, ConveyorError, TooManyRequests, Unauthorized
+from .identity import OWNER_TOKEN, Client, check_priority, new_owner_token
 from .jobs import Job
 from .payloads import parse_run
 
@@ -24,6 +26,11 @@ logger = logging.getLogger(__name__)
 # A stalled client whose close handshake does not finish in this time has its transport aborted.
 CLOSE_TIMEOUT_S = 1.0
 TRY_AGAIN_LATER = 1013
+POLICY_VIOLATION = 1008
+# Jobs a connection submitted and may drive as their submitter; the oldest are forgotten past this.
+MAX_SUBMITTED = 1024
+# Jobs one connection may watch at once.
+MAX_WATCHED = 256
 # Messages for one socket that arrive within this window go out in one write (live output stays well under 20 ms).
 WRITE_COALESCE_S = 0.004
 HIGH_WATER = 256 * 1024
@@ -51,6 +58,14 @@ class Connection:
         self.client = client
         self.jobs: set[str] = set()
         self.interactive: set[str] = set()
+        # Insertion-ordered set: the jobs submitted on this socket (driving an anonymous job needs its token or
+        # the socket that submitted it).
+        self.submitted: dict[str, None] = {}
+        self.in_topic = False
+        # The message budget: a token bucket refilled at ws_messages_per_second, holding ws_message_burst.
+        self._tokens = float(hub.settings.ws_message_burst)
+        self._budget_at = time.monotonic()
+        self._dropped = 0
         self._outbox: deque[bytes] = deque()
         self._outbox_size = size
         self._pending = asyncio.Event()
@@ -149,8 +164,42 @@ class Connection:
 
     # -- reading ---------------------------------------------------------------------------------------------
 
+    def _within_budget(self) -> bool:
+        """Take one message from the budget. Past it: one clear error, then drops; a client that keeps sending
+        a whole burst more after being told is closed (1008)."""
+        settings = self.hub.settings
+        now = time.monotonic()
+        self._tokens = min(
+            float(settings.ws_message_burst), self._tokens + (now - self._budget_at) * settings.ws_messages_per_second
+        )
+        self._budget_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._dropped = 0
+            return True
+        self._dropped += 1
+        if self._dropped == 1:
+            retry = max(1, int((1.0 - self._tokens) / settings.ws_messages_per_second + 0.999))
+            self.send_error(
+                TooManyRequests(
+                    f"Too many messages: at most {settings.ws_messages_per_second} per second (bursts of "
+                    f"{settings.ws_message_burst}). Messages are dropped until then; keep sending and the "
+                    "connection is closed.",
+                    retryAfter=retry,
+                )
+            )
+        elif self._dropped > settings.ws_message_burst:
+            logger.warning("closing WebSocket %d (%s): message budget exceeded", self.id, self.client.ip)
+            self._close_request = (POLICY_VIOLATION, "message budget exceeded")
+            return False
+        return False
+
     async def read_loop(self) -> None:
         async for msg in self.ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self._within_budget():
+                if self._close_request is not None:
+                    break
+                continue
             if msg.type == WSMsgType.TEXT:
                 await self._handle_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -188,11 +237,34 @@ class Connection:
     # -- message handlers ------------------------------------------------------------------------------------
 
     async def on_auth(self, message: dict[str, Any]) -> None:
-        key = _str_field(message, "key")
-        if self.hub.authenticate_key is None:
-            raise BadRequest("This server has no API keys configured.")
-        self.client = self.hub.authenticate_key(key, self.client.ip)
+        """`key`: become that API-key user. `ownerToken`: own what that token owns (a reconnecting client takes
+        back its jobs). Either or both."""
+        if "key" not in message and "ownerToken" not in message:
+            raise BadRequest("auth needs a key, an ownerToken, or both.", field="key")
+        client = self.client
+        if "key" in message:
+            client = await self._authenticate(_str_field(message, "key"))
+        if "ownerToken" in message:
+            token = _str_field(message, "ownerToken")
+            if not OWNER_TOKEN.fullmatch(token):
+                raise BadRequest(
+                    "ownerToken must be 32 to 128 characters of letters, digits, - and _.", field="ownerToken"
+                )
+            client = client.with_owner_token(token)
+        await self.hub.reidentify(self, client)
         self.send_json({"type": "auth", "user": self.client.user, "admin": self.client.admin})
+
+    async def _authenticate(self, key: str) -> Client:
+        hub = self.hub
+        if hub.authenticate_key is None:
+            raise BadRequest("This server has no API keys configured.")
+        if hub.lockout is not None:
+            hub.lockout.check(self.client.ip)
+        try:
+            return hub.authenticate_key(key, self.client.ip)
+        except Unauthorized as exc:
+            refusal = await hub.lockout.failed(self.client.ip) if hub.lockout is not None else None
+            raise refusal or exc from None
 
     async def on_run(self, message: dict[str, Any]) -> None:
         hub = self.hub
@@ -200,11 +272,10 @@ class Connection:
         check_priority(self.client, run.priority)
         if hub.check_submit is not None:
             await hub.check_submit(self.client)
-        try:
-            job = await hub.queue.submit(run.to_job(self.client.key))
-        except QueueFull:
-            hub.mark_stats_dirty()
-            raise
+        job = await hub.submit(run.to_job(self.client.job_owner))
+        self.submitted[job.id] = None
+        if len(self.submitted) > MAX_SUBMITTED:
+            del self.submitted[next(iter(self.submitted))]
         if job.interactive:
             self.interactive.add(job.id)
         position = await hub.queue.position(job)
@@ -217,16 +288,16 @@ class Connection:
         hub.track_position(job.id, position)
 
     async def on_stdin(self, message: dict[str, Any]) -> None:
-        job = await self._owned_job(message)
+        job = await self._drivable_job(message)
         data = _str_field(message, "data")
         await self.hub.queue.write_stdin(job.id, data.encode())
 
     async def on_eof(self, message: dict[str, Any]) -> None:
-        job = await self._owned_job(message)
+        job = await self._drivable_job(message)
         await self.hub.queue.write_stdin(job.id, None)
 
     async def on_stop(self, message: dict[str, Any]) -> None:
-        job = await self._owned_job(message)
+        job = await self._drivable_job(message)
         # Our watchers get the terminal `cancelled` event; nothing else to send.
         await self.hub.queue.stop(job.id, "stopped")
 
@@ -240,11 +311,11 @@ class Connection:
         since = message.get("since", 0)
         if not isinstance(since, int) or isinstance(since, bool) or since < 0:
             raise BadRequest("since must be a non-negative integer (the last seq you saw).", field="since")
-        job = await self.hub.queue.get(job_id)
-        if job is None:
-            raise NotFound(f"No job with id {job_id!r}.")
+        job = await readable_job(self.hub.queue, self.client, job_id)
+        if len(self.jobs) >= MAX_WATCHED and job_id not in self.jobs:
+            raise BadRequest(f"A connection watches at most {MAX_WATCHED} jobs; unsubscribe from some first.")
         self.hub.watch(self, job_id, since=since, job=job)
-        if job.owner == self.client.key:
+        if is_owner(self.client, job) or job_id in self.submitted:
             self.hub.adopt(self, job)
         self.hub.track_position(job_id, await self.hub.queue.position(job))
         self.send_json({"type": "subscribed", "jobId": job_id, "status": job.status.value})
@@ -259,14 +330,9 @@ class Connection:
     async def on_ping(self, message: dict[str, Any]) -> None:
         self.send_json({"type": "pong"})
 
-    async def _owned_job(self, message: dict[str, Any]) -> Job:
+    async def _drivable_job(self, message: dict[str, Any]) -> Job:
         job_id = _str_field(message, "jobId")
-        job = await self.hub.queue.get(job_id)
-        if job is None:
-            raise NotFound(f"No job with id {job_id!r}.")
-        if job.owner != self.client.key and not self.client.admin:
-            raise Forbidden("Only the client that submitted this job (or an admin) may control it.")
-        return job
+        return await drivable_job(self.hub.queue, self.client, job_id, submitted_here=job_id in self.submitted)
 
 
 def _str_field(message: dict[str, Any], name: str) -> str:
@@ -296,9 +362,18 @@ async def handle_ws(request: web.Request, hub: Hub, client: Client) -> web.WebSo
         compress=False,  # messages are encoded once for all sockets; per-socket deflate would undo that
     )
     await ws.prepare(request)
+    hello: dict[str, Any] = {"type": "hello", "connectionId": 0, "user": client.user, "admin": client.admin}
+    if client.owner is None:
+        # No cookie, no header: an owner token for this client, so that it can take its jobs back on another
+        # connection (`auth` with `ownerToken`) and stop them over REST (X-Owner-Token). Never sent to a browser
+        # that has the HttpOnly cookie: page scripts never see that one.
+        token = new_owner_token()
+        client = client.with_owner_token(token)
+        hello["ownerToken"] = token
     conn = hub.register(ws, request, client)
+    hello["connectionId"] = conn.id
     try:
-        conn.send_json({"type": "hello", "connectionId": conn.id, "user": client.user, "admin": client.admin})
+        conn.send_json(hello)
         await conn.serve()
     finally:
         await hub.unregister(conn)

@@ -54,6 +54,13 @@ class MethodNotAllowed(ConveyorError):
     error = "Method not allowed"
 
 
+class RequestTimeout(ConveyorError):
+    """The request did not arrive in time; the connection is closed after the answer."""
+
+    status = 408
+    error = "Request timeout"
+
+
 class Conflict(ConveyorError):
     status = 409
     error = "Conflict"

@@ -13,23 +13,26 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, web
 
+from .access import Handles, may_read
 from .connection import Connection, handle_ws
 from .errors import Forbidden, TooManyRequests
 from .events import Event
 from .identity import Client, anonymous, peer_ip
-from .jobs import FINISHED_STATUSES, Job, Runner
+from .jobs import TERMINAL_TYPES, Job, Runner
 from .keys import CLIENT, HUB
+from .lockout import AuthLockout
 from .queue import QueueBackend
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
 # Finished jobs whose event logs stay in memory for replay; older ones are rebuilt from the job record.
 FINISHED_LOGS = 64
 RECENT_JOBS = 200
 # How long an interactive job outlives its submitter's socket, waiting for the same client to reconnect.
 ORPHAN_GRACE_S = 10.0
+# Topic messages kept after a snapshot was built, sent after it to later subscribers; past this it is rebuilt.
+SNAPSHOT_TAIL = 256
 
 SubmitCheck = Callable[[Client], Awaitable[None]]
 KeyAuth = Callable[[str, str], Client]
@@ -50,12 +53,20 @@ class Hub:
         runner: Runner,
         check_submit: SubmitCheck | None = None,
         authenticate_key: KeyAuth | None = None,
+        lockout: AuthLockout | None = None,
+        submit: Callable[[Job], Awaitable[Job]] | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
         self.runner = runner
         self.check_submit = check_submit
         self.authenticate_key = authenticate_key
+        self.lockout = lockout
+        # How a `run` message is queued: the app's one submission path (callbacks followed), else the queue's own.
+        self.submit = submit or queue.submit
+        self.handles = Handles()
+        self.snapshot_builds = 0
+        self._snapshot: _Snapshot | None = None
         self.connections: set[Connection] = set()
         self._ids = itertools.count(1)
         self._per_ip: dict[str, int] = {}
@@ -138,6 +149,8 @@ class Hub:
 
     def mark_stats_dirty(self) -> None:
         """Something the stats show changed outside the event stream (a 503 or 429): push a snapshot soon."""
+        if self._snapshot is not None:
+            self._snapshot.changed = True
         self._stats_dirty.set()
 
     # -- subscriptions ---------------------------------------------------------------------------------------
@@ -166,14 +179,87 @@ class Hub:
                 self._positions.pop(job_id, None)
 
     async def subscribe_topic(self, conn: Connection) -> None:
+        """Send the snapshot for the connection's audience (admins: ids; everyone else: display handles), then the
+        topic messages since it was built, then live ones. One shared snapshot serves every subscriber."""
+        snapshot = await self._current_snapshot()
+        # No await from here on: nothing can slip between the snapshot's tail and the live stream.
+        admin = conn.client.admin
+        conn.send(snapshot.admin if admin else snapshot.viewer)
+        for data in snapshot.admin_tail if admin else snapshot.viewer_tail:
+            conn.send(data)
+        conn.in_topic = True
         self._topic.add(conn)
-        jobs = await self.queue.recent(RECENT_JOBS)
-        conn.send(
-            orjson.dumps({"type": "snapshot", "jobs": [j.summary() for j in jobs], "stats": await self.queue.stats()})
-        )
 
     def unsubscribe_topic(self, conn: Connection) -> None:
+        conn.in_topic = False
         self._topic.discard(conn)
+
+    async def reidentify(self, conn: Connection, client: Client) -> None:
+        """The connection authenticated as someone else: drop what it may no longer watch, and give it the queue
+        topic as its new audience sees it (an admin gets ids, a viewer handles)."""
+        before, conn.client = conn.client, client
+        # Only a key user or an admin can have been watching a job that others may not read.
+        if (before.user is not None or before.admin) and (before.owner, before.admin) != (client.owner, client.admin):
+            for job_id in list(conn.jobs):
+                job = await self.queue.get(job_id)
+                if job is not None and not may_read(client, job):
+                    self.unwatch(conn, job_id)
+        if conn.in_topic and before.admin != client.admin:
+            self.unsubscribe_topic(conn)
+            await self.subscribe_topic(conn)
+
+    async def _current_snapshot(self) -> _Snapshot:
+        """The shared snapshot: rebuilt only when something changed since, and then at most once per stats
+        interval (subscribers in between get the last one plus the messages since). Re-subscribing in a loop
+        costs a copy of bytes, not a scan of the queue."""
+        loop = asyncio.get_running_loop()
+        snapshot = self._snapshot
+        if snapshot is None or (
+            snapshot.ready.done()
+            and snapshot.changed
+            and loop.time() - snapshot.built_at >= self.settings.stats_interval_ms / 1000.0
+        ):
+            snapshot = self._snapshot = _Snapshot(loop.create_future())
+            self.snapshot_builds += 1
+            # Its own task: a subscriber that leaves mid-build must not cancel the build the others wait for.
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(loop.create_task(self._build_snapshot(snapshot), name="conveyor-hub-snapshot"))
+        await asyncio.shield(snapshot.ready)
+        return snapshot
+
+    async def _build_snapshot(self, snapshot: _Snapshot) -> None:
+        try:
+            jobs = await self.queue.recent(RECENT_JOBS)
+            stats = await self.queue.stats()
+            summaries = [{**job.summary(), "handle": self.handles(job.id)} for job in jobs]
+            snapshot.admin = orjson.dumps({"type": "snapshot", "jobs": summaries, "stats": stats})
+            for summary in summaries:
+                del summary["id"]
+            snapshot.viewer = orjson.dumps({"type": "snapshot", "jobs": summaries, "stats": stats})
+            snapshot.built_at = asyncio.get_running_loop().time()
+            snapshot.ready.set_result(None)
+        except Exception as exc:
+            # The next subscriber tries again; the ones waiting now get an error message.
+            if self._snapshot is snapshot:
+                self._snapshot = None
+            snapshot.ready.set_exception(exc)
+            snapshot.ready.exception()  # marked retrieved: the waiters report it, not the event loop
+        finally:
+            if not snapshot.ready.done():  # cancelled: the hub is closing
+                if self._snapshot is snapshot:
+                    self._snapshot = None
+                snapshot.ready.cancel()
+
+    def _to_topic(self, admin_data: bytes, viewer_data: bytes) -> None:
+        for conn in tuple(self._topic):
+            conn.send(admin_data if conn.client.admin else viewer_data)
+        snapshot = self._snapshot
+        if snapshot is not None:
+            snapshot.changed = True
+            snapshot.admin_tail.append(admin_data)
+            snapshot.viewer_tail.append(viewer_data)
+            if len(snapshot.admin_tail) > SNAPSHOT_TAIL and snapshot.ready.done():
+                self._snapshot = None
 
     # -- events ----------------------------------------------------------------------------------------------
 
@@ -189,9 +275,13 @@ class Hub:
             for conn in tuple(watchers):
                 conn.send(data)
         if kind != "output":
-            # Lifecycle metadata only: the queue topic never carries code, stdin or output.
-            for conn in tuple(self._topic):
-                conn.send(data)
+            # Lifecycle metadata only: the queue topic never carries code, stdin or output, and only admins get
+            # the id (a capability); everyone else a display handle.
+            if self._topic or self._snapshot is not None:
+                handle = self.handles(job_id)
+                viewer = {k: v for k, v in event.items() if k != "jobId"}
+                viewer["handle"] = handle
+                self._to_topic(orjson.dumps({**event, "handle": handle}), orjson.dumps(viewer))
             self._stats_dirty.set()
             if kind != "queued":
                 self._schedule_positions()
@@ -250,11 +340,25 @@ class Hub:
             try:
                 if self._topic:
                     data = orjson.dumps({"type": "stats", **(await self.queue.stats())})
-                    for conn in tuple(self._topic):
-                        conn.send(data)
+                    self._to_topic(data, data)
             except Exception:
                 logger.exception("stats broadcast failed")
             await asyncio.sleep(interval)
+
+
+class _Snapshot:
+    """One queue-topic snapshot in both encodings, and the topic messages sent since it was built."""
+
+    __slots__ = ("admin", "admin_tail", "built_at", "changed", "ready", "viewer", "viewer_tail")
+
+    def __init__(self, ready: asyncio.Future[None]) -> None:
+        self.ready = ready
+        self.admin = b""
+        self.viewer = b""
+        self.admin_tail: list[bytes] = []
+        self.viewer_tail: list[bytes] = []
+        self.built_at = 0.0
+        self.changed = False
 
 
 def _rebuild_log(job: Job, since: int) -> list[bytes]:

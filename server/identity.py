@@ -1,15 +1,20 @@
-"""Client identity: who is calling (an API-key user or an anonymous address), for quotas, priority and ownership."""
+"""Client identity: who is calling (an API-key user or an anonymous address) for quotas and priority, and which
+owner its jobs get (the key's user, or an anonymous owner token; never the address)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import ipaddress
+import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from .errors import Forbidden
+from .errors import BadRequest, Forbidden
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -23,8 +28,11 @@ IPV6_PREFIX = 56
 class Client:
     """The caller of one request or WebSocket.
 
-    `key` identifies the quota bucket and the owner of submitted jobs: "user:<name>" for an API-key user,
-    "ip:<address>" for anonymous callers.
+    `key` identifies the quota bucket: "user:<name>" for an API-key user, "ip:<address>" for anonymous callers.
+    `owner` is what its jobs are owned by: "key:<name>" for an API-key user, "anon:<sha256 of its owner token>"
+    for an anonymous caller that presented one, None for one that did not (its jobs belong to nobody who can
+    drive them over REST; the submitting WebSocket still can). An address is never an owner: a classroom behind
+    one NAT shares an address, not its jobs.
     """
 
     key: str
@@ -34,6 +42,50 @@ class Client:
     admin: bool = False
     rate_limit_requests: int | None = None
     rate_limit_burst: int | None = None
+    owner: str | None = None
+
+    @property
+    def job_owner(self) -> str:
+        """The `Job.owner` of what this client submits ("anon:" when it holds no token: nobody matches it)."""
+        return self.owner or ANONYMOUS_OWNER
+
+    def with_owner_token(self, token: str | None) -> Client:
+        """This client owning what `token` owns. An API-key user's jobs stay owned by its key."""
+        if token is None or self.user is not None:
+            return self
+        return dataclasses.replace(self, owner=owner_of_token(token))
+
+
+# The owner token: the pages set it as an HttpOnly, SameSite=Strict cookie; other clients send the header, or get
+# one in the WebSocket `hello`. At least 192 bits, so it cannot be guessed; only its digest is ever stored.
+OWNER_COOKIE = "conveyor_owner"
+OWNER_HEADER = "X-Owner-Token"
+OWNER_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
+ANONYMOUS_OWNER = "anon:"
+
+
+def new_owner_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def owner_of_token(token: str) -> str:
+    return "anon:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def owner_token(request: web.BaseRequest) -> str | None:
+    """The caller's owner token: the header (a malformed one is a 400) or else the pages' cookie (a malformed or
+    stale cookie is ignored; the pages replace it)."""
+    header = request.headers.get(OWNER_HEADER)
+    if header is not None:
+        if not OWNER_TOKEN.fullmatch(header):
+            raise BadRequest(
+                f"{OWNER_HEADER} must be 32 to 128 characters of letters, digits, - and _ (e.g. 32 random bytes in "
+                "base64url).",
+                field=OWNER_HEADER,
+            )
+        return header
+    cookie = request.cookies.get(OWNER_COOKIE)
+    return cookie if cookie is not None and OWNER_TOKEN.fullmatch(cookie) else None
 
 
 def peer_ip(request: web.BaseRequest) -> str:

@@ -30,6 +30,8 @@ class JobStatus(str, Enum):
 
 
 FINISHED_STATUSES = frozenset(s for s in JobStatus if s.finished)
+# The event types that end a job (one per job): its final status.
+TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
 
 
 @dataclass(slots=True)

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import shlex
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from . import access
 from .api import client_of, json_response, read_json
-from .callbacks import CallbackSender, Delivery, callback_sender, check_callback_url
-from .compat import submit
+from .callbacks import check_callback_url
 from .errors import BadRequest, ConveyorError, QueueFull
-from .events import Event
 from .identity import Client, check_priority
 from .jobs import Job
 from .judge0_catalog import Catalog, Judge0Config
@@ -40,11 +38,9 @@ from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .languages import load_languages
 from .payloads import parse_run
 from .ratelimit import raise_if_denied
-from .watch import job_watch
+from .submissions import submit
 
 logger = logging.getLogger(__name__)
-
-TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled"})
 
 
 def judge0_error(message: str, status: int, **extra: Any) -> web.Response:
@@ -70,14 +66,14 @@ def requested_fields(raw: str | None) -> tuple[str, ...]:
 
 
 def readable_job(client: Client, job: Job | None) -> Job | None:
-    """May this caller read the submission? Its token is the capability, as a job id is for GET /queue/job/{id}.
-    The one place to point at the ownership module (server/access.py) when it lands."""
-    return job
+    """The submission if this caller may read it (server/access.py's rules: its token is the capability, as a job
+    id is for GET /queue/job/{id}; a key-owned one is its user's), else None, answered as unknown."""
+    return job if job is not None and access.may_read(client, job) else None
 
 
 def drivable_job(client: Client, job: Job) -> bool:
     """May this caller delete the submission: its owner, or an admin key."""
-    return client.admin or job.owner == client.key
+    return access.is_owner(client, job) or client.admin
 
 
 class Judge0Api:
@@ -91,8 +87,6 @@ class Judge0Api:
         # Bounded like the queue's own retention: what a native job does not keep (docs/compat.md).
         self.extras: OrderedDict[str, Extras] = OrderedDict()
         self.max_extras = max(1, self.settings.job_retention_count)
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.sender: CallbackSender | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -177,39 +171,19 @@ class Judge0Api:
                 name = "additional_files"  # a file from the zip
             raise Unprocessable({name: [exc.message]}) from None
         check_priority(client, run.priority)
-        return run.to_job(client.key), extras
+        return run.to_job(client.job_owner), extras
 
     async def _submit(self, job: Job, extras: Extras) -> None:
-        """Queue the job; a callback is followed from before the job can start."""
-        unfollow = None
-        if extras.callback_url is not None:
-            unfollow = job_watch(self.app).follow(job.id, lambda event: self._on_event(event, extras, unfollow))
-        try:
-            await submit(self.app, job)
-        except BaseException:
-            if unfollow is not None:
-                unfollow()
-            raise
+        """Queue the job; Judge0's callback is a PUT of the finished submission, base64 encoded, with the default
+        fields (isolate_job.rb), through the app's one SSRF-safe callback sender."""
+        job.callback_url = extras.callback_url
+        await submit(
+            self.app,
+            job,
+            callback_body=lambda done: orjson.dumps(self.serialize(done, DEFAULT_FIELDS, True)),
+            callback_method="PUT",
+        )
         self.remember(job.id, extras)
-
-    def _on_event(self, event: Event, extras: Extras, unfollow: Any) -> None:
-        if event["type"] not in TERMINAL:
-            return
-        if unfollow is not None:
-            unfollow()
-        task = asyncio.ensure_future(self._call_back(event["jobId"], extras))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _call_back(self, job_id: str, extras: Extras) -> None:
-        """Judge0's callback: PUT of the finished submission, base64 encoded, default fields (isolate_job.rb)."""
-        job = await self.app[QUEUE].get(job_id)
-        if job is None or extras.callback_url is None:
-            return
-        body = orjson.dumps(self.serialize(job, DEFAULT_FIELDS, True))
-        if self.sender is None:
-            return
-        self.sender.enqueue(Delivery(job_id=job_id, url=extras.callback_url, body=body, method="PUT"))
 
     async def create(self, request: web.Request) -> web.Response:
         wait = request.query.get("wait") == "true"
@@ -261,7 +235,7 @@ class Judge0Api:
             return judge0_error(f"invalid per_page: {per_page}", 400)
         client = client_of(request)
         jobs = await self.app[QUEUE].recent(self.settings.job_retention_count or 1)
-        mine = [job for job in reversed(jobs) if client.admin or job.owner == client.key]
+        mine = [job for job in reversed(jobs) if client.admin or access.is_owner(client, job)]
         total_pages = -(-len(mine) // per_page) if per_page else 0
         chosen = mine[(page - 1) * per_page : page * per_page]
         try:
@@ -372,17 +346,7 @@ def setup_judge0(app: web.Application) -> None:
     from .judge0_info import Judge0Info
 
     api = Judge0Api(app)
-    job_watch(app)
 
-    async def callbacks(app: web.Application) -> AsyncIterator[None]:
-        # Judge0's callbacks are its own PUTs of its own body, through the same SSRF-safe sender as native ones.
-        async with callback_sender(app[SETTINGS]) as sender:
-            api.sender = sender
-            yield
-        for task in tuple(api.tasks):
-            task.cancel()
-
-    app.cleanup_ctx.append(callbacks)
     router = app.router
     router.add_post("/judge0/submissions", api.create)
     router.add_get("/judge0/submissions", api.index)

@@ -30,6 +30,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ConveyorError as exc:
         response = web.json_response(exc.body(), status=exc.status, dumps=_dumps)
         response.headers.update(exc.headers)
+        if exc.status == 408:
+            response.force_close()  # what is left of a late body must not be read as the next request
         return response
     except web.HTTPException as exc:
         if exc.status < 400 or exc.empty_body:

@@ -1,4 +1,4 @@
-"""The browser pages: the editor at `/`, the live dashboard at `/dashboard`, their templates and static files."""
+"""The browser pages: the editor at `/`, the dashboard at `/dashboard`, the API reference at `/docs`, their files."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from .identity import OWNER_COOKIE, OWNER_TOKEN, new_owner_token
 from .keys import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
+WEBSOCKET_DOC = ROOT / "docs" / "websocket.md"
 
 # The pages load only their own scripts and styles and talk only to this server: a injected script (if escaping
 # ever failed) could not load code or send data elsewhere. 'self' covers the same-origin ws:// in CSP 3.
@@ -35,14 +37,25 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-# The dashboard's charts cover this many minutes (client-side ring buffer).
-CHART_WINDOW_MINUTES = 15
 
 
 def _render(page: str, request: web.Request, config: dict[str, Any]) -> web.Response:
     response = aiohttp_jinja2.render_template(f"{page}.html", request, {"page": page, "config": config})
     response.headers.update(PAGE_HEADERS)
+    _give_owner_token(request, response)
     return response
+
+
+def _give_owner_token(request: web.Request, response: web.Response) -> None:
+    """A browser's owner token: HttpOnly (page scripts, and so an injected one, never read it), SameSite=Strict
+    (no other site's page can make the browser send it), for this browser session. The same-origin WebSocket
+    and REST calls carry it, so a reloaded editor still owns its running job."""
+    current = request.cookies.get(OWNER_COOKIE)
+    if current is not None and OWNER_TOKEN.fullmatch(current):
+        return
+    response.set_cookie(
+        OWNER_COOKIE, new_owner_token(), path="/", httponly=True, samesite="Strict", secure=request.secure
+    )
 
 
 async def get_editor(request: web.Request) -> web.Response:
@@ -67,13 +80,23 @@ async def get_dashboard(request: web.Request) -> web.Response:
             "statsIntervalMs": settings.stats_interval_ms,
             "maxConcurrent": settings.max_concurrent_jobs,
             "maxQueueSize": settings.max_queue_size,
-            "chartWindowMinutes": CHART_WINDOW_MINUTES,
         },
     )
 
 
+async def get_docs(request: web.Request) -> web.Response:
+    return _render("docs", request, {})
+
+
+async def get_websocket_doc(request: web.Request) -> web.Response:
+    """The WebSocket protocol (docs/websocket.md), which /docs shows under the REST operations."""
+    return web.Response(
+        text=WEBSOCKET_DOC.read_text(encoding="utf-8"), content_type="text/markdown", headers=PAGE_HEADERS
+    )
+
+
 def setup_pages(app: web.Application) -> None:
-    """Jinja2 with autoescaping, the two page routes and `/static/` (versioned URLs, so caches never go stale)."""
+    """Jinja2 with autoescaping, the page routes and `/static/` (versioned URLs, so caches never go stale)."""
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -82,4 +105,6 @@ def setup_pages(app: web.Application) -> None:
     )
     app.router.add_get("/", get_editor, name="editor")
     app.router.add_get("/dashboard", get_dashboard, name="dashboard")
+    app.router.add_get("/docs", get_docs, name="docs")
+    app.router.add_get("/docs/websocket.md", get_websocket_doc)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=True)

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from .api import client_of, json_response
-from .compat import accounting, signal_number, submit
+from .compat import accounting, signal_number
 from .errors import BadRequest, ConveyorError, MethodNotAllowed, UnsupportedMediaType
 from .events import Event
 from .identity import check_priority
@@ -25,6 +25,7 @@ from .keys import QUEUE, RUNNER, SETTINGS
 from .languages import Language, load_languages
 from .payloads import parse_run
 from .settings import Settings
+from .submissions import submit
 from .watch import job_watch
 
 PISTON_FILE = Path(__file__).with_name("piston.toml")
@@ -382,7 +383,7 @@ class PistonApi:
             run = parse_run(native, settings, app[RUNNER])
             client = client_of(request)
             check_priority(client, run.priority)
-            job = run.to_job(client.key)
+            job = run.to_job(client.job_owner)
             tape = OutputTape(2 * settings.max_output_bytes)
             stop_following = job_watch(app).follow(job.id, tape)
             try:

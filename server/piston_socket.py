@@ -12,15 +12,15 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .api import client_of
-from .compat import submit
 from .errors import BadRequest, Conflict, ConveyorError, Forbidden, PayloadTooLarge, TooManyRequests
 from .events import Event
 from .identity import Client, check_priority
-from .jobs import ExecutionResult, Job
+from .jobs import TERMINAL_TYPES, ExecutionResult, Job
 from .keys import HUB, LIMITER, QUEUE, RUNNER, SETTINGS
 from .payloads import parse_run
 from .piston import PistonRuntime, compile_stage, parse_execute, run_stage
 from .ratelimit import raise_if_denied
+from .submissions import submit
 from .watch import job_watch
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 # Piston closes a socket that has not sent `init` within a second (api/src/api/v2.js).
 INIT_TIMEOUT_S = 1.0
-TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled"})
 # The signal names Piston accepts (api/src/globals.js).
 SIGNALS = frozenset(
     f"SIG{name}"
@@ -264,7 +263,7 @@ class Session:
             if HUB in app:
                 app[HUB].mark_stats_dirty()
         raise_if_denied(decision, "submit")
-        job = run.to_job(self.client.key)
+        job = run.to_job(self.client.job_owner)
         # Before submitting: the job can start (and send `stage`) before submit returns.
         self.rt = rt
         self.send({"type": "runtime", "language": rt.language, "version": rt.version})
@@ -312,7 +311,7 @@ class Session:
             if self.compiling:
                 self.end_compile(ExecutionResult())
             self.send({"type": "data", "stream": event["stream"], "data": event["data"]})
-        elif kind in TERMINAL:
+        elif kind in TERMINAL_TYPES:
             self.finished = True
             self.outbox.put_nowait(Finished())
 

@@ -86,64 +86,223 @@ def _choice(*options: str) -> Parser:
     return parse
 
 
-def _env(name: str, parser: Parser, default: Any) -> Any:
-    return field(default=default, metadata={"env": name, "parser": parser})
+def _env(name: str, parser: Parser, default: Any, doc: str = "") -> Any:
+    """A setting read from the environment variable `name`; `doc` is its meaning, shown by `--help` and README."""
+    return field(default=default, metadata={"env": name, "parser": parser, "doc": doc})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every knob of the server. Each field maps to the environment variable in its metadata."""
 
-    host: str = _env("HOST", _text, "127.0.0.1")
-    port: int = _env("PORT", _int_range(0, 65535), 3001)
-    log_level: str = _env("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info")
+    host: str = _env("HOST", _text, "127.0.0.1", "address to listen on")
+    port: int = _env("PORT", _int_range(0, 65535), 3001, "port to listen on")
+    log_level: str = _env(
+        "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "`debug`, `info`, `warning` or `error`"
+    )
 
     # Queue (the seed's numbers)
-    max_concurrent_jobs: int = _env("MAX_CONCURRENT_JOBS", _int_range(1, 10_000), 5)
-    max_queue_size: int = _env("MAX_QUEUE_SIZE", _int_range(0, 10_000_000), 100)
-    job_timeout_ms: int = _env("JOB_TIMEOUT_MS", _int_range(100, 3_600_000), 10_000)
-    job_retention_seconds: int = _env("JOB_RETENTION_SECONDS", _int_range(0), 3600)
-    job_retention_count: int = _env("JOB_RETENTION_COUNT", _int_range(0), 10_000)
-    max_code_bytes: int = _env("MAX_CODE_BYTES", _int_range(1), 65_536)
-    max_stdin_bytes: int = _env("MAX_STDIN_BYTES", _int_range(0), 1_048_576)
-    shutdown_grace_ms: int = _env("SHUTDOWN_GRACE_MS", _int_range(0, 600_000), 5000)
+    max_concurrent_jobs: int = _env(
+        "MAX_CONCURRENT_JOBS", _int_range(1, 10_000), 5, "jobs running at once (with Redis: across the cluster)"
+    )
+    max_queue_size: int = _env(
+        "MAX_QUEUE_SIZE", _int_range(0, 10_000_000), 100, "jobs waiting; the next submission gets 503 `Queue full`"
+    )
+    job_timeout_ms: int = _env(
+        "JOB_TIMEOUT_MS",
+        _int_range(100, 3_600_000),
+        10_000,
+        "default and maximum wall time of one run (a request may ask for less)",
+    )
+    job_retention_seconds: int = _env(
+        "JOB_RETENTION_SECONDS", _int_range(0), 3600, "finished jobs stay queryable at most this long"
+    )
+    job_retention_count: int = _env(
+        "JOB_RETENTION_COUNT", _int_range(0), 10_000, "at most this many finished jobs stay queryable"
+    )
+    max_code_bytes: int = _env("MAX_CODE_BYTES", _int_range(1), 65_536, "largest source accepted (413 past it)")
+    max_stdin_bytes: int = _env("MAX_STDIN_BYTES", _int_range(0), 1_048_576, "largest stdin accepted")
+    shutdown_grace_ms: int = _env(
+        "SHUTDOWN_GRACE_MS",
+        _int_range(0, 600_000),
+        5000,
+        "on SIGTERM/SIGINT, running jobs get this long before they are cancelled (`shutdown`)",
+    )
 
     # Sandbox
-    sandbox: str = _env("SANDBOX", _choice("bwrap", "none"), "bwrap")
-    compile_timeout_ms: int = _env("COMPILE_TIMEOUT_MS", _int_range(100, 600_000), 10_000)
-    memory_limit_mb: int = _env("MEMORY_LIMIT_MB", _int_range(16, 65_536), 256)
-    cpu_time_limit_s: int = _env("CPU_TIME_LIMIT_S", _int_range(1, 3600), 10)
-    max_processes: int = _env("MAX_PROCESSES", _int_range(1, 100_000), 64)
-    max_output_bytes: int = _env("MAX_OUTPUT_BYTES", _int_range(1024), 1_048_576)
-    max_file_size_mb: int = _env("MAX_FILE_SIZE_MB", _int_range(1, 65_536), 16)
-    max_open_files: int = _env("MAX_OPEN_FILES", _int_range(16, 1_048_576), 256)
-    workdir_size_mb: int = _env("WORKDIR_SIZE_MB", _int_range(1, 65_536), 64)
+    sandbox: str = _env(
+        "SANDBOX",
+        _choice("bwrap", "none"),
+        "bwrap",
+        "`bwrap`; `none` is for development only and logs a loud warning on every start",
+    )
+    compile_timeout_ms: int = _env(
+        "COMPILE_TIMEOUT_MS", _int_range(100, 600_000), 10_000, "wall time of a compile stage"
+    )
+    memory_limit_mb: int = _env(
+        "MEMORY_LIMIT_MB",
+        _int_range(16, 65_536),
+        256,
+        "memory of one job (cgroup memory controller; see `ALLOW_PER_PROCESS_LIMITS`)",
+    )
+    cpu_time_limit_s: int = _env(
+        "CPU_TIME_LIMIT_S",
+        _int_range(1, 3600),
+        10,
+        "CPU seconds of one job's whole process tree (cgroup CPU accounting, reason `cpu_limit`), and of each "
+        "process (RLIMIT_CPU)",
+    )
+    max_processes: int = _env(
+        "MAX_PROCESSES", _int_range(1, 100_000), 64, "processes and threads of one job (cgroup pids, else RLIMIT_NPROC)"
+    )
+    max_output_bytes: int = _env(
+        "MAX_OUTPUT_BYTES",
+        _int_range(1024),
+        1_048_576,
+        "stdout+stderr cap; past it the job is killed, `truncated`, reason `output_limit`",
+    )
+    max_file_size_mb: int = _env(
+        "MAX_FILE_SIZE_MB", _int_range(1, 65_536), 16, "largest file a job may write (RLIMIT_FSIZE)"
+    )
+    max_open_files: int = _env(
+        "MAX_OPEN_FILES", _int_range(16, 1_048_576), 256, "open files of one job (RLIMIT_NOFILE)"
+    )
+    workdir_size_mb: int = _env(
+        "WORKDIR_SIZE_MB", _int_range(1, 65_536), 64, "size of the job's private writable tmpfs"
+    )
     # Without a memory cgroup the server refuses to start unless this accepts per-process limits.
-    allow_per_process_limits: bool = _env("ALLOW_PER_PROCESS_LIMITS", _flag, False)
+    allow_per_process_limits: bool = _env(
+        "ALLOW_PER_PROCESS_LIMITS",
+        _flag,
+        False,
+        "without a memory cgroup (not root, no delegated cgroup v2 subtree) the server refuses to start; `1` accepts "
+        "per-process limits instead: RLIMIT_AS of `MEMORY_LIMIT_MB / MAX_PROCESSES` per process, no job-wide CPU "
+        "limit or accounting (see [docs/security.md](docs/security.md#the-sandbox))",
+    )
 
     # Rate limiting and API keys
-    rate_limit_requests: int = _env("RATE_LIMIT_REQUESTS", _int_range(1), 10)
-    rate_limit_window_ms: int = _env("RATE_LIMIT_WINDOW_MS", _int_range(1), 60_000)
+    rate_limit_requests: int = _env(
+        "RATE_LIMIT_REQUESTS", _int_range(1), 10, "submissions (`POST /run`, WebSocket `run`) per window per client"
+    )
+    rate_limit_window_ms: int = _env("RATE_LIMIT_WINDOW_MS", _int_range(1), 60_000, "the window")
     # 0 means "same as RATE_LIMIT_REQUESTS".
-    rate_limit_burst: int = _env("RATE_LIMIT_BURST", _int_range(0), 0)
-    rate_limit_read_requests: int = _env("RATE_LIMIT_READ_REQUESTS", _int_range(1), 120)
-    trusted_proxies: tuple[str, ...] = _env("TRUSTED_PROXIES", _networks, ())
-    api_keys_file: str = _env("API_KEYS_FILE", _text, "")
+    rate_limit_burst: int = _env(
+        "RATE_LIMIT_BURST", _int_range(0), 0, "bucket capacity; `0` means the same as `RATE_LIMIT_REQUESTS`"
+    )
+    rate_limit_read_requests: int = _env(
+        "RATE_LIMIT_READ_REQUESTS",
+        _int_range(1),
+        120,
+        "other API calls (`/queue/*`, `/runtimes`, `/openapi.json`, `/ws` connects) per window",
+    )
+    trusted_proxies: tuple[str, ...] = _env(
+        "TRUSTED_PROXIES",
+        _networks,
+        (),
+        "CIDRs whose `X-Forwarded-For`/`Forwarded` are believed (right-most untrusted hop wins)",
+    )
+    api_keys_file: str = _env("API_KEYS_FILE", _text, "", "TOML file of API keys (see below)")
+    # Failed authentications (a wrong or malformed key, REST or WebSocket) per address per RATE_LIMIT_WINDOW_MS.
+    auth_failure_limit: int = _env(
+        "AUTH_FAILURE_LIMIT",
+        _int_range(1),
+        10,
+        "failed authentications (REST and WebSocket) per address per `RATE_LIMIT_WINDOW_MS`; past it every key "
+        "from that address gets 429 unchecked",
+    )
 
     # WebSocket
-    allowed_origins: tuple[str, ...] = _env("ALLOWED_ORIGINS", _csv, ())
-    ws_max_message_bytes: int = _env("WS_MAX_MESSAGE_BYTES", _int_range(1024), 262_144)
-    ws_max_connections_per_ip: int = _env("WS_MAX_CONNECTIONS_PER_IP", _int_range(1), 32)
-    ws_send_queue_size: int = _env("WS_SEND_QUEUE_SIZE", _int_range(16), 1024)
-    stats_interval_ms: int = _env("STATS_INTERVAL_MS", _int_range(50), 500)
+    allowed_origins: tuple[str, ...] = _env(
+        "ALLOWED_ORIGINS", _csv, (), "origins allowed to open `/ws`; empty means the server's own origin only"
+    )
+    ws_max_message_bytes: int = _env(
+        "WS_MAX_MESSAGE_BYTES", _int_range(1024), 262_144, "larger WebSocket frames close the socket with 1009"
+    )
+    ws_max_connections_per_ip: int = _env(
+        "WS_MAX_CONNECTIONS_PER_IP", _int_range(1), 32, "WebSocket connections per address"
+    )
+    ws_send_queue_size: int = _env(
+        "WS_SEND_QUEUE_SIZE",
+        _int_range(16),
+        1024,
+        "messages buffered for a socket before a non-reading client is closed with 1013",
+    )
+    stats_interval_ms: int = _env(
+        "STATS_INTERVAL_MS",
+        _int_range(50),
+        500,
+        "queue-topic `stats` at most this often while anything changes; the shared snapshot is rebuilt at most "
+        "this often",
+    )
+    ws_messages_per_second: int = _env(
+        "WS_MESSAGES_PER_SECOND", _int_range(1), 20, "messages a WebSocket connection may send per second…"
+    )
+    ws_message_burst: int = _env(
+        "WS_MESSAGE_BURST",
+        _int_range(1),
+        60,
+        "…in bursts of this many; past it one `error`, then drops; a client that keeps sending is closed with 1008",
+    )
+
+    # HTTP edge
+    http_header_timeout_ms: int = _env(
+        "HTTP_HEADER_TIMEOUT_MS",
+        _int_range(100),
+        10_000,
+        "a connection's request line and headers must arrive within this, or it is closed",
+    )
+    http_body_timeout_ms: int = _env(
+        "HTTP_BODY_TIMEOUT_MS",
+        _int_range(100),
+        30_000,
+        "a request body must arrive within this (408, connection closed)",
+    )
+    http_keepalive_timeout_ms: int = _env(
+        "HTTP_KEEPALIVE_TIMEOUT_MS",
+        _int_range(100),
+        15_000,
+        "an idle keep-alive connection (or one whose next request does not arrive whole) is closed after this",
+    )
+    http_max_connections_per_ip: int = _env(
+        "HTTP_MAX_CONNECTIONS_PER_IP",
+        _int_range(1),
+        128,
+        "open HTTP connections (WebSockets included) per address; past it 429 and close (trusted proxies exempt)",
+    )
+    fd_reserve: int = _env(
+        "FD_RESERVE",
+        _int_range(16),
+        256,
+        "file descriptors kept free for jobs: new connections are refused first (the soft `RLIMIT_NOFILE` is raised "
+        "to the hard limit at start)",
+    )
 
     # Redis scale-out (empty: embedded in-memory backend)
-    redis_url: str = _env("REDIS_URL", _redis_url, "")
-    redis_prefix: str = _env("REDIS_PREFIX", _text, "conveyor")
+    redis_url: str = _env(
+        "REDIS_URL",
+        _redis_url,
+        "",
+        "`redis://…` to run as one of N instances on Redis; empty: embedded in-memory queue",
+    )
+    redis_prefix: str = _env(
+        "REDIS_PREFIX", _text, "conveyor", "namespace of every Redis key (several clusters can share one Redis)"
+    )
     # 0: this instance serves the API and sockets but executes nothing (a front node).
-    worker_slots: int = _env("WORKER_SLOTS", _int_range(0, 10_000), os.cpu_count() or 1)
-    lease_timeout_ms: int = _env("LEASE_TIMEOUT_MS", _int_range(1000), 15_000)
-    retry_lost_jobs: bool = _env("RETRY_LOST_JOBS", _flag, False)
+    worker_slots: int = _env(
+        "WORKER_SLOTS",
+        _int_range(0, 10_000),
+        os.cpu_count() or 1,
+        "jobs this instance executes at once (Redis mode); `0`: serves API and sockets only",
+    )
+    lease_timeout_ms: int = _env(
+        "LEASE_TIMEOUT_MS",
+        _int_range(1000),
+        15_000,
+        "a job whose instance stops renewing its lease this long ends `failed` / `worker_lost`",
+    )
+    retry_lost_jobs: bool = _env(
+        "RETRY_LOST_JOBS", _flag, False, "`1`: a job lost with its instance is requeued once instead"
+    )
 
     # Judge features: batches and callbacks
     max_tests: int = _env("MAX_TESTS", _int_range(1, 1000), 64)
@@ -153,6 +312,13 @@ class Settings:
     callback_timeout_ms: int = _env("CALLBACK_TIMEOUT_MS", _int_range(100, 60_000), 5000)
     callback_retries: int = _env("CALLBACK_RETRIES", _int_range(0, 10), 3)
     callback_queue_size: int = _env("CALLBACK_QUEUE_SIZE", _int_range(1, 1_000_000), 1000)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: one submission with the largest code and stdin. JSON escapes can double a
+        string's size (\\u sequences are 6 bytes per char at worst, but that is abuse): allow 2x and 64 KiB of
+        envelope, so a legitimate max-size program is refused by our 413 naming the field, not by aiohttp."""
+        return 2 * (self.max_code_bytes + self.max_stdin_bytes) + 64 * 1024
 
     @property
     def effective_burst(self) -> int:
@@ -186,6 +352,19 @@ class Settings:
     @classmethod
     def env_names(cls) -> list[str]:
         return [f.metadata["env"] for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default as written in .env, meaning) of every setting in declaration order, for `--help`."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default
+            if isinstance(default, tuple):
+                text = ",".join(default)
+            else:
+                text = str(int(default) if isinstance(default, bool) else default)
+            rows.append((f.metadata["env"], text, f.metadata["doc"]))
+        return rows
 
 
 def read_env_file(path: Path) -> dict[str, str]:

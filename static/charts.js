@@ -1,148 +1,105 @@
-/* Small time-series charts on <canvas> for the dashboard: a ring buffer of samples and a line/area renderer. */
+/* Time-series charts for the dashboard on uPlot (static/vendor/uplot.js), coloured from the page's theme. */
 "use strict";
 
 const Charts = (() => {
-  /** Fixed-capacity buffer of {t, ...values}; the oldest sample falls out when it is full. */
-  class Ring {
-    constructor(capacity) {
-      this.capacity = capacity;
-      this.items = [];
-    }
-
-    push(sample) {
-      this.items.push(sample);
-      if (this.items.length > this.capacity) this.items.splice(0, this.items.length - this.capacity);
-    }
-
-    last() {
-      return this.items[this.items.length - 1];
-    }
-  }
-
   function cssVar(name, fallback) {
     const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
     return value || fallback;
   }
 
-  /** The axis top for `ticks` equal steps, each step 1, 2 or 5 times a power of ten, covering `value`. */
-  function niceTop(value, ticks) {
-    if (!(value > 0)) return ticks;
-    const raw = value / ticks;
-    const power = 10 ** Math.floor(Math.log10(raw));
-    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
-    return step * ticks;
+  /** `#rrggbb` at `opacity` as rgba() (canvas fills need a plain colour). */
+  function alpha(hex, opacity) {
+    const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(hex);
+    if (!m) return hex;
+    return `rgba(${parseInt(m[1], 16)}, ${parseInt(m[2], 16)}, ${parseInt(m[3], 16)}, ${opacity})`;
+  }
+
+  /** "350ms", "1.2s", "12s" for a millisecond axis. */
+  function fmtAxisMs(ms) {
+    if (ms === null || ms === undefined) return "";
+    if (ms >= 1000) return `${(ms / 1000).toFixed(ms >= 10_000 ? 0 : 1)}s`;
+    return `${Number(ms.toFixed(ms < 10 ? 2 : 0))}ms`;
+  }
+
+  function fmtAxisNumber(value) {
+    if (value === null || value === undefined) return "";
+    return String(Number(value.toFixed(value < 10 ? 2 : 0)));
   }
 
   /**
-   * One chart: `series` is [{key, color, fill}], `format` labels the y axis. Samples further apart than `gapMs`
-   * are not joined, so an outage shows as a gap rather than as a straight line.
+   * One chart in `container`: `series` is [{label, color (a CSS variable name), fill}], `format` labels the y axis
+   * and the legend. uPlot draws on <canvas> and styles with element.style, both allowed by the pages' CSP.
    */
   class TimeChart {
-    constructor(canvas, { series, windowMs, gapMs, format }) {
-      this.canvas = canvas;
+    constructor(container, { series, format = fmtAxisNumber, height = 170 }) {
+      this.container = container;
       this.series = series;
-      this.windowMs = windowMs;
-      this.gapMs = gapMs;
-      this.format = format || ((v) => String(v));
-      if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => this.draw(this.lastRing)).observe(canvas);
+      this.format = format;
+      this.height = height;
+      this.data = [[], ...series.map(() => [])];
+      this.plot = null;
+      this.build();
+      if (typeof ResizeObserver !== "undefined") {
+        new ResizeObserver(() => this.resize()).observe(container);
+      }
+      if (typeof Theme !== "undefined") Theme.onChange(() => this.build());
     }
 
-    draw(ring) {
-      this.lastRing = ring;
-      const canvas = this.canvas;
-      const ratio = window.devicePixelRatio || 1;
-      const width = canvas.clientWidth;
-      const height = canvas.clientHeight;
-      if (!width || !height) return;
-      if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
-        canvas.width = Math.round(width * ratio);
-        canvas.height = Math.round(height * ratio);
-      }
-      const ctx = canvas.getContext("2d");
-      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-      ctx.clearRect(0, 0, width, height);
-
-      const pad = { left: 44, right: 10, top: 10, bottom: 20 };
-      const plotW = width - pad.left - pad.right;
-      const plotH = height - pad.top - pad.bottom;
-      const now = Date.now();
-      const start = now - this.windowMs;
-      const samples = ring ? ring.items.filter((s) => s.t >= start) : [];
-      let top = 0;
-      for (const s of samples) for (const { key } of this.series) if (s[key] > top) top = s[key];
-      top = niceTop(top * 1.05, 4);
-
-      const grid = cssVar("--chart-grid", "#2a3140");
+    options() {
+      const grid = cssVar("--chart-grid", "#1f2733");
       const text = cssVar("--text-muted", "#8b95a7");
-      ctx.font = "11px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
-      ctx.fillStyle = text;
-      ctx.strokeStyle = grid;
-      ctx.lineWidth = 1;
-      ctx.textBaseline = "middle";
-      ctx.textAlign = "right";
-      for (let i = 0; i <= 4; i += 1) {
-        const y = pad.top + plotH - (plotH * i) / 4;
-        ctx.beginPath();
-        ctx.moveTo(pad.left, Math.round(y) + 0.5);
-        ctx.lineTo(pad.left + plotW, Math.round(y) + 0.5);
-        ctx.stroke();
-        ctx.fillText(this.format((top * i) / 4), pad.left - 6, y);
-      }
-      ctx.textAlign = "center";
-      ctx.textBaseline = "alphabetic";
-      const minutes = Math.round(this.windowMs / 60_000);
-      for (let m = minutes; m >= 0; m -= 5) {
-        const x = pad.left + plotW * (1 - (m * 60_000) / this.windowMs);
-        const clamped = Math.min(Math.max(x, pad.left + 12), pad.left + plotW - 12);
-        ctx.fillText(m === 0 ? "now" : `-${m}m`, clamped, height - 5);
-      }
-      if (samples.length < 2) {
-        const label = "collecting samples…";
-        const labelW = ctx.measureText(label).width + 16;
-        ctx.fillStyle = cssVar("--bg-raised", "#131a24");
-        ctx.fillRect(pad.left + (plotW - labelW) / 2, pad.top + plotH / 2 - 10, labelW, 20);
-        ctx.fillStyle = text;
-        ctx.textAlign = "center";
-        ctx.textBaseline = "middle";
-        ctx.fillText(label, pad.left + plotW / 2, pad.top + plotH / 2);
-        return;
-      }
+      const font = "11px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace";
+      const axis = { stroke: text, font, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+      return {
+        width: Math.max(200, this.container.clientWidth),
+        height: this.height,
+        padding: [10, 12, 0, 0],
+        cursor: { drag: { x: false, y: false }, points: { size: 6 } },
+        legend: { show: true, live: true },
+        scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+        axes: [
+          { ...axis, space: 60 },
+          { ...axis, size: 50, values: (u, ticks) => ticks.map((v) => this.format(v)) },
+        ],
+        series: [
+          {},
+          ...this.series.map((s) => {
+            const color = cssVar(s.color, "#4cc2ff");
+            return {
+              label: s.label,
+              stroke: color,
+              width: 1.5,
+              fill: s.fill ? alpha(color, 0.16) : undefined,
+              spanGaps: false,
+              points: { show: false },
+              value: (u, v) => (v === null || v === undefined ? "–" : this.format(v)),
+            };
+          }),
+        ],
+      };
+    }
 
-      const xOf = (t) => pad.left + (plotW * (t - start)) / this.windowMs;
-      const yOf = (v) => pad.top + plotH - (plotH * Math.min(v, top)) / top;
-      for (const { key, color, fill } of this.series) {
-        const runs = [];
-        let run = [];
-        let previous = null;
-        for (const s of samples) {
-          if (previous && s.t - previous.t > this.gapMs) {
-            runs.push(run);
-            run = [];
-          }
-          if (typeof s[key] === "number") run.push([xOf(s.t), yOf(s[key])]);
-          previous = s;
-        }
-        runs.push(run);
-        for (const points of runs) {
-          if (!points.length) continue;
-          if (fill) {
-            ctx.beginPath();
-            ctx.moveTo(points[0][0], pad.top + plotH);
-            for (const [x, y] of points) ctx.lineTo(x, y);
-            ctx.lineTo(points[points.length - 1][0], pad.top + plotH);
-            ctx.closePath();
-            ctx.fillStyle = fill;
-            ctx.fill();
-          }
-          ctx.beginPath();
-          points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
-          ctx.strokeStyle = color;
-          ctx.lineWidth = 1.5;
-          ctx.stroke();
-        }
-      }
+    build() {
+      if (this.plot) this.plot.destroy();
+      this.container.replaceChildren();
+      this.plot = new uPlot(this.options(), this.data, this.container);
+    }
+
+    resize() {
+      if (!this.plot) return;
+      const width = Math.max(200, this.container.clientWidth);
+      if (width !== this.plot.width) this.plot.setSize({ width, height: this.height });
+    }
+
+    /** `times` in epoch ms, `columns` one array per series (null: no value, drawn as a gap). */
+    setData(times, columns, range) {
+      this.data = [times.map((t) => t / 1000), ...columns];
+      this.plot.setData(this.data, false);
+      if (range) this.plot.setScale("x", { min: range.from / 1000, max: range.to / 1000 });
+      else this.plot.setScale("x", { min: this.data[0][0], max: this.data[0][this.data[0].length - 1] });
+      this.container.dataset.points = String(times.length);
     }
   }
 
-  return { Ring, TimeChart, cssVar };
+  return { TimeChart, cssVar, fmtAxisMs, fmtAxisNumber };
 })();

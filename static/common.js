@@ -43,6 +43,20 @@ const Conveyor = (() => {
     return `${minutes} min ${Math.round((ms % 60_000) / 1000)} s`;
   }
 
+  /** "512 B", "3.4 KiB", "9.0 MiB"; "–" when unknown. */
+  function fmtBytes(bytes) {
+    if (bytes === null || bytes === undefined || Number.isNaN(bytes)) return "–";
+    if (bytes < 1024) return `${Math.round(bytes)} B`;
+    const units = ["KiB", "MiB", "GiB"];
+    let value = bytes / 1024;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+  }
+
   /** Local wall-clock time of an ISO string or epoch milliseconds. */
   function fmtClock(value) {
     if (value === null || value === undefined) return "–";
@@ -137,5 +151,5 @@ const Conveyor = (() => {
     }
   }
 
-  return { config, el, fmtMs, fmtClock, fmtNumber, Socket };
+  return { config, el, fmtMs, fmtBytes, fmtClock, fmtNumber, Socket };
 })();

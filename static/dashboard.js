@@ -3,13 +3,14 @@
 
 (() => {
   const { fmtNumber, Socket } = Conveyor;
-  const { Ring, TimeChart, cssVar } = Charts;
+  const { TimeChart, fmtAxisMs } = Charts;
   const { JobTable, FINAL } = Jobs;
   const config = Conveyor.config();
 
-  const WINDOW_MS = (config.chartWindowMinutes || 15) * 60_000;
-  const SAMPLE_MS = Math.max(2000, config.statsIntervalMs || 0);
-  const THROUGHPUT_WINDOW_MS = 60_000; // the server's jobsPerSecond covers the last minute
+  const RANGES = { "15m": 15 * 60_000, "1h": 3_600_000, "24h": 86_400_000 };
+  // The server samples every 5 s; a day's chart changes little between two refreshes a minute apart.
+  const REFRESH_MS = { "15m": 5000, "1h": 5000, "24h": 60_000 };
+  const THROUGHPUT_WINDOW_MS = 60_000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -23,6 +24,7 @@
     detailList: $("detail-list"),
     detailEmpty: $("detail-empty"),
     detailActions: $("detail-actions"),
+    detailFull: $("detail-full"),
     detailClose: $("detail-close"),
     authForm: $("auth-form"),
     apiKey: $("api-key"),
@@ -40,7 +42,26 @@
     key: null, // kept in memory only, to re-authenticate after a reconnect
     authPending: false,
   };
-  const table = new JobTable(ui, { canAct: () => state.admin, onStop: stopJob });
+  const table = new JobTable(ui, { canAct: () => state.admin, onStop: stopJob, loadJob });
+
+  /** The full job, for an admin: REST with the key this page holds in memory (never stored). */
+  async function loadJob(id) {
+    if (!state.admin || !state.key) return null;
+    try {
+      const response = await fetch(`/queue/job/${encodeURIComponent(id)}`, {
+        headers: { Accept: "application/json", Authorization: `Bearer ${state.key}` },
+      });
+      return response.ok ? await response.json() : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function openLinkedJob() {
+    const id = JobTable.hashId();
+    if (id && state.admin) table.openId(id);
+  }
+  window.addEventListener("hashchange", openLinkedJob);
 
   // -- statistics ----------------------------------------------------------------------------------------------
 
@@ -51,7 +72,7 @@
     set("stat-queue", fmtNumber(s.queueLength));
     set("stat-queue-max", `of ${fmtNumber(s.maxQueueSize)} places`);
     set("stat-running", `${fmtNumber(s.runningCount)} / ${fmtNumber(s.maxConcurrent)}`);
-    set("stat-rate", currentRate().toFixed(2));
+    set("stat-rate", fmtRate(currentRate()));
     set("stat-completed", fmtNumber(s.totalCompleted));
     set("stat-processed", `of ${fmtNumber(s.totalProcessed)} processed`);
     set("stat-failed", fmtNumber(s.totalFailed));
@@ -62,74 +83,112 @@
   }
 
   /**
-   * The server pushes stats only when something changes, so its last jobsPerSecond can go stale. Every finish
-   * triggers a push, so a minute without one means nothing finished in the last minute: the rate is 0.
+   * Jobs/s over the last minute: the live processed count against the history point a minute back (or the oldest
+   * one there is). The server's jobsPerSecond divides the last minute's finishes by 60 whatever the span, so it
+   * lags a burst (10 jobs/s for 6 s reads 1.0) and, pushed only on changes, went stale; it is only the fallback.
    */
   function currentRate() {
     if (!state.stats) return 0;
+    const now = Date.now() + history.skewMs;
+    const { t, processed } = history.series;
+    let base = -1;
+    for (let i = t.length - 1; i >= 0; i -= 1) {
+      base = i;
+      if (t[i] <= now - THROUGHPUT_WINDOW_MS) break;
+    }
+    if (base >= 0 && state.stats.totalProcessed >= processed[base] && now - t[base] >= 1000) {
+      return (state.stats.totalProcessed - processed[base]) / ((now - t[base]) / 1000);
+    }
     return Date.now() - state.statsAt > THROUGHPUT_WINDOW_MS ? 0 : state.stats.jobsPerSecond || 0;
+  }
+
+  function fmtRate(rate) {
+    if (rate === 0) return "0";
+    return rate >= 10 ? rate.toFixed(1) : rate.toFixed(2);
   }
 
   // -- charts --------------------------------------------------------------------------------------------------
 
-  const samples = new Ring(Math.ceil(WINDOW_MS / SAMPLE_MS) + 1);
-  const p50 = cssVar("--chart-p50", "#4cc2ff");
-  const p95 = cssVar("--chart-p95", "#f5a524");
-  const chartOptions = { windowMs: WINDOW_MS, gapMs: SAMPLE_MS * 2.5 };
-  const charts = [
-    new TimeChart($("chart-throughput"), {
-      ...chartOptions,
-      series: [{ key: "rate", color: p50, fill: "rgba(76, 194, 255, 0.15)" }],
-      format: (v) => String(Number(v.toFixed(2))),
+  // `skewMs`: the server's clock minus this browser's, from the last response (sample times are the server's).
+  const history = { range: "15m", series: { t: [], processed: [] }, skewMs: 0, timer: null, loading: false };
+  const charts = {
+    throughput: new TimeChart($("chart-throughput"), {
+      series: [{ label: "jobs/s", color: "--chart-p50", fill: true }],
     }),
-    new TimeChart($("chart-wait"), {
-      ...chartOptions,
+    queue: new TimeChart($("chart-queue"), {
       series: [
-        { key: "waitP50", color: p50 },
-        { key: "waitP95", color: p95 },
+        { label: "waiting", color: "--chart-p95", fill: true },
+        { label: "running", color: "--chart-p50" },
+      ],
+    }),
+    wait: new TimeChart($("chart-wait"), {
+      series: [
+        { label: "p50", color: "--chart-p50" },
+        { label: "p95", color: "--chart-p95" },
       ],
       format: fmtAxisMs,
     }),
-    new TimeChart($("chart-exec"), {
-      ...chartOptions,
+    exec: new TimeChart($("chart-exec"), {
       series: [
-        { key: "execP50", color: p50 },
-        { key: "execP95", color: p95 },
+        { label: "p50", color: "--chart-p50" },
+        { label: "p95", color: "--chart-p95" },
       ],
       format: fmtAxisMs,
     }),
-  ];
-  let baseline = null; // {t, processed} of the previous sample
+  };
+  const rangeButtons = [...document.querySelectorAll(".ranges .range")];
 
-  function fmtAxisMs(ms) {
-    if (ms >= 1000) return `${(ms / 1000).toFixed(ms >= 10_000 ? 0 : 1)}s`;
-    return `${Number(ms.toFixed(2))}ms`;
-  }
-
-  function takeSample() {
-    const s = state.stats;
-    if (!s || !socket.ready) return;
-    const now = Date.now();
-    let rate = 0;
-    // A restarted server starts its totals at 0 again: count from there, never a negative rate.
-    if (baseline && s.totalProcessed >= baseline.processed) {
-      rate = (s.totalProcessed - baseline.processed) / ((now - baseline.t) / 1000);
+  /** The server's history for the chosen range: full charts as soon as the page opens, refreshed while open. */
+  async function loadHistory() {
+    if (history.loading) return;
+    history.loading = true;
+    const range = history.range;
+    try {
+      const response = await fetch(`/queue/history?range=${encodeURIComponent(range)}`, {
+        headers: { Accept: "application/json" },
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const body = await response.json();
+      if (range !== history.range) return; // the user picked another range meanwhile
+      history.skewMs = typeof body.now === "number" ? body.now - Date.now() : 0;
+      drawHistory(body);
+      $("charts-note").textContent = "";
+    } catch (err) {
+      $("charts-note").textContent = `history unavailable (${err.message}); retrying`;
+    } finally {
+      history.loading = false;
     }
-    baseline = { t: now, processed: s.totalProcessed };
-    samples.push({
-      t: now,
-      rate,
-      waitP50: s.waitTime?.p50 ?? 0,
-      waitP95: s.waitTime?.p95 ?? 0,
-      execP50: s.executionTime?.p50 ?? 0,
-      execP95: s.executionTime?.p95 ?? 0,
-    });
-    drawCharts();
   }
 
-  function drawCharts() {
-    for (const chart of charts) chart.draw(samples);
+  function drawHistory(body) {
+    const s = body.series;
+    history.series = s;
+    const to = Date.now() + history.skewMs;
+    const span = { from: to - RANGES[history.range], to };
+    charts.throughput.setData(s.t, [s.throughput], span);
+    charts.queue.setData(s.t, [s.queueLength, s.running], span);
+    charts.wait.setData(s.t, [s.waitP50, s.waitP95], span);
+    charts.exec.setData(s.t, [s.execP50, s.execP95], span);
+    document.querySelector(".charts").dataset.range = history.range;
+    renderStats();
   }
+
+  function chooseRange(range) {
+    if (!RANGES[range]) return;
+    history.range = range;
+    for (const button of rangeButtons) button.setAttribute("aria-pressed", String(button.dataset.range === range));
+    try {
+      localStorage.setItem("conveyor.chartRange", range);
+    } catch (err) {
+      // not remembered
+    }
+    clearInterval(history.timer);
+    history.timer = setInterval(loadHistory, REFRESH_MS[range]);
+    history.loading = false;
+    loadHistory();
+  }
+
+  for (const button of rangeButtons) button.addEventListener("click", () => chooseRange(button.dataset.range));
 
   // -- admin ---------------------------------------------------------------------------------------------------
 
@@ -188,28 +247,27 @@
           Boolean(message.admin),
           message.user,
           message.admin
-            ? `Signed in as ${message.user}: Cancel and Stop act on any job.`
+            ? `Signed in as ${message.user}: job ids, whole jobs, and Cancel and Stop on any job.`
             : `${message.user} is not an admin; the dashboard stays read-only.`,
         );
+        openLinkedJob();
         break;
       case "error":
         onError(message);
         break;
       default:
-        if (message.jobId && (message.type === "queued" || message.type === "running" || FINAL.has(message.type))) {
+        if (message.handle && (message.type === "queued" || message.type === "running" || FINAL.has(message.type))) {
           table.apply(message);
         }
     }
   }
 
   function onStats(stats) {
-    const first = !state.stats;
     // Strip `type` so the stored stats have the snapshot's shape.
     const { type, ...rest } = stats;
     state.stats = rest;
     state.statsAt = Date.now();
     renderStats();
-    if (first) takeSample();
   }
 
   function onError(message) {
@@ -236,15 +294,20 @@
     },
     onClose: () => {
       if (state.admin) setAdmin(false, null, "Reconnecting; actions return once the key is accepted again.");
-      baseline = null;
+      table.closeDetail();
     },
   });
 
-  setInterval(takeSample, SAMPLE_MS);
-  // Running and queued rows show live times; the rate may decay to 0 without a push.
+  let savedRange = null;
+  try {
+    savedRange = localStorage.getItem("conveyor.chartRange");
+  } catch (err) {
+    savedRange = null;
+  }
+  chooseRange(RANGES[savedRange] ? savedRange : "15m");
+  // Running and queued rows show live times; the rate moves without a push.
   setInterval(() => {
     renderStats();
     if (table.hasActive) table.render();
   }, 1000);
-  drawCharts();
 })();

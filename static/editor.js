@@ -1,11 +1,16 @@
-/* The editor: pick a language, run code over the WebSocket, stream its output, feed it input, stop it. */
+/* The editor: pick a language, run code over the WebSocket, stream its output, feed it input, stop it; the last
+   run's output survives a reload, and the remaining quota is shown. */
 "use strict";
 
 (() => {
-  const { el, fmtMs, Socket } = Conveyor;
+  const { el, fmtMs, fmtBytes, Socket } = Conveyor;
   const config = Conveyor.config();
 
   const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
+  const COMPILE_REASONS = new Set(["compile_error", "compile_timeout"]);
+  const LAST_RUN_KEY = "conveyor.lastRun";
+  // The saved copy of the last run's output is cut here: localStorage holds ~5 MB per origin, shared by all keys.
+  const MAX_SAVED_OUTPUT = 64 * 1024;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -13,9 +18,10 @@
     run: $("run"),
     stop: $("stop"),
     status: $("status"),
-    code: $("code"),
-    gutter: $("gutter"),
+    codeEditor: $("code-editor"),
     codeSize: $("code-size"),
+    figures: $("figures"),
+    quota: $("quota"),
     output: $("output"),
     stdin: $("stdin"),
     inputForm: $("input-form"),
@@ -32,9 +38,15 @@
     startedAt: 0, // local Date.now() at the start, for the ticking clock
     eofSent: false,
   };
+  // A reloaded page takes back its run: the id is kept for this tab, the owner token is the server's cookie.
+  const RUN_KEY = "conveyor.run";
+  const resumed = sessionStorage.getItem(RUN_KEY);
+  if (resumed) Object.assign(job, { id: resumed, state: "queued" });
   let requestCounter = 0;
   let ticker = null;
   let runtimes = [];
+  // Rate limit: what /ratelimit said is left, and the end of a 429's wait (Date.now() ms), 0 when not limited.
+  const quota = { remaining: null, limit: null, limitedUntil: 0, timer: null };
 
   // -- status line ---------------------------------------------------------------------------------------------
 
@@ -55,8 +67,12 @@
     ticker = null;
   }
 
+  const present = (value) => value !== null && value !== undefined;
+
   function finalText(message) {
-    const time = message.executionTimeMs !== null && message.executionTimeMs !== undefined;
+    // A program that never ran has no execution time, whatever the record says about the compile stage.
+    const compileFailed = COMPILE_REASONS.has(message.reason);
+    const time = present(message.executionTimeMs) && !compileFailed;
     const parts = [];
     switch (message.type) {
       case "completed":
@@ -68,6 +84,7 @@
         if (message.exitCode !== null && message.exitCode !== undefined) parts.push(`exit ${message.exitCode}`);
         else if (message.signal) parts.push(message.signal);
         if (time) parts.push(fmtMs(message.executionTimeMs));
+        else if (compileFailed && present(message.compileTimeMs)) parts.push(`compiled for ${fmtMs(message.compileTimeMs)}`);
         break;
       }
       case "timeout":
@@ -83,11 +100,142 @@
     return text;
   }
 
+  /**
+   * Compile, run, CPU and memory figures of a finished run: only those the server sent (older servers send fewer),
+   * and no run time for a program that never ran.
+   */
+  function renderFigures(message) {
+    const figures = [];
+    const add = (label, value, format) => present(value) && figures.push([label, format(value)]);
+    add("compile", message.compileTimeMs, fmtMs);
+    add("compile CPU", message.compileCpuTimeMs, fmtMs);
+    add("compile memory", message.compileMemoryPeakBytes, fmtBytes);
+    if (!COMPILE_REASONS.has(message.reason)) {
+      add("run", message.executionTimeMs, fmtMs);
+      add("CPU", message.cpuTimeMs, fmtMs);
+      add("memory", message.memoryPeakBytes, fmtBytes);
+    }
+    add("wait", message.waitTimeMs, fmtMs);
+    showFigures(figures);
+    return figures;
+  }
+
+  function showFigures(figures) {
+    ui.figures.replaceChildren(
+      ...figures.map(([label, value]) =>
+        el("span", { className: "figure", dataset: { figure: label } }, el("span", { className: "figure-label" }, label), value),
+      ),
+    );
+    ui.figures.hidden = figures.length === 0;
+  }
+
+  // -- quota ---------------------------------------------------------------------------------------------------
+
+  async function refreshQuota() {
+    try {
+      const response = await fetch("/ratelimit", { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      const { submit } = await response.json();
+      quota.remaining = submit.remaining;
+      quota.limit = submit.limit;
+      if (submit.retryAfter > 0) startCountdown(submit.retryAfter);
+      renderQuota();
+    } catch (err) {
+      // The hint is a courtesy; a run still reports a 429 itself.
+    }
+  }
+
+  function startCountdown(seconds) {
+    quota.limitedUntil = Math.max(quota.limitedUntil, Date.now() + seconds * 1000);
+    quota.remaining = 0;
+    clearInterval(quota.timer);
+    quota.timer = setInterval(() => {
+      if (Date.now() >= quota.limitedUntil) {
+        clearInterval(quota.timer);
+        quota.timer = null;
+        quota.limitedUntil = 0;
+        refreshQuota();
+      }
+      renderQuota();
+      syncControls();
+    }, 250);
+    renderQuota();
+    syncControls();
+  }
+
+  function limitedSeconds() {
+    return quota.limitedUntil ? Math.max(0, Math.ceil((quota.limitedUntil - Date.now()) / 1000)) : 0;
+  }
+
+  function renderQuota() {
+    const wait = limitedSeconds();
+    if (wait > 0) {
+      ui.quota.dataset.state = "limited";
+      ui.quota.textContent = `rate limited · next run in ${wait} s`;
+    } else if (quota.remaining !== null) {
+      ui.quota.dataset.state = quota.remaining <= Math.max(1, Math.floor(quota.limit / 5)) ? "low" : "ok";
+      ui.quota.textContent = `${quota.remaining} / ${quota.limit} runs left`;
+    }
+    ui.quota.title = "Submissions left in this rate-limit window (RATE_LIMIT_REQUESTS, or your API key's own)";
+    ui.quota.hidden = quota.remaining === null && wait === 0;
+  }
+
+  // -- the last run, kept across reloads --------------------------------------------------------------------------
+
+  function saveLastRun(figures) {
+    const chunks = [];
+    let budget = MAX_SAVED_OUTPUT;
+    for (const node of ui.output.children) {
+      const stream = node.dataset.stream || "stdout";
+      const text = stream === "compile" ? node.querySelector(".compile-text").textContent : node.textContent;
+      if (text.length > budget) {
+        chunks.push([stream, text.slice(0, budget)], ["note", "\n(the saved copy of this output stops here)\n"]);
+        break;
+      }
+      chunks.push([stream, text]);
+      budget -= text.length;
+    }
+    const record = {
+      language: ui.language.value,
+      stdin: ui.stdin.value.slice(0, MAX_SAVED_OUTPUT),
+      status: { state: ui.status.dataset.state, text: ui.status.textContent },
+      figures,
+      chunks,
+      savedAt: Date.now(),
+    };
+    try {
+      localStorage.setItem(LAST_RUN_KEY, JSON.stringify(record));
+    } catch (err) {
+      // Full or refused storage: the output is simply not restored after a reload.
+    }
+  }
+
+  function restoreLastRun() {
+    let record = null;
+    try {
+      record = JSON.parse(localStorage.getItem(LAST_RUN_KEY) || "null");
+    } catch (err) {
+      record = null;
+    }
+    if (!record || !Array.isArray(record.chunks)) return;
+    ui.stdin.value = typeof record.stdin === "string" ? record.stdin : "";
+    for (const [stream, text] of record.chunks) {
+      if (stream === "compile") showCompileOutput(String(text));
+      else if (stream === "note" || stream === "error") appendNote(String(text).replace(/^\n|\n$/g, ""), stream);
+      else appendOutput(stream === "stderr" || stream === "stdin" ? stream : "stdout", String(text));
+    }
+    if (record.status && FINAL.has(record.status.state)) setStatus(record.status.state, String(record.status.text));
+    if (Array.isArray(record.figures)) showFigures(record.figures);
+    const when = new Date(record.savedAt || Date.now()).toLocaleTimeString([], { hour12: false });
+    appendNote(`(restored: your last run, at ${when})`);
+    ui.output.dataset.restored = "true";
+  }
+
   // -- controls ------------------------------------------------------------------------------------------------
 
   function syncControls() {
     const active = job.state === "submitting" || job.state === "queued" || job.state === "running";
-    ui.run.disabled = active || !ui.language.value || !socket.ready;
+    ui.run.disabled = active || !ui.language.value || !socket.ready || limitedSeconds() > 0;
     ui.stop.disabled = !(job.state === "queued" || job.state === "running") || !job.id;
     const acceptsInput = job.state === "running" && !job.eofSent && socket.ready;
     ui.input.disabled = !acceptsInput;
@@ -153,6 +301,8 @@
     if (message.type === "queued" && message.requestId === job.requestId && job.state === "submitting") {
       job.id = message.jobId;
       job.state = "queued";
+      sessionStorage.setItem(RUN_KEY, job.id);
+      refreshQuota(); // the run took a token
     }
     if (!job.id || message.jobId !== job.id) return;
     if (message.type === "position") {
@@ -187,21 +337,31 @@
     syncControls();
   }
 
-  function onFinished(message) {
+  async function onFinished(message) {
     stopTicker();
     job.state = "finished";
+    sessionStorage.removeItem(RUN_KEY);
     setStatus(message.type, finalText(message));
+    const figures = renderFigures(message);
     if (!ui.output.textContent) appendNote("(no output)");
-    if (message.reason === "compile_error" || message.reason === "compile_timeout") fetchCompileOutput(job.id);
+    if (COMPILE_REASONS.has(message.reason)) await fetchCompileOutput(job.id);
+    saveLastRun(figures);
   }
 
   function onError(message) {
     const mine =
       (message.requestId && message.requestId === job.requestId) || (message.jobId && message.jobId === job.id);
     const text = message.message || message.error || "error";
+    if (mine && message.error === "Too many requests" && typeof message.retryAfter === "number") {
+      startCountdown(message.retryAfter);
+    }
     if (mine && job.state === "submitting") {
       job.state = "idle";
       setStatus("error", `not started: ${text}`);
+    } else if (mine && message.error === "Not found" && job.id === resumed) {
+      job.state = "idle";
+      sessionStorage.removeItem(RUN_KEY);
+      setStatus("idle", "ready");
     } else {
       appendNote(text, "error");
     }
@@ -218,6 +378,8 @@
     job.eofSent = false;
     stopTicker();
     ui.output.replaceChildren();
+    delete ui.output.dataset.restored;
+    showFigures([]);
     const sent = socket.send({
       type: "run",
       language,
@@ -263,16 +425,24 @@
 
   // -- code area -----------------------------------------------------------------------------------------------
 
-  const code = new CodeArea(ui.code, ui.gutter, {
+  function showCodeSize(text) {
+    const bytes = new TextEncoder().encode(text).length;
+    const max = config.maxCodeBytes;
+    ui.codeSize.textContent = max ? `${bytes.toLocaleString("en-US")} / ${max.toLocaleString("en-US")} bytes` : "";
+    ui.codeSize.classList.toggle("over", Boolean(max) && bytes > max);
+  }
+
+  let loadingCode = false; // a language switch sets the text: that is not an edit to save
+  const code = new CodeArea(ui.codeEditor, {
+    contentId: "code",
+    label: "Source code",
     indentUnit: () => (ui.language.value === "go" ? "\t" : "    "),
+    onRun: () => run(),
     onChange: (text) => {
-      const bytes = new TextEncoder().encode(text).length;
-      const max = config.maxCodeBytes;
-      ui.codeSize.textContent = max ? `${bytes.toLocaleString("en-US")} / ${max.toLocaleString("en-US")} bytes` : "";
-      ui.codeSize.classList.toggle("over", Boolean(max) && bytes > max);
+      showCodeSize(text);
+      if (!loadingCode) saveCode();
     },
   });
-  ui.code.addEventListener("input", saveCode);
 
   // -- languages and saved code --------------------------------------------------------------------------------
 
@@ -295,7 +465,13 @@
     } catch (err) {
       saved = null;
     }
-    code.value = saved !== null ? saved : starterFor(language);
+    loadingCode = true;
+    try {
+      code.value = saved !== null ? saved : starterFor(language);
+    } finally {
+      loadingCode = false;
+    }
+    code.setLanguage(language);
   }
 
   function starterFor(language) {
@@ -337,7 +513,10 @@
     if (initial) ui.language.value = initial.id;
     ui.language.disabled = runtimes.length === 0;
     loadCode(ui.language.value);
-    if (job.state === "idle") setStatus("idle", runtimes.length ? "ready" : "no languages available");
+    // A restored last run keeps its final status until the next run.
+    if (job.state === "idle" && !(ui.output.dataset.restored && runtimes.length)) {
+      setStatus("idle", runtimes.length ? "ready" : "no languages available");
+    }
     syncControls();
   }
 
@@ -367,6 +546,8 @@
     }
   });
   document.addEventListener("keydown", (event) => {
+    // The editor handles its own Ctrl+Enter (and marks the event handled).
+    if (event.defaultPrevented) return;
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
       run();
@@ -392,6 +573,8 @@
     },
   });
 
-  code.changed();
+  showCodeSize(code.value);
+  restoreLastRun();
   loadRuntimes();
+  refreshQuota();
 })();

@@ -1,4 +1,6 @@
-/* The dashboard's job table: a model fed by queue-topic events, rendered with filters and a detail view. */
+/* The dashboard's job table: a model fed by queue-topic events, rendered with filters and a detail view.
+ * Rows are keyed by display handle: a viewer never gets a job's id (the id is the capability to read it); an
+ * admin gets ids too, and a full job view (code, input, output) in the detail panel, linkable as #job=<id>. */
 "use strict";
 
 const Jobs = (() => {
@@ -14,9 +16,12 @@ const Jobs = (() => {
   const liveRun = (job) =>
     job.status === "running" && job.startedAt ? Math.max(0, Date.now() - job.startedAt) : job.executionTimeMs;
 
+  const JOB_HASH = /^#job=([0-9a-f]{32})$/;
+
   function fromSummary(summary) {
     return {
-      id: summary.id,
+      handle: summary.handle,
+      id: summary.id ?? null,
       language: summary.language,
       priority: summary.priority,
       status: summary.status,
@@ -39,18 +44,31 @@ const Jobs = (() => {
     return el("span", { className: `badge badge-${status}`, dataset: { status } }, status);
   }
 
+  function block(title, text, stream) {
+    return el(
+      "div",
+      { className: "detail-block", dataset: { stream } },
+      el("div", { className: "detail-block-head" }, title),
+      el("pre", { className: "detail-pre" }, text),
+    );
+  }
+
   /**
-   * Metadata only: the queue topic never carries code, input or output, so neither does this table. Action
-   * buttons exist in the DOM only while `canAct()` (an admin key was accepted); `onStop(id)` sends the request.
+   * The queue topic never carries code, input or output, so neither does this table. Action buttons exist in the
+   * DOM only while `canAct()` (an admin key was accepted); `onStop(id)` sends the request. `loadJob(id)` fetches
+   * the full job for an admin's detail view (a promise of the job, or null).
    */
   class JobTable {
-    constructor(ui, { canAct, onStop }) {
+    constructor(ui, { canAct, onStop, loadJob }) {
       this.ui = ui;
       this.canAct = canAct;
       this.onStop = onStop;
-      this.jobs = new Map();
-      this.stopping = new Set();
-      this.selected = null;
+      this.loadJob = loadJob;
+      this.jobs = new Map(); // handle -> job
+      this.stopping = new Set(); // ids
+      this.selected = null; // handle
+      this.detailId = null; // id of the full job shown (admins)
+      this.detail = null;
       this.renderQueued = false;
       ui.detailClose.addEventListener("click", () => this.select(null));
       for (const input of [ui.filterStatus, ui.filterLanguage]) input.addEventListener("change", () => this.render());
@@ -64,18 +82,20 @@ const Jobs = (() => {
 
     /** Replace everything with a fresh snapshot (first subscribe, or after a reconnect). */
     reset(summaries) {
-      this.jobs = new Map(summaries.map((summary) => [summary.id, fromSummary(summary)]));
+      this.jobs = new Map(summaries.map((summary) => [summary.handle, fromSummary(summary)]));
       this.stopping.clear();
+      if (!this.canAct()) this.closeDetail();
       this.render();
     }
 
     /** Apply one lifecycle event: queued, running or a final status. */
     apply(message) {
-      let job = this.jobs.get(message.jobId);
+      let job = this.jobs.get(message.handle);
       if (!job) {
-        job = { id: message.jobId, status: "queued", language: null, priority: null, createdAt: null };
-        this.jobs.set(job.id, job);
+        job = { handle: message.handle, id: null, status: "queued", language: null, priority: null, createdAt: null };
+        this.jobs.set(job.handle, job);
       }
+      if (message.jobId) job.id = message.jobId;
       if (message.type === "queued") {
         Object.assign(job, {
           status: "queued",
@@ -101,6 +121,7 @@ const Jobs = (() => {
           language: message.language ?? job.language,
         });
         this.stopping.delete(job.id);
+        if (job.id && job.id === this.detailId) this.loadDetail(job.id); // its output is complete now
       }
       this.trim();
       this.render();
@@ -119,9 +140,46 @@ const Jobs = (() => {
       }
     }
 
-    select(id) {
-      this.selected = id;
+    select(handle) {
+      this.selected = handle;
+      const job = handle ? this.jobs.get(handle) : null;
+      if (job && job.id && this.canAct()) this.loadDetail(job.id);
+      else this.closeDetail();
       this.render();
+    }
+
+    /** An admin opens a job by id (a #job=<id> link): its row if the table has it, else the job alone. */
+    openId(id) {
+      const row = [...this.jobs.values()].find((job) => job.id === id);
+      this.selected = row ? row.handle : null;
+      this.loadDetail(id);
+      this.render();
+    }
+
+    /** The #job=<id> in the address bar, if any. */
+    static hashId() {
+      const match = location.hash.match(JOB_HASH);
+      return match ? match[1] : null;
+    }
+
+    loadDetail(id) {
+      if (this.detailId !== id) this.detail = null;
+      this.detailId = id;
+      if (location.hash !== `#job=${id}`) history.replaceState(null, "", `#job=${id}`);
+      this.loadJob(id).then((full) => {
+        if (this.detailId !== id) return;
+        this.detail = full || { id, missing: true };
+        this.render();
+      });
+    }
+
+    closeDetail() {
+      // A #job= link stays in the address bar until an admin has opened it.
+      if (this.detailId && JOB_HASH.test(location.hash)) {
+        history.replaceState(null, "", location.pathname + location.search);
+      }
+      this.detailId = null;
+      this.detail = null;
     }
 
     /** Coalesce renders to one per animation frame: a burst of events redraws once. */
@@ -136,7 +194,7 @@ const Jobs = (() => {
     }
 
     actionButton(job) {
-      if (!this.canAct() || !isActive(job)) return null;
+      if (!this.canAct() || !job.id || !isActive(job)) return null;
       const busy = this.stopping.has(job.id);
       return el(
         "button",
@@ -160,7 +218,7 @@ const Jobs = (() => {
       if (status === "active" ? !isActive(job) : status && job.status !== status) return false;
       if (filterLanguage.value && job.language !== filterLanguage.value) return false;
       const needle = filterId.value.trim().toLowerCase();
-      return !needle || job.id.toLowerCase().includes(needle);
+      return !needle || job.handle.includes(needle) || Boolean(job.id && job.id.includes(needle));
     }
 
     renderTable() {
@@ -179,13 +237,15 @@ const Jobs = (() => {
           el(
             "tr",
             {
-              dataset: { jobId: job.id, status: job.status },
-              className: job.id === this.selected ? "selected" : "",
+              dataset: { handle: job.handle, status: job.status, ...(job.id ? { jobId: job.id } : {}) },
+              className: job.handle === this.selected ? "selected" : "",
               tabindex: 0,
-              onclick: () => this.select(job.id),
-              onkeydown: (event) => event.key === "Enter" && this.select(job.id),
+              onclick: () => this.select(job.handle),
+              onkeydown: (event) => event.key === "Enter" && this.select(job.handle),
             },
-            el("td", { className: "mono", title: job.id }, job.id.slice(0, 12)),
+            job.id
+              ? el("td", { className: "mono", title: job.id }, job.id.slice(0, 12))
+              : el("td", { className: "mono muted", title: "display handle (only admins see job ids)" }, job.handle),
             el("td", {}, badge(job.status)),
             el("td", {}, job.language || "–"),
             el("td", { className: "num" }, job.priority ?? "–"),
@@ -216,16 +276,30 @@ const Jobs = (() => {
 
     renderDetail() {
       const ui = this.ui;
-      const job = this.selected ? this.jobs.get(this.selected) : null;
-      ui.detailList.hidden = !job;
-      ui.detailEmpty.hidden = Boolean(job);
-      ui.detailClose.hidden = !job;
+      const row = this.selected ? this.jobs.get(this.selected) : null;
+      const full = this.detail && !this.detail.missing ? this.detail : null;
+      const job = row || (full ? fromSummary({ ...full, handle: null }) : null);
+      const shown = Boolean(job || this.detailId);
+      ui.detailList.hidden = !shown;
+      ui.detailEmpty.hidden = shown;
+      ui.detailClose.hidden = !shown;
+      ui.detailFull.hidden = !full;
       if (!job) {
         ui.detailActions.replaceChildren();
+        ui.detailFull.replaceChildren();
+        ui.detailList.replaceChildren(
+          ...(this.detailId
+            ? [el("dt", {}, "Job id"), el("dd", { className: "wrap" }, this.detailId),
+               el("dt", {}, "Job"), el("dd", {}, this.detail ? "not found (evicted, or never existed)" : "loading…")]
+            : []),
+        );
         return;
       }
+      const id = job.id || this.detailId;
       const rows = [
-        ["Job id", el("span", { className: "mono wrap" }, job.id)],
+        id
+          ? ["Job id", el("a", { className: "mono wrap", href: `#job=${id}`, dataset: { role: "job-link" } }, id)]
+          : ["Handle", el("span", { className: "mono" }, job.handle)],
         ["Status", badge(job.status)],
         ["Language", job.language || "–"],
         ["Priority", job.priority ?? "–"],
@@ -243,7 +317,18 @@ const Jobs = (() => {
         ["Truncated", job.truncated ? "yes" : "no"],
       ];
       ui.detailList.replaceChildren(...rows.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
-      ui.detailActions.replaceChildren(...[this.actionButton(job)].filter(Boolean));
+      ui.detailActions.replaceChildren(...[this.actionButton({ ...job, id })].filter(Boolean));
+      ui.detailFull.replaceChildren(
+        ...(full
+          ? [
+              block("Code", full.code, "code"),
+              block("Input", full.stdin || "(none)", "stdin"),
+              block("Output", full.stdout || "(none)", "stdout"),
+              block("Errors", full.stderr || "(none)", full.stderr ? "stderr" : "empty"),
+              full.compileOutput ? block("Compiler output", full.compileOutput, "compile") : null,
+            ].filter(Boolean)
+          : []),
+      );
     }
   }
 

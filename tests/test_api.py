@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ HELLO = {"language": "python", "code": "print('hello')"}
 SLEEP = {"language": "python", "code": "import time\ntime.sleep(30)"}
 
 
+def _template_matches(template: str, path: str) -> bool:
+    return re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path) is not None
+
+
 def _response_schema(path: str, method: str, status: int) -> dict[str, Any]:
-    template = next((p for p in SPEC["paths"] if p == path or (("{" in p) and path.startswith(p.split("{")[0]))), None)
+    template = next((p for p in SPEC["paths"] if _template_matches(p, path)), None)
     assert template is not None, f"{path} is not in openapi.json"
     operation = SPEC["paths"][template][method.lower()]
     response = operation["responses"].get(str(status))
@@ -44,10 +49,12 @@ async def call(client: Client, method: str, path: str, status: int, **kwargs: An
     return body
 
 
-async def wait_for_status(client: Client, job_id: str, statuses: set[str], timeout: float = 20) -> dict[str, Any]:
+async def wait_for_status(
+    client: Client, job_id: str, statuses: set[str], timeout: float = 20, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
-            job = await call(client, "GET", f"/queue/job/{job_id}", 200)
+            job = await call(client, "GET", f"/queue/job/{job_id}", 200, headers=headers)
             if job["status"] in statuses:
                 return job  # type: ignore[no-any-return]
             await asyncio.sleep(0.05)

@@ -123,6 +123,7 @@ def test_client_for_key(keys: ApiKeys) -> None:
     assert (alice.user, alice.ip, alice.max_priority, alice.admin) == ("alice", "2001:db8::/56", 10, True)
     assert (alice.rate_limit_requests, alice.rate_limit_burst) == (100, 200)
     assert client_for_key(None, "203.0.113.7", keys).key == "ip:203.0.113.7"
+    assert (alice.owner, client_for_key(None, "203.0.113.7", keys).owner) == ("key:alice", None)
     with pytest.raises(Unauthorized, match="Unknown API key"):
         client_for_key("wrong", "203.0.113.7", keys)
     with pytest.raises(Unauthorized, match="Malformed"):

@@ -147,7 +147,8 @@ async def test_only_the_owner_may_stop(app_client: AppClientFactory, tmp_path: P
     await until(owner, "running")
     await other.send_json({"type": "stop", "jobId": job_id})
     error = await recv(other)
-    assert error["type"] == "error" and error["error"] == "Forbidden" and error["jobId"] == job_id
+    # The same answer as for an unknown id: a refusal does not confirm that the job exists.
+    assert error["type"] == "error" and error["error"] == "Not found" and error["jobId"] == job_id
     await owner.send_json({"type": "stop", "jobId": job_id})
     assert (await until(owner, TERMINAL))[-1]["type"] == "cancelled"
 
@@ -161,10 +162,13 @@ async def test_queue_topic_sees_rest_jobs_and_stats_without_output(client: Clien
     job = await resp.json()
     messages = await until(ws, "stats")
     messages += await until(ws, "completed") if not any(m["type"] == "completed" for m in messages) else []
-    kinds = [m["type"] for m in messages if m.get("jobId") == job["id"]]
+    # An anonymous viewer gets display handles, never the id (a capability).
+    handles = {m["handle"] for m in messages if m["type"] in ("queued", "running", "completed")}
+    assert len(handles) == 1
+    kinds = [m["type"] for m in messages if m.get("handle") in handles]
     assert kinds[:2] == ["queued", "running"] and "completed" in kinds
     raw = orjson.dumps(messages).decode()
-    assert "secret output" not in raw and "print(" not in raw
+    assert "secret output" not in raw and "print(" not in raw and job["id"] not in raw
     stats = [m for m in messages if m["type"] == "stats"]
     assert stats and "queueLength" in stats[-1]
 
@@ -320,12 +324,15 @@ async def test_interactive_job_survives_a_reconnect_within_the_grace(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("server.hub.ORPHAN_GRACE_S", 0.5)
-    ws = await connect(client)
+    ws: ClientWebSocketResponse = await client.ws_connect("/ws")
+    token = (await recv(ws))["ownerToken"]  # a client without the pages' cookie gets its owner token in `hello`
     await ws.send_json({"type": "run", "language": "python", "code": "print('echo', input())", "interactive": True})
     job_id = (await recv(ws))["jobId"]
     seen = await until(ws, "running")
     await ws.close()
     ws2 = await connect(client)
+    await ws2.send_json({"type": "auth", "ownerToken": token})
+    await until(ws2, "auth")
     await ws2.send_json({"type": "subscribe", "jobId": job_id, "since": seen[-1]["seq"]})
     await until(ws2, "subscribed")
     await asyncio.sleep(0.8)  # past the grace: the job was adopted, so it is still running

@@ -7,8 +7,20 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from server.errors import Forbidden
-from server.identity import Client, anonymous, check_priority, client_ip, parse_networks, peer_ip
+from server.errors import BadRequest, Forbidden
+from server.identity import (
+    OWNER_COOKIE,
+    OWNER_TOKEN,
+    Client,
+    anonymous,
+    check_priority,
+    client_ip,
+    new_owner_token,
+    owner_of_token,
+    owner_token,
+    parse_networks,
+    peer_ip,
+)
 
 PROXIES = parse_networks(("10.0.0.0/8", "2001:db8:ffff::/48"))
 
@@ -110,3 +122,33 @@ def test_check_priority() -> None:
     assert exc.value.status == 403
     assert "maximum for this API key is 5" in exc.value.message
     assert exc.value.extra == {"maxPriority": 5}
+
+
+def test_owner_tokens_never_the_address() -> None:
+    token = new_owner_token()
+    assert OWNER_TOKEN.fullmatch(token) and token != new_owner_token()
+    anon = anonymous("203.0.113.7")
+    assert anon.owner is None and anon.job_owner == "anon:"
+    owned = anon.with_owner_token(token)
+    assert owned.owner == owner_of_token(token) and token not in str(owned.owner)
+    assert owned.key == anon.key  # the quota stays per address
+    # Two clients of one address are different owners; one token is one owner at any address.
+    assert anonymous("203.0.113.7").with_owner_token(new_owner_token()).owner != owned.owner
+    assert anonymous("198.51.100.1").with_owner_token(token).owner == owned.owner
+    user = Client(key="user:alice", ip="203.0.113.7", user="alice", owner="key:alice")
+    assert user.with_owner_token(token) is user  # a key user's jobs stay its key's
+
+
+def test_owner_token_from_header_or_cookie() -> None:
+    token, other = new_owner_token(), new_owner_token()
+    assert owner_token(_request("203.0.113.7")) is None
+    assert owner_token(_request("203.0.113.7", [("X-Owner-Token", token)])) == token
+    assert owner_token(_request("203.0.113.7", [("Cookie", f"{OWNER_COOKIE}={token}")])) == token
+    both = [("X-Owner-Token", token), ("Cookie", f"{OWNER_COOKIE}={other}")]
+    assert owner_token(_request("203.0.113.7", both)) == token
+    # A stale or forged cookie is ignored (the pages replace it); a malformed header is the caller's mistake.
+    assert owner_token(_request("203.0.113.7", [("Cookie", f"{OWNER_COOKIE}=short")])) is None
+    for bad in ("short", "x" * 129, token[:-1] + "!"):
+        with pytest.raises(BadRequest) as exc:
+            owner_token(_request("203.0.113.7", [("X-Owner-Token", bad)]))
+        assert exc.value.extra == {"field": "X-Owner-Token"}

@@ -12,10 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 from pytest_aiohttp.plugin import AiohttpServer
 
 from server.app import create_app
+from server.identity import new_owner_token
 from server.jobs import Runner
 from server.keys import HUB
 from tests.browser import VIEWPORT, Recorder, launch, screenshot
@@ -29,6 +30,7 @@ expect.set_options(timeout=20_000)
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ADMIN_KEY = "cvy_dashboard-admin-key"
 SLEEP = "import time\ntime.sleep(60)"
+OWNER = new_owner_token()
 
 
 @pytest.fixture
@@ -60,15 +62,18 @@ class Pages:
         self.browser = browser
         self.recorders: dict[Page, tuple[Recorder, str]] = {}
 
-    async def open(self, server: TestServer, path: str) -> Page:
-        context = await self.browser.new_context(viewport=VIEWPORT)
+    async def open(
+        self, server: TestServer, path: str, *, viewport: ViewportSize = VIEWPORT, wait_socket: bool = True
+    ) -> Page:
+        context = await self.browser.new_context(viewport=viewport)
         page = await context.new_page()
         recorder = Recorder()
         recorder.attach(page)
         origin = origin_of(server)
         self.recorders[page] = (recorder, origin)
         await page.goto(origin + path)
-        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        if wait_socket:
+            await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
         return page
 
     def recorder(self, page: Page) -> Recorder:
@@ -84,36 +89,36 @@ async def pages(browser: Browser) -> AsyncIterator[Pages]:
     opened = Pages(browser)
     yield opened
     await opened.close()
-    # Every test also proves the pages stayed on their own server and threw no script errors.
+    # Every test also proves the pages stayed on their own server, threw no script errors and broke no CSP rule.
     for recorder, origin in opened.recorders.values():
         assert recorder.outside(origin) == []
         assert recorder.errors == []
+        assert recorder.csp == []
 
 
 def origin_of(server: TestServer) -> str:
     return str(server.make_url("/")).rstrip("/")
 
 
-async def submit(server: TestServer, code: str, language: str = "python", *, wait: bool = False) -> dict[str, Any]:
+async def submit(
+    server: TestServer, code: str, language: str = "python", *, wait: bool = False, stdin: str = ""
+) -> dict[str, Any]:
+    """POST /run as an anonymous REST client holding the owner token OWNER (so that it may stop its jobs)."""
     async with aiohttp.ClientSession() as session:
         url = server.make_url("/run").with_query(wait="true" if wait else "false")
-        async with session.post(url, json={"language": language, "code": code}) as resp:
+        run = {"language": language, "code": code, "stdin": stdin}
+        async with session.post(url, json=run, headers={"X-Owner-Token": OWNER}) as resp:
             body: dict[str, Any] = await resp.json()
             body["httpStatus"] = resp.status
             return body
 
 
 async def stop_as_owner(server: TestServer, job_id: str) -> None:
-    """Stop a REST-submitted job over the WebSocket: an anonymous caller owns jobs from its own address."""
-    async with aiohttp.ClientSession() as session, session.ws_connect(server.make_url("/ws")) as ws:
-        await ws.send_json({"type": "subscribe", "jobId": job_id})
-        await ws.send_json({"type": "stop", "jobId": job_id})
-        async with asyncio.timeout(20):
-            async for msg in ws:
-                data = msg.json()
-                if data.get("type") == "cancelled" or data.get("type") == "error":
-                    assert data["type"] == "cancelled", data
-                    return
+    """Stop a job `submit` queued, with its owner token (REST)."""
+    async with aiohttp.ClientSession() as session:
+        url = server.make_url(f"/queue/job/{job_id}/stop")
+        async with session.post(url, headers={"X-Owner-Token": OWNER}) as resp:
+            assert resp.status == 200, await resp.text()
 
 
 async def stop_server(server: TestServer) -> None:
@@ -132,17 +137,51 @@ async def editor_ready(page: Page) -> None:
     await expect(page.locator("#run")).to_be_enabled()
 
 
+EDITOR_VIEW = "CM.EditorView.findFromDOM(document.querySelector('#code-editor').shadowRoot.querySelector('.cm-editor'))"
+
+
+async def set_code(page: Page, text: str) -> None:
+    """Replace the editor's text as a paste would (Playwright's fill types into the contenteditable through the
+    browser's editing commands, which add style attributes the pages' CSP refuses)."""
+    await page.evaluate(
+        f"(text) => {{ const view = {EDITOR_VIEW}; "
+        "view.dispatch({changes: {from: 0, to: view.state.doc.length, insert: text}, userEvent: 'input.paste'}); }",
+        text,
+    )
+    await expect_code(page, text)
+
+
+async def code_of(page: Page) -> str:
+    """The editor's text, from CodeMirror's state (the DOM shows only the visible lines)."""
+    text: str = await page.evaluate(f"{EDITOR_VIEW}.state.doc.toString()")
+    return text
+
+
+async def expect_code(page: Page, expected: str | re.Pattern[str]) -> None:
+    """Wait until the editor's text equals `expected` (or matches it, for a pattern)."""
+    text = ""
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                text = await code_of(page)
+                if expected.search(text) if isinstance(expected, re.Pattern) else text == expected:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"editor text {text!r} never became {expected!r}") from None
+
+
 async def test_editor_runs_python_hello_with_keyboard(serve: ServerFactory, pages: Pages) -> None:
     page = await pages.open(await serve(), "/")
     await editor_ready(page)
     await expect(page.locator("#language option")).to_contain_text(["Python"])
-    await page.fill("#code", "for i in range(2):\n")
+    await set_code(page, "for i in range(2):\n")
     await page.focus("#code")
     await page.keyboard.press("Control+End")
     await page.keyboard.press("Tab")  # indents instead of moving focus
     await page.keyboard.type("print('hello', i)")
     await expect(page.locator("#code")).to_be_focused()
-    await expect(page.locator("#code")).to_have_value("for i in range(2):\n    print('hello', i)")
+    await expect_code(page, "for i in range(2):\n    print('hello', i)")
     await page.keyboard.press("Control+Enter")
     await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
     status = re.compile(r"^completed, exit 0, [\d.]+ m?s, CPU (<1|[\d.]+) m?s, [\d.]+ MiB peak$")
@@ -154,9 +193,7 @@ async def test_editor_runs_python_hello_with_keyboard(serve: ServerFactory, page
 async def test_editor_escapes_output_and_marks_stderr(serve: ServerFactory, pages: Pages) -> None:
     page = await pages.open(await serve(), "/")
     await editor_ready(page)
-    await page.fill(
-        "#code", "import sys\nprint('<img src=x onerror=alert(1)><b>bold</b>')\nprint('oops', file=sys.stderr)"
-    )
+    await set_code(page, "import sys\nprint('<img src=x onerror=alert(1)><b>bold</b>')\nprint('oops', file=sys.stderr)")
     await page.click("#run")
     await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
     await expect(page.locator("#output .out-stderr")).to_have_text("oops\n", use_inner_text=True)
@@ -168,8 +205,8 @@ async def test_editor_shows_compile_errors(serve: ServerFactory, pages: Pages) -
     page = await pages.open(await serve(), "/")
     await editor_ready(page)
     await page.select_option("#language", "c")
-    await expect(page.locator("#code")).to_have_value(re.compile("printf"))  # the C starter replaced Python's
-    await page.fill("#code", "int main(void) { return missing_name; }\n")
+    await expect_code(page, re.compile("printf"))  # the C starter replaced Python's
+    await set_code(page, "int main(void) { return missing_name; }\n")
     await page.click("#run")
     await expect(page.locator("#status")).to_have_text(re.compile(r"^failed: compile_error"))
     await expect(page.locator("#output .compile-block")).to_contain_text("missing_name")
@@ -182,7 +219,7 @@ async def test_editor_sends_typed_input_and_eof(serve: ServerFactory, pages: Pag
         "import sys\nname = input()\nprint('hi ' + name, flush=True)\n"
         "rest = sys.stdin.read()\nprint('rest', len(rest.splitlines()))"
     )
-    await page.fill("#code", code)
+    await set_code(page, code)
     await page.click("#run")
     await expect(page.locator("#status")).to_have_text(re.compile(r"^running \d+\.\d s$"))
     await expect(page.locator("#input")).to_be_enabled()
@@ -205,7 +242,7 @@ async def test_editor_stop_ends_an_infinite_loop(serve: ServerFactory, pages: Pa
     code = (
         "import itertools\nfor i in itertools.count():\n    if i % 500000 == 0:\n        print('tick', i, flush=True)"
     )
-    await page.fill("#code", code)
+    await set_code(page, code)
     await page.click("#run")
     await expect(page.locator("#output")).to_contain_text("tick 0")
     await expect(page.locator("#stop")).to_be_enabled()
@@ -221,7 +258,7 @@ async def test_editor_shows_its_place_in_line(serve: ServerFactory, pages: Pages
     await editor_ready(page)
     sleeper = await submit(server, SLEEP)
     ahead = await submit(server, SLEEP)
-    await page.fill("#code", "print('my turn')")
+    await set_code(page, "print('my turn')")
     await page.click("#run")
     await expect(page.locator("#status")).to_have_text("queued (#2 in line)")
     async with aiohttp.ClientSession() as session:
@@ -238,7 +275,7 @@ async def test_editor_resumes_after_its_socket_drops(serve: ServerFactory, pages
     page = await pages.open(server, "/")
     await editor_ready(page)
     code = "import time\nfor i in range(200):\n    print('line', i, flush=True)\n    time.sleep(0.01)\n"
-    await page.fill("#code", code)
+    await set_code(page, code)
     await page.click("#run")
     await expect(page.locator("#output")).to_contain_text("line 5")
     # What the hub does to a client that stops reading: close with 1013 ("reconnect and resume with since").
@@ -253,11 +290,38 @@ async def test_editor_resumes_after_its_socket_drops(serve: ServerFactory, pages
     assert numbers == list(range(200))
 
 
+async def test_a_reloaded_editor_takes_back_its_running_job(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await set_code(page, "print('hello', input(), flush=True)")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "running")
+    await page.reload()
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    # Same browser, same owner cookie: the page subscribes to its run again and may feed it.
+    await expect(page.locator("#status")).to_have_attribute("data-state", "running")
+    await expect(page.locator("#input")).to_be_enabled()
+    await page.fill("#input", "again")
+    await page.press("#input", "Enter")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output .out-stdout")).to_have_text("hello again\n")
+    cookies = await page.context.cookies()
+    owner = next(c for c in cookies if c["name"] == "conveyor_owner")
+    assert owner["httpOnly"] and owner["sameSite"] == "Strict"
+    assert owner["value"] not in "".join(pages.recorder(page).frames)
+
+
 # -- dashboard ----------------------------------------------------------------------------------------------------
 
 
-def row(page: Page, job_id: str) -> Any:
-    return page.locator(f'#jobs-body tr[data-job-id="{job_id}"]')
+def handle(server: TestServer, job_id: str) -> str:
+    """The display handle a dashboard shows for `job_id` (viewers never get the id itself)."""
+    return server.app[HUB].handles(job_id)
+
+
+def row(page: Page, server: TestServer, job_id: str) -> Any:
+    return page.locator(f'#jobs-body tr[data-handle="{handle(server, job_id)}"]')
 
 
 async def test_dashboard_follows_jobs_submitted_by_rest(serve: ServerFactory, pages: Pages) -> None:
@@ -275,8 +339,8 @@ async def test_dashboard_follows_jobs_submitted_by_rest(serve: ServerFactory, pa
 
     await expect(page.locator("#stat-running")).to_have_text("1 / 1")
     await expect(page.locator("#stat-queue")).to_have_text("2")
-    await expect(row(page, sleeper["jobId"]).locator(".badge")).to_have_text("running")
-    await expect(row(page, hello["jobId"]).locator(".badge")).to_have_text("queued")
+    await expect(row(page, server, sleeper["jobId"]).locator(".badge")).to_have_text("running")
+    await expect(row(page, server, hello["jobId"]).locator(".badge")).to_have_text("queued")
     # A viewer never gets controls, even for jobs that could be stopped.
     await expect(page.locator("#jobs-body button")).to_have_count(0)
     await expect(page.locator("#actions-head")).to_be_hidden()
@@ -290,7 +354,7 @@ async def test_dashboard_follows_jobs_submitted_by_rest(serve: ServerFactory, pa
     await expect(page.locator("#stat-ratelimited")).to_have_text("1")
     await expect(page.locator("#stat-queue")).to_have_text("0")
     await expect(page.locator("#jobs-body tr")).to_have_count(3)
-    await expect(row(page, failing["jobId"]).locator(".badge")).to_have_text("failed")
+    await expect(row(page, server, failing["jobId"]).locator(".badge")).to_have_text("failed")
 
     await page.select_option("#filter-status", "failed")
     await expect(page.locator("#jobs-body tr")).to_have_count(1)
@@ -299,10 +363,10 @@ async def test_dashboard_follows_jobs_submitted_by_rest(serve: ServerFactory, pa
     await page.select_option("#filter-language", "python")
     await expect(page.locator("#jobs-body tr")).to_have_count(2)
     await page.select_option("#filter-language", "")
-    await page.fill("#filter-id", hello["jobId"][:10])
+    await page.fill("#filter-id", handle(server, hello["jobId"])[:8])
     await expect(page.locator("#jobs-body tr")).to_have_count(1)
-    await row(page, hello["jobId"]).click()
-    await expect(page.locator("#detail-list")).to_contain_text(hello["jobId"])
+    await row(page, server, hello["jobId"]).click()
+    await expect(page.locator("#detail-list")).to_contain_text(handle(server, hello["jobId"]))
     await expect(page.locator("#detail-list")).to_contain_text("completed")
     await page.fill("#filter-id", "")
     await screenshot(page, "dashboard")
@@ -326,18 +390,18 @@ async def test_viewer_is_read_only_and_admin_stops_jobs(serve: ServerFactory, pa
     running = await submit(server, "print('OUT' + 'PUT-7f3a', flush=True)\nimport time\ntime.sleep(60)  # CODE-91c2")
     queued = await submit(server, "print('later')")
     for page in (viewer, admin):
-        await expect(row(page, running["jobId"]).locator(".badge")).to_have_text("running")
-        await expect(row(page, queued["jobId"]).locator(".badge")).to_have_text("queued")
+        await expect(row(page, server, running["jobId"]).locator(".badge")).to_have_text("running")
+        await expect(row(page, server, queued["jobId"]).locator(".badge")).to_have_text("queued")
     await expect(viewer.locator("#jobs-body button, #detail-actions button")).to_have_count(0)
-    await expect(row(admin, running["jobId"]).locator("button")).to_have_text("Stop")
-    await expect(row(admin, queued["jobId"]).locator("button")).to_have_text("Cancel")
+    await expect(row(admin, server, running["jobId"]).locator("button")).to_have_text("Stop")
+    await expect(row(admin, server, queued["jobId"]).locator("button")).to_have_text("Cancel")
     await screenshot(admin, "dashboard-admin")
 
-    await row(admin, queued["jobId"]).locator("button").click()
-    await row(admin, running["jobId"]).locator("button").click()
+    await row(admin, server, queued["jobId"]).locator("button").click()
+    await row(admin, server, running["jobId"]).locator("button").click()
     for page in (viewer, admin):
-        await expect(row(page, running["jobId"]).locator(".badge")).to_have_text("cancelled")
-        await expect(row(page, queued["jobId"]).locator(".badge")).to_have_text("cancelled")
+        await expect(row(page, server, running["jobId"]).locator(".badge")).to_have_text("cancelled")
+        await expect(row(page, server, queued["jobId"]).locator(".badge")).to_have_text("cancelled")
     await expect(admin.locator("#jobs-body button")).to_have_count(0)
     for page in (viewer, admin):
         content = await page.content()
@@ -360,7 +424,7 @@ async def test_dashboard_reconnects_after_a_server_restart(serve: ServerFactory,
     # A fresh snapshot from the new process: its counters start again.
     await expect(page.locator("#stat-completed")).to_have_text("0")
     job = await submit(restarted, "print(2)", wait=True)
-    await expect(row(page, job["id"]).locator(".badge")).to_have_text("completed")
+    await expect(row(page, restarted, job["id"]).locator(".badge")).to_have_text("completed")
     await expect(page.locator("#stat-completed")).to_have_text("1")
 
 
@@ -380,3 +444,50 @@ async def test_pages_only_talk_to_their_own_server(serve: ServerFactory, pages: 
         assert pages.recorder(page).outside(origin) == []
     async with aiohttp.ClientSession() as session, session.get(f"{origin}/dashboard") as resp:
         assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+
+
+async def test_a_viewer_sees_no_usable_id_and_an_admin_the_whole_job(
+    serve: ServerFactory, pages: Pages, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "ops"\nsha256 = "{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}"\nadmin = true\n'
+    )
+    server = await serve(api_keys_file=str(keys))
+    viewer = await pages.open(server, "/dashboard")
+    admin = await pages.open(server, "/dashboard")
+    await admin.fill("#api-key", ADMIN_KEY)
+    await admin.click("#auth-submit")
+    await expect(admin.locator("#admin-badge")).to_have_text("admin")
+    job = await submit(server, "print('OUT' + 'PUT-5e1d', input())  # CODE-b77a", wait=True, stdin="IN-c3d9")
+    job_id = job["id"]
+    for page in (viewer, admin):
+        await expect(row(page, server, job_id).locator(".badge")).to_have_text("completed")
+        await row(page, server, job_id).click()
+    # The viewer: the handle, metadata only; the id appears nowhere, not even in what the socket carried.
+    await expect(viewer.locator("#detail-list")).to_contain_text(handle(server, job_id))
+    await expect(viewer.locator("#detail-full")).to_be_hidden()
+    content, frames = await viewer.content(), "".join(pages.recorder(viewer).frames)
+    for secret in (job_id, job_id[:12], "PUT-5e1d", "CODE-b77a", "IN-c3d9"):
+        assert secret not in content and secret not in frames
+    await screenshot(viewer, "dashboard-viewer-detail")
+    # The admin: the id with its #job= link, and the whole job.
+    await expect(admin.locator("#detail-list")).to_contain_text(job_id)
+    full = admin.locator("#detail-full")
+    await expect(full.locator('[data-stream="code"] pre')).to_have_text(
+        "print('OUT' + 'PUT-5e1d', input())  # CODE-b77a"
+    )
+    await expect(full.locator('[data-stream="stdin"] pre')).to_have_text("IN-c3d9")
+    await expect(full.locator('[data-stream="stdout"] pre')).to_have_text("OUTPUT-5e1d IN-c3d9\n")
+    assert admin.url.endswith(f"#job={job_id}")
+    await screenshot(admin, "dashboard-admin-detail")
+    # The link opens the job on a fresh dashboard once an admin key is in.
+    linked = await pages.open(server, f"/dashboard#job={job_id}")
+    await linked.fill("#api-key", ADMIN_KEY)
+    await linked.click("#auth-submit")
+    await expect(linked.locator('#detail-full [data-stream="stdout"] pre')).to_have_text("OUTPUT-5e1d IN-c3d9\n")
+    # A viewer following the link learns nothing.
+    stranger = await pages.open(server, f"/dashboard#job={job_id}")
+    await expect(stranger.locator("#jobs-body tr")).to_have_count(1)
+    await expect(stranger.locator("#detail-full")).to_be_hidden()
+    assert "PUT-5e1d" not in await stranger.content()

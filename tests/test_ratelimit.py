@@ -464,6 +464,9 @@ class RemoteStore:
     async def refund(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
         return await self.inner.refund(key, rate_per_s, capacity, now)
 
+    async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
+        return await self.inner.peek(key, rate_per_s, capacity, now)
+
     async def sweep(self, now: float) -> int:
         return await self.inner.sweep(now)
 
@@ -700,6 +703,8 @@ def test_decision_headers_and_429() -> None:
     ("method", "path", "bucket"),
     [
         ("POST", "/run", "submit"),
+        ("POST", "/runs", "read"),  # and each item one submit token, drawn by the handler
+        ("GET", "/runs", "read"),
         ("GET", "/run", None),
         ("GET", "/queue", "read"),
         ("GET", "/queue/stats", "read"),

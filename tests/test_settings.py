@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,29 @@ def test_start_up_refuses_invalid_values_with_exit_2(env: dict[str, str], tmp_pa
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert next(iter(env)) in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_readme_table_says_what_help_says() -> None:
+    # `python -m server --help` prints Settings.describe(); the README table must carry the same meanings.
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| [^|]* \| (.*) \|$", readme, re.MULTILINE))
+    described = Settings.describe()
+    assert [name for name, _, _ in described] == Settings.env_names()
+    for name, _, doc in described:
+        assert doc, f"{name} has no meaning (the doc argument of _env)"
+        assert rows.get(name) == doc, f"README row of {name} differs from its doc in server/settings.py"
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "server", "--help"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m server")
+    for name, default, _ in Settings.describe():
+        assert f"  {name}={default}\n" in proc.stdout
+    assert "  RATE_LIMIT_REQUESTS=10\n      submissions (POST /run, WebSocket run) per window per client" in proc.stdout

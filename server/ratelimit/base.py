@@ -8,7 +8,8 @@ from typing import Literal, Protocol
 
 from ..errors import TooManyRequests
 
-Bucket = Literal["submit", "read"]
+# "auth" counts failed authentications per address (server/lockout.py).
+Bucket = Literal["submit", "read", "auth"]
 
 # (allowed, tokens_left, seconds_until_full, seconds_until_next_token). A plain tuple, not a NamedTuple: building
 # one is 40x cheaper and this is the limiter's hot path. Both durations are relative, so a store may answer from
@@ -32,6 +33,9 @@ class LimiterStore(Protocol):
 
     async def refund(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
         """Give one token back (a request refused for a reason that must not cost quota); `allowed` is True."""
+
+    async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
+        """What `take` would answer now, changing nothing (`allowed`: whether a token is there)."""
 
     async def sweep(self, now: float) -> int:
         """Forget buckets that are full again; return how many. A store with key expiry may return 0."""

@@ -43,6 +43,8 @@ class RateLimiter:
         self._submit = make_policy("submit", settings.rate_limit_requests, settings.effective_burst, self._window_s)
         read = settings.rate_limit_read_requests
         self._read = make_policy("read", read, read, self._window_s)
+        failures = settings.auth_failure_limit
+        self._auth = make_policy("auth", failures, failures, self._window_s)
         self._overrides: dict[tuple[int | None, int | None], Policy] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -50,6 +52,8 @@ class RateLimiter:
         """The bucket shape for this client. Per-user overrides apply to the submit bucket only."""
         if bucket == "read":
             return self._read
+        if bucket == "auth":
+            return self._auth
         if client.rate_limit_requests is None and client.rate_limit_burst is None:
             return self._submit
         shape = (client.rate_limit_requests, client.rate_limit_burst)
@@ -84,6 +88,13 @@ class RateLimiter:
         policy = self.policy(client, bucket)
         now = self._clock()
         taken = await self.store.refund(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
+        return Decision(policy, now, *taken)
+
+    async def peek(self, client: Client, bucket: Bucket) -> Decision:
+        """The client's bucket as the next `hit` would find it, without drawing a token (for GET /ratelimit)."""
+        policy = self.policy(client, bucket)
+        now = self._clock()
+        taken = await self.store.peek(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
         return Decision(policy, now, *taken)
 
     async def sweep(self) -> int:

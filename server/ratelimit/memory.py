@@ -34,6 +34,18 @@ class MemoryLimiterStore:
             return True, int(capacity - backlog * rate_per_s + EPS), backlog, 0.0
         return False, 0, backlog, -slack
 
+    def peek_now(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
+        """The synchronous form of `peek`."""
+        full_at = self._full_at.get(key)
+        if full_at is None or self._origin is None:
+            return True, capacity, 0.0, 0.0
+        interval = 1.0 / rate_per_s
+        backlog = max(0.0, full_at - (now - self._origin))
+        slack = (capacity - 1) * interval - backlog
+        if slack >= -EPS:
+            return True, int(capacity - backlog * rate_per_s + EPS), backlog, 0.0
+        return False, 0, backlog, -slack
+
     def refund_now(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
         """The synchronous form of `refund`."""
         full_at = self._full_at.get(key)
@@ -63,6 +75,9 @@ class MemoryLimiterStore:
 
     async def refund(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
         return self.refund_now(key, rate_per_s, capacity, now)
+
+    async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
+        return self.peek_now(key, rate_per_s, capacity, now)
 
     async def sweep(self, now: float) -> int:
         return self.sweep_now(now)

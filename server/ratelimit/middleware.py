@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..apikeys import ApiKeys, authenticate
-from ..errors import ConveyorError
+from ..errors import ConveyorError, Unauthorized
+from ..identity import Client, client_ip, parse_networks
 from ..keys import CLIENT
 from ..settings import Settings
 from .base import Bucket, decision_headers, raise_if_denied
 from .limiter import RateLimiter
 
-_READ_PATHS = frozenset({"/queue", "/runtimes", "/openapi.json", "/ws"})
+if TYPE_CHECKING:
+    from ..lockout import AuthLockout
+
+_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/openapi.json", "/ws"})
 # The Piston and Judge0 compat APIs draw from the same buckets as the native routes (a Judge0 batch draws one
 # read here and one submit per submission in its handler, as `POST /runs` does).
 _COMPAT_SUBMIT = frozenset({("POST", "/api/v2/execute"), ("POST", "/judge0/submissions")})
@@ -39,16 +44,29 @@ def ratelimit_middleware(
     settings: Settings,
     *,
     on_denied: Callable[[], None] | None = None,
+    lockout: AuthLockout | None = None,
 ) -> Middleware:
     """Identify every caller into `request[CLIENT]`, limit the API routes and add the headers to their responses.
 
     Place it inside the error-to-JSON middleware: it raises Unauthorized / TooManyRequests. `on_denied` counts 429s.
+    With `lockout`, a request that presents a key is refused (429) while its address is locked out, and a failed
+    authentication counts towards the lockout.
     """
+
+    async def identify(request: web.Request) -> Client:
+        if lockout is None or hdrs.AUTHORIZATION not in request.headers:
+            return authenticate(request, keys, settings)
+        ip = client_ip(request, parse_networks(settings.trusted_proxies))
+        lockout.check(ip)
+        try:
+            return authenticate(request, keys, settings)
+        except Unauthorized as exc:
+            raise (await lockout.failed(ip)) or exc from None
 
     @web.middleware
     async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Before any bucket: a bad key is a 401 that costs no quota.
-        client = authenticate(request, keys, settings)
+        # Before any bucket: a bad key is a 401 that costs no quota (but counts towards the address's lockout).
+        client = await identify(request)
         request[CLIENT] = client
         bucket = bucket_for(request.method, request.path)
         if bucket is None:

@@ -53,6 +53,18 @@ return {1, store(backlog), math.ceil(backlog), 0}
 """
 )
 
+# Reads only: what TAKE would answer now (`store` is defined by the prelude and not called).
+PEEK = (
+    _PRELUDE
+    + """
+local slack = (capacity - 1) * interval - backlog
+if slack >= -1 then
+  return {1, math.max(0, math.floor(capacity - backlog / interval + 1e-6)), math.ceil(backlog), 0}
+end
+return {0, 0, math.ceil(backlog), math.ceil(-slack)}
+"""
+)
+
 
 class RedisLimiterStore:
     """A `LimiterStore` on Redis: buckets under `<prefix>:ratelimit:<bucket>:<client key>`, shared by instances.
@@ -69,6 +81,7 @@ class RedisLimiterStore:
         self._prefix = f"{prefix}:ratelimit:"
         self._take = self._redis.register_script(TAKE)
         self._refund = self._redis.register_script(REFUND)
+        self._peek = self._redis.register_script(PEEK)
 
     def key(self, key: str) -> str:
         """The Redis key of a bucket."""
@@ -81,6 +94,10 @@ class RedisLimiterStore:
     async def refund(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
         _, left, full_us, _ = await self._refund(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
         return True, int(left), full_us / 1e6, 0.0
+
+    async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
+        allowed, left, full_us, next_us = await self._peek(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        return bool(allowed), int(left), full_us / 1e6, next_us / 1e6
 
     async def sweep(self, now: float) -> int:
         return 0  # keys expire by themselves (PX on every write)

@@ -1,0 +1,259 @@
+"""The editor's CodeMirror features in Chromium: highlighting, brackets, search, keyboard exit, themes, restore,
+quota, run figures and the phone layout."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.browser import screenshot
+from tests.test_pages import (
+    Pages,
+    ServerFactory,
+    browser,
+    code_of,
+    editor_ready,
+    expect_code,
+    pages,
+    serve,
+    set_code,
+)
+
+pytestmark = pytest.mark.browser
+__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
+
+LANGUAGES = {
+    "python": ("def f(x):\n    return 'hi'  # note\n", "def", "'hi'"),
+    "javascript": ("const x = 'hi'; // note\n", "const", "'hi'"),
+    "bash": ("if true; then echo 'hi'; fi # note\n", "if", "'hi'"),
+    "c": ("int main(void) { return 0; } // note\n", "return", "0"),
+    "cpp": ("#include <cstdio>\nint main() { return 0; }\n", "return", "0"),
+    "java": ('class Main { String s = "hi"; }\n', "class", '"hi"'),
+    "rust": ('fn main() { let s = "hi"; }\n', "fn", '"hi"'),
+    "perl": ('my $s = "hi"; # note\n', "my", '"hi"'),
+}
+
+
+SHOWCASE = """#include <stdio.h>
+
+/* Triangular numbers up to n, read from stdin. */
+int main(void) {
+    int n = 0;
+    if (scanf("%d", &n) != 1) return 1;
+    for (int i = 1; i <= n; i++) {
+        printf("%d: %d\\n", i, i * (i + 1) / 2);
+    }
+    return 0;
+}
+"""
+
+
+async def token_color(page: Page, text: str) -> str:
+    """The colour CodeMirror gives the first token whose text is `text` (inside the editor's shadow root)."""
+    color: str = await page.evaluate(
+        """(text) => {
+            const root = document.querySelector('#code-editor').shadowRoot;
+            const walker = document.createTreeWalker(root.querySelector('.cm-content'), NodeFilter.SHOW_TEXT);
+            while (walker.nextNode()) {
+              const node = walker.currentNode;
+              if (node.textContent.trim() === text) return getComputedStyle(node.parentElement).color;
+            }
+            return null;
+        }""",
+        text,
+    )
+    return color
+
+
+async def test_eight_languages_are_highlighted(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    plain = await page.evaluate(
+        "getComputedStyle(document.querySelector('#code-editor').shadowRoot.querySelector('.cm-content')).color"
+    )
+    for language, (code, keyword, literal) in LANGUAGES.items():
+        await page.select_option("#language", language)
+        await expect(page.locator("#code")).to_have_attribute("data-language", language)
+        await set_code(page, code)
+        keyword_color, literal_color = await token_color(page, keyword), await token_color(page, literal)
+        assert keyword_color and literal_color, (language, keyword_color, literal_color)
+        # Keywords and literals get colours of their own, different from plain text and from each other.
+        assert len({keyword_color, literal_color, plain}) == 3, (language, keyword_color, literal_color, plain)
+
+
+async def test_brackets_close_and_match_and_search_finds(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await set_code(page, "")
+    await page.focus("#code")
+    await page.keyboard.type("print(len([1, 2")
+    await expect_code(page, "print(len([1, 2]))")  # each opener got its closer
+    await page.keyboard.press("ArrowRight")  # past ], next to its [ ... ] pair
+    await expect(page.locator("#code-editor .cm-matchingBracket")).to_have_count(2)
+    await page.keyboard.press("Control+f")
+    search = page.locator("#code-editor .cm-search input[name=search]")
+    await expect(search).to_be_focused()
+    await search.fill("len")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#code-editor .cm-searchMatch")).to_have_count(1)
+
+
+async def test_escape_then_tab_leaves_the_editor(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await expect(page.locator("#hint")).to_contain_text("Esc then Tab leaves the editor")
+    await set_code(page, "x = 1")
+    await page.focus("#code")
+    await page.keyboard.press("End")
+    await page.keyboard.press("Tab")  # indents: the editor keeps Tab
+    await expect(page.locator("#code")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await page.keyboard.press("Tab")  # now moves focus on, as the hint says
+    await expect(page.locator("#code")).not_to_be_focused()
+    assert await code_of(page) == "    x = 1"  # the first Tab indented the line, the second inserted nothing
+
+
+async def test_theme_toggle_themes_the_whole_page_and_persists(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await page.emulate_media(color_scheme="dark")
+    await page.select_option("#language", "c")
+    await set_code(page, SHOWCASE)
+    await page.fill("#stdin", "5\n")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await page.locator("#code").click(position={"x": 200, "y": 12})  # the cursor on line 1: bracket and line marks
+    await screenshot(page, "editor-dark", full_page=False)
+    toggle = page.locator("#theme-toggle")
+    await expect(toggle).to_have_attribute("data-choice", "system")
+    await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    dark_bg = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    await toggle.click()  # system -> light
+    await expect(page.locator("html")).to_have_attribute("data-theme", "light")
+    light_bg = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    editor_bg = await page.evaluate(
+        "getComputedStyle(document.querySelector('#code-editor').shadowRoot.querySelector('.cm-editor')).backgroundColor"
+    )
+    assert dark_bg != light_bg and editor_bg in ("rgb(251, 252, 253)",)  # the editor follows the page
+    await screenshot(page, "editor-light", full_page=False)
+    await page.reload()
+    await expect(page.locator("html")).to_have_attribute("data-theme", "light")  # remembered
+    await page.locator("#theme-toggle").click()  # light -> dark
+    await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    dashboard = await page.context.new_page()
+    await dashboard.goto(page.url + "dashboard")
+    await expect(dashboard.locator("html")).to_have_attribute("data-theme", "dark")  # every page
+
+
+async def test_output_is_restored_after_a_reload(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await set_code(page, "import sys\nprint('out-' + input())\nprint('err-line', file=sys.stderr)")
+    await page.fill("#stdin", "abc\n")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    status = await page.locator("#status").text_content()
+    await page.reload()
+    await editor_ready(page)
+    await expect(page.locator("#output .out-stdout")).to_have_text("out-abc\n", use_inner_text=True)
+    await expect(page.locator("#output .out-stderr")).to_have_text("err-line\n", use_inner_text=True)
+    await expect(page.locator("#output")).to_contain_text("(restored: your last run")
+    await expect(page.locator("#status")).to_have_text(status or "")
+    await expect(page.locator("#stdin")).to_have_value("abc\n")
+    await expect(page.locator("#figures [data-figure=run]")).to_be_visible()
+
+
+async def test_saved_output_is_bounded(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await set_code(page, "print('x' * 300_000)")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    saved = await page.evaluate("localStorage.getItem('conveyor.lastRun').length")
+    assert 64 * 1024 < saved < 80 * 1024
+    await page.reload()
+    await expect(page.locator("#output")).to_contain_text("(the saved copy of this output stops here)")
+
+
+async def test_quota_is_shown_and_a_429_counts_down(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(rate_limit_requests=2, rate_limit_window_ms=20_000), "/")
+    await editor_ready(page)
+    quota = page.locator("#quota")
+    await expect(quota).to_have_text("2 / 2 runs left")
+    await set_code(page, "print(1)")
+    for left in (1, 0):
+        await page.click("#run")
+        await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+        await expect(quota).to_contain_text(f"{left} / 2 runs left" if left else "rate limited")
+    # Out of runs: the countdown says how long, the Run button waits, and it comes back when a token does.
+    await expect(quota).to_have_attribute("data-state", "limited")
+    await expect(quota).to_have_text(re.compile(r"^rate limited · next run in \d+ s$"))
+    await expect(page.locator("#run")).to_be_disabled()
+    await screenshot(page, "editor-rate-limited")
+    await expect(page.locator("#run")).to_be_enabled(timeout=30_000)
+    await expect(quota).to_have_text("1 / 2 runs left")
+
+
+async def test_a_websocket_429_starts_the_countdown(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve(rate_limit_requests=1, rate_limit_window_ms=60_000)
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    # Another client of the same address spends the token the page still believes it has.
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.make_url("/run"), json={"language": "bash", "code": "true"}) as resp:
+            assert resp.status == 200
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_text(re.compile("^not started: Rate limit exceeded"))
+    await expect(page.locator("#quota")).to_have_text(re.compile(r"^rate limited · next run in \d+ s$"))
+    await expect(page.locator("#run")).to_be_disabled()
+
+
+async def test_compile_errors_show_compile_time_not_a_run_time(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await page.select_option("#language", "c")
+    await set_code(page, "int main(void) { return missing; }\n")
+    await page.click("#run")
+    compile_error = re.compile(r"^failed: compile_error(, compiled for [\d.]+ m?s)?$")
+    await expect(page.locator("#status")).to_have_text(compile_error)
+    await expect(page.locator("#output .compile-block")).to_contain_text("missing")
+    await expect(page.locator("#figures [data-figure=run]")).to_have_count(0)
+    await expect(page.locator("#figures [data-figure=compile]")).to_be_visible()
+    # A program that compiles and runs: both figures.
+    await set_code(page, '#include <stdio.h>\nint main(void) { puts("ok"); return 0; }\n')
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#figures [data-figure=compile]")).to_be_visible()
+    await expect(page.locator("#figures [data-figure=run]")).to_be_visible()
+
+
+async def test_figures_the_server_sends_are_shown(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await set_code(page, "x = bytearray(20 * 1024 * 1024)\nprint(len(x))")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#figures [data-figure=run]")).to_be_visible()
+    # The job's CPU time and memory peak, measured by the sandbox on the job's cgroup.
+    await expect(page.locator("#figures [data-figure=CPU]")).to_have_text(re.compile(r"^CPU\d+ ms$"))
+    memory = re.compile(r"^memory(2\d|[3-9]\d)(\.\d)? MiB$")  # a 20 MiB bytearray and the interpreter
+    await expect(page.locator("#figures [data-figure=memory]")).to_have_text(memory)
+
+
+async def test_no_horizontal_overflow_on_a_phone(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    for path in ("/", "/dashboard", "/docs"):
+        page = await pages.open(server, path, viewport={"width": 390, "height": 844}, wait_socket=path != "/docs")
+        if path == "/":
+            await editor_ready(page)
+            await page.click("#run")
+            await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+        width, inner = await page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+        assert width <= inner, (path, width, inner)
+        if path == "/":
+            await screenshot(page, "editor-phone")
