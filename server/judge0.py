@@ -72,8 +72,9 @@ def readable_job(client: Client, job: Job | None) -> Job | None:
 
 
 def drivable_job(client: Client, job: Job) -> bool:
-    """May this caller delete the submission: its owner, or an admin key."""
-    return access.is_owner(client, job) or client.admin
+    """May this caller delete the submission: as for cancelling a native job (server/access.py): a key-owned one
+    its user or an admin, an anonymous one whoever holds its token (the capability)."""
+    return access.may_read(client, job)
 
 
 class Judge0Api:
@@ -268,7 +269,7 @@ class Judge0Api:
         """Each submission on its own, each drawing one token from the caller's submit bucket."""
         base64_encoded = request.query.get("base64_encoded") == "true"
         limit = self.settings.max_batch_size
-        batch = request.clone(client_max_size=limit * request.app._client_max_size)
+        batch = request.clone(client_max_size=limit * self.settings.max_body_bytes)
         body = await read_json(batch)
         items = body.get("submissions") if isinstance(body, dict) else None
         count = len(items) if isinstance(items, list) else 0

@@ -209,7 +209,7 @@ async def test_piston_jobs_go_through_the_queue_and_its_topic(client: Client) ->
         kinds = []
         while "completed" not in kinds:
             message = await ws.receive_json(timeout=30)
-            if message.get("jobId"):
+            if message.get("handle"):  # the queue topic names other people's jobs by handle only
                 kinds.append(message["type"])
                 assert message.get("language", "python") == "python"
     stats = await (await client.get("/queue/status")).json()
