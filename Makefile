@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
+NPM_STAMP := tests/npm/node_modules/.stamp
 
 .PHONY: run test lint bench assets screenshots install install-test install-bench system-run system-test clean
 
@@ -49,10 +50,16 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	@touch $@
 
-install-test: $(VENV)/.stamp-test
+install-test: $(VENV)/.stamp-test $(NPM_STAMP)
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis]'
 	@touch $@ $(VENV)/.stamp-install
+
+# The npm clients the Piston compat tests drive (tests/npm); npm comes with the nodejs package the sandbox needs.
+$(NPM_STAMP): tests/npm/package.json tests/npm/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  npm ci --prefix tests/npm --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "conveyor: npm not found: tests/test_piston.py drives the npm piston-client (install nodejs)" >&2; fi
 
 install-bench: $(VENV)/.stamp-bench
 $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
@@ -60,4 +67,4 @@ $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.stamp-install $(VENV)/.stamp-test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts tests/npm/node_modules

@@ -10,10 +10,11 @@ import orjson
 from aiohttp import web
 
 from .access import drivable_job, readable_job
-from .errors import BadRequest, QueueFull, RequestTimeout, UnsupportedMediaType
+from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
 from .identity import Client, anonymous, check_priority, peer_ip
-from .keys import CLIENT, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .keys import CLIENT, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .payloads import parse_run
+from .submissions import submit
 
 OPENAPI_PATH = __file__.rsplit("/", 1)[0] + "/openapi.json"
 
@@ -52,12 +53,7 @@ async def submit_run(request: web.Request) -> web.Response:
     run = parse_run(await read_json(request), settings, request.app[RUNNER])
     client = client_of(request)
     check_priority(client, run.priority)
-    try:
-        job = await queue.submit(run.to_job(client.job_owner))
-    except QueueFull:
-        if HUB in request.app:
-            request.app[HUB].mark_stats_dirty()
-        raise
+    job = await submit(request.app, run.to_job(client.job_owner))
     if wait in ("false", "0"):
         position = await queue.position(job)
         return json_response(

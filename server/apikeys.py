@@ -25,6 +25,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _FIELDS = frozenset({"name", "sha256", "max_priority", "rate_limit_requests", "rate_limit_burst", "admin"})
 KEY_PREFIX = "cvy_"
+JUDGE0_AUTH_HEADER = "X-Auth-Token"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,9 @@ def authenticate(request: web.BaseRequest, keys: ApiKeys, settings: Settings) ->
     one. Unauthorized when the key is bad."""
     ip = client_ip(request, parse_networks(settings.trusted_proxies))
     values = request.headers.getall(hdrs.AUTHORIZATION, [])
+    if not values and JUDGE0_AUTH_HEADER in request.headers and request.path.startswith("/judge0/"):
+        # Judge0's clients send their key as X-Auth-Token (docs/compat.md); it names the same API keys.
+        return client_for_key(request.headers[JUDGE0_AUTH_HEADER].strip(), ip, keys)
     if not values:
         return anonymous(ip).with_owner_token(owner_token(request))
     if len(values) > 1:

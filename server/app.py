@@ -10,26 +10,27 @@ from aiohttp import web
 
 from .api import setup_routes
 from .apikeys import ApiKeys, client_for_key
+from .batches import setup_batches
 from .events import EventEmitter
 from .history import setup_history
 from .hub import Hub, open_socket
 from .identity import Client
 from .joblog import log_finished_jobs
 from .jobs import Runner
-from .keys import EVENTS, HUB, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .judge0 import setup_judge0
+from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .lockout import AuthLockout
 from .metrics import setup_metrics
 from .middlewares import error_middleware
 from .pages import setup_pages
+from .piston import setup_piston
 from .queue import QueueBackend, create_queue
 from .quota import setup_quota
 from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
+from .submissions import setup_callbacks, submit
 
 logger = logging.getLogger(__name__)
-
-# JSON envelope overhead on top of code and stdin (field names, escapes).
-BODY_SLACK_BYTES = 64 * 1024
 
 
 def create_app(
@@ -40,9 +41,7 @@ def create_app(
 ) -> web.Application:
     """Build the app. `runner` defaults to the bubblewrap sandbox, created (and checked) at start-up."""
     settings = settings or Settings()
-    # JSON escapes can double a string's size (\u sequences are 6 bytes per char at worst, but that is abuse):
-    # allow 2x so a legitimate max-size program is rejected by our 413 naming the field, not by aiohttp.
-    max_body = 2 * (settings.max_code_bytes + settings.max_stdin_bytes) + BODY_SLACK_BYTES
+    max_body = settings.max_body_bytes
     keys = ApiKeys.load(settings.api_keys_file)
     limiter = RateLimiter(settings)
     lockout = AuthLockout(limiter, settings)
@@ -66,6 +65,7 @@ def create_app(
     ]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings
+    app[LIMITER] = limiter
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
     log_finished_jobs(app[EVENTS])
@@ -101,6 +101,7 @@ def create_app(
             check_submit=check_submit,
             authenticate_key=lambda key, ip: client_for_key(key, ip, keys),
             lockout=lockout,
+            submit=lambda job: submit(app, job),
         )
         app[HUB] = hub
         await hub.start()
@@ -133,4 +134,8 @@ def create_app(
     setup_history(app)
     setup_quota(app, limiter)
     app.router.add_get("/ws", open_socket)
+    setup_batches(app)
+    setup_callbacks(app)
+    setup_piston(app)
+    setup_judge0(app)
     return app

@@ -253,15 +253,16 @@ class Cgroups:
                 logger.warning("cannot start the cgroup guard (%s): jobs may outlive a killed server", exc)
         return cls(bases, memory_bytes, max_tasks, guard=guard)
 
-    def create(self, name: str) -> JobCgroup:
-        """mkdir the job's cgroups and write their limits. Raises OSError if the host refuses."""
+    def create(self, name: str, *, memory_bytes: int | None = None) -> JobCgroup:
+        """mkdir the job's cgroups and write their limits (a job may ask for less memory than the server's limit).
+        Raises OSError if the host refuses."""
         dirs: list[tuple[_Hierarchy, Path]] = []
         try:
             for hierarchy, base in self._bases:
                 path = base / name
                 path.mkdir()
                 dirs.append((hierarchy, path))
-                self._limit(hierarchy, path)
+                self._limit(hierarchy, path, min(memory_bytes or self._memory_bytes, self._memory_bytes))
         except OSError:
             for _, path in dirs:
                 with contextlib.suppress(OSError):
@@ -269,18 +270,18 @@ class Cgroups:
             raise
         return JobCgroup(name, dirs)
 
-    def _limit(self, hierarchy: _Hierarchy, path: Path) -> None:
+    def _limit(self, hierarchy: _Hierarchy, path: Path, memory_bytes: int) -> None:
         if "pids" in hierarchy.controllers:
             _write(path / "pids.max", str(self._max_tasks))
         if "memory" not in hierarchy.controllers:
             return
         if hierarchy.version == 2:
-            _write(path / "memory.max", str(self._memory_bytes))
+            _write(path / "memory.max", str(memory_bytes))
             _optional_write(path / "memory.swap.max", "0")
         else:
-            _write(path / "memory.limit_in_bytes", str(self._memory_bytes))
+            _write(path / "memory.limit_in_bytes", str(memory_bytes))
             # Without this the job could spill past the limit into swap (when swap accounting is on).
-            _optional_write(path / "memory.memsw.limit_in_bytes", str(self._memory_bytes))
+            _optional_write(path / "memory.memsw.limit_in_bytes", str(memory_bytes))
 
     def close(self) -> None:
         """Remove this server's directories (job cgroups are removed as their jobs end)."""

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .access import drivable_job, is_owner, readable_job
-from .errors import BadRequest, ConveyorError, QueueFull, TooManyRequests, Unauthorized
+from .errors import BadRequest, ConveyorError, TooManyRequests, Unauthorized
 from .identity import OWNER_TOKEN, Client, check_priority, new_owner_token
 from .jobs import Job
 from .payloads import parse_run
@@ -272,11 +272,7 @@ class Connection:
         check_priority(self.client, run.priority)
         if hub.check_submit is not None:
             await hub.check_submit(self.client)
-        try:
-            job = await hub.queue.submit(run.to_job(self.client.job_owner))
-        except QueueFull:
-            hub.mark_stats_dirty()
-            raise
+        job = await hub.submit(run.to_job(self.client.job_owner))
         self.submitted[job.id] = None
         if len(self.submitted) > MAX_SUBMITTED:
             del self.submitted[next(iter(self.submitted))]

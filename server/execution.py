@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host when the server runs as root
 BOX = "/box"  # the job's work dir inside the sandbox
+# A build handed to a fresh sandbox: a tar of the work dir after the compile stage, unpacked there before the run
+# (inside the sandbox: nothing on the host ever parses what a job produced).
+ARTIFACT = ".conveyor-build.tar"
+PACK = ["tar", "--exclude=./tmp", f"--exclude=./{ARTIFACT}", "-cf", "-", "."]
 READ_SIZE = 65536
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 EXIT_GRACE_S = 2.0
@@ -43,14 +47,30 @@ class Spec:
     name: str
     run: list[str]
     compile: list[str] | None = None
-    source_name: str | None = None
-    source: bytes = b""
+    # The job's files, relative to the work dir (validated by payloads: no absolute paths, no `..`).
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    # A build to unpack into the work dir before the program runs (in place of the compile stage).
+    artifact: bytes | None = None
     env: dict[str, str] = field(default_factory=dict)
     etc: list[str] = field(default_factory=list)
     address_space_mb: int = 0
+    memory_mb: int | None = None  # the job's own memory limit, when below the server's
     compile_timeout_ms: int = 10_000
     run_timeout_ms: int = 10_000
+    cpu_time_ms: int = 10_000  # the whole process tree's CPU time (RLIMIT_CPU per process, rounded up, too)
     stdin: bytes = b""
+    output_cap: int | None = None  # stdout+stderr cap, when not MAX_OUTPUT_BYTES (a packed build)
+
+    @property
+    def directories(self) -> list[str]:
+        """The directories the files need, parents first."""
+        dirs = {
+            "/".join(parts[:depth])
+            for name, _ in self.files
+            for parts in [name.split("/")]
+            for depth in range(1, len(parts))
+        }
+        return sorted(dirs, key=lambda d: (d.count("/"), d))
 
 
 @dataclass(slots=True)
@@ -62,7 +82,8 @@ class Fds:
     compile: int
     bwrap_status: int | None = None
     seccomp: int | None = None  # the syscall filter's BPF, for bwrap --seccomp
-    source: int | None = None
+    files: list[int] = field(default_factory=list)  # the job's files, in Spec.files order
+    artifact: int | None = None
     etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
 
 
@@ -72,7 +93,10 @@ class Outcome:
 
     stdout: str = ""
     stderr: str = ""
+    stdout_bytes: bytes = b""  # exactly what the program wrote (within the cap), for binary-safe output
+    stderr_bytes: bytes = b""
     compile_output: str = ""
+    compile_output_bytes: bytes = b""
     truncated: bool = False
     reason: str | None = None  # timeout, compile_timeout, output_limit: set when the executor stopped the job
     compile_status: str | None = None  # "exit 0", "signal 9", ...
@@ -107,7 +131,7 @@ class Launcher(Protocol):
         """The syscall filter to hand to bwrap, or None (SANDBOX=none)."""
         ...
 
-    def job_cgroup(self, name: str) -> JobCgroup | None:
+    def job_cgroup(self, name: str, memory_mb: int | None = None) -> JobCgroup | None:
         """Create the job's cgroup, or None when only rlimits apply."""
         ...
 
@@ -124,9 +148,9 @@ class Run:
         self._spec = spec
         self._io = io
         self._out = Outcome()
-        self._cap = launcher.settings.max_output_bytes
+        self._cap = spec.output_cap or launcher.settings.max_output_bytes
         self._used = 0
-        self._parts: dict[Stream, list[str]] = {"stdout": [], "stderr": []}
+        self._raw: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._compile_output = bytearray()
         self._proc: asyncio.subprocess.Process | None = None
         self._cgroup: JobCgroup | None = None
@@ -163,8 +187,10 @@ class Run:
             self._account()  # now that the whole tree is gone, background processes included
         out = self._out
         out.returncode = proc.returncode
-        out.stdout, out.stderr = "".join(self._parts["stdout"]), "".join(self._parts["stderr"])
-        out.compile_output = self._compile_output.decode(errors="replace")
+        out.stdout_bytes, out.stderr_bytes = bytes(self._raw["stdout"]), bytes(self._raw["stderr"])
+        out.stdout, out.stderr = _text(out.stdout_bytes, out.truncated), _text(out.stderr_bytes, out.truncated)
+        out.compile_output_bytes = bytes(self._compile_output)
+        out.compile_output = out.compile_output_bytes.decode(errors="replace")
         out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
         return out
 
@@ -185,7 +211,7 @@ class Run:
     async def _spawn(self) -> tuple[int, int]:
         """Start the launcher and the output pumps; returns the read ends of the status and compiler pipes."""
         launcher, spec = self._launcher, self._spec
-        self._cgroup = launcher.job_cgroup(spec.name)
+        self._cgroup = launcher.job_cgroup(spec.name, spec.memory_mb)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
         self._raw_fds = [status_r, compile_r]
@@ -199,9 +225,12 @@ class Run:
                 if launcher.seccomp_bpf is not None:
                     fds.seccomp = _above_stdio(_memfd(launcher.seccomp_bpf))
                     theirs.append(fds.seccomp)
-                if spec.source_name:
-                    fds.source = _above_stdio(_memfd(spec.source))
-                    theirs.append(fds.source)
+                for _, content in spec.files:
+                    fds.files.append(_above_stdio(_memfd(content)))
+                    theirs.append(fds.files[-1])
+                if spec.artifact is not None:
+                    fds.artifact = _above_stdio(_memfd(spec.artifact))
+                    theirs.append(fds.artifact)
                 for name, text in ETC_FILES.items():
                     fds.etc[name] = _above_stdio(_memfd(text.encode()))
                     theirs.append(fds.etc[name])
@@ -351,13 +380,14 @@ class Run:
         self._stage = None
 
     async def _watch_cpu(self, cgroup: JobCgroup, base: int) -> None:
-        """End the job with reason cpu_limit once its whole process tree has used CPU_TIME_LIMIT_S.
+        """End the job with reason cpu_limit once its whole process tree has used its CPU time (CPU_TIME_LIMIT_S, or
+        less when the job asked).
 
         RLIMIT_CPU is per process: a job that keeps forking short-lived spinners never meets it. The job cannot use
         more than one CPU-second per CPU each second, so the next check is due no sooner than the CPU time left
         divided by the CPUs: few reads, and the overrun is at most CPU_POLL_S on each CPU.
         """
-        limit = self._launcher.settings.cpu_time_limit_s * 1_000_000_000
+        limit = self._spec.cpu_time_ms * 1_000_000
         cpus = os.cpu_count() or 1
         while (used := cgroup.cpu_ns()) is not None and used - base < limit:
             await asyncio.sleep(max((limit - (used - base)) / 1e9 / cpus, CPU_POLL_S))
@@ -378,7 +408,7 @@ class Run:
         """Forward one output pipe as it arrives, decoded incrementally, within the shared output cap."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         on_output = self._io.on_output if self._io is not None else None
-        parts = self._parts[stream]
+        raw = self._raw[stream]
         while data := await reader.read(READ_SIZE):
             if self._out.truncated or self._draining:
                 continue  # read until the killed tree closes the pipe
@@ -387,19 +417,17 @@ class Run:
                 data = data[:room]
                 self._out.truncated = True
             self._used += len(data)
-            for start in range(0, len(data), CHUNK):
-                text = decoder.decode(data[start : start + CHUNK])
-                if text:
-                    parts.append(text)
-                    if on_output is not None:
+            raw += data
+            if on_output is not None:
+                for start in range(0, len(data), CHUNK):
+                    text = decoder.decode(data[start : start + CHUNK])
+                    if text:
                         on_output(stream, text)
             if self._out.truncated:
                 self.stop("output_limit")
-        tail = "" if self._out.truncated or self._draining else decoder.decode(b"", final=True)
-        if tail:
-            parts.append(tail)
-            if on_output is not None:
-                on_output(stream, tail)
+        tail = "" if on_output is None or self._out.truncated or self._draining else decoder.decode(b"", final=True)
+        if tail and on_output is not None:
+            on_output(stream, tail)
 
     async def _collect(self, reader: asyncio.StreamReader) -> None:
         """Compiler output: kept up to the output cap, the rest read and dropped so the compiler never blocks."""
@@ -502,6 +530,11 @@ class Run:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
+def _text(data: bytes, truncated: bool) -> str:
+    """Output as text: invalid UTF-8 replaced, and a character the output cap cut in two dropped."""
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=not truncated)
+
+
 def _children(pid: int) -> list[int]:
     """The children of a running process (its main thread's; bwrap's monitor is single-threaded)."""
     try:
@@ -530,12 +563,20 @@ def _memfd(data: bytes) -> int:
 
 
 def _workdir(spec: Spec, *, chown: bool) -> str:
-    """SANDBOX=none: a host temp dir with the source and a tmp/ dir, owned by the uid the job runs as."""
+    """SANDBOX=none: a host temp dir with the files and a tmp/ dir, owned by the uid the job runs as."""
     path = tempfile.mkdtemp(prefix=f"conveyor-{spec.name}-")
-    os.mkdir(f"{path}/tmp")
-    if spec.source_name:
-        Path(path, spec.source_name).write_bytes(spec.source)
+    made = [path, f"{path}/tmp"]
+    os.mkdir(made[-1])
+    for directory in spec.directories:
+        made.append(f"{path}/{directory}")
+        os.mkdir(made[-1])
+    for name, content in spec.files:
+        made.append(f"{path}/{name}")
+        Path(made[-1]).write_bytes(content)
+    if spec.artifact is not None:
+        made.append(f"{path}/{ARTIFACT}")
+        Path(made[-1]).write_bytes(spec.artifact)
     if chown:
-        for item in (path, f"{path}/tmp", *([f"{path}/{spec.source_name}"] if spec.source_name else [])):
+        for item in made:
             os.chown(item, SANDBOX_UID, SANDBOX_UID)
     return path

@@ -18,7 +18,7 @@ from .connection import Connection, handle_ws
 from .errors import Forbidden, TooManyRequests
 from .events import Event
 from .identity import Client, anonymous, peer_ip
-from .jobs import FINISHED_STATUSES, Job, Runner
+from .jobs import TERMINAL_TYPES, Job, Runner
 from .keys import CLIENT, HUB
 from .lockout import AuthLockout
 from .queue import QueueBackend
@@ -26,7 +26,6 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
 # Finished jobs whose event logs stay in memory for replay; older ones are rebuilt from the job record.
 FINISHED_LOGS = 64
 RECENT_JOBS = 200
@@ -55,6 +54,7 @@ class Hub:
         check_submit: SubmitCheck | None = None,
         authenticate_key: KeyAuth | None = None,
         lockout: AuthLockout | None = None,
+        submit: Callable[[Job], Awaitable[Job]] | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -62,6 +62,8 @@ class Hub:
         self.check_submit = check_submit
         self.authenticate_key = authenticate_key
         self.lockout = lockout
+        # How a `run` message is queued: the app's one submission path (callbacks followed), else the queue's own.
+        self.submit = submit or queue.submit
         self.handles = Handles()
         self.snapshot_builds = 0
         self._snapshot: _Snapshot | None = None

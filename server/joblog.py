@@ -6,11 +6,10 @@ import logging
 from collections.abc import Callable
 
 from .events import Event, EventEmitter
-from .jobs import JobStatus
+from .jobs import TERMINAL_TYPES
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_TYPES = frozenset(s.value for s in JobStatus if s.finished)
 # Figures a terminal event may carry, in the order they are logged: (event field, log label, unit).
 _FIGURES = (
     ("waitTimeMs", "wait", "ms"),

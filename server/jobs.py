@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ class JobStatus(str, Enum):
 
 
 FINISHED_STATUSES = frozenset(s for s in JobStatus if s.finished)
+# The event types that end a job (one per job): its final status.
+TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
 
 
 @dataclass(slots=True)
@@ -51,6 +54,11 @@ class ExecutionResult:
     compile_time_ms: float | None = None
     # Time the program itself ran (excluding compilation); None lets the queue use its own clock.
     run_time_ms: float | None = None
+    # Judge features: the verdict, each test's own result, and whether output bytes had to be replaced to be text.
+    verdict: str | None = None
+    tests: list[dict[str, Any]] | None = None
+    stdout_lossy: bool = False
+    stderr_lossy: bool = False
     # CPU time and peak memory of each stage's whole process tree, from the job's cgroup (None without one).
     cpu_time_ms: float | None = None
     memory_peak_bytes: int | None = None
@@ -83,6 +91,8 @@ class JobIO:
 
     on_output: OutputCallback
     stdin: asyncio.Queue[bytes | None] | None = None
+    # Other live events of the run (a test's result), emitted by the queue as they come: {"type": ..., ...}.
+    on_event: Callable[[dict[str, Any]], None] | None = None
 
 
 # The executor runs one job to its end and returns what happened. The queue cancels the task on timeout or stop;
@@ -102,6 +112,65 @@ class Runner(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One file of a submission as sent: `content` is text (utf8) or base64; an empty name means the language's
+    own source name (the `code` shorthand)."""
+
+    name: str
+    content: str
+    encoding: str = "utf8"
+
+    @property
+    def raw(self) -> bytes:
+        if self.encoding == "base64":
+            return base64.b64decode(self.content)
+        return self.content.encode("utf-8", "surrogatepass")
+
+    @property
+    def text(self) -> str:
+        """For display: the content, or for a binary file a note of its size."""
+        return self.content if self.encoding == "utf8" else f"<{self.size} bytes, base64>"
+
+    @property
+    def size(self) -> int:
+        if self.encoding == "base64":
+            return len(self.content) // 4 * 3 - self.content[-2:].count("=")
+        return len(self.content.encode("utf-8", "surrogatepass"))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "content": self.content, "encoding": self.encoding}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-run limits a submission asked for, each at most the server's (None: the server's)."""
+
+    cpu_time_ms: int | None = None
+    memory_mb: int | None = None
+    compile_timeout_ms: int | None = None
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {
+            "cpuTimeLimitMs": self.cpu_time_ms,
+            "memoryLimitMb": self.memory_mb,
+            "compileTimeoutMs": self.compile_timeout_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TestCase:
+    """One test of a submission: its stdin and, optionally, the output it must print."""
+
+    __test__ = False  # not a pytest test class
+
+    stdin: str = ""
+    expected_output: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"stdin": self.stdin, "expectedOutput": self.expected_output}
 
 
 def new_job_id() -> str:
@@ -135,6 +204,15 @@ class Job:
     seq: int = 0
     # Set by the queue while the job waits: the position among queued jobs is computed on demand.
     position: int | None = None
+    # Judge features (all optional): several files, per-run limits, compiler options, an expected output or
+    # tests compiled once, a callback, and how output is encoded.
+    files: list[SourceFile] | None = None
+    limits: Limits = field(default_factory=Limits)
+    compiler_options: list[str] = field(default_factory=list)
+    expected_output: str | None = None
+    tests: list[TestCase] | None = None
+    callback_url: str | None = None
+    output_encoding: str = "utf8"
 
     @property
     def wait_time_ms(self) -> float | None:
@@ -151,6 +229,11 @@ class Job:
         if self.result is not None and self.result.run_time_ms is not None:
             return self.result.run_time_ms
         return self.finished_at - self.started_at
+
+    @property
+    def runs(self) -> int:
+        """How many times the program runs: once per test, else once."""
+        return len(self.tests) if self.tests else 1
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -190,8 +273,24 @@ class Job:
                 "stderr": result.stderr if result else "",
                 "compileOutput": result.compile_output if result else None,
                 "compileTimeMs": _round(result.compile_time_ms) if result else None,
+                "files": [f.to_dict() for f in self.files] if self.files else None,
+                "compilerOptions": self.compiler_options,
+                **self.limits.to_dict(),
+                "expectedOutput": self.expected_output,
+                "outputEncoding": self.output_encoding,
+                "callbackUrl": self.callback_url,
+                "verdict": result.verdict if result else None,
+                "stdoutLossy": result.stdout_lossy if result else False,
+                "stderrLossy": result.stderr_lossy if result else False,
             }
         )
+        if self.tests is not None:
+            data["tests"] = (result.tests if result and result.tests is not None else None) or [
+                t.to_dict() for t in self.tests
+            ]
+            if result is not None and result.tests is not None:
+                passed = sum(1 for t in result.tests if t.get("verdict") == "accepted")
+                data["summary"] = {"passed": passed, "total": len(self.tests)}
         if self.status is JobStatus.QUEUED:
             data["position"] = self.position
         return data

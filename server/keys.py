@@ -13,9 +13,12 @@ from .queue import QueueBackend
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .callbacks import CallbackSender
     from .history import HistorySampler
     from .hub import Hub
     from .metrics import Metrics
+    from .ratelimit import RateLimiter
+    from .watch import JobWatch
 
 SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", QueueBackend)
@@ -26,7 +29,23 @@ RUNNER = web.AppKey("runner", Runner)
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 HISTORY: web.AppKey[HistorySampler] = web.AppKey("history")
+CALLBACKS: web.AppKey[CallbackSender] = web.AppKey("callbacks")
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
+WATCH: web.AppKey[JobWatch] = web.AppKey("watch")
 
 CLIENT = web.RequestKey("client", Client)
 
-__all__ = ["CLIENT", "EVENTS", "HISTORY", "HUB", "METRICS", "QUEUE", "RUNNER", "SETTINGS", "STARTED_AT"]
+__all__ = [
+    "CALLBACKS",
+    "CLIENT",
+    "EVENTS",
+    "HISTORY",
+    "HUB",
+    "LIMITER",
+    "METRICS",
+    "QUEUE",
+    "RUNNER",
+    "SETTINGS",
+    "STARTED_AT",
+    "WATCH",
+]

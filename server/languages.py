@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -12,7 +13,24 @@ from typing import Any
 LANGUAGES_FILE = Path(__file__).with_name("languages.toml")
 
 _REQUIRED = ("source", "run", "version")
-_KNOWN = {*_REQUIRED, "aliases", "compile", "env", "etc", "out_of_memory", "address_space_headroom_mb"}
+_KNOWN = {*_REQUIRED, "aliases", "compile", "sources", "env", "etc", "out_of_memory", "address_space_headroom_mb"}
+# Whole-argument placeholders that expand to several arguments (or none): the compiled files, and the job's own
+# compiler options. Inside an argument, {heap_mb}, {main} and {main_class} are substituted.
+SOURCES, OPTIONS = "{sources}", "{options}"
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """The job's files as the commands see them: the entry point and every file name, relative to the work dir."""
+
+    main: str
+    files: tuple[str, ...]
+    compiler_options: tuple[str, ...] = ()
+
+    @property
+    def main_class(self) -> str:
+        """The entry point as a JVM class name: `pkg/Main.java` is `pkg.Main`."""
+        return self.main.rsplit(".", 1)[0].replace("/", ".")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,20 +43,45 @@ class Language:
     version: tuple[str, ...]
     aliases: tuple[str, ...] = ()
     compile: tuple[str, ...] | None = None
+    # Globs of the file names the compiler is given for {sources} (default: the entry point only).
+    sources: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     etc: tuple[str, ...] = ()
     out_of_memory: tuple[str, ...] = ()
     address_space_headroom_mb: int = 0
 
-    def compile_argv(self, *, heap_mb: int) -> list[str] | None:
+    def program(self, files: Iterable[str] | None = None, compiler_options: Iterable[str] = ()) -> Program:
+        """The program for a job's files (the first is the entry point); None: the one-file `code` shorthand."""
+        names = tuple(files) if files is not None else (self.source,)
+        return Program(main=names[0], files=names, compiler_options=tuple(compiler_options))
+
+    def compile_argv(self, *, heap_mb: int, program: Program | None = None) -> list[str] | None:
         """The compile command with placeholders filled in, or None for interpreted languages."""
         if self.compile is None:
             return None
-        return [part.format(heap_mb=heap_mb) for part in self.compile]
+        return self._expand(self.compile, heap_mb, program or self.program())
 
-    def run_argv(self, args: Iterable[str], *, heap_mb: int) -> list[str]:
+    def run_argv(self, args: Iterable[str], *, heap_mb: int, program: Program | None = None) -> list[str]:
         """The run command with placeholders filled in and the job's args appended verbatim."""
-        return [part.format(heap_mb=heap_mb) for part in self.run] + list(args)
+        return self._expand(self.run, heap_mb, program or self.program()) + list(args)
+
+    def compiled_files(self, program: Program) -> list[str]:
+        """What {sources} expands to: the files matching `sources`, the entry point first; else the entry point."""
+        if not self.sources:
+            return [program.main]
+        matching = [name for name in program.files if any(fnmatch.fnmatchcase(name, g) for g in self.sources)]
+        return [program.main, *(name for name in matching if name != program.main)]
+
+    def _expand(self, template: Iterable[str], heap_mb: int, program: Program) -> list[str]:
+        argv: list[str] = []
+        for part in template:
+            if part == SOURCES:
+                argv += self.compiled_files(program)
+            elif part == OPTIONS:
+                argv += program.compiler_options
+            else:
+                argv.append(part.format(heap_mb=heap_mb, main=program.main, main_class=program.main_class))
+        return argv
 
     def version_argv(self, *, heap_mb: int) -> list[str]:
         return [part.format(heap_mb=heap_mb) for part in self.version]
@@ -77,6 +120,7 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         version=_argv(raw["version"], name, "version"),
         aliases=_strs(raw.get("aliases", []), name, "aliases"),
         compile=None if compile_cmd is None else _argv(compile_cmd, name, "compile"),
+        sources=_strs(raw.get("sources", []), name, "sources"),
         env={_str(k, name, "env"): _str(v, name, "env") for k, v in dict(raw.get("env", {})).items()},
         etc=_strs(raw.get("etc", []), name, "etc"),
         out_of_memory=_strs(raw.get("out_of_memory", []), name, "out_of_memory"),

@@ -14,13 +14,12 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .events import Event
-from .jobs import FINISHED_STATUSES
+from .jobs import TERMINAL_TYPES
 from .keys import EVENTS, HUB, METRICS, QUEUE
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "conveyor"
-TERMINAL_TYPES = frozenset(s.value for s in FINISHED_STATUSES)
 # Seconds. Waits are short on an idle server and long under load; runs are bounded by JOB_TIMEOUT_MS.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 EXECUTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

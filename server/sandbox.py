@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import codecs
 import logging
+import math
 import os
 import re
 import secrets
@@ -16,8 +19,9 @@ from typing import Any
 from . import driver, seccomp
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
-from .execution import BOX, SANDBOX_UID, Fds, Outcome, Run, Spec
+from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec
 from .jobs import ExecutionResult, Job, JobIO
+from .judge import Build, judge
 from .languages import Language, LanguageIndex, load_languages
 from .settings import Settings
 
@@ -76,6 +80,7 @@ class Sandbox:
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
+        self.builds = 0  # compile-and-pack runs, for tests and statistics
 
     # -- start-up --------------------------------------------------------------------------------------------
 
@@ -174,8 +179,8 @@ class Sandbox:
     async def _probe(self, lang: Language) -> str | None:
         """Run the version command inside the sandbox; the language is offered only if it works."""
         run = lang.version_argv(heap_mb=self._memory_mb // 2)
-        spec = self._spec(lang, f"probe-{lang.name}", run, None, PROBE_TIMEOUT_MS)
-        spec.source_name = None
+        spec = self._spec(lang, f"probe-{lang.name}", run)
+        spec.run_timeout_ms = PROBE_TIMEOUT_MS
         out = await self._execute(spec, None)
         text = out.stdout + out.stderr
         match = re.search(r"\d+(?:\.\d+)+", text)
@@ -187,35 +192,86 @@ class Sandbox:
     # -- the executor ----------------------------------------------------------------------------------------
 
     async def __call__(self, job: Job, io: JobIO) -> ExecutionResult:
-        """Run one job to its end. On cancellation the process tree, cgroup and work dir are gone before re-raise."""
-        lang = self._index.get(job.language)
-        if lang is None:
+        """Run one job to its end (its tests, when it has some, each in a fresh sandbox after one compile). On
+        cancellation the process tree, cgroup and work dir are gone before re-raise."""
+        if self._index.get(job.language) is None:
             return ExecutionResult(reason="unsupported_language", stderr=f"Unknown language {job.language!r}.\n")
         if any("\0" in arg for arg in job.args):
             return ExecutionResult(reason="invalid_args", stderr="Arguments cannot contain NUL characters.\n")
-        heap_mb = self._memory_mb // 2
-        # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
-        name = job.id if SAFE_NAME.fullmatch(job.id) else f"job-{secrets.token_hex(8)}"
-        spec = self._spec(lang, name, lang.run_argv(job.args, heap_mb=heap_mb), job.code, job.timeout_ms)
-        spec.compile = lang.compile_argv(heap_mb=heap_mb)
-        spec.stdin = job.stdin.encode()
+        return await judge(self, job, io)
+
+    def compiles(self, job: Job) -> bool:
+        lang = self._index.get(job.language)
+        return lang is not None and lang.compile is not None
+
+    async def build(self, job: Job) -> Build:
+        """Compile the job's files once and pack the work dir as it is then, for fresh sandboxes to run."""
+        lang = self._language(job)
+        spec = self._job_spec(lang, job, stdin=b"", timeout_ms=job.limits.compile_timeout_ms or self._compile_ms())
+        spec.name += "-build"
+        spec.run, spec.output_cap = list(PACK), self.settings.workdir_size_mb << 20
+        self.builds += 1
+        out = await self._execute(spec, None)
+        result = _result(lang, out, job.output_encoding)
+        if out.compile_status == "exit 0" and result.reason is None and result.exit_code == 0:
+            result.stdout = result.stderr = ""
+            return Build(result=result, artifact=out.stdout_bytes)
+        if result.reason is None or result.reason in ("runtime_error", "output_limit"):
+            logger.error("job %s: packing the build failed: %s", job.id, out.stderr[-500:])
+            result.reason = "internal_error"
+        return Build(result=result, artifact=None)
+
+    async def run(self, job: Job, io: JobIO | None, *, stdin: bytes, build: Build | None = None) -> ExecutionResult:
+        """Run the job's program once: compiling its files first, or unpacking a build made by build()."""
+        lang = self._language(job)
+        spec = self._job_spec(lang, job, stdin=stdin, timeout_ms=job.timeout_ms)
+        if build is not None:
+            spec.name += f"-{secrets.token_hex(3)}"  # one cgroup per test
+        if build is not None and build.artifact is not None:
+            spec.files, spec.artifact = [], build.artifact
+            spec.compile = ["tar", "-xf", ARTIFACT if self.backend == "none" else f"/{ARTIFACT}"]
         out = await self._execute(spec, io)
-        result = _result(lang, out)
+        result = _result(lang, out, job.output_encoding)
+        if build is not None:
+            result.compile_output, result.compile_time_ms = None, None
         if result.reason == "internal_error":
             logger.error("job %s: sandbox failed (exit %s): %s", job.id, out.returncode, out.stderr[-500:])
         return result
 
-    def _spec(self, lang: Language, name: str, run: list[str], code: str | None, timeout_ms: int) -> Spec:
+    def _language(self, job: Job) -> Language:
+        lang = self._index.get(job.language)
+        assert lang is not None, "checked by __call__"
+        return lang
+
+    def _compile_ms(self) -> int:
+        return self.settings.compile_timeout_ms
+
+    def _job_spec(self, lang: Language, job: Job, *, stdin: bytes, timeout_ms: int) -> Spec:
+        memory_mb = min(job.limits.memory_mb or self.settings.memory_limit_mb, self._memory_mb)
+        heap_mb = memory_mb // 2
+        files = [(f.name, f.raw) for f in job.files] if job.files else [(lang.source, job.code.encode())]
+        program = lang.program([name for name, _ in files], job.compiler_options)
+        # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
+        name = job.id if SAFE_NAME.fullmatch(job.id) else f"job-{secrets.token_hex(8)}"
+        spec = self._spec(lang, name, lang.run_argv(job.args, heap_mb=heap_mb, program=program))
+        spec.compile = lang.compile_argv(heap_mb=heap_mb, program=program)
+        spec.files, spec.stdin, spec.run_timeout_ms = files, stdin, timeout_ms
+        spec.address_space_mb = memory_mb + lang.address_space_headroom_mb
+        spec.memory_mb = job.limits.memory_mb
+        spec.compile_timeout_ms = job.limits.compile_timeout_ms or self.settings.compile_timeout_ms
+        if job.limits.cpu_time_ms is not None:
+            spec.cpu_time_ms = job.limits.cpu_time_ms
+        return spec
+
+    def _spec(self, lang: Language, name: str, run: list[str]) -> Spec:
         return Spec(
             name=name,
             run=run,
-            source_name=lang.source,
-            source=(code or "").encode(),
             env=dict(lang.env),
             etc=lang.etc_paths(),
             address_space_mb=self._memory_mb + lang.address_space_headroom_mb,
             compile_timeout_ms=self.settings.compile_timeout_ms,
-            run_timeout_ms=timeout_ms,
+            cpu_time_ms=self.settings.cpu_time_limit_s * 1000,
         )
 
     async def _execute(self, spec: Spec, io: JobIO | None) -> Outcome:
@@ -243,9 +299,11 @@ class Sandbox:
         """The syscall filter for bwrap --seccomp (SANDBOX=none runs without one)."""
         return self._filter.bpf if self.backend == "bwrap" else None
 
-    def job_cgroup(self, name: str) -> JobCgroup | None:
-        """Create the job's cgroup, or None when only rlimits apply."""
-        return self._cgroups.create(name) if self._cgroups is not None else None
+    def job_cgroup(self, name: str, memory_mb: int | None = None) -> JobCgroup | None:
+        """Create the job's cgroup (with its own memory limit when it asked for less), or None for rlimits only."""
+        if self._cgroups is None:
+            return None
+        return self._cgroups.create(name, memory_bytes=None if memory_mb is None else memory_mb << 20)
 
     # -- command line ----------------------------------------------------------------------------------------
 
@@ -273,9 +331,10 @@ class Sandbox:
         # so RLIMIT_NPROC counts this job's tasks (Linux >= 5.14 counts per user namespace) rather than all of uid
         # 65534 on the host.
         s = self.settings
+        cpu_s = max(1, math.ceil(spec.cpu_time_ms / 1000))  # RLIMIT_CPU counts whole seconds
         args = [
             "prlimit",
-            f"--cpu={s.cpu_time_limit_s}:{s.cpu_time_limit_s + 1}",  # SIGXCPU first, SIGKILL a second later
+            f"--cpu={cpu_s}:{cpu_s + 1}",  # SIGXCPU first, SIGKILL a second later
             f"--fsize={s.max_file_size_mb << 20}",
             f"--nofile={s.max_open_files}",
             "--core=0",  # a core_pattern pipe would run a host helper as root
@@ -299,8 +358,12 @@ class Sandbox:
             args += ["--ro-bind-try", path, path]
         for name, fd in fds.etc.items():
             args += ["--ro-bind-data", str(fd), f"/etc/{name}"]
-        if fds.source is not None and spec.source_name:
-            args += ["--file", str(fds.source), f"{BOX}/{spec.source_name}"]
+        for directory in spec.directories:
+            args += ["--dir", f"{BOX}/{directory}"]
+        for (name, _), fd in zip(spec.files, fds.files, strict=True):
+            args += ["--file", str(fd), f"{BOX}/{name}"]
+        if fds.artifact is not None:
+            args += ["--ro-bind-data", str(fds.artifact), f"/{ARTIFACT}"]
         if fds.bwrap_status is not None:
             args += ["--json-status-fd", str(fds.bwrap_status)]
         if fds.seccomp is not None:
@@ -329,7 +392,12 @@ class Sandbox:
     def runtimes(self) -> list[dict[str, Any]]:
         """The languages offered: canonical name, detected version, aliases."""
         return [
-            {"language": lang.name, "version": self._versions[lang.name], "aliases": list(lang.aliases)}
+            {
+                "language": lang.name,
+                "version": self._versions[lang.name],
+                "aliases": list(lang.aliases),
+                "compiled": lang.compile is not None,
+            }
             for lang in self._index
         ]
 
@@ -416,6 +484,15 @@ async def _capture(argv: list[str]) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace")
 
 
+def _lossy(data: bytes, truncated: bool) -> bool:
+    """Whether the bytes are not valid UTF-8 (a character the output cap cut in two does not count)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=not truncated)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -436,7 +513,7 @@ def _program_status(out: Outcome) -> str | None:
     return None
 
 
-def _result(lang: Language, out: Outcome) -> ExecutionResult:
+def _result(lang: Language, out: Outcome, encoding: str = "utf8") -> ExecutionResult:
     """Map what the run observed to the result the queue understands."""
     result = ExecutionResult(
         stdout=out.stdout,
@@ -445,11 +522,18 @@ def _result(lang: Language, out: Outcome) -> ExecutionResult:
         compile_output=out.compile_output if lang.compile is not None else None,
         compile_time_ms=out.compile_time_ms,
         run_time_ms=out.run_time_ms,
+        stdout_lossy=_lossy(out.stdout_bytes, out.truncated),
+        stderr_lossy=_lossy(out.stderr_bytes, out.truncated),
         cpu_time_ms=out.cpu_time_ms,
         memory_peak_bytes=out.memory_peak_bytes,
         compile_cpu_time_ms=out.compile_cpu_time_ms,
         compile_memory_peak_bytes=out.compile_memory_peak_bytes,
     )
+    if encoding == "base64":
+        result.stdout = base64.b64encode(out.stdout_bytes).decode()
+        result.stderr = base64.b64encode(out.stderr_bytes).decode()
+        if result.compile_output is not None:
+            result.compile_output = base64.b64encode(out.compile_output_bytes).decode()
     kind, _, number = (_program_status(out) or "").partition(" ")
     if kind == "exit":
         result.exit_code = int(number)

@@ -304,6 +304,42 @@ class Settings:
         "RETRY_LOST_JOBS", _flag, False, "`1`: a job lost with its instance is requeued once instead"
     )
 
+    # Judge features: batches and callbacks
+    max_tests: int = _env(
+        "MAX_TESTS", _int_range(1, 1000), 64, "tests in one submission (compiled once, each in a fresh sandbox)"
+    )
+    max_batch_size: int = _env(
+        "MAX_BATCH_SIZE", _int_range(1, 1000), 20, "submissions in one `POST /runs`, jobs in one `GET /runs`"
+    )
+    callback_secret: str = _env(
+        "CALLBACK_SECRET", _text, "", "key of the `X-Conveyor-Signature` HMAC-SHA256 on callbacks; empty: unsigned"
+    )
+    callback_allowed_networks: tuple[str, ...] = _env(
+        "CALLBACK_ALLOWED_NETWORKS",
+        _networks,
+        (),
+        "CIDRs callbacks may reach besides public addresses (loopback, private, link-local are refused otherwise)",
+    )
+    callback_timeout_ms: int = _env(
+        "CALLBACK_TIMEOUT_MS", _int_range(100, 60_000), 5000, "time for one callback request"
+    )
+    callback_retries: int = _env(
+        "CALLBACK_RETRIES", _int_range(0, 10), 3, "retries of a failed callback (backoff 1 s, 2 s, 4 s, ...)"
+    )
+    callback_queue_size: int = _env(
+        "CALLBACK_QUEUE_SIZE",
+        _int_range(1, 1_000_000),
+        1000,
+        "callbacks waiting for delivery; past it new ones are dropped and logged",
+    )
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body: one submission with the largest code and stdin. JSON escapes can double a
+        string's size (\\u sequences are 6 bytes per char at worst, but that is abuse): allow 2x and 64 KiB of
+        envelope, so a legitimate max-size program is refused by our 413 naming the field, not by aiohttp."""
+        return 2 * (self.max_code_bytes + self.max_stdin_bytes) + 64 * 1024
+
     @property
     def effective_burst(self) -> int:
         return self.rate_limit_burst or self.rate_limit_requests

@@ -8,10 +8,10 @@ import pytest
 
 from server.languages import LanguageIndex, load_languages
 
-SHIPPED = {"python", "javascript", "bash", "c", "cpp", "java", "rust", "perl"}
+SHIPPED = {"python", "javascript", "bash", "c", "cpp", "java", "rust", "perl", "executable"}
 
 
-def test_ships_all_eight_languages() -> None:
+def test_ships_the_eight_languages_and_executables() -> None:
     languages = load_languages()
     assert set(languages) == SHIPPED
     assert languages["java"].source == "Main.java"
@@ -89,3 +89,31 @@ def test_malformed_definitions_name_the_problem(tmp_path: Path, text: str, messa
     path.write_text(text)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_languages(path)
+
+
+def test_several_files_compile_together_entry_point_first() -> None:
+    languages = load_languages()
+    c = languages["c"]
+    program = c.program(["util.c", "main.c", "util.h", "README"], ["-DN=3", "-Wall"])
+    assert c.compile_argv(heap_mb=64, program=program) == [
+        "gcc", "-O2", "-std=gnu17", "-DN=3", "-Wall", "-o", "main", "util.c", "main.c", "-lm",
+    ]  # fmt: skip
+    assert c.run_argv(["x"], heap_mb=64, program=program) == ["./main", "x"]
+
+
+def test_the_entry_point_names_what_runs() -> None:
+    languages = load_languages()
+    python = languages["python"]
+    assert python.run_argv([], heap_mb=64, program=python.program(["app.py", "lib/util.py"])) == ["python3", "app.py"]
+    assert python.run_argv([], heap_mb=64) == ["python3", "main.py"]  # the one-file shorthand
+    java = languages["java"]
+    program = java.program(["pkg/App.java", "pkg/Util.java"])
+    compile_cmd = java.compile_argv(heap_mb=64, program=program)
+    assert compile_cmd is not None and compile_cmd[-2:] == ["pkg/App.java", "pkg/Util.java"]
+    assert java.run_argv([], heap_mb=64, program=program)[-1] == "pkg.App"
+
+
+def test_options_expand_to_nothing_when_none_are_given() -> None:
+    rust = load_languages()["rust"]
+    compile_cmd = rust.compile_argv(heap_mb=64)
+    assert compile_cmd == ["rustc", "--edition", "2021", "-O", "-o", "main", "main.rs"]

@@ -703,6 +703,8 @@ def test_decision_headers_and_429() -> None:
     ("method", "path", "bucket"),
     [
         ("POST", "/run", "submit"),
+        ("POST", "/runs", "read"),  # and each item one submit token, drawn by the handler
+        ("GET", "/runs", "read"),
         ("GET", "/run", None),
         ("GET", "/queue", "read"),
         ("GET", "/queue/stats", "read"),
@@ -716,6 +718,15 @@ def test_decision_headers_and_429() -> None:
         ("GET", "/health", None),
         ("GET", "/metrics", None),
         ("GET", "/queueing", None),
+        # The Piston and Judge0 compat APIs: submissions from the submit bucket, the rest from the read bucket.
+        ("POST", "/api/v2/execute", "submit"),
+        ("GET", "/api/v2/runtimes", "read"),
+        ("GET", "/api/v2/connect", "read"),
+        ("POST", "/judge0/submissions", "submit"),
+        ("POST", "/judge0/submissions/batch", "read"),
+        ("GET", "/judge0/submissions/abc", "read"),
+        ("GET", "/judge0/languages", "read"),
+        ("GET", "/judge0", None),
     ],
 )
 def test_bucket_for(method: str, path: str, bucket: Bucket | None) -> None:

@@ -117,7 +117,7 @@ class HostileLauncher:
     drops_privileges: bool = False
     seccomp_bpf: bytes | None = None
 
-    def job_cgroup(self, name: str) -> JobCgroup | None:
+    def job_cgroup(self, name: str, memory_mb: int | None = None) -> JobCgroup | None:
         return None
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:

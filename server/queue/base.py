@@ -66,7 +66,8 @@ async def execute(
     propagates. An executor that raises is an internal error, logged with the job id, never a crashed queue.
     """
     try:
-        async with asyncio.timeout(job.timeout_ms / 1000.0 + grace_s):
+        # Each test runs within the job's timeout, and their build (compile, then pack) within the grace.
+        async with asyncio.timeout(job.timeout_ms * job.runs / 1000.0 + grace_s * (2 if job.tests else 1)):
             result = await executor(job, io)
         return status_of(result), result
     except TimeoutError:

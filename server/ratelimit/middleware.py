@@ -19,7 +19,11 @@ from .limiter import RateLimiter
 if TYPE_CHECKING:
     from ..lockout import AuthLockout
 
-_READ_PATHS = frozenset({"/queue", "/runtimes", "/openapi.json", "/ws"})
+_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/openapi.json", "/ws"})
+# The Piston and Judge0 compat APIs draw from the same buckets as the native routes (a Judge0 batch draws one
+# read here and one submit per submission in its handler, as `POST /runs` does).
+_COMPAT_SUBMIT = frozenset({("POST", "/api/v2/execute"), ("POST", "/judge0/submissions")})
+_COMPAT_PREFIXES = ("/api/v2/", "/judge0/")
 _QUOTA_FREE_STATUSES = frozenset({401, 403})
 
 
@@ -27,7 +31,9 @@ def bucket_for(method: str, path: str) -> Bucket | None:
     """Which bucket a request draws from; None for pages, static files, /health and /metrics."""
     if path == "/run":
         return "submit" if method == "POST" else None
-    if path in _READ_PATHS or path.startswith("/queue/"):
+    if (method, path) in _COMPAT_SUBMIT:
+        return "submit"
+    if path in _READ_PATHS or path.startswith(("/queue/", *_COMPAT_PREFIXES)):
         return "read"
     return None
 

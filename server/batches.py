@@ -1,0 +1,74 @@
+"""Batches: several submissions in one request (`POST /runs`) and several jobs read at once (`GET /runs`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .access import may_read, not_found
+from .api import client_of, json_response, read_json
+from .errors import BadRequest, ConveyorError
+from .identity import check_priority
+from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
+from .payloads import parse_run
+from .ratelimit import raise_if_denied
+from .submissions import submit
+
+
+async def submit_runs(request: web.Request) -> web.Response:
+    """Queue each submission on its own: an item is accepted with its id or refused with its own error, and each
+    draws one token from the caller's submit bucket, as a `POST /run` would."""
+    app = request.app
+    settings = app[SETTINGS]
+    # A batch may be as large as its items together; every other route keeps the app's smaller body limit.
+    batch = request.clone(client_max_size=settings.max_batch_size * settings.max_body_bytes)
+    body = await read_json(batch)
+    items = body.get("submissions") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise BadRequest("The body must be an object with a list of submissions.", field="submissions")
+    if not 1 <= len(items) <= settings.max_batch_size:
+        raise BadRequest(
+            f"submissions must hold from 1 to {settings.max_batch_size} items.",
+            field="submissions",
+            max=settings.max_batch_size,
+        )
+    client = client_of(request)
+    answers: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            run = parse_run(item, settings, app[RUNNER])
+            check_priority(client, run.priority)
+            decision = await app[LIMITER].hit(client, "submit")
+            raise_if_denied(decision, "submit")
+            job = await submit(app, run.to_job(client.job_owner))
+        except ConveyorError as exc:
+            answers.append({"index": index, "status": exc.status, **exc.body()})
+        else:
+            answers.append({"index": index, "status": 202, "jobId": job.id, "jobStatus": job.status.value})
+    return json_response({"runs": answers})
+
+
+async def get_runs(request: web.Request) -> web.Response:
+    """The jobs named by `?ids=a,b,c` in that order; one the caller may not read is answered as unknown."""
+    settings = request.app[SETTINGS]
+    ids = [part for part in request.query.get("ids", "").split(",") if part]
+    if not 1 <= len(ids) <= settings.max_batch_size:
+        raise BadRequest(f"ids must name from 1 to {settings.max_batch_size} jobs.", field="ids")
+    queue = request.app[QUEUE]
+    client = client_of(request)
+    jobs: list[dict[str, Any]] = []
+    for job_id in ids:
+        job = await queue.get(job_id)
+        if job is None or not may_read(client, job):
+            error = not_found(job_id)
+            jobs.append({"id": job_id, **error.body()})
+            continue
+        job.position = await queue.position(job)
+        jobs.append(job.to_dict())
+    return json_response({"jobs": jobs})
+
+
+def setup_batches(app: web.Application) -> None:
+    app.router.add_post("/runs", submit_runs)
+    app.router.add_get("/runs", get_runs)

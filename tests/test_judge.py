@@ -1,0 +1,266 @@
+"""Judge features through POST /run on the real sandbox: several files, per-run limits, compiler options,
+verdicts, tests compiled once, binary-safe output. Every response is checked against openapi.json."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from server.keys import RUNNER
+from tests.test_api import Client, call
+
+C_MAIN = '#include <stdio.h>\n#include "util.h"\nint main(void) { printf("%d\\n", twice(21)); return 0; }\n'
+C_UTIL = '#include "util.h"\nint twice(int x) { return 2 * x; }\n'
+C_SUM = (
+    '#include <stdio.h>\nint main(void) { long a, b; if (scanf("%ld %ld", &a, &b) != 2) return 3;\n'
+    'printf("%ld\\n", a + b); return 0; }\n'
+)
+
+
+async def run(client: Client, status: int = 200, **body: Any) -> Any:
+    return await call(client, "POST", "/run", status, json=body)
+
+
+async def queued_total(client: Client) -> int:
+    stats = await call(client, "GET", "/queue/status", 200)
+    return int(stats["totalQueued"])
+
+
+async def test_c_files_compile_together(client: Client) -> None:
+    files = [
+        {"name": "main.c", "content": C_MAIN},
+        {"name": "util.c", "content": C_UTIL},
+        {"name": "util.h", "content": "int twice(int x);\n"},
+    ]
+    job = await run(client, language="c", files=files)
+    assert (job["status"], job["stdout"]) == ("completed", "42\n"), job
+    assert [f["name"] for f in job["files"]] == ["main.c", "util.c", "util.h"]
+
+
+async def test_python_package_in_a_subdirectory_and_main_names_the_entry_point(client: Client) -> None:
+    files = [
+        {"name": "lib/__init__.py", "content": ""},
+        {"name": "lib/greet.py", "content": "def hello(name):\n    return f'hello {name}'\n"},
+        {"name": "app.py", "content": "import sys\nfrom lib.greet import hello\nprint(hello(sys.argv[0]))\n"},
+    ]
+    job = await run(client, language="python", files=files, main="app.py")
+    assert job["stdout"] == "hello app.py\n", job
+    assert job["files"][0]["name"] == "app.py"  # the entry point first
+
+
+async def test_java_entry_point_class_comes_from_the_file_name(client: Client) -> None:
+    files = [
+        {"name": "Solution.java", "content": "public class Solution { public static void main(String[] a) { "
+         "System.out.println(Helper.greet()); } }\n"},
+        {"name": "Helper.java", "content": "class Helper { static String greet() { return \"hi from helper\"; } }\n"},
+    ]  # fmt: skip
+    job = await run(client, language="java", files=files)
+    assert job["stdout"] == "hi from helper\n", job
+
+
+async def test_base64_file_reaches_the_program_byte_for_byte(client: Client) -> None:
+    data = bytes(range(256))
+    files = [
+        {
+            "name": "main.py",
+            "content": "import hashlib\nprint(hashlib.sha256(open('blob.bin','rb').read()).hexdigest())",
+        },
+        {"name": "blob.bin", "content": base64.b64encode(data).decode(), "encoding": "base64"},
+    ]
+    job = await run(client, language="python", files=files)
+    import hashlib
+
+    assert job["stdout"].strip() == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("../escape.py", ".."),
+        ("/etc/passwd", "relative"),
+        ("a/../../b", ".."),
+        ("a//b", "empty"),
+        ("nul\x00name", "control"),
+        ("", "1 to 255"),
+        ("tmp/x", "reserved"),
+        (".hidden", "reserved"),
+        ("x" * 300, "1 to 255"),
+    ],
+)
+async def test_bad_file_names_are_refused_naming_the_file_and_nothing_is_queued(
+    client: Client, name: str, why: str
+) -> None:
+    before = await queued_total(client)
+    files = [{"name": "main.py", "content": "print(1)"}, {"name": name, "content": "x"}]
+    error = await run(client, 400, language="python", files=files)
+    assert error["field"] == "files" and error["file"] == name and why in error["message"]
+    assert await queued_total(client) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "text"),
+    [
+        ({"files": [{"name": "a.py", "content": "1"}, {"name": "a.py", "content": "2"}]}, "files", "more than once"),
+        ({"files": [{"name": "a", "content": "1"}, {"name": "a/b", "content": "2"}]}, "files", "directory"),
+        ({"files": [{"name": "a.py", "content": "!!", "encoding": "base64"}]}, "files", "base64"),
+        ({"files": [{"name": "a.py", "content": "x", "encoding": "rot13"}]}, "files", "utf8 or base64"),
+        ({"files": []}, "files", "from 1 to"),
+        ({"files": [{"name": "a.py"}]}, "files", "content"),
+        ({"files": [{"name": "a.py", "content": "print(1)"}], "main": "b.py"}, "main", "not one of files"),
+        ({"code": "print(1)", "files": [{"name": "a.py", "content": "1"}]}, "files", "not both"),
+        ({"code": "print(1)", "main": "a.py"}, "main", "does not go with code"),
+        ({"code": "print(1)", "cpuTimeLimitMs": 10**9}, "cpuTimeLimitMs", "from 1 to"),
+        ({"code": "print(1)", "memoryLimitMb": 0}, "memoryLimitMb", "from 1 to"),
+        ({"code": "print(1)", "compileTimeoutMs": 10**9}, "compileTimeoutMs", "from 1 to"),
+        ({"code": "print(1)", "compilerOptions": ["-O3"]}, "compilerOptions", "no compile stage"),
+        ({"code": "print(1)", "outputEncoding": "hex"}, "outputEncoding", "utf8 or base64"),
+        ({"code": "print(1)", "tests": []}, "tests", "from 1 to"),
+        ({"code": "print(1)", "tests": [{"stdin": 5}]}, "tests", "strings"),
+        ({"code": "print(1)", "stdin": "x", "tests": [{"stdin": "y"}]}, "stdin", "each test"),
+        ({"code": "print(1)", "expectedOutput": "1", "tests": [{}]}, "expectedOutput", "each test"),
+        ({"code": "print(1)", "callbackUrl": "file:///etc/passwd"}, "callbackUrl", "http"),
+    ],
+)
+async def test_bad_judge_fields_are_400_naming_the_field(
+    client: Client, body: dict[str, Any], field: str, text: str
+) -> None:
+    before = await queued_total(client)
+    error = await run(client, 400, language="python", **body)
+    assert error["field"] == field and text in error["message"], error
+    assert await queued_total(client) == before
+
+
+async def test_limits_above_the_server_maximum_name_the_maximum(client: Client) -> None:
+    runner = client.app[RUNNER]
+    maximum = runner.settings.memory_limit_mb  # type: ignore[attr-defined]
+    error = await run(client, 400, language="python", code="print(1)", memoryLimitMb=maximum + 1)
+    assert error["max"] == maximum and str(maximum) in error["message"]
+
+
+async def test_files_over_the_code_limit_are_413(client: Client) -> None:
+    big = "x" * 40_000
+    files = [{"name": "main.py", "content": "print(1)"}, {"name": "a", "content": big}, {"name": "b", "content": big}]
+    error = await run(client, 413, language="python", files=files)
+    assert error["field"] == "files"
+
+
+async def test_a_lower_memory_limit_is_enforced(client: Client) -> None:
+    code = "x = bytearray(100 * 1024 * 1024)\nprint('allocated')"
+    job = await run(client, language="python", code=code, memoryLimitMb=32)
+    assert job["status"] == "failed" and job["reason"] == "memory_limit", job
+    assert job["memoryLimitMb"] == 32 and job["verdict"] == "memory_limit"
+    assert (await run(client, language="python", code=code))["stdout"] == "allocated\n"  # the default allows it
+
+
+async def test_a_lower_cpu_limit_is_enforced(client: Client) -> None:
+    job = await run(client, language="python", code="while True: pass", cpuTimeLimitMs=1000)
+    assert job["status"] == "failed" and job["reason"] == "cpu_limit", job
+    assert job["verdict"] == "cpu_limit"
+
+
+async def test_a_lower_compile_timeout_is_enforced(client: Client) -> None:
+    # Templates instantiated to a depth that keeps g++ busy for far longer than 300 ms.
+    code = (
+        "template<int N> struct F { static const long v = F<N-1>::v + F<N-2>::v; };\n"
+        "template<> struct F<1> { static const long v = 1; };\ntemplate<> struct F<0> { static const long v = 0; };\n"
+        "int main() { return (int)F<40>::v; }\n"
+    )
+    big = code.replace("int main", "template<int N> struct G { static const long v = F<N>::v; };\nint main")
+    job = await run(client, language="cpp", code=big, compileTimeoutMs=1, compilerOptions=["-ftemplate-depth=2000"])
+    assert job["reason"] == "compile_timeout" and job["verdict"] == "compile_error", job
+
+
+async def test_compiler_options_reach_the_compiler(client: Client) -> None:
+    code = '#include <stdio.h>\nint main(void) { printf("%d\\n", VALUE); return 0; }\n'
+    job = await run(client, language="c", code=code, compilerOptions=["-DVALUE=42"])
+    assert job["stdout"] == "42\n" and job["compilerOptions"] == ["-DVALUE=42"]
+
+
+@pytest.mark.parametrize(
+    ("code", "expected", "verdict", "status"),
+    [
+        ("print('42  ')\nprint()", "42\n", "accepted", "completed"),
+        ("print(41)", "42", "wrong_answer", "completed"),
+        ("print(42)\nraise SystemExit(3)", "42", "runtime_error", "failed"),
+        ("import time\ntime.sleep(5)", "42", "time_limit", "timeout"),
+    ],
+)
+async def test_expected_output_gives_a_verdict(
+    client: Client, code: str, expected: str, verdict: str, status: str
+) -> None:
+    job = await run(client, language="python", code=code, expectedOutput=expected, timeoutMs=1000)
+    assert (job["verdict"], job["status"]) == (verdict, status), job
+
+
+async def test_without_expected_output_a_clean_run_is_accepted(client: Client) -> None:
+    assert (await run(client, language="python", code="print(1)"))["verdict"] == "accepted"
+
+
+async def test_tests_compile_once_and_each_gets_its_verdict(client: Client) -> None:
+    runner = client.app[RUNNER]
+    builds = runner.builds  # type: ignore[attr-defined]
+    tests = [
+        {"stdin": "1 2", "expectedOutput": "3"},
+        {"stdin": "40 2\n", "expectedOutput": "42\n"},
+        {"stdin": "1 1", "expectedOutput": "3"},
+        {"stdin": "nonsense"},
+    ]
+    job = await run(client, language="c", code=C_SUM, tests=tests)
+    assert runner.builds == builds + 1  # type: ignore[attr-defined]
+    assert job["status"] == "completed" and job["verdict"] == "wrong_answer", job
+    assert [t["verdict"] for t in job["tests"]] == ["accepted", "accepted", "wrong_answer", "runtime_error"]
+    assert [t["stdout"] for t in job["tests"]][:3] == ["3\n", "42\n", "2\n"]
+    assert job["tests"][3]["exitCode"] == 3
+    assert job["summary"] == {"passed": 2, "total": 4}
+    assert job["compileTimeMs"] > 0 and all(t["timeMs"] is not None for t in job["tests"])
+    # The compile's cost is reported once, each test's own run separately, the job's CPU as their sum.
+    assert job["compileCpuTimeMs"] > 0 and all(t["cpuTimeMs"] is not None for t in job["tests"])
+    assert job["cpuTimeMs"] == pytest.approx(sum(t["cpuTimeMs"] for t in job["tests"]), abs=1)
+    assert all(t["memoryPeakBytes"] > 0 for t in job["tests"])
+
+
+async def test_each_test_runs_in_a_fresh_sandbox(client: Client) -> None:
+    # A test that leaves a file behind: the next test must not see it.
+    code = "import os\nprint(os.path.exists('mark'))\nopen('mark', 'w').write('x')\n"
+    job = await run(client, language="python", code=code, tests=[{}, {}, {}])
+    assert [t["stdout"] for t in job["tests"]] == ["False\n"] * 3
+    code_c = (
+        '#include <stdio.h>\nint main(void){FILE*f=fopen("mark","r");puts(f?"seen":"fresh");'
+        'fopen("mark","w");return 0;}'
+    )
+    job = await run(client, language="c", code=code_c, tests=[{}, {}])
+    assert [t["stdout"] for t in job["tests"]] == ["fresh\n", "fresh\n"], job
+
+
+async def test_tests_of_a_program_that_does_not_compile(client: Client) -> None:
+    job = await run(client, language="c", code="int main( {", tests=[{"stdin": "1"}, {"stdin": "2"}])
+    assert job["status"] == "failed" and job["reason"] == "compile_error"
+    assert [t["verdict"] for t in job["tests"]] == ["compile_error", "compile_error"]
+    assert job["summary"] == {"passed": 0, "total": 2}
+    assert "error" in job["compileOutput"]
+
+
+async def test_base64_output_is_exact_and_utf8_output_marks_replacements(client: Client) -> None:
+    code = "import sys\nsys.stdout.buffer.write(b'ok\\xff\\xfe\\x00')\nsys.stderr.buffer.write(b'e\\x80')"
+    job = await run(client, language="python", code=code, outputEncoding="base64")
+    assert base64.b64decode(job["stdout"]) == b"ok\xff\xfe\x00"
+    assert base64.b64decode(job["stderr"]) == b"e\x80"
+    assert job["outputEncoding"] == "base64" and job["stdoutLossy"] is True
+    job = await run(client, language="python", code=code)
+    assert job["stdout"] == "ok\ufffd\ufffd\x00" and job["stdoutLossy"] is True and job["stderrLossy"] is True
+    clean = await run(client, language="python", code="print('héllo')")
+    assert clean["stdoutLossy"] is False
+
+
+async def test_an_executable_runs_as_it_is(client: Client, tmp_path: Any) -> None:
+    import asyncio
+
+    source, binary = tmp_path / "hello.c", tmp_path / "hello"
+    source.write_text('#include <stdio.h>\nint main(int c, char **v) { printf("elf %s\\n", v[1]); return 7; }')
+    proc = await asyncio.create_subprocess_exec("gcc", "-o", str(binary), str(source))
+    assert await proc.wait() == 0
+    files = [{"name": "prog", "content": base64.b64encode(binary.read_bytes()).decode(), "encoding": "base64"}]
+    job = await run(client, language="executable", files=files, args=["arg"])
+    assert (job["stdout"], job["exitCode"]) == ("elf arg\n", 7), job
