@@ -110,6 +110,8 @@ class Connection:
         the close handshake only when no other task is inside receive(), so we stop the reader and wait."""
         if self._close_request is None:
             self._close_request = (code, message)
+        if code == WSCloseCode.GOING_AWAY:
+            self._flush_now()  # at shutdown the last events (a job's `cancelled`) go out before the close frame
         self._closing = True
         self._writer.cancel()
         if self._reader is not None:
@@ -117,6 +119,16 @@ class Connection:
         with suppress(TimeoutError):
             async with asyncio.timeout(2 * CLOSE_TIMEOUT_S):
                 await self._finished.wait()
+
+    def _flush_now(self) -> None:
+        transport = self._transport
+        if not self._outbox or transport is None or transport.is_closing() or self.ws.closed:
+            return
+        frames = []
+        while self._outbox:
+            payload = self._outbox.popleft()
+            frames += (_text_frame_header(len(payload)), payload)
+        transport.write(b"".join(frames))
 
     async def serve(self) -> None:
         """Read until the client leaves or `close` is asked for; then finish the close handshake."""
@@ -213,7 +225,7 @@ class Connection:
             queued["requestId"] = message["requestId"]
         self.send_json(queued)
         # Events after `queued` may already be logged (the job can start at once): replay them, then go live.
-        hub.watch(self, job.id, since=1, job=job)
+        await hub.watch(self, job.id, since=1)
         hub.track_position(job.id, position)
 
     async def on_stdin(self, message: dict[str, Any]) -> None:
@@ -243,7 +255,7 @@ class Connection:
         job = await self.hub.queue.get(job_id)
         if job is None:
             raise NotFound(f"No job with id {job_id!r}.")
-        self.hub.watch(self, job_id, since=since, job=job)
+        await self.hub.watch(self, job_id, since=since)
         if job.owner == self.client.key:
             self.hub.adopt(self, job)
         self.hub.track_position(job_id, await self.hub.queue.position(job))

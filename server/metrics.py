@@ -139,7 +139,8 @@ def setup_metrics(app: web.Application) -> None:
     app[METRICS] = metrics
 
     async def listen(app: web.Application) -> AsyncIterator[None]:
-        unsubscribe = app[EVENTS].subscribe(metrics.on_event)
+        # Each job is counted by the one instance that caused its event, so a sum over instances is the truth.
+        unsubscribe = app[EVENTS].subscribe(metrics.on_event, here_only=True)
         try:
             yield
         finally:

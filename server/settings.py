@@ -104,6 +104,8 @@ class Settings:
     job_timeout_ms: int = _env("JOB_TIMEOUT_MS", _int_range(100, 3_600_000), 10_000)
     job_retention_seconds: int = _env("JOB_RETENTION_SECONDS", _int_range(0), 3600)
     job_retention_count: int = _env("JOB_RETENTION_COUNT", _int_range(0), 10_000)
+    # Finished jobs kept (code, stdin, output, event log) in MiB, on either backend; the oldest go first.
+    job_retention_max_mb: int = _env("JOB_RETENTION_MAX_MB", _int_range(0, 1_048_576), 256)
     max_code_bytes: int = _env("MAX_CODE_BYTES", _int_range(1), 65_536)
     max_stdin_bytes: int = _env("MAX_STDIN_BYTES", _int_range(0), 1_048_576)
     shutdown_grace_ms: int = _env("SHUTDOWN_GRACE_MS", _int_range(0, 600_000), 5000)
@@ -142,6 +144,13 @@ class Settings:
     worker_slots: int = _env("WORKER_SLOTS", _int_range(0, 10_000), os.cpu_count() or 1)
     lease_timeout_ms: int = _env("LEASE_TIMEOUT_MS", _int_range(1000), 15_000)
     retry_lost_jobs: bool = _env("RETRY_LOST_JOBS", _flag, False)
+    # Connections per instance for commands (blocking reads have their own 4): a burst past it waits up to
+    # REDIS_TIMEOUT_MS for one, then gets a 503.
+    redis_pool_size: int = _env("REDIS_POOL_SIZE", _int_range(2, 10_000), 64)
+    # Every Redis command's bound: while Redis is unreachable or stalled, requests get a 503 after this long.
+    redis_timeout_ms: int = _env("REDIS_TIMEOUT_MS", _int_range(100, 600_000), 3000)
+    # When the shared rate limiter cannot reach Redis: "closed" refuses with 503, "open" lets requests through.
+    rate_limit_redis_failure: str = _env("RATE_LIMIT_REDIS_FAILURE", _choice("closed", "open"), "closed")
 
     @property
     def effective_burst(self) -> int:

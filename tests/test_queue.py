@@ -12,8 +12,8 @@ import pytest
 from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from server.events import Event
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue import MemoryQueue
-from server.queue.redis import RedisQueue
+from server.queue import MemoryStore, Worker
+from server.queue.redis import RedisStore
 from tests.conftest import free_port
 
 
@@ -50,6 +50,29 @@ class Clock:
         return self.now
 
 
+STORE_ARGS = ("retention_seconds", "retention_count", "retention_bytes", "clock", "timeout_ms", "pool_size")
+
+
+def build_queue(backend: str, url: str = "", **kwargs: Any) -> Worker:
+    """A worker over a fresh store of `backend`; store options and worker options in one set of keywords."""
+    store_kwargs = {name: kwargs.pop(name) for name in STORE_ARGS if name in kwargs}
+    store: Any
+    if backend == "redis":
+        store_kwargs.pop("clock", None)
+        store = RedisStore(url, **store_kwargs)
+    else:
+        store_kwargs.pop("timeout_ms", None)
+        store_kwargs.pop("pool_size", None)
+        store = MemoryStore(**store_kwargs)
+    if "worker_slots" in kwargs:
+        kwargs["slots"] = kwargs.pop("worker_slots")
+    return Worker(store, **kwargs)
+
+
+def memory_queue(**kwargs: Any) -> Worker:
+    return build_queue("memory", **kwargs)
+
+
 @pytest.fixture
 def gate() -> Gate:
     return Gate()
@@ -68,13 +91,7 @@ async def make_queue(gate: Gate, backend: str, request: pytest.FixtureRequest) -
 
     async def make(**kwargs: Any) -> Any:
         kwargs.setdefault("executor", gate)
-        if backend == "redis":
-            for memory_only in ("clock",):
-                kwargs.pop(memory_only, None)
-            kwargs.setdefault("worker_slots", kwargs.get("max_concurrent", 5))
-            queue: Any = RedisQueue(url, **kwargs)
-        else:
-            queue = MemoryQueue(**kwargs)
+        queue: Any = build_queue(backend, url, **kwargs)
         await queue.start()
         queues.append(queue)
         return queue
@@ -149,7 +166,8 @@ async def test_concurrency_bound_and_freed_slot_starts_next(make_queue: Callable
 
 async def test_memory_queue_starts_the_next_job_in_the_same_turn() -> None:
     gate = Gate()
-    queue = MemoryQueue(executor=gate, max_concurrent=1)
+    queue = memory_queue(executor=gate, max_concurrent=1)
+    await queue.start()
     first, second = await queue.submit(job("a")), await queue.submit(job("b"))
     await settle()
     gate.finish("a")
@@ -347,7 +365,8 @@ async def test_retention_by_count(make_queue: Callable[..., Any], gate: Gate) ->
 
 async def test_memory_retention_by_age(gate: Gate) -> None:
     clock = Clock()
-    queue = MemoryQueue(executor=gate, retention_seconds=60, clock=clock)
+    queue = memory_queue(executor=gate, retention_seconds=60, clock=clock)
+    await queue.start()
     first = await queue.submit(job("a"))
     gate.finish("a")
     await queue.wait(first.id)
@@ -384,11 +403,14 @@ async def test_close_gives_running_a_grace(make_queue: Callable[..., Any], gate:
 
 
 async def test_many_cancellations_keep_the_heap_small(gate: Gate) -> None:
-    queue = MemoryQueue(executor=gate, max_concurrent=1, max_queue_size=10_000)
-    jobs = [await queue.submit(job(f"j{i}")) for i in range(1000)]
+    queue = memory_queue(executor=gate, max_concurrent=1, max_queue_size=10_000)
+    await queue.start()
+    jobs = [await queue.submit(job("j0"))]
+    await started(gate, 1)
+    jobs += [await queue.submit(job(f"j{i}")) for i in range(1, 1000)]
     for j in jobs[1:-1]:
         await queue.cancel(j.id)
-    assert len(queue._heap) < 200
+    assert len(queue.store._heap) < 200  # type: ignore[attr-defined]
     assert await queue.position(jobs[-1]) == 1
     await queue.close()
 
@@ -400,7 +422,7 @@ async def test_redis_outage_is_a_clear_error(tmp_path: Any) -> None:
     )
     try:
         url = f"redis://127.0.0.1:{port}/0"
-        queue = RedisQueue(url, executor=Gate())
+        queue = build_queue("redis", url, executor=Gate())
         await eventually(lambda: _started(queue))
         server.kill()
         server.wait()
@@ -413,10 +435,10 @@ async def test_redis_outage_is_a_clear_error(tmp_path: Any) -> None:
             server.kill()
             server.wait()
     with pytest.raises(SettingsError, match="REDIS_URL"):
-        await RedisQueue(f"redis://127.0.0.1:{port}/0", executor=Gate()).start()
+        await build_queue("redis", f"redis://127.0.0.1:{port}/0", executor=Gate()).start()
 
 
-async def _started(queue: RedisQueue) -> bool:
+async def _started(queue: Worker) -> bool:
     try:
         await queue.start()
     except SettingsError:
