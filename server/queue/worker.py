@@ -123,6 +123,11 @@ class Worker:
         if self._closing:
             return
         self._closing = True
+        # Take no new work. The claim loop sees `_closing` after its current wait for work (at most
+        # WAKE_TIMEOUT_S; cancelling redis-py inside a blocking pop was seen to hang); a claim in flight registers
+        # its jobs first, so they are stopped below with the others.
+        if len(self._loops) > 1:
+            await asyncio.wait(self._loops[1:], timeout=WAKE_TIMEOUT_S + 1)
         with suppress(Exception):
             await self.store.abandon_queued("shutdown")
         runs = [r.task for r in self._running.values() if r.task is not None]
@@ -144,10 +149,6 @@ class Worker:
         with suppress(Exception):
             await self.store.drain(2.0)  # our terminal events reach the hub before it closes the sockets
         self._release_waiters()
-        # The claim loop sees `_closing` after its current wait for work (at most WAKE_TIMEOUT_S): cancelling
-        # redis-py inside a blocking pop was seen to hang.
-        if len(self._loops) > 1:
-            await asyncio.wait(self._loops[1:], timeout=WAKE_TIMEOUT_S + 1)
         for task in [*self._loops, *self._background]:
             task.cancel()
         if self._unsubscribe is not None:
