@@ -238,7 +238,9 @@ class Worker:
                         raise NotFound(f"No job with id {job_id!r} (it may have been lost with the job store).")
                 if job.status.finished:
                     return job
-                if self._closing:
+                if future.done():
+                    continue  # news arrived while we read: read again
+                if self._closing and job_id not in self._running:
                     raise ShuttingDown(
                         f"The server is shutting down; job {job_id} is {job.status.value}. Fetch it later from "
                         f"/queue/job/{job_id}.",
