@@ -8,6 +8,7 @@ import signal
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .app import create_app
 from .errors import SandboxUnavailable, SettingsError
@@ -39,6 +40,22 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
+class ClientMistakes(logging.Filter):
+    """aiohttp logs malformed HTTP and clients that reset mid-request as ERROR with a traceback. Those are the
+    client's mistakes, not ours: one INFO line each (an unexpected exception keeps its ERROR and traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | ConnectionError | asyncio.IncompleteReadError):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "client error: %s: %s", (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        record.exc_info = record.exc_text = None
+        return True
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["hash-key"]:
         from .apikeys import hash_key_main
@@ -55,6 +72,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("aiohttp.server").addFilter(ClientMistakes())
     try:
         asyncio.run(serve(settings))
     except (SandboxUnavailable, SettingsError) as exc:
