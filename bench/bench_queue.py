@@ -104,7 +104,9 @@ class _Hold:
 async def cycle_cost(depth: int, cycles: int = 20_000) -> float:
     """Microseconds per enqueue+dequeue with `depth` jobs waiting: each cycle submits one job and runs one."""
     hold = _Hold()
-    queue = Worker(MemoryStore(retention_count=100), executor=hold, max_concurrent=1, max_queue_size=depth + cycles + 10)
+    queue = Worker(
+        MemoryStore(retention_count=100), executor=hold, max_concurrent=1, max_queue_size=depth + cycles + 10
+    )
     await queue.start()
     await queue.submit(Job(language="python", code=""))
     await asyncio.sleep(0)

@@ -27,8 +27,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from bench import redisserver
 from server.jobs import ExecutionResult, Job, JobIO
-from server.queue import scripts
-from server.queue import Worker
+from server.queue import Worker, scripts
 from server.queue.redis import RedisStore
 
 N_JOBS = 5000

@@ -51,7 +51,10 @@ class ClientMistakes(logging.Filter):
         if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
             return False
         record.levelno, record.levelname = logging.INFO, "INFO"
-        record.msg, record.args = "client error: %s: %s", (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        record.msg, record.args = (
+            "client error: %s: %s",
+            (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
+        )
         record.exc_info = record.exc_text = None
         return True
 

@@ -124,7 +124,7 @@ class Connection:
         transport = self._transport
         if not self._outbox or transport is None or transport.is_closing() or self.ws.closed:
             return
-        frames = []
+        frames: list[bytes] = []
         while self._outbox:
             payload = self._outbox.popleft()
             frames += (_text_frame_header(len(payload)), payload)

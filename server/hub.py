@@ -7,7 +7,6 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, web

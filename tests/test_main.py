@@ -110,7 +110,7 @@ GARBAGE = [
     b"NOT HTTP AT ALL\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
     b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
-    b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{\"lang",  # then the client resets
+    b'POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"lang',  # then the client resets
     b"POST /run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS hello on the plain port
 ]

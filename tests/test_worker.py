@@ -5,6 +5,7 @@ and Redis outages, stalls, restarts and bursts on a private redis-server."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,17 +20,7 @@ from server.events import Event
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import Worker
 from tests.conftest import free_port
-from tests.test_queue import (  # noqa: F401 (fixtures)
-    Gate,
-    backend,
-    build_queue,
-    eventually,
-    gate,
-    job,
-    make_queue,
-    started,
-    status_of,
-)
+from tests.queues import Gate, build_queue, eventually, job, started, status_of
 
 MakeQueue = Callable[..., Any]
 
@@ -133,9 +124,10 @@ async def test_close_releases_every_waiter(make_queue: MakeQueue, gate: Gate, ba
     await asyncio.sleep(0)
     await queue.close(grace_s=0)
     ran, waited = await asyncio.gather(*waiters, return_exceptions=True)
-    assert ran.status is JobStatus.CANCELLED and ran.result.reason == "shutdown"
+    assert isinstance(ran, Job)
+    assert ran.status is JobStatus.CANCELLED and ran.result is not None and ran.result.reason == "shutdown"
     if backend == "memory":
-        assert waited.status is JobStatus.CANCELLED
+        assert isinstance(waited, Job) and waited.status is JobStatus.CANCELLED
     else:  # still queued in Redis for another instance: the caller is told where to look
         assert isinstance(waited, ShuttingDown) and waited.body()["jobId"] == queued.id
 
@@ -279,12 +271,16 @@ async def test_each_job_is_counted_once_across_instances(pair: tuple[Worker, Wor
     front, runner, gate = pair
     counted: dict[str, list[str]] = {"front": [], "runner": []}
     for name, queue in (("front", front), ("runner", runner)):
-        queue.events.subscribe(lambda e, n=name: counted[n].append(e["type"]), here_only=True)
+        queue.events.subscribe(functools.partial(_append_type, counted[name]), here_only=True)
     j = await front.submit(job("x"))
     gate.finish("x")
     await front.wait(j.id)
     await eventually(lambda: "completed" in counted["runner"])
     assert counted["front"] == ["queued"] and counted["runner"] == ["running", "completed"]
+
+
+def _append_type(kinds: list[str], event: Event) -> None:
+    kinds.append(event["type"])
 
 
 async def test_since_replays_on_any_instance(pair: tuple[Worker, Worker, Gate]) -> None:
@@ -391,7 +387,7 @@ async def test_a_redis_stall_longer_than_the_lease_does_not_lose_finished_work(p
         await asyncio.sleep(2.5)  # the stall: two and a half leases with nobody reaching Redis
         private_redis.signal(signal.SIGCONT)
         done = await queue.wait(j.id)
-        assert (done.status, done.result.stdout) == (JobStatus.COMPLETED, "survived")
+        assert done.result is not None and (done.status, done.result.stdout) == (JobStatus.COMPLETED, "survived")
     finally:
         await queue.close()
 

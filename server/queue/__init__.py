@@ -14,7 +14,7 @@ __all__ = ["MemoryStore", "QueueBackend", "Store", "Worker", "create_queue", "cr
 
 def create_store(settings: Settings, *, events: EventEmitter | None = None) -> Store:
     """The store the settings ask for."""
-    retention = {
+    retention: dict[str, int] = {
         "retention_seconds": settings.job_retention_seconds,
         "retention_count": settings.job_retention_count,
         "retention_bytes": settings.job_retention_max_mb * 1024 * 1024,
@@ -31,7 +31,12 @@ def create_store(settings: Settings, *, events: EventEmitter | None = None) -> S
             events=events,
             **retention,
         )
-    return MemoryStore(events=events, **retention)
+    return MemoryStore(
+        events=events,
+        retention_seconds=settings.job_retention_seconds,
+        retention_count=settings.job_retention_count,
+        retention_bytes=retention["retention_bytes"],
+    )
 
 
 def create_queue(settings: Settings, *, executor: Executor, events: EventEmitter | None = None) -> QueueBackend:

@@ -90,7 +90,7 @@ class Store(Protocol):
         """Add a queued job (idempotent per id); QueueFull past the size."""
 
     async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
-        """Take up to `count` queued jobs for this instance under a lease; each with the stop reason recorded on it, if any."""
+        """Take up to `count` queued jobs for this instance under a lease; each with its recorded stop, if any."""
 
     async def renew(self, job_ids: list[str], *, lease_ms: int) -> dict[str, str]:
         """Extend this instance's leases; returns the stop requests recorded on those jobs (id -> reason)."""

@@ -41,7 +41,7 @@ def job_from_hash(data: dict[str, str]) -> Job:
     for name in JOB_FIELDS:
         raw = data.get(name)
         if raw not in (None, ""):
-            values[name] = orjson.loads(raw)  # type: ignore[arg-type]
+            values[name] = orjson.loads(raw)
     result_raw = data.get("result")
     return Job(
         **values,

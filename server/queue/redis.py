@@ -227,7 +227,15 @@ class RedisStore:
     async def reclaim(self, *, retry: bool, lease_ms: int) -> list[str]:
         ids: list[str] = await self._scripts["RECLAIM"](
             keys=self._keys(
-                "running", "queued", "finished", "stats", "events", "wake", "sizes", "retained", "heartbeat",
+                "running",
+                "queued",
+                "finished",
+                "stats",
+                "events",
+                "wake",
+                "sizes",
+                "retained",
+                "heartbeat",
                 "finish_times",
             ),  # fmt: skip
             args=[self.instance, int(retry), STREAM_MAXLEN, LOG_MAXLEN, *self._retention, lease_ms, self._p],

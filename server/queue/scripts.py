@@ -93,7 +93,9 @@ ENQUEUE = (
     + """
 local queued_key, running, stats, events, wake_key, arrival_key, job, log = unpack(KEYS)
 local origin, id, maxq, maxc, maxlen, logmax = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
-if redis.call('EXISTS', job) == 1 then return {1, redis.call('ZCARD', queued_key), redis.call('HGET', job, 'created_at')} end
+if redis.call('EXISTS', job) == 1 then
+  return {1, redis.call('ZCARD', queued_key), redis.call('HGET', job, 'created_at')}
+end
 local queued = redis.call('ZCARD', queued_key)
 local free = math.max(0, maxc - redis.call('ZCARD', running))
 if queued >= maxq + free then
@@ -274,7 +276,8 @@ for _, id in ipairs(ids) do
       redis.call('HDEL', job, 'worker', 'started_at')
       redis.call('ZADD', queued, 0, redis.call('HGET', job, 'qm'))
       emit(events, job, log, origin, maxlen, logmax, cjson.encode({type = 'queued', jobId = id, retried = true,
-        language = cjson.decode(redis.call('HGET', job, 'language')), priority = tonumber(redis.call('HGET', job, 'priority'))}))
+        language = cjson.decode(redis.call('HGET', job, 'language')),
+        priority = tonumber(redis.call('HGET', job, 'priority'))}))
       wake(wake_key)
     else
       redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'result', cjson.encode({reason = 'worker_lost'}))

@@ -45,7 +45,7 @@ class StdinChannel(asyncio.Queue[bytes | None]):
         self._on_read = on_read
 
     def _get(self) -> bytes | None:
-        item: bytes | None = super()._get()  # type: ignore[misc]
+        item: bytes | None = super()._get()
         if item:
             self._on_read(len(item))
         return item
@@ -140,7 +140,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._lease_ms / 1000.0 + 5
         while (self._running or self._finishing) and loop.time() < deadline:
-            pending = [r.task for r in self._running.values() if r.task is not None and not r.task.done()]
+            pending: list[asyncio.Task[Any]] = [r.task for r in self._running.values() if r.task and not r.task.done()]
             pending += list(self._finishing)
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
@@ -168,9 +168,7 @@ class Worker:
     async def submit(self, job: Job) -> Job:
         if self._closing:
             raise ShuttingDown("The server is shutting down; try another instance or retry shortly.", retryAfter=5)
-        return await self.store.enqueue(
-            job, max_queue_size=self.max_queue_size, max_concurrent=self.max_concurrent
-        )
+        return await self.store.enqueue(job, max_queue_size=self.max_queue_size, max_concurrent=self.max_concurrent)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)

@@ -10,7 +10,6 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import BackendUnavailable
-
 from .base import Take
 
 # Shared head of both scripts. KEYS[1] is the bucket, holding the time at which it is full again; ARGV[1] is the
