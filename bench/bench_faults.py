@@ -12,6 +12,9 @@ It starts its own redis-server (AOF on, so a restart keeps the data, as a produc
 - afterwards reads every accepted job back and reports: jobs lost (accepted, never reached a final state), jobs run
   twice (two `running` events), 5xx responses outside the outages (queue-full 503s are the queue's bound working and
   are counted apart), time to recovery after each fault, and each instance's RSS and open fds at start, peak and end.
+
+First, in two fresh processes, it measures memory after eviction: 2,000 retained jobs with 1 MiB of output each in
+the embedded store, then evicted, with and without giving freed memory back (`--memory` runs only that).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import redis.asyncio as aioredis
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled"})
+PROBE_LIMIT_S = 120.0
 LOOP_CODE = "import time\nfor i in range(5):\n    print(i, flush=True)\n    time.sleep(0.05)"
 MIX: list[tuple[str, dict[str, Any]]] = [
     ("echo", {"language": "bash", "code": "echo hello"}),
@@ -229,18 +233,31 @@ async def ws_client(instance: Instance, stop: asyncio.Event, tally: Tally, dashb
 
 
 async def probe_recovery(instances: list[Instance], since: float, tally: Tally, name: str) -> None:
-    """Time from `since` until every live instance accepts a submission again."""
+    """Time from `since` until every live instance answers a submission from Redis again (accepted, or refused
+    because the queue is full: under 1.2x load it often is). Gives up after PROBE_LIMIT_S (reported)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for instance in instances:
-            while True:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            last: object = None
+            while time.monotonic() - since < PROBE_LIMIT_S:
+                try:
                     body = {"language": "bash", "code": "true"}
                     async with session.post(f"{instance.url}/run?wait=false", json=body) as resp:
+                        data = await resp.json(content_type=None)
+                        last = (resp.status, data.get("error"))
                         if resp.status == 202:
-                            tally.accepted.add((await resp.json())["jobId"])
+                            tally.accepted.add(data["jobId"])
                             break
+                        if data.get("error") == "Queue full":  # Redis answered: the queue is just full
+                            break
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    last = exc
                 await asyncio.sleep(0.2)
+            else:
+                print(f"  {name}: instance {instance.name} not recovered after {PROBE_LIMIT_S} s ({last})", flush=True)
+                tally.recovery[f"{name} ({instance.name} NOT RECOVERED)"] = PROBE_LIMIT_S
+                return
     tally.recovery[name] = time.monotonic() - since
+    print(f"  {name}: recovered in {tally.recovery[name]:.1f} s", flush=True)
 
 
 async def faults(instances: list[Instance], redis: RedisProcess, duration: float, start: float, tally: Tally) -> None:
@@ -397,10 +414,76 @@ def report(
         )
 
 
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def _retain_and_evict(jobs: int, trim: bool) -> tuple[int, int, int]:
+    """RSS before, with `jobs` finished jobs of 1 MB output retained (embedded store), and after they are evicted."""
+    from server.jobs import ExecutionResult, Job, JobIO
+    from server.queue import MemoryStore, Worker, memory
+
+    if not trim:
+        memory.release_memory = lambda: None
+
+    async def big(job: Job, io: JobIO) -> ExecutionResult:
+        text = "".join(chr(97 + (i + len(job.id)) % 26) * 16384 for i in range(64))  # 1 MiB, as 64 chunks
+        for start in range(0, len(text), 16384):
+            io.on_output("stdout", text[start : start + 16384])
+        return ExecutionResult(exit_code=0, stdout=text)
+
+    store = MemoryStore(retention_count=jobs, retention_bytes=1 << 40)
+    queue = Worker(store, executor=big, max_concurrent=2, max_queue_size=jobs)
+    await queue.start()
+    before = _rss()
+    for _ in range(jobs // 100):
+        batch = [await queue.submit(Job(language="python", code="x")) for _ in range(100)]
+        for job in batch:
+            await queue.wait(job.id)
+    full = _rss()
+    store._retention_count = 0
+    store._evict()
+    await asyncio.sleep(1)
+    after = _rss()
+    await queue.close()
+    return before, full, after
+
+
+def memory_child(trim: bool, jobs: int) -> None:
+    before, full, after = asyncio.run(_retain_and_evict(jobs, trim))
+    print(orjson.dumps({"before": before, "full": full, "after": after}).decode())
+
+
+def memory_bench(jobs: int = 2000) -> None:
+    mb = 1024 * 1024
+    for trim in (False, True):
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.bench_faults", "--memory-child", "trim" if trim else "keep", str(jobs)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        r = orjson.loads(out.strip().splitlines()[-1])
+        label = "with malloc_trim after eviction" if trim else "without (what the store did before)"
+        print(
+            f"{jobs} jobs x 1 MiB output, embedded store, {label}: RSS before {r['before'] / mb:.0f} MB, "
+            f"retained {r['full'] / mb:.0f} MB, after eviction {r['after'] / mb:.0f} MB"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=480.0, help="soak seconds (default 480)")
+    parser.add_argument("--memory", action="store_true", help="only the memory-after-eviction measurement")
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
+    if args.memory_child:
+        memory_child(args.memory_child[0] == "trim", int(args.memory_child[1]))
+        return
+    memory_bench()
+    if args.memory:
+        return
     with tempfile.TemporaryDirectory(prefix="conveyor-faults-") as workdir:
         asyncio.run(run(args.duration, Path(workdir)))
 

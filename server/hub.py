@@ -12,7 +12,7 @@ import orjson
 from aiohttp import WSCloseCode, web
 
 from .connection import Connection, handle_ws
-from .errors import Forbidden, TooManyRequests
+from .errors import BackendUnavailable, Forbidden, TooManyRequests
 from .events import Event
 from .identity import Client, anonymous, peer_ip
 from .jobs import FINISHED_STATUSES, Job, Runner
@@ -253,6 +253,8 @@ class Hub:
                     data = orjson.dumps({"type": "stats", **(await self.queue.stats())})
                     for conn in tuple(self._topic):
                         conn.send(data)
+            except BackendUnavailable as exc:
+                logger.warning("stats broadcast skipped: %s", exc.message)  # an outage, already logged by the store
             except Exception:
                 logger.exception("stats broadcast failed")
             await asyncio.sleep(interval)
