@@ -206,11 +206,11 @@ async def rest_load(instances: list[Instance], rate: float, stop: asyncio.Event,
 
 async def ws_client(instance: Instance, stop: asyncio.Event, tally: Tally, dashboard: bool, tag: str) -> None:
     """A socket that runs jobs one after another (or a dashboard on the queue topic); reconnects after faults."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10)) as session:
         while not stop.is_set():
             try:
                 async with session.ws_connect(f"{instance.url}/ws", heartbeat=20) as ws:
-                    await ws.receive()
+                    await ws.receive(timeout=10)
                     if dashboard:
                         await ws.send_json({"type": "subscribe", "topic": "queue"})
                     else:
@@ -365,8 +365,13 @@ async def run(duration: float, workdir: Path) -> None:
         await faults(instances, redis, duration, start, tally)
         await asyncio.sleep(max(0.0, start + duration - time.monotonic()))
         stop.set()
-        await asyncio.gather(*background, return_exceptions=True)
+        print("  load stopped; waiting for clients", flush=True)
+        _, stuck = await asyncio.wait(background, timeout=150)
+        for task in stuck:
+            print(f"  client task still waiting 150 s after the load stopped: {task.get_coro()}", flush=True)
+            task.cancel()
         drained = time.monotonic()
+        print("  reading every accepted job back", flush=True)
         states = await final_states(instances, tally.accepted)
         while any(states[s] for s in ("queued", "running")) and time.monotonic() - drained < 120:
             await asyncio.sleep(2)
@@ -465,7 +470,7 @@ def memory_bench(jobs: int = 2000) -> None:
             check=True,
         ).stdout
         r = orjson.loads(out.strip().splitlines()[-1])
-        label = "with malloc_trim after eviction" if trim else "without (what the store did before)"
+        label = "with malloc_trim after eviction" if trim else "without malloc_trim"
         print(
             f"{jobs} jobs x 1 MiB output, embedded store, {label}: RSS before {r['before'] / mb:.0f} MB, "
             f"retained {r['full'] / mb:.0f} MB, after eviction {r['after'] / mb:.0f} MB"
@@ -476,12 +481,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=float, default=480.0, help="soak seconds (default 480)")
     parser.add_argument("--memory", action="store_true", help="only the memory-after-eviction measurement")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the memory-after-eviction measurement")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.memory_child:
         memory_child(args.memory_child[0] == "trim", int(args.memory_child[1]))
         return
-    memory_bench()
+    if not args.skip_memory:
+        memory_bench()
     if args.memory:
         return
     with tempfile.TemporaryDirectory(prefix="conveyor-faults-") as workdir:

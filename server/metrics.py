@@ -101,7 +101,7 @@ class Metrics:
         """The queue listener. Runs on the queue's path: synchronous, O(1) and never raises."""
         try:
             kind = event.get("type")
-            if kind == "queued":
+            if kind == "queued" and not event.get("retried"):  # a lost job requeued was submitted once
                 self.submitted.labels(language=str(event.get("language"))).inc()
             elif kind in TERMINAL_TYPES:
                 self._on_finished(kind, event)

@@ -14,6 +14,7 @@ from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 from .base import OutputCoalescer, Store, execute
+from .records import record_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +23,10 @@ TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
 WAIT_RECHECK_S = 2.0
 # A store's wake-up may be missed (a Redis blip): an idle worker looks for work at least this often.
 WAKE_TIMEOUT_S = 1.0
-# Jobs finished here, kept for waiters whose job the store no longer holds (retention 0, a lost Redis).
+# Jobs finished here, kept for waiters whose job the store no longer holds (retention 0, a lost Redis): a few, and
+# few bytes, since they are outside the store's retention budget.
 FINISHED_HERE = 256
+FINISHED_HERE_BYTES = 8 * 1024 * 1024
 # Stop notifications for jobs not (yet) registered here: a claim in flight registers them on arrival.
 EARLY_STOPS = 1024
 FINISH_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
@@ -103,6 +106,7 @@ class Worker:
         self._background: set[asyncio.Task[Any]] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._finished_here: OrderedDict[str, Job] = OrderedDict()
+        self._finished_here_bytes = 0
         self._early_stops: OrderedDict[str, str] = OrderedDict()
         self._freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -442,8 +446,10 @@ class Worker:
                 logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
                 await asyncio.sleep(delay)
         self._finished_here[job.id] = job
-        while len(self._finished_here) > FINISHED_HERE:
-            self._finished_here.popitem(last=False)
+        self._finished_here_bytes += record_bytes(job)
+        while len(self._finished_here) > FINISHED_HERE or self._finished_here_bytes > FINISHED_HERE_BYTES:
+            _, old = self._finished_here.popitem(last=False)
+            self._finished_here_bytes -= record_bytes(old)
         self._release(run)
         if not self._closing:
             with suppress(Exception):
