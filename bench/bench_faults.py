@@ -13,8 +13,8 @@ It starts its own redis-server (AOF on, so a restart keeps the data, as a produc
   twice (two `running` events), 5xx responses outside the outages (queue-full 503s are the queue's bound working and
   are counted apart), time to recovery after each fault, and each instance's RSS and open fds at start, peak and end.
 
-First, in two fresh processes, it measures memory after eviction: 2,000 retained jobs with 1 MiB of output each in
-the embedded store, then evicted, with and without giving freed memory back (`--memory` runs only that).
+First, in a fresh process, it measures memory after eviction: 2,000 retained jobs with 1 MiB of output each in the
+embedded store, then evicted (`--memory` runs only that).
 """
 
 from __future__ import annotations
@@ -440,13 +440,10 @@ def _rss() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def _retain_and_evict(jobs: int, trim: bool) -> tuple[int, int, int]:
+async def _retain_and_evict(jobs: int) -> tuple[int, int, int]:
     """RSS before, with `jobs` finished jobs of 1 MB output retained (embedded store), and after they are evicted."""
     from server.jobs import ExecutionResult, Job, JobIO
-    from server.queue import MemoryStore, Worker, memory
-
-    if not trim:
-        memory.release_memory = lambda: None
+    from server.queue import MemoryStore, Worker
 
     async def big(job: Job, io: JobIO) -> ExecutionResult:
         text = "".join(chr(97 + (i + len(job.id)) % 26) * 16384 for i in range(64))  # 1 MiB, as 64 chunks
@@ -471,27 +468,26 @@ async def _retain_and_evict(jobs: int, trim: bool) -> tuple[int, int, int]:
     return before, full, after
 
 
-def memory_child(trim: bool, jobs: int) -> None:
-    before, full, after = asyncio.run(_retain_and_evict(jobs, trim))
+def memory_child(jobs: int) -> None:
+    before, full, after = asyncio.run(_retain_and_evict(jobs))
     print(orjson.dumps({"before": before, "full": full, "after": after}).decode())
 
 
 def memory_bench(jobs: int = 2000) -> None:
+    """In a fresh process, so that RSS is this measurement's alone."""
     mb = 1024 * 1024
-    for trim in (False, True):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.bench_faults", "--memory-child", "trim" if trim else "keep", str(jobs)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        r = orjson.loads(out.strip().splitlines()[-1])
-        label = "with malloc_trim after eviction" if trim else "without malloc_trim"
-        print(
-            f"{jobs} jobs x 1 MiB output, embedded store, {label}: RSS before {r['before'] / mb:.0f} MB, "
-            f"retained {r['full'] / mb:.0f} MB, after eviction {r['after'] / mb:.0f} MB"
-        )
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_faults", "--memory-child", str(jobs)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    r = orjson.loads(out.strip().splitlines()[-1])
+    print(
+        f"{jobs} jobs x 1 MiB output (each as 64 output events), embedded store: RSS before {r['before'] / mb:.0f} MB, "
+        f"retained {r['full'] / mb:.0f} MB, after eviction {r['after'] / mb:.0f} MB"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -499,10 +495,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=480.0, help="soak seconds (default 480)")
     parser.add_argument("--memory", action="store_true", help="only the memory-after-eviction measurement")
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory-after-eviction measurement")
-    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.memory_child:
-        memory_child(args.memory_child[0] == "trim", int(args.memory_child[1]))
+        memory_child(args.memory_child)
         return
     if not args.skip_memory:
         memory_bench()

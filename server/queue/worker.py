@@ -65,6 +65,8 @@ class Running:
         self.stdin: StdinChannel | None = None
         self.outputs: asyncio.Queue[tuple[Stream, str] | None] | None = None
         self.publisher: asyncio.Task[None] | None = None
+        # Deliveries of input from the store, one at a time: two in flight could hand it over out of order.
+        self.stdin_lock = asyncio.Lock()
 
     def stop(self, reason: str) -> None:
         if self.state is not RunState.RUNNING:
@@ -280,13 +282,14 @@ class Worker:
         run = self._running.get(job_id)
         if run is None or run.stdin is None:
             return
-        try:
-            items = await self.store.take_stdin(job_id)
-        except Exception:
-            logger.warning("job %s: could not take its input from the store", job_id)
-            return
-        for item in items:
-            run.stdin.put_nowait(item)
+        async with run.stdin_lock:
+            try:
+                items = await self.store.take_stdin(job_id)
+            except Exception:
+                logger.warning("job %s: could not take its input from the store", job_id)
+                return
+            for item in items:
+                run.stdin.put_nowait(item)
 
     def _ack_stdin(self, job_id: str, size: int) -> None:
         self._spawn(self._ack_quietly(job_id, size))
