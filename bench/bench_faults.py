@@ -115,7 +115,9 @@ class Instance:
             "RATE_LIMIT_REQUESTS": "1000000",
             "RATE_LIMIT_READ_REQUESTS": "1000000",
             "WS_MAX_CONNECTIONS_PER_IP": "1000",
+            # Keep every job of the soak, so that each accepted one can be read back at the end.
             "JOB_RETENTION_COUNT": "100000",
+            "JOB_RETENTION_MAX_MB": "8192",
             "LOG_LEVEL": "warning",
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -167,6 +169,7 @@ class Tally:
     running: dict[str, set[tuple[str, int]]] = field(default_factory=lambda: defaultdict(set))
     outages: list[tuple[str, float, float]] = field(default_factory=list)  # (fault, start, end of recovery)
     recovery: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0
 
 
 async def submit(session: aiohttp.ClientSession, url: str, body: dict[str, Any], tally: Tally, wait: bool) -> None:
@@ -222,7 +225,9 @@ async def ws_client(instance: Instance, stop: asyncio.Event, tally: Tally, dashb
                     else:
                         await ws.send_json({"type": "run", **MIX[1][1]})
                     while not stop.is_set():
-                        msg = await ws.receive(timeout=30)
+                        # Not receive(timeout=): the server's pings (every 25 s) restart aiohttp's timer.
+                        async with asyncio.timeout(30):
+                            msg = await ws.receive()
                         if msg.type != aiohttp.WSMsgType.TEXT:
                             break
                         event = orjson.loads(msg.data)
@@ -232,7 +237,9 @@ async def ws_client(instance: Instance, stop: asyncio.Event, tally: Tally, dashb
                             tally.running[event["jobId"]].add((tag, event.get("seq", 0)))
                         if not dashboard and kind == "queued" and "position" in event:
                             tally.accepted.add(event["jobId"])
-                        if not dashboard and kind in TERMINAL:
+                        if not dashboard and (kind in TERMINAL or kind == "error"):  # refused: try again
+                            if kind == "error":
+                                await asyncio.sleep(0.5)
                             await ws.send_json({"type": "run", **MIX[len(tally.accepted) % 3][1]})
                 CLIENT_STATE[tag] = f"closing the socket to {instance.name}"
             except (aiohttp.ClientError, TimeoutError, ConnectionError):
@@ -367,7 +374,7 @@ async def run(duration: float, workdir: Path) -> None:
         for instance in instances:
             instance.sample()
         tally, stop, redis_mem = Tally(), asyncio.Event(), list[int]()
-        start = time.monotonic()
+        start = tally.started = time.monotonic()
         background = [
             asyncio.create_task(rest_load(instances, rate, stop, tally)),
             asyncio.create_task(sampler(instances, redis.url, stop, redis_mem)),
@@ -412,12 +419,15 @@ def report(
     twice = [job for job, runs in tally.running.items() if len({seq for _, seq in runs}) > 1]
     lost = states["missing"] + states["queued"] + states["running"]
     stall_waits = [w for w in tally.waits if any(n == "redis stall" and s <= w[0] <= e for n, s, e in tally.outages)]
+    t0 = tally.started
     print(f"\nsoak {duration:.0f} s at {rate:.1f} submissions/s")
+    print("windows (s from start): " + ", ".join(f"{n} {s - t0:.0f}-{e - t0:.0f}" for n, s, e in tally.outages))
     print(f"accepted jobs: {len(tally.accepted)}; final states: {dict(states)}")
     print(f"jobs lost (accepted, never final): {lost}")
     print(f"jobs run twice (two distinct running events): {len(twice)}")
     print(f"HTTP statuses: {dict(sorted(tally.statuses.items()))}; queue-full 503s: {tally.queue_full}")
-    print(f"5xx other than queue-full: {len(tally.errors_5xx)}, outside the outages: {len(outside)} {outside[:5]}")
+    shown = [(round(t - t0, 1), status, title) for t, status, title in outside[:10]]
+    print(f"5xx other than queue-full: {len(tally.errors_5xx)}, outside the outages: {len(outside)} {shown}")
     print(f"of which during the 500-request burst (pool full, 503 by design): {len(burst)}")
     print(f"500s anywhere: {sum(1 for e in tally.errors_5xx if e[1] == 500)}")
     print(f"transport errors (refused or reset while an instance or Redis was down): {len(tally.transport_errors)}")
