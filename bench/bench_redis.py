@@ -233,7 +233,7 @@ async def bench_arq(url: str, n: int) -> Run:
 
 _SCRIPT_NAMES = {
     hashlib.sha1(getattr(scripts, name).encode()).hexdigest().encode(): name
-    for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "CANCEL", "RENEW", "RECLAIM")
+    for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "STOP", "RENEW", "RECLAIM", "STDIN", "ACK_STDIN", "POSITIONS")
 }
 
 
