@@ -14,7 +14,7 @@ import tracemalloc
 from typing import Any
 
 from server.jobs import ExecutionResult, Job, JobIO
-from server.queue import MemoryQueue
+from server.queue import MemoryStore, Worker
 
 NOOP_RESULT = ExecutionResult(exit_code=0)
 
@@ -25,7 +25,8 @@ async def noop(job: Job, io: JobIO) -> ExecutionResult:
 
 async def queue_throughput(n: int, concurrency: int) -> float:
     """Jobs/s through the real queue with events and stats on (one listener, like the hub's)."""
-    queue = MemoryQueue(executor=noop, max_concurrent=concurrency, max_queue_size=n, retention_count=1000)
+    queue = Worker(MemoryStore(retention_count=1000), executor=noop, max_concurrent=concurrency, max_queue_size=n)
+    await queue.start()
     seen = 0
 
     def listener(event: dict[str, Any]) -> None:
@@ -103,7 +104,10 @@ class _Hold:
 async def cycle_cost(depth: int, cycles: int = 20_000) -> float:
     """Microseconds per enqueue+dequeue with `depth` jobs waiting: each cycle submits one job and runs one."""
     hold = _Hold()
-    queue = MemoryQueue(executor=hold, max_concurrent=1, max_queue_size=depth + cycles + 10, retention_count=100)
+    queue = Worker(
+        MemoryStore(retention_count=100), executor=hold, max_concurrent=1, max_queue_size=depth + cycles + 10
+    )
+    await queue.start()
     await queue.submit(Job(language="python", code=""))
     await asyncio.sleep(0)
     for i in range(depth):
@@ -166,7 +170,8 @@ def memory_per_job(n: int = 100_000) -> float:
 
     async def run() -> float:
         hold = _Hold()
-        queue = MemoryQueue(executor=hold, max_concurrent=1, max_queue_size=n + 10)
+        queue = Worker(MemoryStore(), executor=hold, max_concurrent=1, max_queue_size=n + 10)
+        await queue.start()
         await queue.submit(Job(language="python", code=""))
         await asyncio.sleep(0)
         gc.collect()

@@ -27,8 +27,8 @@ from redis.asyncio.connection import AbstractConnection
 
 from bench import redisserver
 from server.jobs import ExecutionResult, Job, JobIO
-from server.queue import scripts
-from server.queue.redis import RedisQueue
+from server.queue import Worker, scripts
+from server.queue.redis import RedisStore
 
 N_JOBS = 5000
 N_TRACED = 1000  # jobs in the instrumented (round-trip counting) pass
@@ -104,9 +104,9 @@ async def noop(job: Job, io: JobIO) -> ExecutionResult:
     return NOOP_RESULT
 
 
-def _conveyor_queue(url: str, n: int) -> RedisQueue:
-    return RedisQueue(
-        url, executor=noop, max_concurrent=MAX_CONCURRENT, max_queue_size=n, worker_slots=SLOTS, prefix=PREFIX
+def _conveyor_queue(url: str, n: int) -> Worker:
+    return Worker(
+        RedisStore(url, prefix=PREFIX), executor=noop, max_concurrent=MAX_CONCURRENT, max_queue_size=n, slots=SLOTS
     )
 
 
@@ -233,7 +233,7 @@ async def bench_arq(url: str, n: int) -> Run:
 
 _SCRIPT_NAMES = {
     hashlib.sha1(getattr(scripts, name).encode()).hexdigest().encode(): name
-    for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "CANCEL", "RENEW", "RECLAIM")
+    for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "STOP", "RENEW", "RECLAIM", "STDIN", "ACK_STDIN", "POSITIONS")
 }
 
 

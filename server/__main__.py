@@ -8,6 +8,8 @@ import signal
 import sys
 import textwrap
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from .app import create_app
 from .edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
@@ -60,6 +62,25 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+class ClientMistakes(logging.Filter):
+    """aiohttp logs malformed HTTP and clients that reset mid-request as ERROR with a traceback. Those are the
+    client's mistakes, not ours: one INFO line each (an unexpected exception keeps its ERROR and traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError | ConnectionError | asyncio.IncompleteReadError):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = (
+            "client error: %s: %s",
+            (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""),
+        )
+        record.exc_info = record.exc_text = None
+        return True
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["--help"], ["-h"]):
         print(help_text())
@@ -81,6 +102,7 @@ def main(argv: list[str]) -> int:
     )
     soft, _ = raise_nofile_limit()
     logger.info("open files: up to %d, %d of them kept for jobs", soft, settings.fd_reserve)
+    logging.getLogger("aiohttp.server").addFilter(ClientMistakes())
     try:
         asyncio.run(serve(settings))
     except (SandboxUnavailable, SettingsError) as exc:

@@ -125,6 +125,8 @@ class Connection:
         the close handshake only when no other task is inside receive(), so we stop the reader and wait."""
         if self._close_request is None:
             self._close_request = (code, message)
+        if code == WSCloseCode.GOING_AWAY:
+            self._flush_now()  # at shutdown the last events (a job's `cancelled`) go out before the close frame
         self._closing = True
         self._writer.cancel()
         if self._reader is not None:
@@ -132,6 +134,16 @@ class Connection:
         with suppress(TimeoutError):
             async with asyncio.timeout(2 * CLOSE_TIMEOUT_S):
                 await self._finished.wait()
+
+    def _flush_now(self) -> None:
+        transport = self._transport
+        if not self._outbox or transport is None or transport.is_closing() or self.ws.closed:
+            return
+        frames: list[bytes] = []
+        while self._outbox:
+            payload = self._outbox.popleft()
+            frames += (_text_frame_header(len(payload)), payload)
+        transport.write(b"".join(frames))
 
     async def serve(self) -> None:
         """Read until the client leaves or `close` is asked for; then finish the close handshake."""
@@ -284,7 +296,7 @@ class Connection:
             queued["requestId"] = message["requestId"]
         self.send_json(queued)
         # Events after `queued` may already be logged (the job can start at once): replay them, then go live.
-        hub.watch(self, job.id, since=1, job=job)
+        await hub.watch(self, job.id, since=1)
         hub.track_position(job.id, position)
 
     async def on_stdin(self, message: dict[str, Any]) -> None:
@@ -314,7 +326,7 @@ class Connection:
         job = await readable_job(self.hub.queue, self.client, job_id)
         if len(self.jobs) >= MAX_WATCHED and job_id not in self.jobs:
             raise BadRequest(f"A connection watches at most {MAX_WATCHED} jobs; unsubscribe from some first.")
-        self.hub.watch(self, job_id, since=since, job=job)
+        await self.hub.watch(self, job_id, since=since)
         if is_owner(self.client, job) or job_id in self.submitted:
             self.hub.adopt(self, job)
         self.hub.track_position(job_id, await self.hub.queue.position(job))

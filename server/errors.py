@@ -96,3 +96,10 @@ class BackendUnavailable(ConveyorError):
 
     status = 503
     error = "Service unavailable"
+
+
+class InputBacklog(ConveyorError):
+    """More live stdin is waiting for a program than MAX_STDIN_BYTES: the writer must wait until it reads."""
+
+    status = 429
+    error = "Input backlog full"

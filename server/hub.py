@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, web
 
 from .access import Handles, may_read
 from .connection import Connection, handle_ws
-from .errors import Forbidden, TooManyRequests
+from .errors import BackendUnavailable, Forbidden, TooManyRequests
 from .events import Event
 from .identity import Client, anonymous, peer_ip
 from .jobs import TERMINAL_TYPES, Job, Runner
@@ -26,8 +24,6 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Finished jobs whose event logs stay in memory for replay; older ones are rebuilt from the job record.
-FINISHED_LOGS = 64
 RECENT_JOBS = 200
 # How long an interactive job outlives its submitter's socket, waiting for the same client to reconnect.
 ORPHAN_GRACE_S = 10.0
@@ -72,10 +68,10 @@ class Hub:
         self._per_ip: dict[str, int] = {}
         self._by_job: dict[str, set[Connection]] = {}
         self._topic: set[Connection] = set()
-        self._logs: dict[str, list[tuple[int, bytes]]] = {}
-        self._finished_logs: OrderedDict[str, list[tuple[int, bytes]]] = OrderedDict()
+        # Watchers being replayed to: live events wait here (bounded by the job's own log) until the replay is sent.
+        self._replaying: dict[tuple[Connection, str], list[tuple[int, bytes]]] = {}
         self._positions: dict[str, int | None] = {}
-        self._positions_pending = False
+        self._positions_dirty = asyncio.Event()
         self._stats_dirty = asyncio.Event()
         self._orphans: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,6 +81,7 @@ class Hub:
     async def start(self) -> None:
         self._unsubscribe = self.queue.events.subscribe(self.on_event)
         self._tasks.append(asyncio.create_task(self._stats_loop(), name="conveyor-hub-stats"))
+        self._tasks.append(asyncio.create_task(self._positions_loop(), name="conveyor-hub-positions"))
 
     async def close(self) -> None:
         """Tell every socket the server is going away (1001) and stop."""
@@ -155,19 +152,29 @@ class Hub:
 
     # -- subscriptions ---------------------------------------------------------------------------------------
 
-    def watch(self, conn: Connection, job_id: str, since: int | None = None, job: Job | None = None) -> None:
-        """Subscribe `conn` to one job; with `since`, first replay the logged events after that seq."""
-        if since is not None:
-            log = self._logs.get(job_id) or self._finished_logs.get(job_id)
-            if log is not None:
-                for seq, data in log:
-                    if seq > since:
-                        conn.send(data)
-            elif job is not None and job.status.finished:
-                for data in _rebuild_log(job, since):
-                    conn.send(data)
+    async def watch(self, conn: Connection, job_id: str, since: int | None = None) -> None:
+        """Subscribe `conn` to one job; with `since`, first replay the job's logged events after that seq from the
+        store (any instance holds every job's log). Live events that arrive meanwhile are held and sent after the
+        replay, skipping what it already sent, so the client sees each seq once and in order."""
         conn.jobs.add(job_id)
         self._by_job.setdefault(job_id, set()).add(conn)
+        if since is None:
+            return
+        key = (conn, job_id)
+        held = self._replaying[key] = []
+        try:
+            events = await self.queue.read_events(job_id, since)
+        finally:
+            self._replaying.pop(key, None)
+        last = since
+        for event in events:
+            if event["seq"] > last:
+                conn.send(orjson.dumps(event))
+                last = event["seq"]
+        for seq, data in held:
+            if seq > last:
+                conn.send(data)
+                last = seq
 
     def unwatch(self, conn: Connection, job_id: str) -> None:
         conn.jobs.discard(job_id)
@@ -177,6 +184,7 @@ class Hub:
             if not watchers:
                 del self._by_job[job_id]
                 self._positions.pop(job_id, None)
+        self._replaying.pop((conn, job_id), None)
 
     async def subscribe_topic(self, conn: Connection) -> None:
         """Send the snapshot for the connection's audience (admins: ids; everyone else: display handles), then the
@@ -264,16 +272,19 @@ class Hub:
     # -- events ----------------------------------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
-        """The queue's listener: log, route and mark stats dirty. Never awaits."""
+        """The queue's listener: route and mark stats dirty. Never awaits."""
         job_id: str = event["jobId"]
         kind = event["type"]
         data = orjson.dumps(event)
-        log = self._logs.setdefault(job_id, [])
-        log.append((event["seq"], data))
         watchers = self._by_job.get(job_id)
         if watchers:
+            replaying = self._replaying
             for conn in tuple(watchers):
-                conn.send(data)
+                held = replaying.get((conn, job_id)) if replaying else None
+                if held is not None:
+                    held.append((event["seq"], data))
+                else:
+                    conn.send(data)
         if kind != "output":
             # Lifecycle metadata only: the queue topic never carries code, stdin or output, and only admins get
             # the id (a capability); everyone else a display handle.
@@ -283,49 +294,39 @@ class Hub:
                 viewer["handle"] = handle
                 self._to_topic(orjson.dumps({**event, "handle": handle}), orjson.dumps(viewer))
             self._stats_dirty.set()
-            if kind != "queued":
-                self._schedule_positions()
+            if self._positions:  # a start, an end or a higher-priority arrival moves the line
+                self._positions_dirty.set()
         if kind in TERMINAL_TYPES:
-            self._retire_log(job_id)
             orphan = self._orphans.pop(job_id, None)
             if orphan is not None:
                 orphan.cancel()
             for conn in tuple(watchers or ()):
                 conn.interactive.discard(job_id)
 
-    def _retire_log(self, job_id: str) -> None:
-        log = self._logs.pop(job_id, None)
-        if log is None:
-            return
-        self._finished_logs[job_id] = log
-        while len(self._finished_logs) > FINISHED_LOGS:
-            self._finished_logs.popitem(last=False)
-
-    def _schedule_positions(self) -> None:
-        if self._positions_pending or not self._positions:
-            return
-        self._positions_pending = True
-        self._tasks.append(asyncio.create_task(self._refresh_positions()))
+    async def _positions_loop(self) -> None:
+        """Tell watchers of queued jobs when their place in line moved. One pass at a time, so a position computed
+        earlier is never sent after a later one; each pass reads every watched job's rank in one store call."""
+        while True:
+            await self._positions_dirty.wait()
+            self._positions_dirty.clear()
+            try:
+                await self._refresh_positions()
+            except Exception as exc:
+                logger.warning("position refresh failed: %s", exc)
+                await asyncio.sleep(1)
 
     async def _refresh_positions(self) -> None:
-        """Tell watchers of queued jobs when their place in line moved (coalesced: one pass per loop turn)."""
-        await asyncio.sleep(0)
-        self._positions_pending = False
-        try:
-            for job_id, previous in list(self._positions.items()):
-                job = await self.queue.get(job_id)
-                position = None if job is None else await self.queue.position(job)
-                if position is None:
-                    self._positions.pop(job_id, None)
-                elif position != previous:
-                    self._positions[job_id] = position
-                    data = orjson.dumps({"type": "position", "jobId": job_id, "position": position})
-                    for conn in tuple(self._by_job.get(job_id, ())):
-                        conn.send(data)
-        except Exception:
-            logger.exception("position refresh failed")
-        finally:
-            self._tasks = [t for t in self._tasks if not t.done()]
+        places = await self.queue.positions(list(self._positions))
+        for job_id, position in places.items():
+            if job_id not in self._positions:
+                continue  # unwatched meanwhile
+            if position is None:
+                self._positions.pop(job_id, None)
+            elif position != self._positions[job_id]:
+                self._positions[job_id] = position
+                data = orjson.dumps({"type": "position", "jobId": job_id, "position": position})
+                for conn in tuple(self._by_job.get(job_id, ())):
+                    conn.send(data)
 
     def track_position(self, job_id: str, position: int | None) -> None:
         """Remember a watched queued job's place so `position` messages go out when it moves."""
@@ -341,6 +342,8 @@ class Hub:
                 if self._topic:
                     data = orjson.dumps({"type": "stats", **(await self.queue.stats())})
                     self._to_topic(data, data)
+            except BackendUnavailable as exc:
+                logger.warning("stats broadcast skipped: %s", exc.message)  # an outage, already logged by the store
             except Exception:
                 logger.exception("stats broadcast failed")
             await asyncio.sleep(interval)
@@ -359,28 +362,6 @@ class _Snapshot:
         self.viewer_tail: list[bytes] = []
         self.built_at = 0.0
         self.changed = False
-
-
-def _rebuild_log(job: Job, since: int) -> list[bytes]:
-    """Events of a finished job whose log was evicted, rebuilt from its record (stdout, then stderr)."""
-    result = job.result
-    events: list[dict[str, Any]] = []
-    if result is not None:
-        for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
-            if text:
-                events.append({"type": "output", "jobId": job.id, "stream": stream, "data": text})
-    summary = job.summary()
-    events.append(
-        {
-            "type": job.status.value,
-            "jobId": job.id,
-            **{k: summary[k] for k in ("exitCode", "signal", "reason", "truncated", "waitTimeMs", "executionTimeMs")},
-            **(job.result.usage() if job.result is not None else {}),
-        }
-    )
-    # Give the rebuilt events the last seqs, so a client that saw part of the job skips what it has.
-    first = job.seq - len(events) + 1
-    return [orjson.dumps({**e, "seq": first + i}) for i, e in enumerate(events) if first + i > since]
 
 
 async def open_socket(request: web.Request) -> web.StreamResponse:

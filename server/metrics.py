@@ -121,7 +121,7 @@ class Metrics:
         """The queue listener. Runs on the queue's path: synchronous, O(1) and never raises."""
         try:
             kind = event.get("type")
-            if kind == "queued":
+            if kind == "queued" and not event.get("retried"):  # a lost job requeued was submitted once
                 self.submitted.labels(language=str(event.get("language"))).inc()
             elif kind in TERMINAL_TYPES:
                 self._on_finished(kind, event)
@@ -165,7 +165,8 @@ def setup_metrics(app: web.Application) -> None:
     app[METRICS] = metrics
 
     async def listen(app: web.Application) -> AsyncIterator[None]:
-        unsubscribe = app[EVENTS].subscribe(metrics.on_event)
+        # Each job is counted by the one instance that caused its event, so a sum over instances is the truth.
+        unsubscribe = app[EVENTS].subscribe(metrics.on_event, here_only=True)
         try:
             yield
         finally:

@@ -47,6 +47,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
+    except ConnectionError as exc:
+        # The client reset the connection mid-request (issue 12, item 16): its mistake, one line, no traceback.
+        logger.info("client went away during %s %s: %s", request.method, request.path, exc)
+        return error_body(400, "Bad request", "The connection was reset before the request was complete.")
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_body(500, "Internal server error", "Something went wrong on our side; it has been logged.")

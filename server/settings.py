@@ -115,13 +115,25 @@ class Settings:
         "default and maximum wall time of one run (a request may ask for less)",
     )
     job_retention_seconds: int = _env(
-        "JOB_RETENTION_SECONDS", _int_range(0), 3600, "finished jobs stay queryable at most this long"
+        "JOB_RETENTION_SECONDS", _int_range(0), 3600, "finished jobs stay queryable this long…"
     )
     job_retention_count: int = _env(
-        "JOB_RETENTION_COUNT", _int_range(0), 10_000, "at most this many finished jobs stay queryable"
+        "JOB_RETENTION_COUNT", _int_range(0), 10_000, "…and at most this many of them (`0`: none kept)…"
+    )
+    # Finished jobs kept (code, stdin, output, event log) in MiB, on either backend; the oldest go first.
+    job_retention_max_mb: int = _env(
+        "JOB_RETENTION_MAX_MB",
+        _int_range(0, 1_048_576),
+        256,
+        "…holding at most this much code, input, output and event log, oldest evicted first (both backends)",
     )
     max_code_bytes: int = _env("MAX_CODE_BYTES", _int_range(1), 65_536, "largest source accepted (413 past it)")
-    max_stdin_bytes: int = _env("MAX_STDIN_BYTES", _int_range(0), 1_048_576, "largest stdin accepted")
+    max_stdin_bytes: int = _env(
+        "MAX_STDIN_BYTES",
+        _int_range(0),
+        1_048_576,
+        "largest stdin accepted, and most live input (WebSocket `stdin`) a program may leave unread (429 past it)",
+    )
     shutdown_grace_ms: int = _env(
         "SHUTDOWN_GRACE_MS",
         _int_range(0, 600_000),
@@ -302,6 +314,28 @@ class Settings:
     )
     retry_lost_jobs: bool = _env(
         "RETRY_LOST_JOBS", _flag, False, "`1`: a job lost with its instance is requeued once instead"
+    )
+    # Connections per instance for commands (blocking reads have their own 4): a burst past it waits up to
+    # REDIS_TIMEOUT_MS for one, then gets a 503.
+    redis_pool_size: int = _env(
+        "REDIS_POOL_SIZE",
+        _int_range(2, 10_000),
+        64,
+        "Redis connections per instance for commands; a burst past it waits `REDIS_TIMEOUT_MS`, then 503",
+    )
+    # Every Redis command's bound: while Redis is unreachable or stalled, requests get a 503 after this long.
+    redis_timeout_ms: int = _env(
+        "REDIS_TIMEOUT_MS",
+        _int_range(100, 600_000),
+        3000,
+        "bound of every Redis command: while Redis is unreachable or stalled, requests get 503 after this",
+    )
+    # When the shared rate limiter cannot reach Redis: "closed" refuses with 503, "open" lets requests through.
+    rate_limit_redis_failure: str = _env(
+        "RATE_LIMIT_REDIS_FAILURE",
+        _choice("closed", "open"),
+        "closed",
+        "the shared rate limiter without Redis: `closed` refuses (503), `open` lets requests through",
     )
 
     # Judge features: batches and callbacks

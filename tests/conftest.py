@@ -16,6 +16,7 @@ from bench import redisserver
 from server.app import create_app
 from server.jobs import Runner
 from server.settings import Settings
+from tests.queues import Gate, build_queue
 
 AppClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -89,3 +90,34 @@ async def app_client(aiohttp_client: Any, sandbox: Runner) -> AsyncIterator[AppC
 @pytest.fixture
 async def client(app_client: AppClientFactory) -> TestClient[web.Request, web.Application]:
     return await app_client()
+
+
+# -- queue suites: every test runs on both backends (Redis on the session's real redis-server) ---------------
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def make_queue(gate: Gate, backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+    """Factory of started queues of the parametrized backend; Redis ones share the test's real redis-server."""
+    queues: list[Any] = []
+    url = request.getfixturevalue("redis_url") if backend == "redis" else ""
+
+    async def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("executor", gate)
+        queue: Any = build_queue(backend, url, **kwargs)
+        await queue.start()
+        queues.append(queue)
+        return queue
+
+    yield make
+    for queue in queues:
+        await queue.close()

@@ -3,6 +3,7 @@ verdicts, tests compiled once, binary-safe output. Every response is checked aga
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -255,7 +256,6 @@ async def test_base64_output_is_exact_and_utf8_output_marks_replacements(client:
 
 
 async def test_an_executable_runs_as_it_is(client: Client, tmp_path: Any) -> None:
-    import asyncio
 
     source, binary = tmp_path / "hello.c", tmp_path / "hello"
     source.write_text('#include <stdio.h>\nint main(int c, char **v) { printf("elf %s\\n", v[1]); return 7; }')
@@ -264,3 +264,45 @@ async def test_an_executable_runs_as_it_is(client: Client, tmp_path: Any) -> Non
     files = [{"name": "prog", "content": base64.b64encode(binary.read_bytes()).decode(), "encoding": "base64"}]
     job = await run(client, language="executable", files=files, args=["arg"])
     assert (job["stdout"], job["exitCode"]) == ("elf arg\n", 7), job
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_the_websocket_streams_a_test_event_as_each_test_finishes(
+    app_client: Any, backend: str, request: pytest.FixtureRequest
+) -> None:
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else ""
+    client = await app_client(redis_url=redis_url, worker_slots=2)
+    tests = [{"stdin": "1 2", "expectedOutput": "3"}, {"stdin": "2 2", "expectedOutput": "5"}]
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_json({"type": "run", "language": "c", "code": C_SUM, "tests": tests, "requestId": "t"})
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(60):
+            while not events or events[-1]["type"] not in ("completed", "failed", "timeout", "cancelled"):
+                message = await ws.receive_json()
+                if message.get("jobId"):
+                    events.append(message)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "queued" and kinds[-1] == "completed" and kinds.count("test") == 2
+    verdicts = [(e["index"], e["verdict"], e["stdout"]) for e in events if e["type"] == "test"]
+    assert verdicts == [(0, "accepted", "3\n"), (1, "wrong_answer", "4\n")]
+    seqs = [e["seq"] for e in events if "seq" in e]
+    assert seqs == sorted(seqs)
+
+
+async def test_judge_fields_survive_the_redis_store(app_client: Any, redis_url: str) -> None:
+    client = await app_client(redis_url=redis_url, worker_slots=1)
+    files = [
+        {"name": "main.c", "content": C_MAIN},
+        {"name": "util.c", "content": C_UTIL},
+        {"name": "util.h", "content": "int twice(int x);\n"},
+    ]
+    job = await run(
+        client,
+        language="c",
+        files=files,
+        compilerOptions=["-Wall"],
+        memoryLimitMb=64,
+        tests=[{"expectedOutput": "42"}, {"expectedOutput": "41"}],
+    )
+    assert [t["verdict"] for t in job["tests"]] == ["accepted", "wrong_answer"], job
+    assert job["files"] == [{**f, "encoding": "utf8"} for f in files] and job["memoryLimitMb"] == 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,22 +63,81 @@ async def test_sigterm_cancels_what_is_left_tells_sockets_and_exits_0(tmp_path: 
                     await asyncio.sleep(0.05)
             async with session.post(f"{url}/run?wait=false", json={"language": "bash", "code": "echo"}) as resp:
                 queued_id = (await resp.json())["jobId"]
+            async with session.get(f"{url}/queue/status") as resp:
+                assert (await resp.json())["runningCount"] == 1
+            # The socket watches the running job and the queue topic: both must hear how it ended.
+            async with session.get(f"{url}/queue/job/{queued_id}") as resp:
+                assert (await resp.json())["status"] == "queued"
+            running_id = await _running_job_id(session, url)
+            await ws.send_json({"type": "subscribe", "jobId": running_id})
+            await ws.send_json({"type": "subscribe", "topic": "queue"})
+            kinds: list[str] = []
+            async with asyncio.timeout(20):
+                while "snapshot" not in kinds:
+                    kinds.append(orjson.loads((await ws.receive()).data)["type"])
             proc.send_signal(signal.SIGTERM)
             # The client waiting on the running job gets its final state: cancelled after the grace period.
             response = await asyncio.wait_for(waiting, 20)
             job = await response.json()
             assert (job["status"], job["reason"]) == ("cancelled", "shutdown")
-            # Sockets are told the server is going away.
+            # Sockets are told how their jobs ended, then that the server is going away.
+            ended = []
             async with asyncio.timeout(20):
                 while (msg := await ws.receive()).type == WSMsgType.TEXT:
-                    orjson.loads(msg.data)
+                    message = orjson.loads(msg.data)
+                    if message["type"] == "cancelled":
+                        ended.append(message["jobId"])
             assert ws.close_code == 1001
+            # Once as the watcher of the running job, once on the topic; the queued job on the topic too.
+            assert ended.count(running_id) == 2 and queued_id in ended
         assert proc.wait(timeout=20) == 0
         assert queued_id
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def _running_job_id(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.ws_connect(f"{url}/ws") as ws:
+        await ws.receive()
+        await ws.send_json({"type": "subscribe", "topic": "queue"})
+        while (message := orjson.loads((await ws.receive()).data))["type"] != "snapshot":
+            pass
+    running = [j["id"] for j in message["jobs"] if j["status"] == "running"]
+    assert len(running) == 1
+    return str(running[0])
+
+
+GARBAGE = [
+    b"NOT HTTP AT ALL\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+    b'POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"lang',  # then the client resets
+    b"POST /run HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS hello on the plain port
+]
+
+
+async def test_client_mistakes_are_one_line_each_never_a_traceback(tmp_path: Path) -> None:
+    proc, url = await start_server(tmp_path, LOG_LEVEL="info")
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        for _ in range(20):
+            for payload in GARBAGE:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(payload)
+                await writer.drain()
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    await asyncio.wait_for(reader.read(100), 0.5)
+                writer.transport.abort()  # a reset, not a clean close
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as resp:
+            assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
 def test_start_up_refuses_without_bubblewrap(tmp_path: Path) -> None:

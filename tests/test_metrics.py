@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -123,3 +124,25 @@ async def test_cpu_time_and_memory_peak_histograms_per_stage(client: Client) -> 
         assert value(samples, name, language="python", stage="compile") is None  # nothing compiled
     peak = value(samples, "conveyor_job_memory_peak_bytes_sum", language="python", stage="run")
     assert peak is not None and peak > 1 << 20  # an interpreter's worth, not zero
+
+
+async def test_two_instances_on_one_redis_count_each_job_once(
+    aiohttp_client: Any, sandbox: Runner, redis_url: str
+) -> None:
+    # Every instance sees every event of the cluster; only the one that caused an event counts it.
+    front: Client = await aiohttp_client(create_app(make_settings(redis_url=redis_url, worker_slots=0), runner=sandbox))
+    worker: Client = await aiohttp_client(
+        create_app(make_settings(redis_url=redis_url, worker_slots=1), runner=sandbox)
+    )
+    for _ in range(2):
+        assert await run(front, "print('ok')") == "completed"
+    totals = []
+    for client in (front, worker):
+        samples = await scrape(client)
+        totals.append(
+            (
+                value(samples, "conveyor_jobs_submitted_total", language="python") or 0,
+                value(samples, "conveyor_jobs_total", status="completed", language="python") or 0,
+            )
+        )
+    assert totals == [(2, 0), (0, 2)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,107 +12,9 @@ import pytest
 from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from server.events import Event
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue import MemoryQueue
-from server.queue.redis import RedisQueue
+from server.queue import Worker
 from tests.conftest import free_port
-
-
-class Gate:
-    """A fake executor whose jobs run until released; records the order they started in."""
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-        self.release: dict[str, asyncio.Event] = {}
-        self.cancelled: list[str] = []
-        self.results: dict[str, ExecutionResult] = {}
-
-    async def __call__(self, job: Job, io: JobIO) -> ExecutionResult:
-        self.started.append(job.code)
-        event = self.release.setdefault(job.code, asyncio.Event())
-        try:
-            await event.wait()
-        except asyncio.CancelledError:
-            self.cancelled.append(job.code)
-            raise
-        return self.results.get(job.code, ExecutionResult(exit_code=0, stdout=job.code))
-
-    def finish(self, code: str, result: ExecutionResult | None = None) -> None:
-        if result is not None:
-            self.results[code] = result
-        self.release.setdefault(code, asyncio.Event()).set()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def gate() -> Gate:
-    return Gate()
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def make_queue(gate: Gate, backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
-    """Factory of started queues of the parametrized backend; Redis ones share the test's real redis-server."""
-    queues: list[Any] = []
-    url = request.getfixturevalue("redis_url") if backend == "redis" else ""
-
-    async def make(**kwargs: Any) -> Any:
-        kwargs.setdefault("executor", gate)
-        if backend == "redis":
-            for memory_only in ("clock",):
-                kwargs.pop(memory_only, None)
-            kwargs.setdefault("worker_slots", kwargs.get("max_concurrent", 5))
-            queue: Any = RedisQueue(url, **kwargs)
-        else:
-            queue = MemoryQueue(**kwargs)
-        await queue.start()
-        queues.append(queue)
-        return queue
-
-    yield make
-    for queue in queues:
-        await queue.close()
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 10) -> None:
-    """Wait until `predicate()` (sync or async) is true; the Redis backend acts through its own tasks."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(0.01)
-
-
-async def status_of(queue: Any, job_id: str) -> JobStatus:
-    job = await queue.get(job_id)
-    assert job is not None
-    return job.status  # type: ignore[no-any-return]
-
-
-def job(code: str, priority: int = 0, **kwargs: Any) -> Job:
-    return Job(language="python", code=code, priority=priority, **kwargs)
-
-
-async def started(gate: Gate, n: int) -> None:
-    await eventually(lambda: len(gate.started) >= n)
+from tests.queues import Clock, Gate, build_queue, eventually, job, memory_queue, settle, started, status_of
 
 
 async def test_priority_order_then_fifo(make_queue: Callable[..., Any], gate: Gate) -> None:
@@ -149,7 +51,8 @@ async def test_concurrency_bound_and_freed_slot_starts_next(make_queue: Callable
 
 async def test_memory_queue_starts_the_next_job_in_the_same_turn() -> None:
     gate = Gate()
-    queue = MemoryQueue(executor=gate, max_concurrent=1)
+    queue = memory_queue(executor=gate, max_concurrent=1)
+    await queue.start()
     first, second = await queue.submit(job("a")), await queue.submit(job("b"))
     await settle()
     gate.finish("a")
@@ -347,7 +250,8 @@ async def test_retention_by_count(make_queue: Callable[..., Any], gate: Gate) ->
 
 async def test_memory_retention_by_age(gate: Gate) -> None:
     clock = Clock()
-    queue = MemoryQueue(executor=gate, retention_seconds=60, clock=clock)
+    queue = memory_queue(executor=gate, retention_seconds=60, clock=clock)
+    await queue.start()
     first = await queue.submit(job("a"))
     gate.finish("a")
     await queue.wait(first.id)
@@ -384,11 +288,14 @@ async def test_close_gives_running_a_grace(make_queue: Callable[..., Any], gate:
 
 
 async def test_many_cancellations_keep_the_heap_small(gate: Gate) -> None:
-    queue = MemoryQueue(executor=gate, max_concurrent=1, max_queue_size=10_000)
-    jobs = [await queue.submit(job(f"j{i}")) for i in range(1000)]
+    queue = memory_queue(executor=gate, max_concurrent=1, max_queue_size=10_000)
+    await queue.start()
+    jobs = [await queue.submit(job("j0"))]
+    await started(gate, 1)
+    jobs += [await queue.submit(job(f"j{i}")) for i in range(1, 1000)]
     for j in jobs[1:-1]:
         await queue.cancel(j.id)
-    assert len(queue._heap) < 200
+    assert len(queue.store._heap) < 200  # type: ignore[attr-defined]
     assert await queue.position(jobs[-1]) == 1
     await queue.close()
 
@@ -400,7 +307,7 @@ async def test_redis_outage_is_a_clear_error(tmp_path: Any) -> None:
     )
     try:
         url = f"redis://127.0.0.1:{port}/0"
-        queue = RedisQueue(url, executor=Gate())
+        queue = build_queue("redis", url, executor=Gate())
         await eventually(lambda: _started(queue))
         server.kill()
         server.wait()
@@ -413,10 +320,10 @@ async def test_redis_outage_is_a_clear_error(tmp_path: Any) -> None:
             server.kill()
             server.wait()
     with pytest.raises(SettingsError, match="REDIS_URL"):
-        await RedisQueue(f"redis://127.0.0.1:{port}/0", executor=Gate()).start()
+        await build_queue("redis", f"redis://127.0.0.1:{port}/0", executor=Gate()).start()
 
 
-async def _started(queue: RedisQueue) -> bool:
+async def _started(queue: Worker) -> bool:
     try:
         await queue.start()
     except SettingsError:

@@ -1,44 +1,56 @@
-"""The job queue: one contract, an embedded backend (default) and a Redis backend chosen by REDIS_URL."""
+"""The job queue: one worker (`Worker`) over a store, embedded (default) or Redis (chosen by REDIS_URL)."""
 
 from __future__ import annotations
 
 from ..events import EventEmitter
 from ..jobs import Executor
 from ..settings import Settings
-from .base import QueueBackend
-from .memory import MemoryQueue
+from .base import QueueBackend, Store
+from .memory import MemoryStore
+from .worker import Worker
 
-__all__ = ["MemoryQueue", "QueueBackend", "create_queue"]
+__all__ = ["MemoryStore", "QueueBackend", "Store", "Worker", "create_queue", "create_store"]
+
+
+def create_store(settings: Settings, *, events: EventEmitter | None = None) -> Store:
+    """The store the settings ask for."""
+    retention: dict[str, int] = {
+        "retention_seconds": settings.job_retention_seconds,
+        "retention_count": settings.job_retention_count,
+        "retention_bytes": settings.job_retention_max_mb * 1024 * 1024,
+    }
+    if settings.redis_url:
+        # Imported lazily: the redis client is an optional extra, and the embedded default needs none of it.
+        from .redis import RedisStore
+
+        return RedisStore(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            pool_size=settings.redis_pool_size,
+            timeout_ms=settings.redis_timeout_ms,
+            events=events,
+            **retention,
+        )
+    return MemoryStore(
+        events=events,
+        retention_seconds=settings.job_retention_seconds,
+        retention_count=settings.job_retention_count,
+        retention_bytes=retention["retention_bytes"],
+    )
 
 
 def create_queue(settings: Settings, *, executor: Executor, events: EventEmitter | None = None) -> QueueBackend:
-    """The backend the settings ask for. The executor's own limits come first; the queue's timeout is a backstop
-    that also covers compilation, so it gets the compile timeout plus a second of grace."""
-    grace_ms = settings.compile_timeout_ms + 1000
-    if settings.redis_url:
-        # Imported lazily: the redis client is an optional extra, and the embedded default needs none of it.
-        from .redis import RedisQueue
-
-        return RedisQueue(
-            settings.redis_url,
-            executor=executor,
-            max_concurrent=settings.max_concurrent_jobs,
-            max_queue_size=settings.max_queue_size,
-            worker_slots=settings.worker_slots,
-            lease_timeout_ms=settings.lease_timeout_ms,
-            retry_lost_jobs=settings.retry_lost_jobs,
-            retention_seconds=settings.job_retention_seconds,
-            retention_count=settings.job_retention_count,
-            timeout_grace_ms=grace_ms,
-            prefix=settings.redis_prefix,
-            events=events,
-        )
-    return MemoryQueue(
+    """The worker over the store the settings ask for. The executor's own limits come first; the queue's timeout is
+    a backstop that also covers compilation, so it gets the compile timeout plus a second of grace."""
+    return Worker(
+        create_store(settings, events=events),
         executor=executor,
         max_concurrent=settings.max_concurrent_jobs,
         max_queue_size=settings.max_queue_size,
-        retention_seconds=settings.job_retention_seconds,
-        retention_count=settings.job_retention_count,
-        timeout_grace_ms=grace_ms,
-        events=events,
+        # Embedded, this process runs every job; on Redis, WORKER_SLOTS of the cluster-wide MAX_CONCURRENT_JOBS.
+        slots=settings.worker_slots if settings.redis_url else settings.max_concurrent_jobs,
+        lease_timeout_ms=settings.lease_timeout_ms,
+        retry_lost_jobs=settings.retry_lost_jobs,
+        timeout_grace_ms=settings.compile_timeout_ms + 1000,
+        max_stdin_bytes=settings.max_stdin_bytes,
     )

@@ -7,21 +7,24 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..events import EventEmitter
+from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, OutputCallback, Stream
 
 logger = logging.getLogger(__name__)
 
 
 class QueueBackend(Protocol):
-    """A priority job queue with bounded concurrency, bounded waiting room, timeouts and cancellation."""
+    """A priority job queue with bounded concurrency, bounded waiting room, timeouts and cancellation.
+
+    `server.worker.Worker` is the one implementation; the backends differ only in their `Store`.
+    """
 
     events: EventEmitter
     max_concurrent: int
     max_queue_size: int
 
     async def start(self) -> None:
-        """Start background work (retention sweeps, Redis readers)."""
+        """Start background work (claiming, leases, retention sweeps, Redis readers)."""
 
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop accepting, give running jobs `grace_s`, then cancel what is left with reason `shutdown`."""
@@ -35,6 +38,9 @@ class QueueBackend(Protocol):
     async def position(self, job: Job) -> int | None:
         """1-based place in line while queued, else None."""
 
+    async def positions(self, job_ids: list[str]) -> dict[str, int | None]:
+        """Places in line of several jobs, read in one store call."""
+
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job (REST DELETE). NotFound if unknown, Conflict when running or finished."""
 
@@ -45,7 +51,11 @@ class QueueBackend(Protocol):
         """Wait until the job is finished and return it."""
 
     async def write_stdin(self, job_id: str, data: bytes | None) -> None:
-        """Feed live stdin to a running interactive job (None closes it). Conflict if not accepting input."""
+        """Feed live stdin to a running interactive job (None closes it). Conflict if not accepting input,
+        InputBacklog past MAX_STDIN_BYTES of input the program has not read yet."""
+
+    async def read_events(self, job_id: str, since: int) -> list[Event]:
+        """The job's logged events with seq > since, from the store (any instance can replay any job)."""
 
     async def recent(self, limit: int = 100) -> list[Job]:
         """The most recent jobs (finished, then active), oldest first, for the dashboard's table."""
@@ -55,6 +65,83 @@ class QueueBackend(Protocol):
 
     def note_rate_limited(self) -> None:
         """Count a 429 (the limiter lives outside the queue, the dashboard shows them together)."""
+
+
+# What a store tells the worker outside the event stream: ("_stop", job id, reason) or ("_stdin", job id, None).
+ControlHandler = Callable[[str, str, str | None], None]
+
+
+class Store(Protocol):
+    """Where jobs live: the embedded `MemoryStore` or the Lua scripts of `RedisStore`. Every method is one atomic
+    step; the worker composes them. `events` carries every event of the store (the whole cluster's on Redis),
+    each with its seq, and `here=True` when this instance caused it."""
+
+    events: EventEmitter
+    instance: str
+    on_control: ControlHandler | None
+    # Queued jobs end with the process (memory) or wait in the store for another instance (Redis).
+    keeps_queue: bool
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def enqueue(self, job: Job, *, max_queue_size: int, max_concurrent: int) -> Job:
+        """Add a queued job (idempotent per id); QueueFull past the size."""
+
+    async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
+        """Take up to `count` queued jobs for this instance under a lease; each with its recorded stop, if any."""
+
+    async def renew(self, job_ids: list[str], *, lease_ms: int) -> dict[str, str]:
+        """Extend this instance's leases; returns the stop requests recorded on those jobs (id -> reason)."""
+
+    async def finish(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
+        """Record the final state and emit the terminal event. Idempotent for the lease holder (a retry after a
+        lost reply returns True); False when the lease was lost to another instance."""
+
+    async def cancel(self, job_id: str, reason: str) -> tuple[str, Job | None]:
+        """Cancel a queued job. Returns the status it had ("missing" if unknown) and the job as it is now."""
+
+    async def request_stop(self, job_id: str, reason: str) -> tuple[str, Job | None]:
+        """Cancel a queued job, or record a stop request on a running one (durable: read at claim and at every
+        renewal) and notify the instance running it. Returns the status it had and the job."""
+
+    async def append_event(self, job: Job, event: Event) -> None:
+        """Log and publish one event of a running job (output), with the job's next seq."""
+
+    async def read_events(self, job_id: str, since: int) -> list[Event]: ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def positions(self, job_ids: list[str]) -> dict[str, int | None]: ...
+
+    async def recent(self, limit: int) -> list[Job]: ...
+
+    async def stats(self, *, max_concurrent: int, max_queue_size: int) -> dict[str, Any]: ...
+
+    def note_rate_limited(self) -> None: ...
+
+    async def reclaim(self, *, retry: bool, lease_ms: int) -> list[str]:
+        """End (or requeue once) jobs whose lease expired: their instance died."""
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when a job may be claimable (an enqueue or a finish), or after `timeout`."""
+
+    async def abandon_queued(self, reason: str) -> None:
+        """At shutdown: cancel queued jobs if they die with this process (memory); nothing on Redis."""
+
+    async def push_stdin(self, job_id: str, data: bytes | None, budget: int) -> None:
+        """Queue input for a running interactive job; Conflict if it takes none, InputBacklog past `budget`
+        bytes not yet read by the program."""
+
+    async def take_stdin(self, job_id: str) -> list[bytes | None]:
+        """Move queued input to the running instance (its bytes stay counted until `ack_stdin`)."""
+
+    async def ack_stdin(self, job_id: str, size: int) -> None:
+        """The program read `size` bytes: they leave the job's budget."""
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until events this instance published have come back through `events` (Redis), at most `timeout`."""
 
 
 async def execute(
@@ -76,6 +163,10 @@ async def execute(
         reason = stop_reason()
         if reason is None:
             raise
+        # Our own stop (not a cancellation of the caller): report it as a result.
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
         return JobStatus.CANCELLED, ExecutionResult(reason=reason, signal="SIGKILL")
     except Exception:
         logger.exception("executor failed on job %s", job.id)

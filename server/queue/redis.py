@@ -1,4 +1,4 @@
-"""The Redis backend: one global queue for N instances; state changes are Lua scripts, events a Redis Stream."""
+"""The Redis store: one queue for N instances; every state change is a Lua script, every event a stream entry."""
 
 from __future__ import annotations
 
@@ -7,172 +7,186 @@ import functools
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
+from ..errors import BackendUnavailable, Conflict, InputBacklog, NotFound, QueueFull, SettingsError
 from ..events import Event, EventEmitter
-from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
+from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..stats import build_snapshot
 from . import scripts
-from .base import OutputCoalescer, execute
-from .records import job_from_hash, result_dict
+from .base import ControlHandler
+from .records import job_from_hash, job_to_hash, record_bytes, result_dict
 
 logger = logging.getLogger(__name__)
 
 _M = TypeVar("_M", bound=Callable[..., Awaitable[Any]])
 
-STREAM_MAXLEN = 100_000
-WAKE_TIMEOUT_S = 1.0  # BLPOP's bound: a missed wake-up costs at most this, it is not a polling interval
-READ_BLOCK_MS = 5000
-TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
+# The shared stream only carries events to live readers (replay reads the per-job logs): a short history bounds
+# Redis memory (entries are at most 16 KiB of output: about 160 MB in the worst case, far less in practice).
+STREAM_MAXLEN = 10_000
+# A job's own log: lifecycle events plus its output chunks, which the executor caps at MAX_OUTPUT_BYTES.
+LOG_MAXLEN = 5_000
+READ_BLOCK_MS = 2000
+PRIORITY_DIGITS = 19
+MAX_PRIORITY = 10**PRIORITY_DIGITS - 1
 
 
 def _unavailable_on_redis_error(method: _M) -> _M:
-    """A Redis outage becomes a clear 503 for the client, not a traceback and a 500."""
+    """A Redis outage, timeout or exhausted pool becomes a clear 503 for the client, never a traceback and a 500."""
 
     @functools.wraps(method)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return await method(*args, **kwargs)
-        except RedisError as exc:
-            logger.error("Redis unavailable: %s", exc)
+        except (RedisError, OSError) as exc:
+            logger.warning("Redis unavailable: %s", exc)
             raise BackendUnavailable("The job store is unreachable; try again shortly.", retryAfter=5) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-class RedisQueue:
-    """A `QueueBackend` on Redis. This instance runs at most `worker_slots` jobs; `max_concurrent` is global.
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
-    Every instance reads the one event stream (XREAD BLOCK) and re-emits it on its local EventEmitter, so the hub
-    and the metrics see the whole cluster. Control messages (stop, stdin) travel on the same stream to the
-    instance that runs the job. A running job holds a lease that its instance renews; any instance's sweeper
-    fails (or requeues once) jobs whose lease expired.
+
+class RedisStore:
+    """A `Store` on Redis, shared by every instance with the same URL and prefix.
+
+    Every instance reads the shared event stream (XREAD BLOCK) and re-emits it on its local EventEmitter, so the
+    hub and the waiters see the whole cluster; `_stop` and `_stdin` control messages go to the worker. Commands have
+    a timeout and come from a bounded pool: an outage or a burst past the pool is a 503 within `timeout_ms`.
     """
+
+    keeps_queue = True
 
     def __init__(
         self,
         url: str,
         *,
-        executor: Executor,
-        max_concurrent: int = 5,
-        max_queue_size: int = 100,
-        worker_slots: int = 1,
-        lease_timeout_ms: int = 15_000,
-        retry_lost_jobs: bool = False,
         retention_seconds: int = 3600,
         retention_count: int = 10_000,
-        timeout_grace_ms: float = 0.0,
+        retention_bytes: int = 256 * 1024 * 1024,
         prefix: str = "conveyor",
+        pool_size: int = 64,
+        timeout_ms: int = 3000,
         events: EventEmitter | None = None,
     ) -> None:
         self.events = events if events is not None else EventEmitter()
-        self.max_concurrent = max_concurrent
-        self.max_queue_size = max_queue_size
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.on_control: ControlHandler | None = None
+        timeout_s = timeout_ms / 1000.0
+        # No retries inside redis-py: a retried script after a lost reply could apply twice. The worker retries
+        # what is idempotent (FINISH, ENQUEUE of the same id); everything else is a 503 the client may retry.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=timeout_s,  # waiting for a free connection: a burst past the pool gets a 503, not a 500
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+        )
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command.
-        # No socket_timeout on the command client: redis-py wraps every read in a timer for it, a third of the
-        # client's CPU per job (bench/bench_redis.py). An unreachable Redis still fails fast at connect.
-        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
-        # Blocking reads (XREAD BLOCK, BLPOP) get their own client: closing it is what interrupts them on shutdown.
-        self._blocking: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
-        self._executor = executor
-        self._free = worker_slots
-        self._freed = asyncio.Event()
-        self._worker_slots = worker_slots
-        self._lease_ms = lease_timeout_ms
-        self._retry = retry_lost_jobs
-        self._retention = (retention_seconds, retention_count)
-        self._grace_s = timeout_grace_ms / 1000.0
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        # Blocking reads (XREAD BLOCK, BLPOP) get their own client, with room for the block in the timeout
+        # (a plain pool: two users, the event reader and the idle claim loop; cancelling a wait for a pooled
+        # connection of a BlockingConnectionPool was seen to hang).
+        self._blocking: Any = aioredis.Redis.from_url(
+            url,
+            socket_timeout=READ_BLOCK_MS / 1000.0 + timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._retention = (retention_seconds, retention_count, retention_bytes)
         self._p = prefix
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self._scripts = {
             name: self._redis.register_script(getattr(scripts, name))
-            for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "CANCEL", "RENEW", "RECLAIM")
+            for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "STOP", "RENEW", "RECLAIM", "STDIN", "ACK_STDIN")
         }
-        self._local: dict[str, asyncio.Task[None]] = {}
-        self._stdin: dict[str, asyncio.Queue[bytes | None]] = {}
-        self._stop_reasons: dict[str, str] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._scripts["POSITIONS"] = self._redis.register_script(scripts.POSITIONS)
+        self._reader: asyncio.Task[None] | None = None
+        self._seen = (0, 0)
+        self._seen_changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+
+    def _key(self, name: str) -> str:
+        return f"{self._p}:{name}"
+
+    def _keys(self, *names: str) -> list[str]:
+        return [f"{self._p}:{name}" for name in names]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         try:
             await self._redis.ping()
+            last_id = await self._stream_end()
         except RedisError as exc:
             raise SettingsError(f"REDIS_URL: cannot reach Redis ({exc})") from None
-        # Read from the stream's current end (entries before we started are history, not news).
-        last_id = "0-0"
-        if await self._redis.exists(self._key("events")):
-            last_id = (await self._redis.xinfo_stream(self._key("events")))["last-generated-id"]
-        self._tasks = [
-            asyncio.create_task(self._read_events(last_id), name="conveyor-redis-events"),
-            asyncio.create_task(self._lease_loop(), name="conveyor-redis-leases"),
-        ]
-        if self._worker_slots > 0:
-            self._tasks.append(asyncio.create_task(self._claim_loop(), name="conveyor-redis-claim"))
+        self._reader = asyncio.create_task(self._read_events(last_id), name="conveyor-redis-events")
 
-    async def close(self, grace_s: float = 0.0) -> None:
-        if self._closing:
-            return
+    async def close(self) -> None:
         self._closing = True
-        # Queued jobs stay in Redis for the other (or the restarted) instances; only our running ones end here.
-        for task in self._tasks[2:]:  # the claim loop: take no new work
-            task.cancel()
-        if self._local and grace_s > 0:
-            await asyncio.wait(list(self._local.values()), timeout=grace_s)
-        for job_id, task in list(self._local.items()):
-            self._stop_reasons[job_id] = "shutdown"
-            task.cancel()
-        if self._local:
-            await asyncio.gather(*self._local.values(), return_exceptions=True)
-        for task in self._tasks:
-            task.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
         await self._blocking.connection_pool.disconnect()
-        for task in self._tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        # Our pools were passed in, so the clients would leave them open: close them explicitly.
         await self._blocking.aclose()
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
-    def _key(self, name: str) -> str:
-        return f"{self._p}:{name}"
+    async def abandon_queued(self, reason: str) -> None:
+        return None  # queued jobs wait in Redis for the other (or the restarted) instances
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _stream_end(self) -> str:
+        entries = await self._redis.xrevrange(self._key("events"), count=1)
+        return str(entries[0][0]) if entries else "0-0"
 
-    # -- submission and lookup -------------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> None:
+        """Wait until the reader has passed the stream's current end (our terminal events included)."""
+        target = _stream_id(await self._stream_end())
+        try:
+            async with asyncio.timeout(timeout):
+                while self._seen < target:
+                    self._seen_changed.clear()
+                    await self._seen_changed.wait()
+        except TimeoutError:
+            logger.warning("events published at shutdown did not all come back within %.1f s", timeout)
+
+    # -- jobs ------------------------------------------------------------------------------------------------
 
     @_unavailable_on_redis_error
-    async def submit(self, job: Job) -> Job:
-        if self._closing:
-            raise ShuttingDown("The server is shutting down; try another instance or retry shortly.", retryAfter=5)
-        fields = {
-            "id": job.id,
-            "language": job.language,
-            "code": job.code,
-            "stdin": job.stdin,
-            "args": orjson.dumps(job.args).decode(),
-            "priority": job.priority,
-            "owner": job.owner,
-            "timeout_ms": job.timeout_ms,
-            "interactive": int(job.interactive),
-        }
+    async def enqueue(self, job: Job, *, max_queue_size: int, max_concurrent: int) -> Job:
+        fields = job_to_hash(job)
         flat: list[Any] = [x for pair in fields.items() for x in pair]
+        inverted = MAX_PRIORITY - min(max(job.priority, 0), MAX_PRIORITY)
         accepted, queued, created = await self._scripts["ENQUEUE"](
-            args=[self._p, job.id, self.max_queue_size, self.max_concurrent, STREAM_MAXLEN, job.priority, *flat]
+            keys=[*self._keys("queued", "running", "stats", "events", "wake", "arrival"), *self._job_keys(job.id)[:2]],
+            args=[
+                self.instance,
+                job.id,
+                max_queue_size,
+                max_concurrent,
+                STREAM_MAXLEN,
+                LOG_MAXLEN,
+                f"{inverted:0{PRIORITY_DIGITS}d}",
+                job.priority,
+                fields["language"],
+                *flat,
+            ],
         )
         if not accepted:
             retry = 5
@@ -181,56 +195,249 @@ class RedisQueue:
                 headers={"Retry-After": str(retry)},
                 retryAfter=retry,
             )
+        job.status = JobStatus.QUEUED
         job.created_at = float(created)
         job.seq = 1
         return job
 
+    def _job_keys(self, job_id: str) -> list[str]:
+        return [self._key(f"job:{job_id}"), self._key(f"log:{job_id}"), self._key(f"stdin:{job_id}")]
+
+    @_unavailable_on_redis_error
+    async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
+        batch = await self._scripts["CLAIM"](
+            keys=self._keys("queued", "running", "stats", "events", "recent_wait"),
+            args=[self.instance, lease_ms, max_concurrent, STREAM_MAXLEN, LOG_MAXLEN, count, self._p],
+        )
+        claimed = []
+        for flat in batch:
+            data = dict(zip(flat[::2], flat[1::2], strict=True))
+            claimed.append((job_from_hash(data), data.get("stop")))
+        return claimed
+
+    @_unavailable_on_redis_error
+    async def renew(self, job_ids: list[str], *, lease_ms: int) -> dict[str, str]:
+        flat = await self._scripts["RENEW"](
+            keys=[*self._keys("running", "heartbeat"), *(self._key(f"job:{i}") for i in job_ids)],
+            args=[lease_ms, *job_ids],
+        )
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    @_unavailable_on_redis_error
+    async def reclaim(self, *, retry: bool, lease_ms: int) -> list[str]:
+        ids: list[str] = await self._scripts["RECLAIM"](
+            keys=self._keys(
+                "running",
+                "queued",
+                "finished",
+                "stats",
+                "events",
+                "wake",
+                "sizes",
+                "retained",
+                "heartbeat",
+                "finish_times",
+            ),  # fmt: skip
+            args=[self.instance, int(retry), STREAM_MAXLEN, LOG_MAXLEN, *self._retention, lease_ms, self._p],
+        )
+        return ids
+
+    async def wait_for_work(self, timeout: float) -> None:
+        # Workers wake on a blocking pop: every enqueue and every finish pushes a token.
+        await self._blocking.blpop([self._key("wake")], timeout=timeout)
+
+    @_unavailable_on_redis_error
+    async def finish(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
+        started = job.started_at or job.created_at
+        execution = result.run_time_ms if result.run_time_ms is not None else max(0.0, now_ms() - started)
+        event = {
+            "type": status.value,
+            "jobId": job.id,
+            "exitCode": result.exit_code,
+            "signal": result.signal,
+            "reason": result.reason,
+            "truncated": result.truncated,
+            "waitTimeMs": started - job.created_at,
+            "executionTimeMs": round(execution, 1),
+            "compileTimeMs": result.compile_time_ms,
+            **result.usage(),
+            "language": job.language,
+        }
+        job.result = result
+        done = await self._scripts["FINISH"](
+            keys=[
+                *self._keys("running", "finished", "stats", "events", "wake", "recent_exec", "finish_times"),
+                *self._keys("sizes", "retained"),
+                *self._job_keys(job.id),
+            ],
+            args=[
+                self.instance,
+                job.id,
+                status.value,
+                orjson.dumps(result_dict(result)),
+                execution,
+                STREAM_MAXLEN,
+                LOG_MAXLEN,
+                *self._retention,
+                record_bytes(job),
+                orjson.dumps(event),
+                self._p,
+            ],
+        )
+        job.status = status
+        return bool(done)
+
+    async def _stop(self, job_id: str, reason: str, mode: str) -> tuple[str, Job | None]:
+        status, flat = await self._scripts["STOP"](
+            keys=[
+                *self._keys("queued", "finished", "stats", "events", "sizes", "retained", "finish_times"),
+                *self._job_keys(job_id)[:2],
+            ],
+            args=[self.instance, job_id, reason, mode, STREAM_MAXLEN, LOG_MAXLEN, *self._retention, self._p],
+        )
+        if status == "missing":
+            return status, None
+        return status, job_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    @_unavailable_on_redis_error
+    async def cancel(self, job_id: str, reason: str) -> tuple[str, Job | None]:
+        return await self._stop(job_id, reason, "cancel")
+
+    @_unavailable_on_redis_error
+    async def request_stop(self, job_id: str, reason: str) -> tuple[str, Job | None]:
+        return await self._stop(job_id, reason, "stop")
+
+    # -- events and input ------------------------------------------------------------------------------------
+
+    @_unavailable_on_redis_error
+    async def append_event(self, job: Job, event: Event) -> None:
+        await self._scripts["EMIT"](
+            keys=[*self._job_keys(job.id)[:2], self._key("events")],
+            args=[self.instance, STREAM_MAXLEN, LOG_MAXLEN, orjson.dumps(event)],
+        )
+
+    @_unavailable_on_redis_error
+    async def read_events(self, job_id: str, since: int) -> list[Event]:
+        entries = await self._redis.xrange(self._key(f"log:{job_id}"))
+        events = []
+        for _, fields in entries:
+            seq = int(fields["s"])
+            if seq > since:
+                event = orjson.loads(fields["e"])
+                event["seq"] = seq
+                events.append(event)
+        return events
+
+    @_unavailable_on_redis_error
+    async def push_stdin(self, job_id: str, data: bytes | None, budget: int) -> None:
+        item = "e" if data is None else "d" + data.decode("utf-8", "replace")
+        keys = self._job_keys(job_id)
+        reply = await self._scripts["STDIN"](
+            keys=[keys[0], keys[2], self._key("events")], args=[job_id, item, budget, STREAM_MAXLEN]
+        )
+        if reply[0] == "missing":
+            raise NotFound(f"No job with id {job_id!r}.")
+        if reply[0] == "conflict":
+            raise Conflict(f"Job {job_id} is {reply[1]} and does not accept input.", status=reply[1])
+        if reply[0] == "full":
+            raise InputBacklog(
+                f"Job {job_id} has {reply[1]} bytes of input it has not read yet; at most {budget} may wait. Send "
+                "more once the program reads.",
+                maxBytes=budget,
+                pendingBytes=int(reply[1]),
+            )
+
+    @_unavailable_on_redis_error
+    async def take_stdin(self, job_id: str) -> list[bytes | None]:
+        key = self._key(f"stdin:{job_id}")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        items, _ = await pipe.execute()
+        return [None if item == "e" else item[1:].encode() for item in items]
+
+    @_unavailable_on_redis_error
+    async def ack_stdin(self, job_id: str, size: int) -> None:
+        await self._scripts["ACK_STDIN"](keys=[self._key(f"job:{job_id}")], args=[size])
+
+    async def _read_events(self, last_id: str) -> None:
+        key = self._key("events")
+        while True:
+            try:
+                batches = await self._blocking.xread({key: last_id}, count=500, block=READ_BLOCK_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # redis-py may turn our own cancellation into a connection error: never retry while closing.
+                if self._closing:
+                    return
+                logger.warning("reading the event stream failed (%s); retrying", exc)
+                await asyncio.sleep(1)
+                last_id = await self._resume_from(last_id)
+                continue
+            for _, entries in batches:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    self._dispatch(fields)
+                self._seen = _stream_id(last_id)
+                self._seen_changed.set()
+
+    async def _resume_from(self, last_id: str) -> str:
+        """After an error: a Redis that restarted without its data has a stream that ends before our last id, and
+        XREAD from there would wait forever. Start again from its end."""
+        try:
+            end = await self._stream_end()
+        except Exception:
+            return last_id
+        return end if _stream_id(end) < _stream_id(last_id) else last_id
+
+    def _dispatch(self, fields: dict[str, str]) -> None:
+        try:
+            event: Event = orjson.loads(fields["e"])
+            kind = event["type"]
+            if kind.startswith("_"):
+                if self.on_control is not None:
+                    self.on_control(kind, event["jobId"], event.get("reason"))
+                return
+            event["seq"] = int(fields["s"])
+        except Exception:
+            logger.exception("unreadable event stream entry %r", fields)
+            return
+        self.events.emit(event, here=fields.get("o") == self.instance)
+
+    # -- reads -----------------------------------------------------------------------------------------------
+
     @_unavailable_on_redis_error
     async def get(self, job_id: str) -> Job | None:
         data = await self._redis.hgetall(self._key(f"job:{job_id}"))
-        return job_from_hash(data) if data else None
+        return job_from_hash(data) if data.get("status") else None
 
     @_unavailable_on_redis_error
-    async def position(self, job: Job) -> int | None:
-        rank = await self._redis.zrevrank(self._key("queued"), job.id)
-        return None if rank is None else int(rank) + 1
+    async def positions(self, job_ids: list[str]) -> dict[str, int | None]:
+        if not job_ids:
+            return {}
+        places = await self._scripts["POSITIONS"](
+            keys=[self._key("queued"), *(self._key(f"job:{i}") for i in job_ids)], args=[]
+        )
+        return {job_id: (int(p) if p is not None else None) for job_id, p in zip(job_ids, places, strict=True)}
 
     @_unavailable_on_redis_error
-    async def recent(self, limit: int = 100) -> list[Job]:
+    async def recent(self, limit: int) -> list[Job]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrevrange(self._key("finished"), 0, limit - 1)
         pipe.zrange(self._key("running"), 0, -1)
-        pipe.zrevrange(self._key("queued"), 0, limit - 1)
+        pipe.zrange(self._key("queued"), 0, limit - 1)
         finished, running, queued = await pipe.execute()
-        ids = list(dict.fromkeys([*finished, *running, *queued]))
+        ids = list(dict.fromkeys([*finished, *running, *(member[36:] for member in queued)]))
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self._key(f"job:{job_id}"))
-        jobs = [job_from_hash(data) for data in await pipe.execute() if data]
+        jobs = [job_from_hash(data) for data in await pipe.execute() if data.get("status")]
         jobs.sort(key=lambda j: j.created_at)
         return jobs[-limit:]
 
-    async def wait(self, job_id: str) -> Job:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(job_id, []).append(future)
-        try:
-            # Registered before looking, so a terminal event between the look and the await is not missed.
-            job = await self.get(job_id)
-            if job is None:
-                raise NotFound(f"No job with id {job_id!r}.")
-            if not job.status.finished:
-                await future
-                job = await self.get(job_id) or job
-            return job
-        finally:
-            waiters = self._waiters.get(job_id, [])
-            if future in waiters:
-                waiters.remove(future)
-            if not waiters:
-                self._waiters.pop(job_id, None)
-
     @_unavailable_on_redis_error
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, *, max_concurrent: int, max_queue_size: int) -> dict[str, Any]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(self._key("stats"))
         pipe.zcard(self._key("queued"))
@@ -249,231 +456,17 @@ class RedisQueue:
             jobs_per_second=recent_finishes / 60.0,
             queue_length=int(queued),
             running=int(running),
-            max_concurrent=self.max_concurrent,
-            max_queue_size=self.max_queue_size,
+            max_concurrent=max_concurrent,
+            max_queue_size=max_queue_size,
         )
 
     def note_rate_limited(self) -> None:
-        self._spawn(self._redis.hincrby(self._key("stats"), "rate_limited", 1))
+        task = asyncio.ensure_future(self._count_rate_limited())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-    # -- cancellation and input ------------------------------------------------------------------------------
-
-    @_unavailable_on_redis_error
-    async def cancel(self, job_id: str) -> Job:
-        status = await self._cancel_queued(job_id, "cancelled")
-        if status != "queued":
-            raise Conflict(f"Job {job_id} is {status}; only queued jobs can be cancelled.", status=status)
-        return await self._require(job_id)
-
-    @_unavailable_on_redis_error
-    async def stop(self, job_id: str, reason: str = "stopped") -> Job:
-        status = await self._cancel_queued(job_id, reason)
-        if status == "running":
-            if job_id in self._local:
-                self._stop_local(job_id, reason)
-            else:
-                await self._control({"type": "_stop", "jobId": job_id, "reason": reason})
-            # The instance running it tears the process tree down and records the final status.
-            async with asyncio.timeout(self._lease_ms / 1000.0 + 5):
-                return await self.wait(job_id)
-        if status != "queued":
-            raise Conflict(f"Job {job_id} is already {status}.", status=status)
-        return await self._require(job_id)
-
-    @_unavailable_on_redis_error
-    async def write_stdin(self, job_id: str, data: bytes | None) -> None:
-        channel = self._stdin.get(job_id)
-        if channel is not None:
-            channel.put_nowait(data)
-            return
-        job = await self._require(job_id)
-        if job.status is not JobStatus.RUNNING or not job.interactive:
-            raise Conflict(f"Job {job.id} is {job.status.value} and does not accept input.", status=job.status.value)
-        text = None if data is None else data.decode("utf-8", "replace")
-        await self._control({"type": "_stdin", "jobId": job_id, "data": text})
-
-    async def _cancel_queued(self, job_id: str, reason: str) -> str:
-        status: str = await self._scripts["CANCEL"](args=[self._p, job_id, reason, STREAM_MAXLEN, *self._retention])
-        if status == "missing":
-            raise NotFound(f"No job with id {job_id!r}.")
-        return status
-
-    async def _require(self, job_id: str) -> Job:
-        job = await self.get(job_id)
-        if job is None:
-            raise NotFound(f"No job with id {job_id!r}.")
-        return job
-
-    async def _control(self, message: dict[str, Any]) -> None:
-        await self._redis.xadd(self._key("events"), {"e": orjson.dumps(message), "s": 0}, maxlen=STREAM_MAXLEN)
-
-    def _stop_local(self, job_id: str, reason: str) -> None:
-        task = self._local.get(job_id)
-        if task is not None:
-            self._stop_reasons[job_id] = reason
-            task.cancel()
-
-    # -- the event stream ------------------------------------------------------------------------------------
-
-    async def _read_events(self, last_id: str) -> None:
-        key = self._key("events")
-        while True:
-            try:
-                batches = await self._blocking.xread({key: last_id}, count=500, block=READ_BLOCK_MS)
-            except Exception:
-                # redis-py may turn our own cancellation into a connection error: never retry while closing.
-                if self._closing:
-                    return
-                logger.exception("reading the event stream failed; retrying")
-                await asyncio.sleep(1)
-                continue
-            for _, entries in batches:
-                for entry_id, fields in entries:
-                    last_id = entry_id
-                    self._dispatch_entry(fields)
-
-    def _dispatch_entry(self, fields: dict[str, str]) -> None:
-        event: Event = orjson.loads(fields["e"])
-        kind = event["type"]
-        job_id = event["jobId"]
-        if kind == "_stop":
-            self._stop_local(job_id, event["reason"])
-        elif kind == "_stdin":
-            channel = self._stdin.get(job_id)
-            if channel is not None:
-                channel.put_nowait(None if event["data"] is None else event["data"].encode())
-        else:
-            event["seq"] = int(fields["s"])
-            self.events.emit(event)
-            if kind in TERMINAL:
-                self._resolve(job_id)
-
-    def _resolve(self, job_id: str) -> None:
-        for future in self._waiters.get(job_id, ()):
-            if not future.done():
-                future.set_result(None)
-
-    # -- claiming and running --------------------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        while True:
-            while self._free <= 0:
-                self._freed.clear()
-                await self._freed.wait()
-            try:
-                batch = await self._scripts["CLAIM"](
-                    args=[self._p, self.worker_id, self._lease_ms, self.max_concurrent, STREAM_MAXLEN, self._free]
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                if self._closing:
-                    return
-                logger.exception("claiming a job failed; retrying")
-                await asyncio.sleep(1)
-                continue
-            if not batch:
-                # Workers wake on a blocking pop: every enqueue and every finish pushes a token.
-                with suppress(Exception):
-                    await self._blocking.blpop([self._key("wake")], timeout=WAKE_TIMEOUT_S)
-                if self._closing:  # redis-py may have turned our cancellation into a connection error
-                    return
-                continue
-            for data in batch:
-                self._free -= 1
-                self._start(job_from_hash(dict(zip(data[::2], data[1::2], strict=True))))
-
-    def _start(self, job: Job) -> None:
-        if job.interactive:
-            channel: asyncio.Queue[bytes | None] = asyncio.Queue()
-            if job.stdin:
-                channel.put_nowait(job.stdin.encode())
-            self._stdin[job.id] = channel
-        self._local[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
-
-    async def _run(self, job: Job) -> None:
-        pending: asyncio.Queue[tuple[Stream, str] | None] = asyncio.Queue()
-        publisher: asyncio.Task[None] | None = None
-
-        def on_output(stream: Stream, data: str) -> None:
-            nonlocal publisher
-            if not data:
-                return
-            pending.put_nowait((stream, data))
-            if publisher is None:  # most jobs print little or nothing: no task until they do
-                publisher = asyncio.create_task(self._publish_output(job.id, pending))
-
-        started = time.monotonic()
+    async def _count_rate_limited(self) -> None:
         try:
-            coalescer = OutputCoalescer(on_output)
-            io = JobIO(on_output=coalescer, stdin=self._stdin.get(job.id))
-            status, result = await execute(
-                self._executor, job, io, self._grace_s, lambda: self._stop_reasons.pop(job.id, None)
-            )
-            coalescer.flush()
-            if publisher is not None:
-                pending.put_nowait(None)
-                await publisher  # output events go out before the terminal one
-            await self._finish(job, status, result, (time.monotonic() - started) * 1000.0)
-        except Exception:
-            logger.exception("finishing job %s failed", job.id)
-        finally:
-            if publisher is not None:
-                publisher.cancel()
-            self._local.pop(job.id, None)
-            self._stdin.pop(job.id, None)
-            self._stop_reasons.pop(job.id, None)
-            self._free += 1
-            self._freed.set()
-
-    async def _publish_output(self, job_id: str, pending: asyncio.Queue[tuple[Stream, str] | None]) -> None:
-        while (item := await pending.get()) is not None:
-            stream, data = item
-            event = orjson.dumps({"type": "output", "jobId": job_id, "stream": stream, "data": data})
-            await self._scripts["EMIT"](args=[self._p, job_id, STREAM_MAXLEN, event])
-
-    async def _finish(self, job: Job, status: JobStatus, result: ExecutionResult, elapsed_ms: float) -> None:
-        execution = result.run_time_ms if result.run_time_ms is not None else elapsed_ms
-        wait = (job.started_at or job.created_at) - job.created_at
-        event = orjson.dumps(
-            {
-                "type": status.value,
-                "jobId": job.id,
-                "exitCode": result.exit_code,
-                "signal": result.signal,
-                "reason": result.reason,
-                "truncated": result.truncated,
-                "waitTimeMs": wait,
-                "executionTimeMs": round(execution, 1),
-                "compileTimeMs": result.compile_time_ms,
-                **result.usage(),
-                "language": job.language,
-            }
-        )
-        stored = orjson.dumps(result_dict(result))
-        await self._scripts["FINISH"](
-            args=[
-                self._p,
-                job.id,
-                self.worker_id,
-                status.value,
-                stored,
-                execution,
-                STREAM_MAXLEN,
-                *self._retention,
-                event,
-            ]
-        )
-
-    async def _lease_loop(self) -> None:
-        """Renew our leases and reclaim expired ones, three times per lease period."""
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000.0)
-            try:
-                if self._local:
-                    await self._scripts["RENEW"](args=[self._p, self._lease_ms, *self._local])
-                lost = await self._scripts["RECLAIM"](args=[self._p, int(self._retry), STREAM_MAXLEN, *self._retention])
-                for job_id in lost:
-                    logger.warning("job %s lost its worker (lease expired)", job_id)
-            except Exception:
-                logger.exception("lease renewal or reclaim failed")
+            await self._redis.hincrby(self._key("stats"), "rate_limited", 1)
+        except (RedisError, OSError):
+            pass  # a statistic, not worth a failed request

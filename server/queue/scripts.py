@@ -1,201 +1,343 @@
-"""Lua scripts of the Redis queue: every state change is one atomic script, timed by Redis `TIME`.
+"""Lua scripts of the Redis store: every state change is one atomic script, timed by Redis `TIME`.
 
-Keys, all under a prefix P: `P:queued` (zset, score = priority * 2^32 + (2^32 - 1 - arrival), so ZPOPMAX gives the
-highest priority and FIFO within it — BullMQ's encoding), `P:running` (zset, score = lease expiry in ms),
-`P:finished` (zset, score = finish time), `P:job:<id>` (hash), `P:events` (stream), `P:stats` (hash),
-`P:recent_wait`, `P:recent_exec`, `P:finish_times` (capped lists), `P:wake` (list that idle workers BLPOP on).
+Keys, all under a prefix P: `P:queued` (zset, every score 0, member = inverted priority (19 digits) + arrival (16
+digits) + ":" + id: `ZPOPMIN` takes the smallest member, i.e. the highest priority and FIFO within it, for any
+priority — a double score of priority x 2^32 lost FIFO from 2^21 up), `P:running` (zset, score = lease expiry in
+ms), `P:finished` (zset, score = finish time), `P:job:<id>` (hash), `P:log:<id>` (the job's event stream, replayed
+by any instance), `P:stdin:<id>` (input not yet taken by the running instance), `P:events` (every event and
+control message, for live fan-out), `P:stats` (hash), `P:sizes` (hash: bytes kept per finished job) and
+`P:retained` (their sum), `P:heartbeat` (last lease call), `P:recent_wait`, `P:recent_exec`, `P:finish_times`
+(capped lists), `P:wake` (list that idle workers BLPOP on).
+
+Every script declares in KEYS the keys it knows before it runs. Two cannot: CLAIM pops ids it did not know and
+retention evicts the oldest records; they derive those keys from the prefix (ARGV), so the store is one Redis, not
+a Redis Cluster (put the prefix in a hash tag, `{conveyor}`, to keep every key in one slot).
 """
 
 from __future__ import annotations
 
-# Shared helpers, prepended to each script.
+# Shared helpers, prepended to each script. ORIGIN is the instance that runs the script.
 _PRELUDE = """
-local P = ARGV[1]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function emit(maxlen, key, event)
-  local seq = redis.call('HINCRBY', key, 'seq', 1)
-  redis.call('XADD', P .. ':events', 'MAXLEN', '~', maxlen, '*', 'e', event, 's', seq)
+local function emit(events, job, log, origin, maxlen, logmax, event)
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
+  redis.call('HINCRBY', job, 'log_bytes', #event + 32)
+  redis.call('XADD', log, 'MAXLEN', '~', logmax, '*', 'e', event, 's', seq)
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'e', event, 's', seq, 'o', origin)
   return seq
 end
-local function wake()
-  redis.call('LPUSH', P .. ':wake', 1)
-  redis.call('LTRIM', P .. ':wake', 0, 63)
+local function control(events, maxlen, message)
+  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'e', message, 's', 0, 'o', '')
 end
-local function retire(id, key, now, retention_s, retention_count)
-  redis.call('ZADD', P .. ':finished', now, id)
-  redis.call('EXPIRE', key, retention_s)
-  redis.call('ZREMRANGEBYSCORE', P .. ':finished', '-inf', now - retention_s * 1000)
-  local extra = redis.call('ZCARD', P .. ':finished') - retention_count
-  if extra > 0 then
-    local old = redis.call('ZPOPMIN', P .. ':finished', extra)
-    for i = 1, #old, 2 do redis.call('DEL', P .. ':job:' .. old[i]) end
+local function wake(key)
+  redis.call('LPUSH', key, 1)
+  redis.call('LTRIM', key, 0, 63)
+end
+-- Retention by count, age and bytes; zero for any of them keeps nothing in the index. A record evicted at once
+-- (the job just finished) lives GRACE seconds more, so waiters on every instance can still read its result.
+local GRACE = 10
+local function retire(P, finished, sizes, retained, finish_times, id, job, log, now, size, rs, rc, rb)
+  redis.call('ZADD', finished, now, id)
+  redis.call('HSET', sizes, id, size)
+  redis.call('INCRBY', retained, size)
+  redis.call('EXPIRE', job, math.max(rs, GRACE))
+  redis.call('EXPIRE', log, math.max(rs, GRACE))
+  while true do
+    local first = redis.call('ZRANGE', finished, 0, 0, 'WITHSCORES')
+    if #first == 0 then break end
+    local n = redis.call('ZCARD', finished)
+    local total = tonumber(redis.call('GET', retained) or 0)
+    if n <= rc and total <= rb and tonumber(first[2]) > now - rs * 1000 then break end
+    local old = first[1]
+    redis.call('ZREM', finished, old)
+    redis.call('DECRBY', retained, tonumber(redis.call('HGET', sizes, old) or 0))
+    redis.call('HDEL', sizes, old)
+    if old == id then
+      redis.call('EXPIRE', job, GRACE)
+      redis.call('EXPIRE', log, GRACE)
+    else
+      redis.call('DEL', P .. ':job:' .. old, P .. ':log:' .. old, P .. ':stdin:' .. old)
+    end
   end
-  redis.call('LPUSH', P .. ':finish_times', now)
-  redis.call('LTRIM', P .. ':finish_times', 0, 9999)
+  redis.call('LPUSH', finish_times, now)
+  redis.call('LTRIM', finish_times, 0, 9999)
 end
-local function terminal_event(id, key, status, reason, wait, now)
+local function terminal_event(id, job, status, reason, wait)
   return cjson.encode({type = status, jobId = id, exitCode = cjson.null, signal = cjson.null, reason = reason,
     truncated = false, waitTimeMs = wait, executionTimeMs = cjson.null, compileTimeMs = cjson.null,
-    language = redis.call('HGET', key, 'language')})
+    language = cjson.decode(redis.call('HGET', job, 'language'))})
+end
+-- Nobody reached Redis for longer than half a lease: Redis itself stalled (SIGSTOP, a long fork) or every instance
+-- was down. Leases could not be renewed meanwhile, so move them on by the gap instead of failing finished work.
+local function heal_gap(running, heartbeat, now, lease)
+  local last = tonumber(redis.call('GET', heartbeat) or now)
+  redis.call('SET', heartbeat, now)
+  local gap = now - last
+  if gap > lease / 2 then
+    local leases = redis.call('ZRANGE', running, 0, -1, 'WITHSCORES')
+    for i = 1, #leases, 2 do redis.call('ZADD', running, tonumber(leases[i + 1]) + gap, leases[i]) end
+  end
+  return gap
 end
 """
 
-# ARGV: P, id, max_queue, max_concurrent, maxlen, priority, field, value, ...
-# Returns {accepted (1/0), queued count, created_at}.
+# KEYS: queued, running, stats, events, wake, arrival, job, log.
+# ARGV: origin, id, max_queue, max_concurrent, maxlen, logmax, inverted priority (19 digits), priority, language
+# (JSON), field, value, ... Returns {accepted (1/0), queued count, created_at}. Idempotent: a retried call after a
+# lost reply finds the record and accepts once.
 ENQUEUE = (
     _PRELUDE
     + """
-local id, maxq, maxc, maxlen = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local priority = tonumber(ARGV[6])
-local queued = redis.call('ZCARD', P .. ':queued')
-local free = math.max(0, maxc - redis.call('ZCARD', P .. ':running'))
+local queued_key, running, stats, events, wake_key, arrival_key, job, log = unpack(KEYS)
+local origin, id, maxq, maxc, maxlen, logmax = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
+if redis.call('EXISTS', job) == 1 then
+  return {1, redis.call('ZCARD', queued_key), redis.call('HGET', job, 'created_at')}
+end
+local queued = redis.call('ZCARD', queued_key)
+local free = math.max(0, maxc - redis.call('ZCARD', running))
 if queued >= maxq + free then
-  redis.call('HINCRBY', P .. ':stats', 'rejected', 1)
+  redis.call('HINCRBY', stats, 'rejected', 1)
   return {0, queued, 0}
 end
 local now = now_ms()
-local arrival = redis.call('INCR', P .. ':arrival') % 4294967296
-local score = priority * 4294967296 + (4294967295 - arrival)
-local key = P .. ':job:' .. id
-redis.call('HSET', key, 'status', 'queued', 'score', score, 'created_at', now, unpack(ARGV, 7))
-redis.call('ZADD', P .. ':queued', score, id)
-redis.call('HINCRBY', P .. ':stats', 'queued', 1)
-emit(maxlen, key, cjson.encode({type = 'queued', jobId = id, language = redis.call('HGET', key, 'language'),
-  priority = priority, createdAt = now}))
-wake()
+local arrival = redis.call('INCR', arrival_key)
+local member = ARGV[7] .. string.format('%016d', arrival) .. ':' .. id
+redis.call('HSET', job, 'status', 'queued', 'qm', member, 'created_at', now, unpack(ARGV, 10))
+redis.call('ZADD', queued_key, 0, member)
+redis.call('HINCRBY', stats, 'queued', 1)
+emit(events, job, log, origin, maxlen, logmax, cjson.encode({type = 'queued', jobId = id,
+  language = cjson.decode(ARGV[9]), priority = tonumber(ARGV[8]), createdAt = now}))
+wake(wake_key)
 return {1, queued + 1, now}
 """
 )
 
-# ARGV: P, worker, lease_ms, max_concurrent, maxlen, count. Claims up to `count` jobs (one call fills every free
-# slot of an instance); returns their hashes, each as a flat list.
+# KEYS: queued, running, stats, events, recent_wait. ARGV: origin (the worker), lease_ms, max_concurrent, maxlen,
+# logmax, count, prefix. Claims up to `count` jobs (one call fills every free slot of an instance); returns their
+# hashes, each as a flat list (with `stop` if a stop was requested).
 CLAIM = (
     _PRELUDE
     + """
-local worker, lease, maxc, maxlen, count = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local running = redis.call('ZCARD', P .. ':running')
+local queued_key, running_key, stats, events, recent_wait = unpack(KEYS)
+local worker, lease, maxc, maxlen, logmax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local count, P = tonumber(ARGV[6]), ARGV[7]
+local running = redis.call('ZCARD', running_key)
 local claimed = {}
 local now = now_ms()
 while #claimed < count and running < maxc do
-  local popped = redis.call('ZPOPMAX', P .. ':queued')
+  local popped = redis.call('ZPOPMIN', queued_key)
   if #popped == 0 then break end
-  local id = popped[1]
-  local key = P .. ':job:' .. id
-  local wait = now - tonumber(redis.call('HGET', key, 'created_at'))
-  redis.call('HSET', key, 'status', 'running', 'started_at', now, 'worker', worker)
-  redis.call('ZADD', P .. ':running', now + lease, id)
-  redis.call('HINCRBYFLOAT', P .. ':stats', 'wait_sum', wait)
-  redis.call('HINCRBY', P .. ':stats', 'wait_count', 1)
-  redis.call('LPUSH', P .. ':recent_wait', wait)
-  emit(maxlen, key, cjson.encode({type = 'running', jobId = id, startedAt = now, waitTimeMs = wait}))
-  claimed[#claimed + 1] = redis.call('HGETALL', key)
+  local id = string.sub(popped[1], 37)
+  local job, log = P .. ':job:' .. id, P .. ':log:' .. id
+  local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
+  redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', worker)
+  redis.call('ZADD', running_key, now + lease, id)
+  redis.call('HINCRBYFLOAT', stats, 'wait_sum', wait)
+  redis.call('HINCRBY', stats, 'wait_count', 1)
+  redis.call('LPUSH', recent_wait, wait)
+  emit(events, job, log, worker, maxlen, logmax, cjson.encode({type = 'running', jobId = id, startedAt = now,
+    waitTimeMs = wait}))
+  claimed[#claimed + 1] = redis.call('HGETALL', job)
   running = running + 1
 end
-if #claimed > 0 then redis.call('LTRIM', P .. ':recent_wait', 0, 999) end
+if #claimed > 0 then redis.call('LTRIM', recent_wait, 0, 999) end
 return claimed
 """
 )
 
-# ARGV: P, id, maxlen, event JSON (without seq). Appends one output event with the job's next seq.
+# KEYS: job, log, events. ARGV: origin, maxlen, logmax, event JSON (without seq). One output event of a running
+# job, with its next seq; nothing once the job has finished (a late publisher must not extend a retired log).
 EMIT = (
     _PRELUDE
     + """
-return emit(ARGV[3], P .. ':job:' .. ARGV[2], ARGV[4])
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+return emit(KEYS[3], KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
 )
 
-# ARGV: P, id, worker, status, result JSON, execution ms, maxlen, retention_s, retention_count, event JSON.
-# Returns 1, or 0 when this worker no longer holds the job (its lease was reclaimed).
+# KEYS: running, finished, stats, events, wake, recent_exec, finish_times, sizes, retained, job, log, stdin.
+# ARGV: origin (the worker), id, status, result JSON, execution ms, maxlen, logmax, retention_s, retention_count,
+# retention_bytes, record bytes, event JSON, prefix.
+# Returns 1, also for a retry after a lost reply (idempotent for the lease holder), or 0 when this worker no longer
+# holds the job (its lease was reclaimed).
 FINISH = (
     _PRELUDE
     + """
-local id, worker, status, result = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local exec_ms, maxlen = tonumber(ARGV[6]), ARGV[7]
-local key = P .. ':job:' .. id
-if redis.call('HGET', key, 'status') ~= 'running' or redis.call('HGET', key, 'worker') ~= worker then return 0 end
-local now = now_ms()
-redis.call('HSET', key, 'status', status, 'finished_at', now, 'result', result)
-redis.call('ZREM', P .. ':running', id)
-if status == 'cancelled' then
-  redis.call('HINCRBY', P .. ':stats', 'cancelled', 1)
-else
-  redis.call('HINCRBY', P .. ':stats', 'processed', 1)
-  redis.call('HINCRBY', P .. ':stats', status, 1)
-  redis.call('HINCRBYFLOAT', P .. ':stats', 'exec_sum', exec_ms)
-  redis.call('HINCRBY', P .. ':stats', 'exec_count', 1)
-  redis.call('LPUSH', P .. ':recent_exec', exec_ms)
-  redis.call('LTRIM', P .. ':recent_exec', 0, 999)
+local running, finished, stats, events, wake_key, recent_exec, finish_times, sizes, retained, job, log, stdin =
+  unpack(KEYS)
+local worker, id, status, result = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local exec_ms, maxlen, logmax = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+if redis.call('HGET', job, 'worker') ~= worker then return 0 end
+if redis.call('HGET', job, 'status') ~= 'running' then
+  if redis.call('HGET', job, 'finished_by') == worker then return 1 end
+  return 0
 end
-retire(id, key, now, tonumber(ARGV[8]), tonumber(ARGV[9]))
-emit(maxlen, key, ARGV[10])
-wake()
+local now = now_ms()
+redis.call('HSET', job, 'status', status, 'finished_at', now, 'result', result, 'finished_by', worker)
+redis.call('HDEL', job, 'stdin_bytes')
+redis.call('DEL', stdin)
+redis.call('ZREM', running, id)
+if status == 'cancelled' then
+  redis.call('HINCRBY', stats, 'cancelled', 1)
+else
+  redis.call('HINCRBY', stats, 'processed', 1)
+  redis.call('HINCRBY', stats, status, 1)
+  redis.call('HINCRBYFLOAT', stats, 'exec_sum', exec_ms)
+  redis.call('HINCRBY', stats, 'exec_count', 1)
+  redis.call('LPUSH', recent_exec, exec_ms)
+  redis.call('LTRIM', recent_exec, 0, 999)
+end
+emit(events, job, log, worker, maxlen, logmax, ARGV[12])
+local size = tonumber(ARGV[11]) + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
+retire(ARGV[13], finished, sizes, retained, finish_times, id, job, log, now, size, tonumber(ARGV[8]),
+  tonumber(ARGV[9]), tonumber(ARGV[10]))
+wake(wake_key)
 return 1
 """
 )
 
-# ARGV: P, id, reason, maxlen, retention_s, retention_count. Cancels a queued job.
-# Returns the status the job had ('queued' means it is now cancelled), or 'missing'.
-CANCEL = (
+# KEYS: queued, finished, stats, events, sizes, retained, finish_times, job, log.
+# ARGV: origin, id, reason, mode ('cancel' or 'stop'), maxlen, logmax, retention_s, retention_count, retention_bytes,
+# prefix. Cancels a queued job; with mode 'stop' a running job gets a durable stop request (the instance running it
+# reads it at claim and at every renewal) and a `_stop` control message for a prompt kill.
+# Returns {status it had or 'missing', the job's hash}.
+STOP = (
     _PRELUDE
     + """
-local id, reason, maxlen = ARGV[2], ARGV[3], ARGV[4]
-local key = P .. ':job:' .. id
-local status = redis.call('HGET', key, 'status')
-if not status then return 'missing' end
-if status ~= 'queued' then return status end
-redis.call('ZREM', P .. ':queued', id)
+local queued, finished, stats, events, sizes, retained, finish_times, job, log = unpack(KEYS)
+local origin, id, reason, mode, maxlen, logmax = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local status = redis.call('HGET', job, 'status')
+if not status then return {'missing', {}} end
+if status == 'running' and mode == 'stop' then
+  redis.call('HSETNX', job, 'stop', reason)
+  control(events, maxlen, cjson.encode({type = '_stop', jobId = id, reason = reason}))
+  return {status, redis.call('HGETALL', job)}
+end
+if status ~= 'queued' then return {status, redis.call('HGETALL', job)} end
+redis.call('ZREM', queued, redis.call('HGET', job, 'qm'))
 local now = now_ms()
-redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'result', cjson.encode({reason = reason}))
-redis.call('HINCRBY', P .. ':stats', 'cancelled', 1)
-retire(id, key, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
-local wait = now - tonumber(redis.call('HGET', key, 'created_at'))
-emit(maxlen, key, terminal_event(id, key, 'cancelled', reason, wait, now))
-return 'queued'
+redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'result', cjson.encode({reason = reason}))
+redis.call('HINCRBY', stats, 'cancelled', 1)
+local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
+emit(events, job, log, origin, maxlen, logmax, terminal_event(id, job, 'cancelled', reason, wait))
+local hash = redis.call('HGETALL', job)
+local size = 512 + tonumber(redis.call('HSTRLEN', job, 'code')) + tonumber(redis.call('HSTRLEN', job, 'stdin'))
+  + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
+retire(ARGV[10], finished, sizes, retained, finish_times, id, job, log, now, size, tonumber(ARGV[7]),
+  tonumber(ARGV[8]), tonumber(ARGV[9]))
+return {status, hash}
 """
 )
 
-# ARGV: P, lease_ms, id, id, ... Extends the leases this instance still holds.
+# KEYS: running, heartbeat, job, job, ... ARGV: lease_ms, id, id, ... Extends the leases this instance holds;
+# returns {id, stop reason, ...} for those of its jobs that have a stop request recorded.
 RENEW = (
     _PRELUDE
     + """
-local expiry = now_ms() + tonumber(ARGV[2])
-for i = 3, #ARGV do redis.call('ZADD', P .. ':running', 'XX', expiry, ARGV[i]) end
-return 1
+local now = now_ms()
+local lease = tonumber(ARGV[1])
+heal_gap(KEYS[1], KEYS[2], now, lease)
+local stops = {}
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i])
+  local stop = redis.call('HGET', KEYS[i + 1], 'stop')
+  if stop then
+    stops[#stops + 1] = ARGV[i]
+    stops[#stops + 1] = stop
+  end
+end
+return stops
 """
 )
 
-# ARGV: P, retry (1/0), maxlen, retention_s, retention_count. Jobs whose lease expired: their instance died.
-# Each is requeued once (retry) or failed with reason worker_lost. Returns the ids handled.
+# KEYS: running, queued, finished, stats, events, wake, sizes, retained, heartbeat, finish_times.
+# ARGV: origin, retry (1/0), maxlen, logmax, retention_s, retention_count, retention_bytes, lease_ms, prefix.
+# Jobs whose lease expired: their instance died. Each is requeued once (retry) or failed with reason worker_lost.
+# Returns the ids handled.
 RECLAIM = (
     _PRELUDE
     + """
-local retry, maxlen = ARGV[2] == '1', ARGV[3]
+local running, queued, finished, stats, events, wake_key, sizes, retained, heartbeat, finish_times = unpack(KEYS)
+local origin, retry, maxlen, logmax = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
+local P = ARGV[9]
 local now = now_ms()
-local ids = redis.call('ZRANGEBYSCORE', P .. ':running', '-inf', now, 'LIMIT', 0, 100)
+if heal_gap(running, heartbeat, now, tonumber(ARGV[8])) > tonumber(ARGV[8]) / 2 then return {} end
+local ids = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, 100)
 for _, id in ipairs(ids) do
-  local key = P .. ':job:' .. id
-  redis.call('ZREM', P .. ':running', id)
-  local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-  if retry and attempts <= 1 then
-    redis.call('HSET', key, 'status', 'queued')
-    redis.call('HDEL', key, 'worker', 'started_at')
-    redis.call('ZADD', P .. ':queued', redis.call('HGET', key, 'score'), id)
-    emit(maxlen, key, cjson.encode({type = 'queued', jobId = id, retried = true,
-      language = redis.call('HGET', key, 'language'), priority = tonumber(redis.call('HGET', key, 'priority'))}))
-    wake()
-  else
-    redis.call('HSET', key, 'status', 'failed', 'finished_at', now, 'result', cjson.encode({reason = 'worker_lost'}))
-    redis.call('HINCRBY', P .. ':stats', 'processed', 1)
-    redis.call('HINCRBY', P .. ':stats', 'failed', 1)
-    retire(id, key, now, tonumber(ARGV[4]), tonumber(ARGV[5]))
-    local started = tonumber(redis.call('HGET', key, 'started_at') or now)
-    local wait = started - tonumber(redis.call('HGET', key, 'created_at'))
-    emit(maxlen, key, terminal_event(id, key, 'failed', 'worker_lost', wait, now))
+  local job, log = P .. ':job:' .. id, P .. ':log:' .. id
+  redis.call('ZREM', running, id)
+  if redis.call('EXISTS', job) == 1 then
+    local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+    if retry and attempts <= 1 and not redis.call('HGET', job, 'stop') then
+      redis.call('HSET', job, 'status', 'queued')
+      redis.call('HDEL', job, 'worker', 'started_at')
+      redis.call('ZADD', queued, 0, redis.call('HGET', job, 'qm'))
+      emit(events, job, log, origin, maxlen, logmax, cjson.encode({type = 'queued', jobId = id, retried = true,
+        language = cjson.decode(redis.call('HGET', job, 'language')),
+        priority = tonumber(redis.call('HGET', job, 'priority'))}))
+      wake(wake_key)
+    else
+      redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'result', cjson.encode({reason = 'worker_lost'}))
+      redis.call('HINCRBY', stats, 'processed', 1)
+      redis.call('HINCRBY', stats, 'failed', 1)
+      local started = tonumber(redis.call('HGET', job, 'started_at') or now)
+      local wait = started - tonumber(redis.call('HGET', job, 'created_at'))
+      emit(events, job, log, origin, maxlen, logmax, terminal_event(id, job, 'failed', 'worker_lost', wait))
+      local size = 512 + tonumber(redis.call('HSTRLEN', job, 'code')) + tonumber(redis.call('HSTRLEN', job, 'stdin'))
+        + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
+      retire(P, finished, sizes, retained, finish_times, id, job, log, now, size, tonumber(ARGV[5]),
+        tonumber(ARGV[6]), tonumber(ARGV[7]))
+    end
   end
 end
 return ids
 """
 )
+
+# KEYS: job, stdin, events. ARGV: id, 'd' .. data or 'e' (end of input), budget, maxlen.
+# Queues live input for a running interactive job; at most `budget` bytes wait for the program at once.
+# Returns {'ok'}, {'missing'}, {'conflict', status} or {'full', bytes waiting}.
+STDIN = (
+    _PRELUDE
+    + """
+local job, stdin, events = unpack(KEYS)
+local id, item, budget, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local status = redis.call('HGET', job, 'status')
+if not status then return {'missing'} end
+if status ~= 'running' or redis.call('HGET', job, 'interactive') ~= 'true' then return {'conflict', status} end
+local size = #item - 1
+local waiting = tonumber(redis.call('HGET', job, 'stdin_bytes') or 0)
+if waiting + size > budget then return {'full', waiting} end
+redis.call('HINCRBY', job, 'stdin_bytes', size)
+redis.call('RPUSH', stdin, item)
+redis.call('EXPIRE', stdin, 86400)
+control(events, maxlen, cjson.encode({type = '_stdin', jobId = id}))
+return {'ok'}
+"""
+)
+
+# KEYS: job. ARGV: bytes the program read. They leave the job's input budget (nothing if the job is gone: a
+# HINCRBY on a missing hash would create one without a TTL).
+ACK_STDIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local left = redis.call('HINCRBY', KEYS[1], 'stdin_bytes', -tonumber(ARGV[1]))
+if left < 0 then redis.call('HSET', KEYS[1], 'stdin_bytes', 0) end
+return 1
+"""
+
+# KEYS: queued, job, job, ... Returns each job's 1-based place in line, or false when it is not queued.
+POSITIONS = """
+local places = {}
+for i = 2, #KEYS do
+  local place = false
+  if redis.call('HGET', KEYS[i], 'status') == 'queued' then
+    local rank = redis.call('ZRANK', KEYS[1], redis.call('HGET', KEYS[i], 'qm'))
+    if rank then place = rank + 1 end
+  end
+  places[#places + 1] = place
+end
+return places
+"""

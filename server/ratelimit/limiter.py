@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
+from ..errors import BackendUnavailable
 from ..identity import Client
 from ..settings import Settings
 from .base import Bucket, Decision, LimiterStore, Policy, make_policy
@@ -47,6 +48,7 @@ class RateLimiter:
         self._auth = make_policy("auth", failures, failures, self._window_s)
         self._overrides: dict[tuple[int | None, int | None], Policy] = {}
         self._task: asyncio.Task[None] | None = None
+        self._fail_open = settings.rate_limit_redis_failure == "open"
 
     def policy(self, client: Client, bucket: Bucket) -> Policy:
         """The bucket shape for this client. Per-user overrides apply to the submit bucket only."""
@@ -72,7 +74,14 @@ class RateLimiter:
         key = f"{bucket}:{client.key}"
         if self._take_now is not None:
             return Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
-        return Decision(policy, now, *await self.store.take(key, policy.rate_per_s, policy.capacity, now))
+        try:
+            return Decision(policy, now, *await self.store.take(key, policy.rate_per_s, policy.capacity, now))
+        except BackendUnavailable:
+            if not self._fail_open:
+                raise
+            # RATE_LIMIT_REDIS_FAILURE=open: availability over limits while the shared store is down.
+            logger.warning("rate limiter store unreachable: letting %s through unlimited", client.key)
+            return Decision(policy, now, True, policy.capacity, 0.0, 0.0)
 
     def hit_now(self, client: Client, bucket: Bucket) -> Decision:
         """`hit` without a coroutine, for a local (in-memory) store only."""
@@ -129,5 +138,10 @@ def _store_for(settings: Settings) -> LimiterStore:
         # Imported lazily: the redis client is an optional extra, and the in-memory default needs none of it.
         from .redis import RedisLimiterStore
 
-        return RedisLimiterStore(settings.redis_url, prefix=settings.redis_prefix)
+        return RedisLimiterStore(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            pool_size=settings.redis_pool_size,
+            timeout_ms=settings.redis_timeout_ms,
+        )
     return MemoryLimiterStore()

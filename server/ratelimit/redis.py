@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
+from ..errors import BackendUnavailable
 from .base import Take
 
 # Shared head of both scripts. KEYS[1] is the bucket, holding the time at which it is full again; ARGV[1] is the
@@ -74,10 +78,20 @@ class RedisLimiterStore:
     hold. Keys expire when their bucket is full again, so `sweep` has nothing to do.
     """
 
-    def __init__(self, url: str, *, prefix: str = "conveyor") -> None:
+    def __init__(self, url: str, *, prefix: str = "conveyor", pool_size: int = 64, timeout_ms: int = 3000) -> None:
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command. No blocking
-        # commands here, so one client (and its pool) serves every request.
-        self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=5)
+        # commands here, so one bounded pool serves every request; an outage or a burst past it is a
+        # BackendUnavailable (503, or a pass with RATE_LIMIT_REDIS_FAILURE=open) within the timeout.
+        timeout_s = timeout_ms / 1000.0
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_size,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._prefix = f"{prefix}:ratelimit:"
         self._take = self._redis.register_script(TAKE)
         self._refund = self._redis.register_script(REFUND)
@@ -88,11 +102,18 @@ class RedisLimiterStore:
         return self._prefix + key
 
     async def take(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
-        allowed, left, full_us, next_us = await self._take(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        try:
+            reply = await self._take(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        allowed, left, full_us, next_us = reply
         return bool(allowed), int(left), full_us / 1e6, next_us / 1e6
 
     async def refund(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
-        _, left, full_us, _ = await self._refund(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        try:
+            _, left, full_us, _ = await self._refund(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
         return True, int(left), full_us / 1e6, 0.0
 
     async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
@@ -103,4 +124,8 @@ class RedisLimiterStore:
         return 0  # keys expire by themselves (PX on every write)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
+
+
+def _unavailable(exc: Exception) -> BackendUnavailable:
+    return BackendUnavailable(f"The rate limiter's store is unreachable ({exc}); try again shortly.", retryAfter=5)

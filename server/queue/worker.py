@@ -1,0 +1,486 @@
+"""The worker: one implementation of the queue for every store. Claims jobs, runs each in its own task, finishes
+under `asyncio.shield` with retries, and owns stop requests, stdin budgets, waiters and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import OrderedDict
+from contextlib import suppress
+from typing import Any
+
+from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
+from ..events import Event, EventEmitter
+from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
+from .base import OutputCoalescer, Store, execute
+from .records import record_bytes
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
+# A waiter re-reads the store this often even without news: a missed or trimmed terminal event costs this much.
+WAIT_RECHECK_S = 2.0
+# A store's wake-up may be missed (a Redis blip): an idle worker looks for work at least this often.
+WAKE_TIMEOUT_S = 1.0
+# Jobs finished here, kept for waiters whose job the store no longer holds (retention 0, a lost Redis): a few, and
+# few bytes, since they are outside the store's retention budget.
+FINISHED_HERE = 256
+FINISHED_HERE_BYTES = 8 * 1024 * 1024
+# Stop notifications for jobs not (yet) registered here: a claim in flight registers them on arrival.
+EARLY_STOPS = 1024
+FINISH_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
+# About seven minutes of retries: longer than any Redis restart worth waiting for.
+FINISH_ATTEMPTS = 200
+
+
+class RunState(enum.Enum):
+    RUNNING = "running"
+    FINISHING = "finishing"
+
+
+class StdinChannel(asyncio.Queue[bytes | None]):
+    """The program's live input. The executor reads it like any asyncio.Queue; each read gives the bytes back to
+    the job's budget in the store."""
+
+    def __init__(self, on_read: Any) -> None:
+        super().__init__()
+        self._on_read = on_read
+
+    def _get(self) -> bytes | None:
+        item: bytes | None = super()._get()
+        if item:
+            self._on_read(len(item))
+        return item
+
+
+class Running:
+    """One job this instance runs: the executor's task (the only one a stop cancels) and its stop reason."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.state = RunState.RUNNING
+        self.stop_reason: str | None = None
+        self.task: asyncio.Task[tuple[JobStatus, ExecutionResult]] | None = None
+        self.stdin: StdinChannel | None = None
+        # Live events (output, a test's result) in the order the run made them, published by one task.
+        self.outputs: asyncio.Queue[Event | None] | None = None
+        self.publisher: asyncio.Task[None] | None = None
+        # Deliveries of input from the store, one at a time: two in flight could hand it over out of order.
+        self.stdin_lock = asyncio.Lock()
+
+    def stop(self, reason: str) -> None:
+        if self.state is not RunState.RUNNING:
+            return  # finishing: the result stands, the stop came too late
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class Worker:
+    """A `QueueBackend` over a `Store`: runs at most `slots` jobs here; `max_concurrent` is the store-wide bound."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        executor: Executor,
+        max_concurrent: int = 5,
+        max_queue_size: int = 100,
+        slots: int | None = None,
+        lease_timeout_ms: int = 15_000,
+        retry_lost_jobs: bool = False,
+        timeout_grace_ms: float = 0.0,
+        max_stdin_bytes: int = 1_048_576,
+    ) -> None:
+        self.store = store
+        self.events: EventEmitter = store.events
+        self.max_concurrent = max_concurrent
+        self.max_queue_size = max_queue_size
+        self._executor = executor
+        self._slots = max_concurrent if slots is None else slots
+        self._lease_ms = lease_timeout_ms
+        self._retry = retry_lost_jobs
+        self._grace_s = timeout_grace_ms / 1000.0
+        self._stdin_budget = max_stdin_bytes
+        self._running: dict[str, Running] = {}
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._finished_here: OrderedDict[str, Job] = OrderedDict()
+        self._finished_here_bytes = 0
+        self._early_stops: OrderedDict[str, str] = OrderedDict()
+        self._freed = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._unsubscribe: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.store.on_control = self._on_control
+        self._unsubscribe = self.events.subscribe(self._on_event)
+        await self.store.start()
+        self._loops.append(asyncio.create_task(self._lease_loop(), name="conveyor-leases"))
+        if self._slots > 0:
+            self._loops.append(asyncio.create_task(self._claim_loop(), name="conveyor-claim"))
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        # Take no new work. The claim loop sees `_closing` after its current wait for work (at most
+        # WAKE_TIMEOUT_S; cancelling redis-py inside a blocking pop was seen to hang); a claim in flight registers
+        # its jobs first, so they are stopped below with the others.
+        if len(self._loops) > 1:
+            await asyncio.wait(self._loops[1:], timeout=WAKE_TIMEOUT_S + 1)
+        with suppress(Exception):
+            await self.store.abandon_queued("shutdown")
+        runs = [r.task for r in self._running.values() if r.task is not None]
+        if runs and grace_s > 0:
+            await asyncio.wait(runs, timeout=grace_s)
+        for run in list(self._running.values()):
+            run.stop("shutdown")
+        # Every finish runs under shield and retries: wait for them, so each job's terminal state is stored. If
+        # the store stays unreachable, give up after a lease: the job then ends as worker_lost elsewhere.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lease_ms / 1000.0 + 5
+        while (self._running or self._finishing) and loop.time() < deadline:
+            pending: list[asyncio.Task[Any]] = [r.task for r in self._running.values() if r.task and not r.task.done()]
+            pending += list(self._finishing)
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+            else:
+                await asyncio.sleep(0.01)
+        with suppress(Exception):
+            await self.store.drain(2.0)  # our terminal events reach the hub before it closes the sockets
+        self._release_waiters()
+        for task in [*self._loops, *self._background]:
+            task.cancel()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        # Closing the store's connections is what interrupts a blocking wait for work (redis-py may hold on to a
+        # cancellation until its socket answers).
+        await self.store.close()
+        await asyncio.gather(*self._loops, *self._background, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- the queue's public side -----------------------------------------------------------------------------
+
+    async def submit(self, job: Job) -> Job:
+        if self._closing:
+            raise ShuttingDown("The server is shutting down; try another instance or retry shortly.", retryAfter=5)
+        return await self.store.enqueue(job, max_queue_size=self.max_queue_size, max_concurrent=self.max_concurrent)
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.store.get(job_id)
+
+    async def position(self, job: Job) -> int | None:
+        if job.status is not JobStatus.QUEUED:
+            return None
+        return (await self.store.positions([job.id])).get(job.id)
+
+    async def positions(self, job_ids: list[str]) -> dict[str, int | None]:
+        return await self.store.positions(job_ids)
+
+    async def recent(self, limit: int = 100) -> list[Job]:
+        return await self.store.recent(limit)
+
+    async def stats(self) -> dict[str, Any]:
+        stats = await self.store.stats(max_concurrent=self.max_concurrent, max_queue_size=self.max_queue_size)
+        return stats
+
+    def note_rate_limited(self) -> None:
+        self.store.note_rate_limited()
+
+    async def read_events(self, job_id: str, since: int) -> list[Event]:
+        return await self.store.read_events(job_id, since)
+
+    async def cancel(self, job_id: str) -> Job:
+        status, job = await self.store.cancel(job_id, "cancelled")
+        if status == "missing" or job is None:
+            raise NotFound(f"No job with id {job_id!r}.")
+        if status != "queued":
+            raise Conflict(f"Job {job_id} is {status}; only queued jobs can be cancelled.", status=status)
+        return job
+
+    async def stop(self, job_id: str, reason: str = "stopped") -> Job:
+        status, job = await self.store.request_stop(job_id, reason)
+        if status == "missing" or job is None:
+            raise NotFound(f"No job with id {job_id!r}.")
+        if status == "queued":
+            return job
+        if status != "running":
+            raise Conflict(f"Job {job_id} is already {status}.", status=status)
+        run = self._running.get(job_id)
+        if run is not None:
+            run.stop(reason)
+        # The instance running it tears the process tree down and records the final status. It may be gone: then
+        # the lease lapses and the job ends as worker_lost; the caller gets the job as it is, never a 500.
+        try:
+            async with asyncio.timeout(self._lease_ms * 4 / 3000.0 + self._grace_s + 5):
+                return await self.wait(job_id)
+        except TimeoutError:
+            return await self.store.get(job_id) or job
+
+    async def wait(self, job_id: str) -> Job:
+        """Wait for the final state. Never on one event alone: on every wake-up and every WAIT_RECHECK_S the store
+        is read again, and close() wakes every waiter."""
+        while True:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters = self._waiters.setdefault(job_id, [])
+            waiters.append(future)
+            try:
+                job = await self.store.get(job_id)  # registered first: a terminal event in between is not missed
+                if job is None:
+                    job = self._finished_here.get(job_id)
+                    if job is None:
+                        raise NotFound(f"No job with id {job_id!r} (it may have been lost with the job store).")
+                if job.status.finished:
+                    return job
+                if future.done():
+                    continue  # news arrived while we read: read again
+                if self._closing and job_id not in self._running:
+                    raise ShuttingDown(
+                        f"The server is shutting down; job {job_id} is {job.status.value}. Fetch it later from "
+                        f"/queue/job/{job_id}.",
+                        retryAfter=5,
+                        jobId=job_id,
+                    )
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(WAIT_RECHECK_S):
+                        await future
+            finally:
+                if future in waiters:
+                    waiters.remove(future)
+                if not waiters:
+                    self._waiters.pop(job_id, None)
+
+    def _wake(self, job_id: str) -> None:
+        for future in self._waiters.get(job_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _release_waiters(self) -> None:
+        for job_id in list(self._waiters):
+            self._wake(job_id)
+
+    def _on_event(self, event: Event) -> None:
+        if event["type"] in TERMINAL:
+            self._wake(event["jobId"])
+
+    # -- stdin -----------------------------------------------------------------------------------------------
+
+    async def write_stdin(self, job_id: str, data: bytes | None) -> None:
+        await self.store.push_stdin(job_id, data, self._stdin_budget)
+
+    async def _deliver_stdin(self, job_id: str) -> None:
+        run = self._running.get(job_id)
+        if run is None or run.stdin is None:
+            return
+        async with run.stdin_lock:
+            try:
+                items = await self.store.take_stdin(job_id)
+            except Exception:
+                logger.warning("job %s: could not take its input from the store", job_id)
+                return
+            for item in items:
+                run.stdin.put_nowait(item)
+
+    def _ack_stdin(self, job_id: str, size: int) -> None:
+        self._spawn(self._ack_quietly(job_id, size))
+
+    async def _ack_quietly(self, job_id: str, size: int) -> None:
+        with suppress(Exception):
+            await self.store.ack_stdin(job_id, size)
+
+    # -- control from the store ------------------------------------------------------------------------------
+
+    def _on_control(self, kind: str, job_id: str, reason: str | None) -> None:
+        if kind == "_stdin":
+            if job_id in self._running:
+                self._spawn(self._deliver_stdin(job_id))
+        elif kind == "_stop":
+            run = self._running.get(job_id)
+            if run is not None:
+                run.stop(reason or "stopped")
+            else:
+                # Perhaps ours, between the claim and its registration here: the claim reads it on arrival.
+                self._early_stops[job_id] = reason or "stopped"
+                while len(self._early_stops) > EARLY_STOPS:
+                    self._early_stops.popitem(last=False)
+
+    # -- claiming and running --------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._closing:
+            if self._free() <= 0:
+                self._freed.clear()
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(WAKE_TIMEOUT_S):
+                        await self._freed.wait()
+                continue
+            try:
+                claimed = await self._fill()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closing:
+                    return
+                logger.warning("claiming jobs failed (%s); retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            if not claimed:
+                try:
+                    await self.store.wait_for_work(WAKE_TIMEOUT_S)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    await asyncio.sleep(WAKE_TIMEOUT_S)
+
+    def _free(self) -> int:
+        return self._slots - len(self._running)
+
+    async def _fill(self) -> int:
+        """Claim as many jobs as there are free slots here and start them. Called by the claim loop and right
+        after a submit or a finish, so a freed slot starts the next job without waiting for a wake-up."""
+        free = self._free()
+        if free <= 0 or self._closing:
+            return 0
+        jobs = await self.store.claim(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent)
+        for job, stop in jobs:
+            self._start(job, stop)
+        return len(jobs)
+
+    def _start(self, job: Job, stop: str | None) -> None:
+        run = Running(job)
+        self._running[job.id] = run
+        if job.interactive:
+            run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
+            if job.stdin:  # what came with the submission goes first, then live input
+                run.stdin.put_nowait(job.stdin.encode())
+        run.task = asyncio.create_task(self._execute(run), name=f"job-{job.id}")
+        run.task.add_done_callback(lambda _: self._after_run(run))
+        stop = stop or self._early_stops.pop(job.id, None)
+        if stop:
+            run.stop(stop)
+        if job.interactive:
+            self._spawn(self._deliver_stdin(job.id))  # input written before the claim is waiting in the store
+
+    async def _execute(self, run: Running) -> tuple[JobStatus, ExecutionResult]:
+        job = run.job
+        coalescer = OutputCoalescer(lambda stream, data: self._output(run, stream, data))
+
+        def on_event(event: Event) -> None:
+            coalescer.flush()  # output printed before the event goes before it
+            self._live(run, {**event, "jobId": job.id})
+
+        io = JobIO(on_output=coalescer, stdin=run.stdin, on_event=on_event)
+        try:
+            return await execute(self._executor, job, io, self._grace_s, lambda: run.stop_reason or "shutdown")
+        finally:
+            coalescer.flush()
+
+    def _output(self, run: Running, stream: Stream, data: str) -> None:
+        if data:
+            self._live(run, {"type": "output", "jobId": run.job.id, "stream": stream, "data": data})
+
+    def _live(self, run: Running, event: Event) -> None:
+        # Bounded by the run itself: its output within MAX_OUTPUT_BYTES, one event per test.
+        if run.outputs is None:  # most jobs print little or nothing: no task until they do
+            run.outputs = asyncio.Queue()
+            run.publisher = asyncio.create_task(self._publish_output(run, run.outputs))
+        run.outputs.put_nowait(event)
+
+    async def _publish_output(self, run: Running, outputs: asyncio.Queue[Event | None]) -> None:
+        job = run.job
+        while (event := await outputs.get()) is not None:
+            try:
+                await self.store.append_event(job, event)
+            except Exception as exc:
+                # Live output is best effort; the result (with the whole output) is what must not be lost.
+                logger.warning("job %s: an output event was not published (%s)", job.id, exc)
+
+    def _after_run(self, run: Running) -> None:
+        """The executor's task ended: finish in a task of its own under shield, so neither a stop nor a shutdown
+        nor a cancelled caller can interrupt storing the result."""
+        run.state = RunState.FINISHING
+        task = asyncio.ensure_future(self._finish(run))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, run: Running) -> None:
+        job = run.job
+        assert run.task is not None
+        try:
+            if run.task.cancelled():
+                status, result = JobStatus.CANCELLED, ExecutionResult(reason=run.stop_reason or "shutdown")
+            else:
+                status, result = run.task.result()
+            if run.outputs is not None and run.publisher is not None:
+                run.outputs.put_nowait(None)
+                await asyncio.shield(run.publisher)  # output events go out before the terminal one
+            await asyncio.shield(self._store_result(run, status, result))
+        except Exception:
+            logger.exception("finishing job %s failed", job.id)
+        finally:
+            self._release(run)
+
+    def _release(self, run: Running) -> None:
+        if self._running.get(run.job.id) is run:
+            del self._running[run.job.id]
+            self._freed.set()
+        self._wake(run.job.id)
+
+    async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
+        """FINISH, retried while the store is unreachable (it is idempotent for the lease holder); our lease is
+        renewed meanwhile, since the job stays registered here until this returns. Then the freed slot takes
+        the next job at once (no wake-up round trip)."""
+        job = run.job
+        attempt = 0
+        while True:
+            try:
+                if not await self.store.finish(job, status, result):
+                    logger.warning("job %s: lease lost before its result was stored", job.id)
+                break
+            except Exception as exc:
+                delay = FINISH_BACKOFF_S[min(attempt, len(FINISH_BACKOFF_S) - 1)]
+                attempt += 1
+                if attempt > FINISH_ATTEMPTS:
+                    logger.error("job %s: result not stored after %d attempts (%s)", job.id, attempt, exc)
+                    return
+                logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
+                await asyncio.sleep(delay)
+        self._finished_here[job.id] = job
+        self._finished_here_bytes += record_bytes(job)
+        while len(self._finished_here) > FINISHED_HERE or self._finished_here_bytes > FINISHED_HERE_BYTES:
+            _, old = self._finished_here.popitem(last=False)
+            self._finished_here_bytes -= record_bytes(old)
+        self._release(run)
+        if not self._closing:
+            with suppress(Exception):
+                await self._fill()
+
+    async def _lease_loop(self) -> None:
+        """Renew our leases (reading stop requests recorded on our jobs) and reclaim expired ones."""
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000.0)
+            try:
+                if self._running:
+                    stops = await self.store.renew(list(self._running), lease_ms=self._lease_ms)
+                    for job_id, reason in stops.items():
+                        run = self._running.get(job_id)
+                        if run is not None:
+                            run.stop(reason)
+                lost = await self.store.reclaim(retry=self._retry, lease_ms=self._lease_ms)
+                for job_id in lost:
+                    logger.warning("job %s lost its worker (lease expired)", job_id)
+            except BackendUnavailable as exc:
+                logger.warning("lease renewal or reclaim failed: %s", exc.message)
+            except Exception:
+                logger.exception("lease renewal or reclaim failed")
