@@ -16,7 +16,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from .errors import BadRequest
+from .loops import stop_task
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -164,10 +165,7 @@ class CallbackSender:
 
     async def close(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         if self._backlog:
             logger.warning("%d callbacks still pending at shutdown were not delivered", len(self._backlog))
             self._backlog.clear()

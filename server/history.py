@@ -9,7 +9,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from itertools import islice
 from typing import Any, Protocol, TypedDict
 
@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .errors import BackendUnavailable, BadRequest
 from .keys import HISTORY, QUEUE, SETTINGS
+from .loops import raise_if_cancelling, stop_task
 from .queue import QueueBackend
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class HistorySampler:
             try:
                 await self.sample()
             except Exception:
+                raise_if_cancelling()
                 logger.exception("statistics history: sampling failed")
             now = self._clock()
             await asyncio.sleep(self.interval_s - (now % self.interval_s) + 0.01)
@@ -260,9 +262,7 @@ def setup_history(app: web.Application) -> None:
         try:
             yield
         finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
             await sampler.store.close()
 
     app.cleanup_ctx.append(sampler_ctx)

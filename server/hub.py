@@ -19,6 +19,7 @@ from .identity import Client, anonymous, peer_ip
 from .jobs import TERMINAL_TYPES, Job, Runner
 from .keys import CLIENT, HUB
 from .lockout import AuthLockout
+from .loops import raise_if_cancelling, stop_task
 from .queue import QueueBackend
 from .settings import Settings
 
@@ -95,9 +96,7 @@ class Hub:
             return_exceptions=True,
         )
         for task in self._tasks:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -312,6 +311,7 @@ class Hub:
             try:
                 await self._refresh_positions()
             except Exception as exc:
+                raise_if_cancelling()
                 logger.warning("position refresh failed: %s", exc)
                 await asyncio.sleep(1)
 
@@ -343,8 +343,10 @@ class Hub:
                     data = orjson.dumps({"type": "stats", **(await self.queue.stats())})
                     self._to_topic(data, data)
             except BackendUnavailable as exc:
+                raise_if_cancelling()
                 logger.warning("stats broadcast skipped: %s", exc.message)  # an outage, already logged by the store
             except Exception:
+                raise_if_cancelling()
                 logger.exception("stats broadcast failed")
             await asyncio.sleep(interval)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -50,9 +51,15 @@ async def start_server(
 
 
 async def test_sigterm_cancels_what_is_left_tells_sockets_and_exits_0(tmp_path: Path) -> None:
-    proc, url = await start_server(tmp_path, SHUTDOWN_GRACE_MS="300", MAX_CONCURRENT_JOBS="1")
+    # An admin's socket: the queue topic names jobs by id only for admins (everyone else sees display handles).
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "ops"\nsha256 = "{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}"\nadmin = true\n'
+    )
+    proc, url = await start_server(tmp_path, SHUTDOWN_GRACE_MS="300", MAX_CONCURRENT_JOBS="1", API_KEYS_FILE=str(keys))
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     try:
-        async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws") as ws:
+        async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/ws", headers=admin) as ws:
             sleeper = {"language": "python", "code": "import time\nprint('up', flush=True)\ntime.sleep(60)"}
             waiting = asyncio.create_task(session.post(f"{url}/run", json=sleeper))
             async with asyncio.timeout(20):
@@ -99,7 +106,7 @@ async def test_sigterm_cancels_what_is_left_tells_sockets_and_exits_0(tmp_path: 
 
 
 async def _running_job_id(session: aiohttp.ClientSession, url: str) -> str:
-    async with session.ws_connect(f"{url}/ws") as ws:
+    async with session.ws_connect(f"{url}/ws", headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as ws:
         await ws.receive()
         await ws.send_json({"type": "subscribe", "topic": "queue"})
         while (message := orjson.loads((await ws.receive()).data))["type"] != "snapshot":
@@ -109,6 +116,7 @@ async def _running_job_id(session: aiohttp.ClientSession, url: str) -> str:
     return str(running[0])
 
 
+ADMIN_KEY = "cvy_ops-admin-key-0123456789"
 GARBAGE = [
     b"NOT HTTP AT ALL\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",

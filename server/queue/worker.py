@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
+from ..loops import raise_if_cancelling, stop_task
 from .base import OutputCoalescer, Store, execute
 from .records import record_bytes
 
@@ -163,7 +164,8 @@ class Worker:
         # Closing the store's connections is what interrupts a blocking wait for work (redis-py may hold on to a
         # cancellation until its socket answers).
         await self.store.close()
-        await asyncio.gather(*self._loops, *self._background, return_exceptions=True)
+        for task in [*self._loops, *self._background]:
+            await stop_task(task)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -330,6 +332,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelling()
                 if self._closing:
                     return
                 logger.warning("claiming jobs failed (%s); retrying", exc)
@@ -341,6 +344,7 @@ class Worker:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
+                    raise_if_cancelling()
                     await asyncio.sleep(WAKE_TIMEOUT_S)
 
     def _free(self) -> int:
@@ -481,6 +485,8 @@ class Worker:
                 for job_id in lost:
                     logger.warning("job %s lost its worker (lease expired)", job_id)
             except BackendUnavailable as exc:
+                raise_if_cancelling()
                 logger.warning("lease renewal or reclaim failed: %s", exc.message)
             except Exception:
+                raise_if_cancelling()
                 logger.exception("lease renewal or reclaim failed")
