@@ -12,11 +12,13 @@ import re
 import secrets
 import shutil
 import signal
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from . import driver, seccomp
+from .buildcache import BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
 from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec
@@ -81,6 +83,7 @@ class Sandbox:
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
         self.builds = 0  # compile-and-pack runs, for tests and statistics
+        self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
 
     # -- start-up --------------------------------------------------------------------------------------------
 
@@ -204,10 +207,29 @@ class Sandbox:
         lang = self._index.get(job.language)
         return lang is not None and lang.compile is not None
 
+    def caches(self, job: Job) -> bool:
+        """Whether a one-shot run of this job goes through build() (and so the build cache) too."""
+        return self.cache is not None and self.compiles(job)
+
     async def build(self, job: Job) -> Build:
-        """Compile the job's files once and pack the work dir as it is then, for fresh sandboxes to run."""
+        """Compile the job's files once and pack the work dir as it is then, for fresh sandboxes to run; an identical
+        earlier build comes from the build cache instead (checked, and handed to jobs as a copy)."""
         lang = self._language(job)
         spec = self._job_spec(lang, job, stdin=b"", timeout_ms=job.limits.compile_timeout_ms or self._compile_ms())
+        key = None
+        if self.cache is not None:
+            assert spec.compile is not None, "build() is only called for compiled languages"
+            key = build_key(
+                language=lang.name,
+                version=self._versions[lang.name],
+                compile_argv=spec.compile,
+                env=spec.env,
+                files=spec.files,
+            )
+            started = time.perf_counter()
+            cached = await asyncio.to_thread(self.cache.get, key)
+            if cached is not None:
+                return _cached_build(cached, (time.perf_counter() - started) * 1000.0, job.output_encoding)
         spec.name += "-build"
         spec.run, spec.output_cap = list(PACK), self.settings.workdir_size_mb << 20
         self.builds += 1
@@ -215,6 +237,9 @@ class Sandbox:
         result = _result(lang, out, job.output_encoding)
         if out.compile_status == "exit 0" and result.reason is None and result.exit_code == 0:
             result.stdout = result.stderr = ""
+            if self.cache is not None and key is not None:
+                entry = CachedBuild(compile_output=out.compile_output_bytes, artifact=out.stdout_bytes)
+                await asyncio.to_thread(self.cache.put, key, entry)
             return Build(result=result, artifact=out.stdout_bytes)
         if result.reason is None or result.reason in ("runtime_error", "output_limit"):
             logger.error("job %s: packing the build failed: %s", job.id, out.stderr[-500:])
@@ -401,6 +426,21 @@ class Sandbox:
             for lang in self._index
         ]
 
+    def cache_status(self) -> dict[str, Any]:
+        """The build cache's counters and size (blocks on a directory listing: call from a thread)."""
+        if self.cache is None:
+            return {
+                "enabled": False,
+                "hits": 0,
+                "misses": 0,
+                "evictions": 0,
+                "corrupt": 0,
+                "entries": 0,
+                "bytes": 0,
+                "maxBytes": 0,
+            }
+        return self.cache.stats()
+
     def resolve(self, name: str) -> str | None:
         """Canonical name for a language name or alias, or None when unknown or unavailable here."""
         return self._index.resolve(name)
@@ -482,6 +522,14 @@ async def _capture(argv: list[str]) -> tuple[int, str]:
         return 127, str(exc)
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _cached_build(cached: CachedBuild, lookup_ms: float, encoding: str) -> Build:
+    """A build from the cache: the compile stage's result as it was (its output), with the lookup as its time."""
+    output = cached.compile_output
+    text = base64.b64encode(output).decode() if encoding == "base64" else output.decode(errors="replace")
+    result = ExecutionResult(exit_code=0, compile_output=text, compile_time_ms=lookup_ms, compile_cached=True)
+    return Build(result=result, artifact=cached.artifact)
 
 
 def _lossy(data: bytes, truncated: bool) -> bool:

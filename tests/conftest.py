@@ -31,6 +31,7 @@ def make_settings(**overrides: Any) -> Settings:
         rate_limit_read_requests=1000,
         stats_interval_ms=50,
         shutdown_grace_ms=500,
+        cache_max_mb=0,  # off, so that compile figures are a compile's; tests/test_buildcache.py turns it on
     )
     return dataclasses.replace(base, **overrides)
 
