@@ -46,6 +46,17 @@ def sandbox() -> Iterator[Runner]:
     asyncio.run(runner.close())
 
 
+@pytest.fixture(scope="session")
+def cached_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
+    """A real sandbox with the build cache on (in a temp dir); C and Python only, to probe quickly."""
+    from server.sandbox import Sandbox
+
+    settings = make_settings(cache_dir=str(tmp_path_factory.mktemp("cache")), cache_max_mb=64)
+    runner = asyncio.run(Sandbox.create(settings, languages=("c", "python")))
+    yield runner
+    asyncio.run(runner.close())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.buildcache import HASH_LINE, SUFFIX, BuildCache, CachedBuild, build_key
+from server.jobs import Runner
 from server.keys import RUNNER
 from server.sandbox import Sandbox
 from tests.conftest import make_settings
@@ -34,18 +35,8 @@ def hello_c(marker: str, text: str = "hello") -> str:
     return f'#include <stdio.h>\n/* {marker} */\nint main(void) {{ puts("{text}"); return 0; }}\n'
 
 
-@pytest.fixture(scope="module")
-def cached_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A real sandbox (C and Python only, to probe quickly) with the build cache on, in a temp dir."""
-    cache_dir = tmp_path_factory.mktemp("cache")
-    settings = make_settings(cache_dir=str(cache_dir), cache_max_mb=64)
-    runner = asyncio.run(Sandbox.create(settings, languages=("c", "python")))
-    yield runner
-    asyncio.run(runner.close())
-
-
 @pytest.fixture
-async def cclient(aiohttp_client: Any, cached_sandbox: Sandbox) -> AsyncIterator[Client]:
+async def cclient(aiohttp_client: Any, cached_sandbox: Runner) -> AsyncIterator[Client]:
     client: TestClient[web.Request, web.Application] = await aiohttp_client(
         create_app(make_settings(cache_max_mb=64), runner=cached_sandbox)
     )
