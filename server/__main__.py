@@ -13,6 +13,7 @@ from .buildcache import BuildCache, builds_dir
 from .edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
 from .keys import HUB, QUEUE
+from .packages import install
 from .settings import Settings
 
 logger = logging.getLogger("server")
@@ -42,7 +43,7 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
-USAGE = "usage: python -m server [--help] [hash-key [KEY] | cache clear | cache status]"
+USAGE = "usage: python -m server [--help] [hash-key [KEY] | cache clear | cache status | packages install]"
 
 
 def help_text() -> str:
@@ -52,7 +53,8 @@ def help_text() -> str:
         "",
         "Starts Conveyor on HOST:PORT. Ctrl-C or SIGTERM stops it gracefully: new jobs are refused, running ones",
         "get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason shutdown). `hash-key` makes an API key;",
-        "`cache clear` empties the build cache in CACHE_DIR, `cache status` shows its size.",
+        "`cache clear` empties the build cache in CACHE_DIR, `cache status` shows its size; `packages install`",
+        "installs PACKAGES_FILE's packages into the read-only layers jobs import from.",
         "",
         "Settings, from the environment or a .env file in the working directory (the environment wins):",
     ]
@@ -78,6 +80,16 @@ def cache_main(command: str) -> int:
     return 0
 
 
+def packages_main() -> int:
+    """`packages install`: install PACKAGES_FILE's package sets into layers, showing the installers' progress."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    return install(settings)
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["--help"], ["-h"]):
         print(help_text())
@@ -88,6 +100,8 @@ def main(argv: list[str]) -> int:
         return hash_key_main(argv[1:])
     if argv[:1] == ["cache"] and argv[1:] in (["clear"], ["status"]):
         return cache_main(argv[1])
+    if argv[:2] == ["packages", "install"] and len(argv) == 2:
+        return packages_main()
     if argv:
         print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
         return 2

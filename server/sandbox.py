@@ -17,7 +17,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from . import driver, seccomp
+from . import driver, packages, seccomp
 from .buildcache import BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
@@ -82,6 +82,7 @@ class Sandbox:
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._layers: dict[str, packages.Layer] = {}
         self.builds = 0  # compile-and-pack runs, for tests and statistics
         self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
 
@@ -148,6 +149,7 @@ class Sandbox:
             )
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
+        self._layers = await asyncio.to_thread(packages.find_layers, self.settings)
         langs = list(self._all.values())
         found = await asyncio.gather(*(self._probe(lang) for lang in langs))
         self._versions = {lang.name: version for lang, version in zip(langs, found, strict=True) if version}
@@ -289,10 +291,18 @@ class Sandbox:
         return spec
 
     def _spec(self, lang: Language, name: str, run: list[str]) -> Spec:
+        env, layers = dict(lang.env), []
+        layer = self._layers.get(lang.name)
+        if layer is not None:
+            # The layer as found at start-up: a later install is a new directory, so this one stays whole.
+            inside = str(layer.path) if self.backend == "none" else packages.MOUNT
+            layers.append((str(layer.path), inside))
+            env.update(layer.env(inside))
         return Spec(
             name=name,
             run=run,
-            env=dict(lang.env),
+            env=env,
+            layers=layers,
             etc=lang.etc_paths(),
             address_space_mb=self._memory_mb + lang.address_space_headroom_mb,
             compile_timeout_ms=self.settings.compile_timeout_ms,
@@ -381,6 +391,8 @@ class Sandbox:
             args += [*sized, "--tmpfs", path]
         for path in (*ETC_PATHS, *spec.etc):
             args += ["--ro-bind-try", path, path]
+        for host, inside in spec.layers:
+            args += ["--ro-bind", host, inside]
         for name, fd in fds.etc.items():
             args += ["--ro-bind-data", str(fd), f"/etc/{name}"]
         for directory in spec.directories:
@@ -422,6 +434,7 @@ class Sandbox:
                 "version": self._versions[lang.name],
                 "aliases": list(lang.aliases),
                 "compiled": lang.compile is not None,
+                "packages": self._layers[lang.name].describe() if lang.name in self._layers else [],
             }
             for lang in self._index
         ]

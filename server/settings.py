@@ -184,6 +184,14 @@ class Settings:
         512,
         "size bound of the build cache; past it the least recently used builds are evicted; `0` turns it off",
     )
+    packages_file: str = _env(
+        "PACKAGES_FILE",
+        _text,
+        "",
+        "TOML file of the packages jobs may import, per language (`python`, `javascript`); installed by "
+        "`python -m server packages install` into read-only layers under `CACHE_DIR` "
+        "(see [docs/cache.md](docs/cache.md))",
+    )
     # Without a memory cgroup the server refuses to start unless this accepts per-process limits.
     allow_per_process_limits: bool = _env(
         "ALLOW_PER_PROCESS_LIMITS",
