@@ -110,7 +110,7 @@ async def get_runtimes(request: web.Request) -> web.Response:
 
 
 async def get_cache_status(request: web.Request) -> web.Response:
-    return json_response({"builds": await asyncio.to_thread(request.app[RUNNER].cache_status)})
+    return json_response(await asyncio.to_thread(request.app[RUNNER].cache_status))
 
 
 async def get_openapi(request: web.Request) -> web.StreamResponse:

@@ -26,6 +26,8 @@ HASH_LINE = 65
 LENGTH_BYTES = 8
 # Bumped when the entry format or the way builds are made changes: old entries then simply miss.
 FORMAT = 1
+# What stats() reports besides `enabled`.
+BUILD_COUNTERS = ("hits", "misses", "evictions", "corrupt", "entries", "bytes", "maxBytes")
 
 
 @dataclass(slots=True)

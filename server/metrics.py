@@ -61,12 +61,16 @@ class _ScrapeCollector(Collector):
         yield _counter(
             "rate_limited", "Requests refused by the rate limiter (HTTP 429).", stats.get("totalRateLimited", 0)
         )
-        cache = self.cache
+        cache = self.cache.get("builds", {})
         for name in ("hits", "misses", "evictions", "corrupt"):
             yield _counter(f"build_cache_{name}", CACHE_COUNTERS[name], cache.get(name, 0))
         yield _gauge("build_cache_entries", "Builds in the build cache.", cache.get("entries", 0))
         yield _gauge("build_cache_bytes", "Bytes on disk in the build cache.", cache.get("bytes", 0))
         yield _gauge("build_cache_max_bytes", "The build cache's bound (CACHE_MAX_MB).", cache.get("maxBytes", 0))
+        layers = self.cache.get("packages", {})
+        yield _gauge("package_layers", "Package layers jobs get (PACKAGES_FILE).", layers.get("layers", 0))
+        yield _gauge("package_layer_packages", "Packages in those layers.", layers.get("packages", 0))
+        yield _gauge("package_layer_bytes", "Bytes on disk of those layers.", layers.get("bytes", 0))
         hub = self._app.get(HUB)
         connections = len(hub.connections) if hub is not None else 0
         yield _gauge("websocket_connections", "Open WebSocket connections.", connections)

@@ -34,6 +34,7 @@ class Layer:
     version: str
     path: Path
     packages: tuple[tuple[str, str], ...]  # (name, version) as installed, dependencies included
+    size: int = 0  # bytes on disk (measured once: a layer never changes)
 
     def env(self, root: str) -> dict[str, str]:
         """The import path pointing at the layer mounted at `root`."""
@@ -104,8 +105,22 @@ def find_layers(settings: Settings) -> dict[str, Layer]:
             )
             continue
         packages = tuple((str(name), str(version)) for name, version in manifest["packages"])
-        layers[language] = Layer(language, path.name, path, packages)
+        layers[language] = Layer(language, path.name, path, packages, _size(path))
     return layers
+
+
+def _size(root: Path) -> int:
+    return sum(Path(d, name).lstat().st_size for d, _, names in os.walk(root) for name in names)
+
+
+def stats(layers: dict[str, Layer]) -> dict[str, Any]:
+    """The layers jobs get now, for GET /cache/status."""
+    return {
+        "layers": len(layers),
+        "packages": sum(len(layer.packages) for layer in layers.values()),
+        "bytes": sum(layer.size for layer in layers.values()),
+        "versions": {language: layer.version for language, layer in sorted(layers.items())},
+    }
 
 
 def install(settings: Settings, out: IO[str] = sys.stdout) -> int:

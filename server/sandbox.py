@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import driver, packages, seccomp
-from .buildcache import BuildCache, CachedBuild, build_key, builds_dir
+from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
 from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec
@@ -440,19 +440,11 @@ class Sandbox:
         ]
 
     def cache_status(self) -> dict[str, Any]:
-        """The build cache's counters and size (blocks on a directory listing: call from a thread)."""
-        if self.cache is None:
-            return {
-                "enabled": False,
-                "hits": 0,
-                "misses": 0,
-                "evictions": 0,
-                "corrupt": 0,
-                "entries": 0,
-                "bytes": 0,
-                "maxBytes": 0,
-            }
-        return self.cache.stats()
+        """The build cache's counters and size, and the package layers in use (blocks on a directory listing: call
+        from a thread)."""
+        builds = self.cache.stats() if self.cache is not None else dict.fromkeys(BUILD_COUNTERS, 0)
+        builds["enabled"] = self.cache is not None
+        return {"builds": builds, "packages": packages.stats(self._layers)}
 
     def resolve(self, name: str) -> str | None:
         """Canonical name for a language name or alias, or None when unknown or unavailable here."""

@@ -110,11 +110,20 @@ async def test_runtimes_list_each_languages_packages(pclient: Client) -> None:
     ]
 
 
+async def test_cache_status_and_metrics_show_the_layers(pclient: Client) -> None:
+    layers = (await call(pclient, "GET", "/cache/status", 200))["packages"]
+    assert (layers["layers"], layers["packages"]) == (2, 3) and layers["bytes"] > 0
+    assert sorted(layers["versions"]) == ["javascript", "python"]
+    text = await (await pclient.get("/metrics")).text()
+    assert "conveyor_package_layers 2.0" in text and f"conveyor_package_layer_bytes {float(layers['bytes'])}" in text
+
+
 async def test_without_packages_jobs_do_not_see_them(client: Client) -> None:
     job = await run(client, "python", "import termcolor")
     assert job["reason"] == "runtime_error" and "No module named 'termcolor'" in job["stderr"]
     runtimes = await call(client, "GET", "/runtimes", 200)
     assert all(r["packages"] == [] for r in runtimes)
+    assert (await call(client, "GET", "/cache/status", 200))["packages"]["layers"] == 0
 
 
 async def test_a_changed_file_is_a_new_layer_and_running_servers_keep_theirs(

@@ -328,7 +328,7 @@ async def test_dashboard_shows_the_build_cache(
     aiohttp_server: AiohttpServer, cached_sandbox: Runner, serve: ServerFactory, pages: Pages
 ) -> None:
     server: TestServer = await aiohttp_server(create_app(make_settings(), runner=cached_sandbox))
-    before = cached_sandbox.cache_status()
+    before = cached_sandbox.cache_status()["builds"]
     page = await pages.open(server, "/dashboard")
     await expect(page.locator("#stat-cache")).to_have_text(str(before["hits"]))
     code = f'#include <stdio.h>\n/* {new_owner_token()} */\nint main(void) {{ puts("hi"); return 0; }}\n'
