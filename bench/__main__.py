@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-BENCHES = ["bench_queue", "bench_ratelimit", "bench_sandbox", "bench_hub", "bench_redis", "bench_judge"]
+BENCHES = ["bench_queue", "bench_ratelimit", "bench_sandbox", "bench_hub", "bench_redis", "bench_judge", "bench_cache"]
 # Run only when named: the fault bench is an 8-minute soak (`python -m bench faults`).
 BY_NAME = ["bench_faults"]
 

@@ -11,9 +11,11 @@ import textwrap
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .app import create_app
+from .buildcache import BuildCache, builds_dir
 from .edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
 from .keys import HUB, QUEUE
+from .packages import install
 from .settings import Settings
 
 logger = logging.getLogger("server")
@@ -43,7 +45,7 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
-USAGE = "usage: python -m server [--help] [hash-key [KEY]]"
+USAGE = "usage: python -m server [--help] [hash-key [KEY] | cache clear | cache status | packages install]"
 
 
 def help_text() -> str:
@@ -52,7 +54,9 @@ def help_text() -> str:
         USAGE,
         "",
         "Starts Conveyor on HOST:PORT. Ctrl-C or SIGTERM stops it gracefully: new jobs are refused, running ones",
-        "get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason shutdown). `hash-key` makes an API key.",
+        "get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason shutdown). `hash-key` makes an API key;",
+        "`cache clear` empties the build cache in CACHE_DIR, `cache status` shows its size; `packages install`",
+        "installs PACKAGES_FILE's packages into the read-only layers jobs import from.",
         "",
         "Settings, from the environment or a .env file in the working directory (the environment wins):",
     ]
@@ -81,6 +85,32 @@ class ClientMistakes(logging.Filter):
         return True
 
 
+def cache_main(command: str) -> int:
+    """`cache clear`: delete every cached build; `cache status`: entries and bytes on disk."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20)
+    if command == "clear":
+        print(f"removed {cache.clear()} cached builds from {cache.root}")
+    else:
+        stats = cache.stats()
+        print(f"{stats['entries']} cached builds, {stats['bytes']} bytes of {stats['maxBytes']} in {cache.root}")
+    return 0
+
+
+def packages_main() -> int:
+    """`packages install`: install PACKAGES_FILE's package sets into layers, showing the installers' progress."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    return install(settings)
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["--help"], ["-h"]):
         print(help_text())
@@ -89,6 +119,10 @@ def main(argv: list[str]) -> int:
         from .apikeys import hash_key_main
 
         return hash_key_main(argv[1:])
+    if argv[:1] == ["cache"] and argv[1:] in (["clear"], ["status"]):
+        return cache_main(argv[1])
+    if argv[:2] == ["packages", "install"] and len(argv) == 2:
+        return packages_main()
     if argv:
         print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
         return 2

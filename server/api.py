@@ -109,6 +109,10 @@ async def get_runtimes(request: web.Request) -> web.Response:
     return json_response(request.app[RUNNER].runtimes())
 
 
+async def get_cache_status(request: web.Request) -> web.Response:
+    return json_response(await asyncio.to_thread(request.app[RUNNER].cache_status))
+
+
 async def get_openapi(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(OPENAPI_PATH, headers={"Content-Type": "application/json"})
 
@@ -121,4 +125,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/queue/job/{job_id}/stop", stop_job)
     app.router.add_get("/health", get_health)
     app.router.add_get("/runtimes", get_runtimes)
+    app.router.add_get("/cache/status", get_cache_status)
     app.router.add_get("/openapi.json", get_openapi)

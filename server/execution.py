@@ -53,6 +53,8 @@ class Spec:
     artifact: bytes | None = None
     env: dict[str, str] = field(default_factory=dict)
     etc: list[str] = field(default_factory=list)
+    # Read-only directories mounted into the sandbox: (host path, path inside), e.g. a package layer.
+    layers: list[tuple[str, str]] = field(default_factory=list)
     address_space_mb: int = 0
     memory_mb: int | None = None  # the job's own memory limit, when below the server's
     compile_timeout_ms: int = 10_000

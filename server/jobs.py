@@ -52,6 +52,8 @@ class ExecutionResult:
     reason: str | None = None
     compile_output: str | None = None
     compile_time_ms: float | None = None
+    # The compile stage was skipped: its build came from the build cache (compile_time_ms is the lookup).
+    compile_cached: bool = False
     # Time the program itself ran (excluding compilation); None lets the queue use its own clock.
     run_time_ms: float | None = None
     # Judge features: the verdict, each test's own result, and whether output bytes had to be replaced to be text.
@@ -106,6 +108,8 @@ class Runner(Protocol):
     async def __call__(self, job: Job, io: JobIO) -> ExecutionResult: ...
 
     def runtimes(self) -> list[dict[str, Any]]: ...
+
+    def cache_status(self) -> dict[str, Any]: ...
 
     def resolve(self, name: str) -> str | None: ...
 
@@ -273,6 +277,7 @@ class Job:
                 "stderr": result.stderr if result else "",
                 "compileOutput": result.compile_output if result else None,
                 "compileTimeMs": _round(result.compile_time_ms) if result else None,
+                "compileCached": result.compile_cached if result else False,
                 "files": [f.to_dict() for f in self.files] if self.files else None,
                 "compilerOptions": self.compiler_options,
                 **self.limits.to_dict(),

@@ -27,6 +27,8 @@ class Builder(Protocol):
 
     def compiles(self, job: Job) -> bool: ...
 
+    def caches(self, job: Job) -> bool: ...
+
     async def build(self, job: Job) -> Build: ...
 
     async def run(self, job: Job, io: JobIO | None, *, stdin: bytes, build: Build | None = None) -> ExecutionResult: ...
@@ -35,9 +37,7 @@ class Builder(Protocol):
 async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
     """Run the job: once, or once per test after one compile; every result gets its verdict."""
     if job.tests is None:
-        result = await builder.run(job, io, stdin=job.stdin.encode())
-        result.verdict = _verdict(result, job.expected_output, job.output_encoding)
-        return result
+        return await _run_once(builder, job, io)
     build = None
     if builder.compiles(job):
         build = await builder.build(job)
@@ -59,12 +59,30 @@ async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
         verdict=next((v for v in verdicts if v != Verdict.ACCEPTED.value), Verdict.ACCEPTED.value),
         compile_output=build.result.compile_output if build else None,
         compile_time_ms=build.result.compile_time_ms if build else None,
+        compile_cached=build.result.compile_cached if build else False,
         compile_cpu_time_ms=build.result.compile_cpu_time_ms if build else None,
         compile_memory_peak_bytes=build.result.compile_memory_peak_bytes if build else None,
         run_time_ms=sum(entry["timeMs"] or 0.0 for entry in entries),
         cpu_time_ms=_total(entry["cpuTimeMs"] for entry in entries),
         memory_peak_bytes=max((entry["memoryPeakBytes"] or 0 for entry in entries), default=None) or None,
     )
+
+
+async def _run_once(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
+    """One run: compiled in its own sandbox, or (with the build cache) built or fetched first and run from that."""
+    build = await builder.build(job) if builder.caches(job) else None
+    if build is not None and build.artifact is None:
+        result = build.result
+    else:
+        result = await builder.run(job, io, stdin=job.stdin.encode(), build=build)
+    if build is not None and build.artifact is not None:
+        compiled = build.result
+        result.compile_output, result.compile_time_ms = compiled.compile_output, compiled.compile_time_ms
+        result.compile_cpu_time_ms = compiled.compile_cpu_time_ms
+        result.compile_memory_peak_bytes = compiled.compile_memory_peak_bytes
+        result.compile_cached = compiled.compile_cached
+    result.verdict = _verdict(result, job.expected_output, job.output_encoding)
+    return result
 
 
 def _total(values: Iterable[float | None]) -> float | None:

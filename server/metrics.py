@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -15,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from .events import Event
 from .jobs import TERMINAL_TYPES
-from .keys import EVENTS, HUB, METRICS, QUEUE
+from .keys import EVENTS, HUB, METRICS, QUEUE, RUNNER
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,13 @@ MEMORY_BUCKETS = tuple(float(1 << (20 + i)) for i in range(13))
 # The event's figures for each stage: (CPU time in ms, memory peak in bytes).
 STAGE_USAGE = {"run": ("cpuTimeMs", "memoryPeakBytes"), "compile": ("compileCpuTimeMs", "compileMemoryPeakBytes")}
 
+CACHE_COUNTERS = {
+    "hits": "Builds taken from the build cache (compile skipped).",
+    "misses": "Build cache lookups that found nothing usable (compiled).",
+    "evictions": "Builds evicted from the build cache past CACHE_MAX_MB, least recently used first.",
+    "corrupt": "Build cache entries that failed their content check (deleted and rebuilt).",
+}
+
 
 class _ScrapeCollector(Collector):
     """Values that live elsewhere (queue stats, hub sockets), read when Prometheus scrapes.
@@ -39,6 +47,7 @@ class _ScrapeCollector(Collector):
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self.stats: dict[str, Any] = {}
+        self.cache: dict[str, Any] = {}
 
     def collect(self) -> Iterable[Metric]:
         stats = self.stats
@@ -52,6 +61,16 @@ class _ScrapeCollector(Collector):
         yield _counter(
             "rate_limited", "Requests refused by the rate limiter (HTTP 429).", stats.get("totalRateLimited", 0)
         )
+        cache = self.cache.get("builds", {})
+        for name in ("hits", "misses", "evictions", "corrupt"):
+            yield _counter(f"build_cache_{name}", CACHE_COUNTERS[name], cache.get(name, 0))
+        yield _gauge("build_cache_entries", "Builds in the build cache.", cache.get("entries", 0))
+        yield _gauge("build_cache_bytes", "Bytes on disk in the build cache.", cache.get("bytes", 0))
+        yield _gauge("build_cache_max_bytes", "The build cache's bound (CACHE_MAX_MB).", cache.get("maxBytes", 0))
+        layers = self.cache.get("packages", {})
+        yield _gauge("package_layers", "Package layers jobs get (PACKAGES_FILE).", layers.get("layers", 0))
+        yield _gauge("package_layer_packages", "Packages in those layers.", layers.get("packages", 0))
+        yield _gauge("package_layer_bytes", "Bytes on disk of those layers.", layers.get("bytes", 0))
         hub = self._app.get(HUB)
         connections = len(hub.connections) if hub is not None else 0
         yield _gauge("websocket_connections", "Open WebSocket connections.", connections)
@@ -154,6 +173,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     app = request.app
     metrics = app[METRICS]
     metrics.scrape.stats = await app[QUEUE].stats()
+    metrics.scrape.cache = await asyncio.to_thread(app[RUNNER].cache_status)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -12,11 +12,13 @@ import re
 import secrets
 import shutil
 import signal
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from . import driver, seccomp
+from . import driver, packages, seccomp
+from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
 from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec
@@ -80,7 +82,9 @@ class Sandbox:
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._layers: dict[str, packages.Layer] = {}
         self.builds = 0  # compile-and-pack runs, for tests and statistics
+        self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
 
     # -- start-up --------------------------------------------------------------------------------------------
 
@@ -145,6 +149,7 @@ class Sandbox:
             )
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
+        self._layers = await asyncio.to_thread(packages.find_layers, self.settings)
         langs = list(self._all.values())
         found = await asyncio.gather(*(self._probe(lang) for lang in langs))
         self._versions = {lang.name: version for lang, version in zip(langs, found, strict=True) if version}
@@ -204,10 +209,29 @@ class Sandbox:
         lang = self._index.get(job.language)
         return lang is not None and lang.compile is not None
 
+    def caches(self, job: Job) -> bool:
+        """Whether a one-shot run of this job goes through build() (and so the build cache) too."""
+        return self.cache is not None and self.compiles(job)
+
     async def build(self, job: Job) -> Build:
-        """Compile the job's files once and pack the work dir as it is then, for fresh sandboxes to run."""
+        """Compile the job's files once and pack the work dir as it is then, for fresh sandboxes to run; an identical
+        earlier build comes from the build cache instead (checked, and handed to jobs as a copy)."""
         lang = self._language(job)
         spec = self._job_spec(lang, job, stdin=b"", timeout_ms=job.limits.compile_timeout_ms or self._compile_ms())
+        key = None
+        if self.cache is not None:
+            assert spec.compile is not None, "build() is only called for compiled languages"
+            key = build_key(
+                language=lang.name,
+                version=self._versions[lang.name],
+                compile_argv=spec.compile,
+                env=spec.env,
+                files=spec.files,
+            )
+            started = time.perf_counter()
+            cached = await asyncio.to_thread(self.cache.get, key)
+            if cached is not None:
+                return _cached_build(cached, (time.perf_counter() - started) * 1000.0, job.output_encoding)
         spec.name += "-build"
         spec.run, spec.output_cap = list(PACK), self.settings.workdir_size_mb << 20
         self.builds += 1
@@ -215,6 +239,9 @@ class Sandbox:
         result = _result(lang, out, job.output_encoding)
         if out.compile_status == "exit 0" and result.reason is None and result.exit_code == 0:
             result.stdout = result.stderr = ""
+            if self.cache is not None and key is not None:
+                entry = CachedBuild(compile_output=out.compile_output_bytes, artifact=out.stdout_bytes)
+                await asyncio.to_thread(self.cache.put, key, entry)
             return Build(result=result, artifact=out.stdout_bytes)
         if result.reason is None or result.reason in ("runtime_error", "output_limit"):
             logger.error("job %s: packing the build failed: %s", job.id, out.stderr[-500:])
@@ -264,10 +291,18 @@ class Sandbox:
         return spec
 
     def _spec(self, lang: Language, name: str, run: list[str]) -> Spec:
+        env, layers = dict(lang.env), []
+        layer = self._layers.get(lang.name)
+        if layer is not None:
+            # The layer as found at start-up: a later install is a new directory, so this one stays whole.
+            inside = str(layer.path) if self.backend == "none" else packages.MOUNT
+            layers.append((str(layer.path), inside))
+            env.update(layer.env(inside))
         return Spec(
             name=name,
             run=run,
-            env=dict(lang.env),
+            env=env,
+            layers=layers,
             etc=lang.etc_paths(),
             address_space_mb=self._memory_mb + lang.address_space_headroom_mb,
             compile_timeout_ms=self.settings.compile_timeout_ms,
@@ -356,6 +391,8 @@ class Sandbox:
             args += [*sized, "--tmpfs", path]
         for path in (*ETC_PATHS, *spec.etc):
             args += ["--ro-bind-try", path, path]
+        for host, inside in spec.layers:
+            args += ["--ro-bind", host, inside]
         for name, fd in fds.etc.items():
             args += ["--ro-bind-data", str(fd), f"/etc/{name}"]
         for directory in spec.directories:
@@ -397,9 +434,17 @@ class Sandbox:
                 "version": self._versions[lang.name],
                 "aliases": list(lang.aliases),
                 "compiled": lang.compile is not None,
+                "packages": self._layers[lang.name].describe() if lang.name in self._layers else [],
             }
             for lang in self._index
         ]
+
+    def cache_status(self) -> dict[str, Any]:
+        """The build cache's counters and size, and the package layers in use (blocks on a directory listing: call
+        from a thread)."""
+        builds = self.cache.stats() if self.cache is not None else dict.fromkeys(BUILD_COUNTERS, 0)
+        builds["enabled"] = self.cache is not None
+        return {"builds": builds, "packages": packages.stats(self._layers)}
 
     def resolve(self, name: str) -> str | None:
         """Canonical name for a language name or alias, or None when unknown or unavailable here."""
@@ -482,6 +527,14 @@ async def _capture(argv: list[str]) -> tuple[int, str]:
         return 127, str(exc)
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace")
+
+
+def _cached_build(cached: CachedBuild, lookup_ms: float, encoding: str) -> Build:
+    """A build from the cache: the compile stage's result as it was (its output), with the lookup as its time."""
+    output = cached.compile_output
+    text = base64.b64encode(output).decode() if encoding == "base64" else output.decode(errors="replace")
+    result = ExecutionResult(exit_code=0, compile_output=text, compile_time_ms=lookup_ms, compile_cached=True)
+    return Build(result=result, artifact=cached.artifact)
 
 
 def _lossy(data: bytes, truncated: bool) -> bool:

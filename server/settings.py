@@ -182,6 +182,28 @@ class Settings:
     workdir_size_mb: int = _env(
         "WORKDIR_SIZE_MB", _int_range(1, 65_536), 64, "size of the job's private writable tmpfs"
     )
+    # Build cache (docs/cache.md)
+    cache_dir: str = _env(
+        "CACHE_DIR",
+        _text,
+        "",
+        "where compiled builds are cached; empty: `/var/cache/conveyor` as root, else `~/.cache/conveyor` "
+        "(`$XDG_CACHE_HOME`)",
+    )
+    cache_max_mb: int = _env(
+        "CACHE_MAX_MB",
+        _int_range(0, 1_048_576),
+        512,
+        "size bound of the build cache; past it the least recently used builds are evicted; `0` turns it off",
+    )
+    packages_file: str = _env(
+        "PACKAGES_FILE",
+        _text,
+        "",
+        "TOML file of the packages jobs may import, per language (`python`, `javascript`); installed by "
+        "`python -m server packages install` into read-only layers under `CACHE_DIR` "
+        "(see [docs/cache.md](docs/cache.md))",
+    )
     # Without a memory cgroup the server refuses to start unless this accepts per-process limits.
     allow_per_process_limits: bool = _env(
         "ALLOW_PER_PROCESS_LIMITS",
@@ -373,6 +395,15 @@ class Settings:
         string's size (\\u sequences are 6 bytes per char at worst, but that is abuse): allow 2x and 64 KiB of
         envelope, so a legitimate max-size program is refused by our 413 naming the field, not by aiohttp."""
         return 2 * (self.max_code_bytes + self.max_stdin_bytes) + 64 * 1024
+
+    @property
+    def cache_path(self) -> Path:
+        """CACHE_DIR, or the default for the server's user."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        if os.geteuid() == 0:
+            return Path("/var/cache/conveyor")
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "conveyor"
 
     @property
     def effective_burst(self) -> int:

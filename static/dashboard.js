@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { fmtNumber, Socket } = Conveyor;
+  const { fmtBytes, fmtNumber, Socket } = Conveyor;
   const { TimeChart, fmtAxisMs } = Charts;
   const { JobTable, FINAL } = Jobs;
   const config = Conveyor.config();
@@ -190,6 +190,24 @@
 
   for (const button of rangeButtons) button.addEventListener("click", () => chooseRange(button.dataset.range));
 
+  // -- build cache ---------------------------------------------------------------------------------------------
+
+  /** The build cache's counters (GET /cache/status): hits as the value, the rest below it. */
+  async function loadCache() {
+    try {
+      const response = await fetch("/cache/status", { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const b = (await response.json()).builds;
+      $("stat-cache").textContent = b.enabled ? fmtNumber(b.hits) : "off";
+      const sizes = `${fmtNumber(b.entries)} builds, ${fmtBytes(b.bytes)}`;
+      $("stat-cache-sub").textContent = b.enabled
+        ? `${fmtNumber(b.misses)} misses · ${sizes} · ${fmtNumber(b.evictions)} evicted`
+        : "CACHE_MAX_MB=0";
+    } catch (err) {
+      $("stat-cache-sub").textContent = `unavailable (${err.message})`;
+    }
+  }
+
   // -- admin ---------------------------------------------------------------------------------------------------
 
   function setAdmin(admin, user, message) {
@@ -305,6 +323,8 @@
     savedRange = null;
   }
   chooseRange(RANGES[savedRange] ? savedRange : "15m");
+  loadCache();
+  setInterval(loadCache, 5000);
   // Running and queued rows show live times; the rate moves without a push.
   setInterval(() => {
     renderStats();

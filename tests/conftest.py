@@ -32,6 +32,7 @@ def make_settings(**overrides: Any) -> Settings:
         rate_limit_read_requests=1000,
         stats_interval_ms=50,
         shutdown_grace_ms=500,
+        cache_max_mb=0,  # off, so that compile figures are a compile's; tests/test_buildcache.py turns it on
     )
     return dataclasses.replace(base, **overrides)
 
@@ -42,6 +43,17 @@ def sandbox() -> Iterator[Runner]:
     from server.sandbox import Sandbox
 
     runner = asyncio.run(Sandbox.create(make_settings()))
+    yield runner
+    asyncio.run(runner.close())
+
+
+@pytest.fixture(scope="session")
+def cached_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
+    """A real sandbox with the build cache on (in a temp dir); C and Python only, to probe quickly."""
+    from server.sandbox import Sandbox
+
+    settings = make_settings(cache_dir=str(tmp_path_factory.mktemp("cache")), cache_max_mb=64)
+    runner = asyncio.run(Sandbox.create(settings, languages=("c", "python")))
     yield runner
     asyncio.run(runner.close())
 

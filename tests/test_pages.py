@@ -324,6 +324,24 @@ def row(page: Page, server: TestServer, job_id: str) -> Any:
     return page.locator(f'#jobs-body tr[data-handle="{handle(server, job_id)}"]')
 
 
+async def test_dashboard_shows_the_build_cache(
+    aiohttp_server: AiohttpServer, cached_sandbox: Runner, serve: ServerFactory, pages: Pages
+) -> None:
+    server: TestServer = await aiohttp_server(create_app(make_settings(), runner=cached_sandbox))
+    before = cached_sandbox.cache_status()["builds"]
+    page = await pages.open(server, "/dashboard")
+    await expect(page.locator("#stat-cache")).to_have_text(str(before["hits"]))
+    code = f'#include <stdio.h>\n/* {new_owner_token()} */\nint main(void) {{ puts("hi"); return 0; }}\n'
+    for _ in range(2):
+        assert (await submit(server, code, "c", wait=True))["stdout"] == "hi\n"
+    await page.reload()
+    await expect(page.locator("#stat-cache")).to_have_text(str(before["hits"] + 1))
+    await expect(page.locator("#stat-cache-sub")).to_contain_text(f"{before['misses'] + 1} misses")
+    # The cache off: the card says so.
+    page = await pages.open(await serve(), "/dashboard")
+    await expect(page.locator("#stat-cache")).to_have_text("off")
+
+
 async def test_dashboard_follows_jobs_submitted_by_rest(serve: ServerFactory, pages: Pages) -> None:
     # One slot and two places: a sleeper runs, two wait, the next is refused (503) and one more is rate limited.
     server = await serve(max_concurrent_jobs=1, max_queue_size=2, rate_limit_requests=4)

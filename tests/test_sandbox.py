@@ -24,6 +24,7 @@ SETTINGS = Settings(
     memory_limit_mb=256,
     max_processes=48,
     max_output_bytes=256 * 1024,
+    cache_max_mb=0,  # every compile is a compile here (tests/test_buildcache.py tests the cache)
 )
 
 HELLO = {
@@ -159,7 +160,7 @@ async def test_compile_errors_fill_compile_output(sandbox: Sandbox, language: st
 
 
 async def test_compile_timeout() -> None:
-    settings = Settings(compile_timeout_ms=100, job_timeout_ms=3000)
+    settings = Settings(compile_timeout_ms=100, job_timeout_ms=3000, cache_max_mb=0)
     # Instantiating every standard header takes g++ well over 100 ms.
     code = '#include <bits/stdc++.h>\nint main() { std::map<int, std::string> m; m[1] = "x"; }\n'
     async with open_sandbox(settings, languages=["cpp"]) as sandbox:

@@ -34,6 +34,7 @@ TIGHT = Settings(
     max_file_size_mb=1,
     max_open_files=64,
     workdir_size_mb=4,
+    cache_max_mb=0,  # the attacks compile every time (tests/test_buildcache.py attacks the cache)
 )
 
 

@@ -19,7 +19,7 @@ from .limiter import RateLimiter
 if TYPE_CHECKING:
     from ..lockout import AuthLockout
 
-_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/openapi.json", "/ws"})
+_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/cache/status", "/openapi.json", "/ws"})
 # The Piston and Judge0 compat APIs draw from the same buckets as the native routes (a Judge0 batch draws one
 # read here and one submit per submission in its handler, as `POST /runs` does).
 _COMPAT_SUBMIT = frozenset({("POST", "/api/v2/execute"), ("POST", "/judge0/submissions")})
