@@ -105,8 +105,8 @@ static int stage(int sfd, int cfd, const char *name, int to_pipe, char **cmd) {
     }
     if (pid == 0) {
         if (to_pipe) {
-            int null = open("/dev/null", O_RDONLY);
-            if (null >= 0 && null != 0) { dup2(null, 0); close(null); }
+            int null = open("/dev/null", O_RDONLY | O_CLOEXEC);  /* its copy on fd 0 is not close-on-exec */
+            if (null > 0) dup2(null, 0);
             dup2(cfd, 1);
             dup2(cfd, 2);
         }
@@ -128,20 +128,21 @@ static int stage(int sfd, int cfd, const char *name, int to_pipe, char **cmd) {
     return status;
 }
 
-static int drive(int argc, char **argv) {
-    if (argc < 11) return USAGE_FAILED;
-    int sfd = atoi(argv[2]), cfd = atoi(argv[3]);
-    int n = atoi(argv[9]);
-    if (n < 0 || 10 + n >= argc) return USAGE_FAILED;
-    unsigned cpu_s = (unsigned)strtoul(argv[4], NULL, 10);
+/* limits: CPU FSIZE NOFILE NPROC AS, as strings ("-" for none). */
+static int set_limits(char **limits) {
+    unsigned cpu_s = (unsigned)strtoul(limits[0], NULL, 10);
     struct rlimit cpu = {cpu_s, cpu_s + 1};  /* SIGXCPU first, SIGKILL a second later */
     struct rlimit core = {0, 0};  /* a core_pattern pipe would run a host helper as root */
-    if (setrlimit(RLIMIT_CPU, &cpu) != 0 || limit(RLIMIT_FSIZE, argv[5], 0) != 0 ||
-        limit(RLIMIT_NOFILE, argv[6], 0) != 0 || setrlimit(RLIMIT_CORE, &core) != 0 ||
-        limit(RLIMIT_NPROC, argv[7], 0) != 0 || limit(RLIMIT_AS, argv[8], 0) != 0) {
+    if (setrlimit(RLIMIT_CPU, &cpu) != 0 || limit(RLIMIT_FSIZE, limits[1], 0) != 0 ||
+        limit(RLIMIT_NOFILE, limits[2], 0) != 0 || setrlimit(RLIMIT_CORE, &core) != 0 ||
+        limit(RLIMIT_NPROC, limits[3], 0) != 0 || limit(RLIMIT_AS, limits[4], 0) != 0) {
         fprintf(stderr, "conveyor driver: setrlimit: %s\n", strerror(errno));
-        return USAGE_FAILED;
+        return -1;
     }
+    return 0;
+}
+
+static int undumpable(void) {
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
 #ifndef CONVEYOR_LEAVE_DUMPABLE
         fprintf(stderr, "conveyor driver: prctl: %s\n", strerror(errno));
@@ -152,18 +153,29 @@ static int drive(int argc, char **argv) {
     /* Tests only: the defence-in-depth test needs a driver whose pipes a program can steal. */
     prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
 #endif
+    return 0;
+}
+
+/* Both stages, with the pipes kept from the programs: compile (n args, none when 0) and run, NULL-terminated. */
+static int stages(int sfd, int cfd, char **compile, int n, char **run) {
     if (fcntl(sfd, F_SETFD, FD_CLOEXEC) != 0 || fcntl(cfd, F_SETFD, FD_CLOEXEC) != 0) return USAGE_FAILED;
-    char **compile = &argv[10], **run = &argv[10 + n];
-    if (n > 0) {
-        char *saved = compile[n];
-        compile[n] = NULL;
-        int status = stage(sfd, cfd, "compile", 1, compile);
-        compile[n] = saved;
-        if (status != 0) return 0;
-    }
+    if (n > 0 && stage(sfd, cfd, "compile", 1, compile) != 0) return 0;
     close(cfd);
     stage(sfd, cfd, "run", 0, run);
     return 0;
+}
+
+static int drive(int argc, char **argv) {
+    if (argc < 11) return USAGE_FAILED;
+    int sfd = atoi(argv[2]), cfd = atoi(argv[3]);
+    int n = atoi(argv[9]);
+    if (n < 0 || 10 + n >= argc) return USAGE_FAILED;
+    if (set_limits(&argv[4]) != 0) return USAGE_FAILED;
+    if (undumpable() != 0) return PRCTL_FAILED;
+    char **compile = calloc((size_t)n + 1, sizeof *compile);  /* NULL-terminated copy; run ends argv */
+    if (compile == NULL) return USAGE_FAILED;
+    memcpy(compile, &argv[10], (size_t)n * sizeof *compile);
+    return stages(sfd, cfd, compile, n, &argv[10 + n]);
 }
 
 int main(int argc, char **argv) {
