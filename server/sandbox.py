@@ -68,6 +68,7 @@ class Sandbox:
         *,
         cgroups: Cgroups | None,
         syscall_filter: seccomp.SyscallFilter,
+        helper: bool = True,
     ) -> None:
         self.settings = settings
         self._filter = syscall_filter
@@ -82,7 +83,7 @@ class Sandbox:
         # As root, drop to an unprivileged host uid before bwrap: the job's processes are then "nobody" on the host
         # too (not root in a user namespace), and RLIMIT_NPROC is not waived for them as it is for root.
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
-        self._helper = str(HELPER) if os.access(HELPER, os.X_OK) else None
+        self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
         self.builds = 0  # compile-and-pack runs, for tests and statistics
@@ -91,11 +92,17 @@ class Sandbox:
 
     @classmethod
     async def create(
-        cls, settings: Settings, *, cgroups: bool = True, languages: Collection[str] | None = None
+        cls,
+        settings: Settings,
+        *,
+        cgroups: bool = True,
+        languages: Collection[str] | None = None,
+        helper: bool = True,
     ) -> Sandbox:
         """Check the sandbox works on this host and find the toolchains that work inside it.
 
-        `cgroups=False` forces the rlimit fallbacks and `languages` limits probing to some languages (tests).
+        `cgroups=False` forces the rlimit fallbacks, `languages` limits probing to some languages, and
+        `helper=False` starts jobs through the perl helpers even where the C helper is built (tests, benchmarks).
         Raises SandboxUnavailable with a one-line fix when jobs cannot run safely here.
         """
         defs = load_languages()
@@ -114,7 +121,7 @@ class Sandbox:
             groups = await asyncio.to_thread(
                 Cgroups.setup, memory_bytes=settings.memory_limit_mb << 20, max_tasks=max_tasks
             )
-        sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter)
+        sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter, helper=helper)
         try:
             await sandbox._start()
         except BaseException:
@@ -148,7 +155,7 @@ class Sandbox:
                 "(MEMORY_LIMIT_MB / MAX_PROCESSES)",
                 self._memory_mb,
             )
-        if self._helper is None:
+        if self._helper is None and not HELPER.exists():
             logger.warning("%s not built (make install needs a C compiler): jobs start through perl helpers", HELPER)
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")

@@ -359,15 +359,14 @@ raise SystemExit(7)
 """
 
 
-async def test_the_c_helper_and_the_perl_path_start_a_job_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_c_helper_and_the_perl_path_start_a_job_alike() -> None:
     """The C helper (built by make install-test) replaces sh, setpriv, perl and prlimit: a job sees the same
     limits, uid and undumpable driver either way, and both report the same exact statuses."""
     assert sandbox_module.HELPER.exists(), "make install-test builds server/helper/conveyor-run"
     reports = []
-    for helper in (sandbox_module.HELPER, sandbox_module.HELPER.with_name("not-built")):
-        monkeypatch.setattr(sandbox_module, "HELPER", helper)
-        async with open_sandbox(SETTINGS, languages=["python", "c"]) as box:
-            assert (box.helper is not None) == (helper.name == "conveyor-run")
+    for helper in (True, False):
+        async with open_sandbox(SETTINGS, languages=["python", "c"], helper=helper) as box:
+            assert (box.helper is not None) == helper
             run = await run_job(box, "python", START_REPORT)
             assert (run.result.exit_code, run.result.reason) == (7, None), run.result
             reports.append(run.result.stdout)
@@ -378,6 +377,18 @@ async def test_the_c_helper_and_the_perl_path_start_a_job_alike(monkeypatch: pyt
     assert reports[0] == reports[1]
     assert "driver fds visible False" in reports[0] and "CORE (0, 0)" in reports[0]
     assert f"CPU ({SETTINGS.cpu_time_limit_s}, {SETTINGS.cpu_time_limit_s + 1})" in reports[0]
+
+
+async def test_without_the_c_helper_the_server_says_how_to_build_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sandbox_module, "HELPER", sandbox_module.HELPER.with_name("not-built"))
+    async with open_sandbox(SETTINGS, languages=["bash"]) as box:
+        assert box.helper is None
+        assert box.describe()["launcher"] == "sh, setpriv, perl, prlimit (no C helper built)"
+        run = await run_job(box, "bash", "echo ok")
+    assert run.result.stdout == "ok\n"
+    assert "not built (make install needs a C compiler)" in caplog.text
 
 
 def test_the_c_helper_fails_closed() -> None:
