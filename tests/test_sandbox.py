@@ -391,6 +391,9 @@ async def test_without_the_c_helper_the_server_says_how_to_build_it(
     assert "not built (make install needs a C compiler)" in caplog.text
 
 
+BAD_LIMITS = ["-", "1k", "-5", "", " 3"]  # CPU (never "-"), FSIZE, NOFILE, NPROC, AS
+
+
 def test_the_c_helper_fails_closed() -> None:
     """A cgroup it cannot join, or a command line it does not understand, stops it before anything runs."""
     helper = str(sandbox_module.HELPER)
@@ -399,5 +402,16 @@ def test_the_c_helper_fails_closed() -> None:
     )
     assert (joined.returncode, joined.stdout) == (125, "")
     assert "conveyor: cannot join cgroup /nonexistent/cgroup.procs" in joined.stderr
-    for argv in (["drive", "3", "4"], ["launch", "--cgroup"], ["launch", "--bogus", "x", "--", "true"], ["other"]):
-        assert subprocess.run([helper, *argv], capture_output=True).returncode == 120, argv
+    limits = ["10", "1000", "256", "-", "-"]
+    refused = [
+        ["drive", "3", "4"],
+        ["launch", "--cgroup"],
+        ["launch", "--bogus", "x", "--", "true"],
+        ["launch", "--uid", "nobody", "--", "true"],  # not read as uid 0
+        ["other"],
+        # a limit that is not a number is refused, not read as 0 or as unlimited
+        *(["drive", "1", "2", *limits[:i], bad, *limits[i + 1 :], "0", "true"] for i, bad in enumerate(BAD_LIMITS)),
+    ]
+    for argv in refused:
+        done = subprocess.run([helper, *argv], capture_output=True, text=True)
+        assert (done.returncode, done.stdout) == (120, ""), argv

@@ -60,7 +60,9 @@ static int launch(int argc, char **argv) {
             }
             close(fd);
         } else if (strcmp(argv[i], "--uid") == 0) {
-            uid = strtol(argv[i + 1], NULL, 10);
+            char *rest;
+            uid = strtol(argv[i + 1], &rest, 10);
+            if (*argv[i + 1] == 0 || *rest != 0 || uid < 0) return USAGE_FAILED;  /* never "0" by mistake */
         } else {
             return USAGE_FAILED;
         }
@@ -80,10 +82,17 @@ static int launch(int argc, char **argv) {
     return 127;
 }
 
-static int limit(int resource, const char *value, rlim_t hard_extra) {
+/* Soft and hard limit VALUE, or none for "-"; anything else is refused rather than read as 0 or unlimited. */
+static int limit(int resource, const char *value) {
     if (strcmp(value, "-") == 0) return 0;
-    rlim_t soft = (rlim_t)strtoull(value, NULL, 10);
-    struct rlimit rl = {soft, soft + hard_extra};
+    char *rest;
+    errno = 0;
+    rlim_t n = (rlim_t)strtoull(value, &rest, 10);
+    if (*value < '0' || *value > '9' || *rest != 0 || errno != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct rlimit rl = {n, n};
     return setrlimit(resource, &rl);
 }
 
@@ -130,12 +139,15 @@ static int stage(int sfd, int cfd, const char *name, int to_pipe, char **cmd) {
 
 /* limits: CPU FSIZE NOFILE NPROC AS, as strings ("-" for none). */
 static int set_limits(char **limits) {
-    unsigned cpu_s = (unsigned)strtoul(limits[0], NULL, 10);
+    char *rest;
+    unsigned long cpu_s = strtoul(limits[0], &rest, 10);
     struct rlimit cpu = {cpu_s, cpu_s + 1};  /* SIGXCPU first, SIGKILL a second later */
     struct rlimit core = {0, 0};  /* a core_pattern pipe would run a host helper as root */
-    if (setrlimit(RLIMIT_CPU, &cpu) != 0 || limit(RLIMIT_FSIZE, limits[1], 0) != 0 ||
-        limit(RLIMIT_NOFILE, limits[2], 0) != 0 || setrlimit(RLIMIT_CORE, &core) != 0 ||
-        limit(RLIMIT_NPROC, limits[3], 0) != 0 || limit(RLIMIT_AS, limits[4], 0) != 0) {
+    int bad_cpu = *limits[0] < '0' || *limits[0] > '9' || *rest != 0;
+    if (bad_cpu) errno = EINVAL;
+    if (bad_cpu || setrlimit(RLIMIT_CPU, &cpu) != 0 || limit(RLIMIT_FSIZE, limits[1]) != 0 ||
+        limit(RLIMIT_NOFILE, limits[2]) != 0 || setrlimit(RLIMIT_CORE, &core) != 0 ||
+        limit(RLIMIT_NPROC, limits[3]) != 0 || limit(RLIMIT_AS, limits[4]) != 0) {
         fprintf(stderr, "conveyor driver: setrlimit: %s\n", strerror(errno));
         return -1;
     }
