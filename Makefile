@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 NPM_STAMP := tests/npm/node_modules/.stamp
 
-.PHONY: run test lint bench assets screenshots install install-test install-bench system-run system-test clean
+.PHONY: run test lint bench assets screenshots helper install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -45,12 +45,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-install: $(VENV)/.stamp-install
+# The sandbox's launch and stage-driver helper (server/sandbox.py finds it here). Static when libc.a is there: one
+# exec with no dynamic loader. Without a C compiler the server still works, starting jobs through perl helpers.
+HELPER := server/helper/conveyor-run
+helper: $(HELPER)
+$(HELPER): server/helper/conveyor-run.c
+	@if command -v cc >/dev/null; then \
+	  cc -O2 -Wall -Wextra -Werror -static -o $@ $< 2>/dev/null || cc -O2 -Wall -Wextra -Werror -o $@ $<; \
+	else echo "conveyor: no C compiler (cc): jobs start through setpriv, prlimit and perl (apt-get install gcc)" >&2; fi
+
+install: $(VENV)/.stamp-install $(HELPER)
 $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	@touch $@
 
-install-test: $(VENV)/.stamp-test $(NPM_STAMP)
+install-test: $(VENV)/.stamp-test $(NPM_STAMP) $(HELPER)
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis]'
 	@touch $@ $(VENV)/.stamp-install
@@ -61,7 +70,7 @@ $(NPM_STAMP): tests/npm/package.json tests/npm/package-lock.json
 	  npm ci --prefix tests/npm --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "conveyor: npm not found: tests/test_piston.py drives the npm piston-client (install nodejs)" >&2; fi
 
-install-bench: $(VENV)/.stamp-bench
+install-bench: $(VENV)/.stamp-bench $(HELPER)
 $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis,bench]'
 	@touch $@ $(VENV)/.stamp-install $(VENV)/.stamp-test

@@ -165,6 +165,7 @@ async def describe(session: aiohttp.ClientSession, url: str) -> str:
 async def measure() -> dict[str, Any]:
     cores = os.cpu_count() or 1
     direct = await Sandbox.create(Settings(), languages=["python"])
+    perl = await Sandbox.create(Settings(), languages=["python"], helper=False)  # the launcher before the C helper
     log = tempfile.NamedTemporaryFile(prefix="conveyor-bench-sandbox-", suffix=".log", delete=False)
     try:
         proc, url = await start_server(cores, log)
@@ -174,7 +175,8 @@ async def measure() -> dict[str, Any]:
             async with aiohttp.ClientSession(connector=connector) as session:
                 enforcement = await describe(session, url)
                 server = server_job(session, url)
-                times = await latency({"bare": bare_spawn, "direct": sandbox_job(direct), "server": server})
+                kinds = {"bare": bare_spawn, "direct": sandbox_job(direct), "perl": sandbox_job(perl), "server": server}
+                times = await latency(kinds)
                 elapsed = {"bare": 0.0, "server": 0.0}
                 client_cpu = server_cpu = 0.0
                 for _ in range(ROUNDS):
@@ -188,6 +190,7 @@ async def measure() -> dict[str, Any]:
             await proc.wait()
     finally:
         await direct.close()
+        await perl.close()
         log.close()
         os.unlink(log.name)
     jobs = N_THROUGHPUT // ROUNDS * ROUNDS
@@ -198,6 +201,7 @@ async def measure() -> dict[str, Any]:
         "latency_ms": {
             **{name: _summary(values) for name, values in times.items()},
             "ratio": statistics.median(times["server"]) / statistics.median(times["bare"]),
+            "helper_ratio": statistics.median(times["direct"]) / statistics.median(times["perl"]),
         },
         "jobs_per_s": {**rates, "ratio": rates["server"] / rates["bare"]},
         "cpu_ms_per_job": {"server_process": server_cpu * 1000 / jobs, "client": client_cpu * 1000 / jobs},
@@ -216,8 +220,15 @@ def main() -> dict[str, Any]:
     print(f"sandbox: {figures['enforcement']}")
     print(f"python hello world, latency of {N_LATENCY} sequential jobs each in {ROUNDS} rounds, {WARMUP} warm-ups:")
     print(f"  {'':<32} {'median ms':>10} {'p95 ms':>10}")
-    for name, label in (("bare", "bare bwrap spawn"), ("direct", "Sandbox() in-process"), ("server", "POST /run")):
+    rows = (
+        ("bare", "bare bwrap spawn"),
+        ("direct", "Sandbox() in-process"),
+        ("perl", "  the same, perl launcher"),
+        ("server", "POST /run"),
+    )
+    for name, label in rows:
         print(f"  {label:<32} {lat[name]['median']:>10.1f} {lat[name]['p95']:>10.1f}")
+    print(f"  Sandbox(), C helper / perl launcher: {lat['helper_ratio']:.2f}x")
     verdict = "meets" if lat["ratio"] <= LATENCY_GOAL else "misses"
     print(f"  POST /run / bare: {lat['ratio']:.2f}x (goal <= {LATENCY_GOAL}x: {verdict})")
     print(f"throughput, {N_THROUGHPUT} jobs each in {ROUNDS} rounds, {figures['cores']} in flight:")

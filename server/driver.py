@@ -1,9 +1,11 @@
-"""Stage driver: the perl program that runs a job's stages inside the sandbox, and the reports it sends the server."""
+"""Stage driver: the reports it sends the server, and the perl driver used where the C helper is not built."""
 
 from __future__ import annotations
 
 import re
 
+# server/helper/conveyor-run.c (`drive`) does the same as SOURCE and NEW_KEYRING (`launch`) in one exec each, and
+# writes the same reports; this perl is what runs on a host where `make install` found no C compiler.
 # The sandbox's first process after rlimits are set. It runs the compile stage (output to its
 # own pipe, stdin from /dev/null) and then the program, and reports each stage's start and exact wait status on
 # the status pipe: bwrap itself would fold "killed by signal N" into exit code 128+N. perl-base is Essential on

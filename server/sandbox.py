@@ -54,6 +54,10 @@ NO_MEMORY_CGROUP = (
 # Runs as the server's user before bwrap: joins the job's cgroups, so bwrap and everything it starts is limited
 # from its first instruction (no window where a fork escapes), then execs the rest of the command line.
 JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; shift; done; shift; exec "$@"'
+# The C helper (server/helper/conveyor-run.c, built by `make install`) that does all of the above in one exec per
+# side of bwrap; without it (no C compiler) jobs start through sh, setpriv, perl and prlimit as before.
+HELPER = Path(__file__).with_name("helper") / "conveyor-run"
+HELPER_IN_BOX = "/.conveyor-run"  # where the sandbox sees it (read-only)
 
 
 class Sandbox:
@@ -66,6 +70,7 @@ class Sandbox:
         *,
         cgroups: Cgroups | None,
         syscall_filter: seccomp.SyscallFilter,
+        helper: bool = True,
     ) -> None:
         self.settings = settings
         self._filter = syscall_filter
@@ -80,6 +85,7 @@ class Sandbox:
         # As root, drop to an unprivileged host uid before bwrap: the job's processes are then "nobody" on the host
         # too (not root in a user namespace), and RLIMIT_NPROC is not waived for them as it is for root.
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
+        self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
@@ -90,11 +96,17 @@ class Sandbox:
 
     @classmethod
     async def create(
-        cls, settings: Settings, *, cgroups: bool = True, languages: Collection[str] | None = None
+        cls,
+        settings: Settings,
+        *,
+        cgroups: bool = True,
+        languages: Collection[str] | None = None,
+        helper: bool = True,
     ) -> Sandbox:
         """Check the sandbox works on this host and find the toolchains that work inside it.
 
-        `cgroups=False` forces the rlimit fallbacks and `languages` limits probing to some languages (tests).
+        `cgroups=False` forces the rlimit fallbacks, `languages` limits probing to some languages, and
+        `helper=False` starts jobs through the perl helpers even where the C helper is built (tests, benchmarks).
         Raises SandboxUnavailable with a one-line fix when jobs cannot run safely here.
         """
         defs = load_languages()
@@ -113,7 +125,7 @@ class Sandbox:
             groups = await asyncio.to_thread(
                 Cgroups.setup, memory_bytes=settings.memory_limit_mb << 20, max_tasks=max_tasks
             )
-        sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter)
+        sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter, helper=helper)
         try:
             await sandbox._start()
         except BaseException:
@@ -147,6 +159,8 @@ class Sandbox:
                 "(MEMORY_LIMIT_MB / MAX_PROCESSES)",
                 self._memory_mb,
             )
+        if self._helper is None and not HELPER.exists():
+            logger.warning("%s not built (make install needs a C compiler): jobs start through perl helpers", HELPER)
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
         self._layers = await asyncio.to_thread(packages.find_layers, self.settings)
@@ -330,6 +344,11 @@ class Sandbox:
         return self._setpriv is not None
 
     @property
+    def helper(self) -> str | None:
+        """The C launch/driver helper jobs start through, or None when it is not built (the perl helpers then)."""
+        return self._helper
+
+    @property
     def seccomp_bpf(self) -> bytes | None:
         """The syscall filter for bwrap --seccomp (SANDBOX=none runs without one)."""
         return self._filter.bpf if self.backend == "bwrap" else None
@@ -348,6 +367,25 @@ class Sandbox:
         return [self._setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"]
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
+        """helper launch (cgroups, uid, keyring) -> bwrap -> helper drive (rlimits, not dumpable) -> compile, run."""
+        if self._helper is None:
+            return self._perl_argv(spec, fds, cgroup)
+        limits = self._limits(spec)
+        inner = self._helper if self.backend == "none" else HELPER_IN_BOX
+        cmd = [inner, "drive", str(fds.status), str(fds.compile)]
+        cmd += [str(limits.get(k, "-")) for k in ("cpu", "fsize", "nofile", "nproc", "as")]
+        cmd += [str(len(spec.compile or [])), *(spec.compile or []), *spec.run]
+        if self.backend == "bwrap":
+            assert self._bwrap is not None
+            cmd = [self._bwrap, *self._bwrap_args(spec, fds), "--", *cmd]
+        launch = [self._helper, "launch"]
+        for procs in cgroup.procs_files if cgroup is not None else []:
+            launch += ["--cgroup", procs]
+        if self._setpriv is not None:
+            launch += ["--uid", str(SANDBOX_UID)]
+        return [*launch, "--", *cmd]
+
+    def _perl_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
         """launcher [join cgroups] -> setpriv -> new keyring -> bwrap -> prlimit -> perl driver -> compile, run."""
         prctl, keyctl = self._filter.numbers["prctl"], self._filter.numbers["keyctl"]
         cmd = [*self._rlimits(spec), *driver.command(fds.status, fds.compile, prctl, spec.compile or [], spec.run)]
@@ -360,25 +398,29 @@ class Sandbox:
             cmd = ["/bin/sh", "-c", JOIN_CGROUPS, "conveyor-join", *cgroup.procs_files, "--", *cmd]
         return cmd
 
-    def _rlimits(self, spec: Spec) -> list[str]:
-        # Set by prlimit inside the sandbox, after bwrap has built it and before the driver starts: the limits bind
-        # the driver and everything it starts, not bwrap's own set-up, and the job's user namespace already exists,
-        # so RLIMIT_NPROC counts this job's tasks (Linux >= 5.14 counts per user namespace) rather than all of uid
-        # 65534 on the host.
+    def _limits(self, spec: Spec) -> dict[str, int]:
+        # Set inside the sandbox, after bwrap has built it and before the driver starts: the limits bind the driver
+        # and everything it starts, not bwrap's own set-up, and the job's user namespace already exists, so
+        # RLIMIT_NPROC counts this job's tasks (Linux >= 5.14 counts per user namespace) rather than all of uid
+        # 65534 on the host. RLIMIT_CORE is always 0 (a core_pattern pipe would run a host helper as root).
         s = self.settings
-        cpu_s = max(1, math.ceil(spec.cpu_time_ms / 1000))  # RLIMIT_CPU counts whole seconds
-        args = [
-            "prlimit",
-            f"--cpu={cpu_s}:{cpu_s + 1}",  # SIGXCPU first, SIGKILL a second later
-            f"--fsize={s.max_file_size_mb << 20}",
-            f"--nofile={s.max_open_files}",
-            "--core=0",  # a core_pattern pipe would run a host helper as root
-        ]
+        limits = {
+            "cpu": max(1, math.ceil(spec.cpu_time_ms / 1000)),  # whole seconds; SIGXCPU, SIGKILL a second later
+            "fsize": s.max_file_size_mb << 20,
+            "nofile": s.max_open_files,
+        }
         if self._enforcer("pids") is None:
-            args.append(f"--nproc={s.max_processes + HELPER_TASKS}")
+            limits["nproc"] = s.max_processes + HELPER_TASKS
         if self._enforcer("memory") is None:
-            args.append(f"--as={spec.address_space_mb << 20}")
-        return [*args, "--"]
+            limits["as"] = spec.address_space_mb << 20
+        return limits
+
+    def _rlimits(self, spec: Spec) -> list[str]:
+        """prlimit's command line for _limits() (the perl path)."""
+        limits = self._limits(spec)
+        cpu_s = limits.pop("cpu")
+        args = ["prlimit", f"--cpu={cpu_s}:{cpu_s + 1}", "--core=0"]
+        return [*args, *(f"--{name}={value}" for name, value in limits.items()), "--"]
 
     def _bwrap_args(self, spec: Spec, fds: Fds) -> list[str]:
         sized = ["--size", str(self.settings.workdir_size_mb << 20)] if "--size" in self._bwrap_help else []
@@ -405,6 +447,8 @@ class Sandbox:
             args += ["--json-status-fd", str(fds.bwrap_status)]
         if fds.seccomp is not None:
             args += ["--seccomp", str(fds.seccomp)]
+        if self._helper is not None:
+            args += ["--ro-bind", self._helper, HELPER_IN_BOX]
         # bwrap's own tmpfs for / and /dev is owned by the sandbox user: make them read-only, so the only
         # writable places are the size-capped /box, /tmp and /dev/shm.
         return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]
@@ -479,6 +523,7 @@ class Sandbox:
             "syscallFilter": self._filter.describe() if self.backend == "bwrap" else None,
             "keyring": "a new empty session keyring for each job",
             "stageDriver": "not dumpable (its pipes are out of the program's reach)",
+            "launcher": "conveyor-run (C helper)" if self._helper else "sh, setpriv, perl, prlimit (no C helper built)",
             "limits": {
                 "memory": memory,
                 "processes": processes,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from server import sandbox as sandbox_module
 from server.errors import SandboxUnavailable
 from server.jobs import ExecutionResult, Job, JobIO, Stream
 from server.sandbox import Sandbox
@@ -340,3 +342,77 @@ async def test_development_mode_warns_and_still_runs(caplog: pytest.LogCaptureFi
         run = await run_job(sandbox, "python", "import os; print(open('main.py').read().strip() != '')")
         assert run.result.stdout == "True\n"
         assert sandbox.describe()["backend"] == "none"
+
+
+# -- the C helper and the perl path it replaces -----------------------------------------------------------------
+
+# What a job sees of its start: its rlimits, its parent (the stage driver), whether it is dumpable, its session
+# keyring's description, its uid, and its exact exit status from the driver.
+START_REPORT = """
+import ctypes, os, resource
+for name in ("CPU", "FSIZE", "NOFILE", "CORE", "NPROC", "AS"):
+    print(name, resource.getrlimit(getattr(resource, "RLIMIT_" + name)))
+print("uid", os.getuid(), "groups", os.getgroups())
+status = open("/proc/%d/status" % os.getppid()).read()
+print("driver uid", [line.split()[1] for line in status.splitlines() if line.startswith("Uid:")])
+print("driver fds visible", os.access("/proc/%d/fd" % os.getppid(), os.R_OK))
+raise SystemExit(7)
+"""
+
+
+async def test_the_c_helper_and_the_perl_path_start_a_job_alike() -> None:
+    """The C helper (built by make install-test) replaces sh, setpriv, perl and prlimit: a job sees the same
+    limits, uid and undumpable driver either way, and both report the same exact statuses."""
+    assert sandbox_module.HELPER.exists(), "make install-test builds server/helper/conveyor-run"
+    reports = []
+    for helper in (True, False):
+        async with open_sandbox(SETTINGS, languages=["python", "c"], helper=helper) as box:
+            assert (box.helper is not None) == helper
+            run = await run_job(box, "python", START_REPORT)
+            assert (run.result.exit_code, run.result.reason) == (7, None), run.result
+            reports.append(run.result.stdout)
+            crash = await run_job(box, "c", "int main(void) { volatile int *p = 0; return *p; }\n")
+            assert (crash.result.signal, crash.result.exit_code) == ("SIGSEGV", None)
+            broken = await run_job(box, "c", "int main(void) { return nope; }\n")
+            assert broken.result.reason == "compile_error" and "nope" in (broken.result.compile_output or "")
+    assert reports[0] == reports[1]
+    assert "driver fds visible False" in reports[0] and "CORE (0, 0)" in reports[0]
+    assert f"CPU ({SETTINGS.cpu_time_limit_s}, {SETTINGS.cpu_time_limit_s + 1})" in reports[0]
+
+
+async def test_without_the_c_helper_the_server_says_how_to_build_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sandbox_module, "HELPER", sandbox_module.HELPER.with_name("not-built"))
+    async with open_sandbox(SETTINGS, languages=["bash"]) as box:
+        assert box.helper is None
+        assert box.describe()["launcher"] == "sh, setpriv, perl, prlimit (no C helper built)"
+        run = await run_job(box, "bash", "echo ok")
+    assert run.result.stdout == "ok\n"
+    assert "not built (make install needs a C compiler)" in caplog.text
+
+
+BAD_LIMITS = ["-", "1k", "-5", "", " 3"]  # CPU (never "-"), FSIZE, NOFILE, NPROC, AS
+
+
+def test_the_c_helper_fails_closed() -> None:
+    """A cgroup it cannot join, or a command line it does not understand, stops it before anything runs."""
+    helper = str(sandbox_module.HELPER)
+    joined = subprocess.run(
+        [helper, "launch", "--cgroup", "/nonexistent/cgroup.procs", "--", "echo", "ran"], capture_output=True, text=True
+    )
+    assert (joined.returncode, joined.stdout) == (125, "")
+    assert "conveyor: cannot join cgroup /nonexistent/cgroup.procs" in joined.stderr
+    limits = ["10", "1000", "256", "-", "-"]
+    refused = [
+        ["drive", "3", "4"],
+        ["launch", "--cgroup"],
+        ["launch", "--bogus", "x", "--", "true"],
+        ["launch", "--uid", "nobody", "--", "true"],  # not read as uid 0
+        ["other"],
+        # a limit that is not a number is refused, not read as 0 or as unlimited
+        *(["drive", "1", "2", *limits[:i], bad, *limits[i + 1 :], "0", "true"] for i, bad in enumerate(BAD_LIMITS)),
+    ]
+    for argv in refused:
+        done = subprocess.run([helper, *argv], capture_output=True, text=True)
+        assert (done.returncode, done.stdout) == (120, ""), argv

@@ -7,13 +7,18 @@ import ctypes
 import dataclasses
 import platform
 import secrets
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyseccomp
 import pytest
 
 from server import driver
+from server import sandbox as sandbox_module
 from server.cgroups import JobCgroup
 from server.execution import Fds, Run, Spec
 from server.jobs import JobIO
@@ -148,14 +153,31 @@ async def test_unexpected_status_data_ends_the_job(data: str, repeat: str, caplo
     assert "still running or holding its pipes" not in caplog.text  # ended at once, nothing blocked on the pipe
 
 
+@pytest.fixture
+def dumpable_helper() -> Iterator[Path | None]:
+    """The C driver built with the test-only switch that leaves it dumpable, somewhere the sandbox user can read
+    (pytest's tmp_path is not), or None when the server runs without the C helper."""
+    if not sandbox_module.HELPER.exists():
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="conveyor-dumpable-") as directory:
+        Path(directory).chmod(0o755)
+        helper = Path(directory, "conveyor-run")
+        source = sandbox_module.HELPER.with_suffix(".c")
+        subprocess.run([shutil.which("cc") or "cc", "-DCONVEYOR_LEAVE_DUMPABLE", "-o", helper, source], check=True)
+        yield helper
+
+
 async def test_a_stolen_status_pipe_ends_only_its_own_job(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, dumpable_helper: Path | None
 ) -> None:
     """Defence in depth: with the driver left dumpable and no syscall filter, the theft succeeds, and the server
     still reads one line of the flood, ends that job, and leaves nothing blocked on the pipe."""
     monkeypatch.setattr(Sandbox, "seccomp_bpf", property(lambda self: None))
     undumpable = next(line for line in driver.SOURCE.splitlines() if "$prctl, 4" in line)
     monkeypatch.setattr(driver, "SOURCE", driver.SOURCE.replace(undumpable, ""))
+    if dumpable_helper is not None:
+        monkeypatch.setattr(sandbox_module, "HELPER", dumpable_helper)
     async with open_sandbox(SETTINGS, languages=["c"]) as undefended:
         run = await run_job(undefended, "c", STEAL_STATUS_PIPE, timeout_ms=60_000)
     assert (run.result.stdout, run.result.reason) == ("stole 1\n", "internal_error"), run.result

@@ -1,0 +1,198 @@
+/* conveyor-run: the one helper a job's sandbox execs, in place of sh (cgroups), setpriv, perl (keyring), prlimit and
+ * the perl stage driver. Two modes, one binary (built by `make install` with the system cc; see server/driver.py).
+ *
+ *   conveyor-run launch [--cgroup PROCS]... [--uid UID] -- COMMAND...
+ *     On the host, as the server's user, before bwrap: joins each cgroup (so bwrap and all it starts are limited
+ *     from their first instruction), drops to UID (no supplementary groups) when given, joins a new anonymous
+ *     session keyring as that uid (its key quota), then execs COMMAND. Exit 125 if a cgroup cannot be joined, 124 if
+ *     the keyring cannot be, 126 if the uid cannot be taken.
+ *
+ *   conveyor-run drive STATUS_FD COMPILE_FD CPU_S FSIZE NOFILE NPROC AS N COMPILE(N args)... RUN...
+ *     Inside the sandbox, as bwrap's pid 1's child: sets the rlimits (here, inside the job's user namespace, so
+ *     RLIMIT_NPROC counts this job's tasks; NPROC and AS are "-" when a cgroup enforces them), makes itself not
+ *     dumpable (the program runs as the same uid and could otherwise take the status pipe), then runs the compile
+ *     stage (stdin /dev/null, output to COMPILE_FD) and the program, reporting each stage's start and exact wait
+ *     status on STATUS_FD in the format server/driver.py parses.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define KEYCTL_JOIN_SESSION_KEYRING 1
+#define JOIN_FAILED 125
+#define KEYRING_FAILED 124
+#define UID_FAILED 126
+#define PRCTL_FAILED 121
+#define USAGE_FAILED 120
+
+static int write_all(int fd, const char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int launch(int argc, char **argv) {
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    long uid = -1;
+    int i = 2;
+    for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+        if (i + 1 >= argc) return USAGE_FAILED;
+        if (strcmp(argv[i], "--cgroup") == 0) {
+            int fd = open(argv[i + 1], O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || write_all(fd, pid, (size_t)len) != 0) {
+                fprintf(stderr, "conveyor: cannot join cgroup %s: %s\n", argv[i + 1], strerror(errno));
+                return JOIN_FAILED;
+            }
+            close(fd);
+        } else if (strcmp(argv[i], "--uid") == 0) {
+            char *rest;
+            uid = strtol(argv[i + 1], &rest, 10);
+            if (*argv[i + 1] == 0 || *rest != 0 || uid < 0) return USAGE_FAILED;  /* never "0" by mistake */
+        } else {
+            return USAGE_FAILED;
+        }
+    }
+    if (i + 1 >= argc) return USAGE_FAILED;
+    if (uid >= 0 && (setgroups(0, NULL) != 0 || setresgid((gid_t)uid, (gid_t)uid, (gid_t)uid) != 0 ||
+                     setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0)) {
+        fprintf(stderr, "conveyor: cannot run as uid %ld: %s\n", uid, strerror(errno));
+        return UID_FAILED;
+    }
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0) {
+        fprintf(stderr, "conveyor: cannot join a new session keyring: %s\n", strerror(errno));
+        return KEYRING_FAILED;
+    }
+    execvp(argv[i + 1], &argv[i + 1]);
+    fprintf(stderr, "conveyor: cannot run %s: %s\n", argv[i + 1], strerror(errno));
+    return 127;
+}
+
+/* Soft and hard limit VALUE, or none for "-"; anything else is refused rather than read as 0 or unlimited. */
+static int limit(int resource, const char *value) {
+    if (strcmp(value, "-") == 0) return 0;
+    char *rest;
+    errno = 0;
+    rlim_t n = (rlim_t)strtoull(value, &rest, 10);
+    if (*value < '0' || *value > '9' || *rest != 0 || errno != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct rlimit rl = {n, n};
+    return setrlimit(resource, &rl);
+}
+
+static void report(int fd, const char *text) {
+    /* A failed report only loses the line: the server then goes by bwrap's exit status. */
+    (void)write_all(fd, text, strlen(text));
+}
+
+/* Runs one stage and reports its start and its exact wait status; returns the wait status, or -1. */
+static int stage(int sfd, int cfd, const char *name, int to_pipe, char **cmd) {
+    char line[64];
+    snprintf(line, sizeof line, "%s-start\n", name);
+    report(sfd, line);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(line, sizeof line, "%s-end error\n", name);
+        report(sfd, line);
+        return -1;
+    }
+    if (pid == 0) {
+        if (to_pipe) {
+            int null = open("/dev/null", O_RDONLY | O_CLOEXEC);  /* its copy on fd 0 is not close-on-exec */
+            if (null > 0) dup2(null, 0);
+            dup2(cfd, 1);
+            dup2(cfd, 2);
+        }
+        execvp(cmd[0], cmd);  /* both pipes are close-on-exec */
+        fprintf(stderr, "cannot run %s: %s\n", cmd[0], strerror(errno));
+        _exit(127);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            snprintf(line, sizeof line, "%s-end error\n", name);
+            report(sfd, line);
+            return -1;
+        }
+    }
+    if (WIFSIGNALED(status)) snprintf(line, sizeof line, "%s-end signal %d\n", name, WTERMSIG(status));
+    else snprintf(line, sizeof line, "%s-end exit %d\n", name, WEXITSTATUS(status));
+    report(sfd, line);
+    return status;
+}
+
+/* limits: CPU FSIZE NOFILE NPROC AS, as strings ("-" for none). */
+static int set_limits(char **limits) {
+    char *rest;
+    unsigned long cpu_s = strtoul(limits[0], &rest, 10);
+    struct rlimit cpu = {cpu_s, cpu_s + 1};  /* SIGXCPU first, SIGKILL a second later */
+    struct rlimit core = {0, 0};  /* a core_pattern pipe would run a host helper as root */
+    int bad_cpu = *limits[0] < '0' || *limits[0] > '9' || *rest != 0;
+    if (bad_cpu) errno = EINVAL;
+    if (bad_cpu || setrlimit(RLIMIT_CPU, &cpu) != 0 || limit(RLIMIT_FSIZE, limits[1]) != 0 ||
+        limit(RLIMIT_NOFILE, limits[2]) != 0 || setrlimit(RLIMIT_CORE, &core) != 0 ||
+        limit(RLIMIT_NPROC, limits[3]) != 0 || limit(RLIMIT_AS, limits[4]) != 0) {
+        fprintf(stderr, "conveyor driver: setrlimit: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int undumpable(void) {
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+#ifndef CONVEYOR_LEAVE_DUMPABLE
+        fprintf(stderr, "conveyor driver: prctl: %s\n", strerror(errno));
+        return PRCTL_FAILED;
+#endif
+    }
+#ifdef CONVEYOR_LEAVE_DUMPABLE
+    /* Tests only: the defence-in-depth test needs a driver whose pipes a program can steal. */
+    prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+#endif
+    return 0;
+}
+
+/* Both stages, with the pipes kept from the programs: compile (n args, none when 0) and run, NULL-terminated. */
+static int stages(int sfd, int cfd, char **compile, int n, char **run) {
+    if (fcntl(sfd, F_SETFD, FD_CLOEXEC) != 0 || fcntl(cfd, F_SETFD, FD_CLOEXEC) != 0) return USAGE_FAILED;
+    if (n > 0 && stage(sfd, cfd, "compile", 1, compile) != 0) return 0;
+    close(cfd);
+    stage(sfd, cfd, "run", 0, run);
+    return 0;
+}
+
+static int drive(int argc, char **argv) {
+    if (argc < 11) return USAGE_FAILED;
+    int sfd = atoi(argv[2]), cfd = atoi(argv[3]);
+    int n = atoi(argv[9]);
+    if (n < 0 || 10 + n >= argc) return USAGE_FAILED;
+    if (set_limits(&argv[4]) != 0) return USAGE_FAILED;
+    if (undumpable() != 0) return PRCTL_FAILED;
+    char **compile = calloc((size_t)n + 1, sizeof *compile);  /* NULL-terminated copy; run ends argv */
+    if (compile == NULL) return USAGE_FAILED;
+    memcpy(compile, &argv[10], (size_t)n * sizeof *compile);
+    return stages(sfd, cfd, compile, n, &argv[10 + n]);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "launch") == 0) return launch(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "drive") == 0) return drive(argc, argv);
+    fprintf(stderr, "usage: conveyor-run launch|drive ...\n");
+    return USAGE_FAILED;
+}
