@@ -57,6 +57,9 @@ class Connection:
         self.request = request
         self.client = client
         self.jobs: set[str] = set()
+        # The last seq sent of each watched job: a replay and the live stream can carry the same event (on Redis a
+        # job's log is written before the shared stream), and a client must see each seq once.
+        self.sent: dict[str, int] = {}
         self.interactive: set[str] = set()
         # Insertion-ordered set: the jobs submitted on this socket (driving an anonymous job needs its token or
         # the socket that submitted it).

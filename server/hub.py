@@ -174,6 +174,7 @@ class Hub:
             if seq > last:
                 conn.send(data)
                 last = seq
+        conn.sent[job_id] = last
 
     def unwatch(self, conn: Connection, job_id: str) -> None:
         conn.jobs.discard(job_id)
@@ -184,6 +185,7 @@ class Hub:
                 del self._by_job[job_id]
                 self._positions.pop(job_id, None)
         self._replaying.pop((conn, job_id), None)
+        conn.sent.pop(job_id, None)
 
     async def subscribe_topic(self, conn: Connection) -> None:
         """Send the snapshot for the connection's audience (admins: ids; everyone else: display handles), then the
@@ -278,12 +280,17 @@ class Hub:
         watchers = self._by_job.get(job_id)
         if watchers:
             replaying = self._replaying
+            seq = event.get("seq")
             for conn in tuple(watchers):
                 held = replaying.get((conn, job_id)) if replaying else None
                 if held is not None:
                     held.append((event["seq"], data))
-                else:
-                    conn.send(data)
+                    continue
+                if seq is not None:
+                    if seq <= conn.sent.get(job_id, 0):
+                        continue  # the replay sent it already
+                    conn.sent[job_id] = seq
+                conn.send(data)
         if kind != "output":
             # Lifecycle metadata only: the queue topic never carries code, stdin or output, and only admins get
             # the id (a capability); everyone else a display handle.

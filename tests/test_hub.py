@@ -82,6 +82,19 @@ async def test_full_lifecycle_in_order(client: Client) -> None:
     assert {m["jobId"] for m in messages} == {messages[0]["jobId"]}
 
 
+async def test_an_event_both_replayed_and_live_is_sent_once(client: Client) -> None:
+    # On Redis a job's log is written before the shared stream, so an event can come back live after the replay
+    # that follows `queued` already sent it: the socket must still see each seq once.
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "python", "code": "input()", "interactive": True})
+    messages = await until(ws, "running")
+    client.app[HUB].on_event(dict(messages[-1]))  # the same `running` event again, as the stream would bring it
+    await ws.send_json({"type": "eof", "jobId": messages[0]["jobId"]})
+    rest = await until(ws, TERMINAL)
+    seqs = [m["seq"] for m in messages + rest if "seq" in m]
+    assert seqs == sorted(set(seqs)), seqs
+
+
 async def test_output_streams_while_the_program_runs(client: Client) -> None:
     ws = await connect(client)
     code = (
