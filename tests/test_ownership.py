@@ -19,6 +19,7 @@ from server.jobs import Runner
 from server.keys import HUB
 from tests.conftest import AppClientFactory, make_settings
 from tests.test_api import call, wait_for_status
+from tests.test_hub import recv, until
 
 Client = TestClient[web.Request, web.Application]
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
@@ -53,23 +54,6 @@ async def app_client(
         return client
 
     return make
-
-
-async def recv(ws: ClientWebSocketResponse, timeout: float = 20) -> dict[str, Any]:
-    msg = await ws.receive(timeout=timeout)
-    assert msg.type == WSMsgType.TEXT, msg
-    data: dict[str, Any] = orjson.loads(msg.data)
-    return data
-
-
-async def until(ws: ClientWebSocketResponse, kind: str | set[str], timeout: float = 20) -> list[dict[str, Any]]:
-    kinds = {kind} if isinstance(kind, str) else kind
-    seen = []
-    async with asyncio.timeout(timeout):
-        while True:
-            seen.append(await recv(ws))
-            if seen[-1]["type"] in kinds:
-                return seen
 
 
 async def connect(client: Client, **kwargs: Any) -> tuple[ClientWebSocketResponse, dict[str, Any]]:
