@@ -53,6 +53,15 @@ def not_found() -> web.Response:
     return json_response({"status": 404, "error": "Not Found"}, status=404)
 
 
+def read_options(request: web.Request) -> tuple[bool, tuple[str, ...]] | web.Response:
+    """`?base64_encoded` and `?fields` as every read answers them, or Judge0's 400 for an unknown field."""
+    try:
+        fields = requested_fields(request.query.get("fields"))
+    except BadRequest as exc:
+        return judge0_error(exc.message, 400)
+    return request.query.get("base64_encoded") == "true", fields
+
+
 def requested_fields(raw: str | None) -> tuple[str, ...]:
     """`?fields=a,b` (`*` for all); BadRequest naming the unknown ones, as Fields::Submission does."""
     names = [name for name in (raw or "").split(",") if name]
@@ -208,11 +217,10 @@ class Judge0Api:
             return judge0_error(CONVERSION_ERROR, 201, token=token_of(job.id))
 
     async def show(self, request: web.Request) -> web.Response:
-        base64_encoded = request.query.get("base64_encoded") == "true"
-        try:
-            fields = requested_fields(request.query.get("fields"))
-        except BadRequest as exc:
-            return judge0_error(exc.message, 400)
+        options = read_options(request)
+        if isinstance(options, web.Response):
+            return options
+        base64_encoded, fields = options
         queue = self.app[QUEUE]
         job = readable_job(client_of(request), await queue.get(job_id_of(request.match_info["token"])))
         if job is None:
@@ -224,11 +232,10 @@ class Judge0Api:
 
     async def index(self, request: web.Request) -> web.Response:
         """`GET /submissions`: an admin key sees every retained job, other callers their own; newest first."""
-        base64_encoded = request.query.get("base64_encoded") == "true"
-        try:
-            fields = requested_fields(request.query.get("fields"))
-        except BadRequest as exc:
-            return judge0_error(exc.message, 400)
+        options = read_options(request)
+        if isinstance(options, web.Response):
+            return options
+        base64_encoded, fields = options
         page, per_page = _int(request.query.get("page"), 1), _int(request.query.get("per_page"), 20)
         if page <= 0:
             return judge0_error(f"invalid page: {page}", 400)
@@ -297,11 +304,10 @@ class Judge0Api:
         return json_response(answers, status=201 if accepted else 422)
 
     async def batch_show(self, request: web.Request) -> web.Response:
-        base64_encoded = request.query.get("base64_encoded") == "true"
-        try:
-            fields = requested_fields(request.query.get("fields"))
-        except BadRequest as exc:
-            return judge0_error(exc.message, 400)
+        options = read_options(request)
+        if isinstance(options, web.Response):
+            return options
+        base64_encoded, fields = options
         raw = request.headers.get("tokens") or request.query.get("tokens") or ""
         tokens = [token for token in raw.strip().split(",") if token]
         limit = self.settings.max_batch_size
