@@ -131,6 +131,18 @@ class HostileLauncher:
     def env(self, spec: Spec, workdir: str | None) -> dict[str, str]:
         return {}
 
+    def take_warm(self, spec: Spec) -> None:
+        return None  # always a cold start, so the methods below are never called
+
+    def job_message(self, spec: Spec) -> bytes:
+        raise AssertionError("no warm sandboxes here")
+
+    def restrict(self, cgroup: JobCgroup, memory_mb: int) -> None:
+        raise AssertionError("no warm sandboxes here")
+
+    def warm_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None, job_fd: int, *, nice: int) -> list[str]:
+        raise AssertionError("no warm sandboxes here")
+
 
 @pytest.mark.parametrize(
     ("data", "repeat"),

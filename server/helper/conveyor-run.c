@@ -1,7 +1,7 @@
 /* conveyor-run: the one helper a job's sandbox execs, in place of sh (cgroups), setpriv, perl (keyring), prlimit and
  * the perl stage driver. Two modes, one binary (built by `make install` with the system cc; see server/driver.py).
  *
- *   conveyor-run launch [--cgroup PROCS]... [--uid UID] -- COMMAND...
+ *   conveyor-run launch [--cgroup PROCS]... [--nice N] [--uid UID] -- COMMAND...
  *     On the host, as the server's user, before bwrap: joins each cgroup (so bwrap and all it starts are limited
  *     from their first instruction), drops to UID (no supplementary groups) when given, joins a new anonymous
  *     session keyring as that uid (its key quota), then execs COMMAND. Exit 125 if a cgroup cannot be joined, 124 if
@@ -13,16 +13,24 @@
  *     dumpable (the program runs as the same uid and could otherwise take the status pipe), then runs the compile
  *     stage (stdin /dev/null, output to COMPILE_FD) and the program, reporting each stage's start and exact wait
  *     status on STATUS_FD in the format server/driver.py parses.
+ *
+ *   conveyor-run wait JOB_FD STATUS_FD COMPILE_FD
+ *     The same driver in a warm sandbox (server/pool.py), started before its job exists: makes itself not dumpable,
+ *     reports "ready" on STATUS_FD, then reads one job from JOB_FD (server/driver.py `job_message`: drive's
+ *     arguments, the environment, the files), writes the files into the work dir, closes JOB_FD and goes on as
+ *     drive. JOB_FD closed with nothing on it (a pool shutting down) ends it quietly.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,6 +67,9 @@ static int launch(int argc, char **argv) {
                 return JOIN_FAILED;
             }
             close(fd);
+        } else if (strcmp(argv[i], "--nice") == 0) {
+            /* A warm sandbox starts at a lower priority than running jobs; the server renices it when taken. */
+            if (setpriority(PRIO_PROCESS, 0, atoi(argv[i + 1])) != 0) return USAGE_FAILED;
         } else if (strcmp(argv[i], "--uid") == 0) {
             char *rest;
             uid = strtol(argv[i + 1], &rest, 10);
@@ -190,9 +201,123 @@ static int drive(int argc, char **argv) {
     return stages(sfd, cfd, compile, n, &argv[10 + n]);
 }
 
+/* The job message's bounds: its fields, argument and file counts (the host validated it; these only keep a bad
+ * message from costing more than a refused job). */
+#define FIELD_MAX (1 << 20)
+#define COUNT_MAX 65536
+
+/* One NUL-terminated field, or NULL at EOF or when it is too long. */
+static char *field(FILE *in) {
+    char *text = NULL;
+    size_t cap = 0;
+    ssize_t n = getdelim(&text, &cap, '\0', in);
+    if (n <= 0 || n > FIELD_MAX || text[n - 1] != '\0') {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+static long count(FILE *in, long max) {
+    char *text = field(in), *rest;
+    if (text == NULL) return -1;
+    errno = 0;
+    long n = strtol(text, &rest, 10);
+    int bad = *text < '0' || *text > '9' || *rest != 0 || errno != 0 || n > max;
+    free(text);
+    return bad ? -1 : n;
+}
+
+/* Parent directories of PATH (relative, validated by the server), as bwrap --dir makes them. */
+static int parents(char *path) {
+    if (*path == 0) return -1;
+    for (char *slash = strchr(path + 1, '/'); slash != NULL; slash = strchr(slash + 1, '/')) {
+        *slash = 0;
+        int made = mkdir(path, 0777) == 0 || errno == EEXIST;
+        *slash = '/';
+        if (!made) return -1;
+    }
+    return 0;
+}
+
+/* SIZE bytes of IN into a new file PATH, with bwrap --file's mode (0666 less the umask). */
+static int write_file(FILE *in, char *path, long long size) {
+    if (parents(path) != 0) return -1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0) return -1;
+    char buf[65536];
+    while (size > 0) {
+        size_t want = size < (long long)sizeof buf ? (size_t)size : sizeof buf;
+        size_t got = fread(buf, 1, want, in);
+        if (got == 0 || write_all(fd, buf, got) != 0) {
+            close(fd);
+            return -1;
+        }
+        size -= (long long)got;
+    }
+    return close(fd);
+}
+
+/* drive's arguments (NULL-terminated, from argv[1] on: argv[0] is unused), the environment and the files. */
+static char **read_job(FILE *in) {
+    long nargs = count(in, COUNT_MAX);
+    if (nargs < 8) return NULL;
+    char **args = calloc((size_t)nargs + 2, sizeof *args);
+    if (args == NULL) return NULL;
+    for (long i = 1; i <= nargs; i++)
+        if ((args[i] = field(in)) == NULL) return NULL;
+    long nenv = count(in, COUNT_MAX);
+    /* The job's environment as a cold run has it: the server's, plus the PWD bwrap --chdir set. */
+    char *pwd = getenv("PWD");
+    pwd = pwd != NULL ? strdup(pwd) : NULL;
+    if (nenv < 0 || clearenv() != 0 || (pwd != NULL && setenv("PWD", pwd, 1) != 0)) return NULL;
+    free(pwd);
+    for (long i = 0; i < nenv; i++) {
+        char *entry = field(in);
+        if (entry == NULL || strchr(entry, '=') == NULL || putenv(entry) != 0) return NULL;
+    }
+    long nfiles = count(in, COUNT_MAX);
+    for (long i = 0; i < nfiles; i++) {
+        char *path = field(in);
+        long size = count(in, LONG_MAX);
+        if (path == NULL || size < 0 || write_file(in, path, size) != 0) {
+            fprintf(stderr, "conveyor driver: cannot write %s: %s\n", path ? path : "a file", strerror(errno));
+            return NULL;
+        }
+        free(path);
+    }
+    return nfiles < 0 ? NULL : args;
+}
+
+static int warm(int argc, char **argv) {
+    if (argc != 5) return USAGE_FAILED;
+    int jfd = atoi(argv[2]), sfd = atoi(argv[3]), cfd = atoi(argv[4]);
+    if (undumpable() != 0) return PRCTL_FAILED;
+    report(sfd, "ready\n");
+    FILE *in = fdopen(jfd, "rb");
+    if (in == NULL) return USAGE_FAILED;
+    int first = fgetc(in);
+    if (first == EOF) return 0;  /* discarded before it got a job */
+    ungetc(first, in);
+    char **args = read_job(in);
+    fclose(in);
+    if (args == NULL) return USAGE_FAILED;
+    /* args[1..] are drive's CPU FSIZE NOFILE NPROC AS N COMPILE... RUN... */
+    int n = atoi(args[6]);
+    long nargs = 0;
+    while (args[nargs + 1] != NULL) nargs++;
+    if (n < 0 || 6 + n >= nargs) return USAGE_FAILED;
+    if (set_limits(&args[1]) != 0) return USAGE_FAILED;
+    char **compile = calloc((size_t)n + 1, sizeof *compile);
+    if (compile == NULL) return USAGE_FAILED;
+    memcpy(compile, &args[7], (size_t)n * sizeof *compile);
+    return stages(sfd, cfd, compile, n, &args[7 + n]);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "launch") == 0) return launch(argc, argv);
     if (argc > 1 && strcmp(argv[1], "drive") == 0) return drive(argc, argv);
-    fprintf(stderr, "usage: conveyor-run launch|drive ...\n");
+    if (argc > 1 && strcmp(argv[1], "wait") == 0) return warm(argc, argv);
+    fprintf(stderr, "usage: conveyor-run launch|drive|wait ...\n");
     return USAGE_FAILED;
 }
