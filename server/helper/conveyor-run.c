@@ -228,23 +228,27 @@ static long count(FILE *in, long max) {
     return bad ? -1 : n;
 }
 
-/* Parent directories of PATH (relative, validated by the server), as bwrap --dir makes them. */
+/* Parent directories of PATH (validated by the server), as bwrap --dir makes them (0755, whatever the umask). */
 static int parents(char *path) {
     if (*path == 0) return -1;
     for (char *slash = strchr(path + 1, '/'); slash != NULL; slash = strchr(slash + 1, '/')) {
         *slash = 0;
-        int made = mkdir(path, 0777) == 0 || errno == EEXIST;
+        int made = (mkdir(path, 0755) == 0 && chmod(path, 0755) == 0) || errno == EEXIST;
         *slash = '/';
         if (!made) return -1;
     }
     return 0;
 }
 
-/* SIZE bytes of IN into a new file PATH, with bwrap --file's mode (0666 less the umask). */
+/* SIZE bytes of IN into a new file PATH, with bwrap --file's mode (0666, whatever the umask). */
 static int write_file(FILE *in, char *path, long long size) {
     if (parents(path) != 0) return -1;
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
     if (fd < 0) return -1;
+    if (fchmod(fd, 0666) != 0) {
+        close(fd);
+        return -1;
+    }
     char buf[65536];
     while (size > 0) {
         size_t want = size < (long long)sizeof buf ? (size_t)size : sizeof buf;
