@@ -146,7 +146,7 @@ class Launcher(Protocol):
         """A warm sandbox for the spec, ready for its job message, or None to start a cold one."""
         ...
 
-    def job_message(self, spec: Spec) -> bytes:
+    def job_message(self, spec: Spec, warm: Warm) -> bytes:
         """What a warm sandbox's driver reads: the spec's driver arguments, environment and files."""
         ...
 
@@ -280,7 +280,7 @@ class Run:
         warm.renice()
         if spec.memory_mb is not None and warm.cgroup is not None:
             self._launcher.restrict(warm.cgroup, spec.memory_mb)
-        message = self._launcher.job_message(spec)
+        message = self._launcher.job_message(spec, warm)
         job = await writer(warm.job)
         self._transports.append(job.transport)
         proc, transports = await attach(warm)

@@ -60,6 +60,9 @@ class Warm:
     status: int  # read ends
     compile: int
     niced: bool
+    # Set by the sandbox: the environment it started with, and whether an interpreter was started in it.
+    env: dict[str, str] = field(default_factory=dict)
+    preloaded: bool = False
     on_done: Callable[[], None] = field(default=lambda: None)
 
     @property

@@ -64,6 +64,8 @@ HELPER_IN_BOX = "/.conveyor-run"  # where the sandbox sees it (read-only)
 # stage unpacks it into the work dir and deletes it (a cold one gets the build read-only at /ARTIFACT).
 WARM_ARTIFACT = f"/tmp/{ARTIFACT}"
 WARM_UNPACK = ["/bin/sh", "-c", 'tar -xf "$0" && exec rm -f "$0"', WARM_ARTIFACT]
+# The pre-started interpreter's code (languages.toml `preload`, `{preload}`).
+PRELOAD = (Path(__file__).with_name("helper") / "preload.py").read_text()
 
 
 class Sandbox:
@@ -486,19 +488,28 @@ class Sandbox:
             return None
         return self.pool.take(spec.language)
 
-    def job_message(self, spec: Spec) -> bytes:
-        files = spec.files
+    def job_message(self, spec: Spec, warm: Warm) -> bytes:
+        files, env, preload = spec.files, self.env(spec, None), None
         if spec.artifact is not None:
             files, spec = [(WARM_ARTIFACT, spec.artifact)], dataclasses.replace(spec, compile=WARM_UNPACK)
-        return driver.job_message(self._drive_args(spec), self.env(spec, None), files)
+        lang = self._index.get(warm.language)
+        # The pre-started interpreter runs the job only when the job is what it was started for: the same program,
+        # no compile stage, and the environment it booted with (python reads PYTHON* and the locale at start-up).
+        if warm.preloaded and lang is not None and lang.preload and not spec.compile and env == warm.env:
+            if spec.run[0] == lang.preload[0]:
+                preload = spec.run[1:]
+        return driver.job_message(self._drive_args(spec), env, files, preload)
 
     def restrict(self, cgroup: JobCgroup, memory_mb: int) -> None:
         assert self._cgroups is not None
         self._cgroups.restrict(cgroup, memory_mb << 20)
 
     def warm_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None, job_fd: int, *, nice: int) -> list[str]:
-        assert self._bwrap is not None
+        assert self._bwrap is not None and spec.language is not None
         wait = [HELPER_IN_BOX, "wait", str(job_fd), str(fds.status), str(fds.compile)]
+        lang = self._index.get(spec.language)
+        if lang is not None and lang.preload:
+            wait += [part.replace("{preload}", PRELOAD) for part in lang.preload]
         return [*self._launch(cgroup, nice=nice), "--", self._bwrap, *self._bwrap_args(spec, fds), "--", *wait]
 
     def _start_warm(self, name: str) -> Warm:
@@ -508,7 +519,9 @@ class Sandbox:
         assert lang is not None
         spec = self._spec(lang, f"warm-{secrets.token_hex(8)}", [])
         spec.language = lang.name
-        return start_warm(self, spec, nice=REFILL_NICE if os.geteuid() == 0 else 0)
+        warm = start_warm(self, spec, nice=REFILL_NICE if os.geteuid() == 0 else 0)
+        warm.env, warm.preloaded = self.env(spec, None), lang.preload is not None
+        return warm
 
     def pool_status(self) -> dict[str, Any]:
         """The warm pool's state for /health, /metrics and the dashboard."""

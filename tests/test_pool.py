@@ -45,6 +45,9 @@ for top in ("/box", "/box/pkg", "/tmp", "/dev/shm", "/"):
 print("fds", sorted(os.listdir("/proc/self/fd")))
 print("status", [l for l in open("/proc/self/status") if l.startswith(("Cap", "NoNewPrivs", "Seccomp"))])
 print("input", sys.stdin.read())
+import __main__
+print("python", sys.orig_argv, sys.path, sorted(sys.modules), __file__, __name__, __spec__, __package__, __cached__)
+print("main", sorted((k, type(v).__name__) for k, v in vars(__main__).items()), __loader__.name, __loader__.path)
 sys.stderr.write("to stderr\n")
 sys.exit(3)
 """
@@ -103,6 +106,31 @@ async def test_a_warm_run_is_a_cold_run(sandbox: Sandbox, cold: Sandbox) -> None
     got = await warm_run(sandbox, portrait())
     assert want.exit_code == 3 and "input typed" in want.stdout and "nice 0" in want.stdout, want
     assert (got.stdout, got.stderr, got.exit_code, got.reason) == (want.stdout, want.stderr, 3, None)
+
+
+PYTHON_ENDINGS = {
+    "traceback": "def f():\n    raise ValueError('bad')\nprint('out')\nf()\n",
+    "syntax error": "print('never'\n",
+    "exit code": "import sys\nsys.exit(42)\n",
+    "exit message": "raise SystemExit('bye')\n",
+    "keyboard interrupt": "raise KeyboardInterrupt\n",
+    "atexit and threads": (
+        "import atexit, threading, time\natexit.register(print, 'at exit')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.1), print('thread'))).start()\n"
+    ),
+    "pickle of a __main__ class": "import pickle\nclass A: pass\nprint(type(pickle.loads(pickle.dumps(A()))))\n",
+    "excepthook": "import sys\nsys.excepthook = lambda t, v, tb: print('hook', t.__name__, tb.tb_frame.f_code.co_filename)\n1/0\n",
+}
+
+
+@pytest.mark.parametrize("name", PYTHON_ENDINGS)
+async def test_a_pre_started_python_ends_as_python3_main_py(sandbox: Sandbox, cold: Sandbox, name: str) -> None:
+    """Output, tracebacks (without the pre-started interpreter's frames), exit codes and signals as a cold start."""
+    code = PYTHON_ENDINGS[name]
+    want = await run(cold, Job(language="python", code=code))
+    got = await warm_run(sandbox, Job(language="python", code=code))
+    fields = ("stdout", "stderr", "exit_code", "signal", "reason")
+    assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields]
 
 
 async def test_a_warm_sandbox_runs_one_job_only(sandbox: Sandbox) -> None:

@@ -14,11 +14,13 @@
  *     stage (stdin /dev/null, output to COMPILE_FD) and the program, reporting each stage's start and exact wait
  *     status on STATUS_FD in the format server/driver.py parses.
  *
- *   conveyor-run wait JOB_FD STATUS_FD COMPILE_FD
+ *   conveyor-run wait JOB_FD STATUS_FD COMPILE_FD [PRELOAD...]
  *     The same driver in a warm sandbox (server/pool.py), started before its job exists: makes itself not dumpable,
- *     reports "ready" on STATUS_FD, then reads one job from JOB_FD (server/driver.py `job_message`: drive's
- *     arguments, the environment, the files), writes the files into the work dir, closes JOB_FD and goes on as
- *     drive. JOB_FD closed with nothing on it (a pool shutting down) ends it quietly.
+ *     starts PRELOAD if given (a pre-started interpreter, server/helper/preload.py), reports "ready" on STATUS_FD,
+ *     then reads one job from JOB_FD (server/driver.py `job_message`: drive's arguments, the environment, the files,
+ *     the interpreter's argv), writes the files into the work dir, closes JOB_FD and goes on as drive: the run
+ *     stage is the pre-started interpreter when the job says so (its limits set with prlimit), else it is discarded.
+ *     JOB_FD closed with nothing on it (a pool shutting down) ends it quietly.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -93,23 +96,26 @@ static int launch(int argc, char **argv) {
     return 127;
 }
 
-/* Soft and hard limit VALUE, or none for "-"; anything else is refused rather than read as 0 or unlimited. */
-static int limit(int resource, const char *value) {
-    if (strcmp(value, "-") == 0) return 0;
-    char *rest;
-    errno = 0;
-    rlim_t n = (rlim_t)strtoull(value, &rest, 10);
-    if (*value < '0' || *value > '9' || *rest != 0 || errno != 0) {
-        errno = EINVAL;
-        return -1;
-    }
-    struct rlimit rl = {n, n};
-    return setrlimit(resource, &rl);
-}
-
 static void report(int fd, const char *text) {
     /* A failed report only loses the line: the server then goes by bwrap's exit status. */
     (void)write_all(fd, text, strlen(text));
+}
+
+/* Waits for a stage's process and reports its exact wait status; returns the wait status, or -1. */
+static int finish(int sfd, const char *name, pid_t pid) {
+    char line[64];
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) {
+            snprintf(line, sizeof line, "%s-end error\n", name);
+            report(sfd, line);
+            return -1;
+        }
+    }
+    if (WIFSIGNALED(status)) snprintf(line, sizeof line, "%s-end signal %d\n", name, WTERMSIG(status));
+    else snprintf(line, sizeof line, "%s-end exit %d\n", name, WEXITSTATUS(status));
+    report(sfd, line);
+    return status;
 }
 
 /* Runs one stage and reports its start and its exact wait status; returns the wait status, or -1. */
@@ -134,36 +140,42 @@ static int stage(int sfd, int cfd, const char *name, int to_pipe, char **cmd) {
         fprintf(stderr, "cannot run %s: %s\n", cmd[0], strerror(errno));
         _exit(127);
     }
-    int status;
-    while (waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) {
-            snprintf(line, sizeof line, "%s-end error\n", name);
-            report(sfd, line);
-            return -1;
-        }
-    }
-    if (WIFSIGNALED(status)) snprintf(line, sizeof line, "%s-end signal %d\n", name, WTERMSIG(status));
-    else snprintf(line, sizeof line, "%s-end exit %d\n", name, WEXITSTATUS(status));
-    report(sfd, line);
-    return status;
+    return finish(sfd, name, pid);
 }
 
-/* limits: CPU FSIZE NOFILE NPROC AS, as strings ("-" for none). */
-static int set_limits(char **limits) {
+/* Soft and hard limit VALUE for process PID (0: this one), or none for "-"; anything else is refused rather than
+ * read as 0 or unlimited. */
+static int limit_of(pid_t pid, int resource, const char *value) {
+    if (strcmp(value, "-") == 0) return 0;
+    char *rest;
+    errno = 0;
+    rlim_t n = (rlim_t)strtoull(value, &rest, 10);
+    if (*value < '0' || *value > '9' || *rest != 0 || errno != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct rlimit rl = {n, n};
+    return prlimit(pid, resource, &rl, NULL);
+}
+
+/* limits: CPU FSIZE NOFILE NPROC AS, as strings ("-" for none), for process PID (0: this one). */
+static int set_limits_of(pid_t pid, char **limits) {
     char *rest;
     unsigned long cpu_s = strtoul(limits[0], &rest, 10);
     struct rlimit cpu = {cpu_s, cpu_s + 1};  /* SIGXCPU first, SIGKILL a second later */
     struct rlimit core = {0, 0};  /* a core_pattern pipe would run a host helper as root */
     int bad_cpu = *limits[0] < '0' || *limits[0] > '9' || *rest != 0;
     if (bad_cpu) errno = EINVAL;
-    if (bad_cpu || setrlimit(RLIMIT_CPU, &cpu) != 0 || limit(RLIMIT_FSIZE, limits[1]) != 0 ||
-        limit(RLIMIT_NOFILE, limits[2]) != 0 || setrlimit(RLIMIT_CORE, &core) != 0 ||
-        limit(RLIMIT_NPROC, limits[3]) != 0 || limit(RLIMIT_AS, limits[4]) != 0) {
+    if (bad_cpu || prlimit(pid, RLIMIT_CPU, &cpu, NULL) != 0 || limit_of(pid, RLIMIT_FSIZE, limits[1]) != 0 ||
+        limit_of(pid, RLIMIT_NOFILE, limits[2]) != 0 || prlimit(pid, RLIMIT_CORE, &core, NULL) != 0 ||
+        limit_of(pid, RLIMIT_NPROC, limits[3]) != 0 || limit_of(pid, RLIMIT_AS, limits[4]) != 0) {
         fprintf(stderr, "conveyor driver: setrlimit: %s\n", strerror(errno));
         return -1;
     }
     return 0;
 }
+
+static int set_limits(char **limits) { return set_limits_of(0, limits); }
 
 static int undumpable(void) {
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
@@ -262,8 +274,20 @@ static int write_file(FILE *in, char *path, long long size) {
     return close(fd);
 }
 
-/* drive's arguments (NULL-terminated, from argv[1] on: argv[0] is unused), the environment and the files. */
-static char **read_job(FILE *in) {
+/* A NULL-terminated list of COUNT fields. */
+static char **fields(FILE *in) {
+    long n = count(in, COUNT_MAX);
+    if (n < 0) return NULL;
+    char **list = calloc((size_t)n + 1, sizeof *list);
+    if (list == NULL) return NULL;
+    for (long i = 0; i < n; i++)
+        if ((list[i] = field(in)) == NULL) return NULL;
+    return list;
+}
+
+/* drive's arguments (NULL-terminated, from argv[1] on: argv[0] is unused), the environment, the files, and the
+ * argv for a pre-started interpreter (empty: run the program as drive does). */
+static char **read_job(FILE *in, char ***preload) {
     long nargs = count(in, COUNT_MAX);
     if (nargs < 8) return NULL;
     char **args = calloc((size_t)nargs + 2, sizeof *args);
@@ -290,27 +314,91 @@ static char **read_job(FILE *in) {
         }
         free(path);
     }
-    return nfiles < 0 ? NULL : args;
+    if (nfiles < 0 || (*preload = fields(in)) == NULL) return NULL;
+    return args;
+}
+
+/* Starts PRELOAD (an interpreter that boots, then waits for its program's argv on the descriptor number appended to
+ * its arguments); *GO is that descriptor's write end. Returns its pid, or -1. */
+static pid_t preload(char **cmd, int *go) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int n = 0;
+        while (cmd[n] != NULL) n++;
+        char **full = calloc((size_t)n + 2, sizeof *full);
+        int rfd = dup(fds[0]);  /* without close-on-exec: the interpreter's */
+        char number[16];
+        snprintf(number, sizeof number, "%d", rfd);
+        if (full == NULL || rfd < 0) _exit(127);
+        memcpy(full, cmd, (size_t)n * sizeof *full);
+        full[n] = number;
+        execvp(full[0], full);
+        _exit(127);
+    }
+    close(fds[0]);
+    if (pid < 0) {
+        close(fds[1]);
+        return -1;
+    }
+    *go = fds[1];
+    return pid;
+}
+
+static void discard(pid_t pid, int go) {
+    if (pid <= 0) return;
+    close(go);
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+}
+
+/* The run stage in the pre-started interpreter: its limits, its program's argv, its exact wait status. */
+static int run_preloaded(int sfd, int cfd, pid_t pid, int go, char **limits, char **argv) {
+    if (set_limits(limits) != 0 || set_limits_of(pid, limits) != 0) {
+        discard(pid, go);
+        return USAGE_FAILED;
+    }
+    close(cfd);
+    report(sfd, "run-start\n");
+    for (char **arg = argv; *arg != NULL; arg++)
+        if (write_all(go, *arg, strlen(*arg) + 1) != 0) break;  /* a dead interpreter reports its own status */
+    close(go);
+    finish(sfd, "run", pid);
+    return 0;
 }
 
 static int warm(int argc, char **argv) {
-    if (argc != 5) return USAGE_FAILED;
+    if (argc < 5) return USAGE_FAILED;
     int jfd = atoi(argv[2]), sfd = atoi(argv[3]), cfd = atoi(argv[4]);
     if (undumpable() != 0) return PRCTL_FAILED;
+    if (fcntl(sfd, F_SETFD, FD_CLOEXEC) != 0 || fcntl(cfd, F_SETFD, FD_CLOEXEC) != 0 ||
+        fcntl(jfd, F_SETFD, FD_CLOEXEC) != 0)
+        return USAGE_FAILED;
+    int go = -1;
+    pid_t zygote = argc > 5 ? preload(&argv[5], &go) : -1;
     report(sfd, "ready\n");
     FILE *in = fdopen(jfd, "rb");
     if (in == NULL) return USAGE_FAILED;
     int first = fgetc(in);
-    if (first == EOF) return 0;  /* discarded before it got a job */
+    if (first == EOF) {  /* discarded before it got a job */
+        discard(zygote, go);
+        return 0;
+    }
     ungetc(first, in);
-    char **args = read_job(in);
+    char **preloaded = NULL;
+    char **args = read_job(in, &preloaded);
     fclose(in);
-    if (args == NULL) return USAGE_FAILED;
     /* args[1..] are drive's CPU FSIZE NOFILE NPROC AS N COMPILE... RUN... */
-    int n = atoi(args[6]);
     long nargs = 0;
-    while (args[nargs + 1] != NULL) nargs++;
-    if (n < 0 || 6 + n >= nargs) return USAGE_FAILED;
+    while (args != NULL && args[nargs + 1] != NULL) nargs++;
+    int n = args != NULL ? atoi(args[6]) : -1;
+    if (args == NULL || n < 0 || 6 + n >= nargs) {
+        discard(zygote, go);
+        return USAGE_FAILED;
+    }
+    if (zygote > 0 && n == 0 && preloaded[0] != NULL) return run_preloaded(sfd, cfd, zygote, go, &args[1], preloaded);
+    discard(zygote, go);
     if (set_limits(&args[1]) != 0) return USAGE_FAILED;
     char **compile = calloc((size_t)n + 1, sizeof *compile);
     if (compile == NULL) return USAGE_FAILED;
