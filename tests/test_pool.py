@@ -119,7 +119,9 @@ PYTHON_ENDINGS = {
         "threading.Thread(target=lambda: (time.sleep(0.1), print('thread'))).start()\n"
     ),
     "pickle of a __main__ class": "import pickle\nclass A: pass\nprint(type(pickle.loads(pickle.dumps(A()))))\n",
-    "excepthook": "import sys\nsys.excepthook = lambda t, v, tb: print('hook', t.__name__, tb.tb_frame.f_code.co_filename)\n1/0\n",
+    "excepthook": (
+        "import sys\nsys.excepthook = lambda t, v, tb: print('hook', t.__name__, tb.tb_frame.f_code.co_filename)\n1/0\n"
+    ),
 }
 
 
