@@ -23,6 +23,7 @@ from tests.test_pages import (
     pages,
     serve,
     set_code,
+    stop_server,
 )
 from tests.test_sandbox import PROMPT_WITHOUT_FFLUSH
 
@@ -305,6 +306,7 @@ async def test_a_share_link_restores_the_run_in_another_browser_which_runs_it_ag
     await expect(other.locator("#output .out-stderr")).to_have_count(1)
     await expect(other.locator("#figures [data-figure=run]")).to_be_visible()
     await expect(other.locator("#copy-link")).to_be_visible()
+    await screenshot(other, "editor-shared", full_page=False)
     # Run again: the restored code runs as a new job of this browser's own, with a link of its own.
     await other.fill("#stdin", "bob\n")
     await other.click("#run")
@@ -328,6 +330,24 @@ async def test_a_share_link_nobody_may_read_says_so(serve: ServerFactory, pages:
         await expect(page.locator("#copy-link")).to_be_hidden()
         await expect(page.locator("#run")).to_be_enabled()  # the editor still works
     assert await code_of(page) != "echo secret"
+
+
+async def test_a_link_to_a_run_the_server_no_longer_has_shows_this_browsers_copy(
+    serve: ServerFactory, pages: Pages
+) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await set_code(page, "print('kept')")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    port, link = server.port, page.url
+    await stop_server(server)
+    await serve(port=port)  # restarted, memory backend: the job is gone, as an expired one is
+    await page.goto(link)
+    await expect(page.locator("#output")).to_contain_text("(restored: your last run")
+    await expect(page.locator("#output .out-stdout")).to_have_text("kept\n", use_inner_text=True)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
 
 
 # Each line waits until the server has read the one before (FIONREAD on the pipe: no clock), so the order the

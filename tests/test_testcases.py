@@ -70,10 +70,11 @@ async def test_each_test_gets_a_verdict_as_it_finishes(serve: ServerFactory, pag
 
 
 async def test_tests_are_kept_across_reloads_and_fit_a_phone(serve: ServerFactory, pages: Pages) -> None:
-    page = await pages.open(await serve(), "/", viewport={"width": 390, "height": 844})
+    page = await pages.open(await serve(max_tests=2), "/", viewport={"width": 390, "height": 844})
     await editor_ready(page)
     await page.click("#tab-tests")
     await add_tests(page, TESTS[:2])
+    await expect(page.locator("#add-test")).to_be_disabled()  # MAX_TESTS, as the server would refuse more
     await page.reload()
     await editor_ready(page)
     await page.click("#tab-tests")
