@@ -273,6 +273,14 @@ async def test_no_horizontal_overflow_on_a_phone(serve: ServerFactory, pages: Pa
 SHARED = "import sys\nname = input()\nprint('out-' + name)\nprint('err-' + name, file=sys.stderr)\n"
 
 
+async def run_to_end(page: Page, code: str, *, stdin: str = "") -> None:
+    """Run `code` from the editor, with `stdin`, and wait until it has completed."""
+    await set_code(page, code)
+    await page.fill("#stdin", stdin)
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+
+
 async def job_in_url(page: Page) -> str:
     match = re.search(r"[?&]job=([0-9a-f]{32})$", page.url)
     assert match, page.url
@@ -285,12 +293,8 @@ async def test_a_share_link_restores_the_run_in_another_browser_which_runs_it_ag
     server = await serve()
     page = await pages.open(server, "/")
     await editor_ready(page)
-    await page.select_option("#language", "python")
-    await set_code(page, SHARED)
-    await page.fill("#stdin", "ada\n")
     await expect(page.locator("#copy-link")).to_be_hidden()
-    await page.click("#run")
-    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await run_to_end(page, SHARED, stdin="ada\n")
     job_id = await job_in_url(page)  # the address bar names the run (replaceState)
     await page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin_of(server))
     await page.click("#copy-link")
@@ -338,9 +342,7 @@ async def test_a_link_to_a_run_the_server_no_longer_has_shows_this_browsers_copy
     server = await serve()
     page = await pages.open(server, "/")
     await editor_ready(page)
-    await set_code(page, "print('kept')")
-    await page.click("#run")
-    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await run_to_end(page, "print('kept')")
     port, link = server.port, page.url
     await stop_server(server)
     await serve(port=port)  # restarted, memory backend: the job is gone, as an expired one is
@@ -367,9 +369,7 @@ async def test_stdout_and_stderr_are_shown_in_the_order_they_were_written(serve:
     server = await serve()
     page = await pages.open(server, "/")
     await editor_ready(page)
-    await set_code(page, ALTERNATING)
-    await page.click("#run")
-    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await run_to_end(page, ALTERNATING)
     expected = [f"{name} {i}\n" for i in range(12) for name in ("out", "err")]
     spans = page.locator("#output .out-stdout, #output .out-stderr")
     await expect(spans).to_have_text(expected, use_inner_text=True)
