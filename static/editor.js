@@ -50,6 +50,7 @@
   };
   // A shared link (/?job=<id>) shows that run: its code, input and output, for whoever may read it.
   const shared = new URLSearchParams(location.search).get("job");
+  const SHARED_REQUEST = "shared-run";
   // A reloaded page takes back its run: the id is kept for this tab, the owner token is the server's cookie.
   const RUN_KEY = "conveyor.run";
   const resumed = shared ? null : sessionStorage.getItem(RUN_KEY);
@@ -312,7 +313,7 @@
     }
     Object.assign(job, { id: jobId, state: "queued", lastSeq: 0, tests, record: data, requestId: null });
     ui.copyLink.hidden = false;
-    if (socket.ready) socket.send({ type: "subscribe", jobId, since: 0 });
+    if (socket.ready) socket.send({ type: "subscribe", jobId, since: 0, requestId: SHARED_REQUEST });
     syncControls();
   }
 
@@ -509,8 +510,10 @@
       job.state = "idle";
       sessionStorage.removeItem(RUN_KEY);
       setStatus("idle", "ready");
-    } else if (mine && message.error === "Not found" && job.id === shared) {
-      sharedMissing(404);
+    } else if (mine && message.error === "Not found" && message.requestId === SHARED_REQUEST) {
+      sharedMissing(404); // gone between the page's read and its subscribe
+    } else if (mine && message.error === "Not found" && job.record) {
+      appendNote("(only whoever started this run can send it input or stop it)", "error");
     } else {
       appendNote(text, "error");
     }
@@ -725,8 +728,9 @@
     onReady: () => {
       // Resume a run the page was showing: replay what was missed, then continue live.
       if (job.id && (job.state === "queued" || job.state === "running")) {
-        socket.send({ type: "subscribe", jobId: job.id, since: job.lastSeq });
-        if (job.id !== shared || job.lastSeq > 0) appendNote("(reconnected)");
+        const first = job.record && job.lastSeq === 0; // a shared run's first subscribe, not a reconnect
+        socket.send({ type: "subscribe", jobId: job.id, since: job.lastSeq, requestId: first ? SHARED_REQUEST : undefined });
+        if (!first) appendNote("(reconnected)");
       } else if (job.state === "submitting") {
         job.state = "idle";
         setStatus("error", "the connection dropped before the run was accepted; run again");

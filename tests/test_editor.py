@@ -13,6 +13,7 @@ from playwright.async_api import Page, expect
 
 from tests.browser import screenshot
 from tests.test_pages import (
+    SLEEP,
     Pages,
     ServerFactory,
     browser,
@@ -23,7 +24,9 @@ from tests.test_pages import (
     pages,
     serve,
     set_code,
+    stop_as_owner,
     stop_server,
+    submit,
 )
 from tests.test_sandbox import PROMPT_WITHOUT_FFLUSH
 
@@ -334,6 +337,18 @@ async def test_a_share_link_nobody_may_read_says_so(serve: ServerFactory, pages:
         await expect(page.locator("#copy-link")).to_be_hidden()
         await expect(page.locator("#run")).to_be_enabled()  # the editor still works
     assert await code_of(page) != "echo secret"
+
+
+async def test_a_shared_running_job_is_watched_not_driven(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    job = await submit(server, "print('started', flush=True)\n" + SLEEP)
+    page = await pages.open(server, f"/?job={job['jobId']}")
+    await expect(page.locator("#output .out-stdout")).to_have_text("started\n", use_inner_text=True)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "running")
+    await page.click("#stop")
+    await expect(page.locator("#output .out-error")).to_contain_text("only whoever started this run")
+    await stop_as_owner(server, job["jobId"])  # its owner can
+    await expect(page.locator("#status")).to_have_attribute("data-state", "cancelled")
 
 
 async def test_a_link_to_a_run_the_server_no_longer_has_shows_this_browsers_copy(
