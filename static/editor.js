@@ -62,8 +62,7 @@
   const runtimesReady = new Promise((resolve) => {
     runtimesLoaded = resolve;
   });
-  // Rate limit: what /ratelimit said is left, and the end of a 429's wait (Date.now() ms), 0 when not limited.
-  const quota = { remaining: null, limit: null, limitedUntil: 0, timer: null };
+  const quota = new QuotaHint(ui.quota, { onChange: () => syncControls() });
 
   // -- status line ---------------------------------------------------------------------------------------------
 
@@ -144,57 +143,6 @@
       ),
     );
     ui.figures.hidden = figures.length === 0;
-  }
-
-  // -- quota ---------------------------------------------------------------------------------------------------
-
-  async function refreshQuota() {
-    try {
-      const response = await fetch("/ratelimit", { headers: { Accept: "application/json" } });
-      if (!response.ok) return;
-      const { submit } = await response.json();
-      quota.remaining = submit.remaining;
-      quota.limit = submit.limit;
-      if (submit.retryAfter > 0) startCountdown(submit.retryAfter);
-      renderQuota();
-    } catch (err) {
-      // The hint is a courtesy; a run still reports a 429 itself.
-    }
-  }
-
-  function startCountdown(seconds) {
-    quota.limitedUntil = Math.max(quota.limitedUntil, Date.now() + seconds * 1000);
-    quota.remaining = 0;
-    clearInterval(quota.timer);
-    quota.timer = setInterval(() => {
-      if (Date.now() >= quota.limitedUntil) {
-        clearInterval(quota.timer);
-        quota.timer = null;
-        quota.limitedUntil = 0;
-        refreshQuota();
-      }
-      renderQuota();
-      syncControls();
-    }, 250);
-    renderQuota();
-    syncControls();
-  }
-
-  function limitedSeconds() {
-    return quota.limitedUntil ? Math.max(0, Math.ceil((quota.limitedUntil - Date.now()) / 1000)) : 0;
-  }
-
-  function renderQuota() {
-    const wait = limitedSeconds();
-    if (wait > 0) {
-      ui.quota.dataset.state = "limited";
-      ui.quota.textContent = `rate limited · next run in ${wait} s`;
-    } else if (quota.remaining !== null) {
-      ui.quota.dataset.state = quota.remaining <= Math.max(1, Math.floor(quota.limit / 5)) ? "low" : "ok";
-      ui.quota.textContent = `${quota.remaining} / ${quota.limit} runs left`;
-    }
-    ui.quota.title = "Submissions left in this rate-limit window (RATE_LIMIT_REQUESTS, or your API key's own)";
-    ui.quota.hidden = quota.remaining === null && wait === 0;
   }
 
   // -- the last run, kept across reloads --------------------------------------------------------------------------
@@ -352,7 +300,7 @@
 
   function syncControls() {
     const active = job.state === "submitting" || job.state === "queued" || job.state === "running";
-    ui.run.disabled = active || !ui.language.value || !socket.ready || limitedSeconds() > 0;
+    ui.run.disabled = active || !ui.language.value || !socket.ready || quota.limitedSeconds() > 0;
     ui.runTests.disabled = ui.run.disabled || testCases.length === 0;
     ui.addTest.disabled = testCases.length >= testCases.max;
     ui.stop.disabled = !(job.state === "queued" || job.state === "running") || !job.id;
@@ -421,7 +369,7 @@
       job.state = "queued";
       sessionStorage.setItem(RUN_KEY, job.id);
       showShareLink(job.id);
-      refreshQuota(); // the run took a token
+      quota.refresh(); // the run took a token
     }
     if (!job.id || message.jobId !== job.id) return;
     if (message.type === "position") {
@@ -500,7 +448,7 @@
       (message.requestId && message.requestId === job.requestId) || (message.jobId && message.jobId === job.id);
     const text = message.message || message.error || "error";
     if (mine && message.error === "Too many requests" && typeof message.retryAfter === "number") {
-      startCountdown(message.retryAfter);
+      quota.startCountdown(message.retryAfter);
     }
     if (mine && job.state === "submitting") {
       job.state = "idle";
@@ -747,6 +695,6 @@
   if (!shared) restoreLastRun();
   testCases.restore();
   loadRuntimes();
-  refreshQuota();
+  quota.refresh();
   if (shared) openShared(shared);
 })();
