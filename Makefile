@@ -29,8 +29,9 @@ assets:
 
 # The README's pictures, taken by the browser tests that check those pages (docs/screenshots/).
 screenshots: system-test install-test
-	CONVEYOR_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_editor.py tests/test_charts.py \
-	  tests/test_docs.py -k "theme or phone or charts_are_full or docs_render"
+	CONVEYOR_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_editor.py tests/test_testcases.py \
+	  tests/test_charts.py tests/test_docs.py \
+	  -k "theme or phone or charts_are_full or docs_render or verdict_as_it or in_another_browser"
 
 system-run:
 	@.ci/system-packages run

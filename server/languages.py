@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,6 +20,7 @@ _KNOWN = {
     "compile",
     "sources",
     "env",
+    "interactive_env",
     "etc",
     "out_of_memory",
     "address_space_headroom_mb",
@@ -56,6 +58,9 @@ class Language:
     # Globs of the file names the compiler is given for {sources} (default: the entry point only).
     sources: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    # The run stage's extra environment in interactive runs (set by env(1) before the program, so the compile stage
+    # and the build cache key stay as they are).
+    interactive_env: Mapping[str, str] = field(default_factory=dict)
     etc: tuple[str, ...] = ()
     out_of_memory: tuple[str, ...] = ()
     address_space_headroom_mb: int = 0
@@ -74,9 +79,15 @@ class Language:
             return None
         return self._expand(self.compile, heap_mb, program or self.program())
 
-    def run_argv(self, args: Iterable[str], *, heap_mb: int, program: Program | None = None) -> list[str]:
-        """The run command with placeholders filled in and the job's args appended verbatim."""
-        return self._expand(self.run, heap_mb, program or self.program()) + list(args)
+    def run_argv(
+        self, args: Iterable[str], *, heap_mb: int, program: Program | None = None, interactive: bool = False
+    ) -> list[str]:
+        """The run command with placeholders filled in and the job's args appended verbatim; an interactive run
+        starts it through env(1) with `interactive_env`."""
+        argv = self._expand(self.run, heap_mb, program or self.program()) + list(args)
+        if interactive and self.interactive_env and _preloadable(self.interactive_env.get("LD_PRELOAD", "")):
+            return ["env", *(f"{key}={value}" for key, value in self.interactive_env.items()), *argv]
+        return argv
 
     def compiled_files(self, program: Program) -> list[str]:
         """What {sources} expands to: the files matching `sources`, the entry point first; else the entry point."""
@@ -134,7 +145,8 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         aliases=_strs(raw.get("aliases", []), name, "aliases"),
         compile=None if compile_cmd is None else _argv(compile_cmd, name, "compile"),
         sources=_strs(raw.get("sources", []), name, "sources"),
-        env={_str(k, name, "env"): _str(v, name, "env") for k, v in dict(raw.get("env", {})).items()},
+        env=_env(raw, name, "env"),
+        interactive_env=_env(raw, name, "interactive_env"),
         etc=_strs(raw.get("etc", []), name, "etc"),
         out_of_memory=_strs(raw.get("out_of_memory", []), name, "out_of_memory"),
         address_space_headroom_mb=int(raw.get("address_space_headroom_mb", 0)),
@@ -158,6 +170,23 @@ def _str(value: Any, name: str, key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"[{name}] {key}: expected a string, got {value!r}")
     return value
+
+
+@functools.cache
+def _preloadable(paths: str) -> bool:
+    """Whether every library an LD_PRELOAD names is there (the sandbox sees the host's /usr): a missing one would
+    put a loader error on the program's stderr."""
+    return all(Path(path).is_file() for path in paths.split(":") if path)
+
+
+def _env(raw: dict[str, Any], name: str, key: str) -> dict[str, str]:
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise ValueError(f"[{name}] {key}: expected a table of strings")
+    env = {_str(k, name, key): _str(v, name, key) for k, v in table.items()}
+    if any(not k or "=" in k for k in env):
+        raise ValueError(f"[{name}] {key}: a variable name cannot be empty or contain '='")
+    return env
 
 
 def _strs(value: Any, name: str, key: str) -> tuple[str, ...]:

@@ -307,7 +307,8 @@ class Sandbox:
         program = lang.program([name for name, _ in files], job.compiler_options)
         # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
         name = job.id if SAFE_NAME.fullmatch(job.id) else f"job-{secrets.token_hex(8)}"
-        spec = self._spec(lang, name, lang.run_argv(job.args, heap_mb=heap_mb, program=program))
+        run = lang.run_argv(job.args, heap_mb=heap_mb, program=program, interactive=job.interactive)
+        spec = self._spec(lang, name, run)
         spec.compile = lang.compile_argv(heap_mb=heap_mb, program=program)
         spec.files, spec.stdin, spec.run_timeout_ms = files, stdin, timeout_ms
         spec.language = lang.name

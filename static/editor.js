@@ -1,5 +1,6 @@
-/* The editor: pick a language, run code over the WebSocket, stream its output, feed it input, stop it; the last
-   run's output survives a reload, and the remaining quota is shown. */
+/* The editor: pick a language, run code over the WebSocket, stream its output, feed it input, stop it, run it
+   against test cases; the last run's output survives a reload, a run has a share link (/?job=<id>), and the
+   remaining quota is shown. */
 "use strict";
 
 (() => {
@@ -27,6 +28,14 @@
     inputForm: $("input-form"),
     input: $("input"),
     eof: $("eof"),
+    copyLink: $("copy-link"),
+    tabs: { stdin: $("tab-stdin"), tests: $("tab-tests") },
+    bodies: { stdin: $("stdin-body"), tests: $("tests-body") },
+    paneNote: $("pane-note"),
+    addTest: $("add-test"),
+    runTests: $("run-tests"),
+    testsSummary: $("tests-summary"),
+    testsCount: $("tests-count"),
   };
 
   // The run being shown. `lastSeq` is the newest event seen, so a reconnect resumes exactly after it.
@@ -37,16 +46,23 @@
     lastSeq: 0,
     startedAt: 0, // local Date.now() at the start, for the ticking clock
     eofSent: false,
+    tests: false, // a run of the test cases
   };
+  // A shared link (/?job=<id>) shows that run: its code, input and output, for whoever may read it.
+  const shared = new URLSearchParams(location.search).get("job");
+  const SHARED_REQUEST = "shared-run";
   // A reloaded page takes back its run: the id is kept for this tab, the owner token is the server's cookie.
   const RUN_KEY = "conveyor.run";
-  const resumed = sessionStorage.getItem(RUN_KEY);
+  const resumed = shared ? null : sessionStorage.getItem(RUN_KEY);
   if (resumed) Object.assign(job, { id: resumed, state: "queued" });
   let requestCounter = 0;
   let ticker = null;
   let runtimes = [];
-  // Rate limit: what /ratelimit said is left, and the end of a 429's wait (Date.now() ms), 0 when not limited.
-  const quota = { remaining: null, limit: null, limitedUntil: 0, timer: null };
+  let runtimesLoaded;
+  const runtimesReady = new Promise((resolve) => {
+    runtimesLoaded = resolve;
+  });
+  const quota = new QuotaHint(ui.quota, { onChange: () => syncControls() });
 
   // -- status line ---------------------------------------------------------------------------------------------
 
@@ -129,57 +145,6 @@
     ui.figures.hidden = figures.length === 0;
   }
 
-  // -- quota ---------------------------------------------------------------------------------------------------
-
-  async function refreshQuota() {
-    try {
-      const response = await fetch("/ratelimit", { headers: { Accept: "application/json" } });
-      if (!response.ok) return;
-      const { submit } = await response.json();
-      quota.remaining = submit.remaining;
-      quota.limit = submit.limit;
-      if (submit.retryAfter > 0) startCountdown(submit.retryAfter);
-      renderQuota();
-    } catch (err) {
-      // The hint is a courtesy; a run still reports a 429 itself.
-    }
-  }
-
-  function startCountdown(seconds) {
-    quota.limitedUntil = Math.max(quota.limitedUntil, Date.now() + seconds * 1000);
-    quota.remaining = 0;
-    clearInterval(quota.timer);
-    quota.timer = setInterval(() => {
-      if (Date.now() >= quota.limitedUntil) {
-        clearInterval(quota.timer);
-        quota.timer = null;
-        quota.limitedUntil = 0;
-        refreshQuota();
-      }
-      renderQuota();
-      syncControls();
-    }, 250);
-    renderQuota();
-    syncControls();
-  }
-
-  function limitedSeconds() {
-    return quota.limitedUntil ? Math.max(0, Math.ceil((quota.limitedUntil - Date.now()) / 1000)) : 0;
-  }
-
-  function renderQuota() {
-    const wait = limitedSeconds();
-    if (wait > 0) {
-      ui.quota.dataset.state = "limited";
-      ui.quota.textContent = `rate limited · next run in ${wait} s`;
-    } else if (quota.remaining !== null) {
-      ui.quota.dataset.state = quota.remaining <= Math.max(1, Math.floor(quota.limit / 5)) ? "low" : "ok";
-      ui.quota.textContent = `${quota.remaining} / ${quota.limit} runs left`;
-    }
-    ui.quota.title = "Submissions left in this rate-limit window (RATE_LIMIT_REQUESTS, or your API key's own)";
-    ui.quota.hidden = quota.remaining === null && wait === 0;
-  }
-
   // -- the last run, kept across reloads --------------------------------------------------------------------------
 
   function saveLastRun(figures) {
@@ -196,6 +161,7 @@
       budget -= text.length;
     }
     const record = {
+      jobId: job.id,
       language: ui.language.value,
       stdin: ui.stdin.value.slice(0, MAX_SAVED_OUTPUT),
       status: { state: ui.status.dataset.state, text: ui.status.textContent },
@@ -210,14 +176,18 @@
     }
   }
 
-  function restoreLastRun() {
-    let record = null;
+  function lastRun() {
     try {
-      record = JSON.parse(localStorage.getItem(LAST_RUN_KEY) || "null");
+      const record = JSON.parse(localStorage.getItem(LAST_RUN_KEY) || "null");
+      return record && Array.isArray(record.chunks) ? record : null;
     } catch (err) {
-      record = null;
+      return null;
     }
-    if (!record || !Array.isArray(record.chunks)) return;
+  }
+
+  function restoreLastRun() {
+    const record = lastRun();
+    if (!record) return;
     ui.stdin.value = typeof record.stdin === "string" ? record.stdin : "";
     for (const [stream, text] of record.chunks) {
       if (stream === "compile") showCompileOutput(String(text));
@@ -231,11 +201,108 @@
     ui.output.dataset.restored = "true";
   }
 
+  // -- share links ------------------------------------------------------------------------------------------------
+
+  /** The address bar names the run shown (replaceState: no new history entry), so it can be copied and shared. */
+  function showShareLink(jobId) {
+    const url = new URL(location.href);
+    url.search = `?job=${encodeURIComponent(jobId)}`;
+    url.hash = "";
+    history.replaceState(null, "", url);
+    ui.copyLink.hidden = false;
+  }
+
+  async function copyLink() {
+    const url = location.href;
+    try {
+      await navigator.clipboard.writeText(url);
+      ui.copyLink.textContent = "Link copied";
+      setTimeout(() => {
+        ui.copyLink.textContent = "Copy link";
+      }, 2000);
+    } catch (err) {
+      appendNote(`(copy this link to share the run: ${url})`); // no clipboard here (an http page, a refusal)
+    }
+  }
+
+  /**
+   * Open a shared run: its code, language, stdin and tests from GET /queue/job/{id} (which applies the ownership
+   * rules), then its events replayed over the socket from the first, so output keeps the order it was read in.
+   */
+  async function openShared(jobId) {
+    job.state = "loading";
+    setStatus("queued", "loading the shared run…");
+    const [{ status, data }] = await Promise.all([fetchJob(jobId), runtimesReady]);
+    if (!data) {
+      // This browser's own last run, gone from the server (expired) or out of reach: its saved copy.
+      const saved = lastRun();
+      if (saved && saved.jobId === jobId) {
+        job.state = "idle";
+        restoreLastRun();
+        ui.copyLink.hidden = false;
+        return syncControls();
+      }
+      return sharedMissing(status);
+    }
+    if (runtimes.some((r) => r.id === data.language)) ui.language.value = data.language;
+    else appendNote(`(this run's language, ${data.language}, is not offered here)`, "error");
+    loadingCode = true;
+    try {
+      code.value = typeof data.code === "string" ? data.code : "";
+    } finally {
+      loadingCode = false;
+    }
+    code.setLanguage(ui.language.value);
+    ui.stdin.value = typeof data.stdin === "string" ? data.stdin : "";
+    const tests = Array.isArray(data.tests);
+    if (tests) {
+      testCases.load(data.tests);
+      showTab("tests");
+    }
+    Object.assign(job, { id: jobId, state: "queued", lastSeq: 0, tests, record: data, requestId: null });
+    ui.copyLink.hidden = false;
+    if (socket.ready) socket.send({ type: "subscribe", jobId, since: 0, requestId: SHARED_REQUEST });
+    syncControls();
+  }
+
+  /** An unknown, expired or someone else's run: one clear message (the server answers all three alike). */
+  function sharedMissing(status) {
+    Object.assign(job, { id: null, state: "idle", record: null });
+    ui.copyLink.hidden = true;
+    if (status === 404 || status === 400) {
+      setStatus("error", "shared run not found");
+      appendNote(
+        "No run can be shown for this link: it is mistyped, the run has expired (finished runs are kept for a " +
+          "while), or it belongs to someone else. You can still write and run code here.",
+        "error",
+      );
+    } else {
+      setStatus("error", "shared run not loaded");
+      const why = status ? `HTTP ${status}` : "no connection";
+      appendNote(`The shared run could not be loaded (${why}); reload the page to try again.`, "error");
+    }
+    syncControls();
+  }
+
+  // -- tabs: stdin and test cases ----------------------------------------------------------------------------------
+
+  function showTab(name) {
+    for (const [key, tab] of Object.entries(ui.tabs)) {
+      tab.setAttribute("aria-selected", String(key === name));
+      ui.bodies[key].hidden = key !== name;
+    }
+    ui.paneNote.textContent =
+      name === "tests" ? "compiled once, each test in a fresh sandbox" : "sent with the run, before any live input";
+    document.querySelector(".editor-layout").dataset.tab = name;
+  }
+
   // -- controls ------------------------------------------------------------------------------------------------
 
   function syncControls() {
     const active = job.state === "submitting" || job.state === "queued" || job.state === "running";
-    ui.run.disabled = active || !ui.language.value || !socket.ready || limitedSeconds() > 0;
+    ui.run.disabled = active || !ui.language.value || !socket.ready || quota.limitedSeconds() > 0;
+    ui.runTests.disabled = ui.run.disabled || testCases.length === 0;
+    ui.addTest.disabled = testCases.length >= testCases.max;
     ui.stop.disabled = !(job.state === "queued" || job.state === "running") || !job.id;
     const acceptsInput = job.state === "running" && !job.eofSent && socket.ready;
     ui.input.disabled = !acceptsInput;
@@ -282,15 +349,14 @@
     ui.output.prepend(block);
   }
 
-  async function fetchCompileOutput(jobId) {
+  /** The job as GET /queue/job/{id} shows it to this browser: `{status, data}`, status 0 when unreachable. */
+  async function fetchJob(jobId) {
     try {
       const url = `/queue/job/${encodeURIComponent(jobId)}`;
       const response = await fetch(url, { headers: { Accept: "application/json" } });
-      if (!response.ok) return;
-      const data = await response.json();
-      if (job.id === jobId) showCompileOutput(data.compileOutput);
+      return { status: response.status, data: response.ok ? await response.json() : null };
     } catch (err) {
-      // The status line already says the compile failed; the details are a bonus.
+      return { status: 0, data: null };
     }
   }
 
@@ -302,7 +368,8 @@
       job.id = message.jobId;
       job.state = "queued";
       sessionStorage.setItem(RUN_KEY, job.id);
-      refreshQuota(); // the run took a token
+      showShareLink(job.id);
+      quota.refresh(); // the run took a token
     }
     if (!job.id || message.jobId !== job.id) return;
     if (message.type === "position") {
@@ -311,6 +378,8 @@
     }
     if (message.type === "subscribed") {
       if (FINAL.has(message.status) && job.state !== "finished") {
+        // A shared run whose events are gone from the store: what the job record says (stdout, then stderr).
+        if (job.record && job.record.id === job.id) return finishFromRecord(job.record);
         appendNote("(the run ended while the page was offline)");
       }
       return;
@@ -331,6 +400,9 @@
       case "output":
         appendOutput(message.stream === "stderr" ? "stderr" : "stdout", message.data);
         break;
+      case "test":
+        testCases.show(message);
+        break;
       default:
         if (FINAL.has(message.type)) onFinished(message);
     }
@@ -343,9 +415,32 @@
     sessionStorage.removeItem(RUN_KEY);
     setStatus(message.type, finalText(message));
     const figures = renderFigures(message);
-    if (!ui.output.textContent) appendNote("(no output)");
-    if (COMPILE_REASONS.has(message.reason)) await fetchCompileOutput(job.id);
-    saveLastRun(figures);
+    if (!ui.output.textContent) appendNote(job.tests ? "(the tests' verdicts are under Tests)" : "(no output)");
+    const jobId = job.id;
+    if (COMPILE_REASONS.has(message.reason) || job.tests) {
+      // The compiler's output and every test's result (a test run that did not compile sends no `test` events).
+      const { data } = await fetchJob(jobId);
+      if (data && job.id === jobId) {
+        showCompileOutput(data.compileOutput);
+        if (job.tests) showTestResults(data.tests);
+      }
+    }
+    syncControls();
+    if (!job.record) saveLastRun(figures); // a shared run opened here is not this browser's last run
+  }
+
+  function finishFromRecord(record) {
+    if (record.stdout) appendOutput("stdout", record.stdout);
+    if (record.stderr) appendOutput("stderr", record.stderr);
+    onFinished({ ...record, type: record.status });
+  }
+
+  function showTestResults(results) {
+    for (const result of Array.isArray(results) ? results : []) testCases.show(result);
+    testCases.settle("not run");
+    const summary = testCases.summary();
+    ui.testsSummary.textContent = summary;
+    if (summary && job.state === "finished") ui.status.textContent += ` · ${summary}`;
   }
 
   function onError(message) {
@@ -353,15 +448,20 @@
       (message.requestId && message.requestId === job.requestId) || (message.jobId && message.jobId === job.id);
     const text = message.message || message.error || "error";
     if (mine && message.error === "Too many requests" && typeof message.retryAfter === "number") {
-      startCountdown(message.retryAfter);
+      quota.startCountdown(message.retryAfter);
     }
     if (mine && job.state === "submitting") {
       job.state = "idle";
+      testCases.settle("");
       setStatus("error", `not started: ${text}`);
     } else if (mine && message.error === "Not found" && job.id === resumed) {
       job.state = "idle";
       sessionStorage.removeItem(RUN_KEY);
       setStatus("idle", "ready");
+    } else if (mine && message.error === "Not found" && message.requestId === SHARED_REQUEST) {
+      sharedMissing(404); // gone between the page's read and its subscribe
+    } else if (mine && message.error === "Not found" && job.record) {
+      appendNote("(only whoever started this run can send it input or stop it)", "error");
     } else {
       appendNote(text, "error");
     }
@@ -370,26 +470,25 @@
 
   // -- actions -------------------------------------------------------------------------------------------------
 
-  function run() {
-    if (ui.run.disabled) return;
+  /** Run the code: with the stdin pane's input and live input, or (`tests`) once per test case, judged. */
+  function run({ tests = false } = {}) {
+    if (tests ? ui.runTests.disabled : ui.run.disabled) return;
     const language = ui.language.value;
     requestCounter += 1;
     Object.assign(job, { id: null, requestId: `run-${requestCounter}`, state: "submitting", lastSeq: 0 });
-    job.eofSent = false;
+    Object.assign(job, { eofSent: false, tests, record: null });
     stopTicker();
     ui.output.replaceChildren();
     delete ui.output.dataset.restored;
     showFigures([]);
-    const sent = socket.send({
-      type: "run",
-      language,
-      code: code.value,
-      stdin: ui.stdin.value,
-      interactive: true,
-      requestId: job.requestId,
-    });
+    ui.testsSummary.textContent = "";
+    if (tests) testCases.pending();
+    // Interactive (live input, line-buffered C stdout) for a plain run; a judged run gets each test's stdin whole.
+    const input = tests ? { tests: testCases.values() } : { stdin: ui.stdin.value, interactive: true };
+    const sent = socket.send({ type: "run", language, code: code.value, requestId: job.requestId, ...input });
     if (!sent) {
       job.state = "idle";
+      testCases.settle("");
       setStatus("error", "not connected: the run was not sent");
     } else {
       setStatus("submitting", "submitting…");
@@ -431,6 +530,15 @@
     ui.codeSize.textContent = max ? `${bytes.toLocaleString("en-US")} / ${max.toLocaleString("en-US")} bytes` : "";
     ui.codeSize.classList.toggle("over", Boolean(max) && bytes > max);
   }
+
+  const testCases = new TestCases($("tests"), {
+    max: config.maxTests || 64,
+    onChange: () => {
+      ui.testsCount.textContent = testCases.length ? `(${testCases.length})` : "";
+      ui.testsSummary.textContent = testCases.summary();
+      syncControls();
+    },
+  });
 
   let loadingCode = false; // a language switch sets the text: that is not an edit to save
   const code = new CodeArea(ui.codeEditor, {
@@ -513,6 +621,7 @@
     if (initial) ui.language.value = initial.id;
     ui.language.disabled = runtimes.length === 0;
     loadCode(ui.language.value);
+    runtimesLoaded();
     // A restored last run keeps its final status until the next run.
     if (job.state === "idle" && !(ui.output.dataset.restored && runtimes.length)) {
       setStatus("idle", runtimes.length ? "ready" : "no languages available");
@@ -532,7 +641,15 @@
 
   // -- wiring --------------------------------------------------------------------------------------------------
 
-  ui.run.addEventListener("click", run);
+  ui.run.addEventListener("click", () => run());
+  ui.runTests.addEventListener("click", () => run({ tests: true }));
+  ui.addTest.addEventListener("click", () => {
+    const row = testCases.add();
+    if (row) row.stdin.focus();
+  });
+  ui.tabs.stdin.addEventListener("click", () => showTab("stdin"));
+  ui.tabs.tests.addEventListener("click", () => showTab("tests"));
+  ui.copyLink.addEventListener("click", copyLink);
   ui.stop.addEventListener("click", stop);
   ui.eof.addEventListener("click", sendEof);
   ui.inputForm.addEventListener("submit", (event) => {
@@ -559,8 +676,9 @@
     onReady: () => {
       // Resume a run the page was showing: replay what was missed, then continue live.
       if (job.id && (job.state === "queued" || job.state === "running")) {
-        socket.send({ type: "subscribe", jobId: job.id, since: job.lastSeq });
-        appendNote("(reconnected)");
+        const first = job.record && job.lastSeq === 0; // a shared run's first subscribe, not a reconnect
+        socket.send({ type: "subscribe", jobId: job.id, since: job.lastSeq, requestId: first ? SHARED_REQUEST : undefined });
+        if (!first) appendNote("(reconnected)");
       } else if (job.state === "submitting") {
         job.state = "idle";
         setStatus("error", "the connection dropped before the run was accepted; run again");
@@ -574,7 +692,9 @@
   });
 
   showCodeSize(code.value);
-  restoreLastRun();
+  if (!shared) restoreLastRun();
+  testCases.restore();
   loadRuntimes();
-  refreshQuota();
+  quota.refresh();
+  if (shared) openShared(shared);
 })();

@@ -1,9 +1,11 @@
 """The editor's CodeMirror features in Chromium: highlighting, brackets, search, keyboard exit, themes, restore,
-quota, run figures and the phone layout."""
+quota, run figures and the phone layout; share links, output order and prompts."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -11,19 +13,26 @@ from playwright.async_api import Page, expect
 
 from tests.browser import screenshot
 from tests.test_pages import (
+    SLEEP,
     Pages,
     ServerFactory,
     browser,
     code_of,
     editor_ready,
     expect_code,
+    origin_of,
     pages,
     serve,
     set_code,
+    stop_as_owner,
+    stop_server,
+    submit,
 )
+from tests.test_sandbox import PROMPT_WITHOUT_FFLUSH
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser", "pages", "serve"]  # fixtures, used by name
+KEY = "cvy_editor-share-key"
 
 LANGUAGES = {
     "python": ("def f(x):\n    return 'hi'  # note\n", "def", "'hi'"),
@@ -150,21 +159,24 @@ async def test_theme_toggle_themes_the_whole_page_and_persists(serve: ServerFact
 
 
 async def test_output_is_restored_after_a_reload(serve: ServerFactory, pages: Pages) -> None:
-    page = await pages.open(await serve(), "/")
+    server = await serve()
+    page = await pages.open(server, "/")
     await editor_ready(page)
     await set_code(page, "import sys\nprint('out-' + input())\nprint('err-line', file=sys.stderr)")
     await page.fill("#stdin", "abc\n")
     await page.click("#run")
     await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
     status = await page.locator("#status").text_content()
-    await page.reload()
-    await editor_ready(page)
-    await expect(page.locator("#output .out-stdout")).to_have_text("out-abc\n", use_inner_text=True)
-    await expect(page.locator("#output .out-stderr")).to_have_text("err-line\n", use_inner_text=True)
+    # Reloaded, the page shows the run its address names (from the server); opened plainly, the browser's own copy.
+    for path in (page.url, origin_of(server) + "/"):
+        await page.goto(path)
+        await editor_ready(page)
+        await expect(page.locator("#output .out-stdout")).to_have_text("out-abc\n", use_inner_text=True)
+        await expect(page.locator("#output .out-stderr")).to_have_text("err-line\n", use_inner_text=True)
+        await expect(page.locator("#status")).to_have_text(status or "")
+        await expect(page.locator("#stdin")).to_have_value("abc\n")
+        await expect(page.locator("#figures [data-figure=run]")).to_be_visible()
     await expect(page.locator("#output")).to_contain_text("(restored: your last run")
-    await expect(page.locator("#status")).to_have_text(status or "")
-    await expect(page.locator("#stdin")).to_have_value("abc\n")
-    await expect(page.locator("#figures [data-figure=run]")).to_be_visible()
 
 
 async def test_saved_output_is_bounded(serve: ServerFactory, pages: Pages) -> None:
@@ -175,7 +187,7 @@ async def test_saved_output_is_bounded(serve: ServerFactory, pages: Pages) -> No
     await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
     saved = await page.evaluate("localStorage.getItem('conveyor.lastRun').length")
     assert 64 * 1024 < saved < 80 * 1024
-    await page.reload()
+    await page.goto(page.url.split("?")[0])  # the saved copy, not the run the address names
     await expect(page.locator("#output")).to_contain_text("(the saved copy of this output stops here)")
 
 
@@ -257,3 +269,141 @@ async def test_no_horizontal_overflow_on_a_phone(serve: ServerFactory, pages: Pa
         assert width <= inner, (path, width, inner)
         if path == "/":
             await screenshot(page, "editor-phone")
+
+
+# -- share links, output order, prompts ------------------------------------------------------------------------
+
+SHARED = "import sys\nname = input()\nprint('out-' + name)\nprint('err-' + name, file=sys.stderr)\n"
+
+
+async def run_to_end(page: Page, code: str, *, stdin: str = "") -> None:
+    """Run `code` from the editor, with `stdin`, and wait until it has completed."""
+    await set_code(page, code)
+    await page.fill("#stdin", stdin)
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+
+
+async def job_in_url(page: Page) -> str:
+    match = re.search(r"[?&]job=([0-9a-f]{32})$", page.url)
+    assert match, page.url
+    return match.group(1)
+
+
+async def test_a_share_link_restores_the_run_in_another_browser_which_runs_it_again(
+    serve: ServerFactory, pages: Pages
+) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await expect(page.locator("#copy-link")).to_be_hidden()
+    await run_to_end(page, SHARED, stdin="ada\n")
+    job_id = await job_in_url(page)  # the address bar names the run (replaceState)
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin_of(server))
+    await page.click("#copy-link")
+    await expect(page.locator("#copy-link")).to_have_text("Link copied")
+    assert await page.evaluate("navigator.clipboard.readText()") == page.url
+    status = await page.locator("#status").text_content()
+    # Another browser (no cookie: not the owner) holding the link sees the whole run, in the order it was written.
+    other = await pages.open(server, f"/?job={job_id}")
+    await expect(other.locator("#status")).to_have_text(status or "")
+    assert await code_of(other) == SHARED
+    await expect(other.locator("#stdin")).to_have_value("ada\n")
+    await expect(other.locator("#output .out")).to_have_text(["out-ada\n", "err-ada\n"], use_inner_text=True)
+    await expect(other.locator("#output .out-stderr")).to_have_count(1)
+    await expect(other.locator("#figures [data-figure=run]")).to_be_visible()
+    await expect(other.locator("#copy-link")).to_be_visible()
+    await screenshot(other, "editor-shared", full_page=False)
+    # Run again: the restored code runs as a new job of this browser's own, with a link of its own.
+    await other.fill("#stdin", "bob\n")
+    await other.click("#run")
+    await expect(other.locator("#output")).to_contain_text("out-bob")
+    await expect(other.locator("#status")).to_have_attribute("data-state", "completed")
+    assert await job_in_url(other) != job_id
+
+
+async def test_a_share_link_nobody_may_read_says_so(serve: ServerFactory, pages: Pages, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(f'[[keys]]\nname = "alice"\nsha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
+    server = await serve(api_keys_file=str(keys))
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as session:
+        async with session.post(server.make_url("/run"), json={"language": "bash", "code": "echo secret"}) as resp:
+            keyed = (await resp.json())["id"]  # alice's job: only alice may read it, even with its id
+    for job_id in ("0" * 32, "not-an-id", keyed):
+        page = await pages.open(server, f"/?job={job_id}")
+        await expect(page.locator("#status")).to_have_text("shared run not found")
+        await expect(page.locator("#output .out-error")).to_contain_text("No run can be shown for this link")
+        await expect(page.locator("#output")).not_to_contain_text("secret")
+        await expect(page.locator("#copy-link")).to_be_hidden()
+        await expect(page.locator("#run")).to_be_enabled()  # the editor still works
+    assert await code_of(page) != "echo secret"
+
+
+async def test_a_shared_running_job_is_watched_not_driven(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    job = await submit(server, "print('started', flush=True)\n" + SLEEP)
+    page = await pages.open(server, f"/?job={job['jobId']}")
+    await expect(page.locator("#output .out-stdout")).to_have_text("started\n", use_inner_text=True)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "running")
+    await page.click("#stop")
+    await expect(page.locator("#output .out-error")).to_contain_text("only whoever started this run")
+    await stop_as_owner(server, job["jobId"])  # its owner can
+    await expect(page.locator("#status")).to_have_attribute("data-state", "cancelled")
+
+
+async def test_a_link_to_a_run_the_server_no_longer_has_shows_this_browsers_copy(
+    serve: ServerFactory, pages: Pages
+) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await run_to_end(page, "print('kept')")
+    port, link = server.port, page.url
+    await stop_server(server)
+    await serve(port=port)  # restarted, memory backend: the job is gone, as an expired one is
+    await page.goto(link)
+    await expect(page.locator("#output")).to_contain_text("(restored: your last run")
+    await expect(page.locator("#output .out-stdout")).to_have_text("kept\n", use_inner_text=True)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+
+
+# Each line waits until the server has read the one before (FIONREAD on the pipe: no clock), so the order the
+# program wrote in is knowable; everything after the two pipes (coalescing, store, hub, page) must keep it.
+ALTERNATING = """import fcntl, struct, sys, termios
+def drained(stream):
+    while struct.unpack("i", fcntl.ioctl(stream.fileno(), termios.FIONREAD, b"    "))[0]:
+        pass
+for i in range(12):
+    for stream, name in ((sys.stdout, "out"), (sys.stderr, "err")):
+        print(name, i, file=stream, flush=True)
+        drained(stream)
+"""
+
+
+async def test_stdout_and_stderr_are_shown_in_the_order_they_were_written(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await run_to_end(page, ALTERNATING)
+    expected = [f"{name} {i}\n" for i in range(12) for name in ("out", "err")]
+    spans = page.locator("#output .out-stdout, #output .out-stderr")
+    await expect(spans).to_have_text(expected, use_inner_text=True)
+    streams = await spans.evaluate_all("nodes => nodes.map(n => n.dataset.stream)")
+    assert streams == ["stdout", "stderr"] * 12
+    # A shared link replays the job's events: the same order, not stdout then stderr.
+    other = await pages.open(server, f"/?job={await job_in_url(page)}")
+    await expect(other.locator("#output .out-stdout, #output .out-stderr")).to_have_text(expected, use_inner_text=True)
+
+
+async def test_a_c_prompt_without_fflush_shows_before_the_input(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await page.select_option("#language", "c")
+    await set_code(page, PROMPT_WITHOUT_FFLUSH)
+    await page.click("#run")
+    await expect(page.locator("#output .out-stdout")).to_have_text("name? ", use_inner_text=True)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "running")  # waiting in scanf
+    await page.fill("#input", "ada")
+    await page.press("#input", "Enter")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output")).to_have_text(re.compile(r"^name\? ada\nhi ada\n"), use_inner_text=True)

@@ -82,6 +82,8 @@ def test_etc_globs_only_return_existing_paths(tmp_path: Path) -> None:
             'version = ["y"]\n',
             "used by both x and y",
         ),
+        ('[x]\nsource = "x"\nrun = ["x"]\nversion = ["x"]\ninteractive_env = { "A=B" = "1" }\n', "contain '='"),
+        ('[x]\nsource = "x"\nrun = ["x"]\nversion = ["x"]\ninteractive_env = ["A"]\n', "a table of strings"),
     ],
 )
 def test_malformed_definitions_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -99,6 +101,22 @@ def test_several_files_compile_together_entry_point_first() -> None:
         "gcc", "-O2", "-std=gnu17", "-DN=3", "-Wall", "-o", "main", "util.c", "main.c", "-lm",
     ]  # fmt: skip
     assert c.run_argv(["x"], heap_mb=64, program=program) == ["./main", "x"]
+
+
+def test_interactive_runs_of_c_programs_are_line_buffered(tmp_path: Path) -> None:
+    languages = load_languages()
+    c, python = languages["c"], languages["python"]
+    stdbuf = ["LD_PRELOAD=/usr/libexec/coreutils/libstdbuf.so", "_STDBUF_I=L", "_STDBUF_O=L"]
+    assert c.run_argv(["x"], heap_mb=64, interactive=True) == ["env", *stdbuf, "./main", "x"]
+    assert c.run_argv(["x"], heap_mb=64) == ["./main", "x"]  # batch and judge runs keep full buffering
+    assert python.run_argv([], heap_mb=64, interactive=True) == ["python3", "main.py"]  # PYTHONUNBUFFERED already
+    # Never a preload the loader cannot find: it would print an error on the program's stderr.
+    path = tmp_path / "langs.toml"
+    path.write_text(
+        '[x]\nsource = "x"\nrun = ["./x"]\nversion = ["x"]\n'
+        f'interactive_env = {{ LD_PRELOAD = "{tmp_path}/missing.so", _STDBUF_O = "L" }}\n'
+    )
+    assert load_languages(path)["x"].run_argv([], heap_mb=64, interactive=True) == ["./x"]
 
 
 def test_the_entry_point_names_what_runs() -> None:

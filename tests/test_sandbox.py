@@ -199,6 +199,38 @@ async def test_output_streams_while_the_program_runs(sandbox: Sandbox) -> None:
     assert result.exit_code == 0 and result.stdout == "name? hi ada\n"
 
 
+PROMPT_WITHOUT_FFLUSH = """#include <stdio.h>
+int main(void) {
+    char name[32];
+    printf("name? ");
+    if (scanf("%31s", name) != 1) return 1;
+    printf("hi %s\\n", name);
+    return 0;
+}
+"""
+
+
+async def test_a_c_prompt_without_fflush_arrives_before_the_program_reads(sandbox: Sandbox) -> None:
+    """Without a terminal C's stdout is block-buffered; interactive runs make it line-buffered, and glibc flushes a
+    line-buffered stdout before it reads stdin."""
+    prompted = asyncio.Event()
+
+    def on_output(stream: Stream, data: str) -> None:
+        if "name?" in data:
+            prompted.set()
+
+    stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+    job = make_job("c", PROMPT_WITHOUT_FFLUSH, interactive=True)
+    task = asyncio.create_task(sandbox(job, JobIO(on_output=on_output, stdin=stdin)))
+    waiting = asyncio.create_task(prompted.wait())
+    await asyncio.wait([task, waiting], return_when=asyncio.FIRST_COMPLETED)
+    assert prompted.is_set() and not task.done()  # the program is blocked in scanf, its prompt already out
+    stdin.put_nowait(b"ada\n")
+    stdin.put_nowait(None)
+    result = await task
+    assert result.exit_code == 0 and result.stdout == "name? hi ada\n" and result.stderr == ""
+
+
 async def test_interactive_input_in_pieces_until_closed(sandbox: Sandbox) -> None:
     stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
     for piece in (b"one ", b"two\nthr", b"ee\n", None):
