@@ -113,7 +113,8 @@
       const done = results.filter((r) => r.status === 200).length;
       const refused = results.filter((r) => r.status !== 200);
       const why = [...new Set(refused.map((r) => (r.jobStatus ? `already ${r.jobStatus}` : r.error)))].join(", ");
-      toast(`${done} cancelled${refused.length ? `; ${refused.length} not (${why})` : ""}.`, refused.length ? "" : "ok");
+      const not = refused.length ? `; ${refused.length} not (${why})` : "";
+      toast(`${done} cancelled${not}.`, refused.length ? "" : "ok");
       table.clearChosen();
       table.load();
     } catch (err) {

@@ -304,7 +304,8 @@ const Jobs = (() => {
         );
       return [
         isActive(job)
-          ? button("stop", busy ? "…" : job.status === "queued" ? "Cancel" : "Stop", () => this.onStop(job.id), "btn-danger")
+          ? button("stop", busy ? "…" : job.status === "queued" ? "Cancel" : "Stop", () => this.onStop(job.id),
+              "btn-danger")
           : null,
         button("rerun", "Run again", () => this.onRerun(job.id)),
       ].filter(Boolean);
@@ -322,7 +323,8 @@ const Jobs = (() => {
         th.setAttribute("aria-sort", th.dataset.sort !== sort ? "none" : order === "asc" ? "ascending" : "descending");
       }
       const pages = Math.max(1, Math.ceil(this.total / pageSize));
-      ui.pageInfo.textContent = `page ${page} of ${pages} · ${fmtNumber(this.total)} ${this.total === 1 ? "job" : "jobs"}`;
+      const jobs = `${fmtNumber(this.total)} ${this.total === 1 ? "job" : "jobs"}`;
+      ui.pageInfo.textContent = `page ${page} of ${pages} · ${jobs}`;
       ui.pagePrev.disabled = page <= 1;
       ui.pageNext.disabled = page >= pages;
       ui.pageSize.value = String(pageSize);
