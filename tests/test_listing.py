@@ -16,7 +16,7 @@ from server.keys import HUB
 from server.queue import redis as redis_store
 from server.queue.redis import RedisStore
 from tests.conftest import AppClientFactory, keys_file
-from tests.queues import Gate, build_queue, job, started
+from tests.queues import Gate, build_queue, eventually, job, started
 from tests.test_api import call, wait_for_status
 
 ADMIN = "cvy_listing-admin-key-0123456789"
@@ -64,6 +64,21 @@ async def test_redis_instances_beat_expire_and_stay_bounded(
         assert [r["here"] for r in await two.instances() if r["name"] == two.store.instance] == [True]
         gate.finish("held")
         await one.wait(first.id)
+
+        # The lease loop beats on its own (every third of a lease: here 100 ms).
+        beating = build_queue("redis", redis_url, executor=gate, max_concurrent=4, slots=0, lease_timeout_ms=300)
+        await beating.start()
+
+        async def beat_of() -> float:
+            return next(r["lastHeartbeat"] for r in await one.instances() if r["name"] == beating.store.instance)
+
+        first_beat = await beat_of()
+
+        async def moved() -> bool:
+            return await beat_of() > first_beat
+
+        await eventually(moved)
+        await beating.close()
 
         # An instance that stops beating is gone one TTL after its last beat (here 1 ms), at the next beat.
         ghost = RedisStore(redis_url)

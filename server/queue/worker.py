@@ -494,13 +494,13 @@ class Worker:
                         run = self._running.get(job_id)
                         if run is not None:
                             run.stop(reason)
-                await self._heartbeat()
                 lost = await self.store.reclaim(retry=self._retry, lease_ms=self._lease_ms)
                 for job_id in lost:
                     logger.warning("job %s lost its worker (lease expired)", job_id)
+                await self._heartbeat()  # last: a view's record never delays keeping leases
             except BackendUnavailable as exc:
                 raise_if_cancelling()
-                logger.warning("lease renewal or reclaim failed: %s", exc.message)
+                logger.warning("lease renewal, reclaim or heartbeat failed: %s", exc.message)
             except Exception:
                 raise_if_cancelling()
-                logger.exception("lease renewal or reclaim failed")
+                logger.exception("lease renewal, reclaim or heartbeat failed")
