@@ -14,7 +14,7 @@ from playwright.async_api import Locator, Page, Route, expect
 
 from tests.browser import screenshot
 from tests.conftest import keys_file
-from tests.test_pages import Pages, ServerFactory, browser, handle, pages, row, serve, stop_server, submit
+from tests.test_pages import Pages, ServerFactory, browser, handle, pages, row, serve, submit
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser", "pages", "serve"]  # fixtures, used by name
@@ -122,7 +122,7 @@ async def test_admin_runs_again_and_cancels_in_bulk(serve: ServerFactory, pages:
 
 async def test_instances_in_redis_mode(serve: ServerFactory, pages: Pages, redis_url: str) -> None:
     first = await serve(redis_url=redis_url, worker_slots=1)
-    second = await serve(redis_url=redis_url, worker_slots=2)
+    await serve(redis_url=redis_url, worker_slots=2)
     page = await pages.open(first, "/dashboard")
     instances = page.locator("#instances-list .instance")
     await expect(page.locator("#instances-mode")).to_have_text("Redis · 2 live")
@@ -135,9 +135,7 @@ async def test_instances_in_redis_mode(serve: ServerFactory, pages: Pages, redis
     # Whichever instance claimed it shows it, by handle.
     await expect(page.locator("#instances-list .instance-jobs")).to_have_text(handle(first, sleeper["jobId"]))
     await screenshot(page, "dashboard-instances", full_page=False)
-    await stop_server(second)  # a closing instance takes its record with it
-    await expect(instances).to_have_count(1)
-    await expect(page.locator("#instances-mode")).to_have_text("Redis · 1 live")
+    # A closing instance taking its record with it, and records expiring: tests/test_listing.py.
 
 
 async def test_pool_card_only_when_health_has_a_pool(serve: ServerFactory, pages: Pages) -> None:
