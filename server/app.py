@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from .actions import setup_actions
 from .api import setup_routes
 from .apikeys import ApiKeys, client_for_key
 from .batches import setup_batches
@@ -19,6 +20,7 @@ from .joblog import log_finished_jobs
 from .jobs import Runner
 from .judge0 import setup_judge0
 from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .listing import setup_listing
 from .lockout import AuthLockout
 from .metrics import setup_metrics
 from .middlewares import error_middleware
@@ -132,6 +134,8 @@ def create_app(
     setup_pages(app)
     setup_metrics(app)
     setup_history(app)
+    setup_listing(app)
+    setup_actions(app)
     setup_quota(app, limiter)
     app.router.add_get("/ws", open_socket)
     setup_batches(app)

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { fmtBytes, fmtNumber, Socket } = Conveyor;
+  const { el, fmtBytes, fmtMs, fmtNumber, Socket } = Conveyor;
   const { TimeChart, fmtAxisMs } = Charts;
   const { JobTable, FINAL } = Jobs;
   const config = Conveyor.config();
@@ -11,6 +11,7 @@
   // The server samples every 5 s; a day's chart changes little between two refreshes a minute apart.
   const REFRESH_MS = { "15m": 5000, "1h": 5000, "24h": 60_000 };
   const THROUGHPUT_WINDOW_MS = 60_000;
+  const CARDS_REFRESH_MS = 5000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -18,9 +19,21 @@
     empty: $("jobs-empty"),
     count: $("jobs-count"),
     actionsHead: $("actions-head"),
-    filterStatus: $("filter-status"),
     filterLanguage: $("filter-language"),
     filterId: $("filter-id"),
+    tabs: [...document.querySelectorAll("#status-tabs .tab")],
+    sortHeads: [...document.querySelectorAll("#jobs th[data-sort]")],
+    pagePrev: $("page-prev"),
+    pageNext: $("page-next"),
+    pageInfo: $("page-info"),
+    pageSize: $("page-size"),
+    listNote: $("list-note"),
+    selectHead: $("select-head"),
+    selectPage: $("select-page"),
+    bulk: $("bulk"),
+    bulkCount: $("bulk-count"),
+    bulkCancel: $("bulk-cancel"),
+    bulkClear: $("bulk-clear"),
     detailList: $("detail-list"),
     detailEmpty: $("detail-empty"),
     detailActions: $("detail-actions"),
@@ -42,18 +55,72 @@
     key: null, // kept in memory only, to re-authenticate after a reconnect
     authPending: false,
   };
-  const table = new JobTable(ui, { canAct: () => state.admin, onStop: stopJob, loadJob });
+  /** REST as the admin: the key this page holds in memory (never stored), once the server has accepted it. */
+  const adminHeaders = () => (state.admin && state.key ? { Authorization: `Bearer ${state.key}` } : {});
+  const table = new JobTable(ui, {
+    canAct: () => state.admin,
+    headers: adminHeaders,
+    onStop: stopJob,
+    onRerun: rerunJob,
+    onBulkCancel: cancelJobs,
+    loadJob,
+  });
 
-  /** The full job, for an admin: REST with the key this page holds in memory (never stored). */
+  /** The full job, for an admin. */
   async function loadJob(id) {
     if (!state.admin || !state.key) return null;
     try {
       const response = await fetch(`/queue/job/${encodeURIComponent(id)}`, {
-        headers: { Accept: "application/json", Authorization: `Bearer ${state.key}` },
+        headers: { Accept: "application/json", ...adminHeaders() },
       });
       return response.ok ? await response.json() : null;
     } catch (err) {
       return null;
+    }
+  }
+
+  /** POST as the admin; the JSON answer, or an Error with the server's message. */
+  async function adminPost(path, body) {
+    const response = await fetch(path, {
+      method: "POST",
+      headers: { Accept: "application/json", "Content-Type": "application/json", ...adminHeaders() },
+      body: JSON.stringify(body ?? {}),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(answer.message || `HTTP ${response.status}`);
+    return answer;
+  }
+
+  /** Run again: the job's submission as a new job of the admin's, opened in the detail panel. */
+  async function rerunJob(id) {
+    if (!state.admin) return;
+    try {
+      const answer = await adminPost(`/queue/job/${encodeURIComponent(id)}/rerun`);
+      toast(`Queued again as ${answer.jobId.slice(0, 12)}.`, "ok");
+      table.openId(answer.jobId);
+      table.load();
+    } catch (err) {
+      toast(`Not run again: ${err.message}`);
+    }
+  }
+
+  /** Cancel the selected jobs (queued ones cancelled, running ones stopped): one answer per id, summed up. */
+  async function cancelJobs(ids) {
+    if (!state.admin) return;
+    ui.bulkCancel.disabled = true;
+    try {
+      const { results } = await adminPost("/queue/jobs/cancel", { ids });
+      const done = results.filter((r) => r.status === 200).length;
+      const refused = results.filter((r) => r.status !== 200);
+      const why = [...new Set(refused.map((r) => (r.jobStatus ? `already ${r.jobStatus}` : r.error)))].join(", ");
+      const not = refused.length ? `; ${refused.length} not (${why})` : "";
+      toast(`${done} cancelled${not}.`, refused.length ? "" : "ok");
+      table.clearChosen();
+      table.load();
+    } catch (err) {
+      toast(`Nothing cancelled: ${err.message}`);
+    } finally {
+      ui.bulkCancel.disabled = false;
     }
   }
 
@@ -208,6 +275,99 @@
     }
   }
 
+  // -- warm pool, instances ------------------------------------------------------------------------------------
+
+  /** The warm-pool card, from GET /health's `pool` (shown only on a server that has one). */
+  async function loadPool() {
+    let pool;
+    try {
+      const response = await fetch("/health", { headers: { Accept: "application/json" } });
+      if (!response.ok) return;
+      pool = (await response.json()).pool;
+    } catch (err) {
+      return;
+    }
+    $("card-pool").hidden = !pool;
+    if (!pool) return;
+    $("stat-pool").textContent = pool.enabled ? `${fmtNumber(pool.ready)} ready` : "off";
+    $("stat-pool-sub").textContent = pool.enabled
+      ? `${fmtNumber(pool.inUse)} in use · ${fmtNumber(pool.hits)} hits · ${fmtNumber(pool.misses)} misses · ` +
+        `refill ${fmtMs(pool.refillMs)}`
+      : "no sandboxes kept warm";
+    $("stat-pool-languages").textContent = Object.entries(pool.languages || {})
+      .map(([name, l]) => `${name} ${l.ready}/${l.target}`)
+      .join(" · ");
+  }
+
+  /** `fn` now if it last ran `ms` ago or more, else once when that much time has passed; calls between coalesce. */
+  function throttled(fn, ms) {
+    let timer = null;
+    let last = 0;
+    return () => {
+      if (timer) return;
+      timer = setTimeout(() => {
+        timer = null;
+        last = Date.now();
+        fn();
+      }, Math.max(0, last + ms - Date.now()));
+    };
+  }
+
+  function renderBeats() {
+    const now = Date.now() + history.skewMs;
+    for (const span of document.querySelectorAll("#instances-list [data-role=beat]")) {
+      span.textContent = `${fmtMs(Math.max(0, now - Number(span.dataset.at)))} ago`;
+    }
+  }
+
+  /** The instances working the queue (one embedded; on Redis every live heartbeat). */
+  async function loadInstances() {
+    const list = $("instances-list");
+    let body;
+    try {
+      const response = await fetch("/queue/instances", { headers: { Accept: "application/json", ...adminHeaders() } });
+      body = await response.json();
+      if (!response.ok) throw new Error(body.message || `HTTP ${response.status}`);
+    } catch (err) {
+      $("instances-mode").textContent = `unavailable (${err.message})`;
+      return;
+    }
+    const n = body.instances.length;
+    $("instances-mode").textContent = body.backend === "redis" ? `Redis · ${n} live` : "embedded";
+    list.replaceChildren(
+      ...body.instances.map((instance) =>
+        el(
+          "li",
+          { className: "instance", dataset: { name: instance.name, ...(instance.here ? { here: "" } : {}) } },
+          el(
+            "div",
+            { className: "instance-head" },
+            el("span", { className: "mono wrap" }, instance.name),
+            instance.here ? el("span", { className: "badge badge-running" }, "this one") : null,
+          ),
+          el(
+            "div",
+            { className: "instance-meta", dataset: { role: "load" } },
+            `${instance.running.length} / ${instance.slots} slots busy · heartbeat `,
+            el("span", { dataset: { role: "beat", at: instance.lastHeartbeat } }),
+          ),
+          instance.running.length
+            ? el(
+                "div",
+                { className: "instance-jobs mono" },
+                instance.running.map((job) =>
+                  el("span", { title: job.id || "display handle" }, (job.id || job.handle).slice(0, 12)),
+                ),
+              )
+            : null,
+        ),
+      ),
+    );
+    renderBeats();
+  }
+  // On every change of what runs where, and at least every few seconds: one request per CARDS_REFRESH_MS at most.
+  const instancesSoon = throttled(loadInstances, CARDS_REFRESH_MS);
+
   // -- admin ---------------------------------------------------------------------------------------------------
 
   function setAdmin(admin, user, message) {
@@ -218,6 +378,8 @@
     ui.authMessage.textContent = message;
     ui.authSubmit.textContent = admin ? "Switch key" : "Sign in";
     table.render();
+    table.load(); // ids come with the admin's key
+    loadInstances(); // and in the instances view
   }
 
   function stopJob(id) {
@@ -230,8 +392,9 @@
   }
 
   let toastTimer = null;
-  function toast(text) {
+  function toast(text, kind = "") {
     ui.toast.textContent = text;
+    ui.toast.dataset.kind = kind;
     ui.toast.hidden = false;
     clearTimeout(toastTimer);
     toastTimer = setTimeout(() => (ui.toast.hidden = true), 5000);
@@ -253,7 +416,7 @@
   function onMessage(message) {
     switch (message.type) {
       case "snapshot":
-        table.reset(message.jobs);
+        table.reset();
         onStats(message.stats);
         break;
       case "stats":
@@ -265,7 +428,7 @@
           Boolean(message.admin),
           message.user,
           message.admin
-            ? `Signed in as ${message.user}: job ids, whole jobs, and Cancel and Stop on any job.`
+            ? `Signed in as ${message.user}: job ids, whole jobs; Cancel, Stop and Run again on any job.`
             : `${message.user} is not an admin; the dashboard stays read-only.`,
         );
         openLinkedJob();
@@ -276,6 +439,7 @@
       default:
         if (message.handle && (message.type === "queued" || message.type === "running" || FINAL.has(message.type))) {
           table.apply(message);
+          if (message.type !== "queued") instancesSoon();
         }
     }
   }
@@ -323,11 +487,17 @@
     savedRange = null;
   }
   chooseRange(RANGES[savedRange] ? savedRange : "15m");
-  loadCache();
-  setInterval(loadCache, 5000);
+  const loadCards = () => {
+    loadCache();
+    loadPool();
+    instancesSoon();
+  };
+  loadCards();
+  setInterval(loadCards, CARDS_REFRESH_MS);
   // Running and queued rows show live times; the rate moves without a push.
   setInterval(() => {
     renderStats();
+    renderBeats();
     if (table.hasActive) table.render();
   }, 1000);
 })();

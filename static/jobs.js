@@ -1,13 +1,19 @@
-/* The dashboard's job table: a model fed by queue-topic events, rendered with filters and a detail view.
- * Rows are keyed by display handle: a viewer never gets a job's id (the id is the capability to read it); an
- * admin gets ids too, and a full job view (code, input, output) in the detail panel, linkable as #job=<id>. */
+/* The dashboard's job list: pages of GET /queue/jobs (sorted, filtered, a tab per status with its count), kept live
+ * by queue-topic events, with a detail view. Rows are keyed by display handle: a viewer never gets a job's id (the
+ * id is the capability to read it); an admin gets ids too, a full job view (code, input, output) in the detail
+ * panel, linkable as #job=<id>, and the controls: Cancel/Stop, Run again, and a selection to cancel in bulk. */
 "use strict";
 
 const Jobs = (() => {
-  const { el, fmtMs, fmtClock } = Conveyor;
+  const { el, fmtMs, fmtClock, fmtNumber } = Conveyor;
   const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
-  const MAX_JOBS = 500;
-  const MAX_ROWS = 200;
+  const STATUSES = ["all", "queued", "running", "completed", "failed", "timeout", "cancelled"];
+  // While events arrive the list is fetched again at most this often: a busy queue costs one request per 2 s of
+  // the read bucket (RATE_LIMIT_READ_REQUESTS), whatever its rate; rows on the page change live in between.
+  const REFRESH_MS = 2000;
+  const RETRY_MS = 5000;
+  // Text columns sort A to Z first; figures and times largest or newest first.
+  const ASCENDING_FIRST = new Set(["language", "status"]);
 
   const toMs = (value) => (typeof value === "number" ? value : value ? Date.parse(value) : null);
   const isActive = (job) => job.status === "queued" || job.status === "running";
@@ -54,25 +60,63 @@ const Jobs = (() => {
   }
 
   /**
-   * The queue topic never carries code, input or output, so neither does this table. Action buttons exist in the
-   * DOM only while `canAct()` (an admin key was accepted); `onStop(id)` sends the request. `loadJob(id)` fetches
-   * the full job for an admin's detail view (a promise of the job, or null).
+   * The queue topic never carries code, input or output, and neither does the list. Controls exist in the DOM only
+   * while `canAct()` (an admin key was accepted): `onStop(id)`, `onRerun(id)` and `onBulkCancel(ids)` do the work.
+   * `headers()` are the list requests' (the admin's key, so that ids come back); `loadJob(id)` fetches the full job
+   * for an admin's detail view (a promise of the job, or null).
    */
   class JobTable {
-    constructor(ui, { canAct, onStop, loadJob }) {
-      this.ui = ui;
-      this.canAct = canAct;
-      this.onStop = onStop;
-      this.loadJob = loadJob;
-      this.jobs = new Map(); // handle -> job
+    constructor(ui, { canAct, headers, onStop, onRerun, onBulkCancel, loadJob }) {
+      Object.assign(this, { ui, canAct, headers, onStop, onRerun, onBulkCancel, loadJob });
+      this.query = { status: "all", language: "", q: "", sort: "createdAt", order: "desc", page: 1, pageSize: 25 };
+      this.jobs = new Map(); // handle -> job, the page shown
+      this.counts = null;
+      this.total = 0;
+      this.languages = [];
+      this.loaded = false;
+      this.seq = 0; // the latest list request: an older answer arriving late is dropped
+      this.lastLoad = 0;
+      this.timer = null;
+      this.chosen = new Set(); // ids selected for a bulk cancel
       this.stopping = new Set(); // ids
       this.selected = null; // handle
       this.detailId = null; // id of the full job shown (admins)
       this.detail = null;
       this.renderQueued = false;
+      this.bind();
+    }
+
+    bind() {
+      const ui = this.ui;
       ui.detailClose.addEventListener("click", () => this.select(null));
-      for (const input of [ui.filterStatus, ui.filterLanguage]) input.addEventListener("change", () => this.render());
-      ui.filterId.addEventListener("input", () => this.render());
+      ui.filterLanguage.addEventListener("change", () => this.change({ language: ui.filterLanguage.value }));
+      let typing = null;
+      ui.filterId.addEventListener("input", () => {
+        clearTimeout(typing);
+        typing = setTimeout(() => this.change({ q: ui.filterId.value.trim().toLowerCase() }), 250);
+      });
+      for (const tab of ui.tabs) tab.addEventListener("click", () => this.change({ status: tab.dataset.status }));
+      for (const th of ui.sortHeads) {
+        th.querySelector("button").addEventListener("click", () => {
+          const sort = th.dataset.sort;
+          const flip = this.query.order === "desc" ? "asc" : "desc";
+          const order = sort === this.query.sort ? flip : ASCENDING_FIRST.has(sort) ? "asc" : "desc";
+          this.change({ sort, order });
+        });
+      }
+      ui.pagePrev.addEventListener("click", () => this.change({ page: this.query.page - 1 }, false));
+      ui.pageNext.addEventListener("click", () => this.change({ page: this.query.page + 1 }, false));
+      ui.pageSize.addEventListener("change", () => this.change({ pageSize: Number(ui.pageSize.value) }));
+      ui.selectPage.addEventListener("change", () => {
+        for (const job of this.jobs.values()) {
+          if (!job.id) continue;
+          if (ui.selectPage.checked) this.chosen.add(job.id);
+          else this.chosen.delete(job.id);
+        }
+        this.render();
+      });
+      ui.bulkCancel.addEventListener("click", () => this.chosen.size && this.onBulkCancel([...this.chosen]));
+      ui.bulkClear.addEventListener("click", () => this.clearChosen());
     }
 
     get hasActive() {
@@ -80,51 +124,99 @@ const Jobs = (() => {
       return false;
     }
 
-    /** Replace everything with a fresh snapshot (first subscribe, or after a reconnect). */
-    reset(summaries) {
-      this.jobs = new Map(summaries.map((summary) => [summary.handle, fromSummary(summary)]));
-      this.stopping.clear();
-      if (!this.canAct()) this.closeDetail();
+    /** A new query: back to its first page unless the page itself changed. */
+    change(changes, firstPage = true) {
+      Object.assign(this.query, changes, firstPage ? { page: 1 } : {});
+      this.query.page = Math.max(1, this.query.page);
+      this.load();
+    }
+
+    /** Fetch the page now. */
+    async load() {
+      const seq = ++this.seq;
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.lastLoad = Date.now();
+      const params = new URLSearchParams();
+      for (const [key, value] of Object.entries(this.query)) if (value !== "") params.set(key, String(value));
+      let body;
+      try {
+        const response = await fetch(`/queue/jobs?${params}`, {
+          headers: { Accept: "application/json", ...this.headers() },
+        });
+        body = await response.json();
+        if (!response.ok) throw new Error(body.message || `HTTP ${response.status}`);
+      } catch (err) {
+        if (seq !== this.seq) return;
+        this.ui.listNote.textContent = `list unavailable (${err.message}); retrying`;
+        this.timer = setTimeout(() => this.load(), RETRY_MS);
+        return;
+      }
+      if (seq !== this.seq) return;
+      const pages = Math.max(1, Math.ceil(body.total / body.pageSize));
+      if (this.query.page > pages) {
+        this.change({ page: pages }, false); // the last page emptied meanwhile
+        return;
+      }
+      this.ui.listNote.textContent = "";
+      const previous = this.jobs;
+      this.jobs = new Map(body.jobs.map((summary) => [summary.handle, fromSummary(summary)]));
+      for (const [handle, job] of this.jobs) {
+        if (previous.get(handle)?.id && !job.id) job.id = previous.get(handle).id;
+      }
+      Object.assign(this, { counts: body.counts, total: body.total, languages: body.languages, loaded: true });
       this.render();
     }
 
-    /** Apply one lifecycle event: queued, running or a final status. */
+    /** Something changed: fetch again soon (at most once per REFRESH_MS). */
+    refresh() {
+      if (this.timer) return;
+      const wait = Math.max(0, this.lastLoad + REFRESH_MS - Date.now());
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        this.load();
+      }, wait);
+    }
+
+    /** A fresh topic snapshot (first subscribe, or after a reconnect): the whole list again. */
+    reset() {
+      this.stopping.clear();
+      if (!this.canAct()) {
+        this.closeDetail();
+        this.clearChosen();
+      }
+      this.load();
+    }
+
+    /** One lifecycle event: its row changes now if it is on the page; the list and counts follow. */
     apply(message) {
-      let job = this.jobs.get(message.handle);
-      if (!job) {
-        job = { handle: message.handle, id: null, status: "queued", language: null, priority: null, createdAt: null };
-        this.jobs.set(job.handle, job);
+      const job = this.jobs.get(message.handle);
+      if (job) {
+        if (message.jobId) job.id = message.jobId;
+        if (message.type === "running") {
+          Object.assign(job, { status: "running", startedAt: toMs(message.startedAt), waitTimeMs: message.waitTimeMs });
+        } else if (FINAL.has(message.type)) {
+          Object.assign(job, {
+            status: message.type,
+            finishedAt: Date.now(),
+            exitCode: message.exitCode,
+            signal: message.signal,
+            reason: message.reason,
+            truncated: message.truncated,
+            waitTimeMs: message.waitTimeMs,
+            executionTimeMs: message.executionTimeMs,
+            compileTimeMs: message.compileTimeMs,
+            cpuTimeMs: message.cpuTimeMs ?? null,
+            memoryPeakBytes: message.memoryPeakBytes ?? null,
+          });
+        }
+        this.render();
       }
-      if (message.jobId) job.id = message.jobId;
-      if (message.type === "queued") {
-        Object.assign(job, {
-          status: "queued",
-          language: message.language ?? job.language,
-          priority: message.priority ?? job.priority,
-          createdAt: toMs(message.createdAt) ?? Date.now(),
-        });
-      } else if (message.type === "running") {
-        Object.assign(job, { status: "running", startedAt: toMs(message.startedAt), waitTimeMs: message.waitTimeMs });
-      } else if (FINAL.has(message.type)) {
-        Object.assign(job, {
-          status: message.type,
-          finishedAt: Date.now(),
-          exitCode: message.exitCode,
-          signal: message.signal,
-          reason: message.reason,
-          truncated: message.truncated,
-          waitTimeMs: message.waitTimeMs,
-          executionTimeMs: message.executionTimeMs,
-          compileTimeMs: message.compileTimeMs,
-          cpuTimeMs: message.cpuTimeMs ?? null,
-          memoryPeakBytes: message.memoryPeakBytes ?? null,
-          language: message.language ?? job.language,
-        });
-        this.stopping.delete(job.id);
-        if (job.id && job.id === this.detailId) this.loadDetail(job.id); // its output is complete now
+      if (FINAL.has(message.type) && message.jobId) {
+        this.stopping.delete(message.jobId);
+        if (message.jobId === this.detailId) this.loadDetail(message.jobId); // its output is complete now
       }
-      this.trim();
-      this.render();
+      this.refresh();
     }
 
     markStopping(id, busy) {
@@ -133,11 +225,9 @@ const Jobs = (() => {
       this.render();
     }
 
-    trim() {
-      for (const [id, job] of this.jobs) {
-        if (this.jobs.size <= MAX_JOBS) break;
-        if (FINAL.has(job.status) && id !== this.selected) this.jobs.delete(id);
-      }
+    clearChosen() {
+      this.chosen.clear();
+      this.render();
     }
 
     select(handle) {
@@ -148,7 +238,7 @@ const Jobs = (() => {
       this.render();
     }
 
-    /** An admin opens a job by id (a #job=<id> link): its row if the table has it, else the job alone. */
+    /** An admin opens a job by id (a #job=<id> link, a run again): its row if the page has it, else the job alone. */
     openId(id) {
       const row = [...this.jobs.values()].find((job) => job.id === id);
       this.selected = row ? row.handle : null;
@@ -188,50 +278,71 @@ const Jobs = (() => {
       this.renderQueued = true;
       requestAnimationFrame(() => {
         this.renderQueued = false;
+        this.renderControls();
         this.renderTable();
         this.renderDetail();
       });
     }
 
-    actionButton(job) {
-      if (!this.canAct() || !job.id || !isActive(job)) return null;
+    actionButtons(job) {
+      if (!this.canAct() || !job.id) return [];
       const busy = this.stopping.has(job.id);
-      return el(
-        "button",
-        {
-          type: "button",
-          className: "btn btn-small btn-danger action",
-          dataset: { action: "stop", jobId: job.id },
-          disabled: busy,
-          onclick: (event) => {
-            event.stopPropagation();
-            this.onStop(job.id);
+      const button = (action, text, onclick, extra = "") =>
+        el(
+          "button",
+          {
+            type: "button",
+            className: `btn btn-small action ${extra}`,
+            dataset: { action, jobId: job.id },
+            disabled: action === "stop" && busy,
+            onclick: (event) => {
+              event.stopPropagation();
+              onclick();
+            },
           },
-        },
-        busy ? "…" : job.status === "queued" ? "Cancel" : "Stop",
-      );
+          text,
+        );
+      return [
+        isActive(job)
+          ? button("stop", busy ? "…" : job.status === "queued" ? "Cancel" : "Stop", () => this.onStop(job.id),
+              "btn-danger")
+          : null,
+        button("rerun", "Run again", () => this.onRerun(job.id)),
+      ].filter(Boolean);
     }
 
-    matches(job) {
-      const { filterStatus, filterLanguage, filterId } = this.ui;
-      const status = filterStatus.value;
-      if (status === "active" ? !isActive(job) : status && job.status !== status) return false;
-      if (filterLanguage.value && job.language !== filterLanguage.value) return false;
-      const needle = filterId.value.trim().toLowerCase();
-      return !needle || job.handle.includes(needle) || Boolean(job.id && job.id.includes(needle));
+    renderControls() {
+      const ui = this.ui;
+      const { status, sort, order, page, pageSize } = this.query;
+      for (const tab of ui.tabs) {
+        tab.setAttribute("aria-selected", String(tab.dataset.status === status));
+        const count = tab.querySelector(".tab-count");
+        count.textContent = this.counts ? fmtNumber(this.counts[tab.dataset.status]) : "–";
+      }
+      for (const th of ui.sortHeads) {
+        th.setAttribute("aria-sort", th.dataset.sort !== sort ? "none" : order === "asc" ? "ascending" : "descending");
+      }
+      const pages = Math.max(1, Math.ceil(this.total / pageSize));
+      const jobs = `${fmtNumber(this.total)} ${this.total === 1 ? "job" : "jobs"}`;
+      ui.pageInfo.textContent = `page ${page} of ${pages} · ${jobs}`;
+      ui.pagePrev.disabled = page <= 1;
+      ui.pageNext.disabled = page >= pages;
+      ui.pageSize.value = String(pageSize);
+      this.syncLanguages();
+      const admin = this.canAct();
+      if (!admin) this.chosen.clear();
+      ui.bulk.hidden = !admin || this.chosen.size === 0;
+      ui.bulkCount.textContent = `${this.chosen.size} selected`;
+      ui.selectHead.hidden = !admin;
+      ui.actionsHead.hidden = !admin;
+      const ids = [...this.jobs.values()].filter((job) => job.id).map((job) => job.id);
+      ui.selectPage.checked = ids.length > 0 && ids.every((id) => this.chosen.has(id));
     }
 
     renderTable() {
       const ui = this.ui;
       const admin = this.canAct();
-      this.syncLanguages();
-      // Active jobs first (the ones an admin may act on), then newest first.
-      const all = [...this.jobs.values()];
-      const shown = all
-        .filter((job) => this.matches(job))
-        .sort((a, b) => isActive(b) - isActive(a) || (b.createdAt || 0) - (a.createdAt || 0))
-        .slice(0, MAX_ROWS);
-      ui.actionsHead.hidden = !admin;
+      const shown = [...this.jobs.values()];
       ui.body.replaceChildren(
         ...shown.map((job) =>
           el(
@@ -243,6 +354,7 @@ const Jobs = (() => {
               onclick: () => this.select(job.handle),
               onkeydown: (event) => event.key === "Enter" && this.select(job.handle),
             },
+            admin ? el("td", { className: "select-col" }, this.checkbox(job)) : null,
             job.id
               ? el("td", { className: "mono", title: job.id }, job.id.slice(0, 12))
               : el("td", { className: "mono muted", title: "display handle (only admins see job ids)" }, job.handle),
@@ -252,26 +364,44 @@ const Jobs = (() => {
             el("td", { className: "num" }, fmtMs(liveWait(job))),
             el("td", { className: "num" }, fmtMs(liveRun(job))),
             el("td", { className: "mono muted" }, fmtClock(job.createdAt)),
-            admin ? el("td", { className: "actions-col" }, this.actionButton(job)) : null,
+            admin ? el("td", { className: "actions-col" }, this.actionButtons(job)) : null,
           ),
         ),
       );
-      ui.empty.hidden = shown.length > 0;
-      ui.empty.textContent = all.length ? "No jobs match the filters." : "No jobs yet.";
-      ui.count.textContent = shown.length === all.length ? `(${all.length})` : `(${shown.length} of ${all.length})`;
+      const all = this.counts ? this.counts.all : 0;
+      ui.empty.hidden = shown.length > 0 || !this.loaded;
+      ui.empty.textContent = all || this.query.language || this.query.q ? "No jobs match." : "No jobs yet.";
+      ui.count.textContent = this.loaded ? `(${fmtNumber(this.total)})` : "";
+    }
+
+    checkbox(job) {
+      if (!job.id) return null;
+      return el("input", {
+        type: "checkbox",
+        dataset: { role: "select", jobId: job.id },
+        "aria-label": `Select job ${job.id.slice(0, 12)}`,
+        checked: this.chosen.has(job.id),
+        onclick: (event) => event.stopPropagation(),
+        onchange: (event) => {
+          if (event.target.checked) this.chosen.add(job.id);
+          else this.chosen.delete(job.id);
+          this.render();
+        },
+      });
     }
 
     syncLanguages() {
       const select = this.ui.filterLanguage;
-      const languages = [...new Set([...this.jobs.values()].map((j) => j.language).filter(Boolean))].sort();
+      const chosen = this.query.language;
+      const languages = [...new Set([...this.languages, ...(chosen ? [chosen] : [])])].sort();
       const current = [...select.options].slice(1).map((o) => o.value);
-      if (languages.join() === current.join()) return;
-      const chosen = select.value;
-      select.replaceChildren(
-        el("option", { value: "" }, "all languages"),
-        ...languages.map((language) => el("option", { value: language }, language)),
-      );
-      select.value = languages.includes(chosen) ? chosen : "";
+      if (languages.join() !== current.join()) {
+        select.replaceChildren(
+          el("option", { value: "" }, "all languages"),
+          ...languages.map((language) => el("option", { value: language }, language)),
+        );
+      }
+      select.value = chosen;
     }
 
     renderDetail() {
@@ -317,7 +447,7 @@ const Jobs = (() => {
         ["Truncated", job.truncated ? "yes" : "no"],
       ];
       ui.detailList.replaceChildren(...rows.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)]));
-      ui.detailActions.replaceChildren(...[this.actionButton({ ...job, id })].filter(Boolean));
+      ui.detailActions.replaceChildren(...this.actionButtons({ ...job, id }));
       ui.detailFull.replaceChildren(
         ...(full
           ? [
@@ -332,5 +462,5 @@ const Jobs = (() => {
     }
   }
 
-  return { JobTable, FINAL };
+  return { JobTable, FINAL, STATUSES };
 })();

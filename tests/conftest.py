@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +37,19 @@ def make_settings(**overrides: Any) -> Settings:
         cache_max_mb=0,  # off, so that compile figures are a compile's; tests/test_buildcache.py turns it on
     )
     return dataclasses.replace(base, **overrides)
+
+
+def keys_file(directory: Path, keys: dict[str, tuple[str, bool]]) -> str:
+    """An API_KEYS_FILE in `directory` with `{name: (key, admin)}`; returns its path."""
+    path = directory / "keys.toml"
+    path.write_text(
+        "".join(
+            f'[[keys]]\nname = "{name}"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+            f"admin = {str(admin).lower()}\n"
+            for name, (key, admin) in keys.items()
+        )
+    )
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -374,10 +374,12 @@ async def test_dashboard_follows_jobs_submitted_by_rest(serve: ServerFactory, pa
     await expect(page.locator("#jobs-body tr")).to_have_count(3)
     await expect(row(page, server, failing["jobId"]).locator(".badge")).to_have_text("failed")
 
-    await page.select_option("#filter-status", "failed")
+    await expect(page.locator(".tab[data-status=failed] .tab-count")).to_have_text("1")
+    await expect(page.locator(".tab[data-status=all] .tab-count")).to_have_text("3")
+    await page.click(".tab[data-status=failed]")
     await expect(page.locator("#jobs-body tr")).to_have_count(1)
     await expect(page.locator("#jobs-body tr td").nth(2)).to_have_text("bash")
-    await page.select_option("#filter-status", "")
+    await page.click(".tab[data-status=all]")
     await page.select_option("#filter-language", "python")
     await expect(page.locator("#jobs-body tr")).to_have_count(2)
     await page.select_option("#filter-language", "")
@@ -410,17 +412,17 @@ async def test_viewer_is_read_only_and_admin_stops_jobs(serve: ServerFactory, pa
     for page in (viewer, admin):
         await expect(row(page, server, running["jobId"]).locator(".badge")).to_have_text("running")
         await expect(row(page, server, queued["jobId"]).locator(".badge")).to_have_text("queued")
-    await expect(viewer.locator("#jobs-body button, #detail-actions button")).to_have_count(0)
-    await expect(row(admin, server, running["jobId"]).locator("button")).to_have_text("Stop")
-    await expect(row(admin, server, queued["jobId"]).locator("button")).to_have_text("Cancel")
+    await expect(viewer.locator("#jobs-body button, #jobs-body input, #detail-actions button")).to_have_count(0)
+    await expect(row(admin, server, running["jobId"]).locator("[data-action=stop]")).to_have_text("Stop")
+    await expect(row(admin, server, queued["jobId"]).locator("[data-action=stop]")).to_have_text("Cancel")
     await screenshot(admin, "dashboard-admin")
 
-    await row(admin, server, queued["jobId"]).locator("button").click()
-    await row(admin, server, running["jobId"]).locator("button").click()
+    await row(admin, server, queued["jobId"]).locator("[data-action=stop]").click()
+    await row(admin, server, running["jobId"]).locator("[data-action=stop]").click()
     for page in (viewer, admin):
         await expect(row(page, server, running["jobId"]).locator(".badge")).to_have_text("cancelled")
         await expect(row(page, server, queued["jobId"]).locator(".badge")).to_have_text("cancelled")
-    await expect(admin.locator("#jobs-body button")).to_have_count(0)
+    await expect(admin.locator("#jobs-body [data-action=stop]")).to_have_count(0)
     for page in (viewer, admin):
         content = await page.content()
         frames = "".join(pages.recorder(page).frames)

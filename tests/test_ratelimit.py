@@ -709,6 +709,9 @@ def test_decision_headers_and_429() -> None:
         ("GET", "/queue", "read"),
         ("GET", "/queue/stats", "read"),
         ("DELETE", "/queue/jobs/abc", "read"),
+        ("GET", "/queue/jobs", "read"),
+        ("POST", "/queue/jobs/cancel", "read"),
+        ("POST", "/queue/job/abc/rerun", "read"),  # and one submit token, drawn by the handler
         ("GET", "/runtimes", "read"),
         ("GET", "/openapi.json", "read"),
         ("GET", "/ws", "read"),

@@ -5,12 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, OutputCallback, Stream
 
 logger = logging.getLogger(__name__)
+
+
+class InstanceRecord(TypedDict):
+    """One instance as its last heartbeat recorded it (epoch ms)."""
+
+    name: str
+    slots: int
+    running: list[str]
+    startedAt: float | None
+    lastHeartbeat: float
+    here: bool
 
 
 class QueueBackend(Protocol):
@@ -59,6 +70,13 @@ class QueueBackend(Protocol):
 
     async def recent(self, limit: int = 100) -> list[Job]:
         """The most recent jobs (finished, then active), oldest first, for the dashboard's table."""
+
+    async def listing(self, finished: int) -> list[Job]:
+        """Every queued and running job and the newest `finished` finished ones, metadata only (no code, input or
+        output), in no particular order: what the dashboard's job list pages, sorts and counts."""
+
+    async def instances(self) -> list[InstanceRecord]:
+        """The instances working this queue (one embedded; on Redis each live heartbeat), newest beat first."""
 
     async def stats(self) -> dict[str, Any]:
         """The statistics snapshot (camelCase, as the seed)."""
@@ -116,6 +134,13 @@ class Store(Protocol):
     async def positions(self, job_ids: list[str]) -> dict[str, int | None]: ...
 
     async def recent(self, limit: int) -> list[Job]: ...
+
+    async def listing(self, finished: int) -> list[Job]: ...
+
+    async def heartbeat(self, *, slots: int, ttl_ms: int) -> None:
+        """Record this instance and its slots; the record expires `ttl_ms` after the last beat."""
+
+    async def instances(self) -> list[InstanceRecord]: ...
 
     async def stats(self, *, max_concurrent: int, max_queue_size: int) -> dict[str, Any]: ...
 

@@ -19,7 +19,7 @@ from ..errors import Conflict, InputBacklog, NotFound, QueueFull
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..stats import QueueStats
-from .base import ControlHandler
+from .base import ControlHandler, InstanceRecord
 from .records import record_bytes
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class MemoryStore:
         self._finished_bytes = 0
         self._work = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._started_at = now_ms()
+        self._beat: tuple[int, float] | None = None  # slots, time of the last heartbeat
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -315,6 +317,29 @@ class MemoryStore:
         active = sorted((r.job for r in self._active.values()), key=lambda j: j.created_at)
         finished = [r.job for r in itertools.islice(reversed(self._finished.values()), limit)][::-1]
         return (finished + active)[-limit:]
+
+    async def listing(self, finished: int) -> list[Job]:
+        done = [r.job for r in itertools.islice(reversed(self._finished.values()), finished)]
+        return [*(r.job for r in self._active.values()), *done]
+
+    async def heartbeat(self, *, slots: int, ttl_ms: int) -> None:
+        self._beat = (slots, now_ms())
+
+    async def instances(self) -> list[InstanceRecord]:
+        if self._beat is None:
+            return []
+        slots, beat = self._beat
+        running = [job_id for job_id, r in self._active.items() if r.job.status is JobStatus.RUNNING]
+        return [
+            {
+                "name": self.instance,
+                "slots": slots,
+                "running": running,
+                "startedAt": self._started_at,
+                "lastHeartbeat": beat,
+                "here": True,
+            }
+        ]
 
     async def stats(self, *, max_concurrent: int, max_queue_size: int) -> dict[str, Any]:
         return self._stats.snapshot(

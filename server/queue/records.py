@@ -17,6 +17,9 @@ from ..jobs import ExecutionResult, Job, JobStatus, Limits, SourceFile, TestCase
 _OWN = frozenset({"status", "seq", "position", "result"})
 JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job) if f.name not in _OWN)
 RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(ExecutionResult))
+# What a listing never needs of a result: the program's text. The rest (exit code, reason, figures) is a few hundred
+# bytes, stored beside the result as `brief` so a page of the dashboard's list never reads anyone's output.
+_BULKY = frozenset({"stdout", "stderr", "compile_output", "tests"})
 # Fields that are dataclasses themselves: JSON gives them back as dicts (or lists of dicts).
 _NESTED: dict[str, Any] = {
     "files": lambda items: None if items is None else [SourceFile(**item) for item in items],
@@ -28,6 +31,11 @@ _NESTED: dict[str, Any] = {
 def result_dict(result: ExecutionResult) -> dict[str, Any]:
     """The result as a JSON-ready dict (every field, None included)."""
     return {name: getattr(result, name) for name in RESULT_FIELDS}
+
+
+def brief_dict(result: ExecutionResult) -> dict[str, Any]:
+    """The result without the program's text: what a job listing shows."""
+    return {name: getattr(result, name) for name in RESULT_FIELDS - _BULKY}
 
 
 def result_from(data: dict[str, Any]) -> ExecutionResult:
@@ -56,6 +64,22 @@ def job_from_hash(data: dict[str, str]) -> Job:
         result=result_from(orjson.loads(result_raw)) if result_raw else None,
         seq=int(data.get("seq", 0)),
     )
+
+
+def listed_job_from_hash(data: dict[str, str | None]) -> Job | None:
+    """A job as a listing reads it (HMGET of LISTED_FIELDS): metadata and the brief result, no code or output."""
+    present = {name: value for name, value in data.items() if value is not None}
+    if not present.get("status"):
+        return None
+    present["code"] = '""'
+    brief = present.pop("brief", None)
+    if brief is not None:
+        present["result"] = brief
+    return job_from_hash(present)
+
+
+# The hash fields a listing reads: small ones only (never code, stdin or the result with its output).
+LISTED_FIELDS = ("id", "language", "priority", "status", "created_at", "started_at", "finished_at", "brief")
 
 
 def record_bytes(job: Job) -> int:

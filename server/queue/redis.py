@@ -21,8 +21,16 @@ from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..stats import build_snapshot
 from . import scripts
-from .base import ControlHandler
-from .records import job_from_hash, job_to_hash, record_bytes, result_dict
+from .base import ControlHandler, InstanceRecord
+from .records import (
+    LISTED_FIELDS,
+    brief_dict,
+    job_from_hash,
+    job_to_hash,
+    listed_job_from_hash,
+    record_bytes,
+    result_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,8 @@ LOG_MAXLEN = 5_000
 READ_BLOCK_MS = 2000
 PRIORITY_DIGITS = 19
 MAX_PRIORITY = 10**PRIORITY_DIGITS - 1
+# Instances in the heartbeat records at most: far more than a deployment runs; past it the stalest are dropped.
+MAX_INSTANCES = 256
 
 
 def _unavailable_on_redis_error(method: _M) -> _M:
@@ -112,12 +122,14 @@ class RedisStore:
             name: self._redis.register_script(getattr(scripts, name))
             for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "STOP", "RENEW", "RECLAIM", "STDIN", "ACK_STDIN")
         }
+        self._scripts["HEARTBEAT"] = self._redis.register_script(scripts.HEARTBEAT)
         self._scripts["POSITIONS"] = self._redis.register_script(scripts.POSITIONS)
         self._reader: asyncio.Task[None] | None = None
         self._seen = (0, 0)
         self._seen_changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._started_at = now_ms()
 
     def _key(self, name: str) -> str:
         return f"{self._p}:{name}"
@@ -144,6 +156,13 @@ class RedisStore:
             await asyncio.gather(self._reader, return_exceptions=True)
         for task in list(self._background):
             task.cancel()
+        try:  # gone from the instances view at once, rather than when the heartbeat expires
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zrem(self._key("instances"), self.instance)
+            pipe.hdel(self._key("instance_info"), self.instance)
+            await pipe.execute()
+        except (RedisError, OSError):
+            pass
         # Our pools were passed in, so the clients would leave them open: close them explicitly.
         await self._blocking.aclose()
         await self._redis.aclose(close_connection_pool=True)
@@ -282,6 +301,7 @@ class RedisStore:
                 record_bytes(job),
                 orjson.dumps(event),
                 self._p,
+                orjson.dumps(brief_dict(result)),
             ],
         )
         job.status = status
@@ -435,6 +455,57 @@ class RedisStore:
         jobs = [job_from_hash(data) for data in await pipe.execute() if data.get("status")]
         jobs.sort(key=lambda j: j.created_at)
         return jobs[-limit:]
+
+    @_unavailable_on_redis_error
+    async def listing(self, finished: int) -> list[Job]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrevrange(self._key("finished"), 0, finished - 1)
+        pipe.zrange(self._key("running"), 0, -1)
+        pipe.zrange(self._key("queued"), 0, -1)
+        done, running, queued = await pipe.execute()
+        ids = list(dict.fromkeys([*(member[36:] for member in queued), *running, *done]))
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._key(f"job:{job_id}"), LISTED_FIELDS)
+        jobs = (listed_job_from_hash(dict(zip(LISTED_FIELDS, row, strict=True))) for row in await pipe.execute())
+        return [job for job in jobs if job is not None]
+
+    @_unavailable_on_redis_error
+    async def heartbeat(self, *, slots: int, ttl_ms: int) -> None:
+        record = orjson.dumps({"slots": slots, "startedAt": self._started_at})
+        await self._scripts["HEARTBEAT"](
+            keys=self._keys("instances", "instance_info"), args=[self.instance, record, ttl_ms, MAX_INSTANCES]
+        )
+
+    @_unavailable_on_redis_error
+    async def instances(self) -> list[InstanceRecord]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrevrange(self._key("instances"), 0, MAX_INSTANCES - 1, withscores=True)
+        pipe.hgetall(self._key("instance_info"))
+        pipe.zrange(self._key("running"), 0, -1)
+        beats, info, running = await pipe.execute()
+        # Running jobs by the instance that claimed them, read live (a heartbeat is up to a third of a lease old).
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in running:
+            pipe.hget(self._key(f"job:{job_id}"), "worker")
+        by_worker: dict[str, list[str]] = {}
+        for job_id, worker in zip(running, await pipe.execute(), strict=True):
+            if worker is not None:
+                by_worker.setdefault(worker, []).append(job_id)
+        records: list[InstanceRecord] = []
+        for name, beat in beats:
+            data = orjson.loads(info[name]) if name in info else {}
+            records.append(
+                {
+                    "name": name,
+                    "slots": int(data.get("slots", 0)),
+                    "running": by_worker.get(name, []),
+                    "startedAt": data.get("startedAt"),
+                    "lastHeartbeat": float(beat),
+                    "here": name == self.instance,
+                }
+            )
+        return records
 
     @_unavailable_on_redis_error
     async def stats(self, *, max_concurrent: int, max_queue_size: int) -> dict[str, Any]:

@@ -6,8 +6,9 @@ priority — a double score of priority x 2^32 lost FIFO from 2^21 up), `P:runni
 ms), `P:finished` (zset, score = finish time), `P:job:<id>` (hash), `P:log:<id>` (the job's event stream, replayed
 by any instance), `P:stdin:<id>` (input not yet taken by the running instance), `P:events` (every event and
 control message, for live fan-out), `P:stats` (hash), `P:sizes` (hash: bytes kept per finished job) and
-`P:retained` (their sum), `P:heartbeat` (last lease call), `P:recent_wait`, `P:recent_exec`, `P:finish_times`
-(capped lists), `P:wake` (list that idle workers BLPOP on).
+`P:retained` (their sum), `P:heartbeat` (last lease call), `P:instances` (zset, score = an instance's last
+heartbeat) and `P:instance_info` (hash: its slots, JSON), `P:recent_wait`, `P:recent_exec`, `P:finish_times` (capped
+lists), `P:wake` (list that idle workers BLPOP on).
 
 Every script declares in KEYS the keys it knows before it runs. Two cannot: CLAIM pops ids it did not know and
 retention evicts the oldest records; they derive those keys from the prefix (ARGV), so the store is one Redis, not
@@ -160,7 +161,7 @@ return emit(KEYS[3], KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 
 # KEYS: running, finished, stats, events, wake, recent_exec, finish_times, sizes, retained, job, log, stdin.
 # ARGV: origin (the worker), id, status, result JSON, execution ms, maxlen, logmax, retention_s, retention_count,
-# retention_bytes, record bytes, event JSON, prefix.
+# retention_bytes, record bytes, event JSON, prefix, brief result JSON (without output, for listings).
 # Returns 1, also for a retry after a lost reply (idempotent for the lease holder), or 0 when this worker no longer
 # holds the job (its lease was reclaimed).
 FINISH = (
@@ -176,7 +177,8 @@ if redis.call('HGET', job, 'status') ~= 'running' then
   return 0
 end
 local now = now_ms()
-redis.call('HSET', job, 'status', status, 'finished_at', now, 'result', result, 'finished_by', worker)
+redis.call('HSET', job, 'status', status, 'finished_at', now, 'result', result, 'finished_by', worker,
+  'brief', ARGV[14])
 redis.call('HDEL', job, 'stdin_bytes')
 redis.call('DEL', stdin)
 redis.call('ZREM', running, id)
@@ -219,7 +221,8 @@ end
 if status ~= 'queued' then return {status, redis.call('HGETALL', job)} end
 redis.call('ZREM', queued, redis.call('HGET', job, 'qm'))
 local now = now_ms()
-redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'result', cjson.encode({reason = reason}))
+local brief = cjson.encode({reason = reason})
+redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'result', brief, 'brief', brief)
 redis.call('HINCRBY', stats, 'cancelled', 1)
 local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
 emit(events, job, log, origin, maxlen, logmax, terminal_event(id, job, 'cancelled', reason, wait))
@@ -280,7 +283,8 @@ for _, id in ipairs(ids) do
         priority = tonumber(redis.call('HGET', job, 'priority'))}))
       wake(wake_key)
     else
-      redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'result', cjson.encode({reason = 'worker_lost'}))
+      local brief = cjson.encode({reason = 'worker_lost'})
+      redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'result', brief, 'brief', brief)
       redis.call('HINCRBY', stats, 'processed', 1)
       redis.call('HINCRBY', stats, 'failed', 1)
       local started = tonumber(redis.call('HGET', job, 'started_at') or now)
@@ -327,6 +331,34 @@ local left = redis.call('HINCRBY', KEYS[1], 'stdin_bytes', -tonumber(ARGV[1]))
 if left < 0 then redis.call('HSET', KEYS[1], 'stdin_bytes', 0) end
 return 1
 """
+
+# KEYS: instances, instance_info. ARGV: instance, record JSON, ttl_ms, max instances.
+# This instance's heartbeat; records older than the TTL are dropped, and past `max` the stalest: both keys stay
+# bounded, and expire with the last instance.
+HEARTBEAT = (
+    _PRELUDE
+    + """
+local beats, info = unpack(KEYS)
+local me, record, ttl, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+redis.call('ZADD', beats, now, me)
+redis.call('HSET', info, me, record)
+local stale = redis.call('ZRANGEBYSCORE', beats, '-inf', '(' .. (now - ttl))
+local over = redis.call('ZCARD', beats) - #stale - max
+if over > 0 then
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', beats, now - ttl, '+inf', 'LIMIT', 0, over)) do
+    stale[#stale + 1] = name
+  end
+end
+for _, name in ipairs(stale) do
+  redis.call('ZREM', beats, name)
+  redis.call('HDEL', info, name)
+end
+redis.call('PEXPIRE', beats, ttl)
+redis.call('PEXPIRE', info, ttl)
+return now
+"""
+)
 
 # KEYS: queued, job, job, ... Returns each job's 1-based place in line, or false when it is not queued.
 POSITIONS = """

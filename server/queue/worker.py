@@ -14,7 +14,7 @@ from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 from ..loops import raise_if_cancelling, stop_task
-from .base import OutputCoalescer, Store, execute
+from .base import InstanceRecord, OutputCoalescer, Store, execute
 from .records import record_bytes
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class Worker:
         self.store.on_control = self._on_control
         self._unsubscribe = self.events.subscribe(self._on_event)
         await self.store.start()
+        with suppress(BackendUnavailable):
+            await self._heartbeat()  # in the instances view from the start, not after the first lease interval
         self._loops.append(asyncio.create_task(self._lease_loop(), name="conveyor-leases"))
         if self._slots > 0:
             self._loops.append(asyncio.create_task(self._claim_loop(), name="conveyor-claim"))
@@ -192,6 +194,12 @@ class Worker:
 
     async def recent(self, limit: int = 100) -> list[Job]:
         return await self.store.recent(limit)
+
+    async def listing(self, finished: int) -> list[Job]:
+        return await self.store.listing(finished)
+
+    async def instances(self) -> list[InstanceRecord]:
+        return await self.store.instances()
 
     async def stats(self) -> dict[str, Any]:
         stats = await self.store.stats(max_concurrent=self.max_concurrent, max_queue_size=self.max_queue_size)
@@ -470,6 +478,11 @@ class Worker:
             with suppress(Exception):
                 await self._fill()
 
+    async def _heartbeat(self) -> None:
+        """This instance's record (its slots), alive for one lease: an instance that stops beating for that long
+        has lost its leases too."""
+        await self.store.heartbeat(slots=self._slots, ttl_ms=self._lease_ms)
+
     async def _lease_loop(self) -> None:
         """Renew our leases (reading stop requests recorded on our jobs) and reclaim expired ones."""
         while True:
@@ -484,9 +497,10 @@ class Worker:
                 lost = await self.store.reclaim(retry=self._retry, lease_ms=self._lease_ms)
                 for job_id in lost:
                     logger.warning("job %s lost its worker (lease expired)", job_id)
+                await self._heartbeat()  # last: a view's record never delays keeping leases
             except BackendUnavailable as exc:
                 raise_if_cancelling()
-                logger.warning("lease renewal or reclaim failed: %s", exc.message)
+                logger.warning("lease renewal, reclaim or heartbeat failed: %s", exc.message)
             except Exception:
                 raise_if_cancelling()
-                logger.exception("lease renewal or reclaim failed")
+                logger.exception("lease renewal, reclaim or heartbeat failed")
