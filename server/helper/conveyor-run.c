@@ -318,31 +318,47 @@ static char **read_job(FILE *in, char ***preload) {
     return args;
 }
 
-/* Starts PRELOAD (an interpreter that boots, then waits for its program's argv on the descriptor number appended to
- * its arguments); *GO is that descriptor's write end. Returns its pid, or -1. */
+/* Starts PRELOAD (an interpreter that boots, closes the descriptor whose number is its last argument to say so,
+ * then waits for its program's argv on the one before) and waits until it has booted; *GO is the write end for
+ * that argv. Returns its pid, or -1 (it could not start, or died booting: the job then runs as drive runs it). */
 static pid_t preload(char **cmd, int *go) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    int argv_pipe[2], booted[2];
+    if (pipe2(argv_pipe, O_CLOEXEC) != 0) return -1;
+    if (pipe2(booted, O_CLOEXEC) != 0) {
+        close(argv_pipe[0]);
+        close(argv_pipe[1]);
+        return -1;
+    }
     pid_t pid = fork();
     if (pid == 0) {
         int n = 0;
         while (cmd[n] != NULL) n++;
-        char **full = calloc((size_t)n + 2, sizeof *full);
-        int rfd = dup(fds[0]);  /* without close-on-exec: the interpreter's */
-        char number[16];
-        snprintf(number, sizeof number, "%d", rfd);
-        if (full == NULL || rfd < 0) _exit(127);
+        char **full = calloc((size_t)n + 3, sizeof *full);
+        int rfd = dup(argv_pipe[0]), wfd = dup(booted[1]);  /* without close-on-exec: the interpreter's */
+        char rnum[16], wnum[16];
+        snprintf(rnum, sizeof rnum, "%d", rfd);
+        snprintf(wnum, sizeof wnum, "%d", wfd);
+        if (full == NULL || rfd < 0 || wfd < 0) _exit(127);
         memcpy(full, cmd, (size_t)n * sizeof *full);
-        full[n] = number;
+        full[n] = rnum;
+        full[n + 1] = wnum;
         execvp(full[0], full);
         _exit(127);
     }
-    close(fds[0]);
+    close(argv_pipe[0]);
+    close(booted[1]);
+    if (pid > 0) {
+        char byte;
+        while (read(booted[0], &byte, 1) > 0 || errno == EINTR) errno = 0;  /* until EOF: booted, or dead */
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) pid = -1;
+    }
+    close(booted[0]);
     if (pid < 0) {
-        close(fds[1]);
+        close(argv_pipe[1]);
         return -1;
     }
-    *go = fds[1];
+    *go = argv_pipe[1];
     return pid;
 }
 

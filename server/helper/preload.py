@@ -1,5 +1,6 @@
-# A pre-started python3 in a warm sandbox (server/pool.py): booted before its job exists, it waits for the job's
-# argv on the descriptor named by its one argument, then runs the job's program as `python3 PROGRAM ARGS...` would.
+# A pre-started python3 in a warm sandbox (server/pool.py): booted before its job exists, it closes the descriptor
+# named by its second argument (the driver then reports the sandbox ready), waits for the job's argv on the one
+# named by its first, then runs the job's program as `python3 PROGRAM ARGS...` would.
 # Run as `python3 -c <this file>`: it uses only what the interpreter has loaded at start-up, so the program finds
 # the same modules loaded, the same __main__ (file, loader, no leftovers of this code), argv, orig_argv and
 # sys.path[0], tracebacks without this code's frames, and the same exit status (SystemExit, 1 for an uncaught
@@ -12,6 +13,7 @@ def _conveyor_preload() -> None:
     import __main__
 
     fd = int(sys.argv[1])
+    os.close(int(sys.argv[2]))  # booted
     data = b""
     while chunk := os.read(fd, 65536):
         data += chunk
