@@ -162,7 +162,7 @@ class Demand:
 
     def targets(self, now: float) -> dict[str, int]:
         """Every language used in DEMAND_KEEP_S gets one sandbox (most used first, while the budget lasts); what is
-        left goes to the languages by their share of the last DEMAND_WINDOW_S, each at most the job slots."""
+        left goes to the languages by their share of the last DEMAND_WINDOW_S, each at most per_language_max."""
         recent: dict[str, int] = {}
         for language, takes in list(self._takes.items()):
             while takes and takes[0] < now - DEMAND_KEEP_S:

@@ -184,7 +184,11 @@ class Sandbox:
         )
         if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
             self.pool = WarmPool(
-                self._start_warm, budget=self.settings.warm_pool, per_language_max=self.settings.max_concurrent_jobs
+                # No cap per language below the budget: a language alone in demand may hold all of it, since jobs
+                # that follow each other faster than a sandbox starts drain more than the job slots.
+                self._start_warm,
+                budget=self.settings.warm_pool,
+                per_language_max=self.settings.warm_pool,
             )
 
     async def _check_bwrap(self) -> None:
