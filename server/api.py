@@ -101,6 +101,7 @@ async def get_health(request: web.Request) -> web.Response:
             "uptime": round(time.monotonic() - app[STARTED_AT], 3),
             "queue": await app[QUEUE].stats(),
             "sandbox": app[RUNNER].describe(),
+            "pool": app[RUNNER].pool_status(),
         }
     )
 

@@ -202,6 +202,19 @@ class JobCgroup:
             if not self.pids() or loop.time() > deadline:
                 break
             await asyncio.sleep(0.01)
+        self._rmdir()
+
+    def remove_now(self) -> None:
+        """remove(), blocking: for the warm pool's thread, which has no event loop."""
+        deadline = time.monotonic() + _EMPTY_WAIT_S
+        while True:
+            self.kill()
+            if not self.pids() or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        self._rmdir()
+
+    def _rmdir(self) -> None:
         for _, path in self._dirs:
             try:
                 path.rmdir()
@@ -269,6 +282,11 @@ class Cgroups:
                     path.rmdir()
             raise
         return JobCgroup(name, dirs)
+
+    def restrict(self, cgroup: JobCgroup, memory_bytes: int) -> None:
+        """Lower a created cgroup's memory limit (a warm sandbox taken by a job that asked for less memory)."""
+        for hierarchy, path in cgroup._dirs:
+            self._limit(hierarchy, path, min(memory_bytes, self._memory_bytes))
 
     def _limit(self, hierarchy: _Hierarchy, path: Path, memory_bytes: int) -> None:
         if "pids" in hierarchy.controllers:

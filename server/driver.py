@@ -76,3 +76,18 @@ def command(status_fd: int, compile_fd: int, prctl: int, compile_argv: list[str]
 def new_keyring(keyctl: int, argv: list[str]) -> list[str]:
     """`argv` run in a new, empty session keyring."""
     return ["perl", "-e", NEW_KEYRING, str(keyctl), *argv]
+
+
+def job_message(
+    args: list[str], env: dict[str, str], files: list[tuple[str, bytes]], preload: list[str] | None = None
+) -> bytes:
+    """What a warm sandbox's driver (conveyor-run wait) reads: NUL-terminated fields, a count before each list:
+    drive's arguments, the environment (KEY=value), each file's path and size followed by its bytes, and the argv
+    for its pre-started interpreter (none: the driver discards it and runs the program itself)."""
+    fields = [str(len(args)), *args, str(len(env)), *(f"{key}={value}" for key, value in env.items())]
+    parts = [b"".join(f.encode() + b"\0" for f in fields), str(len(files)).encode() + b"\0"]
+    for name, content in files:
+        parts += [name.encode() + b"\0" + str(len(content)).encode() + b"\0", content]
+    preload = preload or []
+    parts += [f.encode() + b"\0" for f in (str(len(preload)), *preload)]
+    return b"".join(parts)

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from .cgroups import JobCgroup
 from .driver import CHILD_PID, EXIT_CODE, STAGE_END, STATUS_LINE_LIMIT
 from .jobs import JobIO, Stream
+from .pool import Warm, WarmProcess, attach, children, end, wait_ready, writer
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Spec:
     name: str
     run: list[str]
     compile: list[str] | None = None
+    language: str | None = None  # a job's (a warm sandbox of it may run the job); None for a start-up probe
     # The job's files, relative to the work dir (validated by payloads: no absolute paths, no `..`).
     files: list[tuple[str, bytes]] = field(default_factory=list)
     # A build to unpack into the work dir before the program runs (in place of the compile stage).
@@ -139,6 +142,22 @@ class Launcher(Protocol):
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]: ...
 
+    def take_warm(self, spec: Spec) -> Warm | None:
+        """A warm sandbox for the spec, ready for its job message, or None to start a cold one."""
+        ...
+
+    def job_message(self, spec: Spec, warm: Warm) -> bytes:
+        """What a warm sandbox's driver reads: the spec's driver arguments, environment and files."""
+        ...
+
+    def restrict(self, cgroup: JobCgroup, memory_mb: int) -> None:
+        """Lower a warm sandbox's cgroup memory limit to the job's."""
+        ...
+
+    def warm_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None, job_fd: int, *, nice: int) -> list[str]:
+        """argv() for a warm sandbox: its driver waits for the job message on job_fd."""
+        ...
+
     def env(self, spec: Spec, workdir: str | None) -> dict[str, str]: ...
 
 
@@ -154,14 +173,16 @@ class Run:
         self._used = 0
         self._raw: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._compile_output = bytearray()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | WarmProcess | None = None
+        self._warm: Warm | None = None  # the warm sandbox this run took, if it did
+        self._sender: asyncio.Task[None] | None = None  # writes the job message to a warm sandbox
         self._cgroup: JobCgroup | None = None
         self._workdir: str | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
         self._feeder: asyncio.Task[None] | None = None
         self._child_pid: int | None = None  # bwrap's pid 1, from --json-status-fd
-        self._spawning: asyncio.Future[asyncio.subprocess.Process] | None = None  # a spawn cancelled midway
+        self._spawning: asyncio.Future[asyncio.subprocess.Process | WarmProcess] | None = None  # cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
         self._draining = False
         self._stage: str | None = None  # the stage being accounted, from its start report to its end
@@ -211,8 +232,14 @@ class Run:
         logger.error("%s: process tree did not go away", self._spec.name)
 
     async def _spawn(self) -> tuple[int, int]:
-        """Start the launcher and the output pumps; returns the read ends of the status and compiler pipes."""
+        """Start the launcher (or take a warm sandbox) and the output pumps; returns the read ends of the status and
+        compiler pipes."""
         launcher, spec = self._launcher, self._spec
+        warm = launcher.take_warm(spec)
+        if warm is not None:
+            self._warm, self._cgroup, self._child_pid = warm, warm.cgroup, warm.child_pid
+            self._raw_fds = [warm.status, warm.compile]
+            return await self._settled_spawn(self._attach(warm))
         self._cgroup = launcher.job_cgroup(spec.name, spec.memory_mb)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
@@ -221,21 +248,7 @@ class Run:
         theirs = [fds.status, fds.compile]
         try:
             if launcher.backend == "bwrap":
-                # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
-                fds.bwrap_status = _above_stdio(os.dup(fds.status))
-                theirs.append(fds.bwrap_status)
-                if launcher.seccomp_bpf is not None:
-                    fds.seccomp = _above_stdio(_memfd(launcher.seccomp_bpf))
-                    theirs.append(fds.seccomp)
-                for _, content in spec.files:
-                    fds.files.append(_above_stdio(_memfd(content)))
-                    theirs.append(fds.files[-1])
-                if spec.artifact is not None:
-                    fds.artifact = _above_stdio(_memfd(spec.artifact))
-                    theirs.append(fds.artifact)
-                for name, text in ETC_FILES.items():
-                    fds.etc[name] = _above_stdio(_memfd(text.encode()))
-                    theirs.append(fds.etc[name])
+                theirs += sandbox_fds(launcher, fds, spec)
             else:
                 self._workdir = _workdir(spec, chown=launcher.drops_privileges)
             argv, env = launcher.argv(spec, fds, self._cgroup), launcher.env(spec, self._workdir)
@@ -243,18 +256,37 @@ class Run:
             for fd in theirs:
                 os.close(fd)
             raise
+        return await self._settled_spawn(self._start(argv, env, theirs))
+
+    async def _settled_spawn(self, start: Any) -> tuple[int, int]:
         # A cancelled create_subprocess_exec SIGKILLs the launcher's pid alone and then waits for its pipes to close.
         # By then that pid may be bwrap's monitor, and a child it has not released yet outlives it, blocked for ever
-        # (see kill()) and holding those pipes: the wait never ends, and nothing kills the child. So the spawn always
-        # runs to its end, and a cancelled one is finished and killed by cleanup().
-        spawn = asyncio.ensure_future(self._start(argv, env, theirs))
+        # (see kill()) and holding those pipes: the wait never ends, and nothing kills the child. So the spawn (or a
+        # warm sandbox's hand-over) always runs to its end, and a cancelled one is finished and killed by cleanup().
+        spawn = asyncio.ensure_future(start)
         try:
-            self._proc = await asyncio.shield(spawn)
+            self._proc = proc = await asyncio.shield(spawn)
         except asyncio.CancelledError:
             self._spawning = spawn
             raise
-        self._watch(self._proc)
+        self._watch(proc)
+        status_r, compile_r = self._raw_fds
         return status_r, compile_r
+
+    async def _attach(self, warm: Warm) -> WarmProcess:
+        """Take over a warm sandbox: its priority back to a job's, its memory limit the job's, its pipes on this
+        loop, and its job message on the way."""
+        spec = self._spec
+        warm.renice()
+        if spec.memory_mb is not None and warm.cgroup is not None:
+            self._launcher.restrict(warm.cgroup, spec.memory_mb)
+        message = self._launcher.job_message(spec, warm)
+        job = await writer(warm.job)
+        self._transports.append(job.transport)
+        proc, transports = await attach(warm)
+        self._transports += transports
+        self._sender = asyncio.create_task(_send(job, message))
+        return proc
 
     async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> asyncio.subprocess.Process:
         try:
@@ -272,7 +304,7 @@ class Run:
             for fd in theirs:  # the launcher has its own copies now (or never started)
                 os.close(fd)
 
-    def _watch(self, proc: asyncio.subprocess.Process) -> None:
+    def _watch(self, proc: asyncio.subprocess.Process | WarmProcess) -> None:
         """Pumps for the output pipes and the process exit: from here on cleanup() can drain the pipes to their end."""
         assert proc.stdout is not None and proc.stderr is not None
         self._readers = [
@@ -484,7 +516,7 @@ class Run:
         if proc is not None and running:
             # A child not released yet is still in the launcher's process group (it calls setsid only once released);
             # a released one is not, so its pid is killed too.
-            for child in _children(proc.pid):
+            for child in children(proc.pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(child, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -514,9 +546,10 @@ class Run:
         if self._cpu_watch is not None:
             self._cpu_watch.cancel()
             await asyncio.gather(self._cpu_watch, return_exceptions=True)
-        if self._feeder is not None:
-            self._feeder.cancel()
-            await asyncio.gather(self._feeder, return_exceptions=True)
+        for task in (self._feeder, self._sender):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._readers:
             await self._settle()
         for future in self._readers:
@@ -530,6 +563,8 @@ class Run:
             await self._cgroup.remove()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._warm is not None:
+            self._warm.on_done()
 
 
 def _text(data: bytes, truncated: bool) -> str:
@@ -537,12 +572,104 @@ def _text(data: bytes, truncated: bool) -> str:
     return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=not truncated)
 
 
-def _children(pid: int) -> list[int]:
-    """The children of a running process (its main thread's; bwrap's monitor is single-threaded)."""
+async def _send(job: asyncio.StreamWriter, message: bytes) -> None:
+    """Write a warm sandbox's job message and close the pipe (its driver then goes on as a cold one)."""
     try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        return []
+        job.write(message)
+        await job.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the sandbox is gone: the status pipe's EOF ends the run
+    finally:
+        job.close()
+
+
+def start_warm(launcher: Launcher, spec: Spec, *, nice: int) -> Warm:
+    """Start a sandbox for spec.language's next job, and block until its driver is waiting for it (the pool's
+    thread: plain pipes and subprocess, no event loop)."""
+    assert spec.language is not None
+    cgroup = launcher.job_cgroup(spec.name)
+    ours: list[int] = []  # the host's ends, kept by the Warm
+    theirs: list[int] = []  # the sandbox's, closed once it has them
+    try:
+        for _ in range(6):  # status, compile, job, stdin, stdout, stderr
+            read, write = os.pipe()
+            ours.append(_above_stdio(read))
+            theirs.append(_above_stdio(write))
+        status, compile_, job, stdin, stdout, stderr = zip(ours, theirs, strict=True)
+        ours[2], theirs[2] = job[1], job[0]  # the sandbox reads the job and stdin; the host writes them
+        ours[3], theirs[3] = stdin[1], stdin[0]
+        fds = Fds(status=status[1], compile=compile_[1])
+        extra = sandbox_fds(launcher, fds, spec)
+        argv = launcher.warm_argv(spec, fds, cgroup, job[0], nice=nice)
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=stdin[0],
+                stdout=stdout[1],
+                stderr=stderr[1],
+                pass_fds=[status[1], compile_[1], job[0], *extra],
+                start_new_session=True,
+                env=launcher.env(spec, None),
+                cwd="/",
+            )
+        finally:
+            for fd in extra:
+                os.close(fd)
+    except BaseException:
+        for fd in ours + theirs:
+            os.close(fd)
+        if cgroup is not None:
+            cgroup.remove_now()
+        raise
+    for fd in theirs:
+        os.close(fd)
+    try:
+        child_pid = wait_ready(popen, status[0])
+    except BaseException:
+        end(popen, cgroup)
+        for fd in ours:
+            os.close(fd)
+        raise
+    return Warm(
+        language=spec.language,
+        popen=popen,
+        cgroup=cgroup,
+        child_pid=child_pid,
+        job=job[1],
+        stdin=stdin[1],
+        stdout=stdout[0],
+        stderr=stderr[0],
+        status=status[0],
+        compile=compile_[0],
+        niced=nice != 0,
+    )
+
+
+def sandbox_fds(launcher: Launcher, fds: Fds, spec: Spec) -> list[int]:
+    """The in-memory files bwrap copies in (the syscall filter, the job's files and build, /etc files) and bwrap's
+    own status fd, added to `fds`; returns them, for the launcher to inherit and the caller to close."""
+    theirs: list[int] = []
+    try:
+        # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
+        fds.bwrap_status = _above_stdio(os.dup(fds.status))
+        theirs.append(fds.bwrap_status)
+        if launcher.seccomp_bpf is not None:
+            fds.seccomp = _above_stdio(_memfd(launcher.seccomp_bpf))
+            theirs.append(fds.seccomp)
+        for _, content in spec.files:
+            fds.files.append(_above_stdio(_memfd(content)))
+            theirs.append(fds.files[-1])
+        if spec.artifact is not None:
+            fds.artifact = _above_stdio(_memfd(spec.artifact))
+            theirs.append(fds.artifact)
+        for name, text in ETC_FILES.items():
+            fds.etc[name] = _above_stdio(_memfd(text.encode()))
+            theirs.append(fds.etc[name])
+    except BaseException:
+        for fd in theirs:
+            os.close(fd)
+        raise
+    return theirs
 
 
 def _above_stdio(fd: int) -> int:

@@ -24,6 +24,7 @@ _KNOWN = {
     "etc",
     "out_of_memory",
     "address_space_headroom_mb",
+    "preload",
 }
 # Whole-argument placeholders that expand to several arguments (or none): the compiled files, and the job's own
 # compiler options. Inside an argument, {heap_mb}, {main} and {main_class} are substituted.
@@ -63,6 +64,9 @@ class Language:
     etc: tuple[str, ...] = ()
     out_of_memory: tuple[str, ...] = ()
     address_space_headroom_mb: int = 0
+    # A pre-started interpreter for warm sandboxes (server/helper/preload.py): its command, `{preload}` standing for
+    # that file's text. It runs a job whose run command starts with the same program and that has no compile stage.
+    preload: tuple[str, ...] | None = None
 
     def program(self, files: Iterable[str] | None = None, compiler_options: Iterable[str] = ()) -> Program:
         """The program for a job's files (the first is the entry point); None: the one-file `code` shorthand."""
@@ -146,6 +150,7 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         etc=_strs(raw.get("etc", []), name, "etc"),
         out_of_memory=_strs(raw.get("out_of_memory", []), name, "out_of_memory"),
         address_space_headroom_mb=int(raw.get("address_space_headroom_mb", 0)),
+        preload=_argv(raw["preload"], name, "preload") if "preload" in raw else None,
     )
 
 

@@ -48,6 +48,7 @@ class _ScrapeCollector(Collector):
         self._app = app
         self.stats: dict[str, Any] = {}
         self.cache: dict[str, Any] = {}
+        self.pool: dict[str, Any] = {}
 
     def collect(self) -> Iterable[Metric]:
         stats = self.stats
@@ -71,6 +72,18 @@ class _ScrapeCollector(Collector):
         yield _gauge("package_layers", "Package layers jobs get (PACKAGES_FILE).", layers.get("layers", 0))
         yield _gauge("package_layer_packages", "Packages in those layers.", layers.get("packages", 0))
         yield _gauge("package_layer_bytes", "Bytes on disk of those layers.", layers.get("bytes", 0))
+        pool = self.pool
+        yield _gauge("warm_pool_ready", "Warm sandboxes started and waiting for a job.", pool.get("ready", 0))
+        yield _gauge("warm_pool_in_use", "Warm sandboxes running the job that took them.", pool.get("inUse", 0))
+        yield _gauge("warm_pool_budget", "Warm sandboxes the pool may hold (WARM_POOL).", pool.get("budget", 0))
+        yield _counter("warm_pool_hits", "Jobs that started in a warm sandbox.", pool.get("hits", 0))
+        yield _counter("warm_pool_misses", "Jobs that found no warm sandbox and started cold.", pool.get("misses", 0))
+        yield _counter("warm_pool_failures", "Warm sandboxes that failed to start.", pool.get("failures", 0))
+        yield _gauge(
+            "warm_pool_refill_seconds",
+            "The last warm sandbox's time from start to ready.",
+            (pool.get("refillMs") or 0) / 1000.0,
+        )
         hub = self._app.get(HUB)
         connections = len(hub.connections) if hub is not None else 0
         yield _gauge("websocket_connections", "Open WebSocket connections.", connections)
@@ -174,6 +187,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     metrics = app[METRICS]
     metrics.scrape.stats = await app[QUEUE].stats()
     metrics.scrape.cache = await asyncio.to_thread(app[RUNNER].cache_status)
+    metrics.scrape.pool = app[RUNNER].pool_status()
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

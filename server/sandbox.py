@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import dataclasses
 import logging
 import math
 import os
@@ -21,10 +22,11 @@ from . import driver, packages, seccomp
 from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
-from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec
+from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec, start_warm
 from .jobs import ExecutionResult, Job, JobIO
 from .judge import Build, judge
 from .languages import Language, LanguageIndex, load_languages
+from .pool import REFILL_NICE, Warm, WarmPool
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,12 @@ JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; 
 # side of bwrap; without it (no C compiler) jobs start through sh, setpriv, perl and prlimit as before.
 HELPER = Path(__file__).with_name("helper") / "conveyor-run"
 HELPER_IN_BOX = "/.conveyor-run"  # where the sandbox sees it (read-only)
+# A warm sandbox's root is read-only by the time its job arrives: its driver writes a build to /tmp, and the compile
+# stage unpacks it into the work dir and deletes it (a cold one gets the build read-only at /ARTIFACT).
+WARM_ARTIFACT = f"/tmp/{ARTIFACT}"
+WARM_UNPACK = ["/bin/sh", "-c", 'tar -xf "$0" && exec rm -f "$0"', WARM_ARTIFACT]
+# The pre-started interpreter's code (languages.toml `preload`, `{preload}`).
+PRELOAD = (Path(__file__).with_name("helper") / "preload.py").read_text()
 
 
 class Sandbox:
@@ -89,6 +97,7 @@ class Sandbox:
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
+        self.pool: WarmPool | None = None
         self.builds = 0  # compile-and-pack runs, for tests and statistics
         self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
 
@@ -173,6 +182,14 @@ class Sandbox:
         logger.info(
             "sandbox %s ready: %s", self.backend, ", ".join(f"{n} {v}" for n, v in sorted(self._versions.items()))
         )
+        if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
+            self.pool = WarmPool(
+                # No cap per language below the budget: a language alone in demand may hold all of it, since jobs
+                # that follow each other faster than a sandbox starts drain more than the job slots.
+                self._start_warm,
+                budget=self.settings.warm_pool,
+                per_language_max=self.settings.warm_pool,
+            )
 
     async def _check_bwrap(self) -> None:
         if self._bwrap is None:
@@ -298,6 +315,7 @@ class Sandbox:
         spec = self._spec(lang, name, run)
         spec.compile = lang.compile_argv(heap_mb=heap_mb, program=program)
         spec.files, spec.stdin, spec.run_timeout_ms = files, stdin, timeout_ms
+        spec.language = lang.name
         spec.address_space_mb = memory_mb + lang.address_space_headroom_mb
         spec.memory_mb = job.limits.memory_mb
         spec.compile_timeout_ms = job.limits.compile_timeout_ms or self.settings.compile_timeout_ms
@@ -371,20 +389,29 @@ class Sandbox:
         """helper launch (cgroups, uid, keyring) -> bwrap -> helper drive (rlimits, not dumpable) -> compile, run."""
         if self._helper is None:
             return self._perl_argv(spec, fds, cgroup)
-        limits = self._limits(spec)
         inner = self._helper if self.backend == "none" else HELPER_IN_BOX
-        cmd = [inner, "drive", str(fds.status), str(fds.compile)]
-        cmd += [str(limits.get(k, "-")) for k in ("cpu", "fsize", "nofile", "nproc", "as")]
-        cmd += [str(len(spec.compile or [])), *(spec.compile or []), *spec.run]
+        cmd = [inner, "drive", str(fds.status), str(fds.compile), *self._drive_args(spec)]
         if self.backend == "bwrap":
             assert self._bwrap is not None
             cmd = [self._bwrap, *self._bwrap_args(spec, fds), "--", *cmd]
+        return [*self._launch(cgroup), "--", *cmd]
+
+    def _launch(self, cgroup: JobCgroup | None, *, nice: int = 0) -> list[str]:
+        assert self._helper is not None
         launch = [self._helper, "launch"]
         for procs in cgroup.procs_files if cgroup is not None else []:
             launch += ["--cgroup", procs]
+        if nice:
+            launch += ["--nice", str(nice)]
         if self._setpriv is not None:
             launch += ["--uid", str(SANDBOX_UID)]
-        return [*launch, "--", *cmd]
+        return launch
+
+    def _drive_args(self, spec: Spec) -> list[str]:
+        """The C driver's arguments after its pipes: the rlimits, the compile command's length, compile, run."""
+        limits = self._limits(spec)
+        args = [str(limits.get(k, "-")) for k in ("cpu", "fsize", "nofile", "nproc", "as")]
+        return [*args, str(len(spec.compile or [])), *(spec.compile or []), *spec.run]
 
     def _perl_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
         """launcher [join cgroups] -> setpriv -> new keyring -> bwrap -> prlimit -> perl driver -> compile, run."""
@@ -458,6 +485,55 @@ class Sandbox:
         home = workdir or BOX
         tmp = f"{workdir}/tmp" if workdir else "/tmp"
         return {"PATH": PATH, "HOME": home, "TMPDIR": tmp, "LANG": "C.UTF-8", "USER": "sandbox", **spec.env}
+
+    # -- the warm pool (server/pool.py) ---------------------------------------------------------------------
+
+    def take_warm(self, spec: Spec) -> Warm | None:
+        if self.pool is None or spec.language is None:
+            return None
+        return self.pool.take(spec.language)
+
+    def job_message(self, spec: Spec, warm: Warm) -> bytes:
+        files, env, preload = spec.files, self.env(spec, None), None
+        if spec.artifact is not None:
+            files, spec = [(WARM_ARTIFACT, spec.artifact)], dataclasses.replace(spec, compile=WARM_UNPACK)
+        lang = self._index.get(warm.language)
+        # The pre-started interpreter runs the job only when the job is what it was started for: the same program,
+        # no compile stage, and the environment it booted with (python reads PYTHON* and the locale at start-up).
+        if warm.preloaded and lang is not None and lang.preload and not spec.compile and env == warm.env:
+            if spec.run[0] == lang.preload[0]:
+                preload = spec.run[1:]
+        return driver.job_message(self._drive_args(spec), env, files, preload)
+
+    def restrict(self, cgroup: JobCgroup, memory_mb: int) -> None:
+        assert self._cgroups is not None
+        self._cgroups.restrict(cgroup, memory_mb << 20)
+
+    def warm_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None, job_fd: int, *, nice: int) -> list[str]:
+        assert self._bwrap is not None and spec.language is not None
+        wait = [HELPER_IN_BOX, "wait", str(job_fd), str(fds.status), str(fds.compile)]
+        lang = self._index.get(spec.language)
+        if lang is not None and lang.preload:
+            wait += [part.replace("{preload}", PRELOAD) for part in lang.preload]
+        return [*self._launch(cgroup, nice=nice), "--", self._bwrap, *self._bwrap_args(spec, fds), "--", *wait]
+
+    def _start_warm(self, name: str) -> Warm:
+        """(The pool's thread.) A sandbox for the next job in `name`, niced below running jobs when the server may
+        renice it back (root)."""
+        lang = self._index.get(name)
+        assert lang is not None
+        spec = self._spec(lang, f"warm-{secrets.token_hex(8)}", [])
+        spec.language = lang.name
+        warm = start_warm(self, spec, nice=REFILL_NICE if os.geteuid() == 0 else 0)
+        warm.env, warm.preloaded = self.env(spec, None), lang.preload is not None
+        return warm
+
+    def pool_status(self) -> dict[str, Any]:
+        """The warm pool's state for /health, /metrics and the dashboard."""
+        if self.pool is None:
+            return {"enabled": False, "budget": 0, "ready": 0, "inUse": 0, "hits": 0, "misses": 0, "failures": 0,
+                    "refillMs": None, "languages": {}}  # fmt: skip
+        return self.pool.stats()
 
     # -- what the API shows ----------------------------------------------------------------------------------
 
@@ -542,7 +618,10 @@ class Sandbox:
         }
 
     async def close(self) -> None:
-        """Finish cleanups still running and remove this server's cgroups."""
+        """Destroy the warm pool, finish cleanups still running and remove this server's cgroups."""
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+            self.pool = None
         loop = asyncio.get_running_loop()
         pending = [t for t in self._cleanups if t.get_loop() is loop]
         if pending:

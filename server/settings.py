@@ -196,6 +196,13 @@ class Settings:
         512,
         "size bound of the build cache; past it the least recently used builds are evicted; `0` turns it off",
     )
+    warm_pool: int = _env(
+        "WARM_POOL",
+        _int_range(0, 64),
+        4,
+        "sandboxes started ahead of their jobs (namespaces, mounts, cgroups and limits ready), shared among the "
+        "languages by recent demand; each runs one job and is destroyed; `0` turns the pool off",
+    )
     packages_file: str = _env(
         "PACKAGES_FILE",
         _text,

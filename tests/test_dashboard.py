@@ -142,10 +142,10 @@ async def test_pool_card_only_when_health_has_a_pool(serve: ServerFactory, pages
     server = await serve()
     page = await pages.open(server, "/dashboard")
     await expect(page.locator("#stat-cache")).to_have_text("off")  # the cards have loaded
-    await expect(page.locator("#card-pool")).to_be_hidden()
+    await expect(page.locator("#card-pool")).to_be_visible()  # this server's own pool (WARM_POOL's default)
+    await expect(page.locator("#stat-pool")).to_have_text(re.compile(r"^\d+ ready$"))
 
-    # A server with a warm pool (GET /health's `pool`, as the pool's change adds it): this server's own /health
-    # with the pool added, so the rest of the page sees the real answer.
+    # Fixed figures, through this server's own /health with `pool` replaced; then without it (an older server).
     pool = {
         "enabled": True,
         "ready": 3,
@@ -175,14 +175,20 @@ async def test_pool_card_only_when_health_has_a_pool(serve: ServerFactory, pages
     await page.route("**/health", health_with(off))
     await page.reload()
     await expect(page.locator("#stat-pool")).to_have_text("off")
+    await page.unroute("**/health")
+    await page.route("**/health", health_with(None))
+    await page.reload()
+    await expect(page.locator("#stat-cache")).to_have_text("off")
+    await expect(page.locator("#card-pool")).to_be_hidden()
 
 
-def health_with(pool: dict[str, Any]) -> Callable[[Route], Awaitable[None]]:
-    """A route handler: the server's real /health answer, with `pool` added."""
+def health_with(pool: dict[str, Any] | None) -> Callable[[Route], Awaitable[None]]:
+    """A route handler: the server's real /health answer, with `pool` replaced (None: left out)."""
 
     async def handler(route: Route) -> None:
         response = await route.fetch()
         body: dict[str, Any] = orjson.loads(await response.body())
-        await route.fulfill(response=response, json={**body, "pool": pool})
+        body.pop("pool", None)
+        await route.fulfill(response=response, json=body if pool is None else {**body, "pool": pool})
 
     return handler

@@ -107,6 +107,9 @@ async def test_the_queue_topic_shows_others_handles_never_ids(app_client: AppCli
     # Admins get ids (and the same handle); a snapshot shows the same thing to each.
     assert {m.get("jobId") for m in seen["admin"] if m["type"] == "completed"} == {job["id"]}
     assert {m["handle"] for m in seen["admin"] if m["type"] == "completed"} == handles
+    # The shared snapshot is rebuilt at most once per stats interval (newer events follow it as its tail): let one
+    # pass, so that the job is in the snapshot itself however fast it ran (a warm sandbox runs it in ~20 ms).
+    await asyncio.sleep(2 * make_settings().stats_interval_ms / 1000)
     for ws, key in ((viewer, None), (admin, OPS)):
         await ws.send_json({"type": "subscribe", "topic": "queue"})
         snapshot = await until(ws, "snapshot")

@@ -22,6 +22,7 @@ from server import sandbox as sandbox_module
 from server.cgroups import JobCgroup
 from server.execution import Fds, Run, Spec
 from server.jobs import JobIO
+from server.pool import Warm
 from server.sandbox import Sandbox
 from server.settings import Settings
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
@@ -130,6 +131,18 @@ class HostileLauncher:
 
     def env(self, spec: Spec, workdir: str | None) -> dict[str, str]:
         return {}
+
+    def take_warm(self, spec: Spec) -> None:
+        return None  # always a cold start, so the methods below are never called
+
+    def job_message(self, spec: Spec, warm: Warm) -> bytes:
+        raise AssertionError("no warm sandboxes here")
+
+    def restrict(self, cgroup: JobCgroup, memory_mb: int) -> None:
+        raise AssertionError("no warm sandboxes here")
+
+    def warm_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None, job_fd: int, *, nice: int) -> list[str]:
+        raise AssertionError("no warm sandboxes here")
 
 
 @pytest.mark.parametrize(

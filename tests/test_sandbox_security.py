@@ -399,7 +399,9 @@ async def test_a_server_killed_while_a_job_starts_leaves_nothing(guard: str) -> 
         "from server.sandbox import Sandbox\n"
         "from server.settings import Settings\n"
         "async def main():\n"
-        "    box = await Sandbox.create(Settings(), languages=['bash'])\n"
+        # No warm pool: the test stops the server's one child besides the guard, which must be this job's launcher
+        # (a pool's sandbox being started is a second child; test_pool.py kills a server with a pool separately).
+        "    box = await Sandbox.create(Settings(warm_pool=0), languages=['bash'])\n"
         "    print('ready', flush=True)\n"
         "    sys.stdin.readline()\n"
         f"    job = Job(language='bash', code='exec -a \"$1\" sleep 300', args=['{tag}'], timeout_ms=60000)\n"

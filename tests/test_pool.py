@@ -1,0 +1,322 @@
+"""The warm pool (server/pool.py): sandboxes started ahead of their jobs, one job each, faithful to a cold start.
+
+The rest of the sandbox suites run with the pool on too (WARM_POOL's default), so every security test after a
+language's first job runs in a warm sandbox; these tests check that they did, and what is the pool's own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, TestCase
+from server.pool import DEMAND_KEEP_S, DEMAND_WINDOW_S, REFILL_NICE, Demand, Warm, WarmPool
+from server.sandbox import Sandbox
+from tests.conftest import make_settings
+from tests.test_sandbox_security import (
+    host_processes_with,
+    marker,
+    processes_of_server,
+    wait_for_processes,
+    wait_until_gone,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+# Everything a program can see of how it was started, except what differs between any two runs (pids).
+PORTRAIT = r"""
+import os, resource, sys
+print("argv", sys.argv, "cwd", os.getcwd(), "nice", os.nice(0), "uid", os.getuid(), os.getgid(), os.getgroups())
+print("env", sorted(os.environ.items()))
+print("umask", os.umask(0o22))
+for name in sorted(n for n in dir(resource) if n.startswith("RLIMIT_")):
+    print(name, resource.getrlimit(getattr(resource, name)))
+for top in ("/box", "/box/pkg", "/tmp", "/dev/shm", "/"):
+    for entry in sorted(os.listdir(top)):
+        st = os.lstat(os.path.join(top, entry))
+        print(top, entry, oct(st.st_mode), st.st_uid, st.st_size if top != "/" else "")
+print("fds", sorted(os.listdir("/proc/self/fd")))
+print("status", [l for l in open("/proc/self/status") if l.startswith(("Cap", "NoNewPrivs", "Seccomp"))])
+print("input", sys.stdin.read())
+import __main__
+print("python", sys.orig_argv, sys.path, sorted(sys.modules), __file__, __name__, __spec__, __package__, __cached__)
+print("main", sorted((k, type(v).__name__) for k, v in vars(__main__).items()), __loader__.name, __loader__.path)
+sys.stderr.write("to stderr\n")
+sys.exit(3)
+"""
+
+
+def portrait() -> Job:
+    files = [SourceFile("main.py", PORTRAIT), SourceFile("pkg/data.txt", "some data\n")]
+    return Job(language="python", code="", files=files, args=["a b", "c"], stdin="typed\n")
+
+
+async def run(sandbox: Sandbox, job: Job) -> ExecutionResult:
+    return await sandbox(job, JobIO(on_output=lambda stream, text: None))
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def warm_run(sandbox: Sandbox, job: Job) -> ExecutionResult:
+    """Run `job` in a warm sandbox: wait for one of its language to be ready, and check that the job took it."""
+    assert sandbox.pool is not None
+    status = sandbox.pool.stats
+    if status()["languages"].get(job.language, {}).get("ready", 0) == 0:
+        await run(sandbox, Job(language=job.language, code="", files=job.files))  # demand for the language
+        await until(lambda: status()["languages"].get(job.language, {}).get("ready", 0) > 0)
+    hits = status()["hits"]
+    result = await run(sandbox, job)
+    assert status()["hits"] == hits + 1, "the job did not take a warm sandbox"
+    return result
+
+
+@pytest.fixture(scope="module")
+def cold() -> Iterator[Sandbox]:
+    """A sandbox with the pool off: every job starts cold."""
+    sandbox = asyncio.run(Sandbox.create(make_settings(warm_pool=0), languages=("python", "c")))
+    yield sandbox
+    asyncio.run(sandbox.close())
+
+
+@pytest.fixture
+async def small() -> AsyncIterator[Sandbox]:
+    """A sandbox of its own with a pool of two, for tests that look inside the pool."""
+    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
+    yield sandbox
+    await sandbox.close()
+
+
+async def test_a_warm_run_is_a_cold_run(sandbox: Sandbox, cold: Sandbox) -> None:
+    """Same arguments, directory, environment, priority, uid, rlimits, files and modes, descriptors, capabilities,
+    syscall filter, input, output and exit status."""
+    want = await run(cold, portrait())
+    assert cold.pool_status()["enabled"] is False
+    got = await warm_run(sandbox, portrait())
+    assert want.exit_code == 3 and "input typed" in want.stdout and "nice 0" in want.stdout, want
+    assert (got.stdout, got.stderr, got.exit_code, got.reason) == (want.stdout, want.stderr, 3, None)
+
+
+PYTHON_ENDINGS = {
+    "traceback": "def f():\n    raise ValueError('bad')\nprint('out')\nf()\n",
+    "syntax error": "print('never'\n",
+    "exit code": "import sys\nsys.exit(42)\n",
+    "exit message": "raise SystemExit('bye')\n",
+    "keyboard interrupt": "raise KeyboardInterrupt\n",
+    "atexit and threads": (
+        "import atexit, threading, time\natexit.register(print, 'at exit')\n"
+        "threading.Thread(target=lambda: (time.sleep(0.1), print('thread'))).start()\n"
+    ),
+    "pickle of a __main__ class": "import pickle\nclass A: pass\nprint(type(pickle.loads(pickle.dumps(A()))))\n",
+    "excepthook": (
+        "import sys\nsys.excepthook = lambda t, v, tb: print('hook', t.__name__, tb.tb_frame.f_code.co_filename)\n1/0\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PYTHON_ENDINGS)
+async def test_a_pre_started_python_ends_as_python3_main_py(sandbox: Sandbox, cold: Sandbox, name: str) -> None:
+    """Output, tracebacks (without the pre-started interpreter's frames), exit codes and signals as a cold start."""
+    code = PYTHON_ENDINGS[name]
+    want = await run(cold, Job(language="python", code=code))
+    got = await warm_run(sandbox, Job(language="python", code=code))
+    fields = ("stdout", "stderr", "exit_code", "signal", "reason")
+    assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields]
+
+
+async def test_a_warm_sandbox_runs_one_job_only(sandbox: Sandbox) -> None:
+    """What a job leaves behind (files in each writable place, a background process) is gone for the next job."""
+    leave = (
+        "import os, subprocess\n"
+        "for d in ('/box', '/tmp', '/dev/shm'): open(d + '/left-behind', 'w').write('x')\n"
+        "subprocess.Popen(['sleep', '30'], start_new_session=True)\n"
+    )
+    look = (
+        "import os\n"
+        "print([d for d in ('/box', '/tmp', '/dev/shm') if os.path.exists(d + '/left-behind')])\n"
+        "print(sorted(open(f'/proc/{p}/comm').read().strip() for p in os.listdir('/proc') if p.isdigit()))\n"
+    )
+    first = await warm_run(sandbox, Job(language="python", code=leave))
+    assert first.exit_code == 0, first
+    second = await warm_run(sandbox, Job(language="python", code=look))
+    lines = second.stdout.splitlines()
+    assert lines[0] == "[]" and "sleep" not in lines[1], second.stdout
+
+
+async def test_tests_compiled_once_run_in_warm_sandboxes(sandbox: Sandbox) -> None:
+    """The build reaches each test's warm sandbox, unpacked in the work dir, and the packed copy is not left there."""
+    code = (
+        "#include <stdio.h>\n#include <unistd.h>\n"
+        'int main(void) { int a, b; if (scanf("%d %d", &a, &b) != 2) return 2;\n'
+        '  if (access("/tmp/.conveyor-build.tar", F_OK) == 0 || access(".conveyor-build.tar", F_OK) == 0)'
+        ' puts("build left behind");\n'
+        '  printf("%d\\n", a + b); return 0; }\n'
+    )
+    tests = [TestCase("1 2", "3"), TestCase("40 2", "42"), TestCase("2 2", "5")]
+    await warm_run(sandbox, Job(language="c", code=code))  # c in demand, with sandboxes ready
+    await until(lambda: sandbox.pool_status()["languages"]["c"]["ready"] >= 1)
+    hits = sandbox.pool_status()["hits"]
+    result = await run(sandbox, Job(language="c", code=code, tests=tests))
+    assert sandbox.pool_status()["hits"] > hits
+    assert [t["verdict"] for t in result.tests or []] == ["accepted", "accepted", "wrong_answer"], result.tests
+
+
+async def test_a_warm_sandbox_takes_the_jobs_lower_memory_limit(sandbox: Sandbox) -> None:
+    hog = "x = bytearray(96 << 20)\nprint(len(x))\n"
+    result = await warm_run(sandbox, Job(language="python", code=hog, limits=Limits(memory_mb=32)))
+    assert result.reason == "memory_limit", result
+    fits = await warm_run(sandbox, Job(language="python", code=hog))
+    assert fits.exit_code == 0 and fits.stdout == f"{96 << 20}\n", fits
+
+
+async def test_warm_accounting_covers_the_jobs_work(sandbox: Sandbox) -> None:
+    """CPU and memory come from the stage's start: a job that does nothing reports far less than one that works."""
+    idle = await warm_run(sandbox, Job(language="python", code="pass"))
+    busy = await warm_run(
+        sandbox,
+        Job(
+            language="python", code="import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+        ),
+    )
+    assert idle.cpu_time_ms is not None and busy.cpu_time_ms is not None
+    assert busy.cpu_time_ms >= 300 > idle.cpu_time_ms, (idle.cpu_time_ms, busy.cpu_time_ms)
+    assert idle.memory_peak_bytes is not None and idle.memory_peak_bytes < 64 << 20
+
+
+async def test_ready_sandboxes_wait_at_a_lower_priority(small: Sandbox) -> None:
+    """Started at nice REFILL_NICE (below running jobs), renice to 0 when taken (the portrait test sees 0)."""
+    assert small.pool is not None
+    await run(small, Job(language="python", code="pass"))
+    await until(lambda: small.pool_status()["ready"] == 2)
+    ready = [warm for queue in small.pool._ready.values() for warm in queue]
+    nice = {int(Path(f"/proc/{warm.child_pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for warm in ready}
+    assert nice == {REFILL_NICE if os.geteuid() == 0 else 0}
+
+
+async def test_a_burst_past_the_pool_starts_cold_and_never_fails(small: Sandbox) -> None:
+    jobs = [Job(language="python", code=f"print({i})") for i in range(8)]
+    results = await asyncio.gather(*(run(small, job) for job in jobs))
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(8)]
+    status = small.pool_status()
+    assert status["misses"] >= 6 and status["hits"] + status["misses"] == 8, status
+
+
+def gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie its new parent (init) has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+async def test_close_destroys_the_ready_sandboxes() -> None:
+    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
+    assert sandbox.pool is not None
+    await run(sandbox, Job(language="python", code="pass"))
+    await until(lambda: sandbox.pool_status()["ready"] == 2)
+    ready: list[Warm] = [warm for queue in sandbox.pool._ready.values() for warm in queue]
+    cgroups = [Path(p).parent for warm in ready if warm.cgroup is not None for p in warm.cgroup.procs_files]
+    await sandbox.close()
+    assert sandbox.pool is None
+    for warm in ready:
+        assert warm.popen.returncode is not None
+        assert gone(warm.child_pid), Path(f"/proc/{warm.child_pid}/stat").read_text()
+    assert not any(path.exists() for path in cgroups)
+
+
+async def test_health_and_metrics_show_the_pool(app_client: Any) -> None:
+    client = await app_client()
+    response = await client.post("/run", json={"language": "python", "code": "print(1)"})
+    assert response.status == 200
+    health = await (await client.get("/health")).json()
+    pool = health["pool"]
+    assert pool["enabled"] is True and pool["hits"] + pool["misses"] >= 1 and "python" in pool["languages"]
+    text = await (await client.get("/metrics")).text()
+    for name in ("ready", "in_use", "budget", "hits_total", "misses_total", "failures_total", "refill_seconds"):
+        assert f"conveyor_warm_pool_{name} " in text
+
+
+def test_demand_gives_each_recent_language_one_and_the_rest_by_share() -> None:
+    demand = Demand(budget=4, per_language_max=3)
+    assert demand.targets(0.0) == {}
+    for _ in range(9):
+        demand.record("python", 100.0)
+    demand.record("c", 100.0)
+    assert demand.targets(100.0) == {"python": 3, "c": 1}  # python capped at the job slots
+    # Past the window only "one each" is left; past DEMAND_KEEP_S nothing.
+    assert demand.targets(100.0 + DEMAND_WINDOW_S + 1) == {"python": 1, "c": 1}
+    assert demand.targets(100.0 + DEMAND_KEEP_S + 1) == {}
+
+
+def test_demand_never_exceeds_the_budget() -> None:
+    demand = Demand(budget=2, per_language_max=8)
+    for i, name in enumerate(["a", "b", "c", "d", "a", "a"]):
+        demand.record(name, float(i))
+    targets = demand.targets(10.0)
+    assert sum(targets.values()) <= 2 and targets["a"] >= 1, targets
+
+
+def test_a_pool_that_cannot_start_sandboxes_only_misses() -> None:
+    attempts = threading.Event()
+
+    def broken(language: str) -> Warm:
+        attempts.set()
+        raise OSError("no bwrap today")
+
+    pool = WarmPool(broken, budget=2, per_language_max=2)
+    try:
+        assert pool.take("python") is None
+        assert attempts.wait(5)
+        assert pool.take("python") is None
+        status = pool.stats()
+        assert status["misses"] == 2 and status["hits"] == 0 and status["ready"] == 0
+    finally:
+        pool.close()
+    assert pool.stats()["failures"] >= 1
+
+
+async def test_a_killed_server_takes_its_warm_sandboxes_and_their_jobs_along() -> None:
+    """SIGKILL leaves no ready sandbox and no job that took one: bwrap's --die-with-parent follows the pool's thread,
+    and the cgroup guard sweeps what is left."""
+    tag = marker()
+    script = (
+        "import asyncio, sys, time\n"
+        "from server.jobs import Job, JobIO\n"
+        "from server.sandbox import Sandbox\n"
+        "from server.settings import Settings\n"
+        "async def main():\n"
+        "    box = await Sandbox.create(Settings(warm_pool=2, max_concurrent_jobs=2), languages=['bash'])\n"
+        "    io = JobIO(on_output=lambda s, d: None)\n"
+        "    await box(Job(language='bash', code='true'), io)\n"
+        "    while box.pool_status()['ready'] < 2: await asyncio.sleep(0.01)\n"
+        f"    job = Job(language='bash', code='exec -a {tag} sleep 300', timeout_ms=60000)\n"
+        "    task = asyncio.create_task(box(job, io))\n"
+        "    while box.pool_status()['ready'] < 2 or box.pool_status()['hits'] < 1: await asyncio.sleep(0.01)\n"
+        "    print('ready', flush=True)\n"
+        "    await task\n"
+        "asyncio.run(main())\n"
+    )
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=Path(__file__).parent.parent, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None
+        assert await asyncio.wait_for(server.stdout.readline(), 60) == b"ready\n"
+        await wait_for_processes(tag, 1)
+        assert len(processes_of_server(server.pid)) >= 3  # the job's sandbox and two ready ones
+    finally:
+        server.kill()
+        await server.wait()
+    await wait_until_gone(lambda: host_processes_with(tag))
+    await wait_until_gone(lambda: processes_of_server(server.pid))
