@@ -5,41 +5,26 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import signal
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from .cgroups import JobCgroup
 from .driver import CHILD_PID, EXIT_CODE, STAGE_END, STATUS_LINE_LIMIT
 from .jobs import JobIO, Stream
-from .pool import Warm, WarmProcess, attach, children, end, wait_ready, writer
+from .pool import Warm, WarmProcess, attach, children, writer
 from .settings import Settings
+from .spawn import Fds, above_stdio, sandbox_fds, workdir
 
 logger = logging.getLogger(__name__)
 
-SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host when the server runs as root
-BOX = "/box"  # the job's work dir inside the sandbox
-# A build handed to a fresh sandbox: a tar of the work dir after the compile stage, unpacked there before the run
-# (inside the sandbox: nothing on the host ever parses what a job produced).
-ARTIFACT = ".conveyor-build.tar"
-PACK = ["tar", "--exclude=./tmp", f"--exclude=./{ARTIFACT}", "-cf", "-", "."]
 READ_SIZE = 65536
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 EXIT_GRACE_S = 2.0
 CPU_POLL_S = 0.01  # the job-wide CPU check's shortest interval, as the job nears its limit
-# Copied in from memfds in place of the host's passwd, group and hosts: no host accounts or names inside.
-ETC_FILES = {
-    "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}::{BOX}:/bin/sh\n",
-    "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\n",
-    "hosts": "127.0.0.1 localhost\n::1 localhost\n",
-}
 
 
 @dataclass(slots=True)
@@ -76,20 +61,6 @@ class Spec:
             for depth in range(1, len(parts))
         }
         return sorted(dirs, key=lambda d: (d.count("/"), d))
-
-
-@dataclass(slots=True)
-class Fds:
-    """File descriptors handed to the sandbox (same numbers inside): the driver's status and compiler-output
-    pipes, bwrap's own status (same pipe), and in-memory files bwrap copies in (the source, /etc files)."""
-
-    status: int
-    compile: int
-    bwrap_status: int | None = None
-    seccomp: int | None = None  # the syscall filter's BPF, for bwrap --seccomp
-    files: list[int] = field(default_factory=list)  # the job's files, in Spec.files order
-    artifact: int | None = None
-    etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
 
 
 @dataclass(slots=True)
@@ -244,13 +215,13 @@ class Run:
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
         self._raw_fds = [status_r, compile_r]
-        fds = Fds(status=_above_stdio(status_w), compile=_above_stdio(compile_w))
+        fds = Fds(status=above_stdio(status_w), compile=above_stdio(compile_w))
         theirs = [fds.status, fds.compile]
         try:
             if launcher.backend == "bwrap":
                 theirs += sandbox_fds(launcher, fds, spec)
             else:
-                self._workdir = _workdir(spec, chown=launcher.drops_privileges)
+                self._workdir = workdir(spec, chown=launcher.drops_privileges)
             argv, env = launcher.argv(spec, fds, self._cgroup), launcher.env(spec, self._workdir)
         except BaseException:
             for fd in theirs:
@@ -581,131 +552,3 @@ async def _send(job: asyncio.StreamWriter, message: bytes) -> None:
         pass  # the sandbox is gone: the status pipe's EOF ends the run
     finally:
         job.close()
-
-
-def start_warm(launcher: Launcher, spec: Spec, *, nice: int) -> Warm:
-    """Start a sandbox for spec.language's next job, and block until its driver is waiting for it (the pool's
-    thread: plain pipes and subprocess, no event loop)."""
-    assert spec.language is not None
-    cgroup = launcher.job_cgroup(spec.name)
-    ours: list[int] = []  # the host's ends, kept by the Warm
-    theirs: list[int] = []  # the sandbox's, closed once it has them
-    try:
-        for _ in range(6):  # status, compile, job, stdin, stdout, stderr
-            read, write = os.pipe()
-            ours.append(_above_stdio(read))
-            theirs.append(_above_stdio(write))
-        status, compile_, job, stdin, stdout, stderr = zip(ours, theirs, strict=True)
-        ours[2], theirs[2] = job[1], job[0]  # the sandbox reads the job and stdin; the host writes them
-        ours[3], theirs[3] = stdin[1], stdin[0]
-        fds = Fds(status=status[1], compile=compile_[1])
-        extra = sandbox_fds(launcher, fds, spec)
-        argv = launcher.warm_argv(spec, fds, cgroup, job[0], nice=nice)
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=stdin[0],
-                stdout=stdout[1],
-                stderr=stderr[1],
-                pass_fds=[status[1], compile_[1], job[0], *extra],
-                start_new_session=True,
-                env=launcher.env(spec, None),
-                cwd="/",
-            )
-        finally:
-            for fd in extra:
-                os.close(fd)
-    except BaseException:
-        for fd in ours + theirs:
-            os.close(fd)
-        if cgroup is not None:
-            cgroup.remove_now()
-        raise
-    for fd in theirs:
-        os.close(fd)
-    try:
-        child_pid = wait_ready(popen, status[0])
-    except BaseException:
-        end(popen, cgroup)
-        for fd in ours:
-            os.close(fd)
-        raise
-    return Warm(
-        language=spec.language,
-        popen=popen,
-        cgroup=cgroup,
-        child_pid=child_pid,
-        job=job[1],
-        stdin=stdin[1],
-        stdout=stdout[0],
-        stderr=stderr[0],
-        status=status[0],
-        compile=compile_[0],
-        niced=nice != 0,
-    )
-
-
-def sandbox_fds(launcher: Launcher, fds: Fds, spec: Spec) -> list[int]:
-    """The in-memory files bwrap copies in (the syscall filter, the job's files and build, /etc files) and bwrap's
-    own status fd, added to `fds`; returns them, for the launcher to inherit and the caller to close."""
-    theirs: list[int] = []
-    try:
-        # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
-        fds.bwrap_status = _above_stdio(os.dup(fds.status))
-        theirs.append(fds.bwrap_status)
-        if launcher.seccomp_bpf is not None:
-            fds.seccomp = _above_stdio(_memfd(launcher.seccomp_bpf))
-            theirs.append(fds.seccomp)
-        for _, content in spec.files:
-            fds.files.append(_above_stdio(_memfd(content)))
-            theirs.append(fds.files[-1])
-        if spec.artifact is not None:
-            fds.artifact = _above_stdio(_memfd(spec.artifact))
-            theirs.append(fds.artifact)
-        for name, text in ETC_FILES.items():
-            fds.etc[name] = _above_stdio(_memfd(text.encode()))
-            theirs.append(fds.etc[name])
-    except BaseException:
-        for fd in theirs:
-            os.close(fd)
-        raise
-    return theirs
-
-
-def _above_stdio(fd: int) -> int:
-    """Passed fds must not be 0-2, which the child's stdio pipes replace (a server started with stdio closed)."""
-    if fd > 2:
-        return fd
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.close(fd)
-    return moved
-
-
-def _memfd(data: bytes) -> int:
-    """An in-memory file for bwrap to copy into the sandbox: nothing on the host's disk to clean up."""
-    fd = os.memfd_create("conveyor")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _workdir(spec: Spec, *, chown: bool) -> str:
-    """SANDBOX=none: a host temp dir with the files and a tmp/ dir, owned by the uid the job runs as."""
-    path = tempfile.mkdtemp(prefix=f"conveyor-{spec.name}-")
-    made = [path, f"{path}/tmp"]
-    os.mkdir(made[-1])
-    for directory in spec.directories:
-        made.append(f"{path}/{directory}")
-        os.mkdir(made[-1])
-    for name, content in spec.files:
-        made.append(f"{path}/{name}")
-        Path(made[-1]).write_bytes(content)
-    if spec.artifact is not None:
-        made.append(f"{path}/{ARTIFACT}")
-        Path(made[-1]).write_bytes(spec.artifact)
-    if chown:
-        for item in made:
-            os.chown(item, SANDBOX_UID, SANDBOX_UID)
-    return path

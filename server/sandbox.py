@@ -22,12 +22,13 @@ from . import driver, packages, seccomp
 from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
-from .execution import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, Outcome, Run, Spec, start_warm
+from .execution import Outcome, Run, Spec
 from .jobs import ExecutionResult, Job, JobIO
 from .judge import Build, judge
 from .languages import Language, LanguageIndex, load_languages
 from .pool import REFILL_NICE, Warm, WarmPool
 from .settings import Settings
+from .spawn import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, start_warm
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ import pytest
 from server import driver
 from server import sandbox as sandbox_module
 from server.cgroups import JobCgroup
-from server.execution import Fds, Run, Spec
+from server.execution import Run, Spec
 from server.jobs import JobIO
 from server.pool import Warm
 from server.sandbox import Sandbox
 from server.settings import Settings
+from server.spawn import Fds
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
 X86_64 = platform.machine() == "x86_64"
