@@ -204,7 +204,7 @@ class JobCgroup:
         self._rmdir()
 
     def remove_now(self) -> None:
-        """remove(), blocking: for the warm pool's thread, which has no event loop."""
+        """remove(), blocking: for the warm pool's threads, which have no event loop."""
         deadline = time.monotonic() + _EMPTY_WAIT_S
         while not self.kill() and time.monotonic() < deadline:
             time.sleep(0.01)

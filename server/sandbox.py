@@ -527,7 +527,7 @@ class Sandbox:
         return [*self._launch(cgroup, nice=nice), "--", self._bwrap, *self._bwrap_args(spec, fds), "--", *wait]
 
     def _start_warm(self, name: str) -> Warm:
-        """(The pool's thread.) A sandbox for the next job in `name`, niced below running jobs when the server may
+        """(A pool thread.) A sandbox for the next job in `name`, niced below running jobs when the server may
         renice it back (root)."""
         lang = self._index.get(name)
         assert lang is not None
