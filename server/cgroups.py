@@ -179,8 +179,9 @@ class JobCgroup:
                 with contextlib.suppress(OSError):
                     _write(path / "memory.max_usage_in_bytes", "0")
 
-    def kill(self) -> None:
-        """SIGKILL every process in the job's cgroups; a few passes catch processes forked meanwhile."""
+    def kill(self) -> bool:
+        """SIGKILL every process in the job's cgroups; a few passes catch processes forked meanwhile. True when the
+        last pass found them empty."""
         for hierarchy, path in self._dirs:
             if hierarchy.version == 2:
                 with contextlib.suppress(OSError):
@@ -188,29 +189,24 @@ class JobCgroup:
         for _ in range(4):
             pids = self.pids()
             if not pids:
-                return
+                return True
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+        return False
 
     async def remove(self) -> None:
         """Kill what is left, wait for the cgroups to empty, and remove them."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _EMPTY_WAIT_S
-        while True:
-            self.kill()
-            if not self.pids() or loop.time() > deadline:
-                break
+        while not self.kill() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self._rmdir()
 
     def remove_now(self) -> None:
-        """remove(), blocking: for the warm pool's thread, which has no event loop."""
+        """remove(), blocking: for the warm pool's threads, which have no event loop."""
         deadline = time.monotonic() + _EMPTY_WAIT_S
-        while True:
-            self.kill()
-            if not self.pids() or time.monotonic() > deadline:
-                break
+        while not self.kill() and time.monotonic() < deadline:
             time.sleep(0.01)
         self._rmdir()
 

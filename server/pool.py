@@ -7,10 +7,10 @@ blocks on a pipe. The job that takes it writes its arguments, environment and fi
 and from that point on it is a cold run: the same limits, stages, reports, accounting (which starts at the stage's
 start report, so the sandbox's own start-up is never the job's) and teardown, which destroys it. Nothing is reused.
 
-The pool's processes are started by one long-lived thread, not by an event loop: the sandbox outlives the loop
-that happens to be running when it starts (tests share one Sandbox across loops), and bwrap's --die-with-parent
-follows the thread that forked it, so that thread stays until close(). Their pipes stay raw descriptors until a
-job takes one and attaches them to its own loop.
+The pool's processes are started by long-lived threads (REFILL_THREADS), not by an event loop: the sandbox outlives
+the loop that happens to be running when it starts (tests share one Sandbox across loops), and bwrap's
+--die-with-parent follows the thread that forked it, so those threads stay until close(). Their pipes stay raw
+descriptors until a job takes one and attaches them to its own loop.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ DEMAND_KEEP_S = 600.0
 IDLE_POLL_S = 1.0
 BACKOFF_MAX_S = 30.0
 REFILL_NICE = 10  # the pool's sandboxes start at this nice value, below running jobs, and get 0 when taken
+# Sandboxes started at once. Jobs that follow each other every ~20 ms drain a pool refilled one at a time (a python
+# sandbox takes ~35 ms to be ready), but two at once measured no better (bench_sandbox, 2 cores, 2026-11-30): more
+# hits, a slower median, as each start's cgroup v1 attach stalls the running job's forks for an RCU grace period.
+REFILL_THREADS = 1
 READY = b"ready\n"
 
 
@@ -184,7 +188,7 @@ class Demand:
 
 
 class WarmPool:
-    """Ready sandboxes per language, taken by jobs and refilled by one background thread."""
+    """Ready sandboxes per language, taken by jobs and refilled by background threads."""
 
     def __init__(self, start: Callable[[str], Warm], *, budget: int, per_language_max: int) -> None:
         self._start = start
@@ -198,8 +202,13 @@ class WarmPool:
         self.misses = 0
         self.failures = 0
         self.refill_ms: float | None = None  # the last sandbox's start-to-ready time
-        self._thread = threading.Thread(target=self._refill, name="conveyor-warm-pool", daemon=True)
-        self._thread.start()
+        self._starting: dict[str, int] = {}  # sandboxes being started, per language
+        self._threads = [
+            threading.Thread(target=self._refill, name=f"conveyor-warm-pool-{i}", daemon=True)
+            for i in range(REFILL_THREADS)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def take(self, language: str) -> Warm | None:
         """A ready sandbox for `language`, or None (a miss: the job starts cold, as it would without a pool)."""
@@ -244,7 +253,8 @@ class WarmPool:
         with self._lock:
             self._closed = True
             self._lock.notify()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
         with self._lock:
             ready = [warm for queue in self._ready.values() for warm in queue]
             self._ready.clear()
@@ -258,13 +268,14 @@ class WarmPool:
         for name, ready in self._ready.items():
             while len(ready) > targets.get(name, 0):
                 stale.append(ready.popleft())
-        if sum(len(q) for q in self._ready.values()) >= self._budget:
+        if sum(len(q) for q in self._ready.values()) + sum(self._starting.values()) >= self._budget:
             return None
-        short = {name: n - len(self._ready.get(name, ())) for name, n in targets.items()}
+        short = {name: n - len(self._ready.get(name, ())) - self._starting.get(name, 0) for name, n in targets.items()}
         best = max(short, key=lambda n: short[n], default=None)
         return best if best is not None and short[best] > 0 else None
 
     def _refill(self) -> None:
+        """One refill thread: start the sandbox most wanted, one at a time, until close()."""
         backoff = 0.0
         while True:
             stale: list[Warm] = []
@@ -273,31 +284,42 @@ class WarmPool:
                 while not self._closed and not stale and (name := self._next(stale)) is None:
                     self._lock.wait(IDLE_POLL_S)
                 closed = self._closed
+                if name is not None and not closed:
+                    self._starting[name] = self._starting.get(name, 0) + 1
             for warm in stale:
                 warm.discard()
             if closed:
                 return
             if name is None:
                 continue
-            started = time.monotonic()
-            try:
-                warm = self._start(name)
-            except Exception as exc:
-                self.failures += 1
-                backoff = min(max(backoff * 2, 0.1), BACKOFF_MAX_S)
-                logger.warning("warm pool: cannot start a %s sandbox (%s); retrying in %.1f s", name, exc, backoff)
-                with self._lock:
-                    self._lock.wait(backoff)
+            if self._start_one(name):
+                backoff = 0.0
                 continue
-            backoff = 0.0
+            backoff = min(max(backoff * 2, 0.1), BACKOFF_MAX_S)
+            logger.warning("warm pool: cannot start a %s sandbox; retrying in %.1f s", name, backoff)
             with self._lock:
-                self.refill_ms = (time.monotonic() - started) * 1000.0
-                closed = self._closed
-                if not closed:
-                    self._ready.setdefault(name, deque()).append(warm)
-            if closed:
-                warm.discard()
-                return
+                self._lock.wait(backoff)
+
+    def _start_one(self, name: str) -> bool:
+        """Start one sandbox for `name` and make it ready (or discard it if the pool closed meanwhile)."""
+        started = time.monotonic()
+        warm = None
+        try:
+            warm = self._start(name)
+        except Exception:
+            logger.debug("warm pool: starting a %s sandbox failed", name, exc_info=True)
+        with self._lock:
+            self._starting[name] -= 1
+            if warm is None:
+                self.failures += 1
+                return False
+            self.refill_ms = (time.monotonic() - started) * 1000.0
+            keep = not self._closed
+            if keep:
+                self._ready.setdefault(name, deque()).append(warm)
+        if not keep:
+            warm.discard()
+        return True
 
 
 def wait_ready(warm_popen: subprocess.Popen[bytes], status: int) -> int:

@@ -99,6 +99,7 @@ class Sandbox:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
         self.pool: WarmPool | None = None
+        self._etc: dict[str, list[str]] = {}
         self.builds = 0  # compile-and-pack runs, for tests and statistics
         self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
 
@@ -337,11 +338,18 @@ class Sandbox:
             run=run,
             env=env,
             layers=layers,
-            etc=lang.etc_paths(),
+            etc=self._etc_paths(lang),
             address_space_mb=self._memory_mb + lang.address_space_headroom_mb,
             compile_timeout_ms=self.settings.compile_timeout_ms,
             cpu_time_ms=self.settings.cpu_time_limit_s * 1000,
         )
+
+    def _etc_paths(self, lang: Language) -> list[str]:
+        """The language's /etc entries, globbed once (about 1 ms of CPU a job otherwise)."""
+        paths = self._etc.get(lang.name)
+        if paths is None:
+            paths = self._etc[lang.name] = lang.etc_paths()
+        return paths
 
     async def _execute(self, spec: Spec, io: JobIO | None) -> Outcome:
         run = Run(self, spec, io)
@@ -519,7 +527,7 @@ class Sandbox:
         return [*self._launch(cgroup, nice=nice), "--", self._bwrap, *self._bwrap_args(spec, fds), "--", *wait]
 
     def _start_warm(self, name: str) -> Warm:
-        """(The pool's thread.) A sandbox for the next job in `name`, niced below running jobs when the server may
+        """(A pool thread.) A sandbox for the next job in `name`, niced below running jobs when the server may
         renice it back (root)."""
         lang = self._index.get(name)
         assert lang is not None

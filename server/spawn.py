@@ -1,5 +1,5 @@
 """Spawn: what a sandbox is started with (its descriptors, the in-memory files bwrap copies in, a SANDBOX=none work
-dir), and the start of a warm sandbox (server/pool.py) by the pool's thread."""
+dir), and the start of a warm sandbox (server/pool.py) by the pool's threads."""
 
 from __future__ import annotations
 

@@ -287,7 +287,7 @@ def test_a_pool_that_cannot_start_sandboxes_only_misses() -> None:
 
 
 async def test_a_killed_server_takes_its_warm_sandboxes_and_their_jobs_along() -> None:
-    """SIGKILL leaves no ready sandbox and no job that took one: bwrap's --die-with-parent follows the pool's thread,
+    """SIGKILL leaves no ready sandbox and no job that took one: bwrap's --die-with-parent follows the pool's threads,
     and the cgroup guard sweeps what is left."""
     tag = marker()
     script = (
