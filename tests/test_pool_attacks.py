@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator
@@ -186,6 +187,7 @@ PYTHON_PROGRAMS = {
         "print(sorted(vars(__main__)), __main__.__loader__.get_filename(), sys.argv, sys.orig_argv)\n"
     ),
     "input()": "print(input('> '))\nprint(input())\n",
+    "the importer cache": "import sys\nprint(sorted(sys.path_importer_cache))\n",
 }
 
 
@@ -241,6 +243,31 @@ async def test_hostile_files_and_arguments_reach_a_warm_program_as_a_cold_one(wa
     got = await warm_run(warm, job)
     assert want.exit_code == 0 and "deep.txt" in want.stdout, want
     assert outcome(got) == outcome(want)
+
+
+async def test_files_past_the_work_dirs_size_fail_a_warm_run_as_a_cold_one() -> None:
+    """A job message larger than /box (files past WORKDIR_SIZE_MB, which MAX_CODE_BYTES allows here): the driver
+    stops reading midway, the server's write meets a closed pipe, and the run fails as a cold one does, leaking
+    nothing."""
+    settings = make_settings(warm_pool=1, workdir_size_mb=1, max_code_bytes=4 << 20)
+    cold_box = await Sandbox.create(dataclasses.replace(settings, warm_pool=0), languages=("python",))
+    warm_box = await Sandbox.create(settings, languages=("python",))
+    try:
+        big = SourceFile("big.bin", base64.b64encode(bytes(2 << 20)).decode(), "base64")
+        job = Job(language="python", code="", files=[SourceFile("main.py", "print(1)\n"), big])
+        want = await run(cold_box, job)
+        await run(warm_box, Job(language="python", code="pass"))
+        await full(warm_box)
+        before = server_fds()
+        got = await warm_run(warm_box, job)
+        await full(warm_box)
+        assert server_fds() == before
+    finally:
+        await warm_box.close()
+        await cold_box.close()
+    assert want.reason == "internal_error" and "No space left on device" in want.stderr, want
+    assert (got.reason, got.exit_code, got.stdout) == (want.reason, want.exit_code, want.stdout)
+    assert "No space left on device" in got.stderr, got
 
 
 # -- limits -------------------------------------------------------------------------------------------------------
