@@ -199,6 +199,17 @@ async def test_a_pre_started_python_runs_a_program_as_python3_main_py(warm: Sand
     assert outcome(got) == outcome(want)
 
 
+@pytest.mark.parametrize("name", ["-c", "--version"])
+async def test_an_entry_file_named_like_an_option_runs_warm_as_cold(warm: Sandbox, cold: Sandbox, name: str) -> None:
+    """File names may start with "-" (payloads only refuses control characters, `..` and leading dots). A cold
+    sandbox hands the entry file to `python3 {main}`, where it becomes an interpreter option (`-c` runs the first
+    argument as code, `--version` prints the version); the pre-started python runs the file."""
+    job = Job(language="python", code="", files=[SourceFile(name, "print('the file')\n")], args=["print('the arg')"])
+    want = await run(cold, job)
+    got = await warm_run(warm, job)
+    assert outcome(got) == outcome(want)
+
+
 ENVIRON = r"""
 #include <stdio.h>
 extern char **environ;
