@@ -153,6 +153,27 @@ async def test_abstract_sockets_and_shared_memory_stay_in_their_sandbox(warm: Sa
     assert probe.stdout == "refused 111\n[]\nFalse\n", probe
 
 
+LEAVE_IPC = r"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+made = [libc.shmget(0x5EED, 4096, 0o1666), libc.msgget(0x5EED, 0o1666), libc.semget(0x5EED, 1, 0o1666)]
+print([id >= 0 for id in made], [open(f"/proc/sysvipc/{k}").read().count("\n") for k in ("shm", "msg", "sem")])
+"""
+
+LOOK_IPC = r"""
+print([open(f"/proc/sysvipc/{k}").read().count("\n") for k in ("shm", "msg", "sem")])
+"""
+
+
+async def test_ipc_objects_a_job_leaves_are_gone_for_the_next(warm: Sandbox) -> None:
+    """SysV shared memory, message queues and semaphores outlive their processes; each sandbox has its own IPC
+    namespace, so the next job (in the next ready sandbox of the language) finds none of them."""
+    left = await warm_run(warm, Job(language="python", code=LEAVE_IPC))
+    assert left.stdout == "[True, True, True] [2, 2, 2]\n", left  # a header line and the object, each
+    look = await warm_run(warm, Job(language="python", code=LOOK_IPC))
+    assert look.stdout == "[1, 1, 1]\n", look
+
+
 # -- what a warm run shows that a cold one does not ---------------------------------------------------------------
 
 # Each program's output, exit status and signal must be those of `python3 main.py` in a cold sandbox.
@@ -285,6 +306,10 @@ async def test_files_past_the_work_dirs_size_fail_a_warm_run_as_a_cold_one() -> 
 
 LIMITED = {
     "cpu time": ("while True: pass\n", Limits(cpu_time_ms=1000)),
+    "cpu time of the whole tree": (
+        "import os\nfor _ in range(3):\n    os.fork()\nwhile True: pass\n",
+        Limits(cpu_time_ms=1000),
+    ),
     "memory below the server's": ("x = bytearray(200 << 20)\nprint(len(x))\n", Limits(memory_mb=48)),
     "file size": (
         "import resource\nlimit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]\n"
