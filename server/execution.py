@@ -206,11 +206,12 @@ class Run:
         """Start the launcher (or take a warm sandbox) and the output pumps; returns the read ends of the status and
         compiler pipes."""
         launcher, spec = self._launcher, self._spec
-        warm = launcher.take_warm(spec)
-        if warm is not None:
+        taken = await self._take_warm()
+        if taken is not None:
+            warm, message = taken
             self._warm, self._cgroup, self._child_pid = warm, warm.cgroup, warm.child_pid
             self._raw_fds = [warm.status, warm.compile]
-            return await self._settled_spawn(self._attach(warm))
+            return await self._settled_spawn(self._attach(warm, message))
         self._cgroup = launcher.job_cgroup(spec.name, spec.memory_mb)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
@@ -244,14 +245,27 @@ class Run:
         status_r, compile_r = self._raw_fds
         return status_r, compile_r
 
-    async def _attach(self, warm: Warm) -> WarmProcess:
-        """Take over a warm sandbox: its priority back to a job's, its memory limit the job's, its pipes on this
-        loop, and its job message on the way."""
+    async def _take_warm(self) -> tuple[Warm, bytes] | None:
+        """A warm sandbox made the job's (its priority a job's, its memory limit the job's) and the job message for it;
+        or None, to start cold. One that cannot take the job (a memory limit below what it already holds: the kernel
+        refuses with EBUSY) is destroyed unused, and the job starts cold as it would without a pool."""
         spec = self._spec
-        warm.renice()
-        if spec.memory_mb is not None and warm.cgroup is not None:
-            self._launcher.restrict(warm.cgroup, spec.memory_mb)
-        message = self._launcher.job_message(spec, warm)
+        warm = self._launcher.take_warm(spec)
+        if warm is None:
+            return None
+        try:
+            warm.renice()
+            if spec.memory_mb is not None and warm.cgroup is not None:
+                self._launcher.restrict(warm.cgroup, spec.memory_mb)
+            return warm, self._launcher.job_message(spec, warm)
+        except Exception as exc:
+            logger.info("%s: a warm sandbox cannot take this job (%s); starting it cold", spec.name, exc)
+            warm.on_done()
+            await asyncio.to_thread(warm.discard)
+            return None
+
+    async def _attach(self, warm: Warm, message: bytes) -> WarmProcess:
+        """Take over a warm sandbox: its pipes on this loop, and its job message on the way."""
         job = await writer(warm.job)
         self._transports.append(job.transport)
         proc, transports = await attach(warm)

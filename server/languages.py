@@ -100,11 +100,12 @@ class Language:
         argv: list[str] = []
         for part in template:
             if part == SOURCES:
-                argv += self.compiled_files(program)
+                argv += [_path_arg(name) for name in self.compiled_files(program)]
             elif part == OPTIONS:
                 argv += program.compiler_options
             else:
-                argv.append(part.format(heap_mb=heap_mb, main=program.main, main_class=program.main_class))
+                main = _path_arg(program.main)
+                argv.append(part.format(heap_mb=heap_mb, main=main, main_class=program.main_class))
         return argv
 
     def version_argv(self, *, heap_mb: int) -> list[str]:
@@ -152,6 +153,12 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         address_space_headroom_mb=int(raw.get("address_space_headroom_mb", 0)),
         preload=_argv(raw["preload"], name, "preload") if "preload" in raw else None,
     )
+
+
+def _path_arg(name: str) -> str:
+    """A file name as a command's argument: one that starts with `-` as `./-name`, so that no interpreter or compiler
+    reads a submitted file's name as one of its options (`-c`, `--version`, `-o`...)."""
+    return f"./{name}" if name.startswith("-") else name
 
 
 def _check_names(languages: dict[str, Language], path: Path) -> None:

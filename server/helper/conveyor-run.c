@@ -295,15 +295,16 @@ static char **read_job(FILE *in, char ***preload) {
     for (long i = 1; i <= nargs; i++)
         if ((args[i] = field(in)) == NULL) return NULL;
     long nenv = count(in, COUNT_MAX);
-    /* The job's environment as a cold run has it: the server's, plus the PWD bwrap --chdir set. */
+    /* The job's environment as a cold run has it: the server's, then (last, as bwrap --chdir sets it) PWD. */
     char *pwd = getenv("PWD");
     pwd = pwd != NULL ? strdup(pwd) : NULL;
-    if (nenv < 0 || clearenv() != 0 || (pwd != NULL && setenv("PWD", pwd, 1) != 0)) return NULL;
-    free(pwd);
+    if (nenv < 0 || clearenv() != 0) return NULL;
     for (long i = 0; i < nenv; i++) {
         char *entry = field(in);
         if (entry == NULL || strchr(entry, '=') == NULL || putenv(entry) != 0) return NULL;
     }
+    if (pwd != NULL && setenv("PWD", pwd, 1) != 0) return NULL;
+    free(pwd);
     long nfiles = count(in, COUNT_MAX);
     for (long i = 0; i < nfiles; i++) {
         char *path = field(in);

@@ -1,0 +1,429 @@
+"""Attacks on the warm pool (server/pool.py): what a job submitting hostile code, files, arguments or limits can reach
+of other jobs' sandboxes, of the next job, and of the server, and what a warm run shows that a cold one does not.
+
+Each test is written against the claim in docs/security.md ("Warm sandboxes") and compares a warm run with a cold run
+of the same job where the claim is fidelity; it fails if the protection it exercises is taken away."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, Stream
+from server.pool import Warm
+from server.sandbox import Sandbox
+from tests.conftest import make_settings
+from tests.test_pool import gone, run, until, warm_run
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+LANGUAGES = ("python", "c", "bash")
+
+
+@pytest.fixture(scope="module")
+def cold() -> Iterator[Sandbox]:
+    """Every job starts cold: what a warm run must look like."""
+    sandbox = asyncio.run(Sandbox.create(make_settings(warm_pool=0), languages=LANGUAGES))
+    yield sandbox
+    asyncio.run(sandbox.close())
+
+
+@pytest.fixture(scope="module")
+def warm() -> Iterator[Sandbox]:
+    """A pool of three, shared by the tests that only need jobs to take warm sandboxes."""
+    sandbox = asyncio.run(Sandbox.create(make_settings(warm_pool=3, max_concurrent_jobs=3), languages=LANGUAGES))
+    yield sandbox
+    asyncio.run(sandbox.close())
+
+
+def server_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def ready_sandboxes(sandbox: Sandbox) -> list[Warm]:
+    assert sandbox.pool is not None
+    return [warm for queue in sandbox.pool._ready.values() for warm in queue]
+
+
+async def full(sandbox: Sandbox) -> None:
+    """Until every language has its target ready and no sandbox is in use (the refill thread then starts nothing
+    and holds no descriptor of its own)."""
+
+    def settled() -> bool:
+        status = sandbox.pool_status()
+        languages = status["languages"].values()
+        return status["inUse"] == 0 and bool(languages) and all(n["ready"] == n["target"] for n in languages)
+
+    await until(settled)
+
+
+def outcome(result: ExecutionResult) -> tuple[object, ...]:
+    return result.stdout, result.stderr, result.exit_code, result.signal, result.reason
+
+
+# -- reaching another job's sandbox -------------------------------------------------------------------------------
+
+KILL_EVERYTHING = r"""
+import os, signal
+print(sorted(int(p) for p in os.listdir("/proc") if p.isdigit()), flush=True)
+for sig in (signal.SIGSTOP, signal.SIGKILL):
+    try:
+        os.kill(-1, sig)
+    except OSError as e:
+        print("kill", e.errno, flush=True)
+"""
+
+
+async def test_a_job_can_neither_see_nor_signal_the_ready_sandboxes(warm: Sandbox) -> None:
+    """kill(-1) reaches only the job's own pid namespace: every other ready sandbox (own launcher, bwrap, driver and
+    pre-started python) lives on, and the next jobs take them and run normally."""
+    await warm_run(warm, Job(language="python", code="pass"))
+    await full(warm)
+    assert warm.pool is not None
+    victim = warm.pool._ready["python"][0]  # take() hands out the oldest
+    others = [other for other in ready_sandboxes(warm) if other is not victim]
+    assert others
+    attack = await warm_run(warm, Job(language="python", code=KILL_EVERYTHING))
+    assert attack.signal == "SIGKILL", attack  # it took its own sandbox down, pid 1 included
+    assert attack.stdout.startswith("[1, 2, 3]\n"), attack.stdout  # bwrap's pid 1, the driver, itself
+    for other in others:
+        assert other.popen.poll() is None and not gone(other.child_pid), other
+    alive = {
+        "python": "print('alive')",
+        "bash": "echo alive",
+        "c": '#include <stdio.h>\nint main(void) { puts("alive"); }',
+    }
+    for other in others:
+        after = await run(warm, Job(language=other.language, code=alive[other.language]))
+        assert (after.stdout, after.exit_code) == ("alive\n", 0), after
+
+
+LISTEN = r"""
+import socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\0conveyor-attack")
+s.listen()
+for place in ("/dev/shm", "/tmp", "/box"):
+    open(place + "/conveyor-attack", "w").write("secret")
+print("listening", flush=True)
+time.sleep(30)
+"""
+
+PROBE = r"""
+import os, socket
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    c.connect("\0conveyor-attack")
+    print("connected")
+except OSError as e:
+    print("refused", e.errno)
+print([p for p in ("/dev/shm", "/tmp", "/box") if os.path.exists(p + "/conveyor-attack")])
+print("conveyor-attack" in open("/proc/net/unix").read())
+"""
+
+
+async def test_abstract_sockets_and_shared_memory_stay_in_their_sandbox(warm: Sandbox) -> None:
+    """A running job's abstract unix socket and files in /dev/shm, /tmp and /box are out of reach of a job in a
+    sandbox that was waiting in the pool meanwhile."""
+    listening = asyncio.Event()
+
+    def on_output(stream: Stream, data: str) -> None:
+        if "listening" in data:
+            listening.set()
+
+    await warm_run(warm, Job(language="python", code="pass"))
+    await full(warm)
+    job = Job(language="python", code=LISTEN, timeout_ms=30_000)
+    holder = asyncio.ensure_future(warm(job, JobIO(on_output=on_output)))
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        probe = await warm_run(warm, Job(language="python", code=PROBE))
+    finally:
+        holder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holder
+    assert probe.stdout == "refused 111\n[]\nFalse\n", probe
+
+
+LEAVE_IPC = r"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+made = [libc.shmget(0x5EED, 4096, 0o1666), libc.msgget(0x5EED, 0o1666), libc.semget(0x5EED, 1, 0o1666)]
+print([id >= 0 for id in made], [open(f"/proc/sysvipc/{k}").read().count("\n") for k in ("shm", "msg", "sem")])
+"""
+
+LOOK_IPC = r"""
+print([open(f"/proc/sysvipc/{k}").read().count("\n") for k in ("shm", "msg", "sem")])
+"""
+
+
+async def test_ipc_objects_a_job_leaves_are_gone_for_the_next(warm: Sandbox) -> None:
+    """SysV shared memory, message queues and semaphores outlive their processes; each sandbox has its own IPC
+    namespace, so the next job (in the next ready sandbox of the language) finds none of them."""
+    left = await warm_run(warm, Job(language="python", code=LEAVE_IPC))
+    assert left.stdout == "[True, True, True] [2, 2, 2]\n", left  # a header line and the object, each
+    look = await warm_run(warm, Job(language="python", code=LOOK_IPC))
+    assert look.stdout == "[1, 1, 1]\n", look
+
+
+# -- what a warm run shows that a cold one does not ---------------------------------------------------------------
+
+# Each program's output, exit status and signal must be those of `python3 main.py` in a cold sandbox.
+PYTHON_PROGRAMS = {
+    "excepthook set to None": "import sys\nsys.excepthook = None\n1/0\n",
+    "excepthook deleted": "import sys\ndel sys.excepthook\n1/0\n",
+    "excepthook that raises": "import sys\ndef hook(*a): raise RuntimeError('hook')\nsys.excepthook = hook\n1/0\n",
+    "NUL byte in the source": "print(1)\n\0print(2)\n",
+    "stderr set to None": "import sys\nsys.stderr = None\n1/0\n",
+    "exception whose str raises": "class E(Exception):\n    def __str__(self): raise RuntimeError('x')\nraise E\n",
+    "exit status past 255": "import sys\nsys.exit(256)\n",
+    "os._exit": "import os\nos._exit(7)\n",
+    "an exception in a thread": (
+        "import threading\ndef f(): raise ValueError('t')\nt = threading.Thread(target=f)\nt.start()\nt.join()\n"
+    ),
+    "warnings": "import warnings\nwarnings.warn('careful')\nwarnings.warn('old', DeprecationWarning)\n",
+    "signals and mask": (
+        "import signal\nprint([signal.getsignal(s) for s in signal.valid_signals() if s not in (32, 33)])\n"
+        "print(signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+    ),
+    "flags, paths and stdio": (
+        "import sys\nprint(sys.flags, sys.warnoptions, sys.path, sys.executable, sys.prefix)\n"
+        "print(sys.stdin.line_buffering, sys.stdout.line_buffering, sys.stdin.encoding, sys.stdin.errors)\n"
+        "print(repr(sys.stdin.read(4)), repr(sys.stdin.buffer.read()))\n"
+    ),
+    "descriptors 3 and 4": (
+        "import os\nfor fd in (3, 4, 5):\n    try:\n        print(fd, os.read(fd, 10))\n"
+        "    except OSError as e:\n        print(fd, e.errno)\n"
+    ),
+    "sys.modules and __main__": (
+        "import sys, __main__\nprint(sorted(sys.modules))\n"
+        "print(sorted(vars(__main__)), __main__.__loader__.get_filename(), sys.argv, sys.orig_argv)\n"
+    ),
+    "input()": "print(input('> '))\nprint(input())\n",
+    "the importer cache": "import sys\nprint(sorted(sys.path_importer_cache))\n",
+}
+
+
+@pytest.mark.parametrize("name", PYTHON_PROGRAMS)
+async def test_a_pre_started_python_runs_a_program_as_python3_main_py(warm: Sandbox, cold: Sandbox, name: str) -> None:
+    job = Job(language="python", code=PYTHON_PROGRAMS[name], stdin="line one\nline two\n")
+    want = await run(cold, job)
+    got = await warm_run(warm, job)
+    assert outcome(got) == outcome(want)
+
+
+@pytest.mark.parametrize("name", ["-c", "--version"])
+async def test_an_entry_file_named_like_an_option_runs_warm_as_cold(warm: Sandbox, cold: Sandbox, name: str) -> None:
+    """File names may start with "-" (payloads only refuses control characters, `..` and leading dots). A cold
+    sandbox hands the entry file to `python3 {main}`, where it becomes an interpreter option (`-c` runs the first
+    argument as code, `--version` prints the version); the pre-started python runs the file."""
+    job = Job(language="python", code="", files=[SourceFile(name, "print('the file')\n")], args=["print('the arg')"])
+    want = await run(cold, job)
+    got = await warm_run(warm, job)
+    assert outcome(got) == outcome(want)
+
+
+ENVIRON = r"""
+#include <stdio.h>
+extern char **environ;
+int main(void) { for (char **e = environ; *e; e++) puts(*e); return 0; }
+"""
+
+
+async def test_a_warm_program_gets_its_environment_as_a_cold_one(warm: Sandbox, cold: Sandbox) -> None:
+    """The environment block itself, in its order (getenv loops, `env`, /proc/self/environ), not only its set."""
+    job = Job(language="c", code=ENVIRON)
+    want = await run(cold, job)
+    got = await warm_run(warm, job)
+    assert want.exit_code == 0 and "PWD=/box" in want.stdout, want
+    assert got.stdout == want.stdout
+
+
+LOOK = r"""
+import hashlib, os, sys
+print(sys.argv)
+for root, dirs, files in sorted(os.walk("/box")):
+    for name in sorted(dirs + files):
+        path = os.path.join(root, name)
+        st = os.lstat(path)
+        data = hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) else ""
+        print(repr(path), oct(st.st_mode), st.st_uid, st.st_gid, st.st_size, data)
+"""
+
+
+async def test_hostile_files_and_arguments_reach_a_warm_program_as_a_cold_one(warm: Sandbox, cold: Sandbox) -> None:
+    """The job message carries what the API lets through (32 files, 8 levels deep, 255-byte and non-ASCII names,
+    names like options, binary content with NULs, 64 arguments of up to 4 KiB with newlines, empty ones, `--`):
+    the program sees the same argv and the same tree, modes, owners and bytes as in a cold sandbox."""
+    deep = "/".join(f"d{i}" for i in range(7)) + "/deep.txt"
+    files = [SourceFile("main.py", LOOK), SourceFile(deep, "deep")]
+    files.append(SourceFile("bin.dat", base64.b64encode(bytes(range(256)) * 64).decode(), "base64"))
+    names = ["é ü.txt", "-rf", "a=b", "'q\"", "日本/語.py", "x" * 255, "sp ace/ x", "emoji😀", "empty", "--"]
+    files += [SourceFile(name, "" if name == "empty" else name) for name in names]
+    args = ["", "-c", "a=b", "\n", "é", "\t x", "x" * 4096, "😀", "--", "\u2028", "-m", "\x7f"]
+    args += [str(i) for i in range(64 - len(args))]
+    job = Job(language="python", code="", files=files, args=args)
+    want = await run(cold, job)
+    got = await warm_run(warm, job)
+    assert want.exit_code == 0 and "deep.txt" in want.stdout, want
+    assert outcome(got) == outcome(want)
+
+
+async def test_files_past_the_work_dirs_size_fail_a_warm_run_as_a_cold_one() -> None:
+    """A job message larger than /box (files past WORKDIR_SIZE_MB, which MAX_CODE_BYTES allows here): the driver
+    stops reading midway, the server's write meets a closed pipe, and the run fails as a cold one does, leaking
+    nothing."""
+    settings = make_settings(warm_pool=1, workdir_size_mb=1, max_code_bytes=4 << 20)
+    cold_box = await Sandbox.create(dataclasses.replace(settings, warm_pool=0), languages=("python",))
+    warm_box = await Sandbox.create(settings, languages=("python",))
+    try:
+        big = SourceFile("big.bin", base64.b64encode(bytes(2 << 20)).decode(), "base64")
+        job = Job(language="python", code="", files=[SourceFile("main.py", "print(1)\n"), big])
+        want = await run(cold_box, job)
+        await run(warm_box, Job(language="python", code="pass"))
+        await full(warm_box)
+        before = server_fds()
+        got = await warm_run(warm_box, job)
+        await full(warm_box)
+        assert server_fds() == before
+    finally:
+        await warm_box.close()
+        await cold_box.close()
+    assert want.reason == "internal_error" and "No space left on device" in want.stderr, want
+    assert (got.reason, got.exit_code, got.stdout) == (want.reason, want.exit_code, want.stdout)
+    assert "No space left on device" in got.stderr, got
+
+
+# -- limits -------------------------------------------------------------------------------------------------------
+
+LIMITED = {
+    "cpu time": ("while True: pass\n", Limits(cpu_time_ms=1000)),
+    "cpu time of the whole tree": (
+        "import os\nfor _ in range(3):\n    os.fork()\nwhile True: pass\n",
+        Limits(cpu_time_ms=1000),
+    ),
+    "memory below the server's": ("x = bytearray(200 << 20)\nprint(len(x))\n", Limits(memory_mb=48)),
+    "file size": (
+        "import resource\nlimit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]\n"
+        "f = open('/tmp/big', 'wb', buffering=0)\nf.seek(limit - 1)\nprint(f.write(b'x'))\n"
+        "try:\n    f.write(b'x')\nexcept OSError as e:\n    print('refused', e.errno)\n",
+        None,
+    ),
+    "open files": (
+        "import resource\nfs = []\ntry:\n    while True: fs.append(open('/dev/null'))\n"
+        "except OSError as e: print(len(fs), resource.getrlimit(resource.RLIMIT_NOFILE), e.errno)\n",
+        None,
+    ),
+    "processes": (
+        "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(3)\n"
+        "            os._exit(0)\n        n += 1\nexcept OSError as e: print(n, e.errno)\n",
+        None,
+    ),
+    "output": ("import sys\nsys.stdout.write('y' * 10_000_000)\n", None),
+}
+
+
+@pytest.mark.parametrize("name", LIMITED)
+async def test_per_job_limits_bind_a_warm_run_as_a_cold_one(warm: Sandbox, cold: Sandbox, name: str) -> None:
+    code, limits = LIMITED[name]
+    job = Job(language="python", code=code, limits=limits or Limits())
+    want = await run(cold, job)
+    got = await warm_run(warm, job)
+    assert (want.reason is not None) or want.stdout, want  # the limit was reached
+    assert outcome(got) == outcome(want)
+
+
+async def test_a_job_asking_for_less_memory_than_a_ready_sandbox_holds_ends_as_a_cold_run(
+    warm: Sandbox, cold: Sandbox
+) -> None:
+    """memoryLimitMb=1 is valid through the API. The ready python sandbox's cgroup already holds its pre-started
+    interpreter, more than 1 MiB: lowering the limit under it must not turn into a server error."""
+    job = Job(language="python", code="print(1)\n", limits=Limits(memory_mb=1))
+    want = await run(cold, job)
+    assert want.reason == "memory_limit", want
+    got = await warm_run(warm, job)
+    assert outcome(got) == outcome(want)
+
+
+async def test_a_failed_warm_hand_over_leaks_no_descriptor() -> None:
+    """Whatever ends a warm take early (here the memory limit above), the sandbox's pipes are closed and its
+    processes reaped and its cgroup gone: repeated, it must not eat the server's descriptors or leave zombies."""
+    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
+    try:
+        await run(sandbox, Job(language="python", code="pass"))
+        await full(sandbox)
+        before = server_fds()
+        taken: list[Warm] = []
+        for _ in range(3):
+            await full(sandbox)
+            taken.append(ready_sandboxes(sandbox)[0])
+            with contextlib.suppress(Exception):
+                await warm_run(sandbox, Job(language="python", code="print(1)\n", limits=Limits(memory_mb=1)))
+        await full(sandbox)
+        assert server_fds() == before
+        for warm in taken:
+            assert warm.popen.returncode is not None and gone(warm.child_pid)
+            assert warm.cgroup is None or not any(Path(p).exists() for p in warm.cgroup.procs_files)
+    finally:
+        await sandbox.close()
+
+
+# -- churning the pool --------------------------------------------------------------------------------------------
+
+
+async def test_cancelling_a_run_at_each_step_of_a_warm_take_leaves_nothing() -> None:
+    """Cancelled after 1, 2, ... loop iterations: during the take, the hand-over, the job message (with a large
+    stdin behind it), the start of the program. Each sandbox taken is destroyed and none is counted in use."""
+    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
+    taken: list[Warm] = []
+    try:
+        await run(sandbox, Job(language="python", code="pass"))
+        await full(sandbox)
+        before = server_fds()
+        code = "import time\nprint('started', flush=True)\ntime.sleep(30)\n"
+        job = Job(language="python", code=code, stdin="x" * 200_000)
+        for spins in [*range(1, 12), 20, 40]:
+            await full(sandbox)
+            taken.append(ready_sandboxes(sandbox)[0])
+            task = asyncio.ensure_future(run(sandbox, job))
+            for _ in range(spins):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await full(sandbox)
+        assert server_fds() == before
+        assert sandbox.pool_status()["hits"] == len(taken)
+    finally:
+        await sandbox.close()
+    for warm in taken:
+        assert warm.popen.returncode is not None and gone(warm.child_pid), warm
+
+
+async def test_bursts_across_languages_leave_nothing_behind_once_closed() -> None:
+    """Alternating bursts of three languages against a budget of two: the pool churns (stale sandboxes discarded,
+    others started), and after close() the server has the descriptors and threads it had, and no sandbox is left."""
+    fds, threads = server_fds(), set(threading.enumerate())
+    sandbox = await Sandbox.create(make_settings(warm_pool=2, max_concurrent_jobs=4), languages=("python", "bash"))
+    seen: set[Warm] = set()
+    try:
+        for _ in range(3):
+            for language, code in (("python", "print(1)"), ("bash", "echo 1")):
+                results = await asyncio.gather(*(run(sandbox, Job(language=language, code=code)) for _ in range(4)))
+                assert [r.stdout for r in results] == ["1\n"] * 4, results
+                seen.update(ready_sandboxes(sandbox))
+        assert sandbox.pool_status()["hits"] >= 2
+    finally:
+        await sandbox.close()
+    assert server_fds() == fds
+    assert not [thread.name for thread in set(threading.enumerate()) - threads if thread.name.startswith("conveyor-")]
+    for warm in seen:
+        assert warm.popen.returncode is not None and gone(warm.child_pid), warm
