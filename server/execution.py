@@ -147,6 +147,7 @@ class Run:
         self._proc: asyncio.subprocess.Process | WarmProcess | None = None
         self._warm: Warm | None = None  # the warm sandbox this run took, if it did
         self._sender: asyncio.Task[None] | None = None  # writes the job message to a warm sandbox
+        self._gate: asyncio.StreamWriter | None = None  # that sandbox's job pipe: a stage's go-ahead
         self._cgroup: JobCgroup | None = None
         self._workdir: str | None = None
         self._transports: list[asyncio.BaseTransport] = []
@@ -271,6 +272,7 @@ class Run:
         proc, transports = await attach(warm)
         self._transports += transports
         self._sender = asyncio.create_task(_send(job, message))
+        self._gate = job
         return proc
 
     async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> asyncio.subprocess.Process:
@@ -356,6 +358,7 @@ class Run:
             if phase == "start":
                 started, deadline = now, now + self._limit_s(stage)
                 self._begin_stage(stage)
+                self._release()
                 continue
             self._record_time(stage, now - started)
             if stage == "run":
@@ -375,6 +378,12 @@ class Run:
         # is full) fails at once rather than blocking, and the job's teardown does not wait on it.
         if self._status_pipe is not None:
             self._status_pipe.close()
+
+    def _release(self) -> None:
+        """A warm sandbox's driver waits after each start report until the stage's accounting has begun."""
+        gate = self._gate
+        if gate is not None and not gate.transport.is_closing():
+            gate.write(b"g")
 
     def _begin_stage(self, stage: str) -> None:
         """Start a stage's accounting (the driver's own start-up is not the program's), and the job-wide CPU limit
@@ -558,11 +567,9 @@ def _text(data: bytes, truncated: bool) -> str:
 
 
 async def _send(job: asyncio.StreamWriter, message: bytes) -> None:
-    """Write a warm sandbox's job message and close the pipe (its driver then goes on as a cold one)."""
+    """Write a warm sandbox's job message (the pipe stays open for the stages' go-aheads: see Run._release)."""
     try:
         job.write(message)
         await job.drain()
     except (BrokenPipeError, ConnectionResetError):
-        pass  # the sandbox is gone: the status pipe's EOF ends the run
-    finally:
-        job.close()
+        job.close()  # the sandbox is gone: the status pipe's EOF ends the run

@@ -320,3 +320,24 @@ async def test_a_killed_server_takes_its_warm_sandboxes_and_their_jobs_along() -
         await server.wait()
     await wait_until_gone(lambda: host_processes_with(tag))
     await wait_until_gone(lambda: processes_of_server(server.pid))
+
+
+async def test_a_stage_runs_only_once_its_accounting_has_begun(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pre-started python can end a small program before the server has read its start report: the driver waits
+    for the server's go-ahead, so the memory peak and CPU base are taken first. (The server is made slow to react
+    here: 50 ms between reading the report and starting the accounting.)"""
+    from server import execution
+
+    begin = execution.Run._begin_stage
+
+    def slow_begin(run: execution.Run, stage: str) -> None:
+        time.sleep(0.05)
+        begin(run, stage)
+
+    monkeypatch.setattr(execution.Run, "_begin_stage", slow_begin)
+    code = "x = bytearray(32 << 20)\nprint(len(x))\n"
+    result = await warm_run(sandbox, Job(language="python", code=code))
+    assert result.stdout == f"{32 << 20}\n"
+    assert result.memory_peak_bytes is not None and result.memory_peak_bytes >= 32 << 20, result.memory_peak_bytes

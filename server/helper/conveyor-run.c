@@ -118,11 +118,22 @@ static int finish(int sfd, const char *name, pid_t pid) {
     return status;
 }
 
+/* A warm sandbox's job pipe, kept open after the job message: after each stage's start report the driver waits here
+ * for the server's go-ahead, so the server has reset the stage's accounting (the memory peak, the CPU base) before
+ * anything of the stage runs. A pre-started python finishes a small program within the time the server takes to
+ * read a report, and its peak and CPU time would otherwise be lost. NULL in drive mode. */
+static FILE *gate = NULL;
+
+static void await_gate(void) {
+    if (gate != NULL) (void)fgetc(gate);  /* a byte, or EOF if the server is gone (the sandbox then dies with it) */
+}
+
 /* Runs one stage and reports its start and its exact wait status; returns the wait status, or -1. */
 static int stage(int sfd, int cfd, const char *name, int to_pipe, char **cmd) {
     char line[64];
     snprintf(line, sizeof line, "%s-start\n", name);
     report(sfd, line);
+    await_gate();
     pid_t pid = fork();
     if (pid < 0) {
         snprintf(line, sizeof line, "%s-end error\n", name);
@@ -378,6 +389,7 @@ static int run_preloaded(int sfd, int cfd, pid_t pid, int go, char **limits, cha
     }
     close(cfd);
     report(sfd, "run-start\n");
+    await_gate();
     for (char **arg = argv; *arg != NULL; arg++)
         if (write_all(go, *arg, strlen(*arg) + 1) != 0) break;  /* a dead interpreter reports its own status */
     close(go);
@@ -405,7 +417,7 @@ static int warm(int argc, char **argv) {
     ungetc(first, in);
     char **preloaded = NULL;
     char **args = read_job(in, &preloaded);
-    fclose(in);
+    gate = in;  /* close-on-exec: no program gets it */
     /* args[1..] are drive's CPU FSIZE NOFILE NPROC AS N COMPILE... RUN... */
     long nargs = 0;
     while (args != NULL && args[nargs + 1] != NULL) nargs++;
