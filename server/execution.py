@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from .cgroups import JobCgroup
 from .driver import CHILD_PID, EXIT_CODE, STAGE_END, STATUS_LINE_LIMIT
 from .jobs import JobIO, Stream
-from .pool import Warm, WarmProcess, attach, children, writer
+from .pool import Warm, WarmProcess, attach, children, reader, writer
 from .settings import Settings
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
 
@@ -301,13 +301,10 @@ class Run:
         ]
 
     async def _reader(self, fd: int, limit: int = READ_SIZE) -> asyncio.StreamReader:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        self._raw_fds.remove(fd)
-        pipe = os.fdopen(fd, "rb", buffering=0)  # owns the fd now; closed with its transport
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+        self._raw_fds.remove(fd)  # its transport owns it from here on, and closes it
+        stream, transport = await reader(fd, limit)
         self._transports.append(transport)
-        return reader
+        return stream
 
     async def _supervise(self, status: asyncio.StreamReader) -> None:
         """Follow the driver's stage reports and kill the tree when a stage outlives its deadline.

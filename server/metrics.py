@@ -115,39 +115,34 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
-        self.wait_time = Histogram(
+        self.wait_time = self._histogram(
             "job_wait_seconds",
             "Time from submission to start, for jobs that ran.",
             ["language"],
-            namespace=NAMESPACE,
-            buckets=WAIT_BUCKETS,
-            registry=self.registry,
+            WAIT_BUCKETS,
         )
-        self.execution_time = Histogram(
+        self.execution_time = self._histogram(
             "job_execution_seconds",
             "Time the program ran (compilation excluded).",
             ["language"],
-            namespace=NAMESPACE,
-            buckets=EXECUTION_BUCKETS,
-            registry=self.registry,
+            EXECUTION_BUCKETS,
         )
 
-        self.cpu_time = Histogram(
+        self.cpu_time = self._histogram(
             "job_cpu_seconds",
             "CPU time of a stage's whole process tree (from the job's cgroup).",
             ["language", "stage"],
-            namespace=NAMESPACE,
-            buckets=EXECUTION_BUCKETS,
-            registry=self.registry,
+            EXECUTION_BUCKETS,
         )
-        self.memory_peak = Histogram(
+        self.memory_peak = self._histogram(
             "job_memory_peak_bytes",
             "Peak memory of a stage (from the job's cgroup: page cache and tmpfs files included, as the limit counts).",
             ["language", "stage"],
-            namespace=NAMESPACE,
-            buckets=MEMORY_BUCKETS,
-            registry=self.registry,
+            MEMORY_BUCKETS,
         )
+
+    def _histogram(self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, documentation, labels, namespace=NAMESPACE, buckets=buckets, registry=self.registry)
 
     def on_event(self, event: Event) -> None:
         """The queue listener. Runs on the queue's path: synchronous, O(1) and never raises."""

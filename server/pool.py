@@ -130,19 +130,20 @@ class WarmProcess:
 
 async def attach(warm: Warm) -> tuple[WarmProcess, list[asyncio.BaseTransport]]:
     """Hand a taken sandbox's stdio to the running loop; returns the process and the transports to close."""
-    loop = asyncio.get_running_loop()
-    transports: list[asyncio.BaseTransport] = []
-    readers = []
-    for fd in (warm.stdout, warm.stderr):
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        pipe = os.fdopen(fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(lambda p=protocol: p, pipe)  # type: ignore[misc]
-        transports.append(transport)
-        readers.append(reader)
+    stdout, stdout_pipe = await reader(warm.stdout)
+    stderr, stderr_pipe = await reader(warm.stderr)
     stdin = await writer(warm.stdin)
-    transports.append(stdin.transport)
-    return WarmProcess(warm.popen, stdin, readers[0], readers[1]), transports
+    return WarmProcess(warm.popen, stdin, stdout, stderr), [stdout_pipe, stderr_pipe, stdin.transport]
+
+
+async def reader(fd: int, limit: int = 65536) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """A StreamReader over a pipe's read end (whose transport then owns it)."""
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(stream, loop=loop)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+    return stream, transport
 
 
 async def writer(fd: int) -> asyncio.StreamWriter:
@@ -230,6 +231,7 @@ class WarmPool:
             self.in_use -= 1
 
     def stats(self) -> dict[str, Any]:
+        """The pool's state for /health (WarmPool in openapi.json), /metrics and the dashboard."""
         with self._lock:
             targets = self._demand.targets(time.monotonic())
             languages = {
@@ -320,6 +322,12 @@ class WarmPool:
         if not keep:
             warm.discard()
         return True
+
+
+def off() -> dict[str, Any]:
+    """WarmPool.stats() of a server without a pool (WARM_POOL=0, SANDBOX=none, no C helper)."""
+    return {"enabled": False, "budget": 0, "ready": 0, "inUse": 0, "hits": 0, "misses": 0, "failures": 0,
+            "refillMs": None, "languages": {}}  # fmt: skip
 
 
 def wait_ready(warm_popen: subprocess.Popen[bytes], status: int) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from . import driver, packages, seccomp
+from . import driver, packages, pool, seccomp
 from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
@@ -539,10 +539,7 @@ class Sandbox:
 
     def pool_status(self) -> dict[str, Any]:
         """The warm pool's state for /health, /metrics and the dashboard."""
-        if self.pool is None:
-            return {"enabled": False, "budget": 0, "ready": 0, "inUse": 0, "hits": 0, "misses": 0, "failures": 0,
-                    "refillMs": None, "languages": {}}  # fmt: skip
-        return self.pool.stats()
+        return self.pool.stats() if self.pool is not None else pool.off()
 
     # -- what the API shows ----------------------------------------------------------------------------------
 

@@ -49,26 +49,24 @@ def start_warm(launcher: Launcher, spec: Spec, *, nice: int) -> Warm:
     thread: plain pipes and subprocess, no event loop)."""
     assert spec.language is not None
     cgroup = launcher.job_cgroup(spec.name)
-    ours: list[int] = []  # the host's ends, kept by the Warm
-    theirs: list[int] = []  # the sandbox's, closed once it has them
+    ours: dict[str, int] = {}  # the host's ends, kept by the Warm
+    theirs: dict[str, int] = {}  # the sandbox's, closed once it has them
     try:
-        for _ in range(6):  # status, compile, job, stdin, stdout, stderr
+        for name in ("status", "compile", "stdout", "stderr", "job", "stdin"):
             read, write = os.pipe()
-            ours.append(above_stdio(read))
-            theirs.append(above_stdio(write))
-        status, compile_, job, stdin, stdout, stderr = zip(ours, theirs, strict=True)
-        ours[2], theirs[2] = job[1], job[0]  # the sandbox reads the job and stdin; the host writes them
-        ours[3], theirs[3] = stdin[1], stdin[0]
-        fds = Fds(status=status[1], compile=compile_[1])
+            # The host reads what the sandbox reports and prints; it writes the job message and the program's stdin.
+            host, sandbox = (write, read) if name in ("job", "stdin") else (read, write)
+            ours[name], theirs[name] = above_stdio(host), above_stdio(sandbox)
+        fds = Fds(status=theirs["status"], compile=theirs["compile"])
         extra = sandbox_fds(launcher, fds, spec)
-        argv = launcher.warm_argv(spec, fds, cgroup, job[0], nice=nice)
+        argv = launcher.warm_argv(spec, fds, cgroup, theirs["job"], nice=nice)
         try:
             popen = subprocess.Popen(
                 argv,
-                stdin=stdin[0],
-                stdout=stdout[1],
-                stderr=stderr[1],
-                pass_fds=[status[1], compile_[1], job[0], *extra],
+                stdin=theirs["stdin"],
+                stdout=theirs["stdout"],
+                stderr=theirs["stderr"],
+                pass_fds=[theirs["status"], theirs["compile"], theirs["job"], *extra],
                 start_new_session=True,
                 env=launcher.env(spec, None),
                 cwd="/",
@@ -77,18 +75,18 @@ def start_warm(launcher: Launcher, spec: Spec, *, nice: int) -> Warm:
             for fd in extra:
                 os.close(fd)
     except BaseException:
-        for fd in ours + theirs:
+        for fd in (*ours.values(), *theirs.values()):
             os.close(fd)
         if cgroup is not None:
             cgroup.remove_now()
         raise
-    for fd in theirs:
+    for fd in theirs.values():
         os.close(fd)
     try:
-        child_pid = wait_ready(popen, status[0])
+        child_pid = wait_ready(popen, ours["status"])
     except BaseException:
         end(popen, cgroup)
-        for fd in ours:
+        for fd in ours.values():
             os.close(fd)
         raise
     return Warm(
@@ -96,12 +94,12 @@ def start_warm(launcher: Launcher, spec: Spec, *, nice: int) -> Warm:
         popen=popen,
         cgroup=cgroup,
         child_pid=child_pid,
-        job=job[1],
-        stdin=stdin[1],
-        stdout=stdout[0],
-        stderr=stderr[0],
-        status=status[0],
-        compile=compile_[0],
+        job=ours["job"],
+        stdin=ours["stdin"],
+        stdout=ours["stdout"],
+        stderr=ours["stderr"],
+        status=ours["status"],
+        compile=ours["compile"],
         niced=nice != 0,
     )
 

@@ -6,7 +6,9 @@ language's first job runs in a warm sandbox; these tests check that they did, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -341,3 +343,69 @@ async def test_a_stage_runs_only_once_its_accounting_has_begun(
     result = await warm_run(sandbox, Job(language="python", code=code))
     assert result.stdout == f"{32 << 20}\n"
     assert result.memory_peak_bytes is not None and result.memory_peak_bytes >= 32 << 20, result.memory_peak_bytes
+
+
+def test_the_demand_record_is_bounded() -> None:
+    """However many jobs a language gets, its record of takes holds at most 1,024 times."""
+    demand = Demand(budget=4, per_language_max=4)
+    for i in range(5000):
+        demand.record("python", i / 100)
+    assert len(demand._takes["python"]) == 1024
+    assert demand.targets(50.0) == {"python": 4}
+
+
+def message(run: list[bytes], files: bytes = b"0\0") -> bytes:
+    """A job message (driver.job_message's format): no rlimits, no compile stage, `run`, no environment."""
+    args = [b"10", b"1000000", b"256", b"-", b"-", b"0", *run]
+    return b"".join(f + b"\0" for f in [str(len(args)).encode(), *args, b"0"]) + files + b"0\0"
+
+
+# Each is a whole message that would run `true` but for one thing wrong with it.
+HOSTILE_MESSAGES = {
+    "an argument past 1 MiB": message([b"true", b"x" * (1 << 20)]),
+    "more than 65,536 arguments": message([b"true", *([b"x"] * 65536)]),
+    "more than 65,536 files": message([b"true"], b"65537\0" + b"".join(b"f%d\x001\0x" % i for i in range(65537))),
+    "a file shorter than its size": message([b"true"], b"1\0made\0" + b"100\0short")[:-2],
+    "a file over a directory": message([b"true"], b"1\0sub\0" + b"1\0x"),
+    "a file count that is not a number": message([b"true"], b"-1\0"),
+}
+
+
+def drive_warm(cwd: Path, job_message: bytes) -> tuple[int, bytes]:
+    """Run the C driver's `wait` mode on the host with one job message; its exit status and status reports."""
+    from server.sandbox import HELPER
+
+    job_r, job_w = os.pipe()
+    status_r, status_w = os.pipe()
+    compile_r, compile_w = os.pipe()
+    argv = [str(HELPER), "wait", str(job_r), str(status_w), str(compile_w)]
+    with subprocess.Popen(argv, cwd=cwd, pass_fds=[job_r, status_w, compile_w]) as proc:
+        for fd in (job_r, status_w, compile_w):
+            os.close(fd)
+        try:
+            assert os.read(status_r, 64) == b"ready\n"
+            with contextlib.suppress(BrokenPipeError):
+                os.write(job_w, job_message)
+            os.close(job_w)  # also the go-ahead for each stage (EOF)
+            code = proc.wait(10)
+            reports = b""
+            while chunk := os.read(status_r, 1024):
+                reports += chunk
+            return code, reports
+        finally:
+            os.close(status_r)
+            os.close(compile_r)
+
+
+def test_the_warm_driver_runs_a_well_formed_job_message(tmp_path: Path) -> None:
+    """The control for the test below: the same message, well formed, runs its program."""
+    assert drive_warm(tmp_path, message([b"true"], b"1\0made\0" + b"2\0ok")) == (0, b"run-start\nrun-end exit 0\n")
+    assert (tmp_path / "made").read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize("name", HOSTILE_MESSAGES)
+def test_the_warm_driver_refuses_a_malformed_job_message(tmp_path: Path, name: str) -> None:
+    """The server validates a job before it is written, and the C driver's own bounds refuse what would get past:
+    exit 120 before any stage starts (the sandbox is then destroyed, whatever the driver wrote)."""
+    (tmp_path / "sub").mkdir()
+    assert drive_warm(tmp_path, HOSTILE_MESSAGES[name]) == (120, b"")

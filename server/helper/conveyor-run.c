@@ -276,6 +276,7 @@ static int write_file(FILE *in, char *path, long long size) {
     while (size > 0) {
         size_t want = size < (long long)sizeof buf ? (size_t)size : sizeof buf;
         size_t got = fread(buf, 1, want, in);
+        if (got == 0 && !ferror(in)) errno = EPIPE;  /* the message ended inside the file */
         if (got == 0 || write_all(fd, buf, got) != 0) {
             close(fd);
             return -1;
@@ -300,7 +301,7 @@ static char **fields(FILE *in) {
  * argv for a pre-started interpreter (empty: run the program as drive does). */
 static char **read_job(FILE *in, char ***preload) {
     long nargs = count(in, COUNT_MAX);
-    if (nargs < 8) return NULL;
+    if (nargs < 7) return NULL;  /* CPU FSIZE NOFILE NPROC AS N, and a program */
     char **args = calloc((size_t)nargs + 2, sizeof *args);
     if (args == NULL) return NULL;
     for (long i = 1; i <= nargs; i++)
