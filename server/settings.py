@@ -211,6 +211,14 @@ class Settings:
         "`python -m server packages install` into read-only layers under `CACHE_DIR` "
         "(see [docs/cache.md](docs/cache.md))",
     )
+    cgroup_manager: str = _env(
+        "CGROUP_MANAGER",
+        _choice("auto", "systemd", "cgroupfs"),
+        "auto",
+        "how the server claims its cgroup v2 subtree: `auto` uses a cgroup systemd delegated to it, else asks "
+        "systemd for a delegated scope, else (root, no systemd) makes `/sys/fs/cgroup/conveyor`; `systemd` and "
+        "`cgroupfs` allow only those ways (see [Where it runs](#where-it-runs))",
+    )
     # Without a memory cgroup the server refuses to start unless this accepts per-process limits.
     allow_per_process_limits: bool = _env(
         "ALLOW_PER_PROCESS_LIMITS",
