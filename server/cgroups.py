@@ -61,6 +61,7 @@ class _Hierarchy:
     controllers: tuple[str, ...]
     own: Path  # where this process creates its directory: its claimed v2 subtree, or its own v1 cgroup
     how: str  # how that cgroup was obtained, for the start-up line
+    removable: bool = False  # `own` is a subtree we made (delegation.Claim.removable): removed once empty
 
     def label(self, controller: str) -> str:
         return f"cgroup v{self.version} {controller}"
@@ -135,7 +136,7 @@ def _find_hierarchies(manager: str) -> tuple[list[_Hierarchy], str | None]:
             else:
                 in_v2 = claimed.controllers
                 if in_v2:
-                    found.append(_Hierarchy(2, in_v2, claimed.root, claimed.how))
+                    found.append(_Hierarchy(2, in_v2, claimed.root, claimed.how, claimed.removable))
                 missing = [c for c in wanted if c not in in_v2]
                 if missing:
                     problem = (
@@ -332,6 +333,9 @@ class Cgroups:
         """Remove this server's directories (job cgroups are removed as their jobs end)."""
         for hierarchy, base in self._bases:
             _remove_tree(base, hierarchy)
+            if hierarchy.removable:
+                with contextlib.suppress(OSError):  # other servers' directories still in it: the last one removes it
+                    hierarchy.own.rmdir()
         self._bases = []
         if self._guard is not None:
             self._guard.stop()

@@ -11,6 +11,7 @@ on a job's OOM kill, and systemd may rewrite it at any time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -43,6 +44,7 @@ class Claim:
     root: Path
     controllers: tuple[str, ...]
     how: str
+    removable: bool = False  # ours to remove once empty (root's own subtree); systemd removes what it gave
 
 
 _lock = threading.Lock()
@@ -108,7 +110,8 @@ def _own_subtree(mount: Path, wanted: tuple[str, ...]) -> Claim:
     _enable(mount, usable)
     subtree = mount / SUBTREE
     subtree.mkdir(exist_ok=True)
-    return take(subtree, wanted, f"its own subtree of the cgroup v2 root ({mount}, as root)")
+    claimed = take(subtree, wanted, f"its own subtree of the cgroup v2 root ({mount}, as root)")
+    return dataclasses.replace(claimed, removable=True)
 
 
 def take(cgroup: Path, wanted: tuple[str, ...], how: str) -> Claim:
