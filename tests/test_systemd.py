@@ -134,7 +134,7 @@ def test_a_delegated_scope_is_asked_for_and_claimed(manager: Manager, scratch: P
     session.mkdir()
     got = _ask(manager, session)
     assert [call[0] for call in manager.calls] == (["Hello"] if bus else []) + ["StartTransientUnit"]
-    name, mode, properties, aux = manager.calls[-1][1]  # type: ignore[misc]
+    name, mode, properties, aux = manager.calls[-1][1]
     props = dict(properties)  # type: ignore[call-overload]
     assert str(name).startswith("conveyor-") and str(name).endswith(".scope") and mode == "fail" and aux == []
     assert props["Delegate"] == ("b", True) and props["PIDs"] == ("au", [got["pid"]])
