@@ -135,6 +135,42 @@ async def test_close_releases_every_waiter(make_queue: MakeQueue, gate: Gate, ba
         assert isinstance(waited, ShuttingDown) and waited.body()["jobId"] == queued.id
 
 
+async def test_close_wakes_an_idle_claim_loop_without_cancelling_the_stores_wait(make_queue: MakeQueue) -> None:
+    """close() used to wait out the claim loop's wake-up (WAKE_TIMEOUT_S at every shutdown) and then cancel it
+    inside the store's wait, which redis-py was seen to hang on. Here the store's wait lasts an hour: close() must
+    end the loop by waking it, and the store's wait may end only once the store is closed."""
+    queue = await make_queue(max_concurrent=1)
+    order: list[str] = []
+    entered = asyncio.Event()
+    real_wait, real_close = queue.store.wait_for_work, queue.store.close
+
+    async def long_wait(timeout: float) -> None:
+        order.append("waiting")
+        entered.set()
+        try:
+            await real_wait(3600)
+        except asyncio.CancelledError:
+            order.append("wait cancelled")
+            raise
+        except Exception:
+            order.append("wait failed")  # Redis: the closed connection ends the blocking pop
+            raise
+        order.append("wait ended")
+
+    async def close() -> None:
+        order.append("store closed")
+        await real_close()
+
+    queue.store.wait_for_work = long_wait
+    queue.store.close = close
+    await entered.wait()
+    claim_loop = queue._loops[1]
+    await queue.close()
+    assert claim_loop.done() and not claim_loop.cancelled()  # it returned: woken, not cancelled
+    # One wait (the loop left at once, not after another round), ended only after the store closed.
+    assert order[:2] == ["waiting", "store closed"] and len(order) == 3, order
+
+
 async def test_a_waiter_of_a_job_the_store_lost_gets_an_answer(make_queue: MakeQueue, backend: str) -> None:
     queue = await make_queue(max_concurrent=1, worker_slots=0)
     j = await queue.submit(job("never runs"))
