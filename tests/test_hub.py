@@ -136,6 +136,48 @@ async def test_interactive_input_round_trip_and_eof(client: Client) -> None:
     assert rest[-1]["type"] == "completed"
 
 
+async def test_interactive_run_with_stdin_gets_it_once(client: Client) -> None:
+    # The editor sends its stdin box with every interactive run: the program must read it once, not twice.
+    ws = await connect(client)
+    code = "import sys\nsys.stdout.write(repr(sys.stdin.read()))"
+    await ws.send_json({"type": "run", "language": "python", "code": code, "stdin": "abc\n", "interactive": True})
+    job_id = (await recv(ws))["jobId"]
+    await until(ws, "running")
+    await ws.send_json({"type": "eof", "jobId": job_id})
+    rest = await until(ws, TERMINAL)
+    assert "".join(m["data"] for m in rest if m["type"] == "output") == repr("abc\n")
+
+
+async def test_stdin_sent_while_queued_waits_for_the_program(app_client: AppClientFactory) -> None:
+    client = await app_client(max_concurrent_jobs=1, max_stdin_bytes=64)
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "python", "code": "import time\ntime.sleep(1.5)"})
+    blocker = (await recv(ws))["jobId"]
+    code = "import sys\nsys.stdout.write(repr(sys.stdin.read()))"
+    await ws.send_json({"type": "run", "language": "python", "code": code, "stdin": "a\n", "interactive": True})
+    queued = await recv(ws)
+    while queued.get("type") != "queued" or queued["jobId"] == blocker:
+        queued = await recv(ws)
+    job_id = queued["jobId"]
+    assert queued["position"] is not None  # still waiting behind the blocker
+    await ws.send_json({"type": "stdin", "jobId": job_id, "data": "b\n"})
+    # Past the input budget, a queued job's input is refused as a running job's is, and the job goes on.
+    await ws.send_json({"type": "stdin", "jobId": job_id, "data": "x" * 64})
+    errors: list[dict[str, Any]] = []
+    while not errors:
+        message = await recv(ws)
+        if message["type"] == "error":
+            errors.append(message)
+    assert errors[0]["error"] == "Input backlog full" and errors[0]["jobId"] == job_id, errors
+    await ws.send_json({"type": "eof", "jobId": job_id})
+    seen: list[dict[str, Any]] = []
+    while not any(m["type"] in TERMINAL and m["jobId"] == job_id for m in seen):
+        seen.append(await recv(ws))
+    assert not [m for m in seen if m["type"] == "error"], seen
+    output = "".join(m["data"] for m in seen if m["type"] == "output" and m["jobId"] == job_id)
+    assert output == repr("a\nb\n")
+
+
 async def test_stop_a_running_infinite_loop(client: Client) -> None:
     ws = await connect(client)
     await ws.send_json({"type": "run", "language": "python", "code": "while True:\n    pass"})

@@ -62,7 +62,7 @@ class QueueBackend(Protocol):
         """Wait until the job is finished and return it."""
 
     async def write_stdin(self, job_id: str, data: bytes | None) -> None:
-        """Feed live stdin to a running interactive job (None closes it). Conflict if not accepting input,
+        """Feed live stdin to a queued or running interactive job (None closes it). Conflict if not accepting input,
         InputBacklog past MAX_STDIN_BYTES of input the program has not read yet."""
 
     async def read_events(self, job_id: str, since: int) -> list[Event]:

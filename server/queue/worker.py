@@ -373,9 +373,8 @@ class Worker:
         run = Running(job)
         self._running[job.id] = run
         if job.interactive:
+            # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-            if job.stdin:  # what came with the submission goes first, then live input
-                run.stdin.put_nowait(job.stdin.encode())
         run.task = asyncio.create_task(self._execute(run), name=f"job-{job.id}")
         run.task.add_done_callback(lambda _: self._after_run(run))
         stop = stop or self._early_stops.pop(job.id, None)
