@@ -14,7 +14,7 @@ from aiohttp import WSCloseCode, web
 from .access import Handles, may_read
 from .connection import Connection, handle_ws
 from .errors import BackendUnavailable, Forbidden, TooManyRequests
-from .events import Event
+from .events import Event, topic_event
 from .identity import Client, anonymous, peer_ip
 from .jobs import TERMINAL_TYPES, Job, Runner
 from .keys import CLIENT, HUB
@@ -291,14 +291,15 @@ class Hub:
                         continue  # the replay sent it already
                     conn.sent[job_id] = seq
                 conn.send(data)
-        if kind != "output":
-            # Lifecycle metadata only: the queue topic never carries code, stdin or output, and only admins get
-            # the id (a capability); everyone else a display handle.
-            if self._topic or self._snapshot is not None:
+        if kind not in ("output", "test"):
+            # Lifecycle metadata only (events.topic_event): the queue topic never carries code, stdin, output or a
+            # test's fields, and only admins get the id (a capability); everyone else a display handle.
+            shown = topic_event(event) if self._topic or self._snapshot is not None else None
+            if shown is not None:
                 handle = self.handles(job_id)
-                viewer = {k: v for k, v in event.items() if k != "jobId"}
+                viewer = {k: v for k, v in shown.items() if k != "jobId"}
                 viewer["handle"] = handle
-                self._to_topic(orjson.dumps({**event, "handle": handle}), orjson.dumps(viewer))
+                self._to_topic(orjson.dumps({**shown, "handle": handle}), orjson.dumps(viewer))
             self._stats_dirty.set()
             if self._positions:  # a start, an end or a higher-priority arrival moves the line
                 self._positions_dirty.set()

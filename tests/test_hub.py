@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app
 from server.jobs import Runner
 from server.keys import HUB
-from tests.conftest import AppClientFactory, make_settings
+from tests.conftest import AppClientFactory, keys_file, make_settings
 
 Client = TestClient[web.Request, web.Application]
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
@@ -226,6 +226,31 @@ async def test_queue_topic_sees_rest_jobs_and_stats_without_output(client: Clien
     assert "secret output" not in raw and "print(" not in raw and job["id"] not in raw
     stats = [m for m in messages if m["type"] == "stats"]
     assert stats and "queueLength" in stats[-1]
+
+
+async def test_queue_topic_never_carries_a_key_users_tests_or_output(app_client: AppClientFactory, tmp_path: Path) -> None:
+    # The attack: an anonymous dashboard viewer while a key user's job runs hidden tests whose input it echoes.
+    client = await app_client(api_keys_file=keys_file(tmp_path, {"alice": ("alice-secret", False)}))
+    spy = await connect(client)
+    await spy.send_json({"type": "subscribe", "topic": "queue"})
+    assert (await recv(spy))["type"] == "snapshot"
+    run = {
+        "language": "python",
+        "code": "print(input())",
+        "tests": [{"stdin": "hidden-input-1\n", "expectedOutput": "x"}, {"stdin": "hidden-input-2\n"}],
+    }
+    resp = await client.post("/run", json=run, headers={"Authorization": "Bearer alice-secret"})
+    assert resp.status == 200, await resp.text()
+    messages = await until(spy, TERMINAL)
+    raw = orjson.dumps(messages).decode()
+    assert "hidden-input" not in raw and "print(" not in raw
+    assert not [m for m in messages if m["type"] in ("test", "output")], messages
+    allowed = {"type", "handle", "seq", "language", "priority", "createdAt", "retried", "startedAt", "waitTimeMs"}
+    allowed |= {"exitCode", "signal", "reason", "truncated", "executionTimeMs", "compileTimeMs", "cpuTimeMs"}
+    allowed |= {"memoryPeakBytes", "compileCpuTimeMs", "compileMemoryPeakBytes", "queueLength", "runningCount"}
+    for message in messages:
+        if message["type"] not in ("stats",):
+            assert set(message) <= allowed, message
 
 
 async def test_resume_with_since_replays_missed_output(client: Client) -> None:
