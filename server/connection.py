@@ -329,6 +329,8 @@ class Connection:
         job = await readable_job(self.hub.queue, self.client, job_id)
         if len(self.jobs) >= MAX_WATCHED and job_id not in self.jobs:
             raise BadRequest(f"A connection watches at most {MAX_WATCHED} jobs; unsubscribe from some first.")
+        if self.hub.check_read is not None:
+            await self.hub.check_read(self.client)
         await self.hub.watch(self, job_id, since=since)
         if is_owner(self.client, job) or job_id in self.submitted:
             self.hub.adopt(self, job)

@@ -19,8 +19,9 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.jobs import Runner
-from server.keys import HUB
+from server.keys import HUB, QUEUE
 from tests.conftest import AppClientFactory, keys_file, make_settings
+from tests.queues import eventually
 
 Client = TestClient[web.Request, web.Application]
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
@@ -467,3 +468,51 @@ async def test_run_messages_draw_from_the_submit_bucket(app_client: AppClientFac
     # The socket stays open and usable.
     await ws.send_json({"type": "ping"})
     assert (await until(ws, "pong"))[-1]["type"] == "pong"
+
+
+async def test_a_replay_draws_from_the_read_bucket(app_client: AppClientFactory) -> None:
+    # A 60-byte `subscribe` replays a whole job's log (up to MAX_OUTPUT_BYTES): each one is a read, like GET /queue/job.
+    client = await app_client(rate_limit_read_requests=4)
+    job = await (await client.post("/run", json={"language": "python", "code": "print('x' * 100_000)"})).json()
+    ws = await connect(client)  # the connect draws one read
+    replays = 0
+    for _ in range(6):
+        await ws.send_json({"type": "subscribe", "jobId": job["id"]})
+        reply = await until(ws, {"subscribed", "error"})
+        if reply[-1]["type"] == "error":
+            assert reply[-1]["error"] == "Too many requests" and reply[-1]["retryAfter"] >= 1
+            assert not [m for m in reply if m["type"] == "output"]  # refused before the replay
+            break
+        replays += 1
+        await ws.send_json({"type": "unsubscribe", "jobId": job["id"]})
+        await until(ws, "unsubscribed")
+    assert replays == 3  # four reads: the connect and three replays
+    queue = client.app[QUEUE]
+    await eventually(lambda: _rate_limited(queue))  # counted with the other 429s
+
+
+async def _rate_limited(queue: Any) -> bool:
+    return bool((await queue.stats())["totalRateLimited"] >= 1)
+
+
+async def test_a_topic_snapshot_on_redis_reads_summaries_not_jobs(
+    aiohttp_client: Any, sandbox: Runner, redis_url: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    app = create_app(make_settings(redis_url=redis_url, stats_interval_ms=1), runner=sandbox)
+    client: Client = await aiohttp_client(app)
+    for _ in range(3):  # three finished jobs of ~300 KB each: a whole read would be ~1 MB out of Redis
+        resp = await client.post("/run", json={"language": "python", "code": "print('x' * 300_000)"})
+        assert resp.status == 200
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        before = int((await direct.info("stats"))["total_net_output_bytes"])
+        ws = await connect(client)
+        await ws.send_json({"type": "subscribe", "topic": "queue"})
+        snapshot = await until(ws, "snapshot")
+        after = int((await direct.info("stats"))["total_net_output_bytes"])
+    finally:
+        await direct.aclose()
+    assert len(snapshot[-1]["jobs"]) == 3
+    assert after - before < 100_000, after - before

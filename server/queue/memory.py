@@ -314,7 +314,7 @@ class MemoryStore:
                     places[job_id] = rank
         return places
 
-    async def recent(self, limit: int) -> list[Job]:
+    async def recent(self, limit: int, *, whole: bool = True) -> list[Job]:
         active = sorted((r.job for r in self._active.values()), key=lambda j: j.created_at)
         finished = [r.job for r in itertools.islice(reversed(self._finished.values()), limit)][::-1]
         return (finished + active)[-limit:]

@@ -192,8 +192,8 @@ class Worker:
     async def positions(self, job_ids: list[str]) -> dict[str, int | None]:
         return await self.store.positions(job_ids)
 
-    async def recent(self, limit: int = 100) -> list[Job]:
-        return await self.store.recent(limit)
+    async def recent(self, limit: int = 100, *, whole: bool = True) -> list[Job]:
+        return await self.store.recent(limit, whole=whole)
 
     async def listing(self, finished: int) -> list[Job]:
         return await self.store.listing(finished)
