@@ -293,15 +293,27 @@ async def test_subscribe_to_a_rest_job_replays_from_the_start(client: Client) ->
         ('{"type": "run", "language": "cobol", "code": "x", "requestId": "q"}', "Bad request"),
         ('{"type": "stdin", "jobId": "nope", "data": "x"}', "Not found"),
         ('{"type": "subscribe", "jobId": 5}', "Bad request"),
+        ('{"type": [1]}', "Bad request"),
+        ('{"type": {"a": 1}}', "Bad request"),
+        ('{"type": "run", "language": "python", "code": "x", "stdn": "typo"}', "Bad request"),
+        ('{"type": "run", "language": "python", "code": "x", "requestId": ' + "[" * 300 + "]" * 300 + "}", "Bad request"),
+        ('{"type": "run", "language": "python", "code": "x", "requestId": "' + "r" * 200 + '"}', "Bad request"),
+        ('{"type": "ping", "requestId": {"a": [1]}}', "Bad request"),
     ],
 )
-async def test_bad_frames_get_an_error_and_the_socket_stays_open(client: Client, frame: str, error: str) -> None:
+async def test_bad_frames_get_an_error_and_the_socket_stays_open(
+    client: Client, frame: str, error: str, caplog: pytest.LogCaptureFixture
+) -> None:
     ws = await connect(client)
     await ws.send_str(frame)
     message = await recv(ws)
     assert message["type"] == "error" and message["error"] == error and message["message"]
-    if '"requestId"' in frame:
+    assert "went wrong" not in message["message"]
+    assert not [r for r in caplog.records if r.exc_info], "a bad frame must not end in a traceback"
+    if '"requestId": "q"' in frame:
         assert message["requestId"] == "q"
+    elif '"requestId"' in frame:
+        assert message["field"] == "requestId" and "requestId" not in message
     await ws.send_json({"type": "ping"})
     assert (await recv(ws))["type"] == "pong"
 
