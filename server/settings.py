@@ -382,6 +382,12 @@ class Settings:
     max_batch_size: int = _env(
         "MAX_BATCH_SIZE", _int_range(1, 1000), 20, "submissions in one `POST /runs`, jobs in one `GET /runs`"
     )
+    max_batch_answer_bytes: int = _env(
+        "MAX_BATCH_ANSWER_BYTES",
+        _int_range(65_536, 1 << 30),
+        16 * 1024 * 1024,
+        "bytes of one `GET /runs` answer; jobs past it are named with their own URL instead (the first always fits)",
+    )
     callback_secret: str = _env(
         "CALLBACK_SECRET", _text, "", "key of the `X-Conveyor-Signature` HMAC-SHA256 on callbacks; empty: unsigned"
     )

@@ -259,6 +259,32 @@ async def test_stdin_past_the_budget_is_refused_and_the_job_goes_on(make_queue: 
         assert await queue.store._redis.exists(f"conveyor:stdin:{j.id}") == 0
 
 
+async def test_stdin_for_a_queued_job_waits_within_the_budget(make_queue: MakeQueue, backend: str) -> None:
+    async def echo(job: Job, io: JobIO) -> ExecutionResult:
+        assert io.stdin is not None
+        parts = []
+        while (chunk := await io.stdin.get()) is not None:
+            parts.append(chunk)
+        return ExecutionResult(exit_code=0, stdout=b"".join(parts).decode())
+
+    queue = await make_queue(executor=echo, max_stdin_bytes=1000, max_concurrent=1)
+    blocker = await queue.submit(job("block", interactive=True))
+    await eventually(lambda: _running(queue, blocker.id))
+    waiting = await queue.submit(job("x", interactive=True))
+    cancelled = await queue.submit(job("y", interactive=True))
+    await queue.write_stdin(waiting.id, b"a" * 600)
+    with pytest.raises(InputBacklog):
+        await queue.write_stdin(waiting.id, b"b" * 600)  # the budget holds while it waits too
+    await queue.write_stdin(waiting.id, None)
+    await queue.write_stdin(cancelled.id, b"gone")
+    await queue.cancel(cancelled.id)
+    if backend == "redis":  # a cancelled job's waiting input goes with it
+        assert await queue.store._redis.exists(f"conveyor:stdin:{cancelled.id}") == 0
+    await queue.write_stdin(blocker.id, None)
+    done = await queue.wait(waiting.id)
+    assert done.status is JobStatus.COMPLETED and done.result is not None and done.result.stdout == "a" * 600
+
+
 async def _running(queue: Worker, job_id: str) -> bool:
     return await status_of(queue, job_id) is JobStatus.RUNNING
 

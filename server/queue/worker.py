@@ -200,8 +200,8 @@ class Worker:
     async def positions(self, job_ids: list[str]) -> dict[str, int | None]:
         return await self.store.positions(job_ids)
 
-    async def recent(self, limit: int = 100) -> list[Job]:
-        return await self.store.recent(limit)
+    async def recent(self, limit: int = 100, *, whole: bool = True) -> list[Job]:
+        return await self.store.recent(limit, whole=whole)
 
     async def listing(self, finished: int) -> list[Job]:
         return await self.store.listing(finished)
@@ -401,9 +401,8 @@ class Worker:
         run = Running(job)
         self._running[job.id] = run
         if job.interactive:
+            # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-            if job.stdin:  # what came with the submission goes first, then live input
-                run.stdin.put_nowait(job.stdin.encode())
         run.task = asyncio.create_task(self._execute(run), name=f"job-{job.id}")
         run.task.add_done_callback(lambda _: self._after_run(run))
         stop = stop or self._early_stops.pop(job.id, None)
