@@ -94,6 +94,8 @@ class Sandbox:
         # As root, drop to an unprivileged host uid before bwrap: the job's processes are then "nobody" on the host
         # too (not root in a user namespace), and RLIMIT_NPROC is not waived for them as it is for root.
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
+        # As root, jobs run as SANDBOX_UID unless bwrap works only for root here (_check_bwrap's warned fallback).
+        self._as_root = False
         self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
@@ -211,6 +213,7 @@ class Sandbox:
                 detail,
             )
             self._setpriv = None
+            self._as_root = True
             return
         raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here ({detail}): {INSTALL_HINT}")
 
@@ -368,8 +371,10 @@ class Sandbox:
 
     @property
     def drops_privileges(self) -> bool:
-        """Whether jobs run as SANDBOX_UID on the host (setpriv, when the server is root)."""
-        return self._setpriv is not None
+        """Whether jobs run as SANDBOX_UID on the host (the C helper or setpriv, when the server is root)."""
+        if os.geteuid() != 0 or self._as_root:
+            return False
+        return self._helper is not None or self._setpriv is not None
 
     @property
     def helper(self) -> str | None:
@@ -412,8 +417,11 @@ class Sandbox:
             launch += ["--cgroup", procs]
         if nice:
             launch += ["--nice", str(nice)]
-        if self._setpriv is not None:
+        # Not only with setpriv: the helper drops the uid itself, and refuses to keep root unless told so by name.
+        if self.drops_privileges:
             launch += ["--uid", str(SANDBOX_UID)]
+        elif os.geteuid() == 0:
+            launch.append("--stay-root")
         return launch
 
     def _drive_args(self, spec: Spec) -> list[str]:
@@ -580,7 +588,7 @@ class Sandbox:
     def describe(self) -> dict[str, Any]:
         """The backend and every limit with how this host enforces it (for GET /health)."""
         s = self.settings
-        host_uid = SANDBOX_UID if self._setpriv else os.geteuid()
+        host_uid = SANDBOX_UID if self.drops_privileges else os.geteuid()
         memory: dict[str, Any] = {"limitMb": s.memory_limit_mb, "enforcedBy": self._enforcer("memory") or "RLIMIT_AS"}
         if memory["enforcedBy"] == "RLIMIT_AS":
             memory["perProcessMb"] = self._memory_mb
