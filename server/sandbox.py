@@ -28,7 +28,7 @@ from .judge import Build, judge
 from .languages import Language, LanguageIndex, load_languages
 from .pool import REFILL_NICE, Warm, WarmPool
 from .settings import Settings
-from .spawn import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, start_warm
+from .spawn import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, HostUids, start_warm
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ class Sandbox:
         # As root, drop to an unprivileged host uid before bwrap: the job's processes are then "nobody" on the host
         # too (not root in a user namespace), and RLIMIT_NPROC is not waived for them as it is for root.
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
+        # As root, jobs do not run as root unless bwrap works only for root here (_check_bwrap's warned fallback).
+        self._as_root = False
+        self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids)
         self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
@@ -249,6 +252,7 @@ class Sandbox:
                 detail,
             )
             self._setpriv = None
+            self._as_root = True
             return
         raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here ({detail}): {INSTALL_HINT}")
 
@@ -408,8 +412,10 @@ class Sandbox:
 
     @property
     def drops_privileges(self) -> bool:
-        """Whether jobs run as SANDBOX_UID on the host (setpriv, when the server is root)."""
-        return self._setpriv is not None
+        """Whether jobs run as SANDBOX_UID on the host (the C helper or setpriv, when the server is root)."""
+        if os.geteuid() != 0 or self._as_root:
+            return False
+        return self._helper is not None or self._setpriv is not None
 
     @property
     def helper(self) -> str | None:
@@ -432,7 +438,13 @@ class Sandbox:
     def _privdrop(self) -> list[str]:
         if self._setpriv is None:
             return []
-        return [self._setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"]
+        uid = self._host_uid()
+        return [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+    def _host_uid(self) -> int:
+        """The host uid of the next sandbox (when the server is root): bwrap's each their own, mapped to SANDBOX_UID
+        inside; SANDBOX=none's all SANDBOX_UID (their work dirs are made for it, and nothing else is apart)."""
+        return self._uids.take() if self.backend == "bwrap" else SANDBOX_UID
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
         """helper launch (cgroups, uid, keyring) -> bwrap -> helper drive (rlimits, not dumpable) -> compile, run."""
@@ -452,8 +464,11 @@ class Sandbox:
             launch += ["--cgroup", procs]
         if nice:
             launch += ["--nice", str(nice)]
-        if self._setpriv is not None:
-            launch += ["--uid", str(SANDBOX_UID)]
+        # Not only with setpriv: the helper drops the uid itself, and refuses to keep root unless told so by name.
+        if self.drops_privileges:
+            launch += ["--uid", str(self._host_uid())]
+        elif os.geteuid() == 0:
+            launch.append("--stay-root")
         return launch
 
     def _drive_args(self, spec: Spec) -> list[str]:
@@ -617,10 +632,18 @@ class Sandbox:
         """Canonical name for a language name or alias, or None when unknown or unavailable here."""
         return self._index.resolve(name)
 
+    def _host_uids(self) -> str:
+        if not self.drops_privileges:
+            return "the server's own: jobs share it (only a root server can give each sandbox its own)"
+        if self.backend != "bwrap" or self._uids.count == 0:
+            return f"{SANDBOX_UID} for every sandbox"
+        first, last = self._uids.base, self._uids.base + self._uids.count - 1
+        return f"one of {first}-{last} for each sandbox (SANDBOX_UID_BASE, SANDBOX_UIDS), {SANDBOX_UID} inside"
+
     def describe(self) -> dict[str, Any]:
         """The backend and every limit with how this host enforces it (for GET /health)."""
         s = self.settings
-        host_uid = SANDBOX_UID if self._setpriv else os.geteuid()
+        host_uid = SANDBOX_UID if self.drops_privileges else os.geteuid()
         memory: dict[str, Any] = {"limitMb": s.memory_limit_mb, "enforcedBy": self._enforcer("memory") or "RLIMIT_AS"}
         if memory["enforcedBy"] == "RLIMIT_AS":
             memory["perProcessMb"] = self._memory_mb
@@ -641,6 +664,7 @@ class Sandbox:
             "backend": self.backend,
             "bwrapVersion": self._bwrap_version,
             "hostUid": host_uid,
+            "hostUids": self._host_uids(),
             "sandboxUid": SANDBOX_UID if self.backend == "bwrap" else host_uid,
             "network": "none (empty network namespace)" if self.backend == "bwrap" else "host (SANDBOX=none)",
             "syscallFilter": self._filter.describe() if self.backend == "bwrap" else None,
