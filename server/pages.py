@@ -82,6 +82,7 @@ async def get_dashboard(request: web.Request) -> web.Response:
             "statsIntervalMs": settings.stats_interval_ms,
             "maxConcurrent": settings.max_concurrent_jobs,
             "maxQueueSize": settings.max_queue_size,
+            "maxBatchSize": settings.max_batch_size,
         },
     )
 
