@@ -10,6 +10,8 @@
   const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
   const COMPILE_REASONS = new Set(["compile_error", "compile_timeout"]);
   const LAST_RUN_KEY = "conveyor.lastRun";
+  // Languages whose source is not text one types: a prebuilt binary (Judge0's "Executable") stays in the API.
+  const NOT_TYPED = new Set(["executable"]);
   // The saved copy of the last run's output is cut here: localStorage holds ~5 MB per origin, shared by all keys.
   const MAX_SAVED_OUTPUT = 64 * 1024;
 
@@ -710,7 +712,7 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const data = await response.json();
       const list = Array.isArray(data) ? data : data.runtimes || data.languages || [];
-      runtimes = list.map(normalizeRuntime).filter((r) => r.id && r.available !== false);
+      runtimes = list.map(normalizeRuntime).filter((r) => r.id && r.available !== false && !NOT_TYPED.has(r.id));
     } catch (err) {
       setStatus("error", `could not load languages (${err.message}); retrying…`);
       setTimeout(() => loadRuntimes(attempt + 1), Math.min(10_000, 1000 * 2 ** attempt));

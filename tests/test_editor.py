@@ -538,3 +538,15 @@ async def test_run_on_a_phone_brings_the_output_into_view(serve: ServerFactory, 
         "return [b.top, b.bottom, innerHeight]; })()"
     )
     assert 0 <= top and bottom <= height, (top, bottom, height)
+
+
+async def test_the_prebuilt_binary_language_is_not_offered_in_the_picker(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/runtimes")) as resp:
+            offered = {r["language"] for r in await resp.json()}
+    assert "executable" in offered  # the API keeps it (Judge0's language 44)
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    values = await page.locator("#language option").evaluate_all("options => options.map(o => o.value)")
+    assert "executable" not in values and set(values) == offered - {"executable"}
