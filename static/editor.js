@@ -41,6 +41,7 @@
     runTests: $("run-tests"),
     testsSummary: $("tests-summary"),
     testsCount: $("tests-count"),
+    testTimeout: $("test-timeout"),
   };
 
   // The run being shown. `lastSeq` is the newest event seen, so a reconnect resumes exactly after it.
@@ -343,6 +344,10 @@
     document.querySelector(".editor-layout").dataset.tab = name;
   }
 
+  function shownTab() {
+    return ui.tabs.tests.getAttribute("aria-selected") === "true" ? "tests" : "stdin";
+  }
+
   function stdinNote() {
     return ui.live.checked ? "sent first; stdin then stays open for live input" : "sent whole, then end of input";
   }
@@ -477,6 +482,7 @@
     showWaitHint();
     sessionStorage.removeItem(RUN_KEY);
     setStatus(message.type, finalText(message));
+    if (job.tests) showVerdicts(message);
     const figures = renderFigures(message);
     if (!ui.output.textContent) appendNote(job.tests ? "(the tests' verdicts are under Tests)" : "(no output)");
     const jobId = job.id;
@@ -485,7 +491,7 @@
       const { data } = await fetchJob(jobId);
       if (data && job.id === jobId) {
         showCompileOutput(data.compileOutput);
-        if (job.tests) showTestResults(data.tests);
+        if (job.tests) showTestResults(data.tests, message);
       }
     }
     syncControls();
@@ -498,12 +504,28 @@
     onFinished({ ...record, type: record.status });
   }
 
-  function showTestResults(results) {
+  function showTestResults(results, message) {
     for (const result of Array.isArray(results) ? results : []) testCases.show(result);
     testCases.settle("not run");
-    const summary = testCases.summary();
-    ui.testsSummary.textContent = summary;
-    if (summary && job.state === "finished") ui.status.textContent += ` · ${summary}`;
+    ui.testsSummary.textContent = testCases.summary();
+    if (job.state === "finished") showVerdicts(message);
+  }
+
+  /**
+   * A judged run that ran is `completed` whatever its tests' verdicts: the status says how the tests went
+   * instead, green only when every one was accepted.
+   */
+  function showVerdicts(message) {
+    const counts = testCases.verdictCounts();
+    const judged = Object.values(counts).reduce((sum, n) => sum + n, 0);
+    if (message.type !== "completed" || !judged) return;
+    const total = testCases.length;
+    const accepted = counts.accepted || 0;
+    if (accepted === total) return setStatus("completed", `all ${total} ${total === 1 ? "test" : "tests"} accepted`);
+    const others = Object.entries(counts)
+      .filter(([verdict]) => verdict !== "accepted")
+      .map(([verdict, n]) => `${verdict.replace(/_/g, " ")} ×${n}`);
+    setStatus("failed", `${total - accepted} of ${total} ${total === 1 ? "test" : "tests"} failed: ${others.join(", ")}`);
   }
 
   function onError(message) {
@@ -555,6 +577,9 @@
     let message = { type: "run", language, code: code.value, requestId: job.requestId };
     if (tests) {
       message.tests = testCases.values();
+      // Each test within this wall time (the server refuses more than JOB_TIMEOUT_MS, naming the field).
+      const limit = Number(ui.testTimeout.value);
+      if (ui.testTimeout.value.trim() && Number.isFinite(limit)) message.timeoutMs = Math.round(limit);
     } else {
       const planned = PaneInput.plan({ ...message, interactive: true }, ui.stdin.value, {
         maxMessageBytes: config.wsMaxMessageBytes,
@@ -653,7 +678,7 @@
     contentId: "code",
     label: "Source code",
     indentUnit: () => (ui.language.value === "go" ? "\t" : "    "),
-    onRun: () => run(),
+    onRun: () => run({ tests: shownTab() === "tests" }),
     onChange: (text) => {
       showCodeSize(text);
       if (!loadingCode) saveCode();
@@ -783,7 +808,7 @@
     if (event.defaultPrevented) return;
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
-      run();
+      run({ tests: shownTab() === "tests" }); // on the Tests tab, the tests
     }
   });
 
