@@ -228,7 +228,7 @@ class Sandbox:
                 blocked = hostpaths.unreachable(path)
                 if blocked is not None:
                     return (
-                        f"jobs run as uid {SANDBOX_UID}, which cannot reach {path} ({blocked} is closed to other "
+                        f"jobs run as unprivileged uids, which cannot reach {path} ({blocked} is closed to other "
                         f"users): chmod o+rx {blocked}, or keep that file outside it"
                     )
         said = "; ".join(f"{name}: {text}" for name, text in sorted(self._probe_failures.items()))
