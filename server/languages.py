@@ -25,6 +25,11 @@ _KNOWN = {
     "out_of_memory",
     "address_space_headroom_mb",
     "preload",
+    "display",
+    "packages",
+    "mode",
+    "hello",
+    "compile_timeout_ms",
 }
 # Whole-argument placeholders that expand to several arguments (or none): the compiled files, and the job's own
 # compiler options. Inside an argument, {heap_mb}, {main} and {main_class} are substituted.
@@ -38,6 +43,12 @@ class Program:
     main: str
     files: tuple[str, ...]
     compiler_options: tuple[str, ...] = ()
+
+    @property
+    def main_stem(self) -> str:
+        """The entry point without its extension: `pkg/app.ts` is `pkg/app`."""
+        head, dot, tail = self.main.rpartition(".")
+        return head if dot and "/" not in tail and head and not head.endswith("/") else self.main
 
     @property
     def main_class(self) -> str:
@@ -67,6 +78,14 @@ class Language:
     # A pre-started interpreter for warm sandboxes (server/helper/preload.py): its command, `{preload}` standing for
     # that file's text. It runs a job whose run command starts with the same program and that has no compile stage.
     preload: tuple[str, ...] | None = None
+    # What the editor shows (its name, CodeMirror mode and starter) and the Debian packages that provide it.
+    display: str = ""
+    packages: tuple[str, ...] = ()
+    mode: str = ""
+    hello: str = ""
+    # The compile stage's least wall time: some compilers (kotlinc, scalac) need longer than COMPILE_TIMEOUT_MS's
+    # default on a busy host. A job's own compile timeout still wins.
+    compile_timeout_ms: int = 0
 
     def program(self, files: Iterable[str] | None = None, compiler_options: Iterable[str] = ()) -> Program:
         """The program for a job's files (the first is the entry point); None: the one-file `code` shorthand."""
@@ -105,7 +124,8 @@ class Language:
                 argv += program.compiler_options
             else:
                 main = _path_arg(program.main)
-                argv.append(part.format(heap_mb=heap_mb, main=main, main_class=program.main_class))
+                stem = _path_arg(program.main_stem)
+                argv.append(part.format(heap_mb=heap_mb, main=main, main_class=program.main_class, main_stem=stem))
         return argv
 
     def version_argv(self, *, heap_mb: int) -> list[str]:
@@ -150,8 +170,13 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         interactive_env=_env(raw, name, "interactive_env"),
         etc=_strs(raw.get("etc", []), name, "etc"),
         out_of_memory=_strs(raw.get("out_of_memory", []), name, "out_of_memory"),
-        address_space_headroom_mb=int(raw.get("address_space_headroom_mb", 0)),
+        address_space_headroom_mb=_int(raw.get("address_space_headroom_mb", 0), name, "address_space_headroom_mb"),
         preload=_argv(raw["preload"], name, "preload") if "preload" in raw else None,
+        display=_str(raw.get("display", name), name, "display"),
+        packages=_strs(raw.get("packages", []), name, "packages"),
+        mode=_str(raw.get("mode", ""), name, "mode"),
+        hello=_str(raw.get("hello", ""), name, "hello"),
+        compile_timeout_ms=_int(raw.get("compile_timeout_ms", 0), name, "compile_timeout_ms"),
     )
 
 
@@ -176,6 +201,12 @@ def _check_names(languages: dict[str, Language], path: Path) -> None:
 def _str(value: Any, name: str, key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"[{name}] {key}: expected a string, got {value!r}")
+    return value
+
+
+def _int(value: Any, name: str, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"[{name}] {key}: expected a whole number >= 0, got {value!r}")
     return value
 
 
