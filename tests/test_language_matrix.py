@@ -102,7 +102,7 @@ async def run(sandbox: Sandbox, language: str, code: str, **fields: Any) -> tupl
 def check(case: str, language: Language, programs: Programs, job: Job, result: ExecutionResult, took: float) -> str:
     """What is wrong with one case's result, or an empty string."""
     said = f"{result.reason} exit={result.exit_code} signal={result.signal}"
-    detail = f"{said} stdout={result.stdout[-300:]!r} stderr={result.stderr[-300:]!r}"
+    detail = f"{said} stdout={result.stdout[-300:]!r} stderr={result.stderr[-300:]!r} compile={result.compile_output!r}"
     if case in ("hello", "echo"):
         expected = "Hello, world!\n" if case == "hello" else ECHO_INPUT
         if (result.reason, result.exit_code, result.stdout) != (None, 0, expected):
