@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import functools
 import glob
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -263,3 +265,22 @@ class LanguageIndex:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+
+def installed_packages(packages: Iterable[str]) -> set[str]:
+    """The Debian packages among `packages` that dpkg says are installed (none where there is no dpkg)."""
+    names = sorted(set(packages))
+    if not names or shutil.which("dpkg-query") is None:
+        return set()
+    done = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *names],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {line.split()[0] for line in done.stdout.splitlines() if line.endswith(" installed")}
+
+
+def apt_install_argv(packages: Iterable[str]) -> list[str]:
+    """The one apt-get line that installs `packages`."""
+    return ["apt-get", "install", "-y", "--no-install-recommends", *sorted(set(packages))]

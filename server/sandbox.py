@@ -178,8 +178,18 @@ class Sandbox:
         if not self._versions:
             raise SandboxUnavailable(self._no_toolchain())
         logger.info(
-            "sandbox %s ready: %s", self.backend, ", ".join(f"{n} {v}" for n, v in sorted(self._versions.items()))
+            "sandbox %s ready: %d languages: %s",
+            self.backend,
+            len(self._versions),
+            ", ".join(f"{n} {v}" for n, v in sorted(self._versions.items())),
         )
+        missing = sorted(set(self._all) - set(self._versions))
+        if missing:
+            logger.info(
+                "languages configured but not offered: %s (python -m server languages install %s)",
+                ", ".join(missing),
+                " ".join(missing),
+            )
         if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
             self.pool = WarmPool(
                 # No cap per language below the budget: a language alone in demand may hold all of it, since jobs

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from server.jobs import ExecutionResult, Job, JobIO
+from server.jobs import ExecutionResult, Job, JobIO, SourceFile
 from server.languages import Language, load_languages
 from server.sandbox import Sandbox
 from server.settings import Settings
@@ -150,3 +150,26 @@ def test_runtime_error_markers_are_plain_text() -> None:
     for name in sorted(set(LANGUAGES) - {"executable"}):
         if (PROGRAMS / f"{name}.toml").is_file():
             assert re.fullmatch(r"[^\n]*", Programs.load(name).says), name
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        # Piston's clients send main.java (or any name) holding the class they wrote, as its single-file launcher runs.
+        ([("main.java", "public class HelloWorld { public static void main(String[] a) { Util.hi(); } }")], "hi\n"),
+        ([("Main.java", "public class Main { public static void main(String[] a) { Util.hi(); } }")], "hi\n"),
+        ([("app/main.java", "package app;\npublic final class Hello {\n  public static void main(String[] a) {\n"
+           "    System.out.println(a[0]);\n  }\n}\n")], "x\n"),
+    ],
+)
+async def test_java_public_class_in_any_file_name(sandbox: Sandbox, files: list[tuple[str, str]], expected: str) -> None:
+    util = ("Util.java", 'class Util { static void hi() { System.out.println("hi"); } }')
+    job = Job(
+        language="java",
+        code="",
+        files=[SourceFile(name, text) for name, text in [*files, util]],
+        args=["x"],
+        timeout_ms=SETTINGS.job_timeout_ms,
+    )
+    result = await sandbox(job, JobIO(on_output=lambda stream, text: None))
+    assert (result.reason, result.exit_code, result.stdout) == (None, 0, expected), result
