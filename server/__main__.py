@@ -136,7 +136,12 @@ def languages_main(argv: list[str]) -> int:
     if argv[:1] != ["install"] or not names or unknown:
         print(f"{USAGE} (unknown languages: {' '.join(unknown)})" if unknown else USAGE, file=sys.stderr)
         return 2
-    argv_apt = apt_install_argv(p for name in names for p in languages[name].packages)
+    wanted = {p for name in names for p in languages[name].packages}
+    absent = wanted - installed_packages(wanted)
+    if not absent:
+        print(f"conveyor: the packages of {len(names)} languages are installed", file=sys.stderr)
+        return 0
+    argv_apt = apt_install_argv(absent)
     if os.geteuid() != 0:
         print(f"conveyor: as root, run: sudo {shlex.join(argv_apt)}", file=sys.stderr)
         return 1
