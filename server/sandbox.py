@@ -613,6 +613,10 @@ class Sandbox:
                 "aliases": list(lang.aliases),
                 "compiled": lang.compile is not None,
                 "packages": self._layers[lang.name].describe() if lang.name in self._layers else [],
+                # For the editor's picker: the name people know, its highlighting mode and a starter program.
+                "displayName": lang.display,
+                "mode": lang.mode,
+                "hello": lang.hello,
             }
             for lang in self._index
         ]
