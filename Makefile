@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 NPM_STAMP := tests/npm/node_modules/.stamp
 
-.PHONY: run test lint bench assets screenshots helper install install-test install-bench system-run system-test clean
+.PHONY: run test test-languages lint bench assets screenshots helper install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -14,7 +14,13 @@ run: system-run install
 # 7 minutes on 2 cores instead of 12. PYTEST_ARGS="-n 0" runs it in one process.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 test: system-test install-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not languages" $(PYTEST_ARGS)
+
+# Every language of server/languages.toml beyond `make run`'s quick set, through the sandbox (tests/languages/) and
+# both compat APIs; installs their Debian packages first (about 5 GB, a few minutes). About 6 minutes on 2 cores.
+test-languages: system-test install-test
+	@.ci/system-packages languages
+	$(BIN)/python -m pytest -m languages -n 2 --dist load tests/test_language_matrix.py tests/test_language_compat.py
 
 lint: install-test
 	$(BIN)/ruff check server tests bench
