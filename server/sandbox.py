@@ -168,7 +168,7 @@ class Sandbox:
             logger.warning("%s not built (make install needs a C compiler): jobs start through perl helpers", HELPER)
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
-        if self._helper is not None and self._setpriv is not None:
+        if self._helper is not None and self.drops_privileges:
             try:
                 self._helper = str(await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper)))
             except OSError as exc:
@@ -231,7 +231,7 @@ class Sandbox:
 
     def _no_toolchain(self) -> str:
         """Why no language works: a bound path the jobs' uid cannot reach, else what the probes said."""
-        if self._setpriv is not None:
+        if self.drops_privileges:
             bound = [Path(p) for p in (self._helper, self._bwrap) if p]
             bound += [Path(layer.path) for layer in self._layers.values()]
             for path in bound:
