@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 NPM_STAMP := tests/npm/node_modules/.stamp
 
-.PHONY: run test test-languages lint bench assets screenshots helper install install-test install-bench system-run system-test clean
+.PHONY: run test test-languages test-floor lint bench assets screenshots helper install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -21,6 +21,17 @@ test: system-test install-test
 test-languages: system-test install-test
 	@.ci/system-packages languages
 	$(BIN)/python -m pytest -m languages -n 2 --dist load tests/test_language_matrix.py tests/test_language_compat.py
+
+# The lowest versions pyproject.toml allows (.ci/floor-pins), in a venv of their own, through a quick subset: the
+# floors must be what the code needs (aiohttp 3.14: web.RequestKey; redis 5.0.2: its asyncio timeouts and aclose).
+FLOOR_VENV := .venv-floor
+FLOOR_TESTS ?= tests/test_settings.py tests/test_api.py tests/test_queue.py tests/test_worker.py tests/test_hub.py \
+  tests/test_systemd.py
+test-floor: system-test $(HELPER)
+	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python .ci/floor-pins test redis > $(FLOOR_VENV)/floor-pins.txt
+	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/floor-pins.txt -e '.[test,redis]'
+	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider -n 0 -q $(FLOOR_TESTS)
 
 lint: install-test
 	$(BIN)/ruff check server tests bench
@@ -92,4 +103,4 @@ $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.stamp-install $(VENV)/.stamp-test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts tests/npm/node_modules
+	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts tests/npm/node_modules

@@ -166,8 +166,8 @@ class Sandbox:
         await self._check_cgroups()
         if self._helper is None and not HELPER.exists():
             logger.warning("%s not built (make install needs a C compiler): jobs start through perl helpers", HELPER)
-        if os.geteuid() == 0 and self._setpriv is None:
-            logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
+        if os.geteuid() == 0 and not self.drops_privileges:
+            logger.warning("neither the C helper nor setpriv: sandboxed processes run as root in a user namespace")
         if self._helper is not None and self.drops_privileges:
             try:
                 self._helper = str(await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper)))
