@@ -25,6 +25,10 @@ from .settings import Settings
 logger = logging.getLogger("server")
 
 
+class ListenError(Exception):
+    """The address cannot be listened on (in use, or not ours to bind)."""
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully: refuse new jobs (503), give running ones the grace
     period, cancel what is left with reason `shutdown`, close sockets, exit."""
@@ -37,7 +41,10 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     server: asyncio.Server | None = None
     try:
-        server = await listen(runner, settings)
+        try:
+            server = await listen(runner, settings)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
         logger.info("Conveyor listening on http://%s:%d", settings.host, settings.port)
         await stop.wait()
         logger.info("shutting down: refusing new jobs, %d ms grace for running ones", settings.shutdown_grace_ms)
@@ -183,8 +190,11 @@ def main(argv: list[str]) -> int:
     except (SandboxUnavailable, SettingsError) as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"conveyor: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the host refused something at start-up: say what, on which file
+        print(f"conveyor: start-up failed: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -101,7 +101,10 @@ async def test_compiled_language_reports_both_stages(client: Client) -> None:
         ({"language": "python", "files": []}, "version is required as a string"),
         ({"language": "python", "version": "*"}, "files is required as an array"),
         ({"language": "python", "version": "*", "files": [{"name": "a"}]}, "files[0].content is required as a string"),
-        ({"language": "cobol", "version": "*", "files": [{"content": "x"}]}, "cobol-* runtime is unknown"),
+        (
+            {"language": "no-such-lang", "version": "*", "files": [{"content": "x"}]},
+            "no-such-lang-* runtime is unknown",
+        ),
         ({"language": "python", "version": "0.0.1", "files": [{"content": "x"}]}, "python-0.0.1 runtime is unknown"),
         (
             {"language": "python", "version": "*", "files": [{"content": "eA==", "encoding": "base64"}]},
@@ -336,9 +339,9 @@ async def test_socket_close_codes(client: Client, messages: list[dict[str, Any]]
 
 async def test_socket_reports_errors_then_closes_4002(client: Client) -> None:
     async with client.ws_connect("/api/v2/connect") as ws:
-        await ws.send_json({"type": "init", "language": "cobol", "version": "*", "files": [{"content": "x"}]})
+        await ws.send_json({"type": "init", "language": "no-such-lang", "version": "*", "files": [{"content": "x"}]})
         received = await messages_until_close(ws)
-    assert received == [{"type": "error", "message": "cobol-* runtime is unknown"}]
+    assert received == [{"type": "error", "message": "no-such-lang-* runtime is unknown"}]
     assert ws.close_code == 4002
 
 
