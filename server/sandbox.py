@@ -170,7 +170,8 @@ class Sandbox:
             logger.warning("neither the C helper nor setpriv: sandboxed processes run as root in a user namespace")
         if self._helper is not None and self.drops_privileges:
             try:
-                self._helper = str(await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper)))
+                copy = await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper), self.settings.cache_path)
+                self._helper = str(copy)
             except OSError as exc:
                 raise SandboxUnavailable(str(exc)) from None
         self._layers = await asyncio.to_thread(packages.find_layers, self.settings)
