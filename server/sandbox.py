@@ -272,7 +272,12 @@ class Sandbox:
         run = lang.version_argv(heap_mb=self._memory_mb // 2)
         spec = self._spec(lang, f"probe-{lang.name}", run)
         spec.run_timeout_ms = PROBE_TIMEOUT_MS
-        out = await self._execute(spec, None)
+        try:
+            out = await self._execute(spec, None)
+        except OSError as exc:  # the launcher itself could not start (a noexec mount, a missing binary)
+            self._probe_failures[lang.name] = str(exc)
+            logger.info("language %s unavailable: %s", lang.name, exc)
+            return None
         text = out.stdout + out.stderr
         match = re.search(r"\d+(?:\.\d+)+", text)
         if out.run_status != "exit 0" or match is None:
