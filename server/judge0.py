@@ -42,6 +42,10 @@ from .submissions import submit
 
 logger = logging.getLogger(__name__)
 
+_LEADING_INT = re.compile(r"\s*([+-]?)0*(\d+)", re.ASCII)
+# Beyond any page there can be: what a longer page number reads as.
+MAX_PAGE_NUMBER = 10**9
+
 
 def judge0_error(message: str, status: int, **extra: Any) -> web.Response:
     """Judge0's own errors are `{"error": ...}`."""
@@ -341,11 +345,16 @@ def _text_value(value: bytes | str | None, base64_encoded: bool, lossy: bool) ->
 
 
 def _int(raw: str | None, default: int) -> int:
-    """Ruby's String#to_i: a leading integer, else 0."""
+    """Ruby's String#to_i: a leading integer, else 0. Past MAX_PAGE_NUMBER it reads as MAX_PAGE_NUMBER: no page is
+    that far, and a 5,000-digit number is not worth converting (int() refuses it, too)."""
     if raw is None:
         return default
-    match = re.match(r"\s*([+-]?\d+)", raw)
-    return int(match.group(1)) if match else 0
+    match = _LEADING_INT.match(raw)
+    if match is None:
+        return 0
+    sign, digits = match.groups()
+    value = int(digits) if len(digits) <= len(str(MAX_PAGE_NUMBER)) else MAX_PAGE_NUMBER
+    return -min(value, MAX_PAGE_NUMBER) if sign == "-" else min(value, MAX_PAGE_NUMBER)
 
 
 def setup_judge0(app: web.Application) -> None:

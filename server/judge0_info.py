@@ -68,7 +68,8 @@ class Judge0Info:
 
     async def language(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
-        entry = self.api.catalog.by_id(int(raw)) if raw.isdigit() else None
+        # ASCII digits only: str.isdigit() is true of "²", which int() refuses.
+        entry = self.api.catalog.by_id(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) <= 10 else None
         if entry is None:
             return json_response({"status": 404, "error": "Not Found"}, status=404)
         return json_response(entry.to_dict())

@@ -18,6 +18,7 @@ from aiohttp.web import Application, Request
 from judge0 import LanguageAlias, Status
 
 from server.judge0_submission import FIELDS, ruby_decode64, ruby_encode64
+from tests.boundary import STALL_BOUND_S, while_healthy
 from tests.conftest import AppClientFactory
 
 Client = TestClient[Request, Application]
@@ -441,3 +442,35 @@ async def test_output_that_is_not_utf8_needs_base64(client: Client) -> None:
     status, got = await submit(client, body)
     assert status == 201 and set(got) == {"token", "error"}
     assert got["error"].startswith("some attributes for this submission cannot be converted to UTF-8")
+
+
+# -- the boundary: hostile numbers, pages and bodies (issue 22) -------------------------------------------------
+
+
+async def test_a_huge_language_id_is_refused_without_freezing_the_server(client: Client) -> None:
+    # "1e600000" is 8 characters; as an integer, 600,000 digits: seconds of CPU on the event loop, per item.
+    body = {"source_code": "print(1)", "language_id": "1e600000"}
+    (status, errors), stall = await while_healthy(client, submit(client, body, query=""))
+    assert (status, errors) == (422, {"language_id": ["language with id 1e600000 doesn't exist"]})
+    items = {"submissions": [body, {**body, "language_id": "9" * 60 + "e999999999"}, {**body, "language_id": 1e308}]}
+    response, stall_batch = await while_healthy(client, client.post("/judge0/submissions/batch", json=items))
+    assert response.status == 422 and all(list(answer) == ["language_id"] for answer in await response.json())
+    assert max(stall, stall_batch) < STALL_BOUND_S
+
+
+@pytest.mark.parametrize(
+    "name", ["cpu_time_limit", "wall_time_limit", "memory_limit", "stack_limit", "number_of_runs", "max_file_size"]
+)
+@pytest.mark.parametrize("value", ["1e999999999", "-1e999999999", "1" * 5000, "1" * 100_000 + "x", 1e308])
+async def test_hostile_limits_are_judge0s_422(client: Client, name: str, value: Any) -> None:
+    status, errors = await submit(client, {"source_code": "print(1)", "language_id": 71, name: value}, query="")
+    assert status == 422 and list(errors) == [name], errors
+
+
+async def test_hostile_page_numbers_are_answered(client: Client) -> None:
+    for query in ("page=" + "9" * 5000, "per_page=" + "9" * 5000, "page=²", "per_page=1e600000", "page=-" + "9" * 5000):
+        response = await client.get(f"/judge0/submissions?{query}")
+        assert response.status in (200, 400), query[:20]
+        assert isinstance(await response.json(), dict)
+    meta = (await (await client.get("/judge0/submissions?page=" + "9" * 5000)).json())["meta"]
+    assert meta["total_count"] == 0 and meta["next_page"] is None
