@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from server.jobs import ExecutionResult
-from server.piston import OutputTape
+from server.piston import OutputTape, semver_range
+from tests.boundary import STALL_BOUND_S, while_healthy
 from tests.conftest import AppClientFactory
 
 Client = TestClient[Request, Application]
@@ -388,3 +390,56 @@ async def test_socket_init_draws_from_the_submit_bucket(app_client: AppClientFac
         assert ws.close_code == expected
     assert received[0]["type"] == "error" and "rate limit" in received[0]["message"].lower()
     assert (await (await client.get("/queue/status")).json())["totalRateLimited"] == 1
+
+
+# -- the boundary: hostile versions (issue 22) ------------------------------------------------------------------
+
+# node-semver's patterns backtrack on this: 325 bytes froze the server for 10 s, doubling every ~50 characters.
+BACKTRACKING_VERSION = ">" + " " * 300 + "a"
+
+
+async def test_a_backtracking_version_is_unknown_without_freezing_the_server(client: Client) -> None:
+    (status, answer), stall = await while_healthy(client, execute(client, python("1", version=BACKTRACKING_VERSION)))
+    assert status == 400 and answer["message"].endswith("runtime is unknown")
+    assert stall < STALL_BOUND_S
+
+
+async def test_a_backtracking_version_in_a_socket_init_is_unknown_without_freezing(client: Client) -> None:
+    async def attack() -> list[dict[str, Any]]:
+        async with client.ws_connect("/api/v2/connect") as ws:
+            # Not the same text as above: node-semver caches what it parsed.
+            await ws.send_json({"type": "init", **python("1", version=BACKTRACKING_VERSION.replace("a", "b"))})
+            return await messages_until_close(ws)
+
+    received, stall = await while_healthy(client, attack())
+    assert [m["type"] for m in received] == ["error"] and received[0]["message"].endswith("runtime is unknown")
+    assert stall < STALL_BOUND_S
+
+
+@pytest.mark.parametrize(
+    ("wanted", "canonical"),
+    [
+        ("*", "*"),
+        ("3.x", "3.x"),
+        (">= 3  < 4", ">=3 <4"),
+        ("3.10 - 3.12", "3.10 - 3.12"),
+        ("3 ||  ^4.1.0-rc.1+b", "3 || ^4.1.0-rc.1+b"),
+        ("~>3.1", "~>3.1"),
+        ("latest", None),
+        ("3.11.0" + " " * 60, None),
+        (BACKTRACKING_VERSION, None),
+    ],
+)
+def test_version_ranges_are_checked_before_node_semver_sees_them(wanted: str, canonical: str | None) -> None:
+    assert semver_range(wanted) == canonical
+
+
+async def test_an_invalid_version_logs_no_traceback_and_echoes_a_bounded_message(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for version in ("not a version", "1" * 1_000_000):
+        status, answer = await execute(client, python("1", version=version))
+        assert status == 400 and len(answer["message"]) < 200
+    assert not [record for record in caplog.records if record.exc_info]
+    assert sum(len(record.getMessage()) for record in caplog.records) < 100_000
