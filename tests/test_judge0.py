@@ -19,7 +19,7 @@ from judge0 import LanguageAlias, Status
 
 from server.judge0_submission import FIELDS, ruby_decode64, ruby_encode64
 from tests.boundary import STALL_BOUND_S, while_healthy
-from tests.conftest import AppClientFactory
+from tests.conftest import AppClientFactory, keys_file
 
 Client = TestClient[Request, Application]
 ADMIN_KEY, USER_KEY = "admin-secret-key", "user-secret-key"
@@ -474,3 +474,21 @@ async def test_hostile_page_numbers_are_answered(client: Client) -> None:
         assert isinstance(await response.json(), dict)
     meta = (await (await client.get("/judge0/submissions?page=" + "9" * 5000)).json())["meta"]
     assert meta["total_count"] == 0 and meta["next_page"] is None
+
+
+async def test_wrong_x_auth_tokens_count_towards_the_lockout(
+    app_client: AppClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As for Authorization: Bearer: past AUTH_FAILURE_LIMIT wrong keys, the address's keys are refused unchecked.
+    client = await app_client(
+        api_keys_file=keys_file(tmp_path, {"user": (USER_KEY, False)}),
+        auth_failure_limit=3,
+        rate_limit_window_ms=60_000,
+    )
+    statuses = [
+        (await client.get("/judge0/about", headers={"X-Auth-Token": f"wrong-key-{n}"})).status for n in range(5)
+    ]
+    assert statuses == [401, 401, 401, 429, 429]
+    response = await client.get("/judge0/about", headers={"X-Auth-Token": USER_KEY})
+    assert response.status == 429 and "Retry-After" in response.headers  # the right key is not told apart
+    assert any("failed authentications" in record.getMessage() for record in caplog.records)
