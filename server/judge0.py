@@ -15,7 +15,7 @@ from aiohttp import web
 from . import access
 from .api import client_of, json_response, read_json
 from .callbacks import check_callback_url
-from .errors import BadRequest, ConveyorError, QueueFull
+from .errors import BadRequest, ConveyorError, QueueFull, UnsupportedMediaType
 from .identity import Client, check_priority
 from .jobs import Job
 from .judge0_catalog import Catalog, Judge0Config
@@ -50,6 +50,14 @@ MAX_PAGE_NUMBER = 10**9
 def judge0_error(message: str, status: int, **extra: Any) -> web.Response:
     """Judge0's own errors are `{"error": ...}`."""
     return json_response({"error": message, **extra}, status=status)
+
+
+async def read_body(request: web.Request) -> Any:
+    """The JSON body, as the native door reads it (HTTP_BODY_TIMEOUT_MS, then 408), labelled application/json: a
+    cross-site form (text/plain) or a typeless Blob needs no CORS preflight, so neither may submit a job."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("requests must be of type application/json")
+    return await read_json(request)
 
 
 def not_found() -> web.Response:
@@ -204,7 +212,7 @@ class Judge0Api:
         base64_encoded = request.query.get("base64_encoded") == "true"
         try:
             fields = requested_fields(request.query.get("fields"))
-            job, extras = await self._parse(await read_json(request), base64_encoded, client_of(request))
+            job, extras = await self._parse(await read_body(request), base64_encoded, client_of(request))
             await self._submit(job, extras)
         except QueueFull:
             return judge0_error("queue is full", 503)
@@ -281,7 +289,7 @@ class Judge0Api:
         base64_encoded = request.query.get("base64_encoded") == "true"
         limit = self.settings.max_batch_size
         batch = request.clone(client_max_size=limit * self.settings.max_body_bytes)
-        body = await read_json(batch)
+        body = await read_body(batch)
         items = body.get("submissions") if isinstance(body, dict) else None
         count = len(items) if isinstance(items, list) else 0
         if count > limit:

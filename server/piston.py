@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import nodesemver
-import orjson
 from aiohttp import web
 
-from .api import client_of, json_response
+from .api import client_of, json_response, read_json
 from .compat import accounting, signal_number
 from .errors import BadRequest, ConveyorError, MethodNotAllowed, UnsupportedMediaType
 from .events import Event
@@ -33,9 +32,9 @@ ENCODINGS = ("base64", "hex", "utf8")
 # Piston checks its limits in this order (api/src/api/v2.js), so the first error named is the same.
 CONSTRAINTS = ("memory_limit", "timeout", "cpu_time")
 STAGES = ("compile", "run")
-# Piston's request bodies are JSON; node-fetch (the npm piston-client) labels its string body text/plain and some
-# clients send no type at all (aiohttp reads that as application/octet-stream).
-JSON_TYPES = frozenset({"application/json", "text/plain", "application/octet-stream", ""})
+# Stock Piston refuses a body not labelled application/json with 415 (v2.js), and so do we: a cross-site form
+# (text/plain) or a typeless Blob needs no CORS preflight, so accepting them would let any page submit jobs.
+JSON_TYPE = "application/json"
 # Isolate's messages, which Piston passes on.
 WALL_TIMEOUT = "Time limit exceeded (wall clock)"
 CPU_TIMEOUT = "Time limit exceeded"
@@ -373,16 +372,17 @@ def render_result(rt: PistonRuntime, job: Job, output: str | None = None) -> dic
 
 def piston_error(exc: ConveyorError) -> web.Response:
     """Piston's error body is `{"message": ...}`."""
-    return json_response({"message": exc.message}, status=exc.status, headers=exc.headers)
+    response = json_response({"message": exc.message}, status=exc.status, headers=exc.headers)
+    if exc.status == 408:
+        response.force_close()  # what is left of a late body must not be read as the next request
+    return response
 
 
 async def read_body(request: web.Request) -> Any:
-    if request.content_type not in JSON_TYPES:
+    """The JSON body, read as the native door reads it (HTTP_BODY_TIMEOUT_MS, then 408)."""
+    if request.content_type != JSON_TYPE:
         raise UnsupportedMediaType("requests must be of type application/json")
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+    return await read_json(request)
 
 
 class PistonApi:
