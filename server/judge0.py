@@ -36,6 +36,7 @@ from .judge0_submission import (
 )
 from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .languages import load_languages
+from .listing import LIST_WINDOW, MAX_PAGE_SIZE
 from .payloads import parse_run
 from .ratelimit import raise_if_denied
 from .submissions import submit
@@ -253,11 +254,21 @@ class Judge0Api:
             return judge0_error(f"invalid page: {page}", 400)
         if per_page < 0:
             return judge0_error(f"invalid per_page: {per_page}", 400)
-        client = client_of(request)
-        jobs = await self.app[QUEUE].recent(self.settings.job_retention_count or 1)
-        mine = [job for job in reversed(jobs) if client.admin or access.is_owner(client, job)]
+        per_page = min(per_page, MAX_PAGE_SIZE)  # one request had asked for every retained job: 183 MB
+        client, queue = client_of(request), self.app[QUEUE]
+        # The listing's summaries (metadata only) to choose the page; only the page's jobs are read whole.
+        listed = await queue.listing(LIST_WINDOW)
+        mine = sorted(
+            (job for job in listed if client.admin or access.is_owner(client, job)),
+            key=lambda job: (job.created_at, job.id),
+            reverse=True,
+        )
         total_pages = -(-len(mine) // per_page) if per_page else 0
-        chosen = mine[(page - 1) * per_page : page * per_page]
+        chosen = [
+            job
+            for job in [await queue.get(summary.id) for summary in mine[(page - 1) * per_page : page * per_page]]
+            if job is not None
+        ]
         try:
             submissions = [self.serialize(job, fields, base64_encoded) for job in chosen]
         except Unconvertible:
@@ -288,7 +299,10 @@ class Judge0Api:
         """Each submission on its own, each drawing one token from the caller's submit bucket."""
         base64_encoded = request.query.get("base64_encoded") == "true"
         limit = self.settings.max_batch_size
-        batch = request.clone(client_max_size=limit * self.settings.max_body_bytes)
+        client = client_of(request)
+        # The body may carry as many submissions as the caller may still make (one read token had bought 40 MB).
+        allowed = (await self.app[LIMITER].peek(client, "submit")).remaining
+        batch = request.clone(client_max_size=max(1, min(limit, allowed)) * self.settings.max_body_bytes)
         body = await read_body(batch)
         items = body.get("submissions") if isinstance(body, dict) else None
         count = len(items) if isinstance(items, list) else 0
@@ -296,7 +310,6 @@ class Judge0Api:
             return judge0_error(f"number of submissions in a batch should be less than or equal to {limit}", 400)
         if not isinstance(items, list) or not items:
             return judge0_error("there should be at least one submission in a batch", 400)
-        client = client_of(request)
         answers: list[dict[str, Any]] = []
         for params in items:
             try:

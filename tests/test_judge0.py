@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import judge0
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,6 +19,7 @@ from aiohttp.web import Application, Request
 from judge0 import LanguageAlias, Status
 
 from server.judge0_submission import FIELDS, ruby_decode64, ruby_encode64
+from server.keys import QUEUE, SETTINGS
 from tests.boundary import STALL_BOUND_S, while_healthy
 from tests.conftest import AppClientFactory, keys_file
 
@@ -436,6 +438,22 @@ async def test_submissions_through_the_redis_queue(app_client: AppClientFactory,
     assert read == {"stdout": "r\n"}
 
 
+async def test_a_users_listing_through_the_redis_queue(
+    app_client: AppClientFactory, redis_url: str, tmp_path: Path
+) -> None:
+    # The Redis listing reads summaries (HMGET): the owner must be among them for a user to see its own.
+    client = await app_client(redis_url=redis_url, api_keys_file=keys_file(tmp_path, {"user": (USER_KEY, False)}))
+    user = {"X-Auth-Token": USER_KEY}
+    await client.post(
+        "/judge0/submissions?wait=true", json={"source_code": "print(5)", "language_id": 71}, headers=user
+    )
+    await submit(client, {"source_code": "print(6)", "language_id": 71})  # anonymous: not the user's
+    answer = await (await client.get("/judge0/submissions?fields=stdout,status_id", headers=user)).json()
+    assert answer["submissions"] == [{"stdout": "5\n", "status_id": 3}]
+    stats = await (await client.get("/judge0/statistics")).json()
+    assert stats["statuses"] == [{"status": {"id": 3, "name": "Accepted"}, "count": 2}]
+
+
 async def test_output_that_is_not_utf8_needs_base64(client: Client) -> None:
     # Judge0's answer when text mode cannot carry the output; the native stdoutLossy flag tells us.
     body = {"source_code": "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe')", "language_id": 71}
@@ -492,3 +510,59 @@ async def test_wrong_x_auth_tokens_count_towards_the_lockout(
     response = await client.get("/judge0/about", headers={"X-Auth-Token": USER_KEY})
     assert response.status == 429 and "Retry-After" in response.headers  # the right key is not told apart
     assert any("failed authentications" in record.getMessage() for record in caplog.records)
+
+
+async def test_listing_and_statistics_read_summaries_and_one_page(
+    app_client: AppClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GET /submissions and /statistics read every retained job whole (one request: 183 MB); now the listing's
+    # summaries (metadata only), then whole jobs for the one page shown, at most MAX_PER_PAGE of them.
+    client = await app_client(api_keys_file=keys_file(tmp_path, {"admin": (ADMIN_KEY, True)}))
+    admin = {"X-Auth-Token": ADMIN_KEY}
+    for n in range(3):
+        await client.post("/judge0/submissions?wait=true", json={"source_code": f"print({n})", "language_id": 71})
+    queue = client.app[QUEUE]
+
+    async def whole_jobs(limit: int = 100) -> list[Any]:
+        raise AssertionError("read every retained job whole")
+
+    monkeypatch.setattr(queue, "recent", whole_jobs)
+    got: list[str] = []
+    get = queue.get
+
+    async def counting_get(job_id: str) -> Any:
+        got.append(job_id)
+        return await get(job_id)
+
+    monkeypatch.setattr(queue, "get", counting_get)
+    answer = await (await client.get("/judge0/submissions?per_page=2&fields=stdout", headers=admin)).json()
+    assert [s["stdout"] for s in answer["submissions"]] == ["2\n", "1\n"] and len(got) == 2
+    assert answer["meta"] == {"current_page": 1, "next_page": 2, "prev_page": None, "total_pages": 2, "total_count": 3}
+    answer = await (await client.get("/judge0/submissions?per_page=1000000000", headers=admin)).json()
+    assert answer["meta"]["total_pages"] == 1 and len(answer["submissions"]) == 3
+    stats = await (await client.get("/judge0/statistics")).json()
+    assert stats["statuses"] == [{"status": {"id": 3, "name": "Accepted"}, "count": 3}]
+    assert len(got) == 5
+
+
+async def test_statistics_tell_wrong_answers_from_summaries(client: Client) -> None:
+    body = {"source_code": "print(1)", "language_id": 71, "expected_output": "2"}
+    assert (await submit(client, body))[1]["status"]["id"] == 4
+    stats = await (await client.get("/judge0/statistics")).json()
+    assert stats["statuses"] == [{"status": {"id": 4, "name": "Wrong Answer"}, "count": 1}]
+
+
+async def test_a_batch_body_is_bounded_by_the_submissions_the_caller_may_make(app_client: AppClientFactory) -> None:
+    # One read token bought a 40 MB batch; now a body carries at most what the caller's submit bucket allows.
+    client = await app_client(max_code_bytes=1000, max_stdin_bytes=1000, rate_limit_requests=2, rate_limit_burst=2)
+    settings = client.app[SETTINGS]
+    item = {"source_code": "print(1)", "language_id": 71, "stdin": "x" * 1000}
+    padding = " " * (2 * settings.max_body_bytes)
+    response = await client.post(
+        "/judge0/submissions/batch",
+        data='{"submissions": [' + ",".join([orjson.dumps(item).decode()] * 2) + "]" + padding + "}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 413
+    response = await client.post("/judge0/submissions/batch", json={"submissions": [item] * 2})
+    assert response.status == 201
