@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
-from tests.conftest import AppClientFactory
+from tests.conftest import AppClientFactory, keys_file
 
 Client = TestClient[Request, Application]
 # Every compat route that takes a JSON body.
+OPS_KEY = "ops-secret-key"
 JSON_ROUTES = ["/api/v2/execute", "/judge0/submissions", "/judge0/submissions/batch"]
 
 
@@ -47,3 +49,29 @@ async def test_only_json_bodies_are_read(client: Client, path: str, content_type
     assert "application/json" in str(await response.json())
     stats = await (await client.get("/queue/status")).json()
     assert stats["totalQueued"] == 0
+
+
+async def test_every_doors_429_is_counted_once(app_client: AppClientFactory, tmp_path: Path) -> None:
+    # The Judge0 batch, the native batch and the admin's rerun raised their 429 without counting it; the counting
+    # is now the limiter's own, so each denial is counted once, whichever door drew the token.
+    client = await app_client(
+        rate_limit_requests=1, rate_limit_burst=1, api_keys_file=keys_file(tmp_path, {"ops": (OPS_KEY, True)})
+    )
+    item = {"source_code": "print(1)", "language_id": 71}
+    answers = await (await client.post("/judge0/submissions/batch", json={"submissions": [item, item]})).json()
+    assert [list(answer) for answer in answers] == [["token"], ["error"]]
+    assert await rate_limited(client) == 1
+    runs = await client.post("/runs", json={"submissions": [{"language": "python", "code": "print(1)"}]})
+    assert [run["status"] for run in (await runs.json())["runs"]] == [429]
+    assert await rate_limited(client) == 2
+    assert (await client.post("/api/v2/execute", json={"language": "python", "version": "*", "files": []})).status
+    assert await rate_limited(client) == 3
+    ops = {"Authorization": f"Bearer {OPS_KEY}"}
+    job = await (await client.post("/run?wait=false", json={"language": "python", "code": "1"}, headers=ops)).json()
+    assert (await client.post(f"/queue/job/{job['jobId']}/rerun", headers=ops)).status == 429
+    assert await rate_limited(client) == 4
+
+
+async def rate_limited(client: Client) -> int:
+    count: int = (await (await client.get("/queue/status")).json())["totalRateLimited"]
+    return count
