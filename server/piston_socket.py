@@ -16,7 +16,7 @@ from .errors import BadRequest, Conflict, ConveyorError, Forbidden, PayloadTooLa
 from .events import Event
 from .identity import Client, check_priority
 from .jobs import TERMINAL_TYPES, ExecutionResult, Job
-from .keys import HUB, LIMITER, QUEUE, RUNNER, SETTINGS
+from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .payloads import parse_run
 from .piston import PistonRuntime, compile_stage, parse_execute, run_stage
 from .ratelimit import raise_if_denied
@@ -257,12 +257,7 @@ class Session:
         native["interactive"] = True
         run = parse_run(native, settings, app[RUNNER], allow_interactive=True)
         check_priority(self.client, run.priority)
-        decision = await app[LIMITER].hit(self.client, "submit")
-        if not decision.allowed:
-            app[QUEUE].note_rate_limited()  # counted on the dashboard with the other 429s
-            if HUB in app:
-                app[HUB].mark_stats_dirty()
-        raise_if_denied(decision, "submit")
+        raise_if_denied(await app[LIMITER].hit(self.client, "submit"), "submit")  # the limiter counts a denial
         job = run.to_job(self.client.job_owner)
         # Before submitting: the job can start (and send `stage`) before submit returns.
         self.rt = rt
