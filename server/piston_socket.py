@@ -234,9 +234,10 @@ class Session:
             elif kind == "signal":
                 if self.job is None:
                     return Close(4003, "Not yet initialized")
-                if message.get("signal") not in SIGNALS:
+                name = message.get("signal")
+                if not isinstance(name, str) or name not in SIGNALS:  # a list is unhashable: check the type first
                     return Close(4005, "Invalid signal")
-                if message["signal"] not in HARMLESS:
+                if name not in HARMLESS:
                     await _stop_quietly(self.app, self.job.id)
         except orjson.JSONDecodeError as exc:
             return await self.fail(f"The message is not valid JSON: {exc}")

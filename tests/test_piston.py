@@ -447,3 +447,15 @@ async def test_an_invalid_version_logs_no_traceback_and_echoes_a_bounded_message
         assert status == 400 and len(answer["message"]) < 200
     assert not [record for record in caplog.records if record.exc_info]
     assert sum(len(record.getMessage()) for record in caplog.records) < 100_000
+
+
+@pytest.mark.parametrize("signal", [["SIGKILL"], {"name": "SIGKILL"}, 9, None])
+async def test_a_signal_that_is_not_a_name_closes_4005_without_a_traceback(
+    client: Client, signal: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with client.ws_connect("/api/v2/connect") as ws:
+        await ws.send_json({"type": "init", **python("input()")})
+        await ws.send_json({"type": "signal", "signal": signal})
+        await messages_until_close(ws)
+    assert ws.close_code == 4005
+    assert not [record for record in caplog.records if record.exc_info]
