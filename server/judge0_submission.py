@@ -11,6 +11,7 @@ import re
 import shlex
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -250,7 +251,16 @@ def _additional_files(params: dict[str, Any], settings: Settings, errors: dict[s
         return []
     try:
         return _unzip(ruby_decode64(orjson_text(params["additional_files"])), settings.max_code_bytes)
-    except (zipfile.BadZipFile, ValueError, binascii.Error, EOFError) as exc:
+    # What a corrupt, encrypted (RuntimeError) or oddly compressed (NotImplementedError) member raises on reading.
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        binascii.Error,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+    ) as exc:
         reason = str(exc) if isinstance(exc, ValueError) and str(exc).startswith("holds") else "is not a zip"
         errors.setdefault("additional_files", []).append(reason)
         return []

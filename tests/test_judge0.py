@@ -566,3 +566,30 @@ async def test_a_batch_body_is_bounded_by_the_submissions_the_caller_may_make(ap
     assert response.status == 413
     response = await client.post("/judge0/submissions/batch", json={"submissions": [item] * 2})
     assert response.status == 201
+
+
+def _corrupt_zips() -> dict[str, bytes]:
+    """Zips whose members cannot be read: a flipped byte in the deflated data, an encrypted member (the flag set,
+    as zip -e does), an unknown compression method."""
+    good = base64.b64decode(_zip({"a.txt": b"hello " * 200}))
+    start = good.index(b"a.txt") + len("a.txt")
+    corrupt = good[:start] + bytes(b ^ 0xFF for b in good[start : start + 8]) + good[start + 8 :]
+    encrypted = bytearray(good)
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):
+        at = good.index(header) + (6 if header == b"PK\x03\x04" else 8)
+        encrypted[at] |= 1
+    method = bytearray(good)
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):
+        at = good.index(header) + (8 if header == b"PK\x03\x04" else 10)
+        method[at : at + 2] = (99).to_bytes(2, "little")
+    return {"corrupt": corrupt, "encrypted": bytes(encrypted), "method": bytes(method)}
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "encrypted", "method"])
+async def test_unreadable_zip_members_are_judge0s_422(
+    client: Client, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = base64.b64encode(_corrupt_zips()[kind]).decode()
+    status, errors = await submit(client, {"source_code": "1", "language_id": 71, "additional_files": data})
+    assert (status, errors) == (422, {"additional_files": ["is not a zip"]})
+    assert not [record for record in caplog.records if record.exc_info]

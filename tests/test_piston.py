@@ -450,3 +450,39 @@ async def test_an_invalid_version_logs_no_traceback_and_echoes_a_bounded_message
         assert status == 400 and len(answer["message"]) < 200
     assert not [record for record in caplog.records if record.exc_info]
     assert sum(len(record.getMessage()) for record in caplog.records) < 100_000
+
+
+@pytest.mark.parametrize("signal", [["SIGKILL"], {"name": "SIGKILL"}, 9, None])
+async def test_a_signal_that_is_not_a_name_closes_4005_without_a_traceback(
+    client: Client, signal: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with client.ws_connect("/api/v2/connect") as ws:
+        await ws.send_json({"type": "init", **python("input()")})
+        await ws.send_json({"type": "signal", "signal": signal})
+        await messages_until_close(ws)
+    assert ws.close_code == 4005
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_piston_sockets_and_hub_sockets_share_one_cap_per_address(app_client: AppClientFactory) -> None:
+    client = await app_client(ws_max_connections_per_ip=2)
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    async with client.ws_connect("/ws"), client.ws_connect("/api/v2/connect"):
+        assert (await client.get("/api/v2/connect", headers=upgrade)).status == 429
+        assert (await client.get("/ws", headers=upgrade)).status == 429
+    async with client.ws_connect("/api/v2/connect"), client.ws_connect("/api/v2/connect"):
+        assert (await client.get("/ws", headers=upgrade)).status == 429
+    async with client.ws_connect("/ws"), client.ws_connect("/ws"):
+        pass  # every socket closed gave its place back
+
+
+async def test_a_piston_socket_has_the_hubs_message_budget(app_client: AppClientFactory) -> None:
+    client = await app_client(ws_messages_per_second=1, ws_message_burst=3)
+    async with client.ws_connect("/api/v2/connect") as ws:
+        await ws.send_json({"type": "init", **python("import time\ntime.sleep(30)")})
+        for _ in range(50):
+            await ws.send_json({"type": "signal", "signal": "SIGCHLD"})  # harmless: only the budget can close it
+        received = await messages_until_close(ws)
+    assert ws.close_code == 1008
+    errors = [m for m in received if m["type"] == "error"]
+    assert len(errors) == 1 and "Too many messages" in errors[0]["message"]
