@@ -148,6 +148,11 @@ class Hub:
         with suppress(Exception):
             await self.queue.stop(job_id, "stopped")
 
+    def note_rate_limited(self) -> None:
+        """A 429 this hub answered (the socket cap, a message budget, the lockout): counted with the others."""
+        self.queue.note_rate_limited()
+        self.mark_stats_dirty()
+
     def mark_stats_dirty(self) -> None:
         """Something the stats show changed outside the event stream (a 503 or 429): push a snapshot soon."""
         if self._snapshot is not None:
@@ -391,6 +396,7 @@ async def open_socket(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(text="The server is shutting down.")
     client = request.get(CLIENT) or anonymous(peer_ip(request))
     if not hub.admit(client.ip):
+        hub.note_rate_limited()
         raise TooManyRequests(
             f"At most {hub.settings.ws_max_connections_per_ip} WebSocket connections per address.",
             headers={"Retry-After": "5"},

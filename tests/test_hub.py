@@ -528,3 +528,41 @@ async def test_a_topic_snapshot_on_redis_reads_summaries_not_jobs(
         await direct.aclose()
     assert len(snapshot[-1]["jobs"]) == 3
     assert after - before < 100_000, after - before
+
+
+async def test_every_native_429_is_counted(app_client: AppClientFactory, tmp_path: Path) -> None:
+    # Three native refusals were not in totalRateLimited: the per-address socket cap, the message budget and the
+    # authentication lockout (REST and WebSocket).
+    client = await app_client(
+        ws_max_connections_per_ip=2,
+        ws_messages_per_second=1,
+        ws_message_burst=2,
+        auth_failure_limit=1,
+        api_keys_file=keys_file(tmp_path, {"alice": ("alice-secret", False)}),
+    )
+    queue = client.app[QUEUE]
+
+    async def counted() -> int:
+        return int((await queue.stats())["totalRateLimited"])
+
+    first, second = await connect(client), await connect(client)
+    resp = await client.get("/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket",
+                                            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "x" * 22 + "=="})
+    assert resp.status == 429
+    await eventually(lambda: _at_least(counted, 1))
+    for _ in range(3):
+        await first.send_json({"type": "ping"})
+    assert (await until(first, "error"))[-1]["error"] == "Too many requests"
+    await eventually(lambda: _at_least(counted, 2))
+    await second.send_json({"type": "auth", "key": "wrong"})  # spends the address's one failure
+    assert (await until(second, "error"))[-1]["error"] == "Unauthorized"
+    await second.send_json({"type": "auth", "key": "wrong"})
+    assert (await until(second, "error"))[-1]["error"] == "Too many requests"
+    await eventually(lambda: _at_least(counted, 3))
+    resp = await client.get("/queue/status", headers={"Authorization": "Bearer alice-secret"})
+    assert resp.status == 429  # locked out: even the right key
+    await eventually(lambda: _at_least(counted, 4))
+
+
+async def _at_least(counted: Any, n: int) -> bool:
+    return bool(await counted() >= n)

@@ -9,7 +9,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..apikeys import ApiKeys, authenticate
-from ..errors import ConveyorError, Unauthorized
+from ..errors import ConveyorError, TooManyRequests, Unauthorized
 from ..identity import Client, client_ip, parse_networks
 from ..keys import CLIENT
 from ..settings import Settings
@@ -69,7 +69,12 @@ def ratelimit_middleware(
     @web.middleware
     async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Before any bucket: a bad key is a 401 that costs no quota (but counts towards the address's lockout).
-        client = await identify(request)
+        try:
+            client = await identify(request)
+        except TooManyRequests:  # locked out: a 429 like the others
+            if on_denied is not None:
+                on_denied()
+            raise
         request[CLIENT] = client
         bucket = bucket_for(request.method, request.path)
         if bucket is None:
