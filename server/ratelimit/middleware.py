@@ -19,7 +19,7 @@ from .limiter import RateLimiter
 if TYPE_CHECKING:
     from ..lockout import AuthLockout
 
-_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/cache/status", "/openapi.json", "/ws"})
+_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/cache/status", "/openapi.json", "/ws", "/metrics"})
 # The Piston and Judge0 compat APIs draw from the same buckets as the native routes (a Judge0 batch draws one
 # read here and one submit per submission in its handler, as `POST /runs` does).
 _COMPAT_SUBMIT = frozenset({("POST", "/api/v2/execute"), ("POST", "/judge0/submissions")})
@@ -31,7 +31,7 @@ _MALFORMED_STATUSES = frozenset({400, 413, 415, 422})
 
 
 def bucket_for(method: str, path: str) -> Bucket | None:
-    """Which bucket a request draws from; None for pages, static files, /health and /metrics."""
+    """Which bucket a request draws from; None for pages, static files and /health."""
     if path == "/run":
         return "submit" if method == "POST" else None
     if (method, path) in _COMPAT_SUBMIT:
