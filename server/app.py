@@ -23,7 +23,7 @@ from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .listing import setup_listing
 from .lockout import AuthLockout
 from .metrics import setup_metrics
-from .middlewares import error_middleware
+from .middlewares import error_middleware, host_middleware
 from .pages import setup_pages
 from .piston import setup_piston
 from .queue import QueueBackend, create_queue
@@ -69,6 +69,7 @@ def create_app(
     # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
     middlewares = [
         error_middleware,
+        host_middleware(settings),
         ratelimit_middleware(limiter, keys, settings, on_denied=count_denial, lockout=lockout),
     ]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)

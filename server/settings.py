@@ -252,6 +252,14 @@ class Settings:
         "from that address gets 429 unchecked",
     )
 
+    allowed_hosts: tuple[str, ...] = _env(
+        "ALLOWED_HOSTS",
+        _csv,
+        (),
+        "host names requests may name in `Host` (port ignored; others get 421); empty: `localhost`, `127.0.0.1` "
+        "and `::1` when `HOST` is a loopback address, any host otherwise",
+    )
+
     # WebSocket
     allowed_origins: tuple[str, ...] = _env(
         "ALLOWED_ORIGINS", _csv, (), "origins allowed to open `/ws`; empty means the server's own origin only"
@@ -401,6 +409,19 @@ class Settings:
         1000,
         "callbacks waiting for delivery; past it new ones are dropped and logged",
     )
+
+    @property
+    def served_hosts(self) -> frozenset[str] | None:
+        """The host names the server answers (lower case, no port), or None for any. A server on loopback answers
+        its local names only: a DNS-rebinding page reaches it under the attacker's name."""
+        if self.allowed_hosts:
+            return frozenset(host.strip().lower().strip("[]").rstrip(".") for host in self.allowed_hosts)
+        bound = self.host.strip().lower().strip("[]")
+        try:
+            loopback = ipaddress.ip_address(bound).is_loopback
+        except ValueError:
+            loopback = bound == "localhost"
+        return frozenset({"localhost", "127.0.0.1", "::1", bound}) if loopback else None
 
     @property
     def max_body_bytes(self) -> int:
