@@ -53,7 +53,8 @@ async def submit_run(request: web.Request) -> web.Response:
     run = parse_run(await read_json(request), settings, request.app[RUNNER])
     client = client_of(request)
     check_priority(client, run.priority)
-    job = await submit(request.app, run.to_job(client.job_owner))
+    # A refused submission's token is given back by the rate-limit middleware (a 400 costs a read instead).
+    job = await submit(request.app, run.to_job(client.job_owner), client=client, refund_refusal=False)
     if wait in ("false", "0"):
         position = await queue.position(job)
         return json_response(

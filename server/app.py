@@ -111,7 +111,7 @@ def create_app(
             check_read=check_read,
             authenticate_key=lambda key, ip: client_for_key(key, ip, keys),
             lockout=lockout,
-            submit=lambda job: submit(app, job),
+            submit=lambda job, client: submit(app, job, client=client),
         )
         app[HUB] = hub
         await hub.start()

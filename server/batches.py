@@ -42,7 +42,7 @@ async def submit_runs(request: web.Request) -> web.Response:
             check_priority(client, run.priority)
             decision = await app[LIMITER].hit(client, "submit")
             raise_if_denied(decision, "submit")
-            job = await submit(app, run.to_job(client.job_owner))
+            job = await submit(app, run.to_job(client.job_owner), client=client)
         except ConveyorError as exc:
             answers.append({"index": index, "status": exc.status, **exc.body()})
         else:

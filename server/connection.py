@@ -304,7 +304,7 @@ class Connection:
         check_priority(self.client, run.priority)
         if hub.check_submit is not None:
             await hub.check_submit(self.client)
-        job = await hub.submit(run.to_job(self.client.job_owner))
+        job = await hub.submit(run.to_job(self.client.job_owner), self.client)
         self.submitted[job.id] = None
         if len(self.submitted) > MAX_SUBMITTED:
             del self.submitted[next(iter(self.submitted))]

@@ -54,7 +54,7 @@ class Hub:
         check_read: SubmitCheck | None = None,
         authenticate_key: KeyAuth | None = None,
         lockout: AuthLockout | None = None,
-        submit: Callable[[Job], Awaitable[Job]] | None = None,
+        submit: Callable[[Job, Client], Awaitable[Job]] | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -65,7 +65,7 @@ class Hub:
         self.authenticate_key = authenticate_key
         self.lockout = lockout
         # How a `run` message is queued: the app's one submission path (callbacks followed), else the queue's own.
-        self.submit = submit or queue.submit
+        self.submit = submit or (lambda job, _client: queue.submit(job))
         self.handles = Handles()
         self.snapshot_builds = 0
         self._snapshot: _Snapshot | None = None

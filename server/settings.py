@@ -236,6 +236,13 @@ class Settings:
         120,
         "other API calls (`/queue/*`, `/runtimes`, `/openapi.json`, `/ws` connects) per window",
     )
+    submit_token_slot_seconds: int = _env(
+        "SUBMIT_TOKEN_SLOT_SECONDS",
+        _int_range(1, 86_400),
+        60,
+        "worker slot time one submit token buys: a submission books (its tests, or 1) x its timeout and costs that "
+        "over this, at least one token (400 when more than the bucket holds)",
+    )
     trusted_proxies: tuple[str, ...] = _env(
         "TRUSTED_PROXIES",
         _networks,

@@ -411,3 +411,20 @@ async def test_judge_fields_survive_the_redis_store(app_client: Any, redis_url: 
     )
     assert [t["verdict"] for t in job["tests"]] == ["accepted", "wrong_answer"], job
     assert job["files"] == [{**f, "encoding": "utf8"} for f in files] and job["memoryLimitMb"] == 64
+
+
+async def test_tests_are_charged_by_the_slot_time_they_book(app_client: Any) -> None:
+    # 64 tests multiplied one submit token by 64 times the timeout: a token now buys SUBMIT_TOKEN_SLOT_SECONDS of a
+    # worker slot, and a submission costs (tests or 1) x timeoutMs of it, at least one token.
+    client = await app_client(rate_limit_requests=10, submit_token_slot_seconds=10, job_timeout_ms=5000)
+    eight = {"language": "python", "code": "print(input())", "tests": [{"stdin": str(i)} for i in range(8)]}
+    too_big = {**eight, "tests": [{"stdin": "1"}] * 30}  # 150 slot-seconds: 15 tokens, more than the bucket holds
+    error = await run(client, 400, **too_big)
+    assert error["field"] == "tests" and error["cost"] == 15 and error["capacity"] == 10, error
+    for _ in range(2):  # 40 slot-seconds each: 4 tokens
+        resp = await client.post("/run", json=eight)
+        assert resp.status == 200, await resp.text()
+    resp = await client.post("/run", json=eight)  # 4 more than the 2 left
+    assert resp.status == 429 and (await resp.json())["retryAfter"] >= 1
+    short = {**eight, "timeoutMs": 1000}  # 8 slot-seconds: one token
+    assert (await client.post("/run", json=short)).status == 200
