@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -28,11 +28,25 @@ from .pages import setup_pages
 from .piston import setup_piston
 from .queue import QueueBackend, create_queue
 from .quota import setup_quota
-from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
+from .ratelimit import Bucket, RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
 from .submissions import setup_callbacks, submit
 
 logger = logging.getLogger(__name__)
+
+
+def _bucket_check(
+    limiter: RateLimiter, bucket: Bucket, count_denial: Callable[[], None]
+) -> Callable[[Client], Awaitable[None]]:
+    """One token from `bucket` for a WebSocket message; TooManyRequests (counted) when there is none."""
+
+    async def check(client: Client) -> None:
+        decision = await limiter.hit(client, bucket)
+        if not decision.allowed:
+            count_denial()
+            raise_if_denied(decision, bucket)
+
+    return check
 
 
 def create_app(
@@ -54,17 +68,8 @@ def create_app(
         if HUB in app:
             app[HUB].mark_stats_dirty()
 
-    async def check_submit(client: Client) -> None:
-        decision = await limiter.hit(client, "submit")
-        if not decision.allowed:
-            count_denial()
-            raise_if_denied(decision, "submit")
-
-    async def check_read(client: Client) -> None:
-        decision = await limiter.hit(client, "read")
-        if not decision.allowed:
-            count_denial()
-            raise_if_denied(decision, "read")
+    check_submit = _bucket_check(limiter, "submit", count_denial)
+    check_read = _bucket_check(limiter, "read", count_denial)
 
     # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
     middlewares = [

@@ -125,8 +125,8 @@ class Settings:
         "JOB_RETENTION_MAX_MB",
         _int_range(0, 1_048_576),
         256,
-        "…holding at most this much code, input, output and event log; past it or the count, the owner holding the most "
-        "loses its own oldest first (both backends)",
+        "…holding at most this much code, input, output and event log; past it or the count, the owner holding the "
+        "most loses its own oldest first (both backends)",
     )
     max_code_bytes: int = _env("MAX_CODE_BYTES", _int_range(1), 65_536, "largest source accepted (413 past it)")
     max_stdin_bytes: int = _env(

@@ -122,7 +122,8 @@ async def test_a_short_body_gets_408_and_the_connection_closes(serve: Serve) -> 
     address = await serve(http_body_timeout_ms=300)
     reader, writer = await open_raw(address)
     writer.write(
-        b'POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"language"'
+        b"POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        b'{"language"'
     )
     status, headers, body = await response(reader)
     assert status == 408 and headers["connection"] == "close"

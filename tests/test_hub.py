@@ -229,7 +229,9 @@ async def test_queue_topic_sees_rest_jobs_and_stats_without_output(client: Clien
     assert stats and "queueLength" in stats[-1]
 
 
-async def test_queue_topic_never_carries_a_key_users_tests_or_output(app_client: AppClientFactory, tmp_path: Path) -> None:
+async def test_queue_topic_never_carries_a_key_users_tests_or_output(
+    app_client: AppClientFactory, tmp_path: Path
+) -> None:
     # The attack: an anonymous dashboard viewer while a key user's job runs hidden tests whose input it echoes.
     client = await app_client(api_keys_file=keys_file(tmp_path, {"alice": ("alice-secret", False)}))
     spy = await connect(client)
@@ -296,7 +298,10 @@ async def test_subscribe_to_a_rest_job_replays_from_the_start(client: Client) ->
         ('{"type": [1]}', "Bad request"),
         ('{"type": {"a": 1}}', "Bad request"),
         ('{"type": "run", "language": "python", "code": "x", "stdn": "typo"}', "Bad request"),
-        ('{"type": "run", "language": "python", "code": "x", "requestId": ' + "[" * 300 + "]" * 300 + "}", "Bad request"),
+        (
+            '{"type": "run", "language": "python", "code": "x", "requestId": ' + "[" * 300 + "]" * 300 + "}",
+            "Bad request",
+        ),
         ('{"type": "run", "language": "python", "code": "x", "requestId": "' + "r" * 200 + '"}', "Bad request"),
         ('{"type": "ping", "requestId": {"a": [1]}}', "Bad request"),
     ],
@@ -546,8 +551,15 @@ async def test_every_native_429_is_counted(app_client: AppClientFactory, tmp_pat
         return int((await queue.stats())["totalRateLimited"])
 
     first, second = await connect(client), await connect(client)
-    resp = await client.get("/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket",
-                                            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "x" * 22 + "=="})
+    resp = await client.get(
+        "/ws",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "x" * 22 + "==",
+        },
+    )
     assert resp.status == 429
     await eventually(lambda: _at_least(counted, 1))
     for _ in range(3):

@@ -181,6 +181,7 @@ async def test_compiler_options_reach_the_compiler(client: Client) -> None:
     assert job["stdout"] == "42\n" and job["compilerOptions"] == ["-DVALUE=42"]
 
 
+JAVA_HELLO = 'class Main { public static void main(String[] a) { System.out.println("hi"); } }\n'
 C_HELLO = '#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n'
 
 
@@ -232,7 +233,7 @@ async def test_compiler_options_that_run_code_are_refused(client: Client, langua
 
 async def test_a_wrapper_cannot_spend_the_compile_stage_on_the_submitters_code(client: Client) -> None:
     # The attack as measured: 1 s CPU limit, 7.9 CPU-s spent by the wrapper while "compiling".
-    spin = "/bin/sh,-c,i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; exec \"$0\" \"$@\""
+    spin = '/bin/sh,-c,i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; exec "$0" "$@"'
     error = await run(client, 400, language="c", code=C_HELLO, cpuTimeLimitMs=1000, compilerOptions=["-wrapper", spin])
     assert error["field"] == "compilerOptions"
 
@@ -259,7 +260,7 @@ async def test_javac_runs_no_annotation_processor_the_submission_brings(client: 
     (tmp_path / "Evil.java").write_text(PROCESSOR)
     subprocess.run(["javac", "--release", "17", "Evil.java"], cwd=tmp_path, check=True, capture_output=True)
     files = [
-        {"name": "Main.java", "content": 'class Main { public static void main(String[] a) { System.out.println("hi"); } }'},
+        {"name": "Main.java", "content": JAVA_HELLO},
         {"name": "Evil.class", "content": base64.b64encode((tmp_path / "Evil.class").read_bytes()).decode(),
          "encoding": "base64"},
         {"name": "META-INF/services/javax.annotation.processing.Processor", "content": "Evil\n"},
@@ -271,15 +272,25 @@ async def test_javac_runs_no_annotation_processor_the_submission_brings(client: 
 @pytest.mark.parametrize(
     ("language", "code", "options"),
     [
-        ("c", C_HELLO, ["-O0", "-g", "-Wall", "-Wextra", "-Wno-unused", "-std=c11", "-DN=3", "-UN", "-lm", "-pedantic"]),
+        (
+            "c",
+            C_HELLO,
+            ["-O0", "-g", "-Wall", "-Wextra", "-Wno-unused", "-std=c11", "-DN=3", "-UN", "-lm", "-pedantic"],
+        ),
         ("c", C_HELLO, ["-fsanitize=undefined", "-fno-omit-frame-pointer", "-march=native", "-pthread"]),
         ("cpp", '#include <cstdio>\nint main() { std::puts("hi"); }\n', ["-std=c++20", "-O3", "-fno-exceptions"]),
         ("rust", 'fn main() { println!("hi"); }\n', ["-C", "opt-level=1", "-C", "debuginfo=0", "-A", "warnings"]),
         ("rust", 'fn main() { println!("hi"); }\n', ["-Copt-level=2", "--cfg", "feature_x", "-g"]),
-        ("java", 'class Main { public static void main(String[] a) { System.out.println("hi"); } }\n', ["-Xlint:all", "-g"]),
+        (
+            "java",
+            'class Main { public static void main(String[] a) { System.out.println("hi"); } }\n',
+            ["-Xlint:all", "-g"],
+        ),
     ],
 )
-async def test_ordinary_compiler_options_still_work(client: Client, language: str, code: str, options: list[str]) -> None:
+async def test_ordinary_compiler_options_still_work(
+    client: Client, language: str, code: str, options: list[str]
+) -> None:
     job = await run(client, language=language, code=code, compilerOptions=options)
     assert job["stdout"] == "hi\n", job
 

@@ -476,7 +476,9 @@ async def _big(job: Job, io: JobIO) -> ExecutionResult:
 
 
 @pytest.mark.parametrize("bound", [{"retention_bytes": 350_000}, {"retention_count": 3}])
-async def test_one_owner_cannot_evict_everyone_elses_finished_jobs(make_queue: MakeQueue, bound: dict[str, int]) -> None:
+async def test_one_owner_cannot_evict_everyone_elses_finished_jobs(
+    make_queue: MakeQueue, bound: dict[str, int]
+) -> None:
     # Five submissions of one (anonymous) owner evicted every other owner's finished jobs: the budget was one queue.
     # Now the owner holding the most (bytes, or jobs) gives up its own oldest first.
     queue = await make_queue(executor=_big, **bound)

@@ -13,7 +13,7 @@ from ..errors import ConveyorError, TooManyRequests, Unauthorized
 from ..identity import Client, client_ip, parse_networks
 from ..keys import CLIENT
 from ..settings import Settings
-from .base import Bucket, decision_headers, raise_if_denied
+from .base import Bucket, Decision, decision_headers, raise_if_denied
 from .limiter import RateLimiter
 
 if TYPE_CHECKING:
@@ -56,47 +56,39 @@ def ratelimit_middleware(
     authentication counts towards the lockout.
     """
 
+    denied = on_denied or (lambda: None)
+
     async def identify(request: web.Request) -> Client:
         if lockout is None or hdrs.AUTHORIZATION not in request.headers:
             return authenticate(request, keys, settings)
-        ip = client_ip(request, parse_networks(settings.trusted_proxies))
-        lockout.check(ip)
-        try:
-            return authenticate(request, keys, settings)
-        except Unauthorized as exc:
-            raise (await lockout.failed(ip)) or exc from None
+        return await _identify_past_lockout(request, keys, settings, lockout, denied)
+
+    async def draw(client: Client, bucket: Bucket) -> Decision:
+        return await _draw(limiter, client, bucket, denied)
+
+    async def settle(client: Client, bucket: Bucket, decision: Decision, status: int) -> tuple[Bucket, Decision]:
+        """The bucket and decision an error answer ends with: 401/403 give the token back; a malformed
+        submission gives its submit token back and costs a read instead."""
+        if status in _QUOTA_FREE_STATUSES:
+            return bucket, await limiter.refund(client, bucket)
+        if status in _MALFORMED_STATUSES and bucket == "submit":
+            await limiter.refund(client, bucket)
+            return "read", await draw(client, "read")
+        return bucket, decision
 
     @web.middleware
     async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Before any bucket: a bad key is a 401 that costs no quota (but counts towards the address's lockout).
-        try:
-            client = await identify(request)
-        except TooManyRequests:  # locked out: a 429 like the others
-            if on_denied is not None:
-                on_denied()
-            raise
+        client = await identify(request)
         request[CLIENT] = client
         bucket = bucket_for(request.method, request.path)
         if bucket is None:
             return await handler(request)
-        decision = await limiter.hit(client, bucket)
-        if not decision.allowed:
-            if on_denied is not None:
-                on_denied()
-            raise_if_denied(decision, bucket)
+        decision = await draw(client, bucket)
         try:
             response = await handler(request)
         except (ConveyorError, web.HTTPException) as exc:
-            if exc.status in _QUOTA_FREE_STATUSES:
-                decision = await limiter.refund(client, bucket)
-            elif exc.status in _MALFORMED_STATUSES and bucket == "submit":
-                await limiter.refund(client, bucket)
-                bucket = "read"
-                decision = await limiter.hit(client, bucket)
-                if not decision.allowed:
-                    if on_denied is not None:
-                        on_denied()
-                    raise_if_denied(decision, bucket)
+            bucket, decision = await settle(client, bucket, decision, exc.status)
             _merge(exc.headers, decision_headers(decision, bucket))
             raise
         # A prepared response (a WebSocket, a stream) has sent its headers already.
@@ -105,6 +97,29 @@ def ratelimit_middleware(
         return response
 
     return ratelimit
+
+
+async def _identify_past_lockout(
+    request: web.Request, keys: ApiKeys, settings: Settings, lockout: AuthLockout, denied: Callable[[], None]
+) -> Client:
+    ip = client_ip(request, parse_networks(settings.trusted_proxies))
+    try:
+        lockout.check(ip)
+        try:
+            return authenticate(request, keys, settings)
+        except Unauthorized as exc:
+            raise (await lockout.failed(ip)) or exc from None
+    except TooManyRequests:  # locked out: a 429 like the others
+        denied()
+        raise
+
+
+async def _draw(limiter: RateLimiter, client: Client, bucket: Bucket, denied: Callable[[], None]) -> Decision:
+    decision = await limiter.hit(client, bucket)
+    if not decision.allowed:
+        denied()
+        raise_if_denied(decision, bucket)
+    return decision
 
 
 def _merge(target: MutableMapping[str, str], headers: Mapping[str, str]) -> None:
