@@ -578,3 +578,26 @@ async def test_every_native_429_is_counted(app_client: AppClientFactory, tmp_pat
 
 async def _at_least(counted: Any, n: int) -> bool:
     return bool(await counted() >= n)
+
+
+WRONG_VALUES: list[Any] = [None, True, 1.5, -1, 2**70, "", "x" * 300, [1], {"a": [1]}, [[[[[]]]]]]
+FIELDS = ("key", "ownerToken", "language", "code", "stdin", "args", "priority", "timeoutMs", "interactive", "tests",
+          "files", "jobId", "data", "since", "topic", "requestId", "compilerOptions", "callbackUrl")  # fmt: skip
+
+
+async def test_no_message_of_any_shape_ends_in_a_traceback(
+    app_client: AppClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await app_client(ws_messages_per_second=10_000, ws_message_burst=10_000, max_queue_size=1)
+    ws = await connect(client)
+    for kind in ("auth", "run", "stdin", "eof", "stop", "subscribe", "unsubscribe", "ping"):
+        for name in FIELDS:
+            for value in WRONG_VALUES:
+                base: dict[str, Any] = {"type": kind}
+                if kind == "run":
+                    base |= {"language": "python", "code": "pass"}
+                await ws.send_json({**base, name: value})
+                await ws.send_json({"type": "ping"})
+                for message in await until(ws, "pong"):
+                    assert "went wrong" not in message.get("message", ""), (kind, name, value, message)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
