@@ -33,7 +33,7 @@ ORPHAN_GRACE_S = 10.0
 SNAPSHOT_TAIL = 256
 
 # Draws one token from the client's bucket (submit or read); raises TooManyRequests past it, counted.
-SubmitCheck = Callable[[Client], Awaitable[None]]
+BucketCheck = Callable[[Client], Awaitable[None]]
 KeyAuth = Callable[[str, str], Client]
 
 
@@ -50,8 +50,8 @@ class Hub:
         queue: QueueBackend,
         *,
         runner: Runner,
-        check_submit: SubmitCheck | None = None,
-        check_read: SubmitCheck | None = None,
+        check_submit: BucketCheck | None = None,
+        check_read: BucketCheck | None = None,
         authenticate_key: KeyAuth | None = None,
         lockout: AuthLockout | None = None,
         submit: Callable[[Job, Client], Awaitable[Job]] | None = None,
