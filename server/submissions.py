@@ -16,6 +16,7 @@ from .events import Event
 from .identity import Client
 from .jobs import TERMINAL_TYPES, Job
 from .keys import CALLBACKS, HUB, LIMITER, QUEUE, SETTINGS
+from .ratelimit import Decision
 from .settings import Settings
 from .watch import job_watch
 
@@ -35,14 +36,15 @@ def submit_cost(settings: Settings, job: Job) -> int:
     return max(1, math.ceil(booked_ms / (settings.submit_token_slot_seconds * 1000)))
 
 
-async def charge(app: web.Application, client: Client, job: Job, *, refund_refusal: bool) -> None:
+async def charge(app: web.Application, client: Client, job: Job, *, refund_refusal: bool) -> Decision | None:
     """Draw what `job` costs beyond the one token its door drew already. BadRequest when it costs more than the
     bucket holds (it could never run; with `refund_refusal` the door's token is given back here, else the HTTP
-    middleware does); TooManyRequests (counted, and every token given back) when the tokens are not there."""
+    middleware does); TooManyRequests (counted, and every token given back) when the tokens are not there.
+    Returns the last draw (what the rate-limit headers should say), None when the door's token was all."""
     settings, limiter = app[SETTINGS], app[LIMITER]
     cost = submit_cost(settings, job)
     if cost == 1:
-        return
+        return None
     policy = limiter.policy(client, "submit")
     if cost > policy.capacity:
         if refund_refusal:
@@ -56,6 +58,7 @@ async def charge(app: web.Application, client: Client, job: Job, *, refund_refus
             capacity=policy.capacity,
         )
     taken = 0
+    decision = None
     try:
         for _ in range(cost - 1):
             decision = await limiter.hit(client, "submit")
@@ -78,6 +81,7 @@ async def charge(app: web.Application, client: Client, job: Job, *, refund_refus
         for _ in range(taken + 1):  # what this drew, and the door's own token: nothing ran
             await limiter.refund(client, "submit")
         raise
+    return decision
 
 
 async def submit(

@@ -432,9 +432,12 @@ async def test_tests_are_charged_by_the_slot_time_they_book(app_client: Any) -> 
     too_big = {**eight, "tests": [{"stdin": "1"}] * 30}  # 150 slot-seconds: 15 tokens, more than the bucket holds
     error = await run(client, 400, **too_big)
     assert error["field"] == "tests" and error["cost"] == 15 and error["capacity"] == 10, error
+    remaining = []
     for _ in range(2):  # 40 slot-seconds each: 4 tokens
         resp = await client.post("/run", json=eight)
         assert resp.status == 200, await resp.text()
+        remaining.append(resp.headers["X-RateLimit-Remaining"])
+    assert remaining == ["6", "2"]  # the headers count every token the submission cost
     resp = await client.post("/run", json=eight)  # 4 more than the 2 left
     assert resp.status == 429 and (await resp.json())["retryAfter"] >= 1
     short = {**eight, "timeoutMs": 1000}  # 8 slot-seconds: one token
