@@ -77,7 +77,7 @@ async def charge(app: web.Application, client: Client, job: Job, *, refund_refus
                     cost=cost,
                 )
             taken += 1
-    except BaseException:
+    except Exception:
         for _ in range(taken + 1):  # what this drew, and the door's own token: nothing ran
             await limiter.refund(client, "submit")
         raise
