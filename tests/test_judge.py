@@ -442,3 +442,13 @@ async def test_tests_are_charged_by_the_slot_time_they_book(app_client: Any) -> 
     assert resp.status == 429 and (await resp.json())["retryAfter"] >= 1
     short = {**eight, "timeoutMs": 1000}  # 8 slot-seconds: one token
     assert (await client.post("/run", json=short)).status == 200
+    # The other native doors charge the same, and a refusal keeps no token.
+    batch = await call(client, "POST", "/runs", 200, json={"submissions": [too_big]})
+    assert batch["runs"][0]["status"] == 400 and batch["runs"][0]["cost"] == 15
+    ws = await client.ws_connect("/ws")
+    await ws.receive_json()  # hello
+    await ws.send_json({"type": "run", **too_big})
+    assert (await ws.receive_json())["cost"] == 15
+    await ws.send_json({"type": "run", **short})
+    assert (await ws.receive_json())["type"] == "queued"  # the one token left was not lost to the refusals
+    await ws.close()
