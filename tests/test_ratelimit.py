@@ -154,6 +154,7 @@ async def make_limiter(store_url: str, clock: FakeClock) -> AsyncIterator[Limite
 def make_client(aiohttp_client: AiohttpClient, make_limiter: LimiterFactory, denied: list[int]) -> Factory:
     async def make(**overrides: Any) -> TestClient[web.Request, web.Application]:
         limiter = make_limiter(**overrides)
+        limiter.on_denied = lambda: denied.append(1)  # the limiter counts its denials, whichever door drew
         settings = dataclasses.replace(Settings(), **overrides)
         app = web.Application(
             middlewares=[
