@@ -161,9 +161,14 @@ def _refuse_unknown(unknown: list[str], known: frozenset[str]) -> None:
         )
 
 
+MAX_LANGUAGE_NAME = 64  # longer than any language name or alias; what an error may echo of one
+
+
 def _language(data: dict[str, Any], runner: Runner) -> str:
     name = _field(data, "language", str, required=True)
-    language = runner.resolve(name)
+    language = runner.resolve(name) if len(name) <= MAX_LANGUAGE_NAME else None
+    if language is None and len(name) > MAX_LANGUAGE_NAME:
+        name = name[:MAX_LANGUAGE_NAME] + "..."  # echoed bounded: a 2 MB name was answered back whole
     if language is None:
         valid = sorted({alias for r in runner.runtimes() for alias in [r["language"], *r.get("aliases", [])]})
         raise BadRequest(
