@@ -780,6 +780,7 @@
     const row = testCases.add();
     if (row) row.stdin.focus();
   });
+  Conveyor.tablist(ui.tabs.stdin.parentElement);
   ui.tabs.stdin.addEventListener("click", () => showTab("stdin"));
   ui.tabs.tests.addEventListener("click", () => showTab("tests"));
   ui.copyLink.addEventListener("click", copyLink);
