@@ -13,7 +13,7 @@ from .callbacks import CallbackSender, Delivery, callback_sender
 from .errors import QueueFull
 from .events import Event
 from .jobs import TERMINAL_TYPES, Job
-from .keys import CALLBACKS, HUB, QUEUE, SETTINGS
+from .keys import CALLBACKS, HUB, QUEUE, SETTINGS, SUBMITTERS
 from .watch import job_watch
 
 _deliveries: set[asyncio.Task[None]] = set()  # strong references until each has fetched its job
@@ -32,14 +32,22 @@ async def submit(
     unfollow = None
     if job.callback_url is not None:
         unfollow = follow_callback(app, job.id, job.callback_url, callback_body, callback_method)
+    submitters = app.get(SUBMITTERS)  # the job log's: who submitted it, through which door
+    if submitters is not None:
+        submitters.remember(job)
     try:
-        return await app[QUEUE].submit(job)
+        queued = await app[QUEUE].submit(job)
     except BaseException as exc:
+        if submitters is not None:
+            submitters.pop(job.id)
         if unfollow is not None:
             unfollow()
         if isinstance(exc, QueueFull) and HUB in app:
             app[HUB].mark_stats_dirty()
         raise
+    if submitters is not None:
+        submitters.submitted(job)
+    return queued
 
 
 def follow_callback(app: web.Application, job_id: str, url: str, body_of: BodyOf, method: str) -> Callable[[], None]:

@@ -467,8 +467,9 @@ async def test_the_status_is_announced_once_per_state_not_per_tick(serve: Server
     await page.evaluate(
         """() => {
             window.announced = [];
-            new MutationObserver(() => window.announced.push(document.querySelector('#status-announce').textContent))
-              .observe(document.querySelector('#status-announce'), {childList: true, characterData: true, subtree: true});
+            const node = document.querySelector('#status-announce');
+            new MutationObserver(() => window.announced.push(node.textContent))
+              .observe(node, {childList: true, characterData: true, subtree: true});
         }"""
     )
     await run_to_end(page, "import time\nfor i in range(3):\n    time.sleep(0.4)\n    print(i, flush=True)\n")
@@ -499,7 +500,9 @@ async def test_a_large_stdin_goes_in_frames_under_the_message_cap(serve: ServerF
     await editor_ready(small)
     await small.fill("#stdin", "x" * 2000)
     await small.click("#run")
-    await expect(small.locator("#status")).to_have_text("not started: the input is 2.0 KiB; this server takes at most 1000 B")
+    await expect(small.locator("#status")).to_have_text(
+        "not started: the input is 2.0 KiB; this server takes at most 1000 B"
+    )
     await expect(small.locator("#run")).to_be_enabled()
 
 
@@ -523,8 +526,10 @@ async def test_the_figures_bar_keeps_the_last_output_line_in_view(serve: ServerF
     await editor_ready(page)
     await run_to_end(page, "for i in range(300):\n    print('line', i)\n")
     await expect(page.locator("#figures")).to_be_visible()
-    gap = await page.evaluate("(() => { const o = document.querySelector('#output'); "
-                              "return o.scrollHeight - o.scrollTop - o.clientHeight; })()")
+    gap = await page.evaluate(
+        "(() => { const o = document.querySelector('#output'); "
+        "return o.scrollHeight - o.scrollTop - o.clientHeight; })()"
+    )
     assert gap <= 1, gap
 
 
