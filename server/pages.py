@@ -67,6 +67,7 @@ async def get_editor(request: web.Request) -> web.Response:
             "maxCodeBytes": settings.max_code_bytes,
             "maxStdinBytes": settings.max_stdin_bytes,
             "wsMaxMessageBytes": settings.ws_max_message_bytes,
+            "jobRetentionSeconds": settings.job_retention_seconds,
             "jobTimeoutMs": settings.job_timeout_ms,
             "maxTests": settings.max_tests,
         },

@@ -34,6 +34,8 @@
     inputHint: $("input-hint"),
     eof: $("eof"),
     copyLink: $("copy-link"),
+    codeLink: $("code-link"),
+    shareNote: $("share-note"),
     tabs: { stdin: $("tab-stdin"), tests: $("tab-tests") },
     bodies: { stdin: $("stdin-body"), tests: $("tests-body") },
     paneNote: $("pane-note"),
@@ -259,6 +261,69 @@
     url.hash = "";
     history.replaceState(null, "", url);
     ui.copyLink.hidden = false;
+    showShareNote();
+  }
+
+  /** How long a run's link works: the server keeps finished runs JOB_RETENTION_SECONDS (and a bounded number). */
+  function showShareNote() {
+    const seconds = config.jobRetentionSeconds;
+    if (typeof seconds !== "number") return;
+    const span = seconds >= 86_400 ? `${+(seconds / 86_400).toFixed(1)} d` : seconds >= 3600
+      ? `${+(seconds / 3600).toFixed(1)} h` : `${Math.max(1, Math.round(seconds / 60))} min`;
+    ui.shareNote.textContent = seconds ? `run link: ~${span}` : "run link: not kept";
+    ui.shareNote.title =
+      `The server keeps a finished run ${seconds ? `about ${span}` : "not at all"} (fewer when it holds many): ` +
+      "after that its link shows nothing. A code link does not expire.";
+    ui.shareNote.hidden = ui.copyLink.hidden;
+  }
+
+  /** Copy a link that holds the program itself (static/fragment.js). */
+  async function copyCodeLink() {
+    const tests = testCases.values();
+    const url = await CodeLink.make({ language: ui.language.value, code: code.value, stdin: ui.stdin.value, tests });
+    if (!url) {
+      appendNote("(this program is too long for a code link: run it and share the run's link instead)", "error");
+      return;
+    }
+    try {
+      await navigator.clipboard.writeText(url);
+      ui.codeLink.textContent = "Code link copied";
+      setTimeout(() => {
+        ui.codeLink.textContent = "Copy code link";
+      }, 2000);
+    } catch (err) {
+      appendNote(`(copy this link to share the code: ${url})`);
+    }
+  }
+
+  /** A code link opened: its program replaces what the editor had (nothing of it came from the server). */
+  async function openCodeLink() {
+    let program;
+    try {
+      program = await CodeLink.read();
+    } catch (err) {
+      appendNote("This code link is damaged (cut short when it was copied?): nothing could be read from it.", "error");
+      return;
+    }
+    if (!program) return;
+    await runtimesReady;
+    if (runtimes.some((r) => r.id === program.language)) ui.language.value = program.language;
+    else if (program.language) appendNote(`(this code's language, ${program.language}, is not offered here)`, "error");
+    loadingCode = true;
+    try {
+      code.value = program.code;
+    } finally {
+      loadingCode = false;
+    }
+    code.setLanguage(ui.language.value);
+    ui.stdin.value = program.stdin;
+    if (program.tests.length) {
+      testCases.load(program.tests.map((t) => ({ stdin: String(t.stdin ?? ""), expectedOutput: String(t.expectedOutput ?? "") })));
+      showTab("tests");
+    }
+    ui.output.replaceChildren();
+    appendNote("(opened from a code link: the code, stdin and tests came in the address, not from the server)");
+    syncControls();
   }
 
   async function copyLink() {
@@ -289,6 +354,7 @@
         job.state = "idle";
         restoreLastRun();
         ui.copyLink.hidden = false;
+        showShareNote();
         return syncControls();
       }
       return sharedMissing(status);
@@ -310,6 +376,7 @@
     }
     Object.assign(job, { id: jobId, state: "queued", lastSeq: 0, tests, record: data, requestId: null });
     ui.copyLink.hidden = false;
+    showShareNote();
     if (socket.ready) socket.send({ type: "subscribe", jobId, since: 0, requestId: SHARED_REQUEST });
     syncControls();
   }
@@ -318,6 +385,7 @@
   function sharedMissing(status) {
     Object.assign(job, { id: null, state: "idle", record: null });
     ui.copyLink.hidden = true;
+    showShareNote();
     if (status === 404 || status === 400) {
       setStatus("error", "shared run not found");
       appendNote(
@@ -784,6 +852,7 @@
   ui.tabs.stdin.addEventListener("click", () => showTab("stdin"));
   ui.tabs.tests.addEventListener("click", () => showTab("tests"));
   ui.copyLink.addEventListener("click", copyLink);
+  ui.codeLink.addEventListener("click", copyCodeLink);
   ui.live.addEventListener("change", () => {
     try {
       localStorage.setItem(LIVE_KEY, ui.live.checked ? "1" : "0");
@@ -841,9 +910,11 @@
   }
   showLiveMode();
   showCodeSize(code.value);
-  if (!shared) restoreLastRun();
+  const codeLinked = !shared && location.hash.startsWith("#code=");
+  if (!shared && !codeLinked) restoreLastRun();
   testCases.restore();
   loadRuntimes();
   quota.refresh();
   if (shared) openShared(shared);
+  else if (codeLinked) openCodeLink();
 })();

@@ -555,3 +555,49 @@ async def test_the_prebuilt_binary_language_is_not_offered_in_the_picker(serve: 
     await editor_ready(page)
     values = await page.locator("#language option").evaluate_all("options => options.map(o => o.value)")
     assert "executable" not in values and set(values) == offered - {"executable"}
+
+
+# -- code links -------------------------------------------------------------------------------------------------------
+
+
+async def test_a_code_link_carries_the_program_and_no_server_keeps_it(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await page.select_option("#language", "bash")
+    program = 'read name\necho "hi $name"  # CODE-LINK-7f3e\n'
+    await set_code(page, program)
+    await page.fill("#stdin", "ada\n")
+    await page.click("#tab-tests")
+    await page.click("#add-test")
+    await page.locator("#tests .test-stdin").fill("bob")
+    await page.locator("#tests .test-expected").fill("hi bob")
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin_of(server))
+    await page.click("#code-link")
+    await expect(page.locator("#code-link")).to_have_text("Code link copied")
+    link = await page.evaluate("navigator.clipboard.readText()")
+    assert link.startswith(origin_of(server) + "/#code=") and "CODE-LINK" not in link  # compressed
+    other = await pages.open(server, "/" + link.split("/", 3)[3])
+    await expect(other.locator("#language")).to_have_value("bash")
+    await expect_code(other, program)
+    await expect(other.locator("#stdin")).to_have_value("ada\n")
+    await expect(other.locator("#tab-tests")).to_have_attribute("aria-selected", "true")
+    await expect(other.locator("#tests .test-expected")).to_have_value("hi bob")
+    await expect(other.locator("#output")).to_contain_text("opened from a code link")
+    # The fragment never travels: no request of either page carried the program, and no job exists.
+    assert not any("CODE-LINK" in url or "#code=" in url for url in pages.recorder(other).urls)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/queue/status")) as resp:
+            assert (await resp.json())["totalQueued"] == 0
+    damaged = await pages.open(server, "/#code=AAAA-not-deflate")
+    await expect(damaged.locator("#output .out-error")).to_contain_text("This code link is damaged")
+    await expect(damaged.locator("#run")).to_be_enabled()
+
+
+async def test_a_run_link_says_how_long_it_lives(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(job_retention_seconds=7200), "/")
+    await editor_ready(page)
+    await expect(page.locator("#share-note")).to_be_hidden()
+    await run_to_end(page, "print(1)")
+    await expect(page.locator("#share-note")).to_have_text("run link: ~2 h")
+    assert "A code link does not expire" in (await page.locator("#share-note").get_attribute("title") or "")
