@@ -68,6 +68,7 @@ async def get_editor(request: web.Request) -> web.Response:
             "maxStdinBytes": settings.max_stdin_bytes,
             "wsMaxMessageBytes": settings.ws_max_message_bytes,
             "jobRetentionSeconds": settings.job_retention_seconds,
+            "memoryLimitMb": settings.memory_limit_mb,
             "jobTimeoutMs": settings.job_timeout_ms,
             "maxTests": settings.max_tests,
         },

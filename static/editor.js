@@ -36,8 +36,9 @@
     copyLink: $("copy-link"),
     codeLink: $("code-link"),
     shareNote: $("share-note"),
-    tabs: { stdin: $("tab-stdin"), tests: $("tab-tests") },
-    bodies: { stdin: $("stdin-body"), tests: $("tests-body") },
+    tabs: { stdin: $("tab-stdin"), tests: $("tab-tests"), options: $("tab-options") },
+    bodies: { stdin: $("stdin-body"), tests: $("tests-body"), options: $("options-body") },
+    download: $("download"),
     paneNote: $("pane-note"),
     addTest: $("add-test"),
     runTests: $("run-tests"),
@@ -408,12 +409,14 @@
       tab.setAttribute("aria-selected", String(key === name));
       ui.bodies[key].hidden = key !== name;
     }
-    ui.paneNote.textContent = name === "tests" ? "compiled once, each test in a fresh sandbox" : stdinNote();
+    const notes = { tests: "compiled once, each test in a fresh sandbox", options: "sent with every run, checked by the server" };
+    ui.paneNote.textContent = notes[name] || stdinNote();
     document.querySelector(".editor-layout").dataset.tab = name;
   }
 
   function shownTab() {
-    return ui.tabs.tests.getAttribute("aria-selected") === "true" ? "tests" : "stdin";
+    const [name] = Object.entries(ui.tabs).find(([, tab]) => tab.getAttribute("aria-selected") === "true") || ["stdin"];
+    return name;
   }
 
   function stdinNote() {
@@ -422,7 +425,7 @@
 
   /** What the next run does with stdin, in the pane note and the input line's placeholder. */
   function showLiveMode() {
-    if (document.querySelector(".editor-layout").dataset.tab !== "tests") ui.paneNote.textContent = stdinNote();
+    if (shownTab() === "stdin") ui.paneNote.textContent = stdinNote();
     ui.input.placeholder = ui.live.checked
       ? "Live input: Enter sends a line, Ctrl+D ends input"
       : "Live input is off: stdin ends after the pane's text";
@@ -642,7 +645,7 @@
     // A plain run is interactive (line-buffered C stdout, input while it runs): the pane's text goes with it, what
     // does not fit one frame follows in `stdin` messages, then end of input unless live. A judged run gets each
     // test's stdin whole.
-    let message = { type: "run", language, code: code.value, requestId: job.requestId };
+    let message = { type: "run", language, code: code.value, requestId: job.requestId, ...runOptions.values() };
     if (tests) {
       message.tests = testCases.values();
       // Each test within this wall time (the server refuses more than JOB_TIMEOUT_MS, naming the field).
@@ -732,6 +735,15 @@
     ui.codeSize.classList.toggle("over", Boolean(max) && bytes > max);
   }
 
+  const runOptions = new RunOptions({
+    args: $("opt-args"),
+    flags: $("opt-flags"),
+    flagsNote: $("opt-flags-note"),
+    timeout: $("opt-timeout"),
+    memory: $("opt-memory"),
+    font: $("opt-font"),
+  });
+
   const testCases = new TestCases($("tests"), {
     max: config.maxTests || 64,
     onChange: () => {
@@ -754,6 +766,25 @@
   });
 
   // -- languages and saved code --------------------------------------------------------------------------------
+
+  // File names for a download; a language not listed here saves as .txt.
+  const EXTENSIONS = { python: "py", javascript: "js", typescript: "ts", bash: "sh", c: "c", cpp: "cpp", java: "java",
+    rust: "rs", go: "go", perl: "pl", ruby: "rb", php: "php", lua: "lua", kotlin: "kt", csharp: "cs", haskell: "hs" };
+
+  /** Save the code as a file (a Blob URL clicked as a download: nothing goes to the server). */
+  function downloadCode() {
+    const language = ui.language.value;
+    const name = language === "java" ? "Main.java" : `main.${EXTENSIONS[language] || "txt"}`;
+    const url = URL.createObjectURL(new Blob([code.value], { type: "text/plain;charset=utf-8" }));
+    const link = el("a", { href: url, download: name });
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  function showCompiled() {
+    const entry = runtimes.find((r) => r.id === ui.language.value);
+    runOptions.setCompiled(Boolean(entry && entry.compiled));
+  }
 
   function storageKey(language) {
     return `conveyor.code.${language}`;
@@ -796,7 +827,8 @@
     const id = item.id || item.name || item.language;
     const name = item.displayName || item.label || NAMES[id] || item.name || id;
     const version = item.version ? ` ${item.version}` : "";
-    return { id, label: `${name}${version}`, aliases: item.aliases || [], available: item.available !== false };
+    const available = item.available !== false;
+    return { id, label: `${name}${version}`, aliases: item.aliases || [], available, compiled: Boolean(item.compiled) };
   }
 
   async function loadRuntimes(attempt = 0) {
@@ -822,6 +854,7 @@
     if (initial) ui.language.value = initial.id;
     ui.language.disabled = runtimes.length === 0;
     loadCode(ui.language.value);
+    showCompiled();
     runtimesLoaded();
     // A restored last run keeps its final status until the next run.
     if (job.state === "idle" && !(ui.output.dataset.restored && runtimes.length)) {
@@ -837,6 +870,7 @@
       // not remembered
     }
     loadCode(ui.language.value);
+    showCompiled();
     syncControls();
   });
 
@@ -851,6 +885,8 @@
   Conveyor.tablist(ui.tabs.stdin.parentElement);
   ui.tabs.stdin.addEventListener("click", () => showTab("stdin"));
   ui.tabs.tests.addEventListener("click", () => showTab("tests"));
+  ui.tabs.options.addEventListener("click", () => showTab("options"));
+  ui.download.addEventListener("click", downloadCode);
   ui.copyLink.addEventListener("click", copyLink);
   ui.codeLink.addEventListener("click", copyCodeLink);
   ui.live.addEventListener("change", () => {

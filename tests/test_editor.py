@@ -601,3 +601,53 @@ async def test_a_run_link_says_how_long_it_lives(serve: ServerFactory, pages: Pa
     await run_to_end(page, "print(1)")
     await expect(page.locator("#share-note")).to_have_text("run link: ~2 h")
     assert "A code link does not expire" in (await page.locator("#share-note").get_attribute("title") or "")
+
+
+# -- options, download, font size -------------------------------------------------------------------------------------
+
+
+async def test_options_go_with_the_run_and_are_kept(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await run_to_end(page, "print('plain')")
+    await page.click("#tab-options")
+    await expect(page.locator("#opt-flags")).to_be_disabled()  # Python has no compile stage
+    await expect(page.locator("#opt-flags-note")).to_have_text("(this language is not compiled)")
+    await page.fill("#opt-args", "one two\nthree\n")
+    await page.fill("#opt-timeout", "3000")
+    await page.fill("#opt-memory", "128")
+    await page.select_option("#opt-font", "18")
+    size = "getComputedStyle(document.querySelector('#code-editor').shadowRoot.querySelector('.cm-editor')).fontSize"
+    assert await page.evaluate(size) == "18px"
+    await set_code(page, "import sys\nprint(sys.argv[1:])")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output .out-stdout")).to_have_text("['one two', 'three']\n", use_inner_text=True)
+    job = await (await page.request.get(f"{origin_of(server)}/queue/job/{await job_in_url(page)}")).json()
+    assert (job["timeoutMs"], job["memoryLimitMb"], job["args"]) == (3000, 128, ["one two", "three"])
+    # A compiled language takes compiler flags.
+    await page.fill("#opt-args", "")
+    await page.select_option("#language", "c")
+    await expect(page.locator("#opt-flags")).to_be_enabled()
+    await page.fill("#opt-flags", "-DANSWER=42")
+    await set_code(page, '#include <stdio.h>\nint main(void) { printf("%d\\n", ANSWER); return 0; }\n')
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output .out-stdout")).to_have_text("42\n", use_inner_text=True)
+    await page.reload()
+    await expect(page.locator("#language")).to_have_value("c")  # remembered, as the options are
+    await expect(page.locator("#opt-flags")).to_have_value("-DANSWER=42")
+    await expect(page.locator("#opt-font")).to_have_value("18")
+    assert await page.evaluate(size) == "18px"
+
+
+async def test_the_code_downloads_as_a_file(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await set_code(page, "print('saved')\n")
+    async with page.expect_download() as info:
+        await page.click("#download")
+    download = await info.value
+    assert download.suggested_filename == "main.py"
+    assert Path(await download.path()).read_text() == "print('saved')\n"
