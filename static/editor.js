@@ -4,11 +4,11 @@
 "use strict";
 
 (() => {
-  const { el, fmtMs, fmtBytes, Socket } = Conveyor;
+  const { el, Socket } = Conveyor;
   const config = Conveyor.config();
 
   const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
-  const COMPILE_REASONS = new Set(["compile_error", "compile_timeout"]);
+  const { COMPILE_REASONS } = OutputPane;
   const LAST_RUN_KEY = "conveyor.lastRun";
   // Languages whose source is not text one types: a prebuilt binary (Judge0's "Executable") stays in the API.
   const NOT_TYPED = new Set(["executable"]);
@@ -132,69 +132,18 @@
     ticker = null;
   }
 
-  const present = (value) => value !== null && value !== undefined;
+  const pane = new OutputPane(ui.output, ui.figures);
+  const appendOutput = (stream, text) => pane.append(stream, text);
+  const appendNote = (text, kind) => pane.note(text, kind);
+  const showCompileOutput = (text) => pane.compile(text);
+  const showFigures = (figures) => pane.showFigures(figures);
+  const finalText = (message) => OutputPane.finalText(message);
 
-  function finalText(message) {
-    // A program that never ran has no execution time, whatever the record says about the compile stage.
-    const compileFailed = COMPILE_REASONS.has(message.reason);
-    const time = present(message.executionTimeMs) && !compileFailed;
-    const parts = [];
-    switch (message.type) {
-      case "completed":
-        parts.push("completed", `exit ${message.exitCode}`);
-        if (time) parts.push(fmtMs(message.executionTimeMs));
-        break;
-      case "failed": {
-        parts.push(`failed: ${message.reason || "error"}`);
-        if (message.exitCode !== null && message.exitCode !== undefined) parts.push(`exit ${message.exitCode}`);
-        else if (message.signal) parts.push(message.signal);
-        if (time) parts.push(fmtMs(message.executionTimeMs));
-        else if (compileFailed && present(message.compileTimeMs)) parts.push(`compiled for ${fmtMs(message.compileTimeMs)}`);
-        break;
-      }
-      case "timeout":
-        parts.push(time ? `timeout after ${fmtMs(message.executionTimeMs)}` : "timeout");
-        break;
-      default:
-        parts.push(message.reason && message.reason !== "stopped" ? `cancelled (${message.reason})` : "cancelled");
-    }
-    if (message.cpuTimeMs != null) parts.push(`CPU ${fmtMs(message.cpuTimeMs)}`);
-    if (message.memoryPeakBytes != null) parts.push(`${(message.memoryPeakBytes / 1048576).toFixed(1)} MiB peak`);
-    let text = parts.join(", ");
-    if (message.truncated) text += " · output truncated";
-    return text;
-  }
-
-  /**
-   * Compile, run, CPU and memory figures of a finished run: only those the server sent (older servers send fewer),
-   * and no run time for a program that never ran.
-   */
+  /** The figures bar of a finished run; returns its figures (kept with the last run). */
   function renderFigures(message) {
-    const figures = [];
-    const add = (label, value, format) => present(value) && figures.push([label, format(value)]);
-    add("compile", message.compileTimeMs, fmtMs);
-    add("compile CPU", message.compileCpuTimeMs, fmtMs);
-    add("compile memory", message.compileMemoryPeakBytes, fmtBytes);
-    if (!COMPILE_REASONS.has(message.reason)) {
-      add("run", message.executionTimeMs, fmtMs);
-      add("CPU", message.cpuTimeMs, fmtMs);
-      add("memory", message.memoryPeakBytes, fmtBytes);
-    }
-    add("wait", message.waitTimeMs, fmtMs);
+    const figures = OutputPane.figuresOf(message);
     showFigures(figures);
     return figures;
-  }
-
-  function showFigures(figures) {
-    // The bar takes room from the output pane: one that showed its last line still does.
-    const stick = nearBottom();
-    ui.figures.replaceChildren(
-      ...figures.map(([label, value]) =>
-        el("span", { className: "figure", dataset: { figure: label } }, el("span", { className: "figure-label" }, label), value),
-      ),
-    );
-    ui.figures.hidden = figures.length === 0;
-    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
   }
 
   // -- the last run, kept across reloads --------------------------------------------------------------------------
@@ -445,44 +394,6 @@
   }
 
   // -- output pane ---------------------------------------------------------------------------------------------
-
-  function nearBottom() {
-    const out = ui.output;
-    return out.scrollHeight - out.scrollTop - out.clientHeight < 40;
-  }
-
-  /** Append program text. Consecutive chunks of one stream share a span, so long outputs stay light. */
-  function appendOutput(stream, text) {
-    const stick = nearBottom();
-    const last = ui.output.lastElementChild;
-    if (last && last.dataset.stream === stream) {
-      last.append(document.createTextNode(text));
-    } else {
-      ui.output.append(el("span", { className: `out out-${stream}`, dataset: { stream } }, text));
-    }
-    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
-  }
-
-  function appendNote(text, kind = "note") {
-    const stick = nearBottom();
-    const last = ui.output.lastElementChild;
-    const needsBreak = last && last.textContent && !last.textContent.endsWith("\n");
-    const attrs = { className: `out out-${kind}`, dataset: { stream: kind } };
-    ui.output.append(el("span", attrs, needsBreak ? "\n" : "", text, "\n"));
-    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
-  }
-
-  function showCompileOutput(text) {
-    if (!text || ui.output.textContent.includes(text.trim())) return;
-    // Spans (styled as blocks): the output pane is a <pre>, which holds phrasing content only.
-    const block = el(
-      "span",
-      { className: "compile-block", dataset: { stream: "compile" } },
-      el("span", { className: "compile-head" }, "Compiler output"),
-      el("span", { className: "compile-text" }, text),
-    );
-    ui.output.prepend(block);
-  }
 
   /** The job as GET /queue/job/{id} shows it to this browser: `{status, data}`, status 0 when unreachable. */
   async function fetchJob(jobId) {
