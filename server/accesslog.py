@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from urllib.parse import quote
@@ -73,6 +74,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's number for it)
         raise
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1000
