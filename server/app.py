@@ -61,7 +61,8 @@ def create_app(
             count_denial()
             raise_if_denied(decision, "submit")
 
-    # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
+    # Order matters: the access log outermost sees the final status; errors become JSON outside the limiter, which
+    # raises 401/429 and stamps its headers.
     middlewares = [
         access_log_middleware,
         error_middleware,

@@ -279,7 +279,7 @@ class Connection:
         try:
             return hub.authenticate_key(key, self.client.ip)
         except Unauthorized as exc:
-            audit("auth-failure", user="-", ip=self.client.ip, door="websocket")  # editor: the audit log
+            audit("auth-failure", user="-", ip=self.client.ip, door="websocket")  # as HTTP 401s are (accesslog)
             refusal = await hub.lockout.failed(self.client.ip) if hub.lockout is not None else None
             raise refusal or exc from None
 
