@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from .accesslog import access_log_middleware
 from .actions import setup_actions
 from .api import setup_routes
 from .apikeys import ApiKeys, client_for_key
@@ -16,10 +17,10 @@ from .events import EventEmitter
 from .history import setup_history
 from .hub import Hub, open_socket
 from .identity import Client
-from .joblog import log_finished_jobs
+from .joblog import Submitters, log_finished_jobs
 from .jobs import Runner
 from .judge0 import setup_judge0
-from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT, SUBMITTERS
 from .listing import setup_listing
 from .lockout import AuthLockout
 from .metrics import setup_metrics
@@ -71,8 +72,10 @@ def create_app(
     check_submit = _bucket_check(limiter, "submit")
     check_read = _bucket_check(limiter, "read")
 
-    # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
+    # Order matters: the access log outermost sees the final status; errors become JSON outside the limiter, which
+    # raises 401/429 and stamps its headers.
     middlewares = [
+        access_log_middleware,
         error_middleware,
         host_middleware(settings),
         ratelimit_middleware(limiter, keys, settings, on_denied=count_denial, lockout=lockout),
@@ -82,7 +85,8 @@ def create_app(
     app[LIMITER] = limiter
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
-    log_finished_jobs(app[EVENTS])
+    app[SUBMITTERS] = Submitters()
+    log_finished_jobs(app[EVENTS], submitters=app[SUBMITTERS])
 
     async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
         if runner is not None:

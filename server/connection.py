@@ -13,6 +13,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .access import drivable_job, is_owner, readable_job
+from .accesslog import audit
 from .errors import BadRequest, ConveyorError, TooManyRequests, Unauthorized
 from .identity import OWNER_TOKEN, Client, check_priority, new_owner_token
 from .jobs import Job
@@ -292,6 +293,7 @@ class Connection:
             try:
                 return hub.authenticate_key(key, self.client.ip)
             except Unauthorized as exc:
+                audit("auth-failure", user="-", ip=self.client.ip, door="websocket")  # as HTTP 401s are (accesslog)
                 refusal = await hub.lockout.failed(self.client.ip) if hub.lockout is not None else None
                 raise refusal or exc from None
         except TooManyRequests:

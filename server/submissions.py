@@ -15,7 +15,7 @@ from .errors import BadRequest, QueueFull, TooManyRequests
 from .events import Event
 from .identity import Client
 from .jobs import TERMINAL_TYPES, Job
-from .keys import CALLBACKS, HUB, LIMITER, QUEUE, SETTINGS
+from .keys import CALLBACKS, HUB, LIMITER, QUEUE, SETTINGS, SUBMITTERS
 from .ratelimit import Decision
 from .settings import Settings
 from .watch import job_watch
@@ -100,14 +100,22 @@ async def submit(
     unfollow = None
     if job.callback_url is not None:
         unfollow = follow_callback(app, job.id, job.callback_url, callback_body, callback_method)
+    submitters = app.get(SUBMITTERS)  # the job log's: who submitted it, through which door
+    if submitters is not None:
+        submitters.remember(job)
     try:
-        return await app[QUEUE].submit(job)
+        queued = await app[QUEUE].submit(job)
     except BaseException as exc:
+        if submitters is not None:
+            submitters.pop(job.id)
         if unfollow is not None:
             unfollow()
         if isinstance(exc, QueueFull) and HUB in app:
             app[HUB].mark_stats_dirty()
         raise
+    if submitters is not None:
+        submitters.submitted(job)
+    return queued
 
 
 def follow_callback(app: web.Application, job_id: str, url: str, body_of: BodyOf, method: str) -> Callable[[], None]:
