@@ -50,7 +50,7 @@ async def test_sdk_resolves_its_language_table_and_config(client: Client) -> Non
         assert base.version == "1.13.1"
         for alias in (LanguageAlias.PYTHON, LanguageAlias.C, LanguageAlias.CPP, LanguageAlias.JAVA):
             assert base.is_language_supported(alias), alias
-        assert not base.is_language_supported(LanguageAlias.RUBY)
+        assert not base.is_language_supported(LanguageAlias.SWIFT)
         assert base.config.max_submission_batch_size == 20
 
     await in_thread(lambda: check(sdk(client)))

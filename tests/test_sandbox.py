@@ -334,7 +334,7 @@ async def test_toolchains_come_from_the_hosts_usr_only(sandbox: Sandbox) -> None
 
 def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
     runtimes = {entry["language"]: entry for entry in sandbox.runtimes()}
-    assert set(runtimes) == {*HELLO, "executable"}
+    assert set(runtimes) >= {*HELLO, "executable"}  # and whichever of languages.toml's others are installed
     assert runtimes["python"]["aliases"] == ["py", "python3"] and runtimes["python"]["version"][0].isdigit()
     assert sandbox.resolve("node") == "javascript" and sandbox.resolve("PY") == "python"
     assert sandbox.resolve("python3") == "python" and sandbox.resolve("brainfuck") is None
