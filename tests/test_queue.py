@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +14,8 @@ import pytest
 from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from server.events import Event
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue import Worker
+from server.queue import MemoryStore, Worker
+from server.queue.allocator import Trimmer
 from tests.conftest import free_port
 from tests.queues import Clock, Gate, build_queue, eventually, job, memory_queue, settle, started, status_of
 
@@ -329,3 +332,34 @@ async def _started(queue: Worker) -> bool:
     except SettingsError:
         return False
     return True
+
+
+async def test_memory_retention_is_counted_in_the_bytes_it_holds() -> None:
+    """Past its byte bound, the embedded store keeps no more than the bound in real bytes (tracemalloc), whatever
+    the output's characters cost: here 4 bytes each, in the result and again in the event log."""
+    bound = 1024 * 1024
+    store = MemoryStore(retention_bytes=bound, retention_count=100_000, trimmer=Trimmer(trim=None))
+    await store.start()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):  # about 8 MB of output in all: eight times the bound
+            await _finish_one(store, f"{i:06d}" + "\N{GRINNING FACE}" * 5000)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    retained = len(store._finished)
+    await store.close()
+    assert 0 < retained < 200
+    assert held <= bound * 1.05, f"{retained} jobs hold {held} bytes against a bound of {bound}"
+    assert held >= bound * 0.8  # and the bound is used, not overcounted
+
+
+async def _finish_one(store: MemoryStore, text: str) -> None:
+    one = job("x")
+    await store.enqueue(one, max_queue_size=10, max_concurrent=1)
+    assert [j for j, _ in await store.claim(1, lease_ms=1000, max_concurrent=1)] == [one]
+    await store.append_event(one, {"type": "output", "jobId": one.id, "stream": "stdout", "data": text})
+    assert await store.finish(one, JobStatus.COMPLETED, ExecutionResult(exit_code=0, stdout=text))
