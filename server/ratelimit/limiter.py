@@ -114,7 +114,12 @@ class RateLimiter:
         """The client's bucket as the next `hit` would find it, without drawing a token (for GET /ratelimit)."""
         policy = self.policy(client, bucket)
         now = self._clock()
-        taken = await self.store.peek(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
+        try:
+            taken = await self.store.peek(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
+        except BackendUnavailable:
+            if not self._fail_open:
+                raise
+            return Decision(policy, now, True, policy.capacity, 0.0, 0.0)  # what `hit` lets through meanwhile
         return Decision(policy, now, *taken)
 
     async def sweep(self) -> int:

@@ -117,7 +117,11 @@ class RedisLimiterStore:
         return True, int(left), full_us / 1e6, 0.0
 
     async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
-        allowed, left, full_us, next_us = await self._peek(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        try:
+            reply = await self._peek(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        allowed, left, full_us, next_us = reply
         return bool(allowed), int(left), full_us / 1e6, next_us / 1e6
 
     async def sweep(self, now: float) -> int:
