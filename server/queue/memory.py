@@ -116,7 +116,7 @@ class MemoryStore:
         # As on Redis: the waiting room plus the slots free right now (a job that will start at once never waits).
         if self._queued >= max_queue_size + max(0, max_concurrent - self._running):
             self._stats.on_rejected()
-            retry = self._retry_after()
+            retry = self._stats.retry_after()
             raise QueueFull(
                 f"The queue holds {self._queued} jobs, its maximum. Try again in {retry} seconds.",
                 headers={"Retry-After": str(retry)},
@@ -408,10 +408,3 @@ class MemoryStore:
                 self._trimmer.maybe_trim(force=True)  # what smaller evictions freed since the last trim
             except Exception:
                 logger.exception("retention sweep failed")
-
-    def _retry_after(self) -> int:
-        """A rough wait until a place frees up: the queue ahead divided by throughput, 1 to 60 s."""
-        rate = self._stats.jobs_per_second()
-        if rate <= 0:
-            return 5
-        return max(1, min(60, int(self._queued / rate) + 1))

@@ -20,7 +20,7 @@ from ..errors import BackendUnavailable, Conflict, InputBacklog, NotFound, Queue
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..redispool import command_pool
-from ..stats import build_snapshot
+from ..stats import build_snapshot, seconds_until_a_place
 from . import scripts
 from .base import ControlHandler, InstanceRecord
 from .records import (
@@ -43,6 +43,8 @@ STREAM_MAXLEN = 10_000
 # A job's own log: lifecycle events plus its output chunks, which the executor caps at MAX_OUTPUT_BYTES.
 LOG_MAXLEN = 5_000
 READ_BLOCK_MS = 2000
+# The latest finishes a full queue's Retry-After is estimated from (one gap between them is the wait for a place).
+RETRY_FINISHES = 100
 PRIORITY_DIGITS = 19
 MAX_PRIORITY = 10**PRIORITY_DIGITS - 1
 # Instances in the heartbeat records at most: far more than a deployment runs; past it the stalest are dropped.
@@ -204,7 +206,7 @@ class RedisStore:
             ],
         )
         if not accepted:
-            retry = 5
+            retry = await self._retry_after()
             raise QueueFull(
                 f"The queue holds {queued} jobs, its maximum. Try again in {retry} seconds.",
                 headers={"Retry-After": str(retry)},
@@ -510,6 +512,14 @@ class RedisStore:
                 }
             )
         return records
+
+    async def _retry_after(self) -> int:
+        """Seconds until a place frees, from the cluster's latest finishes (newest first in the list)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lrange(self._key("finish_times"), 0, RETRY_FINISHES - 1)
+        pipe.time()
+        finishes, (secs, micros) = await pipe.execute()
+        return seconds_until_a_place((float(t) for t in finishes), secs * 1000 + micros // 1000, unit_s=0.001)
 
     @_unavailable_on_redis_error
     async def stats(self, *, max_concurrent: int, max_queue_size: int) -> dict[str, Any]:
