@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="run only these (repeatable)")
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--budget-mb", type=int, default=64)
-    parser.add_argument("--idle", type=float, default=5.0, help="seconds idle after eviction (default 5)")
+    parser.add_argument(
+        "--idle", type=float, default=12.0, help="seconds idle after eviction (default 12: two retention sweeps)"
+    )
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)

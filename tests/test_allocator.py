@@ -1,4 +1,5 @@
-"""The trimmer: evicted memory handed back with malloc_trim, off the event loop, not more than once a second."""
+"""The trimmer: evicted memory handed back with malloc_trim, off the event loop, when the store is quiet or after
+large evictions at most once an interval."""
 
 from __future__ import annotations
 
@@ -34,20 +35,20 @@ async def test_a_large_eviction_trims_in_a_thread() -> None:
     assert trim.threads != [threading.get_ident()]
 
 
-async def test_small_evictions_wait_for_the_sweep_and_large_ones_for_a_second() -> None:
+async def test_small_evictions_wait_for_a_quiet_sweep_and_large_ones_for_the_interval() -> None:
     trim, clock = FakeTrim(), Clock()
-    trimmer = Trimmer(trim=trim, after_bytes=1000, interval_s=1.0, clock=clock)
+    trimmer = Trimmer(trim=trim, after_bytes=1000, interval_s=30.0, clock=clock)
     trimmer.freed(999)
     trimmer.maybe_trim()
     trimmer.maybe_trim()  # nothing yet: below the bound
-    trimmer.maybe_trim(force=True)  # the sweep's
+    trimmer.maybe_trim(idle=True)  # the sweep's, the store quiet
     await trimmer.close()
     assert trimmer.trims == 1
     trimmer.freed(5000)
-    trimmer.maybe_trim()  # within a second of the last: waits
+    trimmer.maybe_trim()  # within the interval of the last: waits
     await trimmer.close()
     assert trimmer.trims == 1
-    clock.now += 1.0
+    clock.now += 30.0
     trimmer.maybe_trim()
     await trimmer.close()
     assert len(trim.threads) == trimmer.trims == 2
@@ -56,6 +57,6 @@ async def test_small_evictions_wait_for_the_sweep_and_large_ones_for_a_second() 
 async def test_without_malloc_trim_nothing_runs() -> None:
     trimmer = Trimmer(trim=None)
     trimmer.freed(1 << 30)
-    trimmer.maybe_trim(force=True)
+    trimmer.maybe_trim(idle=True)
     await trimmer.close()
     assert trimmer.trims == 0

@@ -73,6 +73,7 @@ class MemoryStore:
         self._retention_bytes = retention_bytes
         self._clock = clock
         self._trimmer = trimmer if trimmer is not None else Trimmer()
+        self._retired = False  # a job finished since the last retention sweep
         self._stats = QueueStats(clock=clock)
         self._heap: list[tuple[int, int, Job]] = []
         self._arrival = itertools.count()
@@ -249,6 +250,7 @@ class MemoryStore:
         # Counted as it is held (a character of output may take 4 bytes here), not as characters.
         record.size = held_bytes(job) + sys.getsizeof(record.log_blob)
         record.stored_at = self._clock()
+        self._retired = True
         self._finished[job.id] = record
         self._finished_bytes += record.size
         self._owned.setdefault(job.owner, OrderedDict())[job.id] = record
@@ -405,6 +407,8 @@ class MemoryStore:
             await asyncio.sleep(RETENTION_SWEEP_SECONDS)
             try:
                 self._evict()
-                self._trimmer.maybe_trim(force=True)  # what smaller evictions freed since the last trim
+                # Quiet since the last sweep: hand back what evictions freed (while jobs flow, they reuse it).
+                self._trimmer.maybe_trim(idle=not self._retired)
+                self._retired = False
             except Exception:
                 logger.exception("retention sweep failed")
