@@ -6,7 +6,16 @@ import importlib
 import sys
 import time
 
-BENCHES = ["bench_queue", "bench_ratelimit", "bench_sandbox", "bench_hub", "bench_redis", "bench_judge", "bench_cache"]
+BENCHES = [
+    "bench_queue",
+    "bench_ratelimit",
+    "bench_sandbox",
+    "bench_hub",
+    "bench_redis",
+    "bench_judge",
+    "bench_cache",
+    "bench_memory",
+]
 # Run only when named: the fault bench is an 8-minute soak (`python -m bench faults`).
 BY_NAME = ["bench_faults"]
 

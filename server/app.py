@@ -30,6 +30,7 @@ from .piston import setup_piston
 from .queue import QueueBackend, create_queue
 from .quota import setup_quota
 from .ratelimit import Bucket, RateLimiter, raise_if_denied, ratelimit_middleware
+from .redispool import closing_pool, instance_pool
 from .settings import Settings
 from .submissions import setup_callbacks, submit
 
@@ -57,7 +58,10 @@ def create_app(
     settings = settings or Settings()
     max_body = settings.max_body_bytes
     keys = ApiKeys.load(settings.api_keys_file)
-    limiter = RateLimiter(settings)
+    # One pool of Redis connections for the instance's commands (job store, limiter, history): REDIS_POOL_SIZE is
+    # what an instance holds, where each kept its own pool (131 connections at the default of 64).
+    redis_pool = instance_pool(settings)
+    limiter = RateLimiter(settings, redis_pool=redis_pool)
     lockout = AuthLockout(limiter, settings)
 
     def count_denial() -> None:
@@ -103,7 +107,11 @@ def create_app(
             await sandbox.close()
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
-        q = queue if queue is not None else create_queue(settings, executor=app[RUNNER], events=app[EVENTS])
+        q = (
+            queue
+            if queue is not None
+            else create_queue(settings, executor=app[RUNNER], events=app[EVENTS], redis_pool=redis_pool)
+        )
         app[QUEUE] = q
         await q.start()
         try:
@@ -136,6 +144,7 @@ def create_app(
         finally:
             await limiter.close()
 
+    app.cleanup_ctx.append(closing_pool(redis_pool))  # first in, last out: every user has closed by then
     app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(runner_ctx)
     app.cleanup_ctx.append(queue_ctx)
@@ -150,7 +159,7 @@ def create_app(
     setup_routes(app)
     setup_pages(app)
     setup_metrics(app)
-    setup_history(app)
+    setup_history(app, redis_pool=redis_pool)
     setup_listing(app)
     setup_actions(app)
     setup_quota(app, limiter)

@@ -20,6 +20,7 @@ from .errors import BackendUnavailable, BadRequest
 from .keys import HISTORY, QUEUE, SETTINGS
 from .loops import raise_if_cancelling, stop_task
 from .queue import QueueBackend
+from .redispool import command_pool
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +129,18 @@ return 1
 class RedisHistory:
     """One history for every instance on a Redis list `<prefix>:history`, newest first, trimmed to `capacity`."""
 
-    def __init__(self, url: str, *, prefix: str = "conveyor", capacity: int = CAPACITY) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "conveyor", capacity: int = CAPACITY, timeout_ms: int = 3000, pool: Any = None
+    ) -> None:
         import redis.asyncio as aioredis  # the redis client is an optional extra
 
         self.capacity = capacity
+        # The instance's pool when given (its owner closes it), so REDIS_POOL_SIZE and REDIS_TIMEOUT_MS hold here too.
+        self._owns_pool = pool is None
+        if pool is None:
+            pool = command_pool(url, pool_size=2, timeout_ms=timeout_ms)
         # Typed loosely, as the queue's client: redis-py's stubs union sync/async returns.
-        self._redis: Any = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self.key = f"{prefix}:history"
         self._append = self._redis.register_script(_APPEND)
 
@@ -153,11 +160,11 @@ class RedisHistory:
 
         try:
             yield
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"The statistics history cannot be reached ({exc}); try again.") from None
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=self._owns_pool)
 
 
 class HistorySampler:
@@ -175,6 +182,7 @@ class HistorySampler:
         self.store = store
         self.interval_s = interval_s
         self._clock = clock
+        self._failing = False
 
     def slot_ms(self, now: float) -> int:
         """The start of the interval slot `now` falls in, in epoch milliseconds."""
@@ -188,13 +196,28 @@ class HistorySampler:
 
     async def run(self) -> None:
         while True:
-            try:
-                await self.sample()
-            except Exception:
-                raise_if_cancelling()
-                logger.exception("statistics history: sampling failed")
+            await self.tick()
             now = self._clock()
             await asyncio.sleep(self.interval_s - (now % self.interval_s) + 0.01)
+
+    async def tick(self) -> None:
+        """One sample, its failure logged: an unreachable store is one warning until it answers again (every
+        instance samples, so a traceback per tick and instance would bury the log during an outage)."""
+        try:
+            await self.sample()
+        except BackendUnavailable as exc:
+            raise_if_cancelling()
+            if not self._failing:
+                logger.warning("statistics history: not sampled until the store answers (%s)", exc.message)
+            self._failing = True
+            return
+        except Exception:
+            raise_if_cancelling()
+            logger.exception("statistics history: sampling failed")
+            return
+        if self._failing:
+            logger.info("statistics history: sampling again")
+            self._failing = False
 
     async def history(self, range_name: str) -> HistoryResponse:
         """The columns of one range, merged into at most MAX_POINTS buckets."""
@@ -236,9 +259,9 @@ def columns(samples: list[Sample], interval_s: float) -> dict[str, list[float | 
     return out
 
 
-def create_store(redis_url: str, prefix: str) -> HistoryStore:
+def create_store(redis_url: str, prefix: str, *, pool: Any = None) -> HistoryStore:
     if redis_url:
-        return RedisHistory(redis_url, prefix=prefix)
+        return RedisHistory(redis_url, prefix=prefix, pool=pool)
     return MemoryHistory()
 
 
@@ -251,12 +274,13 @@ async def get_history(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-def setup_history(app: web.Application) -> None:
+def setup_history(app: web.Application, *, redis_pool: Any = None) -> None:
     """Sample the queue's stats while the app runs and serve them. Call after the queue's cleanup context is added."""
 
     async def sampler_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        sampler = HistorySampler(app[QUEUE], create_store(settings.redis_url, settings.redis_prefix))
+        store = create_store(settings.redis_url, settings.redis_prefix, pool=redis_pool)
+        sampler = HistorySampler(app[QUEUE], store)
         app[HISTORY] = sampler
         task = asyncio.create_task(sampler.run(), name="conveyor-history")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +21,25 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return 0.0
     rank = max(0, min(len(sorted_values) - 1, int(round(q / 100.0 * len(sorted_values) + 0.5)) - 1))
     return sorted_values[rank]
+
+
+# Retry-After on a full queue when too few jobs finished lately to estimate it.
+RETRY_UNKNOWN_S = 5
+
+
+def seconds_until_a_place(finish_times: Iterable[float], now: float, *, unit_s: float = 1.0) -> int:
+    """Retry-After for a full queue: a place frees when the next job starts, about one gap between recent finishes.
+
+    Measured over the span the finishes cover, not a fixed minute (a burst 10 s old was averaged over 60 s), and for
+    one place, not the whole queue (the wait was the queue's length times too long). `finish_times` and `now` in
+    units of `unit_s` seconds (milliseconds on Redis); 1 to 60 s.
+    """
+    horizon = now - THROUGHPUT_SECONDS / unit_s
+    recent = sorted(t for t in finish_times if t >= horizon)
+    if len(recent) < 2:
+        return RETRY_UNKNOWN_S
+    gap_s = (recent[-1] - recent[0]) / (len(recent) - 1) * unit_s
+    return max(1, min(60, math.ceil(gap_s)))
 
 
 class QueueStats:
@@ -85,6 +105,10 @@ class QueueStats:
         times = self._finish_times
         while times and times[0] < horizon:
             times.popleft()
+
+    def retry_after(self) -> int:
+        """Seconds until a place in a full queue frees up, as `seconds_until_a_place` estimates it."""
+        return seconds_until_a_place(self._finish_times, self._clock())
 
     def jobs_per_second(self) -> float:
         self._trim(self._clock())

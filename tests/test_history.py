@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 
+from bench import redisserver
 from server.errors import BackendUnavailable
 from server.history import (
     MAX_POINTS,
@@ -19,7 +22,7 @@ from server.history import (
     columns,
     sample_from,
 )
-from server.keys import HISTORY
+from server.keys import HISTORY, QUEUE
 from tests.conftest import AppClientFactory, free_port
 
 STATS: dict[str, Any] = {
@@ -194,3 +197,30 @@ async def test_the_running_app_has_a_sample_at_once(app_client: AppClientFactory
             break
         await asyncio.sleep(0.05)
     assert len(body["series"]["t"]) == 1
+
+
+@pytest.mark.redis
+async def test_a_stalled_redis_is_one_warning_within_the_instance_timeout(
+    app_client: AppClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The history's Redis commands end within REDIS_TIMEOUT_MS (they waited a hard-coded 5 s), and an outage is
+    logged once, without a traceback, however many samples it costs."""
+    caplog.set_level(logging.INFO, logger="server.history")
+    with redisserver.redis_server() as url:
+        client = await app_client(redis_url=url, redis_timeout_ms=300)
+        sampler = client.app[HISTORY]
+        ours = HistorySampler(client.app[QUEUE], sampler.store)  # the app's own ticks on a clock of their own
+        with redis.Redis.from_url(url) as direct:
+            direct.client_pause(4000, all=False)  # writes (and scripts) stall 4 s; reads go on
+            try:
+                with pytest.raises(BackendUnavailable):
+                    await sampler.sample()
+                caplog.clear()
+                for _ in range(3):
+                    await ours.tick()
+            finally:
+                direct.client_unpause()
+        await ours.tick()
+    records = [r for r in caplog.records if r.name == "server.history"]
+    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None), ("INFO", None)], records
+    assert "sampling again" in records[-1].getMessage()

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
 from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from server.events import Event
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue import Worker
+from server.queue import MemoryStore, Worker
+from server.queue.allocator import Trimmer
+from server.stats import seconds_until_a_place
 from tests.conftest import free_port
 from tests.queues import Clock, Gate, build_queue, eventually, job, memory_queue, settle, started, status_of
 
@@ -329,3 +334,84 @@ async def _started(queue: Worker) -> bool:
     except SettingsError:
         return False
     return True
+
+
+async def test_memory_retention_is_counted_in_the_bytes_it_holds() -> None:
+    """Past its byte bound, the embedded store keeps no more than the bound in real bytes (tracemalloc), whatever
+    the output's characters cost: here 4 bytes each, in the result and again in the event log."""
+    bound = 1024 * 1024
+    store = MemoryStore(retention_bytes=bound, retention_count=100_000, trimmer=Trimmer(trim=None))
+    await store.start()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):  # about 8 MB of output in all: eight times the bound
+            await _finish_one(store, f"{i:06d}" + "\N{GRINNING FACE}" * 5000)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    retained = len(store._finished)
+    await store.close()
+    assert 0 < retained < 200
+    assert held <= bound * 1.05, f"{retained} jobs hold {held} bytes against a bound of {bound}"
+    assert held >= bound * 0.8  # and the bound is used, not overcounted
+
+
+async def _finish_one(store: MemoryStore, text: str) -> None:
+    one = job("x")
+    await store.enqueue(one, max_queue_size=10, max_concurrent=1)
+    assert [j for j, _ in await store.claim(1, lease_ms=1000, max_concurrent=1)] == [one]
+    await store.append_event(one, {"type": "output", "jobId": one.id, "stream": "stdout", "data": text})
+    assert await store.finish(one, JobStatus.COMPLETED, ExecutionResult(exit_code=0, stdout=text))
+
+
+async def test_retry_after_on_a_full_queue_is_the_wait_for_one_place(gate: Gate) -> None:
+    """A place frees when the next job leaves the waiting room: about one gap between recent finishes (2 s here),
+    not the whole queue's drain over a minute's average for a burst 8 s old (it said 60 s, the cap)."""
+    clock = Clock()
+    queue = memory_queue(executor=gate, max_concurrent=1, max_queue_size=3, clock=clock)
+    await queue.start()
+    for i in range(4):
+        one = await queue.submit(job(f"w{i}"))
+        clock.now += 2
+        gate.finish(f"w{i}")
+        await queue.wait(one.id)
+    for i in range(4):  # one running, three waiting: full
+        await queue.submit(job(f"f{i}"))
+    with pytest.raises(QueueFull) as info:
+        await queue.submit(job("overflow"))
+    assert info.value.body()["retryAfter"] == 2 and info.value.headers["Retry-After"] == "2"
+    await queue.close()
+
+
+def test_seconds_until_a_place() -> None:
+    now = 10_000.0
+    assert seconds_until_a_place([], now) == 5  # nothing to go by
+    assert seconds_until_a_place([now - 1], now) == 5
+    assert seconds_until_a_place([now - 6, now - 4, now - 2], now) == 2
+    assert seconds_until_a_place([now - 0.3, now - 0.2, now - 0.1], now) == 1  # at least a second
+    assert seconds_until_a_place([now - 3000, now - 1500, now - 1], now) == 5  # outside the minute: unknown
+    assert seconds_until_a_place([now - 59, now - 1], now) == 58
+    now_ms = now * 1000
+    assert seconds_until_a_place([now_ms - 30_000, now_ms - 20_000], now_ms, unit_s=0.001) == 10  # Redis: ms
+
+
+@pytest.mark.redis
+async def test_retry_after_on_a_full_redis_queue_is_the_wait_for_one_place(redis_url: str) -> None:
+    """On Redis too, from the cluster's latest finishes (it said 5 s, whatever the pace)."""
+    queue = build_queue("redis", redis_url, executor=Gate(), max_concurrent=1, max_queue_size=2)
+    await queue.start()
+    try:
+        with redis.Redis.from_url(redis_url) as direct:
+            secs, micros = direct.time()
+            now_ms = secs * 1000 + micros // 1000
+            direct.lpush("conveyor:finish_times", *(now_ms - ago for ago in (9000, 6000, 3000)))  # one each 3 s
+        for i in range(3):
+            await queue.submit(job(f"f{i}"))
+        with pytest.raises(QueueFull) as info:
+            await queue.submit(job("overflow"))
+        assert info.value.body()["retryAfter"] == 3 and info.value.headers["Retry-After"] == "3"
+    finally:
+        await queue.close()

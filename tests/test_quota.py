@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from bench import redisserver
+from server.errors import BackendUnavailable
 from server.ratelimit import LimiterStore, MemoryLimiterStore
 from server.ratelimit.redis import RedisLimiterStore
 from tests.conftest import AppClientFactory
@@ -76,3 +81,31 @@ async def test_an_api_key_user_sees_their_own_bucket(app_client: AppClientFactor
     assert (mine["submit"]["limit"], anon["submit"]["limit"]) == (100, 1000)
     bad = await client.get("/ratelimit", headers={"Authorization": "Bearer cvy_wrong"})
     assert bad.status == 401
+
+
+async def test_peek_during_a_redis_outage_is_unavailable_not_a_crash() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = RedisLimiterStore(f"redis://127.0.0.1:{port}/0", prefix="quotatest", timeout_ms=500)
+    try:
+        with pytest.raises(BackendUnavailable) as info:
+            await store.peek("submit:a", 1.0, 3, NOW)
+        assert info.value.status == 503 and info.value.body()["retryAfter"] == 5
+    finally:
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_endpoint_during_a_redis_outage(app_client: AppClientFactory) -> None:
+    """With RATE_LIMIT_REDIS_FAILURE=open requests pass while Redis is down; GET /ratelimit says so (full buckets,
+    as the pass itself reports), where it answered 500. Closed, it is the 503 every limited request gets."""
+    with redisserver.redis_server() as url:
+        client = await app_client(redis_url=url, rate_limit_redis_failure="open", redis_timeout_ms=500)
+        assert (await client.get("/ratelimit")).status == 200
+        with redis.Redis.from_url(url) as direct, contextlib.suppress(redis.ConnectionError):
+            direct.shutdown(nosave=True)
+        response = await client.get("/ratelimit")
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        assert body["submit"]["remaining"] == body["submit"]["limit"] and body["submit"]["retryAfter"] == 0

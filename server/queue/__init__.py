@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..events import EventEmitter
 from ..jobs import Executor
 from ..settings import Settings
@@ -12,8 +14,8 @@ from .worker import Worker
 __all__ = ["MemoryStore", "QueueBackend", "Store", "Worker", "create_queue", "create_store"]
 
 
-def create_store(settings: Settings, *, events: EventEmitter | None = None) -> Store:
-    """The store the settings ask for."""
+def create_store(settings: Settings, *, events: EventEmitter | None = None, redis_pool: Any = None) -> Store:
+    """The store the settings ask for; on Redis, commands go through `redis_pool` (the instance's) when given."""
     retention: dict[str, int] = {
         "retention_seconds": settings.job_retention_seconds,
         "retention_count": settings.job_retention_count,
@@ -29,6 +31,7 @@ def create_store(settings: Settings, *, events: EventEmitter | None = None) -> S
             pool_size=settings.redis_pool_size,
             timeout_ms=settings.redis_timeout_ms,
             events=events,
+            pool=redis_pool,
             **retention,
         )
     return MemoryStore(
@@ -39,11 +42,13 @@ def create_store(settings: Settings, *, events: EventEmitter | None = None) -> S
     )
 
 
-def create_queue(settings: Settings, *, executor: Executor, events: EventEmitter | None = None) -> QueueBackend:
+def create_queue(
+    settings: Settings, *, executor: Executor, events: EventEmitter | None = None, redis_pool: Any = None
+) -> QueueBackend:
     """The worker over the store the settings ask for. The executor's own limits come first; the queue's timeout is
     a backstop that also covers compilation, so it gets the compile timeout plus a second of grace."""
     return Worker(
-        create_store(settings, events=events),
+        create_store(settings, events=events, redis_pool=redis_pool),
         executor=executor,
         max_concurrent=settings.max_concurrent_jobs,
         max_queue_size=settings.max_queue_size,

@@ -7,6 +7,7 @@ import heapq
 import itertools
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from ..errors import Conflict, InputBacklog, NotFound, QueueFull
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..stats import QueueStats
+from .allocator import Trimmer
 from .base import ControlHandler, InstanceRecord
-from .records import record_bytes
+from .records import held_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class MemoryStore:
         retention_bytes: int = 256 * 1024 * 1024,
         events: EventEmitter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        trimmer: Trimmer | None = None,
     ) -> None:
         self.events = events if events is not None else EventEmitter()
         self.instance = f"memory:{os.getpid()}"
@@ -69,6 +72,8 @@ class MemoryStore:
         self._retention_count = retention_count
         self._retention_bytes = retention_bytes
         self._clock = clock
+        self._trimmer = trimmer if trimmer is not None else Trimmer()
+        self._retired = False  # a job finished since the last retention sweep
         self._stats = QueueStats(clock=clock)
         self._heap: list[tuple[int, int, Job]] = []
         self._arrival = itertools.count()
@@ -95,6 +100,7 @@ class MemoryStore:
             self._sweeper.cancel()
             with suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self._trimmer.close()
 
     async def abandon_queued(self, reason: str) -> None:
         for record in [r for r in self._active.values() if r.job.status is JobStatus.QUEUED]:
@@ -111,7 +117,7 @@ class MemoryStore:
         # As on Redis: the waiting room plus the slots free right now (a job that will start at once never waits).
         if self._queued >= max_queue_size + max(0, max_concurrent - self._running):
             self._stats.on_rejected()
-            retry = self._retry_after()
+            retry = self._stats.retry_after()
             raise QueueFull(
                 f"The queue holds {self._queued} jobs, its maximum. Try again in {retry} seconds.",
                 headers={"Retry-After": str(retry)},
@@ -241,8 +247,10 @@ class MemoryStore:
         record.log_blob = b"\n".join(orjson.dumps(e) for e in record.log)
         record.log = []
         record.input.clear()
-        record.size = record_bytes(job) + len(record.log_blob)
+        # Counted as it is held (a character of output may take 4 bytes here), not as characters.
+        record.size = held_bytes(job) + sys.getsizeof(record.log_blob)
         record.stored_at = self._clock()
+        self._retired = True
         self._finished[job.id] = record
         self._finished_bytes += record.size
         self._owned.setdefault(job.owner, OrderedDict())[job.id] = record
@@ -376,6 +384,7 @@ class MemoryStore:
             else:
                 break
             self._forget(victim)
+        self._trimmer.maybe_trim()
 
     def _oldest_of(self, owner: str) -> _Record:
         return next(iter(self._owned[owner].values()))
@@ -386,6 +395,7 @@ class MemoryStore:
         self._finished_bytes -= record.size
         owned = self._owned[job.owner]
         del owned[job.id]
+        self._trimmer.freed(record.size)
         left = self._owned_bytes.pop(job.owner) - record.size
         if owned:
             self._owned_bytes[job.owner] = left
@@ -397,12 +407,8 @@ class MemoryStore:
             await asyncio.sleep(RETENTION_SWEEP_SECONDS)
             try:
                 self._evict()
+                # Quiet since the last sweep: hand back what evictions freed (while jobs flow, they reuse it).
+                self._trimmer.maybe_trim(idle=not self._retired)
+                self._retired = False
             except Exception:
                 logger.exception("retention sweep failed")
-
-    def _retry_after(self) -> int:
-        """A rough wait until a place frees up: the queue ahead divided by throughput, 1 to 60 s."""
-        rate = self._stats.jobs_per_second()
-        if rate <= 0:
-            return 5
-        return max(1, min(60, int(self._queued / rate) + 1))

@@ -7,6 +7,7 @@ Fields are serialized from the dataclasses themselves, not from a hand-kept list
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import orjson
@@ -92,3 +93,28 @@ def record_bytes(job: Job) -> int:
         size += len(result.stdout) + len(result.stderr) + len(result.compile_output or "")
         size += sum(len(t.get("stdout", "")) + len(t.get("stderr", "")) + 256 for t in result.tests or ())
     return size
+
+
+# What a finished job costs in this process beside its strings and event log: the Job, its result, their small
+# fields, the store's record and index entries (tracemalloc: about 1.8 KB; tests/test_queue.py checks the sum).
+HELD_OVERHEAD = 1792
+
+
+def held_bytes(job: Job) -> int:
+    """What a finished job really costs to keep in this process: its strings as Python stores them (1, 2 or 4 bytes
+    a character, whichever the widest character needs, plus the object), for the embedded store's byte retention.
+    `record_bytes` counts characters, about what the job's JSON needs at least; this can be 4 times that."""
+    size = HELD_OVERHEAD + _held(job.code) + _held(job.stdin) + _held(job.expected_output)
+    size += sum(_held(f.content) + _held(f.name) for f in job.files or ())
+    size += sum(_held(t.stdin) + _held(t.expected_output) + 128 for t in job.tests or ())
+    result = job.result
+    if result is not None:
+        size += _held(result.stdout) + _held(result.stderr) + _held(result.compile_output)
+        for test in result.tests or ():
+            size += sys.getsizeof(test) + sum(_held(v) for v in test.values() if isinstance(v, str))
+    return size
+
+
+def _held(text: str | None) -> int:
+    # Short strings are often shared (interned names, the empty string): counted at the object's size anyway.
+    return 0 if text is None else sys.getsizeof(text)

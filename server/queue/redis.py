@@ -19,7 +19,8 @@ from redis.exceptions import RedisError
 from ..errors import BackendUnavailable, Conflict, InputBacklog, NotFound, QueueFull, SettingsError
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
-from ..stats import build_snapshot
+from ..redispool import command_pool
+from ..stats import build_snapshot, seconds_until_a_place
 from . import scripts
 from .base import ControlHandler, InstanceRecord
 from .records import (
@@ -42,6 +43,8 @@ STREAM_MAXLEN = 10_000
 # A job's own log: lifecycle events plus its output chunks, which the executor caps at MAX_OUTPUT_BYTES.
 LOG_MAXLEN = 5_000
 READ_BLOCK_MS = 2000
+# The latest finishes a full queue's Retry-After is estimated from (one gap between them is the wait for a place).
+RETRY_FINISHES = 100
 PRIORITY_DIGITS = 19
 MAX_PRIORITY = 10**PRIORITY_DIGITS - 1
 # Instances in the heartbeat records at most: far more than a deployment runs; past it the stalest are dropped.
@@ -88,22 +91,17 @@ class RedisStore:
         pool_size: int = 64,
         timeout_ms: int = 3000,
         events: EventEmitter | None = None,
+        pool: Any = None,
     ) -> None:
         self.events = events if events is not None else EventEmitter()
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.on_control: ControlHandler | None = None
         timeout_s = timeout_ms / 1000.0
-        # No retries inside redis-py: a retried script after a lost reply could apply twice. The worker retries
+        # The instance's shared pool when given (its owner closes it), else one of our own. The worker retries
         # what is idempotent (FINISH, ENQUEUE of the same id); everything else is a 503 the client may retry.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=timeout_s,  # waiting for a free connection: a burst past the pool gets a 503, not a 500
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._owns_pool = pool is None
+        if pool is None:
+            pool = command_pool(url, pool_size=pool_size, timeout_ms=timeout_ms)
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command.
         self._redis: Any = aioredis.Redis(connection_pool=pool)
         # Blocking reads (XREAD BLOCK, BLPOP) get their own client, with room for the block in the timeout
@@ -165,7 +163,7 @@ class RedisStore:
             pass
         # Our pools were passed in, so the clients would leave them open: close them explicitly.
         await self._blocking.aclose()
-        await self._redis.aclose(close_connection_pool=True)
+        await self._redis.aclose(close_connection_pool=self._owns_pool)
 
     async def abandon_queued(self, reason: str) -> None:
         return None  # queued jobs wait in Redis for the other (or the restarted) instances
@@ -208,7 +206,7 @@ class RedisStore:
             ],
         )
         if not accepted:
-            retry = 5
+            retry = await self._retry_after()
             raise QueueFull(
                 f"The queue holds {queued} jobs, its maximum. Try again in {retry} seconds.",
                 headers={"Retry-After": str(retry)},
@@ -514,6 +512,14 @@ class RedisStore:
                 }
             )
         return records
+
+    async def _retry_after(self) -> int:
+        """Seconds until a place frees, from the cluster's latest finishes (newest first in the list)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lrange(self._key("finish_times"), 0, RETRY_FINISHES - 1)
+        pipe.time()
+        finishes, (secs, micros) = await pipe.execute()
+        return seconds_until_a_place((float(t) for t in finishes), secs * 1000 + micros // 1000, unit_s=0.001)
 
     @_unavailable_on_redis_error
     async def stats(self, *, max_concurrent: int, max_queue_size: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 from ..loops import raise_if_cancelling, stop_task
 from .base import InstanceRecord, OutputCoalescer, Store, execute
-from .records import record_bytes
+from .records import held_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -496,10 +496,10 @@ class Worker:
                 logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
                 await asyncio.sleep(delay)
         self._finished_here[job.id] = job
-        self._finished_here_bytes += record_bytes(job)
+        self._finished_here_bytes += held_bytes(job)
         while len(self._finished_here) > FINISHED_HERE or self._finished_here_bytes > FINISHED_HERE_BYTES:
             _, old = self._finished_here.popitem(last=False)
-            self._finished_here_bytes -= record_bytes(old)
+            self._finished_here_bytes -= held_bytes(old)
         self._release(run)
         if not self._closing:
             with suppress(Exception):

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
 from ..errors import BackendUnavailable
 from ..identity import Client
@@ -32,8 +33,9 @@ class RateLimiter:
         store: LimiterStore | None = None,
         clock: Callable[[], float] = time.time,
         sweep_interval_s: float = 60.0,
+        redis_pool: Any = None,
     ) -> None:
-        self.store: LimiterStore = store if store is not None else _store_for(settings)
+        self.store: LimiterStore = store if store is not None else _store_for(settings, redis_pool)
         # A local store is called synchronously: no coroutine per decision (see bench/bench_ratelimit.py). A shared
         # store is a network round trip, awaited through the protocol.
         self._take_now = self.store.take_now if isinstance(self.store, MemoryLimiterStore) else None
@@ -114,7 +116,12 @@ class RateLimiter:
         """The client's bucket as the next `hit` would find it, without drawing a token (for GET /ratelimit)."""
         policy = self.policy(client, bucket)
         now = self._clock()
-        taken = await self.store.peek(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
+        try:
+            taken = await self.store.peek(f"{bucket}:{client.key}", policy.rate_per_s, policy.capacity, now)
+        except BackendUnavailable:
+            if not self._fail_open:
+                raise
+            return Decision(policy, now, True, policy.capacity, 0.0, 0.0)  # what `hit` lets through meanwhile
         return Decision(policy, now, *taken)
 
     async def sweep(self) -> int:
@@ -144,7 +151,7 @@ class RateLimiter:
                 logger.debug("rate limiter sweep dropped %d full buckets", removed)
 
 
-def _store_for(settings: Settings) -> LimiterStore:
+def _store_for(settings: Settings, pool: Any) -> LimiterStore:
     if settings.redis_url:
         # Imported lazily: the redis client is an optional extra, and the in-memory default needs none of it.
         from .redis import RedisLimiterStore
@@ -154,5 +161,6 @@ def _store_for(settings: Settings) -> LimiterStore:
             prefix=settings.redis_prefix,
             pool_size=settings.redis_pool_size,
             timeout_ms=settings.redis_timeout_ms,
+            pool=pool,
         )
     return MemoryLimiterStore()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import BackendUnavailable
+from ..redispool import command_pool
 from .base import Take
 
 # Shared head of both scripts. KEYS[1] is the bucket, holding the time at which it is full again; ARGV[1] is the
@@ -78,19 +77,15 @@ class RedisLimiterStore:
     hold. Keys expire when their bucket is full again, so `sweep` has nothing to do.
     """
 
-    def __init__(self, url: str, *, prefix: str = "conveyor", pool_size: int = 64, timeout_ms: int = 3000) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "conveyor", pool_size: int = 64, timeout_ms: int = 3000, pool: Any = None
+    ) -> None:
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command. No blocking
-        # commands here, so one bounded pool serves every request; an outage or a burst past it is a
-        # BackendUnavailable (503, or a pass with RATE_LIMIT_REDIS_FAILURE=open) within the timeout.
-        timeout_s = timeout_ms / 1000.0
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
+        # commands here, so the instance's bounded pool (or one of our own) serves every request; an outage or a
+        # burst past it is a BackendUnavailable (503, or a pass with RATE_LIMIT_REDIS_FAILURE=open) in the timeout.
+        self._owns_pool = pool is None
+        if pool is None:
+            pool = command_pool(url, pool_size=pool_size, timeout_ms=timeout_ms)
         self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._prefix = f"{prefix}:ratelimit:"
         self._take = self._redis.register_script(TAKE)
@@ -117,14 +112,18 @@ class RedisLimiterStore:
         return True, int(left), full_us / 1e6, 0.0
 
     async def peek(self, key: str, rate_per_s: float, capacity: int, now: float) -> Take:
-        allowed, left, full_us, next_us = await self._peek(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        try:
+            reply = await self._peek(keys=[self._prefix + key], args=[1e6 / rate_per_s, capacity])
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        allowed, left, full_us, next_us = reply
         return bool(allowed), int(left), full_us / 1e6, next_us / 1e6
 
     async def sweep(self, now: float) -> int:
         return 0  # keys expire by themselves (PX on every write)
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        await self._redis.aclose(close_connection_pool=self._owns_pool)
 
 
 def _unavailable(exc: Exception) -> BackendUnavailable:
