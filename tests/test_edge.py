@@ -247,9 +247,9 @@ async def test_a_job_never_fails_for_want_of_descriptors(tmp_path: Path) -> None
         status, _, answer = await response(reader)
         job = orjson.loads(answer)
         assert (status, job["status"], job["stdout"]) == (200, "completed", "still here\n"), job
-        for sock in flood:
-            sock.close()
     finally:
+        for sock in locals().get("flood", []):
+            sock.close()  # also when an assertion failed: left open, they fail the next test on this worker
         proc.kill()
         proc.wait()
 
