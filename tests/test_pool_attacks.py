@@ -338,7 +338,11 @@ async def test_per_job_limits_bind_a_warm_run_as_a_cold_one(warm: Sandbox, cold:
     want = await run(cold, job)
     got = await warm_run(warm, job)
     assert (want.reason is not None) or want.stdout, want  # the limit was reached
-    assert outcome(got) == outcome(want)
+    if want.reason == "output_limit":
+        # The kill follows the cap: a writer that finishes its last write first exits 0, warm or cold, by chance.
+        assert (got.stdout, got.stderr, got.reason) == (want.stdout, want.stderr, want.reason)
+    else:
+        assert outcome(got) == outcome(want)
 
 
 async def test_a_job_asking_for_less_memory_than_a_ready_sandbox_holds_ends_as_a_cold_run(
