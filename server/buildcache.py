@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -45,11 +46,14 @@ def build_key(
     compile_argv: Iterable[str],
     env: Mapping[str, str],
     files: Iterable[tuple[str, bytes]],
+    owner: str = "",
 ) -> str:
     """The cache key: sha256 over the language, its toolchain version, the compile command as templated (options,
-    heap size and file names included), the language's environment and every file's name and content."""
+    heap size and file names included), the language's environment, every file's name and content, and the job's
+    owner: a build is reused for its owner only, so `compileCached` never tells anyone what another compiled."""
     parts = {
         "format": FORMAT,
+        "owner": owner,
         "language": language,
         "version": version,
         "compile": list(compile_argv),
@@ -65,7 +69,9 @@ def builds_dir(settings: Settings) -> Path:
 
 
 class BuildCache:
-    """Builds by key in one directory, at most `max_bytes` of them (least recently used evicted first).
+    """Builds by key, one directory per owner, at most `max_bytes` of them in all. Past the bound the owner holding
+    the most bytes loses its least recently used build first: one owner's many large builds cannot flush everyone
+    else's.
 
     Every read checks the entry's content hash: a corrupt or tampered entry is deleted and reported as a miss, so it
     is rebuilt and never run. Writes go to a temp file renamed into place, so two identical jobs finishing at once
@@ -79,9 +85,9 @@ class BuildCache:
         self.hits = self.misses = self.evictions = self.corrupt = 0
         self._clock = 0.0
 
-    def get(self, key: str) -> CachedBuild | None:
-        """The build stored under `key`, or None (missing, or failed its check and now deleted)."""
-        path = self._path(key)
+    def get(self, key: str, owner: str = "") -> CachedBuild | None:
+        """The build stored under `key` for `owner`, or None (missing, or failed its check and now deleted)."""
+        path = self._path(key, owner)
         try:
             data = path.read_bytes()
         except OSError:
@@ -99,22 +105,24 @@ class BuildCache:
         self._count(hit=True)
         return build
 
-    def put(self, key: str, build: CachedBuild) -> bool:
-        """Store a build, then evict the least recently used past the bound; False when it alone is too large."""
+    def put(self, key: str, build: CachedBuild, owner: str = "") -> bool:
+        """Store a build for `owner`, then evict past the bound (the largest holder's least recently used first);
+        False when it alone is too large."""
         data = _encode(build)
         if len(data) > self.max_bytes:
             return False
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, temp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        path = self._path(key, owner)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(temp, self._path(key))
+            os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        self._touch(self._path(key))
-        self._evict(keep=self._path(key))
+        self._touch(path)
+        self._evict(keep=path)
         return True
 
     def clear(self) -> int:
@@ -123,6 +131,9 @@ class BuildCache:
         for path in self._files(temp=True):
             path.unlink(missing_ok=True)
             removed += path.suffix == SUFFIX
+        for directory in self._owner_dirs():
+            with contextlib.suppress(OSError):  # not empty: something else was put there meanwhile
+                directory.rmdir()
         return removed
 
     def stats(self) -> dict[str, Any]:
@@ -157,15 +168,24 @@ class BuildCache:
             else:
                 self.misses += 1
 
-    def _path(self, key: str) -> Path:
-        return self.root / f"{key}{SUFFIX}"
+    def _path(self, key: str, owner: str) -> Path:
+        return self.root / hashlib.sha256(owner.encode()).hexdigest()[:16] / f"{key}{SUFFIX}"
 
     def _files(self, *, temp: bool = False) -> list[Path]:
+        found = []
+        for directory in [self.root, *self._owner_dirs()]:
+            try:
+                names = os.listdir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            found += [directory / n for n in names if n.endswith(SUFFIX) or (temp and n.startswith(".tmp-"))]
+        return found
+
+    def _owner_dirs(self) -> list[Path]:
         try:
-            names = os.listdir(self.root)
+            return [entry for entry in self.root.iterdir() if entry.is_dir()]
         except FileNotFoundError:
             return []
-        return [self.root / n for n in names if n.endswith(SUFFIX) or (temp and n.startswith(".tmp-"))]
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         entries = []
@@ -178,13 +198,16 @@ class BuildCache:
         return entries
 
     def _evict(self, *, keep: Path) -> None:
-        entries = sorted(self._entries())
-        total = sum(size for _, size, _ in entries)
-        for _, size, path in entries:
-            if total <= self.max_bytes:
-                break
-            if path == keep:
-                continue
+        held: dict[Path, list[tuple[float, int, Path]]] = {}
+        for entry in sorted(self._entries()):  # oldest first within each owner
+            if entry[2] != keep:
+                held.setdefault(entry[2].parent, []).append(entry)
+        total = sum(size for _, size, _ in self._entries())
+        while total > self.max_bytes and held:
+            owner = max(held, key=lambda d: sum(size for _, size, _ in held[d]))
+            _, size, path = held[owner].pop(0)
+            if not held[owner]:
+                del held[owner]
             path.unlink(missing_ok=True)
             total -= size
             with self._lock:

@@ -329,9 +329,10 @@ class Sandbox:
                 compile_argv=spec.compile,
                 env=spec.env,
                 files=spec.files,
+                owner=job.owner,
             )
             started = time.perf_counter()
-            cached = await asyncio.to_thread(self.cache.get, key)
+            cached = await asyncio.to_thread(self.cache.get, key, job.owner)
             if cached is not None:
                 return _cached_build(cached, (time.perf_counter() - started) * 1000.0, job.output_encoding)
         spec.name += "-build"
@@ -343,7 +344,7 @@ class Sandbox:
             result.stdout = result.stderr = ""
             if self.cache is not None and key is not None:
                 entry = CachedBuild(compile_output=out.compile_output_bytes, artifact=out.stdout_bytes)
-                await asyncio.to_thread(self.cache.put, key, entry)
+                await asyncio.to_thread(self.cache.put, key, entry, job.owner)
             return Build(result=result, artifact=out.stdout_bytes)
         if result.reason is None or result.reason in ("runtime_error", "output_limit"):
             logger.error("job %s: packing the build failed: %s", job.id, out.stderr[-500:])

@@ -55,7 +55,7 @@ def sandbox_of(client: Client) -> Sandbox:
 
 def entries(sandbox: Sandbox) -> set[Path]:
     assert sandbox.cache is not None
-    return set(sandbox.cache.root.glob(f"*{SUFFIX}"))
+    return set(sandbox.cache.root.rglob(f"*{SUFFIX}"))
 
 
 async def test_a_second_identical_run_skips_the_compile(cclient: Client) -> None:
@@ -206,7 +206,7 @@ def test_entries_round_trip_and_any_flipped_byte_is_caught(tmp_path: Path) -> No
     original = build(5000, b"tar!")
     cache.put("k", original)
     assert cache.get("k") == original
-    path = tmp_path / f"k{SUFFIX}"
+    (path,) = tmp_path.rglob(f"k{SUFFIX}")
     data = bytearray(path.read_bytes())
     for offset in (0, HASH_LINE + 3, len(data) // 2, len(data) - 1):
         cache.put("k", original)
@@ -254,3 +254,28 @@ def test_cache_clear_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "server", "cache", "nonsense"], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+async def test_a_build_is_reused_for_its_owner_only(cclient: Client) -> None:
+    # The attack: compile a guess and read `compileCached`. A cached build of another owner answered True, an oracle
+    # for "someone compiled exactly this" (a classmate's solution, a leaked exam answer).
+    code = hello_c(secrets.token_hex(8))
+    victim, attacker = ({"X-Owner-Token": secrets.token_urlsafe(32)} for _ in range(2))
+    first = await call(cclient, "POST", "/run", 200, json={"language": "c", "code": code}, headers=victim)
+    assert first["compileCached"] is False
+    guess = await call(cclient, "POST", "/run", 200, json={"language": "c", "code": code}, headers=attacker)
+    assert guess["compileCached"] is False and guess["stdout"] == "hello\n"
+    again = await call(cclient, "POST", "/run", 200, json={"language": "c", "code": code}, headers=victim)
+    assert again["compileCached"] is True  # the owner's own builds are still reused
+
+
+def test_one_owner_cannot_flush_everyone_elses_builds(tmp_path: Path) -> None:
+    # 33 builds of 15 MB flushed the whole cache for everyone; now the largest holder loses its own oldest first.
+    cache = BuildCache(tmp_path, max_bytes=3500)
+    assert cache.put("mine", build(1000, b"m"), owner="anon:victim")
+    for i in range(8):
+        assert cache.put(f"flood{i}", build(1000, str(i).encode()), owner="anon:flooder")
+    assert cache.get("mine", owner="anon:victim") is not None
+    assert [cache.get(f"flood{i}", owner="anon:flooder") is not None for i in range(8)] == [False] * 6 + [True] * 2
+    assert cache.stats()["bytes"] <= 3500
+    assert cache.get("mine", owner="anon:flooder") is None  # and keys are per owner
