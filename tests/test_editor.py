@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tomllib
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +13,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from server.keys import SETTINGS
+from server.languages import LANGUAGES_FILE
 from tests.browser import screenshot
 from tests.test_pages import (
     SLEEP,
@@ -651,3 +653,16 @@ async def test_the_code_downloads_as_a_file(serve: ServerFactory, pages: Pages) 
     download = await info.value
     assert download.suggested_filename == "main.py"
     assert Path(await download.path()).read_text() == "print('saved')\n"
+
+
+# Modes of languages.toml with no CodeMirror 6 package or legacy mode bundled: shown as plain text (docs/languages.md).
+PLAIN_MODES = {"php", "elixir", "nim", "prolog", "ada", "llvm", "plaintext", "text", "executable", ""}
+
+
+async def test_every_configured_language_mode_has_highlighting(serve: ServerFactory, pages: Pages) -> None:
+    # The picker offers every installed language: each one's mode (languages.toml) must be one the bundle knows.
+    modes = {entry.get("mode", name) for name, entry in tomllib.loads(LANGUAGES_FILE.read_text()).items()}
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    known = await page.evaluate("(modes) => modes.filter((m) => CM.languageFor(m) !== null)", sorted(modes))
+    assert set(modes) - set(known) <= PLAIN_MODES, sorted(set(modes) - set(known) - PLAIN_MODES)
