@@ -443,9 +443,28 @@ def setup_piston(app: web.Application) -> None:
 
     api = PistonApi(app)
     job_watch(app)
-    app.router.add_get("/api/v2/runtimes", api.get_runtimes)
-    app.router.add_get("/api/v2/packages", api.get_packages)
-    app.router.add_post("/api/v2/packages", api.change_packages)
-    app.router.add_delete("/api/v2/packages", api.change_packages)
-    app.router.add_post("/api/v2/execute", api.execute)
+    routes = [
+        ("GET", "/api/v2/runtimes", api.get_runtimes),
+        ("GET", "/api/v2/packages", api.get_packages),
+        ("POST", "/api/v2/packages", api.change_packages),
+        ("DELETE", "/api/v2/packages", api.change_packages),
+        ("POST", "/api/v2/execute", api.execute),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
     PistonSockets(app, api).setup()
+    # Then the same paths as Piston's Express router takes them (any case, a trailing slash or not), after every
+    # exact route, so the documented spelling is matched first.
+    for method, path, handler in routes:
+        app.router.add_route(method, express_path(path), handler)
+
+
+def express_path(path: str) -> str:
+    """An aiohttp route pattern matching `path` as Express's default router does: without regard to case, with an
+    optional trailing slash."""
+    segments = [segment for segment in path.split("/") if segment]
+    pattern = "".join(
+        f"/{{_{i}:{''.join(f'[{c.lower()}{c.upper()}]' if c.isalpha() else re.escape(c) for c in segment)}}}"
+        for i, segment in enumerate(segments)
+    )
+    return pattern + "{_slash:/?}"

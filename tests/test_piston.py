@@ -486,3 +486,16 @@ async def test_a_piston_socket_has_the_hubs_message_budget(app_client: AppClient
     assert ws.close_code == 1008
     errors = [m for m in received if m["type"] == "error"]
     assert len(errors) == 1 and "Too many messages" in errors[0]["message"]
+
+
+@pytest.mark.parametrize("path", ["/api/v2/execute/", "/API/V2/Execute", "/Api/v2/EXECUTE/"])
+async def test_routes_match_as_expresss_do_and_draw_the_same_tokens(app_client: Any, path: str) -> None:
+    # Piston's Express router takes any case and a trailing slash; so do we, and such a path is a submission too
+    # (a path the rate limiter did not recognise would have run for free).
+    client = await app_client(rate_limit_requests=1, rate_limit_burst=1)
+    first = await client.post(path, json=python("print('any case')"))
+    assert first.status == 200 and (await first.json())["run"]["stdout"] == "any case\n"
+    second = await client.post(path, json=python("print(2)"))
+    assert second.status == 429
+    runtimes = await client.get("/API/v2/Runtimes/")
+    assert runtimes.status == 200 and any(r["language"] == "python" for r in await runtimes.json())

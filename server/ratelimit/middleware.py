@@ -32,6 +32,8 @@ _MALFORMED_STATUSES = frozenset({400, 413, 415, 422})
 
 def bucket_for(method: str, path: str) -> Bucket | None:
     """Which bucket a request draws from; None for pages, static files and /health."""
+    if path[:8].lower() == "/api/v2/":
+        path = path.lower().rstrip("/")  # Piston's routes take any case and a trailing slash, as Express's do
     if path == "/run":
         return "submit" if method == "POST" else None
     if (method, path) in _COMPAT_SUBMIT:
