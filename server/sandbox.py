@@ -280,7 +280,8 @@ class Sandbox:
         """Run the version command inside the sandbox; the language is offered only if it works."""
         run = lang.version_argv(heap_mb=self._memory_mb // 2)
         spec = self._spec(lang, f"probe-{lang.name}", run)
-        spec.run_timeout_ms = PROBE_TIMEOUT_MS
+        # A toolchain slow to compile (kotlinc, scalac: a JVM each) is slow to say its version too.
+        spec.run_timeout_ms = max(PROBE_TIMEOUT_MS, lang.compile_timeout_ms)
         try:
             out = await self._execute(spec, None)
         except OSError as exc:  # the launcher itself could not start (a noexec mount, a missing binary)
