@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 NPM_STAMP := tests/npm/node_modules/.stamp
 
-.PHONY: run test lint bench assets screenshots helper install install-test install-bench system-run system-test clean
+.PHONY: run test test-vm lint bench assets screenshots helper install install-test install-bench system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -15,6 +15,13 @@ run: system-run install
 PYTEST_ARGS ?= -n 2 --dist loadfile
 test: system-test install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The cgroup v2 test machine (docs/vm.md): a Debian 12 VM under qemu, built once (root, ~10 min) and cached in
+# /var/tmp/conveyor-vm, runs `make run` as root and as a user, the systemd unit, and the sandbox tests.
+# VM_SCENARIOS picks some of them (root user unit tests), or `shell` for a root shell in the machine.
+VM_SCENARIOS ?= root user unit tests
+test-vm:
+	.ci/vm/run $(VM_SCENARIOS)
 
 lint: install-test
 	$(BIN)/ruff check server tests bench
