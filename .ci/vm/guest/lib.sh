@@ -48,10 +48,11 @@ server_pid() {  # the pid of `python -m server` run by USER, or nothing
     pgrep -u "$1" -f '^[^ ]*python[0-9.]* -m server' | head -1
 }
 
-wait_health() {  # wait_health SECONDS: 0 once /health answers
+wait_health() {  # wait_health SECONDS [PID]: 0 once /health answers; 1 past SECONDS, or once PID has ended
     local deadline=$((SECONDS + $1))
     while [ $SECONDS -lt $deadline ]; do
         curl -fsS -m 10 "$BASE/health" >/dev/null 2>&1 && return 0
+        [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null && return 1
         sleep 2
     done
     return 1
@@ -78,14 +79,15 @@ start_make_run() {  # start_make_run USER DIR LOG
 start_and_wait() {  # start_and_wait USER DIR LOG SECONDS
     local user=$1 dir=$2 log=$3 started=$SECONDS
     start_make_run "$user" "$dir" "$log"
-    if wait_health "$4"; then
+    if wait_health "$4" "$MAKE_SU_PID"; then
         pass "make run serves /health after $((SECONDS - started)) s"
         local pid
         pid=$(server_pid "$user")
         echo "server pid $pid, cgroup: $(cat /proc/"$pid"/cgroup 2>/dev/null)"
         return 0
     fi
-    fail "make run did not serve /health within $4 s; its output:"
+    if kill -0 "$MAKE_SU_PID" 2>/dev/null; then fail "make run did not serve /health within $4 s; its output:"
+    else fail "make run ended after $((SECONDS - started)) s without serving; its output:"; fi
     tail -n 40 "$log" | sed 's/^/    /'
     return 1
 }
