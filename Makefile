@@ -56,13 +56,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# The sandbox's launch and stage-driver helper (server/sandbox.py finds it here). Static when libc.a is there: one
-# exec with no dynamic loader. Without a C compiler the server still works, starting jobs through perl helpers.
+# The sandbox's launch and stage-driver helper (server/sandbox.py finds it here). A static PIE when libc.a is there
+# (one exec with no dynamic loader, and ASLR), else a dynamic PIE. Hardened: it runs as root until it drops to the
+# job's uid, and parses what the server sends it. tests/test_helper.py builds it again with ASan and UBSan.
+# Without a C compiler the server still works, starting jobs through perl helpers.
 HELPER := server/helper/conveyor-run
+HELPER_CFLAGS := -O2 -Wall -Wextra -Werror -Wformat=2 -D_FORTIFY_SOURCE=3 -fstack-protector-strong \
+  -fstack-clash-protection -fPIE
+HELPER_LDFLAGS := -Wl,-z,relro,-z,now
 helper: $(HELPER)
-$(HELPER): server/helper/conveyor-run.c
+$(HELPER): server/helper/conveyor-run.c Makefile
 	@if command -v cc >/dev/null; then \
-	  cc -O2 -Wall -Wextra -Werror -static -o $@ $< 2>/dev/null || cc -O2 -Wall -Wextra -Werror -o $@ $<; \
+	  cc $(HELPER_CFLAGS) -static-pie $(HELPER_LDFLAGS) -o $@ $< 2>/dev/null || \
+	  cc $(HELPER_CFLAGS) -pie $(HELPER_LDFLAGS) -o $@ $<; \
 	else echo "conveyor: no C compiler (cc): jobs start through setpriv, prlimit and perl (apt-get install gcc)" >&2; fi
 
 install: $(VENV)/.stamp-install $(HELPER)

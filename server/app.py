@@ -60,6 +60,12 @@ def create_app(
             count_denial()
             raise_if_denied(decision, "submit")
 
+    async def check_read(client: Client) -> None:
+        decision = await limiter.hit(client, "read")
+        if not decision.allowed:
+            count_denial()
+            raise_if_denied(decision, "read")
+
     # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
     middlewares = [
         error_middleware,
@@ -101,6 +107,7 @@ def create_app(
             app[QUEUE],
             runner=app[RUNNER],
             check_submit=check_submit,
+            check_read=check_read,
             authenticate_key=lambda key, ip: client_for_key(key, ip, keys),
             lockout=lockout,
             submit=lambda job: submit(app, job),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from .access import may_read, not_found
 from .api import client_of, json_response, read_json
-from .errors import BadRequest, ConveyorError
+from .errors import BadRequest, ConveyorError, PayloadTooLarge
 from .identity import check_priority
 from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .payloads import parse_run
@@ -50,23 +51,36 @@ async def submit_runs(request: web.Request) -> web.Response:
 
 
 async def get_runs(request: web.Request) -> web.Response:
-    """The jobs named by `?ids=a,b,c` in that order; one the caller may not read is answered as unknown."""
+    """The jobs named by `?ids=a,b,c` in that order, each once; one the caller may not read is answered as unknown.
+
+    Bounded by bytes as well as by ids: a job can be megabytes (its output, its tests'), so past
+    MAX_BATCH_ANSWER_BYTES a job is named with its own URL instead of being copied into the answer."""
     settings = request.app[SETTINGS]
-    ids = [part for part in request.query.get("ids", "").split(",") if part]
+    ids = list(dict.fromkeys(part for part in request.query.get("ids", "").split(",") if part))
     if not 1 <= len(ids) <= settings.max_batch_size:
         raise BadRequest(f"ids must name from 1 to {settings.max_batch_size} jobs.", field="ids")
     queue = request.app[QUEUE]
     client = client_of(request)
-    jobs: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    size = 0
     for job_id in ids:
         job = await queue.get(job_id)
         if job is None or not may_read(client, job):
-            error = not_found(job_id)
-            jobs.append({"id": job_id, **error.body()})
-            continue
-        job.position = await queue.position(job)
-        jobs.append(job.to_dict())
-    return json_response({"jobs": jobs})
+            part = orjson.dumps({"id": job_id, **not_found(job_id).body()})
+        else:
+            job.position = await queue.position(job)
+            part = orjson.dumps(job.to_dict())
+            if parts and size + len(part) > settings.max_batch_answer_bytes:
+                too_large = PayloadTooLarge(
+                    f"Job {job_id} does not fit in this answer (at most {settings.max_batch_answer_bytes} bytes); "
+                    f"read it alone from /queue/job/{job_id}.",
+                    maxBytes=settings.max_batch_answer_bytes,
+                )
+                part = orjson.dumps({"id": job_id, **too_large.body()})
+        parts.append(part)
+        size += len(part) + 1
+    body = b'{"jobs":[' + b",".join(parts) + b"]}"
+    return web.Response(body=body, content_type="application/json")
 
 
 def setup_batches(app: web.Application) -> None:

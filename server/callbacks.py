@@ -1,9 +1,11 @@
 """Callbacks: a finished job delivered to the URL its submitter named, without becoming an SSRF proxy.
 
 A callback URL is a request the server makes on a client's behalf, so it must not reach what the client cannot:
-loopback, private and link-local networks, cloud metadata addresses. The check runs on the addresses the
-connection actually uses (a resolver that vets what DNS answers), so a name that resolves to a public address at
-submit time and a private one at delivery time (DNS rebinding) is refused too. Redirects are never followed.
+loopback, private and link-local networks, cloud metadata addresses, and this server itself. The check runs on the
+address each socket is about to connect to (the connector's socket factory), after everything the client library
+does to a URL: IDNA turns `127。0。0。1` or full-width digits into an IP literal that skips the resolver, so no
+check on the URL's text can be trusted. The resolver also refuses a name with any address callbacks may not reach
+(a name mixing public and private ones is a rebinding trick). Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,6 +42,40 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 class CallbackRefused(OSError):
     """The callback's host resolves to an address callbacks may not reach."""
+
+
+REFUSED = "which callbacks may not reach"
+
+
+def is_local_address(ip: IPAddress) -> bool:
+    """Whether `ip` is one of this machine's own addresses (binding to it succeeds only then)."""
+    family = socket.AF_INET6 if isinstance(ip, ipaddress.IPv6Address) else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError:
+        return False
+    return True
+
+
+class ConnectGuard:
+    """The connector's socket factory: vets the address each connection is about to use."""
+
+    def __init__(self, allowed: Sequence[IPNetwork], own_port: int) -> None:
+        self._allowed = allowed
+        self._own_port = own_port
+
+    def __call__(self, addr_info: tuple[int, int, int, str, tuple[Any, ...]]) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        ip = ipaddress.ip_address(str(address[0]).partition("%")[0])
+        port = int(address[1])
+        if not address_allowed(ip, self._allowed):
+            raise CallbackRefused(f"{ip} is an address {REFUSED}")
+        # This server itself: a callback to our own port would be a request from us, past the limits of the door it
+        # reaches. We listen only on our own addresses, so any local address with our port is us.
+        if port == self._own_port and is_local_address(embedded_ipv4(ip) or ip):
+            raise CallbackRefused(f"{ip} port {port} is this server, {REFUSED}")
+        return socket.socket(family=family, type=type_, proto=proto)
 
 
 def check_callback_url(url: str) -> str:
@@ -97,7 +134,7 @@ class GuardedResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         for result in results:
             if not address_allowed(ipaddress.ip_address(result["host"]), self._allowed):
-                raise CallbackRefused(f"{host} resolves to {result['host']}, which callbacks may not reach")
+                raise CallbackRefused(f"{host} resolves to {result['host']}, {REFUSED}")
         return results
 
     async def close(self) -> None:
@@ -124,6 +161,7 @@ class CallbackSender:
     def __init__(self, settings: Settings, *, workers: int = 4, backoff_s: float = 1.0) -> None:
         self._secret = settings.callback_secret.encode()
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in settings.callback_allowed_networks]
+        self._own_port = settings.port
         self._timeout = aiohttp.ClientTimeout(total=settings.callback_timeout_ms / 1000.0)
         self._attempts = 1 + settings.callback_retries
         self._backlog: deque[Delivery] = deque()
@@ -158,7 +196,11 @@ class CallbackSender:
         return len(self._backlog)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._allowed), limit=self._workers * 2)
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self._allowed),
+            socket_factory=ConnectGuard(self._allowed, self._own_port),
+            limit=self._workers * 2,
+        )
         # trust_env=False: an HTTP(S)_PROXY in the server's environment must not carry callbacks past the checks.
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False)
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
@@ -206,11 +248,6 @@ class CallbackSender:
         signature = self.sign(delivery.body)
         if signature is not None:
             headers[SIGNATURE_HEADER] = signature
-        host = urlsplit(delivery.url).hostname or ""
-        literal = _ip_literal(host)
-        # aiohttp connects to an IP literal without asking the resolver, so literals are vetted here.
-        if literal is not None and not address_allowed(literal, self._allowed):
-            return f"refused: {literal} is not an address callbacks may reach", False
         try:
             async with self._session.request(
                 delivery.method, delivery.url, data=delivery.body, headers=headers, allow_redirects=False
@@ -219,7 +256,8 @@ class CallbackSender:
         except CallbackRefused as exc:
             return f"refused: {exc}", False
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, CallbackRefused):
+            # Several refused addresses come back as one OSError naming each.
+            if isinstance(exc.os_error, CallbackRefused) or REFUSED in str(exc.os_error):
                 return f"refused: {exc.os_error}", False
             return f"cannot connect: {exc.os_error}", True
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -229,13 +267,6 @@ class CallbackSender:
         # Redirects are not followed (the target would escape the address checks); 4xx other than 408/429 will not
         # change on a retry.
         return f"answered {status}", status >= 500 or status in (408, 429)
-
-
-def _ip_literal(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
 
 
 def _origin(url: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import secrets
@@ -15,6 +14,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import delegation
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class _Hierarchy:
 
     version: int
     controllers: tuple[str, ...]
-    own: Path
+    own: Path  # where this process creates its directory: its claimed v2 subtree, or its own v1 cgroup
+    how: str  # how that cgroup was obtained, for the start-up line
+    removable: bool = False  # `own` is a subtree we made (delegation.Claim.removable): removed once empty
 
     def label(self, controller: str) -> str:
         return f"cgroup v{self.version} {controller}"
@@ -112,23 +115,39 @@ def _write(path: Path, value: str) -> None:
         f.write(value)
 
 
-def _find_hierarchies() -> list[_Hierarchy]:
-    """Prefer v2 for the controllers the unified hierarchy offers us; else each controller's v1 hierarchy."""
+def _find_hierarchies(manager: str) -> tuple[list[_Hierarchy], str | None]:
+    """The v2 subtree this process claims (delegation.claim) for the controllers the unified hierarchy offers;
+    else each controller's v1 hierarchy (our own cgroup there, as root). Also why v2 could not be used, if so."""
     own, mounts = _own_cgroups(), _mounts()
     found: list[_Hierarchy] = []
-    unified = _locate(own, mounts, "unified")
-    offered: set[str] = set()
-    if unified is not None:
+    problem = None
+    in_v2: tuple[str, ...] = ()
+    if "unified" in mounts and "unified" in own:
+        root, point = mounts["unified"]
+        offered: set[str] = set()
         with contextlib.suppress(OSError):
-            offered = set((unified / "cgroup.controllers").read_text().split())
-    in_v2 = tuple(c for c in CONTROLLERS if c in offered)
-    if unified is not None and in_v2:
-        found.append(_Hierarchy(2, in_v2, unified))
+            offered = set((Path(point) / "cgroup.controllers").read_text().split())
+        wanted = tuple(c for c in CONTROLLERS if c in offered)
+        if wanted:
+            try:
+                claimed = delegation.claim(Path(point), wanted, manager=manager, mount_root=root)
+            except delegation.Refused as exc:
+                problem = str(exc)
+            else:
+                in_v2 = claimed.controllers
+                if in_v2:
+                    found.append(_Hierarchy(2, in_v2, claimed.root, claimed.how, claimed.removable))
+                missing = [c for c in wanted if c not in in_v2]
+                if missing:
+                    problem = (
+                        f"{claimed.root} ({claimed.how}) is given no {'/'.join(missing)} controller by its parent; "
+                        "for a user's manager: systemctl edit user@.service, [Service] Delegate=memory pids cpu"
+                    )
     for controller in CONTROLLERS:
         path = _locate(own, mounts, controller)
         if controller not in in_v2 and path is not None and own[controller][0] == 1:
-            found.append(_Hierarchy(1, (controller,), path))
-    return found
+            found.append(_Hierarchy(1, (controller,), path, "the server's own cgroup"))
+    return found, problem
 
 
 class JobCgroup:
@@ -230,6 +249,7 @@ class Cgroups:
         self._memory_bytes = memory_bytes
         self._max_tasks = max_tasks
         self._guard = guard
+        self.problem: str | None = None  # why cgroup v2 was not used, when it was not
 
     def enforced_by(self, controller: str) -> str | None:
         """How a controller's limit is enforced, e.g. "cgroup v1 memory", or None when it is not."""
@@ -246,21 +266,33 @@ class Cgroups:
         return "cgroup v2 cpu.stat" if any(hierarchy.version == 2 for hierarchy, _ in self._bases) else None
 
     @classmethod
-    def setup(cls, *, memory_bytes: int, max_tasks: int) -> Cgroups:
-        """Find the hierarchies we may create child cgroups in; controllers we cannot use are left out."""
+    def setup(cls, *, memory_bytes: int, max_tasks: int, manager: str = "auto") -> Cgroups:
+        """Find the hierarchies we may create child cgroups in; controllers we cannot use are left out (`problem`
+        then says why cgroup v2 could not be used)."""
         bases: list[tuple[_Hierarchy, Path]] = []
-        for hierarchy in _find_hierarchies():
+        hierarchies, problem = _find_hierarchies(manager)
+        for hierarchy in hierarchies:
             try:
                 bases.append((hierarchy, _make_base(hierarchy)))
             except OSError as exc:
                 logger.info("%s not usable for job limits: %s", hierarchy.label("/".join(hierarchy.controllers)), exc)
+                problem = problem or f"cannot create cgroups in {hierarchy.own}: {exc.strerror}"
         guard = None
         if bases:
             try:
                 guard = _Guard([base for _, base in bases])
             except OSError as exc:
                 logger.warning("cannot start the cgroup guard (%s): jobs may outlive a killed server", exc)
-        return cls(bases, memory_bytes, max_tasks, guard=guard)
+        cgroups = cls(bases, memory_bytes, max_tasks, guard=guard)
+        cgroups.problem = problem
+        return cgroups
+
+    def describe(self) -> str:
+        """Where job cgroups are made and how that cgroup was obtained, for the start-up line."""
+        return (
+            "; ".join(f"{h.label('/'.join(h.controllers))} in {base.parent} ({h.how})" for h, base in self._bases)
+            or "none"
+        )
 
     def create(self, name: str, *, memory_bytes: int | None = None) -> JobCgroup:
         """mkdir the job's cgroups and write their limits (a job may ask for less memory than the server's limit).
@@ -301,6 +333,9 @@ class Cgroups:
         """Remove this server's directories (job cgroups are removed as their jobs end)."""
         for hierarchy, base in self._bases:
             _remove_tree(base, hierarchy)
+            if hierarchy.removable:
+                with contextlib.suppress(OSError):  # other servers' directories still in it: the last one removes it
+                    hierarchy.own.rmdir()
         self._bases = []
         if self._guard is not None:
             self._guard.stop()
@@ -362,8 +397,6 @@ def _optional_write(path: Path, value: str) -> None:
 def _make_base(hierarchy: _Hierarchy) -> Path:
     """Create this server's directory under its own cgroup, after sweeping ones left by dead servers."""
     _sweep_stale(hierarchy)
-    if hierarchy.version == 2:
-        _enable_v2(hierarchy)
     base = hierarchy.own / f"{_PREFIX}{_pid_namespace()}-{os.getpid()}-{secrets.token_hex(3)}"
     base.mkdir()
     if hierarchy.version == 2:
@@ -373,29 +406,6 @@ def _make_base(hierarchy: _Hierarchy) -> Path:
             base.rmdir()
             raise
     return base
-
-
-def _enable_v2(hierarchy: _Hierarchy) -> None:
-    """Enable our controllers for the children of our own cgroup.
-
-    cgroup v2 forbids processes in a cgroup that hands controllers to its children (the "no internal processes"
-    rule), so if our cgroup holds us, this process first moves into a leaf child: what a delegated subtree
-    (systemd Delegate=yes) expects. If other processes share our cgroup this still fails and v2 is not used.
-    """
-    control = hierarchy.own / "cgroup.subtree_control"
-    wanted = " ".join(f"+{c}" for c in hierarchy.controllers)
-    if set(hierarchy.controllers) <= set(control.read_text().split()):
-        return
-    try:
-        _write(control, wanted)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EBUSY:
-            raise
-    leaf = hierarchy.own / f"{_PREFIX}server"
-    leaf.mkdir(exist_ok=True)
-    _write(leaf / "cgroup.procs", str(os.getpid()))
-    _write(control, wanted)
 
 
 def _pid_namespace() -> int:

@@ -34,6 +34,9 @@ MAX_WATCHED = 256
 # Messages for one socket that arrive within this window go out in one write (live output stays well under 20 ms).
 WRITE_COALESCE_S = 0.004
 HIGH_WATER = 256 * 1024
+MAX_REQUEST_ID = 128
+# The fields of a `run` message that are not the submission's.
+RUN_ENVELOPE = frozenset({"type", "requestId"})
 
 
 def _text_frame_header(length: int) -> bytes:
@@ -232,11 +235,20 @@ class Connection:
             self.send_error(BadRequest("A message must be a JSON object with a type."))
             return
         request_id = message.get("requestId")
-        request_id = request_id if isinstance(request_id, str | int) else None
-        handler = _HANDLERS.get(message.get("type"))  # type: ignore[arg-type]
-        if handler is None:
+        if request_id is not None and not _valid_request_id(request_id):
             self.send_error(
-                BadRequest(f"Unknown message type {message.get('type')!r}.", valid=sorted(_HANDLERS)),
+                BadRequest(
+                    f"requestId must be a string of at most {MAX_REQUEST_ID} characters or an integer.",
+                    field="requestId",
+                )
+            )
+            return
+        kind = message.get("type")
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            shown = repr(kind)[:64] if isinstance(kind, str) else f"of JSON type {type(kind).__name__}"
+            self.send_error(
+                BadRequest(f"Unknown message type {shown}.", field="type", valid=sorted(_HANDLERS)),
                 requestId=request_id,
             )
             return
@@ -283,7 +295,7 @@ class Connection:
 
     async def on_run(self, message: dict[str, Any]) -> None:
         hub = self.hub
-        run = parse_run(message, hub.settings, hub.runner, allow_interactive=True)
+        run = parse_run(message, hub.settings, hub.runner, allow_interactive=True, envelope=RUN_ENVELOPE)
         check_priority(self.client, run.priority)
         if hub.check_submit is not None:
             await hub.check_submit(self.client)
@@ -329,6 +341,8 @@ class Connection:
         job = await readable_job(self.hub.queue, self.client, job_id)
         if len(self.jobs) >= MAX_WATCHED and job_id not in self.jobs:
             raise BadRequest(f"A connection watches at most {MAX_WATCHED} jobs; unsubscribe from some first.")
+        if self.hub.check_read is not None:
+            await self.hub.check_read(self.client)
         await self.hub.watch(self, job_id, since=since)
         if is_owner(self.client, job) or job_id in self.submitted:
             self.hub.adopt(self, job)
@@ -348,6 +362,13 @@ class Connection:
     async def _drivable_job(self, message: dict[str, Any]) -> Job:
         job_id = _str_field(message, "jobId")
         return await drivable_job(self.hub.queue, self.client, job_id, submitted_here=job_id in self.submitted)
+
+
+def _valid_request_id(value: Any) -> bool:
+    """A client's tag echoed back: a short string or a JSON-safe integer, nothing nested."""
+    if isinstance(value, str):
+        return len(value) <= MAX_REQUEST_ID
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
 
 
 def _str_field(message: dict[str, Any], name: str) -> str:

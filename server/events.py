@@ -13,6 +13,40 @@ Event = dict[str, Any]
 Listener = Callable[[Event], None]
 
 
+# What the queue topic (anyone's dashboard) may carry of each event: lifecycle metadata, field by field. Anything
+# else (output, a test's stdout/stderr/stdin, a field added later) stays with the job's own watchers, who may read it.
+_LIFECYCLE = frozenset({"type", "jobId", "seq"})
+_FINAL = frozenset(
+    {
+        "exitCode",
+        "signal",
+        "reason",
+        "truncated",
+        "waitTimeMs",
+        "executionTimeMs",
+        "compileTimeMs",
+        "cpuTimeMs",
+        "memoryPeakBytes",
+        "compileCpuTimeMs",
+        "compileMemoryPeakBytes",
+        "language",
+    }
+)
+TOPIC_FIELDS: dict[str, frozenset[str]] = {
+    "queued": _LIFECYCLE | {"language", "priority", "createdAt", "retried"},
+    "running": _LIFECYCLE | {"startedAt", "waitTimeMs"},
+    **{status: _LIFECYCLE | _FINAL for status in ("completed", "failed", "timeout", "cancelled")},
+}
+
+
+def topic_event(event: Event) -> Event | None:
+    """The event as the queue topic shows it (its allowed fields), or None when the topic does not carry it."""
+    fields = TOPIC_FIELDS.get(event["type"])
+    if fields is None:
+        return None
+    return {key: value for key, value in event.items() if key in fields}
+
+
 class EventEmitter:
     """Synchronous fan-out to listeners.
 

@@ -14,7 +14,7 @@ from aiohttp import WSCloseCode, web
 from .access import Handles, may_read
 from .connection import Connection, handle_ws
 from .errors import BackendUnavailable, Forbidden, TooManyRequests
-from .events import Event
+from .events import Event, topic_event
 from .identity import Client, anonymous, peer_ip
 from .jobs import TERMINAL_TYPES, Job, Runner
 from .keys import CLIENT, HUB
@@ -25,12 +25,14 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RECENT_JOBS = 200
+# Jobs in a topic snapshot: the dashboard lists jobs from GET /queue/jobs, so a snapshot only says what is recent.
+RECENT_JOBS = 20
 # How long an interactive job outlives its submitter's socket, waiting for the same client to reconnect.
 ORPHAN_GRACE_S = 10.0
 # Topic messages kept after a snapshot was built, sent after it to later subscribers; past this it is rebuilt.
 SNAPSHOT_TAIL = 256
 
+# Draws one token from the client's bucket (submit or read); raises TooManyRequests past it, counted.
 SubmitCheck = Callable[[Client], Awaitable[None]]
 KeyAuth = Callable[[str, str], Client]
 
@@ -49,6 +51,7 @@ class Hub:
         *,
         runner: Runner,
         check_submit: SubmitCheck | None = None,
+        check_read: SubmitCheck | None = None,
         authenticate_key: KeyAuth | None = None,
         lockout: AuthLockout | None = None,
         submit: Callable[[Job], Awaitable[Job]] | None = None,
@@ -57,6 +60,8 @@ class Hub:
         self.queue = queue
         self.runner = runner
         self.check_submit = check_submit
+        # A replay sends a job's whole log (up to MAX_OUTPUT_BYTES) for one short message: it is a read.
+        self.check_read = check_read
         self.authenticate_key = authenticate_key
         self.lockout = lockout
         # How a `run` message is queued: the app's one submission path (callbacks followed), else the queue's own.
@@ -238,7 +243,7 @@ class Hub:
 
     async def _build_snapshot(self, snapshot: _Snapshot) -> None:
         try:
-            jobs = await self.queue.recent(RECENT_JOBS)
+            jobs = await self.queue.recent(RECENT_JOBS, whole=False)
             stats = await self.queue.stats()
             summaries = [{**job.summary(), "handle": self.handles(job.id)} for job in jobs]
             snapshot.admin = orjson.dumps({"type": "snapshot", "jobs": summaries, "stats": stats})
@@ -291,14 +296,15 @@ class Hub:
                         continue  # the replay sent it already
                     conn.sent[job_id] = seq
                 conn.send(data)
-        if kind != "output":
-            # Lifecycle metadata only: the queue topic never carries code, stdin or output, and only admins get
-            # the id (a capability); everyone else a display handle.
-            if self._topic or self._snapshot is not None:
+        if kind not in ("output", "test"):
+            # Lifecycle metadata only (events.topic_event): the queue topic never carries code, stdin, output or a
+            # test's fields, and only admins get the id (a capability); everyone else a display handle.
+            shown = topic_event(event) if self._topic or self._snapshot is not None else None
+            if shown is not None:
                 handle = self.handles(job_id)
-                viewer = {k: v for k, v in event.items() if k != "jobId"}
+                viewer = {k: v for k, v in shown.items() if k != "jobId"}
                 viewer["handle"] = handle
-                self._to_topic(orjson.dumps({**event, "handle": handle}), orjson.dumps(viewer))
+                self._to_topic(orjson.dumps({**shown, "handle": handle}), orjson.dumps(viewer))
             self._stats_dirty.set()
             if self._positions:  # a start, an end or a higher-priority arrival moves the line
                 self._positions_dirty.set()

@@ -66,6 +66,7 @@ async def get_editor(request: web.Request) -> web.Response:
         {
             "maxCodeBytes": settings.max_code_bytes,
             "maxStdinBytes": settings.max_stdin_bytes,
+            "wsMaxMessageBytes": settings.ws_max_message_bytes,
             "jobTimeoutMs": settings.job_timeout_ms,
             "maxTests": settings.max_tests,
         },
@@ -81,6 +82,7 @@ async def get_dashboard(request: web.Request) -> web.Response:
             "statsIntervalMs": settings.stats_interval_ms,
             "maxConcurrent": settings.max_concurrent_jobs,
             "maxQueueSize": settings.max_queue_size,
+            "maxBatchSize": settings.max_batch_size,
         },
     )
 

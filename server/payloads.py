@@ -22,6 +22,30 @@ MAX_COMPILER_OPTION_BYTES = 256
 ENCODINGS = ("utf8", "base64")
 # Names the sandbox itself uses at the top of the work dir.
 RESERVED_NAMES = frozenset({"tmp"})
+# Every field a submission may carry: any other is refused by name (a typo such as `stdn` must not run without input).
+RUN_FIELDS = frozenset(
+    {
+        "language",
+        "code",
+        "files",
+        "main",
+        "stdin",
+        "args",
+        "priority",
+        "timeoutMs",
+        "interactive",
+        "cpuTimeLimitMs",
+        "memoryLimitMb",
+        "compileTimeoutMs",
+        "compilerOptions",
+        "expectedOutput",
+        "tests",
+        "callbackUrl",
+        "outputEncoding",
+    }
+)
+FILE_FIELDS = frozenset({"name", "content", "encoding"})
+TEST_FIELDS = frozenset({"stdin", "expectedOutput"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +86,19 @@ class RunRequest:
         )
 
 
-def parse_run(data: Any, settings: Settings, runner: Runner, *, allow_interactive: bool = False) -> RunRequest:
-    """Validate a submission; raises BadRequest naming the field, or PayloadTooLarge for oversized code."""
+def parse_run(
+    data: Any,
+    settings: Settings,
+    runner: Runner,
+    *,
+    allow_interactive: bool = False,
+    envelope: frozenset[str] = frozenset(),
+) -> RunRequest:
+    """Validate a submission; raises BadRequest naming the field, or PayloadTooLarge for oversized code.
+    `envelope`: the fields of the message around it (a WebSocket `run`'s type and requestId)."""
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.")
+    _refuse_unknown([name for name in data if name not in RUN_FIELDS and name not in envelope], RUN_FIELDS)
     language = _language(data, runner)
     files = _sources(data, settings)
     stdin = _field(data, "stdin", str, default="")
@@ -115,6 +148,16 @@ def parse_run(data: Any, settings: Settings, runner: Runner, *, allow_interactiv
         check_callback_url(callback) if callback is not None else None,
         encoding,
     )
+
+
+def _refuse_unknown(unknown: list[str], known: frozenset[str]) -> None:
+    if unknown:
+        shown = ", ".join(repr(name[:64]) for name in unknown[:8])
+        raise BadRequest(
+            f"Unknown field{'s' if len(unknown) > 1 else ''} {shown}. Known fields: {', '.join(sorted(known))}.",
+            field=unknown[0][:64],
+            unknown=[name[:64] for name in unknown[:8]],
+        )
 
 
 def _language(data: dict[str, Any], runner: Runner) -> str:
@@ -174,6 +217,7 @@ def _source_file(item: Any, index: int) -> SourceFile:
     where = f"files[{index}]"
     if not isinstance(item, dict):
         raise BadRequest(f"{where} must be an object with name and content.", field="files", index=index)
+    _refuse_unknown([f"{where}.{name}" for name in item if name not in FILE_FIELDS], FILE_FIELDS)
     name, content, encoding = item.get("name"), item.get("content"), item.get("encoding", "utf8")
     if not isinstance(name, str) or not isinstance(content, str):
         raise BadRequest(f"{where} needs a name and a content, both strings.", field="files", index=index)
@@ -269,6 +313,7 @@ def _tests(data: dict[str, Any], settings: Settings) -> list[TestCase] | None:
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise BadRequest(f"tests[{index}] must be an object.", field="tests", index=index)
+        _refuse_unknown([f"tests[{index}].{name}" for name in item if name not in TEST_FIELDS], TEST_FIELDS)
         stdin, expected = item.get("stdin", ""), item.get("expectedOutput")
         if not isinstance(stdin, str) or not isinstance(expected, str | None):
             raise BadRequest(f"tests[{index}]: stdin and expectedOutput must be strings.", field="tests", index=index)

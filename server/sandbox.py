@@ -18,7 +18,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from . import driver, packages, pool, seccomp
+from . import driver, hostpaths, packages, pool, seccomp
 from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups, JobCgroup
 from .errors import SandboxUnavailable
@@ -28,7 +28,7 @@ from .judge import Build, judge
 from .languages import Language, LanguageIndex, load_languages
 from .pool import REFILL_NICE, Warm, WarmPool
 from .settings import Settings
-from .spawn import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, start_warm
+from .spawn import ARTIFACT, BOX, PACK, SANDBOX_UID, Fds, HostUids, start_warm
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ INSTALL_HINT = (
 ETC_PATHS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SIGNAL_REASONS = {"SIGXCPU": "cpu_limit", "SIGXFSZ": "file_size_limit"}
-NO_MEMORY_CGROUP = (
-    "no memory cgroup for per-job limits on this host, and RLIMIT_AS alone is per process (a job of 16 processes "
-    "could use 16 times MEMORY_LIMIT_MB): run the server as root, or in a delegated cgroup v2 subtree "
-    "(systemd-run --user --scope -p Delegate=yes make run, or Delegate=yes in its unit), or set "
-    "ALLOW_PER_PROCESS_LIMITS=1 to accept per-process limits of MEMORY_LIMIT_MB / MAX_PROCESSES each"
-)
-
 # Runs as the server's user before bwrap: joins the job's cgroups, so bwrap and everything it starts is limited
 # from its first instruction (no window where a fork escapes), then execs the rest of the command line.
 JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; shift; done; shift; exec "$@"'
@@ -67,6 +60,17 @@ WARM_ARTIFACT = f"/tmp/{ARTIFACT}"
 WARM_UNPACK = ["/bin/sh", "-c", 'tar -xf "$0" && exec rm -f "$0"', WARM_ARTIFACT]
 # The pre-started interpreter's code (languages.toml `preload`, `{preload}`).
 PRELOAD = (Path(__file__).with_name("helper") / "preload.py").read_text()
+
+
+def no_memory_cgroup(problem: str | None) -> str:
+    """The start-up refusal without a memory cgroup: the cause found, and the ways out."""
+    cause = f": {problem}" if problem else ""
+    return (
+        f"no memory cgroup for per-job limits{cause}. RLIMIT_AS alone is per process (a job of 16 processes could use "
+        "16 times MEMORY_LIMIT_MB). Run the server as root, or as a user whose systemd user manager delegates memory "
+        "(make run from a login session), or as a systemd service with Delegate=yes (deploy/conveyor.service); or set "
+        "ALLOW_PER_PROCESS_LIMITS=1 to accept per-process limits of MEMORY_LIMIT_MB / MAX_PROCESSES each"
+    )
 
 
 class Sandbox:
@@ -94,12 +98,16 @@ class Sandbox:
         # As root, drop to an unprivileged host uid before bwrap: the job's processes are then "nobody" on the host
         # too (not root in a user namespace), and RLIMIT_NPROC is not waived for them as it is for root.
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
+        # As root, jobs do not run as root unless bwrap works only for root here (_check_bwrap's warned fallback).
+        self._as_root = False
+        self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids)
         self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
         self._roots = _root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
         self.pool: WarmPool | None = None
         self._etc: dict[str, list[str]] = {}
+        self._probe_failures: dict[str, str] = {}
         self.builds = 0  # compile-and-pack runs, for tests and statistics
         self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
 
@@ -134,7 +142,10 @@ class Sandbox:
         if cgroups:
             max_tasks = settings.max_processes + HELPER_TASKS
             groups = await asyncio.to_thread(
-                Cgroups.setup, memory_bytes=settings.memory_limit_mb << 20, max_tasks=max_tasks
+                Cgroups.setup,
+                memory_bytes=settings.memory_limit_mb << 20,
+                max_tasks=max_tasks,
+                manager=settings.cgroup_manager,
             )
         sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter, helper=helper)
         try:
@@ -152,35 +163,23 @@ class Sandbox:
             )
         else:
             await self._check_bwrap()
-        if self._cgroups is not None:
-            try:
-                probe = await self._execute(Spec(name="probe-cgroups", run=["true"]), None)
-                problem = probe.stderr.strip() if probe.returncode == JOIN_FAILED else None
-            except OSError as exc:
-                problem = str(exc)
-            if problem is not None:
-                logger.warning("cannot put jobs into cgroups (%s); using rlimits only", problem)
-                self._cgroups.close()
-                self._cgroups = None
-        if self._enforcer("memory") is None:
-            if not self.settings.allow_per_process_limits:
-                raise SandboxUnavailable(NO_MEMORY_CGROUP)
-            logger.warning(
-                "ALLOW_PER_PROCESS_LIMITS: no memory cgroup, each process of a job gets RLIMIT_AS of %d MB "
-                "(MEMORY_LIMIT_MB / MAX_PROCESSES)",
-                self._memory_mb,
-            )
+        await self._check_cgroups()
         if self._helper is None and not HELPER.exists():
             logger.warning("%s not built (make install needs a C compiler): jobs start through perl helpers", HELPER)
         if os.geteuid() == 0 and self._setpriv is None:
             logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
+        if self._helper is not None and self._setpriv is not None:
+            try:
+                self._helper = str(await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper)))
+            except OSError as exc:
+                raise SandboxUnavailable(str(exc)) from None
         self._layers = await asyncio.to_thread(packages.find_layers, self.settings)
         langs = list(self._all.values())
         found = await asyncio.gather(*(self._probe(lang) for lang in langs))
         self._versions = {lang.name: version for lang, version in zip(langs, found, strict=True) if version}
         self._index = LanguageIndex(lang for lang in self._all.values() if lang.name in self._versions)
         if not self._versions:
-            raise SandboxUnavailable("no language toolchain works inside the sandbox; install python3 (see README)")
+            raise SandboxUnavailable(self._no_toolchain())
         logger.info(
             "sandbox %s ready: %s", self.backend, ", ".join(f"{n} {v}" for n, v in sorted(self._versions.items()))
         )
@@ -192,6 +191,48 @@ class Sandbox:
                 budget=self.settings.warm_pool,
                 per_language_max=self.settings.warm_pool,
             )
+
+    async def _check_cgroups(self) -> None:
+        """Jobs must join their cgroups, and a job's memory must be bounded as a whole (or the operator accepted
+        per-process limits)."""
+        problem = None
+        if self._cgroups is not None:
+            try:
+                probe = await self._execute(Spec(name="probe-cgroups", run=["true"]), None)
+                joined = probe.stderr.strip() if probe.returncode == JOIN_FAILED else None
+            except OSError as exc:
+                joined = str(exc)
+            problem = self._cgroups.problem
+            if joined is not None:
+                logger.warning("cannot put jobs into cgroups (%s); using rlimits only", joined)
+                problem = problem or f"jobs cannot join their cgroups: {joined}"
+                self._cgroups.close()
+                self._cgroups = None
+            else:
+                logger.info("cgroups: %s", self._cgroups.describe())
+        if self._enforcer("memory") is None:
+            if not self.settings.allow_per_process_limits:
+                raise SandboxUnavailable(no_memory_cgroup(problem))
+            logger.warning(
+                "ALLOW_PER_PROCESS_LIMITS: no memory cgroup, each process of a job gets RLIMIT_AS of %d MB "
+                "(MEMORY_LIMIT_MB / MAX_PROCESSES)",
+                self._memory_mb,
+            )
+
+    def _no_toolchain(self) -> str:
+        """Why no language works: a bound path the jobs' uid cannot reach, else what the probes said."""
+        if self._setpriv is not None:
+            bound = [Path(p) for p in (self._helper, self._bwrap) if p]
+            bound += [Path(layer.path) for layer in self._layers.values()]
+            for path in bound:
+                blocked = hostpaths.unreachable(path)
+                if blocked is not None:
+                    return (
+                        f"jobs run as unprivileged uids, which cannot reach {path} ({blocked} is closed to other "
+                        f"users): chmod o+rx {blocked}, or keep that file outside it"
+                    )
+        said = "; ".join(f"{name}: {text}" for name, text in sorted(self._probe_failures.items()))
+        return f"no language toolchain works inside the sandbox ({said or 'no language configured'})"
 
     async def _check_bwrap(self) -> None:
         if self._bwrap is None:
@@ -211,6 +252,7 @@ class Sandbox:
                 detail,
             )
             self._setpriv = None
+            self._as_root = True
             return
         raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here ({detail}): {INSTALL_HINT}")
 
@@ -223,7 +265,9 @@ class Sandbox:
         text = out.stdout + out.stderr
         match = re.search(r"\d+(?:\.\d+)+", text)
         if out.run_status != "exit 0" or match is None:
-            logger.info("language %s unavailable: %s", lang.name, (text.strip() or out.reason or "no output")[:200])
+            said = (text.strip() or out.reason or out.run_status or "no output")[:200]
+            self._probe_failures[lang.name] = said
+            logger.info("language %s unavailable: %s", lang.name, said)
             return None
         return match.group(0)
 
@@ -368,8 +412,10 @@ class Sandbox:
 
     @property
     def drops_privileges(self) -> bool:
-        """Whether jobs run as SANDBOX_UID on the host (setpriv, when the server is root)."""
-        return self._setpriv is not None
+        """Whether jobs run as SANDBOX_UID on the host (the C helper or setpriv, when the server is root)."""
+        if os.geteuid() != 0 or self._as_root:
+            return False
+        return self._helper is not None or self._setpriv is not None
 
     @property
     def helper(self) -> str | None:
@@ -392,7 +438,13 @@ class Sandbox:
     def _privdrop(self) -> list[str]:
         if self._setpriv is None:
             return []
-        return [self._setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"]
+        uid = self._host_uid()
+        return [self._setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+    def _host_uid(self) -> int:
+        """The host uid of the next sandbox (when the server is root): bwrap's each their own, mapped to SANDBOX_UID
+        inside; SANDBOX=none's all SANDBOX_UID (their work dirs are made for it, and nothing else is apart)."""
+        return self._uids.take() if self.backend == "bwrap" else SANDBOX_UID
 
     def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
         """helper launch (cgroups, uid, keyring) -> bwrap -> helper drive (rlimits, not dumpable) -> compile, run."""
@@ -412,8 +464,11 @@ class Sandbox:
             launch += ["--cgroup", procs]
         if nice:
             launch += ["--nice", str(nice)]
-        if self._setpriv is not None:
-            launch += ["--uid", str(SANDBOX_UID)]
+        # Not only with setpriv: the helper drops the uid itself, and refuses to keep root unless told so by name.
+        if self.drops_privileges:
+            launch += ["--uid", str(self._host_uid())]
+        elif os.geteuid() == 0:
+            launch.append("--stay-root")
         return launch
 
     def _drive_args(self, spec: Spec) -> list[str]:
@@ -577,10 +632,18 @@ class Sandbox:
         """Canonical name for a language name or alias, or None when unknown or unavailable here."""
         return self._index.resolve(name)
 
+    def _host_uids(self) -> str:
+        if not self.drops_privileges:
+            return "the server's own: jobs share it (only a root server can give each sandbox its own)"
+        if self.backend != "bwrap" or self._uids.count == 0:
+            return f"{SANDBOX_UID} for every sandbox"
+        first, last = self._uids.base, self._uids.base + self._uids.count - 1
+        return f"one of {first}-{last} for each sandbox (SANDBOX_UID_BASE, SANDBOX_UIDS), {SANDBOX_UID} inside"
+
     def describe(self) -> dict[str, Any]:
         """The backend and every limit with how this host enforces it (for GET /health)."""
         s = self.settings
-        host_uid = SANDBOX_UID if self._setpriv else os.geteuid()
+        host_uid = SANDBOX_UID if self.drops_privileges else os.geteuid()
         memory: dict[str, Any] = {"limitMb": s.memory_limit_mb, "enforcedBy": self._enforcer("memory") or "RLIMIT_AS"}
         if memory["enforcedBy"] == "RLIMIT_AS":
             memory["perProcessMb"] = self._memory_mb
@@ -601,6 +664,7 @@ class Sandbox:
             "backend": self.backend,
             "bwrapVersion": self._bwrap_version,
             "hostUid": host_uid,
+            "hostUids": self._host_uids(),
             "sandboxUid": SANDBOX_UID if self.backend == "bwrap" else host_uid,
             "network": "none (empty network namespace)" if self.backend == "bwrap" else "host (SANDBOX=none)",
             "syscallFilter": self._filter.describe() if self.backend == "bwrap" else None,

@@ -211,6 +211,28 @@ class Settings:
         "`python -m server packages install` into read-only layers under `CACHE_DIR` "
         "(see [docs/cache.md](docs/cache.md))",
     )
+    cgroup_manager: str = _env(
+        "CGROUP_MANAGER",
+        _choice("auto", "systemd", "cgroupfs"),
+        "auto",
+        "how the server claims its cgroup v2 subtree: `auto` uses a cgroup systemd delegated to it, else asks "
+        "systemd for a delegated scope, else (root, no systemd) makes `/sys/fs/cgroup/conveyor`; `systemd` and "
+        "`cgroupfs` allow only those ways (see [Where it runs](#where-it-runs))",
+    )
+    sandbox_uid_base: int = _env(
+        "SANDBOX_UID_BASE",
+        _int_range(1, 4_294_967_294 - (1 << 24)),  # the range, SANDBOX_UIDS at most, ends below (uid_t)-1
+        2_000_000_000,
+        "first host uid of the range a root server runs sandboxes as, one uid each so that no job sees anothe"
+        "r's keyrings or per-uid counts; the default range lies above systemd's container range and below 2^31",
+    )
+    sandbox_uids: int = _env(
+        "SANDBOX_UIDS",
+        _int_range(0, 1 << 24),
+        65_536,
+        "uids in that range (at least the sandboxes alive at once: jobs and warm ones); `0`: every sandbox ru"
+        "ns as 65534, as before. A server that is not root cannot choose uids: its jobs share its own",
+    )
     # Without a memory cgroup the server refuses to start unless this accepts per-process limits.
     allow_per_process_limits: bool = _env(
         "ALLOW_PER_PROCESS_LIMITS",
@@ -373,6 +395,12 @@ class Settings:
     )
     max_batch_size: int = _env(
         "MAX_BATCH_SIZE", _int_range(1, 1000), 20, "submissions in one `POST /runs`, jobs in one `GET /runs`"
+    )
+    max_batch_answer_bytes: int = _env(
+        "MAX_BATCH_ANSWER_BYTES",
+        _int_range(65_536, 1 << 30),
+        16 * 1024 * 1024,
+        "bytes of one `GET /runs` answer; jobs past it are named with their own URL instead (the first always fits)",
     )
     callback_secret: str = _env(
         "CALLBACK_SECRET", _text, "", "key of the `X-Conveyor-Signature` HMAC-SHA256 on callbacks; empty: unsigned"

@@ -4,9 +4,12 @@ dir), and the start of a warm sandbox (server/pool.py) by the pool's threads."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +19,11 @@ from .pool import Warm, end, wait_ready
 if TYPE_CHECKING:
     from .execution import Launcher, Spec
 
-SANDBOX_UID = 65534  # "nobody": inside the sandbox, and on the host when the server runs as root
+logger = logging.getLogger(__name__)
+
+# "nobody": inside every sandbox; on the host, SANDBOX=none's jobs (and bwrap's with SANDBOX_UIDS=0) when root.
+# Otherwise each bwrap sandbox of a root server has a host uid of its own (HostUids, SANDBOX_UID_BASE).
+SANDBOX_UID = 65534
 BOX = "/box"  # the job's work dir inside the sandbox
 # A build handed to a fresh sandbox: a tar of the work dir after the compile stage, unpacked there before the run
 # (inside the sandbox: nothing on the host ever parses what a job produced).
@@ -138,6 +145,46 @@ def above_stdio(fd: int) -> int:
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     os.close(fd)
     return moved
+
+
+KEY_USERS = "/proc/key-users"
+
+
+def _uids_with_keys() -> set[int]:
+    """The host uids that hold keys now: every live sandbox holds its session keyring (the launcher joins a new one
+    before bwrap, every process inherits it, and seccomp refuses keyctl, so none can leave it)."""
+    try:
+        with open(KEY_USERS, encoding="ascii") as listing:
+            return {int(line.split(":", 1)[0]) for line in listing if ":" in line}
+    except (OSError, ValueError):
+        return set()
+
+
+class HostUids:
+    """Host uids for sandboxes, one each (as isolate gives each box its own): a job then sees no other sandbox's
+    keyrings in /proc/keys or its key quota in /proc/key-users, and shares no per-uid count or limit with it.
+    Handed out in turn through the range, skipping those still held by a live sandbox (they hold keys), so a uid
+    comes back only after `count` others and never while its previous sandbox lives. Thread-safe: the pool's threads
+    start warm sandboxes. A range with every uid alive (fewer uids than sandboxes) shares one, with a warning."""
+
+    def __init__(self, base: int, count: int, *, in_use: Callable[[], set[int]] = _uids_with_keys) -> None:
+        self.base, self.count = base, count
+        self._in_use = in_use
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        if self.count == 0:
+            return SANDBOX_UID
+        with self._lock:
+            busy = self._in_use()
+            for _ in range(self.count):
+                uid = self.base + self._next
+                self._next = (self._next + 1) % self.count
+                if uid not in busy:
+                    return uid
+        logger.warning("all %d SANDBOX_UIDS belong to live sandboxes: uid %d is shared", self.count, uid)
+        return uid
 
 
 def memfd(data: bytes) -> int:

@@ -34,6 +34,10 @@
     bulkCount: $("bulk-count"),
     bulkCancel: $("bulk-cancel"),
     bulkClear: $("bulk-clear"),
+    bulkConfirm: $("bulk-confirm"),
+    bulkQuestion: $("bulk-question"),
+    bulkYes: $("bulk-yes"),
+    bulkNo: $("bulk-no"),
     detailList: $("detail-list"),
     detailEmpty: $("detail-empty"),
     detailActions: $("detail-actions"),
@@ -104,24 +108,38 @@
     }
   }
 
-  /** Cancel the selected jobs (queued ones cancelled, running ones stopped): one answer per id, summed up. */
+  /**
+   * Cancel the selected jobs (queued ones cancelled, running ones stopped): in requests of at most MAX_BATCH_SIZE
+   * ids (the server's limit), one answer per id, summed up.
+   */
   async function cancelJobs(ids) {
     if (!state.admin) return;
     ui.bulkCancel.disabled = true;
+    const size = Math.max(1, config.maxBatchSize || 20);
+    const results = [];
+    let failure = null;
     try {
-      const { results } = await adminPost("/queue/jobs/cancel", { ids });
-      const done = results.filter((r) => r.status === 200).length;
-      const refused = results.filter((r) => r.status !== 200);
-      const why = [...new Set(refused.map((r) => (r.jobStatus ? `already ${r.jobStatus}` : r.error)))].join(", ");
-      const not = refused.length ? `; ${refused.length} not (${why})` : "";
-      toast(`${done} cancelled${not}.`, refused.length ? "" : "ok");
-      table.clearChosen();
-      table.load();
+      for (let start = 0; start < ids.length; start += size) {
+        const answer = await adminPost("/queue/jobs/cancel", { ids: ids.slice(start, start + size) });
+        results.push(...answer.results);
+      }
     } catch (err) {
-      toast(`Nothing cancelled: ${err.message}`);
+      failure = err;
     } finally {
       ui.bulkCancel.disabled = false;
     }
+    const done = results.filter((r) => r.status === 200).length;
+    const refused = results.filter((r) => r.status !== 200);
+    const why = [...new Set(refused.map((r) => (r.jobStatus ? `already ${r.jobStatus}` : r.error)))].join(", ");
+    const not = refused.length ? `; ${refused.length} not (${why})` : "";
+    if (failure) {
+      const left = ids.length - results.length;
+      toast(`${done ? `${done} cancelled${not}; ` : "Nothing cancelled: "}${left} not sent: ${failure.message}`);
+    } else {
+      toast(`${done} cancelled${not}.`, refused.length ? "" : "ok");
+      table.clearChosen();
+    }
+    table.load();
   }
 
   function openLinkedJob() {

@@ -10,6 +10,8 @@
   const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
   const COMPILE_REASONS = new Set(["compile_error", "compile_timeout"]);
   const LAST_RUN_KEY = "conveyor.lastRun";
+  // Languages whose source is not text one types: a prebuilt binary (Judge0's "Executable") stays in the API.
+  const NOT_TYPED = new Set(["executable"]);
   // The saved copy of the last run's output is cut here: localStorage holds ~5 MB per origin, shared by all keys.
   const MAX_SAVED_OUTPUT = 64 * 1024;
 
@@ -19,6 +21,7 @@
     run: $("run"),
     stop: $("stop"),
     status: $("status"),
+    announce: $("status-announce"),
     codeEditor: $("code-editor"),
     codeSize: $("code-size"),
     figures: $("figures"),
@@ -27,6 +30,8 @@
     stdin: $("stdin"),
     inputForm: $("input-form"),
     input: $("input"),
+    live: $("live"),
+    inputHint: $("input-hint"),
     eof: $("eof"),
     copyLink: $("copy-link"),
     tabs: { stdin: $("tab-stdin"), tests: $("tab-tests") },
@@ -36,6 +41,7 @@
     runTests: $("run-tests"),
     testsSummary: $("tests-summary"),
     testsCount: $("tests-count"),
+    testTimeout: $("test-timeout"),
   };
 
   // The run being shown. `lastSeq` is the newest event seen, so a reconnect resumes exactly after it.
@@ -47,14 +53,25 @@
     startedAt: 0, // local Date.now() at the start, for the ticking clock
     eofSent: false,
     tests: false, // a run of the test cases
+    live: false, // stdin stays open for typed lines; otherwise it ends after the pane's text
+    pendingInput: [], // the pane's text past the run message, sent once the program runs
+    paneInputSent: false,
+    lastActivity: 0, // Date.now() of the last output or input, for the "may be waiting for input" hint
+    waitHinted: false,
   };
+  // Live input is a choice this browser remembers; a visitor opening a share link starts with it off.
+  const LIVE_KEY = "conveyor.liveInput";
+  // After this long without output from a live run that still runs, the page says it may be waiting for input.
+  // The server cannot tell a program blocked in read() from one computing quietly, so the wording says "may".
+  const WAIT_HINT_MS = 1500;
   // A shared link (/?job=<id>) shows that run: its code, input and output, for whoever may read it.
   const shared = new URLSearchParams(location.search).get("job");
   const SHARED_REQUEST = "shared-run";
   // A reloaded page takes back its run: the id is kept for this tab, the owner token is the server's cookie.
   const RUN_KEY = "conveyor.run";
   const resumed = shared ? null : sessionStorage.getItem(RUN_KEY);
-  if (resumed) Object.assign(job, { id: resumed, state: "queued" });
+  // What it was sent is not known: its input stays open to the page, as the run's own page left it.
+  if (resumed) Object.assign(job, { id: resumed, state: "queued", paneInputSent: true, live: true });
   let requestCounter = 0;
   let ticker = null;
   let runtimes = [];
@@ -66,16 +83,45 @@
 
   // -- status line ---------------------------------------------------------------------------------------------
 
-  function setStatus(state, text) {
+  /**
+   * The visible status line is not a live region (its clock changes ten times a second); a change of state is
+   * read out once through the visually hidden #status-announce, with `spoken` when the shown text has a clock.
+   */
+  function setStatus(state, text, spoken = text) {
+    const changed = ui.status.dataset.state !== state || ui.status.dataset.spoken !== spoken;
     ui.status.dataset.state = state;
+    ui.status.dataset.spoken = spoken;
     ui.status.textContent = text;
+    ui.status.title = text; // the line is cut with an ellipsis rather than wrapping the toolbar
+    if (changed) announce(spoken);
+  }
+
+  function announce(text) {
+    ui.announce.textContent = text;
   }
 
   function startTicker() {
     stopTicker();
-    const tick = () => setStatus("running", `running ${(Math.max(0, Date.now() - job.startedAt) / 1000).toFixed(1)} s`);
+    const tick = () => {
+      setStatus("running", `running ${(Math.max(0, Date.now() - job.startedAt) / 1000).toFixed(1)} s`, "running");
+      showWaitHint();
+    };
     tick();
     ticker = setInterval(tick, 100);
+  }
+
+  /** A live run that has been quiet a while may be blocked reading stdin: say so near the input line. */
+  function showWaitHint() {
+    const quiet = Date.now() - job.lastActivity >= WAIT_HINT_MS;
+    const waiting = job.live && job.state === "running" && !job.eofSent && quiet;
+    if (waiting === job.waitHinted) return;
+    job.waitHinted = waiting;
+    ui.inputHint.hidden = !waiting;
+    ui.inputHint.textContent = waiting
+      ? "No output for a while: the program may be waiting for input. Type a line and press Enter, or EOF to end input."
+      : "";
+    ui.inputForm.dataset.waiting = String(waiting);
+    if (waiting) announce("no output for a while: the program may be waiting for input");
   }
 
   function stopTicker() {
@@ -137,12 +183,15 @@
   }
 
   function showFigures(figures) {
+    // The bar takes room from the output pane: one that showed its last line still does.
+    const stick = nearBottom();
     ui.figures.replaceChildren(
       ...figures.map(([label, value]) =>
         el("span", { className: "figure", dataset: { figure: label } }, el("span", { className: "figure-label" }, label), value),
       ),
     );
     ui.figures.hidden = figures.length === 0;
+    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
   }
 
   // -- the last run, kept across reloads --------------------------------------------------------------------------
@@ -291,9 +340,24 @@
       tab.setAttribute("aria-selected", String(key === name));
       ui.bodies[key].hidden = key !== name;
     }
-    ui.paneNote.textContent =
-      name === "tests" ? "compiled once, each test in a fresh sandbox" : "sent with the run, before any live input";
+    ui.paneNote.textContent = name === "tests" ? "compiled once, each test in a fresh sandbox" : stdinNote();
     document.querySelector(".editor-layout").dataset.tab = name;
+  }
+
+  function shownTab() {
+    return ui.tabs.tests.getAttribute("aria-selected") === "true" ? "tests" : "stdin";
+  }
+
+  function stdinNote() {
+    return ui.live.checked ? "sent first; stdin then stays open for live input" : "sent whole, then end of input";
+  }
+
+  /** What the next run does with stdin, in the pane note and the input line's placeholder. */
+  function showLiveMode() {
+    if (document.querySelector(".editor-layout").dataset.tab !== "tests") ui.paneNote.textContent = stdinNote();
+    ui.input.placeholder = ui.live.checked
+      ? "Live input: Enter sends a line, Ctrl+D ends input"
+      : "Live input is off: stdin ends after the pane's text";
   }
 
   // -- controls ------------------------------------------------------------------------------------------------
@@ -304,7 +368,7 @@
     ui.runTests.disabled = ui.run.disabled || testCases.length === 0;
     ui.addTest.disabled = testCases.length >= testCases.max;
     ui.stop.disabled = !(job.state === "queued" || job.state === "running") || !job.id;
-    const acceptsInput = job.state === "running" && !job.eofSent && socket.ready;
+    const acceptsInput = job.state === "running" && !job.eofSent && socket.ready && !job.tests;
     ui.input.disabled = !acceptsInput;
     ui.eof.disabled = !acceptsInput;
   }
@@ -395,9 +459,12 @@
       case "running":
         job.state = "running";
         job.startedAt = Math.min(Date.now(), message.startedAt || Date.now());
+        job.lastActivity = Date.now();
+        sendPaneInput();
         startTicker();
         break;
       case "output":
+        job.lastActivity = Date.now();
         appendOutput(message.stream === "stderr" ? "stderr" : "stdout", message.data);
         break;
       case "test":
@@ -412,8 +479,10 @@
   async function onFinished(message) {
     stopTicker();
     job.state = "finished";
+    showWaitHint();
     sessionStorage.removeItem(RUN_KEY);
     setStatus(message.type, finalText(message));
+    if (job.tests) showVerdicts(message);
     const figures = renderFigures(message);
     if (!ui.output.textContent) appendNote(job.tests ? "(the tests' verdicts are under Tests)" : "(no output)");
     const jobId = job.id;
@@ -422,7 +491,7 @@
       const { data } = await fetchJob(jobId);
       if (data && job.id === jobId) {
         showCompileOutput(data.compileOutput);
-        if (job.tests) showTestResults(data.tests);
+        if (job.tests) showTestResults(data.tests, message);
       }
     }
     syncControls();
@@ -435,15 +504,33 @@
     onFinished({ ...record, type: record.status });
   }
 
-  function showTestResults(results) {
+  function showTestResults(results, message) {
     for (const result of Array.isArray(results) ? results : []) testCases.show(result);
     testCases.settle("not run");
-    const summary = testCases.summary();
-    ui.testsSummary.textContent = summary;
-    if (summary && job.state === "finished") ui.status.textContent += ` · ${summary}`;
+    ui.testsSummary.textContent = testCases.summary();
+    if (job.state === "finished") showVerdicts(message);
+  }
+
+  /**
+   * A judged run that ran is `completed` whatever its tests' verdicts: the status says how the tests went
+   * instead, green only when every one was accepted.
+   */
+  function showVerdicts(message) {
+    const counts = testCases.verdictCounts();
+    const judged = Object.values(counts).reduce((sum, n) => sum + n, 0);
+    if (message.type !== "completed" || !judged) return;
+    const total = testCases.length;
+    const accepted = counts.accepted || 0;
+    if (accepted === total) return setStatus("completed", `all ${total} ${total === 1 ? "test" : "tests"} accepted`);
+    const others = Object.entries(counts)
+      .filter(([verdict]) => verdict !== "accepted")
+      .map(([verdict, n]) => `${verdict.replace(/_/g, " ")} ×${n}`);
+    setStatus("failed", `${total - accepted} of ${total} ${total === 1 ? "test" : "tests"} failed: ${others.join(", ")}`);
   }
 
   function onError(message) {
+    // The pane's input or its end of input, sent after the program had finished: nothing anyone lost.
+    if (message.requestId === PaneInput.REQUEST && message.error === "Conflict") return;
     const mine =
       (message.requestId && message.requestId === job.requestId) || (message.jobId && message.jobId === job.id);
     const text = message.message || message.error || "error";
@@ -476,16 +563,38 @@
     const language = ui.language.value;
     requestCounter += 1;
     Object.assign(job, { id: null, requestId: `run-${requestCounter}`, state: "submitting", lastSeq: 0 });
-    Object.assign(job, { eofSent: false, tests, record: null });
+    Object.assign(job, { eofSent: false, tests, record: null, live: !tests && ui.live.checked });
+    Object.assign(job, { pendingInput: [], paneInputSent: false, waitHinted: false });
     stopTicker();
     ui.output.replaceChildren();
     delete ui.output.dataset.restored;
     showFigures([]);
     ui.testsSummary.textContent = "";
     if (tests) testCases.pending();
-    // Interactive (live input, line-buffered C stdout) for a plain run; a judged run gets each test's stdin whole.
-    const input = tests ? { tests: testCases.values() } : { stdin: ui.stdin.value, interactive: true };
-    const sent = socket.send({ type: "run", language, code: code.value, requestId: job.requestId, ...input });
+    // A plain run is interactive (line-buffered C stdout, input while it runs): the pane's text goes with it, what
+    // does not fit one frame follows in `stdin` messages, then end of input unless live. A judged run gets each
+    // test's stdin whole.
+    let message = { type: "run", language, code: code.value, requestId: job.requestId };
+    if (tests) {
+      message.tests = testCases.values();
+      // Each test within this wall time (the server refuses more than JOB_TIMEOUT_MS, naming the field).
+      const limit = Number(ui.testTimeout.value);
+      if (ui.testTimeout.value.trim() && Number.isFinite(limit)) message.timeoutMs = Math.round(limit);
+    } else {
+      const planned = PaneInput.plan({ ...message, interactive: true }, ui.stdin.value, {
+        maxMessageBytes: config.wsMaxMessageBytes,
+        maxStdinBytes: config.maxStdinBytes,
+      });
+      if (planned.error) {
+        job.state = "idle";
+        setStatus("error", `not started: ${planned.error}`);
+        return syncControls();
+      }
+      message = planned.run;
+      job.pendingInput = planned.rest;
+    }
+    revealOutput();
+    const sent = socket.send(message);
     if (!sent) {
       job.state = "idle";
       testCases.settle("");
@@ -494,6 +603,28 @@
       setStatus("submitting", "submitting…");
     }
     syncControls();
+  }
+
+  /** The pane's text that did not fit the run message, then the end of input unless the run is live. */
+  function sendPaneInput() {
+    if (job.paneInputSent || job.tests || job.record) return;
+    const jobId = job.id;
+    for (const data of job.pendingInput) {
+      if (!socket.send({ type: "stdin", jobId, data, requestId: PaneInput.REQUEST })) return; // again on reconnect
+    }
+    job.pendingInput = [];
+    if (!job.live) {
+      if (!socket.send({ type: "eof", jobId, requestId: PaneInput.REQUEST })) return;
+      job.eofSent = true;
+    }
+    job.paneInputSent = true;
+  }
+
+  /** On a narrow screen the output pane sits below the fold: bring it into view when a run starts. */
+  function revealOutput() {
+    const pane = ui.output.closest(".output-pane");
+    const box = pane.getBoundingClientRect();
+    if (box.bottom > innerHeight || box.top < 0) pane.scrollIntoView({ block: "nearest" });
   }
 
   function stop() {
@@ -507,6 +638,8 @@
     if (ui.input.disabled) return;
     const line = ui.input.value;
     if (socket.send({ type: "stdin", jobId: job.id, data: `${line}\n` })) {
+      job.lastActivity = Date.now();
+      showWaitHint();
       appendOutput("stdin", `${line}\n`);
       ui.input.value = "";
     }
@@ -545,7 +678,7 @@
     contentId: "code",
     label: "Source code",
     indentUnit: () => (ui.language.value === "go" ? "\t" : "    "),
-    onRun: () => run(),
+    onRun: () => run({ tests: shownTab() === "tests" }),
     onChange: (text) => {
       showCodeSize(text);
       if (!loadingCode) saveCode();
@@ -604,7 +737,7 @@
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const data = await response.json();
       const list = Array.isArray(data) ? data : data.runtimes || data.languages || [];
-      runtimes = list.map(normalizeRuntime).filter((r) => r.id && r.available !== false);
+      runtimes = list.map(normalizeRuntime).filter((r) => r.id && r.available !== false && !NOT_TYPED.has(r.id));
     } catch (err) {
       setStatus("error", `could not load languages (${err.message}); retrying…`);
       setTimeout(() => loadRuntimes(attempt + 1), Math.min(10_000, 1000 * 2 ** attempt));
@@ -650,6 +783,14 @@
   ui.tabs.stdin.addEventListener("click", () => showTab("stdin"));
   ui.tabs.tests.addEventListener("click", () => showTab("tests"));
   ui.copyLink.addEventListener("click", copyLink);
+  ui.live.addEventListener("change", () => {
+    try {
+      localStorage.setItem(LIVE_KEY, ui.live.checked ? "1" : "0");
+    } catch (err) {
+      // not remembered
+    }
+    showLiveMode();
+  });
   ui.stop.addEventListener("click", stop);
   ui.eof.addEventListener("click", sendEof);
   ui.inputForm.addEventListener("submit", (event) => {
@@ -667,7 +808,7 @@
     if (event.defaultPrevented) return;
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
-      run();
+      run({ tests: shownTab() === "tests" }); // on the Tests tab, the tests
     }
   });
 
@@ -679,6 +820,7 @@
         const first = job.record && job.lastSeq === 0; // a shared run's first subscribe, not a reconnect
         socket.send({ type: "subscribe", jobId: job.id, since: job.lastSeq, requestId: first ? SHARED_REQUEST : undefined });
         if (!first) appendNote("(reconnected)");
+        if (job.state === "running") sendPaneInput();
       } else if (job.state === "submitting") {
         job.state = "idle";
         setStatus("error", "the connection dropped before the run was accepted; run again");
@@ -691,6 +833,12 @@
     },
   });
 
+  try {
+    ui.live.checked = localStorage.getItem(LIVE_KEY) === "1";
+  } catch (err) {
+    ui.live.checked = false;
+  }
+  showLiveMode();
   showCodeSize(code.value);
   if (!shared) restoreLastRun();
   testCases.restore();

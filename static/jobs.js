@@ -115,8 +115,24 @@ const Jobs = (() => {
         }
         this.render();
       });
-      ui.bulkCancel.addEventListener("click", () => this.chosen.size && this.onBulkCancel([...this.chosen]));
+      // A destructive action over many jobs asks first, saying how many (the selection may span pages).
+      ui.bulkCancel.addEventListener("click", () => this.chosen.size && this.confirmBulk(true));
+      ui.bulkNo.addEventListener("click", () => this.confirmBulk(false));
+      ui.bulkYes.addEventListener("click", () => {
+        this.confirmBulk(false);
+        if (this.chosen.size) this.onBulkCancel([...this.chosen]);
+      });
       ui.bulkClear.addEventListener("click", () => this.clearChosen());
+    }
+
+    confirmBulk(asking) {
+      const ui = this.ui;
+      const count = this.chosen.size;
+      ui.bulkQuestion.textContent = `Cancel or stop ${count} ${count === 1 ? "job" : "jobs"}?`;
+      ui.bulkConfirm.hidden = !asking;
+      ui.bulkCancel.hidden = asking;
+      ui.bulkClear.hidden = asking;
+      (asking ? ui.bulkNo : ui.bulkCancel).focus();
     }
 
     get hasActive() {

@@ -29,7 +29,9 @@ class TestCases {
     if (this.rows.length >= this.max) return null;
     const { el } = Conveyor;
     const textarea = (name, label, value) =>
-      el("textarea", { className: `test-${name}`, spellcheck: "false", rows: 2, "aria-label": label, placeholder: label }, value || "");
+      el("textarea", { className: `test-${name}`, spellcheck: "false", rows: 2, "aria-label": label }, value || "");
+    // A visible caption over each field: a placeholder is gone as soon as the field has text.
+    const field = (label, area) => el("label", { className: "test-field" }, el("span", { className: "test-field-label" }, label), area);
     const row = {
       stdin: textarea("stdin", "stdin", test.stdin),
       expected: textarea("expected", "expected output", test.expectedOutput),
@@ -43,7 +45,7 @@ class TestCases {
       "li",
       { className: "test" },
       el("div", { className: "test-head" }, row.title, row.verdict, row.figures, remove),
-      el("div", { className: "test-fields" }, row.stdin, row.expected),
+      el("div", { className: "test-fields" }, field("stdin", row.stdin), field("expected output", row.expected)),
       row.output,
     );
     remove.addEventListener("click", () => this.remove(row));
@@ -102,18 +104,90 @@ class TestCases {
   show(result) {
     const row = this.rows[result.index];
     if (!row || !result.verdict) return;
-    const { fmtMs, fmtBytes } = Conveyor;
+    const { el, fmtMs, fmtBytes } = Conveyor;
     row.verdict.dataset.verdict = result.verdict;
     row.verdict.textContent = result.verdict.replace(/_/g, " ");
     const figures = [];
     if (result.timeMs != null) figures.push(fmtMs(result.timeMs));
     if (result.memoryPeakBytes != null) figures.push(fmtBytes(result.memoryPeakBytes));
     row.figures.textContent = figures.join(" · ");
-    // What the program printed, when that is what failed it (or when it died): the expected output is above.
+    // What the program printed, when that is what failed it (or when it died): a wrong answer as a line diff
+    // against the expected output, anything else as printed.
     const shown = result.verdict !== "accepted" && result.verdict !== "compile_error";
-    const text = shown ? `${result.stdout || ""}${result.stderr ? `\n[stderr]\n${result.stderr}` : ""}` : "";
-    row.output.textContent = text;
-    row.output.hidden = !text;
+    const stderr = result.stderr ? `\n[stderr]\n${result.stderr}` : "";
+    row.output.replaceChildren();
+    delete row.output.dataset.kind;
+    if (shown && result.verdict === "wrong_answer") {
+      row.output.dataset.kind = "diff";
+      const expected = result.expectedOutput ?? row.expected.value;
+      row.output.append(
+        el("span", { className: "diff-caption" }, "expected (−) against printed (+), trailing spaces ignored:\n"),
+        ...TestCases.lineDiff(expected, result.stdout || "").map(([op, line]) =>
+          el("span", { className: `diff-line diff-${{ "-": "del", "+": "add", " ": "same" }[op]}` }, `${op} ${line}\n`),
+        ),
+        stderr,
+      );
+    } else if (shown) {
+      row.output.append(el("span", { className: "diff-caption" }, "printed:\n"), `${result.stdout || ""}${stderr}`);
+    }
+    row.output.hidden = !shown || (!result.stdout && !stderr && result.verdict !== "wrong_answer");
+  }
+
+  /**
+   * A line diff of `expected` and `actual` as [op, line] pairs (op "-" expected only, "+" printed only, " " both),
+   * lines compared as the judge does (trailing whitespace ignored). A longest common subsequence, or line by line
+   * when the table would be too big for a page.
+   */
+  static lineDiff(expected, actual) {
+    const split = (text) => text.replace(/[\s\0]+$/, "").split("\n");
+    const a = split(expected);
+    const b = split(actual);
+    const key = (line) => line.replace(/[ \t\r\v\f\0]+$/, "");
+    if (a.length * b.length > 1_000_000) {
+      const out = [];
+      for (let i = 0; i < Math.max(a.length, b.length); i += 1) {
+        if (i < a.length && i < b.length && key(a[i]) === key(b[i])) out.push([" ", b[i]]);
+        else {
+          if (i < a.length) out.push(["-", a[i]]);
+          if (i < b.length) out.push(["+", b[i]]);
+        }
+      }
+      return out;
+    }
+    // lcs[i][j]: the longest common subsequence of a[i:] and b[j:].
+    const lcs = Array.from({ length: a.length + 1 }, () => new Uint32Array(b.length + 1));
+    for (let i = a.length - 1; i >= 0; i -= 1) {
+      for (let j = b.length - 1; j >= 0; j -= 1) {
+        lcs[i][j] = key(a[i]) === key(b[j]) ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+      }
+    }
+    const out = [];
+    let i = 0;
+    let j = 0;
+    while (i < a.length || j < b.length) {
+      if (i < a.length && j < b.length && key(a[i]) === key(b[j])) {
+        out.push([" ", b[j]]);
+        i += 1;
+        j += 1;
+      } else if (i < a.length && (j === b.length || lcs[i + 1][j] >= lcs[i][j + 1])) {
+        out.push(["-", a[i]]);
+        i += 1;
+      } else {
+        out.push(["+", b[j]]);
+        j += 1;
+      }
+    }
+    return out;
+  }
+
+  /** Counts of the verdicts of rows that have one: {accepted: 2, wrong_answer: 1, ...}. */
+  verdictCounts() {
+    const counts = {};
+    for (const row of this.rows) {
+      const verdict = row.verdict.dataset.verdict;
+      if (verdict !== "none" && verdict !== "pending") counts[verdict] = (counts[verdict] || 0) + 1;
+    }
+    return counts;
   }
 
   /** Results left waiting (a run that ended before its tests did) say so. */

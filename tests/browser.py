@@ -40,6 +40,8 @@ class Recorder:
 
     urls: list[str] = field(default_factory=list)
     frames: list[str] = field(default_factory=list)
+    # The size in bytes of every WebSocket frame it sent.
+    sent: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # Content-Security-Policy refusals (Chromium reports them as console errors): a page must need none.
     csp: list[str] = field(default_factory=list)
@@ -57,6 +59,7 @@ class Recorder:
     def _on_websocket(self, ws: WebSocket) -> None:
         self.urls.append(ws.url)
         ws.on("framereceived", lambda payload: self.frames.append(payload if isinstance(payload, str) else ""))
+        ws.on("framesent", lambda payload: self.sent.append(len(payload.encode() if isinstance(payload, str) else payload)))
 
     def outside(self, origin: str) -> list[str]:
         """URLs that are neither this origin over HTTP nor its WebSocket endpoint."""

@@ -14,7 +14,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
 
+from server.keys import QUEUE
 from tests.conftest import AppClientFactory
+from tests.queues import eventually
 
 Client = TestClient[web.Request, web.Application]
 SPEC: dict[str, Any] = orjson.loads((Path(__file__).parent.parent / "server" / "openapi.json").read_bytes())
@@ -174,6 +176,48 @@ async def test_bad_submissions_name_the_field(client: Client, body: dict[str, An
     else:
         assert error["field"] == field
     assert set(error) >= {"error", "message"}
+
+
+async def test_an_unknown_field_is_named_not_ignored(app_client: AppClientFactory) -> None:
+    client = await app_client()
+    # The typo ran with no input before: now a 400 naming it, on each native door.
+    error = await call(client, "POST", "/run", 400, json={**HELLO, "stdn": "x", "zz": 1})
+    assert error["field"] == "stdn" and error["unknown"] == ["stdn", "zz"] and "stdn" in error["message"]
+    answer = await call(client, "POST", "/runs", 200, json={"submissions": [{**HELLO, "stdn": "x"}, HELLO]})
+    assert [r["status"] for r in answer["runs"]] == [400, 202] and answer["runs"][0]["unknown"] == ["stdn"]
+    bad_test = {"language": "python", "code": "print(input())", "tests": [{"stdin": "1", "expected": "1"}]}
+    assert (await call(client, "POST", "/run", 400, json=bad_test))["unknown"] == ["tests[0].expected"]
+    bad_file = {"language": "python", "files": [{"name": "a.py", "content": "print(1)", "mode": "x"}]}
+    assert (await call(client, "POST", "/run", 400, json=bad_file))["unknown"] == ["files[0].mode"]
+
+
+async def test_malformed_submissions_cost_no_submit_token(app_client: AppClientFactory) -> None:
+    # A user learning the API with 3 runs a minute is not locked out of running by shaped-wrong requests; they are
+    # bounded as reads instead (the read bucket, here 6).
+    client = await app_client(rate_limit_requests=3, rate_limit_read_requests=6)
+    wrong: list[dict[str, Any]] = [
+        {"json": {**HELLO, "stdn": "x"}},
+        {"json": {"language": "python"}},
+        {"json": {"language": "python", "code": "x" * 65_537}},
+        {"data": b"language=python", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+        {"data": b"{not json", "headers": {"Content-Type": "application/json"}},
+    ]
+    for kwargs in wrong:
+        resp = await client.post("/run", **kwargs)
+        assert resp.status in (400, 413, 415), await resp.text()
+    # The read bucket: five malformed submissions took five, one is left; then malformed ones are refused.
+    assert (await client.post("/run", json={"language": "python"})).status == 400
+    assert (await client.post("/run", json={"language": "python"})).status == 429
+    for _ in range(3):
+        resp = await client.post("/run", json=HELLO)
+        assert resp.status == 200, await resp.text()
+    assert (await client.post("/run", json=HELLO)).status == 429  # the submit bucket still holds
+    stats = client.app[QUEUE]
+    await eventually(lambda: _rate_limited(stats, 2))  # both 429s counted
+
+
+async def _rate_limited(queue: Any, count: int) -> bool:
+    return bool((await queue.stats())["totalRateLimited"] >= count)
 
 
 async def test_unknown_language_lists_valid_ones(client: Client) -> None:

@@ -89,7 +89,28 @@ async def test_get_runs_reads_in_order_and_hides_what_the_caller_may_not_read(ap
 async def test_get_runs_bounds_the_ids(app_client: AppClientFactory) -> None:
     client = await app_client()
     await call(client, "GET", "/runs", 400)
-    await call(client, "GET", "/runs?ids=" + ",".join(["a" * 32] * 21), 400)
+    await call(client, "GET", "/runs?ids=" + ",".join(f"{i:032x}" for i in range(21)), 400)
+
+
+async def test_get_runs_answers_a_repeated_id_once_and_bounds_its_bytes(app_client: AppClientFactory) -> None:
+    # The amplification: one id twenty times turned a short request into twenty copies of a large job.
+    client = await app_client(max_batch_answer_bytes=300_000)
+    big = {"language": "python", "code": "print('x' * 200_000)"}
+    first = (await call(client, "POST", "/run", 200, json=big))["id"]
+    second = (await call(client, "POST", "/run", 200, json=big))["id"]
+    resp = await client.get("/runs?ids=" + ",".join([first] * 20))
+    body = await resp.read()
+    assert resp.status == 200 and len(body) < 250_000
+    assert [j["id"] for j in orjson.loads(body)["jobs"]] == [first]
+    resp = await client.get(f"/runs?ids={first},{second},{first}")
+    body = await resp.read()
+    assert len(body) <= 300_000
+    jobs = orjson.loads(body)["jobs"]
+    assert [j["id"] for j in jobs] == [first, second]
+    assert len(jobs[0]["stdout"]) == 200_001
+    # Past the answer's budget a job is named with where to read it alone, never cut.
+    assert jobs[1]["error"] == "Payload too large" and f"/queue/job/{second}" in jobs[1]["message"]
+    assert "stdout" not in jobs[1]
 
 
 @pytest.fixture

@@ -109,6 +109,42 @@ async def test_loopback_is_refused_unless_allowed(host: str, receiver: Receiver,
     assert sender.failed == 1
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127\u30020\u30020\u30021",  # ideographic full stops: IDNA makes them dots, and the host an IP literal
+        "\uff11\uff12\uff17.0.0.1",  # full-width digits
+        "127\uff0e0\uff0e0\uff0e1",  # full-width full stops
+        "0x7f.1",
+        "2130706433",
+        "[::1]",
+        "[0:0:0:0:0:ffff:7f00:1]",
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "PUT"])  # native callbacks POST, Judge0's PUT
+async def test_a_disguised_loopback_address_is_never_connected_to(
+    host: str, method: str, receiver: Receiver, sender_factory: SenderFactory
+) -> None:
+    sender = await sender_factory()
+    assert not await sender.deliver(Delivery("abc", receiver.url(host=host), b"{}", method=method))
+    assert receiver.seen == []
+    assert sender.failed == 1
+
+
+async def test_the_server_itself_is_never_called_even_where_loopback_is_allowed(
+    receiver: Receiver, sender_factory: SenderFactory
+) -> None:
+    # The receiver plays this server: a callback to our own address would be a request from ourselves, past every
+    # limit on the door it reaches.
+    sender = await sender_factory(callback_allowed_networks=LOOPBACK, host="127.0.0.1", port=receiver.server.port)
+    for host in ("127.0.0.1", "localhost", "127\u30020\u30020\u30021"):
+        assert not await sender.deliver(Delivery("abc", receiver.url(host=host), b"{}"))
+    assert receiver.seen == []
+    wildcard = await sender_factory(callback_allowed_networks=LOOPBACK, host="0.0.0.0", port=receiver.server.port)
+    assert not await wildcard.deliver(Delivery("abc", receiver.url(), b"{}"))
+    assert receiver.seen == []
+
+
 async def test_metadata_and_private_addresses_are_refused_without_a_connection(sender_factory: SenderFactory) -> None:
     sender = await sender_factory(callback_retries=3)
     for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/", "http://[fd00:ec2::254]/"):

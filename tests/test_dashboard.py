@@ -12,6 +12,7 @@ import orjson
 import pytest
 from playwright.async_api import Locator, Page, Route, expect
 
+from server.keys import SETTINGS
 from tests.browser import screenshot
 from tests.conftest import keys_file
 from tests.test_pages import Pages, ServerFactory, browser, handle, pages, row, serve, submit
@@ -100,6 +101,8 @@ async def test_admin_runs_again_and_cancels_in_bulk(serve: ServerFactory, pages:
     await expect(admin.locator("#bulk-count")).to_have_text("4 selected")
     await screenshot(admin, "dashboard-bulk")
     await admin.click("#bulk-cancel")
+    await expect(admin.locator("#bulk-question")).to_have_text("Cancel or stop 4 jobs?")
+    await admin.click("#bulk-yes")
     await expect(admin.locator("#toast")).to_have_text("3 cancelled; 1 not (already completed).")
     for page in (viewer, admin):
         for job in (sleeper, *waiting):
@@ -192,3 +195,30 @@ def health_with(pool: dict[str, Any] | None) -> Callable[[Route], Awaitable[None
         await route.fulfill(response=response, json=body if pool is None else {**body, "pool": pool})
 
     return handler
+
+
+async def test_a_whole_page_is_cancelled_past_the_batch_limit_after_a_confirmation(
+    serve: ServerFactory, pages: Pages, tmp_path: Path
+) -> None:
+    keys = keys_file(tmp_path, {"ops": (ADMIN_KEY, True)})
+    server = await serve(api_keys_file=keys, max_concurrent_jobs=1, max_queue_size=30)
+    limit = server.app[SETTINGS].max_batch_size
+    jobs = [await submit(server, "import time\ntime.sleep(60)") for _ in range(25)]  # one runs, 24 wait
+    admin = await pages.open(server, "/dashboard")
+    await sign_in(admin)
+    await expect(admin.locator("#page-size")).to_have_value("25")
+    await expect(admin.locator("#jobs-body tr")).to_have_count(25)
+    await admin.check("#select-page")
+    await expect(admin.locator("#bulk-count")).to_have_text("25 selected")
+    assert 25 > limit  # more than one request may carry
+    await admin.click("#bulk-cancel")
+    await expect(admin.locator("#bulk-question")).to_have_text("Cancel or stop 25 jobs?")
+    await expect(admin.locator("#bulk-no")).to_be_focused()
+    await admin.click("#bulk-no")  # nothing happens without a yes
+    await expect(admin.locator("#bulk-confirm")).to_be_hidden()
+    await expect(admin.locator("#jobs-body .badge", has_text="cancelled")).to_have_count(0)
+    await admin.click("#bulk-cancel")
+    await admin.click("#bulk-yes")
+    await expect(admin.locator("#toast")).to_have_text("25 cancelled.")
+    for job in jobs:
+        await expect(row(admin, server, job["jobId"]).locator(".badge")).to_have_text("cancelled")

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
+from server.keys import SETTINGS
 from tests.browser import screenshot
 from tests.test_pages import (
     SLEEP,
@@ -400,6 +401,7 @@ async def test_a_c_prompt_without_fflush_shows_before_the_input(serve: ServerFac
     await editor_ready(page)
     await page.select_option("#language", "c")
     await set_code(page, PROMPT_WITHOUT_FFLUSH)
+    await page.check("#live")
     await page.click("#run")
     await expect(page.locator("#output .out-stdout")).to_have_text("name? ", use_inner_text=True)
     await expect(page.locator("#status")).to_have_attribute("data-state", "running")  # waiting in scanf
@@ -407,3 +409,144 @@ async def test_a_c_prompt_without_fflush_shows_before_the_input(serve: ServerFac
     await page.press("#input", "Enter")
     await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
     await expect(page.locator("#output")).to_have_text(re.compile(r"^name\? ada\nhi ada\n"), use_inner_text=True)
+
+
+# -- stdin: end of input, live input, large input -----------------------------------------------------------------
+
+READ_ALL = "import sys\ndata = sys.stdin.read()\nprint('words', len(data.split()))\n"
+DIGEST = "import hashlib, sys\ndata = sys.stdin.buffer.read()\nprint(len(data), hashlib.sha256(data).hexdigest())\n"
+
+
+async def test_a_program_that_reads_to_the_end_of_input_finishes(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await expect(page.locator("#live")).not_to_be_checked()  # the default: stdin ends after the pane's text
+    await expect(page.locator("#pane-note")).to_have_text("sent whole, then end of input")
+    await run_to_end(page, READ_ALL, stdin="a b\nc\n")
+    await expect(page.locator("#output .out-stdout")).to_have_text("words 3\n", use_inner_text=True)
+    await page.select_option("#language", "bash")
+    await run_to_end(page, "cat; echo done", stdin="from the pane\n")
+    await expect(page.locator("#output .out-stdout")).to_have_text("from the pane\ndone\n", use_inner_text=True)
+    # A visitor opening the link and pressing Run gets the same: no live session, no wait for a timeout.
+    other = await pages.open(server, f"/?job={await job_in_url(page)}")
+    await expect(other.locator("#status")).to_have_attribute("data-state", "completed")
+    await other.click("#run")
+    await expect(other.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(other.locator("#output .out-stdout")).to_have_text("from the pane\ndone\n", use_inner_text=True)
+
+
+async def test_a_live_run_says_when_it_may_be_waiting_for_input(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await page.check("#live")
+    await expect(page.locator("#pane-note")).to_have_text("sent first; stdin then stays open for live input")
+    await set_code(page, "print('name?', flush=True)\nprint('hi', input())\n" + READ_ALL)
+    await page.fill("#stdin", "")
+    await page.click("#run")
+    hint = page.locator("#input-hint")
+    await expect(hint).to_have_text(re.compile("^No output for a while: the program may be waiting for input"))
+    await expect(page.locator("#input-form")).to_have_attribute("data-waiting", "true")
+    await expect(page.locator("#status-announce")).to_have_text(re.compile("may be waiting for input"))
+    await page.fill("#input", "ada")
+    await page.press("#input", "Enter")
+    await expect(page.locator("#output")).to_contain_text("hi ada")
+    await expect(hint).to_be_visible()  # reading to the end now: still waiting, until EOF
+    await page.click("#eof")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(hint).to_be_hidden()
+    await expect(page.locator("#output")).to_contain_text("words 0")
+    await page.reload()
+    await expect(page.locator("#live")).to_be_checked()  # remembered
+
+
+async def test_the_status_is_announced_once_per_state_not_per_tick(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await expect(page.locator("#status")).not_to_have_attribute("role", "status")  # the ticking clock is not read
+    await page.evaluate(
+        """() => {
+            window.announced = [];
+            new MutationObserver(() => window.announced.push(document.querySelector('#status-announce').textContent))
+              .observe(document.querySelector('#status-announce'), {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    await run_to_end(page, "import time\nfor i in range(3):\n    time.sleep(0.4)\n    print(i, flush=True)\n")
+    announced = await page.evaluate("window.announced")
+    # submitting, queued, running, completed: one each, however long the run ticked.
+    assert announced.count("running") == 1 and len(announced) <= 4, announced
+    assert announced[-1].startswith("completed"), announced
+
+
+async def test_a_large_stdin_goes_in_frames_under_the_message_cap(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    cap = server.app[SETTINGS].ws_max_message_bytes
+    # 300 KB of text with two- and four-byte characters (a surrogate pair must not be split between frames).
+    text = "line é 😀 " * 30_000
+    await page.evaluate("(text) => { document.querySelector('#stdin').value = text; }", text)
+    await set_code(page, DIGEST)
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    data = text.encode()
+    expected = f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
+    await expect(page.locator("#output .out-stdout")).to_have_text(expected, use_inner_text=True)
+    sent = pages.recorder(page).sent
+    assert len(data) > cap and max(sent) <= cap, (len(data), max(sent))
+    # Over the server's stdin limit: refused on the page, naming the limit, before anything is sent.
+    small = await pages.open(await serve(max_stdin_bytes=1000), "/")
+    await editor_ready(small)
+    await small.fill("#stdin", "x" * 2000)
+    await small.click("#run")
+    await expect(small.locator("#status")).to_have_text("not started: the input is 2.0 KiB; this server takes at most 1000 B")
+    await expect(small.locator("#run")).to_be_enabled()
+
+
+# -- layout ---------------------------------------------------------------------------------------------------------
+
+
+async def test_a_long_status_does_not_move_the_panes(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/", viewport={"width": 900, "height": 800})
+    await editor_ready(page)
+    before = await page.locator(".code-pane").bounding_box()
+    await set_code(page, "import sys\nprint('x' * 2_000_000)\nsys.exit(3)")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "failed")
+    text = await page.locator("#status").text_content() or ""
+    assert len(text) > 60 and await page.locator("#status").get_attribute("title") == text
+    assert await page.locator(".code-pane").bounding_box() == before
+
+
+async def test_the_figures_bar_keeps_the_last_output_line_in_view(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await run_to_end(page, "for i in range(300):\n    print('line', i)\n")
+    await expect(page.locator("#figures")).to_be_visible()
+    gap = await page.evaluate("(() => { const o = document.querySelector('#output'); "
+                              "return o.scrollHeight - o.scrollTop - o.clientHeight; })()")
+    assert gap <= 1, gap
+
+
+async def test_run_on_a_phone_brings_the_output_into_view(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/", viewport={"width": 390, "height": 700})
+    await editor_ready(page)
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    top, bottom, height = await page.evaluate(
+        "(() => { const b = document.querySelector('.output-pane').getBoundingClientRect(); "
+        "return [b.top, b.bottom, innerHeight]; })()"
+    )
+    assert 0 <= top and bottom <= height, (top, bottom, height)
+
+
+async def test_the_prebuilt_binary_language_is_not_offered_in_the_picker(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/runtimes")) as resp:
+            offered = {r["language"] for r in await resp.json()}
+    assert "executable" in offered  # the API keeps it (Judge0's language 44)
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    values = await page.locator("#language option").evaluate_all("options => options.map(o => o.value)")
+    assert "executable" not in values and set(values) == offered - {"executable"}

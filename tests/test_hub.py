@@ -8,7 +8,6 @@ import hashlib
 import os
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.jobs import Runner
-from server.keys import HUB
-from tests.conftest import AppClientFactory, make_settings
+from server.keys import HUB, QUEUE
+from tests.conftest import AppClientFactory, keys_file, make_settings
+from tests.queues import eventually
 
 Client = TestClient[web.Request, web.Application]
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
@@ -96,24 +96,26 @@ async def test_an_event_both_replayed_and_live_is_sent_once(client: Client) -> N
 
 
 async def test_output_streams_while_the_program_runs(client: Client) -> None:
+    """Each line reaches the client while the program still runs: the program waits for an answer to each line
+    before it writes the next, so nothing here depends on timing (not on the output merge window either)."""
     ws = await connect(client)
-    code = (
-        "import sys, time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.4)\n"
-        "print('err', file=sys.stderr)"
-    )
-    await ws.send_json({"type": "run", "language": "python", "code": code})
-    arrivals: list[tuple[float, dict[str, Any]]] = []
-    async with asyncio.timeout(20):
-        while True:
+    code = "import sys\nfor i in range(3):\n    print(i, flush=True)\n    input()\nprint('err', file=sys.stderr)"
+    await ws.send_json({"type": "run", "language": "python", "code": code, "interactive": True})
+    job_id = (await recv(ws))["jobId"]
+    stdout = ""
+    for i in range(3):
+        while stdout != "".join(f"{n}\n" for n in range(i + 1)):  # line i, before the program may go on
             message = await recv(ws)
-            arrivals.append((time.monotonic(), message))
-            if message["type"] in TERMINAL:
-                break
-    outputs = [(t, m) for t, m in arrivals if m["type"] == "output"]
-    assert [m["data"] for _, m in outputs if m["stream"] == "stdout"] == ["0\n", "1\n", "2\n"]
-    assert [m["data"] for _, m in outputs if m["stream"] == "stderr"] == ["err\n"]
-    # The first line arrived while the program was still sleeping, not with the result.
-    assert outputs[0][0] < arrivals[-1][0] - 0.5
+            if message["type"] == "output":
+                assert message["stream"] == "stdout", message
+                stdout += message["data"]
+            else:
+                assert message["type"] not in TERMINAL, message
+        await ws.send_json({"type": "stdin", "jobId": job_id, "data": "\n"})
+    rest = await until(ws, TERMINAL)
+    outputs = [m for m in rest if m["type"] == "output"]
+    assert [(m["stream"], m["data"]) for m in outputs] == [("stderr", "err\n")]
+    assert rest[-1]["type"] == "completed"
 
 
 async def test_interactive_input_round_trip_and_eof(client: Client) -> None:
@@ -134,6 +136,48 @@ async def test_interactive_input_round_trip_and_eof(client: Client) -> None:
     rest = await until(ws, TERMINAL)
     assert "3\n" in "".join(m.get("data", "") for m in rest)
     assert rest[-1]["type"] == "completed"
+
+
+async def test_interactive_run_with_stdin_gets_it_once(client: Client) -> None:
+    # The editor sends its stdin box with every interactive run: the program must read it once, not twice.
+    ws = await connect(client)
+    code = "import sys\nsys.stdout.write(repr(sys.stdin.read()))"
+    await ws.send_json({"type": "run", "language": "python", "code": code, "stdin": "abc\n", "interactive": True})
+    job_id = (await recv(ws))["jobId"]
+    await until(ws, "running")
+    await ws.send_json({"type": "eof", "jobId": job_id})
+    rest = await until(ws, TERMINAL)
+    assert "".join(m["data"] for m in rest if m["type"] == "output") == repr("abc\n")
+
+
+async def test_stdin_sent_while_queued_waits_for_the_program(app_client: AppClientFactory) -> None:
+    client = await app_client(max_concurrent_jobs=1, max_stdin_bytes=64)
+    ws = await connect(client)
+    await ws.send_json({"type": "run", "language": "python", "code": "import time\ntime.sleep(1.5)"})
+    blocker = (await recv(ws))["jobId"]
+    code = "import sys\nsys.stdout.write(repr(sys.stdin.read()))"
+    await ws.send_json({"type": "run", "language": "python", "code": code, "stdin": "a\n", "interactive": True})
+    queued = await recv(ws)
+    while queued.get("type") != "queued" or queued["jobId"] == blocker:
+        queued = await recv(ws)
+    job_id = queued["jobId"]
+    assert queued["position"] is not None  # still waiting behind the blocker
+    await ws.send_json({"type": "stdin", "jobId": job_id, "data": "b\n"})
+    # Past the input budget, a queued job's input is refused as a running job's is, and the job goes on.
+    await ws.send_json({"type": "stdin", "jobId": job_id, "data": "x" * 64})
+    errors: list[dict[str, Any]] = []
+    while not errors:
+        message = await recv(ws)
+        if message["type"] == "error":
+            errors.append(message)
+    assert errors[0]["error"] == "Input backlog full" and errors[0]["jobId"] == job_id, errors
+    await ws.send_json({"type": "eof", "jobId": job_id})
+    seen: list[dict[str, Any]] = []
+    while not any(m["type"] in TERMINAL and m["jobId"] == job_id for m in seen):
+        seen.append(await recv(ws))
+    assert not [m for m in seen if m["type"] == "error"], seen
+    output = "".join(m["data"] for m in seen if m["type"] == "output" and m["jobId"] == job_id)
+    assert output == repr("a\nb\n")
 
 
 async def test_stop_a_running_infinite_loop(client: Client) -> None:
@@ -186,6 +230,31 @@ async def test_queue_topic_sees_rest_jobs_and_stats_without_output(client: Clien
     assert stats and "queueLength" in stats[-1]
 
 
+async def test_queue_topic_never_carries_a_key_users_tests_or_output(app_client: AppClientFactory, tmp_path: Path) -> None:
+    # The attack: an anonymous dashboard viewer while a key user's job runs hidden tests whose input it echoes.
+    client = await app_client(api_keys_file=keys_file(tmp_path, {"alice": ("alice-secret", False)}))
+    spy = await connect(client)
+    await spy.send_json({"type": "subscribe", "topic": "queue"})
+    assert (await recv(spy))["type"] == "snapshot"
+    run = {
+        "language": "python",
+        "code": "print(input())",
+        "tests": [{"stdin": "hidden-input-1\n", "expectedOutput": "x"}, {"stdin": "hidden-input-2\n"}],
+    }
+    resp = await client.post("/run", json=run, headers={"Authorization": "Bearer alice-secret"})
+    assert resp.status == 200, await resp.text()
+    messages = await until(spy, TERMINAL)
+    raw = orjson.dumps(messages).decode()
+    assert "hidden-input" not in raw and "print(" not in raw
+    assert not [m for m in messages if m["type"] in ("test", "output")], messages
+    allowed = {"type", "handle", "seq", "language", "priority", "createdAt", "retried", "startedAt", "waitTimeMs"}
+    allowed |= {"exitCode", "signal", "reason", "truncated", "executionTimeMs", "compileTimeMs", "cpuTimeMs"}
+    allowed |= {"memoryPeakBytes", "compileCpuTimeMs", "compileMemoryPeakBytes", "queueLength", "runningCount"}
+    for message in messages:
+        if message["type"] not in ("stats",):
+            assert set(message) <= allowed, message
+
+
 async def test_resume_with_since_replays_missed_output(client: Client) -> None:
     ws = await connect(client)
     code = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n    time.sleep(0.15)"
@@ -225,15 +294,27 @@ async def test_subscribe_to_a_rest_job_replays_from_the_start(client: Client) ->
         ('{"type": "run", "language": "cobol", "code": "x", "requestId": "q"}', "Bad request"),
         ('{"type": "stdin", "jobId": "nope", "data": "x"}', "Not found"),
         ('{"type": "subscribe", "jobId": 5}', "Bad request"),
+        ('{"type": [1]}', "Bad request"),
+        ('{"type": {"a": 1}}', "Bad request"),
+        ('{"type": "run", "language": "python", "code": "x", "stdn": "typo"}', "Bad request"),
+        ('{"type": "run", "language": "python", "code": "x", "requestId": ' + "[" * 300 + "]" * 300 + "}", "Bad request"),
+        ('{"type": "run", "language": "python", "code": "x", "requestId": "' + "r" * 200 + '"}', "Bad request"),
+        ('{"type": "ping", "requestId": {"a": [1]}}', "Bad request"),
     ],
 )
-async def test_bad_frames_get_an_error_and_the_socket_stays_open(client: Client, frame: str, error: str) -> None:
+async def test_bad_frames_get_an_error_and_the_socket_stays_open(
+    client: Client, frame: str, error: str, caplog: pytest.LogCaptureFixture
+) -> None:
     ws = await connect(client)
     await ws.send_str(frame)
     message = await recv(ws)
     assert message["type"] == "error" and message["error"] == error and message["message"]
-    if '"requestId"' in frame:
+    assert "went wrong" not in message["message"]
+    assert not [r for r in caplog.records if r.exc_info], "a bad frame must not end in a traceback"
+    if '"requestId": "q"' in frame:
         assert message["requestId"] == "q"
+    elif '"requestId"' in frame:
+        assert message["field"] == "requestId" and "requestId" not in message
     await ws.send_json({"type": "ping"})
     assert (await recv(ws))["type"] == "pong"
 
@@ -400,3 +481,51 @@ async def test_run_messages_draw_from_the_submit_bucket(app_client: AppClientFac
     # The socket stays open and usable.
     await ws.send_json({"type": "ping"})
     assert (await until(ws, "pong"))[-1]["type"] == "pong"
+
+
+async def test_a_replay_draws_from_the_read_bucket(app_client: AppClientFactory) -> None:
+    # A 60-byte `subscribe` replays a whole job's log (up to MAX_OUTPUT_BYTES): each one is a read, like GET /queue/job.
+    client = await app_client(rate_limit_read_requests=4)
+    job = await (await client.post("/run", json={"language": "python", "code": "print('x' * 100_000)"})).json()
+    ws = await connect(client)  # the connect draws one read
+    replays = 0
+    for _ in range(6):
+        await ws.send_json({"type": "subscribe", "jobId": job["id"]})
+        reply = await until(ws, {"subscribed", "error"})
+        if reply[-1]["type"] == "error":
+            assert reply[-1]["error"] == "Too many requests" and reply[-1]["retryAfter"] >= 1
+            assert not [m for m in reply if m["type"] == "output"]  # refused before the replay
+            break
+        replays += 1
+        await ws.send_json({"type": "unsubscribe", "jobId": job["id"]})
+        await until(ws, "unsubscribed")
+    assert replays == 3  # four reads: the connect and three replays
+    queue = client.app[QUEUE]
+    await eventually(lambda: _rate_limited(queue))  # counted with the other 429s
+
+
+async def _rate_limited(queue: Any) -> bool:
+    return bool((await queue.stats())["totalRateLimited"] >= 1)
+
+
+async def test_a_topic_snapshot_on_redis_reads_summaries_not_jobs(
+    aiohttp_client: Any, sandbox: Runner, redis_url: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    app = create_app(make_settings(redis_url=redis_url, stats_interval_ms=1), runner=sandbox)
+    client: Client = await aiohttp_client(app)
+    for _ in range(3):  # three finished jobs of ~300 KB each: a whole read would be ~1 MB out of Redis
+        resp = await client.post("/run", json={"language": "python", "code": "print('x' * 300_000)"})
+        assert resp.status == 200
+    direct = aioredis.Redis.from_url(redis_url)
+    try:
+        before = int((await direct.info("stats"))["total_net_output_bytes"])
+        ws = await connect(client)
+        await ws.send_json({"type": "subscribe", "topic": "queue"})
+        snapshot = await until(ws, "snapshot")
+        after = int((await direct.info("stats"))["total_net_output_bytes"])
+    finally:
+        await direct.aclose()
+    assert len(snapshot[-1]["jobs"]) == 3
+    assert after - before < 100_000, after - before

@@ -382,11 +382,11 @@ async def test_a_failed_snapshot_build_is_an_error_and_the_next_one_works(
     recent = hub.queue.recent
     calls = []
 
-    async def fails_once(limit: int = 100) -> list[Any]:
+    async def fails_once(limit: int = 100, *, whole: bool = True) -> list[Any]:
         calls.append(limit)
         if len(calls) == 1:
             raise RuntimeError("store unavailable")
-        return await recent(limit)
+        return await recent(limit, whole=whole)
 
     monkeypatch.setattr(hub.queue, "recent", fails_once)
     ws, _ = await connect(client)

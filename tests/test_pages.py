@@ -221,6 +221,7 @@ async def test_editor_sends_typed_input_and_eof(serve: ServerFactory, pages: Pag
         "rest = sys.stdin.read()\nprint('rest', len(rest.splitlines()))"
     )
     await set_code(page, code)
+    await page.check("#live")  # stdin stays open for typed lines
     await page.click("#run")
     await expect(page.locator("#status")).to_have_text(re.compile(r"^running \d+\.\d s$"))
     await expect(page.locator("#input")).to_be_enabled()
@@ -296,6 +297,7 @@ async def test_a_reloaded_editor_takes_back_its_running_job(serve: ServerFactory
     page = await pages.open(server, "/")
     await editor_ready(page)
     await set_code(page, "print('hello', input(), flush=True)")
+    await page.check("#live")
     await page.click("#run")
     await expect(page.locator("#status")).to_have_attribute("data-state", "running")
     await page.reload()

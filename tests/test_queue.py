@@ -197,7 +197,7 @@ async def test_events_in_order_and_a_raising_listener_breaks_nothing(make_queue:
 async def test_interactive_stdin_channel(make_queue: Callable[..., Any]) -> None:
     async def echo(job: Job, io: JobIO) -> ExecutionResult:
         assert io.stdin is not None
-        parts = []
+        parts = [job.stdin.encode()]  # as the runner does: the submission's stdin, then the live channel
         while (chunk := await io.stdin.get()) is not None:
             parts.append(chunk)
         return ExecutionResult(exit_code=0, stdout=b"".join(parts).decode())

@@ -345,7 +345,10 @@ def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
     assert limits["memory"] == {"limitMb": 256, "enforcedBy": limits["memory"]["enforcedBy"]}
     assert limits["memory"]["enforcedBy"] in ("cgroup v1 memory", "cgroup v2 memory", "RLIMIT_AS")
     assert limits["processes"]["limit"] == 48
-    assert limits["cpu"]["enforcedBy"] == "cgroup v1 cpuacct (the whole job), RLIMIT_CPU (each process)"
+    assert limits["cpu"]["enforcedBy"] in (
+        "cgroup v1 cpuacct (the whole job), RLIMIT_CPU (each process)",
+        "cgroup v2 cpu.stat (the whole job), RLIMIT_CPU (each process)",
+    )
     assert limits["fileSize"]["enforcedBy"] == "RLIMIT_FSIZE"
     assert limits["openFiles"]["enforcedBy"] == "RLIMIT_NOFILE"
     assert {"output", "wallTime", "workdir"} <= set(limits)

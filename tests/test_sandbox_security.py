@@ -21,13 +21,14 @@ from server.errors import SandboxUnavailable
 from server.jobs import JobIO, Stream
 from server.sandbox import HELPER_IN_BOX, Sandbox
 from server.settings import Settings
+from server.spawn import HostUids
 from tests.conftest import scaled, scaled_ms
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
 # Tight limits for the attacks: few processes, small output cap, quick CPU and wall limits.
 TIGHT = Settings(
     job_timeout_ms=scaled_ms(2000),
-    compile_timeout_ms=30_000,
+    compile_timeout_ms=scaled_ms(30_000),
     memory_limit_mb=128,
     max_processes=16,
     cpu_time_limit_s=1,
@@ -609,7 +610,7 @@ async def test_rlimit_fallback_still_runs_big_runtimes(rlimits_only: Sandbox, la
     assert run.result.stdout == "ok\n", run.result
 
 
-async def test_host_sees_the_sandbox_as_nobody(sandbox: Sandbox) -> None:
+async def test_host_sees_the_sandbox_as_an_unprivileged_uid_of_its_own(sandbox: Sandbox) -> None:
     tag = marker()
     started = asyncio.Event()
     job = make_job("bash", f"echo started; exec -a {tag} sleep 30", timeout_ms=10_000)
@@ -618,9 +619,56 @@ async def test_host_sees_the_sandbox_as_nobody(sandbox: Sandbox) -> None:
         await asyncio.wait_for(started.wait(), scaled(5))
         (pid,) = await wait_for_processes(tag, 1)
         uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
-        expected = "65534" if os.geteuid() == 0 else str(os.geteuid())  # as root we drop to nobody before bwrap
-        assert uids.split()[1:] == [expected] * 4
+        host_uid = {int(uid) for uid in uids.split()[1:]}
+        if os.geteuid() == 0:  # as root the launcher drops to the sandbox's own uid before bwrap
+            (uid,) = host_uid
+            base = SETTINGS.sandbox_uid_base
+            assert base <= uid < base + SETTINGS.sandbox_uids
+        else:
+            assert host_uid == {os.geteuid()}
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# -- sandboxes apart from each other (issue 22) --------------------------------------------------------------
+
+# The session keyrings this job can see: every sandbox has one (the launcher joins a new one), and /proc/keys lists
+# the keys whose owner is the reader's uid.
+COUNT_KEYRINGS = "print(sum(line.split()[7:9] == ['keyring', '_ses:'] for line in open('/proc/keys')))"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root server can give each sandbox its own host uid")
+async def test_a_job_does_not_see_other_sandboxes_keyrings(sandbox: Sandbox) -> None:
+    """Every sandbox used to run as host uid 65534: a job saw the session keyring of every other running sandbox
+    (and warm one) in /proc/keys, a count of the server's load and of other users' jobs. It sees only its own."""
+    ready = asyncio.Event()
+    stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+    holder_job = make_job("python", "print('holding', flush=True)\nimport sys\nsys.stdin.read()", interactive=True)
+    holder = asyncio.create_task(sandbox(holder_job, JobIO(on_output=lambda s, t: ready.set(), stdin=stdin)))
+    try:
+        await asyncio.wait([holder, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        assert ready.is_set(), holder.result()
+        probe = await run_job(sandbox, "python", COUNT_KEYRINGS)
+    finally:
+        stdin.put_nowait(None)
+        held = await holder
+    assert held.stdout == "holding\n", held
+    assert probe.result.stdout == "1\n", probe.result  # its own
+
+
+def test_host_uids_skip_live_sandboxes_and_come_back_last() -> None:
+    """Each sandbox's uid is the next in the range that no live sandbox holds; a uid returns only after the rest."""
+    live: set[int] = set()
+    uids = HostUids(1000, 4, in_use=lambda: live)
+    assert [uids.take() for _ in range(5)] == [1000, 1001, 1002, 1003, 1000]
+    live |= {1001, 1002}  # still running: skipped
+    assert [uids.take() for _ in range(3)] == [1003, 1000, 1003]
+    assert HostUids(1000, 0).take() == 65534  # SANDBOX_UIDS=0: as before
+
+
+def test_a_range_with_every_uid_alive_shares_one_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    uids = HostUids(1000, 2, in_use=lambda: {1000, 1001})
+    assert uids.take() in (1000, 1001)
+    assert "all 2 SANDBOX_UIDS belong to live sandboxes" in caplog.text

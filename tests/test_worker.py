@@ -135,6 +135,42 @@ async def test_close_releases_every_waiter(make_queue: MakeQueue, gate: Gate, ba
         assert isinstance(waited, ShuttingDown) and waited.body()["jobId"] == queued.id
 
 
+async def test_close_wakes_an_idle_claim_loop_without_cancelling_the_stores_wait(make_queue: MakeQueue) -> None:
+    """close() used to wait out the claim loop's wake-up (WAKE_TIMEOUT_S at every shutdown) and then cancel it
+    inside the store's wait, which redis-py was seen to hang on. Here the store's wait lasts an hour: close() must
+    end the loop by waking it, and the store's wait may end only once the store is closed."""
+    queue = await make_queue(max_concurrent=1)
+    order: list[str] = []
+    entered = asyncio.Event()
+    real_wait, real_close = queue.store.wait_for_work, queue.store.close
+
+    async def long_wait(timeout: float) -> None:
+        order.append("waiting")
+        entered.set()
+        try:
+            await real_wait(3600)
+        except asyncio.CancelledError:
+            order.append("wait cancelled")
+            raise
+        except Exception:
+            order.append("wait failed")  # Redis: the closed connection ends the blocking pop
+            raise
+        order.append("wait ended")
+
+    async def close() -> None:
+        order.append("store closed")
+        await real_close()
+
+    queue.store.wait_for_work = long_wait
+    queue.store.close = close
+    await entered.wait()
+    claim_loop = queue._loops[1]
+    await queue.close()
+    assert claim_loop.done() and not claim_loop.cancelled()  # it returned: woken, not cancelled
+    # One wait (the loop left at once, not after another round), ended only after the store closed.
+    assert order[:2] == ["waiting", "store closed"] and len(order) == 3, order
+
+
 async def test_a_waiter_of_a_job_the_store_lost_gets_an_answer(make_queue: MakeQueue, backend: str) -> None:
     queue = await make_queue(max_concurrent=1, worker_slots=0)
     j = await queue.submit(job("never runs"))
@@ -221,6 +257,32 @@ async def test_stdin_past_the_budget_is_refused_and_the_job_goes_on(make_queue: 
     assert done.status is JobStatus.COMPLETED and done.result.stdout == "1200"
     if backend == "redis":
         assert await queue.store._redis.exists(f"conveyor:stdin:{j.id}") == 0
+
+
+async def test_stdin_for_a_queued_job_waits_within_the_budget(make_queue: MakeQueue, backend: str) -> None:
+    async def echo(job: Job, io: JobIO) -> ExecutionResult:
+        assert io.stdin is not None
+        parts = []
+        while (chunk := await io.stdin.get()) is not None:
+            parts.append(chunk)
+        return ExecutionResult(exit_code=0, stdout=b"".join(parts).decode())
+
+    queue = await make_queue(executor=echo, max_stdin_bytes=1000, max_concurrent=1)
+    blocker = await queue.submit(job("block", interactive=True))
+    await eventually(lambda: _running(queue, blocker.id))
+    waiting = await queue.submit(job("x", interactive=True))
+    cancelled = await queue.submit(job("y", interactive=True))
+    await queue.write_stdin(waiting.id, b"a" * 600)
+    with pytest.raises(InputBacklog):
+        await queue.write_stdin(waiting.id, b"b" * 600)  # the budget holds while it waits too
+    await queue.write_stdin(waiting.id, None)
+    await queue.write_stdin(cancelled.id, b"gone")
+    await queue.cancel(cancelled.id)
+    if backend == "redis":  # a cancelled job's waiting input goes with it
+        assert await queue.store._redis.exists(f"conveyor:stdin:{cancelled.id}") == 0
+    await queue.write_stdin(blocker.id, None)
+    done = await queue.wait(waiting.id)
+    assert done.status is JobStatus.COMPLETED and done.result is not None and done.result.stdout == "a" * 600
 
 
 async def _running(queue: Worker, job_id: str) -> bool:

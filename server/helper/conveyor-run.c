@@ -1,11 +1,13 @@
 /* conveyor-run: the one helper a job's sandbox execs, in place of sh (cgroups), setpriv, perl (keyring), prlimit and
  * the perl stage driver. Two modes, one binary (built by `make install` with the system cc; see server/driver.py).
  *
- *   conveyor-run launch [--cgroup PROCS]... [--nice N] [--uid UID] -- COMMAND...
+ *   conveyor-run launch [--cgroup PROCS]... [--nice N] [--uid UID | --stay-root] -- COMMAND...
  *     On the host, as the server's user, before bwrap: joins each cgroup (so bwrap and all it starts are limited
  *     from their first instruction), drops to UID (no supplementary groups) when given, joins a new anonymous
  *     session keyring as that uid (its key quota), then execs COMMAND. Exit 125 if a cgroup cannot be joined, 124 if
- *     the keyring cannot be, 126 if the uid cannot be taken.
+ *     the keyring cannot be, 126 if the uid cannot be taken or the job would run as root without --stay-root (the
+ *     server's choice where bwrap works only for root, which it warns about), 120 for anything it does not understand
+ *     (a uid of 0, (uid_t)-1 or past 32 bits among them).
  *
  *   conveyor-run drive STATUS_FD COMPILE_FD CPU_S FSIZE NOFILE NPROC AS N COMPILE(N args)... RUN...
  *     Inside the sandbox, as bwrap's pid 1's child: sets the rlimits (here, inside the job's user namespace, so
@@ -45,6 +47,40 @@
 #define PRCTL_FAILED 121
 #define USAGE_FAILED 120
 
+/* A decimal number in [MIN, MAX] that is the whole of TEXT (no leading space or '+', no overflow, not empty) into
+ * *OUT; -1 otherwise. Every number the helper is given goes through here: atoi would read "4294967296" or garbage
+ * as something, and a count near INT_MAX would overflow the bounds checks after it. */
+static int number(const char *text, long min, long max, long *out) {
+    if (text == NULL || !((*text >= '0' && *text <= '9') || (*text == '-' && min < 0))) return -1;
+    char *rest;
+    errno = 0;
+    long n = strtol(text, &rest, 10);
+    if (errno != 0 || rest == text || *rest != 0 || n < min || n > max) return -1;
+    *out = n;
+    return 0;
+}
+
+/* A file descriptor number given on the command line. */
+static int fd_number(const char *text, int *fd) {
+    long n;
+    if (number(text, 0, INT_MAX, &n) != 0) return -1;
+    *fd = (int)n;
+    return 0;
+}
+
+/* The host uids a job may run as: never 0 (root), never (uid_t)-1 (to setresuid, "leave unchanged": root again). */
+#define UID_MIN_JOB 1L
+#define UID_MAX_JOB 4294967294L
+
+/* Children get SIGPIPE back: the driver ignores it (a peer may die, see drive_signals), but a program's own
+ * behaviour (`yes | head`) must not change with it, and an ignored signal survives exec. */
+static void child_signals(void) { signal(SIGPIPE, SIG_DFL); }
+
+/* The driver writes to the server's status pipe and to a pre-started interpreter's argv pipe; either reader can be
+ * gone (a server restart, an interpreter killed after it booted). The write then fails with EPIPE and the driver
+ * goes on to report what it can: dying of SIGPIPE would lose the program's real status. */
+static void drive_signals(void) { signal(SIGPIPE, SIG_IGN); }
+
 static int write_all(int fd, const char *buf, size_t len) {
     while (len > 0) {
         ssize_t n = write(fd, buf, len);
@@ -60,8 +96,13 @@ static int launch(int argc, char **argv) {
     char pid[32];
     int len = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
     long uid = -1;
-    int i = 2;
+    int stay_root = 0, i = 2;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+        if (strcmp(argv[i], "--stay-root") == 0) {
+            stay_root = 1;
+            i--;
+            continue;
+        }
         if (i + 1 >= argc) return USAGE_FAILED;
         if (strcmp(argv[i], "--cgroup") == 0) {
             int fd = open(argv[i + 1], O_WRONLY | O_CLOEXEC);
@@ -72,19 +113,28 @@ static int launch(int argc, char **argv) {
             close(fd);
         } else if (strcmp(argv[i], "--nice") == 0) {
             /* A warm sandbox starts at a lower priority than running jobs; the server renices it when taken. */
-            if (setpriority(PRIO_PROCESS, 0, atoi(argv[i + 1])) != 0) return USAGE_FAILED;
+            long nice;
+            if (number(argv[i + 1], -20, 19, &nice) != 0 || setpriority(PRIO_PROCESS, 0, (int)nice) != 0)
+                return USAGE_FAILED;
         } else if (strcmp(argv[i], "--uid") == 0) {
-            char *rest;
-            uid = strtol(argv[i + 1], &rest, 10);
-            if (*argv[i + 1] == 0 || *rest != 0 || uid < 0) return USAGE_FAILED;  /* never "0" by mistake */
+            if (number(argv[i + 1], UID_MIN_JOB, UID_MAX_JOB, &uid) != 0) {
+                fprintf(stderr, "conveyor: --uid %s: not a uid from %ld to %ld\n", argv[i + 1], UID_MIN_JOB, UID_MAX_JOB);
+                return USAGE_FAILED;
+            }
         } else {
             return USAGE_FAILED;
         }
     }
-    if (i + 1 >= argc) return USAGE_FAILED;
+    if (i + 1 >= argc || (stay_root && uid >= 0)) return USAGE_FAILED;
     if (uid >= 0 && (setgroups(0, NULL) != 0 || setresgid((gid_t)uid, (gid_t)uid, (gid_t)uid) != 0 ||
                      setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) != 0)) {
         fprintf(stderr, "conveyor: cannot run as uid %ld: %s\n", uid, strerror(errno));
+        return UID_FAILED;
+    }
+    /* Whatever the arguments, a job starts as root only when that was asked for by name, never by an omission. */
+    uid_t ruid, euid, suid;
+    if (!stay_root && (getresuid(&ruid, &euid, &suid) != 0 || ruid == 0 || euid == 0 || suid == 0)) {
+        fprintf(stderr, "conveyor: refusing to start a job as root (no --uid)\n");
         return UID_FAILED;
     }
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0) {
@@ -141,6 +191,7 @@ static int stage(int sfd, int cfd, const char *name, int to_pipe, char **cmd) {
         return -1;
     }
     if (pid == 0) {
+        child_signals();
         if (to_pipe) {
             int null = open("/dev/null", O_RDONLY | O_CLOEXEC);  /* its copy on fd 0 is not close-on-exec */
             if (null > 0) dup2(null, 0);
@@ -171,11 +222,10 @@ static int limit_of(pid_t pid, int resource, const char *value) {
 
 /* limits: CPU FSIZE NOFILE NPROC AS, as strings ("-" for none), for process PID (0: this one). */
 static int set_limits_of(pid_t pid, char **limits) {
-    char *rest;
-    unsigned long cpu_s = strtoul(limits[0], &rest, 10);
-    struct rlimit cpu = {cpu_s, cpu_s + 1};  /* SIGXCPU first, SIGKILL a second later */
+    long cpu_s = 0;
+    int bad_cpu = number(limits[0], 0, LONG_MAX - 1, &cpu_s) != 0;
+    struct rlimit cpu = {(rlim_t)cpu_s, (rlim_t)cpu_s + 1};  /* SIGXCPU first, SIGKILL a second later */
     struct rlimit core = {0, 0};  /* a core_pattern pipe would run a host helper as root */
-    int bad_cpu = *limits[0] < '0' || *limits[0] > '9' || *rest != 0;
     if (bad_cpu) errno = EINVAL;
     if (bad_cpu || prlimit(pid, RLIMIT_CPU, &cpu, NULL) != 0 || limit_of(pid, RLIMIT_FSIZE, limits[1]) != 0 ||
         limit_of(pid, RLIMIT_NOFILE, limits[2]) != 0 || prlimit(pid, RLIMIT_CORE, &core, NULL) != 0 ||
@@ -213,15 +263,17 @@ static int stages(int sfd, int cfd, char **compile, int n, char **run) {
 
 static int drive(int argc, char **argv) {
     if (argc < 11) return USAGE_FAILED;
-    int sfd = atoi(argv[2]), cfd = atoi(argv[3]);
-    int n = atoi(argv[9]);
-    if (n < 0 || 10 + n >= argc) return USAGE_FAILED;
+    int sfd, cfd;
+    long n;  /* the compile command's length: what is left after it is the run command, at least its name */
+    if (fd_number(argv[2], &sfd) != 0 || fd_number(argv[3], &cfd) != 0 || number(argv[9], 0, argc - 11, &n) != 0)
+        return USAGE_FAILED;
+    drive_signals();
     if (set_limits(&argv[4]) != 0) return USAGE_FAILED;
     if (undumpable() != 0) return PRCTL_FAILED;
     char **compile = calloc((size_t)n + 1, sizeof *compile);  /* NULL-terminated copy; run ends argv */
     if (compile == NULL) return USAGE_FAILED;
     memcpy(compile, &argv[10], (size_t)n * sizeof *compile);
-    return stages(sfd, cfd, compile, n, &argv[10 + n]);
+    return stages(sfd, cfd, compile, (int)n, &argv[10 + n]);
 }
 
 /* The job message's bounds: its fields, argument and file counts (the host validated it; these only keep a bad
@@ -344,6 +396,7 @@ static pid_t preload(char **cmd, int *go) {
     }
     pid_t pid = fork();
     if (pid == 0) {
+        child_signals();
         int n = 0;
         while (cmd[n] != NULL) n++;
         char **full = calloc((size_t)n + 3, sizeof *full);
@@ -362,6 +415,7 @@ static pid_t preload(char **cmd, int *go) {
     close(booted[1]);
     if (pid > 0) {
         char byte;
+        errno = 0;
         while (read(booted[0], &byte, 1) > 0 || errno == EINTR) errno = 0;  /* until EOF: booted, or dead */
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) pid = -1;
@@ -399,8 +453,10 @@ static int run_preloaded(int sfd, int cfd, pid_t pid, int go, char **limits, cha
 }
 
 static int warm(int argc, char **argv) {
-    if (argc < 5) return USAGE_FAILED;
-    int jfd = atoi(argv[2]), sfd = atoi(argv[3]), cfd = atoi(argv[4]);
+    int jfd, sfd, cfd;
+    if (argc < 5 || fd_number(argv[2], &jfd) != 0 || fd_number(argv[3], &sfd) != 0 || fd_number(argv[4], &cfd) != 0)
+        return USAGE_FAILED;
+    drive_signals();
     if (undumpable() != 0) return PRCTL_FAILED;
     if (fcntl(sfd, F_SETFD, FD_CLOEXEC) != 0 || fcntl(cfd, F_SETFD, FD_CLOEXEC) != 0 ||
         fcntl(jfd, F_SETFD, FD_CLOEXEC) != 0)
@@ -420,10 +476,10 @@ static int warm(int argc, char **argv) {
     char **args = read_job(in, &preloaded);
     gate = in;  /* close-on-exec: no program gets it */
     /* args[1..] are drive's CPU FSIZE NOFILE NPROC AS N COMPILE... RUN... */
-    long nargs = 0;
+    long nargs = 0, n = -1;
     while (args != NULL && args[nargs + 1] != NULL) nargs++;
-    int n = args != NULL ? atoi(args[6]) : -1;
-    if (args == NULL || n < 0 || 6 + n >= nargs) {
+    /* N's bound leaves the run command at least its name (read_job makes sure nargs is at least 7). */
+    if (args == NULL || number(args[6], 0, nargs - 7, &n) != 0) {
         discard(zygote, go);
         return USAGE_FAILED;
     }
@@ -433,7 +489,7 @@ static int warm(int argc, char **argv) {
     char **compile = calloc((size_t)n + 1, sizeof *compile);
     if (compile == NULL) return USAGE_FAILED;
     memcpy(compile, &args[7], (size_t)n * sizeof *compile);
-    return stages(sfd, cfd, compile, n, &args[7 + n]);
+    return stages(sfd, cfd, compile, (int)n, &args[7 + n]);
 }
 
 int main(int argc, char **argv) {

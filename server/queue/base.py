@@ -62,14 +62,15 @@ class QueueBackend(Protocol):
         """Wait until the job is finished and return it."""
 
     async def write_stdin(self, job_id: str, data: bytes | None) -> None:
-        """Feed live stdin to a running interactive job (None closes it). Conflict if not accepting input,
+        """Feed live stdin to a queued or running interactive job (None closes it). Conflict if not accepting input,
         InputBacklog past MAX_STDIN_BYTES of input the program has not read yet."""
 
     async def read_events(self, job_id: str, since: int) -> list[Event]:
         """The job's logged events with seq > since, from the store (any instance can replay any job)."""
 
-    async def recent(self, limit: int = 100) -> list[Job]:
-        """The most recent jobs (finished, then active), oldest first, for the dashboard's table."""
+    async def recent(self, limit: int = 100, *, whole: bool = True) -> list[Job]:
+        """The most recent jobs (finished, then active), oldest first. `whole=False`: metadata only (no code, input
+        or output), which is all a summary shows and costs a store no megabytes."""
 
     async def listing(self, finished: int) -> list[Job]:
         """Every queued and running job and the newest `finished` finished ones, metadata only (no code, input or
@@ -133,7 +134,7 @@ class Store(Protocol):
 
     async def positions(self, job_ids: list[str]) -> dict[str, int | None]: ...
 
-    async def recent(self, limit: int) -> list[Job]: ...
+    async def recent(self, limit: int, *, whole: bool = True) -> list[Job]: ...
 
     async def listing(self, finished: int) -> list[Job]: ...
 

@@ -268,7 +268,8 @@ class MemoryStore:
         job = record.job if record is not None else await self.get(job_id)
         if job is None:
             raise NotFound(f"No job with id {job_id!r}.")
-        if record is None or job.status is not JobStatus.RUNNING or not job.interactive:
+        # A queued job's input waits in the same budget: the editor may type before the job starts.
+        if record is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING) or not job.interactive:
             raise Conflict(f"Job {job.id} is {job.status.value} and does not accept input.", status=job.status.value)
         size = len(data or b"")
         if record.input_bytes + size > budget:
@@ -313,7 +314,7 @@ class MemoryStore:
                     places[job_id] = rank
         return places
 
-    async def recent(self, limit: int) -> list[Job]:
+    async def recent(self, limit: int, *, whole: bool = True) -> list[Job]:
         active = sorted((r.job for r in self._active.values()), key=lambda j: j.created_at)
         finished = [r.job for r in itertools.islice(reversed(self._finished.values()), limit)][::-1]
         return (finished + active)[-limit:]

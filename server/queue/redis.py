@@ -442,7 +442,7 @@ class RedisStore:
         return {job_id: (int(p) if p is not None else None) for job_id, p in zip(job_ids, places, strict=True)}
 
     @_unavailable_on_redis_error
-    async def recent(self, limit: int) -> list[Job]:
+    async def recent(self, limit: int, *, whole: bool = True) -> list[Job]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.zrevrange(self._key("finished"), 0, limit - 1)
         pipe.zrange(self._key("running"), 0, -1)
@@ -451,8 +451,16 @@ class RedisStore:
         ids = list(dict.fromkeys([*finished, *running, *(member[36:] for member in queued)]))
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hgetall(self._key(f"job:{job_id}"))
-        jobs = [job_from_hash(data) for data in await pipe.execute() if data.get("status")]
+            if whole:
+                pipe.hgetall(self._key(f"job:{job_id}"))
+            else:  # metadata only: a job's hash holds its code and output, megabytes each
+                pipe.hmget(self._key(f"job:{job_id}"), LISTED_FIELDS)
+        rows = await pipe.execute()
+        if whole:
+            jobs = [job_from_hash(data) for data in rows if data.get("status")]
+        else:
+            listed = (listed_job_from_hash(dict(zip(LISTED_FIELDS, row, strict=True))) for row in rows)
+            jobs = [job for job in listed if job is not None]
         jobs.sort(key=lambda j: j.created_at)
         return jobs[-limit:]
 

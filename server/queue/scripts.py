@@ -224,6 +224,7 @@ local now = now_ms()
 local brief = cjson.encode({reason = reason})
 redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'result', brief, 'brief', brief)
 redis.call('HINCRBY', stats, 'cancelled', 1)
+redis.call('DEL', ARGV[10] .. ':stdin:' .. id)  -- input sent while it waited
 local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
 emit(events, job, log, origin, maxlen, logmax, terminal_event(id, job, 'cancelled', reason, wait))
 local hash = redis.call('HGETALL', job)
@@ -302,7 +303,7 @@ return ids
 )
 
 # KEYS: job, stdin, events. ARGV: id, 'd' .. data or 'e' (end of input), budget, maxlen.
-# Queues live input for a running interactive job; at most `budget` bytes wait for the program at once.
+# Queues live input for a queued or running interactive job; at most `budget` bytes wait for the program at once.
 # Returns {'ok'}, {'missing'}, {'conflict', status} or {'full', bytes waiting}.
 STDIN = (
     _PRELUDE
@@ -311,7 +312,9 @@ local job, stdin, events = unpack(KEYS)
 local id, item, budget, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local status = redis.call('HGET', job, 'status')
 if not status then return {'missing'} end
-if status ~= 'running' or redis.call('HGET', job, 'interactive') ~= 'true' then return {'conflict', status} end
+if (status ~= 'running' and status ~= 'queued') or redis.call('HGET', job, 'interactive') ~= 'true' then
+  return {'conflict', status}
+end
 local size = #item - 1
 local waiting = tonumber(redis.call('HGET', job, 'stdin_bytes') or 0)
 if waiting + size > budget then return {'full', waiting} end

@@ -115,6 +115,10 @@ class Worker:
         self._freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
+        # Set by close(): wakes the claim loop wherever it idles, so shutdown does not wait out WAKE_TIMEOUT_S.
+        self._close_requested = asyncio.Event()
+        # The store's wait for work, in a task of its own so the claim loop can leave it without cancelling it.
+        self._work_wait: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -133,9 +137,10 @@ class Worker:
         if self._closing:
             return
         self._closing = True
-        # Take no new work. The claim loop sees `_closing` after its current wait for work (at most
-        # WAKE_TIMEOUT_S; cancelling redis-py inside a blocking pop was seen to hang); a claim in flight registers
-        # its jobs first, so they are stopped below with the others.
+        # Take no new work. The claim loop is woken, not cancelled (cancelling redis-py inside a blocking pop was
+        # seen to hang): it leaves the store's wait pending, and store.close() below ends that wait. A claim in
+        # flight registers its jobs first, so they are stopped below with the others.
+        self._close_requested.set()
         if len(self._loops) > 1:
             await asyncio.wait(self._loops[1:], timeout=WAKE_TIMEOUT_S + 1)
         with suppress(Exception):
@@ -166,7 +171,10 @@ class Worker:
         # Closing the store's connections is what interrupts a blocking wait for work (redis-py may hold on to a
         # cancellation until its socket answers).
         await self.store.close()
-        for task in [*self._loops, *self._background]:
+        left = [*self._loops, *self._background]
+        if self._work_wait is not None:
+            left.append(self._work_wait)
+        for task in left:
             await stop_task(task)
 
     def _spawn(self, coro: Any) -> None:
@@ -192,8 +200,8 @@ class Worker:
     async def positions(self, job_ids: list[str]) -> dict[str, int | None]:
         return await self.store.positions(job_ids)
 
-    async def recent(self, limit: int = 100) -> list[Job]:
-        return await self.store.recent(limit)
+    async def recent(self, limit: int = 100, *, whole: bool = True) -> list[Job]:
+        return await self.store.recent(limit, whole=whole)
 
     async def listing(self, finished: int) -> list[Job]:
         return await self.store.listing(finished)
@@ -331,9 +339,7 @@ class Worker:
         while not self._closing:
             if self._free() <= 0:
                 self._freed.clear()
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(WAKE_TIMEOUT_S):
-                        await self._freed.wait()
+                await self._idle(asyncio.ensure_future(self._freed.wait()), WAKE_TIMEOUT_S, cancel=True)
                 continue
             try:
                 claimed = await self._fill()
@@ -344,16 +350,38 @@ class Worker:
                 if self._closing:
                     return
                 logger.warning("claiming jobs failed (%s); retrying", exc)
-                await asyncio.sleep(1)
+                await self._idle(None, 1.0)
                 continue
             if not claimed:
                 try:
-                    await self.store.wait_for_work(WAKE_TIMEOUT_S)
+                    await self._wait_for_work()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     raise_if_cancelling()
-                    await asyncio.sleep(WAKE_TIMEOUT_S)
+                    await self._idle(None, WAKE_TIMEOUT_S)
+
+    async def _wait_for_work(self) -> None:
+        """The store's wait for work, or less: close() ends it at once for this loop. The store's own wait is left
+        running then (never cancelled here: see close()), and the next call waits on the same one."""
+        if self._work_wait is None:
+            self._work_wait = asyncio.create_task(self.store.wait_for_work(WAKE_TIMEOUT_S), name="conveyor-wake")
+        await self._idle(self._work_wait, WAKE_TIMEOUT_S + 1)
+        if self._work_wait.done():
+            done, self._work_wait = self._work_wait, None
+            done.result()  # the store's error goes to the claim loop's handler
+
+    async def _idle(self, waiting: asyncio.Future[Any] | None, timeout: float, *, cancel: bool = False) -> None:
+        """Wait for `waiting` (or only the time, when None) at most `timeout` seconds, ending early when close()
+        begins. `cancel` cancels `waiting` if it is still pending then; otherwise it is left to its owner."""
+        closing = asyncio.ensure_future(self._close_requested.wait())
+        aws: list[asyncio.Future[Any]] = [closing] if waiting is None else [closing, waiting]
+        try:
+            await asyncio.wait(aws, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if cancel and waiting is not None:
+                waiting.cancel()
 
     def _free(self) -> int:
         return self._slots - len(self._running)
@@ -373,9 +401,8 @@ class Worker:
         run = Running(job)
         self._running[job.id] = run
         if job.interactive:
+            # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-            if job.stdin:  # what came with the submission goes first, then live input
-                run.stdin.put_nowait(job.stdin.encode())
         run.task = asyncio.create_task(self._execute(run), name=f"job-{job.id}")
         run.task.add_done_callback(lambda _: self._after_run(run))
         stop = stop or self._early_stops.pop(job.id, None)

@@ -25,6 +25,9 @@ _READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/cache/status", "/open
 _COMPAT_SUBMIT = frozenset({("POST", "/api/v2/execute"), ("POST", "/judge0/submissions")})
 _COMPAT_PREFIXES = ("/api/v2/", "/judge0/")
 _QUOTA_FREE_STATUSES = frozenset({401, 403})
+# A submission refused as malformed ran nothing: it gives its submit token back and costs a read instead, so that
+# someone learning the API is not locked out of running by shaped-wrong requests, and a flood of them stays bounded.
+_MALFORMED_STATUSES = frozenset({400, 413, 415, 422})
 
 
 def bucket_for(method: str, path: str) -> Bucket | None:
@@ -81,6 +84,14 @@ def ratelimit_middleware(
         except (ConveyorError, web.HTTPException) as exc:
             if exc.status in _QUOTA_FREE_STATUSES:
                 decision = await limiter.refund(client, bucket)
+            elif exc.status in _MALFORMED_STATUSES and bucket == "submit":
+                await limiter.refund(client, bucket)
+                bucket = "read"
+                decision = await limiter.hit(client, bucket)
+                if not decision.allowed:
+                    if on_denied is not None:
+                        on_denied()
+                    raise_if_denied(decision, bucket)
             _merge(exc.headers, decision_headers(decision, bucket))
             raise
         # A prepared response (a WebSocket, a stream) has sent its headers already.

@@ -1,0 +1,75 @@
+"""Host paths a sandbox binds: whether the jobs' uid can reach them, and a copy of the C helper that it can.
+
+As root the server drops every job to an unprivileged uid before bubblewrap, and bubblewrap opens its bind
+sources as that uid. A checkout in a mode-700 home (`git clone` into /root) is out of its reach, so the helper is
+bound from a copy in a root-owned, world-readable runtime directory instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+RUNTIME_DIRS = (Path("/run/conveyor"), Path(tempfile.gettempdir()) / "conveyor-run")
+
+
+def unreachable(path: Path) -> Path | None:
+    """The first directory on the way to `path` (or `path` itself) that a user other than its owner and group
+    cannot pass through or read; None when others can reach it."""
+    try:
+        resolved = path.resolve(strict=True)
+    except OSError:
+        return path
+    for directory in reversed(resolved.parents):
+        if not _mode(directory) & stat.S_IXOTH:
+            return directory
+    mode = _mode(resolved)
+    wanted = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0)
+    return None if mode & wanted == wanted else resolved
+
+
+def reachable_helper(helper: Path) -> Path:
+    """`helper` itself when others can reach it, else a copy named by its content in a root-owned runtime
+    directory (made once; a later start with the same build reuses it)."""
+    if unreachable(helper) is None:
+        return helper
+    data = helper.read_bytes()
+    name = f"{helper.name}-{hashlib.sha256(data).hexdigest()[:16]}"
+    problems = []
+    for directory in RUNTIME_DIRS:
+        try:
+            return _install(directory, name, data)
+        except OSError as exc:
+            problems.append(f"{directory}: {exc.strerror or exc}")
+    raise OSError(f"cannot copy {helper} where jobs can reach it ({'; '.join(problems)})")
+
+
+def _install(directory: Path, name: str, data: bytes) -> Path:
+    directory.mkdir(mode=0o755, exist_ok=True)
+    info = directory.lstat()
+    # A directory another user made (in /tmp) could swap the copy: use only our own, not writable by others.
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OSError(f"{directory} is not a directory of ours that only we may write")
+    os.chmod(directory, 0o755)
+    target = directory / name
+    if target.is_file() and target.read_bytes() == data and unreachable(target) is None:
+        return target
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode

@@ -1,0 +1,101 @@
+"""A checkout the jobs' uid cannot reach (git clone into a mode-700 /root) still runs jobs (server/hostpaths.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server import hostpaths
+from server import sandbox as sandbox_module
+from server.errors import SandboxUnavailable
+from tests.test_sandbox import SETTINGS, open_sandbox, run_job
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root drops jobs to another uid")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A scratch directory every user can reach (pytest's own tmp_path is mode 700)."""
+    path = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="conveyor-test-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def _private_checkout(tmp_path: Path) -> Path:
+    """The C helper as `make install` leaves it in a checkout under a home only its owner may enter."""
+    home = tmp_path / "root"
+    home.mkdir(mode=0o700)
+    helper = home / "conveyor" / "server" / "helper" / "conveyor-run"
+    helper.parent.mkdir(parents=True)
+    shutil.copy2(sandbox_module.HELPER, helper)
+    return helper
+
+
+@as_root
+async def test_a_checkout_in_a_private_home_runs_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: every probe failed (bubblewrap, as uid 65534, could not bind the helper from the checkout) and the
+    # server refused to start with "no language toolchain works inside the sandbox; install python3".
+    helper = _private_checkout(tmp_path)
+    monkeypatch.setattr(sandbox_module, "HELPER", helper)
+    async with open_sandbox(SETTINGS, languages=["python"]) as box:
+        assert box.helper is not None and not box.helper.startswith(str(tmp_path))
+        assert hostpaths.unreachable(Path(box.helper)) is None
+        run = await run_job(box, "python", "print('hello from a private checkout')")
+    assert run.result.stdout == "hello from a private checkout\n", run.result
+
+
+@as_root
+async def test_a_path_the_jobs_cannot_reach_is_named_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = _private_checkout(tmp_path)
+    monkeypatch.setattr(sandbox_module, "HELPER", helper)
+    monkeypatch.setattr(hostpaths, "reachable_helper", lambda path: path)  # as before the copy existed
+    with pytest.raises(SandboxUnavailable) as refused:
+        async with open_sandbox(SETTINGS, languages=["python"]):
+            pass
+    message = str(refused.value)
+    assert f"which cannot reach {helper}" in message and "chmod o+rx" in message, message
+    assert "install python3" not in message
+
+
+def test_unreachable_names_the_directory_that_is_closed(open_dir: Path) -> None:
+    tmp_path = open_dir
+    helper = _private_checkout(tmp_path)
+    assert hostpaths.unreachable(helper) == tmp_path / "root"
+    os.chmod(tmp_path / "root", 0o711)  # others may pass through, not list: enough to reach a known path
+    assert hostpaths.unreachable(helper) is None
+    os.chmod(helper, 0o750)
+    assert hostpaths.unreachable(helper) == helper
+    assert hostpaths.unreachable(tmp_path / "missing") == tmp_path / "missing"
+
+
+def test_the_copy_is_made_once_by_content_and_only_where_others_cannot_write(
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp_path = open_dir
+    helper = _private_checkout(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # a runtime dir anyone could write (or that someone else made in /tmp): never used
+    runtime = tmp_path / "run"
+    monkeypatch.setattr(hostpaths, "RUNTIME_DIRS", (shared, runtime))
+    copy = hostpaths.reachable_helper(helper)
+    assert copy.parent == runtime and copy.read_bytes() == helper.read_bytes()
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o755 and stat.S_IMODE(runtime.stat().st_mode) == 0o755
+    inode = copy.stat().st_ino
+    assert hostpaths.reachable_helper(helper) == copy and copy.stat().st_ino == inode  # reused, not rewritten
+    helper.write_bytes(helper.read_bytes() + b"\0")  # a rebuilt helper gets a copy of its own
+    assert hostpaths.reachable_helper(helper) != copy
+    monkeypatch.setattr(hostpaths, "RUNTIME_DIRS", (shared,))
+    with pytest.raises(OSError, match="cannot copy"):
+        hostpaths.reachable_helper(helper)
