@@ -98,7 +98,7 @@ def check_hello(base: str, language: str, code: str) -> None:
     job = run(base, {"language": language, "code": code})
     ok = job.get("status") == "completed" and job.get("stdout") == f"hello from {language}\n"
     report(ok, f"{language} hello", summary(job))
-    measured = isinstance(job.get("cpuTimeMs"), int) and (job.get("memoryPeakBytes") or 0) > 0
+    measured = isinstance(job.get("cpuTimeMs"), int | float) and (job.get("memoryPeakBytes") or 0) > 0
     report(measured, f"{language} cpuTimeMs and memoryPeakBytes reported", summary(job))
 
 
@@ -120,7 +120,7 @@ def check_all(base: str) -> None:
     report(ok, "fork bomb stopped by the pids limit", summary(job))
     job = run(base, {"language": "python", "code": REFORKING_SPINNER, "cpuTimeLimitMs": 1000})
     cpu = job.get("cpuTimeMs")
-    ok = job.get("reason") == "cpu_limit" and isinstance(cpu, int) and cpu < 4000
+    ok = job.get("reason") == "cpu_limit" and isinstance(cpu, int | float) and cpu < 4000
     report(ok, "job-wide CPU limit (1 s) stops a re-forking tree", summary(job))
 
 

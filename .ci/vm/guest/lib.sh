@@ -75,6 +75,14 @@ start_make_run() {  # start_make_run USER DIR LOG
     MAKE_SU_PID=$!
 }
 
+TRACEBACK='import asyncio, traceback
+from server.__main__ import serve
+from server.settings import Settings
+try:
+    asyncio.run(serve(Settings.from_env()))
+except BaseException:
+    traceback.print_exc()'
+
 # Start `make run`, wait for it to serve (the first start installs the venv: minutes under emulation).
 start_and_wait() {  # start_and_wait USER DIR LOG SECONDS
     local user=$1 dir=$2 log=$3 started=$SECONDS
@@ -89,6 +97,12 @@ start_and_wait() {  # start_and_wait USER DIR LOG SECONDS
     if kill -0 "$MAKE_SU_PID" 2>/dev/null; then fail "make run did not serve /health within $4 s; its output:"
     else fail "make run ended after $((SECONDS - started)) s without serving; its output:"; fi
     tail -n 40 "$log" | sed 's/^/    /'
+    if ! kill -0 "$MAKE_SU_PID" 2>/dev/null; then
+        # server/__main__.py prints an OSError's message alone: the same start once more, for its traceback.
+        echo "    the same start with its traceback:"
+        su -l "$user" -c "cd $dir && env $SERVER_ENV timeout 300 .venv/bin/python -c '$TRACEBACK'" 2>&1 | tail -n 30 \
+            | sed 's/^/    /'
+    fi
     return 1
 }
 
@@ -112,8 +126,9 @@ serve_and_check() {  # serve_and_check USER DIR
     # SIGKILL with a job running: the guard must kill the job and remove the cgroups; a restart must start clean.
     start_and_wait "$user" "$dir" "$log" 600 || return 0
     jobs "" sleeper conveyor-sleeper
-    sleep 5
-    [ -n "$(job_processes)" ] || echo "note: the sleeper job is not running yet"
+    local deadline=$((SECONDS + 120))
+    until [ -n "$(job_processes)" ] || [ $SECONDS -ge $deadline ]; do sleep 1; done
+    if [ -n "$(job_processes)" ]; then pass "the long job runs"; else fail "the long job is not running after 120 s"; fi
     pid=$(server_pid "$user")
     kill -KILL "$pid"
     wait_gone "$pid" 30 || true
