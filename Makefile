@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 NPM_STAMP := tests/npm/node_modules/.stamp
 
-.PHONY: run test test-vm lint bench assets screenshots helper install install-test install-bench system-run system-test clean
+.PHONY: run test test-languages test-floor test-vm lint bench assets screenshots helper install install-test install-bench \
+  system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -14,7 +15,24 @@ run: system-run install
 # 7 minutes on 2 cores instead of 12. PYTEST_ARGS="-n 0" runs it in one process.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 test: system-test install-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not languages" $(PYTEST_ARGS)
+
+# Every language of server/languages.toml beyond `make run`'s quick set, through the sandbox (tests/languages/) and
+# both compat APIs; installs their Debian packages first (about 5 GB, a few minutes). About 6 minutes on 2 cores.
+test-languages: system-test install-test
+	@.ci/system-packages languages
+	$(BIN)/python -m pytest -m languages -n 2 --dist load tests/test_language_matrix.py tests/test_language_compat.py
+
+# The lowest versions pyproject.toml allows (.ci/floor-pins), in a venv of their own, through a quick subset: the
+# floors must be what the code needs (aiohttp 3.14: web.RequestKey; redis 5.0.2: its asyncio timeouts and aclose).
+FLOOR_VENV := .venv-floor
+FLOOR_TESTS ?= tests/test_settings.py tests/test_api.py tests/test_queue.py tests/test_worker.py tests/test_hub.py \
+  tests/test_systemd.py
+test-floor: system-test $(HELPER)
+	@test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python .ci/floor-pins test redis > $(FLOOR_VENV)/floor-pins.txt
+	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/floor-pins.txt -e '.[test,redis]'
+	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider -n 0 -q $(FLOOR_TESTS)
 
 # The cgroup v2 test machine (docs/vm.md): a Debian 12 VM under qemu, built once (root, ~10 min) and cached in
 # /var/tmp/conveyor-vm, runs `make run` as root and as a user, the systemd unit, and the sandbox tests.
@@ -93,4 +111,4 @@ $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.stamp-install $(VENV)/.stamp-test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts tests/npm/node_modules
+	rm -rf $(VENV) $(FLOOR_VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts tests/npm/node_modules

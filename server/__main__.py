@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shlex
 import signal
+import subprocess
 import sys
 import textwrap
 
@@ -15,10 +18,15 @@ from .buildcache import BuildCache, builds_dir
 from .edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
 from .keys import HUB, QUEUE
+from .languages import apt_install_argv, installed_packages, load_languages
 from .packages import install
 from .settings import Settings
 
 logger = logging.getLogger("server")
+
+
+class ListenError(Exception):
+    """The address cannot be listened on (in use, or not ours to bind)."""
 
 
 async def serve(settings: Settings) -> None:
@@ -33,7 +41,10 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     server: asyncio.Server | None = None
     try:
-        server = await listen(runner, settings)
+        try:
+            server = await listen(runner, settings)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
         logger.info("Conveyor listening on http://%s:%d", settings.host, settings.port)
         await stop.wait()
         logger.info("shutting down: refusing new jobs, %d ms grace for running ones", settings.shutdown_grace_ms)
@@ -45,7 +56,10 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
-USAGE = "usage: python -m server [--help] [hash-key [KEY] | cache clear | cache status | packages install]"
+USAGE = (
+    "usage: python -m server [--help] [hash-key [KEY] | cache clear | cache status | packages install |"
+    " languages list | languages install NAME... | languages install --all]"
+)
 
 
 def help_text() -> str:
@@ -56,7 +70,9 @@ def help_text() -> str:
         "Starts Conveyor on HOST:PORT. Ctrl-C or SIGTERM stops it gracefully: new jobs are refused, running ones",
         "get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason shutdown). `hash-key` makes an API key;",
         "`cache clear` empties the build cache in CACHE_DIR, `cache status` shows its size; `packages install`",
-        "installs PACKAGES_FILE's packages into the read-only layers jobs import from.",
+        "installs PACKAGES_FILE's packages into the read-only layers jobs import from. `languages list` shows each",
+        "language of server/languages.toml with its Debian packages and whether they are installed; `languages",
+        "install` installs the chosen languages' packages (as root; otherwise it prints the apt-get line).",
         "",
         "Settings, from the environment or a .env file in the working directory (the environment wins):",
     ]
@@ -111,6 +127,36 @@ def packages_main() -> int:
     return install(settings)
 
 
+def languages_main(argv: list[str]) -> int:
+    """`languages list`: every language with its packages and whether they are installed; `languages install NAME...`
+    or `--all`: apt-get install their packages as root, else print that line."""
+    languages = load_languages()
+    if argv == ["list"]:
+        have = installed_packages(p for lang in languages.values() for p in lang.packages)
+        for lang in languages.values():
+            missing = [p for p in lang.packages if p not in have]
+            state = "installed" if not missing else f"missing {' '.join(missing)}"
+            print(f"{lang.name:<14} {lang.display:<26} {' '.join(lang.packages):<36} {state}")
+        return 0
+    names = list(languages) if argv[1:] == ["--all"] else argv[1:]
+    unknown = [name for name in names if name not in languages]
+    if argv[:1] != ["install"] or not names or unknown:
+        print(f"{USAGE} (unknown languages: {' '.join(unknown)})" if unknown else USAGE, file=sys.stderr)
+        return 2
+    wanted = {p for name in names for p in languages[name].packages}
+    absent = wanted - installed_packages(wanted)
+    if not absent:
+        print(f"conveyor: the packages of {len(names)} languages are installed", file=sys.stderr)
+        return 0
+    argv_apt = apt_install_argv(absent)
+    if os.geteuid() != 0:
+        print(f"conveyor: as root, run: sudo {shlex.join(argv_apt)}", file=sys.stderr)
+        return 1
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"conveyor: {shlex.join(argv_apt)}", file=sys.stderr)
+    return subprocess.run(argv_apt, env=env, check=False).returncode
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] in (["--help"], ["-h"]):
         print(help_text())
@@ -123,6 +169,8 @@ def main(argv: list[str]) -> int:
         return cache_main(argv[1])
     if argv[:2] == ["packages", "install"] and len(argv) == 2:
         return packages_main()
+    if argv[:1] == ["languages"]:
+        return languages_main(argv[1:])
     if argv:
         print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
         return 2
@@ -142,8 +190,11 @@ def main(argv: list[str]) -> int:
     except (SandboxUnavailable, SettingsError) as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"conveyor: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the host refused something at start-up: say what, on which file
+        print(f"conveyor: start-up failed: {exc}", file=sys.stderr)
         return 2
     return 0
 

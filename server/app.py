@@ -54,11 +54,11 @@ def create_app(
         if HUB in app:
             app[HUB].mark_stats_dirty()
 
+    # Every denied hit is counted by the limiter itself, whichever door drew it (REST, batches, WebSocket, compat).
+    limiter.on_denied = count_denial
+
     async def check_submit(client: Client) -> None:
-        decision = await limiter.hit(client, "submit")
-        if not decision.allowed:
-            count_denial()
-            raise_if_denied(decision, "submit")
+        raise_if_denied(await limiter.hit(client, "submit"), "submit")
 
     async def check_read(client: Client) -> None:
         decision = await limiter.hit(client, "read")
@@ -69,7 +69,7 @@ def create_app(
     # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
     middlewares = [
         error_middleware,
-        ratelimit_middleware(limiter, keys, settings, on_denied=count_denial, lockout=lockout),
+        ratelimit_middleware(limiter, keys, settings, lockout=lockout),
     ]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings

@@ -2,7 +2,8 @@
 
 As root the server drops every job to an unprivileged uid before bubblewrap, and bubblewrap opens its bind
 sources as that uid. A checkout in a mode-700 home (`git clone` into /root) is out of its reach, so the helper is
-bound from a copy in a root-owned, world-readable runtime directory instead.
+bound from a copy in a root-owned, world-readable directory instead: `bin/` under CACHE_DIR, else /var/lib/conveyor,
+never on a noexec mount (/run and often /tmp are: the copy must be executed, outside the sandbox and in it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-RUNTIME_DIRS = (Path("/run/conveyor"), Path(tempfile.gettempdir()) / "conveyor-run")
+FALLBACK_DIRS = (Path("/var/lib/conveyor/bin"),)
 
 
 def unreachable(path: Path) -> Path | None:
@@ -32,15 +33,15 @@ def unreachable(path: Path) -> Path | None:
     return None if mode & wanted == wanted else resolved
 
 
-def reachable_helper(helper: Path) -> Path:
-    """`helper` itself when others can reach it, else a copy named by its content in a root-owned runtime
-    directory (made once; a later start with the same build reuses it)."""
+def reachable_helper(helper: Path, cache_dir: Path) -> Path:
+    """`helper` itself when others can reach it, else a copy named by its content in `cache_dir`/bin or a fallback
+    (made once; a later start with the same build reuses it)."""
     if unreachable(helper) is None:
         return helper
     data = helper.read_bytes()
     name = f"{helper.name}-{hashlib.sha256(data).hexdigest()[:16]}"
     problems = []
-    for directory in RUNTIME_DIRS:
+    for directory in (cache_dir / "bin", *FALLBACK_DIRS):
         try:
             return _install(directory, name, data)
         except OSError as exc:
@@ -49,9 +50,11 @@ def reachable_helper(helper: Path) -> Path:
 
 
 def _install(directory: Path, name: str, data: bytes) -> Path:
-    directory.mkdir(mode=0o755, exist_ok=True)
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if os.statvfs(directory).f_flag & os.ST_NOEXEC:
+        raise OSError(f"{directory} is on a noexec mount")
     info = directory.lstat()
-    # A directory another user made (in /tmp) could swap the copy: use only our own, not writable by others.
+    # A directory another user made could swap the copy: use only our own, not writable by others.
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise OSError(f"{directory} is not a directory of ours that only we may write")
     os.chmod(directory, 0o755)
@@ -68,6 +71,9 @@ def _install(directory: Path, name: str, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    blocked = unreachable(target)
+    if blocked is not None:
+        raise OSError(f"{blocked} is closed to other users")
     return target
 
 

@@ -108,6 +108,21 @@ class Hub:
     def admit(self, ip: str) -> bool:
         return self._per_ip.get(ip, 0) < self.settings.ws_max_connections_per_ip
 
+    def hold_address(self, ip: str) -> bool:
+        """Count a socket served elsewhere (Piston's /api/v2/connect) under the one per-address cap; False when the
+        address is at it. Give the place back with `release_address`."""
+        if not self.admit(ip):
+            return False
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return True
+
+    def release_address(self, ip: str) -> None:
+        left = self._per_ip.get(ip, 1) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
     def register(self, ws: web.WebSocketResponse, request: web.Request, client: Client) -> Connection:
         conn = Connection(self, next(self._ids), ws, request, client, self.settings.ws_send_queue_size)
         self.connections.add(conn)

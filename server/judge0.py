@@ -15,7 +15,7 @@ from aiohttp import web
 from . import access
 from .api import client_of, json_response, read_json
 from .callbacks import check_callback_url
-from .errors import BadRequest, ConveyorError, QueueFull
+from .errors import BadRequest, ConveyorError, QueueFull, UnsupportedMediaType
 from .identity import Client, check_priority
 from .jobs import Job
 from .judge0_catalog import Catalog, Judge0Config
@@ -36,16 +36,29 @@ from .judge0_submission import (
 )
 from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .languages import load_languages
+from .listing import LIST_WINDOW, MAX_PAGE_SIZE
 from .payloads import parse_run
 from .ratelimit import raise_if_denied
 from .submissions import submit
 
 logger = logging.getLogger(__name__)
 
+_LEADING_INT = re.compile(r"\s*([+-]?)0*(\d+)", re.ASCII)
+# Beyond any page there can be: what a longer page number reads as.
+MAX_PAGE_NUMBER = 10**9
+
 
 def judge0_error(message: str, status: int, **extra: Any) -> web.Response:
     """Judge0's own errors are `{"error": ...}`."""
     return json_response({"error": message, **extra}, status=status)
+
+
+async def read_body(request: web.Request) -> Any:
+    """The JSON body, as the native door reads it (HTTP_BODY_TIMEOUT_MS, then 408), labelled application/json: a
+    cross-site form (text/plain) or a typeless Blob needs no CORS preflight, so neither may submit a job."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("requests must be of type application/json")
+    return await read_json(request)
 
 
 def not_found() -> web.Response:
@@ -200,7 +213,7 @@ class Judge0Api:
         base64_encoded = request.query.get("base64_encoded") == "true"
         try:
             fields = requested_fields(request.query.get("fields"))
-            job, extras = await self._parse(await read_json(request), base64_encoded, client_of(request))
+            job, extras = await self._parse(await read_body(request), base64_encoded, client_of(request))
             await self._submit(job, extras)
         except QueueFull:
             return judge0_error("queue is full", 503)
@@ -241,11 +254,21 @@ class Judge0Api:
             return judge0_error(f"invalid page: {page}", 400)
         if per_page < 0:
             return judge0_error(f"invalid per_page: {per_page}", 400)
-        client = client_of(request)
-        jobs = await self.app[QUEUE].recent(self.settings.job_retention_count or 1)
-        mine = [job for job in reversed(jobs) if client.admin or access.is_owner(client, job)]
+        per_page = min(per_page, MAX_PAGE_SIZE)  # one request had asked for every retained job: 183 MB
+        client, queue = client_of(request), self.app[QUEUE]
+        # The listing's summaries (metadata only) to choose the page; only the page's jobs are read whole.
+        listed = await queue.listing(LIST_WINDOW)
+        mine = sorted(
+            (job for job in listed if client.admin or access.is_owner(client, job)),
+            key=lambda job: (job.created_at, job.id),
+            reverse=True,
+        )
         total_pages = -(-len(mine) // per_page) if per_page else 0
-        chosen = mine[(page - 1) * per_page : page * per_page]
+        chosen = [
+            job
+            for job in [await queue.get(summary.id) for summary in mine[(page - 1) * per_page : page * per_page]]
+            if job is not None
+        ]
         try:
             submissions = [self.serialize(job, fields, base64_encoded) for job in chosen]
         except Unconvertible:
@@ -276,15 +299,17 @@ class Judge0Api:
         """Each submission on its own, each drawing one token from the caller's submit bucket."""
         base64_encoded = request.query.get("base64_encoded") == "true"
         limit = self.settings.max_batch_size
-        batch = request.clone(client_max_size=limit * self.settings.max_body_bytes)
-        body = await read_json(batch)
+        client = client_of(request)
+        # The body may carry as many submissions as the caller may still make (one read token had bought 40 MB).
+        allowed = (await self.app[LIMITER].peek(client, "submit")).remaining
+        batch = request.clone(client_max_size=max(1, min(limit, allowed)) * self.settings.max_body_bytes)
+        body = await read_body(batch)
         items = body.get("submissions") if isinstance(body, dict) else None
         count = len(items) if isinstance(items, list) else 0
         if count > limit:
             return judge0_error(f"number of submissions in a batch should be less than or equal to {limit}", 400)
         if not isinstance(items, list) or not items:
             return judge0_error("there should be at least one submission in a batch", 400)
-        client = client_of(request)
         answers: list[dict[str, Any]] = []
         for params in items:
             try:
@@ -341,11 +366,16 @@ def _text_value(value: bytes | str | None, base64_encoded: bool, lossy: bool) ->
 
 
 def _int(raw: str | None, default: int) -> int:
-    """Ruby's String#to_i: a leading integer, else 0."""
+    """Ruby's String#to_i: a leading integer, else 0. Past MAX_PAGE_NUMBER it reads as MAX_PAGE_NUMBER: no page is
+    that far, and a 5,000-digit number is not worth converting (int() refuses it, too)."""
     if raw is None:
         return default
-    match = re.match(r"\s*([+-]?\d+)", raw)
-    return int(match.group(1)) if match else 0
+    match = _LEADING_INT.match(raw)
+    if match is None:
+        return 0
+    sign, digits = match.groups()
+    value = int(digits) if len(digits) <= len(str(MAX_PAGE_NUMBER)) else MAX_PAGE_NUMBER
+    return -min(value, MAX_PAGE_NUMBER) if sign == "-" else min(value, MAX_PAGE_NUMBER)
 
 
 def setup_judge0(app: web.Application) -> None:

@@ -12,9 +12,10 @@ from aiohttp import web
 
 from .api import client_of, json_response
 from .judge0_catalog import VERSION
-from .judge0_status import outcome
+from .judge0_status import listed_status
 from .judge0_submission import Extras
 from .keys import QUEUE, RUNNER, SETTINGS
+from .listing import LIST_WINDOW
 
 if TYPE_CHECKING:
     from .judge0 import Judge0Api
@@ -68,7 +69,8 @@ class Judge0Info:
 
     async def language(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
-        entry = self.api.catalog.by_id(int(raw)) if raw.isdigit() else None
+        # ASCII digits only: str.isdigit() is true of "²", which int() refuses.
+        entry = self.api.catalog.by_id(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) <= 10 else None
         if entry is None:
             return json_response({"status": 404, "error": "Not Found"}, status=404)
         return json_response(entry.to_dict())
@@ -113,10 +115,11 @@ class Judge0Info:
 
     async def statistics(self, request: web.Request) -> web.Response:
         """Judge0's statistics over what the queue has: totals since start, languages and statuses of the jobs it
-        still retains. There is no database, and no per-day history."""
-        queue, settings = self.app[QUEUE], self.app[SETTINGS]
+        still retains (the newest LIST_WINDOW finished ones). There is no database, and no per-day history."""
+        queue = self.app[QUEUE]
         stats = await queue.stats()
-        jobs = await queue.recent(settings.job_retention_count or 1)
+        # Summaries (metadata and the brief result), never whole jobs: any caller may ask.
+        jobs = await queue.listing(LIST_WINDOW)
         catalog = self.api.catalog
         languages: Counter[tuple[int, str]] = Counter()
         statuses: Counter[int] = Counter()
@@ -125,7 +128,7 @@ class Judge0Info:
             entry = catalog.by_id(extras.language_id) if extras.language_id else catalog.for_language(job.language)
             if entry is not None:
                 languages[(entry.id, entry.name)] += 1
-            statuses[outcome(job, extras).status] += 1
+            statuses[listed_status(job, extras)] += 1
         now = datetime.datetime.now(datetime.UTC)
         return json_response(
             {

@@ -77,6 +77,16 @@ def outcome(job: Job, extras: Extras) -> Outcome:
     return found
 
 
+def listed_status(job: Job, extras: Extras) -> int:
+    """The status of a job as a listing reads it (no output, expected output or tests: server/queue/records.py):
+    the result's verdict tells what the output would have."""
+    status = outcome(job, extras).status
+    verdict = job.result.verdict if job.result is not None else None
+    if status == ACCEPTED and verdict is not None and verdict != "accepted":
+        return _VERDICT_STATUS.get(verdict, INTERNAL)
+    return status
+
+
 def _status(result: ExecutionResult, expected: str | None, stdout: str) -> tuple[int, str | None]:
     number = signal_number(result.signal)
     if result.reason == "timeout":

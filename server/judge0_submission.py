@@ -11,6 +11,7 @@ import re
 import shlex
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -34,8 +35,13 @@ TEXT_FIELDS = frozenset({"source_code", "stdin", "expected_output", "stdout", "s
 CONVERSION_ERROR = (
     "some attributes for this submission cannot be converted to UTF-8, use base64_encoded=true query parameter"
 )
-# Rails' numericality accepts numbers and numeric strings.
+# Rails' numericality accepts numbers and numeric strings. Longer texts are not numbers here: the pattern and
+# Decimal stay cheap, and no limit or id needs more digits.
 _NUMERIC = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+MAX_NUMBER_CHARS = 64
+# Judge0's ids are integer columns; anything outside is no language, decided before int() (an exponent like 1e600000
+# would take seconds to become an int).
+MAX_ID = 2**31 - 1
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "off", "OFF"})
 # Characters Judge0 deletes from compiler options and arguments before they reach its bash script.
 _SHELL_META = re.compile(r"[$&;<>|`]")
@@ -118,7 +124,8 @@ def _number(
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool) or not (
-        isinstance(raw, int | float) or (isinstance(raw, str) and _NUMERIC.fullmatch(raw))
+        (isinstance(raw, int | float) and math.isfinite(raw))
+        or (isinstance(raw, str) and len(raw) <= MAX_NUMBER_CHARS and _NUMERIC.fullmatch(raw))
     ):
         errors.setdefault(name, []).append("is not a number")
         return None
@@ -231,9 +238,11 @@ def _language(params: dict[str, Any], catalog: Catalog, errors: dict[str, list[s
         errors.setdefault("language_id", []).append("can't be blank")
         return None
     number = _number(params, "language_id", {}, high=math.inf)
-    entry = catalog.by_id(int(number)) if number is not None else None
+    entry = catalog.by_id(int(number)) if number is not None and 0 <= number <= MAX_ID else None
     if entry is None:
-        errors.setdefault("language_id", []).append(f"language with id {orjson_text(raw)} doesn't exist")
+        shown = orjson_text(raw)  # echoed, but not a megabyte of it
+        shown = shown if len(shown) <= MAX_NUMBER_CHARS else shown[:MAX_NUMBER_CHARS] + "..."
+        errors.setdefault("language_id", []).append(f"language with id {shown} doesn't exist")
     return entry
 
 
@@ -242,7 +251,16 @@ def _additional_files(params: dict[str, Any], settings: Settings, errors: dict[s
         return []
     try:
         return _unzip(ruby_decode64(orjson_text(params["additional_files"])), settings.max_code_bytes)
-    except (zipfile.BadZipFile, ValueError, binascii.Error, EOFError) as exc:
+    # What a corrupt, encrypted (RuntimeError) or oddly compressed (NotImplementedError) member raises on reading.
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        binascii.Error,
+        EOFError,
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+    ) as exc:
         reason = str(exc) if isinstance(exc, ValueError) and str(exc).startswith("holds") else "is not a zip"
         errors.setdefault("additional_files", []).append(reason)
         return []

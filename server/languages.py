@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import functools
 import glob
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,11 @@ _KNOWN = {
     "out_of_memory",
     "address_space_headroom_mb",
     "preload",
+    "display",
+    "packages",
+    "mode",
+    "hello",
+    "compile_timeout_ms",
 }
 # Whole-argument placeholders that expand to several arguments (or none): the compiled files, and the job's own
 # compiler options. Inside an argument, {heap_mb}, {main} and {main_class} are substituted.
@@ -38,6 +45,12 @@ class Program:
     main: str
     files: tuple[str, ...]
     compiler_options: tuple[str, ...] = ()
+
+    @property
+    def main_stem(self) -> str:
+        """The entry point without its extension: `pkg/app.ts` is `pkg/app`."""
+        head, dot, tail = self.main.rpartition(".")
+        return head if dot and "/" not in tail and head and not head.endswith("/") else self.main
 
     @property
     def main_class(self) -> str:
@@ -67,6 +80,14 @@ class Language:
     # A pre-started interpreter for warm sandboxes (server/helper/preload.py): its command, `{preload}` standing for
     # that file's text. It runs a job whose run command starts with the same program and that has no compile stage.
     preload: tuple[str, ...] | None = None
+    # What the editor shows (its name, CodeMirror mode and starter) and the Debian packages that provide it.
+    display: str = ""
+    packages: tuple[str, ...] = ()
+    mode: str = ""
+    hello: str = ""
+    # The compile stage's least wall time: some compilers (kotlinc, scalac) need longer than COMPILE_TIMEOUT_MS's
+    # default on a busy host. A job's own compile timeout still wins.
+    compile_timeout_ms: int = 0
 
     def program(self, files: Iterable[str] | None = None, compiler_options: Iterable[str] = ()) -> Program:
         """The program for a job's files (the first is the entry point); None: the one-file `code` shorthand."""
@@ -105,7 +126,8 @@ class Language:
                 argv += program.compiler_options
             else:
                 main = _path_arg(program.main)
-                argv.append(part.format(heap_mb=heap_mb, main=main, main_class=program.main_class))
+                stem = _path_arg(program.main_stem)
+                argv.append(part.format(heap_mb=heap_mb, main=main, main_class=program.main_class, main_stem=stem))
         return argv
 
     def version_argv(self, *, heap_mb: int) -> list[str]:
@@ -150,8 +172,13 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         interactive_env=_env(raw, name, "interactive_env"),
         etc=_strs(raw.get("etc", []), name, "etc"),
         out_of_memory=_strs(raw.get("out_of_memory", []), name, "out_of_memory"),
-        address_space_headroom_mb=int(raw.get("address_space_headroom_mb", 0)),
+        address_space_headroom_mb=_int(raw.get("address_space_headroom_mb", 0), name, "address_space_headroom_mb"),
         preload=_argv(raw["preload"], name, "preload") if "preload" in raw else None,
+        display=_str(raw.get("display", name), name, "display"),
+        packages=_strs(raw.get("packages", []), name, "packages"),
+        mode=_str(raw.get("mode", ""), name, "mode"),
+        hello=_str(raw.get("hello", ""), name, "hello"),
+        compile_timeout_ms=_int(raw.get("compile_timeout_ms", 0), name, "compile_timeout_ms"),
     )
 
 
@@ -176,6 +203,12 @@ def _check_names(languages: dict[str, Language], path: Path) -> None:
 def _str(value: Any, name: str, key: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"[{name}] {key}: expected a string, got {value!r}")
+    return value
+
+
+def _int(value: Any, name: str, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"[{name}] {key}: expected a whole number >= 0, got {value!r}")
     return value
 
 
@@ -232,3 +265,22 @@ class LanguageIndex:
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+
+def installed_packages(packages: Iterable[str]) -> set[str]:
+    """The Debian packages among `packages` that dpkg says are installed (none where there is no dpkg)."""
+    names = sorted(set(packages))
+    if not names or shutil.which("dpkg-query") is None:
+        return set()
+    done = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *names],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return {line.split()[0] for line in done.stdout.splitlines() if line.endswith(" installed")}
+
+
+def apt_install_argv(packages: Iterable[str]) -> list[str]:
+    """The one apt-get line that installs `packages`."""
+    return ["apt-get", "install", "-y", "--no-install-recommends", *sorted(set(packages))]

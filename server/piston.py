@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import nodesemver
-import orjson
 from aiohttp import web
 
-from .api import client_of, json_response
+from .api import client_of, json_response, read_json
 from .compat import accounting, signal_number
 from .errors import BadRequest, ConveyorError, MethodNotAllowed, UnsupportedMediaType
 from .events import Event
@@ -33,14 +32,20 @@ ENCODINGS = ("base64", "hex", "utf8")
 # Piston checks its limits in this order (api/src/api/v2.js), so the first error named is the same.
 CONSTRAINTS = ("memory_limit", "timeout", "cpu_time")
 STAGES = ("compile", "run")
-# Piston's request bodies are JSON; node-fetch (the npm piston-client) labels its string body text/plain and some
-# clients send no type at all (aiohttp reads that as application/octet-stream).
-JSON_TYPES = frozenset({"application/json", "text/plain", "application/octet-stream", ""})
+# Stock Piston refuses a body not labelled application/json with 415 (v2.js), and so do we: a cross-site form
+# (text/plain) or a typeless Blob needs no CORS preflight, so accepting them would let any page submit jobs.
+JSON_TYPE = "application/json"
 # Isolate's messages, which Piston passes on.
 WALL_TIMEOUT = "Time limit exceeded (wall clock)"
 CPU_TIMEOUT = "Time limit exceeded"
 STOPPED = frozenset({"cancelled", "stopped", "shutdown"})
 _COMPILER_SIGNAL = re.compile(r"\[compiler signal (\d+)\]\s*$")
+# A version range longer than this is refused: no real one comes close.
+MAX_VERSION_CHARS = 64
+_OPERATORS = frozenset({"<", "<=", ">", ">=", "=", "~", "~>", "^"})
+_VERSION_TEXT = r"v?(?:\d+|[xX*])(?:\.(?:\d+|[xX*])){0,2}(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
+_VERSION = re.compile(_VERSION_TEXT, re.ASCII)
+_COMPARATOR = re.compile(r"(?:[<>]=?|=|~>?|\^)?" + _VERSION_TEXT, re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +112,41 @@ class Runtimes:
         if not named:
             native = self._runner.resolve(language)
             named = [rt for rt in runtimes if rt.native == native]
+        wanted = semver_range(version)
+        if wanted is None:  # an invalid range matches nothing, as in node-semver
+            return None
         try:
-            best = nodesemver.max_satisfying([rt.semver for rt in named], version, loose=True)
-        except (ValueError, TypeError):  # an invalid range matches nothing, as in node-semver
+            best = nodesemver.max_satisfying([rt.semver for rt in named], wanted, loose=True)
+        except (ValueError, TypeError):
             return None
         return next((rt for rt in named if rt.semver == best), None)
+
+
+def semver_range(text: str) -> str | None:
+    """`text` as a node-semver range in canonical form (one space between comparators), or None if it is not one.
+
+    nodesemver's own patterns backtrack: `">"`, 300 spaces and `"a"` took it 10 s, doubling every ~50 characters.
+    So what reaches it is checked here first, in linear time: at most MAX_VERSION_CHARS, comparators that match
+    _COMPARATOR (whose parts start with distinct characters, so it cannot backtrack) joined by single spaces, a
+    hyphen range or `||`."""
+    if len(text) > MAX_VERSION_CHARS:
+        return None
+    sets = []
+    for part in text.split("||"):
+        tokens: list[str] = []
+        for word in part.split():
+            if tokens and tokens[-1] in _OPERATORS:
+                tokens[-1] += word  # node-semver allows a space after an operator: ">= 1.2"
+            else:
+                tokens.append(word)
+        if len(tokens) == 3 and tokens[1] == "-":
+            valid = all(_VERSION.fullmatch(token) for token in (tokens[0], tokens[2]))
+        else:
+            valid = all(_COMPARATOR.fullmatch(token) for token in tokens)
+        if not valid:
+            return None
+        sets.append(" ".join(tokens) or "*")
+    return " || ".join(sets)
 
 
 def configured_limits(settings: Settings) -> dict[str, int]:
@@ -143,7 +178,7 @@ def parse_execute(body: Any, runtimes: Runtimes, settings: Settings) -> tuple[Pi
             raise BadRequest(f"files[{index}].content is required as a string")
     rt = runtimes.find(language, version)
     if rt is None:
-        raise BadRequest(f"{language}-{version} runtime is unknown")
+        raise BadRequest(f"{_shown(language)}-{_shown(version)} runtime is unknown")
     encodings = [item.get("encoding") if item.get("encoding") in ENCODINGS else "utf8" for item in files]
     if "utf8" not in encodings:
         raise BadRequest("files must include at least one utf8 encoded file")
@@ -161,6 +196,11 @@ def parse_execute(body: Any, runtimes: Runtimes, settings: Settings) -> tuple[Pi
         **_native_limits(limits),
     }
     return rt, native
+
+
+def _shown(text: str) -> str:
+    """A client's text echoed in an error: not a megabyte of it."""
+    return text if len(text) <= MAX_VERSION_CHARS else text[:MAX_VERSION_CHARS] + "..."
 
 
 def _native_limits(limits: dict[str, float]) -> dict[str, int]:
@@ -332,16 +372,17 @@ def render_result(rt: PistonRuntime, job: Job, output: str | None = None) -> dic
 
 def piston_error(exc: ConveyorError) -> web.Response:
     """Piston's error body is `{"message": ...}`."""
-    return json_response({"message": exc.message}, status=exc.status, headers=exc.headers)
+    response = json_response({"message": exc.message}, status=exc.status, headers=exc.headers)
+    if exc.status == 408:
+        response.force_close()  # what is left of a late body must not be read as the next request
+    return response
 
 
 async def read_body(request: web.Request) -> Any:
-    if request.content_type not in JSON_TYPES:
+    """The JSON body, read as the native door reads it (HTTP_BODY_TIMEOUT_MS, then 408)."""
+    if request.content_type != JSON_TYPE:
         raise UnsupportedMediaType("requests must be of type application/json")
-    try:
-        return orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+    return await read_json(request)
 
 
 class PistonApi:

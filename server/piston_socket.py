@@ -12,6 +12,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from .api import client_of
+from .budget import MessageBudget, Spend
 from .errors import BadRequest, Conflict, ConveyorError, Forbidden, PayloadTooLarge, TooManyRequests
 from .events import Event
 from .identity import Client, check_priority
@@ -68,7 +69,6 @@ class PistonSockets:
         self.app = app
         self.api = api
         self.sessions: set[Session] = set()
-        self.per_ip: dict[str, int] = {}
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -92,24 +92,27 @@ class PistonSockets:
         if self.closing:
             raise web.HTTPServiceUnavailable(text="The server is shutting down.")
         client = client_of(request)
-        if self.per_ip.get(client.ip, 0) >= settings.ws_max_connections_per_ip:
+        # One per-address cap for every WebSocket, the hub's and these (each had its own: two caps' worth).
+        hub = request.app[HUB]
+        if not hub.hold_address(client.ip):
             raise TooManyRequests(
-                f"At most {settings.ws_max_connections_per_ip} Piston WebSocket connections per address.",
+                f"At most {settings.ws_max_connections_per_ip} WebSocket connections per address.",
                 headers={"Retry-After": "5"},
                 retryAfter=5,
             )
         ws = web.WebSocketResponse(max_msg_size=settings.ws_max_message_bytes)
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            hub.release_address(client.ip)
+            raise
         session = Session(self, ws, client)
         self.sessions.add(session)
-        self.per_ip[client.ip] = self.per_ip.get(client.ip, 0) + 1
         try:
             await session.run()
         finally:
+            hub.release_address(client.ip)
             self.sessions.discard(session)
-            left = self.per_ip.pop(client.ip, 1) - 1
-            if left > 0:
-                self.per_ip[client.ip] = left
             if session.job is not None and not session.finished:
                 # Nobody can feed or watch it any more: stop it, whatever happens to this handler.
                 task = asyncio.ensure_future(_stop_quietly(request.app, session.job.id))
@@ -134,6 +137,7 @@ class Session:
         self.client = client
         self.outbox: asyncio.Queue[Item] = asyncio.Queue()
         self.limit = self.app[SETTINGS].ws_send_queue_size
+        self.budget = MessageBudget(self.app[SETTINGS])
         self.job: Job | None = None
         self.rt: PistonRuntime | None = None
         self.running = False
@@ -173,7 +177,7 @@ class Session:
                 if message is not None:
                     if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                         return  # closed by the client, or broken
-                    close = await self.on_message(message.data)
+                    close = await self.within_budget(message.data)
                     message = None
                     if close is not None:
                         await self._close(receive, close)
@@ -216,6 +220,18 @@ class Session:
         await self.ws.send_str(orjson.dumps(item).decode())
         return None
 
+    async def within_budget(self, raw: str | bytes) -> Close | None:
+        """The hub's message budget (WS_MESSAGES_PER_SECOND, WS_MESSAGE_BURST), then Piston's handling."""
+        spent = self.budget.spend()
+        if spent is Spend.TAKE:
+            return await self.on_message(raw)
+        if spent is Spend.NOTIFY:
+            await self.ws.send_str(orjson.dumps({"type": "error", "message": self.budget.refusal().message}).decode())
+        elif spent is Spend.CLOSE:
+            logger.warning("closing a Piston WebSocket (%s): message budget exceeded", self.client.ip)
+            return Close(1008, "message budget exceeded")
+        return None
+
     async def on_message(self, raw: str | bytes) -> Close | None:
         """Piston's message handling (v2.js), with its close codes; an error is reported, then 4002."""
         try:
@@ -234,9 +250,10 @@ class Session:
             elif kind == "signal":
                 if self.job is None:
                     return Close(4003, "Not yet initialized")
-                if message.get("signal") not in SIGNALS:
+                name = message.get("signal")
+                if not isinstance(name, str) or name not in SIGNALS:  # a list is unhashable: check the type first
                     return Close(4005, "Invalid signal")
-                if message["signal"] not in HARMLESS:
+                if name not in HARMLESS:
                     await _stop_quietly(self.app, self.job.id)
         except orjson.JSONDecodeError as exc:
             return await self.fail(f"The message is not valid JSON: {exc}")
@@ -257,12 +274,7 @@ class Session:
         native["interactive"] = True
         run = parse_run(native, settings, app[RUNNER], allow_interactive=True)
         check_priority(self.client, run.priority)
-        decision = await app[LIMITER].hit(self.client, "submit")
-        if not decision.allowed:
-            app[QUEUE].note_rate_limited()  # counted on the dashboard with the other 429s
-            if HUB in app:
-                app[HUB].mark_stats_dirty()
-        raise_if_denied(decision, "submit")
+        raise_if_denied(await app[LIMITER].hit(self.client, "submit"), "submit")  # the limiter counts a denial
         job = run.to_job(self.client.job_owner)
         # Before submitting: the job can start (and send `stage`) before submit returns.
         self.rt = rt

@@ -166,11 +166,12 @@ class Sandbox:
         await self._check_cgroups()
         if self._helper is None and not HELPER.exists():
             logger.warning("%s not built (make install needs a C compiler): jobs start through perl helpers", HELPER)
-        if os.geteuid() == 0 and self._setpriv is None:
-            logger.warning("setpriv not found: sandboxed processes run as root in a user namespace")
-        if self._helper is not None and self._setpriv is not None:
+        if os.geteuid() == 0 and not self.drops_privileges:
+            logger.warning("neither the C helper nor setpriv: sandboxed processes run as root in a user namespace")
+        if self._helper is not None and self.drops_privileges:
             try:
-                self._helper = str(await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper)))
+                copy = await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper), self.settings.cache_path)
+                self._helper = str(copy)
             except OSError as exc:
                 raise SandboxUnavailable(str(exc)) from None
         self._layers = await asyncio.to_thread(packages.find_layers, self.settings)
@@ -181,8 +182,18 @@ class Sandbox:
         if not self._versions:
             raise SandboxUnavailable(self._no_toolchain())
         logger.info(
-            "sandbox %s ready: %s", self.backend, ", ".join(f"{n} {v}" for n, v in sorted(self._versions.items()))
+            "sandbox %s ready: %d languages: %s",
+            self.backend,
+            len(self._versions),
+            ", ".join(f"{n} {v}" for n, v in sorted(self._versions.items())),
         )
+        missing = sorted(set(self._all) - set(self._versions))
+        if missing:
+            logger.info(
+                "languages configured but not offered: %s (python -m server languages install %s)",
+                ", ".join(missing),
+                " ".join(missing),
+            )
         if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
             self.pool = WarmPool(
                 # No cap per language below the budget: a language alone in demand may hold all of it, since jobs
@@ -221,7 +232,7 @@ class Sandbox:
 
     def _no_toolchain(self) -> str:
         """Why no language works: a bound path the jobs' uid cannot reach, else what the probes said."""
-        if self._setpriv is not None:
+        if self.drops_privileges:
             bound = [Path(p) for p in (self._helper, self._bwrap) if p]
             bound += [Path(layer.path) for layer in self._layers.values()]
             for path in bound:
@@ -261,7 +272,12 @@ class Sandbox:
         run = lang.version_argv(heap_mb=self._memory_mb // 2)
         spec = self._spec(lang, f"probe-{lang.name}", run)
         spec.run_timeout_ms = PROBE_TIMEOUT_MS
-        out = await self._execute(spec, None)
+        try:
+            out = await self._execute(spec, None)
+        except OSError as exc:  # the launcher itself could not start (a noexec mount, a missing binary)
+            self._probe_failures[lang.name] = str(exc)
+            logger.info("language %s unavailable: %s", lang.name, exc)
+            return None
         text = out.stdout + out.stderr
         match = re.search(r"\d+(?:\.\d+)+", text)
         if out.run_status != "exit 0" or match is None:
@@ -294,7 +310,7 @@ class Sandbox:
         """Compile the job's files once and pack the work dir as it is then, for fresh sandboxes to run; an identical
         earlier build comes from the build cache instead (checked, and handed to jobs as a copy)."""
         lang = self._language(job)
-        spec = self._job_spec(lang, job, stdin=b"", timeout_ms=job.limits.compile_timeout_ms or self._compile_ms())
+        spec = self._job_spec(lang, job, stdin=b"", timeout_ms=job.limits.compile_timeout_ms or self._compile_ms(lang))
         key = None
         if self.cache is not None:
             assert spec.compile is not None, "build() is only called for compiled languages"
@@ -347,8 +363,9 @@ class Sandbox:
         assert lang is not None, "checked by __call__"
         return lang
 
-    def _compile_ms(self) -> int:
-        return self.settings.compile_timeout_ms
+    def _compile_ms(self, lang: Language) -> int:
+        """COMPILE_TIMEOUT_MS, or more for a compiler that needs it (languages.toml `compile_timeout_ms`)."""
+        return max(self.settings.compile_timeout_ms, lang.compile_timeout_ms)
 
     def _job_spec(self, lang: Language, job: Job, *, stdin: bytes, timeout_ms: int) -> Spec:
         memory_mb = min(job.limits.memory_mb or self.settings.memory_limit_mb, self._memory_mb)
@@ -364,7 +381,7 @@ class Sandbox:
         spec.language = lang.name
         spec.address_space_mb = memory_mb + lang.address_space_headroom_mb
         spec.memory_mb = job.limits.memory_mb
-        spec.compile_timeout_ms = job.limits.compile_timeout_ms or self.settings.compile_timeout_ms
+        spec.compile_timeout_ms = job.limits.compile_timeout_ms or self._compile_ms(lang)
         if job.limits.cpu_time_ms is not None:
             spec.cpu_time_ms = job.limits.cpu_time_ms
         return spec
@@ -617,6 +634,10 @@ class Sandbox:
                 "aliases": list(lang.aliases),
                 "compiled": lang.compile is not None,
                 "packages": self._layers[lang.name].describe() if lang.name in self._layers else [],
+                # For the editor's picker: the name people know, its highlighting mode and a starter program.
+                "displayName": lang.display,
+                "mode": lang.mode,
+                "hello": lang.hello,
             }
             for lang in self._index
         ]

@@ -301,7 +301,7 @@
     } finally {
       loadingCode = false;
     }
-    code.setLanguage(ui.language.value);
+    code.setLanguage(modeOf(ui.language.value));
     ui.stdin.value = typeof data.stdin === "string" ? data.stdin : "";
     const tests = Array.isArray(data.tests);
     if (tests) {
@@ -712,12 +712,19 @@
     } finally {
       loadingCode = false;
     }
-    code.setLanguage(language);
+    code.setLanguage(modeOf(language));
+  }
+
+  /** The highlighting mode /runtimes names for a language (languages.toml `mode`), else its id. */
+  function modeOf(language) {
+    const entry = runtimes.find((r) => r.id === language);
+    return (entry && entry.mode) || language;
   }
 
   function starterFor(language) {
     const entry = runtimes.find((r) => r.id === language);
     const ids = [language, ...((entry && entry.aliases) || [])];
+    if (entry && entry.hello) return entry.hello;
     for (const id of ids) if (STARTERS[id]) return STARTERS[id];
     return `// Write a ${entry ? entry.label : language} program here.\n`;
   }
@@ -728,7 +735,14 @@
     const id = item.id || item.name || item.language;
     const name = item.displayName || item.label || NAMES[id] || item.name || id;
     const version = item.version ? ` ${item.version}` : "";
-    return { id, label: `${name}${version}`, aliases: item.aliases || [], available: item.available !== false };
+    return {
+      id,
+      label: `${name}${version}`,
+      aliases: item.aliases || [],
+      available: item.available !== false,
+      mode: item.mode || id,
+      hello: item.hello || "",
+    };
   }
 
   async function loadRuntimes(attempt = 0) {

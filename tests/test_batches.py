@@ -23,7 +23,7 @@ HELLO = {"language": "python", "code": "print('hello')"}
 
 async def test_each_item_is_queued_or_refused_on_its_own(app_client: AppClientFactory) -> None:
     client = await app_client()
-    items = [HELLO, {"language": "cobol", "code": "x"}, {**HELLO, "priority": 5}, {"language": "python"}]
+    items = [HELLO, {"language": "no-such-lang", "code": "x"}, {**HELLO, "priority": 5}, {"language": "python"}]
     answer = await call(client, "POST", "/runs", 200, json={"submissions": items})
     runs = answer["runs"]
     assert [r["index"] for r in runs] == [0, 1, 2, 3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +60,7 @@ async def test_a_path_the_jobs_cannot_reach_is_named_at_start_up(
 ) -> None:
     helper = _private_checkout(tmp_path)
     monkeypatch.setattr(sandbox_module, "HELPER", helper)
-    monkeypatch.setattr(hostpaths, "reachable_helper", lambda path: path)  # as before the copy existed
+    monkeypatch.setattr(hostpaths, "reachable_helper", lambda path, cache: path)  # as before the copy existed
     with pytest.raises(SandboxUnavailable) as refused:
         async with open_sandbox(SETTINGS, languages=["python"]):
             pass
@@ -82,20 +83,40 @@ def test_unreachable_names_the_directory_that_is_closed(open_dir: Path) -> None:
 def test_the_copy_is_made_once_by_content_and_only_where_others_cannot_write(
     open_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tmp_path = open_dir
-    helper = _private_checkout(tmp_path)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o777)  # a runtime dir anyone could write (or that someone else made in /tmp): never used
-    runtime = tmp_path / "run"
-    monkeypatch.setattr(hostpaths, "RUNTIME_DIRS", (shared, runtime))
-    copy = hostpaths.reachable_helper(helper)
-    assert copy.parent == runtime and copy.read_bytes() == helper.read_bytes()
-    assert stat.S_IMODE(copy.stat().st_mode) == 0o755 and stat.S_IMODE(runtime.stat().st_mode) == 0o755
+    helper = _private_checkout(open_dir)
+    shared = open_dir / "shared"
+    (shared / "bin").mkdir(parents=True)
+    os.chmod(shared / "bin", 0o777)  # a directory anyone could write (someone else's, in /tmp): never used
+    fallback = open_dir / "lib" / "bin"
+    monkeypatch.setattr(hostpaths, "FALLBACK_DIRS", (fallback,))
+    copy = hostpaths.reachable_helper(helper, shared)
+    assert copy.parent == fallback and copy.read_bytes() == helper.read_bytes()
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o755 and stat.S_IMODE(fallback.stat().st_mode) == 0o755
     inode = copy.stat().st_ino
-    assert hostpaths.reachable_helper(helper) == copy and copy.stat().st_ino == inode  # reused, not rewritten
+    assert hostpaths.reachable_helper(helper, shared) == copy and copy.stat().st_ino == inode  # reused
     helper.write_bytes(helper.read_bytes() + b"\0")  # a rebuilt helper gets a copy of its own
-    assert hostpaths.reachable_helper(helper) != copy
-    monkeypatch.setattr(hostpaths, "RUNTIME_DIRS", (shared,))
+    assert hostpaths.reachable_helper(helper, shared) != copy
+    monkeypatch.setattr(hostpaths, "FALLBACK_DIRS", ())
     with pytest.raises(OSError, match="cannot copy"):
-        hostpaths.reachable_helper(helper)
+        hostpaths.reachable_helper(helper, shared)
+
+
+@as_root
+def test_the_copy_goes_to_the_cache_dir_and_never_on_a_noexec_mount(
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /run is noexec on Debian: a copy there could not be executed (the server failed to start from /root so).
+    helper = _private_checkout(open_dir)
+    cache = open_dir / "cache"
+    cache.mkdir()
+    assert hostpaths.reachable_helper(helper, cache).parent == cache / "bin"
+    noexec = open_dir / "noexec"
+    noexec.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,mode=755", "none", str(noexec)], check=True)
+    try:
+        monkeypatch.setattr(hostpaths, "FALLBACK_DIRS", (open_dir / "lib",))
+        copy = hostpaths.reachable_helper(helper, noexec)
+        assert copy.parent == open_dir / "lib"
+        assert subprocess.run([copy], capture_output=True).returncode != 126  # it executes (usage: exit 2)
+    finally:
+        subprocess.run(["umount", str(noexec)], check=True)

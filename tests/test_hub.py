@@ -291,7 +291,7 @@ async def test_subscribe_to_a_rest_job_replays_from_the_start(client: Client) ->
         ("[1]", "Bad request"),
         ('{"type": "dance"}', "Bad request"),
         ('{"type": "run", "code": "x"}', "Bad request"),
-        ('{"type": "run", "language": "cobol", "code": "x", "requestId": "q"}', "Bad request"),
+        ('{"type": "run", "language": "no-such-lang", "code": "x", "requestId": "q"}', "Bad request"),
         ('{"type": "stdin", "jobId": "nope", "data": "x"}', "Not found"),
         ('{"type": "subscribe", "jobId": 5}', "Bad request"),
         ('{"type": [1]}', "Bad request"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import judge0
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -18,7 +19,9 @@ from aiohttp.web import Application, Request
 from judge0 import LanguageAlias, Status
 
 from server.judge0_submission import FIELDS, ruby_decode64, ruby_encode64
-from tests.conftest import AppClientFactory
+from server.keys import QUEUE, SETTINGS
+from tests.boundary import STALL_BOUND_S, while_healthy
+from tests.conftest import AppClientFactory, keys_file
 
 Client = TestClient[Request, Application]
 ADMIN_KEY, USER_KEY = "admin-secret-key", "user-secret-key"
@@ -435,9 +438,158 @@ async def test_submissions_through_the_redis_queue(app_client: AppClientFactory,
     assert read == {"stdout": "r\n"}
 
 
+async def test_a_users_listing_through_the_redis_queue(
+    app_client: AppClientFactory, redis_url: str, tmp_path: Path
+) -> None:
+    # The Redis listing reads summaries (HMGET): the owner must be among them for a user to see its own.
+    client = await app_client(redis_url=redis_url, api_keys_file=keys_file(tmp_path, {"user": (USER_KEY, False)}))
+    user = {"X-Auth-Token": USER_KEY}
+    await client.post(
+        "/judge0/submissions?wait=true", json={"source_code": "print(5)", "language_id": 71}, headers=user
+    )
+    await submit(client, {"source_code": "print(6)", "language_id": 71})  # anonymous: not the user's
+    answer = await (await client.get("/judge0/submissions?fields=stdout,status_id", headers=user)).json()
+    assert answer["submissions"] == [{"stdout": "5\n", "status_id": 3}]
+    stats = await (await client.get("/judge0/statistics")).json()
+    assert stats["statuses"] == [{"status": {"id": 3, "name": "Accepted"}, "count": 2}]
+
+
 async def test_output_that_is_not_utf8_needs_base64(client: Client) -> None:
     # Judge0's answer when text mode cannot carry the output; the native stdoutLossy flag tells us.
     body = {"source_code": "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe')", "language_id": 71}
     status, got = await submit(client, body)
     assert status == 201 and set(got) == {"token", "error"}
     assert got["error"].startswith("some attributes for this submission cannot be converted to UTF-8")
+
+
+# -- the boundary: hostile numbers, pages and bodies (issue 22) -------------------------------------------------
+
+
+async def test_a_huge_language_id_is_refused_without_freezing_the_server(client: Client) -> None:
+    # "1e600000" is 8 characters; as an integer, 600,000 digits: seconds of CPU on the event loop, per item.
+    body = {"source_code": "print(1)", "language_id": "1e600000"}
+    (status, errors), stall = await while_healthy(client, submit(client, body, query=""))
+    assert (status, errors) == (422, {"language_id": ["language with id 1e600000 doesn't exist"]})
+    items = {"submissions": [body, {**body, "language_id": "9" * 60 + "e999999999"}, {**body, "language_id": 1e308}]}
+    response, stall_batch = await while_healthy(client, client.post("/judge0/submissions/batch", json=items))
+    assert response.status == 422 and all(list(answer) == ["language_id"] for answer in await response.json())
+    assert max(stall, stall_batch) < STALL_BOUND_S
+
+
+@pytest.mark.parametrize(
+    "name", ["cpu_time_limit", "wall_time_limit", "memory_limit", "stack_limit", "number_of_runs", "max_file_size"]
+)
+@pytest.mark.parametrize("value", ["1e999999999", "-1e999999999", "1" * 5000, "1" * 100_000 + "x", 1e308])
+async def test_hostile_limits_are_judge0s_422(client: Client, name: str, value: Any) -> None:
+    status, errors = await submit(client, {"source_code": "print(1)", "language_id": 71, name: value}, query="")
+    assert status == 422 and list(errors) == [name], errors
+
+
+async def test_hostile_page_numbers_are_answered(client: Client) -> None:
+    for query in ("page=" + "9" * 5000, "per_page=" + "9" * 5000, "page=²", "per_page=1e600000", "page=-" + "9" * 5000):
+        response = await client.get(f"/judge0/submissions?{query}")
+        assert response.status in (200, 400), query[:20]
+        assert isinstance(await response.json(), dict)
+    meta = (await (await client.get("/judge0/submissions?page=" + "9" * 5000)).json())["meta"]
+    assert meta["total_count"] == 0 and meta["next_page"] is None
+
+
+async def test_wrong_x_auth_tokens_count_towards_the_lockout(
+    app_client: AppClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As for Authorization: Bearer: past AUTH_FAILURE_LIMIT wrong keys, the address's keys are refused unchecked.
+    client = await app_client(
+        api_keys_file=keys_file(tmp_path, {"user": (USER_KEY, False)}),
+        auth_failure_limit=3,
+        rate_limit_window_ms=60_000,
+    )
+    statuses = [
+        (await client.get("/judge0/about", headers={"X-Auth-Token": f"wrong-key-{n}"})).status for n in range(5)
+    ]
+    assert statuses == [401, 401, 401, 429, 429]
+    response = await client.get("/judge0/about", headers={"X-Auth-Token": USER_KEY})
+    assert response.status == 429 and "Retry-After" in response.headers  # the right key is not told apart
+    assert any("failed authentications" in record.getMessage() for record in caplog.records)
+
+
+async def test_listing_and_statistics_read_summaries_and_one_page(
+    app_client: AppClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GET /submissions and /statistics read every retained job whole (one request: 183 MB); now the listing's
+    # summaries (metadata only), then whole jobs for the one page shown, at most MAX_PER_PAGE of them.
+    client = await app_client(api_keys_file=keys_file(tmp_path, {"admin": (ADMIN_KEY, True)}))
+    admin = {"X-Auth-Token": ADMIN_KEY}
+    for n in range(3):
+        await client.post("/judge0/submissions?wait=true", json={"source_code": f"print({n})", "language_id": 71})
+    queue = client.app[QUEUE]
+
+    async def whole_jobs(limit: int = 100) -> list[Any]:
+        raise AssertionError("read every retained job whole")
+
+    monkeypatch.setattr(queue, "recent", whole_jobs)
+    got: list[str] = []
+    get = queue.get
+
+    async def counting_get(job_id: str) -> Any:
+        got.append(job_id)
+        return await get(job_id)
+
+    monkeypatch.setattr(queue, "get", counting_get)
+    answer = await (await client.get("/judge0/submissions?per_page=2&fields=stdout", headers=admin)).json()
+    assert [s["stdout"] for s in answer["submissions"]] == ["2\n", "1\n"] and len(got) == 2
+    assert answer["meta"] == {"current_page": 1, "next_page": 2, "prev_page": None, "total_pages": 2, "total_count": 3}
+    answer = await (await client.get("/judge0/submissions?per_page=1000000000", headers=admin)).json()
+    assert answer["meta"]["total_pages"] == 1 and len(answer["submissions"]) == 3
+    stats = await (await client.get("/judge0/statistics")).json()
+    assert stats["statuses"] == [{"status": {"id": 3, "name": "Accepted"}, "count": 3}]
+    assert len(got) == 5
+
+
+async def test_statistics_tell_wrong_answers_from_summaries(client: Client) -> None:
+    body = {"source_code": "print(1)", "language_id": 71, "expected_output": "2"}
+    assert (await submit(client, body))[1]["status"]["id"] == 4
+    stats = await (await client.get("/judge0/statistics")).json()
+    assert stats["statuses"] == [{"status": {"id": 4, "name": "Wrong Answer"}, "count": 1}]
+
+
+async def test_a_batch_body_is_bounded_by_the_submissions_the_caller_may_make(app_client: AppClientFactory) -> None:
+    # One read token bought a 40 MB batch; now a body carries at most what the caller's submit bucket allows.
+    client = await app_client(max_code_bytes=1000, max_stdin_bytes=1000, rate_limit_requests=2, rate_limit_burst=2)
+    settings = client.app[SETTINGS]
+    item = {"source_code": "print(1)", "language_id": 71, "stdin": "x" * 1000}
+    padding = " " * (2 * settings.max_body_bytes)
+    response = await client.post(
+        "/judge0/submissions/batch",
+        data='{"submissions": [' + ",".join([orjson.dumps(item).decode()] * 2) + "]" + padding + "}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 413
+    response = await client.post("/judge0/submissions/batch", json={"submissions": [item] * 2})
+    assert response.status == 201
+
+
+def _corrupt_zips() -> dict[str, bytes]:
+    """Zips whose members cannot be read: a flipped byte in the deflated data, an encrypted member (the flag set,
+    as zip -e does), an unknown compression method."""
+    good = base64.b64decode(_zip({"a.txt": b"hello " * 200}))
+    start = good.index(b"a.txt") + len("a.txt")
+    corrupt = good[:start] + bytes(b ^ 0xFF for b in good[start : start + 8]) + good[start + 8 :]
+    encrypted = bytearray(good)
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):
+        at = good.index(header) + (6 if header == b"PK\x03\x04" else 8)
+        encrypted[at] |= 1
+    method = bytearray(good)
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):
+        at = good.index(header) + (8 if header == b"PK\x03\x04" else 10)
+        method[at : at + 2] = (99).to_bytes(2, "little")
+    return {"corrupt": corrupt, "encrypted": bytes(encrypted), "method": bytes(method)}
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "encrypted", "method"])
+async def test_unreadable_zip_members_are_judge0s_422(
+    client: Client, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = base64.b64encode(_corrupt_zips()[kind]).decode()
+    status, errors = await submit(client, {"source_code": "1", "language_id": 71, "additional_files": data})
+    assert (status, errors) == (422, {"additional_files": ["is not a zip"]})
+    assert not [record for record in caplog.records if record.exc_info]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from server.jobs import ExecutionResult
-from server.piston import OutputTape
+from server.piston import OutputTape, semver_range
+from tests.boundary import STALL_BOUND_S, while_healthy
 from tests.conftest import AppClientFactory
 
 Client = TestClient[Request, Application]
@@ -42,7 +44,7 @@ async def piston_client(client: Client, action: str, *args: Any) -> Any:
 
 
 async def execute(client: Client, body: dict[str, Any], **headers: str) -> tuple[int, Any]:
-    response = await client.post("/api/v2/execute", data=json.dumps(body), headers=headers)
+    response = await client.post("/api/v2/execute", json=body, headers=headers)
     return response.status, await response.json()
 
 
@@ -64,18 +66,25 @@ async def test_piston_client_lists_runtimes_under_pistons_names(client: Client) 
 
 
 async def test_piston_client_executes_with_its_defaults(client: Client) -> None:
-    # The client sends its body as text/plain (node-fetch's default for a string), -1 memory limits and args 1 2 3.
+    # The npm client sends its body as text/plain (node-fetch's default for a string): stock Piston answers 415, and
+    # so do we (a cross-site form can send text/plain). What it sends, sent as JSON, runs: -1 memory limits, args.
     code = "import sys\nprint(sys.argv[1:], input())"
-    result = await piston_client(client, "execute", "python", code, {"stdin": "from stdin"})
-    assert result["language"] == "python"
+    refused = await piston_client(client, "execute", "python", code, {"stdin": "from stdin"})
+    assert refused == {"message": "requests must be of type application/json"}
+    body = {
+        **python(code, stdin="from stdin", args=["1", "2", "3"]),
+        **{f"{stage}_memory_limit": -1 for stage in ("compile", "run")},
+    }
+    status, result = await execute(client, body)
+    assert status == 200 and result["language"] == "python"
     assert result["run"]["stdout"] == "['1', '2', '3'] from stdin\n"
     assert result["run"]["code"] == 0 and result["run"]["signal"] is None
     assert result["run"]["output"] == result["run"]["stdout"]
     assert "compile" not in result
 
 
-async def test_piston_client_sees_a_failed_compile_as_piston_reports_it(client: Client) -> None:
-    result = await piston_client(client, "execute", "c++", "int main( {")
+async def test_a_failed_compile_is_reported_as_piston_reports_it(client: Client) -> None:
+    _, result = await execute(client, {"language": "c++", "version": "*", "files": [{"content": "int main( {"}]})
     assert result["compile"]["code"] != 0
     assert "error" in result["compile"]["stderr"] and result["compile"]["output"] == result["compile"]["stderr"]
     assert result["run"] == result["compile"]  # v2.js: `run` is the compile stage when the run never started
@@ -101,7 +110,10 @@ async def test_compiled_language_reports_both_stages(client: Client) -> None:
         ({"language": "python", "files": []}, "version is required as a string"),
         ({"language": "python", "version": "*"}, "files is required as an array"),
         ({"language": "python", "version": "*", "files": [{"name": "a"}]}, "files[0].content is required as a string"),
-        ({"language": "cobol", "version": "*", "files": [{"content": "x"}]}, "cobol-* runtime is unknown"),
+        (
+            {"language": "no-such-lang", "version": "*", "files": [{"content": "x"}]},
+            "no-such-lang-* runtime is unknown",
+        ),
         ({"language": "python", "version": "0.0.1", "files": [{"content": "x"}]}, "python-0.0.1 runtime is unknown"),
         (
             {"language": "python", "version": "*", "files": [{"content": "eA==", "encoding": "base64"}]},
@@ -123,15 +135,12 @@ async def test_native_validation_speaks_pistons_error_shape(client: Client) -> N
     assert status == 400 and "args" in answer["message"] and set(answer) == {"message"}
 
 
-async def test_body_must_be_json_but_may_come_without_a_type(client: Client) -> None:
+async def test_body_must_be_json(client: Client) -> None:
+    # As stock Piston: anything not labelled application/json is 415 (tests/test_compat.py tries the others).
     response = await client.post(
         "/api/v2/execute", data="a=b", headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
     assert (response.status, await response.json()) == (415, {"message": "requests must be of type application/json"})
-    response = await client.post(
-        "/api/v2/execute", data=json.dumps(python("print(1)")), skip_auto_headers=["Content-Type"]
-    )
-    assert response.status == 200 and (await response.json())["run"]["stdout"] == "1\n"
 
 
 async def test_versions_match_as_semver_ranges(client: Client) -> None:
@@ -336,9 +345,9 @@ async def test_socket_close_codes(client: Client, messages: list[dict[str, Any]]
 
 async def test_socket_reports_errors_then_closes_4002(client: Client) -> None:
     async with client.ws_connect("/api/v2/connect") as ws:
-        await ws.send_json({"type": "init", "language": "cobol", "version": "*", "files": [{"content": "x"}]})
+        await ws.send_json({"type": "init", "language": "no-such-lang", "version": "*", "files": [{"content": "x"}]})
         received = await messages_until_close(ws)
-    assert received == [{"type": "error", "message": "cobol-* runtime is unknown"}]
+    assert received == [{"type": "error", "message": "no-such-lang-* runtime is unknown"}]
     assert ws.close_code == 4002
 
 
@@ -388,3 +397,92 @@ async def test_socket_init_draws_from_the_submit_bucket(app_client: AppClientFac
         assert ws.close_code == expected
     assert received[0]["type"] == "error" and "rate limit" in received[0]["message"].lower()
     assert (await (await client.get("/queue/status")).json())["totalRateLimited"] == 1
+
+
+# -- the boundary: hostile versions (issue 22) ------------------------------------------------------------------
+
+# node-semver's patterns backtrack on this: 325 bytes froze the server for 10 s, doubling every ~50 characters.
+BACKTRACKING_VERSION = ">" + " " * 300 + "a"
+
+
+async def test_a_backtracking_version_is_unknown_without_freezing_the_server(client: Client) -> None:
+    (status, answer), stall = await while_healthy(client, execute(client, python("1", version=BACKTRACKING_VERSION)))
+    assert status == 400 and answer["message"].endswith("runtime is unknown")
+    assert stall < STALL_BOUND_S
+
+
+async def test_a_backtracking_version_in_a_socket_init_is_unknown_without_freezing(client: Client) -> None:
+    async def attack() -> list[dict[str, Any]]:
+        async with client.ws_connect("/api/v2/connect") as ws:
+            # Not the same text as above: node-semver caches what it parsed.
+            await ws.send_json({"type": "init", **python("1", version=BACKTRACKING_VERSION.replace("a", "b"))})
+            return await messages_until_close(ws)
+
+    received, stall = await while_healthy(client, attack())
+    assert [m["type"] for m in received] == ["error"] and received[0]["message"].endswith("runtime is unknown")
+    assert stall < STALL_BOUND_S
+
+
+@pytest.mark.parametrize(
+    ("wanted", "canonical"),
+    [
+        ("*", "*"),
+        ("3.x", "3.x"),
+        (">= 3  < 4", ">=3 <4"),
+        ("3.10 - 3.12", "3.10 - 3.12"),
+        ("3 ||  ^4.1.0-rc.1+b", "3 || ^4.1.0-rc.1+b"),
+        ("~>3.1", "~>3.1"),
+        ("latest", None),
+        ("3.11.0" + " " * 60, None),
+        (BACKTRACKING_VERSION, None),
+    ],
+)
+def test_version_ranges_are_checked_before_node_semver_sees_them(wanted: str, canonical: str | None) -> None:
+    assert semver_range(wanted) == canonical
+
+
+async def test_an_invalid_version_logs_no_traceback_and_echoes_a_bounded_message(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for version in ("not a version", "1" * 1_000_000):
+        status, answer = await execute(client, python("1", version=version))
+        assert status == 400 and len(answer["message"]) < 200
+    assert not [record for record in caplog.records if record.exc_info]
+    assert sum(len(record.getMessage()) for record in caplog.records) < 100_000
+
+
+@pytest.mark.parametrize("signal", [["SIGKILL"], {"name": "SIGKILL"}, 9, None])
+async def test_a_signal_that_is_not_a_name_closes_4005_without_a_traceback(
+    client: Client, signal: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with client.ws_connect("/api/v2/connect") as ws:
+        await ws.send_json({"type": "init", **python("input()")})
+        await ws.send_json({"type": "signal", "signal": signal})
+        await messages_until_close(ws)
+    assert ws.close_code == 4005
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_piston_sockets_and_hub_sockets_share_one_cap_per_address(app_client: AppClientFactory) -> None:
+    client = await app_client(ws_max_connections_per_ip=2)
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    async with client.ws_connect("/ws"), client.ws_connect("/api/v2/connect"):
+        assert (await client.get("/api/v2/connect", headers=upgrade)).status == 429
+        assert (await client.get("/ws", headers=upgrade)).status == 429
+    async with client.ws_connect("/api/v2/connect"), client.ws_connect("/api/v2/connect"):
+        assert (await client.get("/ws", headers=upgrade)).status == 429
+    async with client.ws_connect("/ws"), client.ws_connect("/ws"):
+        pass  # every socket closed gave its place back
+
+
+async def test_a_piston_socket_has_the_hubs_message_budget(app_client: AppClientFactory) -> None:
+    client = await app_client(ws_messages_per_second=1, ws_message_burst=3)
+    async with client.ws_connect("/api/v2/connect") as ws:
+        await ws.send_json({"type": "init", **python("import time\ntime.sleep(30)")})
+        for _ in range(50):
+            await ws.send_json({"type": "signal", "signal": "SIGCHLD"})  # harmless: only the budget can close it
+        received = await messages_until_close(ws)
+    assert ws.close_code == 1008
+    errors = [m for m in received if m["type"] == "error"]
+    assert len(errors) == 1 and "Too many messages" in errors[0]["message"]

@@ -310,7 +310,7 @@ async def test_usage_reaches_rest_and_websocket(app_client: Any) -> None:
 
 
 async def test_unknown_language_is_refused(sandbox: Sandbox) -> None:
-    run = await run_job(sandbox, "cobol", "DISPLAY 'HI'.")
+    run = await run_job(sandbox, "no-such-lang", "x")
     assert run.result.reason == "unsupported_language" and run.events == []
 
 

@@ -79,7 +79,8 @@ def listed_job_from_hash(data: dict[str, str | None]) -> Job | None:
 
 
 # The hash fields a listing reads: small ones only (never code, stdin or the result with its output).
-LISTED_FIELDS = ("id", "language", "priority", "status", "created_at", "started_at", "finished_at", "brief")
+# `owner` lets a listing keep a caller's own jobs (Judge0's GET /submissions); summary() never shows it.
+LISTED_FIELDS = ("id", "language", "priority", "status", "created_at", "started_at", "finished_at", "brief", "owner")
 
 
 def record_bytes(job: Job) -> int:

@@ -49,6 +49,9 @@ class RateLimiter:
         self._overrides: dict[tuple[int | None, int | None], Policy] = {}
         self._task: asyncio.Task[None] | None = None
         self._fail_open = settings.rate_limit_redis_failure == "open"
+        # Told of every denied "submit" or "read" hit (the statistics' rate-limited count): one place, whichever
+        # door drew the token. Failed authentications are the lockout's and are not counted here.
+        self.on_denied: Callable[[], None] | None = None
 
     def policy(self, client: Client, bucket: Bucket) -> Policy:
         """The bucket shape for this client. Per-user overrides apply to the submit bucket only."""
@@ -73,9 +76,12 @@ class RateLimiter:
         now = self._clock()
         key = f"{bucket}:{client.key}"
         if self._take_now is not None:
-            return Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
+            return self._noted(
+                bucket, Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
+            )
         try:
-            return Decision(policy, now, *await self.store.take(key, policy.rate_per_s, policy.capacity, now))
+            taken = await self.store.take(key, policy.rate_per_s, policy.capacity, now)
+            return self._noted(bucket, Decision(policy, now, *taken))
         except BackendUnavailable:
             if not self._fail_open:
                 raise
@@ -90,7 +96,12 @@ class RateLimiter:
         policy = self.policy(client, bucket)
         now = self._clock()
         key = f"{bucket}:{client.key}"
-        return Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now))
+        return self._noted(bucket, Decision(policy, now, *self._take_now(key, policy.rate_per_s, policy.capacity, now)))
+
+    def _noted(self, bucket: Bucket, decision: Decision) -> Decision:
+        if not decision.allowed and bucket != "auth" and self.on_denied is not None:
+            self.on_denied()
+        return decision
 
     async def refund(self, client: Client, bucket: Bucket) -> Decision:
         """Give back the token of a request refused with 401/403 (those must not consume quota)."""

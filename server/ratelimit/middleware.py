@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from ..apikeys import ApiKeys, authenticate
+from ..apikeys import JUDGE0_AUTH_HEADER, ApiKeys, authenticate
 from ..errors import ConveyorError, Unauthorized
 from ..identity import Client, client_ip, parse_networks
 from ..keys import CLIENT
@@ -41,6 +41,14 @@ def bucket_for(method: str, path: str) -> Bucket | None:
     return None
 
 
+def presents_key(request: web.BaseRequest) -> bool:
+    """Does the request name an API key (Authorization, or Judge0's X-Auth-Token on its routes): what the lockout
+    guards."""
+    return hdrs.AUTHORIZATION in request.headers or (
+        JUDGE0_AUTH_HEADER in request.headers and request.path.startswith("/judge0/")
+    )
+
+
 def ratelimit_middleware(
     limiter: RateLimiter,
     keys: ApiKeys,
@@ -57,7 +65,7 @@ def ratelimit_middleware(
     """
 
     async def identify(request: web.Request) -> Client:
-        if lockout is None or hdrs.AUTHORIZATION not in request.headers:
+        if lockout is None or not presents_key(request):
             return authenticate(request, keys, settings)
         ip = client_ip(request, parse_networks(settings.trusted_proxies))
         lockout.check(ip)
