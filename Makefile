@@ -99,7 +99,8 @@ $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis]'
 	@touch $@ $(VENV)/.stamp-install
 
-# The npm clients the Piston compat tests drive (tests/npm); npm comes with the nodejs package the sandbox needs.
+# The npm packages the tests use (tests/npm): the Piston clients tests/test_piston.py drives and axe-core, which
+# tests/test_accessibility.py runs in the pages; npm comes with the nodejs package the sandbox needs.
 $(NPM_STAMP): tests/npm/package.json tests/npm/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  npm ci --prefix tests/npm --no-audit --no-fund --loglevel=error && touch $@; \

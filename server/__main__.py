@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import difflib
+import errno
 import logging
 import os
 import shlex
@@ -10,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -20,7 +24,7 @@ from .errors import SandboxUnavailable, SettingsError
 from .keys import HUB, QUEUE
 from .languages import apt_install_argv, installed_packages, load_languages
 from .packages import install
-from .settings import Settings
+from .settings import Settings, read_env_file
 
 logger = logging.getLogger("server")
 
@@ -44,8 +48,13 @@ async def serve(settings: Settings) -> None:
         try:
             server = await listen(runner, settings)
         except OSError as exc:
-            raise ListenError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
-        logger.info("Conveyor listening on http://%s:%d", settings.host, settings.port)
+            where = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            if exc.errno == errno.EADDRINUSE:
+                other = 3002 if settings.port == 3001 else 3001
+                where += f"; another program has that port: choose another with PORT={other} (or --port {other})"
+            raise ListenError(where) from exc
+        for line in banner(settings):
+            logger.info("%s", line)
         await stop.wait()
         logger.info("shutting down: refusing new jobs, %d ms grace for running ones", settings.shutdown_grace_ms)
         await app[QUEUE].close(settings.shutdown_grace_ms / 1000.0)
@@ -57,9 +66,72 @@ async def serve(settings: Settings) -> None:
 
 
 USAGE = (
-    "usage: python -m server [--help] [hash-key [KEY] | cache clear | cache status | packages install |"
+    "usage: python -m server [--help] [--host HOST] [--port PORT]"
+    " [hash-key [KEY] | cache clear | cache status | packages install |"
     " languages list | languages install NAME... | languages install --all]"
 )
+
+
+def banner(settings: Settings) -> list[str]:
+    """What a first start says: where it listens, its pages, the rate limit and the pool of workers."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{'localhost' if host in ('0.0.0.0', '[::]') else host}:{settings.port}"
+    window_s = settings.rate_limit_window_ms / 1000
+    pool = f"{settings.max_concurrent_jobs} jobs at once, {settings.max_queue_size} more may wait"
+    if settings.warm_pool:
+        pool += f", {settings.warm_pool} sandboxes kept warm"
+    return [
+        f"Conveyor listening on http://{host}:{settings.port}",
+        f"  editor     {url}/",
+        f"  dashboard  {url}/dashboard",
+        f"  API docs   {url}/docs",
+        f"  rate limit {settings.rate_limit_requests} runs per {window_s:g} s per client (RATE_LIMIT_REQUESTS)",
+        f"  pool       {pool} (MAX_CONCURRENT_JOBS, MAX_QUEUE_SIZE, WARM_POOL)",
+    ]
+
+
+def env_file_warnings(path: Path) -> list[str]:
+    """A line for every name in the .env file that is no setting, with the closest setting's name (a typo would
+    otherwise be ignored in silence)."""
+    if not path.is_file():
+        return []
+    names = Settings.env_names()
+    warnings = []
+    for name in read_env_file(path):
+        if name in names:
+            continue
+        close = difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (python -m server --help lists them)"
+        warnings.append(f"{path}: {name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def _flags(argv: list[str]) -> tuple[dict[str, object], list[str]]:
+    """`--host H`, `--port N` (also `--port=N`) wherever they are; the other arguments in order."""
+    flags: dict[str, object] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name not in ("--host", "--port"):
+            rest.append(argv[i])
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ValueError(f"{name} needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if name == "--port":
+            if not value.isdigit() or not 0 <= int(value) <= 65535:
+                raise ValueError(f"--port {value!r}: expected a port number from 0 to 65535")
+            flags["port"] = int(value)
+        else:
+            if not value.strip():
+                raise ValueError("--host needs an address")
+            flags["host"] = value.strip()
+    return flags, rest
 
 
 def help_text() -> str:
@@ -67,8 +139,9 @@ def help_text() -> str:
     lines = [
         USAGE,
         "",
-        "Starts Conveyor on HOST:PORT. Ctrl-C or SIGTERM stops it gracefully: new jobs are refused, running ones",
-        "get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason shutdown). `hash-key` makes an API key;",
+        "Starts Conveyor on HOST:PORT (--host and --port override them). Ctrl-C or SIGTERM stops it gracefully:",
+        "new jobs are refused, running ones get SHUTDOWN_GRACE_MS to finish, the rest are cancelled (reason",
+        "shutdown). `hash-key` makes an API key (and the [[keys]] entry to paste into API_KEYS_FILE);",
         "`cache clear` empties the build cache in CACHE_DIR, `cache status` shows its size; `packages install`",
         "installs PACKAGES_FILE's packages into the read-only layers jobs import from. `languages list` shows each",
         "language of server/languages.toml with its Debian packages and whether they are installed; `languages",
@@ -158,6 +231,11 @@ def languages_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        flags, argv = _flags(argv)
+    except ValueError as exc:
+        print(f"{USAGE}\nconveyor: {exc}", file=sys.stderr)
+        return 2
     if argv[:1] in (["--help"], ["-h"]):
         print(help_text())
         return 0
@@ -175,13 +253,15 @@ def main(argv: list[str]) -> int:
         print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
         return 2
     try:
-        settings = Settings.from_env()
+        settings = dataclasses.replace(Settings.from_env(), **flags)  # type: ignore[arg-type]
     except SettingsError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for warning in env_file_warnings(Path(".env")):
+        logger.warning("%s", warning)
     soft, _ = raise_nofile_limit()
     logger.info("open files: up to %d, %d of them kept for jobs", soft, settings.fd_reserve)
     logging.getLogger("aiohttp.server").addFilter(ClientMistakes())

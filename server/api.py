@@ -14,7 +14,8 @@ from .errors import BadRequest, RequestTimeout, UnsupportedMediaType
 from .identity import Client, anonymous, check_priority, peer_ip
 from .keys import CLIENT, QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .payloads import parse_run
-from .submissions import submit
+from .ratelimit import decision_headers
+from .submissions import charge, submit
 
 OPENAPI_PATH = __file__.rsplit("/", 1)[0] + "/openapi.json"
 
@@ -53,16 +54,21 @@ async def submit_run(request: web.Request) -> web.Response:
     run = parse_run(await read_json(request), settings, request.app[RUNNER])
     client = client_of(request)
     check_priority(client, run.priority)
-    job = await submit(request.app, run.to_job(client.job_owner))
+    job = run.to_job(client.job_owner)
+    # A refused submission's token is given back by the rate-limit middleware (a 400 costs a read instead). A job
+    # that cost more than one token says what is left after all of them.
+    drawn = await charge(request.app, client, job, refund_refusal=False)
+    headers = decision_headers(drawn, "submit") if drawn is not None else {}
+    job = await submit(request.app, job)
     if wait in ("false", "0"):
         position = await queue.position(job)
         return json_response(
             {"jobId": job.id, "status": job.status.value, "position": position},
             status=202,
-            headers={"Location": f"/queue/job/{job.id}"},
+            headers={"Location": f"/queue/job/{job.id}", **headers},
         )
     job = await queue.wait(job.id)
-    return json_response(job.to_dict())
+    return json_response(job.to_dict(), headers=headers)
 
 
 async def get_queue_status(request: web.Request) -> web.Response:

@@ -192,10 +192,13 @@ def authenticate(request: web.BaseRequest, keys: ApiKeys, settings: Settings) ->
     return client_for_key(token.strip(), ip, keys)
 
 
+# A key typed by hand must be at least this long (the generated ones are 47 characters, 256 random bits).
+MIN_KEY_LENGTH = 24
 _HASH_KEY_USAGE = """\
 usage: python -m server hash-key [KEY | -]
 
-Print the SHA-256 digest to put in API_KEYS_FILE as `sha256 = "..."`.
+Print the [[keys]] entry for API_KEYS_FILE with the key's SHA-256 digest; a key given here must have at
+least 24 characters.
   KEY   hash this key (note: it stays in your shell history; prefer stdin)
   -     read the key from stdin (also the default when stdin is not a terminal)
   (no argument, terminal or empty stdin) generate a strong random key and print both key and digest
@@ -220,13 +223,30 @@ def hash_key_main(argv: list[str]) -> int:
             return 2
     if not key:
         key = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 bits; the prefix lets secret scanners find leaks
-        print(f"key:    {key}")
-        print(f"sha256: {hash_key(key).hex()}")
+        print(f"key: {key}   (give it to its user; only its digest below is kept)\n")
+        print(_keys_entry(hash_key(key).hex()), end="")
         return 0
     if not _TOKEN.fullmatch(key):
         print(
             "hash-key: a key may only hold letters, digits and -._~+/ (it is sent as a Bearer token)", file=sys.stderr
         )
         return 2
-    print(hash_key(key).hex())
+    if len(key) < MIN_KEY_LENGTH:
+        print(
+            f"hash-key: a key of {len(key)} characters is too easy to guess; use at least {MIN_KEY_LENGTH} "
+            "(run hash-key with no argument for a random one)",
+            file=sys.stderr,
+        )
+        return 2
+    print(_keys_entry(hash_key(key).hex()), end="")
     return 0
+
+
+def _keys_entry(digest: str) -> str:
+    """The [[keys]] entry to paste into API_KEYS_FILE."""
+    return (
+        "[[keys]]\n"
+        'name = "CHANGE-ME"    # the key\'s user, as the logs and the dashboard name it\n'
+        f'sha256 = "{digest}"\n'
+        "# admin = true        # may read, cancel, stop and run again any job\n"
+    )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from .accesslog import access_log_middleware
 from .actions import setup_actions
 from .api import setup_routes
 from .apikeys import ApiKeys, client_for_key
@@ -16,23 +17,34 @@ from .events import EventEmitter
 from .history import setup_history
 from .hub import Hub, open_socket
 from .identity import Client
-from .joblog import log_finished_jobs
+from .joblog import Submitters, log_finished_jobs
 from .jobs import Runner
 from .judge0 import setup_judge0
-from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT, SUBMITTERS
 from .listing import setup_listing
 from .lockout import AuthLockout
 from .metrics import setup_metrics
-from .middlewares import error_middleware
+from .middlewares import error_middleware, host_middleware
 from .pages import setup_pages
 from .piston import setup_piston
 from .queue import QueueBackend, create_queue
 from .quota import setup_quota
-from .ratelimit import RateLimiter, raise_if_denied, ratelimit_middleware
+from .ratelimit import Bucket, RateLimiter, raise_if_denied, ratelimit_middleware
 from .settings import Settings
 from .submissions import setup_callbacks, submit
 
 logger = logging.getLogger(__name__)
+
+
+def _bucket_check(limiter: RateLimiter, bucket: Bucket) -> Callable[[Client], Awaitable[None]]:
+    """One token from `bucket` for a WebSocket message; TooManyRequests (counted by the limiter) when there is none."""
+
+    async def check(client: Client) -> None:
+        decision = await limiter.hit(client, bucket)
+        if not decision.allowed:
+            raise_if_denied(decision, bucket)
+
+    return check
 
 
 def create_app(
@@ -54,29 +66,27 @@ def create_app(
         if HUB in app:
             app[HUB].mark_stats_dirty()
 
-    # Every denied hit is counted by the limiter itself, whichever door drew it (REST, batches, WebSocket, compat).
+    # Every denied hit is counted by the limiter itself, whichever door drew it (REST, batches, WebSocket, compat);
+    # the lockout, the socket caps and budgets count theirs through count_denial.
     limiter.on_denied = count_denial
+    check_submit = _bucket_check(limiter, "submit")
+    check_read = _bucket_check(limiter, "read")
 
-    async def check_submit(client: Client) -> None:
-        raise_if_denied(await limiter.hit(client, "submit"), "submit")
-
-    async def check_read(client: Client) -> None:
-        decision = await limiter.hit(client, "read")
-        if not decision.allowed:
-            count_denial()
-            raise_if_denied(decision, "read")
-
-    # Order matters: errors become JSON outside the limiter, which raises 401/429 and stamps its headers.
+    # Order matters: the access log outermost sees the final status; errors become JSON outside the limiter, which
+    # raises 401/429 and stamps its headers.
     middlewares = [
+        access_log_middleware,
         error_middleware,
-        ratelimit_middleware(limiter, keys, settings, lockout=lockout),
+        host_middleware(settings),
+        ratelimit_middleware(limiter, keys, settings, on_denied=count_denial, lockout=lockout),
     ]
     app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[SETTINGS] = settings
     app[LIMITER] = limiter
     app[STARTED_AT] = time.monotonic()
     app[EVENTS] = queue.events if queue is not None else EventEmitter()
-    log_finished_jobs(app[EVENTS])
+    app[SUBMITTERS] = Submitters()
+    log_finished_jobs(app[EVENTS], submitters=app[SUBMITTERS])
 
     async def runner_ctx(app: web.Application) -> AsyncIterator[None]:
         if runner is not None:
@@ -110,7 +120,7 @@ def create_app(
             check_read=check_read,
             authenticate_key=lambda key, ip: client_for_key(key, ip, keys),
             lockout=lockout,
-            submit=lambda job: submit(app, job),
+            submit=lambda job, client: submit(app, job, client=client),
         )
         app[HUB] = hub
         await hub.start()

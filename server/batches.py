@@ -13,6 +13,7 @@ from .errors import BadRequest, ConveyorError, PayloadTooLarge
 from .identity import check_priority
 from .keys import LIMITER, QUEUE, RUNNER, SETTINGS
 from .payloads import parse_run
+from .queue.records import record_bytes
 from .ratelimit import raise_if_denied
 from .submissions import submit
 
@@ -42,7 +43,7 @@ async def submit_runs(request: web.Request) -> web.Response:
             check_priority(client, run.priority)
             decision = await app[LIMITER].hit(client, "submit")
             raise_if_denied(decision, "submit")
-            job = await submit(app, run.to_job(client.job_owner))
+            job = await submit(app, run.to_job(client.job_owner), client=client)
         except ConveyorError as exc:
             answers.append({"index": index, "status": exc.status, **exc.body()})
         else:
@@ -68,9 +69,11 @@ async def get_runs(request: web.Request) -> web.Response:
         if job is None or not may_read(client, job):
             part = orjson.dumps({"id": job_id, **not_found(job_id).body()})
         else:
-            job.position = await queue.position(job)
-            part = orjson.dumps(job.to_dict())
-            if parts and size + len(part) > settings.max_batch_answer_bytes:
+            # Its stored size is about its JSON's at least (escaping only adds): one that cannot fit is not encoded.
+            fits = not parts or size + record_bytes(job) <= settings.max_batch_answer_bytes
+            job.position = await queue.position(job) if fits else None
+            part = orjson.dumps(job.to_dict()) if fits else b""
+            if not fits or (parts and size + len(part) > settings.max_batch_answer_bytes):
                 too_large = PayloadTooLarge(
                     f"Job {job_id} does not fit in this answer (at most {settings.max_batch_answer_bytes} bytes); "
                     f"read it alone from /queue/job/{job_id}.",

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .access import drivable_job, is_owner, readable_job
+from .accesslog import audit
 from .errors import BadRequest, ConveyorError, TooManyRequests, Unauthorized
 from .identity import OWNER_TOKEN, Client, check_priority, new_owner_token
 from .jobs import Job
@@ -197,6 +198,7 @@ class Connection:
             return True
         self._dropped += 1
         if self._dropped == 1:
+            self.hub.note_rate_limited()
             retry = max(1, int((1.0 - self._tokens) / settings.ws_messages_per_second + 0.999))
             self.send_error(
                 TooManyRequests(
@@ -285,13 +287,18 @@ class Connection:
         hub = self.hub
         if hub.authenticate_key is None:
             raise BadRequest("This server has no API keys configured.")
-        if hub.lockout is not None:
-            hub.lockout.check(self.client.ip)
         try:
-            return hub.authenticate_key(key, self.client.ip)
-        except Unauthorized as exc:
-            refusal = await hub.lockout.failed(self.client.ip) if hub.lockout is not None else None
-            raise refusal or exc from None
+            if hub.lockout is not None:
+                hub.lockout.check(self.client.ip)
+            try:
+                return hub.authenticate_key(key, self.client.ip)
+            except Unauthorized as exc:
+                audit("auth-failure", user="-", ip=self.client.ip, door="websocket")  # as HTTP 401s are (accesslog)
+                refusal = await hub.lockout.failed(self.client.ip) if hub.lockout is not None else None
+                raise refusal or exc from None
+        except TooManyRequests:
+            hub.note_rate_limited()
+            raise
 
     async def on_run(self, message: dict[str, Any]) -> None:
         hub = self.hub
@@ -299,7 +306,7 @@ class Connection:
         check_priority(self.client, run.priority)
         if hub.check_submit is not None:
             await hub.check_submit(self.client)
-        job = await hub.submit(run.to_job(self.client.job_owner))
+        job = await hub.submit(run.to_job(self.client.job_owner), self.client)
         self.submitted[job.id] = None
         if len(self.submitted) > MAX_SUBMITTED:
             del self.submitted[next(iter(self.submitted))]

@@ -71,6 +71,11 @@ class PayloadTooLarge(ConveyorError):
     error = "Payload too large"
 
 
+class MisdirectedRequest(ConveyorError):
+    status = 421
+    error = "Misdirected request"
+
+
 class UnsupportedMediaType(ConveyorError):
     status = 415
     error = "Unsupported media type"

@@ -33,7 +33,7 @@ ORPHAN_GRACE_S = 10.0
 SNAPSHOT_TAIL = 256
 
 # Draws one token from the client's bucket (submit or read); raises TooManyRequests past it, counted.
-SubmitCheck = Callable[[Client], Awaitable[None]]
+BucketCheck = Callable[[Client], Awaitable[None]]
 KeyAuth = Callable[[str, str], Client]
 
 
@@ -50,11 +50,11 @@ class Hub:
         queue: QueueBackend,
         *,
         runner: Runner,
-        check_submit: SubmitCheck | None = None,
-        check_read: SubmitCheck | None = None,
+        check_submit: BucketCheck | None = None,
+        check_read: BucketCheck | None = None,
         authenticate_key: KeyAuth | None = None,
         lockout: AuthLockout | None = None,
-        submit: Callable[[Job], Awaitable[Job]] | None = None,
+        submit: Callable[[Job, Client], Awaitable[Job]] | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -65,7 +65,7 @@ class Hub:
         self.authenticate_key = authenticate_key
         self.lockout = lockout
         # How a `run` message is queued: the app's one submission path (callbacks followed), else the queue's own.
-        self.submit = submit or queue.submit
+        self.submit = submit or (lambda job, _client: queue.submit(job))
         self.handles = Handles()
         self.snapshot_builds = 0
         self._snapshot: _Snapshot | None = None
@@ -162,6 +162,11 @@ class Hub:
     async def _stop_quietly(self, job_id: str) -> None:
         with suppress(Exception):
             await self.queue.stop(job_id, "stopped")
+
+    def note_rate_limited(self) -> None:
+        """A 429 this hub answered (the socket cap, a message budget, the lockout): counted with the others."""
+        self.queue.note_rate_limited()
+        self.mark_stats_dirty()
 
     def mark_stats_dirty(self) -> None:
         """Something the stats show changed outside the event stream (a 503 or 429): push a snapshot soon."""
@@ -406,6 +411,7 @@ async def open_socket(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(text="The server is shutting down.")
     client = request.get(CLIENT) or anonymous(peer_ip(request))
     if not hub.admit(client.ip):
+        hub.note_rate_limited()
         raise TooManyRequests(
             f"At most {hub.settings.ws_max_connections_per_ip} WebSocket connections per address.",
             headers={"Retry-After": "5"},

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .callbacks import CallbackSender
     from .history import HistorySampler
     from .hub import Hub
+    from .joblog import Submitters
     from .metrics import Metrics
     from .ratelimit import RateLimiter
     from .watch import JobWatch
@@ -32,6 +33,7 @@ HISTORY: web.AppKey[HistorySampler] = web.AppKey("history")
 CALLBACKS: web.AppKey[CallbackSender] = web.AppKey("callbacks")
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter")
 WATCH: web.AppKey[JobWatch] = web.AppKey("watch")
+SUBMITTERS: web.AppKey[Submitters] = web.AppKey("submitters")
 
 CLIENT = web.RequestKey("client", Client)
 

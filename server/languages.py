@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import glob
+import re
 import shutil
 import subprocess
 import tomllib
@@ -32,6 +33,8 @@ _KNOWN = {
     "mode",
     "hello",
     "compile_timeout_ms",
+    "compiler_options",
+    "compiler_option_values",
 }
 # Whole-argument placeholders that expand to several arguments (or none): the compiled files, and the job's own
 # compiler options. Inside an argument, {heap_mb}, {main} and {main_class} are substituted.
@@ -88,6 +91,23 @@ class Language:
     # The compile stage's least wall time: some compilers (kotlinc, scalac) need longer than COMPILE_TIMEOUT_MS's
     # default on a busy host. A job's own compile timeout still wins.
     compile_timeout_ms: int = 0
+    # What compilerOptions may be (whole-argument regular expressions), and the options whose value is the next
+    # argument (checked together with it): nothing else reaches the compiler.
+    compiler_options: tuple[re.Pattern[str], ...] = ()
+    compiler_option_values: frozenset[str] = frozenset()
+
+    def refused_compiler_option(self, options: Iterable[str]) -> str | None:
+        """The first of `options` (with its value) that is not allowed, or None when all are."""
+        items = iter(options)
+        for option in items:
+            if option in self.compiler_option_values:
+                value = next(items, None)
+                if value is None:
+                    return option
+                option = f"{option} {value}"
+            if not any(pattern.fullmatch(option) for pattern in self.compiler_options):
+                return option
+        return None
 
     def program(self, files: Iterable[str] | None = None, compiler_options: Iterable[str] = ()) -> Program:
         """The program for a job's files (the first is the entry point); None: the one-file `code` shorthand."""
@@ -154,6 +174,12 @@ def load_languages(path: Path = LANGUAGES_FILE) -> dict[str, Language]:
     return languages
 
 
+@functools.cache
+def language_definitions() -> dict[str, Language]:
+    """The definitions of languages.toml, read once (what a submission is checked against)."""
+    return load_languages()
+
+
 def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
     unknown = set(raw) - _KNOWN
     missing = [key for key in _REQUIRED if key not in raw]
@@ -179,6 +205,8 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         mode=_str(raw.get("mode", ""), name, "mode"),
         hello=_str(raw.get("hello", ""), name, "hello"),
         compile_timeout_ms=_int(raw.get("compile_timeout_ms", 0), name, "compile_timeout_ms"),
+        compiler_options=_patterns(raw.get("compiler_options", []), name, "compiler_options"),
+        compiler_option_values=frozenset(_strs(raw.get("compiler_option_values", []), name, "compiler_option_values")),
     )
 
 
@@ -233,6 +261,13 @@ def _strs(value: Any, name: str, key: str) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"[{name}] {key}: expected a list of strings")
     return tuple(_str(item, name, key) for item in value)
+
+
+def _patterns(value: Any, name: str, key: str) -> tuple[re.Pattern[str], ...]:
+    try:
+        return tuple(re.compile(pattern) for pattern in _strs(value, name, key))
+    except re.error as exc:
+        raise ValueError(f"[{name}] {key}: {exc}") from None
 
 
 def _argv(value: Any, name: str, key: str) -> tuple[str, ...]:

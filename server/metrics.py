@@ -29,6 +29,10 @@ MEMORY_BUCKETS = tuple(float(1 << (20 + i)) for i in range(13))
 # The event's figures for each stage: (CPU time in ms, memory peak in bytes).
 STAGE_USAGE = {"run": ("cpuTimeMs", "memoryPeakBytes"), "compile": ("compileCpuTimeMs", "compileMemoryPeakBytes")}
 
+# Seconds between two scans of the build cache directory for /metrics and /cache/status (Prometheus scrapes every
+# 15 s or so; the cache's counters move slowly).
+CACHE_SCAN_S = 10.0
+
 CACHE_COUNTERS = {
     "hits": "Builds taken from the build cache (compile skipped).",
     "misses": "Build cache lookups that found nothing usable (compiled).",
@@ -103,6 +107,7 @@ class Metrics:
     def __init__(self, app: web.Application) -> None:
         self.registry = CollectorRegistry()
         self.scrape = _ScrapeCollector(app)
+        self.cache_scan = CacheScan(app)
         self.registry.register(self.scrape)
         ProcessCollector(namespace=NAMESPACE, registry=self.registry)
         self.submitted = Counter(
@@ -176,12 +181,30 @@ class Metrics:
             self.wait_time.labels(language=language).observe(wait_ms / 1000.0)
 
 
+class CacheScan:
+    """The build cache's status (a directory listing, in a thread) at most once per CACHE_SCAN_S; callers meanwhile
+    share the last one, or the scan under way."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._scan: asyncio.Task[dict[str, Any]] | None = None
+        self._at = 0.0
+
+    async def __call__(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        scan = self._scan
+        if scan is None or (scan.done() and (scan.exception() is not None or loop.time() - self._at >= CACHE_SCAN_S)):
+            self._at = loop.time()
+            scan = self._scan = loop.create_task(asyncio.to_thread(self._app[RUNNER].cache_status))
+        return await asyncio.shield(scan)
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     """The Prometheus text format (or OpenMetrics when the scraper asks for it)."""
     app = request.app
     metrics = app[METRICS]
     metrics.scrape.stats = await app[QUEUE].stats()
-    metrics.scrape.cache = await asyncio.to_thread(app[RUNNER].cache_status)
+    metrics.scrape.cache = await metrics.cache_scan()
     metrics.scrape.pool = app[RUNNER].pool_status()
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(metrics.registry)

@@ -7,9 +7,10 @@ from http import HTTPStatus
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
-from .errors import ConveyorError
+from .errors import ConveyorError, MisdirectedRequest
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,36 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_body(500, "Internal server error", "Something went wrong on our side; it has been logged.")
+
+
+def host_middleware(settings: Settings) -> Middleware:
+    """Answer only requests for a host this server serves (`Settings.served_hosts`): a page whose name an attacker
+    rebinds to 127.0.0.1 reaches a local server, but under the attacker's name, which is refused here."""
+    served = settings.served_hosts
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if served is not None:
+            host = host_name(request.host)
+            if host not in served:
+                raise MisdirectedRequest(
+                    f"This server does not answer for host {host[:100]!r}; its names are set by ALLOWED_HOSTS.",
+                )
+        return await handler(request)
+
+    return check_host
+
+
+def host_name(host: str) -> str:
+    """A Host header's name: lower case, without its port, brackets or trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host[1:]
+    else:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            name = host
+    return name.rstrip(".")
 
 
 def _default_message(request: web.Request, status: int) -> str:

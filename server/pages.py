@@ -67,6 +67,8 @@ async def get_editor(request: web.Request) -> web.Response:
             "maxCodeBytes": settings.max_code_bytes,
             "maxStdinBytes": settings.max_stdin_bytes,
             "wsMaxMessageBytes": settings.ws_max_message_bytes,
+            "jobRetentionSeconds": settings.job_retention_seconds,
+            "memoryLimitMb": settings.memory_limit_mb,
             "jobTimeoutMs": settings.job_timeout_ms,
             "maxTests": settings.max_tests,
         },
@@ -98,6 +100,36 @@ async def get_websocket_doc(request: web.Request) -> web.Response:
     )
 
 
+# A versioned URL (`?v=<hash of the file>`) names one content for ever; an unversioned one may change.
+IMMUTABLE = "public, max-age=31536000, immutable"
+# The pages' own scripts and styles: small, served from memory and compressed per request (the vendor bundles are
+# large and carry gzipped twins that the static route sends as they are).
+OWN_ASSET = r"{name:[a-z]+\.(?:js|css)}"
+_ASSET_TYPES = {".js": "text/javascript", ".css": "text/css"}
+_assets: dict[str, tuple[float, bytes]] = {}  # name -> (mtime, bytes); at most the files of static/
+
+
+async def get_asset(request: web.Request) -> web.StreamResponse:
+    """One of the pages' own files: compressed when the browser accepts it, cached for ever when versioned."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        raise web.HTTPNotFound() from None
+    cached = _assets.get(name)
+    if cached is None or cached[0] != mtime:
+        cached = _assets[name] = (mtime, path.read_bytes())
+    response = web.Response(body=cached[1], content_type=_ASSET_TYPES[path.suffix], charset="utf-8")
+    response.enable_compression()
+    return response
+
+
+async def _cache_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/static/") and response.status == 200:
+        response.headers["Cache-Control"] = IMMUTABLE if "v" in request.query else "no-cache"
+
+
 def setup_pages(app: web.Application) -> None:
     """Jinja2 with autoescaping, the page routes and `/static/` (versioned URLs, so caches never go stale)."""
     aiohttp_jinja2.setup(
@@ -110,4 +142,6 @@ def setup_pages(app: web.Application) -> None:
     app.router.add_get("/dashboard", get_dashboard, name="dashboard")
     app.router.add_get("/docs", get_docs, name="docs")
     app.router.add_get("/docs/websocket.md", get_websocket_doc)
+    app.router.add_get(f"/static/{OWN_ASSET}", get_asset)  # before the static route, which serves the rest
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=True)
+    app.on_response_prepare.append(_cache_headers)

@@ -10,6 +10,7 @@ from typing import Any
 from .callbacks import check_callback_url
 from .errors import BadRequest, PayloadTooLarge
 from .jobs import Job, Limits, Runner, SourceFile, TestCase
+from .languages import language_definitions
 from .settings import Settings
 
 MAX_ARGS = 64
@@ -160,9 +161,14 @@ def _refuse_unknown(unknown: list[str], known: frozenset[str]) -> None:
         )
 
 
+MAX_LANGUAGE_NAME = 64  # longer than any language name or alias; what an error may echo of one
+
+
 def _language(data: dict[str, Any], runner: Runner) -> str:
     name = _field(data, "language", str, required=True)
-    language = runner.resolve(name)
+    language = runner.resolve(name) if len(name) <= MAX_LANGUAGE_NAME else None
+    if language is None and len(name) > MAX_LANGUAGE_NAME:
+        name = name[:MAX_LANGUAGE_NAME] + "..."  # echoed bounded: a 2 MB name was answered back whole
     if language is None:
         valid = sorted({alias for r in runner.runtimes() for alias in [r["language"], *r.get("aliases", [])]})
         raise BadRequest(
@@ -297,6 +303,18 @@ def _compiler_options(data: dict[str, Any], runner: Runner, language: str) -> li
             f"compilerOptions must be a list of at most {MAX_COMPILER_OPTIONS} non-empty strings of at most "
             f"{MAX_COMPILER_OPTION_BYTES} bytes, without NUL.",
             field="compilerOptions",
+        )
+    # An allowlist per toolchain (languages.toml): driver options that run programs, plugins or files would run
+    # the submitter's code in the compile stage, outside the run's limits.
+    definition = language_definitions().get(language)
+    refused = definition.refused_compiler_option(options) if definition is not None else options[0]
+    if refused is not None:
+        raise BadRequest(
+            f"The compiler option {refused[:80]!r} is not allowed for {language}: compilerOptions may only change "
+            "how the sources are compiled (optimisation, standard, warnings, macros, libraries, target), never "
+            "name programs, plugins, specs or files outside the work dir.",
+            field="compilerOptions",
+            option=refused[:80],
         )
     return list(options)
 

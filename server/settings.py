@@ -125,7 +125,8 @@ class Settings:
         "JOB_RETENTION_MAX_MB",
         _int_range(0, 1_048_576),
         256,
-        "…holding at most this much code, input, output and event log, oldest evicted first (both backends)",
+        "…holding at most this much code, input, output and event log; past it or the count, the owner holding the "
+        "most loses its own oldest first (both backends)",
     )
     max_code_bytes: int = _env("MAX_CODE_BYTES", _int_range(1), 65_536, "largest source accepted (413 past it)")
     max_stdin_bytes: int = _env(
@@ -258,6 +259,13 @@ class Settings:
         120,
         "other API calls (`/queue/*`, `/runtimes`, `/openapi.json`, `/ws` connects) per window",
     )
+    submit_token_slot_seconds: int = _env(
+        "SUBMIT_TOKEN_SLOT_SECONDS",
+        _int_range(1, 86_400),
+        60,
+        "worker slot time one submit token buys: a submission books (its tests, or 1) x its timeout and costs that "
+        "over this, at least one token (400 when more than the bucket holds)",
+    )
     trusted_proxies: tuple[str, ...] = _env(
         "TRUSTED_PROXIES",
         _networks,
@@ -272,6 +280,14 @@ class Settings:
         10,
         "failed authentications (REST and WebSocket) per address per `RATE_LIMIT_WINDOW_MS`; past it every key "
         "from that address gets 429 unchecked",
+    )
+
+    allowed_hosts: tuple[str, ...] = _env(
+        "ALLOWED_HOSTS",
+        _csv,
+        (),
+        "host names requests may name in `Host` (port ignored; others get 421); empty: `localhost`, `127.0.0.1` "
+        "and `::1` when `HOST` is a loopback address, any host otherwise",
     )
 
     # WebSocket
@@ -423,6 +439,19 @@ class Settings:
         1000,
         "callbacks waiting for delivery; past it new ones are dropped and logged",
     )
+
+    @property
+    def served_hosts(self) -> frozenset[str] | None:
+        """The host names the server answers (lower case, no port), or None for any. A server on loopback answers
+        its local names only: a DNS-rebinding page reaches it under the attacker's name."""
+        if self.allowed_hosts:
+            return frozenset(host.strip().lower().strip("[]").rstrip(".") for host in self.allowed_hosts)
+        bound = self.host.strip().lower().strip("[]")
+        try:
+            loopback = ipaddress.ip_address(bound).is_loopback
+        except ValueError:
+            loopback = bound == "localhost"
+        return frozenset({"localhost", "127.0.0.1", "::1", bound}) if loopback else None
 
     @property
     def max_body_bytes(self) -> int:

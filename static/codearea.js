@@ -88,7 +88,7 @@ class CodeArea {
   /** Colours from the page's CSS variables: one CodeMirror theme serves light and dark. */
   static theme() {
     return CM.EditorView.theme({
-      "&": { height: "100%", color: "var(--text)", backgroundColor: "var(--bg-inset)", fontSize: "13px" },
+      "&": { height: "100%", color: "var(--text)", backgroundColor: "var(--bg-inset)", fontSize: "var(--code-font-size, 13px)" },
       "&.cm-focused": { outline: "none", boxShadow: "inset 0 0 0 1px var(--accent)" },
       ".cm-scroller": { fontFamily: "var(--mono)", lineHeight: "1.55" },
       ".cm-content": { padding: "10px 0", caretColor: "var(--accent)" },

@@ -151,5 +151,40 @@ const Conveyor = (() => {
     }
   }
 
-  return { config, el, fmtMs, fmtBytes, fmtClock, fmtNumber, Socket };
+  /**
+   * Keyboard for a role="tablist" (WAI-ARIA tabs, automatic activation): Left/Right (wrapping), Home and End move to
+   * a tab and click it; only the selected tab is in the Tab order, kept so as aria-selected changes.
+   */
+  function tablist(list) {
+    const tabs = () => [...list.querySelectorAll('[role="tab"]')];
+    const sync = () => tabs().forEach((tab) => (tab.tabIndex = tab.getAttribute("aria-selected") === "true" ? 0 : -1));
+    list.addEventListener("keydown", (event) => {
+      const all = tabs();
+      const at = all.indexOf(document.activeElement);
+      if (at < 0) return;
+      const next = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: all.length - 1 }[event.key];
+      if (next === undefined) return;
+      event.preventDefault();
+      const tab = all[(next + all.length) % all.length];
+      tab.focus();
+      tab.click();
+    });
+    new MutationObserver(sync).observe(list, { attributes: true, subtree: true, attributeFilter: ["aria-selected"] });
+    sync();
+  }
+
+  // The skip link moves focus itself: following "#main" alone leaves focus where it was on some pages (/docs, whose
+  // Swagger UI owns the address's fragment).
+  const skip = document.querySelector(".skip-link");
+  if (skip) {
+    skip.addEventListener("click", (event) => {
+      const main = document.getElementById("main");
+      if (!main) return;
+      event.preventDefault();
+      main.focus();
+      main.scrollIntoView({ block: "start" });
+    });
+  }
+
+  return { config, el, fmtMs, fmtBytes, fmtClock, fmtNumber, Socket, tablist };
 })();

@@ -22,6 +22,7 @@
     filterLanguage: $("filter-language"),
     filterId: $("filter-id"),
     tabs: [...document.querySelectorAll("#status-tabs .tab")],
+    tabList: $("status-tabs"),
     sortHeads: [...document.querySelectorAll("#jobs th[data-sort]")],
     pagePrev: $("page-prev"),
     pageNext: $("page-next"),
@@ -69,6 +70,8 @@
     onBulkCancel: cancelJobs,
     loadJob,
   });
+
+  Conveyor.tablist(ui.tabList);
 
   /** The full job, for an admin. */
   async function loadJob(id) {

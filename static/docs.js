@@ -29,10 +29,22 @@
     const body = websocket.replace(/^# .*\n/, "");
     spec.info.description = `${spec.info.description}\n\n<details id="websocket-protocol"><summary>WebSocket protocol: GET /ws</summary>\n\n${body}\n\n</details>`;
     spec.servers = [{ url: location.origin, description: "this server" }];
+    // Swagger UI renders its server picker without a name, and its operations in a second <main> (the page has
+    // one; a named region instead): fixed whenever they are rendered.
+    const root = document.getElementById("swagger");
+    new MutationObserver(() => {
+      const servers = root.querySelector("select#servers:not([aria-label])");
+      if (servers) servers.setAttribute("aria-label", "Server");
+      for (const main of root.querySelectorAll("main:not([role])")) {
+        main.setAttribute("role", "region"); // not "none": Swagger makes it focusable, which keeps a none role off
+        main.setAttribute("aria-label", "Operations");
+      }
+    }).observe(root, { childList: true, subtree: true });
     SwaggerUIBundle({
       spec,
       dom_id: "#swagger",
-      deepLinking: true,
+      // Deep links put a link inside each operation's toggle button: nested controls (WCAG 4.1.2).
+      deepLinking: false,
       docExpansion: "list",
       defaultModelsExpandDepth: 0,
       validatorUrl: null,

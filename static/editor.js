@@ -4,11 +4,11 @@
 "use strict";
 
 (() => {
-  const { el, fmtMs, fmtBytes, Socket } = Conveyor;
+  const { el, Socket } = Conveyor;
   const config = Conveyor.config();
 
   const FINAL = new Set(["completed", "failed", "timeout", "cancelled"]);
-  const COMPILE_REASONS = new Set(["compile_error", "compile_timeout"]);
+  const { COMPILE_REASONS } = OutputPane;
   const LAST_RUN_KEY = "conveyor.lastRun";
   // Languages whose source is not text one types: a prebuilt binary (Judge0's "Executable") stays in the API.
   const NOT_TYPED = new Set(["executable"]);
@@ -34,8 +34,11 @@
     inputHint: $("input-hint"),
     eof: $("eof"),
     copyLink: $("copy-link"),
-    tabs: { stdin: $("tab-stdin"), tests: $("tab-tests") },
-    bodies: { stdin: $("stdin-body"), tests: $("tests-body") },
+    codeLink: $("code-link"),
+    shareNote: $("share-note"),
+    tabs: { stdin: $("tab-stdin"), tests: $("tab-tests"), options: $("tab-options") },
+    bodies: { stdin: $("stdin-body"), tests: $("tests-body"), options: $("options-body") },
+    download: $("download"),
     paneNote: $("pane-note"),
     addTest: $("add-test"),
     runTests: $("run-tests"),
@@ -129,69 +132,18 @@
     ticker = null;
   }
 
-  const present = (value) => value !== null && value !== undefined;
+  const pane = new OutputPane(ui.output, ui.figures);
+  const appendOutput = (stream, text) => pane.append(stream, text);
+  const appendNote = (text, kind) => pane.note(text, kind);
+  const showCompileOutput = (text) => pane.compile(text);
+  const showFigures = (figures) => pane.showFigures(figures);
+  const finalText = (message) => OutputPane.finalText(message);
 
-  function finalText(message) {
-    // A program that never ran has no execution time, whatever the record says about the compile stage.
-    const compileFailed = COMPILE_REASONS.has(message.reason);
-    const time = present(message.executionTimeMs) && !compileFailed;
-    const parts = [];
-    switch (message.type) {
-      case "completed":
-        parts.push("completed", `exit ${message.exitCode}`);
-        if (time) parts.push(fmtMs(message.executionTimeMs));
-        break;
-      case "failed": {
-        parts.push(`failed: ${message.reason || "error"}`);
-        if (message.exitCode !== null && message.exitCode !== undefined) parts.push(`exit ${message.exitCode}`);
-        else if (message.signal) parts.push(message.signal);
-        if (time) parts.push(fmtMs(message.executionTimeMs));
-        else if (compileFailed && present(message.compileTimeMs)) parts.push(`compiled for ${fmtMs(message.compileTimeMs)}`);
-        break;
-      }
-      case "timeout":
-        parts.push(time ? `timeout after ${fmtMs(message.executionTimeMs)}` : "timeout");
-        break;
-      default:
-        parts.push(message.reason && message.reason !== "stopped" ? `cancelled (${message.reason})` : "cancelled");
-    }
-    if (message.cpuTimeMs != null) parts.push(`CPU ${fmtMs(message.cpuTimeMs)}`);
-    if (message.memoryPeakBytes != null) parts.push(`${(message.memoryPeakBytes / 1048576).toFixed(1)} MiB peak`);
-    let text = parts.join(", ");
-    if (message.truncated) text += " · output truncated";
-    return text;
-  }
-
-  /**
-   * Compile, run, CPU and memory figures of a finished run: only those the server sent (older servers send fewer),
-   * and no run time for a program that never ran.
-   */
+  /** The figures bar of a finished run; returns its figures (kept with the last run). */
   function renderFigures(message) {
-    const figures = [];
-    const add = (label, value, format) => present(value) && figures.push([label, format(value)]);
-    add("compile", message.compileTimeMs, fmtMs);
-    add("compile CPU", message.compileCpuTimeMs, fmtMs);
-    add("compile memory", message.compileMemoryPeakBytes, fmtBytes);
-    if (!COMPILE_REASONS.has(message.reason)) {
-      add("run", message.executionTimeMs, fmtMs);
-      add("CPU", message.cpuTimeMs, fmtMs);
-      add("memory", message.memoryPeakBytes, fmtBytes);
-    }
-    add("wait", message.waitTimeMs, fmtMs);
+    const figures = OutputPane.figuresOf(message);
     showFigures(figures);
     return figures;
-  }
-
-  function showFigures(figures) {
-    // The bar takes room from the output pane: one that showed its last line still does.
-    const stick = nearBottom();
-    ui.figures.replaceChildren(
-      ...figures.map(([label, value]) =>
-        el("span", { className: "figure", dataset: { figure: label } }, el("span", { className: "figure-label" }, label), value),
-      ),
-    );
-    ui.figures.hidden = figures.length === 0;
-    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
   }
 
   // -- the last run, kept across reloads --------------------------------------------------------------------------
@@ -259,6 +211,69 @@
     url.hash = "";
     history.replaceState(null, "", url);
     ui.copyLink.hidden = false;
+    showShareNote();
+  }
+
+  /** How long a run's link works: the server keeps finished runs JOB_RETENTION_SECONDS (and a bounded number). */
+  function showShareNote() {
+    const seconds = config.jobRetentionSeconds;
+    if (typeof seconds !== "number") return;
+    const span = seconds >= 86_400 ? `${+(seconds / 86_400).toFixed(1)} d` : seconds >= 3600
+      ? `${+(seconds / 3600).toFixed(1)} h` : `${Math.max(1, Math.round(seconds / 60))} min`;
+    ui.shareNote.textContent = seconds ? `run link: ~${span}` : "run link: not kept";
+    ui.shareNote.title =
+      `The server keeps a finished run ${seconds ? `about ${span}` : "not at all"} (fewer when it holds many): ` +
+      "after that its link shows nothing. A code link does not expire.";
+    ui.shareNote.hidden = ui.copyLink.hidden;
+  }
+
+  /** Copy a link that holds the program itself (static/fragment.js). */
+  async function copyCodeLink() {
+    const tests = testCases.values();
+    const url = await CodeLink.make({ language: ui.language.value, code: code.value, stdin: ui.stdin.value, tests });
+    if (!url) {
+      appendNote("(this program is too long for a code link: run it and share the run's link instead)", "error");
+      return;
+    }
+    try {
+      await navigator.clipboard.writeText(url);
+      ui.codeLink.textContent = "Code link copied";
+      setTimeout(() => {
+        ui.codeLink.textContent = "Copy code link";
+      }, 2000);
+    } catch (err) {
+      appendNote(`(copy this link to share the code: ${url})`);
+    }
+  }
+
+  /** A code link opened: its program replaces what the editor had (nothing of it came from the server). */
+  async function openCodeLink() {
+    let program;
+    try {
+      program = await CodeLink.read();
+    } catch (err) {
+      appendNote("This code link is damaged (cut short when it was copied?): nothing could be read from it.", "error");
+      return;
+    }
+    if (!program) return;
+    await runtimesReady;
+    if (runtimes.some((r) => r.id === program.language)) ui.language.value = program.language;
+    else if (program.language) appendNote(`(this code's language, ${program.language}, is not offered here)`, "error");
+    loadingCode = true;
+    try {
+      code.value = program.code;
+    } finally {
+      loadingCode = false;
+    }
+    code.setLanguage(ui.language.value);
+    ui.stdin.value = program.stdin;
+    if (program.tests.length) {
+      testCases.load(program.tests.map((t) => ({ stdin: String(t.stdin ?? ""), expectedOutput: String(t.expectedOutput ?? "") })));
+      showTab("tests");
+    }
+    ui.output.replaceChildren();
+    appendNote("(opened from a code link: the code, stdin and tests came in the address, not from the server)");
+    syncControls();
   }
 
   async function copyLink() {
@@ -289,6 +304,7 @@
         job.state = "idle";
         restoreLastRun();
         ui.copyLink.hidden = false;
+        showShareNote();
         return syncControls();
       }
       return sharedMissing(status);
@@ -310,6 +326,7 @@
     }
     Object.assign(job, { id: jobId, state: "queued", lastSeq: 0, tests, record: data, requestId: null });
     ui.copyLink.hidden = false;
+    showShareNote();
     if (socket.ready) socket.send({ type: "subscribe", jobId, since: 0, requestId: SHARED_REQUEST });
     syncControls();
   }
@@ -318,6 +335,7 @@
   function sharedMissing(status) {
     Object.assign(job, { id: null, state: "idle", record: null });
     ui.copyLink.hidden = true;
+    showShareNote();
     if (status === 404 || status === 400) {
       setStatus("error", "shared run not found");
       appendNote(
@@ -340,12 +358,14 @@
       tab.setAttribute("aria-selected", String(key === name));
       ui.bodies[key].hidden = key !== name;
     }
-    ui.paneNote.textContent = name === "tests" ? "compiled once, each test in a fresh sandbox" : stdinNote();
+    const notes = { tests: "compiled once, each test in a fresh sandbox", options: "sent with every run, checked by the server" };
+    ui.paneNote.textContent = notes[name] || stdinNote();
     document.querySelector(".editor-layout").dataset.tab = name;
   }
 
   function shownTab() {
-    return ui.tabs.tests.getAttribute("aria-selected") === "true" ? "tests" : "stdin";
+    const [name] = Object.entries(ui.tabs).find(([, tab]) => tab.getAttribute("aria-selected") === "true") || ["stdin"];
+    return name;
   }
 
   function stdinNote() {
@@ -354,7 +374,7 @@
 
   /** What the next run does with stdin, in the pane note and the input line's placeholder. */
   function showLiveMode() {
-    if (document.querySelector(".editor-layout").dataset.tab !== "tests") ui.paneNote.textContent = stdinNote();
+    if (shownTab() === "stdin") ui.paneNote.textContent = stdinNote();
     ui.input.placeholder = ui.live.checked
       ? "Live input: Enter sends a line, Ctrl+D ends input"
       : "Live input is off: stdin ends after the pane's text";
@@ -374,44 +394,6 @@
   }
 
   // -- output pane ---------------------------------------------------------------------------------------------
-
-  function nearBottom() {
-    const out = ui.output;
-    return out.scrollHeight - out.scrollTop - out.clientHeight < 40;
-  }
-
-  /** Append program text. Consecutive chunks of one stream share a span, so long outputs stay light. */
-  function appendOutput(stream, text) {
-    const stick = nearBottom();
-    const last = ui.output.lastElementChild;
-    if (last && last.dataset.stream === stream) {
-      last.append(document.createTextNode(text));
-    } else {
-      ui.output.append(el("span", { className: `out out-${stream}`, dataset: { stream } }, text));
-    }
-    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
-  }
-
-  function appendNote(text, kind = "note") {
-    const stick = nearBottom();
-    const last = ui.output.lastElementChild;
-    const needsBreak = last && last.textContent && !last.textContent.endsWith("\n");
-    const attrs = { className: `out out-${kind}`, dataset: { stream: kind } };
-    ui.output.append(el("span", attrs, needsBreak ? "\n" : "", text, "\n"));
-    if (stick) ui.output.scrollTop = ui.output.scrollHeight;
-  }
-
-  function showCompileOutput(text) {
-    if (!text || ui.output.textContent.includes(text.trim())) return;
-    // Spans (styled as blocks): the output pane is a <pre>, which holds phrasing content only.
-    const block = el(
-      "span",
-      { className: "compile-block", dataset: { stream: "compile" } },
-      el("span", { className: "compile-head" }, "Compiler output"),
-      el("span", { className: "compile-text" }, text),
-    );
-    ui.output.prepend(block);
-  }
 
   /** The job as GET /queue/job/{id} shows it to this browser: `{status, data}`, status 0 when unreachable. */
   async function fetchJob(jobId) {
@@ -574,7 +556,7 @@
     // A plain run is interactive (line-buffered C stdout, input while it runs): the pane's text goes with it, what
     // does not fit one frame follows in `stdin` messages, then end of input unless live. A judged run gets each
     // test's stdin whole.
-    let message = { type: "run", language, code: code.value, requestId: job.requestId };
+    let message = { type: "run", language, code: code.value, requestId: job.requestId, ...runOptions.values() };
     if (tests) {
       message.tests = testCases.values();
       // Each test within this wall time (the server refuses more than JOB_TIMEOUT_MS, naming the field).
@@ -664,6 +646,15 @@
     ui.codeSize.classList.toggle("over", Boolean(max) && bytes > max);
   }
 
+  const runOptions = new RunOptions({
+    args: $("opt-args"),
+    flags: $("opt-flags"),
+    flagsNote: $("opt-flags-note"),
+    timeout: $("opt-timeout"),
+    memory: $("opt-memory"),
+    font: $("opt-font"),
+  });
+
   const testCases = new TestCases($("tests"), {
     max: config.maxTests || 64,
     onChange: () => {
@@ -686,6 +677,25 @@
   });
 
   // -- languages and saved code --------------------------------------------------------------------------------
+
+  // File names for a download; a language not listed here saves as .txt.
+  const EXTENSIONS = { python: "py", javascript: "js", typescript: "ts", bash: "sh", c: "c", cpp: "cpp", java: "java",
+    rust: "rs", go: "go", perl: "pl", ruby: "rb", php: "php", lua: "lua", kotlin: "kt", csharp: "cs", haskell: "hs" };
+
+  /** Save the code as a file (a Blob URL clicked as a download: nothing goes to the server). */
+  function downloadCode() {
+    const language = ui.language.value;
+    const name = language === "java" ? "Main.java" : `main.${EXTENSIONS[language] || "txt"}`;
+    const url = URL.createObjectURL(new Blob([code.value], { type: "text/plain;charset=utf-8" }));
+    const link = el("a", { href: url, download: name });
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  function showCompiled() {
+    const entry = runtimes.find((r) => r.id === ui.language.value);
+    runOptions.setCompiled(Boolean(entry && entry.compiled));
+  }
 
   function storageKey(language) {
     return `conveyor.code.${language}`;
@@ -740,6 +750,7 @@
       label: `${name}${version}`,
       aliases: item.aliases || [],
       available: item.available !== false,
+      compiled: Boolean(item.compiled),
       mode: item.mode || id,
       hello: item.hello || "",
     };
@@ -768,6 +779,7 @@
     if (initial) ui.language.value = initial.id;
     ui.language.disabled = runtimes.length === 0;
     loadCode(ui.language.value);
+    showCompiled();
     runtimesLoaded();
     // A restored last run keeps its final status until the next run.
     if (job.state === "idle" && !(ui.output.dataset.restored && runtimes.length)) {
@@ -783,6 +795,7 @@
       // not remembered
     }
     loadCode(ui.language.value);
+    showCompiled();
     syncControls();
   });
 
@@ -794,9 +807,13 @@
     const row = testCases.add();
     if (row) row.stdin.focus();
   });
+  Conveyor.tablist(ui.tabs.stdin.parentElement);
   ui.tabs.stdin.addEventListener("click", () => showTab("stdin"));
   ui.tabs.tests.addEventListener("click", () => showTab("tests"));
+  ui.tabs.options.addEventListener("click", () => showTab("options"));
+  ui.download.addEventListener("click", downloadCode);
   ui.copyLink.addEventListener("click", copyLink);
+  ui.codeLink.addEventListener("click", copyCodeLink);
   ui.live.addEventListener("change", () => {
     try {
       localStorage.setItem(LIVE_KEY, ui.live.checked ? "1" : "0");
@@ -854,9 +871,11 @@
   }
   showLiveMode();
   showCodeSize(code.value);
-  if (!shared) restoreLastRun();
+  const codeLinked = !shared && location.hash.startsWith("#code=");
+  if (!shared && !codeLinked) restoreLastRun();
   testCases.restore();
   loadRuntimes();
   quota.refresh();
   if (shared) openShared(shared);
+  else if (codeLinked) openCodeLink();
 })();

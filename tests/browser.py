@@ -59,7 +59,10 @@ class Recorder:
     def _on_websocket(self, ws: WebSocket) -> None:
         self.urls.append(ws.url)
         ws.on("framereceived", lambda payload: self.frames.append(payload if isinstance(payload, str) else ""))
-        ws.on("framesent", lambda payload: self.sent.append(len(payload.encode() if isinstance(payload, str) else payload)))
+        ws.on(
+            "framesent",
+            lambda payload: self.sent.append(len(payload.encode() if isinstance(payload, str) else payload)),
+        )
 
     def outside(self, origin: str) -> list[str]:
         """URLs that are neither this origin over HTTP nor its WebSocket endpoint."""

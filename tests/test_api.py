@@ -258,3 +258,24 @@ async def test_unknown_route_and_method_are_json(client: Client) -> None:
     resp = await client.put("/run")
     assert resp.status == 405 and "PUT" in (await resp.json())["message"]
     assert "POST" in resp.headers["Allow"]
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:3001", "127.0.0.1.nip.io", "localhost.evil.example"])
+async def test_a_dns_rebinding_host_is_refused_on_a_loopback_server(app_client: AppClientFactory, host: str) -> None:
+    # A page on evil.example whose name now resolves to 127.0.0.1 reaches a local server with its own Host header.
+    client = await app_client(host="127.0.0.1")
+    for method, path in (("GET", "/queue/status"), ("POST", "/run"), ("GET", "/"), ("GET", "/ws")):
+        resp = await client.request(method, path, headers={"Host": host}, json=HELLO if method == "POST" else None)
+        assert resp.status == 421, (path, resp.status)
+        body = await resp.json()
+        assert body["error"] == "Misdirected request" and "ALLOWED_HOSTS" in body["message"]
+    for good in ("localhost:3001", "127.0.0.1", "[::1]:3001", "LOCALHOST"):
+        assert (await client.get("/queue/status", headers={"Host": good})).status == 200, good
+
+
+async def test_allowed_hosts_when_set_and_any_host_on_a_public_address(app_client: AppClientFactory) -> None:
+    client = await app_client(host="127.0.0.1", allowed_hosts=("conveyor.example",))
+    assert (await client.get("/queue/status", headers={"Host": "conveyor.example:443"})).status == 200
+    assert (await client.get("/queue/status", headers={"Host": "localhost"})).status == 421
+    public = await app_client(host="0.0.0.0")
+    assert (await public.get("/queue/status", headers={"Host": "anything.example"})).status == 200

@@ -153,35 +153,52 @@ def test_any_key_is_401_when_no_keys_are_configured() -> None:
         _auth(ApiKeys(), "Bearer something")
 
 
+LONG_KEY = "cvy_alice-hand-made-key-0123"
+OTHER_KEY = "cvy_bob-hand-made-key-456789"
+
+
+def _entry(key: str) -> str:
+    return (
+        '[[keys]]\nname = "CHANGE-ME"    # the key\'s user, as the logs and the dashboard name it\n'
+        f'sha256 = "{_digest(key)}"\n# admin = true        # may read, cancel, stop and run again any job\n'
+    )
+
+
 def test_hash_key_from_argv(capsys: pytest.CaptureFixture[str]) -> None:
-    assert hash_key_main([ALICE_KEY]) == 0
-    assert capsys.readouterr().out == _digest(ALICE_KEY) + "\n"
+    assert hash_key_main([LONG_KEY]) == 0
+    assert capsys.readouterr().out == _entry(LONG_KEY)
+
+
+def test_hash_key_refuses_a_short_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert hash_key_main([ALICE_KEY]) == 2  # 16 characters
+    captured = capsys.readouterr()
+    assert captured.out == "" and "too easy to guess; use at least 24" in captured.err
 
 
 def test_hash_key_from_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO(ALICE_KEY + "\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(LONG_KEY + "\n"))
     assert hash_key_main([]) == 0
-    assert capsys.readouterr().out == _digest(ALICE_KEY) + "\n"
-    monkeypatch.setattr("sys.stdin", io.StringIO(BOB_KEY))
+    assert capsys.readouterr().out == _entry(LONG_KEY)
+    monkeypatch.setattr("sys.stdin", io.StringIO(OTHER_KEY))
     assert hash_key_main(["-"]) == 0
-    assert capsys.readouterr().out == _digest(BOB_KEY) + "\n"
+    assert capsys.readouterr().out == _entry(OTHER_KEY)
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert hash_key_main(["-"]) == 2
 
 
-def test_hash_key_generates_a_key(
+def test_hash_key_generates_a_key_and_an_entry_to_paste(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert hash_key_main([]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    key = lines[0].removeprefix("key:").strip()
-    digest = lines[1].removeprefix("sha256:").strip()
+    out = capsys.readouterr().out
+    key = out.splitlines()[0].removeprefix("key:").split()[0]
     assert key.startswith("cvy_") and len(key) >= 40
-    assert digest == _digest(key)
-    # The printed pair works end to end.
-    keys = ApiKeys.load(_write(tmp_path, f'[[keys]]\nname = "new"\nsha256 = "{digest}"\n'))
-    assert client_for_key(key, "203.0.113.7", keys).user == "new"
+    entry = out.split("\n\n", 1)[1]
+    assert entry == _entry(key)
+    # The printed entry, pasted as it is, works end to end.
+    keys = ApiKeys.load(_write(tmp_path, entry))
+    assert client_for_key(key, "203.0.113.7", keys).user == "CHANGE-ME"
 
 
 def test_hash_key_usage(capsys: pytest.CaptureFixture[str]) -> None:

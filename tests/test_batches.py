@@ -147,7 +147,8 @@ async def test_a_finished_job_is_delivered_to_its_callback_signed(app_client: Ap
 async def test_a_callback_to_loopback_is_refused_unless_allowed(app_client: AppClientFactory, receiver: Any) -> None:
     server, seen, arrived = receiver
     client = await app_client()
-    for host in ("127.0.0.1", "localhost"):
+    # Ideographic full stops and full-width digits: IDNA makes them the loopback literal the client connects to.
+    for host in ("127.0.0.1", "localhost", "127\u30020\u30020\u30021", "\uff11\uff12\uff17.0.0.1"):
         job = await call(
             client, "POST", "/run", 200, json={**HELLO, "callbackUrl": f"http://{host}:{server.port}/hook"}
         )

@@ -24,7 +24,7 @@ async def test_a_body_that_never_arrives_gets_408(app_client: AppClientFactory, 
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
             '{"language"'.encode()
         )
         # Generous: the body timeout is 0.2 s. Without one the handler waits for the rest for ever.

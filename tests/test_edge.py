@@ -25,7 +25,7 @@ from tests.test_main import ROOT
 
 Address = tuple[str, int]
 Serve = Callable[..., Awaitable[Address]]
-REQUEST = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
+REQUEST = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ async def test_slowloris_headers_are_cut_off(serve: Serve) -> None:
     address = await serve(http_header_timeout_ms=300, http_keepalive_timeout_ms=600_000)
     attackers = [await open_raw(address) for _ in range(5)]
     for _, writer in attackers:
-        writer.write(b"GET /health HTTP/1.1\r\nHost: test\r\n")
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
 
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         async with asyncio.timeout(20):
@@ -122,7 +122,8 @@ async def test_a_short_body_gets_408_and_the_connection_closes(serve: Serve) -> 
     address = await serve(http_body_timeout_ms=300)
     reader, writer = await open_raw(address)
     writer.write(
-        b'POST /run HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"language"'
+        b"POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        b'{"language"'
     )
     status, headers, body = await response(reader)
     assert status == 408 and headers["connection"] == "close"
@@ -137,7 +138,7 @@ async def test_idle_keep_alive_connections_are_closed(serve: Serve) -> None:
     assert (await response(idle_reader))[0] == 200
     # A second request that never completes is bounded by the keep-alive deadline as well.
     partial_reader, partial_writer = await open_raw(address)
-    partial_writer.write(REQUEST + b"GET /health HTTP/1.1\r\nHost: te")
+    partial_writer.write(REQUEST + b"GET /health HTTP/1.1\r\nHost: 127")
     assert (await response(partial_reader))[0] == 200
     # And a connection that never says anything at all.
     _silent_reader, _ = await open_raw(address)
@@ -239,7 +240,7 @@ async def test_a_job_never_fails_for_want_of_descriptors(tmp_path: Path) -> None
         assert refused > 0
         body = orjson.dumps({"language": "python", "code": "print('still here')"})
         writer.write(
-            b"POST /run HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"POST /run HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

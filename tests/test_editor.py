@@ -467,8 +467,9 @@ async def test_the_status_is_announced_once_per_state_not_per_tick(serve: Server
     await page.evaluate(
         """() => {
             window.announced = [];
-            new MutationObserver(() => window.announced.push(document.querySelector('#status-announce').textContent))
-              .observe(document.querySelector('#status-announce'), {childList: true, characterData: true, subtree: true});
+            const node = document.querySelector('#status-announce');
+            new MutationObserver(() => window.announced.push(node.textContent))
+              .observe(node, {childList: true, characterData: true, subtree: true});
         }"""
     )
     await run_to_end(page, "import time\nfor i in range(3):\n    time.sleep(0.4)\n    print(i, flush=True)\n")
@@ -499,7 +500,9 @@ async def test_a_large_stdin_goes_in_frames_under_the_message_cap(serve: ServerF
     await editor_ready(small)
     await small.fill("#stdin", "x" * 2000)
     await small.click("#run")
-    await expect(small.locator("#status")).to_have_text("not started: the input is 2.0 KiB; this server takes at most 1000 B")
+    await expect(small.locator("#status")).to_have_text(
+        "not started: the input is 2.0 KiB; this server takes at most 1000 B"
+    )
     await expect(small.locator("#run")).to_be_enabled()
 
 
@@ -523,8 +526,10 @@ async def test_the_figures_bar_keeps_the_last_output_line_in_view(serve: ServerF
     await editor_ready(page)
     await run_to_end(page, "for i in range(300):\n    print('line', i)\n")
     await expect(page.locator("#figures")).to_be_visible()
-    gap = await page.evaluate("(() => { const o = document.querySelector('#output'); "
-                              "return o.scrollHeight - o.scrollTop - o.clientHeight; })()")
+    gap = await page.evaluate(
+        "(() => { const o = document.querySelector('#output'); "
+        "return o.scrollHeight - o.scrollTop - o.clientHeight; })()"
+    )
     assert gap <= 1, gap
 
 
@@ -550,3 +555,99 @@ async def test_the_prebuilt_binary_language_is_not_offered_in_the_picker(serve: 
     await editor_ready(page)
     values = await page.locator("#language option").evaluate_all("options => options.map(o => o.value)")
     assert "executable" not in values and set(values) == offered - {"executable"}
+
+
+# -- code links -------------------------------------------------------------------------------------------------------
+
+
+async def test_a_code_link_carries_the_program_and_no_server_keeps_it(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await page.select_option("#language", "bash")
+    program = 'read name\necho "hi $name"  # CODE-LINK-7f3e\n'
+    await set_code(page, program)
+    await page.fill("#stdin", "ada\n")
+    await page.click("#tab-tests")
+    await page.click("#add-test")
+    await page.locator("#tests .test-stdin").fill("bob")
+    await page.locator("#tests .test-expected").fill("hi bob")
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin_of(server))
+    await page.click("#code-link")
+    await expect(page.locator("#code-link")).to_have_text("Code link copied")
+    link = await page.evaluate("navigator.clipboard.readText()")
+    assert link.startswith(origin_of(server) + "/#code=") and "CODE-LINK" not in link  # compressed
+    other = await pages.open(server, "/" + link.split("/", 3)[3])
+    await expect(other.locator("#language")).to_have_value("bash")
+    await expect_code(other, program)
+    await expect(other.locator("#stdin")).to_have_value("ada\n")
+    await expect(other.locator("#tab-tests")).to_have_attribute("aria-selected", "true")
+    await expect(other.locator("#tests .test-expected")).to_have_value("hi bob")
+    await expect(other.locator("#output")).to_contain_text("opened from a code link")
+    # The fragment never travels: no request of either page carried the program, and no job exists.
+    assert not any("CODE-LINK" in url or "#code=" in url for url in pages.recorder(other).urls)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.make_url("/queue/status")) as resp:
+            assert (await resp.json())["totalQueued"] == 0
+    damaged = await pages.open(server, "/#code=AAAA-not-deflate")
+    await expect(damaged.locator("#output .out-error")).to_contain_text("This code link is damaged")
+    await expect(damaged.locator("#run")).to_be_enabled()
+
+
+async def test_a_run_link_says_how_long_it_lives(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(job_retention_seconds=7200), "/")
+    await editor_ready(page)
+    await expect(page.locator("#share-note")).to_be_hidden()
+    await run_to_end(page, "print(1)")
+    await expect(page.locator("#share-note")).to_have_text("run link: ~2 h")
+    assert "A code link does not expire" in (await page.locator("#share-note").get_attribute("title") or "")
+
+
+# -- options, download, font size -------------------------------------------------------------------------------------
+
+
+async def test_options_go_with_the_run_and_are_kept(serve: ServerFactory, pages: Pages) -> None:
+    server = await serve()
+    page = await pages.open(server, "/")
+    await editor_ready(page)
+    await run_to_end(page, "print('plain')")
+    await page.click("#tab-options")
+    await expect(page.locator("#opt-flags")).to_be_disabled()  # Python has no compile stage
+    await expect(page.locator("#opt-flags-note")).to_have_text("(this language is not compiled)")
+    await page.fill("#opt-args", "one two\nthree\n")
+    await page.fill("#opt-timeout", "3000")
+    await page.fill("#opt-memory", "128")
+    await page.select_option("#opt-font", "18")
+    size = "getComputedStyle(document.querySelector('#code-editor').shadowRoot.querySelector('.cm-editor')).fontSize"
+    assert await page.evaluate(size) == "18px"
+    await set_code(page, "import sys\nprint(sys.argv[1:])")
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output .out-stdout")).to_have_text("['one two', 'three']\n", use_inner_text=True)
+    job = await (await page.request.get(f"{origin_of(server)}/queue/job/{await job_in_url(page)}")).json()
+    assert (job["timeoutMs"], job["memoryLimitMb"], job["args"]) == (3000, 128, ["one two", "three"])
+    # A compiled language takes compiler flags.
+    await page.fill("#opt-args", "")
+    await page.select_option("#language", "c")
+    await expect(page.locator("#opt-flags")).to_be_enabled()
+    await page.fill("#opt-flags", "-DANSWER=42")
+    await set_code(page, '#include <stdio.h>\nint main(void) { printf("%d\\n", ANSWER); return 0; }\n')
+    await page.click("#run")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "completed")
+    await expect(page.locator("#output .out-stdout")).to_have_text("42\n", use_inner_text=True)
+    await page.reload()
+    await expect(page.locator("#language")).to_have_value("c")  # remembered, as the options are
+    await expect(page.locator("#opt-flags")).to_have_value("-DANSWER=42")
+    await expect(page.locator("#opt-font")).to_have_value("18")
+    assert await page.evaluate(size) == "18px"
+
+
+async def test_the_code_downloads_as_a_file(serve: ServerFactory, pages: Pages) -> None:
+    page = await pages.open(await serve(), "/")
+    await editor_ready(page)
+    await set_code(page, "print('saved')\n")
+    async with page.expect_download() as info:
+        await page.click("#download")
+    download = await info.value
+    assert download.suggested_filename == "main.py"
+    assert Path(await download.path()).read_text() == "print('saved')\n"

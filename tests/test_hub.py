@@ -230,7 +230,9 @@ async def test_queue_topic_sees_rest_jobs_and_stats_without_output(client: Clien
     assert stats and "queueLength" in stats[-1]
 
 
-async def test_queue_topic_never_carries_a_key_users_tests_or_output(app_client: AppClientFactory, tmp_path: Path) -> None:
+async def test_queue_topic_never_carries_a_key_users_tests_or_output(
+    app_client: AppClientFactory, tmp_path: Path
+) -> None:
     # The attack: an anonymous dashboard viewer while a key user's job runs hidden tests whose input it echoes.
     client = await app_client(api_keys_file=keys_file(tmp_path, {"alice": ("alice-secret", False)}))
     spy = await connect(client)
@@ -297,7 +299,10 @@ async def test_subscribe_to_a_rest_job_replays_from_the_start(client: Client) ->
         ('{"type": [1]}', "Bad request"),
         ('{"type": {"a": 1}}', "Bad request"),
         ('{"type": "run", "language": "python", "code": "x", "stdn": "typo"}', "Bad request"),
-        ('{"type": "run", "language": "python", "code": "x", "requestId": ' + "[" * 300 + "]" * 300 + "}", "Bad request"),
+        (
+            '{"type": "run", "language": "python", "code": "x", "requestId": ' + "[" * 300 + "]" * 300 + "}",
+            "Bad request",
+        ),
         ('{"type": "run", "language": "python", "code": "x", "requestId": "' + "r" * 200 + '"}', "Bad request"),
         ('{"type": "ping", "requestId": {"a": [1]}}', "Bad request"),
     ],
@@ -529,3 +534,71 @@ async def test_a_topic_snapshot_on_redis_reads_summaries_not_jobs(
         await direct.aclose()
     assert len(snapshot[-1]["jobs"]) == 3
     assert after - before < 100_000, after - before
+
+
+async def test_every_native_429_is_counted(app_client: AppClientFactory, tmp_path: Path) -> None:
+    # Three native refusals were not in totalRateLimited: the per-address socket cap, the message budget and the
+    # authentication lockout (REST and WebSocket).
+    client = await app_client(
+        ws_max_connections_per_ip=2,
+        ws_messages_per_second=1,
+        ws_message_burst=2,
+        auth_failure_limit=1,
+        api_keys_file=keys_file(tmp_path, {"alice": ("alice-secret", False)}),
+    )
+    queue = client.app[QUEUE]
+
+    async def counted() -> int:
+        return int((await queue.stats())["totalRateLimited"])
+
+    first, second = await connect(client), await connect(client)
+    resp = await client.get(
+        "/ws",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "x" * 22 + "==",
+        },
+    )
+    assert resp.status == 429
+    await eventually(lambda: _at_least(counted, 1))
+    for _ in range(3):
+        await first.send_json({"type": "ping"})
+    assert (await until(first, "error"))[-1]["error"] == "Too many requests"
+    await eventually(lambda: _at_least(counted, 2))
+    await second.send_json({"type": "auth", "key": "wrong"})  # spends the address's one failure
+    assert (await until(second, "error"))[-1]["error"] == "Unauthorized"
+    await second.send_json({"type": "auth", "key": "wrong"})
+    assert (await until(second, "error"))[-1]["error"] == "Too many requests"
+    await eventually(lambda: _at_least(counted, 3))
+    resp = await client.get("/queue/status", headers={"Authorization": "Bearer alice-secret"})
+    assert resp.status == 429  # locked out: even the right key
+    await eventually(lambda: _at_least(counted, 4))
+
+
+async def _at_least(counted: Any, n: int) -> bool:
+    return bool(await counted() >= n)
+
+
+WRONG_VALUES: list[Any] = [None, True, 1.5, -1, 2**70, "", "x" * 300, [1], {"a": [1]}, [[[[[]]]]]]
+FIELDS = ("key", "ownerToken", "language", "code", "stdin", "args", "priority", "timeoutMs", "interactive", "tests",
+          "files", "jobId", "data", "since", "topic", "requestId", "compilerOptions", "callbackUrl")  # fmt: skip
+
+
+async def test_no_message_of_any_shape_ends_in_a_traceback(
+    app_client: AppClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await app_client(ws_messages_per_second=10_000, ws_message_burst=10_000, max_queue_size=1)
+    ws = await connect(client)
+    for kind in ("auth", "run", "stdin", "eof", "stop", "subscribe", "unsubscribe", "ping"):
+        for name in FIELDS:
+            for value in WRONG_VALUES:
+                base: dict[str, Any] = {"type": kind}
+                if kind == "run":
+                    base |= {"language": "python", "code": "pass"}
+                await ws.send_json({**base, name: value})
+                await ws.send_json({"type": "ping"})
+                for message in await until(ws, "pong"):
+                    assert "went wrong" not in message.get("message", ""), (kind, name, value, message)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]

@@ -53,7 +53,7 @@ def test_only_terminal_events_are_logged_and_unsubscribe_stops_it(caplog: pytest
     assert len(events) == 0
 
 
-async def test_a_run_through_the_api_logs_one_line(
+async def test_a_run_through_the_api_logs_its_submission_and_its_finish(
     app_client: AppClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await app_client()
@@ -61,6 +61,7 @@ async def test_a_run_through_the_api_logs_one_line(
         resp = await client.post("/run", json={"language": "bash", "code": "exit 3"})
         job = await resp.json()
     lines = [r.getMessage() for r in caplog.records if r.name == "server.joblog"]
-    assert len(lines) == 1
-    assert lines[0].startswith(f"job {job['id']} failed language=bash reason=runtime_error exit=3 wait=")
-    assert " exec=" in lines[0]
+    assert len(lines) == 2
+    assert lines[0] == f"job {job['id']} submitted language=bash user=anonymous door=rest"
+    assert lines[1].startswith(f"job {job['id']} failed language=bash reason=runtime_error exit=3 wait=")
+    assert " exec=" in lines[1] and lines[1].endswith(" user=anonymous door=rest")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,6 +181,120 @@ async def test_compiler_options_reach_the_compiler(client: Client) -> None:
     assert job["stdout"] == "42\n" and job["compilerOptions"] == ["-DVALUE=42"]
 
 
+JAVA_HELLO = 'class Main { public static void main(String[] a) { System.out.println("hi"); } }\n'
+C_HELLO = '#include <stdio.h>\nint main(void) { puts("hi"); return 0; }\n'
+
+
+@pytest.mark.parametrize(
+    ("language", "options"),
+    [
+        # Driver options that run a program, load a plugin or read specs/options from a file: code of the
+        # submitter's own in the compile stage, outside the run's CPU limit.
+        ("c", ["-wrapper", "/bin/sh,-c,while :; do :; done"]),
+        ("c", ["-B./"]),
+        ("c", ["-B", "."]),
+        ("c", ["-specs=./evil.specs"]),
+        ("c", ["-fplugin=./evil.so"]),
+        ("c", ["-fplugin-arg-evil-x=1"]),
+        ("c", ["@opts.txt"]),
+        ("c", ["-Wl,-plugin,./evil.so"]),
+        ("c", ["-Xlinker", "--plugin"]),
+        ("c", ["-x", "assembler"]),
+        ("c", ["-include/etc/passwd"]),
+        ("c", ["-I/etc"]),
+        ("c", ["-I../.."]),
+        ("c", ["--param", "x=1"]),
+        ("c", ["-fuse-ld=./evil"]),
+        ("c", ["-fprofile-generate=/tmp/x"]),
+        ("cpp", ["-wrapper", "/bin/sh"]),
+        ("rust", ["-C", "linker=./evil.sh"]),
+        ("rust", ["-Clinker=./evil.sh"]),
+        ("rust", ["-C", "link-arg=-Wl,-plugin,x"]),
+        ("rust", ["-C", "link-args=-B."]),
+        ("rust", ["-Z", "unstable-options"]),
+        ("rust", ["-L", "."]),
+        ("rust", ["--extern", "evil=./libevil.so"]),
+        ("rust", ["-C", "llvm-args=-load=./x.so"]),
+        ("rust", ["-C"]),
+        ("java", ["-J-Xmx4g"]),
+        ("java", ["-processorpath", "."]),
+        ("java", ["-processor", "Evil"]),
+        ("java", ["-Xplugin:Evil"]),
+        ("java", ["-cp", "/"]),
+        ("java", ["-proc:full"]),
+        ("java", ["@argfile"]),
+    ],
+)
+async def test_compiler_options_that_run_code_are_refused(client: Client, language: str, options: list[str]) -> None:
+    error = await run(client, 400, language=language, code="x", compilerOptions=options)
+    assert error["field"] == "compilerOptions" and "not allowed" in error["message"], error
+    assert error["option"].split()[0] in options
+
+
+async def test_a_wrapper_cannot_spend_the_compile_stage_on_the_submitters_code(client: Client) -> None:
+    # The attack as measured: 1 s CPU limit, 7.9 CPU-s spent by the wrapper while "compiling".
+    spin = '/bin/sh,-c,i=0; while [ $i -lt 3000000 ]; do i=$((i+1)); done; exec "$0" "$@"'
+    error = await run(client, 400, language="c", code=C_HELLO, cpuTimeLimitMs=1000, compilerOptions=["-wrapper", spin])
+    assert error["field"] == "compilerOptions"
+
+
+PROCESSOR = """
+import javax.annotation.processing.*;
+import javax.lang.model.SourceVersion;
+import javax.lang.model.element.TypeElement;
+import java.util.Set;
+@SupportedAnnotationTypes("*")
+public class Evil extends AbstractProcessor {
+    @Override public SourceVersion getSupportedSourceVersion() { return SourceVersion.latestSupported(); }
+    @Override public boolean process(Set<? extends TypeElement> a, RoundEnvironment r) {
+        System.err.println("PROCESSOR-RAN-IN-COMPILE");
+        return false;
+    }
+}
+"""
+
+
+async def test_javac_runs_no_annotation_processor_the_submission_brings(client: Client, tmp_path: Path) -> None:
+    # Without any option, javac looks for processors on its class path (the work dir): a submitted class and a
+    # META-INF/services entry ran the submitter's code in the compile stage.
+    (tmp_path / "Evil.java").write_text(PROCESSOR)
+    subprocess.run(["javac", "--release", "17", "Evil.java"], cwd=tmp_path, check=True, capture_output=True)
+    files = [
+        {"name": "Main.java", "content": JAVA_HELLO},
+        {"name": "Evil.class", "content": base64.b64encode((tmp_path / "Evil.class").read_bytes()).decode(),
+         "encoding": "base64"},
+        {"name": "META-INF/services/javax.annotation.processing.Processor", "content": "Evil\n"},
+    ]  # fmt: skip
+    job = await run(client, language="java", files=files)
+    assert job["stdout"] == "hi\n" and "PROCESSOR-RAN" not in (job["compileOutput"] or ""), job
+
+
+@pytest.mark.parametrize(
+    ("language", "code", "options"),
+    [
+        (
+            "c",
+            C_HELLO,
+            ["-O0", "-g", "-Wall", "-Wextra", "-Wno-unused", "-std=c11", "-DN=3", "-UN", "-lm", "-pedantic"],
+        ),
+        ("c", C_HELLO, ["-fsanitize=undefined", "-fno-omit-frame-pointer", "-march=native", "-pthread"]),
+        ("cpp", '#include <cstdio>\nint main() { std::puts("hi"); }\n', ["-std=c++20", "-O3", "-fno-exceptions"]),
+        ("rust", 'fn main() { println!("hi"); }\n', ["-C", "opt-level=1", "-C", "debuginfo=0", "-A", "warnings"]),
+        ("rust", 'fn main() { println!("hi"); }\n', ["-Copt-level=2", "--cfg", "feature_x", "-g"]),
+        (
+            "java",
+            'class Main { public static void main(String[] a) { System.out.println("hi"); } }\n',
+            ["-Xlint:all", "-g"],
+        ),
+    ],
+)
+async def test_ordinary_compiler_options_still_work(
+    client: Client, language: str, code: str, options: list[str]
+) -> None:
+    job = await run(client, language=language, code=code, compilerOptions=options)
+    assert job["stdout"] == "hi\n", job
+
+
 @pytest.mark.parametrize(
     ("code", "expected", "verdict", "status"),
     [
@@ -306,3 +422,33 @@ async def test_judge_fields_survive_the_redis_store(app_client: Any, redis_url: 
     )
     assert [t["verdict"] for t in job["tests"]] == ["accepted", "wrong_answer"], job
     assert job["files"] == [{**f, "encoding": "utf8"} for f in files] and job["memoryLimitMb"] == 64
+
+
+async def test_tests_are_charged_by_the_slot_time_they_book(app_client: Any) -> None:
+    # 64 tests multiplied one submit token by 64 times the timeout: a token now buys SUBMIT_TOKEN_SLOT_SECONDS of a
+    # worker slot, and a submission costs (tests or 1) x timeoutMs of it, at least one token.
+    client = await app_client(rate_limit_requests=10, submit_token_slot_seconds=10, job_timeout_ms=5000)
+    eight = {"language": "python", "code": "print(input())", "tests": [{"stdin": str(i)} for i in range(8)]}
+    too_big = {**eight, "tests": [{"stdin": "1"}] * 30}  # 150 slot-seconds: 15 tokens, more than the bucket holds
+    error = await run(client, 400, **too_big)
+    assert error["field"] == "tests" and error["cost"] == 15 and error["capacity"] == 10, error
+    remaining = []
+    for _ in range(2):  # 40 slot-seconds each: 4 tokens
+        resp = await client.post("/run", json=eight)
+        assert resp.status == 200, await resp.text()
+        remaining.append(resp.headers["X-RateLimit-Remaining"])
+    assert remaining == ["6", "2"]  # the headers count every token the submission cost
+    resp = await client.post("/run", json=eight)  # 4 more than the 2 left
+    assert resp.status == 429 and (await resp.json())["retryAfter"] >= 1
+    short = {**eight, "timeoutMs": 1000}  # 8 slot-seconds: one token
+    assert (await client.post("/run", json=short)).status == 200
+    # The other native doors charge the same, and a refusal keeps no token.
+    batch = await call(client, "POST", "/runs", 200, json={"submissions": [too_big]})
+    assert batch["runs"][0]["status"] == 400 and batch["runs"][0]["cost"] == 15
+    ws = await client.ws_connect("/ws")
+    await ws.receive_json()  # hello
+    await ws.send_json({"type": "run", **too_big})
+    assert (await ws.receive_json())["cost"] == 15
+    await ws.send_json({"type": "run", **short})
+    assert (await ws.receive_json())["type"] == "queued"  # the one token left was not lost to the refusals
+    await ws.close()

@@ -12,7 +12,7 @@ from prometheus_client.samples import Sample
 
 from server.app import create_app
 from server.jobs import Runner
-from server.keys import METRICS
+from server.keys import METRICS, RUNNER
 from tests.conftest import AppClientFactory, make_settings
 
 Client = TestClient[web.Request, web.Application]
@@ -79,14 +79,32 @@ async def test_queue_gauges_and_rejections_are_read_at_scrape_time(app_client: A
     assert value(samples, "conveyor_jobs_submitted_total", language="python") == 3
 
 
-async def test_rate_limit_denials_are_counted_and_metrics_is_not_limited(app_client: AppClientFactory) -> None:
-    client = await app_client(rate_limit_requests=1, rate_limit_read_requests=1)
+async def test_rate_limit_denials_are_counted(app_client: AppClientFactory) -> None:
+    client = await app_client(rate_limit_requests=1, rate_limit_read_requests=5)
     assert await run(client, "print(1)") == "completed"
     resp = await client.post("/run", json={"language": "python", "code": "print(2)"})
     assert resp.status == 429
-    for _ in range(3):  # more scrapes than the read bucket holds
-        samples = await scrape(client)
+    samples = await scrape(client)
     assert value(samples, "conveyor_rate_limited_total") == 1
+
+
+async def test_metrics_is_a_read_and_scans_the_build_cache_once_per_interval(
+    app_client: AppClientFactory, monkeypatch: Any
+) -> None:
+    # A scrape read the whole build cache directory each time, without any limit on scrapes.
+    client = await app_client(rate_limit_read_requests=5)
+    runner = client.app[RUNNER]
+    scans = []
+    status = runner.cache_status
+
+    def counting() -> dict[str, Any]:
+        scans.append(1)
+        return status()
+
+    monkeypatch.setattr(runner, "cache_status", counting)
+    statuses = [(await client.get("/metrics")).status for _ in range(7)]
+    assert statuses == [200] * 5 + [429] * 2
+    assert len(scans) == 1
 
 
 async def test_websocket_gauge_follows_open_sockets(client: Client) -> None:

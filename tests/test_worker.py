@@ -502,3 +502,31 @@ async def _allowed(limiter: Any) -> bool:
         return bool((await limiter.hit(anonymous("1.2.3.4"), "submit")).allowed)
     except BackendUnavailable:
         return False
+
+
+# -- retention shared fairly per owner ------------------------------------------------------------------------
+
+
+async def _big(job: Job, io: JobIO) -> ExecutionResult:
+    return ExecutionResult(exit_code=0, stdout=job.code[:1] * (100_000 if job.code.startswith("big") else 10))
+
+
+@pytest.mark.parametrize("bound", [{"retention_bytes": 350_000}, {"retention_count": 3}])
+async def test_one_owner_cannot_evict_everyone_elses_finished_jobs(
+    make_queue: MakeQueue, bound: dict[str, int]
+) -> None:
+    # Five submissions of one (anonymous) owner evicted every other owner's finished jobs: the budget was one queue.
+    # Now the owner holding the most (bytes, or jobs) gives up its own oldest first.
+    queue = await make_queue(executor=_big, **bound)
+    mine = await queue.submit(job("small", owner="owner-victim"))
+    await queue.wait(mine.id)
+    flood = []
+    for i in range(5):
+        j = await queue.submit(job(f"big{i}", owner="owner-flood"))
+        await queue.wait(j.id)
+        flood.append(j.id)
+    assert await queue.get(mine.id) is not None  # the victim's one job stays
+    kept = [await queue.get(i) is not None for i in flood]
+    assert kept[-1] and not kept[0] and sum(kept) <= 3, kept
+    listed = {j.id for j in await queue.recent()}
+    assert mine.id in listed and flood[0] not in listed

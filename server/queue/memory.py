@@ -77,6 +77,9 @@ class MemoryStore:
         self._running = 0
         self._finished: OrderedDict[str, _Record] = OrderedDict()
         self._finished_bytes = 0
+        # Each owner's finished jobs (oldest first) and their bytes: past a bound the largest holder gives way.
+        self._owned: dict[str, OrderedDict[str, _Record]] = {}
+        self._owned_bytes: dict[str, int] = {}
         self._work = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._started_at = now_ms()
@@ -242,6 +245,8 @@ class MemoryStore:
         record.stored_at = self._clock()
         self._finished[job.id] = record
         self._finished_bytes += record.size
+        self._owned.setdefault(job.owner, OrderedDict())[job.id] = record
+        self._owned_bytes[job.owner] = self._owned_bytes.get(job.owner, 0) + record.size
         self._evict()
 
     # -- events, input ---------------------------------------------------------------------------------------
@@ -356,18 +361,36 @@ class MemoryStore:
     # -- retention -------------------------------------------------------------------------------------------
 
     def _evict(self) -> None:
+        """Past its age a job goes, oldest first. Past the count or byte bound the owner holding the most (jobs, or
+        bytes) gives up its own oldest: one client's flood evicts its own jobs, not everyone else's."""
         finished = self._finished
         horizon = self._clock() - self._retention_seconds
         while finished:
             record = next(iter(finished.values()))
-            if (
-                len(finished) <= self._retention_count
-                and self._finished_bytes <= self._retention_bytes
-                and record.stored_at > horizon
-            ):
+            if record.stored_at <= horizon:
+                victim = record
+            elif self._finished_bytes > self._retention_bytes:
+                victim = self._oldest_of(max(self._owned_bytes, key=self._owned_bytes.__getitem__))
+            elif len(finished) > self._retention_count:
+                victim = self._oldest_of(max(self._owned, key=lambda owner: len(self._owned[owner])))
+            else:
                 break
-            finished.popitem(last=False)
-            self._finished_bytes -= record.size
+            self._forget(victim)
+
+    def _oldest_of(self, owner: str) -> _Record:
+        return next(iter(self._owned[owner].values()))
+
+    def _forget(self, record: _Record) -> None:
+        job = record.job
+        del self._finished[job.id]
+        self._finished_bytes -= record.size
+        owned = self._owned[job.owner]
+        del owned[job.id]
+        left = self._owned_bytes.pop(job.owner) - record.size
+        if owned:
+            self._owned_bytes[job.owner] = left
+        else:
+            del self._owned[job.owner]
 
     async def _sweep_forever(self) -> None:
         while True:

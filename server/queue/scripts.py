@@ -39,28 +39,69 @@ local function wake(key)
 end
 -- Retention by count, age and bytes; zero for any of them keeps nothing in the index. A record evicted at once
 -- (the job just finished) lives GRACE seconds more, so waiters on every instance can still read its result.
+-- Past its age a record goes, oldest first; past the count or byte bound the owner holding the most (jobs, or bytes)
+-- gives up its own oldest (P:owner_count, P:owner_bytes zsets; P:owned:<owner> its records by finish time;
+-- P:owners the owner of each record), so one client's flood evicts its own records, not everyone else's.
 local GRACE = 10
+local function forget(P, finished, sizes, retained, id, known_owner)
+  local size = tonumber(redis.call('HGET', sizes, id) or 0)
+  redis.call('ZREM', finished, id)
+  redis.call('DECRBY', retained, size)
+  redis.call('HDEL', sizes, id)
+  local owner = redis.call('HGET', P .. ':owners', id) or known_owner
+  if owner then
+    redis.call('HDEL', P .. ':owners', id)
+    redis.call('ZREM', P .. ':owned:' .. owner, id)
+    if redis.call('ZINCRBY', P .. ':owner_count', -1, owner) + 0 <= 0 then
+      redis.call('ZREM', P .. ':owner_count', owner)
+      redis.call('ZREM', P .. ':owner_bytes', owner)
+    else
+      redis.call('ZINCRBY', P .. ':owner_bytes', -size, owner)
+    end
+  end
+end
+local function largest_holders_oldest(P, holders)
+  local top = redis.call('ZREVRANGE', P .. holders, 0, 0)[1]
+  if not top then return nil, nil end
+  return redis.call('ZRANGE', P .. ':owned:' .. top, 0, 0)[1], top
+end
 local function retire(P, finished, sizes, retained, finish_times, id, job, log, now, size, rs, rc, rb)
+  local owner = redis.call('HGET', job, 'owner') or '""'
   redis.call('ZADD', finished, now, id)
   redis.call('HSET', sizes, id, size)
   redis.call('INCRBY', retained, size)
+  redis.call('HSET', P .. ':owners', id, owner)
+  redis.call('ZADD', P .. ':owned:' .. owner, now, id)
+  redis.call('ZINCRBY', P .. ':owner_count', 1, owner)
+  redis.call('ZINCRBY', P .. ':owner_bytes', size, owner)
   redis.call('EXPIRE', job, math.max(rs, GRACE))
   redis.call('EXPIRE', log, math.max(rs, GRACE))
   while true do
     local first = redis.call('ZRANGE', finished, 0, 0, 'WITHSCORES')
     if #first == 0 then break end
-    local n = redis.call('ZCARD', finished)
-    local total = tonumber(redis.call('GET', retained) or 0)
-    if n <= rc and total <= rb and tonumber(first[2]) > now - rs * 1000 then break end
-    local old = first[1]
-    redis.call('ZREM', finished, old)
-    redis.call('DECRBY', retained, tonumber(redis.call('HGET', sizes, old) or 0))
-    redis.call('HDEL', sizes, old)
-    if old == id then
+    local victim, holder
+    if tonumber(first[2]) <= now - rs * 1000 then
+      victim = first[1]
+    elseif tonumber(redis.call('GET', retained) or 0) > rb then
+      victim, holder = largest_holders_oldest(P, ':owner_bytes')
+    elseif redis.call('ZCARD', finished) > rc then
+      victim, holder = largest_holders_oldest(P, ':owner_count')
+    else
+      break
+    end
+    if not victim then
+      if holder then  -- a holder without records: drop it from the ranking
+        redis.call('ZREM', P .. ':owner_count', holder)
+        redis.call('ZREM', P .. ':owner_bytes', holder)
+      end
+      victim, holder = first[1], nil
+    end
+    forget(P, finished, sizes, retained, victim, holder)
+    if victim == id then
       redis.call('EXPIRE', job, GRACE)
       redis.call('EXPIRE', log, GRACE)
     else
-      redis.call('DEL', P .. ':job:' .. old, P .. ':log:' .. old, P .. ':stdin:' .. old)
+      redis.call('DEL', P .. ':job:' .. victim, P .. ':log:' .. victim, P .. ':stdin:' .. victim)
     end
   end
   redis.call('LPUSH', finish_times, now)

@@ -9,17 +9,17 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..apikeys import JUDGE0_AUTH_HEADER, ApiKeys, authenticate
-from ..errors import ConveyorError, Unauthorized
+from ..errors import ConveyorError, TooManyRequests, Unauthorized
 from ..identity import Client, client_ip, parse_networks
 from ..keys import CLIENT
 from ..settings import Settings
-from .base import Bucket, decision_headers, raise_if_denied
+from .base import Bucket, Decision, decision_headers, raise_if_denied
 from .limiter import RateLimiter
 
 if TYPE_CHECKING:
     from ..lockout import AuthLockout
 
-_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/cache/status", "/openapi.json", "/ws"})
+_READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/cache/status", "/openapi.json", "/ws", "/metrics"})
 # The Piston and Judge0 compat APIs draw from the same buckets as the native routes (a Judge0 batch draws one
 # read here and one submit per submission in its handler, as `POST /runs` does).
 _COMPAT_SUBMIT = frozenset({("POST", "/api/v2/execute"), ("POST", "/judge0/submissions")})
@@ -31,7 +31,7 @@ _MALFORMED_STATUSES = frozenset({400, 413, 415, 422})
 
 
 def bucket_for(method: str, path: str) -> Bucket | None:
-    """Which bucket a request draws from; None for pages, static files, /health and /metrics."""
+    """Which bucket a request draws from; None for pages, static files and /health."""
     if path == "/run":
         return "submit" if method == "POST" else None
     if (method, path) in _COMPAT_SUBMIT:
@@ -59,20 +59,31 @@ def ratelimit_middleware(
 ) -> Middleware:
     """Identify every caller into `request[CLIENT]`, limit the API routes and add the headers to their responses.
 
-    Place it inside the error-to-JSON middleware: it raises Unauthorized / TooManyRequests. `on_denied` counts 429s.
+    Place it inside the error-to-JSON middleware: it raises Unauthorized / TooManyRequests. `on_denied` counts the
+    lockout's 429s (the limiter counts its own).
     With `lockout`, a request that presents a key is refused (429) while its address is locked out, and a failed
     authentication counts towards the lockout.
     """
 
+    denied = on_denied or (lambda: None)
+
     async def identify(request: web.Request) -> Client:
         if lockout is None or not presents_key(request):
             return authenticate(request, keys, settings)
-        ip = client_ip(request, parse_networks(settings.trusted_proxies))
-        lockout.check(ip)
-        try:
-            return authenticate(request, keys, settings)
-        except Unauthorized as exc:
-            raise (await lockout.failed(ip)) or exc from None
+        return await _identify_past_lockout(request, keys, settings, lockout, denied)
+
+    async def draw(client: Client, bucket: Bucket) -> Decision:
+        return await _draw(limiter, client, bucket)
+
+    async def settle(client: Client, bucket: Bucket, decision: Decision, status: int) -> tuple[Bucket, Decision]:
+        """The bucket and decision an error answer ends with: 401/403 give the token back; a malformed
+        submission gives its submit token back and costs a read instead."""
+        if status in _QUOTA_FREE_STATUSES:
+            return bucket, await limiter.refund(client, bucket)
+        if status in _MALFORMED_STATUSES and bucket == "submit":
+            await limiter.refund(client, bucket)
+            return "read", await draw(client, "read")
+        return bucket, decision
 
     @web.middleware
     async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -82,24 +93,11 @@ def ratelimit_middleware(
         bucket = bucket_for(request.method, request.path)
         if bucket is None:
             return await handler(request)
-        decision = await limiter.hit(client, bucket)
-        if not decision.allowed:
-            if on_denied is not None:
-                on_denied()
-            raise_if_denied(decision, bucket)
+        decision = await draw(client, bucket)
         try:
             response = await handler(request)
         except (ConveyorError, web.HTTPException) as exc:
-            if exc.status in _QUOTA_FREE_STATUSES:
-                decision = await limiter.refund(client, bucket)
-            elif exc.status in _MALFORMED_STATUSES and bucket == "submit":
-                await limiter.refund(client, bucket)
-                bucket = "read"
-                decision = await limiter.hit(client, bucket)
-                if not decision.allowed:
-                    if on_denied is not None:
-                        on_denied()
-                    raise_if_denied(decision, bucket)
+            bucket, decision = await settle(client, bucket, decision, exc.status)
             _merge(exc.headers, decision_headers(decision, bucket))
             raise
         # A prepared response (a WebSocket, a stream) has sent its headers already.
@@ -108,6 +106,28 @@ def ratelimit_middleware(
         return response
 
     return ratelimit
+
+
+async def _identify_past_lockout(
+    request: web.Request, keys: ApiKeys, settings: Settings, lockout: AuthLockout, denied: Callable[[], None]
+) -> Client:
+    ip = client_ip(request, parse_networks(settings.trusted_proxies))
+    try:
+        lockout.check(ip)
+        try:
+            return authenticate(request, keys, settings)
+        except Unauthorized as exc:
+            raise (await lockout.failed(ip)) or exc from None
+    except TooManyRequests:  # locked out: a 429 like the others
+        denied()
+        raise
+
+
+async def _draw(limiter: RateLimiter, client: Client, bucket: Bucket) -> Decision:
+    decision = await limiter.hit(client, bucket)  # a denial is counted by the limiter itself (on_denied)
+    if not decision.allowed:
+        raise_if_denied(decision, bucket)
+    return decision
 
 
 def _merge(target: MutableMapping[str, str], headers: Mapping[str, str]) -> None:
