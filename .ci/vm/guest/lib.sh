@@ -26,11 +26,14 @@ clone_as() {  # clone_as USER DIR
     runuser -u "$user" -- git clone -q "$SHARE/repo.bundle" "$dir"
 }
 
-# Conveyor cgroups left anywhere in the hierarchy (the server's own, its jobs', a guard's), one a line.
+# Conveyor cgroups left anywhere in the hierarchy (the server's own, its jobs', a guard's), one a line; those an
+# earlier scenario of the same boot left (BEFORE, its own FAIL) are not this scenario's.
 conveyor_cgroups() {
     find /sys/fs/cgroup -mindepth 1 -type d -name '*conveyor*' 2>/dev/null \
-        | grep -v -e '/conveyor-vm.service' -e "${KEEP_CGROUP:-^$}" || true
+        | grep -v -e '/conveyor-vm.service' -e "${KEEP_CGROUP:-^$}" | grep -vxF -e "${BEFORE:-^$}" || true
 }
+BEFORE=$(conveyor_cgroups)
+[ -z "$BEFORE" ] || echo "conveyor cgroups an earlier scenario left (not counted here): $BEFORE"
 
 # Processes of jobs still on the machine (their sandbox uid, or a marker in their command line).
 job_processes() {
