@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 NPM_STAMP := tests/npm/node_modules/.stamp
 
-.PHONY: run test test-languages test-floor lint bench assets screenshots helper install install-test install-bench system-run system-test clean
+.PHONY: run test test-languages test-floor test-vm lint bench assets screenshots helper install install-test install-bench \
+  system-run system-test clean
 
 run: system-run install
 	$(BIN)/python -m server
@@ -32,6 +33,13 @@ test-floor: system-test $(HELPER)
 	$(FLOOR_VENV)/bin/python .ci/floor-pins test redis > $(FLOOR_VENV)/floor-pins.txt
 	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/floor-pins.txt -e '.[test,redis]'
 	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider -n 0 -q $(FLOOR_TESTS)
+
+# The cgroup v2 test machine (docs/vm.md): a Debian 12 VM under qemu, built once (root, ~10 min) and cached in
+# /var/tmp/conveyor-vm, runs `make run` as root and as a user, the systemd unit, and the sandbox tests.
+# VM_SCENARIOS picks some of them (root user unit tests), or `shell` for a root shell in the machine.
+VM_SCENARIOS ?= root user unit tests
+test-vm:
+	.ci/vm/run $(VM_SCENARIOS)
 
 lint: install-test
 	$(BIN)/ruff check server tests bench

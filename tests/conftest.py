@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,12 +23,39 @@ from tests.queues import Gate, build_queue
 
 AppClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
+# How much slower than a normal machine this one is: the cgroup v2 test machine runs under qemu's software emulation
+# (docs/vm.md) and sets it. It stretches every wall-time wait and limit the tests set (pytest-timeout's, the
+# waits' and the sandboxes' wall times) through `scaled`, never a CPU-time limit: those are what the tests test.
+TIME_SCALE = float(os.environ.get("CONVEYOR_TEST_TIME_SCALE") or 1)
+
+
+def scaled(seconds: float) -> float:
+    """A wall-time wait of `seconds` on a normal machine, on this one."""
+    return seconds * TIME_SCALE
+
+
+def scaled_ms(ms: int) -> int:
+    """A wall-time limit in milliseconds on a normal machine, on this one."""
+    return round(ms * TIME_SCALE)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stretches each test's pytest-timeout (its own marker's, else the configured one) by TIME_SCALE."""
+    if TIME_SCALE == 1:
+        return
+    configured = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        timeout = float(marker.args[0] if marker and marker.args else configured)
+        if timeout > 0:
+            item.add_marker(pytest.mark.timeout(timeout * TIME_SCALE), append=False)
+
 
 def make_settings(**overrides: Any) -> Settings:
     """Small, fast limits for tests; anything can be overridden."""
     base = Settings(
-        job_timeout_ms=5000,
-        compile_timeout_ms=20_000,
+        job_timeout_ms=scaled_ms(5000),
+        compile_timeout_ms=scaled_ms(20_000),
         max_concurrent_jobs=2,
         max_queue_size=20,
         rate_limit_requests=1000,

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 
-from tests.conftest import free_port
+from tests.conftest import free_port, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ async def start_server(
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     async with aiohttp.ClientSession() as session:
         while True:
             assert proc.poll() is None, log.read_text()
@@ -84,7 +84,7 @@ async def test_sigterm_cancels_what_is_left_tells_sockets_and_exits_0(tmp_path: 
                     kinds.append(orjson.loads((await ws.receive()).data)["type"])
             proc.send_signal(signal.SIGTERM)
             # The client waiting on the running job gets its final state: cancelled after the grace period.
-            response = await asyncio.wait_for(waiting, 20)
+            response = await asyncio.wait_for(waiting, scaled(20))
             job = await response.json()
             assert (job["status"], job["reason"]) == ("cancelled", "shutdown")
             # Sockets are told how their jobs ended, then that the server is going away.
@@ -97,7 +97,7 @@ async def test_sigterm_cancels_what_is_left_tells_sockets_and_exits_0(tmp_path: 
             assert ws.close_code == 1001
             # Once as the watcher of the running job, once on the topic; the queued job on the topic too.
             assert ended.count(running_id) == 2 and queued_id in ended
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=scaled(20)) == 0
         assert queued_id
     finally:
         if proc.poll() is None:
@@ -143,7 +143,7 @@ async def test_client_mistakes_are_one_line_each_never_a_traceback(tmp_path: Pat
             assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
+        proc.wait(timeout=scaled(20))
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
@@ -158,7 +158,7 @@ def test_start_up_refuses_without_bubblewrap(tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -182,7 +182,7 @@ def test_start_up_refuses_without_per_job_memory_limits(tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -203,4 +203,4 @@ async def test_opting_in_to_per_process_limits_starts_and_says_so(tmp_path: Path
         assert "ALLOW_PER_PROCESS_LIMITS" in (tmp_path / "server.log").read_text()  # the warning at start-up
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=scaled(20))

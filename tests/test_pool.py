@@ -21,7 +21,7 @@ import pytest
 from server.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, TestCase
 from server.pool import DEMAND_KEEP_S, DEMAND_WINDOW_S, REFILL_NICE, Demand, Warm, WarmPool
 from server.sandbox import Sandbox
-from tests.conftest import make_settings
+from tests.conftest import make_settings, scaled
 from tests.test_sandbox_security import (
     host_processes_with,
     marker,
@@ -65,7 +65,7 @@ async def run(sandbox: Sandbox, job: Job) -> ExecutionResult:
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
@@ -314,7 +314,7 @@ async def test_a_killed_server_takes_its_warm_sandboxes_and_their_jobs_along() -
     )
     try:
         assert server.stdout is not None
-        assert await asyncio.wait_for(server.stdout.readline(), 60) == b"ready\n"
+        assert await asyncio.wait_for(server.stdout.readline(), scaled(60)) == b"ready\n"
         await wait_for_processes(tag, 1)
         assert len(processes_of_server(server.pid)) >= 3  # the job's sandbox and two ready ones
     finally:

@@ -18,11 +18,12 @@ from server.errors import SandboxUnavailable
 from server.jobs import ExecutionResult, Job, JobIO, Stream
 from server.sandbox import Sandbox
 from server.settings import Settings
+from tests.conftest import scaled, scaled_ms
 
 # Small limits keep the suite fast; compiles get room for a cold JVM or rustc on a busy two-core machine.
 SETTINGS = Settings(
-    job_timeout_ms=3000,
-    compile_timeout_ms=30_000,
+    job_timeout_ms=scaled_ms(3000),
+    compile_timeout_ms=scaled_ms(30_000),
     memory_limit_mb=256,
     max_processes=48,
     max_output_bytes=256 * 1024,
@@ -162,7 +163,7 @@ async def test_compile_errors_fill_compile_output(sandbox: Sandbox, language: st
 
 
 async def test_compile_timeout() -> None:
-    settings = Settings(compile_timeout_ms=100, job_timeout_ms=3000, cache_max_mb=0)
+    settings = Settings(compile_timeout_ms=100, job_timeout_ms=scaled_ms(3000), cache_max_mb=0)
     # Instantiating every standard header takes g++ well over 100 ms.
     code = '#include <bits/stdc++.h>\nint main() { std::map<int, std::string> m; m[1] = "x"; }\n'
     async with open_sandbox(settings, languages=["cpp"]) as sandbox:
@@ -191,7 +192,7 @@ async def test_output_streams_while_the_program_runs(sandbox: Sandbox) -> None:
     stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
     job = make_job("python", "name = input('name? ')\nprint(f'hi {name}')", interactive=True)
     task = asyncio.create_task(sandbox(job, JobIO(on_output=on_output, stdin=stdin)))
-    await asyncio.wait_for(prompted.wait(), 3)
+    await asyncio.wait_for(prompted.wait(), scaled(3))
     assert not task.done()
     stdin.put_nowait(b"ada\n")
     stdin.put_nowait(None)
@@ -262,7 +263,7 @@ async def test_large_writes_arrive_in_bounded_chunks(sandbox: Sandbox) -> None:
 # -- accounting ----------------------------------------------------------------------------------------------
 
 SPIN_ONE_CPU_SECOND = "import time\nwhile time.process_time() < 1.0:\n    pass\n"
-SPIN_WALL_MS = 30_000  # a CPU-second may take many seconds on a busy shared machine
+SPIN_WALL_MS = scaled_ms(30_000)  # a CPU-second may take many seconds on a busy shared machine
 
 
 async def test_cpu_time_of_a_one_second_spin(sandbox: Sandbox) -> None:
@@ -299,7 +300,7 @@ async def test_usage_reaches_rest_and_websocket(app_client: Any) -> None:
         resp = await client.post("/run", json={"language": "python", "code": SPIN_ONE_CPU_SECOND})
         job = await resp.json()
         await ws.send_json({"type": "subscribe", "jobId": job["id"]})
-        while (event := await ws.receive_json(timeout=30))["type"] != "completed":
+        while (event := await ws.receive_json(timeout=scaled(30)))["type"] != "completed":
             pass
     for data in (job, event):
         assert 500 <= data["cpuTimeMs"] <= 3000 and data["memoryPeakBytes"] > 1 << 20, data
@@ -372,7 +373,7 @@ async def test_missing_libseccomp_explains_how_to_install(monkeypatch: pytest.Mo
 
 async def test_development_mode_warns_and_still_runs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="server.sandbox")
-    async with open_sandbox(Settings(sandbox="none", job_timeout_ms=3000), languages=["python"]) as sandbox:
+    async with open_sandbox(Settings(sandbox="none", job_timeout_ms=scaled_ms(3000)), languages=["python"]) as sandbox:
         assert any("SANDBOX=none" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         run = await run_job(sandbox, "python", "import os; print(open('main.py').read().strip() != '')")
         assert run.result.stdout == "True\n"

@@ -26,11 +26,12 @@ from server.pool import Warm
 from server.sandbox import Sandbox
 from server.settings import Settings
 from server.spawn import Fds
+from tests.conftest import scaled_ms
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
 X86_64 = platform.machine() == "x86_64"
 # A quick CPU limit for the CPU tests; everything else as the other sandbox tests.
-CPU = dataclasses.replace(SETTINGS, cpu_time_limit_s=1, job_timeout_ms=20_000, max_processes=16)
+CPU = dataclasses.replace(SETTINGS, cpu_time_limit_s=1, job_timeout_ms=scaled_ms(20_000), max_processes=16)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ int main(void) {
 
 async def test_status_pipe_cannot_be_stolen_with_pidfd_getfd(sandbox: Sandbox) -> None:
     """The attack that pinned the server's event loop: the driver is not dumpable and pidfd_getfd is filtered."""
-    run = await run_job(sandbox, "c", STEAL_STATUS_PIPE, timeout_ms=2000)
+    run = await run_job(sandbox, "c", STEAL_STATUS_PIPE, timeout_ms=scaled_ms(2000))
     assert run.result.stdout == "refused Operation not permitted\n", run.result
     assert (run.result.exit_code, run.result.reason) == (0, None)
 
@@ -450,5 +451,6 @@ def runtimes() -> Iterator[Sandbox]:
 
 @pytest.mark.parametrize("language", sorted(FALLBACKS))
 async def test_runtimes_fall_back_from_clone3_and_io_uring(runtimes: Sandbox, language: str) -> None:
-    run = await run_job(runtimes, language, FALLBACKS[language], timeout_ms=30_000)  # a JVM on a busy machine
+    # A JVM on a busy machine needs time.
+    run = await run_job(runtimes, language, FALLBACKS[language], timeout_ms=scaled_ms(30_000))
     assert (run.result.stdout, run.result.exit_code) == ("ok 2\n", 0), run.result

@@ -22,12 +22,13 @@ from server.jobs import JobIO, Stream
 from server.sandbox import HELPER_IN_BOX, Sandbox
 from server.settings import Settings
 from server.spawn import HostUids
+from tests.conftest import scaled, scaled_ms
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
 # Tight limits for the attacks: few processes, small output cap, quick CPU and wall limits.
 TIGHT = Settings(
-    job_timeout_ms=2000,
-    compile_timeout_ms=30_000,
+    job_timeout_ms=scaled_ms(2000),
+    compile_timeout_ms=scaled_ms(30_000),
     memory_limit_mb=128,
     max_processes=16,
     cpu_time_limit_s=1,
@@ -83,7 +84,7 @@ def host_processes_with(text: str) -> list[int]:
 
 async def wait_for_processes(text: str, count: int) -> list[int]:
     """Poll until `count` host processes carry `text` (they start just after the job says so)."""
-    for _ in range(500):
+    for _ in range(int(scaled(500))):
         found = host_processes_with(text)
         if len(found) >= count:
             return found
@@ -119,7 +120,7 @@ def dead(pid: int) -> bool:
 
 async def wait_until_gone(what: Callable[[], object], seconds: float = 10.0) -> None:
     """Poll until `what()` is empty; the assertion shows what is left."""
-    for _ in range(int(seconds * 20)):
+    for _ in range(int(scaled(seconds) * 20)):
         if not what():
             return
         await asyncio.sleep(0.05)
@@ -233,7 +234,7 @@ async def test_concurrent_jobs_cannot_see_each_others_files(sandbox: Sandbox) ->
         interactive=True,
     )
     task = asyncio.create_task(sandbox(writer, JobIO(on_output=on_output, stdin=stdin)))
-    await asyncio.wait_for(ready.wait(), 5)
+    await asyncio.wait_for(ready.wait(), scaled(5))
     reader = await run_job(sandbox, "bash", "ls -A /box /tmp /dev/shm; cat /box/secret-a /tmp/secret-a")
     stdin.put_nowait(None)
     assert (await task).exit_code == 0
@@ -303,7 +304,7 @@ async def test_fork_bomb_is_contained(tight: Sandbox) -> None:
     job = make_job("python", FORK_BOMB, args=[tag])
     started = time.monotonic()
     result = await tight(job, JobIO(on_output=lambda s, d: None))
-    assert time.monotonic() - started < job.timeout_ms / 1000 + 1
+    assert time.monotonic() - started < job.timeout_ms / 1000 + scaled(1)
     assert result.stdout == "refused: Resource temporarily unavailable\n", result
     assert result.exit_code == 0  # the job ended; the bomb's processes went with it
     assert host_processes_with(tag) == []
@@ -315,7 +316,7 @@ async def test_cancelling_a_job_kills_its_tree(sandbox: Sandbox) -> None:
     started = asyncio.Event()
     job = make_job("bash", f"(exec -a {tag} sleep 300) &\necho started\nexec -a {tag} sleep 300", timeout_ms=60_000)
     task = asyncio.create_task(sandbox(job, JobIO(on_output=lambda s, d: started.set())))
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), scaled(5))
     assert len(await wait_for_processes(tag, 2)) == 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -331,7 +332,7 @@ async def test_cancelling_during_an_output_flood() -> None:
     async with open_sandbox(dataclasses.replace(SETTINGS, max_output_bytes=1 << 30), languages=["bash"]) as box:
         job = make_job("bash", f"exec -a {tag} yes", timeout_ms=60_000)
         task = asyncio.create_task(box(job, JobIO(on_output=lambda s, d: started.set())))
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(started.wait(), scaled(5))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -361,7 +362,7 @@ async def test_cancelling_a_starting_job_at_any_moment(box: str, sandbox: Sandbo
         else:
             await asyncio.sleep(step / 2000)  # 0 to 30 ms
             task.cancel()
-        done, _ = await asyncio.wait([task], timeout=5)
+        done, _ = await asyncio.wait([task], timeout=scaled(5))
         assert done, f"cancellation at step {step} did not end the job: {host_processes_with(tag)} still running"
         assert task.cancelled()
         assert host_processes_with(tag) == []
@@ -420,7 +421,7 @@ async def test_a_server_killed_while_a_job_starts_leaves_nothing(guard: str) -> 
     launcher = None
     try:
         assert server.stdin is not None and server.stdout is not None
-        assert await asyncio.wait_for(server.stdout.readline(), 30) == b"ready\n"
+        assert await asyncio.wait_for(server.stdout.readline(), scaled(30)) == b"ready\n"
         guards = [pid for pid in children_of(server.pid) if is_guard(pid)]
         if guard == "killed":
             for pid in guards:
@@ -428,7 +429,7 @@ async def test_a_server_killed_while_a_job_starts_leaves_nothing(guard: str) -> 
         # From now on the server's only other child is the job's launcher: stop it at once, exec'd yet or not.
         server.stdin.write(b"go\n")
         await server.stdin.drain()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while launcher is None and time.monotonic() < deadline:
             for child in children_of(server.pid):
                 if child not in guards:
@@ -494,7 +495,7 @@ async def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
     job = make_job("python", "while True: pass", timeout_ms=1000)
     started = time.monotonic()
     result = await sandbox(job, JobIO(on_output=lambda s, d: None))
-    assert time.monotonic() - started < 1.0 + 1.0
+    assert time.monotonic() - started < 1.0 + scaled(1.0)
     assert (result.reason, result.signal, result.exit_code) == ("timeout", "SIGKILL", None)
     assert result.run_time_ms is not None and result.run_time_ms >= 1000
 
@@ -518,7 +519,7 @@ async def test_sleeping_program_times_out(sandbox: Sandbox) -> None:
 
 
 async def test_cpu_time_is_limited(tight: Sandbox) -> None:
-    run = await run_job(tight, "python", "while True: pass", timeout_ms=5000)
+    run = await run_job(tight, "python", "while True: pass", timeout_ms=scaled_ms(5000))
     # The job-wide limit (SIGKILL) and the per-process RLIMIT_CPU (SIGXCPU) come due together here.
     assert run.result.reason == "cpu_limit" and run.result.signal in ("SIGKILL", "SIGXCPU"), run.result
 
@@ -615,7 +616,7 @@ async def test_host_sees_the_sandbox_as_an_unprivileged_uid_of_its_own(sandbox: 
     job = make_job("bash", f"echo started; exec -a {tag} sleep 30", timeout_ms=10_000)
     task = asyncio.create_task(sandbox(job, JobIO(on_output=lambda s, d: started.set())))
     try:
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(started.wait(), scaled(5))
         (pid,) = await wait_for_processes(tag, 1)
         uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
         host_uid = {int(uid) for uid in uids.split()[1:]}
