@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,9 @@ def _claim(mount: Path, mount_root: str, wanted: tuple[str, ...], manager: str) 
             except systemd.Unavailable as exc:
                 problems.append(f"systemd did not give a delegated scope ({exc})")
             else:
-                return take(_own(mount, mount_root), wanted, f"a delegated scope {scope} from {asked}")
+                scoped = _own(mount, mount_root)
+                sweep_dead_scopes(scoped.parent, keep=scoped.name)
+                return take(scoped, wanted, f"a delegated scope {scope} from {asked}")
         elif manager == "systemd":
             problems.append("systemd does not run this host (CGROUP_MANAGER=systemd)")
     if manager in ("auto", "cgroupfs"):
@@ -163,6 +166,35 @@ def evacuate(cgroup: Path) -> list[int]:
             with contextlib.suppress(OSError):  # gone meanwhile, or a kernel thread that cannot move
                 _write(leaf / "cgroup.procs", str(pid))
     return _pids(cgroup)
+
+
+_SCOPE = re.compile(r"conveyor-(\d+)-[0-9a-f]{6}\.scope")
+
+
+def sweep_dead_scopes(parent: Path, *, keep: str) -> list[str]:
+    """Kill what is left in the scopes of dead servers beside ours (a server killed with its guard leaves a job's
+    bubblewrap, pid 1 of its namespace, holding its scope), so systemd can collect them. A scope is a dead server's
+    when the pid in its name is gone, or no longer lives in it. Returns the scopes swept."""
+    swept = []
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            match = _SCOPE.fullmatch(entry.name)
+            if match is None or entry.name == keep or _lives_in(int(match[1]), entry.name):
+                continue
+            with contextlib.suppress(OSError):  # another user's, or gone meanwhile
+                _write(entry / "cgroup.kill", "1")
+                swept.append(entry.name)
+    if swept:
+        logger.info("killed what dead servers left in %s", ", ".join(swept))
+    return swept
+
+
+def _lives_in(pid: int, scope: str) -> bool:
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    return any(f"/{scope}/" in line.rstrip() + "/" for line in lines)
 
 
 def is_delegated(cgroup: Path) -> bool:

@@ -280,8 +280,9 @@ class Sandbox:
         """Run the version command inside the sandbox; the language is offered only if it works."""
         run = lang.version_argv(heap_mb=self._memory_mb // 2)
         spec = self._spec(lang, f"probe-{lang.name}", run)
-        # A toolchain slow to compile (kotlinc, scalac: a JVM each) is slow to say its version too.
-        spec.run_timeout_ms = max(PROBE_TIMEOUT_MS, lang.compile_timeout_ms)
+        # A toolchain is as slow to say its version as to compile (a JVM's cold start): the probe gets the compile
+        # stage's time (COMPILE_TIMEOUT_MS, or the language's own), at least PROBE_TIMEOUT_MS.
+        spec.run_timeout_ms = max(PROBE_TIMEOUT_MS, self._compile_ms(lang))
         try:
             out = await self._execute(spec, None)
         except OSError as exc:  # the launcher itself could not start (a noexec mount, a missing binary)

@@ -169,3 +169,29 @@ def test_a_peer_that_never_answers_times_out(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(systemd.Unavailable, match="cannot connect"):
         systemd._call(systemd.Endpoint(path, False, "silent"), new_method_call(systemd.MANAGER, "Reload"))
     server.close()
+
+
+def test_a_dead_servers_scope_is_swept_and_a_live_ones_is_not(manager: Manager, scratch: Path) -> None:  # noqa: F811
+    # A server killed with its guard leaves a job's bubblewrap (pid 1 of its namespace) holding its scope, which
+    # systemd then keeps for ever; the next server's start kills what is left in such scopes beside its own.
+    assert UNIFIED is not None
+    (scratch / "cgroup.subtree_control").write_text(f"+{UNIFIED[1]}")
+    dead, live = scratch / "conveyor-999999999-abcdef.scope", None
+    dead.mkdir()
+    orphan = subprocess.Popen(["sleep", "60"])
+    (dead / "cgroup.procs").write_text(str(orphan.pid))
+    alive = subprocess.Popen(["sleep", "60"])
+    live = scratch / f"conveyor-{alive.pid}-012345.scope"
+    live.mkdir()
+    (live / "cgroup.procs").write_text(str(alive.pid))
+    session = scratch / "session-2.scope"
+    session.mkdir()
+    try:
+        got = _ask(manager, session)
+        assert "delegated scope" in str(got["how"]), got
+        assert orphan.wait(timeout=30) == -9  # killed
+        assert alive.poll() is None  # a live server's scope is left alone
+    finally:
+        for proc in (orphan, alive):
+            proc.kill()
+            proc.wait()
