@@ -222,5 +222,7 @@ async def test_a_stalled_redis_is_one_warning_within_the_instance_timeout(
                 direct.client_unpause()
         await ours.tick()
     records = [r for r in caplog.records if r.name == "server.history"]
-    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None), ("INFO", None)], records
-    assert "sampling again" in records[-1].getMessage()
+    # Ours, and the app's own sampler if its clock ticked meanwhile: one warning each at most, never a traceback.
+    assert all(r.exc_info is None and r.levelname in ("WARNING", "INFO") for r in records), records
+    assert 1 <= sum(r.levelname == "WARNING" for r in records) <= 2, records
+    assert any("sampling again" in r.getMessage() for r in records if r.levelname == "INFO"), records

@@ -341,6 +341,9 @@ async def test_per_job_limits_bind_a_warm_run_as_a_cold_one(warm: Sandbox, cold:
     if want.reason == "output_limit":
         # The kill follows the cap: a writer that finishes its last write first exits 0, warm or cold, by chance.
         assert (got.stdout, got.stderr, got.reason) == (want.stdout, want.stderr, want.reason)
+    elif want.reason == "cpu_limit":
+        # RLIMIT_CPU's SIGXCPU and the job-wide cgroup kill race for the same CPU second, warm or cold alike.
+        assert (got.stdout, got.reason) == (want.stdout, want.reason) and got.signal in ("SIGXCPU", "SIGKILL")
     else:
         assert outcome(got) == outcome(want)
 
