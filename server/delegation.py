@@ -168,18 +168,20 @@ def evacuate(cgroup: Path) -> list[int]:
     return _pids(cgroup)
 
 
-_SCOPE = re.compile(r"conveyor-(\d+)-[0-9a-f]{6}\.scope")
+_SCOPE = re.compile(r"conveyor-(\d+)-(\d+)-[0-9a-f]{6}\.scope")
 
 
 def sweep_dead_scopes(parent: Path, *, keep: str) -> list[str]:
     """Kill what is left in the scopes of dead servers beside ours (a server killed with its guard leaves a job's
     bubblewrap, pid 1 of its namespace, holding its scope), so systemd can collect them. A scope is a dead server's
-    when the pid in its name is gone, or no longer lives in it. Returns the scopes swept."""
+    when the pid in its name is gone, or no longer lives in it; only scopes named in our pid namespace are judged
+    (another container's pids are not ours to see). Returns the scopes swept."""
     swept = []
+    namespace = str(os.stat("/proc/self/ns/pid").st_ino)
     with contextlib.suppress(OSError):
         for entry in parent.iterdir():
             match = _SCOPE.fullmatch(entry.name)
-            if match is None or entry.name == keep or _lives_in(int(match[1]), entry.name):
+            if match is None or entry.name == keep or match[1] != namespace or _lives_in(int(match[2]), entry.name):
                 continue
             with contextlib.suppress(OSError):  # another user's, or gone meanwhile
                 _write(entry / "cgroup.kill", "1")

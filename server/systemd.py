@@ -69,7 +69,8 @@ def _bus(address: str, label: str) -> list[Endpoint]:
 def start_delegated_scope(description: str) -> tuple[str, str]:
     """Ask the service manager for a transient scope holding this process, with its cgroup delegated to us, and
     wait until the kernel shows us in it. Returns (scope name, how it was asked). Raises Unavailable."""
-    name = f"conveyor-{os.getpid()}-{secrets.token_hex(3)}.scope"
+    # The pid namespace in the name: a later server sweeps only scopes whose pid it can see (delegation.py).
+    name = f"conveyor-{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid()}-{secrets.token_hex(3)}.scope"
     properties = [
         ("Description", ("s", description)),
         ("PIDs", ("au", [os.getpid()])),

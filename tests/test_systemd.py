@@ -176,12 +176,17 @@ def test_a_dead_servers_scope_is_swept_and_a_live_ones_is_not(manager: Manager, 
     # systemd then keeps for ever; the next server's start kills what is left in such scopes beside its own.
     assert UNIFIED is not None
     (scratch / "cgroup.subtree_control").write_text(f"+{UNIFIED[1]}")
-    dead, live = scratch / "conveyor-999999999-abcdef.scope", None
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    dead = scratch / f"conveyor-{namespace}-999999999-abcdef.scope"
+    foreign = scratch / "conveyor-1-999999999-abcdef.scope"  # another pid namespace's: not ours to judge
+    foreign.mkdir()
     dead.mkdir()
     orphan = subprocess.Popen(["sleep", "60"])
     (dead / "cgroup.procs").write_text(str(orphan.pid))
     alive = subprocess.Popen(["sleep", "60"])
-    live = scratch / f"conveyor-{alive.pid}-012345.scope"
+    stranger = subprocess.Popen(["sleep", "60"])
+    (foreign / "cgroup.procs").write_text(str(stranger.pid))
+    live = scratch / f"conveyor-{namespace}-{alive.pid}-012345.scope"
     live.mkdir()
     (live / "cgroup.procs").write_text(str(alive.pid))
     session = scratch / "session-2.scope"
@@ -191,7 +196,8 @@ def test_a_dead_servers_scope_is_swept_and_a_live_ones_is_not(manager: Manager, 
         assert "delegated scope" in str(got["how"]), got
         assert orphan.wait(timeout=30) == -9  # killed
         assert alive.poll() is None  # a live server's scope is left alone
+        assert stranger.poll() is None  # and so is another namespace's
     finally:
-        for proc in (orphan, alive):
+        for proc in (orphan, alive, stranger):
             proc.kill()
             proc.wait()
