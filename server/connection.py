@@ -82,6 +82,8 @@ class Connection:
         self._close_request: tuple[int, str] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
+        self._close_asked = asyncio.Event()
+        self._closer: asyncio.Task[None] | None = None
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{conn_id}")
 
     def send(self, data: bytes) -> None:
@@ -93,7 +95,7 @@ class Connection:
             # resume with `since`.
             logger.warning("closing WebSocket %d (%s): send queue overflowed", self.id, self.client.ip)
             self._closing = True
-            asyncio.get_running_loop().create_task(self.close(TRY_AGAIN_LATER, "send queue overflow"))
+            self._closer = asyncio.get_running_loop().create_task(self.close(TRY_AGAIN_LATER, "send queue overflow"))
             return
         self._outbox.append(data)
         self._pending.set()
@@ -135,6 +137,7 @@ class Connection:
         if code == WSCloseCode.GOING_AWAY:
             self._flush_now()  # at shutdown the last events (a job's `cancelled`) go out before the close frame
         self._closing = True
+        self._close_asked.set()
         self._writer.cancel()
         if self._reader is not None:
             self._reader.cancel()
@@ -154,12 +157,23 @@ class Connection:
 
     async def serve(self) -> None:
         """Read until the client leaves or `close` is asked for; then finish the close handshake."""
-        self._reader = asyncio.create_task(self.read_loop(), name=f"ws-reader-{self.id}")
+        reader = self._reader = asyncio.create_task(self.read_loop(), name=f"ws-reader-{self.id}")
+        asked = asyncio.create_task(self._close_asked.wait(), name=f"ws-close-{self.id}")
         try:
-            await asyncio.wait([self._reader])  # never raises: a cancelled reader means `close` was asked for
+            # Never raises. The close does not wait on the reader alone: a handler that turns the reader's
+            # cancellation into an error of its own (a store client may) would keep it reading a silent socket.
+            await asyncio.wait([reader, asked], return_when=asyncio.FIRST_COMPLETED)
             if self._close_request is not None:
+                if not reader.done():
+                    reader.cancel()
+                    await asyncio.wait([reader], timeout=CLOSE_TIMEOUT_S)
                 await self._close_handshake(*self._close_request)
         finally:
+            asked.cancel()
+            if not reader.done():
+                # Past the handshake the transport is closed or aborted, so its receive() ends at once.
+                reader.cancel()
+                await asyncio.wait([reader], timeout=CLOSE_TIMEOUT_S)
             self._finished.set()
 
     async def _close_handshake(self, code: int, message: str) -> None:

@@ -16,7 +16,9 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
+from server import connection as connection_module
 from server.app import create_app
+from server.connection import Connection
 from server.jobs import Runner
 from server.keys import HUB, QUEUE
 from tests.conftest import AppClientFactory, keys_file, make_settings
@@ -390,9 +392,16 @@ def _masked_text_frame(payload: bytes) -> bytes:
 
 async def test_a_client_that_never_reads_does_not_delay_others(app_client: AppClientFactory) -> None:
     client = await app_client(ws_send_queue_size=16, max_concurrent_jobs=2, max_output_bytes=1_048_576)
-    hub = client.app[HUB]
     host, port = str(client.server.host), int(client.server.port or 0)
     _, stalled = await _raw_ws(host, port)
+    try:
+        await _stall_and_run_beside(client, stalled)
+    finally:
+        stalled.close()  # the test's own end of the socket, whatever happened
+
+
+async def _stall_and_run_beside(client: Client, stalled: asyncio.StreamWriter) -> None:
+    hub = client.app[HUB]
     flood = "import sys\nfor _ in range(64):\n    sys.stdout.write('x' * 16000 + '\\n')\n    sys.stdout.flush()"
     for _ in range(12):
         stalled.write(_masked_text_frame(orjson.dumps({"type": "run", "language": "python", "code": flood})))
@@ -416,7 +425,34 @@ async def test_a_client_that_never_reads_does_not_delay_others(app_client: AppCl
     async with asyncio.timeout(30):
         while len(hub.connections) > 1:
             await asyncio.sleep(0.05)
-    stalled.close()
+
+
+async def test_a_close_holds_when_a_handler_swallows_the_readers_cancellation(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handler that turns its cancellation into an error of its own (as a store client may) and goes on reading
+    # must not keep a socket the server asked to close: before the fix, this one stayed open until the client left.
+    entered = asyncio.Event()
+
+    async def stubborn(conn: Connection, message: dict[str, Any]) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            conn.send_json({"type": "error", "error": "swallowed"})
+
+    monkeypatch.setitem(connection_module._HANDLERS, "ping", stubborn)
+    hub = client.app[HUB]
+    ws = await connect(client)
+    await ws.send_json({"type": "ping"})
+    await asyncio.wait_for(entered.wait(), 20)
+    (conn,) = hub.connections
+    await conn.close(1013, "asked")
+    async with asyncio.timeout(20):  # aiohttp's heartbeat would not end it: this client answers pings
+        while hub.connections:
+            await asyncio.sleep(0.05)
+        while not ws.closed:
+            await ws.receive()
 
 
 async def test_interactive_job_survives_a_reconnect_within_the_grace(
