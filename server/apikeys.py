@@ -81,6 +81,10 @@ class ApiKeys:
         except ValueError as exc:
             raise SettingsError(f"API_KEYS_FILE={path!r}: {exc}") from None
 
+    def named(self, name: str) -> ApiKeyEntry | None:
+        """The entry of user `name` (names are unique in the file), or None."""
+        return next((entry for entry in self._entries if entry.name == name), None)
+
     def lookup(self, raw_key: str) -> ApiKeyEntry | None:
         """The entry whose digest matches `raw_key`, or None."""
         digest = hash_key(raw_key)

@@ -31,6 +31,7 @@ from .queue import QueueBackend, create_queue
 from .quota import setup_quota
 from .ratelimit import Bucket, RateLimiter, raise_if_denied, ratelimit_middleware
 from .redispool import closing_pool, instance_pool
+from .sessions import setup_sessions
 from .settings import Settings
 from .submissions import setup_callbacks, submit
 
@@ -163,6 +164,7 @@ def create_app(
     setup_listing(app)
     setup_actions(app)
     setup_quota(app, limiter)
+    setup_sessions(app, keys)
     app.router.add_get("/ws", open_socket)
     setup_batches(app)
     setup_callbacks(app)

@@ -273,6 +273,12 @@ class Settings:
         "CIDRs whose `X-Forwarded-For`/`Forwarded` are believed (right-most untrusted hop wins)",
     )
     api_keys_file: str = _env("API_KEYS_FILE", _text, "", "TOML file of API keys (see below)")
+    session_ttl_s: int = _env(
+        "SESSION_TTL_S",
+        _int_range(60, 30 * 86_400),
+        43_200,
+        "how long a sign-in from the pages lasts (`POST /session`: an HttpOnly cookie, no key kept in the page)",
+    )
     # Failed authentications (a wrong or malformed key, REST or WebSocket) per address per RATE_LIMIT_WINDOW_MS.
     auth_failure_limit: int = _env(
         "AUTH_FAILURE_LIMIT",

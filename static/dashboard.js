@@ -48,6 +48,7 @@
     apiKey: $("api-key"),
     authSubmit: $("auth-submit"),
     authMessage: $("auth-message"),
+    signOut: $("sign-out"),
     adminBadge: $("admin-badge"),
     toast: $("toast"),
   };
@@ -57,11 +58,10 @@
     statsAt: 0,
     admin: false,
     user: null,
-    key: null, // kept in memory only, to re-authenticate after a reconnect
     authPending: false,
   };
-  /** REST as the admin: the key this page holds in memory (never stored), once the server has accepted it. */
-  const adminHeaders = () => (state.admin && state.key ? { Authorization: `Bearer ${state.key}` } : {});
+  /** REST as the admin needs no header: the sign-in cookie (HttpOnly, never visible here) goes with each request. */
+  const adminHeaders = () => ({});
   const table = new JobTable(ui, {
     canAct: () => state.admin,
     headers: adminHeaders,
@@ -75,7 +75,7 @@
 
   /** The full job, for an admin. */
   async function loadJob(id) {
-    if (!state.admin || !state.key) return null;
+    if (!state.admin) return null;
     try {
       const response = await fetch(`/queue/job/${encodeURIComponent(id)}`, {
         headers: { Accept: "application/json", ...adminHeaders() },
@@ -398,6 +398,7 @@
     ui.adminBadge.textContent = admin ? "admin" : "read-only";
     ui.authMessage.textContent = message;
     ui.authSubmit.textContent = admin ? "Switch key" : "Sign in";
+    ui.signOut.hidden = !user;
     table.render();
     table.load(); // ids come with the admin's key
     loadInstances(); // and in the instances view
@@ -421,15 +422,38 @@
     toastTimer = setTimeout(() => (ui.toast.hidden = true), 5000);
   }
 
-  ui.authForm.addEventListener("submit", (event) => {
+  // The key is sent once, for a session cookie the page cannot read (kept across reloads for SESSION_TTL_S); this
+  // socket is told the key too, so it changes role now rather than at its next reconnect.
+  ui.authForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const key = ui.apiKey.value.trim();
     if (!key) return;
-    state.key = key;
-    state.authPending = true;
     ui.apiKey.value = "";
-    const sent = socket.send({ type: "auth", key });
-    ui.authMessage.textContent = sent ? "Checking the key…" : "Not connected; the key is sent on reconnect.";
+    ui.authMessage.textContent = "Checking the key…";
+    let answer;
+    try {
+      const response = await fetch("/session", {
+        method: "POST",
+        headers: { Accept: "application/json", Authorization: `Bearer ${key}` },
+      });
+      answer = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        setAdmin(false, null, `Key refused: ${answer.message || `HTTP ${response.status}`}`);
+        return;
+      }
+    } catch (err) {
+      ui.authMessage.textContent = "Not connected; try again.";
+      return;
+    }
+    // Not connected: the next socket's upgrade carries the cookie, and its `hello` says who it is.
+    state.authPending = socket.send({ type: "auth", key });
+    if (!state.authPending) setAdmin(Boolean(answer.admin), answer.user, "Signed in; reconnecting…");
+  });
+
+  // The cookie is dropped by the server; a reload opens a socket without it.
+  ui.signOut.addEventListener("click", async () => {
+    await fetch("/session", { method: "DELETE" }).catch(() => null);
+    location.reload();
   });
 
   // -- messages ------------------------------------------------------------------------------------------------
@@ -477,7 +501,6 @@
     const text = message.message || message.error || "error";
     if (state.authPending && message.error === "Unauthorized") {
       state.authPending = false;
-      state.key = null;
       setAdmin(false, null, `Key refused: ${text}`);
       return;
     }
@@ -487,11 +510,16 @@
 
   const socket = new Socket({
     onMessage,
-    onReady: () => {
-      // Re-authenticate first, so the fresh snapshot's table is drawn with the right controls.
-      if (state.key) {
-        state.authPending = true;
-        socket.send({ type: "auth", key: state.key });
+    onReady: (hello) => {
+      // The upgrade carried the sign-in cookie: `hello` says who this socket is, before the snapshot is drawn.
+      if (hello.user) {
+        setAdmin(
+          Boolean(hello.admin),
+          hello.user,
+          hello.admin
+            ? `Signed in as ${hello.user}: job ids, whole jobs; Cancel, Stop and Run again on any job.`
+            : `${hello.user} is not an admin; the dashboard stays read-only.`,
+        );
       }
       socket.send({ type: "subscribe", topic: "queue" });
     },

@@ -123,6 +123,31 @@ async def test_admin_runs_again_and_cancels_in_bulk(serve: ServerFactory, pages:
     assert attempts == [[403, "Forbidden"], [403, "Forbidden"]]
 
 
+async def test_a_sign_in_survives_a_reload_and_the_page_never_holds_the_key(
+    serve: ServerFactory, pages: Pages, tmp_path: Path
+) -> None:
+    server = await serve(api_keys_file=keys_file(tmp_path, {"ops": (ADMIN_KEY, True)}))
+    done = await submit(server, "print('kept')  # CODE-5b0c", wait=True)
+    admin = await pages.open(server, "/dashboard")
+    await sign_in(admin)
+    await admin.reload()
+    # Still the admin after the reload: the socket's upgrade carried the cookie, and REST uses it too.
+    await expect(admin.locator("#admin-badge")).to_have_text("admin")
+    await expect(admin.locator("#auth-message")).to_contain_text("Signed in as ops")
+    await row(admin, server, done["id"]).click()
+    await expect(admin.locator('#detail-full [data-stream="code"] pre')).to_have_text("print('kept')  # CODE-5b0c")
+    # Nothing a page script can read holds the key or the session.
+    held = await admin.evaluate(
+        "() => [document.cookie, JSON.stringify(localStorage), JSON.stringify(sessionStorage)].join(' ')"
+    )
+    assert "conveyor_session" not in held and ADMIN_KEY not in held
+    await admin.click("#sign-out")
+    await expect(admin.locator("#admin-badge")).to_have_text("read-only")
+    await admin.reload()
+    await expect(admin.locator("#admin-badge")).to_have_text("read-only")
+    await expect(admin.locator("#sign-out")).to_be_hidden()
+
+
 async def test_instances_in_redis_mode(serve: ServerFactory, pages: Pages, redis_url: str) -> None:
     first = await serve(redis_url=redis_url, worker_slots=1)
     await serve(redis_url=redis_url, worker_slots=2)

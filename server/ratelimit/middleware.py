@@ -12,6 +12,7 @@ from ..apikeys import JUDGE0_AUTH_HEADER, ApiKeys, authenticate
 from ..errors import ConveyorError, TooManyRequests, Unauthorized
 from ..identity import Client, client_ip, parse_networks
 from ..keys import CLIENT
+from ..sessions import session_client
 from ..settings import Settings
 from .base import Bucket, Decision, decision_headers, raise_if_denied
 from .limiter import RateLimiter
@@ -70,9 +71,13 @@ def ratelimit_middleware(
     denied = on_denied or (lambda: None)
 
     async def identify(request: web.Request) -> Client:
-        if lockout is None or not presents_key(request):
-            return authenticate(request, keys, settings)
-        return await _identify_past_lockout(request, keys, settings, lockout, denied)
+        if presents_key(request):
+            if lockout is None:
+                return authenticate(request, keys, settings)
+            return await _identify_past_lockout(request, keys, settings, lockout, denied)
+        # No key: the pages' sign-in cookie if there is a good one, else anonymous by address and owner token.
+        client = authenticate(request, keys, settings)
+        return session_client(request, keys, client.ip) or client
 
     async def draw(client: Client, bucket: Bucket) -> Decision:
         return await _draw(limiter, client, bucket)
