@@ -77,9 +77,22 @@ async def get_queue_status(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     queue = request.app[QUEUE]
-    job = await readable_job(queue, client_of(request), request.match_info["job_id"])
+    client = client_of(request)
+    job = await readable_job(queue, client, request.match_info["job_id"])
     job.position = await queue.position(job)
-    return json_response(job.to_dict())
+    body = job.to_dict()
+    if client.admin:
+        body["submittedBy"] = submitter_of(job.owner)
+    return json_response(body)
+
+
+def submitter_of(owner: str) -> str:
+    """Who submitted a job, for admins: the key's user, or an anonymous owner told apart by the first 8 hex digits
+    of its token's digest (never the token), or `anonymous` for a client that sent no token."""
+    if owner.startswith("key:"):
+        return owner.removeprefix("key:")
+    digest = owner.removeprefix("anon:")
+    return f"anonymous ({digest[:8]})" if digest else "anonymous"
 
 
 async def cancel_job(request: web.Request) -> web.Response:

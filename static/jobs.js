@@ -447,6 +447,7 @@ const Jobs = (() => {
           ? ["Job id", el("a", { className: "mono wrap", href: `#job=${id}`, dataset: { role: "job-link" } }, id)]
           : ["Handle", el("span", { className: "mono" }, job.handle)],
         ["Status", badge(job.status)],
+        ...(full && full.submittedBy ? [["Submitted by", full.submittedBy]] : []),
         ["Language", job.language || "–"],
         ["Priority", job.priority ?? "–"],
         ["Created", fmtClock(job.createdAt)],

@@ -136,6 +136,7 @@ async def test_a_sign_in_survives_a_reload_and_the_page_never_holds_the_key(
     await expect(admin.locator("#auth-message")).to_contain_text("Signed in as ops")
     await row(admin, server, done["id"]).click()
     await expect(admin.locator('#detail-full [data-stream="code"] pre')).to_have_text("print('kept')  # CODE-5b0c")
+    await expect(admin.locator("#detail-list")).to_contain_text("Submitted by")
     # Nothing a page script can read holds the key or the session.
     held = await admin.evaluate(
         "() => [document.cookie, JSON.stringify(localStorage), JSON.stringify(sessionStorage)].join(' ')"

@@ -3,6 +3,7 @@ cannot use. The browser's side (a reload keeps the dashboard signed in) is in te
 
 from __future__ import annotations
 
+import hashlib
 import time
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -147,3 +148,23 @@ async def test_signing_out_drops_the_cookie(app_client: AppClientFactory, tmp_pa
     morsel = SimpleCookie(resp.headers["Set-Cookie"])[SESSION_COOKIE]
     assert morsel.value == "" and int(morsel["max-age"]) == 0
     assert (await (await client.get("/session")).json())["user"] is None
+
+
+async def test_the_admin_detail_says_who_submitted_a_job(app_client: AppClientFactory, tmp_path: Path) -> None:
+    client = await app_client(api_keys_file=_keys(tmp_path))
+    as_ann = {"Authorization": f"Bearer {USER_KEY}"}
+    token = "t" * 40
+    by_ann = await (await client.post("/run", json={"language": "bash", "code": "true"}, headers=as_ann)).json()
+    by_token = await (
+        await client.post("/run", json={"language": "bash", "code": "true"}, headers={"X-Owner-Token": token})
+    ).json()
+    as_ops = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    seen = [
+        (await (await client.get(f"/queue/job/{job['id']}", headers=as_ops)).json())["submittedBy"]
+        for job in (by_ann, by_token)
+    ]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert seen == ["ann", f"anonymous ({digest[:8]})"]
+    # The owner reads its own job without it: who submitted is the admins' to know.
+    own = await (await client.get(f"/queue/job/{by_ann['id']}", headers=as_ann)).json()
+    assert "submittedBy" not in own
