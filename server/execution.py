@@ -363,11 +363,7 @@ class Run:
             now = loop.time()
             if phase == "start":
                 started, deadline = now, now + self._limit_s(stage)
-                if stage == self._armed:
-                    self._armed = None  # begun before the job message, which carried its go-ahead
-                else:
-                    self._begin_stage(stage)
-                    self._release()
+                self._stage_started(stage)
                 continue
             self._record_time(stage, now - started)
             if stage == "run":
@@ -387,6 +383,13 @@ class Run:
         # is full) fails at once rather than blocking, and the job's teardown does not wait on it.
         if self._status_pipe is not None:
             self._status_pipe.close()
+
+    def _stage_started(self, stage: str) -> None:
+        if stage == self._armed:
+            self._armed = None  # begun before the job message, which carried its go-ahead
+            return
+        self._begin_stage(stage)
+        self._release()
 
     def _release(self) -> None:
         """A warm sandbox's driver waits after each start report until the stage's accounting has begun."""
