@@ -7,6 +7,9 @@ does not share a server's event loop. The same job through `Sandbox()` in this p
 share from HTTP and the queue. Figures are ratios to the bare spawn measured in the same run, in alternating rounds
 so that other load on the host hits both sides alike. Also: the time to a WebSocket run's first output, C and Java
 hellos, and a burst of jobs larger than the pool (it must fall back to cold starts, never fail).
+
+BENCH_BASELINE=<directory of another checkout> adds a third server started from that code (same interpreter, same
+settings, same rounds): before/after figures measured back to back, which a shared host's load cannot skew.
 """
 
 from __future__ import annotations
@@ -43,15 +46,24 @@ N_LATENCY = 50
 N_THROUGHPUT = 200
 ROUNDS = 5  # bare and server take turns in this many rounds, so that other load on the host hits both alike
 START_TIMEOUT_S = 60.0
-LATENCY_GOAL = 0.7  # warm server median at most this many times the bare spawn's (issue 15)
-THROUGHPUT_GOAL = 0.8  # server jobs/s at least this fraction of the bare loop's
+# Issue 25's goals, as ratios within one run: the warm server's median and p95 against the bare spawn's median,
+# jobs/s against the bare loop's (with at least POOL_HIT_GOAL of the jobs taking a warm sandbox), the server's CPU per
+# job, and each other hello warm against cold.
+LATENCY_GOAL = 0.5
+LATENCY_P95_GOAL = 1.0
+THROUGHPUT_GOAL = 1.0
+POOL_HIT_GOAL = 0.95
+CPU_GOAL_MS = 2.0
+OTHERS_GOAL = 0.6
 N_OTHER = 10  # C and Java hellos, WebSocket first outputs: jobs per server
 BURST = 24  # jobs submitted at once against a pool of WARM_POOL
 
 RunOne = Callable[[], Awaitable[None]]  # one hello-world job, start to end
 OTHER_HELLOS = [
     ("c", '#include <stdio.h>\nint main(void) { puts("1"); return 0; }\n', "1\n"),
+    ("cpp", "#include <iostream>\nint main() { std::cout << 1 << std::endl; }\n", "1\n"),
     ("java", 'public class Main { public static void main(String[] a) { System.out.println("1"); } }\n', "1\n"),
+    ("javascript", "console.log(1)\n", "1\n"),
 ]
 
 
@@ -174,8 +186,11 @@ def free_port() -> int:
         return port
 
 
-async def start_server(cores: int, log: IO[bytes], warm_pool: int) -> tuple[asyncio.subprocess.Process, str]:
-    """`python -m server` on a free port; returns once GET /health answers, with the URL."""
+async def start_server(
+    cores: int, log: IO[bytes], warm_pool: int, tree: str | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
+    """`python -m server` (from `tree`, another checkout, when given) on a free port; returns once GET /health
+    answers, with the URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -188,7 +203,11 @@ async def start_server(cores: int, log: IO[bytes], warm_pool: int) -> tuple[asyn
         "LOG_LEVEL": "warning",
         "WARM_POOL": str(warm_pool),
     }
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server", env=env, stdout=log, stderr=log)
+    if tree is not None:
+        env["PYTHONPATH"] = tree
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", env=env, stdout=log, stderr=log, cwd=tree
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     async with aiohttp.ClientSession() as session:
@@ -212,47 +231,79 @@ async def describe(session: aiohttp.ClientSession, url: str) -> str:
     return f"memory by {limits['memory']['enforcedBy']}, processes by {limits['processes']['enforcedBy']}"
 
 
+class Server:
+    """One server under test: its process, URL, client session (at most `cores` keep-alive connections, as a few
+    busy clients would use them) and the figures of its throughput rounds."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str, session: aiohttp.ClientSession) -> None:
+        self.proc, self.url, self.session = proc, url, session
+        self.job = server_job(session, url)
+        self.seconds = self.cpu = 0.0
+        self.hits = self.misses = 0
+
+    async def throughput_round(self, count: int, cores: int) -> None:
+        before, pool_before = cpu_seconds(self.proc.pid), await pool(self.session, self.url)
+        self.seconds += await run_batch(self.job, count, cores)
+        self.cpu += cpu_seconds(self.proc.pid) - before
+        after = await pool(self.session, self.url)
+        self.hits += after["hits"] - pool_before["hits"]
+        self.misses += after["misses"] - pool_before["misses"]
+
+
+async def start_servers(cores: int, log: IO[bytes], procs: list[asyncio.subprocess.Process]) -> dict[str, Server]:
+    """The warm server, the cold one (WARM_POOL=0), and with BENCH_BASELINE the warm one of that checkout."""
+    wanted: dict[str, tuple[int, str | None]] = {"warm": (Settings().warm_pool, None), "cold": (0, None)}
+    baseline = os.environ.get("BENCH_BASELINE")
+    if baseline:
+        wanted["base"] = (Settings().warm_pool, str(Path(baseline).resolve()))
+    servers = {}
+    for name, (warm_pool, tree) in wanted.items():
+        proc, url = await start_server(cores, log, warm_pool, tree)
+        procs.append(proc)
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=cores))
+        servers[name] = Server(proc, url, session)
+    return servers
+
+
+async def other_hellos(servers: dict[str, Server]) -> dict[str, list[float]]:
+    """Seconds per job of the other hellos and of WebSocket first outputs, N_OTHER each per server, one at a time."""
+    others: dict[str, list[float]] = {}
+    for _ in range(N_OTHER):
+        for name, server in servers.items():
+            for language, code, want in OTHER_HELLOS:
+                job = language_job(server.session, server.url, language, code, want)
+                start = time.perf_counter()
+                await job()
+                others.setdefault(f"{language}_{name}", []).append(time.perf_counter() - start)
+            others.setdefault(f"ws_{name}", []).append(await first_output(server.session, server.url))
+    return others
+
+
 async def measure() -> dict[str, Any]:
     cores = os.cpu_count() or 1
     direct = await Sandbox.create(Settings(), languages=["python"])
     cold_direct = await Sandbox.create(Settings(warm_pool=0), languages=["python"])
     log = tempfile.NamedTemporaryFile(prefix="conveyor-bench-sandbox-", suffix=".log", delete=False)
     procs: list[asyncio.subprocess.Process] = []
+    servers: dict[str, Server] = {}
     try:
-        warm_proc, warm_url = await start_server(cores, log, Settings().warm_pool)
-        procs.append(warm_proc)
-        cold_proc, cold_url = await start_server(cores, log, 0)
-        procs.append(cold_proc)
-        # At most `cores` connections per server, kept alive, as a few busy clients would use them.
-        async with (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=cores)) as warm_session,
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=cores)) as cold_session,
-        ):
-            enforcement = await describe(warm_session, warm_url)
-            servers = {"warm": server_job(warm_session, warm_url), "cold": server_job(cold_session, cold_url)}
-            kinds = {"bare": bare_spawn, "direct": sandbox_job(direct), "direct_cold": sandbox_job(cold_direct)}
-            times = await latency({**kinds, **servers})
-            elapsed = {"bare": 0.0, "warm": 0.0, "cold": 0.0}
-            server_cpu = {"warm": 0.0, "cold": 0.0}
-            for _ in range(ROUNDS):
-                elapsed["bare"] += await run_batch(bare_spawn, N_THROUGHPUT // ROUNDS, cores)
-                for name, proc in (("warm", warm_proc), ("cold", cold_proc)):
-                    before = cpu_seconds(proc.pid)
-                    elapsed[name] += await run_batch(servers[name], N_THROUGHPUT // ROUNDS, cores)
-                    server_cpu[name] += cpu_seconds(proc.pid) - before
-            others: dict[str, list[float]] = {}
-            sessions = {"warm": (warm_session, warm_url), "cold": (cold_session, cold_url)}
-            for _ in range(N_OTHER):
-                for name, (session, url) in sessions.items():
-                    for language, code, want in OTHER_HELLOS:
-                        job = language_job(session, url, language, code, want)
-                        start = time.perf_counter()
-                        await job()
-                        others.setdefault(f"{language}_{name}", []).append(time.perf_counter() - start)
-                    others.setdefault(f"ws_{name}", []).append(await first_output(session, url))
-            bursts = {name: await burst(session, url) for name, (session, url) in sessions.items()}
-            warm_pool = await pool(warm_session, warm_url)
+        servers = await start_servers(cores, log, procs)
+        enforcement = await describe(servers["warm"].session, servers["warm"].url)
+        kinds = {"bare": bare_spawn, "direct": sandbox_job(direct), "direct_cold": sandbox_job(cold_direct)}
+        loads = [Path("/proc/loadavg").read_text().split()[0]]
+        times = await latency({**kinds, **{name: server.job for name, server in servers.items()}})
+        bare_seconds = 0.0
+        for _ in range(ROUNDS):
+            bare_seconds += await run_batch(bare_spawn, N_THROUGHPUT // ROUNDS, cores)
+            for server in servers.values():
+                await server.throughput_round(N_THROUGHPUT // ROUNDS, cores)
+        others = await other_hellos(servers)
+        bursts = {name: await burst(server.session, server.url) for name, server in servers.items()}
+        warm_pool = await pool(servers["warm"].session, servers["warm"].url)
+        loads.append(Path("/proc/loadavg").read_text().split()[0])
     finally:
+        for server in servers.values():
+            await server.session.close()
         for proc in procs:
             proc.terminate()
             await proc.wait()
@@ -260,77 +311,109 @@ async def measure() -> dict[str, Any]:
         await cold_direct.close()
         log.close()
         os.unlink(log.name)
+    return _figures(cores, enforcement, loads, times, bare_seconds, servers, others, bursts, warm_pool)
+
+
+def _figures(
+    cores: int,
+    enforcement: str,
+    loads: list[str],
+    times: dict[str, list[float]],
+    bare_seconds: float,
+    servers: dict[str, Server],
+    others: dict[str, list[float]],
+    bursts: dict[str, tuple[float, dict[str, Any]]],
+    warm_pool: dict[str, Any],
+) -> dict[str, Any]:
     jobs = N_THROUGHPUT // ROUNDS * ROUNDS
-    rates = {name: jobs / seconds for name, seconds in elapsed.items()}
+    rates = {"bare": jobs / bare_seconds, **{name: jobs / server.seconds for name, server in servers.items()}}
     bare = statistics.median(times["bare"])
     return {
         "cores": cores,
         "enforcement": enforcement,
-        "latency_ms": {
-            **{name: _summary(values) for name, values in times.items()},
-            "ratio": statistics.median(times["warm"]) / bare,
-            "cold_ratio": statistics.median(times["cold"]) / bare,
+        "load": loads,
+        "latency_ms": {name: _summary(values) for name, values in times.items()},
+        "latency_ratio": {
+            name: {"median": statistics.median(times[name]) / bare, "p95": _p95(times[name]) / bare} for name in servers
         },
-        "jobs_per_s": {**rates, "ratio": rates["warm"] / rates["bare"], "cold_ratio": rates["cold"] / rates["bare"]},
-        "cpu_ms_per_job": {name: cpu * 1000 / jobs for name, cpu in server_cpu.items()},
+        "jobs_per_s": rates,
+        "throughput_ratio": {name: rates[name] / rates["bare"] for name in servers},
+        "pool_hit_rate": {
+            name: server.hits / max(1, server.hits + server.misses)
+            for name, server in servers.items()
+            if name != "cold"
+        },
+        "cpu_ms_per_job": {name: server.cpu * 1000 / jobs for name, server in servers.items()},
         "others_ms": {name: _summary(values) for name, values in others.items()},
         "burst": {name: {"seconds": seconds, **counts} for name, (seconds, counts) in bursts.items()},
         "pool": warm_pool,
     }
 
 
+def _p95(times: list[float]) -> float:
+    return statistics.quantiles(times, n=20)[-1]
+
+
 def _summary(times: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(times) * 1000, "p95": statistics.quantiles(times, n=20)[-1] * 1000}
+    return {"median": statistics.median(times) * 1000, "p95": _p95(times) * 1000}
+
+
+SERVER_LABELS = {"warm": "POST /run, warm pool", "cold": "POST /run, WARM_POOL=0", "base": "POST /run, BENCH_BASELINE"}
+
+
+def _verdict(ok: bool) -> str:
+    return "meets" if ok else "misses"
+
+
+def _print_python(figures: dict[str, Any]) -> None:
+    lat, ratio, rate = figures["latency_ms"], figures["latency_ratio"], figures["jobs_per_s"]
+    print(f"python hello world, latency of {N_LATENCY} sequential jobs each in {ROUNDS} rounds, {WARMUP} warm-ups:")
+    print(f"  {'':<36} {'median ms':>10} {'p95 ms':>10} {'median/bare':>12} {'p95/bare':>9}")
+    rows = {"bare": "bare bwrap spawn", "direct": "Sandbox() in-process, warm pool"}
+    rows |= {"direct_cold": "Sandbox() in-process, WARM_POOL=0"} | {n: SERVER_LABELS[n] for n in ratio}
+    for name, label in rows.items():
+        both = f"{ratio[name]['median']:>11.2f}x {ratio[name]['p95']:>8.2f}x" if name in ratio else ""
+        print(f"  {label:<36} {lat[name]['median']:>10.1f} {lat[name]['p95']:>10.1f} {both}")
+    warm = ratio["warm"]
+    print(
+        f"  warm: median {_verdict(warm['median'] <= LATENCY_GOAL)} <= {LATENCY_GOAL}x,",
+        f"p95 {_verdict(warm['p95'] <= LATENCY_P95_GOAL)} <= {LATENCY_P95_GOAL}x",
+    )
+    print(f"throughput, {N_THROUGHPUT} jobs each in {ROUNDS} rounds, {figures['cores']} in flight:")
+    print(f"  {'bare bwrap spawn':<36} {rate['bare']:>10.1f} jobs/s")
+    for name, share in figures["throughput_ratio"].items():
+        hits = figures["pool_hit_rate"].get(name)
+        pool_hits = f", pool hits {hits:.0%}" if hits is not None else ""
+        cpu = figures["cpu_ms_per_job"][name]
+        print(
+            f"  {SERVER_LABELS[name]:<36} {rate[name]:>10.1f} jobs/s {share:.2f}x{pool_hits},",
+            f"server CPU {cpu:.1f} ms/job",
+        )
+    ok = figures["throughput_ratio"]["warm"] >= THROUGHPUT_GOAL and figures["pool_hit_rate"]["warm"] >= POOL_HIT_GOAL
+    print(f"  warm: {_verdict(ok)} >= {THROUGHPUT_GOAL}x with >= {POOL_HIT_GOAL:.0%} hits;", end=" ")
+    print(f"server CPU {_verdict(figures['cpu_ms_per_job']['warm'] <= CPU_GOAL_MS)} <= {CPU_GOAL_MS} ms/job")
 
 
 def main() -> dict[str, Any]:
     """Measure, print a table, return the figures."""
     figures = asyncio.run(measure())
-    lat, rate, cpu, other = (
-        figures["latency_ms"],
-        figures["jobs_per_s"],
-        figures["cpu_ms_per_job"],
-        figures["others_ms"],
-    )
+    other = figures["others_ms"]
     print(f"python {platform.python_version()} on {platform.machine()}, {figures['cores']} cores")
-    print(f"sandbox: {figures['enforcement']}")
-    print(f"python hello world, latency of {N_LATENCY} sequential jobs each in {ROUNDS} rounds, {WARMUP} warm-ups:")
-    print(f"  {'':<36} {'median ms':>10} {'p95 ms':>10}")
-    rows = (
-        ("bare", "bare bwrap spawn"),
-        ("direct", "Sandbox() in-process, warm pool"),
-        ("direct_cold", "Sandbox() in-process, WARM_POOL=0"),
-        ("warm", "POST /run, warm pool"),
-        ("cold", "POST /run, WARM_POOL=0"),
-    )
-    for name, label in rows:
-        print(f"  {label:<36} {lat[name]['median']:>10.1f} {lat[name]['p95']:>10.1f}")
-    verdict = "meets" if lat["ratio"] <= LATENCY_GOAL else "misses"
     print(
-        f"  POST /run / bare: warm {lat['ratio']:.2f}x (goal <= {LATENCY_GOAL}x: {verdict}),",
-        f"cold {lat['cold_ratio']:.2f}x",
+        f"sandbox: {figures['enforcement']}; load average {figures['load'][0]} at the start,",
+        f"{figures['load'][1]} at the end",
     )
-    print(f"throughput, {N_THROUGHPUT} jobs each in {ROUNDS} rounds, {figures['cores']} in flight:")
-    print(f"  {'bare bwrap spawn':<36} {rate['bare']:>10.1f} jobs/s")
-    print(f"  {'POST /run, warm pool':<36} {rate['warm']:>10.1f} jobs/s")
-    print(f"  {'POST /run, WARM_POOL=0':<36} {rate['cold']:>10.1f} jobs/s")
-    verdict = "meets" if rate["ratio"] >= THROUGHPUT_GOAL else "misses"
-    print(
-        f"  POST /run / bare: warm {rate['ratio']:.2f}x (goal >= {THROUGHPUT_GOAL}x: {verdict}),",
-        f"cold {rate['cold_ratio']:.2f}x",
-    )
-    print(f"server process CPU per job in those rounds: warm {cpu['warm']:.1f} ms, cold {cpu['cold']:.1f} ms")
-    print(f"{N_OTHER} jobs each, one at a time (median / p95 ms):")
-    for label, key in (
-        ("C hello, POST /run", "c"),
-        ("Java hello, POST /run", "java"),
-        ("WebSocket first output", "ws"),
-    ):
-        warm, cold = other[f"{key}_warm"], other[f"{key}_cold"]
-        print(
-            f"  {label:<28} warm {warm['median']:>7.1f} / {warm['p95']:>7.1f}   cold {cold['median']:>7.1f} / "
-            f"{cold['p95']:>7.1f}   {warm['median'] / cold['median']:.2f}x"
+    _print_python(figures)
+    print(f"{N_OTHER} jobs each, one at a time (median / p95 ms; warm / cold, goal <= {OTHERS_GOAL}x):")
+    names = [n for n in SERVER_LABELS if f"ws_{n}" in other]
+    for label, key in [
+        *((f"{lang} hello, POST /run", lang) for lang, _, _ in OTHER_HELLOS),
+        ("WebSocket 1st output", "ws"),
+    ]:
+        cells = "   ".join(
+            f"{n} {other[f'{key}_{n}']['median']:>6.1f} / {other[f'{key}_{n}']['p95']:>6.1f}" for n in names
         )
+        print(f"  {label:<28} {cells}   {other[f'{key}_warm']['median'] / other[f'{key}_cold']['median']:.2f}x")
     for name, result in figures["burst"].items():
         print(
             f"burst of {BURST} at once, {name}: {result['seconds'] * 1000:.0f} ms,",

@@ -25,6 +25,7 @@ READ_SIZE = 65536
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 EXIT_GRACE_S = 2.0
 CPU_POLL_S = 0.01  # the job-wide CPU check's shortest interval, as the job nears its limit
+GO = b"g"  # a stage's go-ahead on a warm sandbox's job pipe (conveyor-run.c await_gate)
 
 
 @dataclass(slots=True)
@@ -158,6 +159,7 @@ class Run:
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
         self._draining = False
         self._stage: str | None = None  # the stage being accounted, from its start report to its end
+        self._armed: str | None = None  # a warm sandbox's first stage, begun and let go before its start report
         self._cpu_base: int | None = None  # the job's cgroup CPU time when that stage started
         self._cpu_watch: asyncio.Task[None] | None = None
         self._status_pipe: asyncio.BaseTransport | None = None
@@ -178,7 +180,7 @@ class Run:
         # 1 now does the same without trusting the driver's report. Output already written stays readable.
         self.kill()
         await self._settle()
-        if self._stage is not None:
+        if self._stage is not None and self._armed is None:  # (a stage begun early that never started has no figures)
             self._account()  # now that the whole tree is gone, background processes included
         out = self._out
         out.returncode = proc.returncode
@@ -212,7 +214,11 @@ class Run:
             warm, message = taken
             self._warm, self._cgroup, self._child_pid = warm, warm.cgroup, warm.child_pid
             self._raw_fds = [warm.status, warm.compile]
-            return await self._settled_spawn(self._attach(warm, message))
+            # The first stage's accounting starts before its job exists in the sandbox (the driver is idle until the
+            # message arrives), and the message ends with that stage's go-ahead: one round trip fewer per job.
+            self._armed = "compile" if spec.compile else "run"
+            self._begin_stage(self._armed)
+            return await self._settled_spawn(self._attach(warm, message + GO))
         self._cgroup = launcher.job_cgroup(spec.name, spec.memory_mb)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
@@ -266,13 +272,16 @@ class Run:
             return None
 
     async def _attach(self, warm: Warm, message: bytes) -> WarmProcess:
-        """Take over a warm sandbox: its pipes on this loop, and its job message on the way."""
+        """Take over a warm sandbox: its job message first (written at once as far as the pipe has room, so that the
+        driver works on it while the rest is set up), then its pipes on this loop."""
+        rest = _write_now(warm.job, message)
         job = await writer(warm.job)
         self._transports.append(job.transport)
+        self._gate = job
+        if rest:
+            self._sender = asyncio.create_task(_send(job, rest))
         proc, transports = await attach(warm)
         self._transports += transports
-        self._sender = asyncio.create_task(_send(job, message))
-        self._gate = job
         return proc
 
     async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> asyncio.subprocess.Process:
@@ -354,8 +363,7 @@ class Run:
             now = loop.time()
             if phase == "start":
                 started, deadline = now, now + self._limit_s(stage)
-                self._begin_stage(stage)
-                self._release()
+                self._stage_started(stage)
                 continue
             self._record_time(stage, now - started)
             if stage == "run":
@@ -376,11 +384,18 @@ class Run:
         if self._status_pipe is not None:
             self._status_pipe.close()
 
+    def _stage_started(self, stage: str) -> None:
+        if stage == self._armed:
+            self._armed = None  # begun before the job message, which carried its go-ahead
+            return
+        self._begin_stage(stage)
+        self._release()
+
     def _release(self) -> None:
         """A warm sandbox's driver waits after each start report until the stage's accounting has begun."""
         gate = self._gate
         if gate is not None and not gate.transport.is_closing():
-            gate.write(b"g")
+            gate.write(GO)
 
     def _begin_stage(self, stage: str) -> None:
         """Start a stage's accounting (the driver's own start-up is not the program's), and the job-wide CPU limit
@@ -561,6 +576,21 @@ class Run:
 def _text(data: bytes, truncated: bool) -> str:
     """Output as text: invalid UTF-8 replaced, and a character the output cap cut in two dropped."""
     return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=not truncated)
+
+
+def _write_now(fd: int, message: bytes) -> bytes:
+    """Write what the pipe takes without blocking; returns the rest (all of it past a sandbox that is gone: the
+    status pipe's EOF then ends the run)."""
+    os.set_blocking(fd, False)
+    view = memoryview(message)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except BlockingIOError:
+        pass
+    except OSError:
+        return b""
+    return bytes(view)
 
 
 async def _send(job: asyncio.StreamWriter, message: bytes) -> None:

@@ -41,11 +41,13 @@ DEMAND_WINDOW_S = 60.0  # takes counted for sizing; a language with none in DEMA
 DEMAND_KEEP_S = 600.0
 IDLE_POLL_S = 1.0
 BACKOFF_MAX_S = 30.0
-REFILL_NICE = 10  # the pool's sandboxes start at this nice value, below running jobs, and get 0 when taken
-# Sandboxes started at once. Jobs that follow each other every ~20 ms drain a pool refilled one at a time (a python
-# sandbox takes ~35 ms to be ready), but two at once measured no better (bench_sandbox, 2 cores, 2026-11-30): more
-# hits, a slower median, as each start's cgroup v1 attach stalls the running job's forks for an RCU grace period.
-REFILL_THREADS = 1
+# A top-up (its language has a sandbox ready) starts at this nice value, below running jobs; a sandbox that the next
+# job would otherwise start cold for starts at 0, as that cold start would: it adds no load, only starts earlier (at
+# nice 10 under sustained load it starved, and most jobs started cold). Taken sandboxes get 0.
+REFILL_NICE = 10
+# Sandboxes started at once: jobs that follow each other every ~15 ms drain a pool refilled one at a time (a python
+# sandbox takes 35-75 ms to be ready on a busy two-core host). See docs/benchmarks-sandbox.md.
+REFILL_THREADS = 2
 READY = b"ready\n"
 
 
@@ -191,7 +193,7 @@ class Demand:
 class WarmPool:
     """Ready sandboxes per language, taken by jobs and refilled by background threads."""
 
-    def __init__(self, start: Callable[[str], Warm], *, budget: int, per_language_max: int) -> None:
+    def __init__(self, start: Callable[[str, bool], Warm], *, budget: int, per_language_max: int) -> None:
         self._start = start
         self._budget = budget
         self._demand = Demand(budget, per_language_max)
@@ -282,11 +284,13 @@ class WarmPool:
         while True:
             stale: list[Warm] = []
             name: str | None = None
+            urgent = False
             with self._lock:
                 while not self._closed and not stale and (name := self._next(stale)) is None:
                     self._lock.wait(IDLE_POLL_S)
                 closed = self._closed
                 if name is not None and not closed:
+                    urgent = not self._ready.get(name) and not self._starting.get(name)
                     self._starting[name] = self._starting.get(name, 0) + 1
             for warm in stale:
                 warm.discard()
@@ -294,7 +298,7 @@ class WarmPool:
                 return
             if name is None:
                 continue
-            if self._start_one(name):
+            if self._start_one(name, urgent):
                 backoff = 0.0
                 continue
             backoff = min(max(backoff * 2, 0.1), BACKOFF_MAX_S)
@@ -302,12 +306,13 @@ class WarmPool:
             with self._lock:
                 self._lock.wait(backoff)
 
-    def _start_one(self, name: str) -> bool:
-        """Start one sandbox for `name` and make it ready (or discard it if the pool closed meanwhile)."""
+    def _start_one(self, name: str, urgent: bool) -> bool:
+        """Start one sandbox for `name` and make it ready (or discard it if the pool closed meanwhile); `urgent`: none
+        is ready or starting for it, so the next job would start cold."""
         started = time.monotonic()
         warm = None
         try:
-            warm = self._start(name)
+            warm = self._start(name, urgent)
         except Exception:
             logger.debug("warm pool: starting a %s sandbox failed", name, exc_info=True)
         with self._lock:

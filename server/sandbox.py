@@ -610,14 +610,14 @@ class Sandbox:
             wait += [part.replace("{preload}", PRELOAD) for part in lang.preload]
         return [*self._launch(cgroup, nice=nice), "--", self._bwrap, *self._bwrap_args(spec, fds), "--", *wait]
 
-    def _start_warm(self, name: str) -> Warm:
+    def _start_warm(self, name: str, urgent: bool) -> Warm:
         """(A pool thread.) A sandbox for the next job in `name`, niced below running jobs when the server may
-        renice it back (root)."""
+        renice it back (root) and no job is about to need it (see pool.REFILL_NICE)."""
         lang = self._index.get(name)
         assert lang is not None
         spec = self._spec(lang, f"warm-{secrets.token_hex(8)}", [])
         spec.language = lang.name
-        warm = start_warm(self, spec, nice=REFILL_NICE if os.geteuid() == 0 else 0)
+        warm = start_warm(self, spec, nice=REFILL_NICE if os.geteuid() == 0 and not urgent else 0)
         warm.env, warm.preloaded = self.env(spec, None), lang.preload is not None
         return warm
 
