@@ -207,3 +207,48 @@ async def test_a_lost_worker_s_terminal_event_has_every_field_a_finished_job_s_h
         expected[name] = None  # it never ran here: nothing was measured
     differences = _compare([ours[:-1] + [expected]], [theirs])
     assert not differences, "\n".join(differences)
+
+
+# -- a decision made on a stale read is refused: the Redis scripts compare before they persist ------------------
+
+
+async def test_a_cancel_decided_before_a_claim_changes_nothing(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    await store.start()
+    try:
+        job = await store.enqueue(_job("print(1)"), max_queue_size=10, max_concurrent=1)
+        read, now = await store._read(job.id)
+        assert read is not None and read.status is JobStatus.QUEUED
+        [(claimed, _)] = await store.claim(1, lease_ms=60_000, max_concurrent=1)  # the claim wins the race
+        assert not await store._cancel_queued(read, "cancelled", now)
+        assert await store.get(job.id) is not None and claimed.status is JobStatus.RUNNING
+        assert [e["type"] for e in await store.read_events(job.id, 0)] == ["queued", "running"]
+        # Decided again from what is there now: a running job is not cancelled, it is asked to stop.
+        status, current = await store.cancel(job.id, "cancelled")
+        assert status == "running" and current is not None and current.status is JobStatus.RUNNING
+    finally:
+        await store.close()
+
+
+async def test_a_lease_renewed_after_it_was_found_expired_is_not_reclaimed(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    await store.start()
+    try:
+        job = await store.enqueue(_job("print(1)"), max_queue_size=10, max_concurrent=1)
+        await store.claim(1, lease_ms=1, max_concurrent=1)
+        found: list[Any] = []
+
+        async def expired() -> bool:
+            _, hashes = await store._scripts["EXPIRED"](keys=store._keys("running", "heartbeat"), args=[1, "conveyor"])
+            found[:] = hashes
+            return bool(hashes)
+
+        await eventually(expired)
+        data = dict(zip(found[0][::2], found[0][1::2], strict=True))
+        await store.renew([job.id], lease_ms=60_000)  # the worker was slow, not dead
+        stale = await store.get(job.id)
+        assert stale is not None
+        assert not await store._reclaim_one(stale, data, 0.0, retry=False)
+        assert (await store.get(job.id)).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    finally:
+        await store.close()

@@ -35,7 +35,8 @@ class IllegalTransition(RuntimeError):
 
 
 def ms(value: float | None) -> float | None:
-    """A time or duration in milliseconds as every door shows it: to 0.1 ms."""
+    """A duration in milliseconds as every door shows it: to 0.1 ms. (Times are epoch milliseconds as the store's
+    clock gave them: Redis's whole ones, this process's fractional ones.)"""
     return None if value is None else round(value, 1)
 
 
@@ -48,7 +49,7 @@ def queued_event(job: Job, *, retried: bool = False) -> Event:
         "jobId": job.id,
         "language": job.language,
         "priority": job.priority,
-        "createdAt": ms(job.created_at),
+        "createdAt": job.created_at,
     }
     if retried:
         event["retried"] = True
@@ -56,7 +57,7 @@ def queued_event(job: Job, *, retried: bool = False) -> Event:
 
 
 def running_event(job: Job) -> Event:
-    return {"type": "running", "jobId": job.id, "startedAt": ms(job.started_at), "waitTimeMs": ms(job.wait_time_ms)}
+    return {"type": "running", "jobId": job.id, "startedAt": job.started_at, "waitTimeMs": ms(job.wait_time_ms)}
 
 
 def terminal_event(job: Job) -> Event:
