@@ -20,6 +20,7 @@ from ..errors import Conflict, InputBacklog, NotFound, QueueFull
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..stats import QueueStats
+from . import transitions
 from .allocator import Trimmer
 from .base import ControlHandler, InstanceRecord
 from .records import held_bytes
@@ -123,22 +124,13 @@ class MemoryStore:
                 headers={"Retry-After": str(retry)},
                 retryAfter=retry,
             )
-        job.status = JobStatus.QUEUED
+        event = transitions.enqueue(job)
         record = _Record(job)
         self._active[job.id] = record
         heapq.heappush(self._heap, (-job.priority, next(self._arrival), job))
         self._queued += 1
         self._stats.on_queued()
-        self._emit(
-            record,
-            {
-                "type": "queued",
-                "jobId": job.id,
-                "language": job.language,
-                "priority": job.priority,
-                "createdAt": job.created_at,
-            },
-        )
+        self._emit(record, event)
         self._work.set()
         return job
 
@@ -150,14 +142,10 @@ class MemoryStore:
                 continue
             self._queued -= 1
             self._running += 1
-            job.status = JobStatus.RUNNING
-            job.started_at = now_ms()
+            event = transitions.claim(job, now_ms())
             self._stats.on_started(job)
             record = self._active[job.id]
-            self._emit(
-                record,
-                {"type": "running", "jobId": job.id, "startedAt": job.started_at, "waitTimeMs": job.wait_time_ms},
-            )
+            self._emit(record, event)
             claimed.append((job, record.stop))
         return claimed
 
@@ -183,9 +171,7 @@ class MemoryStore:
         if record is None or job.status is not JobStatus.RUNNING:
             return job.status.finished  # already finished: a retry is a success
         self._running -= 1
-        job.status = status
-        job.result = result
-        self._retire(record)
+        self._retire(record, transitions.finish(job, status, result, now_ms()))
         self._work.set()
         return True
 
@@ -210,38 +196,20 @@ class MemoryStore:
         return "running", record.job
 
     def _cancel_queued(self, record: _Record, reason: str) -> None:
-        job = record.job
-        job.status = JobStatus.CANCELLED
-        job.result = ExecutionResult(reason=reason)
+        event = transitions.cancel(record.job, reason, now_ms())
         self._queued -= 1
         # Lazy removal: compact once dead entries dominate, so the heap stays O(live).
         if len(self._heap) > 64 and len(self._heap) > 2 * self._queued:
             self._heap = [entry for entry in self._heap if entry[2].status is JobStatus.QUEUED]
             heapq.heapify(self._heap)
-        self._retire(record)
+        self._retire(record, event)
 
-    def _retire(self, record: _Record) -> None:
+    def _retire(self, record: _Record, event: Event) -> None:
+        """Keep a finished job (its state and terminal event already decided) and announce its end."""
         job = record.job
-        job.finished_at = now_ms()
         self._active.pop(job.id, None)
         self._stats.on_finished(job)
-        result = job.result or ExecutionResult()
-        self._emit(
-            record,
-            {
-                "type": job.status.value,
-                "jobId": job.id,
-                "exitCode": result.exit_code,
-                "signal": result.signal,
-                "reason": result.reason,
-                "truncated": result.truncated,
-                "waitTimeMs": job.wait_time_ms,
-                "executionTimeMs": job.execution_time_ms,
-                "compileTimeMs": result.compile_time_ms,
-                **result.usage(),
-                "language": job.language,
-            },
-        )
+        self._emit(record, event)
         # One bytes object per finished log instead of many small dicts and strings: freed in one piece, and the
         # allocator gives it back (measured in bench/bench_faults.py: RSS after evicting 2,000 1 MiB results).
         record.log_blob = b"\n".join(orjson.dumps(e) for e in record.log)

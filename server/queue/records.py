@@ -14,7 +14,8 @@ import orjson
 
 from ..jobs import ExecutionResult, Job, JobStatus, Limits, SourceFile, TestCase
 
-# Kept by the stores themselves (status and seq change inside Lua scripts; position is computed on demand).
+# Kept by the stores themselves (status as transitions.py decides it, seq as events are logged; position is computed
+# on demand).
 _OWN = frozenset({"status", "seq", "position", "result"})
 JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job) if f.name not in _OWN)
 RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(ExecutionResult))

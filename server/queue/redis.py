@@ -21,7 +21,7 @@ from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..redispool import command_pool
 from ..stats import build_snapshot, seconds_until_a_place
-from . import scripts
+from . import scripts, transitions
 from .base import ControlHandler, InstanceRecord
 from .records import (
     LISTED_FIELDS,
@@ -47,6 +47,8 @@ READ_BLOCK_MS = 2000
 RETRY_FINISHES = 100
 PRIORITY_DIGITS = 19
 MAX_PRIORITY = 10**PRIORITY_DIGITS - 1
+# Reads and decisions of one stop or cancel at most: each retry means the job changed meanwhile (a claim, a finish).
+_DECISION_ATTEMPTS = 5
 # Instances in the heartbeat records at most: far more than a deployment runs; past it the stalest are dropped.
 MAX_INSTANCES = 256
 
@@ -63,6 +65,17 @@ def _unavailable_on_redis_error(method: _M) -> _M:
             raise BackendUnavailable("The job store is unreachable; try again shortly.", retryAfter=5) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _claim_event() -> list[Any]:
+    """What CLAIM makes of each job it pops: the claim transition run on a prototype, as status, event template
+    and stamps; the script fills in the job's id and its own clock."""
+    prototype = Job(language="", code="")
+    template, stamps = transitions.stamped(transitions.claim(prototype, 0.0))
+    return [prototype.status.value, orjson.dumps(template), orjson.dumps(stamps)]
+
+
+_CLAIM_EVENT = _claim_event()
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
@@ -118,8 +131,10 @@ class RedisStore:
         self._p = prefix
         self._scripts = {
             name: self._redis.register_script(getattr(scripts, name))
-            for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "STOP", "RENEW", "RECLAIM", "STDIN", "ACK_STDIN")
+            for name in ("ENQUEUE", "CLAIM", "EMIT", "FINISH", "CANCEL", "STOP", "RENEW", "EXPIRED", "RECLAIM")
         }
+        self._scripts["STDIN"] = self._redis.register_script(scripts.STDIN)
+        self._scripts["ACK_STDIN"] = self._redis.register_script(scripts.ACK_STDIN)
         self._scripts["HEARTBEAT"] = self._redis.register_script(scripts.HEARTBEAT)
         self._scripts["POSITIONS"] = self._redis.register_script(scripts.POSITIONS)
         self._reader: asyncio.Task[None] | None = None
@@ -190,6 +205,7 @@ class RedisStore:
         fields = job_to_hash(job)
         flat: list[Any] = [x for pair in fields.items() for x in pair]
         inverted = MAX_PRIORITY - min(max(job.priority, 0), MAX_PRIORITY)
+        template, stamps = transitions.stamped(transitions.enqueue(job))
         accepted, queued, created = await self._scripts["ENQUEUE"](
             keys=[*self._keys("queued", "running", "stats", "events", "wake", "arrival"), *self._job_keys(job.id)[:2]],
             args=[
@@ -200,8 +216,9 @@ class RedisStore:
                 STREAM_MAXLEN,
                 LOG_MAXLEN,
                 f"{inverted:0{PRIORITY_DIGITS}d}",
-                job.priority,
-                fields["language"],
+                job.status.value,
+                orjson.dumps(template),
+                orjson.dumps(stamps),
                 *flat,
             ],
         )
@@ -224,7 +241,7 @@ class RedisStore:
     async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
         batch = await self._scripts["CLAIM"](
             keys=self._keys("queued", "running", "stats", "events", "recent_wait"),
-            args=[self.instance, lease_ms, max_concurrent, STREAM_MAXLEN, LOG_MAXLEN, count, self._p],
+            args=[self.instance, lease_ms, max_concurrent, STREAM_MAXLEN, LOG_MAXLEN, count, self._p, *_CLAIM_EVENT],
         )
         claimed = []
         for flat in batch:
@@ -242,22 +259,47 @@ class RedisStore:
 
     @_unavailable_on_redis_error
     async def reclaim(self, *, retry: bool, lease_ms: int) -> list[str]:
-        ids: list[str] = await self._scripts["RECLAIM"](
-            keys=self._keys(
-                "running",
-                "queued",
-                "finished",
-                "stats",
-                "events",
-                "wake",
-                "sizes",
-                "retained",
-                "heartbeat",
-                "finish_times",
-            ),  # fmt: skip
-            args=[self.instance, int(retry), STREAM_MAXLEN, LOG_MAXLEN, *self._retention, lease_ms, self._p],
+        now, found = await self._scripts["EXPIRED"](keys=self._keys("running", "heartbeat"), args=[lease_ms, self._p])
+        handled = []
+        for flat in found:
+            data = dict(zip(flat[::2], flat[1::2], strict=True))
+            job = job_from_hash(data)
+            if await self._reclaim_one(job, data, float(now), retry=retry):
+                handled.append(job.id)
+        return handled
+
+    async def _reclaim_one(self, job: Job, data: dict[str, str], now: float, *, retry: bool) -> bool:
+        """A job whose worker was lost: requeued once when asked, else failed. Applied only if that worker's lease
+        is still expired (it may have renewed meanwhile)."""
+        attempts = int(data.get("attempts") or 0) + 1
+        if transitions.retries(attempts, retry=retry, stop_requested=bool(data.get("stop"))):
+            event = transitions.requeue(job)
+        else:
+            event = transitions.lose(job, now)
+        result = orjson.dumps(result_dict(job.result)) if job.result is not None else b""
+        done = await self._scripts["RECLAIM"](
+            keys=[
+                *self._keys("running", "queued", "finished", "stats", "events", "wake", "sizes", "retained"),
+                self._key("finish_times"),
+                *self._job_keys(job.id)[:2],
+            ],
+            args=[
+                self.instance,
+                job.id,
+                data.get("worker", ""),
+                attempts,
+                job.status.value,
+                result,
+                orjson.dumps(event),
+                now,
+                STREAM_MAXLEN,
+                LOG_MAXLEN,
+                *self._retention,
+                self._p,
+                record_bytes(job),
+            ],
         )
-        return ids
+        return bool(done)
 
     async def wait_for_work(self, timeout: float) -> None:
         # Workers wake on a blocking pop: every enqueue and every finish pushes a token.
@@ -265,22 +307,12 @@ class RedisStore:
 
     @_unavailable_on_redis_error
     async def finish(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
-        started = job.started_at or job.created_at
-        execution = result.run_time_ms if result.run_time_ms is not None else max(0.0, now_ms() - started)
-        event = {
-            "type": status.value,
-            "jobId": job.id,
-            "exitCode": result.exit_code,
-            "signal": result.signal,
-            "reason": result.reason,
-            "truncated": result.truncated,
-            "waitTimeMs": started - job.created_at,
-            "executionTimeMs": round(execution, 1),
-            "compileTimeMs": result.compile_time_ms,
-            **result.usage(),
-            "language": job.language,
-        }
-        job.result = result
+        if job.status is JobStatus.RUNNING:
+            started = job.started_at or job.created_at
+            event = transitions.finish(job, status, result, max(now_ms(), started))
+        else:  # a retry after a lost reply: the decision stands
+            event = transitions.terminal_event(job)
+        execution = job.execution_time_ms or 0.0
         done = await self._scripts["FINISH"](
             keys=[
                 *self._keys("running", "finished", "stats", "events", "wake", "recent_exec", "finish_times"),
@@ -290,7 +322,7 @@ class RedisStore:
             args=[
                 self.instance,
                 job.id,
-                status.value,
+                job.status.value,
                 orjson.dumps(result_dict(result)),
                 execution,
                 STREAM_MAXLEN,
@@ -302,20 +334,61 @@ class RedisStore:
                 orjson.dumps(brief_dict(result)),
             ],
         )
-        job.status = status
         return bool(done)
 
+    async def _read(self, job_id: str) -> tuple[Job | None, float]:
+        """The job as stored and Redis's clock, in one round trip: what a decision is made from."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(self._key(f"job:{job_id}"))
+        pipe.time()
+        data, (secs, micros) = await pipe.execute()
+        job = job_from_hash(data) if data.get("status") else None
+        return job, float(secs * 1000 + micros // 1000)
+
     async def _stop(self, job_id: str, reason: str, mode: str) -> tuple[str, Job | None]:
-        status, flat = await self._scripts["STOP"](
+        """Decide from the job as read; the script applies it only if the job is still as read, else read again
+        (each miss means the job moved on: claimed, finished, requeued)."""
+        for _ in range(_DECISION_ATTEMPTS):
+            job, now = await self._read(job_id)
+            if job is None:
+                return "missing", None
+            status = job.status.value
+            if job.status is JobStatus.QUEUED:
+                if await self._cancel_queued(job, reason, now):
+                    return status, job
+            elif job.status is JobStatus.RUNNING and mode == "stop":
+                if await self._scripts["STOP"](
+                    keys=[self._key(f"job:{job_id}"), self._key("events")], args=[job_id, reason, STREAM_MAXLEN]
+                ):
+                    return status, job
+            else:
+                return status, job
+        job, _ = await self._read(job_id)  # still changing: answer with the job as it is now
+        return ("missing", None) if job is None else (job.status.value, job)
+
+    async def _cancel_queued(self, job: Job, reason: str, now: float) -> bool:
+        event = transitions.cancel(job, reason, now)
+        assert job.result is not None
+        done = await self._scripts["CANCEL"](
             keys=[
                 *self._keys("queued", "finished", "stats", "events", "sizes", "retained", "finish_times"),
-                *self._job_keys(job_id)[:2],
+                *self._job_keys(job.id),
             ],
-            args=[self.instance, job_id, reason, mode, STREAM_MAXLEN, LOG_MAXLEN, *self._retention, self._p],
+            args=[
+                self.instance,
+                job.status.value,
+                orjson.dumps(result_dict(job.result)),
+                orjson.dumps(event),
+                now,
+                STREAM_MAXLEN,
+                LOG_MAXLEN,
+                *self._retention,
+                self._p,
+                record_bytes(job),
+                job.id,
+            ],
         )
-        if status == "missing":
-            return status, None
-        return status, job_from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return bool(done)
 
     @_unavailable_on_redis_error
     async def cancel(self, job_id: str, reason: str) -> tuple[str, Job | None]:

@@ -107,10 +107,15 @@ local function retire(P, finished, sizes, retained, finish_times, id, job, log, 
   redis.call('LPUSH', finish_times, now)
   redis.call('LTRIM', finish_times, 0, 9999)
 end
-local function terminal_event(id, job, status, reason, wait)
-  return cjson.encode({type = status, jobId = id, exitCode = cjson.null, signal = cjson.null, reason = reason,
-    truncated = false, waitTimeMs = wait, executionTimeMs = cjson.null, compileTimeMs = cjson.null,
-    language = cjson.decode(redis.call('HGET', job, 'language'))})
+-- An event decided in Python (server/queue/transitions.py), with the fields only this script knows appended: STAMPS
+-- names them with their source in VALUES (the job it popped, its clock). The template is a JSON object.
+local function stamp(template, stamps, values)
+  local parts = {string.sub(template, 1, -2)}
+  for i = 1, #stamps, 2 do
+    parts[#parts + 1] = ',' .. cjson.encode(stamps[i]) .. ':' .. cjson.encode(values[stamps[i + 1]])
+  end
+  parts[#parts + 1] = '}'
+  return table.concat(parts)
 end
 -- Nobody reached Redis for longer than half a lease: Redis itself stalled (SIGSTOP, a long fork) or every instance
 -- was down. Leases could not be renewed meanwhile, so move them on by the gap instead of failing finished work.
@@ -127,9 +132,9 @@ end
 """
 
 # KEYS: queued, running, stats, events, wake, arrival, job, log.
-# ARGV: origin, id, max_queue, max_concurrent, maxlen, logmax, inverted priority (19 digits), priority, language
-# (JSON), field, value, ... Returns {accepted (1/0), queued count, created_at}. Idempotent: a retried call after a
-# lost reply finds the record and accepts once.
+# ARGV: origin, id, max_queue, max_concurrent, maxlen, logmax, inverted priority (19 digits), status, event template,
+# its stamps (JSON), field, value, ... Returns {accepted (1/0), queued count, created_at}. Idempotent: a retried call
+# after a lost reply finds the record and accepts once. The creation time is Redis's (after the job's own fields).
 ENQUEUE = (
     _PRELUDE
     + """
@@ -147,25 +152,25 @@ end
 local now = now_ms()
 local arrival = redis.call('INCR', arrival_key)
 local member = ARGV[7] .. string.format('%016d', arrival) .. ':' .. id
-redis.call('HSET', job, 'status', 'queued', 'qm', member, 'created_at', now, unpack(ARGV, 10))
+redis.call('HSET', job, unpack(ARGV, 11))
+redis.call('HSET', job, 'status', ARGV[8], 'qm', member, 'created_at', now)
 redis.call('ZADD', queued_key, 0, member)
 redis.call('HINCRBY', stats, 'queued', 1)
-emit(events, job, log, origin, maxlen, logmax, cjson.encode({type = 'queued', jobId = id,
-  language = cjson.decode(ARGV[9]), priority = tonumber(ARGV[8]), createdAt = now}))
+emit(events, job, log, origin, maxlen, logmax, stamp(ARGV[9], cjson.decode(ARGV[10]), {now = now}))
 wake(wake_key)
 return {1, queued + 1, now}
 """
 )
 
 # KEYS: queued, running, stats, events, recent_wait. ARGV: origin (the worker), lease_ms, max_concurrent, maxlen,
-# logmax, count, prefix. Claims up to `count` jobs (one call fills every free slot of an instance); returns their
-# hashes, each as a flat list (with `stop` if a stop was requested).
+# logmax, count, prefix, status, event template, its stamps (JSON). Claims up to `count` jobs (one call fills every
+# free slot of an instance); returns their hashes, each as a flat list (with `stop` if a stop was requested).
 CLAIM = (
     _PRELUDE
     + """
 local queued_key, running_key, stats, events, recent_wait = unpack(KEYS)
 local worker, lease, maxc, maxlen, logmax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local count, P = tonumber(ARGV[6]), ARGV[7]
+local count, P, status, template, stamps = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], cjson.decode(ARGV[10])
 local running = redis.call('ZCARD', running_key)
 local claimed = {}
 local now = now_ms()
@@ -175,13 +180,12 @@ while #claimed < count and running < maxc do
   local id = string.sub(popped[1], 37)
   local job, log = P .. ':job:' .. id, P .. ':log:' .. id
   local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
-  redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', worker)
+  redis.call('HSET', job, 'status', status, 'started_at', now, 'worker', worker)
   redis.call('ZADD', running_key, now + lease, id)
   redis.call('HINCRBYFLOAT', stats, 'wait_sum', wait)
   redis.call('HINCRBY', stats, 'wait_count', 1)
   redis.call('LPUSH', recent_wait, wait)
-  emit(events, job, log, worker, maxlen, logmax, cjson.encode({type = 'running', jobId = id, startedAt = now,
-    waitTimeMs = wait}))
+  emit(events, job, log, worker, maxlen, logmax, stamp(template, stamps, {id = id, now = now, wait = wait}))
   claimed[#claimed + 1] = redis.call('HGETALL', job)
   running = running + 1
 end
@@ -242,38 +246,41 @@ return 1
 """
 )
 
-# KEYS: queued, finished, stats, events, sizes, retained, finish_times, job, log.
-# ARGV: origin, id, reason, mode ('cancel' or 'stop'), maxlen, logmax, retention_s, retention_count, retention_bytes,
-# prefix. Cancels a queued job; with mode 'stop' a running job gets a durable stop request (the instance running it
-# reads it at claim and at every renewal) and a `_stop` control message for a prompt kill.
-# Returns {status it had or 'missing', the job's hash}.
+# KEYS: queued, finished, stats, events, sizes, retained, finish_times, job, log, stdin.
+# ARGV: origin, status, result JSON, event JSON, finished_at (Redis time, read with the job), maxlen, logmax,
+# retention_s, retention_count, retention_bytes, prefix, record bytes, id. A queued job leaves the line as Python
+# decided, only if it is still queued (a claim may have won the race): returns 1, else 0.
+CANCEL = (
+    _PRELUDE
+    + """
+local queued, finished, stats, events, sizes, retained, finish_times, job, log, stdin = unpack(KEYS)
+local origin, status, result, event, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if redis.call('HGET', job, 'status') ~= 'queued' then return 0 end
+redis.call('ZREM', queued, redis.call('HGET', job, 'qm'))
+redis.call('HSET', job, 'status', status, 'finished_at', now, 'result', result, 'brief', result)
+redis.call('HINCRBY', stats, 'cancelled', 1)
+redis.call('HDEL', job, 'stdin_bytes')
+redis.call('DEL', stdin)  -- input sent while it waited
+emit(events, job, log, origin, ARGV[6], ARGV[7], event)
+local size = tonumber(ARGV[12]) + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
+retire(ARGV[11], finished, sizes, retained, finish_times, ARGV[13], job, log, now, size, tonumber(ARGV[8]),
+  tonumber(ARGV[9]), tonumber(ARGV[10]))
+return 1
+"""
+)
+
+# KEYS: job, events. ARGV: id, reason, maxlen. A durable stop request on a job that is still running (the instance
+# running it reads it at claim and at every renewal), and a `_stop` control message for a prompt kill. Returns 1, or
+# 0 when the job is no longer running.
 STOP = (
     _PRELUDE
     + """
-local queued, finished, stats, events, sizes, retained, finish_times, job, log = unpack(KEYS)
-local origin, id, reason, mode, maxlen, logmax = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local status = redis.call('HGET', job, 'status')
-if not status then return {'missing', {}} end
-if status == 'running' and mode == 'stop' then
-  redis.call('HSETNX', job, 'stop', reason)
-  control(events, maxlen, cjson.encode({type = '_stop', jobId = id, reason = reason}))
-  return {status, redis.call('HGETALL', job)}
-end
-if status ~= 'queued' then return {status, redis.call('HGETALL', job)} end
-redis.call('ZREM', queued, redis.call('HGET', job, 'qm'))
-local now = now_ms()
-local brief = cjson.encode({reason = reason})
-redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'result', brief, 'brief', brief)
-redis.call('HINCRBY', stats, 'cancelled', 1)
-redis.call('DEL', ARGV[10] .. ':stdin:' .. id)  -- input sent while it waited
-local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
-emit(events, job, log, origin, maxlen, logmax, terminal_event(id, job, 'cancelled', reason, wait))
-local hash = redis.call('HGETALL', job)
-local size = 512 + tonumber(redis.call('HSTRLEN', job, 'code')) + tonumber(redis.call('HSTRLEN', job, 'stdin'))
-  + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
-retire(ARGV[10], finished, sizes, retained, finish_times, id, job, log, now, size, tonumber(ARGV[7]),
-  tonumber(ARGV[8]), tonumber(ARGV[9]))
-return {status, hash}
+local job, events = unpack(KEYS)
+local id, reason, maxlen = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
+redis.call('HSETNX', job, 'stop', reason)
+control(events, maxlen, cjson.encode({type = '_stop', jobId = id, reason = reason}))
+return 1
 """
 )
 
@@ -298,48 +305,56 @@ return stops
 """
 )
 
-# KEYS: running, queued, finished, stats, events, wake, sizes, retained, heartbeat, finish_times.
-# ARGV: origin, retry (1/0), maxlen, logmax, retention_s, retention_count, retention_bytes, lease_ms, prefix.
-# Jobs whose lease expired: their instance died. Each is requeued once (retry) or failed with reason worker_lost.
-# Returns the ids handled.
+# KEYS: running, heartbeat. ARGV: lease_ms, prefix. Jobs whose lease expired (their instance died): returns {now,
+# {hash, ...}}, at most 100, for Python to decide each one's fate. Ids whose record is gone leave the running set.
+EXPIRED = (
+    _PRELUDE
+    + """
+local running, heartbeat = unpack(KEYS)
+local lease, P = tonumber(ARGV[1]), ARGV[2]
+local now = now_ms()
+if heal_gap(running, heartbeat, now, lease) > lease / 2 then return {now, {}} end
+local found = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, 100)) do
+  local hash = redis.call('HGETALL', P .. ':job:' .. id)
+  if #hash == 0 then redis.call('ZREM', running, id) else found[#found + 1] = hash end
+end
+return {now, found}
+"""
+)
+
+# KEYS: running, queued, finished, stats, events, wake, sizes, retained, finish_times, job, log.
+# ARGV: origin, id, worker (who held the lease), attempts, status ('queued': requeue, else the final one), result
+# JSON, event JSON, finished_at, maxlen, logmax, retention_s, retention_count, retention_bytes, prefix, record bytes.
+# Applies Python's decision on a lost job, only if that worker's lease is still expired: returns 1, else 0.
 RECLAIM = (
     _PRELUDE
     + """
-local running, queued, finished, stats, events, wake_key, sizes, retained, heartbeat, finish_times = unpack(KEYS)
-local origin, retry, maxlen, logmax = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
-local P = ARGV[9]
-local now = now_ms()
-if heal_gap(running, heartbeat, now, tonumber(ARGV[8])) > tonumber(ARGV[8]) / 2 then return {} end
-local ids = redis.call('ZRANGEBYSCORE', running, '-inf', now, 'LIMIT', 0, 100)
-for _, id in ipairs(ids) do
-  local job, log = P .. ':job:' .. id, P .. ':log:' .. id
-  redis.call('ZREM', running, id)
-  if redis.call('EXISTS', job) == 1 then
-    local attempts = redis.call('HINCRBY', job, 'attempts', 1)
-    if retry and attempts <= 1 and not redis.call('HGET', job, 'stop') then
-      redis.call('HSET', job, 'status', 'queued')
-      redis.call('HDEL', job, 'worker', 'started_at')
-      redis.call('ZADD', queued, 0, redis.call('HGET', job, 'qm'))
-      emit(events, job, log, origin, maxlen, logmax, cjson.encode({type = 'queued', jobId = id, retried = true,
-        language = cjson.decode(redis.call('HGET', job, 'language')),
-        priority = tonumber(redis.call('HGET', job, 'priority'))}))
-      wake(wake_key)
-    else
-      local brief = cjson.encode({reason = 'worker_lost'})
-      redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'result', brief, 'brief', brief)
-      redis.call('HINCRBY', stats, 'processed', 1)
-      redis.call('HINCRBY', stats, 'failed', 1)
-      local started = tonumber(redis.call('HGET', job, 'started_at') or now)
-      local wait = started - tonumber(redis.call('HGET', job, 'created_at'))
-      emit(events, job, log, origin, maxlen, logmax, terminal_event(id, job, 'failed', 'worker_lost', wait))
-      local size = 512 + tonumber(redis.call('HSTRLEN', job, 'code')) + tonumber(redis.call('HSTRLEN', job, 'stdin'))
-        + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
-      retire(P, finished, sizes, retained, finish_times, id, job, log, now, size, tonumber(ARGV[5]),
-        tonumber(ARGV[6]), tonumber(ARGV[7]))
-    end
-  end
+local running, queued, finished, stats, events, wake_key, sizes, retained, finish_times, job, log = unpack(KEYS)
+local origin, id, worker, status, event, now = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[7], tonumber(ARGV[8])
+local lease = redis.call('ZSCORE', running, id)
+if not lease or tonumber(lease) > now_ms() or redis.call('HGET', job, 'worker') ~= worker
+  or redis.call('HGET', job, 'status') ~= 'running' then
+  return 0
 end
-return ids
+redis.call('ZREM', running, id)
+redis.call('HSET', job, 'attempts', ARGV[4])
+if status == 'queued' then
+  redis.call('HSET', job, 'status', status)
+  redis.call('HDEL', job, 'worker', 'started_at')
+  redis.call('ZADD', queued, 0, redis.call('HGET', job, 'qm'))
+  emit(events, job, log, origin, ARGV[9], ARGV[10], event)
+  wake(wake_key)
+  return 1
+end
+redis.call('HSET', job, 'status', status, 'finished_at', now, 'result', ARGV[6], 'brief', ARGV[6])
+redis.call('HINCRBY', stats, 'processed', 1)
+redis.call('HINCRBY', stats, status, 1)
+emit(events, job, log, origin, ARGV[9], ARGV[10], event)
+local size = tonumber(ARGV[15]) + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
+retire(ARGV[14], finished, sizes, retained, finish_times, id, job, log, now, size, tonumber(ARGV[11]),
+  tonumber(ARGV[12]), tonumber(ARGV[13]))
+return 1
 """
 )
 

@@ -14,6 +14,7 @@ from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 from ..loops import raise_if_cancelling, stop_task
+from . import transitions
 from .base import InstanceRecord, OutputCoalescer, Store, execute
 from .records import held_bytes
 
@@ -427,7 +428,7 @@ class Worker:
 
     def _output(self, run: Running, stream: Stream, data: str) -> None:
         if data:
-            self._live(run, {"type": "output", "jobId": run.job.id, "stream": stream, "data": data})
+            self._live(run, transitions.output_event(run.job.id, stream, data))
 
     def _live(self, run: Running, event: Event) -> None:
         # Bounded by the run itself: its output within MAX_OUTPUT_BYTES, one event per test.
