@@ -165,7 +165,7 @@ def create_app(
     setup_quota(app, limiter)
     app.router.add_get("/ws", open_socket)
     setup_batches(app)
-    setup_callbacks(app)
+    setup_callbacks(app, redis_pool=redis_pool)
     setup_piston(app)
     setup_judge0(app)
     return app

@@ -191,6 +191,14 @@ class Settings:
         "where compiled builds are cached; empty: `/var/cache/conveyor` as root, else `~/.cache/conveyor` "
         "(`$XDG_CACHE_HOME`)",
     )
+    # State that outlives the process (the callbacks' outbox of the embedded store)
+    data_dir: str = _env(
+        "DATA_DIR",
+        _text,
+        "",
+        "where state that must outlive the process is kept (the callback outbox without Redis); empty: "
+        "`/var/lib/conveyor` as root, else `~/.local/state/conveyor` (`$XDG_STATE_HOME`)",
+    )
     cache_max_mb: int = _env(
         "CACHE_MAX_MB",
         _int_range(0, 1_048_576),
@@ -431,13 +439,33 @@ class Settings:
         "CALLBACK_TIMEOUT_MS", _int_range(100, 60_000), 5000, "time for one callback request"
     )
     callback_retries: int = _env(
-        "CALLBACK_RETRIES", _int_range(0, 10), 3, "retries of a failed callback (backoff 1 s, 2 s, 4 s, ...)"
+        "CALLBACK_RETRIES",
+        _int_range(0, 1000),
+        50,
+        "retries of a failed callback at most (backoff 1 s, 2 s, 4 s, ... up to 10 min, jittered), within "
+        "`CALLBACK_RETRY_HORIZON_S`",
+    )
+    callback_retry_horizon_s: int = _env(
+        "CALLBACK_RETRY_HORIZON_S",
+        _int_range(1, 30 * 86_400),
+        4 * 3600,
+        "how long after its job finished a callback is still retried; then it is abandoned (logged, counted)",
+    )
+    callback_workers: int = _env(
+        "CALLBACK_WORKERS", _int_range(1, 1000), 8, "callback requests one instance makes at once"
+    )
+    callback_host_concurrency: int = _env(
+        "CALLBACK_HOST_CONCURRENCY",
+        _int_range(1, 1000),
+        2,
+        "callback requests to one host at once, per instance: a slow receiver cannot hold every worker",
     )
     callback_queue_size: int = _env(
         "CALLBACK_QUEUE_SIZE",
         _int_range(1, 1_000_000),
         1000,
-        "callbacks waiting for delivery; past it new ones are dropped and logged",
+        "callbacks the outbox holds; when full, submissions with a callback get 503 and late ones are dropped "
+        "(logged, counted)",
     )
 
     @property
@@ -468,6 +496,15 @@ class Settings:
         if os.geteuid() == 0:
             return Path("/var/cache/conveyor")
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "conveyor"
+
+    @property
+    def data_path(self) -> Path:
+        """DATA_DIR, or the default for the server's user."""
+        if self.data_dir:
+            return Path(self.data_dir)
+        if os.geteuid() == 0:
+            return Path("/var/lib/conveyor")
+        return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "conveyor"
 
     @property
     def effective_burst(self) -> int:
