@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import hashlib
 import hmac
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +34,7 @@ from server.callbacks.redis_outbox import RedisOutbox
 from server.errors import SettingsError
 from server.redispool import command_pool
 from server.settings import Settings
-from tests.conftest import free_port, make_settings, scaled
+from tests.conftest import AppClientFactory, free_port, make_settings, scaled
 
 LOOPBACK = ("127.0.0.0/8",)
 
@@ -328,3 +329,28 @@ async def test_a_callback_is_abandoned_past_the_horizon_with_a_clear_log(
     assert line.startswith(f"callback for job job-9 to http://127.0.0.1:{port} abandoned after 2 attempts")
     assert "CALLBACK_RETRY_HORIZON_S=3600 s over" in line and "cannot connect" in line
     assert "token=secret" not in line and await sender.refresh() == 0
+
+
+# -- through the app ------------------------------------------------------------------------------------------
+
+
+async def test_a_full_outbox_refuses_submissions_with_a_callback_and_shows_in_metrics(
+    app_client: AppClientFactory,
+) -> None:
+    client = await app_client(callback_queue_size=1, callback_allowed_networks=LOOPBACK, callback_retries=1000)
+    hook = f"http://127.0.0.1:{free_port()}/hook"  # down: the callback stays in the outbox
+    run = {"language": "python", "code": "print(1)"}
+    first = await client.post("/run", json={**run, "callbackUrl": hook})
+    assert first.status == 200
+    figures: dict[str, float] = {}
+    async with asyncio.timeout(scaled(30)):
+        while (
+            figures.get("conveyor_callbacks_pending", 0) < 1 or figures.get("conveyor_callbacks_retried_total", 0) < 1
+        ):
+            text = await (await client.get("/metrics")).text()
+            figures = {k: float(v) for k, v in re.findall(r"^(conveyor_callbacks_\w+) (\S+)$", text, re.M)}
+    assert figures["conveyor_callbacks_delivered_total"] == 0 and figures["conveyor_callbacks_abandoned_total"] == 0
+    refused = await client.post("/run", json={**run, "callbackUrl": hook})
+    assert refused.status == 503 and refused.headers["Retry-After"] == "60"
+    assert "CALLBACK_QUEUE_SIZE=1" in (await refused.json())["message"]
+    assert (await client.post("/run", json=run)).status == 200  # without a callback, nothing changed

@@ -44,8 +44,8 @@ async def test_a_sigkill_loses_no_callback(store: str, tmp_path: Path, request: 
         async with aiohttp.ClientSession() as session:
             ids = set()
             for i in range(JOBS):
-                hook = f"http://127.0.0.1:{hook_port}/hook/{i}"
-                body = {"language": "python", "code": f"print({i})", "callbackUrl": hook}
+                url = f"http://127.0.0.1:{hook_port}/hook/{i}"
+                body = {"language": "python", "code": f"print({i})", "callbackUrl": url}
                 async with session.post(f"{first.url}/run?wait=false", json=body) as resp:
                     assert resp.status == 202, await resp.text()
                     ids.add((await resp.json())["jobId"])
