@@ -183,14 +183,6 @@ class Settings:
     workdir_size_mb: int = _env(
         "WORKDIR_SIZE_MB", _int_range(1, 65_536), 64, "size of the job's private writable tmpfs"
     )
-    # Build cache (docs/cache.md)
-    cache_dir: str = _env(
-        "CACHE_DIR",
-        _text,
-        "",
-        "where compiled builds are cached; empty: `/var/cache/conveyor` as root, else `~/.cache/conveyor` "
-        "(`$XDG_CACHE_HOME`)",
-    )
     # State that outlives the process (the callbacks' outbox of the embedded store)
     data_dir: str = _env(
         "DATA_DIR",
@@ -198,6 +190,14 @@ class Settings:
         "",
         "where state that must outlive the process is kept (the callback outbox without Redis); empty: "
         "`/var/lib/conveyor` as root, else `~/.local/state/conveyor` (`$XDG_STATE_HOME`)",
+    )
+    # Build cache (docs/cache.md)
+    cache_dir: str = _env(
+        "CACHE_DIR",
+        _text,
+        "",
+        "where compiled builds are cached; empty: `/var/cache/conveyor` as root, else `~/.cache/conveyor` "
+        "(`$XDG_CACHE_HOME`)",
     )
     cache_max_mb: int = _env(
         "CACHE_MAX_MB",
