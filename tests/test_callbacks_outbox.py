@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 import hmac
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +39,7 @@ from server.settings import Settings
 from tests.conftest import AppClientFactory, free_port, make_settings, scaled
 
 LOOPBACK = ("127.0.0.0/8",)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Clock:
@@ -216,15 +219,32 @@ async def test_a_claim_takes_at_most_so_many_per_host(store_factory: StoreFactor
     assert k2.delivery.key == "k2"
 
 
-async def test_the_sqlite_outbox_is_one_processs_and_frees_a_dead_ones_claims(tmp_path: Path) -> None:
+# A process that claims the one entry of an outbox for an hour, then dies without a word.
+_CLAIM_AND_DIE = """
+import asyncio, os, sys
+from server.callbacks import Claim, SqliteOutbox
+
+async def main():
+    store = SqliteOutbox(__import__("pathlib").Path(sys.argv[1]), now=lambda: 1_000_000.0)
+    await store.open()
+    assert await store.claim(Claim(1_000_000.0, 1_003_600.0, limit=5, per_host=2, busy={}))
+    os._exit(0)
+
+asyncio.run(main())
+"""
+
+
+async def test_the_sqlite_outbox_frees_the_claims_of_a_dead_process(tmp_path: Path) -> None:
     clock = Clock()
     store = SqliteOutbox(tmp_path, now=clock)
     await store.open()
-    with pytest.raises(SettingsError, match="in use by another server"):
-        await SqliteOutbox(tmp_path, now=clock).open()
     await store.add(entry("job-1"), capacity=10)
-    await store.claim(Claim(clock.now, clock.now + 3600, limit=5, per_host=2, busy={}))
-    await store.close()  # as a SIGKILL would leave it: claimed, never settled
+    dead = subprocess.run([sys.executable, "-c", _CLAIM_AND_DIE, str(tmp_path)], cwd=ROOT, timeout=60, check=False)
+    assert dead.returncode == 0
+    # A server sharing the directory sees the claim, still leased for an hour...
+    assert await store.claim(Claim(clock.now, clock.now + 60, limit=5, per_host=2, busy={})) == []
+    await store.close()
+    # ...and the next one to open it frees what a dead process held.
     reopened = SqliteOutbox(tmp_path, now=clock)
     await reopened.open()
     [claimed] = await reopened.claim(Claim(clock.now, clock.now + 60, limit=5, per_host=2, busy={}))

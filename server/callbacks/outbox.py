@@ -10,7 +10,6 @@ add. This module holds the records, the store's interface and the embedded store
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import sqlite3
 from abc import ABC, abstractmethod
@@ -128,17 +127,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     due_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    leased INTEGER NOT NULL DEFAULT 0
+    owner INTEGER NOT NULL DEFAULT 0  -- the pid of the process whose claim it is, 0 when unclaimed
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_at);
 """
 
 
 class SqliteOutbox(OutboxStore):
-    """The embedded store's outbox: one SQLite file in DATA_DIR, used by one process (a lock file says so).
+    """The embedded store's outbox: one SQLite file in DATA_DIR.
 
-    Every statement runs on one thread of its own, off the event loop; each change is a transaction synced to disk
-    (synchronous=FULL) before the call returns, so what was added survives a SIGKILL or a power cut.
+    Every statement runs on one thread of its own, off the event loop; each change is an immediate transaction
+    synced to disk (synchronous=FULL) before the call returns, so what was added survives a SIGKILL or a power cut.
+    Servers of one host sharing a DATA_DIR share the outbox as instances on Redis do; a claim names its process, and
+    one whose process is gone is freed when a server opens the file (on another host a lease would have to run out).
     """
 
     def __init__(self, directory: Path, *, now: Callable[[], float]) -> None:
@@ -146,13 +147,11 @@ class SqliteOutbox(OutboxStore):
         self._now = now
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callback-outbox")
         self._db: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             assert self._db is not None, "open() first"
-            with self._db:  # one transaction: committed, or rolled back on an error
-                return fn(self._db)
+            return _transaction(self._db, fn)
 
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
@@ -162,34 +161,28 @@ class SqliteOutbox(OutboxStore):
     def _open(self) -> None:
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._directory / (DB_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise SettingsError(f"DATA_DIR={str(self._directory)!r} is not usable: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise SettingsError(
-                f"DATA_DIR={str(self._directory)!r} is in use by another server (each needs its own)"
-            ) from None
-        self._lock_fd = fd
-        db = sqlite3.connect(self._directory / DB_NAME)  # made on, and only used by, the store's one thread
+            # Autocommit: _transaction opens each one itself, BEGIN IMMEDIATE (a writer's lock from its start).
+            db = sqlite3.connect(self._directory / DB_NAME, isolation_level=None, timeout=30.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise SettingsError(f"DATA_DIR={str(self._directory)!r} is not usable: {exc}") from None
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
-        with db:
-            # The file is ours alone (the lock): a claim still leased is one a killed process never finished.
-            db.execute("UPDATE outbox SET due_at = ?, leased = 0 WHERE leased = 1", (self._now(),))
+        _transaction(db, self._free_dead_claims)
         self._db = db
+
+    def _free_dead_claims(self, db: sqlite3.Connection) -> None:
+        """Claims of processes gone (SIGKILLed mid-attempt) are due now; our own pid's are a predecessor's."""
+        owners = [owner for (owner,) in db.execute("SELECT DISTINCT owner FROM outbox WHERE owner != 0")]
+        for owner in owners:
+            if owner == os.getpid() or not _alive(owner):
+                db.execute("UPDATE outbox SET due_at = ?, owner = 0 WHERE owner = ?", (self._now(), owner))
 
     async def close(self) -> None:
         def shut() -> None:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
 
         await asyncio.get_running_loop().run_in_executor(self._thread, shut)
         self._thread.shutdown(wait=True)
@@ -220,7 +213,9 @@ class SqliteOutbox(OutboxStore):
             picked = claim.pick(due)
             entries = []
             for key in picked:
-                db.execute("UPDATE outbox SET due_at = ?, leased = 1 WHERE key = ?", (claim.lease_until, key))
+                db.execute(
+                    "UPDATE outbox SET due_at = ?, owner = ? WHERE key = ?", (claim.lease_until, os.getpid(), key)
+                )
                 job_id, url, method, body, created_at, attempts = db.execute(
                     "SELECT job_id, url, method, body, created_at, attempts FROM outbox WHERE key = ?", (key,)
                 ).fetchone()
@@ -235,7 +230,7 @@ class SqliteOutbox(OutboxStore):
     async def reschedule(self, key: str, due_at: float, attempts: int) -> None:
         await self._run(
             lambda db: db.execute(
-                "UPDATE outbox SET due_at = ?, attempts = ?, leased = 0 WHERE key = ?", (due_at, attempts, key)
+                "UPDATE outbox SET due_at = ?, attempts = ?, owner = 0 WHERE key = ?", (due_at, attempts, key)
             )
         )
 
@@ -245,3 +240,25 @@ class SqliteOutbox(OutboxStore):
             return int(held)
 
         return await self._run(count)
+
+
+def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """`fn` in one immediate transaction: committed, or rolled back on an error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
