@@ -4,6 +4,7 @@ callback followed from before it can start."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +22,7 @@ from .ratelimit import Decision
 from .settings import Settings
 from .watch import job_watch
 
+logger = logging.getLogger(__name__)
 _deliveries: set[asyncio.Task[None]] = set()  # strong references until each has fetched its job
 # What a callback carries: the finished job as its owner reads it (GET /queue/job/{id}).
 BodyOf = Callable[[Job], bytes]
@@ -143,9 +145,12 @@ def follow_callback(app: web.Application, job_id: str, url: str, body_of: BodyOf
 
 
 async def _deliver(app: web.Application, job_id: str, url: str, body_of: BodyOf, method: str) -> None:
-    job = await app[QUEUE].get(job_id)
-    if job is not None and CALLBACKS in app:
-        await app[CALLBACKS].enqueue(Delivery(job_id=job_id, url=url, body=body_of(job), method=method))
+    try:
+        job = await app[QUEUE].get(job_id)
+        if job is not None and CALLBACKS in app:
+            await app[CALLBACKS].enqueue(Delivery(job_id=job_id, url=url, body=body_of(job), method=method))
+    except Exception:  # the store (Redis) unreachable as the job ended: nothing else will deliver it
+        logger.exception("callback for job %s lost: it could not be written to the callback outbox", job_id)
 
 
 def setup_callbacks(app: web.Application, *, redis_pool: Any = None) -> None:

@@ -89,6 +89,7 @@ class CallbackSender:
         # Callers of `deliver` waiting for an outcome: at most one per entry, and entries are bounded.
         self._waiters: dict[str, asyncio.Future[bool]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
+        self._failing = False
         self.delivered = 0
         self.retried = 0
         self.abandoned = 0
@@ -175,9 +176,16 @@ class CallbackSender:
             try:
                 await self._claim_due()
                 self.pending = await self._store.count()
+                if self._failing:
+                    logger.warning("callback outbox: claiming again")
+                self._failing = False
             except Exception:
                 raise_if_cancelling()
-                logger.exception("callback outbox: cannot claim due callbacks; trying again in %.0f s", self._poll_s)
+                if not self._failing:  # once per outage, not once a second
+                    logger.exception(
+                        "callback outbox: cannot claim due callbacks; trying again every %.1f s", self._poll_s
+                    )
+                self._failing = True
             timeout = self._poll_s
             if self._wake_at is not None:
                 timeout = min(timeout, max(0.0, self._wake_at - self._clock()))
