@@ -167,7 +167,7 @@ def create_app(
     setup_sessions(app, keys)
     app.router.add_get("/ws", open_socket)
     setup_batches(app)
-    setup_callbacks(app)
+    setup_callbacks(app, redis_pool=redis_pool)
     setup_piston(app)
     setup_judge0(app)
     return app

@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from .events import Event
 from .jobs import TERMINAL_TYPES
-from .keys import EVENTS, HUB, METRICS, QUEUE, RUNNER
+from .keys import CALLBACKS, EVENTS, HUB, METRICS, QUEUE, RUNNER
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,14 @@ CACHE_COUNTERS = {
     "misses": "Build cache lookups that found nothing usable (compiled).",
     "evictions": "Builds evicted from the build cache past CACHE_MAX_MB, least recently used first.",
     "corrupt": "Build cache entries that failed their content check (deleted and rebuilt).",
+}
+
+
+CALLBACK_COUNTERS = {
+    "delivered": "Callbacks a receiver answered with 2xx (by this instance).",
+    "retried": "Callback attempts that failed and were scheduled again (backoff with jitter).",
+    "abandoned": "Callbacks given up: not worth retrying, CALLBACK_RETRIES or CALLBACK_RETRY_HORIZON_S used up.",
+    "dropped": "Callbacks not kept because the outbox held CALLBACK_QUEUE_SIZE already.",
 }
 
 
@@ -88,9 +96,23 @@ class _ScrapeCollector(Collector):
             "The last warm sandbox's time from start to ready.",
             (pool.get("refillMs") or 0) / 1000.0,
         )
+        yield from self._callbacks()
         hub = self._app.get(HUB)
         connections = len(hub.connections) if hub is not None else 0
         yield _gauge("websocket_connections", "Open WebSocket connections.", connections)
+
+    def _callbacks(self) -> Iterable[Metric]:
+        sender = self._app.get(CALLBACKS)
+        if sender is None:
+            return
+        for name, help_text in CALLBACK_COUNTERS.items():
+            yield _counter(f"callbacks_{name}", help_text, getattr(sender, name))
+        yield _gauge(
+            "callbacks_pending",
+            "Callbacks in the outbox, due or waiting for a retry (on Redis: every instance's, one shared outbox).",
+            sender.pending,
+        )
+        yield _gauge("callbacks_in_flight", "Callback requests this instance has under way.", sender.in_flight)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -206,6 +228,11 @@ async def get_metrics(request: web.Request) -> web.Response:
     metrics.scrape.stats = await app[QUEUE].stats()
     metrics.scrape.cache = await metrics.cache_scan()
     metrics.scrape.pool = app[RUNNER].pool_status()
+    if CALLBACKS in app:
+        try:
+            await app[CALLBACKS].refresh()
+        except Exception:  # the outbox's last known size serves; the queue's stats above reached the store
+            logger.exception("metrics: the callback outbox's size could not be read")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -183,6 +183,14 @@ class Settings:
     workdir_size_mb: int = _env(
         "WORKDIR_SIZE_MB", _int_range(1, 65_536), 64, "size of the job's private writable tmpfs"
     )
+    # State that outlives the process (the callbacks' outbox of the embedded store)
+    data_dir: str = _env(
+        "DATA_DIR",
+        _text,
+        "",
+        "where state that must outlive the process is kept (the callback outbox without Redis); empty: "
+        "`/var/lib/conveyor` as root, else `~/.local/state/conveyor` (`$XDG_STATE_HOME`)",
+    )
     # Build cache (docs/cache.md)
     cache_dir: str = _env(
         "CACHE_DIR",
@@ -437,13 +445,33 @@ class Settings:
         "CALLBACK_TIMEOUT_MS", _int_range(100, 60_000), 5000, "time for one callback request"
     )
     callback_retries: int = _env(
-        "CALLBACK_RETRIES", _int_range(0, 10), 3, "retries of a failed callback (backoff 1 s, 2 s, 4 s, ...)"
+        "CALLBACK_RETRIES",
+        _int_range(0, 1000),
+        50,
+        "retries of a failed callback at most (backoff 1 s, 2 s, 4 s, ... up to 10 min, jittered), within "
+        "`CALLBACK_RETRY_HORIZON_S`",
+    )
+    callback_retry_horizon_s: int = _env(
+        "CALLBACK_RETRY_HORIZON_S",
+        _int_range(1, 30 * 86_400),
+        4 * 3600,
+        "how long after its job finished a callback is still retried; then it is abandoned (logged, counted)",
+    )
+    callback_workers: int = _env(
+        "CALLBACK_WORKERS", _int_range(1, 1000), 8, "callback requests one instance makes at once"
+    )
+    callback_host_concurrency: int = _env(
+        "CALLBACK_HOST_CONCURRENCY",
+        _int_range(1, 1000),
+        2,
+        "callback requests to one host at once, per instance: a slow receiver cannot hold every worker",
     )
     callback_queue_size: int = _env(
         "CALLBACK_QUEUE_SIZE",
         _int_range(1, 1_000_000),
         1000,
-        "callbacks waiting for delivery; past it new ones are dropped and logged",
+        "callbacks the outbox holds; when full, submissions with a callback get 503 and late ones are dropped "
+        "(logged, counted)",
     )
 
     @property
@@ -474,6 +502,15 @@ class Settings:
         if os.geteuid() == 0:
             return Path("/var/cache/conveyor")
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "conveyor"
+
+    @property
+    def data_path(self) -> Path:
+        """DATA_DIR, or the default for the server's user."""
+        if self.data_dir:
+            return Path(self.data_dir)
+        if os.geteuid() == 0:
+            return Path("/var/lib/conveyor")
+        return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "conveyor"
 
     @property
     def effective_burst(self) -> int:

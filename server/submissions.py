@@ -4,8 +4,10 @@ callback followed from before it can start."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -20,6 +22,7 @@ from .ratelimit import Decision
 from .settings import Settings
 from .watch import job_watch
 
+logger = logging.getLogger(__name__)
 _deliveries: set[asyncio.Task[None]] = set()  # strong references until each has fetched its job
 # What a callback carries: the finished job as its owner reads it (GET /queue/job/{id}).
 BodyOf = Callable[[Job], bytes]
@@ -94,7 +97,14 @@ async def submit(
     callback_method: str = "POST",
 ) -> Job:
     """Queue `job`. With `client`, first charge what it costs beyond the one submit token its door drew (`charge`).
-    With a callback URL, the instance that accepted it delivers the finished job there."""
+    With a callback URL, the finished job goes to the callback outbox (refused with 503 while it is full)."""
+    if job.callback_url is not None and CALLBACKS in app and app[CALLBACKS].full:
+        raise QueueFull(
+            f"The callback outbox holds CALLBACK_QUEUE_SIZE={app[CALLBACKS].capacity} undelivered callbacks; "
+            "try again later, or submit without callbackUrl.",
+            headers={"Retry-After": "60"},
+            retryAfter=60,
+        )
     if client is not None:
         await charge(app, client, job, refund_refusal=refund_refusal)
     unfollow = None
@@ -135,17 +145,21 @@ def follow_callback(app: web.Application, job_id: str, url: str, body_of: BodyOf
 
 
 async def _deliver(app: web.Application, job_id: str, url: str, body_of: BodyOf, method: str) -> None:
-    job = await app[QUEUE].get(job_id)
-    if job is not None and CALLBACKS in app:
-        app[CALLBACKS].enqueue(Delivery(job_id=job_id, url=url, body=body_of(job), method=method))
+    try:
+        job = await app[QUEUE].get(job_id)
+        if job is not None and CALLBACKS in app:
+            await app[CALLBACKS].enqueue(Delivery(job_id=job_id, url=url, body=body_of(job), method=method))
+    except Exception:  # the store (Redis) unreachable as the job ended: nothing else will deliver it
+        logger.exception("callback for job %s lost: it could not be written to the callback outbox", job_id)
 
 
-def setup_callbacks(app: web.Application) -> None:
-    """One SSRF-safe sender for every callback of the app (native POSTs and Judge0's PUTs)."""
+def setup_callbacks(app: web.Application, *, redis_pool: Any = None) -> None:
+    """One SSRF-safe sender and outbox for every callback of the app (native POSTs and Judge0's PUTs); on Redis,
+    the outbox is shared through the instance's pool."""
     job_watch(app)
 
     async def sender(app: web.Application) -> AsyncIterator[None]:
-        async with callback_sender(app[SETTINGS]) as sender:
+        async with callback_sender(app[SETTINGS], redis_pool=redis_pool) as sender:
             app[CALLBACKS] = sender
             yield
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,9 +55,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(timeout * TIME_SCALE), append=False)
 
 
+# State the server keeps on disk (the callback outbox): each app of a test session in a directory of its own here,
+# made when the app first writes to it, never the user's `~/.local/state/conveyor`.
+_DATA_ROOT = Path(tempfile.mkdtemp(prefix="conveyor-test-data-"))
+atexit.register(shutil.rmtree, _DATA_ROOT, ignore_errors=True)
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Small, fast limits for tests; anything can be overridden."""
     base = Settings(
+        data_dir=str(_DATA_ROOT / uuid.uuid4().hex),
         job_timeout_ms=scaled_ms(5000),
         compile_timeout_ms=scaled_ms(20_000),
         max_concurrent_jobs=2,

@@ -1,4 +1,5 @@
-"""Callbacks: delivered and signed to an allowed receiver; refused for every address an SSRF would aim at."""
+"""Callbacks: delivered and signed to an allowed receiver; refused for every address an SSRF would aim at.
+(The outbox's own behaviour, across restarts, instances and slow hosts: test_callbacks_outbox.py.)"""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ async def test_loopback_is_refused_unless_allowed(host: str, receiver: Receiver,
     sender = await sender_factory()
     assert not await sender.deliver(Delivery("abc", receiver.url(host=host), b"{}"))
     assert receiver.seen == []  # the receiver never heard of it
-    assert sender.failed == 1
+    assert sender.abandoned == 1
 
 
 @pytest.mark.parametrize(
@@ -128,7 +129,7 @@ async def test_a_disguised_loopback_address_is_never_connected_to(
     sender = await sender_factory()
     assert not await sender.deliver(Delivery("abc", receiver.url(host=host), b"{}", method=method))
     assert receiver.seen == []
-    assert sender.failed == 1
+    assert sender.abandoned == 1
 
 
 async def test_the_server_itself_is_never_called_even_where_loopback_is_allowed(
@@ -149,7 +150,7 @@ async def test_metadata_and_private_addresses_are_refused_without_a_connection(s
     sender = await sender_factory(callback_retries=3)
     for url in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/", "http://[fd00:ec2::254]/"):
         assert not await sender.deliver(Delivery("abc", url, b"{}"))
-    assert sender.failed == 3
+    assert sender.abandoned == 3
 
 
 @pytest.mark.parametrize(
@@ -221,21 +222,19 @@ async def test_a_slow_receiver_times_out(receiver: Receiver, sender_factory: Sen
     assert len(receiver.seen) == 2
 
 
-async def test_backlog_is_bounded(sender_factory: SenderFactory) -> None:
-    sender = await sender_factory(callback_queue_size=3)
-    # Stop the workers so nothing drains while the backlog fills.
-    for task in sender._tasks:
-        task.cancel()
-    await asyncio.gather(*sender._tasks, return_exceptions=True)
-    accepted = [sender.enqueue(Delivery(str(i), "http://127.0.0.1:9/", b"{}")) for i in range(5)]
+async def test_the_outbox_is_bounded(sender_factory: SenderFactory, caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing listens on port 9: each stays in the outbox, retried (for hours, a thousand times at most).
+    sender = await sender_factory(callback_queue_size=3, callback_retries=1000, callback_allowed_networks=LOOPBACK)
+    accepted = [await sender.enqueue(Delivery(str(i), "http://127.0.0.1:9/", b"{}")) for i in range(5)]
     assert accepted == [True, True, True, False, False]
-    assert sender.pending == 3 and sender.dropped == 2
+    assert await sender.refresh() == 3 and sender.dropped == 2 and sender.full
+    assert "callback for job 4 to http://127.0.0.1:9 dropped: the outbox holds CALLBACK_QUEUE_SIZE=3" in caplog.text
 
 
 async def test_enqueued_deliveries_are_sent_by_the_workers(receiver: Receiver, sender_factory: SenderFactory) -> None:
     sender = await sender_factory(callback_allowed_networks=LOOPBACK)
     for i in range(5):
-        assert sender.enqueue(Delivery(str(i), receiver.url(f"/hook/{i}"), b"{}"))
+        assert await sender.enqueue(Delivery(str(i), receiver.url(f"/hook/{i}"), b"{}"))
     async with asyncio.timeout(10):
         while sender.delivered < 5:
             await asyncio.sleep(0.01)
