@@ -160,6 +160,7 @@ class Run:
         self._draining = False
         self._stage: str | None = None  # the stage being accounted, from its start report to its end
         self._armed: str | None = None  # a warm sandbox's first stage, begun and let go before its start report
+        self._armed_at: float | None = None  # when that stage was let go: its clock starts there, not at the report
         self._cpu_base: int | None = None  # the job's cgroup CPU time when that stage started
         self._cpu_watch: asyncio.Task[None] | None = None
         self._status_pipe: asyncio.BaseTransport | None = None
@@ -217,6 +218,7 @@ class Run:
             # The first stage's accounting starts before its job exists in the sandbox (the driver is idle until the
             # message arrives), and the message ends with that stage's go-ahead: one round trip fewer per job.
             self._armed = "compile" if spec.compile else "run"
+            self._armed_at = asyncio.get_running_loop().time()
             self._begin_stage(self._armed)
             return await self._settled_spawn(self._attach(warm, message + GO))
         self._cgroup = launcher.job_cgroup(spec.name, spec.memory_mb)
@@ -362,7 +364,11 @@ class Run:
             expected.pop(0)
             now = loop.time()
             if phase == "start":
-                started, deadline = now, now + self._limit_s(stage)
+                # A stage let go with the job message has run since then: its start report may arrive together
+                # with its end report, so timing it from the report would measure nothing.
+                early = stage == self._armed
+                started = self._armed_at if early and self._armed_at is not None else now
+                deadline = started + self._limit_s(stage)
                 self._stage_started(stage)
                 continue
             self._record_time(stage, now - started)
