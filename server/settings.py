@@ -114,11 +114,18 @@ class Settings:
         10_000,
         "default and maximum wall time of one run (a request may ask for less)",
     )
+    # A day: a share link (`/?job=<id>`) pasted into a chat or a course page should still answer tomorrow.
     job_retention_seconds: int = _env(
-        "JOB_RETENTION_SECONDS", _int_range(0), 3600, "finished jobs stay queryable this long…"
+        "JOB_RETENTION_SECONDS",
+        _int_range(0),
+        86_400,
+        "finished jobs stay queryable (results, share links) this long: in memory, and in the journal (`DURABLE`)…",
     )
     job_retention_count: int = _env(
-        "JOB_RETENTION_COUNT", _int_range(0), 10_000, "…and at most this many of them (`0`: none kept)…"
+        "JOB_RETENTION_COUNT",
+        _int_range(0),
+        10_000,
+        "…memory keeps at most this many of them (`0`: none kept; with `DURABLE` older ones are read from disk)…",
     )
     # Finished jobs kept (code, stdin, output, event log) in MiB, on either backend; the oldest go first.
     job_retention_max_mb: int = _env(
@@ -405,6 +412,28 @@ class Settings:
         "the shared rate limiter without Redis: `closed` refuses (503), `open` lets requests through",
     )
 
+    # Durable embedded store (docs/reliability.md)
+    durable: bool = _env(
+        "DURABLE",
+        _flag,
+        True,
+        "embedded store: `1` journals jobs to SQLite in `DATA_DIR`, so finished results, share links and queued "
+        "jobs survive a restart or a crash (jobs that were running end `failed` / `worker_lost`); `0`: memory only",
+    )
+    data_dir: str = _env(
+        "DATA_DIR",
+        _text,
+        "",
+        "where the server keeps its state (the job journal `jobs.db`); empty: `/var/lib/conveyor` as root, else "
+        "`~/.local/state/conveyor` (`$XDG_STATE_HOME`)",
+    )
+    data_max_mb: int = _env(
+        "DATA_MAX_MB",
+        _int_range(0, 1_048_576),
+        1024,
+        "disk the journal's finished jobs may take; past it the owner holding the most loses its own oldest first",
+    )
+
     # Judge features: batches and callbacks
     max_tests: int = _env(
         "MAX_TESTS", _int_range(1, 1000), 64, "tests in one submission (compiled once, each in a fresh sandbox)"
@@ -468,6 +497,15 @@ class Settings:
         if os.geteuid() == 0:
             return Path("/var/cache/conveyor")
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "conveyor"
+
+    @property
+    def data_path(self) -> Path:
+        """DATA_DIR, or the default for the server's user (systemd's StateDirectory= as root)."""
+        if self.data_dir:
+            return Path(self.data_dir)
+        if os.geteuid() == 0:
+            return Path("/var/lib/conveyor")
+        return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "conveyor"
 
     @property
     def effective_burst(self) -> int:
