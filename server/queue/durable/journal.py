@@ -27,8 +27,8 @@ from .rows import FINISHED, QUEUED, RUNNING, Recovered
 
 logger = logging.getLogger(__name__)
 
-# Writes waiting for the writer: past this many, new jobs are kept in memory only (logged) until it catches up.
-# Jobs already journaled are always followed to their end, so the wait stays under this plus the active jobs.
+# Writes waiting for the writer (or taken and not yet committed): past this many, new jobs are kept in memory only
+# (logged) until it catches up. Jobs already journaled are followed to their end: at most this plus the active jobs.
 MAX_PENDING = 10_000
 # Sequence numbers reserved ahead for a running job: after a crash its `worker_lost` event takes a number above
 # any the job may have sent (the reservation is renewed when half of it is used).
@@ -62,6 +62,7 @@ class JournalStats:
     dropped: int = 0  # jobs not journaled because the writer was behind by MAX_PENDING
     failures: int = 0  # commits that failed (disk full, I/O error); their writes were kept and retried
     failing: bool = False
+    sweeps: int = 0
     swept: int = 0  # finished rows deleted by retention
 
 
@@ -87,6 +88,7 @@ class Journal:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[str, _Op] = {}
+        self._inflight = 0  # writes the writer has taken and not yet committed (they return on a failure)
         self._wake = threading.Event()
         self._closing = False
         self._known: set[str] = set()  # active jobs with a row (or a pending one): followed to their end
@@ -159,11 +161,12 @@ class Journal:
     def queued(self, job: Job) -> None:
         """A new job: its whole row (submission, limits, owner, tests, callback...), unless the writer is behind."""
         with self._lock:
-            if len(self._pending) >= self._max_pending:
+            if self._behind():
                 self._drop(job)
                 return
             self._known.add(job.id)
-            self._merge(job.id, _Op(QUEUED, job, None, 0))
+            # Seqs reserved from the first write: a job that starts before its claim is written still has them.
+            self._merge(job.id, _Op(QUEUED, job, None, job.seq + SEQ_RESERVE))
         self._wake.set()
 
     def running(self, job: Job) -> None:
@@ -185,12 +188,15 @@ class Journal:
         """The job's final row with its event log (a job never journaled is left out while the writer is behind)."""
         self._ceilings.pop(job.id, None)
         with self._lock:
-            if job.id not in self._known and len(self._pending) >= self._max_pending:
+            if job.id not in self._known and self._behind():
                 self._drop(job)
                 return
             self._known.discard(job.id)
             self._merge(job.id, _Op(FINISHED, job, log, 0))
         self._wake.set()
+
+    def _behind(self) -> bool:
+        return len(self._pending) + self._inflight >= self._max_pending
 
     def _drop(self, job: Job) -> None:
         self.stats.dropped += 1
@@ -259,6 +265,7 @@ class Journal:
             self._wake.clear()
             with self._lock:
                 batch, self._pending = self._pending, {}
+                self._inflight = len(batch)
                 closing = self._closing
             ok = self._commit(batch) if batch else True
             if ok and time.monotonic() >= next_sweep:
@@ -310,7 +317,10 @@ class Journal:
                 newer, self._pending = self._pending, batch
                 for job_id, op in newer.items():
                     self._merge(job_id, op)
+                self._inflight = 0
             return False
+        with self._lock:
+            self._inflight = 0
         self.stats.commits += 1
         self.stats.rows += len(batch)
         self._succeeded()
@@ -350,6 +360,7 @@ class Journal:
         except sqlite3.Error as exc:
             self._failed(exc)
             return False
+        self.stats.sweeps += 1
         self.stats.swept += swept
         self._succeeded()
         return True

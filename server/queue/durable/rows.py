@@ -168,11 +168,11 @@ def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload
             continue
         if job.status.finished and job.result is not None:
             finished_late.append((job_id, job.finished_at or now_ms))  # read back with the finished ones below
-        elif job.status is JobStatus.RUNNING or state == RUNNING:
-            job.seq = max(job.seq, seq_hi)
-            out.lost.append(job)
         else:
-            out.queued.append(job)
+            # Numbered above any seq it may have sent: one claimed just before the crash (its claim not yet
+            # written) runs again, and its watchers must not take its new events for ones they have seen.
+            job.seq = max(job.seq, seq_hi)
+            (out.lost if job.status is JobStatus.RUNNING or state == RUNNING else out.queued).append(job)
     if finished_late:
         db.executemany(
             "UPDATE jobs SET state = 'finished', finished_at = ? WHERE id = ?", [(t, i) for i, t in finished_late]
