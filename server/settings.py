@@ -368,7 +368,7 @@ class Settings:
         "REDIS_URL",
         _redis_url,
         "",
-        "`redis://…` to run as one of N instances on Redis; empty: embedded in-memory queue",
+        "`redis://…` to run as one of N instances on Redis; empty: the embedded queue (journaled: see `DURABLE`)",
     )
     redis_prefix: str = _env(
         "REDIS_PREFIX", _text, "conveyor", "namespace of every Redis key (several clusters can share one Redis)"

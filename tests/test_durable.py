@@ -21,6 +21,7 @@ import pytest
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import Worker
 from server.queue.durable import DurableStore, Journal
+from server.settings import Settings
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -433,3 +434,16 @@ async def test_queued_jobs_come_back_in_their_order_with_their_priorities(tmp_pa
         await again.wait(job_id)
     await again.close()
     assert started == [ids[1], ids[3], ids[5], ids[0], ids[2], ids[4]]
+
+
+def test_durability_is_the_default_and_its_directory_follows_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings.from_env({}, env_file=None)
+    assert settings.durable and settings.data_max_mb == 1024
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert settings.data_path == Path("/var/lib/conveyor")  # systemd's StateDirectory=conveyor
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", "/home/u/.state")
+    assert settings.data_path == Path("/home/u/.state/conveyor")
+    chosen = Settings.from_env({"DATA_DIR": "/srv/conveyor", "DURABLE": "0"}, env_file=None)
+    assert chosen.data_path == Path("/srv/conveyor") and not chosen.durable
+    assert "StateDirectory=conveyor" in (ROOT / "deploy" / "conveyor.service").read_text()
