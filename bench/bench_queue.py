@@ -214,7 +214,7 @@ def main() -> dict[str, Any]:
     print(
         f"no-op jobs/s   durable (DURABLE=1) {durable:,.0f}   memory only {real:,.0f}   ratio {durable / real:.2f}"
         f"   journal cost {(1 / durable - 1 / real) * 1e6:.1f} us/job   disk {journal['disk_bytes_per_job']:,.0f} B/job"
-        f"   journaled {journal['journaled']:.0%} (100k queued at once: past 10k waiting writes new jobs stay in memory)"
+        f"  journaled {journal['journaled']:.0%} (100k queued at once: past 10k pending writes new ones stay in memory)"
     )
     costs = {depth: asyncio.run(cycle_cost(depth)) for depth in (100, 10_000, 100_000)}
     seed = {depth: seed_insert_cost(depth) for depth in (100, 10_000, 100_000)}
