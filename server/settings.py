@@ -114,11 +114,18 @@ class Settings:
         10_000,
         "default and maximum wall time of one run (a request may ask for less)",
     )
+    # A day: a share link (`/?job=<id>`) pasted into a chat or a course page should still answer tomorrow.
     job_retention_seconds: int = _env(
-        "JOB_RETENTION_SECONDS", _int_range(0), 3600, "finished jobs stay queryable this long…"
+        "JOB_RETENTION_SECONDS",
+        _int_range(0),
+        86_400,
+        "finished jobs stay queryable (results, share links) this long: in memory, and in the journal (`DURABLE`)…",
     )
     job_retention_count: int = _env(
-        "JOB_RETENTION_COUNT", _int_range(0), 10_000, "…and at most this many of them (`0`: none kept)…"
+        "JOB_RETENTION_COUNT",
+        _int_range(0),
+        10_000,
+        "…memory keeps at most this many of them (`0`: none kept; with `DURABLE` older ones are read from disk)…",
     )
     # Finished jobs kept (code, stdin, output, event log) in MiB, on either backend; the oldest go first.
     job_retention_max_mb: int = _env(
@@ -182,14 +189,6 @@ class Settings:
     )
     workdir_size_mb: int = _env(
         "WORKDIR_SIZE_MB", _int_range(1, 65_536), 64, "size of the job's private writable tmpfs"
-    )
-    # State that outlives the process (the callbacks' outbox of the embedded store)
-    data_dir: str = _env(
-        "DATA_DIR",
-        _text,
-        "",
-        "where state that must outlive the process is kept (the callback outbox without Redis); empty: "
-        "`/var/lib/conveyor` as root, else `~/.local/state/conveyor` (`$XDG_STATE_HOME`)",
     )
     # Build cache (docs/cache.md)
     cache_dir: str = _env(
@@ -375,7 +374,7 @@ class Settings:
         "REDIS_URL",
         _redis_url,
         "",
-        "`redis://…` to run as one of N instances on Redis; empty: embedded in-memory queue",
+        "`redis://…` to run as one of N instances on Redis; empty: the embedded queue (journaled: see `DURABLE`)",
     )
     redis_prefix: str = _env(
         "REDIS_PREFIX", _text, "conveyor", "namespace of every Redis key (several clusters can share one Redis)"
@@ -417,6 +416,29 @@ class Settings:
         _choice("closed", "open"),
         "closed",
         "the shared rate limiter without Redis: `closed` refuses (503), `open` lets requests through",
+    )
+
+    # Durable embedded store (docs/reliability.md)
+    durable: bool = _env(
+        "DURABLE",
+        _flag,
+        True,
+        "embedded store: `1` journals jobs to SQLite in `DATA_DIR`, so finished results, share links and queued "
+        "jobs survive a restart or a crash (jobs that were running end `failed` / `worker_lost`); `0`: memory only",
+    )
+    data_dir: str = _env(
+        "DATA_DIR",
+        _text,
+        "",
+        "where the server keeps what must outlive it: the job journal `jobs.db` (`DURABLE`) and, without Redis, the "
+        "callback outbox `callbacks.sqlite3`; empty: `/var/lib/conveyor` as root, else `~/.local/state/conveyor` "
+        "(`$XDG_STATE_HOME`)",
+    )
+    data_max_mb: int = _env(
+        "DATA_MAX_MB",
+        _int_range(0, 1_048_576),
+        1024,
+        "disk the journal's finished jobs may take; past it the owner holding the most loses its own oldest first",
     )
 
     # Judge features: batches and callbacks
@@ -505,7 +527,7 @@ class Settings:
 
     @property
     def data_path(self) -> Path:
-        """DATA_DIR, or the default for the server's user."""
+        """DATA_DIR, or the default for the server's user (systemd's StateDirectory= as root)."""
         if self.data_dir:
             return Path(self.data_dir)
         if os.geteuid() == 0:

@@ -31,6 +31,9 @@ AppClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Applicati
 # (docs/vm.md) and sets it. It stretches every wall-time wait and limit the tests set (pytest-timeout's, the
 # waits' and the sandboxes' wall times) through `scaled`, never a CPU-time limit: those are what the tests test.
 TIME_SCALE = float(os.environ.get("CONVEYOR_TEST_TIME_SCALE") or 1)
+# Servers the tests start (`python -m server`) keep jobs in memory unless a test asks otherwise: parallel ones
+# would otherwise share, and lock, the user's default DATA_DIR.
+os.environ.setdefault("DURABLE", "0")
 
 
 def scaled(seconds: float) -> float:
@@ -74,6 +77,7 @@ def make_settings(**overrides: Any) -> Settings:
         stats_interval_ms=50,
         shutdown_grace_ms=500,
         cache_max_mb=0,  # off, so that compile figures are a compile's; tests/test_buildcache.py turns it on
+        durable=False,  # memory only: tests/test_durable.py turns the journal on, each test in its own DATA_DIR
     )
     return dataclasses.replace(base, **overrides)
 

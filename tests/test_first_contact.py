@@ -89,7 +89,7 @@ def test_a_port_in_use_says_how_to_choose_another(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "server", "--port", str(port)],
-            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "LOG_LEVEL": "warning"},
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "LOG_LEVEL": "warning", "DURABLE": "0"},
             cwd=tmp_path,
             capture_output=True,
             text=True,

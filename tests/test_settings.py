@@ -21,7 +21,7 @@ def test_seed_defaults() -> None:
     assert (s.host, s.port) == ("127.0.0.1", 3001)
     assert (s.max_concurrent_jobs, s.max_queue_size, s.job_timeout_ms) == (5, 100, 10_000)
     assert (s.rate_limit_requests, s.rate_limit_window_ms, s.effective_burst) == (10, 60_000, 10)
-    assert (s.job_retention_seconds, s.job_retention_count, s.max_code_bytes) == (3600, 10_000, 65_536)
+    assert (s.job_retention_seconds, s.job_retention_count, s.max_code_bytes) == (86_400, 10_000, 65_536)
 
 
 def test_environment_wins_over_env_file(tmp_path: Path) -> None:

@@ -34,6 +34,21 @@ def create_store(settings: Settings, *, events: EventEmitter | None = None, redi
             pool=redis_pool,
             **retention,
         )
+    if settings.durable:
+        from .durable import DurableStore, Journal
+
+        journal = Journal(
+            settings.data_path,
+            retention_seconds=settings.job_retention_seconds,
+            max_bytes=settings.data_max_mb * 1024 * 1024,
+        )
+        return DurableStore(
+            journal,
+            events=events,
+            retention_seconds=settings.job_retention_seconds,
+            retention_count=settings.job_retention_count,
+            retention_bytes=retention["retention_bytes"],
+        )
     return MemoryStore(
         events=events,
         retention_seconds=settings.job_retention_seconds,

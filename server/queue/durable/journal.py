@@ -1,0 +1,389 @@
+"""The job journal: every job's latest state in SQLite, written off the event loop by one thread in batched commits.
+
+The store tells the journal about each change (a cheap dict update on the loop); the writer thread takes whatever
+has piled up, serializes it and commits it in one transaction. A job that changed several times between two
+commits is written once, in its latest state (a no-op job is usually queued, run and finished within one batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from ...jobs import Job
+from . import rows
+from .rows import FINISHED, QUEUED, RUNNING, Recovered
+
+logger = logging.getLogger(__name__)
+
+# Writes waiting for the writer (or taken and not yet committed): past this many, new jobs are kept in memory only
+# (logged) until it catches up. Jobs already journaled are followed to their end: at most this plus the active jobs.
+MAX_PENDING = 10_000
+# Sequence numbers reserved ahead for a running job: after a crash its `worker_lost` event takes a number above
+# any the job may have sent (the reservation is renewed when half of it is used).
+SEQ_RESERVE = 1024
+SWEEP_S = 5.0
+# The writer lets writes gather this long after a wake-up: one commit for many jobs (and one write for a job that
+# is queued, run and finished meanwhile). Each SQLite call also waits for the GIL, which a busy loop holds for up
+# to 5 ms: fewer, larger batches are what keeps the journal's cost per job small.
+GATHER_S = 0.02
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# At close, a failing journal is retried this long before what it holds is given up (logged).
+CLOSE_TIMEOUT_S = 5.0
+_UPSERT = (
+    "INSERT INTO jobs (id, state, owner, finished_at, seq_hi, size, job, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at, "
+    "seq_hi = max(seq_hi, excluded.seq_hi), size = excluded.size, job = excluded.job, log = excluded.log"
+)
+_RESERVE = "UPDATE jobs SET state = ?, seq_hi = max(seq_hi, ?) WHERE id = ? AND state != 'finished'"
+
+
+@dataclass(slots=True)
+class _Op:
+    """A job's pending write: the whole row (`job` set) or only its state and reserved seq (`job` None)."""
+
+    state: str
+    job: Job | None
+    log: bytes | None
+    seq_hi: int
+
+
+@dataclass(slots=True)
+class JournalStats:
+    commits: int = 0
+    rows: int = 0
+    dropped: int = 0  # jobs not journaled because the writer was behind by MAX_PENDING
+    failures: int = 0  # commits that failed (disk full, I/O error); their writes were kept and retried
+    failing: bool = False
+    sweeps: int = 0
+    swept: int = 0  # finished rows deleted by retention
+
+
+class Journal:
+    """Queued, running and finished jobs in `directory/jobs.db`, finished ones kept for `retention_seconds` within
+    `max_bytes` (past it the owner holding the most loses its own oldest first, as in memory)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        retention_seconds: float,
+        max_bytes: int,
+        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.path = directory / "jobs.db"
+        self.stats = JournalStats()
+        self._retention_s = retention_seconds
+        self._max_bytes = max_bytes
+        self._max_pending = max_pending
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Op] = {}
+        self._inflight = 0  # writes the writer has taken and not yet committed (they return on a failure)
+        self._wake = threading.Event()
+        self._closing = False
+        self._known: set[str] = set()  # active jobs with a row (or a pending one): followed to their end
+        self._ceilings: dict[str, int] = {}  # running jobs' reserved seqs
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._thread: threading.Thread | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._reader_db: sqlite3.Connection | None = None
+
+    # -- lifecycle (blocking ones run in a thread) -----------------------------------------------------------
+
+    def open(self, preload: int) -> Recovered:
+        """Lock the directory, open (or create) the database and read what the last run left. A corrupt file is
+        set aside and a new one started (logged); anything else that stops it is a SettingsError, one line."""
+        self._lock_fd = rows.take_lock(self.directory)
+        now_ms = self._clock() * 1000.0
+        horizon_ms = now_ms - self._retention_s * 1000.0
+        moved = None
+        try:
+            try:
+                self._db = rows.connect(self.path)
+            except sqlite3.DatabaseError as exc:
+                if not rows.is_corrupt(exc):
+                    raise
+                moved = rows.set_aside(self.path)
+                logger.error("job journal %s is corrupt (%s): moved to %s, starting a new one", self.path, exc, moved)
+                self._db = rows.connect(self.path)
+            recovered = rows.recover(self._db, now_ms=now_ms, horizon_ms=horizon_ms, preload=preload)
+        except (sqlite3.Error, OSError) as exc:
+            self._release()
+            raise rows.cannot(self.directory, str(exc)) from None
+        except BaseException:
+            self._release()
+            raise
+        recovered.set_aside = moved
+        self._known.update(job.id for job in (*recovered.queued, *recovered.lost))
+        return recovered
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="conveyor-journal", daemon=True)
+        self._thread.start()
+        # Reads of evicted results: one thread with its own connection (WAL lets it read while the writer writes).
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="conveyor-journal-read")
+
+    async def close(self) -> None:
+        """Write what is pending (a failing disk is retried CLOSE_TIMEOUT_S), then close the files."""
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._reader, self._close_reader)
+            self._reader.shutdown(wait=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # and with it the directory's lock
+            self._lock_fd = None
+
+    # -- what the store tells it (on the event loop; never blocks) -------------------------------------------
+
+    def queued(self, job: Job) -> None:
+        """A new job: its whole row (submission, limits, owner, tests, callback...), unless the writer is behind."""
+        with self._lock:
+            if self._behind():
+                self._drop(job)
+                return
+            self._known.add(job.id)
+            # Seqs reserved from the first write: a job that starts before its claim is written still has them.
+            self._merge(job.id, _Op(QUEUED, job, None, job.seq + SEQ_RESERVE))
+        self._wake.set()
+
+    def running(self, job: Job) -> None:
+        """Claimed (or past half its reserved seqs): the row says running, with seqs reserved ahead."""
+        ceiling = job.seq + SEQ_RESERVE
+        self._ceilings[job.id] = ceiling
+        if job.id in self._known:
+            with self._lock:
+                self._merge(job.id, _Op(RUNNING, None, None, ceiling))
+            self._wake.set()
+
+    def emitted(self, job: Job) -> None:
+        """An event of a running job took a seq: renew the reservation when half of it is used."""
+        ceiling = self._ceilings.get(job.id)
+        if ceiling is not None and job.seq > ceiling - SEQ_RESERVE // 2:
+            self.running(job)
+
+    def finished(self, job: Job, log: bytes) -> None:
+        """The job's final row with its event log (a job never journaled is left out while the writer is behind)."""
+        self._ceilings.pop(job.id, None)
+        with self._lock:
+            if job.id not in self._known and self._behind():
+                self._drop(job)
+                return
+            self._known.discard(job.id)
+            self._merge(job.id, _Op(FINISHED, job, log, 0))
+        self._wake.set()
+
+    def _behind(self) -> bool:
+        return len(self._pending) + self._inflight >= self._max_pending
+
+    def _drop(self, job: Job) -> None:
+        self.stats.dropped += 1
+        if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
+            logger.error(
+                "job %s: the job journal is %d writes behind (%d jobs kept in memory only so far): it would not "
+                "survive a restart",
+                job.id,
+                len(self._pending) + self._inflight,
+                self.stats.dropped,
+            )
+
+    def _merge(self, job_id: str, op: _Op) -> None:
+        """Under the lock: a job's newer write over its older pending one. A whole row stays whole (its row may
+        not exist yet); a state-only write then only moves its state and reservation."""
+        old = self._pending.get(job_id)
+        if old is not None:
+            if op.job is None and old.job is not None:
+                old.seq_hi = max(old.seq_hi, op.seq_hi)
+                if old.state == QUEUED:
+                    old.state = op.state
+                return
+            op.seq_hi = max(op.seq_hi, old.seq_hi)
+        self._pending[job_id] = op
+
+    # -- reads -----------------------------------------------------------------------------------------------
+
+    async def read(self, job_id: str) -> tuple[Job, bytes] | None:
+        """A finished job within retention and its event log, pending or written, or None."""
+        with self._lock:
+            op = self._pending.get(job_id)
+        if op is not None and op.job is not None and op.state == FINISHED:
+            return op.job, op.log or b""
+        if self._reader is None:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._read, job_id)
+
+    def _read(self, job_id: str) -> tuple[Job, bytes] | None:
+        horizon_ms = (self._clock() - self._retention_s) * 1000.0
+        try:
+            if self._reader_db is None:
+                self._reader_db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+            row = self._reader_db.execute(
+                "SELECT job, log FROM jobs WHERE id = ? AND state = 'finished' AND finished_at >= ?",
+                (job_id, horizon_ms),
+            ).fetchone()
+            return None if row is None else (rows.decode_job(row[0]), row[1] or b"")
+        except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+            logger.warning("job %s: could not be read from the job journal (%s)", job_id, exc)
+            return None
+
+    def _close_reader(self) -> None:
+        if self._reader_db is not None:
+            self._reader_db.close()
+            self._reader_db = None
+
+    # -- the writer thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_sweep = 0.0  # at once: rows that expired while the server was down go first
+        failures = 0
+        gave_up_at: float | None = None
+        while True:
+            if not self._closing and self._wake.wait(SWEEP_S):
+                time.sleep(GATHER_S)
+            self._wake.clear()
+            with self._lock:
+                batch, self._pending = self._pending, {}
+                self._inflight = len(batch)
+                closing = self._closing
+            ok = self._commit(batch) if batch else True
+            if ok and time.monotonic() >= next_sweep:
+                ok = self._sweep()
+                next_sweep = time.monotonic() + SWEEP_S
+            if ok:
+                failures = 0
+                with self._lock:
+                    if closing and not self._pending:
+                        break
+                continue
+            failures += 1
+            if closing:
+                gave_up_at = gave_up_at or time.monotonic() + CLOSE_TIMEOUT_S
+                if time.monotonic() >= gave_up_at:
+                    logger.error("job journal: %d writes could not be stored before exit", len(self._pending))
+                    break
+            time.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _commit(self, batch: dict[str, _Op]) -> bool:
+        puts, states, deletes = [], [], []
+        for job_id, op in batch.items():
+            if op.job is None:
+                states.append((op.state, op.seq_hi, job_id))
+            elif op.state == FINISHED and (self._retention_s <= 0 or self._max_bytes <= 0):
+                deletes.append((job_id,))
+            else:
+                try:
+                    data = orjson.dumps(op.job)  # one C call under the GIL: a consistent snapshot of the job
+                except TypeError as exc:
+                    logger.error("job %s: cannot be journaled (%s)", job_id, exc)
+                    continue
+                size = len(data) + len(op.log or b"") + rows.ROW_OVERHEAD
+                done = op.job.finished_at if op.state == FINISHED else None
+                puts.append((job_id, op.state, op.job.owner, done, op.seq_hi, size, data, op.log))
+        try:
+            assert self._db is not None
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement, values in ((_UPSERT, puts), (_RESERVE, states), ("DELETE FROM jobs WHERE id = ?", deletes)):
+                if values:
+                    self._db.executemany(statement, values)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            with self._lock:  # back under the writes that came meanwhile, to be retried
+                newer, self._pending = self._pending, batch
+                for job_id, op in newer.items():
+                    self._merge(job_id, op)
+                self._inflight = 0
+            return False
+        with self._lock:
+            self._inflight = 0
+        self.stats.commits += 1
+        self.stats.rows += len(batch)
+        self._succeeded()
+        return True
+
+    def _sweep(self) -> bool:
+        """Retention on disk: finished rows past their age go, then, past `max_bytes`, the oldest of the owner
+        holding the most (down to the next holder), until the rest fits."""
+        assert self._db is not None
+        db = self._db
+        horizon_ms = (self._clock() - self._retention_s) * 1000.0
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            deleted = db.execute("DELETE FROM jobs WHERE state = 'finished' AND finished_at < ?", (horizon_ms,))
+            swept = max(0, deleted.rowcount)
+            (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM jobs WHERE state = 'finished'").fetchone()
+            while total > self._max_bytes:
+                holders = db.execute(
+                    "SELECT owner, SUM(size) AS held FROM jobs WHERE state = 'finished' GROUP BY owner "
+                    "ORDER BY held DESC LIMIT 2"
+                ).fetchall()
+                (owner, held), floor = holders[0], holders[1][1] if len(holders) > 1 else 0
+                victims = []
+                for job_id, size in db.execute(
+                    "SELECT id, size FROM jobs WHERE state = 'finished' AND owner = ? ORDER BY finished_at",
+                    (owner,),
+                ):
+                    victims.append((job_id,))
+                    total, held = total - size, held - size
+                    if total <= self._max_bytes or held < floor:
+                        break
+                db.executemany("DELETE FROM jobs WHERE id = ?", victims)
+                swept += len(victims)
+            db.execute("COMMIT")
+            if swept:
+                db.execute("PRAGMA incremental_vacuum")  # the freed pages go back to the disk
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return False
+        self.stats.sweeps += 1
+        self.stats.swept += swept
+        self._succeeded()
+        return True
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        assert self._db is not None
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+        self.stats.failures += 1
+        if not self.stats.failing:
+            self.stats.failing = True
+            logger.error(
+                "job journal %s: writing failed (%s); jobs are served from memory and the writes retried, but "
+                "what finishes meanwhile survives a restart only once they succeed",
+                self.path,
+                exc,
+            )
+
+    def _succeeded(self) -> None:
+        if self.stats.failing:
+            self.stats.failing = False
+            logger.warning("job journal %s: writing again (after %d failed attempts)", self.path, self.stats.failures)
