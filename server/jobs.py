@@ -219,6 +219,10 @@ class Job:
     tests: list[TestCase] | None = None
     callback_url: str | None = None
     output_encoding: str = "utf8"
+    # What a compat door's submission said that a native job does not keep (Judge0's language_id, its own limits'
+    # names...), as JSON: stored with the job by every store, so any instance, and this one after a restart,
+    # answers that door the same way.
+    dialect: dict[str, Any] | None = None
 
     @property
     def wait_time_ms(self) -> float | None:

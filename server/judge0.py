@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,24 +106,16 @@ class Judge0Api:
         self.settings = app[SETTINGS]
         self.config = Judge0Config.of(self.settings)
         self.languages = load_languages()
-        # Bounded like the queue's own retention: what a native job does not keep (docs/compat.md).
-        self.extras: OrderedDict[str, Extras] = OrderedDict()
-        self.max_extras = max(1, self.settings.job_retention_count)
 
     @property
     def catalog(self) -> Catalog:
         return Catalog(self.app[RUNNER], self.languages, self.settings)
 
-    def remember(self, job_id: str, extras: Extras) -> None:
-        self.extras[job_id] = extras
-        while len(self.extras) > self.max_extras:
-            self.extras.popitem(last=False)
-
     # -- rendering -------------------------------------------------------------------------------------------
 
     def serialize(self, job: Job, fields: Iterable[str], base64_encoded: bool) -> dict[str, Any]:
         """The submission's requested attributes; raises Unconvertible for text that is not UTF-8 in text mode."""
-        extras = self.extras.get(job.id) or Extras()
+        extras = Extras.from_json(job.dialect)
         found = outcome(job, extras)
         catalog = self.catalog
         entry = catalog.by_id(extras.language_id) if extras.language_id else catalog.for_language(job.language)
@@ -200,13 +191,13 @@ class Judge0Api:
         """Queue the job; Judge0's callback is a PUT of the finished submission, base64 encoded, with the default
         fields (isolate_job.rb), through the app's one SSRF-safe callback sender."""
         job.callback_url = extras.callback_url
+        job.dialect = extras.to_json()
         await submit(
             self.app,
             job,
             callback_body=lambda done: orjson.dumps(self.serialize(done, DEFAULT_FIELDS, True)),
             callback_method="PUT",
         )
-        self.remember(job.id, extras)
 
     async def create(self, request: web.Request) -> web.Response:
         wait = request.query.get("wait") == "true"
@@ -290,7 +281,7 @@ class Judge0Api:
         if not drivable_job(client_of(request), job):
             return judge0_error("Only the submission's owner or an admin key may delete it.", 403)
         if not job.status.finished:
-            found = outcome(job, self.extras.get(job.id) or Extras())
+            found = outcome(job, Extras.from_json(job.dialect))
             status = self.catalog.statuses[found.status]
             return judge0_error(f"submission cannot be deleted because its status is {found.status} ({status})", 400)
         return judge0_error("delete not allowed", 400)

@@ -124,7 +124,7 @@ class Judge0Info:
         languages: Counter[tuple[int, str]] = Counter()
         statuses: Counter[int] = Counter()
         for job in jobs:
-            extras = self.api.extras.get(job.id) or Extras()
+            extras = Extras.from_json(job.dialect)
             entry = catalog.by_id(extras.language_id) if extras.language_id else catalog.for_language(job.language)
             if entry is not None:
                 languages[(entry.id, entry.name)] += 1

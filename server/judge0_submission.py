@@ -109,6 +109,36 @@ class Extras:
     additional_files: bool = False
     errors: dict[str, list[str]] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """What the job keeps of these (`Job.dialect`); errors are answered at submission and not kept."""
+        return {
+            "language_id": self.language_id,
+            "number_of_runs": self.number_of_runs,
+            "cpu_extra_time": str(self.cpu_extra_time),
+            "stack_limit": self.stack_limit,
+            "max_processes": self.max_processes,
+            "max_file_size": self.max_file_size,
+            "redirect_stderr_to_stdout": self.redirect_stderr_to_stdout,
+            "compiler_options": self.compiler_options,
+            "command_line_arguments": self.command_line_arguments,
+            "callback_url": self.callback_url,
+            "additional_files": self.additional_files,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Extras:
+        """The extras a job kept (written by `to_json`, perhaps by another version: unknown keys are ignored, a
+        missing or malformed one takes its default)."""
+        if not data:
+            return cls()
+        known = {f for f in cls.__dataclass_fields__ if f != "errors"}
+        values = {k: v for k, v in data.items() if k in known}
+        try:
+            values["cpu_extra_time"] = Decimal(str(values.get("cpu_extra_time", 0)))
+            return cls(**values)
+        except (ArithmeticError, TypeError, ValueError):
+            return cls()
+
 
 def _number(
     params: dict[str, Any],

@@ -415,18 +415,30 @@ async def test_additional_files_cannot_escape_the_work_dir(client: Client) -> No
     assert status == 422 and list(errors) == ["additional_files"] and ".." in errors["additional_files"][0]
 
 
-def test_what_jobs_do_not_keep_is_bounded() -> None:
-    from server.judge0 import Judge0Api
-    from server.judge0_submission import Extras
-    from server.keys import SETTINGS
-    from tests.conftest import make_settings
-
-    app = web.Application()
-    app[SETTINGS] = make_settings(job_retention_count=2)
-    api = Judge0Api(app)
-    for job_id in ("a", "b", "c"):
-        api.remember(job_id, Extras(language_id=71))
-    assert list(api.extras) == ["b", "c"]
+async def test_what_a_submission_said_is_answered_by_another_instance(
+    app_client: AppClientFactory, redis_url: str
+) -> None:
+    # Judge0's own fields (language_id, its limits' names, the stderr redirect) were kept in the accepting
+    # instance's memory: another instance, or this one after a restart, answered them with defaults.
+    one = await app_client(redis_url=redis_url)
+    two = await app_client(redis_url=redis_url)
+    body = {
+        "source_code": "import sys\nprint('out')\nprint('err', file=sys.stderr)",
+        "language_id": 71,
+        "redirect_stderr_to_stdout": True,
+        "stack_limit": 4000,
+        "command_line_arguments": "a 'b c'",
+    }
+    status, got = await submit(one, body)
+    assert status == 201, got
+    fields = "language_id,redirect_stderr_to_stdout,stack_limit,command_line_arguments,stdout"
+    answers = [
+        await (await client.get(f"/judge0/submissions/{got['token']}?fields={fields}")).json() for client in (one, two)
+    ]
+    assert answers[0] == answers[1]
+    assert answers[1]["language_id"] == 71 and answers[1]["redirect_stderr_to_stdout"] is True
+    assert answers[1]["stack_limit"] == 4000
+    assert answers[1]["command_line_arguments"] == "a 'b c'" and "err" in answers[1]["stdout"]
 
 
 @pytest.mark.redis
