@@ -14,6 +14,7 @@ from ..events import Event
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from . import transitions
 from .base import InstanceRecord
+from .handoff import Finished
 from .records import brief_dict, job_to_hash, record_bytes, result_dict
 from .redis_core import (
     CLAIM_EVENT,
@@ -32,8 +33,6 @@ PRIORITY_DIGITS = 19
 MAX_PRIORITY = 10**PRIORITY_DIGITS - 1
 # Instances in the heartbeat records at most: far more than a deployment runs; past it the stalest are dropped.
 MAX_INSTANCES = 256
-# A job's finish as the worker hands it over: the job, its final status and its result.
-Finished = tuple[Job, JobStatus, ExecutionResult]
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
