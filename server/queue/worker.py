@@ -517,8 +517,8 @@ class Worker:
 
     async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
         """FINISH, retried while the store is unreachable (it is idempotent for the lease holder); our lease is
-        renewed meanwhile, since the job stays registered here until this returns. Then the freed slot takes
-        the next job at once (no wake-up round trip)."""
+        renewed meanwhile, since the job stays registered here until this returns. The freed slot takes the
+        next job at once: in the same call on Redis (finish-and-claim), else by a claim right after."""
         job = run.job
         attempt = 0
         while True:
