@@ -26,18 +26,28 @@ MakeQueue = Callable[..., Any]
 
 
 class SlowFinish:
-    """Holds the store's FINISH until released: the window in which a stop or a shutdown used to kill it."""
+    """Holds the store's FINISH until released: the window in which a stop or a shutdown used to kill it. On Redis
+    a worker finishes through `finish_and_claim` (several at once, claiming the next): that is held too."""
 
     def __init__(self, queue: Worker) -> None:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self._finish = queue.store.finish
         queue.store.finish = self  # type: ignore[method-assign]
+        store: Any = queue.store
+        if hasattr(store, "finish_and_claim"):
+            self._finish_and_claim = store.finish_and_claim
+            store.finish_and_claim = self._held_finish_and_claim
 
     async def __call__(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
         self.entered.set()
         await self.release.wait()
         return await self._finish(job, status, result)
+
+    async def _held_finish_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return await self._finish_and_claim(*args, **kwargs)
 
 
 # -- 1: a stop or a shutdown while the result is being stored ------------------------------------------------

@@ -117,6 +117,31 @@ local function stamp(template, stamps, values)
   parts[#parts + 1] = '}'
   return table.concat(parts)
 end
+-- Pops up to COUNT queued jobs for WORKER while the cluster runs fewer than MAXC (the highest priority first, FIFO
+-- within it), under a lease; returns their hashes. Q: {queued, running, stats, events, recent_wait}.
+local function claim_jobs(P, Q, worker, lease, maxc, maxlen, logmax, count, status, template, stamps)
+  local queued_key, running_key, stats, events, recent_wait = Q[1], Q[2], Q[3], Q[4], Q[5]
+  local running = redis.call('ZCARD', running_key)
+  local claimed = {}
+  local now = now_ms()
+  while #claimed < count and running < maxc do
+    local popped = redis.call('ZPOPMIN', queued_key)
+    if #popped == 0 then break end
+    local id = string.sub(popped[1], 37)
+    local job, log = P .. ':job:' .. id, P .. ':log:' .. id
+    local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
+    redis.call('HSET', job, 'status', status, 'started_at', now, 'worker', worker)
+    redis.call('ZADD', running_key, now + lease, id)
+    redis.call('HINCRBYFLOAT', stats, 'wait_sum', wait)
+    redis.call('HINCRBY', stats, 'wait_count', 1)
+    redis.call('LPUSH', recent_wait, wait)
+    emit(events, job, log, worker, maxlen, logmax, stamp(template, stamps, {id = id, now = now, wait = wait}))
+    claimed[#claimed + 1] = redis.call('HGETALL', job)
+    running = running + 1
+  end
+  if #claimed > 0 then redis.call('LTRIM', recent_wait, 0, 999) end
+  return claimed
+end
 -- Nobody reached Redis for longer than half a lease: Redis itself stalled (SIGSTOP, a long fork) or every instance
 -- was down. Leases could not be renewed meanwhile, so move them on by the gap instead of failing finished work.
 local function heal_gap(running, heartbeat, now, lease)
@@ -168,29 +193,9 @@ return {1, queued + 1, now}
 CLAIM = (
     _PRELUDE
     + """
-local queued_key, running_key, stats, events, recent_wait = unpack(KEYS)
-local worker, lease, maxc, maxlen, logmax = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local count, P, status, template, stamps = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], cjson.decode(ARGV[10])
-local running = redis.call('ZCARD', running_key)
-local claimed = {}
-local now = now_ms()
-while #claimed < count and running < maxc do
-  local popped = redis.call('ZPOPMIN', queued_key)
-  if #popped == 0 then break end
-  local id = string.sub(popped[1], 37)
-  local job, log = P .. ':job:' .. id, P .. ':log:' .. id
-  local wait = now - tonumber(redis.call('HGET', job, 'created_at'))
-  redis.call('HSET', job, 'status', status, 'started_at', now, 'worker', worker)
-  redis.call('ZADD', running_key, now + lease, id)
-  redis.call('HINCRBYFLOAT', stats, 'wait_sum', wait)
-  redis.call('HINCRBY', stats, 'wait_count', 1)
-  redis.call('LPUSH', recent_wait, wait)
-  emit(events, job, log, worker, maxlen, logmax, stamp(template, stamps, {id = id, now = now, wait = wait}))
-  claimed[#claimed + 1] = redis.call('HGETALL', job)
-  running = running + 1
-end
-if #claimed > 0 then redis.call('LTRIM', recent_wait, 0, 999) end
-return claimed
+return claim_jobs(P, KEYS, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], count, status, template,
+  stamps)
 """
 )
 
@@ -204,45 +209,60 @@ return emit(KEYS[3], KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
 )
 
-# KEYS: running, finished, stats, events, wake, recent_exec, finish_times, sizes, retained, job, log, stdin.
-# ARGV: origin (the worker), id, status, result JSON, execution ms, maxlen, logmax, retention_s, retention_count,
-# retention_bytes, record bytes, event JSON, prefix, brief result JSON (without output, for listings).
-# Returns 1, also for a retry after a lost reply (idempotent for the lease holder), or 0 when this worker no longer
-# holds the job (its lease was reclaimed).
+# KEYS: running, finished, stats, events, wake, recent_exec, finish_times, sizes, retained, queued, recent_wait, then
+# job, log, stdin of each finished job. ARGV: origin (the worker), maxlen, logmax, retention_s, retention_count,
+# retention_bytes, prefix, claim count, lease_ms, max_concurrent, the claim's status, event template and stamps
+# (JSON), then 7 per finished job: id, status, result JSON, execution ms, record bytes, event JSON, brief result JSON
+# (without output, for listings).
+# Finishes every job of the batch: each 1, also for a retry after a lost reply (idempotent for the lease holder), or
+# 0 when this worker no longer holds it (its lease was reclaimed). Then, with the slots they freed, claims up to
+# `claim count` queued jobs for the same worker, as CLAIM does: a busy worker needs no CLAIM round trip of its own.
+# Returns {{flag, ...}, {claimed hash, ...}}.
 FINISH = (
     _PRELUDE
     + """
-local running, finished, stats, events, wake_key, recent_exec, finish_times, sizes, retained, job, log, stdin =
-  unpack(KEYS)
-local worker, id, status, result = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local exec_ms, maxlen, logmax = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-if redis.call('HGET', job, 'worker') ~= worker then return 0 end
-if redis.call('HGET', job, 'status') ~= 'running' then
-  if redis.call('HGET', job, 'finished_by') == worker then return 1 end
-  return 0
+local running, finished, stats, events, wake_key, recent_exec, finish_times, sizes, retained, queued, recent_wait =
+  unpack(KEYS, 1, 11)
+local worker, maxlen, logmax, P = ARGV[1], ARGV[2], ARGV[3], ARGV[7]
+local rs, rc, rb = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local function finish_one(job, log, stdin, id, status, result, exec_ms, record_bytes, event, brief)
+  if redis.call('HGET', job, 'worker') ~= worker then return 0 end
+  if redis.call('HGET', job, 'status') ~= 'running' then
+    if redis.call('HGET', job, 'finished_by') == worker then return 1 end
+    return 0
+  end
+  local now = now_ms()
+  redis.call('HSET', job, 'status', status, 'finished_at', now, 'result', result, 'finished_by', worker,
+    'brief', brief)
+  redis.call('HDEL', job, 'stdin_bytes')
+  redis.call('DEL', stdin)
+  redis.call('ZREM', running, id)
+  if status == 'cancelled' then
+    redis.call('HINCRBY', stats, 'cancelled', 1)
+  else
+    redis.call('HINCRBY', stats, 'processed', 1)
+    redis.call('HINCRBY', stats, status, 1)
+    redis.call('HINCRBYFLOAT', stats, 'exec_sum', exec_ms)
+    redis.call('HINCRBY', stats, 'exec_count', 1)
+    redis.call('LPUSH', recent_exec, exec_ms)
+    redis.call('LTRIM', recent_exec, 0, 999)
+  end
+  emit(events, job, log, worker, maxlen, logmax, event)
+  local size = record_bytes + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
+  retire(P, finished, sizes, retained, finish_times, id, job, log, now, size, rs, rc, rb)
+  return 1
 end
-local now = now_ms()
-redis.call('HSET', job, 'status', status, 'finished_at', now, 'result', result, 'finished_by', worker,
-  'brief', ARGV[14])
-redis.call('HDEL', job, 'stdin_bytes')
-redis.call('DEL', stdin)
-redis.call('ZREM', running, id)
-if status == 'cancelled' then
-  redis.call('HINCRBY', stats, 'cancelled', 1)
-else
-  redis.call('HINCRBY', stats, 'processed', 1)
-  redis.call('HINCRBY', stats, status, 1)
-  redis.call('HINCRBYFLOAT', stats, 'exec_sum', exec_ms)
-  redis.call('HINCRBY', stats, 'exec_count', 1)
-  redis.call('LPUSH', recent_exec, exec_ms)
-  redis.call('LTRIM', recent_exec, 0, 999)
+local flags = {}
+for i = 0, (#KEYS - 11) / 3 - 1 do
+  local k, a = 12 + i * 3, 14 + i * 7
+  flags[#flags + 1] = finish_one(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2],
+    tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6])
 end
-emit(events, job, log, worker, maxlen, logmax, ARGV[12])
-local size = tonumber(ARGV[11]) + tonumber(redis.call('HGET', job, 'log_bytes') or 0)
-retire(ARGV[13], finished, sizes, retained, finish_times, id, job, log, now, size, tonumber(ARGV[8]),
-  tonumber(ARGV[9]), tonumber(ARGV[10]))
-wake(wake_key)
-return 1
+local claimed = claim_jobs(P, {queued, running, stats, events, recent_wait}, worker, tonumber(ARGV[9]),
+  tonumber(ARGV[10]), maxlen, logmax, tonumber(ARGV[8]), ARGV[11], ARGV[12], cjson.decode(ARGV[13]))
+-- Freed places are news only to a worker that can take what is still waiting.
+if redis.call('ZCARD', queued) > 0 then wake(wake_key) end
+return {flags, claimed}
 """
 )
 

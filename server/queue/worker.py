@@ -16,6 +16,7 @@ from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 from ..loops import raise_if_cancelling, stop_task
 from . import transitions
 from .base import InstanceRecord, OutputCoalescer, Store, execute
+from .handoff import Claimed, ClaimsOnFinish, FinishBatcher
 from .records import held_bytes
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,19 @@ class Worker:
         # The store's wait for work, in a task of its own so the claim loop can leave it without cancelling it.
         self._work_wait: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
+        # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
+        self._reserved = 0
+        # A store that can claim as it finishes (Redis) gets its finishes batched, and claims with them.
+        self._batcher: FinishBatcher | None = None
+        if isinstance(store, ClaimsOnFinish):
+            self._batcher = FinishBatcher(
+                store,
+                reserve=self._reserve_for_finish,
+                unreserve=self._unreserve,
+                start=self._start_claimed,
+                lease_ms=lease_timeout_ms,
+                max_concurrent=max_concurrent,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -343,7 +357,8 @@ class Worker:
                 await self._idle(asyncio.ensure_future(self._freed.wait()), WAKE_TIMEOUT_S, cancel=True)
                 continue
             try:
-                claimed = await self._fill()
+                # A finish that just claimed found the queue empty: wait for news rather than ask again.
+                filled = False if self._drained() else await self._fill()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -353,7 +368,7 @@ class Worker:
                 logger.warning("claiming jobs failed (%s); retrying", exc)
                 await self._idle(None, 1.0)
                 continue
-            if not claimed:
+            if not filled:
                 try:
                     await self._wait_for_work()
                 except asyncio.CancelledError:
@@ -385,18 +400,41 @@ class Worker:
                 waiting.cancel()
 
     def _free(self) -> int:
-        return self._slots - len(self._running)
+        return self._slots - len(self._running) - self._reserved
 
-    async def _fill(self) -> int:
-        """Claim as many jobs as there are free slots here and start them. Called by the claim loop and right
-        after a submit or a finish, so a freed slot starts the next job without waiting for a wake-up."""
-        free = self._free()
-        if free <= 0 or self._closing:
-            return 0
-        jobs = await self.store.claim(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent)
+    def _drained(self) -> bool:
+        if self._batcher is None or not self._batcher.drained:
+            return False
+        self._batcher.drained = False
+        return True
+
+    def _reserve_for_finish(self, finishing: int) -> int:
+        """Jobs a finish of `finishing` runs (still registered here) may claim: the slots they free and the free
+        ones, none while closing."""
+        count = 0 if self._closing else max(0, self._free() + finishing)
+        self._reserved += count
+        return count
+
+    def _unreserve(self, count: int) -> None:
+        self._reserved -= count
+
+    def _start_claimed(self, jobs: Claimed) -> None:
         for job, stop in jobs:
             self._start(job, stop)
-        return len(jobs)
+
+    async def _fill(self) -> bool:
+        """Claim as many jobs as there are free slots here and start them; True when it filled them all (more
+        may be waiting). Called by the claim loop, and right after a finish on a store that does not claim then."""
+        free = self._free()
+        if free <= 0 or self._closing:
+            return False
+        self._reserved += free
+        try:
+            jobs = await self.store.claim(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent)
+        finally:
+            self._reserved -= free
+        self._start_claimed(jobs)
+        return len(jobs) == free
 
     def _start(self, job: Job, stop: str | None) -> None:
         run = Running(job)
@@ -479,13 +517,17 @@ class Worker:
 
     async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
         """FINISH, retried while the store is unreachable (it is idempotent for the lease holder); our lease is
-        renewed meanwhile, since the job stays registered here until this returns. Then the freed slot takes
-        the next job at once (no wake-up round trip)."""
+        renewed meanwhile, since the job stays registered here until this returns. The freed slot takes the
+        next job at once: in the same call on Redis (finish-and-claim), else by a claim right after."""
         job = run.job
         attempt = 0
         while True:
             try:
-                if not await self.store.finish(job, status, result):
+                if self._batcher is not None and attempt == 0:
+                    stored = await self._batcher.finish(job, status, result)
+                else:  # retries claim nothing: jobs claimed by a call whose reply was lost wait for their lease
+                    stored = await self.store.finish(job, status, result)
+                if not stored:
                     logger.warning("job %s: lease lost before its result was stored", job.id)
                 break
             except Exception as exc:
@@ -502,7 +544,7 @@ class Worker:
             _, old = self._finished_here.popitem(last=False)
             self._finished_here_bytes -= held_bytes(old)
         self._release(run)
-        if not self._closing:
+        if self._batcher is None and not self._closing:
             with suppress(Exception):
                 await self._fill()
 
