@@ -239,7 +239,10 @@ async def test_a_lease_renewed_after_it_was_found_expired_is_not_reclaimed(redis
         found: list[Any] = []
 
         async def expired() -> bool:
-            _, hashes = await store._scripts["EXPIRED"](keys=store._keys("running", "heartbeat"), args=[1, "conveyor"])
+            # The instances' lease (60 s) judges whether Redis stalled (a gap over half of it moves every lease on);
+            # this job's own lease was 1 ms. With 1 here every call would look like a stall and heal it.
+            keys = store._keys("running", "heartbeat")
+            _, hashes = await store._scripts["EXPIRED"](keys=keys, args=[60_000, "conveyor"])
             found[:] = hashes
             return bool(hashes)
 
