@@ -38,7 +38,7 @@ from .languages import load_languages
 from .listing import LIST_WINDOW, MAX_PAGE_SIZE
 from .payloads import parse_run
 from .ratelimit import raise_if_denied
-from .submissions import submit
+from .submissions import register_callback_body, submit
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +191,13 @@ class Judge0Api:
         """Queue the job; Judge0's callback is a PUT of the finished submission, base64 encoded, with the default
         fields (isolate_job.rb), through the app's one SSRF-safe callback sender."""
         job.callback_url = extras.callback_url
-        job.dialect = extras.to_json()
-        await submit(
-            self.app,
-            job,
-            callback_body=lambda done: orjson.dumps(self.serialize(done, DEFAULT_FIELDS, True)),
-            callback_method="PUT",
-        )
+        job.dialect = extras.to_json()  # kept with the job: its callback's body, built anywhere, reads them
+        await submit(self.app, job, callback_format="judge0", callback_method="PUT")
+
+    def callback_body(self, job: Job) -> bytes:
+        """Judge0's callback body (registered as `judge0`): built by whichever instance sees the job end, from what
+        the job itself keeps (`Job.dialect`)."""
+        return orjson.dumps(self.serialize(job, DEFAULT_FIELDS, True))
 
     async def create(self, request: web.Request) -> web.Response:
         wait = request.query.get("wait") == "true"
@@ -374,6 +374,7 @@ def setup_judge0(app: web.Application) -> None:
     from .judge0_info import Judge0Info
 
     api = Judge0Api(app)
+    register_callback_body(app, "judge0", api.callback_body)
 
     router = app.router
     router.add_post("/judge0/submissions", api.create)

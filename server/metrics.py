@@ -46,6 +46,7 @@ CALLBACK_COUNTERS = {
     "retried": "Callback attempts that failed and were scheduled again (backoff with jitter).",
     "abandoned": "Callbacks given up: not worth retrying, CALLBACK_RETRIES or CALLBACK_RETRY_HORIZON_S used up.",
     "dropped": "Callbacks not kept because the outbox held CALLBACK_QUEUE_SIZE already.",
+    "orphaned": "Callbacks armed at submission and dropped: the job store no longer knew their job.",
 }
 
 
@@ -111,6 +112,12 @@ class _ScrapeCollector(Collector):
             "callbacks_pending",
             "Callbacks in the outbox, due or waiting for a retry (on Redis: every instance's, one shared outbox).",
             sender.pending,
+        )
+        yield _gauge(
+            "callbacks_armed",
+            "Callbacks armed at submission whose job is still queued or running (they count towards "
+            "CALLBACK_QUEUE_SIZE; on Redis: every instance's).",
+            sender.armed,
         )
         yield _gauge("callbacks_in_flight", "Callback requests this instance has under way.", sender.in_flight)
 

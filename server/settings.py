@@ -492,8 +492,8 @@ class Settings:
         "CALLBACK_QUEUE_SIZE",
         _int_range(1, 1_000_000),
         1000,
-        "callbacks the outbox holds; when full, submissions with a callback get 503 and late ones are dropped "
-        "(logged, counted)",
+        "callbacks the outbox holds, armed at submission (a job still queued or running) or waiting for delivery; "
+        "when full, submissions with a callback get 503",
     )
 
     @property

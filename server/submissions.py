@@ -1,19 +1,20 @@
 """Submissions: queueing a job from any front door (REST, batches, the WebSocket, the compat APIs), with its
-callback followed from before it can start."""
+callback armed in the outbox and followed from before it can start."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .callbacks import CallbackSender, Delivery, callback_sender
-from .errors import BadRequest, QueueFull, TooManyRequests
+from .callbacks import Armed, BodyOf, CallbackSender, callback_sender, recovering
+from .errors import BackendUnavailable, BadRequest, QueueFull, TooManyRequests
 from .events import Event
 from .identity import Client
 from .jobs import TERMINAL_TYPES, Job
@@ -24,12 +25,20 @@ from .watch import job_watch
 
 logger = logging.getLogger(__name__)
 _deliveries: set[asyncio.Task[None]] = set()  # strong references until each has fetched its job
-# What a callback carries: the finished job as its owner reads it (GET /queue/job/{id}).
-BodyOf = Callable[[Job], bytes]
+# Callback bodies by format name (an armed callback names its own): any instance builds any body from the job.
+CALLBACK_BODIES: web.AppKey[dict[str, BodyOf]] = web.AppKey("callback_bodies")
 
 
 def native_body(job: Job) -> bytes:
+    """The native doors' callback: the finished job as its owner reads it (GET /queue/job/{id})."""
     return orjson.dumps(job.to_dict())
+
+
+def register_callback_body(app: web.Application, name: str, body_of: BodyOf) -> None:
+    """Name how a callback's body is built from its finished job (a compat dialect registers its own at setup)."""
+    if CALLBACK_BODIES not in app:
+        app[CALLBACK_BODIES] = {}
+    app[CALLBACK_BODIES][name] = body_of
 
 
 def submit_cost(settings: Settings, job: Job) -> int:
@@ -93,23 +102,25 @@ async def submit(
     *,
     client: Client | None = None,
     refund_refusal: bool = True,
-    callback_body: BodyOf = native_body,
+    callback_format: str = "native",
     callback_method: str = "POST",
 ) -> Job:
     """Queue `job`. With `client`, first charge what it costs beyond the one submit token its door drew (`charge`).
-    With a callback URL, the finished job goes to the callback outbox (refused with 503 while it is full)."""
-    if job.callback_url is not None and CALLBACKS in app and app[CALLBACKS].full:
-        raise QueueFull(
-            f"The callback outbox holds CALLBACK_QUEUE_SIZE={app[CALLBACKS].capacity} undelivered callbacks; "
-            "try again later, or submit without callbackUrl.",
-            headers={"Retry-After": "60"},
-            retryAfter=60,
-        )
-    if client is not None:
-        await charge(app, client, job, refund_refusal=refund_refusal)
-    unfollow = None
-    if job.callback_url is not None:
-        unfollow = follow_callback(app, job.id, job.callback_url, callback_body, callback_method)
+    With a callback URL, the callback is armed in the outbox first (refused with 503 while it is full), then filled
+    with the job as `callback_format` shows it when the job ends; a refused submission disarms it."""
+    armed = await _arm(app, job, callback_format, callback_method)
+    try:
+        if client is not None:
+            await charge(app, client, job, refund_refusal=refund_refusal)
+        return await _queue(app, job, armed)
+    except Exception:
+        if armed is not None:
+            await _disarm(app, armed)
+        raise
+
+
+async def _queue(app: web.Application, job: Job, armed: Armed | None) -> Job:
+    unfollow = follow_callback(app, armed) if armed is not None else None
     submitters = app.get(SUBMITTERS)  # the job log's: who submitted it, through which door
     if submitters is not None:
         submitters.remember(job)
@@ -128,42 +139,86 @@ async def submit(
     return queued
 
 
-def follow_callback(app: web.Application, job_id: str, url: str, body_of: BodyOf, method: str) -> Callable[[], None]:
-    """Deliver the job to `url` when it finishes; returns the function that gives up on it. Follow before the job
-    is queued: it can start, and finish, before `submit` returns."""
+async def _arm(app: web.Application, job: Job, body_format: str, method: str) -> Armed | None:
+    """Write the job's callback to the outbox, armed, before the job can start; None without a callback."""
+    if job.callback_url is None or CALLBACKS not in app:
+        return None
+    if body_format not in app[CALLBACK_BODIES]:
+        raise ValueError(f"no callback body named {body_format!r}")
+    sender = app[CALLBACKS]
+    armed = Armed(job.id, job.callback_url, method, body_format, time.time())
+    try:
+        kept = await sender.arm(armed)
+    except Exception as exc:
+        logger.exception("callback for job %s: the callback outbox cannot be written", job.id)
+        raise BackendUnavailable(
+            "The callback outbox cannot be written; try again shortly, or submit without callbackUrl.", retryAfter=5
+        ) from exc
+    if not kept:
+        raise QueueFull(
+            f"The callback outbox holds CALLBACK_QUEUE_SIZE={sender.capacity} undelivered callbacks; "
+            "try again later, or submit without callbackUrl.",
+            headers={"Retry-After": "60"},
+            retryAfter=60,
+        )
+    return armed
+
+
+async def _disarm(app: web.Application, armed: Armed) -> None:
+    try:
+        await app[CALLBACKS].disarm(armed.key)
+    except Exception:  # the outbox's recovery drops it once its job is known to be unknown
+        logger.exception("callback for job %s: its refused submission's armed callback stays for now", armed.job_id)
+
+
+def follow_callback(app: web.Application, armed: Armed) -> Callable[[], None]:
+    """Fill the armed callback the moment its job finishes; returns the function that gives up on it. Follow before
+    the job is queued: it can start, and finish, before `submit` returns. (If this instance dies first, the outbox's
+    recovery fills it, here after a restart or on another instance.)"""
 
     def on_event(event: Event) -> None:
         if event["type"] not in TERMINAL_TYPES:
             return
         unfollow()
-        task = asyncio.ensure_future(_deliver(app, job_id, url, body_of, method))
+        task = asyncio.ensure_future(_fill(app, armed))
         _deliveries.add(task)
         task.add_done_callback(_deliveries.discard)
 
-    unfollow = job_watch(app).follow(job_id, on_event)
+    unfollow = job_watch(app).follow(armed.job_id, on_event)
     return unfollow
 
 
-async def _deliver(app: web.Application, job_id: str, url: str, body_of: BodyOf, method: str) -> None:
+async def _fill(app: web.Application, armed: Armed) -> None:
     try:
-        job = await app[QUEUE].get(job_id)
+        job = await app[QUEUE].get(armed.job_id)
         if job is not None and CALLBACKS in app:
-            await app[CALLBACKS].enqueue(Delivery(job_id=job_id, url=url, body=body_of(job), method=method))
-    except Exception:  # the store (Redis) unreachable as the job ended: nothing else will deliver it
-        logger.exception("callback for job %s lost: it could not be written to the callback outbox", job_id)
+            await app[CALLBACKS].fill(armed, app[CALLBACK_BODIES][armed.body_format](job))
+    except Exception:  # the store (Redis) unreachable as the job ended: the entry stays armed for the recovery
+        logger.exception("callback for job %s: not filled as its job ended; the outbox's recovery will", armed.job_id)
 
 
 def setup_callbacks(app: web.Application, *, redis_pool: Any = None) -> None:
-    """One SSRF-safe sender and outbox for every callback of the app (native POSTs and Judge0's PUTs); on Redis,
-    the outbox is shared through the instance's pool."""
+    """One SSRF-safe sender and outbox for every callback of the app (native POSTs and Judge0's PUTs), and its
+    recovery; on Redis, the outbox is shared through the instance's pool."""
     job_watch(app)
+    register_callback_body(app, "native", native_body)
 
     async def sender(app: web.Application) -> AsyncIterator[None]:
         async with callback_sender(app[SETTINGS], redis_pool=redis_pool) as sender:
             app[CALLBACKS] = sender
-            yield
+            bodies: dict[str, BodyOf] = app[CALLBACK_BODIES]
+            async with recovering(sender, lookup=app[QUEUE].get, bodies=bodies):
+                yield
 
     app.cleanup_ctx.append(sender)
 
 
-__all__ = ["CallbackSender", "follow_callback", "native_body", "setup_callbacks", "submit"]
+__all__ = [
+    "CALLBACK_BODIES",
+    "CallbackSender",
+    "follow_callback",
+    "native_body",
+    "register_callback_body",
+    "setup_callbacks",
+    "submit",
+]

@@ -1,7 +1,8 @@
 """Callbacks: a finished job delivered, at least once, to the URL its submitter named, never as an SSRF proxy.
 
-`guard` vets every address a callback connects to; `client` makes one request; `outbox` (SQLite) and
-`redis_outbox` keep what is still to deliver across restarts; `sender` claims, delivers, retries and abandons.
+`guard` vets every address a callback connects to; `client` makes one request; `outbox` (the records),
+`sqlite_outbox` and `redis_outbox` keep what is still to deliver across restarts, armed at submission, filled at the
+job's end; `sender` claims, delivers, retries and abandons; `recovery` fills what no follower saw end.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from .guard import (
     embedded_ipv4,
     is_local_address,
 )
-from .outbox import Claim, Delivery, Entry, OutboxStore, SqliteOutbox
+from .outbox import Armed, Claim, Delivery, Entry, OutboxStore
+from .recovery import BodyOf, Recovery, recovering
 from .sender import CallbackSender, backoff, callback_sender
+from .sqlite_outbox import SqliteOutbox
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
     "MAX_URL_LENGTH",
     "REFUSED",
     "SIGNATURE_HEADER",
+    "Armed",
+    "BodyOf",
     "CallbackClient",
     "CallbackRefused",
     "CallbackSender",
@@ -36,6 +41,7 @@ __all__ = [
     "GuardedResolver",
     "Outcome",
     "OutboxStore",
+    "Recovery",
     "SqliteOutbox",
     "address_allowed",
     "backoff",
@@ -43,4 +49,5 @@ __all__ = [
     "check_callback_url",
     "embedded_ipv4",
     "is_local_address",
+    "recovering",
 ]

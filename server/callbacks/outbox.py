@@ -1,34 +1,25 @@
 """The callbacks' outbox: what is still to be delivered, kept where a restart (or another instance) finds it.
 
-Every store keeps the same few things per callback and changes them atomically: an entry is added once (its key is
-its job's id, so a second add of the same callback is a no-op), claimed by the instance that will try it (its due
-time pushed to the end of a lease, so a claim whose instance dies comes due again and another takes it), then
-removed (delivered or abandoned) or rescheduled (a retry's due time). The bound is checked in the same step as the
-add. This module holds the records, the store's interface and the embedded store's SQLite file.
+Every store keeps the same few things per callback and changes them atomically. A callback is *armed* when its job
+is submitted (where, how, and the name of its body's format: nothing is delivered yet), and *filled* when the job
+ends, by whichever instance sees the end first: its body written, due now. A filled entry is claimed by the instance
+that will try it (its due time pushed to the end of a lease, so a claim whose instance dies comes due again and
+another takes it), then removed (delivered or abandoned) or rescheduled (a retry's due time). Keys are job ids, so a
+second arm, add or fill of the same callback changes nothing. The bound (armed and filled entries together) is
+checked in the same step as the arm or add. This module holds the records and the stores' interface.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sqlite3
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
-
-from ..errors import SettingsError
-
-T = TypeVar("T")
 
 # Due entries one claim looks at, at most: the outbox is bounded (CALLBACK_QUEUE_SIZE), but a claim must stay short
 # (on Redis it blocks every other command). Past it, entries of saturated hosts could hide others' for a while.
 CLAIM_SCAN = 2000
-DB_NAME = "callbacks.sqlite3"
 
 
 @dataclass(slots=True)
@@ -49,6 +40,25 @@ class Delivery:
     def host(self) -> str:
         """What the per-host limit counts by: the host's name as written (lower case), whatever its port."""
         return (urlsplit(self.url).hostname or "").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Armed:
+    """A callback armed at submission: its job (the key), where and how, and the name of its body's builder (`native`,
+    `judge0`), so that any instance can build the body from the finished job without the submitting request."""
+
+    job_id: str
+    url: str
+    method: str
+    body_format: str
+    created_at: float
+
+    @property
+    def key(self) -> str:
+        return self.job_id
+
+    def delivery(self, body: bytes) -> Delivery:
+        return Delivery(self.job_id, self.url, body, self.method)
 
 
 @dataclass(slots=True)
@@ -113,152 +123,31 @@ class OutboxStore(ABC):
 
     @abstractmethod
     async def count(self) -> int:
-        """Entries in the outbox, due or not."""
+        """Filled entries in the outbox, due or not."""
 
+    @abstractmethod
+    async def arm(self, armed: Armed, capacity: int, check_at: float) -> bool:
+        """Keep `armed` (first looked at by `armed_due` at `check_at`) unless the outbox holds `capacity` entries,
+        armed and filled, already (False). An entry with the same key, armed or filled: True, nothing changes."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    key TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    url TEXT NOT NULL,
-    method TEXT NOT NULL,
-    host TEXT NOT NULL,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    due_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    owner INTEGER NOT NULL DEFAULT 0  -- the pid of the process whose claim it is, 0 when unclaimed
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_at);
-"""
+    @abstractmethod
+    async def fill(self, armed: Armed, body: bytes, now: float) -> bool:
+        """Make the armed entry with `armed`'s key a delivery of `body`, due at `now` (its retry horizon counts from
+        there). False, nothing changed, when it is not armed (filled already, delivered, or dropped)."""
 
+    @abstractmethod
+    async def disarm(self, key: str) -> bool:
+        """Forget an armed entry (its submission was refused, or its job is gone); False when it is not armed."""
 
-class SqliteOutbox(OutboxStore):
-    """The embedded store's outbox: one SQLite file in DATA_DIR.
+    @abstractmethod
+    async def armed_due(self, now: float, limit: int) -> list[Armed]:
+        """At most `limit` armed entries whose check time has come, the longest waiting first, that this instance
+        may fill (on SQLite: not those of another live process, whose own follower fills them)."""
 
-    Every statement runs on one thread of its own, off the event loop; each change is an immediate transaction
-    synced to disk (synchronous=FULL) before the call returns, so what was added survives a SIGKILL or a power cut.
-    Servers of one host sharing a DATA_DIR share the outbox as instances on Redis do; a claim names its process, and
-    one whose process is gone is freed when a server opens the file (on another host a lease would have to run out).
-    """
+    @abstractmethod
+    async def recheck(self, key: str, check_at: float) -> None:
+        """Look at an armed entry again at `check_at` (nothing if it is not armed)."""
 
-    def __init__(self, directory: Path, *, now: Callable[[], float]) -> None:
-        self._directory = directory
-        self._now = now
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callback-outbox")
-        self._db: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            assert self._db is not None, "open() first"
-            return _transaction(self._db, fn)
-
-        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
-
-    async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._open)
-
-    def _open(self) -> None:
-        try:
-            self._directory.mkdir(parents=True, exist_ok=True)
-            # Autocommit: _transaction opens each one itself, BEGIN IMMEDIATE (a writer's lock from its start).
-            db = sqlite3.connect(self._directory / DB_NAME, isolation_level=None, timeout=30.0)
-        except (OSError, sqlite3.Error) as exc:
-            raise SettingsError(f"DATA_DIR={str(self._directory)!r} is not usable: {exc}") from None
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        _transaction(db, self._free_dead_claims)
-        self._db = db
-
-    def _free_dead_claims(self, db: sqlite3.Connection) -> None:
-        """Claims of processes gone (SIGKILLed mid-attempt) are due now; our own pid's are a predecessor's."""
-        owners = [owner for (owner,) in db.execute("SELECT DISTINCT owner FROM outbox WHERE owner != 0")]
-        for owner in owners:
-            if owner == os.getpid() or not _alive(owner):
-                db.execute("UPDATE outbox SET due_at = ?, owner = 0 WHERE owner = ?", (self._now(), owner))
-
-    async def close(self) -> None:
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
-        self._thread.shutdown(wait=True)
-
-    async def add(self, entry: Entry, capacity: int) -> bool:
-        d = entry.delivery
-
-        def add(db: sqlite3.Connection) -> bool:
-            if db.execute("SELECT 1 FROM outbox WHERE key = ?", (d.key,)).fetchone():
-                return True
-            (held,) = db.execute("SELECT count(*) FROM outbox").fetchone()
-            if held >= capacity:
-                return False
-            db.execute(
-                "INSERT INTO outbox (key, job_id, url, method, host, body, created_at, due_at, attempts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (d.key, d.job_id, d.url, d.method, d.host, d.body, entry.created_at, self._now(), entry.attempts),
-            )
-            return True
-
-        return await self._run(add)
-
-    async def claim(self, claim: Claim) -> list[Entry]:
-        def take(db: sqlite3.Connection) -> list[Entry]:
-            due = db.execute(
-                "SELECT key, host FROM outbox WHERE due_at <= ? ORDER BY due_at LIMIT ?", (claim.now, CLAIM_SCAN)
-            ).fetchall()
-            picked = claim.pick(due)
-            entries = []
-            for key in picked:
-                db.execute(
-                    "UPDATE outbox SET due_at = ?, owner = ? WHERE key = ?", (claim.lease_until, os.getpid(), key)
-                )
-                job_id, url, method, body, created_at, attempts = db.execute(
-                    "SELECT job_id, url, method, body, created_at, attempts FROM outbox WHERE key = ?", (key,)
-                ).fetchone()
-                entries.append(Entry(Delivery(job_id, url, bytes(body), method), created_at, attempts))
-            return entries
-
-        return await self._run(take)
-
-    async def remove(self, key: str) -> None:
-        await self._run(lambda db: db.execute("DELETE FROM outbox WHERE key = ?", (key,)))
-
-    async def reschedule(self, key: str, due_at: float, attempts: int) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE outbox SET due_at = ?, attempts = ?, owner = 0 WHERE key = ?", (due_at, attempts, key)
-            )
-        )
-
-    async def count(self) -> int:
-        def count(db: sqlite3.Connection) -> int:
-            (held,) = db.execute("SELECT count(*) FROM outbox").fetchone()
-            return int(held)
-
-        return await self._run(count)
-
-
-def _transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """`fn` in one immediate transaction: committed, or rolled back on an error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(db)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return result
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+    @abstractmethod
+    async def count_armed(self) -> int:
+        """Armed entries in the outbox."""

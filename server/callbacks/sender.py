@@ -17,13 +17,17 @@ from urllib.parse import urlsplit
 from ..loops import raise_if_cancelling, stop_task
 from ..settings import Settings
 from .client import CallbackClient, Outcome
-from .outbox import Claim, Delivery, Entry, OutboxStore, SqliteOutbox
+from .outbox import Armed, Claim, Delivery, Entry, OutboxStore
+from .sqlite_outbox import SqliteOutbox
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 600.0  # a receiver back after an outage hears from us within 10 min
 POLL_S = 1.0  # how often an instance looks for entries come due (others' retries, leases run out)
 LEASE_MARGIN_S = 10.0  # a claim's lease: one request's CALLBACK_TIMEOUT_MS and this, to record its outcome
+# When an armed callback's job is first looked at by the outbox's recovery (server/callbacks/recovery.py): its own
+# follower fills it the moment the job ends; recovery is for the instance that died, and need not race it.
+FIRST_CHECK_S = 10.0
 
 
 def backoff(attempts: int, base_s: float, rand: Callable[[], float] = random.random) -> float:
@@ -33,7 +37,7 @@ def backoff(attempts: int, base_s: float, rand: Callable[[], float] = random.ran
     return ceiling / 2 + rand() * ceiling / 2
 
 
-def _origin(url: str) -> str:
+def origin(url: str) -> str:
     """Scheme, host and port only: a callback URL's path and query may carry the receiver's secrets."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
@@ -49,10 +53,12 @@ def open_store(settings: Settings, redis_pool: Any, clock: Callable[[], float]) 
 
 
 class CallbackSender:
-    """Delivers callbacks at least once: each is in the outbox (store) from its job's end until a receiver answered
-    2xx or it is abandoned. CALLBACK_WORKERS requests at once, CALLBACK_HOST_CONCURRENCY of them to one host.
+    """Delivers callbacks at least once: each is in the outbox (store), armed, from its job's submission, filled at
+    its end, until a receiver answered 2xx or it is abandoned. CALLBACK_WORKERS requests at once,
+    CALLBACK_HOST_CONCURRENCY of them to one host.
 
-    Counters are this instance's; `pending` is the outbox's (shared by every instance on Redis), as last read.
+    Counters are this instance's; `pending` (filled) and `armed` are the outbox's (shared by every instance on Redis),
+    as last read.
     """
 
     def __init__(
@@ -94,16 +100,22 @@ class CallbackSender:
         self.retried = 0
         self.abandoned = 0
         self.dropped = 0
+        self.orphaned = 0  # armed callbacks whose job the job store no longer knew (recovery.py)
         self.pending = 0
+        self.armed = 0
 
     @property
     def capacity(self) -> int:
         return self._capacity
 
     @property
+    def store(self) -> OutboxStore:
+        return self._store
+
+    @property
     def full(self) -> bool:
-        """Whether the outbox held CALLBACK_QUEUE_SIZE entries when last read."""
-        return self.pending >= self._capacity
+        """Whether the outbox held CALLBACK_QUEUE_SIZE entries, armed and filled, when last read."""
+        return self.pending + self.armed >= self._capacity
 
     @property
     def in_flight(self) -> int:
@@ -112,9 +124,11 @@ class CallbackSender:
     async def start(self) -> None:
         await self._store.open()
         await self._client.start()
-        self.pending = await self._store.count()
-        if self.pending:
-            logger.info("callback outbox: %d callbacks to deliver", self.pending)
+        await self.refresh()
+        if self.pending or self.armed:
+            logger.info(
+                "callback outbox: %d callbacks to deliver, %d armed (their jobs not finished)", self.pending, self.armed
+            )
         self._dispatcher = asyncio.create_task(self._dispatch())
 
     async def close(self) -> None:
@@ -137,9 +151,35 @@ class CallbackSender:
             await self._own_pool.disconnect()
 
     async def refresh(self) -> int:
-        """Read the outbox's size now (for /metrics)."""
+        """Read the outbox's sizes now (for /metrics); returns the filled entries'."""
         self.pending = await self._store.count()
+        self.armed = await self._store.count_armed()
         return self.pending
+
+    async def arm(self, armed: Armed) -> bool:
+        """Keep `armed` in the outbox until its job ends; False when the outbox is full (the submission is refused)."""
+        if not await self._store.arm(armed, self._capacity, self._clock() + FIRST_CHECK_S):
+            self.pending = await self._store.count()  # the 503's figures, as the store has them
+            return False
+        self.armed += 1
+        return True
+
+    async def fill(self, armed: Armed, body: bytes) -> bool:
+        """The job ended: its callback is due now. False when it was not armed (filled by another instance already,
+        delivered, or dropped): nothing changes."""
+        if not await self._store.fill(armed, body, self._clock()):
+            return False
+        self.armed = max(0, self.armed - 1)
+        self.pending += 1
+        self._wakeup.set()
+        return True
+
+    async def disarm(self, key: str) -> bool:
+        """Forget an armed callback (its submission was refused)."""
+        if not await self._store.disarm(key):
+            return False
+        self.armed = max(0, self.armed - 1)
+        return True
 
     async def enqueue(self, delivery: Delivery) -> bool:
         """Keep `delivery` in the outbox, due now; False (logged, counted) when the outbox is full."""
@@ -148,7 +188,7 @@ class CallbackSender:
             logger.error(
                 "callback for job %s to %s dropped: the outbox holds CALLBACK_QUEUE_SIZE=%d callbacks already",
                 delivery.job_id,
-                _origin(delivery.url),
+                origin(delivery.url),
                 self._capacity,
             )
             self._settle(delivery.key, False)
@@ -175,7 +215,7 @@ class CallbackSender:
             self._wakeup.clear()  # before the claim: an add while it runs wakes the next round
             try:
                 await self._claim_due()
-                self.pending = await self._store.count()
+                await self.refresh()
                 if self._failing:
                     logger.warning("callback outbox: claiming again")
                 self._failing = False
@@ -230,7 +270,7 @@ class CallbackSender:
         if outcome.error is None:
             await self._store.remove(d.key)
             self.delivered += 1
-            logger.info("callback for job %s delivered to %s (attempt %d)", d.job_id, _origin(d.url), attempts)
+            logger.info("callback for job %s delivered to %s (attempt %d)", d.job_id, origin(d.url), attempts)
             self._settle(d.key, True)
             return
         delay = backoff(attempts, self._backoff_s)
@@ -246,14 +286,14 @@ class CallbackSender:
             self._wake_at = min(self._wake_at or now + delay, now + delay)
             logger.info(
                 "callback for job %s to %s: %s; attempt %d in %.1f s",
-                *(d.job_id, _origin(d.url), outcome.error, attempts + 1, delay),
+                *(d.job_id, origin(d.url), outcome.error, attempts + 1, delay),
             )
             return
         await self._store.remove(d.key)
         self.abandoned += 1
         logger.error(
             "callback for job %s to %s abandoned after %d attempts over %.0f s (%s): %s",
-            *(d.job_id, _origin(d.url), attempts, now - entry.created_at, reason, outcome.error),
+            *(d.job_id, origin(d.url), attempts, now - entry.created_at, reason, outcome.error),
         )
         self._settle(d.key, False)
 
