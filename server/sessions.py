@@ -43,8 +43,8 @@ def issue(entry: ApiKeyEntry, now: float, ttl_s: int) -> str:
 
 def verify(value: str, keys: ApiKeys, now: float) -> ApiKeyEntry | None:
     """The entry a cookie value was issued for, or None when it is malformed, forged, expired or its key is gone."""
-    if len(value) > MAX_COOKIE_LENGTH:
-        return None
+    if len(value) > MAX_COOKIE_LENGTH or not value.isascii():
+        return None  # ASCII first: int() and base64 raise on some non-ASCII digits and letters (a 500, not a None)
     parts = value.split(".")
     if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 12:
         return None

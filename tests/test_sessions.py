@@ -77,6 +77,8 @@ async def test_a_sign_in_gives_an_httponly_strict_cookie_that_identifies_rest_an
         lambda c: c + "." + c,
         lambda c: "x" * 6000,
         lambda c: "%%%.1.2",
+        lambda c: c.split(".")[0] + ".²³." + c.split(".")[2],  # digits to isdigit(), not to int()
+        lambda c: "é" + c,  # a name that is not ASCII, which base64 refuses with a ValueError
     ],
 )
 async def test_a_forged_cookie_is_anonymous_never_an_error(
