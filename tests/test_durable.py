@@ -447,3 +447,28 @@ def test_durability_is_the_default_and_its_directory_follows_the_user(monkeypatc
     chosen = Settings.from_env({"DATA_DIR": "/srv/conveyor", "DURABLE": "0"}, env_file=None)
     assert chosen.data_path == Path("/srv/conveyor") and not chosen.durable
     assert "StateDirectory=conveyor" in (ROOT / "deploy" / "conveyor.service").read_text()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("existing", [False, True])
+async def test_other_local_users_cannot_read_the_data_dir(
+    servers: Callable[..., Server], tmp_path: Path, existing: bool
+) -> None:
+    # Under the common umask 022, with the callback outbox (which creates its database as umask allows) beside the
+    # journal: code, output and callback payloads are the users'. A directory made beforehand by an operator
+    # (`mkdir`, 0755) is made private too.
+    data = tmp_path / "data"
+    if existing:
+        data.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        server = await servers(CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8").start()
+    finally:
+        os.umask(old)
+    async with aiohttp.ClientSession() as session:
+        body = {"language": "python", "code": "print('secret')", "callbackUrl": f"http://127.0.0.1:{free_port()}/"}
+        job_id = (await post_run(session, server, body, wait=True))["id"]
+        await journaled(server, {job_id: "finished"})
+    modes = {str(path.relative_to(data)): path.stat().st_mode & 0o777 for path in data.rglob("*")}
+    assert {"jobs.db", "callbacks.sqlite3"} <= set(modes), modes
+    assert data.stat().st_mode & 0o077 == 0, oct(data.stat().st_mode)

@@ -88,6 +88,10 @@ def take_lock(directory: Path) -> int:
     """Make the directory (private: it holds users' code and output) and lock it for this process."""
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkdir's mode is not applied to a directory made beforehand (by an operator, 0755): the callback outbox
+        # beside the journal creates its files as the umask allows, so the directory is what keeps them private.
+        if directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
         fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise cannot(directory, exc.strerror or str(exc)) from None
