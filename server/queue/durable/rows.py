@@ -157,9 +157,11 @@ def set_aside(path: Path) -> Path:
     return moved
 
 
-def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload: int) -> Recovered:
+def recover(
+    db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload: int, preload_bytes: int
+) -> Recovered:
     """Read what a previous run left: active rows (queued to run again, running ones lost) and the newest `preload`
-    finished rows within retention. A row whose JSON is newer than its state (the process died between the two
+    finished rows within retention and `preload_bytes` (memory's budget: the rest is read from disk when asked). A row whose JSON is newer than its state (the process died between the two
     writes) is judged by its JSON: a job that has its result is finished, one that had started was running."""
     out = Recovered()
     finished_late: list[tuple[str, float | None]] = []
@@ -181,10 +183,17 @@ def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload
         db.executemany(
             "UPDATE jobs SET state = 'finished', finished_at = ? WHERE id = ?", [(t, i) for i, t in finished_late]
         )
-    rows = db.execute(
-        "SELECT id, job, log FROM jobs WHERE state = 'finished' AND finished_at >= ? ORDER BY finished_at DESC LIMIT ?",
+    # Sizes first (the blobs stay on disk): the disk may hold far more than memory keeps (DATA_MAX_MB, a GB).
+    chosen, held = [], 0
+    for job_id, size in db.execute(
+        "SELECT id, size FROM jobs WHERE state = 'finished' AND finished_at >= ? ORDER BY finished_at DESC LIMIT ?",
         (horizon_ms, preload),
-    ).fetchall()
+    ):
+        held += size
+        if held > preload_bytes:
+            break
+        chosen.append(job_id)
+    rows = [db.execute("SELECT id, job, log FROM jobs WHERE id = ?", (job_id,)).fetchone() for job_id in chosen]
     for job_id, data, log in reversed(rows):
         try:
             out.finished.append((decode_job(data), log or b""))
