@@ -66,7 +66,7 @@ def _mac(entry: ApiKeyEntry, name: str, expires: int) -> str:
     return hmac.new(entry.sha256, f"conveyor-session:{name}.{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def session_client(request: web.BaseRequest, keys: ApiKeys, ip: str) -> Client | None:
+def session_client(request: web.Request, keys: ApiKeys, ip: str) -> Client | None:
     """The signed-in user of a request that carries a valid session cookie (checked against the keys file now).
 
     A request it authenticates that is not a safe method must come from this server's own origin."""
@@ -81,13 +81,14 @@ def session_client(request: web.BaseRequest, keys: ApiKeys, ip: str) -> Client |
     return entry.client(ip)
 
 
-def _same_origin(request: web.BaseRequest) -> bool:
-    own = f"{request.scheme}://{request.host}"
+def _same_origin(request: web.Request) -> bool:
+    # ALLOWED_ORIGINS, as for /ws: behind a proxy that ends TLS the pages' origin is https, this server's http.
+    own = request.app[SETTINGS].allowed_origins or (f"{request.scheme}://{request.host}",)
     origin = request.headers.get("Origin")
     if origin is not None:
-        return origin == own
+        return origin in own
     referer = request.headers.get("Referer")
-    return referer is None or referer == own or referer.startswith(own + "/")
+    return referer is None or any(referer == mine or referer.startswith(mine + "/") for mine in own)
 
 
 async def sign_in(request: web.Request) -> web.Response:

@@ -170,3 +170,25 @@ async def test_the_admin_detail_says_who_submitted_a_job(app_client: AppClientFa
     # The owner reads its own job without it: who submitted is the admins' to know.
     own = await (await client.get(f"/queue/job/{by_ann['id']}", headers=as_ann)).json()
     assert "submittedBy" not in own
+
+
+async def test_behind_a_tls_proxy_the_allowed_origins_may_act_with_the_cookie(
+    app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    # A reverse proxy ends TLS and forwards plain HTTP: the server's own scheme is http, the page's origin https.
+    # ALLOWED_ORIGINS is how the operator names that origin for /ws; the same signed-in page's writes must pass too
+    # (and another site's still may not).
+    public = "https://conveyor.example"
+    client = await app_client(api_keys_file=_keys(tmp_path), allowed_origins=(public,), max_concurrent_jobs=1)
+    cookie = await _sign_in(client, ADMIN_KEY)
+    client.session.cookie_jar.clear()
+    sleeper = await client.post("/run?wait=false", json={"language": "bash", "code": "sleep 30"})
+    job_id = (await sleeper.json())["jobId"]
+    as_ops = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+    ws = await client.ws_connect("/ws", headers={**as_ops, "Origin": public})
+    assert (await ws.receive_json())["admin"] is True
+    await ws.close()
+    resp = await client.post("/queue/jobs/cancel", json={"ids": [job_id]}, headers={**as_ops, "Origin": public})
+    assert resp.status == 200, await resp.text()
+    evil = {**as_ops, "Origin": "https://evil.example"}
+    assert (await client.post("/queue/jobs/cancel", json={"ids": [job_id]}, headers=evil)).status == 403
