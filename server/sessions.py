@@ -41,8 +41,9 @@ def issue(entry: ApiKeyEntry, now: float, ttl_s: int) -> str:
     return f"{name}.{expires}.{_mac(entry, name, expires)}"
 
 
-def verify(value: str, keys: ApiKeys, now: float) -> ApiKeyEntry | None:
-    """The entry a cookie value was issued for, or None when it is malformed, forged, expired or its key is gone."""
+def verify(value: str, keys: ApiKeys, now: float, max_ttl_s: int | None = None) -> ApiKeyEntry | None:
+    """The entry a cookie value was issued for, or None when it is malformed, forged, expired, its key is gone, or
+    it runs more than `max_ttl_s` past `now` (issued under a longer SESSION_TTL_S than the server's now)."""
     if len(value) > MAX_COOKIE_LENGTH or not value.isascii():
         return None  # ASCII first: int() and base64 raise on some non-ASCII digits and letters (a 500, not a None)
     parts = value.split(".")
@@ -50,7 +51,7 @@ def verify(value: str, keys: ApiKeys, now: float) -> ApiKeyEntry | None:
         return None
     name, expires_text, mac = parts
     expires = int(expires_text)
-    if expires <= now:
+    if expires <= now or (max_ttl_s is not None and expires > now + max_ttl_s):
         return None
     try:
         user = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
@@ -73,7 +74,7 @@ def session_client(request: web.Request, keys: ApiKeys, ip: str) -> Client | Non
     value = request.cookies.get(SESSION_COOKIE)
     if not value or len(keys) == 0:
         return None
-    entry = verify(value, keys, time.time())
+    entry = verify(value, keys, time.time(), request.app[SETTINGS].session_ttl_s)
     if entry is None:
         return None  # stale or forged: anonymous, and the page's sign-in form is shown again
     if request.method not in _SAFE_METHODS and not _same_origin(request):

@@ -192,3 +192,17 @@ async def test_behind_a_tls_proxy_the_allowed_origins_may_act_with_the_cookie(
     assert resp.status == 200, await resp.text()
     evil = {**as_ops, "Origin": "https://evil.example"}
     assert (await client.post("/queue/jobs/cancel", json={"ids": [job_id]}, headers=evil)).status == 403
+
+
+async def test_a_shorter_session_ttl_ends_longer_sessions_made_before_it(
+    app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    # Issued under SESSION_TTL_S=30 days (the bound); the operator then lowers it to an hour and restarts: a cookie
+    # that runs past what the server now allows is not honoured for the rest of its month.
+    path = _keys(tmp_path)
+    ops = ApiKeys.load(path).named("ops")
+    assert ops is not None
+    month = issue(ops, time.time(), 30 * 86_400)
+    client = await app_client(api_keys_file=path, session_ttl_s=3600)
+    assert await _who(client, month) == {"user": None, "admin": False}
+    assert await _who(client, issue(ops, time.time(), 3600)) == {"user": "ops", "admin": True}
