@@ -157,12 +157,11 @@ def set_aside(path: Path) -> Path:
     return moved
 
 
-def recover(
-    db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload: int, preload_bytes: int
-) -> Recovered:
+def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload: int, preload_bytes: int) -> Recovered:
     """Read what a previous run left: active rows (queued to run again, running ones lost) and the newest `preload`
-    finished rows within retention and `preload_bytes` (memory's budget: the rest is read from disk when asked). A row whose JSON is newer than its state (the process died between the two
-    writes) is judged by its JSON: a job that has its result is finished, one that had started was running."""
+    finished rows within retention and `preload_bytes` (memory's budget: the rest is read from disk when asked).
+    A row whose JSON is newer than its state (the process died between the two writes) is judged by its JSON: a
+    job that has its result is finished, one that had started was running."""
     out = Recovered()
     finished_late: list[tuple[str, float | None]] = []
     for job_id, state, seq_hi, data in db.execute("SELECT id, state, seq_hi, job FROM jobs WHERE state != 'finished'"):
