@@ -41,16 +41,17 @@ def issue(entry: ApiKeyEntry, now: float, ttl_s: int) -> str:
     return f"{name}.{expires}.{_mac(entry, name, expires)}"
 
 
-def verify(value: str, keys: ApiKeys, now: float) -> ApiKeyEntry | None:
-    """The entry a cookie value was issued for, or None when it is malformed, forged, expired or its key is gone."""
-    if len(value) > MAX_COOKIE_LENGTH:
-        return None
+def verify(value: str, keys: ApiKeys, now: float, max_ttl_s: int | None = None) -> ApiKeyEntry | None:
+    """The entry a cookie value was issued for, or None when it is malformed, forged, expired, its key is gone, or
+    it runs more than `max_ttl_s` past `now` (issued under a longer SESSION_TTL_S than the server's now)."""
+    if len(value) > MAX_COOKIE_LENGTH or not value.isascii():
+        return None  # ASCII first: int() and base64 raise on some non-ASCII digits and letters (a 500, not a None)
     parts = value.split(".")
     if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 12:
         return None
     name, expires_text, mac = parts
     expires = int(expires_text)
-    if expires <= now:
+    if expires <= now or (max_ttl_s is not None and expires > now + max_ttl_s):
         return None
     try:
         user = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
@@ -66,14 +67,14 @@ def _mac(entry: ApiKeyEntry, name: str, expires: int) -> str:
     return hmac.new(entry.sha256, f"conveyor-session:{name}.{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def session_client(request: web.BaseRequest, keys: ApiKeys, ip: str) -> Client | None:
+def session_client(request: web.Request, keys: ApiKeys, ip: str) -> Client | None:
     """The signed-in user of a request that carries a valid session cookie (checked against the keys file now).
 
     A request it authenticates that is not a safe method must come from this server's own origin."""
     value = request.cookies.get(SESSION_COOKIE)
     if not value or len(keys) == 0:
         return None
-    entry = verify(value, keys, time.time())
+    entry = verify(value, keys, time.time(), request.app[SETTINGS].session_ttl_s)
     if entry is None:
         return None  # stale or forged: anonymous, and the page's sign-in form is shown again
     if request.method not in _SAFE_METHODS and not _same_origin(request):
@@ -81,13 +82,14 @@ def session_client(request: web.BaseRequest, keys: ApiKeys, ip: str) -> Client |
     return entry.client(ip)
 
 
-def _same_origin(request: web.BaseRequest) -> bool:
-    own = f"{request.scheme}://{request.host}"
+def _same_origin(request: web.Request) -> bool:
+    # ALLOWED_ORIGINS, as for /ws: behind a proxy that ends TLS the pages' origin is https, this server's http.
+    own = request.app[SETTINGS].allowed_origins or (f"{request.scheme}://{request.host}",)
     origin = request.headers.get("Origin")
     if origin is not None:
-        return origin == own
+        return origin in own
     referer = request.headers.get("Referer")
-    return referer is None or referer == own or referer.startswith(own + "/")
+    return referer is None or any(referer == mine or referer.startswith(mine + "/") for mine in own)
 
 
 async def sign_in(request: web.Request) -> web.Response:

@@ -21,6 +21,8 @@ import pytest
 from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import Worker
 from server.queue.durable import DurableStore, Journal
+from server.queue.durable import rows as durable_rows
+from server.queue.durable.rows import Recovered
 from server.settings import Settings
 from tests.conftest import free_port
 
@@ -447,3 +449,58 @@ def test_durability_is_the_default_and_its_directory_follows_the_user(monkeypatc
     chosen = Settings.from_env({"DATA_DIR": "/srv/conveyor", "DURABLE": "0"}, env_file=None)
     assert chosen.data_path == Path("/srv/conveyor") and not chosen.durable
     assert "StateDirectory=conveyor" in (ROOT / "deploy" / "conveyor.service").read_text()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("existing", [False, True])
+async def test_other_local_users_cannot_read_the_data_dir(
+    servers: Callable[..., Server], tmp_path: Path, existing: bool
+) -> None:
+    # Under the common umask 022, with the callback outbox (which creates its database as umask allows) beside the
+    # journal: code, output and callback payloads are the users'. A directory made beforehand by an operator
+    # (`mkdir`, 0755) is made private too.
+    data = tmp_path / "data"
+    if existing:
+        data.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        server = await servers(CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8").start()
+    finally:
+        os.umask(old)
+    async with aiohttp.ClientSession() as session:
+        body = {"language": "python", "code": "print('secret')", "callbackUrl": f"http://127.0.0.1:{free_port()}/"}
+        job_id = (await post_run(session, server, body, wait=True))["id"]
+        await journaled(server, {job_id: "finished"})
+    modes = {str(path.relative_to(data)): path.stat().st_mode & 0o777 for path in data.rglob("*")}
+    assert {"jobs.db", "callbacks.sqlite3"} <= set(modes), modes
+    assert data.stat().st_mode & 0o077 == 0, oct(data.stat().st_mode)
+
+
+async def test_a_large_journal_is_read_back_within_the_memory_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 results of ~64 KB each on disk (within DATA_MAX_MB); memory may hold 256 KB of finished jobs. At start the
+    # journal must not read all 40 (with the defaults: up to DATA_MAX_MB, a GB, read at once) only to evict them.
+    worker = make_worker(tmp_path)
+    await worker.start()
+    ids = await run_all(worker, 40, size=64 * 1024)
+    await flushed(journal_of(worker))
+    await worker.close()
+    read: list[Recovered] = []
+    real = durable_rows.recover
+
+    def spy(*args: Any, **kwargs: Any) -> Recovered:
+        read.append(real(*args, **kwargs))
+        return read[-1]
+
+    monkeypatch.setattr(durable_rows, "recover", spy)
+    budget = 256 * 1024
+    store = DurableStore(Journal(tmp_path, retention_seconds=3600, max_bytes=1 << 30), retention_bytes=budget)
+    again = Worker(store, executor=echo, max_concurrent=2, max_queue_size=1000)
+    await again.start()
+    (recovered,) = read
+    held = sum(len(job.code) + len(job.result.stdout if job.result else "") for job, _ in recovered.finished)
+    assert 0 < held <= budget, held
+    assert [job.id for job, _ in recovered.finished] == ids[-len(recovered.finished) :]  # the newest, oldest first
+    assert (await again.get(ids[0])) is not None  # the rest are read from disk when asked
+    await again.close()

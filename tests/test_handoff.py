@@ -10,6 +10,7 @@ from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import Worker
 from server.queue.redis import RedisStore
 from tests.queues import Gate, build_queue, eventually, job, started, status_of
+from tests.test_worker import SlowFinish
 
 DONE = ExecutionResult(exit_code=0)
 
@@ -163,6 +164,37 @@ async def test_a_finish_during_shutdown_claims_nothing(redis_url: str, gate: Gat
         try:
             assert await status_of(check, running.id) is JobStatus.COMPLETED
             assert await status_of(check, waiting.id) is JobStatus.QUEUED
+        finally:
+            await check.close()
+    finally:
+        await queue.close()
+
+
+async def test_jobs_claimed_by_a_finish_in_flight_at_shutdown_are_stopped_with_the_others(
+    redis_url: str, gate: Gate
+) -> None:
+    # The finish's call left before close() began (it asked for the slot it frees); its reply comes after close()
+    # stopped the running jobs. The job it claimed must not run on unstopped while the worker goes away (it would
+    # be left `running` in Redis, with nobody renewing its lease).
+    queue: Any = build_queue("redis", redis_url, executor=gate, max_concurrent=5, worker_slots=1, lease_timeout_ms=2000)
+    held = SlowFinish(queue)
+    await queue.start()
+    try:
+        running = await queue.submit(job("running"))
+        await started(gate, 1)
+        waiting = await queue.submit(job("waiting"))
+        gate.finish("running")
+        await held.entered.wait()  # the call is in flight, one slot reserved for it
+        closing = asyncio.create_task(queue.close())
+        await eventually(lambda: queue._closing)
+        held.release.set()
+        await closing
+        check = await _store(redis_url)
+        try:
+            assert await status_of(check, running.id) is JobStatus.COMPLETED
+            ended = await check.get(waiting.id)
+            assert ended is not None and ended.status is JobStatus.CANCELLED, ended
+            assert ended.result is not None and ended.result.reason == "shutdown"
         finally:
             await check.close()
     finally:

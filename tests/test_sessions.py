@@ -77,6 +77,8 @@ async def test_a_sign_in_gives_an_httponly_strict_cookie_that_identifies_rest_an
         lambda c: c + "." + c,
         lambda c: "x" * 6000,
         lambda c: "%%%.1.2",
+        lambda c: c.split(".")[0] + ".²³." + c.split(".")[2],  # digits to isdigit(), not to int()
+        lambda c: "é" + c,  # a name that is not ASCII, which base64 refuses with a ValueError
     ],
 )
 async def test_a_forged_cookie_is_anonymous_never_an_error(
@@ -168,3 +170,39 @@ async def test_the_admin_detail_says_who_submitted_a_job(app_client: AppClientFa
     # The owner reads its own job without it: who submitted is the admins' to know.
     own = await (await client.get(f"/queue/job/{by_ann['id']}", headers=as_ann)).json()
     assert "submittedBy" not in own
+
+
+async def test_behind_a_tls_proxy_the_allowed_origins_may_act_with_the_cookie(
+    app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    # A reverse proxy ends TLS and forwards plain HTTP: the server's own scheme is http, the page's origin https.
+    # ALLOWED_ORIGINS is how the operator names that origin for /ws; the same signed-in page's writes must pass too
+    # (and another site's still may not).
+    public = "https://conveyor.example"
+    client = await app_client(api_keys_file=_keys(tmp_path), allowed_origins=(public,), max_concurrent_jobs=1)
+    cookie = await _sign_in(client, ADMIN_KEY)
+    client.session.cookie_jar.clear()
+    sleeper = await client.post("/run?wait=false", json={"language": "bash", "code": "sleep 30"})
+    job_id = (await sleeper.json())["jobId"]
+    as_ops = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+    ws = await client.ws_connect("/ws", headers={**as_ops, "Origin": public})
+    assert (await ws.receive_json())["admin"] is True
+    await ws.close()
+    resp = await client.post("/queue/jobs/cancel", json={"ids": [job_id]}, headers={**as_ops, "Origin": public})
+    assert resp.status == 200, await resp.text()
+    evil = {**as_ops, "Origin": "https://evil.example"}
+    assert (await client.post("/queue/jobs/cancel", json={"ids": [job_id]}, headers=evil)).status == 403
+
+
+async def test_a_shorter_session_ttl_ends_longer_sessions_made_before_it(
+    app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    # Issued under SESSION_TTL_S=30 days (the bound); the operator then lowers it to an hour and restarts: a cookie
+    # that runs past what the server now allows is not honoured for the rest of its month.
+    path = _keys(tmp_path)
+    ops = ApiKeys.load(path).named("ops")
+    assert ops is not None
+    month = issue(ops, time.time(), 30 * 86_400)
+    client = await app_client(api_keys_file=path, session_ttl_s=3600)
+    assert await _who(client, month) == {"user": None, "admin": False}
+    assert await _who(client, issue(ops, time.time(), 3600)) == {"user": "ops", "admin": True}

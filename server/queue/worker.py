@@ -131,7 +131,7 @@ class Worker:
                 store,
                 reserve=self._reserve_for_finish,
                 unreserve=self._unreserve,
-                start=self._start_claimed,
+                start=self._start_claimed_on_finish,
                 lease_ms=lease_timeout_ms,
                 max_concurrent=max_concurrent,
             )
@@ -421,6 +421,13 @@ class Worker:
     def _start_claimed(self, jobs: Claimed) -> None:
         for job, stop in jobs:
             self._start(job, stop)
+
+    def _start_claimed_on_finish(self, jobs: Claimed) -> None:
+        # A finish-and-claim sent before close() began can answer after close() stopped the running jobs (close()
+        # waits for the claim loop, not for finishes): what it claimed is stopped too, not left running (and
+        # `running` in the store, its lease unrenewed) while the worker goes away.
+        for job, stop in jobs:
+            self._start(job, stop or ("shutdown" if self._closing else None))
 
     async def _fill(self) -> bool:
         """Claim as many jobs as there are free slots here and start them; True when it filled them all (more

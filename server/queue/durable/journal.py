@@ -105,7 +105,7 @@ class Journal:
 
     # -- lifecycle (blocking ones run in a thread) -----------------------------------------------------------
 
-    def open(self, preload: int) -> Recovered:
+    def open(self, preload: int, preload_bytes: int) -> Recovered:
         """Lock the directory, open (or create) the database and read what the last run left. A corrupt file is
         set aside and a new one started (logged); anything else that stops it is a SettingsError, one line."""
         self._lock_fd = rows.take_lock(self.directory)
@@ -121,7 +121,9 @@ class Journal:
                 moved = rows.set_aside(self.path)
                 logger.error("job journal %s is corrupt (%s): moved to %s, starting a new one", self.path, exc, moved)
                 self._db = rows.connect(self.path)
-            recovered = rows.recover(self._db, now_ms=now_ms, horizon_ms=horizon_ms, preload=preload)
+            recovered = rows.recover(
+                self._db, now_ms=now_ms, horizon_ms=horizon_ms, preload=preload, preload_bytes=preload_bytes
+            )
         except (sqlite3.Error, OSError) as exc:
             self._release()
             raise rows.cannot(self.directory, str(exc)) from None

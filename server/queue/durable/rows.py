@@ -88,6 +88,10 @@ def take_lock(directory: Path) -> int:
     """Make the directory (private: it holds users' code and output) and lock it for this process."""
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # mkdir's mode is not applied to a directory made beforehand (by an operator, 0755): the callback outbox
+        # beside the journal creates its files as the umask allows, so the directory is what keeps them private.
+        if directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
         fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise cannot(directory, exc.strerror or str(exc)) from None
@@ -153,10 +157,11 @@ def set_aside(path: Path) -> Path:
     return moved
 
 
-def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload: int) -> Recovered:
+def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload: int, preload_bytes: int) -> Recovered:
     """Read what a previous run left: active rows (queued to run again, running ones lost) and the newest `preload`
-    finished rows within retention. A row whose JSON is newer than its state (the process died between the two
-    writes) is judged by its JSON: a job that has its result is finished, one that had started was running."""
+    finished rows within retention and `preload_bytes` (memory's budget: the rest is read from disk when asked).
+    A row whose JSON is newer than its state (the process died between the two writes) is judged by its JSON: a
+    job that has its result is finished, one that had started was running."""
     out = Recovered()
     finished_late: list[tuple[str, float | None]] = []
     for job_id, state, seq_hi, data in db.execute("SELECT id, state, seq_hi, job FROM jobs WHERE state != 'finished'"):
@@ -177,10 +182,17 @@ def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload
         db.executemany(
             "UPDATE jobs SET state = 'finished', finished_at = ? WHERE id = ?", [(t, i) for i, t in finished_late]
         )
-    rows = db.execute(
-        "SELECT id, job, log FROM jobs WHERE state = 'finished' AND finished_at >= ? ORDER BY finished_at DESC LIMIT ?",
+    # Sizes first (the blobs stay on disk): the disk may hold far more than memory keeps (DATA_MAX_MB, a GB).
+    chosen, held = [], 0
+    for job_id, size in db.execute(
+        "SELECT id, size FROM jobs WHERE state = 'finished' AND finished_at >= ? ORDER BY finished_at DESC LIMIT ?",
         (horizon_ms, preload),
-    ).fetchall()
+    ):
+        held += size
+        if held > preload_bytes:
+            break
+        chosen.append(job_id)
+    rows = [db.execute("SELECT id, job, log FROM jobs WHERE id = ?", (job_id,)).fetchone() for job_id in chosen]
     for job_id, data, log in reversed(rows):
         try:
             out.finished.append((decode_job(data), log or b""))

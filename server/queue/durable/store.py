@@ -34,7 +34,7 @@ class DurableStore(MemoryStore):
         self.journal = journal
 
     async def start(self) -> None:
-        recovered = await asyncio.to_thread(self.journal.open, self._retention_count)
+        recovered = await asyncio.to_thread(self.journal.open, self._retention_count, self._retention_bytes)
         self.journal.start()
         await self._restore(recovered)
         await super().start()
