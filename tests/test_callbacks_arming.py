@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -306,3 +307,25 @@ async def test_recovery_fills_a_finished_jobs_callback_and_drops_an_unknown_jobs
         f"callback for job {unknown} to http://127.0.0.1:{hook.server.port} dropped: the job store does not know its "
         "job (expired past retention, or lost with the store)"
     )
+
+
+@pytest.mark.parametrize("existing", [False, True])
+async def test_the_sqlite_outbox_is_private_to_the_servers_user(tmp_path: Path, existing: bool) -> None:
+    # Callback bodies are jobs' output. Without the job journal (DURABLE=0) nothing else makes DATA_DIR private:
+    # under umask 022 the outbox's directory was 0755 and its database 0644, readable by every local user.
+    data = tmp_path / "data"
+    if existing:
+        data.mkdir(mode=0o755)
+    old = os.umask(0o022)
+    try:
+        outbox = SqliteOutbox(data, now=Clock())
+        await outbox.open()
+    finally:
+        os.umask(old)
+    try:
+        await outbox.arm(armed("private"), capacity=10, check_at=0.0)
+        modes = {path.name: path.stat().st_mode & 0o777 for path in data.iterdir()}
+        assert data.stat().st_mode & 0o777 == 0o700
+        assert modes and all(mode & 0o077 == 0 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
+    finally:
+        await outbox.close()

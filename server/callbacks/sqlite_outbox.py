@@ -71,7 +71,11 @@ class SqliteOutbox(OutboxStore):
 
     def _open(self) -> None:
         try:
-            self._directory.mkdir(parents=True, exist_ok=True)
+            # Callback bodies are jobs' output: private to the server's user, however the directory came to be
+            # (the job journal does the same when it is on); SQLite gives its -wal and -shm files the file's mode.
+            self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._directory.chmod(0o700)
+            os.close(os.open(self._directory / DB_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             # Autocommit: _transaction opens each one itself, BEGIN IMMEDIATE (a writer's lock from its start).
             db = sqlite3.connect(self._directory / DB_NAME, isolation_level=None, timeout=30.0)
         except (OSError, sqlite3.Error) as exc:
