@@ -21,6 +21,8 @@ from server.queue import MemoryStore, Store, Worker
 from server.queue.durable import DurableStore, Journal
 
 NOOP_RESULT = ExecutionResult(exit_code=0)
+# Concurrent submitters in the throughput runs.
+PRODUCERS = 64
 
 
 async def noop(job: Job, io: JobIO) -> ExecutionResult:
@@ -54,8 +56,14 @@ async def queue_throughput(n: int, concurrency: int, data_dir: Path | None = Non
     queue.events.subscribe(on_finish)
     await queue.start()
     start = time.perf_counter()
-    for i in range(n):
-        await queue.submit(Job(language="python", code="", priority=i % 3))
+
+    async def produce(first: int) -> None:
+        for i in range(first, n, PRODUCERS):
+            await queue.submit(Job(language="python", code="", priority=i % 3))
+
+    # Many clients at once, as a server sees them: the durable store answers each once its job is written, and one
+    # commit carries every submission that arrived meanwhile.
+    await asyncio.gather(*(produce(first) for first in range(PRODUCERS)))
     await done.wait()
     await queue.close()
     elapsed = time.perf_counter() - start

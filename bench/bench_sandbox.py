@@ -202,6 +202,8 @@ async def start_server(
         "RATE_LIMIT_READ_REQUESTS": "1000000",
         "LOG_LEVEL": "warning",
         "WARM_POOL": str(warm_pool),
+        # One data directory per server: the job journal locks its own (the servers run side by side).
+        "DATA_DIR": tempfile.mkdtemp(prefix="conveyor-bench-"),
     }
     if tree is not None:
         env["PYTHONPATH"] = tree
@@ -219,7 +221,8 @@ async def start_server(
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.2)
-    proc.kill()
+    if proc.returncode is None:
+        proc.kill()
     await proc.wait()
     raise RuntimeError(f"the server did not start (exit {proc.returncode}); see {log.name}")
 

@@ -248,6 +248,25 @@ async def test_a_stopped_server_keeps_its_queue_and_a_second_one_may_not_share_i
         assert (job["status"], job["stdout"]) == ("completed", "42\n")
 
 
+async def test_a_job_is_journaled_before_its_submission_is_answered(servers: Callable[..., Server]) -> None:
+    # An accepted job (a 202) must survive a crash that comes right after the answer: the journal wrote its jobs
+    # 20 ms after they were accepted, so a SIGKILL then lost every job of those 20 ms.
+    first = await servers().start()
+    async with aiohttp.ClientSession() as session:
+        busy = [(await post_run(session, first, SLEEP, wait=False))["jobId"] for _ in range(2)]
+        for job_id in busy:  # both slots: what follows waits in the queue
+            await wait_status(session, first, job_id, {"running"})
+        accepted = []
+        for i in range(5):
+            body = {"language": "python", "code": f"print({i} * 7)"}
+            accepted.append((await post_run(session, first, body, wait=False))["jobId"])
+        first.kill()  # at once: no waiting for the journal
+        second = await servers().start()
+        final = {"completed", "failed", "cancelled"}
+        ended = [await wait_status(session, second, job_id, final) for job_id in accepted]
+    assert [(job["status"], job["stdout"]) for job in ended] == [("completed", f"{i * 7}\n") for i in range(5)]
+
+
 def test_an_unusable_data_dir_stops_start_up_with_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

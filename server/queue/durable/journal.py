@@ -38,6 +38,8 @@ SWEEP_S = 5.0
 # is queued, run and finished meanwhile). Each SQLite call also waits for the GIL, which a busy loop holds for up
 # to 5 ms: fewer, larger batches are what keeps the journal's cost per job small.
 GATHER_S = 0.02
+# A submission is answered once its job is written, or after this long (a stalled disk: served from memory, logged).
+ACK_TIMEOUT_S = 2.0
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # At close, a failing journal is retried this long before what it holds is given up (logged).
 CLOSE_TIMEOUT_S = 5.0
@@ -95,6 +97,13 @@ class Journal:
         self._inflight = 0  # writes the writer has taken and not yet committed (they return on a failure)
         self._wake = threading.Event()
         self._closing = False
+        # Acknowledged submissions: the writer numbers the batches it takes; a new job's submission is answered
+        # once the batch that carries it is written (or ACK_TIMEOUT_S passed: a stalled disk degrades, as logged).
+        self._taken = 0
+        self._written = 0
+        self._acks: list[tuple[int, asyncio.Future[None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._urgent = threading.Event()  # a submission waits: no gathering for this batch (it ends one under way)
         self._known: set[str] = set()  # active jobs with a row (or a pending one): followed to their end
         self._ceilings: dict[str, int] = {}  # running jobs' reserved seqs
         self._db: sqlite3.Connection | None = None
@@ -164,16 +173,47 @@ class Journal:
 
     # -- what the store tells it (on the event loop; never blocks) -------------------------------------------
 
-    def queued(self, job: Job) -> None:
-        """A new job: its whole row (submission, limits, owner, tests, callback...), unless the writer is behind."""
+    def queued(self, job: Job) -> int | None:
+        """A new job: its whole row (submission, limits, owner, tests, callback...), unless the writer is behind.
+        Returns the number of the batch that will carry it (see `written`), None when it was left out."""
         with self._lock:
             if self._behind():
                 self._drop(job)
-                return
+                return None
             self._known.add(job.id)
             # Seqs reserved from the first write: a job that starts before its claim is written still has them.
             self._merge(job.id, _Op(QUEUED, job, None, job.seq + SEQ_RESERVE))
+            self._urgent.set()
+            batch = self._taken + 1
         self._wake.set()
+        return batch
+
+    async def written(self, batch: int, timeout: float = ACK_TIMEOUT_S) -> bool:
+        """Wait until batch number `batch` is in the file (True), or `timeout` (False: the disk is behind)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._written >= batch:
+                return True
+            future: asyncio.Future[None] = loop.create_future()
+            self._acks.append((batch, future))
+            self._loop = loop
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            return False
+        return True
+
+    def _acknowledge(self, batch: int) -> None:
+        """In the writer: batch number `batch` is written; wake the submissions waiting for it or an earlier one."""
+        with self._lock:
+            self._written = batch
+            ready = [future for number, future in self._acks if number <= batch]
+            self._acks = [(number, future) for number, future in self._acks if number > batch]
+            loop = self._loop
+        if ready and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, ready)
 
     def running(self, job: Job) -> None:
         """Claimed (or past half its reserved seqs): the row says running, with seqs reserved ahead."""
@@ -267,13 +307,18 @@ class Journal:
         gave_up_at: float | None = None
         while True:
             if not self._closing and self._wake.wait(SWEEP_S):
-                time.sleep(GATHER_S)
+                self._urgent.wait(GATHER_S)  # gather state changes, unless a submission waits (now or meanwhile)
             self._wake.clear()
             with self._lock:
                 batch, self._pending = self._pending, {}
                 self._inflight = len(batch)
                 closing = self._closing
+                self._urgent.clear()
+                self._taken += 1
+                number = self._taken
             ok = self._commit(batch) if batch else True
+            if ok:
+                self._acknowledge(number)
             if ok and time.monotonic() >= next_sweep:
                 ok = self._sweep()
                 next_sweep = time.monotonic() + SWEEP_S
@@ -389,3 +434,9 @@ class Journal:
         if self.stats.failing:
             self.stats.failing = False
             logger.warning("job journal %s: writing again (after %d failed attempts)", self.path, self.stats.failures)
+
+
+def _settle(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

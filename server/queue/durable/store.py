@@ -52,7 +52,10 @@ class DurableStore(MemoryStore):
         known = job.id in self._active or job.id in self._finished
         job = await super().enqueue(job, max_queue_size=max_queue_size, max_concurrent=max_concurrent)
         if not known:
-            self.journal.queued(job)
+            # Answered once written: an accepted job (a 202, a `queued`) survives a crash from then on.
+            batch = self.journal.queued(job)
+            if batch is not None and not await self.journal.written(batch):
+                logger.warning("job %s accepted before the job journal could write it (the disk is behind)", job.id)
         return job
 
     async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
