@@ -234,7 +234,10 @@ async def ws_client(instance: Instance, stop: asyncio.Event, tally: Tally, dashb
                         kind = event.get("type")
                         CLIENT_STATE[tag] = f"last message from {instance.name}: {kind} (stop={stop.is_set()})"
                         if dashboard and kind == "running":
-                            tally.running[event["jobId"]].add((tag, event.get("seq", 0)))
+                            # A viewer's queue topic names jobs by their display handle, never their id (issue 22):
+                            # one per job all the same, which is what counting two starts of one job needs.
+                            job = event.get("jobId") or event["handle"]
+                            tally.running[job].add((tag, event.get("seq", 0)))
                         if not dashboard and kind == "queued" and "position" in event:
                             tally.accepted.add(event["jobId"])
                         if not dashboard and (kind in TERMINAL or kind == "error"):  # refused: try again
@@ -424,7 +427,8 @@ def report(
     print("windows (s from start): " + ", ".join(f"{n} {s - t0:.0f}-{e - t0:.0f}" for n, s, e in tally.outages))
     print(f"accepted jobs: {len(tally.accepted)}; final states: {dict(states)}")
     print(f"jobs lost (accepted, never final): {lost}")
-    print(f"jobs run twice (two distinct running events): {len(twice)}")
+    seen = len(tally.running)
+    print(f"jobs run twice (two distinct running events): {len(twice)} (dashboards saw {seen} jobs start)")
     print(f"HTTP statuses: {dict(sorted(tally.statuses.items()))}; queue-full 503s: {tally.queue_full}")
     shown = [(round(t - t0, 1), status, title) for t, status, title in outside[:10]]
     print(f"5xx other than queue-full: {len(tally.errors_5xx)}, outside the outages: {len(outside)} {shown}")
