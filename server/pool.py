@@ -45,9 +45,10 @@ BACKOFF_MAX_S = 30.0
 # job would otherwise start cold for starts at 0, as that cold start would: it adds no load, only starts earlier (at
 # nice 10 under sustained load it starved, and most jobs started cold). Taken sandboxes get 0.
 REFILL_NICE = 10
-# Sandboxes started at once: jobs that follow each other every ~15 ms drain a pool refilled one at a time (a python
-# sandbox takes 35-75 ms to be ready on a busy two-core host). See docs/benchmarks-sandbox.md.
-REFILL_THREADS = 2
+# Sandboxes started at once. Two raised the hit rate (72 % against 50 %) but not the throughput on two cores, and a
+# second start beside a running job made a sequential hello 2-2.3 ms slower (two runs on a quiet host, 2026-12-07,
+# docs/benchmarks.md): one, with urgent starts at nice 0.
+REFILL_THREADS = 1
 READY = b"ready\n"
 
 
