@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,65 +13,29 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import free_port
+from tests.servers import ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
 SLEEP = {"language": "python", "code": "import time\nprint('started', flush=True)\ntime.sleep(60)"}
 
 
-class Instance:
-    """One `python -m server` process."""
+class Instance(ServerProcess):
+    """One `python -m server` process on `redis_url` (empty: the embedded store)."""
 
     def __init__(self, redis_url: str, tmp_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "PORT": str(self.port),
-            "REDIS_URL": redis_url,
-            "RATE_LIMIT_REQUESTS": "1000",
-            "RATE_LIMIT_READ_REQUESTS": "100000",
-            "LEASE_TIMEOUT_MS": "2000",
-            "SHUTDOWN_GRACE_MS": "0",
-            "JOB_TIMEOUT_MS": "60000",
-            "LOG_LEVEL": "warning",
-            **env,
-        }
-        self.log = tmp_path / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> Instance:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server"], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert self.proc.poll() is None, self.log.read_text()
-                try:
-                    async with session.get(f"{self.url}/health") as resp:
-                        if resp.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, "server did not start:\n" + self.log.read_text()
-                await asyncio.sleep(0.1)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        super().__init__(
+            tmp_path,
+            **{
+                "REDIS_URL": redis_url,
+                "RATE_LIMIT_REQUESTS": "1000",
+                "RATE_LIMIT_READ_REQUESTS": "100000",
+                "LEASE_TIMEOUT_MS": "2000",
+                "SHUTDOWN_GRACE_MS": "0",
+                "JOB_TIMEOUT_MS": "60000",
+                "LOG_LEVEL": "warning",
+                **env,
+            },
+        )
 
 
 @pytest.fixture

@@ -25,61 +25,31 @@ from server.queue.durable import rows as durable_rows
 from server.queue.durable.rows import Recovered
 from server.settings import Settings
 from tests.conftest import free_port
+from tests.servers import ROOT, ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 SLEEP = {"language": "python", "code": "import time\nprint('started', flush=True)\ntime.sleep(600)"}
 
 
-class Server:
+class Server(ServerProcess):
     """One `python -m server` process on a data directory."""
 
     def __init__(self, tmp_path: Path, data_dir: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "PORT": str(self.port),
-            "DURABLE": "1",
-            "DATA_DIR": str(data_dir),
-            "MAX_CONCURRENT_JOBS": "2",
-            "JOB_TIMEOUT_MS": "600000",
-            "SHUTDOWN_GRACE_MS": "0",
-            "RATE_LIMIT_REQUESTS": "1000",
-            "RATE_LIMIT_READ_REQUESTS": "100000",
-            "WARM_POOL": "0",
-            "CACHE_MAX_MB": "0",
-            "LOG_LEVEL": "info",
-            **env,
-        }
-        self.log = tmp_path / f"server-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> Server:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server"], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
-        async with aiohttp.ClientSession() as session:
-            while True:  # pytest-timeout bounds a server that never answers
-                assert self.proc.poll() is None, self.log.read_text()
-                try:
-                    async with session.get(f"{self.url}/health") as resp:
-                        if resp.status == 200:
-                            return self
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        super().__init__(
+            tmp_path,
+            **{
+                "DURABLE": "1",
+                "DATA_DIR": str(data_dir),
+                "MAX_CONCURRENT_JOBS": "2",
+                "JOB_TIMEOUT_MS": "600000",
+                "SHUTDOWN_GRACE_MS": "0",
+                "RATE_LIMIT_REQUESTS": "1000",
+                "RATE_LIMIT_READ_REQUESTS": "100000",
+                "WARM_POOL": "0",
+                "CACHE_MAX_MB": "0",
+                "LOG_LEVEL": "info",
+                **env,
+            },
+        )
 
 
 @pytest.fixture
