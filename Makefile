@@ -21,7 +21,7 @@ test: system-test install-test
 test-loaded:
 	.ci/test-loaded
 
-# Every language of server/languages.toml beyond `make run`'s quick set, through the sandbox (tests/languages/) and
+# Every language of server/sandbox/languages.toml beyond `make run`'s quick set, through the sandbox (tests/languages/) and
 # both compat APIs; installs their Debian packages first (about 5 GB, a few minutes). About 6 minutes on 2 cores.
 test-languages: system-test install-test
 	@.ci/system-packages languages
@@ -78,16 +78,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# The sandbox's launch and stage-driver helper (server/sandbox.py finds it here). A static PIE when libc.a is there
+# The sandbox's launch and stage-driver helper (server/sandbox/runner.py finds it here). A static PIE when libc.a is there
 # (one exec with no dynamic loader, and ASLR), else a dynamic PIE. Hardened: it runs as root until it drops to the
 # job's uid, and parses what the server sends it. tests/test_helper.py builds it again with ASan and UBSan.
 # Without a C compiler the server still works, starting jobs through perl helpers.
-HELPER := server/helper/conveyor-run
+HELPER := server/sandbox/helper/conveyor-run
 HELPER_CFLAGS := -O2 -Wall -Wextra -Werror -Wformat=2 -D_FORTIFY_SOURCE=3 -fstack-protector-strong \
   -fstack-clash-protection -fPIE
 HELPER_LDFLAGS := -Wl,-z,relro,-z,now
 helper: $(HELPER)
-$(HELPER): server/helper/conveyor-run.c Makefile
+$(HELPER): server/sandbox/helper/conveyor-run.c Makefile
 	@if command -v cc >/dev/null; then \
 	  cc $(HELPER_CFLAGS) -static-pie $(HELPER_LDFLAGS) -o $@ $< 2>/dev/null || \
 	  cc $(HELPER_CFLAGS) -pie $(HELPER_LDFLAGS) -o $@ $<; \

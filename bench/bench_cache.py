@@ -15,8 +15,8 @@ import tempfile
 import time
 import uuid
 
-from server.jobs import Job, JobIO
-from server.sandbox import Sandbox
+from server.queue.jobs import Job, JobIO
+from server.sandbox.runner import Sandbox
 from server.settings import Settings
 
 ROUNDS = 5

@@ -456,8 +456,8 @@ def _rss() -> int:
 
 async def _retain_and_evict(jobs: int) -> tuple[int, int, int]:
     """RSS before, with `jobs` finished jobs of 1 MB output retained (embedded store), and after they are evicted."""
-    from server.jobs import ExecutionResult, Job, JobIO
     from server.queue import MemoryStore, Worker
+    from server.queue.jobs import ExecutionResult, Job, JobIO
 
     async def big(job: Job, io: JobIO) -> ExecutionResult:
         text = "".join(chr(97 + (i + len(job.id)) % 26) * 16384 for i in range(64))  # 1 MiB, as 64 chunks

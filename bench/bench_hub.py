@@ -35,7 +35,7 @@ from typing import IO, Any
 import aiohttp
 import orjson
 
-from server.stats import percentile
+from server.queue.stats import percentile
 
 CLIENTS = 1000
 RATE = 200.0
@@ -560,7 +560,9 @@ async def run(clients: int, rate: float, duration: float, reps: int) -> dict[str
         log = server.log_text()
     # Overflow closes are counted; cgroup-sweep warnings at start-up concern other servers' leftovers.
     overflows = log.count("send queue overflowed")
-    warnings = [line for line in log.splitlines() if not any(w in line for w in ("overflowed", "server.cgroups"))]
+    warnings = [
+        line for line in log.splitlines() if not any(w in line for w in ("overflowed", "server.sandbox.cgroups"))
+    ]
     fan["overflow_closes_logged"] = overflows
     _print(fan, stream)
     if overflows:

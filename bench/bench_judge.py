@@ -12,8 +12,8 @@ import asyncio
 import statistics
 import time
 
-from server.jobs import Job, JobIO, TestCase
-from server.sandbox import Sandbox
+from server.queue.jobs import Job, JobIO, TestCase
+from server.sandbox.runner import Sandbox
 from server.settings import Settings
 
 TESTS = 10

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from server.jobs import ExecutionResult, Job, JobIO
 from server.queue import MemoryStore, Worker
+from server.queue.jobs import ExecutionResult, Job, JobIO
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024

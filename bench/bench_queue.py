@@ -16,9 +16,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from server.jobs import ExecutionResult, Job, JobIO
 from server.queue import MemoryStore, Store, Worker
 from server.queue.durable import DurableStore, Journal
+from server.queue.jobs import ExecutionResult, Job, JobIO
 
 NOOP_RESULT = ExecutionResult(exit_code=0)
 # Concurrent submitters in the throughput runs.

@@ -23,8 +23,8 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-from server.identity import Client, anonymous
-from server.ratelimit import MemoryLimiterStore, RateLimiter
+from server.access.identity import Client, anonymous
+from server.access.ratelimit import MemoryLimiterStore, RateLimiter
 from server.settings import Settings
 
 N_KEYS = 10_000
@@ -144,7 +144,7 @@ def _flush(url: str) -> None:
 
 def bench_redis_store_take(url: str) -> Callable[[list[int]], int]:
     def run_all(order: list[int]) -> int:
-        from server.ratelimit.redis import RedisLimiterStore
+        from server.access.ratelimit.redis import RedisLimiterStore
 
         async def run() -> int:
             store = RedisLimiterStore(url)

@@ -26,8 +26,8 @@ import redis
 from redis.asyncio.connection import AbstractConnection
 
 from bench import redisserver
-from server.jobs import ExecutionResult, Job, JobIO
 from server.queue import Worker, scripts
+from server.queue.jobs import ExecutionResult, Job, JobIO
 from server.queue.redis import RedisStore
 
 N_JOBS = 5000

@@ -28,8 +28,8 @@ from typing import IO, Any
 
 import aiohttp
 
-from server.jobs import Job, JobIO
-from server.sandbox import Sandbox
+from server.queue.jobs import Job, JobIO
+from server.sandbox.runner import Sandbox
 from server.settings import Settings
 
 HELLO = "print(1)"

@@ -18,12 +18,12 @@ from pathlib import Path
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .app import create_app
-from .buildcache import BuildCache, builds_dir
-from .edge import listen, make_runner, raise_nofile_limit
+from .doors.edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
 from .keys import HUB, QUEUE
-from .languages import apt_install_argv, installed_packages, load_languages
-from .packages import install
+from .sandbox.buildcache import BuildCache, builds_dir
+from .sandbox.languages import apt_install_argv, installed_packages, load_languages
+from .sandbox.packages import install
 from .settings import Settings, read_env_file
 
 logger = logging.getLogger("server")
@@ -144,7 +144,7 @@ def help_text() -> str:
         "shutdown). `hash-key` makes an API key (and the [[keys]] entry to paste into API_KEYS_FILE);",
         "`cache clear` empties the build cache in CACHE_DIR, `cache status` shows its size; `packages install`",
         "installs PACKAGES_FILE's packages into the read-only layers jobs import from. `languages list` shows each",
-        "language of server/languages.toml with its Debian packages and whether they are installed; `languages",
+        "language of server/sandbox/languages.toml with its Debian packages and whether they are installed; `languages",
         "install` installs the chosen languages' packages (as root; otherwise it prints the apt-get line).",
         "",
         "Settings, from the environment or a .env file in the working directory (the environment wins):",
@@ -240,7 +240,7 @@ def main(argv: list[str]) -> int:
         print(help_text())
         return 0
     if argv[:1] == ["hash-key"]:
-        from .apikeys import hash_key_main
+        from .access.apikeys import hash_key_main
 
         return hash_key_main(argv[1:])
     if argv[:1] == ["cache"] and argv[1:] in (["clear"], ["status"]):

@@ -8,32 +8,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from .accesslog import access_log_middleware
-from .actions import setup_actions
-from .api import setup_routes
-from .apikeys import ApiKeys, client_for_key
-from .batches import setup_batches
-from .events import EventEmitter
-from .history import setup_history
-from .hub import Hub, open_socket
-from .identity import Client
-from .joblog import Submitters, log_finished_jobs
-from .jobs import Runner
-from .judge0 import setup_judge0
+from .access.apikeys import ApiKeys, client_for_key
+from .access.identity import Client
+from .access.lockout import AuthLockout
+from .access.quota import setup_quota
+from .access.ratelimit import Bucket, RateLimiter, raise_if_denied, ratelimit_middleware
+from .access.sessions import setup_sessions
+from .compat.judge0.routes import setup_judge0
+from .compat.piston.routes import setup_piston
+from .doors.accesslog import access_log_middleware
+from .doors.actions import setup_actions
+from .doors.api import setup_routes
+from .doors.batches import setup_batches
+from .doors.history import setup_history
+from .doors.listing import setup_listing
+from .doors.metrics import setup_metrics
+from .doors.middlewares import error_middleware, host_middleware
+from .doors.pages import setup_pages
+from .doors.submissions import setup_callbacks, submit
+from .hub.hub import Hub, open_socket
 from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT, SUBMITTERS
-from .listing import setup_listing
-from .lockout import AuthLockout
-from .metrics import setup_metrics
-from .middlewares import error_middleware, host_middleware
-from .pages import setup_pages
-from .piston import setup_piston
 from .queue import QueueBackend, create_queue
-from .quota import setup_quota
-from .ratelimit import Bucket, RateLimiter, raise_if_denied, ratelimit_middleware
-from .redispool import closing_pool, instance_pool
-from .sessions import setup_sessions
+from .queue.events import EventEmitter
+from .queue.joblog import Submitters, log_finished_jobs
+from .queue.jobs import Runner
+from .queue.redispool import closing_pool, instance_pool
 from .settings import Settings
-from .submissions import setup_callbacks, submit
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def create_app(
             app[RUNNER] = runner
             yield
             return
-        from .sandbox import Sandbox
+        from .sandbox.runner import Sandbox
 
         sandbox = await Sandbox.create(settings)
         app[RUNNER] = sandbox

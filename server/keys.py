@@ -6,20 +6,20 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .events import EventEmitter
-from .identity import Client
-from .jobs import Runner
+from .access.identity import Client
 from .queue import QueueBackend
+from .queue.events import EventEmitter
+from .queue.jobs import Runner
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .access.ratelimit import RateLimiter
     from .callbacks import CallbackSender
-    from .history import HistorySampler
-    from .hub import Hub
-    from .joblog import Submitters
-    from .metrics import Metrics
-    from .ratelimit import RateLimiter
-    from .watch import JobWatch
+    from .doors.history import HistorySampler
+    from .doors.metrics import Metrics
+    from .hub.hub import Hub
+    from .hub.watch import JobWatch
+    from .queue.joblog import Submitters
 
 SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", QueueBackend)

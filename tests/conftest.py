@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from bench import redisserver
 from server.app import create_app
-from server.jobs import Runner
+from server.queue.jobs import Runner
 from server.settings import Settings
 from tests.queues import Gate, build_queue
 
@@ -98,7 +98,7 @@ def keys_file(directory: Path, keys: dict[str, tuple[str, bool]]) -> str:
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Runner]:
     """The real bubblewrap sandbox, detected once (toolchain probing takes a few seconds)."""
-    from server.sandbox import Sandbox
+    from server.sandbox.runner import Sandbox
 
     runner = asyncio.run(Sandbox.create(make_settings()))
     yield runner
@@ -108,7 +108,7 @@ def sandbox() -> Iterator[Runner]:
 @pytest.fixture(scope="session")
 def cached_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
     """A real sandbox with the build cache on (in a temp dir); C and Python only, to probe quickly."""
-    from server.sandbox import Sandbox
+    from server.sandbox.runner import Sandbox
 
     settings = make_settings(cache_dir=str(tmp_path_factory.mktemp("cache")), cache_max_mb=64)
     runner = asyncio.run(Sandbox.create(settings, languages=("c", "python")))

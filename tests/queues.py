@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import MemoryStore, Worker
+from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue.redis import RedisStore
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from server.accesslog import door_of
-from server.joblog import Submitters
-from server.jobs import Job
+from server.doors.accesslog import door_of
+from server.queue.joblog import Submitters
+from server.queue.jobs import Job
 from tests.conftest import AppClientFactory, keys_file
 
 ADMIN = "cvy_accesslog-admin-key"
@@ -36,12 +36,12 @@ async def test_every_request_gets_a_line_without_query_secrets(
         resp = await client.get("/queue/status?key=hunter2&window=60", headers={"Authorization": f"Bearer {USER}"})
         assert resp.status == 200
         assert (await client.get("/no-such-page")).status == 404
-    access = lines(caplog, "server.accesslog")
+    access = lines(caplog, "server.doors.accesslog")
     assert re.fullmatch(
         r"GET /queue/status\?key=\*\*\*&window=60 200 [\d.]+ms client=127\.0\.0\.1 user=alice", access[0]
     )
     assert re.fullmatch(r"GET /no-such-page 404 [\d.]+ms client=127\.0\.0\.1 user=-", access[1])
-    # aiohttp's own access log is the test server's; the real server runs without it (server/edge.py make_runner).
+    # aiohttp's own access log is the test server's; the real server runs without it (server/doors/edge.py make_runner).
     assert [r.name for r in caplog.records if "hunter2" in r.getMessage() and r.name != "aiohttp.access"] == []
 
 
@@ -57,7 +57,7 @@ async def test_authentication_failures_are_audited_on_both_doors(
         await ws.send_json({"type": "auth", "key": "cvy_wrong-too"})
         assert (await ws.receive_json())["error"] == "Unauthorized"
         await ws.close()
-    audit = lines(caplog, "server.accesslog.audit")
+    audit = lines(caplog, "server.doors.accesslog.audit")
     assert audit == [
         "audit auth-failure user=- client=127.0.0.1 door=rest path=/queue/status",
         "audit auth-failure user=- client=127.0.0.1 door=websocket",
@@ -80,7 +80,7 @@ async def test_admin_actions_are_audited(
             "/queue/jobs/cancel", json={"ids": [done["id"]]}, headers={"Authorization": f"Bearer {USER}"}
         )
         assert resp.status == 403
-    assert lines(caplog, "server.accesslog.audit") == [
+    assert lines(caplog, "server.doors.accesslog.audit") == [
         f"audit rerun user=ops client=127.0.0.1 status=202 job={done['id']}",
         "audit bulk-cancel user=ops client=127.0.0.1 status=200 jobs=2",
         "audit bulk-cancel user=alice client=127.0.0.1 status=403",  # refused before its body was read
@@ -91,7 +91,7 @@ async def test_job_lines_name_the_user_and_the_door(
     app_client: AppClientFactory, caplog: pytest.LogCaptureFixture, keys: str
 ) -> None:
     client = await app_client(api_keys_file=keys)
-    with caplog.at_level(logging.INFO, logger="server.joblog"):
+    with caplog.at_level(logging.INFO, logger="server.queue.joblog"):
         rest = await (
             await client.post(
                 "/run?wait=true", json={"language": "bash", "code": "true"}, headers={"Authorization": f"Bearer {USER}"}
@@ -113,7 +113,7 @@ async def test_job_lines_name_the_user_and_the_door(
         assert piston.status == 200
         judge0 = await client.post("/judge0/submissions?wait=true", json={"language_id": 46, "source_code": "true"})
         assert judge0.status in (200, 201)
-    log = lines(caplog, "server.joblog")
+    log = lines(caplog, "server.queue.joblog")
     assert f"job {rest['id']} submitted language=bash user=alice door=rest" in log
     assert any(
         line.startswith(f"job {rest['id']} completed ") and line.endswith(" user=alice door=rest") for line in log
@@ -143,4 +143,4 @@ async def test_a_quiet_logger_costs_no_line(app_client: AppClientFactory, caplog
     with caplog.at_level(logging.WARNING):
         assert (await client.get("/health")).status == 200
         await asyncio.sleep(0)
-    assert lines(caplog, "server.accesslog") == []
+    assert lines(caplog, "server.doors.accesslog") == []

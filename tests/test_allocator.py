@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 
-from server.jobs import ExecutionResult, JobStatus
 from server.queue import MemoryStore
 from server.queue.allocator import Trimmer
+from server.queue.jobs import ExecutionResult, JobStatus
 from tests.queues import Clock, eventually, job
 
 

@@ -19,7 +19,7 @@ from tests.conftest import AppClientFactory
 from tests.queues import eventually
 
 Client = TestClient[web.Request, web.Application]
-SPEC: dict[str, Any] = orjson.loads((Path(__file__).parent.parent / "server" / "openapi.json").read_bytes())
+SPEC: dict[str, Any] = orjson.loads((Path(__file__).parent.parent / "server" / "doors" / "openapi.json").read_bytes())
 HELLO = {"language": "python", "code": "print('hello')"}
 SLEEP = {"language": "python", "code": "import time\ntime.sleep(30)"}
 

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from server.apikeys import ApiKeys, authenticate, client_for_key, hash_key_main
+from server.access.apikeys import ApiKeys, authenticate, client_for_key, hash_key_main
 from server.errors import SettingsError, Unauthorized
 from server.settings import Settings
 

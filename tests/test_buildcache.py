@@ -20,10 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.buildcache import HASH_LINE, SUFFIX, BuildCache, CachedBuild, build_key
-from server.jobs import Runner
 from server.keys import RUNNER
-from server.sandbox import Sandbox
+from server.queue.jobs import Runner
+from server.sandbox.buildcache import HASH_LINE, SUFFIX, BuildCache, CachedBuild, build_key
+from server.sandbox.runner import Sandbox
 from tests.conftest import make_settings
 from tests.test_api import Client, call
 

@@ -34,7 +34,7 @@ from server.callbacks import (
 )
 from server.callbacks.redis_outbox import RedisOutbox
 from server.errors import SettingsError
-from server.redispool import command_pool
+from server.queue.redispool import command_pool
 from server.settings import Settings
 from tests.conftest import AppClientFactory, free_port, make_settings, scaled
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from playwright.async_api import expect
 
-from server.history import sample_from
+from server.doors.history import sample_from
 from server.keys import HISTORY, QUEUE
 from tests.browser import screenshot
 from tests.test_pages import Pages, ServerFactory, browser, pages, serve, submit

@@ -1,4 +1,4 @@
-"""How the server claims a cgroup v2 subtree (server/delegation.py), on the kernel's real unified hierarchy.
+"""How the server claims a cgroup v2 subtree (server/sandbox/delegation.py), on the kernel's real unified hierarchy.
 
 On this cgroup v1 host the unified hierarchy still exists (systemd mounts it at /sys/fs/cgroup/unified), offering the
 controllers v1 does not bind (hugetlb). The kernel's rules are the same for every controller, so the claim's moves
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from server import delegation
-from server.cgroups import _mounts
+from server.sandbox import delegation
+from server.sandbox.cgroups import _mounts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def _pids(cgroup: Path) -> set[int]:
 CLAIM = """
 import json, os, sys
 from pathlib import Path
-from server import delegation, systemd
+from server.sandbox import delegation, systemd
 cgroup, mount, controller, manager, booted = sys.argv[1:6]
 with open(Path(cgroup) / "cgroup.procs", "w") as f:
     f.write(str(os.getpid()))

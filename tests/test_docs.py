@@ -16,7 +16,7 @@ from tests.test_pages import Pages, ServerFactory, browser, origin_of, pages, se
 
 __all__ = ["browser", "pages", "serve"]  # fixtures, used by name
 ROOT = Path(__file__).resolve().parent.parent
-SPEC: dict[str, Any] = orjson.loads((ROOT / "server" / "openapi.json").read_bytes())
+SPEC: dict[str, Any] = orjson.loads((ROOT / "server" / "doors" / "openapi.json").read_bytes())
 
 
 def _media_types() -> list[tuple[str, dict[str, Any]]]:

@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.jobs import Runner
+from server.queue.jobs import Runner
 from tests.boundary import STALL_BOUND_S, while_healthy
 from tests.conftest import make_settings
 

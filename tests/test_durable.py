@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import Worker
 from server.queue.durable import DurableStore, Journal
 from server.queue.durable import rows as durable_rows
 from server.queue.durable.rows import Recovered
+from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.settings import Settings
 from tests.conftest import free_port
 from tests.servers import ROOT, ServerProcess

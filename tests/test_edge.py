@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from server.app import create_app
-from server.edge import FdBudget, count_open_fds, listen, make_runner
-from server.jobs import Runner
+from server.doors.edge import FdBudget, count_open_fds, listen, make_runner
+from server.queue.jobs import Runner
 from tests.conftest import free_port, make_settings
 from tests.test_main import ROOT
 
@@ -256,7 +256,7 @@ async def test_a_job_never_fails_for_want_of_descriptors(tmp_path: Path) -> None
 
 def test_start_up_raises_the_soft_open_files_limit(tmp_path: Path) -> None:
     script = (
-        "import resource\nfrom server.edge import raise_nofile_limit\n"
+        "import resource\nfrom server.doors.edge import raise_nofile_limit\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (100, 1000))\nprint(*raise_nofile_limit())\n"
         "print(*resource.getrlimit(resource.RLIMIT_NOFILE))"
     )

@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from server.keys import SETTINGS
-from server.languages import LANGUAGES_FILE
+from server.sandbox.languages import LANGUAGES_FILE
 from tests.browser import screenshot
 from tests.test_pages import (
     SLEEP,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import Worker
+from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue.redis import RedisStore
 from tests.queues import Gate, build_queue, eventually, job, started, status_of
 from tests.test_worker import SlowFinish

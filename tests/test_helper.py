@@ -1,4 +1,4 @@
-"""The C helper (server/helper/conveyor-run.c) against hostile input (issue 27): its arguments and job messages fed
+"""The C helper (sandbox/helper/conveyor-run.c) against hostile input (issue 27): its arguments and job messages fed
 to a build with AddressSanitizer and UndefinedBehaviorSanitizer, the uids it refuses, a pre-started interpreter that
 dies after booting, and the hardening the shipped build has."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.sandbox import HELPER
+from server.sandbox.runner import HELPER
 from tests.test_pool import message
 
 SOURCE = HELPER.with_name("conveyor-run.c")

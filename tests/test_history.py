@@ -11,8 +11,7 @@ import pytest
 import redis
 
 from bench import redisserver
-from server.errors import BackendUnavailable
-from server.history import (
+from server.doors.history import (
     MAX_POINTS,
     HistorySampler,
     HistoryStore,
@@ -22,6 +21,7 @@ from server.history import (
     columns,
     sample_from,
 )
+from server.errors import BackendUnavailable
 from server.keys import HISTORY, QUEUE
 from tests.conftest import AppClientFactory, free_port
 
@@ -205,7 +205,7 @@ async def test_a_stalled_redis_is_one_warning_within_the_instance_timeout(
 ) -> None:
     """The history's Redis commands end within REDIS_TIMEOUT_MS (they waited a hard-coded 5 s), and an outage is
     logged once, without a traceback, however many samples it costs."""
-    caplog.set_level(logging.INFO, logger="server.history")
+    caplog.set_level(logging.INFO, logger="server.doors.history")
     with redisserver.redis_server() as url:
         client = await app_client(redis_url=url, redis_timeout_ms=300)
         sampler = client.app[HISTORY]
@@ -221,7 +221,7 @@ async def test_a_stalled_redis_is_one_warning_within_the_instance_timeout(
             finally:
                 direct.client_unpause()
         await ours.tick()
-    records = [r for r in caplog.records if r.name == "server.history"]
+    records = [r for r in caplog.records if r.name == "server.doors.history"]
     # Ours, and the app's own sampler if its clock ticked meanwhile: one warning each at most, never a traceback.
     assert all(r.exc_info is None and r.levelname in ("WARNING", "INFO") for r in records), records
     assert 1 <= sum(r.levelname == "WARNING" for r in records) <= 2, records

@@ -1,4 +1,4 @@
-"""A checkout the jobs' uid cannot reach (git clone into a mode-700 /root) still runs jobs (server/hostpaths.py)."""
+"""A checkout the jobs' uid cannot reach (git clone into a mode-700 /root) still runs jobs (sandbox/hostpaths.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from server import hostpaths
-from server import sandbox as sandbox_module
 from server.errors import SandboxUnavailable
+from server.sandbox import hostpaths
+from server.sandbox import runner as sandbox_module
 from tests.test_sandbox import SETTINGS, open_sandbox, run_job
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root drops jobs to another uid")
@@ -35,7 +35,7 @@ def _private_checkout(tmp_path: Path) -> Path:
     """The C helper as `make install` leaves it in a checkout under a home only its owner may enter."""
     home = tmp_path / "root"
     home.mkdir(mode=0o700)
-    helper = home / "conveyor" / "server" / "helper" / "conveyor-run"
+    helper = home / "conveyor" / "server" / "sandbox" / "helper" / "conveyor-run"
     helper.parent.mkdir(parents=True)
     shutil.copy2(sandbox_module.HELPER, helper)
     return helper

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
-from server import connection as connection_module
 from server.app import create_app
-from server.connection import Connection
-from server.jobs import Runner
+from server.hub import connection as connection_module
+from server.hub.connection import Connection
 from server.keys import HUB, QUEUE
+from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, keys_file, make_settings
 from tests.queues import eventually
 
@@ -458,7 +458,7 @@ async def test_a_close_holds_when_a_handler_swallows_the_readers_cancellation(
 async def test_interactive_job_survives_a_reconnect_within_the_grace(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.hub.ORPHAN_GRACE_S", 0.5)
+    monkeypatch.setattr("server.hub.hub.ORPHAN_GRACE_S", 0.5)
     ws: ClientWebSocketResponse = await client.ws_connect("/ws")
     token = (await recv(ws))["ownerToken"]  # a client without the pages' cookie gets its owner token in `hello`
     await ws.send_json({"type": "run", "language": "python", "code": "print('echo', input())", "interactive": True})
@@ -480,7 +480,7 @@ async def test_interactive_job_survives_a_reconnect_within_the_grace(
 async def test_interactive_job_is_stopped_when_its_submitter_is_gone(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.hub.ORPHAN_GRACE_S", 0.2)
+    monkeypatch.setattr("server.hub.hub.ORPHAN_GRACE_S", 0.2)
     ws = await connect(client)
     await ws.send_json({"type": "run", "language": "python", "code": "input()", "interactive": True})
     job_id = (await recv(ws))["jobId"]

@@ -7,8 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
-from server.errors import BadRequest, Forbidden
-from server.identity import (
+from server.access.identity import (
     OWNER_COOKIE,
     OWNER_TOKEN,
     Client,
@@ -21,6 +20,7 @@ from server.identity import (
     parse_networks,
     peer_ip,
 )
+from server.errors import BadRequest, Forbidden
 
 PROXIES = parse_networks(("10.0.0.0/8", "2001:db8:ffff::/48"))
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from server.events import EventEmitter
-from server.joblog import format_finished, log_finished_jobs
+from server.queue.events import EventEmitter
+from server.queue.joblog import format_finished, log_finished_jobs
 from tests.conftest import AppClientFactory
 
 
@@ -42,7 +42,7 @@ def test_format_names_the_job_and_only_the_figures_it_has() -> None:
 def test_only_terminal_events_are_logged_and_unsubscribe_stops_it(caplog: pytest.LogCaptureFixture) -> None:
     events = EventEmitter()
     unsubscribe = log_finished_jobs(events)
-    with caplog.at_level(logging.INFO, logger="server.joblog"):
+    with caplog.at_level(logging.INFO, logger="server.queue.joblog"):
         events.emit({"type": "queued", "jobId": "a1"})
         events.emit({"type": "running", "jobId": "a1"})
         events.emit({"type": "output", "jobId": "a1", "data": "x"})
@@ -57,10 +57,10 @@ async def test_a_run_through_the_api_logs_its_submission_and_its_finish(
     app_client: AppClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await app_client()
-    with caplog.at_level(logging.INFO, logger="server.joblog"):
+    with caplog.at_level(logging.INFO, logger="server.queue.joblog"):
         resp = await client.post("/run", json={"language": "bash", "code": "exit 3"})
         job = await resp.json()
-    lines = [r.getMessage() for r in caplog.records if r.name == "server.joblog"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "server.queue.joblog"]
     assert len(lines) == 2
     assert lines[0] == f"job {job['id']} submitted language=bash user=anonymous door=rest"
     assert lines[1].startswith(f"job {job['id']} failed language=bash reason=runtime_error exit=3 wait=")

@@ -9,10 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
-from server.judge0_catalog import JUDGE0_FILE
+from server.compat.judge0.catalog import JUDGE0_FILE
+from server.compat.piston.routes import load_names
 from server.keys import SETTINGS
-from server.languages import load_languages
-from server.piston import load_names
+from server.sandbox.languages import load_languages
 from tests.test_language_matrix import QUICK
 
 LANGUAGES = load_languages()

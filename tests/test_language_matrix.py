@@ -1,4 +1,4 @@
-"""Every language's matrix, data-driven from server/languages.toml and tests/languages/<name>.toml: hello, stdin, exit
+"""Every language's matrix, data-driven from sandbox/languages.toml and tests/languages/<name>.toml: hello, stdin, exit
 code, compile error, runtime error, the memory limit and a contained fork bomb, each case in its own sandbox."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from server.jobs import ExecutionResult, Job, JobIO, SourceFile
-from server.languages import Language, load_languages
-from server.sandbox import Sandbox
+from server.queue.jobs import ExecutionResult, Job, JobIO, SourceFile
+from server.sandbox.languages import Language, load_languages
+from server.sandbox.runner import Sandbox
 from server.settings import Settings
 from tests.test_sandbox_security import job_cgroups, wait_until_gone
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.languages import LanguageIndex, load_languages
+from server.sandbox.languages import LanguageIndex, load_languages
 
 SHIPPED = {"python", "javascript", "bash", "c", "cpp", "java", "rust", "perl", "go", "ruby", "php", "executable"}
 

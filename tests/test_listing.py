@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.jobs import ExecutionResult
 from server.keys import HUB
 from server.queue import redis as redis_store
+from server.queue.jobs import ExecutionResult
 from server.queue.redis import RedisStore
 from tests.conftest import AppClientFactory, keys_file
 from tests.queues import Gate, build_queue, eventually, job, started

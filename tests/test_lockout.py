@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
+from server.access.lockout import AuthLockout
+from server.access.ratelimit import RateLimiter
 from server.errors import TooManyRequests
-from server.lockout import AuthLockout
-from server.ratelimit import RateLimiter
 from tests.conftest import make_settings
 
 
@@ -20,7 +20,7 @@ def _lockout(limit: int = 3) -> tuple[AuthLockout, list[float]]:
 
 
 async def test_locked_out_after_the_limit_until_a_token_returns(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="server.lockout")
+    caplog.set_level(logging.WARNING, logger="server.access.lockout")
     lockout, now = _lockout(3)
     for _ in range(3):
         lockout.check("203.0.113.7")
@@ -44,7 +44,7 @@ async def test_locked_out_after_the_limit_until_a_token_returns(caplog: pytest.L
 
 
 async def test_locked_out_addresses_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("server.lockout.MAX_LOCKED", 3)
+    monkeypatch.setattr("server.access.lockout.MAX_LOCKED", 3)
     lockout, _ = _lockout(1)
     for i in range(10):
         await lockout.failed(f"203.0.113.{i}")

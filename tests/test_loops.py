@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.loops import raise_if_cancelling, stop_task
+from server.queue.loops import raise_if_cancelling, stop_task
 
 
 async def _library_call() -> None:

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from server.app import create_app
-from server.jobs import Runner
 from server.keys import METRICS, RUNNER
+from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, make_settings
 
 Client = TestClient[web.Request, web.Application]

@@ -1,4 +1,4 @@
-"""server/openapi.json against the server: a schema fuzzer (schemathesis) sends every operation of every door
+"""server/doors/openapi.json against the server: a schema fuzzer (schemathesis) sends every operation of every door
 (native, Piston, Judge0) generated requests, valid and not, and no answer may be a 5xx or carry a traceback."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 
 from server.app import create_app
-from server.jobs import Runner
+from server.queue.jobs import Runner
 from tests.conftest import make_settings
 
 # Each operation gets this many generated requests per mode (valid, then invalid) and per body example: enough to

@@ -13,10 +13,10 @@ import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
+from server.access.identity import new_owner_token
 from server.app import create_app
-from server.identity import new_owner_token
-from server.jobs import Runner
 from server.keys import HUB
+from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, make_settings
 from tests.test_api import call, wait_for_status
 from tests.test_hub import recv, until
@@ -202,7 +202,7 @@ async def test_rest_stop_for_the_owner_and_admins_only(app_client: AppClientFact
 async def test_a_reloaded_page_takes_back_its_running_job(
     app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.hub.ORPHAN_GRACE_S", 0.5)
+    monkeypatch.setattr("server.hub.hub.ORPHAN_GRACE_S", 0.5)
     client = await app_client()
     cookie = {"Cookie": f"conveyor_owner={new_owner_token()}"}
     page, hello = await connect(client, headers=cookie)
@@ -231,7 +231,7 @@ async def test_key_guessing_over_rest_is_locked_out_per_address(
     app_client: AppClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await app_client(auth_failure_limit=3)
-    caplog.set_level(logging.WARNING, logger="server.lockout")
+    caplog.set_level(logging.WARNING, logger="server.access.lockout")
     for i in range(3):
         await call(client, "GET", "/queue/status", 401, headers=bearer(f"cvy_guess-{i}"))
     for i in range(20):
@@ -332,8 +332,8 @@ async def test_signing_in_changes_what_the_socket_may_see(app_client: AppClientF
 async def test_per_socket_and_snapshot_records_are_bounded(
     app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.connection.MAX_SUBMITTED", 2)
-    monkeypatch.setattr("server.hub.SNAPSHOT_TAIL", 2)
+    monkeypatch.setattr("server.hub.connection.MAX_SUBMITTED", 2)
+    monkeypatch.setattr("server.hub.hub.SNAPSHOT_TAIL", 2)
     client = await app_client(stats_interval_ms=60_000)
     hub = client.app[HUB]
     watcher, _ = await connect(client)
@@ -355,7 +355,7 @@ async def test_per_socket_and_snapshot_records_are_bounded(
 async def test_a_socket_watches_a_bounded_number_of_jobs(
     app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.connection.MAX_WATCHED", 2)
+    monkeypatch.setattr("server.hub.connection.MAX_WATCHED", 2)
     client = await app_client()
     ids = [
         (await call(client, "POST", "/run", 200, json={"language": "bash", "code": f"echo {i}"}))["id"]

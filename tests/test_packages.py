@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.packages import MANIFEST, load_packages_file
-from server.sandbox import Sandbox
+from server.sandbox.packages import MANIFEST, load_packages_file
+from server.sandbox.runner import Sandbox
 from server.settings import Settings
 from tests.conftest import make_settings
 from tests.test_api import Client, call

@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 from pytest_aiohttp.plugin import AiohttpServer
 
+from server.access.identity import new_owner_token
 from server.app import create_app
-from server.identity import new_owner_token
-from server.jobs import Runner
 from server.keys import HUB
+from server.queue.jobs import Runner
 from tests.browser import VIEWPORT, Recorder, launch, screenshot
 from tests.conftest import make_settings
 

@@ -1,4 +1,4 @@
-"""The warm pool (server/pool.py): sandboxes started ahead of their jobs, one job each, faithful to a cold start.
+"""The warm pool (sandbox/pool.py): sandboxes started ahead of their jobs, one job each, faithful to a cold start.
 
 The rest of the sandbox suites run with the pool on too (WARM_POOL's default), so every security test after a
 language's first job runs in a warm sandbox; these tests check that they did, and what is the pool's own."""
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from server.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, TestCase
-from server.pool import DEMAND_KEEP_S, DEMAND_WINDOW_S, REFILL_NICE, Demand, Warm, WarmPool
-from server.sandbox import Sandbox
+from server.queue.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, TestCase
+from server.sandbox.pool import DEMAND_KEEP_S, DEMAND_WINDOW_S, REFILL_NICE, Demand, Warm, WarmPool
+from server.sandbox.runner import Sandbox
 from tests.conftest import make_settings, scaled
 from tests.test_sandbox_security import (
     host_processes_with,
@@ -300,8 +300,8 @@ async def test_a_killed_server_takes_its_warm_sandboxes_and_their_jobs_along() -
     tag = marker()
     script = (
         "import asyncio, sys, time\n"
-        "from server.jobs import Job, JobIO\n"
-        "from server.sandbox import Sandbox\n"
+        "from server.queue.jobs import Job, JobIO\n"
+        "from server.sandbox.runner import Sandbox\n"
         "from server.settings import Settings\n"
         "async def main():\n"
         "    box = await Sandbox.create(Settings(warm_pool=2, max_concurrent_jobs=2), languages=['bash'])\n"
@@ -336,7 +336,7 @@ async def test_a_stage_runs_only_once_its_accounting_has_begun(
     """A pre-started python can end a small program before the server has read its start report: the driver waits
     for the server's go-ahead, so the memory peak and CPU base are taken first. (The server is made slow to react
     here: 50 ms between reading the report and starting the accounting.)"""
-    from server import execution
+    from server.sandbox import execution
 
     begin = execution.Run._begin_stage
 
@@ -379,7 +379,7 @@ HOSTILE_MESSAGES = {
 
 def drive_warm(cwd: Path, job_message: bytes) -> tuple[int, bytes]:
     """Run the C driver's `wait` mode on the host with one job message; its exit status and status reports."""
-    from server.sandbox import HELPER
+    from server.sandbox.runner import HELPER
 
     job_r, job_w = os.pipe()
     status_r, status_w = os.pipe()

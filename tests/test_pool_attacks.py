@@ -1,4 +1,4 @@
-"""Attacks on the warm pool (server/pool.py): what a job submitting hostile code, files, arguments or limits can reach
+"""Attacks on the warm pool (sandbox/pool.py): what a job submitting hostile code, files, arguments or limits can reach
 of other jobs' sandboxes, of the next job, and of the server, and what a warm run shows that a cold one does not.
 
 Each test is written against the claim in docs/security.md ("Warm sandboxes") and compares a warm run with a cold run
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from server.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, Stream
-from server.pool import Warm
-from server.sandbox import Sandbox
+from server.queue.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, Stream
+from server.sandbox.pool import Warm
+from server.sandbox.runner import Sandbox
 from tests.conftest import make_settings
 from tests.test_pool import gone, run, until, warm_run
 

@@ -13,11 +13,11 @@ import pytest
 import redis
 
 from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
-from server.events import Event
-from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import MemoryStore, Worker
 from server.queue.allocator import Trimmer
-from server.stats import seconds_until_a_place
+from server.queue.events import Event
+from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
+from server.queue.stats import seconds_until_a_place
 from tests.conftest import free_port
 from tests.queues import Clock, Gate, build_queue, eventually, job, memory_queue, settle, started, status_of
 

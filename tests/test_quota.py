@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from bench import redisserver
+from server.access.ratelimit import LimiterStore, MemoryLimiterStore
+from server.access.ratelimit.redis import RedisLimiterStore
 from server.errors import BackendUnavailable
-from server.ratelimit import LimiterStore, MemoryLimiterStore
-from server.ratelimit.redis import RedisLimiterStore
 from tests.conftest import AppClientFactory
 
 NOW = 1_800_000_000.0

@@ -20,11 +20,9 @@ from aiohttp import WSServerHandshakeError, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from server.apikeys import ApiKeyEntry, ApiKeys
-from server.errors import ConveyorError, QueueFull
-from server.identity import Client, anonymous, check_priority
-from server.keys import CLIENT
-from server.ratelimit import (
+from server.access.apikeys import ApiKeyEntry, ApiKeys
+from server.access.identity import Client, anonymous, check_priority
+from server.access.ratelimit import (
     Bucket,
     Decision,
     LimiterStore,
@@ -37,7 +35,9 @@ from server.ratelimit import (
     raise_if_denied,
     ratelimit_middleware,
 )
-from server.ratelimit.redis import RedisLimiterStore
+from server.access.ratelimit.redis import RedisLimiterStore
+from server.errors import ConveyorError, QueueFull
+from server.keys import CLIENT
 from server.settings import Settings
 
 T0 = 1_700_000_000.25

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from server import sandbox as sandbox_module
 from server.errors import SandboxUnavailable
-from server.jobs import ExecutionResult, Job, JobIO, Stream
-from server.sandbox import Sandbox
+from server.queue.jobs import ExecutionResult, Job, JobIO, Stream
+from server.sandbox import runner as sandbox_module
+from server.sandbox.runner import Sandbox
 from server.settings import Settings
 from tests.conftest import scaled, scaled_ms
 
@@ -372,7 +372,7 @@ async def test_missing_libseccomp_explains_how_to_install(monkeypatch: pytest.Mo
 
 
 async def test_development_mode_warns_and_still_runs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="server.sandbox")
+    caplog.set_level(logging.WARNING, logger="server.sandbox.runner")
     async with open_sandbox(Settings(sandbox="none", job_timeout_ms=scaled_ms(3000)), languages=["python"]) as sandbox:
         assert any("SANDBOX=none" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         run = await run_job(sandbox, "python", "import os; print(open('main.py').read().strip() != '')")
@@ -399,7 +399,7 @@ raise SystemExit(7)
 async def test_the_c_helper_and_the_perl_path_start_a_job_alike() -> None:
     """The C helper (built by make install-test) replaces sh, setpriv, perl and prlimit: a job sees the same
     limits, uid and undumpable driver either way, and both report the same exact statuses."""
-    assert sandbox_module.HELPER.exists(), "make install-test builds server/helper/conveyor-run"
+    assert sandbox_module.HELPER.exists(), "make install-test builds server/sandbox/helper/conveyor-run"
     reports = []
     for helper in (True, False):
         async with open_sandbox(SETTINGS, languages=["python", "c"], helper=helper) as box:

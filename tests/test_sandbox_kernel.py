@@ -17,15 +17,15 @@ from pathlib import Path
 import pyseccomp
 import pytest
 
-from server import driver
-from server import sandbox as sandbox_module
-from server.cgroups import JobCgroup
-from server.execution import Run, Spec
-from server.jobs import JobIO
-from server.pool import Warm
-from server.sandbox import Sandbox
+from server.queue.jobs import JobIO
+from server.sandbox import driver
+from server.sandbox import runner as sandbox_module
+from server.sandbox.cgroups import JobCgroup
+from server.sandbox.execution import Run, Spec
+from server.sandbox.pool import Warm
+from server.sandbox.runner import Sandbox
+from server.sandbox.spawn import Fds
 from server.settings import Settings
-from server.spawn import Fds
 from tests.conftest import scaled_ms
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 

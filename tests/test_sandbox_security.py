@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from server.errors import SandboxUnavailable
-from server.jobs import JobIO, Stream
-from server.sandbox import HELPER_IN_BOX, Sandbox
+from server.queue.jobs import JobIO, Stream
+from server.sandbox.runner import HELPER_IN_BOX, Sandbox
+from server.sandbox.spawn import HostUids
 from server.settings import Settings
-from server.spawn import HostUids
 from tests.conftest import scaled, scaled_ms
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
@@ -397,8 +397,8 @@ async def test_a_server_killed_while_a_job_starts_leaves_nothing(guard: str) -> 
     tag = marker()
     script = (
         "import asyncio, sys\n"
-        "from server.jobs import Job, JobIO\n"
-        "from server.sandbox import Sandbox\n"
+        "from server.queue.jobs import Job, JobIO\n"
+        "from server.sandbox.runner import Sandbox\n"
         "from server.settings import Settings\n"
         "async def main():\n"
         # No warm pool: the test stops the server's one child besides the guard, which must be this job's launcher
@@ -463,8 +463,8 @@ async def test_jobs_die_with_the_server() -> None:
     tag = marker()
     script = (
         "import asyncio, sys\n"
-        "from server.jobs import Job, JobIO\n"
-        "from server.sandbox import Sandbox\n"
+        "from server.queue.jobs import Job, JobIO\n"
+        "from server.sandbox.runner import Sandbox\n"
         "from server.settings import Settings\n"
         "async def main():\n"
         "    box = await Sandbox.create(Settings(), languages=['bash'])\n"

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from server.apikeys import ApiKeys
-from server.sessions import SESSION_COOKIE, issue, verify
+from server.access.apikeys import ApiKeys
+from server.access.sessions import SESSION_COOKIE, issue, verify
 from tests.conftest import AppClientFactory, keys_file
 
 Client = TestClient[web.Request, web.Application]

@@ -1,4 +1,4 @@
-"""The D-Bus conversation with systemd (server/systemd.py) against a stand-in manager on a unix socket, which moves
+"""The D-Bus conversation with systemd (sandbox/systemd.py) against a stand-in manager on a unix socket, which moves
 the caller into a scope cgroup on the kernel's real unified hierarchy as systemd does. The real systemd, system and
 user manager, is in the VM (`make test-vm`)."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from jeepney import HeaderFields, Message, Parser, new_error, new_method_call, new_method_return
 
-from server import delegation, systemd
+from server.sandbox import delegation, systemd
 from tests.test_delegation import UNIFIED, _pids, scratch  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(UNIFIED is None, reason="needs root and a cgroup v2 hierarchy with a free controller")
@@ -104,7 +104,7 @@ def manager(scratch: Path, tmp_path: Path) -> Iterator[Manager]:  # noqa: F811
 ASK = """
 import json, os, sys
 from pathlib import Path
-from server import delegation, systemd
+from server.sandbox import delegation, systemd
 path, bus, where, mount, controller = sys.argv[1:6]
 with open(Path(where) / "cgroup.procs", "w") as f:
     f.write(str(os.getpid()))

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from server.events import Event
-from server.jobs import Job, JobStatus, Runner, TestCase
 from server.queue import Worker
+from server.queue.events import Event
+from server.queue.jobs import Job, JobStatus, Runner, TestCase
 from server.queue.redis import RedisStore
 from tests.conftest import scaled, scaled_ms
 from tests.queues import build_queue, eventually

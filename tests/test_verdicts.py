@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.verdicts import Verdict, normalize_output, outputs_match, verdict_of
+from server.judging.verdicts import Verdict, normalize_output, outputs_match, verdict_of
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.errors import BackendUnavailable, Conflict, InputBacklog, NotFound, ShuttingDown
-from server.events import Event
-from server.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue import Worker
+from server.queue.events import Event
+from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
 from tests.conftest import free_port
 from tests.queues import Gate, build_queue, eventually, job, started, status_of
 
@@ -468,8 +468,8 @@ async def test_a_redis_stall_longer_than_the_lease_does_not_lose_finished_work(p
 
 
 async def test_the_limiter_failure_mode_is_a_setting(private_redis: PrivateRedis) -> None:
-    from server.identity import anonymous
-    from server.ratelimit import RateLimiter
+    from server.access.identity import anonymous
+    from server.access.ratelimit import RateLimiter
     from tests.conftest import make_settings
 
     await _start_nothing(private_redis.url)
@@ -506,7 +506,7 @@ async def _pings(client: Any) -> bool:
 
 
 async def _allowed(limiter: Any) -> bool:
-    from server.identity import anonymous
+    from server.access.identity import anonymous
 
     try:
         return bool((await limiter.hit(anonymous("1.2.3.4"), "submit")).allowed)

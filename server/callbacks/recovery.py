@@ -9,8 +9,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
-from ..jobs import Job
-from ..loops import raise_if_cancelling, stop_task
+from ..queue.jobs import Job
+from ..queue.loops import raise_if_cancelling, stop_task
 from .outbox import Armed
 from .sender import CallbackSender, origin
 

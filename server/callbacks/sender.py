@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..loops import raise_if_cancelling, stop_task
+from ..queue.loops import raise_if_cancelling, stop_task
 from ..settings import Settings
 from .client import CallbackClient, Outcome
 from .outbox import Armed, Claim, Delivery, Entry, OutboxStore
@@ -74,7 +74,7 @@ class CallbackSender:
     ) -> None:
         self._own_pool = None
         if store is None and settings.redis_url and redis_pool is None:
-            from ..redispool import instance_pool
+            from ..queue.redispool import instance_pool
 
             redis_pool = self._own_pool = instance_pool(settings)
         self._store = store if store is not None else open_store(settings, redis_pool, clock)

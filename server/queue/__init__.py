@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events import EventEmitter
-from ..jobs import Executor
 from ..settings import Settings
 from .base import QueueBackend, Store
+from .events import EventEmitter
+from .jobs import Executor
 from .memory import MemoryStore
 from .worker import Worker
 

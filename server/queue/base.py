@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol, TypedDict
 
-from ..events import Event, EventEmitter
-from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, OutputCallback, Stream
+from .events import Event, EventEmitter
+from .jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, OutputCallback, Stream
 
 logger = logging.getLogger(__name__)
 

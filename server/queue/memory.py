@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 
 from ..errors import Conflict, InputBacklog, NotFound, QueueFull
-from ..events import Event, EventEmitter
-from ..jobs import ExecutionResult, Job, JobStatus, now_ms
-from ..stats import QueueStats
 from . import transitions
 from .allocator import Trimmer
 from .base import ControlHandler, InstanceRecord
+from .events import Event, EventEmitter
+from .jobs import ExecutionResult, Job, JobStatus, now_ms
 from .records import held_bytes
+from .stats import QueueStats
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ..jobs import ExecutionResult, Job, JobStatus, Limits, SourceFile, TestCase
+from .jobs import ExecutionResult, Job, JobStatus, Limits, SourceFile, TestCase
 
 # Kept by the stores themselves (status as transitions.py decides it, seq as events are logged; position is computed
 # on demand).

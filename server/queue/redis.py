@@ -10,11 +10,11 @@ import orjson
 from redis.exceptions import RedisError
 
 from ..errors import Conflict, InputBacklog, NotFound, QueueFull, SettingsError
-from ..events import Event
-from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from . import transitions
 from .base import InstanceRecord
+from .events import Event
 from .handoff import Finished
+from .jobs import ExecutionResult, Job, JobStatus, now_ms
 from .records import brief_dict, job_to_hash, record_bytes, result_dict
 from .redis_core import (
     CLAIM_EVENT,

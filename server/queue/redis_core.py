@@ -17,12 +17,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import BackendUnavailable
-from ..events import EventEmitter
-from ..jobs import Job, now_ms
-from ..redispool import command_pool
 from . import scripts, transitions
 from .base import ControlHandler
+from .events import EventEmitter
+from .jobs import Job, now_ms
 from .records import job_from_hash
+from .redispool import command_pool
 
 logger = logging.getLogger(__name__)
 

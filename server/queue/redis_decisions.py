@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import orjson
 
-from ..jobs import Job, JobStatus
 from . import transitions
+from .jobs import Job, JobStatus
 from .records import job_from_hash, record_bytes, result_dict
 from .redis_core import LOG_MAXLEN, STREAM_MAXLEN, RedisCore, unavailable_on_redis_error
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..events import Event
-from ..jobs import ExecutionResult, Job, JobStatus, Stream
+from .events import Event
+from .jobs import ExecutionResult, Job, JobStatus, Stream
 
 WORKER_LOST = "worker_lost"
 

@@ -11,12 +11,12 @@ from contextlib import suppress
 from typing import Any
 
 from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
-from ..events import Event, EventEmitter
-from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
-from ..loops import raise_if_cancelling, stop_task
 from . import transitions
 from .base import InstanceRecord, OutputCoalescer, Store, execute
+from .events import Event, EventEmitter
 from .handoff import Claimed, ClaimsOnFinish, FinishBatcher
+from .jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
+from .loops import raise_if_cancelling, stop_task
 from .records import held_bytes
 
 logger = logging.getLogger(__name__)

@@ -61,14 +61,14 @@ import { cobol } from "@codemirror/legacy-modes/mode/cobol";
 import { forth } from "@codemirror/legacy-modes/mode/forth";
 import { csharp, kotlin, scala, objectiveC } from "@codemirror/legacy-modes/mode/clike";
 
-// Stream modes by the `mode` names of server/languages.toml (CodeMirror 5's legacy modes, ported).
+// Stream modes by the `mode` names of server/sandbox/languages.toml (CodeMirror 5's legacy modes, ported).
 const LEGACY = {
   go, ruby, lua, haskell, r, ocaml: oCaml, erlang, clojure, scheme, commonlisp: commonLisp, fortran, pascal, d, tcl,
   sql: sqlite, octave, crystal, coffeescript: coffeeScript, groovy, verilog, gas, cobol, forth, csharp, kotlin, scala,
   objectivec: objectiveC,
 };
 
-/** Language support by Conveyor's language id (server/languages.toml); null for a language without one. */
+/** Language support by Conveyor's language id (server/sandbox/languages.toml); null for a language without one. */
 export function languageFor(id) {
   switch (id) {
     case "python":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from ...jobs import Job
+from ..jobs import Job
 from . import rows
 from .rows import FINISHED, QUEUED, RUNNING, Recovered
 

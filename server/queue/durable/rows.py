@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ...errors import SettingsError
-from ...jobs import Job, JobStatus, Limits, SourceFile, TestCase
+from ..jobs import Job, JobStatus, Limits, SourceFile, TestCase
 from ..records import result_from
 
 logger = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from ...events import Event
-from ...jobs import ExecutionResult, Job, JobStatus, now_ms
+from ..events import Event
+from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..memory import MemoryStore, _Record
 from ..records import held_bytes
 from .journal import Journal

@@ -1,0 +1,1 @@
+"""The HTTP doors: the native REST API, batches, admin actions, listing, pages, the edge and its middlewares."""

@@ -1,0 +1,1 @@
+"""The real-time hub: WebSocket connections, job watches and the events they carry."""

@@ -1,0 +1,1 @@
+"""Judging: verdicts for finished runs, and tests that share one compile."""

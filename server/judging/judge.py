@@ -1,0 +1,128 @@
+"""Judge: what a judge makes of a job's runs: a verdict, and tests that share one compile."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..queue.jobs import ExecutionResult, Job, JobIO
+from .verdicts import Verdict, verdict_of
+
+# A per-test event carries at most this much of each output stream (the whole of it is in the job).
+EVENT_OUTPUT_CHARS = 16 * 1024
+
+
+@dataclass(slots=True)
+class Build:
+    """A compiled program: the compile stage's result, and the packed work dir when it succeeded."""
+
+    result: ExecutionResult
+    artifact: bytes | None
+
+
+class Builder(Protocol):
+    """What the judge needs from the sandbox."""
+
+    def compiles(self, job: Job) -> bool: ...
+
+    def caches(self, job: Job) -> bool: ...
+
+    async def build(self, job: Job) -> Build: ...
+
+    async def run(self, job: Job, io: JobIO | None, *, stdin: bytes, build: Build | None = None) -> ExecutionResult: ...
+
+
+async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
+    """Run the job: once, or once per test after one compile; every result gets its verdict."""
+    if job.tests is None:
+        return await _run_once(builder, job, io)
+    build = None
+    if builder.compiles(job):
+        build = await builder.build(job)
+        if build.artifact is None:  # did not compile: every test has that verdict
+            result = build.result
+            result.verdict = _verdict(result, None, job.output_encoding)
+            result.tests = [_entry(index, job, None, result.verdict) for index in range(len(job.tests))]
+            return result
+    entries: list[dict[str, Any]] = []
+    for index, test in enumerate(job.tests):
+        run = await builder.run(job, None, stdin=test.stdin.encode(), build=build)
+        entries.append(_entry(index, job, run, _verdict(run, test.expected_output, job.output_encoding)))
+        if io.on_event is not None:
+            io.on_event(_event(entries[-1]))
+    verdicts = [entry["verdict"] for entry in entries]
+    return ExecutionResult(
+        exit_code=0,
+        tests=entries,
+        verdict=next((v for v in verdicts if v != Verdict.ACCEPTED.value), Verdict.ACCEPTED.value),
+        compile_output=build.result.compile_output if build else None,
+        compile_time_ms=build.result.compile_time_ms if build else None,
+        compile_cached=build.result.compile_cached if build else False,
+        compile_cpu_time_ms=build.result.compile_cpu_time_ms if build else None,
+        compile_memory_peak_bytes=build.result.compile_memory_peak_bytes if build else None,
+        run_time_ms=sum(entry["timeMs"] or 0.0 for entry in entries),
+        cpu_time_ms=_total(entry["cpuTimeMs"] for entry in entries),
+        memory_peak_bytes=max((entry["memoryPeakBytes"] or 0 for entry in entries), default=None) or None,
+    )
+
+
+async def _run_once(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
+    """One run: compiled in its own sandbox, or (with the build cache) built or fetched first and run from that."""
+    build = await builder.build(job) if builder.caches(job) else None
+    if build is not None and build.artifact is None:
+        result = build.result
+    else:
+        result = await builder.run(job, io, stdin=job.stdin.encode(), build=build)
+    if build is not None and build.artifact is not None:
+        compiled = build.result
+        result.compile_output, result.compile_time_ms = compiled.compile_output, compiled.compile_time_ms
+        result.compile_cpu_time_ms = compiled.compile_cpu_time_ms
+        result.compile_memory_peak_bytes = compiled.compile_memory_peak_bytes
+        result.compile_cached = compiled.compile_cached
+    result.verdict = _verdict(result, job.expected_output, job.output_encoding)
+    return result
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    """The sum, or None when no run reported a figure (no cgroups)."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _verdict(result: ExecutionResult, expected: str | None, encoding: str) -> str:
+    stdout = result.stdout
+    if encoding == "base64" and expected is not None:
+        stdout = base64.b64decode(stdout).decode(errors="replace")
+    return verdict_of(result.reason, result.exit_code, stdout, expected).value
+
+
+def _entry(index: int, job: Job, run: ExecutionResult | None, verdict: str) -> dict[str, Any]:
+    """One test's inputs and result, as the job's `tests` shows them."""
+    assert job.tests is not None
+    test = job.tests[index]
+    return {
+        "index": index,
+        "stdin": test.stdin,
+        "expectedOutput": test.expected_output,
+        "verdict": verdict,
+        "stdout": run.stdout if run else "",
+        "stderr": run.stderr if run else "",
+        "exitCode": run.exit_code if run else None,
+        "signal": run.signal if run else None,
+        "reason": run.reason if run else None,
+        "truncated": run.truncated if run else False,
+        "stdoutLossy": run.stdout_lossy if run else False,
+        "timeMs": round(run.run_time_ms, 1) if run and run.run_time_ms is not None else None,
+        "cpuTimeMs": run.usage()["cpuTimeMs"] if run else None,
+        "memoryPeakBytes": run.memory_peak_bytes if run else None,
+    }
+
+
+def _event(entry: dict[str, Any]) -> dict[str, Any]:
+    """The WebSocket `test` event: the entry without its inputs, outputs cut to a preview."""
+    event = {key: value for key, value in entry.items() if key not in ("stdin", "expectedOutput")}
+    for stream in ("stdout", "stderr"):
+        event[stream] = entry[stream][:EVENT_OUTPUT_CHARS]
+    return {"type": "test", **event}
