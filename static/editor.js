@@ -145,7 +145,17 @@
     onChange: () => syncControls(),
   });
 
-  const run = new Run(ui, { job, socket, config, code, runOptions, testCases, pane, status, onChange: () => syncControls() });
+  const run = new Run(ui, {
+    job,
+    socket,
+    config,
+    code,
+    runOptions,
+    testCases,
+    pane,
+    status,
+    onChange: () => syncControls(),
+  });
 
   const events = new RunEvents(ui, {
     job,
@@ -175,7 +185,10 @@
       tab.setAttribute("aria-selected", String(key === name));
       ui.bodies[key].hidden = key !== name;
     }
-    const notes = { tests: "compiled once, each test in a fresh sandbox", options: "sent with every run, checked by the server" };
+    const notes = {
+      tests: "compiled once, each test in a fresh sandbox",
+      options: "sent with every run, checked by the server",
+    };
     ui.paneNote.textContent = notes[name] || liveInput.note();
     document.querySelector(".editor-layout").dataset.tab = name;
   }

@@ -27,7 +27,8 @@ class Run {
     // A plain run is interactive (line-buffered C stdout, input while it runs): the pane's text goes with it, what
     // does not fit one frame follows in `stdin` messages, then end of input unless live. A judged run gets each
     // test's stdin whole.
-    const message = { type: "run", language, code: this.code.value, requestId: this.job.requestId, ...this.runOptions.values() };
+    const { requestId } = this.job;
+    const message = { type: "run", language, code: this.code.value, requestId, ...this.runOptions.values() };
     const planned = tests ? this.withTests(message) : this.withInput(message);
     if (!planned) return this.onChange();
     this.send(planned);

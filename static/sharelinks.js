@@ -84,19 +84,24 @@ class ShareLinks {
     try {
       program = await CodeLink.read();
     } catch (err) {
-      this.pane.note("This code link is damaged (cut short when it was copied?): nothing could be read from it.", "error");
+      const damaged = "This code link is damaged (cut short when it was copied?): nothing could be read from it.";
+      this.pane.note(damaged, "error");
       return;
     }
     if (!program) return;
     await this.languages.ready;
     const { language, stdin, output } = this.fields;
-    if (this.languages.has(program.language)) language.value = program.language;
-    else if (program.language) this.pane.note(`(this code's language, ${program.language}, is not offered here)`, "error");
+    if (this.languages.has(program.language)) {
+      language.value = program.language;
+    } else if (program.language) {
+      this.pane.note(`(this code's language, ${program.language}, is not offered here)`, "error");
+    }
     this.languages.setCode(program.code);
     this.code.setLanguage(language.value);
     stdin.value = program.stdin;
     if (program.tests.length) {
-      this.testCases.load(program.tests.map((t) => ({ stdin: String(t.stdin ?? ""), expectedOutput: String(t.expectedOutput ?? "") })));
+      const text = (value) => String(value ?? "");
+      this.testCases.load(program.tests.map((t) => ({ stdin: text(t.stdin), expectedOutput: text(t.expectedOutput) })));
       this.showTab("tests");
     }
     output.replaceChildren();
