@@ -12,7 +12,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..queue.jobs import JobIO, Stream
+from .contract import JobIO, Stream
 from ..settings import Settings
 from .cgroups import JobCgroup
 from .driver import CHILD_PID, EXIT_CODE, STAGE_END, STATUS_LINE_LIMIT
