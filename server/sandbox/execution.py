@@ -12,9 +12,9 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .contract import JobIO, Stream
 from ..settings import Settings
 from .cgroups import JobCgroup
+from .contract import JobIO, Stream
 from .driver import CHILD_PID, EXIT_CODE, STAGE_END, STATUS_LINE_LIMIT
 from .pool import Warm, WarmProcess, attach, children, reader, writer
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
