@@ -4,43 +4,42 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from ..queue.jobs import ExecutionResult, Job, JobIO
+from ..queue.jobs import Job
+from ..sandbox.contract import ExecutionResult, JobIO, Request
+from ..sandbox.runner import Sandbox
 from .verdicts import Verdict, verdict_of
 
 # A per-test event carries at most this much of each output stream (the whole of it is in the job).
 EVENT_OUTPUT_CHARS = 16 * 1024
 
 
-@dataclass(slots=True)
-class Build:
-    """A compiled program: the compile stage's result, and the packed work dir when it succeeded."""
-
-    result: ExecutionResult
-    artifact: bytes | None
-
-
-class Builder(Protocol):
-    """What the judge needs from the sandbox."""
-
-    def compiles(self, job: Job) -> bool: ...
-
-    def caches(self, job: Job) -> bool: ...
-
-    async def build(self, job: Job) -> Build: ...
-
-    async def run(self, job: Job, io: JobIO | None, *, stdin: bytes, build: Build | None = None) -> ExecutionResult: ...
+def request_of(job: Job) -> Request:
+    """What the sandbox runs for a job: its program and per-run limits."""
+    return Request(
+        name=job.id,
+        language=job.language,
+        code=job.code,
+        files=tuple(job.files) if job.files else None,
+        args=tuple(job.args),
+        compiler_options=tuple(job.compiler_options),
+        interactive=job.interactive,
+        timeout_ms=job.timeout_ms,
+        limits=job.limits,
+        owner=job.owner,
+        output_encoding=job.output_encoding,
+    )
 
 
-async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
-    """Run the job: once, or once per test after one compile; every result gets its verdict."""
+async def judge(sandbox: Sandbox, job: Job, io: JobIO) -> ExecutionResult:
+    """Run the job in the sandbox: once, or once per test after one compile; every result gets its verdict."""
+    request = request_of(job)
     if job.tests is None:
-        return await _run_once(builder, job, io)
+        return await _run_once(sandbox, request, job, io)
     build = None
-    if builder.compiles(job):
-        build = await builder.build(job)
+    if sandbox.compiles(job.language):
+        build = await sandbox.build(request)
         if build.artifact is None:  # did not compile: every test has that verdict
             result = build.result
             result.verdict = _verdict(result, None, job.output_encoding)
@@ -48,7 +47,7 @@ async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
             return result
     entries: list[dict[str, Any]] = []
     for index, test in enumerate(job.tests):
-        run = await builder.run(job, None, stdin=test.stdin.encode(), build=build)
+        run = await sandbox.run(request, None, stdin=test.stdin.encode(), build=build)
         entries.append(_entry(index, job, run, _verdict(run, test.expected_output, job.output_encoding)))
         if io.on_event is not None:
             io.on_event(_event(entries[-1]))
@@ -68,13 +67,13 @@ async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
     )
 
 
-async def _run_once(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
+async def _run_once(sandbox: Sandbox, request: Request, job: Job, io: JobIO) -> ExecutionResult:
     """One run: compiled in its own sandbox, or (with the build cache) built or fetched first and run from that."""
-    build = await builder.build(job) if builder.caches(job) else None
+    build = await sandbox.build(request) if sandbox.caches(job.language) else None
     if build is not None and build.artifact is None:
         result = build.result
     else:
-        result = await builder.run(job, io, stdin=job.stdin.encode(), build=build)
+        result = await sandbox.run(request, io, stdin=job.stdin.encode(), build=build)
     if build is not None and build.artifact is not None:
         compiled = build.result
         result.compile_output, result.compile_time_ms = compiled.compile_output, compiled.compile_time_ms

@@ -229,3 +229,10 @@ def _optional_write(path: Path, value: str) -> None:
     if path.exists():
         with contextlib.suppress(OSError):
             write(path, value)
+
+
+def job_cgroup(cgroups: Cgroups | None, name: str, memory_mb: int | None = None) -> JobCgroup | None:
+    """Create a run's cgroups (with its own memory limit when it asked for less), or None for rlimits only."""
+    if cgroups is None:
+        return None
+    return cgroups.create(name, memory_bytes=None if memory_mb is None else memory_mb << 20)

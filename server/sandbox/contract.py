@@ -135,3 +135,29 @@ class TestCase:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the caller asks the sandbox to run: a job's program and its per-run limits (the sandbox makes a RunSpec
+    of it, server/sandbox/spec.py)."""
+
+    name: str  # the job's id: names its cgroup and (SANDBOX=none) its temp dir when it is a safe file name
+    language: str
+    code: str
+    files: tuple[SourceFile, ...] | None = None
+    args: tuple[str, ...] = ()
+    compiler_options: tuple[str, ...] = ()
+    interactive: bool = False
+    timeout_ms: int = 10_000
+    limits: Limits = Limits()
+    owner: str = ""
+    output_encoding: str = "utf8"
+
+
+@dataclass(slots=True)
+class Build:
+    """A compiled program: the compile stage's result, and the packed work dir when it succeeded."""
+
+    result: ExecutionResult
+    artifact: bytes | None
