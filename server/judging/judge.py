@@ -13,6 +13,9 @@ from .verdicts import Verdict, verdict_of
 
 # A per-test event carries at most this much of each output stream (the whole of it is in the job).
 EVENT_OUTPUT_CHARS = 16 * 1024
+# An interpreted language's tests have no compile stage: no compile figures.
+_NOT_COMPILED = ExecutionResult()
+_NOT_RUN = ExecutionResult()  # a test of a program that did not compile
 
 
 def request_of(job: Job) -> Request:
@@ -51,16 +54,22 @@ async def judge(sandbox: Sandbox, job: Job, io: JobIO) -> ExecutionResult:
         entries.append(_entry(index, job, run, _verdict(run, test.expected_output, job.output_encoding)))
         if io.on_event is not None:
             io.on_event(_event(entries[-1]))
+    return _summary(entries, build.result if build is not None else _NOT_COMPILED)
+
+
+def _summary(entries: list[dict[str, Any]], compiled: ExecutionResult) -> ExecutionResult:
+    """The job's result over its tests: the first verdict not accepted, the compile's figures once, each test's run
+    time and CPU time summed, the highest memory peak."""
     verdicts = [entry["verdict"] for entry in entries]
     return ExecutionResult(
         exit_code=0,
         tests=entries,
         verdict=next((v for v in verdicts if v != Verdict.ACCEPTED.value), Verdict.ACCEPTED.value),
-        compile_output=build.result.compile_output if build else None,
-        compile_time_ms=build.result.compile_time_ms if build else None,
-        compile_cached=build.result.compile_cached if build else False,
-        compile_cpu_time_ms=build.result.compile_cpu_time_ms if build else None,
-        compile_memory_peak_bytes=build.result.compile_memory_peak_bytes if build else None,
+        compile_output=compiled.compile_output,
+        compile_time_ms=compiled.compile_time_ms,
+        compile_cached=compiled.compile_cached,
+        compile_cpu_time_ms=compiled.compile_cpu_time_ms,
+        compile_memory_peak_bytes=compiled.compile_memory_peak_bytes,
         run_time_ms=sum(entry["timeMs"] or 0.0 for entry in entries),
         cpu_time_ms=_total(entry["cpuTimeMs"] for entry in entries),
         memory_peak_bytes=max((entry["memoryPeakBytes"] or 0 for entry in entries), default=None) or None,
@@ -98,24 +107,25 @@ def _verdict(result: ExecutionResult, expected: str | None, encoding: str) -> st
 
 
 def _entry(index: int, job: Job, run: ExecutionResult | None, verdict: str) -> dict[str, Any]:
-    """One test's inputs and result, as the job's `tests` shows them."""
+    """One test's inputs and result, as the job's `tests` shows them (a test that never ran: no output, no figures)."""
     assert job.tests is not None
     test = job.tests[index]
+    ran = run if run is not None else _NOT_RUN
     return {
         "index": index,
         "stdin": test.stdin,
         "expectedOutput": test.expected_output,
         "verdict": verdict,
-        "stdout": run.stdout if run else "",
-        "stderr": run.stderr if run else "",
-        "exitCode": run.exit_code if run else None,
-        "signal": run.signal if run else None,
-        "reason": run.reason if run else None,
-        "truncated": run.truncated if run else False,
-        "stdoutLossy": run.stdout_lossy if run else False,
-        "timeMs": round(run.run_time_ms, 1) if run and run.run_time_ms is not None else None,
-        "cpuTimeMs": run.usage()["cpuTimeMs"] if run else None,
-        "memoryPeakBytes": run.memory_peak_bytes if run else None,
+        "stdout": ran.stdout,
+        "stderr": ran.stderr,
+        "exitCode": ran.exit_code,
+        "signal": ran.signal,
+        "reason": ran.reason,
+        "truncated": ran.truncated,
+        "stdoutLossy": ran.stdout_lossy,
+        "timeMs": round(ran.run_time_ms, 1) if ran.run_time_ms is not None else None,
+        "cpuTimeMs": ran.usage()["cpuTimeMs"],
+        "memoryPeakBytes": ran.memory_peak_bytes,
     }
 
 

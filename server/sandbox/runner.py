@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Collection
@@ -14,13 +13,13 @@ from typing import Any
 
 from ..errors import SandboxUnavailable
 from ..settings import Settings
-from . import health, hostpaths, packages, pool, seccomp
+from . import health, hostpaths, packages, pool, seccomp, startup
 from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups
-from .command import HELPER_TASKS, JOIN_FAILED, PATH, Host, privdrop
+from .command import JOIN_FAILED, Host, privdrop
 from .contract import Build, ExecutionResult, JobIO, Request
 from .execution import Run
-from .languages import Language, LanguageIndex, load_languages
+from .languages import Language, LanguageIndex, load_languages, runtimes
 from .pool import WarmPool
 from .result import Outcome, cached_build, result_of
 from .spawn import HostUids
@@ -30,25 +29,9 @@ from .warm import WarmStarter
 logger = logging.getLogger(__name__)
 
 PROBE_CONCURRENCY = 4  # start-up probes at once: 50 languages take about 4 s this way on 2 cores
-INSTALL_HINT = (
-    "bubblewrap must be installed (apt-get install bubblewrap) and able to create user namespaces "
-    "(sysctl user.max_user_namespaces>0, kernel.unprivileged_userns_clone=1 on Debian kernels, "
-    "kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu 24.04+); SANDBOX=none is for development only"
-)
 # The C helper (sandbox/helper/conveyor-run.c, built by `make install`) that launches a sandbox and drives its
 # stages in one exec per side of bwrap; without it (no C compiler) jobs start through sh, setpriv, perl and prlimit.
 HELPER = Path(__file__).with_name("helper") / "conveyor-run"
-
-
-def no_memory_cgroup(problem: str | None) -> str:
-    """The start-up refusal without a memory cgroup: the cause found, and the ways out."""
-    cause = f": {problem}" if problem else ""
-    return (
-        f"no memory cgroup for per-job limits{cause}. RLIMIT_AS alone is per process (a job of 16 processes could use "
-        "16 times MEMORY_LIMIT_MB). Run the server as root, or as a user whose systemd user manager delegates memory "
-        "(make run from a login session), or as a systemd service with Delegate=yes (deploy/conveyor.service); or set "
-        "ALLOW_PER_PROCESS_LIMITS=1 to accept per-process limits of MEMORY_LIMIT_MB / MAX_PROCESSES each"
-    )
 
 
 class Sandbox:
@@ -81,7 +64,7 @@ class Sandbox:
         self._as_root = False
         self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids)
         self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
-        self._roots = tuple(_root_links())
+        self._roots = startup.root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
         self.pool: WarmPool | None = None
@@ -112,22 +95,7 @@ class Sandbox:
         defs = load_languages()
         if languages is not None:
             defs = {name: lang for name, lang in defs.items() if name in languages}
-        for tool in ("prlimit", "perl"):
-            if shutil.which(tool, path=PATH) is None:
-                raise SandboxUnavailable(f"{tool} not found in {PATH}: install util-linux and perl-base")
-        try:
-            syscall_filter = await asyncio.to_thread(seccomp.build)
-        except RuntimeError as exc:
-            raise SandboxUnavailable(str(exc)) from None
-        groups = None
-        if cgroups:
-            max_tasks = settings.max_processes + HELPER_TASKS
-            groups = await asyncio.to_thread(
-                Cgroups.setup,
-                memory_bytes=settings.memory_limit_mb << 20,
-                max_tasks=max_tasks,
-                manager=settings.cgroup_manager,
-            )
+        syscall_filter, groups = await startup.prerequisites(settings, cgroups=cgroups)
         sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter, helper=helper)
         try:
             await sandbox._start()
@@ -221,7 +189,7 @@ class Sandbox:
                 logger.info("cgroups: %s", self._cgroups.describe())
         if self._enforcer("memory") is None:
             if not self.settings.allow_per_process_limits:
-                raise SandboxUnavailable(no_memory_cgroup(problem))
+                raise SandboxUnavailable(startup.no_memory_cgroup(problem))
             logger.warning(
                 "ALLOW_PER_PROCESS_LIMITS: no memory cgroup, each process of a job gets RLIMIT_AS of %d MB "
                 "(MEMORY_LIMIT_MB / MAX_PROCESSES)",
@@ -229,42 +197,19 @@ class Sandbox:
             )
 
     def _no_toolchain(self) -> str:
-        """Why no language works: a bound path the jobs' uid cannot reach, else what the probes said."""
+        """Why no language works (startup.no_toolchain): the paths bound into every sandbox, and the probes' words."""
+        bound = []
         if self.drops_privileges:
             bound = [Path(p) for p in (self._helper, self._bwrap) if p]
             bound += [Path(layer.path) for layer in self._layers.values()]
-            for path in bound:
-                blocked = hostpaths.unreachable(path)
-                if blocked is not None:
-                    return (
-                        f"jobs run as unprivileged uids, which cannot reach {path} ({blocked} is closed to other "
-                        f"users): chmod o+rx {blocked}, or keep that file outside it"
-                    )
-        said = "; ".join(f"{name}: {text}" for name, text in sorted(self._probe_failures.items()))
-        return f"no language toolchain works inside the sandbox ({said or 'no language configured'})"
+        return startup.no_toolchain(bound, self._probe_failures)
 
     async def _check_bwrap(self) -> None:
-        if self._bwrap is None:
-            raise SandboxUnavailable("bwrap not found on PATH: " + INSTALL_HINT)
-        version = await _capture([self._bwrap, "--version"])
-        self._bwrap_version = version[1].strip().removeprefix("bubblewrap ") or None
-        self._bwrap_help = (await _capture([self._bwrap, "--help"]))[1]
-        argv = [self._bwrap, "--unshare-all", "--unshare-user", "--ro-bind", "/usr", "/usr", *self._roots, "true"]
         drop = privdrop(self._setpriv, self._uids.take()) if self._setpriv is not None else []
-        code, out = await _capture(drop + argv)
-        if code == 0:
-            return
-        detail = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
-        if self._setpriv is not None and (await _capture(argv))[0] == 0:
-            logger.warning(
-                "bubblewrap works only for root here (%s): sandboxed processes run as host root in a user namespace "
-                "and RLIMIT_NPROC does not bind them; allow unprivileged user namespaces to run them as nobody",
-                detail,
-            )
-            self._setpriv = None
-            self._as_root = True
-            return
-        raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here ({detail}): {INSTALL_HINT}")
+        found = await startup.check_bwrap(self._bwrap, self._roots, drop)
+        self._bwrap_version, self._bwrap_help = found.version, found.help
+        if found.root_only:
+            self._setpriv, self._as_root = None, True
 
     async def _probe(self, lang: Language) -> str | None:
         """Run the version command inside the sandbox; the language is offered only if it works."""
@@ -274,14 +219,11 @@ class Sandbox:
             self._probe_failures[lang.name] = str(exc)
             logger.info("language %s unavailable: %s", lang.name, exc)
             return None
-        text = out.stdout + out.stderr
-        match = re.search(r"\d+(?:\.\d+)+", text)
-        if out.run_status != "exit 0" or match is None:
-            said = (text.strip() or out.reason or out.run_status or "no output")[:200]
+        version, said = startup.version_of(out)
+        if version is None:
             self._probe_failures[lang.name] = said
             logger.info("language %s unavailable: %s", lang.name, said)
-            return None
-        return match.group(0)
+        return version
 
     def _current_host(self) -> Host:
         """How a sandbox is started here, as the start-up checks have found it so far."""
@@ -419,21 +361,8 @@ class Sandbox:
         return self.pool.stats() if self.pool is not None else pool.off()
 
     def runtimes(self) -> list[dict[str, Any]]:
-        """The languages offered: canonical name, detected version, aliases."""
-        return [
-            {
-                "language": lang.name,
-                "version": self._versions[lang.name],
-                "aliases": list(lang.aliases),
-                "compiled": lang.compile is not None,
-                "packages": self._layers[lang.name].describe() if lang.name in self._layers else [],
-                # For the editor's picker: the name people know, its highlighting mode and a starter program.
-                "displayName": lang.display,
-                "mode": lang.mode,
-                "hello": lang.hello,
-            }
-            for lang in self._index
-        ]
+        """The languages offered: canonical name, detected version, aliases (languages.runtimes)."""
+        return runtimes(self._index, self._versions, self._layers)
 
     def cache_status(self) -> dict[str, Any]:
         """The build cache's counters and size, and the package layers in use (blocks on a directory listing: call
@@ -469,27 +398,3 @@ class Sandbox:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._cgroups is not None:
             self._cgroups.close()
-
-
-def _root_links() -> list[str]:
-    """/bin, /lib* and /sbin as on the host: symlinks into /usr (merged /usr), else read-only binds."""
-    args: list[str] = []
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = Path("/", name)
-        if path.is_symlink():
-            args += ["--symlink", os.readlink(path), str(path)]
-        elif path.is_dir():
-            args += ["--ro-bind", str(path), str(path)]
-    return args
-
-
-async def _capture(argv: list[str]) -> tuple[int, str]:
-    """Run a short host command; exit code and combined output."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-    except OSError as exc:
-        return 127, str(exc)
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode(errors="replace")

@@ -67,19 +67,14 @@ class Stages:
                 if not self._child_pid(line):
                     return
                 continue
-            event, _, detail = line.decode(errors="replace").removesuffix("\n").partition(" ")
-            stage, _, phase = event.partition("-")
-            if event != expected[0] or (detail if phase == "start" else not STAGE_END.fullmatch(detail)):
-                self._unexpected(line)
+            report = self._report(line, expected[0])
+            if report is None:
                 return
+            stage, phase, detail = report
             expected.pop(0)
             now = loop.time()
             if phase == "start":
-                # A stage let go with the job message has run since then: its start report may arrive together
-                # with its end report, so timing it from the report would measure nothing.
-                early = stage == self._armed
-                started = self._armed_at if early and self._armed_at is not None else now
-                self._stage_started(stage)
+                started = self._stage_started(stage, now)
                 continue
             if not self._stage_ended(stage, detail, now - started):
                 return
@@ -110,6 +105,15 @@ class Stages:
         self.child_pid = int(match.group(1))
         return True
 
+    def _report(self, line: bytes, expected: str) -> tuple[str, str, str] | None:
+        """A stage report as (stage, phase, detail), or None when it is not the one expected (the run is stopped)."""
+        event, _, detail = line.decode(errors="replace").removesuffix("\n").partition(" ")
+        stage, _, phase = event.partition("-")
+        if event != expected or (detail if phase == "start" else not STAGE_END.fullmatch(detail)):
+            self._unexpected(line)
+            return None
+        return stage, phase, detail
+
     def _stage_ended(self, stage: str, detail: str, seconds: float) -> bool:
         """Record a stage's end; whether the run stage follows."""
         self._record_time(stage, seconds)
@@ -129,12 +133,16 @@ class Stages:
         if self.status_pipe is not None:
             self.status_pipe.close()
 
-    def _stage_started(self, stage: str) -> None:
+    def _stage_started(self, stage: str, now: float) -> float:
+        """Begin a stage's accounting and let it go; returns when its clock started. A stage let go with the job
+        message has run since then: its start report may arrive together with its end report, so timing it from the
+        report would measure nothing."""
         if stage == self._armed:
             self._armed = None  # begun before the job message, which carried its go-ahead
-            return
+            return self._armed_at if self._armed_at is not None else now
         self._begin_stage(stage)
         self._release()
+        return now
 
     def _release(self) -> None:
         """A warm sandbox's driver waits after each start report until the stage's accounting has begun."""
