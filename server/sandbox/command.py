@@ -186,8 +186,8 @@ def bwrap_args(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
         args += [*sized, "--tmpfs", path]
     for path in (*ETC_PATHS, *spec.etc):
         args += ["--ro-bind-try", path, path]
-    for inside_host, inside in spec.layers:
-        args += ["--ro-bind", inside_host, inside]
+    for host_path, inside in spec.layers:
+        args += ["--ro-bind", host_path, inside]
     return args + _bound_fds(host, spec, fds)
 
 

@@ -87,9 +87,7 @@ class Specs:
         probe gets the compile stage's time (COMPILE_TIMEOUT_MS, or the language's own), at least PROBE_TIMEOUT_MS."""
         run = lang.version_argv(heap_mb=self._memory_mb // 2)
         timeout_ms = max(PROBE_TIMEOUT_MS, self.compile_ms(lang))
-        return dataclasses.replace(
-            self._spec(lang, f"probe-{lang.name}", run, language=None), run_timeout_ms=timeout_ms
-        )
+        return dataclasses.replace(self._spec(lang, f"probe-{lang.name}", run, probe=True), run_timeout_ms=timeout_ms)
 
     def warm(self, lang: Language) -> RunSpec:
         """A warm sandbox of the language, for its next job."""
@@ -144,7 +142,7 @@ class Specs:
             output_cap=self._settings.workdir_size_mb << 20 if build else None,
         )
 
-    def _spec(self, lang: Language, name: str, run: list[str], *, language: str | None = "") -> RunSpec:
+    def _spec(self, lang: Language, name: str, run: list[str], *, probe: bool = False) -> RunSpec:
         """The spec with the language's environment, package layer and /etc entries, and the server's limits."""
         env, layers = dict(lang.env), []
         layer = self._layers.get(lang.name)
@@ -156,7 +154,7 @@ class Specs:
         return RunSpec(
             name=name,
             run=tuple(run),
-            language=lang.name if language == "" else language,
+            language=None if probe else lang.name,
             preload=lang.preload,
             env=MappingProxyType(env),
             etc=self._etc_paths(lang),

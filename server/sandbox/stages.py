@@ -179,10 +179,12 @@ class Stages:
             self.account()
 
     def stop_watching(self) -> None:
+        """The run is ending: no more CPU checks."""
         if self._cpu_watch is not None:
             self._cpu_watch.cancel()
 
     async def close(self) -> None:
+        """At teardown: the CPU check cancelled and awaited."""
         if self._cpu_watch is not None:
             self._cpu_watch.cancel()
             await asyncio.gather(self._cpu_watch, return_exceptions=True)
