@@ -15,8 +15,8 @@ import tempfile
 import time
 import uuid
 
+from server.judging.executor import Judge as Sandbox  # the executor the queue calls
 from server.queue.jobs import Job, JobIO
-from server.sandbox.runner import Sandbox
 from server.settings import Settings
 
 ROUNDS = 5

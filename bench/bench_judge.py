@@ -12,8 +12,8 @@ import asyncio
 import statistics
 import time
 
+from server.judging.executor import Judge as Sandbox  # the executor the queue calls
 from server.queue.jobs import Job, JobIO, TestCase
-from server.sandbox.runner import Sandbox
 from server.settings import Settings
 
 TESTS = 10

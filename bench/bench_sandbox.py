@@ -28,8 +28,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from server.judging.executor import Judge as Sandbox  # the executor the queue calls
 from server.queue.jobs import Job, JobIO
-from server.sandbox.runner import Sandbox
 from server.settings import Settings
 
 HELLO = "print(1)"

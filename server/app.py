@@ -98,9 +98,9 @@ def create_app(
             app[RUNNER] = runner
             yield
             return
-        from .sandbox.runner import Sandbox
+        from .judging.executor import Judge
 
-        sandbox = await Sandbox.create(settings)
+        sandbox = await Judge.create(settings)
         app[RUNNER] = sandbox
         try:
             yield

@@ -98,9 +98,9 @@ def keys_file(directory: Path, keys: dict[str, tuple[str, bool]]) -> str:
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Runner]:
     """The real bubblewrap sandbox, detected once (toolchain probing takes a few seconds)."""
-    from server.sandbox.runner import Sandbox
+    from server.judging.executor import Judge
 
-    runner = asyncio.run(Sandbox.create(make_settings()))
+    runner = asyncio.run(Judge.create(make_settings()))
     yield runner
     asyncio.run(runner.close())
 
@@ -108,10 +108,10 @@ def sandbox() -> Iterator[Runner]:
 @pytest.fixture(scope="session")
 def cached_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
     """A real sandbox with the build cache on (in a temp dir); C and Python only, to probe quickly."""
-    from server.sandbox.runner import Sandbox
+    from server.judging.executor import Judge
 
     settings = make_settings(cache_dir=str(tmp_path_factory.mktemp("cache")), cache_max_mb=64)
-    runner = asyncio.run(Sandbox.create(settings, languages=("c", "python")))
+    runner = asyncio.run(Judge.create(settings, languages=("c", "python")))
     yield runner
     asyncio.run(runner.close())
 

@@ -20,10 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.judging.executor import Judge
 from server.keys import RUNNER
 from server.queue.jobs import Runner
 from server.sandbox.buildcache import HASH_LINE, SUFFIX, BuildCache, CachedBuild, build_key
-from server.sandbox.runner import Sandbox
 from tests.conftest import make_settings
 from tests.test_api import Client, call
 
@@ -47,29 +47,29 @@ async def run(client: Client, **body: Any) -> Any:
     return await call(client, "POST", "/run", 200, json=body)
 
 
-def sandbox_of(client: Client) -> Sandbox:
+def sandbox_of(client: Client) -> Judge:
     runner = client.app[RUNNER]
-    assert isinstance(runner, Sandbox) and runner.cache is not None
+    assert isinstance(runner, Judge) and runner.sandbox.cache is not None
     return runner
 
 
-def entries(sandbox: Sandbox) -> set[Path]:
-    assert sandbox.cache is not None
-    return set(sandbox.cache.root.rglob(f"*{SUFFIX}"))
+def entries(sandbox: Judge) -> set[Path]:
+    assert sandbox.sandbox.cache is not None
+    return set(sandbox.sandbox.cache.root.rglob(f"*{SUFFIX}"))
 
 
 async def test_a_second_identical_run_skips_the_compile(cclient: Client) -> None:
     sandbox = sandbox_of(cclient)
     code = hello_c(secrets.token_hex(8)).replace("int main", '#warning "kept-warning"\nint main')
-    builds, before = sandbox.builds, entries(sandbox)
+    builds, before = sandbox.sandbox.builds, entries(sandbox)
     first = await run(cclient, language="c", code=code)
     assert first["status"] == "completed" and first["stdout"] == "hello\n", first
     assert first["compileCached"] is False and first["compileTimeMs"] > 0 and first["compileCpuTimeMs"] > 0
-    assert sandbox.builds == builds + 1 and len(entries(sandbox) - before) == 1
+    assert sandbox.sandbox.builds == builds + 1 and len(entries(sandbox) - before) == 1
     second = await run(cclient, language="c", code=code)
     assert second["status"] == "completed" and second["stdout"] == "hello\n", second
     assert second["compileCached"] is True and second["compileCpuTimeMs"] is None
-    assert sandbox.builds == builds + 1  # no compile-and-pack sandbox this time
+    assert sandbox.sandbox.builds == builds + 1  # no compile-and-pack sandbox this time
     # The compile stage's result is kept as it was: the compiler's warning is shown again.
     assert "kept-warning" in first["compileOutput"] and second["compileOutput"] == first["compileOutput"]
 
@@ -86,7 +86,7 @@ async def test_changed_options_files_or_toolchain_version_miss(
     files = [{"name": "main.c", "content": code}, {"name": "extra.h", "content": "/* unused */\n"}]
     assert (await run(cclient, language="c", files=files))["compileCached"] is False
     # A new compiler (the version the sandbox detected at start-up) invalidates every build of it.
-    monkeypatch.setitem(sandbox._versions, "c", "999.0.0")
+    monkeypatch.setitem(sandbox.sandbox._versions, "c", "999.0.0")
     job = await run(cclient, language="c", code=code)
     assert job["compileCached"] is False and job["stdout"] == "hello\n"
     assert (await run(cclient, language="c", code=code))["compileCached"] is True
@@ -94,7 +94,7 @@ async def test_changed_options_files_or_toolchain_version_miss(
 
 async def test_a_poisoned_entry_is_detected_deleted_and_rebuilt_never_run(cclient: Client) -> None:
     sandbox = sandbox_of(cclient)
-    assert sandbox.cache is not None
+    assert sandbox.sandbox.cache is not None
     honest_code, before = hello_c(secrets.token_hex(8), "honest"), entries(sandbox)
     await run(cclient, language="c", code=honest_code)
     (honest,) = entries(sandbox) - before
@@ -103,10 +103,10 @@ async def test_a_poisoned_entry_is_detected_deleted_and_rebuilt_never_run(cclien
     (poison,) = entries(sandbox) - before
     # The attack: the honest key's file now holds the other program's build under the honest entry's hash line.
     honest.write_bytes(honest.read_bytes()[:HASH_LINE] + poison.read_bytes()[HASH_LINE:])
-    corrupt, builds = sandbox.cache.corrupt, sandbox.builds
+    corrupt, builds = sandbox.sandbox.cache.corrupt, sandbox.sandbox.builds
     job = await run(cclient, language="c", code=honest_code)
     assert job["stdout"] == "honest\n" and job["compileCached"] is False, job
-    assert sandbox.cache.corrupt == corrupt + 1 and sandbox.builds == builds + 1
+    assert sandbox.sandbox.cache.corrupt == corrupt + 1 and sandbox.sandbox.builds == builds + 1
     # Rebuilt: the entry is whole again and the next run is a hit.
     job = await run(cclient, language="c", code=honest_code)
     assert job["stdout"] == "honest\n" and job["compileCached"] is True
@@ -131,34 +131,34 @@ async def test_tests_compiled_once_share_the_cache(cclient: Client) -> None:
     )
     tests = [{"stdin": "1 2", "expectedOutput": "3"}, {"stdin": "2 2", "expectedOutput": "4"}]
     first = await run(cclient, language="c", code=code, tests=tests)
-    builds = sandbox.builds
+    builds = sandbox.sandbox.builds
     second = await run(cclient, language="c", code=code, tests=tests)
     assert first["verdict"] == second["verdict"] == "accepted", second
-    assert (first["compileCached"], second["compileCached"]) == (False, True) and sandbox.builds == builds
+    assert (first["compileCached"], second["compileCached"]) == (False, True) and sandbox.sandbox.builds == builds
     # A one-shot run of the same program finds the build the tests made.
     assert (await run(cclient, language="c", code=code, stdin="20 22"))["stdout"] == "42\n"
 
 
 async def test_compile_errors_and_interpreted_languages_are_not_cached(cclient: Client) -> None:
     sandbox = sandbox_of(cclient)
-    code, before, builds = "int main(void) { return missing; }\n", entries(sandbox), sandbox.builds
+    code, before, builds = "int main(void) { return missing; }\n", entries(sandbox), sandbox.sandbox.builds
     for _ in range(2):
         job = await run(cclient, language="c", code=code)
         assert job["reason"] == "compile_error" and job["compileCached"] is False and "missing" in job["compileOutput"]
-    assert sandbox.builds == builds + 2 and entries(sandbox) == before
+    assert sandbox.sandbox.builds == builds + 2 and entries(sandbox) == before
     job = await run(cclient, language="python", code="print(6 * 7)")
     assert job["stdout"] == "42\n" and job["compileCached"] is False and entries(sandbox) == before
 
 
 async def test_two_identical_jobs_at_once_leave_one_whole_entry(cclient: Client) -> None:
     sandbox = sandbox_of(cclient)
-    assert sandbox.cache is not None
-    code, before, corrupt = hello_c(secrets.token_hex(8)), entries(sandbox), sandbox.cache.corrupt
+    assert sandbox.sandbox.cache is not None
+    code, before, corrupt = hello_c(secrets.token_hex(8)), entries(sandbox), sandbox.sandbox.cache.corrupt
     jobs = await asyncio.gather(*(run(cclient, language="c", code=code) for _ in range(2)))
     assert [job["stdout"] for job in jobs] == ["hello\n"] * 2
-    assert len(entries(sandbox) - before) == 1 and not list(sandbox.cache.root.glob(".tmp-*"))
+    assert len(entries(sandbox) - before) == 1 and not list(sandbox.sandbox.cache.root.glob(".tmp-*"))
     assert (await run(cclient, language="c", code=code))["compileCached"] is True
-    assert sandbox.cache.corrupt == corrupt
+    assert sandbox.sandbox.cache.corrupt == corrupt
 
 
 async def test_cache_status_and_metrics_count_hits_and_misses(cclient: Client) -> None:

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 
 from server.sandbox import delegation
-from server.sandbox.cgroups import _mounts
+from server.sandbox.hierarchies import mounts
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _unified() -> tuple[Path, str] | None:
-    found = _mounts().get("unified")
+    found = mounts().get("unified")
     if found is None or os.geteuid() != 0:
         return None
     root, point = found

@@ -48,8 +48,8 @@ async def test_a_checkout_in_a_private_home_runs_jobs(tmp_path: Path, monkeypatc
     helper = _private_checkout(tmp_path)
     monkeypatch.setattr(sandbox_module, "HELPER", helper)
     async with open_sandbox(SETTINGS, languages=["python"]) as box:
-        assert box.helper is not None and not box.helper.startswith(str(tmp_path))
-        assert hostpaths.unreachable(Path(box.helper)) is None
+        assert box.sandbox.helper is not None and not box.sandbox.helper.startswith(str(tmp_path))
+        assert hostpaths.unreachable(Path(box.sandbox.helper)) is None
         run = await run_job(box, "python", "print('hello from a private checkout')")
     assert run.result.stdout == "hello from a private checkout\n", run.result
 

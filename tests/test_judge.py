@@ -137,7 +137,7 @@ async def test_bad_judge_fields_are_400_naming_the_field(
 
 async def test_limits_above_the_server_maximum_name_the_maximum(client: Client) -> None:
     runner = client.app[RUNNER]
-    maximum = runner.settings.memory_limit_mb  # type: ignore[attr-defined]
+    maximum = runner.sandbox.settings.memory_limit_mb  # type: ignore[attr-defined]
     error = await run(client, 400, language="python", code="print(1)", memoryLimitMb=maximum + 1)
     assert error["max"] == maximum and str(maximum) in error["message"]
 
@@ -317,7 +317,7 @@ async def test_without_expected_output_a_clean_run_is_accepted(client: Client) -
 
 async def test_tests_compile_once_and_each_gets_its_verdict(client: Client) -> None:
     runner = client.app[RUNNER]
-    builds = runner.builds  # type: ignore[attr-defined]
+    builds = runner.sandbox.builds  # type: ignore[attr-defined]
     tests = [
         {"stdin": "1 2", "expectedOutput": "3"},
         {"stdin": "40 2\n", "expectedOutput": "42\n"},
@@ -325,7 +325,7 @@ async def test_tests_compile_once_and_each_gets_its_verdict(client: Client) -> N
         {"stdin": "nonsense"},
     ]
     job = await run(client, language="c", code=C_SUM, tests=tests)
-    assert runner.builds == builds + 1  # type: ignore[attr-defined]
+    assert runner.sandbox.builds == builds + 1  # type: ignore[attr-defined]
     assert job["status"] == "completed" and job["verdict"] == "wrong_answer", job
     assert [t["verdict"] for t in job["tests"]] == ["accepted", "accepted", "wrong_answer", "runtime_error"]
     assert [t["stdout"] for t in job["tests"]][:3] == ["3\n", "42\n", "2\n"]

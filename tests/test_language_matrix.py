@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, JobIO, SourceFile
 from server.sandbox.languages import Language, load_languages
-from server.sandbox.runner import Sandbox
 from server.settings import Settings
 from tests.test_sandbox_security import job_cgroups, wait_until_gone
 
@@ -66,8 +66,8 @@ def expected_cases(language: Language) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    box = asyncio.run(Sandbox.create(SETTINGS))
+def sandbox() -> Iterator[Judge]:
+    box = asyncio.run(Judge.create(SETTINGS))
     yield box
     asyncio.run(box.close())
 
@@ -93,7 +93,7 @@ def test_every_language_has_its_programs() -> None:
     assert problems == []
 
 
-async def run(sandbox: Sandbox, language: str, code: str, **fields: Any) -> tuple[Job, ExecutionResult, float]:
+async def run(sandbox: Judge, language: str, code: str, **fields: Any) -> tuple[Job, ExecutionResult, float]:
     fields.setdefault("timeout_ms", SETTINGS.job_timeout_ms)
     job = Job(language=language, code=code, **fields)
     started = time.monotonic()
@@ -136,7 +136,7 @@ def matrix_params(names: Iterable[str]) -> list[Any]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", matrix_params(set(LANGUAGES) - {"executable"}))
-async def test_language_matrix(sandbox: Sandbox, name: str) -> None:
+async def test_language_matrix(sandbox: Judge, name: str) -> None:
     """Every case of one language at once, each in a fresh sandbox: what it prints, its exit, its failures."""
     language = LANGUAGES[name]
     if sandbox.resolve(name) is None:
@@ -172,9 +172,7 @@ async def test_language_matrix(sandbox: Sandbox, name: str) -> None:
         ),
     ],
 )
-async def test_java_public_class_in_any_file_name(
-    sandbox: Sandbox, files: list[tuple[str, str]], expected: str
-) -> None:
+async def test_java_public_class_in_any_file_name(sandbox: Judge, files: list[tuple[str, str]], expected: str) -> None:
     util = ("Util.java", 'class Util { static void hi() { System.out.println("hi"); } }')
     job = Job(
         language="java",

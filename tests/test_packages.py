@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.judging.executor import Judge
 from server.sandbox.packages import MANIFEST, load_packages_file
-from server.sandbox.runner import Sandbox
 from server.settings import Settings
 from tests.conftest import make_settings
 from tests.test_api import Client, call
@@ -58,14 +58,14 @@ def installed() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="module")
-def layered(installed: Settings) -> Iterator[Sandbox]:
-    runner = asyncio.run(Sandbox.create(installed, languages=("python", "javascript")))
+def layered(installed: Settings) -> Iterator[Judge]:
+    runner = asyncio.run(Judge.create(installed, languages=("python", "javascript")))
     yield runner
     asyncio.run(runner.close())
 
 
 @pytest.fixture
-async def pclient(aiohttp_client: Any, layered: Sandbox) -> AsyncIterator[Client]:
+async def pclient(aiohttp_client: Any, layered: Judge) -> AsyncIterator[Client]:
     client: TestClient[web.Request, web.Application] = await aiohttp_client(create_app(make_settings(), runner=layered))
     yield client
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, TestCase
 from server.sandbox.pool import DEMAND_KEEP_S, DEMAND_WINDOW_S, REFILL_NICE, Demand, Warm, WarmPool
-from server.sandbox.runner import Sandbox
 from tests.conftest import make_settings, scaled
 from tests.test_sandbox_security import (
     host_processes_with,
@@ -60,7 +60,7 @@ def portrait() -> Job:
     return Job(language="python", code="", files=files, args=["a b", "c"], stdin="typed\n")
 
 
-async def run(sandbox: Sandbox, job: Job) -> ExecutionResult:
+async def run(sandbox: Judge, job: Job) -> ExecutionResult:
     return await sandbox(job, JobIO(on_output=lambda stream, text: None))
 
 
@@ -71,10 +71,10 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def warm_run(sandbox: Sandbox, job: Job) -> ExecutionResult:
+async def warm_run(sandbox: Judge, job: Job) -> ExecutionResult:
     """Run `job` in a warm sandbox: wait for one of its language to be ready, and check that the job took it."""
-    assert sandbox.pool is not None
-    status = sandbox.pool.stats
+    assert sandbox.sandbox.pool is not None
+    status = sandbox.sandbox.pool.stats
     if status()["languages"].get(job.language, {}).get("ready", 0) == 0:
         await run(sandbox, Job(language=job.language, code="", files=job.files))  # demand for the language
         await until(lambda: status()["languages"].get(job.language, {}).get("ready", 0) > 0)
@@ -85,22 +85,22 @@ async def warm_run(sandbox: Sandbox, job: Job) -> ExecutionResult:
 
 
 @pytest.fixture(scope="module")
-def cold() -> Iterator[Sandbox]:
+def cold() -> Iterator[Judge]:
     """A sandbox with the pool off: every job starts cold."""
-    sandbox = asyncio.run(Sandbox.create(make_settings(warm_pool=0), languages=("python", "c")))
+    sandbox = asyncio.run(Judge.create(make_settings(warm_pool=0), languages=("python", "c")))
     yield sandbox
     asyncio.run(sandbox.close())
 
 
 @pytest.fixture
-async def small() -> AsyncIterator[Sandbox]:
+async def small() -> AsyncIterator[Judge]:
     """A sandbox of its own with a pool of two, for tests that look inside the pool."""
-    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
+    sandbox = await Judge.create(make_settings(warm_pool=2), languages=("python",))
     yield sandbox
     await sandbox.close()
 
 
-async def test_a_warm_run_is_a_cold_run(sandbox: Sandbox, cold: Sandbox) -> None:
+async def test_a_warm_run_is_a_cold_run(sandbox: Judge, cold: Judge) -> None:
     """Same arguments, directory, environment, priority, uid, rlimits, files and modes, descriptors, capabilities,
     syscall filter, input, output and exit status."""
     want = await run(cold, portrait())
@@ -128,7 +128,7 @@ PYTHON_ENDINGS = {
 
 
 @pytest.mark.parametrize("name", PYTHON_ENDINGS)
-async def test_a_pre_started_python_ends_as_python3_main_py(sandbox: Sandbox, cold: Sandbox, name: str) -> None:
+async def test_a_pre_started_python_ends_as_python3_main_py(sandbox: Judge, cold: Judge, name: str) -> None:
     """Output, tracebacks (without the pre-started interpreter's frames), exit codes and signals as a cold start."""
     code = PYTHON_ENDINGS[name]
     want = await run(cold, Job(language="python", code=code))
@@ -137,7 +137,7 @@ async def test_a_pre_started_python_ends_as_python3_main_py(sandbox: Sandbox, co
     assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields]
 
 
-async def test_a_warm_sandbox_runs_one_job_only(sandbox: Sandbox) -> None:
+async def test_a_warm_sandbox_runs_one_job_only(sandbox: Judge) -> None:
     """What a job leaves behind (files in each writable place, a background process) is gone for the next job."""
     leave = (
         "import os, subprocess\n"
@@ -156,7 +156,7 @@ async def test_a_warm_sandbox_runs_one_job_only(sandbox: Sandbox) -> None:
     assert lines[0] == "[]" and "sleep" not in lines[1], second.stdout
 
 
-async def test_tests_compiled_once_run_in_warm_sandboxes(sandbox: Sandbox) -> None:
+async def test_tests_compiled_once_run_in_warm_sandboxes(sandbox: Judge) -> None:
     """The build reaches each test's warm sandbox, unpacked in the work dir, and the packed copy is not left there."""
     code = (
         "#include <stdio.h>\n#include <unistd.h>\n"
@@ -174,7 +174,7 @@ async def test_tests_compiled_once_run_in_warm_sandboxes(sandbox: Sandbox) -> No
     assert [t["verdict"] for t in result.tests or []] == ["accepted", "accepted", "wrong_answer"], result.tests
 
 
-async def test_a_warm_sandbox_takes_the_jobs_lower_memory_limit(sandbox: Sandbox) -> None:
+async def test_a_warm_sandbox_takes_the_jobs_lower_memory_limit(sandbox: Judge) -> None:
     hog = "x = bytearray(96 << 20)\nprint(len(x))\n"
     result = await warm_run(sandbox, Job(language="python", code=hog, limits=Limits(memory_mb=32)))
     assert result.reason == "memory_limit", result
@@ -182,7 +182,7 @@ async def test_a_warm_sandbox_takes_the_jobs_lower_memory_limit(sandbox: Sandbox
     assert fits.exit_code == 0 and fits.stdout == f"{96 << 20}\n", fits
 
 
-async def test_warm_accounting_covers_the_jobs_work(sandbox: Sandbox) -> None:
+async def test_warm_accounting_covers_the_jobs_work(sandbox: Judge) -> None:
     """CPU and memory come from the stage's start: a job that does nothing reports far less than one that works."""
     idle = await warm_run(sandbox, Job(language="python", code="pass"))
     busy = await warm_run(
@@ -196,19 +196,19 @@ async def test_warm_accounting_covers_the_jobs_work(sandbox: Sandbox) -> None:
     assert idle.memory_peak_bytes is not None and idle.memory_peak_bytes < 64 << 20
 
 
-async def test_ready_sandboxes_wait_at_a_lower_priority(small: Sandbox) -> None:
+async def test_ready_sandboxes_wait_at_a_lower_priority(small: Judge) -> None:
     """A top-up starts at nice REFILL_NICE (below running jobs); only the one the next job would otherwise start cold
     for starts at 0, as that cold start would. Taken ones renice to 0 (the portrait test sees 0)."""
-    assert small.pool is not None
+    assert small.sandbox.pool is not None
     await run(small, Job(language="python", code="pass"))
     await until(lambda: small.pool_status()["ready"] == 2)
-    ready = [warm for queue in small.pool._ready.values() for warm in queue]
+    ready = [warm for queue in small.sandbox.pool._ready.values() for warm in queue]
     nice = sorted(int(Path(f"/proc/{warm.child_pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for warm in ready)
     # Two for one language: the second started while the first was starting or ready, so it is a top-up.
     assert nice in ([0, REFILL_NICE], [REFILL_NICE, REFILL_NICE]) if os.geteuid() == 0 else nice == [0, 0], nice
 
 
-async def test_a_burst_past_the_pool_starts_cold_and_never_fails(small: Sandbox) -> None:
+async def test_a_burst_past_the_pool_starts_cold_and_never_fails(small: Judge) -> None:
     jobs = [Job(language="python", code=f"print({i})") for i in range(8)]
     results = await asyncio.gather(*(run(small, job) for job in jobs))
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(8)]
@@ -225,14 +225,14 @@ def gone(pid: int) -> bool:
 
 
 async def test_close_destroys_the_ready_sandboxes() -> None:
-    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
-    assert sandbox.pool is not None
+    sandbox = await Judge.create(make_settings(warm_pool=2), languages=("python",))
+    assert sandbox.sandbox.pool is not None
     await run(sandbox, Job(language="python", code="pass"))
     await until(lambda: sandbox.pool_status()["ready"] == 2)
-    ready: list[Warm] = [warm for queue in sandbox.pool._ready.values() for warm in queue]
+    ready: list[Warm] = [warm for queue in sandbox.sandbox.pool._ready.values() for warm in queue]
     cgroups = [Path(p).parent for warm in ready if warm.cgroup is not None for p in warm.cgroup.procs_files]
     await sandbox.close()
-    assert sandbox.pool is None
+    assert sandbox.sandbox.pool is None
     for warm in ready:
         assert warm.popen.returncode is not None
         assert gone(warm.child_pid), Path(f"/proc/{warm.child_pid}/stat").read_text()
@@ -301,10 +301,10 @@ async def test_a_killed_server_takes_its_warm_sandboxes_and_their_jobs_along() -
     script = (
         "import asyncio, sys, time\n"
         "from server.queue.jobs import Job, JobIO\n"
-        "from server.sandbox.runner import Sandbox\n"
+        "from server.judging.executor import Judge\n"
         "from server.settings import Settings\n"
         "async def main():\n"
-        "    box = await Sandbox.create(Settings(warm_pool=2, max_concurrent_jobs=2), languages=['bash'])\n"
+        "    box = await Judge.create(Settings(warm_pool=2, max_concurrent_jobs=2), languages=['bash'])\n"
         "    io = JobIO(on_output=lambda s, d: None)\n"
         "    await box(Job(language='bash', code='true'), io)\n"
         "    while box.pool_status()['ready'] < 2: await asyncio.sleep(0.01)\n"
@@ -330,21 +330,19 @@ async def test_a_killed_server_takes_its_warm_sandboxes_and_their_jobs_along() -
     await wait_until_gone(lambda: processes_of_server(server.pid))
 
 
-async def test_a_stage_runs_only_once_its_accounting_has_begun(
-    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_stage_runs_only_once_its_accounting_has_begun(sandbox: Judge, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pre-started python can end a small program before the server has read its start report: the driver waits
     for the server's go-ahead, so the memory peak and CPU base are taken first. (The server is made slow to react
     here: 50 ms between reading the report and starting the accounting.)"""
-    from server.sandbox import execution
+    from server.sandbox import stages
 
-    begin = execution.Run._begin_stage
+    begin = stages.Stages._begin_stage
 
-    def slow_begin(run: execution.Run, stage: str) -> None:
+    def slow_begin(run: stages.Stages, stage: str) -> None:
         time.sleep(0.05)
         begin(run, stage)
 
-    monkeypatch.setattr(execution.Run, "_begin_stage", slow_begin)
+    monkeypatch.setattr(stages.Stages, "_begin_stage", slow_begin)
     code = "x = bytearray(32 << 20)\nprint(len(x))\n"
     result = await warm_run(sandbox, Job(language="python", code=code))
     assert result.stdout == f"{32 << 20}\n"

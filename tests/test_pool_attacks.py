@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, Stream
 from server.sandbox.pool import Warm
-from server.sandbox.runner import Sandbox
 from tests.conftest import make_settings
 from tests.test_pool import gone, run, until, warm_run
 
@@ -29,17 +29,17 @@ LANGUAGES = ("python", "c", "bash")
 
 
 @pytest.fixture(scope="module")
-def cold() -> Iterator[Sandbox]:
+def cold() -> Iterator[Judge]:
     """Every job starts cold: what a warm run must look like."""
-    sandbox = asyncio.run(Sandbox.create(make_settings(warm_pool=0), languages=LANGUAGES))
+    sandbox = asyncio.run(Judge.create(make_settings(warm_pool=0), languages=LANGUAGES))
     yield sandbox
     asyncio.run(sandbox.close())
 
 
 @pytest.fixture(scope="module")
-def warm() -> Iterator[Sandbox]:
+def warm() -> Iterator[Judge]:
     """A pool of three, shared by the tests that only need jobs to take warm sandboxes."""
-    sandbox = asyncio.run(Sandbox.create(make_settings(warm_pool=3, max_concurrent_jobs=3), languages=LANGUAGES))
+    sandbox = asyncio.run(Judge.create(make_settings(warm_pool=3, max_concurrent_jobs=3), languages=LANGUAGES))
     yield sandbox
     asyncio.run(sandbox.close())
 
@@ -48,12 +48,12 @@ def server_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def ready_sandboxes(sandbox: Sandbox) -> list[Warm]:
-    assert sandbox.pool is not None
-    return [warm for queue in sandbox.pool._ready.values() for warm in queue]
+def ready_sandboxes(sandbox: Judge) -> list[Warm]:
+    assert sandbox.sandbox.pool is not None
+    return [warm for queue in sandbox.sandbox.pool._ready.values() for warm in queue]
 
 
-async def full(sandbox: Sandbox) -> None:
+async def full(sandbox: Judge) -> None:
     """Until every language has its target ready and no sandbox is in use (the refill thread then starts nothing
     and holds no descriptor of its own)."""
 
@@ -82,13 +82,13 @@ for sig in (signal.SIGSTOP, signal.SIGKILL):
 """
 
 
-async def test_a_job_can_neither_see_nor_signal_the_ready_sandboxes(warm: Sandbox) -> None:
+async def test_a_job_can_neither_see_nor_signal_the_ready_sandboxes(warm: Judge) -> None:
     """kill(-1) reaches only the job's own pid namespace: every other ready sandbox (own launcher, bwrap, driver and
     pre-started python) lives on, and the next jobs take them and run normally."""
     await warm_run(warm, Job(language="python", code="pass"))
     await full(warm)
-    assert warm.pool is not None
-    victim = warm.pool._ready["python"][0]  # take() hands out the oldest
+    assert warm.sandbox.pool is not None
+    victim = warm.sandbox.pool._ready["python"][0]  # take() hands out the oldest
     others = [other for other in ready_sandboxes(warm) if other is not victim]
     assert others
     attack = await warm_run(warm, Job(language="python", code=KILL_EVERYTHING))
@@ -130,7 +130,7 @@ print("conveyor-attack" in open("/proc/net/unix").read())
 """
 
 
-async def test_abstract_sockets_and_shared_memory_stay_in_their_sandbox(warm: Sandbox) -> None:
+async def test_abstract_sockets_and_shared_memory_stay_in_their_sandbox(warm: Judge) -> None:
     """A running job's abstract unix socket and files in /dev/shm, /tmp and /box are out of reach of a job in a
     sandbox that was waiting in the pool meanwhile."""
     listening = asyncio.Event()
@@ -165,7 +165,7 @@ print([open(f"/proc/sysvipc/{k}").read().count("\n") for k in ("shm", "msg", "se
 """
 
 
-async def test_ipc_objects_a_job_leaves_are_gone_for_the_next(warm: Sandbox) -> None:
+async def test_ipc_objects_a_job_leaves_are_gone_for_the_next(warm: Judge) -> None:
     """SysV shared memory, message queues and semaphores outlive their processes; each sandbox has its own IPC
     namespace, so the next job (in the next ready sandbox of the language) finds none of them."""
     left = await warm_run(warm, Job(language="python", code=LEAVE_IPC))
@@ -213,7 +213,7 @@ PYTHON_PROGRAMS = {
 
 
 @pytest.mark.parametrize("name", PYTHON_PROGRAMS)
-async def test_a_pre_started_python_runs_a_program_as_python3_main_py(warm: Sandbox, cold: Sandbox, name: str) -> None:
+async def test_a_pre_started_python_runs_a_program_as_python3_main_py(warm: Judge, cold: Judge, name: str) -> None:
     job = Job(language="python", code=PYTHON_PROGRAMS[name], stdin="line one\nline two\n")
     want = await run(cold, job)
     got = await warm_run(warm, job)
@@ -221,7 +221,7 @@ async def test_a_pre_started_python_runs_a_program_as_python3_main_py(warm: Sand
 
 
 @pytest.mark.parametrize("name", ["-c", "--version"])
-async def test_an_entry_file_named_like_an_option_runs_warm_as_cold(warm: Sandbox, cold: Sandbox, name: str) -> None:
+async def test_an_entry_file_named_like_an_option_runs_warm_as_cold(warm: Judge, cold: Judge, name: str) -> None:
     """File names may start with "-" (payloads only refuses control characters, `..` and leading dots). A cold
     sandbox hands the entry file to `python3 {main}`, where it becomes an interpreter option (`-c` runs the first
     argument as code, `--version` prints the version); the pre-started python runs the file."""
@@ -238,7 +238,7 @@ int main(void) { for (char **e = environ; *e; e++) puts(*e); return 0; }
 """
 
 
-async def test_a_warm_program_gets_its_environment_as_a_cold_one(warm: Sandbox, cold: Sandbox) -> None:
+async def test_a_warm_program_gets_its_environment_as_a_cold_one(warm: Judge, cold: Judge) -> None:
     """The environment block itself, in its order (getenv loops, `env`, /proc/self/environ), not only its set."""
     job = Job(language="c", code=ENVIRON)
     want = await run(cold, job)
@@ -259,7 +259,7 @@ for root, dirs, files in sorted(os.walk("/box")):
 """
 
 
-async def test_hostile_files_and_arguments_reach_a_warm_program_as_a_cold_one(warm: Sandbox, cold: Sandbox) -> None:
+async def test_hostile_files_and_arguments_reach_a_warm_program_as_a_cold_one(warm: Judge, cold: Judge) -> None:
     """The job message carries what the API lets through (32 files, 8 levels deep, 255-byte and non-ASCII names,
     names like options, binary content with NULs, 64 arguments of up to 4 KiB with newlines, empty ones, `--`):
     the program sees the same argv and the same tree, modes, owners and bytes as in a cold sandbox."""
@@ -282,8 +282,8 @@ async def test_files_past_the_work_dirs_size_fail_a_warm_run_as_a_cold_one() -> 
     stops reading midway, the server's write meets a closed pipe, and the run fails as a cold one does, leaking
     nothing."""
     settings = make_settings(warm_pool=1, workdir_size_mb=1, max_code_bytes=4 << 20)
-    cold_box = await Sandbox.create(dataclasses.replace(settings, warm_pool=0), languages=("python",))
-    warm_box = await Sandbox.create(settings, languages=("python",))
+    cold_box = await Judge.create(dataclasses.replace(settings, warm_pool=0), languages=("python",))
+    warm_box = await Judge.create(settings, languages=("python",))
     try:
         big = SourceFile("big.bin", base64.b64encode(bytes(2 << 20)).decode(), "base64")
         job = Job(language="python", code="", files=[SourceFile("main.py", "print(1)\n"), big])
@@ -332,7 +332,7 @@ LIMITED = {
 
 
 @pytest.mark.parametrize("name", LIMITED)
-async def test_per_job_limits_bind_a_warm_run_as_a_cold_one(warm: Sandbox, cold: Sandbox, name: str) -> None:
+async def test_per_job_limits_bind_a_warm_run_as_a_cold_one(warm: Judge, cold: Judge, name: str) -> None:
     code, limits = LIMITED[name]
     job = Job(language="python", code=code, limits=limits or Limits())
     want = await run(cold, job)
@@ -349,7 +349,7 @@ async def test_per_job_limits_bind_a_warm_run_as_a_cold_one(warm: Sandbox, cold:
 
 
 async def test_a_job_asking_for_less_memory_than_a_ready_sandbox_holds_ends_as_a_cold_run(
-    warm: Sandbox, cold: Sandbox
+    warm: Judge, cold: Judge
 ) -> None:
     """memoryLimitMb=1 is valid through the API. The ready python sandbox's cgroup already holds its pre-started
     interpreter, more than 1 MiB: lowering the limit under it must not turn into a server error."""
@@ -363,7 +363,7 @@ async def test_a_job_asking_for_less_memory_than_a_ready_sandbox_holds_ends_as_a
 async def test_a_failed_warm_hand_over_leaks_no_descriptor() -> None:
     """Whatever ends a warm take early (here the memory limit above), the sandbox's pipes are closed and its
     processes reaped and its cgroup gone: repeated, it must not eat the server's descriptors or leave zombies."""
-    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
+    sandbox = await Judge.create(make_settings(warm_pool=2), languages=("python",))
     try:
         await run(sandbox, Job(language="python", code="pass"))
         await full(sandbox)
@@ -389,7 +389,7 @@ async def test_a_failed_warm_hand_over_leaks_no_descriptor() -> None:
 async def test_cancelling_a_run_at_each_step_of_a_warm_take_leaves_nothing() -> None:
     """Cancelled after 1, 2, ... loop iterations: during the take, the hand-over, the job message (with a large
     stdin behind it), the start of the program. Each sandbox taken is destroyed and none is counted in use."""
-    sandbox = await Sandbox.create(make_settings(warm_pool=2), languages=("python",))
+    sandbox = await Judge.create(make_settings(warm_pool=2), languages=("python",))
     taken: list[Warm] = []
     try:
         await run(sandbox, Job(language="python", code="pass"))
@@ -419,7 +419,7 @@ async def test_bursts_across_languages_leave_nothing_behind_once_closed() -> Non
     """Alternating bursts of three languages against a budget of two: the pool churns (stale sandboxes discarded,
     others started), and after close() the server has the descriptors and threads it had, and no sandbox is left."""
     fds, threads = server_fds(), set(threading.enumerate())
-    sandbox = await Sandbox.create(make_settings(warm_pool=2, max_concurrent_jobs=4), languages=("python", "bash"))
+    sandbox = await Judge.create(make_settings(warm_pool=2, max_concurrent_jobs=4), languages=("python", "bash"))
     seen: set[Warm] = set()
     try:
         for _ in range(3):

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from server.errors import SandboxUnavailable
+from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, JobIO, Stream
 from server.sandbox import runner as sandbox_module
-from server.sandbox.runner import Sandbox
 from server.settings import Settings
 from tests.conftest import scaled, scaled_ms
 
@@ -73,22 +73,22 @@ def make_job(language: str, code: str, **fields: Any) -> Job:
     return Job(language=language, code=code, **fields)
 
 
-async def run_job(sandbox: Sandbox, language: str, code: str, **fields: Any) -> Run:
+async def run_job(sandbox: Judge, language: str, code: str, **fields: Any) -> Run:
     events: list[tuple[Stream, str]] = []
     result = await sandbox(make_job(language, code, **fields), JobIO(on_output=lambda s, t: events.append((s, t))))
     return Run(result, events)
 
 
-def start_sandbox(settings: Settings, **options: Any) -> Iterator[Sandbox]:
+def start_sandbox(settings: Settings, **options: Any) -> Iterator[Judge]:
     """For module fixtures: create a sandbox outside any test's loop (it holds no loop state), close it after."""
-    sandbox = asyncio.run(Sandbox.create(settings, **options))
+    sandbox = asyncio.run(Judge.create(settings, **options))
     yield sandbox
     asyncio.run(sandbox.close())
 
 
 @contextlib.asynccontextmanager
-async def open_sandbox(settings: Settings, **options: Any) -> AsyncIterator[Sandbox]:
-    sandbox = await Sandbox.create(settings, **options)
+async def open_sandbox(settings: Settings, **options: Any) -> AsyncIterator[Judge]:
+    sandbox = await Judge.create(settings, **options)
     try:
         yield sandbox
     finally:
@@ -96,12 +96,12 @@ async def open_sandbox(settings: Settings, **options: Any) -> AsyncIterator[Sand
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
+def sandbox() -> Iterator[Judge]:
     yield from start_sandbox(SETTINGS)
 
 
 @pytest.mark.parametrize("language", sorted(HELLO))
-async def test_hello_world_in_every_language(sandbox: Sandbox, language: str) -> None:
+async def test_hello_world_in_every_language(sandbox: Judge, language: str) -> None:
     run = await run_job(sandbox, language, HELLO[language])
     assert run.result.reason is None, run.result
     assert run.result.exit_code == 0 and run.result.signal is None
@@ -114,7 +114,7 @@ async def test_hello_world_in_every_language(sandbox: Sandbox, language: str) ->
 
 
 @pytest.mark.parametrize("language", sorted(ECHO_INPUT_AND_ARGS))
-async def test_stdin_and_args_reach_the_program(sandbox: Sandbox, language: str) -> None:
+async def test_stdin_and_args_reach_the_program(sandbox: Judge, language: str) -> None:
     run = await run_job(sandbox, language, ECHO_INPUT_AND_ARGS[language], stdin="abc\n", args=["x y", "$HOME", "*"])
     assert run.result.exit_code == 0, run.result
     expected = {
@@ -126,7 +126,7 @@ async def test_stdin_and_args_reach_the_program(sandbox: Sandbox, language: str)
     assert run.result.stdout == expected[language]
 
 
-async def test_exit_codes_are_reported_exactly(sandbox: Sandbox) -> None:
+async def test_exit_codes_are_reported_exactly(sandbox: Judge) -> None:
     run = await run_job(sandbox, "python", "import sys; sys.exit(3)")
     assert (run.result.exit_code, run.result.signal, run.result.reason) == (3, None, None)
     # 139 is also what a shell reports for SIGSEGV: the driver tells the two apart.
@@ -134,7 +134,7 @@ async def test_exit_codes_are_reported_exactly(sandbox: Sandbox) -> None:
     assert (run.result.exit_code, run.result.signal) == (139, None)
 
 
-async def test_signals_are_reported_by_name(sandbox: Sandbox) -> None:
+async def test_signals_are_reported_by_name(sandbox: Judge) -> None:
     run = await run_job(sandbox, "c", "int main(void) { volatile int *p = 0; return *p; }\n")
     assert (run.result.exit_code, run.result.signal, run.result.reason) == (None, "SIGSEGV", None)
     run = await run_job(sandbox, "bash", "kill -9 $$")
@@ -153,7 +153,7 @@ async def test_signals_are_reported_by_name(sandbox: Sandbox) -> None:
         ("java", "public class Main { public static void main(String[] a) { int x = ; } }\n", "Main.java:1"),
     ],
 )
-async def test_compile_errors_fill_compile_output(sandbox: Sandbox, language: str, code: str, marker: str) -> None:
+async def test_compile_errors_fill_compile_output(sandbox: Judge, language: str, code: str, marker: str) -> None:
     run = await run_job(sandbox, language, code)
     assert run.result.reason == "compile_error"
     assert run.result.compile_output is not None and marker in run.result.compile_output
@@ -172,14 +172,14 @@ async def test_compile_timeout() -> None:
         assert run.result.compile_time_ms is not None and run.result.run_time_ms is None
 
 
-async def test_stdout_and_stderr_stream_separately_in_order(sandbox: Sandbox) -> None:
+async def test_stdout_and_stderr_stream_separately_in_order(sandbox: Judge) -> None:
     code = "import sys\nfor i in range(3):\n    print(f'out{i}')\n    print(f'err{i}', file=sys.stderr)\n"
     run = await run_job(sandbox, "python", code)
     assert run.result.stdout == "out0\nout1\nout2\n" and run.result.stderr == "err0\nerr1\nerr2\n"
     assert run.joined("stdout") == run.result.stdout and run.joined("stderr") == run.result.stderr
 
 
-async def test_output_streams_while_the_program_runs(sandbox: Sandbox) -> None:
+async def test_output_streams_while_the_program_runs(sandbox: Judge) -> None:
     """The prompt must arrive before the program gets its input: nothing waits for the job to end."""
     prompted = asyncio.Event()
     events: list[tuple[Stream, str]] = []
@@ -211,7 +211,7 @@ int main(void) {
 """
 
 
-async def test_a_c_prompt_without_fflush_arrives_before_the_program_reads(sandbox: Sandbox) -> None:
+async def test_a_c_prompt_without_fflush_arrives_before_the_program_reads(sandbox: Judge) -> None:
     """Without a terminal C's stdout is block-buffered; interactive runs make it line-buffered, and glibc flushes a
     line-buffered stdout before it reads stdin."""
     prompted = asyncio.Event()
@@ -232,7 +232,7 @@ async def test_a_c_prompt_without_fflush_arrives_before_the_program_reads(sandbo
     assert result.exit_code == 0 and result.stdout == "name? hi ada\n" and result.stderr == ""
 
 
-async def test_interactive_input_in_pieces_until_closed(sandbox: Sandbox) -> None:
+async def test_interactive_input_in_pieces_until_closed(sandbox: Judge) -> None:
     stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
     for piece in (b"one ", b"two\nthr", b"ee\n", None):
         stdin.put_nowait(piece)
@@ -241,7 +241,7 @@ async def test_interactive_input_in_pieces_until_closed(sandbox: Sandbox) -> Non
     assert result.stdout == "<one two>\n<three>\ndone\n"
 
 
-async def test_utf8_split_across_reads_is_not_broken(sandbox: Sandbox) -> None:
+async def test_utf8_split_across_reads_is_not_broken(sandbox: Judge) -> None:
     code = (
         "import sys, time\nout = sys.stdout.buffer\n"
         "for piece in (b'caf\\xc3', b'\\xa9 \\xe2\\x82', b'\\xac\\n', b'bad \\xff\\n'):\n"
@@ -253,7 +253,7 @@ async def test_utf8_split_across_reads_is_not_broken(sandbox: Sandbox) -> None:
     assert all("\ufffd" not in text for _, text in run.events[:-1])
 
 
-async def test_large_writes_arrive_in_bounded_chunks(sandbox: Sandbox) -> None:
+async def test_large_writes_arrive_in_bounded_chunks(sandbox: Judge) -> None:
     run = await run_job(sandbox, "python", "import sys; sys.stdout.write('é' * 100_000)")
     assert run.result.stdout == "é" * 100_000 and not run.result.truncated
     assert max(len(text.encode()) for _, text in run.events) <= 16 * 1024
@@ -266,7 +266,7 @@ SPIN_ONE_CPU_SECOND = "import time\nwhile time.process_time() < 1.0:\n    pass\n
 SPIN_WALL_MS = scaled_ms(30_000)  # a CPU-second may take many seconds on a busy shared machine
 
 
-async def test_cpu_time_of_a_one_second_spin(sandbox: Sandbox) -> None:
+async def test_cpu_time_of_a_one_second_spin(sandbox: Judge) -> None:
     run = await run_job(sandbox, "python", SPIN_ONE_CPU_SECOND, timeout_ms=SPIN_WALL_MS)
     assert run.result.exit_code == 0, run.result
     # About 1,000 ms: CPU time, not wall time, so loose bounds hold whatever the machine's load. (Counting starts when
@@ -275,7 +275,7 @@ async def test_cpu_time_of_a_one_second_spin(sandbox: Sandbox) -> None:
     assert run.result.compile_cpu_time_ms is None and run.result.compile_memory_peak_bytes is None
 
 
-async def test_memory_peak_of_a_100_mb_allocation(sandbox: Sandbox) -> None:
+async def test_memory_peak_of_a_100_mb_allocation(sandbox: Judge) -> None:
     code = "block = b'x' * (100 << 20)\nprint(len(block) >> 20)"
     run = await run_job(sandbox, "python", code, timeout_ms=SPIN_WALL_MS)
     assert run.result.stdout == "100\n", run.result
@@ -283,7 +283,7 @@ async def test_memory_peak_of_a_100_mb_allocation(sandbox: Sandbox) -> None:
     assert run.result.memory_peak_bytes < SETTINGS.memory_limit_mb << 20
 
 
-async def test_compile_and_run_are_accounted_separately(sandbox: Sandbox) -> None:
+async def test_compile_and_run_are_accounted_separately(sandbox: Judge) -> None:
     spin = "#include <time.h>\nint main(void) { while (clock() < CLOCKS_PER_SEC / 2) {} return 0; }\n"
     run = await run_job(sandbox, "c", spin, timeout_ms=SPIN_WALL_MS)
     result = run.result
@@ -309,22 +309,22 @@ async def test_usage_reaches_rest_and_websocket(app_client: Any) -> None:
     assert (await resp.json())["cpuTimeMs"] == job["cpuTimeMs"]
 
 
-async def test_unknown_language_is_refused(sandbox: Sandbox) -> None:
+async def test_unknown_language_is_refused(sandbox: Judge) -> None:
     run = await run_job(sandbox, "no-such-lang", "x")
     assert run.result.reason == "unsupported_language" and run.events == []
 
 
-async def test_nul_in_args_is_refused(sandbox: Sandbox) -> None:
+async def test_nul_in_args_is_refused(sandbox: Judge) -> None:
     run = await run_job(sandbox, "bash", "echo $1", args=["a\0b"])
     assert run.result.reason == "invalid_args" and run.events == []
 
 
-async def test_aliases_run_the_canonical_language(sandbox: Sandbox) -> None:
+async def test_aliases_run_the_canonical_language(sandbox: Judge) -> None:
     run = await run_job(sandbox, "node", "console.log(process.version.startsWith('v'))")
     assert run.result.stdout == "true\n"
 
 
-async def test_toolchains_come_from_the_hosts_usr_only(sandbox: Sandbox) -> None:
+async def test_toolchains_come_from_the_hosts_usr_only(sandbox: Judge) -> None:
     code = "echo $PATH; for t in python3 node gcc javac rustc perl; do command -v $t; done; ls /root /home 2>&1"
     run = await run_job(sandbox, "bash", code)
     path, *tools, root, home = run.result.stdout.splitlines()
@@ -333,7 +333,7 @@ async def test_toolchains_come_from_the_hosts_usr_only(sandbox: Sandbox) -> None
     assert "No such file or directory" in root and "No such file or directory" in home
 
 
-def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
+def test_runtimes_resolve_and_describe(sandbox: Judge) -> None:
     runtimes = {entry["language"]: entry for entry in sandbox.runtimes()}
     assert set(runtimes) >= {*HELLO, "executable"}  # and whichever of languages.toml's others are installed
     assert runtimes["python"]["aliases"] == ["py", "python3"] and runtimes["python"]["version"][0].isdigit()
@@ -362,13 +362,13 @@ def test_runtimes_resolve_and_describe(sandbox: Sandbox) -> None:
 async def test_missing_bwrap_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
-        await Sandbox.create(SETTINGS, languages=["bash"])
+        await Judge.create(SETTINGS, languages=["bash"])
 
 
 async def test_missing_libseccomp_explains_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pyseccomp", None)  # what importing it does without libseccomp.so.2
     with pytest.raises(SandboxUnavailable, match="apt-get install libseccomp2"):
-        await Sandbox.create(SETTINGS, languages=["bash"])
+        await Judge.create(SETTINGS, languages=["bash"])
 
 
 async def test_development_mode_warns_and_still_runs(caplog: pytest.LogCaptureFixture) -> None:
@@ -403,7 +403,7 @@ async def test_the_c_helper_and_the_perl_path_start_a_job_alike() -> None:
     reports = []
     for helper in (True, False):
         async with open_sandbox(SETTINGS, languages=["python", "c"], helper=helper) as box:
-            assert (box.helper is not None) == helper
+            assert (box.sandbox.helper is not None) == helper
             run = await run_job(box, "python", START_REPORT)
             assert (run.result.exit_code, run.result.reason) == (7, None), run.result
             reports.append(run.result.stdout)
@@ -421,7 +421,7 @@ async def test_without_the_c_helper_the_server_says_how_to_build_it(
 ) -> None:
     monkeypatch.setattr(sandbox_module, "HELPER", sandbox_module.HELPER.with_name("not-built"))
     async with open_sandbox(SETTINGS, languages=["bash"]) as box:
-        assert box.helper is None
+        assert box.sandbox.helper is None
         assert box.describe()["launcher"] == "sh, setpriv, perl, prlimit (no C helper built)"
         run = await run_job(box, "bash", "echo ok")
     assert run.result.stdout == "ok\n"

@@ -11,21 +11,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyseccomp
 import pytest
 
+from server.judging.executor import Judge
 from server.queue.jobs import JobIO
-from server.sandbox import driver
+from server.sandbox import command, driver
 from server.sandbox import runner as sandbox_module
 from server.sandbox.cgroups import JobCgroup
-from server.sandbox.execution import Run, Spec
-from server.sandbox.pool import Warm
+from server.sandbox.command import Host
+from server.sandbox.execution import Run
 from server.sandbox.runner import Sandbox
-from server.sandbox.spawn import Fds
-from server.settings import Settings
+from server.sandbox.spawn import Fds, HostUids
+from server.sandbox.spec import RunSpec
 from tests.conftest import scaled_ms
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 
@@ -35,12 +36,12 @@ CPU = dataclasses.replace(SETTINGS, cpu_time_limit_s=1, job_timeout_ms=scaled_ms
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
+def sandbox() -> Iterator[Judge]:
     yield from start_sandbox(SETTINGS, languages=["python", "bash", "c"])
 
 
 @pytest.fixture(scope="module")
-def cpu_limited() -> Iterator[Sandbox]:
+def cpu_limited() -> Iterator[Judge]:
     yield from start_sandbox(CPU, languages=["python", "bash"])
 
 
@@ -79,14 +80,14 @@ int main(void) {
 """
 
 
-async def test_status_pipe_cannot_be_stolen_with_pidfd_getfd(sandbox: Sandbox) -> None:
+async def test_status_pipe_cannot_be_stolen_with_pidfd_getfd(sandbox: Judge) -> None:
     """The attack that pinned the server's event loop: the driver is not dumpable and pidfd_getfd is filtered."""
     run = await run_job(sandbox, "c", STEAL_STATUS_PIPE, timeout_ms=scaled_ms(2000))
     assert run.result.stdout == "refused Operation not permitted\n", run.result
     assert (run.result.exit_code, run.result.reason) == (0, None)
 
 
-async def test_bwraps_pid_1_holds_nothing_the_program_does_not_have(sandbox: Sandbox) -> None:
+async def test_bwraps_pid_1_holds_nothing_the_program_does_not_have(sandbox: Judge) -> None:
     """bwrap's pid 1 stays dumpable (bubblewrap has no option for that), so the program can open its /proc entries:
     all it finds is the job's own stdin, stdout and stderr and bwrap's eventfd, and pid 1 has no capabilities."""
     code = (
@@ -113,38 +114,14 @@ while True:
 """
 
 
-@dataclasses.dataclass
-class HostileLauncher:
-    """Runs HOSTILE_DRIVER on the host in place of bwrap and the driver: the server's side of the status pipe,
-    tested without the sandbox's own defences (not dumpable, the filter) in the way."""
+def hostile_argv(data: str, repeat: str) -> Callable[[Host, RunSpec, Fds, JobCgroup | None], list[str]]:
+    """command.argv for HOSTILE_DRIVER, run on the host in place of bwrap and the driver: the server's side of the
+    status pipe, tested without the sandbox's own defences (not dumpable, the filter) in the way."""
 
-    data: str
-    repeat: str
-    settings: Settings = SETTINGS
-    backend: str = "none"
-    drops_privileges: bool = False
-    seccomp_bpf: bytes | None = None
+    def argv(host: Host, spec: RunSpec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
+        return [sys.executable, "-c", HOSTILE_DRIVER, str(fds.status), data, repeat]
 
-    def job_cgroup(self, name: str, memory_mb: int | None = None) -> JobCgroup | None:
-        return None
-
-    def argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
-        return [sys.executable, "-c", HOSTILE_DRIVER, str(fds.status), self.data, self.repeat]
-
-    def env(self, spec: Spec, workdir: str | None) -> dict[str, str]:
-        return {}
-
-    def take_warm(self, spec: Spec) -> None:
-        return None  # always a cold start, so the methods below are never called
-
-    def job_message(self, spec: Spec, warm: Warm) -> bytes:
-        raise AssertionError("no warm sandboxes here")
-
-    def restrict(self, cgroup: JobCgroup, memory_mb: int) -> None:
-        raise AssertionError("no warm sandboxes here")
-
-    def warm_argv(self, spec: Spec, fds: Fds, cgroup: JobCgroup | None, job_fd: int, *, nice: int) -> list[str]:
-        raise AssertionError("no warm sandboxes here")
+    return argv
 
 
 @pytest.mark.parametrize(
@@ -156,8 +133,12 @@ class HostileLauncher:
         ("run-end exit 0 and more\\n", "once"),  # a report with more than a status
     ],
 )
-async def test_unexpected_status_data_ends_the_job(data: str, repeat: str, caplog: pytest.LogCaptureFixture) -> None:
-    run = Run(HostileLauncher(data, repeat), Spec(name="hostile", run=["true"], run_timeout_ms=60_000), None)
+async def test_unexpected_status_data_ends_the_job(
+    data: str, repeat: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(command, "argv", hostile_argv(data, repeat))
+    host = Host(settings=SETTINGS, backend="none", uids=HostUids(0, 0))  # no cgroups, no warm sandboxes
+    run = Run(RunSpec(name="hostile", run=("true",), run_timeout_ms=60_000), host, None)
     try:
         out = await run.start_and_wait()
     finally:
@@ -235,7 +216,7 @@ def _session_keys() -> str:
         return f.read()
 
 
-async def test_jobs_do_not_share_the_servers_session_keyring(sandbox: Sandbox) -> None:
+async def test_jobs_do_not_share_the_servers_session_keyring(sandbox: Judge) -> None:
     """A server started from a login session holds a session keyring; jobs neither read nor write it."""
     tag = f"conveyor-{secrets.token_hex(6)}"
     # Our own session keyring (this process and the sandboxes it starts), holding a host secret.
@@ -253,7 +234,7 @@ async def test_jobs_do_not_share_the_servers_session_keyring(sandbox: Sandbox) -
     assert f"{tag}-secret" in keys and f"{tag}-planted" not in keys  # ours is intact, nothing was planted
 
 
-async def test_each_job_has_a_fresh_empty_session_keyring(sandbox: Sandbox) -> None:
+async def test_each_job_has_a_fresh_empty_session_keyring(sandbox: Judge) -> None:
     """Even through /proc/keys, which the syscall filter does not cover, nothing of the server's keyring shows."""
     tag = f"conveyor-{secrets.token_hex(6)}"
     _keyctl(KEYCTL_JOIN_SESSION_KEYRING, f"{tag}-session".encode())
@@ -311,7 +292,7 @@ NAMED = [
 ]
 
 
-async def test_io_uring_and_perf_event_open_are_refused(sandbox: Sandbox) -> None:
+async def test_io_uring_and_perf_event_open_are_refused(sandbox: Judge) -> None:
     code = (
         "import ctypes, errno, sys\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -329,7 +310,7 @@ async def test_io_uring_and_perf_event_open_are_refused(sandbox: Sandbox) -> Non
     assert run.result.stdout == "io_uring EPERM\nperf EPERM\n", run.result
 
 
-async def test_every_denied_syscall_answers_eperm(sandbox: Sandbox) -> None:
+async def test_every_denied_syscall_answers_eperm(sandbox: Judge) -> None:
     denied = sandbox.describe()["syscallFilter"]["deniedEperm"]
     assert set(NAMED) <= set(denied)
     args = [str(item) for name in denied for item in (name, nr(name))]
@@ -337,7 +318,7 @@ async def test_every_denied_syscall_answers_eperm(sandbox: Sandbox) -> None:
     assert run.result.stdout.splitlines() == [f"{name} EPERM" for name in denied], run.result
 
 
-async def test_clone3_says_enosys_so_runtimes_fall_back_to_filtered_clone(sandbox: Sandbox) -> None:
+async def test_clone3_says_enosys_so_runtimes_fall_back_to_filtered_clone(sandbox: Judge) -> None:
     """clone3's flags are behind a pointer the filter cannot read: ENOSYS makes glibc use clone, whose namespace
     flags are refused."""
     code = (
@@ -356,7 +337,7 @@ async def test_clone3_says_enosys_so_runtimes_fall_back_to_filtered_clone(sandbo
     assert run.result.stdout == "clone3 ENOSYS\nclone newuser EPERM\nthread ok\nfork ok 7\n", run.result
 
 
-async def test_only_unix_and_ip_sockets(sandbox: Sandbox) -> None:
+async def test_only_unix_and_ip_sockets(sandbox: Judge) -> None:
     """No vsock (outside the network namespace: a job bound a host vsock port), netlink, packet or crypto sockets."""
     code = (
         "import socket\n"
@@ -381,7 +362,7 @@ async def test_only_unix_and_ip_sockets(sandbox: Sandbox) -> None:
 
 
 @pytest.mark.skipif(not X86_64, reason="the i386 and x32 entry points are x86-64's")
-async def test_other_abis_are_killed(sandbox: Sandbox) -> None:
+async def test_other_abis_are_killed(sandbox: Judge) -> None:
     i386 = '#include <stdio.h>\nint main(void) { int r; puts("start"); fflush(stdout);\n'
     i386 += '  __asm__ volatile ("int $0x80" : "=a"(r) : "a"(20)); printf("getpid %d\\n", r); }\n'
     x32 = '#include <stdio.h>\n#include <unistd.h>\nint main(void) { puts("start"); fflush(stdout);\n'
@@ -411,7 +392,7 @@ for round in range(20):
 """
 
 
-async def test_cpu_limit_covers_the_whole_process_tree(cpu_limited: Sandbox) -> None:
+async def test_cpu_limit_covers_the_whole_process_tree(cpu_limited: Judge) -> None:
     job = make_job("python", REFORKING_SPINNER, timeout_ms=CPU.job_timeout_ms)
     result = await cpu_limited(job, JobIO(on_output=lambda s, d: None))
     assert result.reason == "cpu_limit", result
@@ -445,12 +426,12 @@ FALLBACKS = {
 
 
 @pytest.fixture(scope="module")
-def runtimes() -> Iterator[Sandbox]:
+def runtimes() -> Iterator[Judge]:
     yield from start_sandbox(SETTINGS, languages=list(FALLBACKS))
 
 
 @pytest.mark.parametrize("language", sorted(FALLBACKS))
-async def test_runtimes_fall_back_from_clone3_and_io_uring(runtimes: Sandbox, language: str) -> None:
+async def test_runtimes_fall_back_from_clone3_and_io_uring(runtimes: Judge, language: str) -> None:
     # A JVM on a busy machine needs time.
     run = await run_job(runtimes, language, FALLBACKS[language], timeout_ms=scaled_ms(30_000))
     assert (run.result.stdout, run.result.exit_code) == ("ok 2\n", 0), run.result

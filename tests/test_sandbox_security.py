@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from server.errors import SandboxUnavailable
+from server.judging.executor import Judge
 from server.queue.jobs import JobIO, Stream
-from server.sandbox.runner import HELPER_IN_BOX, Sandbox
+from server.sandbox.command import HELPER_IN_BOX
 from server.sandbox.spawn import HostUids
 from server.settings import Settings
 from tests.conftest import scaled, scaled_ms
@@ -41,12 +42,12 @@ TIGHT = Settings(
 
 
 @pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
+def sandbox() -> Iterator[Judge]:
     yield from start_sandbox(SETTINGS, languages=["python", "bash", "c"])
 
 
 @pytest.fixture(scope="module")
-def tight() -> Iterator[Sandbox]:
+def tight() -> Iterator[Judge]:
     yield from start_sandbox(TIGHT, languages=["python", "bash"])
 
 
@@ -59,7 +60,7 @@ PER_PROCESS = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def rlimits_only() -> Iterator[Sandbox]:
+def rlimits_only() -> Iterator[Judge]:
     """The fallback for hosts without usable cgroups: RLIMIT_AS and RLIMIT_NPROC."""
     yield from start_sandbox(PER_PROCESS, cgroups=False, languages=["python", "bash", "java", "javascript"])
 
@@ -149,7 +150,7 @@ def vm_rss_kb() -> int:
 # -- network -------------------------------------------------------------------------------------------------
 
 
-async def test_no_network_not_even_host_loopback(sandbox: Sandbox) -> None:
+async def test_no_network_not_even_host_loopback(sandbox: Judge) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -180,7 +181,7 @@ async def test_no_network_not_even_host_loopback(sandbox: Sandbox) -> None:
 # -- filesystem ----------------------------------------------------------------------------------------------
 
 
-async def test_host_files_are_not_readable(sandbox: Sandbox) -> None:
+async def test_host_files_are_not_readable(sandbox: Judge) -> None:
     secrets_on_host = [str(Path(__file__).resolve()), "/etc/shadow", "/root", "/home", str(Path.cwd())]
     assert all(Path(p).exists() for p in secrets_on_host)  # they exist on the host, so the test means something
     code = (
@@ -197,7 +198,7 @@ async def test_host_files_are_not_readable(sandbox: Sandbox) -> None:
     assert run.result.stdout.count("denied") == len(secrets_on_host)
 
 
-async def test_only_the_work_dir_and_tmp_are_writable(sandbox: Sandbox) -> None:
+async def test_only_the_work_dir_and_tmp_are_writable(sandbox: Judge) -> None:
     code = (
         "import os\n"
         "for path in ['/x', '/etc/x', '/usr/x', '/usr/bin/python3', '/dev/x', '/proc/x', '/box/ok', '/tmp/ok']:\n"
@@ -212,7 +213,7 @@ async def test_only_the_work_dir_and_tmp_are_writable(sandbox: Sandbox) -> None:
     assert wrote == ["/box/ok", "/tmp/ok"], run.result
 
 
-async def test_etc_holds_only_what_runtimes_need(sandbox: Sandbox) -> None:
+async def test_etc_holds_only_what_runtimes_need(sandbox: Judge) -> None:
     run = await run_job(sandbox, "bash", "ls /etc; echo; cat /etc/passwd")
     listing, _, passwd = run.result.stdout.partition("\n\n")
     assert "shadow" not in listing and "ssh" not in listing
@@ -220,7 +221,7 @@ async def test_etc_holds_only_what_runtimes_need(sandbox: Sandbox) -> None:
     assert [line.split(":")[0] for line in passwd.split()] == ["root", "sandbox"]
 
 
-async def test_concurrent_jobs_cannot_see_each_others_files(sandbox: Sandbox) -> None:
+async def test_concurrent_jobs_cannot_see_each_others_files(sandbox: Judge) -> None:
     ready = asyncio.Event()
 
     def on_output(stream: Stream, data: str) -> None:
@@ -242,7 +243,7 @@ async def test_concurrent_jobs_cannot_see_each_others_files(sandbox: Sandbox) ->
     assert reader.result.stdout.split() == ["/box:", "main.sh", "/dev/shm:", "/tmp:"]
 
 
-async def test_work_dir_size_is_capped(tight: Sandbox) -> None:
+async def test_work_dir_size_is_capped(tight: Judge) -> None:
     code = "for i in range(20):\n    open(f'/box/f{i}', 'wb').write(b'x' * 900_000)\n"
     run = await run_job(tight, "python", code)
     assert run.result.exit_code == 1 and "No space left on device" in run.result.stderr
@@ -251,7 +252,7 @@ async def test_work_dir_size_is_capped(tight: Sandbox) -> None:
 # -- identity and processes ----------------------------------------------------------------------------------
 
 
-async def test_runs_unprivileged_without_capabilities(sandbox: Sandbox) -> None:
+async def test_runs_unprivileged_without_capabilities(sandbox: Judge) -> None:
     run = await run_job(
         sandbox, "bash", "id -u; id -g; grep CapEff /proc/self/status; unshare -U true || echo nouserns"
     )
@@ -261,7 +262,7 @@ async def test_runs_unprivileged_without_capabilities(sandbox: Sandbox) -> None:
     assert rest == ["nouserns"]  # no nested user namespaces either
 
 
-async def test_proc_shows_only_the_jobs_processes(sandbox: Sandbox) -> None:
+async def test_proc_shows_only_the_jobs_processes(sandbox: Judge) -> None:
     code = (
         "import os\n"
         "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
@@ -270,12 +271,12 @@ async def test_proc_shows_only_the_jobs_processes(sandbox: Sandbox) -> None:
     run = await run_job(sandbox, "python", code)
     processes = dict(line.split(" ", 1) for line in run.result.stdout.splitlines())
     # bwrap's pid 1, the stage driver, the program: nothing of the host's.
-    stage_driver = os.path.basename(HELPER_IN_BOX) if sandbox.helper else "perl"
+    stage_driver = os.path.basename(HELPER_IN_BOX) if sandbox.sandbox.helper else "perl"
     assert [os.path.basename(cmd) for cmd in processes.values()] == ["bwrap", stage_driver, "python3"], processes
     assert list(processes) == ["1", "2", "3"]
 
 
-async def test_background_children_do_not_outlive_the_job(sandbox: Sandbox) -> None:
+async def test_background_children_do_not_outlive_the_job(sandbox: Judge) -> None:
     tag = marker()
     run = await run_job(
         sandbox, "bash", f"(exec -a {tag} sleep 300) &\n(setsid bash -c 'exec -a {tag} sleep 300' &)\necho started"
@@ -299,7 +300,7 @@ while True:
 """
 
 
-async def test_fork_bomb_is_contained(tight: Sandbox) -> None:
+async def test_fork_bomb_is_contained(tight: Judge) -> None:
     tag = marker()
     job = make_job("python", FORK_BOMB, args=[tag])
     started = time.monotonic()
@@ -311,7 +312,7 @@ async def test_fork_bomb_is_contained(tight: Sandbox) -> None:
     assert job_cgroups(job.id) == []
 
 
-async def test_cancelling_a_job_kills_its_tree(sandbox: Sandbox) -> None:
+async def test_cancelling_a_job_kills_its_tree(sandbox: Judge) -> None:
     tag = marker()
     started = asyncio.Event()
     job = make_job("bash", f"(exec -a {tag} sleep 300) &\necho started\nexec -a {tag} sleep 300", timeout_ms=60_000)
@@ -341,7 +342,7 @@ async def test_cancelling_during_an_output_flood() -> None:
 
 
 @pytest.mark.parametrize("box", ["sandbox", "rlimits_only"])
-async def test_cancelling_a_starting_job_at_any_moment(box: str, sandbox: Sandbox, rlimits_only: Sandbox) -> None:
+async def test_cancelling_a_starting_job_at_any_moment(box: str, sandbox: Judge, rlimits_only: Judge) -> None:
     """Cancellation is honoured, and ends every process of the job, whenever it comes while the job starts.
 
     Half the cancellations arrive while asyncio is still spawning the launcher, with the loop then held for a
@@ -398,12 +399,12 @@ async def test_a_server_killed_while_a_job_starts_leaves_nothing(guard: str) -> 
     script = (
         "import asyncio, sys\n"
         "from server.queue.jobs import Job, JobIO\n"
-        "from server.sandbox.runner import Sandbox\n"
+        "from server.judging.executor import Judge\n"
         "from server.settings import Settings\n"
         "async def main():\n"
         # No warm pool: the test stops the server's one child besides the guard, which must be this job's launcher
         # (a pool's sandbox being started is a second child; test_pool.py kills a server with a pool separately).
-        "    box = await Sandbox.create(Settings(warm_pool=0), languages=['bash'])\n"
+        "    box = await Judge.create(Settings(warm_pool=0), languages=['bash'])\n"
         "    print('ready', flush=True)\n"
         "    sys.stdin.readline()\n"
         f"    job = Job(language='bash', code='exec -a \"$1\" sleep 300', args=['{tag}'], timeout_ms=60000)\n"
@@ -464,10 +465,10 @@ async def test_jobs_die_with_the_server() -> None:
     script = (
         "import asyncio, sys\n"
         "from server.queue.jobs import Job, JobIO\n"
-        "from server.sandbox.runner import Sandbox\n"
+        "from server.judging.executor import Judge\n"
         "from server.settings import Settings\n"
         "async def main():\n"
-        "    box = await Sandbox.create(Settings(), languages=['bash'])\n"
+        "    box = await Judge.create(Settings(), languages=['bash'])\n"
         f"    code = '(exec -a {tag} sleep 300) & exec -a {tag} sleep 300'\n"
         "    job = Job(language='bash', code=code, timeout_ms=60000)\n"
         "    await box(job, JobIO(on_output=lambda s, d: None))\n"
@@ -491,7 +492,7 @@ async def test_jobs_die_with_the_server() -> None:
 # -- resource limits -----------------------------------------------------------------------------------------
 
 
-async def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
+async def test_infinite_loop_times_out(sandbox: Judge) -> None:
     job = make_job("python", "while True: pass", timeout_ms=1000)
     started = time.monotonic()
     result = await sandbox(job, JobIO(on_output=lambda s, d: None))
@@ -500,7 +501,7 @@ async def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
     assert result.run_time_ms is not None and result.run_time_ms >= 1000
 
 
-async def test_the_drivers_pipes_are_out_of_the_programs_reach(sandbox: Sandbox) -> None:
+async def test_the_drivers_pipes_are_out_of_the_programs_reach(sandbox: Judge) -> None:
     """The program shares the driver's uid, but the driver is not dumpable: its /proc/<pid>/fd cannot be opened, so
     the status pipe cannot be reopened to forge stage reports (which would end the job: see test_sandbox_kernel)."""
     code = (
@@ -513,24 +514,24 @@ async def test_the_drivers_pipes_are_out_of_the_programs_reach(sandbox: Sandbox)
     assert (run.result.exit_code, run.result.reason) == (0, None)
 
 
-async def test_sleeping_program_times_out(sandbox: Sandbox) -> None:
+async def test_sleeping_program_times_out(sandbox: Judge) -> None:
     run = await run_job(sandbox, "bash", "echo before; sleep 30; echo after", timeout_ms=500)
     assert run.result.reason == "timeout" and run.result.stdout == "before\n"
 
 
-async def test_cpu_time_is_limited(tight: Sandbox) -> None:
+async def test_cpu_time_is_limited(tight: Judge) -> None:
     run = await run_job(tight, "python", "while True: pass", timeout_ms=scaled_ms(5000))
     # The job-wide limit (SIGKILL) and the per-process RLIMIT_CPU (SIGXCPU) come due together here.
     assert run.result.reason == "cpu_limit" and run.result.signal in ("SIGKILL", "SIGXCPU"), run.result
 
 
-async def test_huge_allocation_hits_the_memory_limit(sandbox: Sandbox) -> None:
+async def test_huge_allocation_hits_the_memory_limit(sandbox: Judge) -> None:
     run = await run_job(sandbox, "python", "x = bytearray(8 << 30)\nprint('allocated')")
     assert run.result.reason == "memory_limit", run.result
     assert "allocated" not in run.result.stdout
 
 
-async def test_output_flood_is_truncated_at_the_cap(tight: Sandbox) -> None:
+async def test_output_flood_is_truncated_at_the_cap(tight: Judge) -> None:
     rss_before = vm_rss_kb()
     for _ in range(3):
         run = await run_job(tight, "bash", "yes flood")
@@ -540,7 +541,7 @@ async def test_output_flood_is_truncated_at_the_cap(tight: Sandbox) -> None:
     assert vm_rss_kb() - rss_before < 32 * 1024  # a few MiB of noise, not the flood
 
 
-async def test_file_size_and_open_files_are_limited(tight: Sandbox) -> None:
+async def test_file_size_and_open_files_are_limited(tight: Judge) -> None:
     run = await run_job(tight, "bash", "exec head -c 2000000 /dev/zero > /box/big")
     assert (run.result.signal, run.result.reason) == ("SIGXFSZ", "file_size_limit")
     # Python ignores SIGXFSZ, so it sees the error instead.
@@ -555,26 +556,26 @@ async def test_file_size_and_open_files_are_limited(tight: Sandbox) -> None:
 
 async def test_without_a_memory_cgroup_the_sandbox_refuses_to_start() -> None:
     with pytest.raises(SandboxUnavailable) as refusal:
-        await Sandbox.create(TIGHT, cgroups=False, languages=["bash"])
+        await Judge.create(TIGHT, cgroups=False, languages=["bash"])
     message = str(refusal.value)
     assert "\n" not in message
     for way_out in ("as root", "Delegate=yes", "ALLOW_PER_PROCESS_LIMITS=1", "MEMORY_LIMIT_MB / MAX_PROCESSES"):
         assert way_out in message
 
 
-def test_rlimit_fallback_is_described(rlimits_only: Sandbox) -> None:
+def test_rlimit_fallback_is_described(rlimits_only: Judge) -> None:
     limits = rlimits_only.describe()["limits"]
     assert limits["memory"]["enforcedBy"] == "RLIMIT_AS"
     assert limits["memory"]["perProcessMb"] == 2048 // 16
     assert limits["processes"]["enforcedBy"].startswith("RLIMIT_NPROC")
 
 
-async def test_rlimit_fallback_refuses_huge_allocations(rlimits_only: Sandbox) -> None:
+async def test_rlimit_fallback_refuses_huge_allocations(rlimits_only: Judge) -> None:
     run = await run_job(rlimits_only, "python", "x = bytearray(8 << 30)")
     assert run.result.reason == "memory_limit" and "MemoryError" in run.result.stderr
 
 
-async def test_per_process_limits_divide_the_memory_limit(rlimits_only: Sandbox) -> None:
+async def test_per_process_limits_divide_the_memory_limit(rlimits_only: Judge) -> None:
     """One process may not have the whole job's memory: with 16 processes allowed, 2048 MB is 128 MB each. (Before,
     16 processes of 180 MB each held 2.9 GB under a 256 MB limit.)"""
     code = "import sys\nblock = b'x' * (int(sys.argv[1]) << 20)\nprint('allocated')"
@@ -584,14 +585,14 @@ async def test_per_process_limits_divide_the_memory_limit(rlimits_only: Sandbox)
     assert run.result.reason == "memory_limit" and "MemoryError" in run.result.stderr, run.result
 
 
-async def test_rlimit_fallback_contains_fork_bombs(rlimits_only: Sandbox) -> None:
+async def test_rlimit_fallback_contains_fork_bombs(rlimits_only: Judge) -> None:
     tag = marker()
     run = await run_job(rlimits_only, "python", FORK_BOMB, args=[tag])
     assert run.result.stdout == "refused: Resource temporarily unavailable\n", run.result
     assert host_processes_with(tag) == []
 
 
-async def test_rlimit_fallback_counts_processes_per_job(rlimits_only: Sandbox) -> None:
+async def test_rlimit_fallback_counts_processes_per_job(rlimits_only: Judge) -> None:
     """Every job's tasks are host uid 65534, yet RLIMIT_NPROC counts per job (its own user namespace)."""
     code = "for i in $(seq 12); do sleep 0.5 & done; wait; echo ok"  # 3 jobs of 15 tasks, over 16 + 3 together
     runs = await asyncio.gather(*(run_job(rlimits_only, "bash", code) for _ in range(3)))
@@ -605,12 +606,12 @@ async def test_rlimit_fallback_counts_processes_per_job(rlimits_only: Sandbox) -
         ("javascript", "console.log('ok')"),
     ],
 )
-async def test_rlimit_fallback_still_runs_big_runtimes(rlimits_only: Sandbox, language: str, code: str) -> None:
+async def test_rlimit_fallback_still_runs_big_runtimes(rlimits_only: Judge, language: str, code: str) -> None:
     run = await run_job(rlimits_only, language, code)
     assert run.result.stdout == "ok\n", run.result
 
 
-async def test_host_sees_the_sandbox_as_an_unprivileged_uid_of_its_own(sandbox: Sandbox) -> None:
+async def test_host_sees_the_sandbox_as_an_unprivileged_uid_of_its_own(sandbox: Judge) -> None:
     tag = marker()
     started = asyncio.Event()
     job = make_job("bash", f"echo started; exec -a {tag} sleep 30", timeout_ms=10_000)
@@ -640,7 +641,7 @@ COUNT_KEYRINGS = "print(sum(line.split()[7:9] == ['keyring', '_ses:'] for line i
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only a root server can give each sandbox its own host uid")
-async def test_a_job_does_not_see_other_sandboxes_keyrings(sandbox: Sandbox) -> None:
+async def test_a_job_does_not_see_other_sandboxes_keyrings(sandbox: Judge) -> None:
     """Every sandbox used to run as host uid 65534: a job saw the session keyring of every other running sandbox
     (and warm one) in /proc/keys, a count of the server's load and of other users' jobs. It sees only its own."""
     ready = asyncio.Event()

@@ -4,43 +4,45 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from ..queue.jobs import ExecutionResult, Job, JobIO
+from ..queue.jobs import Job
+from ..sandbox.contract import ExecutionResult, JobIO, Request
+from ..sandbox.runner import Sandbox
 from .verdicts import Verdict, verdict_of
 
 # A per-test event carries at most this much of each output stream (the whole of it is in the job).
 EVENT_OUTPUT_CHARS = 16 * 1024
+# An interpreted language's tests have no compile stage: no compile figures.
+_NOT_COMPILED = ExecutionResult()
+_NOT_RUN = ExecutionResult()  # a test of a program that did not compile
 
 
-@dataclass(slots=True)
-class Build:
-    """A compiled program: the compile stage's result, and the packed work dir when it succeeded."""
-
-    result: ExecutionResult
-    artifact: bytes | None
-
-
-class Builder(Protocol):
-    """What the judge needs from the sandbox."""
-
-    def compiles(self, job: Job) -> bool: ...
-
-    def caches(self, job: Job) -> bool: ...
-
-    async def build(self, job: Job) -> Build: ...
-
-    async def run(self, job: Job, io: JobIO | None, *, stdin: bytes, build: Build | None = None) -> ExecutionResult: ...
+def request_of(job: Job) -> Request:
+    """What the sandbox runs for a job: its program and per-run limits."""
+    return Request(
+        name=job.id,
+        language=job.language,
+        code=job.code,
+        files=tuple(job.files) if job.files else None,
+        args=tuple(job.args),
+        compiler_options=tuple(job.compiler_options),
+        interactive=job.interactive,
+        timeout_ms=job.timeout_ms,
+        limits=job.limits,
+        owner=job.owner,
+        output_encoding=job.output_encoding,
+    )
 
 
-async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
-    """Run the job: once, or once per test after one compile; every result gets its verdict."""
+async def judge(sandbox: Sandbox, job: Job, io: JobIO) -> ExecutionResult:
+    """Run the job in the sandbox: once, or once per test after one compile; every result gets its verdict."""
+    request = request_of(job)
     if job.tests is None:
-        return await _run_once(builder, job, io)
+        return await _run_once(sandbox, request, job, io)
     build = None
-    if builder.compiles(job):
-        build = await builder.build(job)
+    if sandbox.compiles(job.language):
+        build = await sandbox.build(request)
         if build.artifact is None:  # did not compile: every test has that verdict
             result = build.result
             result.verdict = _verdict(result, None, job.output_encoding)
@@ -48,33 +50,39 @@ async def judge(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
             return result
     entries: list[dict[str, Any]] = []
     for index, test in enumerate(job.tests):
-        run = await builder.run(job, None, stdin=test.stdin.encode(), build=build)
+        run = await sandbox.run(request, None, stdin=test.stdin.encode(), build=build)
         entries.append(_entry(index, job, run, _verdict(run, test.expected_output, job.output_encoding)))
         if io.on_event is not None:
             io.on_event(_event(entries[-1]))
+    return _summary(entries, build.result if build is not None else _NOT_COMPILED)
+
+
+def _summary(entries: list[dict[str, Any]], compiled: ExecutionResult) -> ExecutionResult:
+    """The job's result over its tests: the first verdict not accepted, the compile's figures once, each test's run
+    time and CPU time summed, the highest memory peak."""
     verdicts = [entry["verdict"] for entry in entries]
     return ExecutionResult(
         exit_code=0,
         tests=entries,
         verdict=next((v for v in verdicts if v != Verdict.ACCEPTED.value), Verdict.ACCEPTED.value),
-        compile_output=build.result.compile_output if build else None,
-        compile_time_ms=build.result.compile_time_ms if build else None,
-        compile_cached=build.result.compile_cached if build else False,
-        compile_cpu_time_ms=build.result.compile_cpu_time_ms if build else None,
-        compile_memory_peak_bytes=build.result.compile_memory_peak_bytes if build else None,
+        compile_output=compiled.compile_output,
+        compile_time_ms=compiled.compile_time_ms,
+        compile_cached=compiled.compile_cached,
+        compile_cpu_time_ms=compiled.compile_cpu_time_ms,
+        compile_memory_peak_bytes=compiled.compile_memory_peak_bytes,
         run_time_ms=sum(entry["timeMs"] or 0.0 for entry in entries),
         cpu_time_ms=_total(entry["cpuTimeMs"] for entry in entries),
         memory_peak_bytes=max((entry["memoryPeakBytes"] or 0 for entry in entries), default=None) or None,
     )
 
 
-async def _run_once(builder: Builder, job: Job, io: JobIO) -> ExecutionResult:
+async def _run_once(sandbox: Sandbox, request: Request, job: Job, io: JobIO) -> ExecutionResult:
     """One run: compiled in its own sandbox, or (with the build cache) built or fetched first and run from that."""
-    build = await builder.build(job) if builder.caches(job) else None
+    build = await sandbox.build(request) if sandbox.caches(job.language) else None
     if build is not None and build.artifact is None:
         result = build.result
     else:
-        result = await builder.run(job, io, stdin=job.stdin.encode(), build=build)
+        result = await sandbox.run(request, io, stdin=job.stdin.encode(), build=build)
     if build is not None and build.artifact is not None:
         compiled = build.result
         result.compile_output, result.compile_time_ms = compiled.compile_output, compiled.compile_time_ms
@@ -99,24 +107,25 @@ def _verdict(result: ExecutionResult, expected: str | None, encoding: str) -> st
 
 
 def _entry(index: int, job: Job, run: ExecutionResult | None, verdict: str) -> dict[str, Any]:
-    """One test's inputs and result, as the job's `tests` shows them."""
+    """One test's inputs and result, as the job's `tests` shows them (a test that never ran: no output, no figures)."""
     assert job.tests is not None
     test = job.tests[index]
+    ran = run if run is not None else _NOT_RUN
     return {
         "index": index,
         "stdin": test.stdin,
         "expectedOutput": test.expected_output,
         "verdict": verdict,
-        "stdout": run.stdout if run else "",
-        "stderr": run.stderr if run else "",
-        "exitCode": run.exit_code if run else None,
-        "signal": run.signal if run else None,
-        "reason": run.reason if run else None,
-        "truncated": run.truncated if run else False,
-        "stdoutLossy": run.stdout_lossy if run else False,
-        "timeMs": round(run.run_time_ms, 1) if run and run.run_time_ms is not None else None,
-        "cpuTimeMs": run.usage()["cpuTimeMs"] if run else None,
-        "memoryPeakBytes": run.memory_peak_bytes if run else None,
+        "stdout": ran.stdout,
+        "stderr": ran.stderr,
+        "exitCode": ran.exit_code,
+        "signal": ran.signal,
+        "reason": ran.reason,
+        "truncated": ran.truncated,
+        "stdoutLossy": ran.stdout_lossy,
+        "timeMs": round(ran.run_time_ms, 1) if ran.run_time_ms is not None else None,
+        "cpuTimeMs": ran.usage()["cpuTimeMs"],
+        "memoryPeakBytes": ran.memory_peak_bytes,
     }
 
 

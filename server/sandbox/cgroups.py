@@ -7,153 +7,20 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal
-import subprocess
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import delegation
+from .bases import EMPTY_WAIT_S, Guard, make_base, procs, remove_tree
+from .hierarchies import Hierarchy, find_hierarchies, write
 
 logger = logging.getLogger(__name__)
-
-# cpuacct is cgroup v1's; cgroup v2 keeps CPU usage in every cgroup's cpu.stat, no controller needed.
-CONTROLLERS = ("memory", "pids", "cpuacct")
-_PREFIX = "conveyor-"
-_EMPTY_WAIT_S = 2.0
-_GUARD_STOP_S = 5.0
-
-# The guard: a watchdog beside the server, blocked reading a pipe that only the server holds open, so the read ends
-# (EOF) once the server is gone, however it ended (SIGKILL included). It then kills whatever is left in the server's
-# job cgroups and removes them, for up to 5 s. bwrap's --die-with-parent alone is not enough: a sandbox child that
-# bwrap's monitor has not released yet has no parent-death signal, and if the monitor dies with the server it blocks
-# for ever as pid 1 of its pid namespace. Removing a job's cgroup also stops a launcher the server had started but
-# that has not joined it yet: its join fails. Arguments: the server's base directories, one per hierarchy.
-_GUARD = """
-trap '' HUP INT TERM
-read -r _
-n=0
-while :; do
-    for base; do
-        for dir in "$base"/*/; do
-            [ -d "$dir" ] || continue
-            for pid in $(cat "${dir}cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-            rmdir "$dir" 2>/dev/null
-        done
-        rmdir "$base" 2>/dev/null
-    done
-    left=
-    for base; do [ -d "$base" ] && left=1; done
-    n=$((n + 1))
-    { [ -z "$left" ] || [ "$n" -ge 100 ]; } && exit 0
-    sleep 0.05
-done
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Hierarchy:
-    """One cgroup hierarchy we use: its version, the controllers we use in it, and the server's own cgroup."""
-
-    version: int
-    controllers: tuple[str, ...]
-    own: Path  # where this process creates its directory: its claimed v2 subtree, or its own v1 cgroup
-    how: str  # how that cgroup was obtained, for the start-up line
-    removable: bool = False  # `own` is a subtree we made (delegation.Claim.removable): removed once empty
-
-    def label(self, controller: str) -> str:
-        return f"cgroup v{self.version} {controller}"
-
-
-def _own_cgroups() -> dict[str, tuple[int, str]]:
-    """controller -> (version, path of this process's cgroup relative to the hierarchy root)."""
-    out: dict[str, tuple[int, str]] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        hid, _, rest = line.partition(":")
-        names, _, path = rest.partition(":")
-        if hid == "0" and not names:
-            out["unified"] = (2, path)
-        for name in names.split(","):
-            if name in CONTROLLERS:
-                out[name] = (1, path)
-    return out
-
-
-def _mounts() -> dict[str, tuple[str, str]]:
-    """controller (or "unified") -> (root inside the hierarchy, mount point) from mountinfo."""
-    out: dict[str, tuple[str, str]] = {}
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields, _, tail = line.partition(" - ")
-        parts, extra = fields.split(), tail.split()
-        if len(parts) < 5 or len(extra) < 3:
-            continue
-        root, point = parts[3], parts[4].replace("\\040", " ")
-        if extra[0] == "cgroup2":
-            out.setdefault("unified", (root, point))
-        elif extra[0] == "cgroup":
-            for name in extra[2].split(","):
-                if name in CONTROLLERS:
-                    out.setdefault(name, (root, point))
-    return out
-
-
-def _locate(own: dict[str, tuple[int, str]], mounts: dict[str, tuple[str, str]], key: str) -> Path | None:
-    if key not in own or key not in mounts:
-        return None
-    _, path = own[key]
-    root, point = mounts[key]
-    if root != "/" and not (path == root or path.startswith(root.rstrip("/") + "/")):
-        return None  # our cgroup is outside the part of the hierarchy mounted here
-    rel = path[len(root) :] if root != "/" else path
-    return Path(point) / rel.lstrip("/")
-
-
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
-
-
-def _find_hierarchies(manager: str) -> tuple[list[_Hierarchy], str | None]:
-    """The v2 subtree this process claims (delegation.claim) for the controllers the unified hierarchy offers;
-    else each controller's v1 hierarchy (our own cgroup there, as root). Also why v2 could not be used, if so."""
-    own, mounts = _own_cgroups(), _mounts()
-    found: list[_Hierarchy] = []
-    problem = None
-    in_v2: tuple[str, ...] = ()
-    if "unified" in mounts and "unified" in own:
-        root, point = mounts["unified"]
-        offered: set[str] = set()
-        with contextlib.suppress(OSError):
-            offered = set((Path(point) / "cgroup.controllers").read_text().split())
-        wanted = tuple(c for c in CONTROLLERS if c in offered)
-        if wanted:
-            try:
-                claimed = delegation.claim(Path(point), wanted, manager=manager, mount_root=root)
-            except delegation.Refused as exc:
-                problem = str(exc)
-            else:
-                in_v2 = claimed.controllers
-                if in_v2:
-                    found.append(_Hierarchy(2, in_v2, claimed.root, claimed.how, claimed.removable))
-                missing = [c for c in wanted if c not in in_v2]
-                if missing:
-                    problem = (
-                        f"{claimed.root} ({claimed.how}) is given no {'/'.join(missing)} controller by its parent; "
-                        "for a user's manager: systemctl edit user@.service, [Service] Delegate=memory pids cpu"
-                    )
-    for controller in CONTROLLERS:
-        path = _locate(own, mounts, controller)
-        if controller not in in_v2 and path is not None and own[controller][0] == 1:
-            found.append(_Hierarchy(1, (controller,), path, "the server's own cgroup"))
-    return found, problem
 
 
 class JobCgroup:
     """The cgroups of one job: the launcher writes its own pid into `procs_files` before it execs bwrap."""
 
-    def __init__(self, name: str, dirs: list[tuple[_Hierarchy, Path]]) -> None:
+    def __init__(self, name: str, dirs: list[tuple[Hierarchy, Path]]) -> None:
         self.name = name
         self._dirs = dirs
 
@@ -170,7 +37,7 @@ class JobCgroup:
         return False
 
     def pids(self) -> set[int]:
-        return _procs(path for _, path in self._dirs)
+        return procs(path for _, path in self._dirs)
 
     def cpu_ns(self) -> int | None:
         """CPU time used by every process the job has had (the dead ones too), or None when not accounted."""
@@ -196,7 +63,7 @@ class JobCgroup:
         for hierarchy, path in self._dirs:
             if "memory" in hierarchy.controllers and hierarchy.version == 1:
                 with contextlib.suppress(OSError):
-                    _write(path / "memory.max_usage_in_bytes", "0")
+                    write(path / "memory.max_usage_in_bytes", "0")
 
     def kill(self) -> bool:
         """SIGKILL every process in the job's cgroups; a few passes catch processes forked meanwhile. True when the
@@ -204,7 +71,7 @@ class JobCgroup:
         for hierarchy, path in self._dirs:
             if hierarchy.version == 2:
                 with contextlib.suppress(OSError):
-                    _write(path / "cgroup.kill", "1")
+                    write(path / "cgroup.kill", "1")
         for _ in range(4):
             pids = self.pids()
             if not pids:
@@ -217,14 +84,14 @@ class JobCgroup:
     async def remove(self) -> None:
         """Kill what is left, wait for the cgroups to empty, and remove them."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + _EMPTY_WAIT_S
+        deadline = loop.time() + EMPTY_WAIT_S
         while not self.kill() and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self._rmdir()
 
     def remove_now(self) -> None:
         """remove(), blocking: for the warm pool's threads, which have no event loop."""
-        deadline = time.monotonic() + _EMPTY_WAIT_S
+        deadline = time.monotonic() + EMPTY_WAIT_S
         while not self.kill() and time.monotonic() < deadline:
             time.sleep(0.01)
         self._rmdir()
@@ -243,7 +110,7 @@ class Cgroups:
     """Creates per-job cgroups with the memory and pids limits, below one directory per server instance."""
 
     def __init__(
-        self, bases: list[tuple[_Hierarchy, Path]], memory_bytes: int, max_tasks: int, *, guard: _Guard | None = None
+        self, bases: list[tuple[Hierarchy, Path]], memory_bytes: int, max_tasks: int, *, guard: Guard | None = None
     ) -> None:
         self._bases = bases
         self._memory_bytes = memory_bytes
@@ -269,18 +136,18 @@ class Cgroups:
     def setup(cls, *, memory_bytes: int, max_tasks: int, manager: str = "auto") -> Cgroups:
         """Find the hierarchies we may create child cgroups in; controllers we cannot use are left out (`problem`
         then says why cgroup v2 could not be used)."""
-        bases: list[tuple[_Hierarchy, Path]] = []
-        hierarchies, problem = _find_hierarchies(manager)
+        bases: list[tuple[Hierarchy, Path]] = []
+        hierarchies, problem = find_hierarchies(manager)
         for hierarchy in hierarchies:
             try:
-                bases.append((hierarchy, _make_base(hierarchy)))
+                bases.append((hierarchy, make_base(hierarchy)))
             except OSError as exc:
                 logger.info("%s not usable for job limits: %s", hierarchy.label("/".join(hierarchy.controllers)), exc)
                 problem = problem or f"cannot create cgroups in {hierarchy.own}: {exc.strerror}"
         guard = None
         if bases:
             try:
-                guard = _Guard([base for _, base in bases])
+                guard = Guard([base for _, base in bases])
             except OSError as exc:
                 logger.warning("cannot start the cgroup guard (%s): jobs may outlive a killed server", exc)
         cgroups = cls(bases, memory_bytes, max_tasks, guard=guard)
@@ -297,7 +164,7 @@ class Cgroups:
     def create(self, name: str, *, memory_bytes: int | None = None) -> JobCgroup:
         """mkdir the job's cgroups and write their limits (a job may ask for less memory than the server's limit).
         Raises OSError if the host refuses."""
-        dirs: list[tuple[_Hierarchy, Path]] = []
+        dirs: list[tuple[Hierarchy, Path]] = []
         try:
             for hierarchy, base in self._bases:
                 path = base / name
@@ -316,23 +183,23 @@ class Cgroups:
         for hierarchy, path in cgroup._dirs:
             self._limit(hierarchy, path, min(memory_bytes, self._memory_bytes))
 
-    def _limit(self, hierarchy: _Hierarchy, path: Path, memory_bytes: int) -> None:
+    def _limit(self, hierarchy: Hierarchy, path: Path, memory_bytes: int) -> None:
         if "pids" in hierarchy.controllers:
-            _write(path / "pids.max", str(self._max_tasks))
+            write(path / "pids.max", str(self._max_tasks))
         if "memory" not in hierarchy.controllers:
             return
         if hierarchy.version == 2:
-            _write(path / "memory.max", str(memory_bytes))
+            write(path / "memory.max", str(memory_bytes))
             _optional_write(path / "memory.swap.max", "0")
         else:
-            _write(path / "memory.limit_in_bytes", str(memory_bytes))
+            write(path / "memory.limit_in_bytes", str(memory_bytes))
             # Without this the job could spill past the limit into swap (when swap accounting is on).
             _optional_write(path / "memory.memsw.limit_in_bytes", str(memory_bytes))
 
     def close(self) -> None:
         """Remove this server's directories (job cgroups are removed as their jobs end)."""
         for hierarchy, base in self._bases:
-            _remove_tree(base, hierarchy)
+            remove_tree(base, hierarchy)
             if hierarchy.removable:
                 with contextlib.suppress(OSError):  # other servers' directories still in it: the last one removes it
                     hierarchy.own.rmdir()
@@ -340,36 +207,6 @@ class Cgroups:
         if self._guard is not None:
             self._guard.stop()
             self._guard = None
-
-
-class _Guard:
-    """The guard process (see _GUARD) for this server's base directories, in its own session so that signals sent
-    to the server's process group or terminal do not take it down with the server."""
-
-    def __init__(self, bases: list[Path]) -> None:
-        read, self._write = os.pipe()  # close-on-exec: launchers and jobs never hold the write end
-        try:
-            self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", _GUARD, "conveyor-guard", *map(str, bases)],
-                stdin=read,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd="/",
-                start_new_session=True,
-            )
-        except BaseException:
-            os.close(self._write)
-            raise
-        finally:
-            os.close(read)
-
-    def stop(self) -> None:
-        """Release the guard: it sweeps what is left (after a clean close, nothing) and exits."""
-        os.close(self._write)
-        try:
-            self._proc.wait(timeout=_GUARD_STOP_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("cgroup guard %d still running after %.0f s", self._proc.pid, _GUARD_STOP_S)
 
 
 def _read_counter(path: Path, key: str, default: int = 0) -> int:
@@ -391,73 +228,11 @@ def _read_int(path: Path) -> int | None:
 def _optional_write(path: Path, value: str) -> None:
     if path.exists():
         with contextlib.suppress(OSError):
-            _write(path, value)
+            write(path, value)
 
 
-def _make_base(hierarchy: _Hierarchy) -> Path:
-    """Create this server's directory under its own cgroup, after sweeping ones left by dead servers."""
-    _sweep_stale(hierarchy)
-    base = hierarchy.own / f"{_PREFIX}{_pid_namespace()}-{os.getpid()}-{secrets.token_hex(3)}"
-    base.mkdir()
-    if hierarchy.version == 2:
-        try:
-            _write(base / "cgroup.subtree_control", " ".join(f"+{c}" for c in hierarchy.controllers))
-        except OSError:
-            base.rmdir()
-            raise
-    return base
-
-
-def _pid_namespace() -> int:
-    return os.stat("/proc/self/ns/pid").st_ino
-
-
-def _sweep_stale(hierarchy: _Hierarchy) -> None:
-    """Kill what is left in the directories of dead servers (their guard did not get to it), then remove them.
-
-    A directory is a dead server's only if its name carries our pid namespace and a pid that does not exist in it:
-    a live server's pid always exists, and servers in other containers sharing this hierarchy (whose pids we cannot
-    see) carry another namespace. A reused pid only makes us leave a dead server's directory for a later sweep.
-    """
-    for path in hierarchy.own.glob(f"{_PREFIX}{_pid_namespace()}-*-*"):
-        pid = path.name.split("-")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            _kill_tree(path)
-            _remove_tree(path, hierarchy)
-
-
-def _procs(dirs: Iterable[Path]) -> set[int]:
-    found: set[int] = set()
-    for path in dirs:
-        with contextlib.suppress(OSError, ValueError):
-            found.update(int(p) for p in (path / "cgroup.procs").read_text().split())
-    return found
-
-
-def _kill_tree(base: Path) -> None:
-    """SIGKILL every process in a server's directory and its job cgroups until they are empty, for up to
-    _EMPTY_WAIT_S (killed processes take a moment to leave)."""
-    deadline = time.monotonic() + _EMPTY_WAIT_S
-    while True:
-        dirs = [base]
-        with contextlib.suppress(OSError):
-            dirs += [child for child in base.iterdir() if child.is_dir()]
-        pids = _procs(dirs)
-        if not pids or time.monotonic() > deadline:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.01)
-
-
-def _remove_tree(base: Path, hierarchy: _Hierarchy) -> None:
-    with contextlib.suppress(OSError):
-        for child in base.iterdir():
-            if child.is_dir():
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-        base.rmdir()
-        return
-    if base.exists():
-        logger.warning("cannot remove %s directory %s (jobs still in it?)", hierarchy.label("cgroup"), base)
+def job_cgroup(cgroups: Cgroups | None, name: str, memory_mb: int | None = None) -> JobCgroup | None:
+    """Create a run's cgroups (with its own memory limit when it asked for less), or None for rlimits only."""
+    if cgroups is None:
+        return None
+    return cgroups.create(name, memory_bytes=None if memory_mb is None else memory_mb << 20)

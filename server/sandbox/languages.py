@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .packages import Layer
+
 LANGUAGES_FILE = Path(__file__).with_name("languages.toml")
 
 _REQUIRED = ("source", "run", "version")
@@ -319,3 +321,21 @@ def installed_packages(packages: Iterable[str]) -> set[str]:
 def apt_install_argv(packages: Iterable[str]) -> list[str]:
     """The one apt-get line that installs `packages`."""
     return ["apt-get", "install", "-y", "--no-install-recommends", *sorted(set(packages))]
+
+
+def runtimes(index: LanguageIndex, versions: Mapping[str, str], layers: Mapping[str, Layer]) -> list[dict[str, Any]]:
+    """The languages offered (GET /runtimes): canonical name, detected version, aliases, package layer."""
+    return [
+        {
+            "language": lang.name,
+            "version": versions[lang.name],
+            "aliases": list(lang.aliases),
+            "compiled": lang.compile is not None,
+            "packages": layers[lang.name].describe() if lang.name in layers else [],
+            # For the editor's picker: the name people know, its highlighting mode and a starter program.
+            "displayName": lang.display,
+            "mode": lang.mode,
+            "hello": lang.hello,
+        }
+        for lang in index
+    ]

@@ -1,34 +1,21 @@
 """Spawn: what a sandbox is started with (its descriptors, the in-memory files bwrap copies in, a SANDBOX=none work
-dir), and the start of a warm sandbox (server/sandbox/pool.py) by the pool's threads."""
+dir, its host uid)."""
 
 from __future__ import annotations
 
 import fcntl
 import logging
 import os
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .pool import Warm, end, wait_ready
-
-if TYPE_CHECKING:
-    from .execution import Launcher, Spec
+from .spec import ARTIFACT, BOX, SANDBOX_UID, RunSpec
 
 logger = logging.getLogger(__name__)
 
-# "nobody": inside every sandbox; on the host, SANDBOX=none's jobs (and bwrap's with SANDBOX_UIDS=0) when root.
-# Otherwise each bwrap sandbox of a root server has a host uid of its own (HostUids, SANDBOX_UID_BASE).
-SANDBOX_UID = 65534
-BOX = "/box"  # the job's work dir inside the sandbox
-# A build handed to a fresh sandbox: a tar of the work dir after the compile stage, unpacked there before the run
-# (inside the sandbox: nothing on the host ever parses what a job produced).
-ARTIFACT = ".conveyor-build.tar"
-PACK = ["tar", "--exclude=./tmp", f"--exclude=./{ARTIFACT}", "-cf", "-", "."]
 # Copied in from memfds in place of the host's passwd, group and hosts: no host accounts or names inside.
 ETC_FILES = {
     "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}::{BOX}:/bin/sh\n",
@@ -46,72 +33,12 @@ class Fds:
     compile: int
     bwrap_status: int | None = None
     seccomp: int | None = None  # the syscall filter's BPF, for bwrap --seccomp
-    files: list[int] = field(default_factory=list)  # the job's files, in Spec.files order
+    files: list[int] = field(default_factory=list)  # the job's files, in RunSpec.files order
     artifact: int | None = None
     etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
 
 
-def start_warm(launcher: Launcher, spec: Spec, *, nice: int) -> Warm:
-    """Start a sandbox for spec.language's next job, and block until its driver is waiting for it (the pool's
-    thread: plain pipes and subprocess, no event loop)."""
-    assert spec.language is not None
-    cgroup = launcher.job_cgroup(spec.name)
-    ours: dict[str, int] = {}  # the host's ends, kept by the Warm
-    theirs: dict[str, int] = {}  # the sandbox's, closed once it has them
-    try:
-        for name in ("status", "compile", "stdout", "stderr", "job", "stdin"):
-            read, write = os.pipe()
-            # The host reads what the sandbox reports and prints; it writes the job message and the program's stdin.
-            host, sandbox = (write, read) if name in ("job", "stdin") else (read, write)
-            ours[name], theirs[name] = above_stdio(host), above_stdio(sandbox)
-        fds = Fds(status=theirs["status"], compile=theirs["compile"])
-        extra = sandbox_fds(launcher, fds, spec)
-        argv = launcher.warm_argv(spec, fds, cgroup, theirs["job"], nice=nice)
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=theirs["stdin"],
-                stdout=theirs["stdout"],
-                stderr=theirs["stderr"],
-                pass_fds=[theirs["status"], theirs["compile"], theirs["job"], *extra],
-                start_new_session=True,
-                env=launcher.env(spec, None),
-                cwd="/",
-            )
-        finally:
-            for fd in extra:
-                os.close(fd)
-    except BaseException:
-        for fd in (*ours.values(), *theirs.values()):
-            os.close(fd)
-        if cgroup is not None:
-            cgroup.remove_now()
-        raise
-    for fd in theirs.values():
-        os.close(fd)
-    try:
-        child_pid = wait_ready(popen, ours["status"])
-    except BaseException:
-        end(popen, cgroup)
-        for fd in ours.values():
-            os.close(fd)
-        raise
-    return Warm(
-        language=spec.language,
-        popen=popen,
-        cgroup=cgroup,
-        child_pid=child_pid,
-        job=ours["job"],
-        stdin=ours["stdin"],
-        stdout=ours["stdout"],
-        stderr=ours["stderr"],
-        status=ours["status"],
-        compile=ours["compile"],
-        niced=nice != 0,
-    )
-
-
-def sandbox_fds(launcher: Launcher, fds: Fds, spec: Spec) -> list[int]:
+def sandbox_fds(seccomp_bpf: bytes | None, fds: Fds, spec: RunSpec) -> list[int]:
     """The in-memory files bwrap copies in (the syscall filter, the job's files and build, /etc files) and bwrap's
     own status fd, added to `fds`; returns them, for the launcher to inherit and the caller to close."""
     theirs: list[int] = []
@@ -119,8 +46,8 @@ def sandbox_fds(launcher: Launcher, fds: Fds, spec: Spec) -> list[int]:
         # bwrap reports its pid 1 on a second fd of the status pipe (it closes that fd inside the sandbox).
         fds.bwrap_status = above_stdio(os.dup(fds.status))
         theirs.append(fds.bwrap_status)
-        if launcher.seccomp_bpf is not None:
-            fds.seccomp = above_stdio(memfd(launcher.seccomp_bpf))
+        if seccomp_bpf is not None:
+            fds.seccomp = above_stdio(memfd(seccomp_bpf))
             theirs.append(fds.seccomp)
         for _, content in spec.files:
             fds.files.append(above_stdio(memfd(content)))
@@ -197,7 +124,7 @@ def memfd(data: bytes) -> int:
     return fd
 
 
-def workdir(spec: Spec, *, chown: bool) -> str:
+def workdir(spec: RunSpec, *, chown: bool) -> str:
     """SANDBOX=none: a host temp dir with the files and a tmp/ dir, owned by the uid the job runs as."""
     path = tempfile.mkdtemp(prefix=f"conveyor-{spec.name}-")
     made = [path, f"{path}/tmp"]

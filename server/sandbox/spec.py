@@ -1,0 +1,172 @@
+"""Run spec: everything one sandboxed run is started with, made once from a request and read, never changed, by the
+rest of the sandbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..settings import Settings
+from . import packages
+from .contract import Request
+from .languages import Language
+
+# "nobody": inside every sandbox; on the host, SANDBOX=none's jobs (and bwrap's with SANDBOX_UIDS=0) when root.
+# Otherwise each bwrap sandbox of a root server has a host uid of its own (HostUids, SANDBOX_UID_BASE).
+SANDBOX_UID = 65534
+BOX = "/box"  # the job's work dir inside the sandbox
+# A build handed to a fresh sandbox: a tar of the work dir after the compile stage, unpacked there before the run
+# (inside the sandbox: nothing on the host ever parses what a job produced).
+ARTIFACT = ".conveyor-build.tar"
+PACK = ("tar", "--exclude=./tmp", f"--exclude=./{ARTIFACT}", "-cf", "-", ".")
+PROBE_TIMEOUT_MS = 10_000  # generous for a cold JVM start on a busy two-core host
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What to run once: a job's program (or its build, or one test from a build), a warm sandbox, or a start-up
+    probe."""
+
+    name: str
+    run: tuple[str, ...]
+    compile: tuple[str, ...] | None = None
+    language: str | None = None  # a job's (a warm sandbox of it may run the job); None for a start-up probe
+    preload: tuple[str, ...] | None = None  # the language's pre-started interpreter (languages.toml `preload`)
+    # The job's files, relative to the work dir (validated by payloads: no absolute paths, no `..`).
+    files: tuple[tuple[str, bytes], ...] = ()
+    # A build to unpack into the work dir before the program runs (in place of the compile stage).
+    artifact: bytes | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    etc: tuple[str, ...] = ()
+    # Read-only directories mounted into the sandbox: (host path, path inside), e.g. a package layer.
+    layers: tuple[tuple[str, str], ...] = ()
+    address_space_mb: int = 0
+    memory_mb: int | None = None  # the job's own memory limit, when below the server's
+    compile_timeout_ms: int = 10_000
+    run_timeout_ms: int = 10_000
+    cpu_time_ms: int = 10_000  # the whole process tree's CPU time (RLIMIT_CPU per process, rounded up, too)
+    stdin: bytes = b""
+    output_cap: int | None = None  # stdout+stderr cap, when not MAX_OUTPUT_BYTES (a packed build)
+
+    @property
+    def directories(self) -> list[str]:
+        """The directories the files need, parents first."""
+        dirs = {
+            "/".join(parts[:depth])
+            for name, _ in self.files
+            for parts in [name.split("/")]
+            for depth in range(1, len(parts))
+        }
+        return sorted(dirs, key=lambda d: (d.count("/"), d))
+
+
+class Specs:
+    """Makes every RunSpec: from a request (one run, its build, one test from that build), for a warm sandbox, or
+    for a start-up probe. The server's limits and the package layers found at start-up are fixed here."""
+
+    def __init__(
+        self, settings: Settings, *, backend: str, layers: Mapping[str, packages.Layer], memory_mb: int
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._layers = layers
+        self._memory_mb = memory_mb  # one job's (or without a memory cgroup one process's) memory
+        self._etc: dict[str, tuple[str, ...]] = {}
+
+    def compile_ms(self, lang: Language) -> int:
+        """COMPILE_TIMEOUT_MS, or more for a compiler that needs it (languages.toml `compile_timeout_ms`)."""
+        return max(self._settings.compile_timeout_ms, lang.compile_timeout_ms)
+
+    def probe(self, lang: Language) -> RunSpec:
+        """The version command. A toolchain is as slow to say its version as to compile (a JVM's cold start): the
+        probe gets the compile stage's time (COMPILE_TIMEOUT_MS, or the language's own), at least PROBE_TIMEOUT_MS."""
+        run = lang.version_argv(heap_mb=self._memory_mb // 2)
+        timeout_ms = max(PROBE_TIMEOUT_MS, self.compile_ms(lang))
+        return dataclasses.replace(self._spec(lang, f"probe-{lang.name}", run, probe=True), run_timeout_ms=timeout_ms)
+
+    def warm(self, lang: Language) -> RunSpec:
+        """A warm sandbox of the language, for its next job."""
+        return self._spec(lang, f"warm-{secrets.token_hex(8)}", [])
+
+    def job(self, lang: Language, request: Request, *, stdin: bytes, artifact: bytes | None = None) -> RunSpec:
+        """One run of the request's program: compiling its files first, or unpacking a build made by build()."""
+        return self._job(lang, request, stdin=stdin, timeout_ms=request.timeout_ms, artifact=artifact)
+
+    def build(self, lang: Language, request: Request) -> RunSpec:
+        """The request's compile stage, then the work dir packed (a tar on stdout) for fresh sandboxes to run."""
+        timeout_ms = request.limits.compile_timeout_ms or self.compile_ms(lang)
+        return self._job(lang, request, stdin=b"", timeout_ms=timeout_ms, build=True)
+
+    def _job(
+        self,
+        lang: Language,
+        request: Request,
+        *,
+        stdin: bytes,
+        timeout_ms: int,
+        artifact: bytes | None = None,
+        build: bool = False,
+    ) -> RunSpec:
+        limits = request.limits
+        memory_mb = min(limits.memory_mb or self._settings.memory_limit_mb, self._memory_mb)
+        heap_mb = memory_mb // 2
+        files = (
+            tuple((f.name, f.raw) for f in request.files) if request.files else ((lang.source, request.code.encode()),)
+        )
+        program = lang.program([name for name, _ in files], request.compiler_options)
+        compile_argv = lang.compile_argv(heap_mb=heap_mb, program=program)
+        run = lang.run_argv(request.args, heap_mb=heap_mb, program=program, interactive=request.interactive)
+        # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
+        name = request.name if SAFE_NAME.fullmatch(request.name) else f"job-{secrets.token_hex(8)}"
+        if build:
+            name, run = f"{name}-build", list(PACK)
+        elif artifact is not None:
+            name, files = f"{name}-{secrets.token_hex(3)}", ()  # one cgroup per test
+            compile_argv = ["tar", "-xf", ARTIFACT if self._backend == "none" else f"/{ARTIFACT}"]
+        return dataclasses.replace(
+            self._spec(lang, name, run),
+            compile=None if compile_argv is None else tuple(compile_argv),
+            files=files,
+            artifact=artifact,
+            stdin=stdin,
+            run_timeout_ms=timeout_ms,
+            address_space_mb=memory_mb + lang.address_space_headroom_mb,
+            memory_mb=limits.memory_mb,
+            compile_timeout_ms=limits.compile_timeout_ms or self.compile_ms(lang),
+            cpu_time_ms=self._settings.cpu_time_limit_s * 1000 if limits.cpu_time_ms is None else limits.cpu_time_ms,
+            output_cap=self._settings.workdir_size_mb << 20 if build else None,
+        )
+
+    def _spec(self, lang: Language, name: str, run: list[str], *, probe: bool = False) -> RunSpec:
+        """The spec with the language's environment, package layer and /etc entries, and the server's limits."""
+        env, layers = dict(lang.env), []
+        layer = self._layers.get(lang.name)
+        if layer is not None:
+            # The layer as found at start-up: a later install is a new directory, so this one stays whole.
+            inside = str(layer.path) if self._backend == "none" else packages.MOUNT
+            layers.append((str(layer.path), inside))
+            env.update(layer.env(inside))
+        return RunSpec(
+            name=name,
+            run=tuple(run),
+            language=None if probe else lang.name,
+            preload=lang.preload,
+            env=MappingProxyType(env),
+            etc=self._etc_paths(lang),
+            layers=tuple(layers),
+            address_space_mb=self._memory_mb + lang.address_space_headroom_mb,
+            compile_timeout_ms=self._settings.compile_timeout_ms,
+            cpu_time_ms=self._settings.cpu_time_limit_s * 1000,
+        )
+
+    def _etc_paths(self, lang: Language) -> tuple[str, ...]:
+        """The language's /etc entries, globbed once (about 1 ms of CPU a job otherwise)."""
+        paths = self._etc.get(lang.name)
+        if paths is None:
+            paths = self._etc[lang.name] = tuple(lang.etc_paths())
+        return paths
