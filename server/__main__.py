@@ -20,7 +20,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .app import create_app
 from .doors.edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
-from .keys import HUB, QUEUE
+from .hub.hub import HUB
+from .keys import QUEUE
 from .sandbox.buildcache import BuildCache, builds_dir
 from .sandbox.languages import apt_install_argv, installed_packages, load_languages
 from .sandbox.packages import install

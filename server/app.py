@@ -13,6 +13,7 @@ from .access.identity import Client
 from .access.lockout import AuthLockout
 from .access.quota import setup_quota
 from .access.ratelimit import Bucket, RateLimiter, raise_if_denied, ratelimit_middleware
+from .access.ratelimit.limiter import LIMITER
 from .access.sessions import setup_sessions
 from .compat.judge0.routes import setup_judge0
 from .compat.piston.routes import setup_piston
@@ -26,8 +27,8 @@ from .doors.metrics import setup_metrics
 from .doors.middlewares import error_middleware, host_middleware
 from .doors.pages import setup_pages
 from .doors.submissions import setup_callbacks, submit
-from .hub.hub import Hub, open_socket
-from .keys import EVENTS, HUB, LIMITER, QUEUE, RUNNER, SETTINGS, STARTED_AT, SUBMITTERS
+from .hub.hub import HUB, Hub, open_socket
+from .keys import EVENTS, QUEUE, RUNNER, SETTINGS, STARTED_AT, SUBMITTERS
 from .queue import QueueBackend, create_queue
 from .queue.events import EventEmitter
 from .queue.joblog import Submitters, log_finished_jobs

@@ -19,7 +19,8 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app
 from server.hub import connection as connection_module
 from server.hub.connection import Connection
-from server.keys import HUB, QUEUE
+from server.hub.hub import HUB
+from server.keys import QUEUE
 from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, keys_file, make_settings
 from tests.queues import eventually

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from server.access.identity import new_owner_token
 from server.app import create_app
-from server.keys import HUB
+from server.hub.hub import HUB
 from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, make_settings
 from tests.test_api import call, wait_for_status

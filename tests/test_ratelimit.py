@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from server.access.apikeys import ApiKeyEntry, ApiKeys
-from server.access.identity import Client, anonymous, check_priority
+from server.access.identity import CLIENT, Client, anonymous, check_priority
 from server.access.ratelimit import (
     Bucket,
     Decision,
@@ -37,7 +37,6 @@ from server.access.ratelimit import (
 )
 from server.access.ratelimit.redis import RedisLimiterStore
 from server.errors import ConveyorError, QueueFull
-from server.keys import CLIENT
 from server.settings import Settings
 
 T0 = 1_700_000_000.25

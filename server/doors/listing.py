@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..keys import HUB, QUEUE, SETTINGS
+from ..hub.hub import HUB
+from ..keys import QUEUE, SETTINGS
 from ..queue.jobs import Job, JobStatus
 from .api import client_of, json_response
 

@@ -11,11 +11,10 @@ from contextlib import suppress
 import orjson
 from aiohttp import WSCloseCode, web
 
-from ..access.identity import Client, anonymous, peer_ip
+from ..access.identity import CLIENT, Client, anonymous, peer_ip
 from ..access.lockout import AuthLockout
 from ..access.permissions import Handles, may_read
 from ..errors import BackendUnavailable, Forbidden, TooManyRequests
-from ..keys import CLIENT, HUB
 from ..queue import QueueBackend
 from ..queue.events import Event, topic_event
 from ..queue.jobs import TERMINAL_TYPES, Job, Runner
@@ -382,6 +381,9 @@ class Hub:
                 raise_if_cancelling()
                 logger.exception("stats broadcast failed")
             await asyncio.sleep(interval)
+
+
+HUB = web.AppKey("hub", Hub)
 
 
 class _Snapshot:

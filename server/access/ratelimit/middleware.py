@@ -9,10 +9,9 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from ...errors import ConveyorError, TooManyRequests, Unauthorized
-from ...keys import CLIENT
 from ...settings import Settings
 from ..apikeys import JUDGE0_AUTH_HEADER, ApiKeys, authenticate
-from ..identity import Client, client_ip, parse_networks
+from ..identity import CLIENT, Client, client_ip, parse_networks
 from ..sessions import session_client
 from .base import Bucket, Decision, decision_headers, raise_if_denied
 from .limiter import RateLimiter

@@ -14,13 +14,14 @@ from aiohttp import web
 from ...access import permissions as access
 from ...access.identity import Client, check_priority
 from ...access.ratelimit import raise_if_denied
+from ...access.ratelimit.limiter import LIMITER
 from ...callbacks import check_callback_url
 from ...doors.api import client_of, json_response, read_json
 from ...doors.listing import LIST_WINDOW, MAX_PAGE_SIZE
 from ...doors.payloads import parse_run
 from ...doors.submissions import register_callback_body, submit
 from ...errors import BadRequest, ConveyorError, QueueFull, UnsupportedMediaType
-from ...keys import LIMITER, QUEUE, RUNNER, SETTINGS
+from ...keys import QUEUE, RUNNER, SETTINGS
 from ...queue.jobs import Job
 from ...sandbox.languages import load_languages
 from .catalog import Catalog, Judge0Config

@@ -13,13 +13,15 @@ from aiohttp import WSMsgType, web
 
 from ...access.identity import Client, check_priority
 from ...access.ratelimit import raise_if_denied
+from ...access.ratelimit.limiter import LIMITER
 from ...doors.api import client_of
 from ...doors.payloads import parse_run
 from ...doors.submissions import submit
 from ...errors import BadRequest, Conflict, ConveyorError, Forbidden, PayloadTooLarge, TooManyRequests
 from ...hub.budget import MessageBudget, Spend
+from ...hub.hub import HUB
 from ...hub.watch import job_watch
-from ...keys import HUB, LIMITER, QUEUE, RUNNER, SETTINGS
+from ...keys import QUEUE, RUNNER, SETTINGS
 from ...queue.events import Event
 from ...queue.jobs import TERMINAL_TYPES, ExecutionResult, Job
 from .routes import PistonRuntime, compile_stage, parse_execute, run_stage
