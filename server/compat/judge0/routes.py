@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,22 +23,21 @@ from ...errors import BadRequest, ConveyorError, QueueFull, UnsupportedMediaType
 from ...keys import QUEUE, RUNNER, SETTINGS
 from ...queue.jobs import Job
 from ...sandbox.languages import load_languages
-from .catalog import Catalog, Judge0Config
-from .status import decimal_text, outcome
-from .submission import (
+from .attributes import (
     CONVERSION_ERROR,
     DEFAULT_FIELDS,
     FIELDS,
-    TEXT_FIELDS,
     Extras,
     Unconvertible,
     Unprocessable,
     job_id_of,
-    native_error_field,
-    parse_submission,
-    ruby_encode64,
     token_of,
 )
+from .catalog import Catalog, Judge0Config
+from .info import Judge0Info
+from .serializer import serialize
+from .status import outcome
+from .submission import native_error_field, parse_submission
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +98,7 @@ def drivable_job(client: Client, job: Job) -> bool:
 
 
 class Judge0Api:
-    """The submissions half of `/judge0`; the information routes are in judge0_info.py."""
+    """The submissions half of `/judge0`; the information routes are in info.py."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
@@ -116,61 +114,7 @@ class Judge0Api:
 
     def serialize(self, job: Job, fields: Iterable[str], base64_encoded: bool) -> dict[str, Any]:
         """The submission's requested attributes; raises Unconvertible for text that is not UTF-8 in text mode."""
-        extras = Extras.from_json(job.dialect)
-        found = outcome(job, extras)
-        catalog = self.catalog
-        entry = catalog.by_id(extras.language_id) if extras.language_id else catalog.for_language(job.language)
-        summary = job.summary()
-        test = job.tests[0] if job.tests else None
-        values: dict[str, Any] = {
-            "language_id": entry.id if entry else None,
-            "status_id": found.status,
-            "created_at": summary["createdAt"],
-            "finished_at": summary["finishedAt"],
-            "time": decimal_text(found.time),
-            "memory": int(found.memory) if found.memory is not None else None,
-            "token": token_of(job.id),
-            "number_of_runs": len(job.tests) if job.tests else extras.number_of_runs,
-            "cpu_time_limit": decimal_text((job.limits.cpu_time_ms or self.config.cpu_time_limit * 1000) / 1000),
-            "cpu_extra_time": decimal_text(extras.cpu_extra_time),
-            "wall_time_limit": decimal_text(job.timeout_ms / 1000),
-            "memory_limit": job.limits.memory_mb * 1024 if job.limits.memory_mb else self.config.memory_limit,
-            "stack_limit": extras.stack_limit if extras.stack_limit is not None else self.config.stack_limit,
-            "max_processes_and_or_threads": extras.max_processes or self.config.max_processes,
-            "enable_per_process_and_thread_time_limit": False,
-            "enable_per_process_and_thread_memory_limit": False,
-            "max_file_size": extras.max_file_size if extras.max_file_size is not None else self.config.max_file_size,
-            "exit_code": found.exit_code,
-            "exit_signal": found.exit_signal,
-            "message": found.message,
-            "wall_time": decimal_text(found.wall_time),
-            "compiler_options": extras.compiler_options or (" ".join(job.compiler_options) or None),
-            "command_line_arguments": extras.command_line_arguments or (shlex.join(job.args) or None),
-            "redirect_stderr_to_stdout": extras.redirect_stderr_to_stdout,
-            "callback_url": extras.callback_url,
-            "additional_files": None,
-            "enable_network": False,
-            "status": {"id": found.status, "description": catalog.statuses[found.status]},
-            "language": entry.brief() if entry else None,
-        }
-        texts: dict[str, bytes | str | None] = {
-            "source_code": job.files[0].raw if job.files else job.code.encode(),
-            "stdin": test.stdin if test else job.stdin,
-            "expected_output": test.expected_output if test else job.expected_output,
-            "stdout": found.stdout,
-            "stderr": found.stderr,
-            "compile_output": found.compile_output,
-        }
-        out: dict[str, Any] = {}
-        for name in fields:
-            if name in TEXT_FIELDS:
-                lossy = found.lossy and name in ("stdout", "stderr")
-                out[name] = _text_value(texts[name], base64_encoded, lossy)
-            elif name == "message" and base64_encoded and found.message is not None:
-                out[name] = ruby_encode64(found.message.encode())
-            else:
-                out[name] = values[name]
-        return out
+        return serialize(job, fields, base64_encoded, catalog=self.catalog, config=self.config)
 
     # -- submissions -----------------------------------------------------------------------------------------
 
@@ -343,20 +287,6 @@ class Judge0Api:
         return json_response({"submissions": submissions})
 
 
-def _text_value(value: bytes | str | None, base64_encoded: bool, lossy: bool) -> str | None:
-    if value is None:
-        return None
-    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
-    if base64_encoded:
-        return ruby_encode64(raw)
-    if lossy:
-        raise Unconvertible
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Unconvertible from None
-
-
 def _int(raw: str | None, default: int) -> int:
     """Ruby's String#to_i: a leading integer, else 0. Past MAX_PAGE_NUMBER it reads as MAX_PAGE_NUMBER: no page is
     that far, and a 5,000-digit number is not worth converting (int() refuses it, too)."""
@@ -372,8 +302,6 @@ def _int(raw: str | None, default: int) -> int:
 
 def setup_judge0(app: web.Application) -> None:
     """Serve Judge0 CE 1.13.1 under /judge0."""
-    from .info import Judge0Info
-
     api = Judge0Api(app)
     register_callback_body(app, "judge0", api.callback_body)
 
@@ -384,4 +312,4 @@ def setup_judge0(app: web.Application) -> None:
     router.add_get("/judge0/submissions/batch", api.batch_show)
     router.add_get("/judge0/submissions/{token}", api.show)
     router.add_delete("/judge0/submissions/{token}", api.destroy)
-    Judge0Info(app, api).setup()
+    Judge0Info(app, lambda: api.catalog, api.config).setup()

@@ -8,7 +8,7 @@ from decimal import Decimal
 from ...judging.verdicts import outputs_match
 from ...queue.jobs import ExecutionResult, Job, JobStatus
 from ..common import accounting, signal_number
-from .submission import Extras
+from .attributes import Extras
 
 # Status ids (app/enumerations/status.rb) and the runtime errors isolate's signals map to.
 QUEUED, PROCESSING, ACCEPTED, WRONG_ANSWER, TLE, COMPILE_ERROR = 1, 2, 3, 4, 5, 6
