@@ -22,6 +22,7 @@ from pytest_aiohttp import AiohttpClient
 
 from server.access.apikeys import ApiKeyEntry, ApiKeys
 from server.access.identity import CLIENT, Client, anonymous, check_priority
+from server.access.middleware import bucket_for, ratelimit_middleware
 from server.access.ratelimit import (
     Bucket,
     Decision,
@@ -29,11 +30,9 @@ from server.access.ratelimit import (
     MemoryLimiterStore,
     RateLimiter,
     Take,
-    bucket_for,
     decision_headers,
     make_policy,
     raise_if_denied,
-    ratelimit_middleware,
 )
 from server.access.ratelimit.redis import RedisLimiterStore
 from server.errors import ConveyorError, QueueFull

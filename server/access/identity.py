@@ -56,7 +56,7 @@ class Client:
         return dataclasses.replace(self, owner=owner_of_token(token))
 
 
-# The caller of a request, identified by the rate-limit middleware (server.access.ratelimit.middleware).
+# The caller of a request, identified by the rate-limit middleware (server.access.middleware).
 CLIENT = web.RequestKey("client", Client)
 
 
