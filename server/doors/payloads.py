@@ -102,34 +102,17 @@ def parse_run(
     _refuse_unknown([name for name in data if name not in RUN_FIELDS and name not in envelope], RUN_FIELDS)
     language = _language(data, runner)
     files = _sources(data, settings)
-    stdin = _field(data, "stdin", str, default="")
-    args = _field(data, "args", list, default=[])
-    priority = _field(data, "priority", int, default=0)
-    timeout_ms = _bounded(data, "timeoutMs", settings.job_timeout_ms, settings.job_timeout_ms)
-    interactive = _field(data, "interactive", bool, default=False) if allow_interactive else False
-    if len(stdin.encode("utf-8", "surrogatepass")) > settings.max_stdin_bytes:
-        raise PayloadTooLarge(f"stdin is larger than {settings.max_stdin_bytes} bytes.", field="stdin")
-    _check_args(args)
-    if priority < 0:
-        raise BadRequest("priority must be a non-negative integer.", field="priority")
+    stdin, args, priority, timeout_ms, interactive = _run_options(data, settings, allow_interactive)
     limits = Limits(
         cpu_time_ms=_bounded(data, "cpuTimeLimitMs", None, settings.cpu_time_limit_s * 1000),
         memory_mb=_bounded(data, "memoryLimitMb", None, settings.memory_limit_mb),
         compile_timeout_ms=_bounded(data, "compileTimeoutMs", None, settings.compile_timeout_ms),
     )
     compiler_options = _compiler_options(data, runner, language)
-    expected = _field(data, "expectedOutput", str, default=None)
-    if expected is not None and len(expected.encode("utf-8", "surrogatepass")) > settings.max_output_bytes:
-        raise PayloadTooLarge(
-            f"expectedOutput is larger than {settings.max_output_bytes} bytes.", field="expectedOutput"
-        )
+    expected = _expected_output(data, settings)
     tests = _tests(data, settings)
     if tests is not None:
-        for name, given in (("stdin", bool(stdin)), ("expectedOutput", expected is not None)):
-            if given:
-                raise BadRequest(f"{name} goes in each test when tests are given.", field=name)
-        if interactive:
-            raise BadRequest("A run with tests cannot be interactive.", field="interactive")
+        _refuse_beside_tests(stdin, expected, interactive)
     callback = _field(data, "callbackUrl", str, default=None)
     encoding = _field(data, "outputEncoding", str, default="utf8")
     if encoding not in ENCODINGS:
@@ -149,6 +132,41 @@ def parse_run(
         check_callback_url(callback) if callback is not None else None,
         encoding,
     )
+
+
+def _run_options(
+    data: dict[str, Any], settings: Settings, allow_interactive: bool
+) -> tuple[str, list[Any], int, int, bool]:
+    """stdin, args, priority, timeoutMs and interactive, each checked."""
+    stdin = _field(data, "stdin", str, default="")
+    args = _field(data, "args", list, default=[])
+    priority = _field(data, "priority", int, default=0)
+    timeout_ms = _bounded(data, "timeoutMs", settings.job_timeout_ms, settings.job_timeout_ms)
+    interactive = _field(data, "interactive", bool, default=False) if allow_interactive else False
+    if len(stdin.encode("utf-8", "surrogatepass")) > settings.max_stdin_bytes:
+        raise PayloadTooLarge(f"stdin is larger than {settings.max_stdin_bytes} bytes.", field="stdin")
+    _check_args(args)
+    if priority < 0:
+        raise BadRequest("priority must be a non-negative integer.", field="priority")
+    return stdin, args, priority, timeout_ms, interactive
+
+
+def _expected_output(data: dict[str, Any], settings: Settings) -> str | None:
+    expected: str | None = _field(data, "expectedOutput", str, default=None)
+    if expected is not None and len(expected.encode("utf-8", "surrogatepass")) > settings.max_output_bytes:
+        raise PayloadTooLarge(
+            f"expectedOutput is larger than {settings.max_output_bytes} bytes.", field="expectedOutput"
+        )
+    return expected
+
+
+def _refuse_beside_tests(stdin: str, expected: str | None, interactive: bool) -> None:
+    """With tests, stdin and expectedOutput go in each test, and the run cannot be interactive."""
+    for name, given in (("stdin", bool(stdin)), ("expectedOutput", expected is not None)):
+        if given:
+            raise BadRequest(f"{name} goes in each test when tests are given.", field=name)
+    if interactive:
+        raise BadRequest("A run with tests cannot be interactive.", field="interactive")
 
 
 def _refuse_unknown(unknown: list[str], known: frozenset[str]) -> None:
@@ -183,19 +201,7 @@ def _sources(data: dict[str, Any], settings: Settings) -> list[SourceFile]:
     if has_code and has_files:
         raise BadRequest("Send code or files, not both.", field="files")
     if not has_files:
-        code = _field(data, "code", str, required=True)
-        size = len(code.encode("utf-8", "surrogatepass"))
-        if size > settings.max_code_bytes:
-            raise PayloadTooLarge(
-                f"code is {size} bytes; the maximum is {settings.max_code_bytes}.",
-                field="code",
-                maxBytes=settings.max_code_bytes,
-            )
-        if not code.strip():
-            raise BadRequest("code must not be empty.", field="code")
-        if data.get("main") is not None:
-            raise BadRequest("main names one of files; it does not go with code.", field="main")
-        return [SourceFile(name="", content=code)]
+        return [_code(data, settings)]
     files = [_source_file(item, index) for index, item in enumerate(_field(data, "files", list, kind_name="a list"))]
     if not 1 <= len(files) <= MAX_FILES:
         raise BadRequest(f"files must hold from 1 to {MAX_FILES} files.", field="files")
@@ -207,16 +213,37 @@ def _sources(data: dict[str, Any], settings: Settings) -> list[SourceFile]:
             maxBytes=settings.max_code_bytes,
         )
     _check_layout(files)
-    main = _field(data, "main", str, default=None)
+    _main_first(files, _field(data, "main", str, default=None))
+    if not files[0].raw.strip():
+        raise BadRequest(f"The entry point {files[0].name!r} is empty.", field="files", file=files[0].name)
+    return files
+
+
+def _code(data: dict[str, Any], settings: Settings) -> SourceFile:
+    """The `code` shorthand: one file under the language's own name."""
+    code = _field(data, "code", str, required=True)
+    size = len(code.encode("utf-8", "surrogatepass"))
+    if size > settings.max_code_bytes:
+        raise PayloadTooLarge(
+            f"code is {size} bytes; the maximum is {settings.max_code_bytes}.",
+            field="code",
+            maxBytes=settings.max_code_bytes,
+        )
+    if not code.strip():
+        raise BadRequest("code must not be empty.", field="code")
+    if data.get("main") is not None:
+        raise BadRequest("main names one of files; it does not go with code.", field="main")
+    return SourceFile(name="", content=code)
+
+
+def _main_first(files: list[SourceFile], main: str | None) -> None:
+    """Move the file `main` names to the front: the entry point."""
     if main is not None:
         chosen = [f for f in files if f.name == main]
         if not chosen:
             raise BadRequest(f"main names {main!r}, which is not one of files.", field="main")
         files.remove(chosen[0])
         files.insert(0, chosen[0])
-    if not files[0].raw.strip():
-        raise BadRequest(f"The entry point {files[0].name!r} is empty.", field="files", file=files[0].name)
-    return files
 
 
 def _source_file(item: Any, index: int) -> SourceFile:

@@ -199,7 +199,6 @@ class Judge0Api:
             key=lambda job: (job.created_at, job.id),
             reverse=True,
         )
-        total_pages = -(-len(mine) // per_page) if per_page else 0
         chosen = [
             job
             for job in [await queue.get(summary.id) for summary in mine[(page - 1) * per_page : page * per_page]]
@@ -209,14 +208,7 @@ class Judge0Api:
             submissions = [self.serialize(job, fields, base64_encoded) for job in chosen]
         except Unconvertible:
             return judge0_error(CONVERSION_ERROR.replace("this submission", "one or more submissions"), 400)
-        meta = {
-            "current_page": page,
-            "next_page": page + 1 if page < total_pages else None,
-            "prev_page": page - 1 if page > 1 else None,
-            "total_pages": total_pages,
-            "total_count": len(mine),
-        }
-        return json_response({"submissions": submissions, "meta": meta})
+        return json_response({"submissions": submissions, "meta": _page_meta(page, per_page, len(mine))})
 
     async def destroy(self, request: web.Request) -> web.Response:
         """Checks who may delete and when, as Judge0 does; deleting itself waits for a native delete."""
@@ -285,6 +277,18 @@ class Judge0Api:
         except Unconvertible:
             return judge0_error(CONVERSION_ERROR.replace("this submission", "one or more submissions"), 400)
         return json_response({"submissions": submissions})
+
+
+def _page_meta(page: int, per_page: int, total: int) -> dict[str, int | None]:
+    """The pagination attributes Judge0's index answers with."""
+    total_pages = -(-total // per_page) if per_page else 0
+    return {
+        "current_page": page,
+        "next_page": page + 1 if page < total_pages else None,
+        "prev_page": page - 1 if page > 1 else None,
+        "total_pages": total_pages,
+        "total_count": total,
+    }
 
 
 def _int(raw: str | None, default: int) -> int:

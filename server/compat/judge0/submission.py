@@ -116,9 +116,7 @@ def parse_submission(
     # Rails' params.permit keeps scalars only: an object or a list where a value belongs is as if absent.
     params = {k: v for k, v in params.items() if not isinstance(v, dict | list)} if isinstance(params, dict) else {}
     errors: dict[str, list[str]] = {}
-    source = text_column(params.get("source_code"), base64_encoded)
-    if source is None or not source.strip():
-        errors["source_code"] = ["can't be blank"]
+    source = _source_code(params, base64_encoded, errors)
     entry = _language(params, catalog, errors)
     limits = _limits(params, config, errors)
     options_text, options = words(params.get("compiler_options"), "compiler_options", errors)
@@ -145,11 +143,22 @@ def parse_submission(
     expected = text_column(params.get("expected_output"), base64_encoded)
     if expected is not None:
         native["expectedOutput"] = expected.decode("utf-8", "replace")
-    if extras.number_of_runs > 1:
-        # Judge0 runs the program number_of_runs times; the native tests compile it once and run it that often.
-        test = {"stdin": native.pop("stdin"), "expectedOutput": native.pop("expectedOutput", None)}
-        native["tests"] = [test] * extras.number_of_runs
+    _as_tests(native, extras.number_of_runs)
     return native, extras
+
+
+def _source_code(params: dict[str, Any], base64_encoded: bool, errors: dict[str, list[str]]) -> bytes | None:
+    source = text_column(params.get("source_code"), base64_encoded)
+    if source is None or not source.strip():
+        errors["source_code"] = ["can't be blank"]
+    return source
+
+
+def _as_tests(native: dict[str, Any], runs: int) -> None:
+    """Judge0 runs the program number_of_runs times; the native tests compile it once and run it that often."""
+    if runs > 1:
+        test = {"stdin": native.pop("stdin"), "expectedOutput": native.pop("expectedOutput", None)}
+        native["tests"] = [test] * runs
 
 
 def _extras(
