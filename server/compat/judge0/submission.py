@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ...doors.payloads import MAX_FILES
+from ...doors.sources import MAX_FILES
 from ...settings import Settings
 from .attributes import Extras, Unprocessable, ruby_decode64
 from .catalog import Catalog, Judge0Config, LanguageEntry
