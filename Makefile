@@ -45,10 +45,12 @@ VM_SCENARIOS ?= root user unit tests
 test-vm:
 	.ci/vm/run $(VM_SCENARIOS)
 
+# lint-imports checks pyproject.toml's [tool.importlinter] contracts: the floors of server/ and no import cycles.
 lint: install-test
 	$(BIN)/ruff check server tests bench
 	$(BIN)/ruff format --check server tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: system-test install-bench
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -20,9 +20,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .app import create_app
 from .doors.edge import listen, make_runner, raise_nofile_limit
 from .errors import SandboxUnavailable, SettingsError
-from .keys import HUB, QUEUE
+from .hub.hub import HUB
+from .keys import QUEUE
 from .sandbox.buildcache import BuildCache, builds_dir
-from .sandbox.languages import apt_install_argv, installed_packages, load_languages
+from .sandbox.languages import Language, apt_install_argv, installed_packages, load_languages
 from .sandbox.packages import install
 from .settings import Settings, read_env_file
 
@@ -205,17 +206,25 @@ def languages_main(argv: list[str]) -> int:
     or `--all`: apt-get install their packages as root, else print that line."""
     languages = load_languages()
     if argv == ["list"]:
-        have = installed_packages(p for lang in languages.values() for p in lang.packages)
-        for lang in languages.values():
-            missing = [p for p in lang.packages if p not in have]
-            state = "installed" if not missing else f"missing {' '.join(missing)}"
-            print(f"{lang.name:<14} {lang.display:<26} {' '.join(lang.packages):<36} {state}")
+        _list_languages(languages)
         return 0
     names = list(languages) if argv[1:] == ["--all"] else argv[1:]
     unknown = [name for name in names if name not in languages]
     if argv[:1] != ["install"] or not names or unknown:
         print(f"{USAGE} (unknown languages: {' '.join(unknown)})" if unknown else USAGE, file=sys.stderr)
         return 2
+    return _install_languages(languages, names)
+
+
+def _list_languages(languages: dict[str, Language]) -> None:
+    have = installed_packages(p for lang in languages.values() for p in lang.packages)
+    for lang in languages.values():
+        missing = [p for p in lang.packages if p not in have]
+        state = "installed" if not missing else f"missing {' '.join(missing)}"
+        print(f"{lang.name:<14} {lang.display:<26} {' '.join(lang.packages):<36} {state}")
+
+
+def _install_languages(languages: dict[str, Language], names: list[str]) -> int:
     wanted = {p for name in names for p in languages[name].packages}
     absent = wanted - installed_packages(wanted)
     if not absent:
@@ -236,6 +245,18 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"{USAGE}\nconveyor: {exc}", file=sys.stderr)
         return 2
+    if argv:
+        return _subcommand(argv)
+    try:
+        settings = dataclasses.replace(Settings.from_env(), **flags)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    return _run_server(settings)
+
+
+def _subcommand(argv: list[str]) -> int:
+    """`--help`, `hash-key`, `cache`, `packages` and `languages`; anything else is a usage error."""
     if argv[:1] in (["--help"], ["-h"]):
         print(help_text())
         return 0
@@ -249,14 +270,12 @@ def main(argv: list[str]) -> int:
         return packages_main()
     if argv[:1] == ["languages"]:
         return languages_main(argv[1:])
-    if argv:
-        print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
-        return 2
-    try:
-        settings = dataclasses.replace(Settings.from_env(), **flags)  # type: ignore[arg-type]
-    except SettingsError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return 2
+    print(f"{USAGE} (unknown argument {argv[0]!r})", file=sys.stderr)
+    return 2
+
+
+def _run_server(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; start-up failures are one line each and exit status 2."""
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

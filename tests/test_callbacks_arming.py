@@ -24,8 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.callbacks import IDEMPOTENCY_HEADER, Armed, Claim, OutboxStore, SqliteOutbox
 from server.callbacks.redis_outbox import RedisOutbox
-from server.compat.judge0.submission import job_id_of
-from server.keys import CALLBACKS, SETTINGS
+from server.callbacks.sender import CALLBACKS
+from server.compat.judge0.attributes import job_id_of
+from server.keys import SETTINGS
 from server.queue.redispool import command_pool
 from tests.conftest import AppClientFactory, make_settings, scaled
 from tests.test_callbacks_outbox import LOOPBACK, ROOT, Clock, entry

@@ -9,8 +9,8 @@ import time
 import pytest
 from playwright.async_api import expect
 
-from server.doors.history import sample_from
-from server.keys import HISTORY, QUEUE
+from server.doors.history import HISTORY, sample_from
+from server.keys import QUEUE
 from tests.browser import screenshot
 from tests.test_pages import Pages, ServerFactory, browser, pages, serve, submit
 

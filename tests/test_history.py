@@ -12,6 +12,7 @@ import redis
 
 from bench import redisserver
 from server.doors.history import (
+    HISTORY,
     MAX_POINTS,
     HistorySampler,
     HistoryStore,
@@ -22,7 +23,7 @@ from server.doors.history import (
     sample_from,
 )
 from server.errors import BackendUnavailable
-from server.keys import HISTORY, QUEUE
+from server.keys import QUEUE
 from tests.conftest import AppClientFactory, free_port
 
 STATS: dict[str, Any] = {

@@ -17,9 +17,10 @@ from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.hub import connection as connection_module
+from server.doors import websocket as websocket_module
 from server.hub.connection import Connection
-from server.keys import HUB, QUEUE
+from server.hub.hub import HUB
+from server.keys import QUEUE
 from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, keys_file, make_settings
 from tests.queues import eventually
@@ -441,7 +442,7 @@ async def test_a_close_holds_when_a_handler_swallows_the_readers_cancellation(
         except asyncio.CancelledError:
             conn.send_json({"type": "error", "error": "swallowed"})
 
-    monkeypatch.setitem(connection_module._HANDLERS, "ping", stubborn)
+    monkeypatch.setitem(websocket_module._HANDLERS, "ping", stubborn)
     hub = client.app[HUB]
     ws = await connect(client)
     await ws.send_json({"type": "ping"})

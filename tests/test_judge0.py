@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application, Request
 from judge0 import LanguageAlias, Status
 
-from server.compat.judge0.submission import FIELDS, ruby_decode64, ruby_encode64
+from server.compat.judge0.attributes import FIELDS, ruby_decode64, ruby_encode64
 from server.keys import QUEUE, SETTINGS
 from tests.boundary import STALL_BOUND_S, while_healthy
 from tests.conftest import AppClientFactory, keys_file

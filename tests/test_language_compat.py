@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from server.compat.judge0.catalog import JUDGE0_FILE
-from server.compat.piston.routes import load_names
+from server.compat.piston.runtimes import load_names
 from server.keys import SETTINGS
 from server.sandbox.languages import load_languages
 from tests.test_language_matrix import QUICK

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from server.keys import HUB
+from server.hub.hub import HUB
 from server.queue import redis as redis_store
 from server.queue.jobs import ExecutionResult
 from server.queue.redis import RedisStore

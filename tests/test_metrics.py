@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from server.app import create_app
-from server.keys import METRICS, RUNNER
+from server.doors.metrics import METRICS
+from server.keys import RUNNER
 from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, make_settings
 

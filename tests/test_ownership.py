@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from server.access.identity import new_owner_token
 from server.app import create_app
-from server.keys import HUB
+from server.hub.hub import HUB
 from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, make_settings
 from tests.test_api import call, wait_for_status
@@ -332,7 +332,7 @@ async def test_signing_in_changes_what_the_socket_may_see(app_client: AppClientF
 async def test_per_socket_and_snapshot_records_are_bounded(
     app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.hub.connection.MAX_SUBMITTED", 2)
+    monkeypatch.setattr("server.doors.websocket.MAX_SUBMITTED", 2)
     monkeypatch.setattr("server.hub.hub.SNAPSHOT_TAIL", 2)
     client = await app_client(stats_interval_ms=60_000)
     hub = client.app[HUB]
@@ -355,7 +355,7 @@ async def test_per_socket_and_snapshot_records_are_bounded(
 async def test_a_socket_watches_a_bounded_number_of_jobs(
     app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.hub.connection.MAX_WATCHED", 2)
+    monkeypatch.setattr("server.doors.websocket.MAX_WATCHED", 2)
     client = await app_client()
     ids = [
         (await call(client, "POST", "/run", 200, json={"language": "bash", "code": f"echo {i}"}))["id"]

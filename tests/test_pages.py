@@ -17,7 +17,7 @@ from pytest_aiohttp.plugin import AiohttpServer
 
 from server.access.identity import new_owner_token
 from server.app import create_app
-from server.keys import HUB
+from server.hub.hub import HUB
 from server.queue.jobs import Runner
 from tests.browser import VIEWPORT, Recorder, launch, screenshot
 from tests.conftest import make_settings

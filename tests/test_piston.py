@@ -14,7 +14,8 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
-from server.compat.piston.routes import OutputTape, semver_range
+from server.compat.piston.result import OutputTape
+from server.compat.piston.runtimes import semver_range
 from server.queue.jobs import ExecutionResult
 from tests.boundary import STALL_BOUND_S, while_healthy
 from tests.conftest import AppClientFactory

@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from server.access.apikeys import ApiKeyEntry, ApiKeys
-from server.access.identity import Client, anonymous, check_priority
+from server.access.identity import CLIENT, Client, anonymous, check_priority
+from server.access.middleware import bucket_for, ratelimit_middleware
 from server.access.ratelimit import (
     Bucket,
     Decision,
@@ -29,15 +30,12 @@ from server.access.ratelimit import (
     MemoryLimiterStore,
     RateLimiter,
     Take,
-    bucket_for,
     decision_headers,
     make_policy,
     raise_if_denied,
-    ratelimit_middleware,
 )
 from server.access.ratelimit.redis import RedisLimiterStore
 from server.errors import ConveyorError, QueueFull
-from server.keys import CLIENT
 from server.settings import Settings
 
 T0 = 1_700_000_000.25

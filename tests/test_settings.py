@@ -12,6 +12,7 @@ import pytest
 
 from server.errors import SettingsError
 from server.settings import Settings
+from server.settings.help import HELP
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,8 +87,14 @@ def test_readme_table_says_what_help_says() -> None:
     described = Settings.describe()
     assert [name for name, _, _ in described] == Settings.env_names()
     for name, _, doc in described:
-        assert doc, f"{name} has no meaning (the doc argument of _env)"
-        assert rows.get(name) == doc, f"README row of {name} differs from its doc in server/settings.py"
+        assert doc, f"{name} has no meaning (its entry in server/settings/help.py)"
+        assert rows.get(name) == doc, f"README row of {name} differs from its meaning in server/settings/help.py"
+
+
+def test_help_holds_one_meaning_per_setting_in_order() -> None:
+    # The meanings live apart from the fields (server/settings/help.py): none left behind by a setting that went,
+    # and in the fields' order, so the file reads as --help and the README table do.
+    assert list(HELP) == Settings.env_names()
 
 
 def test_help_lists_every_setting_with_its_default() -> None:

@@ -56,6 +56,10 @@ class Client:
         return dataclasses.replace(self, owner=owner_of_token(token))
 
 
+# The caller of a request, identified by the rate-limit middleware (server.access.middleware).
+CLIENT = web.RequestKey("client", Client)
+
+
 # The owner token: the pages set it as an HttpOnly, SameSite=Strict cookie; other clients send the header, or get
 # one in the WebSocket `hello`. At least 192 bits, so it cannot be guessed; only its digest is ever stored.
 OWNER_COOKIE = "conveyor_owner"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from ..errors import TooManyRequests
 from ..settings import Settings
 from .identity import anonymous
-from .ratelimit import RateLimiter
+from .ratelimit.limiter import RateLimiter
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,7 @@ from typing import Any, get_args
 import orjson
 from aiohttp import web
 
-from ..keys import CLIENT
-from .identity import anonymous, peer_ip
+from .identity import CLIENT, anonymous, peer_ip
 from .ratelimit import Bucket, Decision, RateLimiter
 
 

@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from ..errors import Forbidden, Unauthorized
-from ..keys import CLIENT, SETTINGS
+from ..keys import SETTINGS
 from .apikeys import ApiKeyEntry, ApiKeys
-from .identity import Client
+from .identity import CLIENT, Client
 
 SESSION_COOKIE = "conveyor_session"
 # A real cookie is ~130 characters (a 64-character user name at most); anything much longer is not ours.

@@ -14,6 +14,8 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
 from ..queue.loops import raise_if_cancelling, stop_task
 from ..settings import Settings
 from .client import CallbackClient, Outcome
@@ -296,6 +298,9 @@ class CallbackSender:
             *(d.job_id, origin(d.url), attempts, now - entry.created_at, reason, outcome.error),
         )
         self._settle(d.key, False)
+
+
+CALLBACKS = web.AppKey("callbacks", CallbackSender)
 
 
 @asynccontextmanager

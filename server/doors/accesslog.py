@@ -11,8 +11,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..access.identity import peer_ip
-from ..keys import CLIENT
+from ..access.identity import CLIENT, peer_ip
 from ..queue.joblog import DOOR
 
 logger = logging.getLogger(__name__)

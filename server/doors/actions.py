@@ -10,8 +10,9 @@ from aiohttp import web
 from ..access.identity import Client
 from ..access.permissions import not_found
 from ..access.ratelimit import raise_if_denied
+from ..access.ratelimit.limiter import LIMITER
 from ..errors import BadRequest, ConveyorError, Forbidden
-from ..keys import LIMITER, QUEUE, SETTINGS
+from ..keys import QUEUE, SETTINGS
 from ..queue.jobs import Job
 from .api import client_of, json_response, read_json
 from .submissions import submit

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..access.identity import Client, anonymous, check_priority, peer_ip
+from ..access.identity import CLIENT, Client, anonymous, check_priority, peer_ip
 from ..access.permissions import drivable_job, readable_job
 from ..access.ratelimit import decision_headers
 from ..errors import BadRequest, RequestTimeout, UnsupportedMediaType
-from ..keys import CLIENT, QUEUE, RUNNER, SETTINGS, STARTED_AT
+from ..keys import QUEUE, RUNNER, SETTINGS, STARTED_AT
 from .payloads import parse_run
 from .submissions import charge, submit
 

@@ -10,8 +10,9 @@ from aiohttp import web
 from ..access.identity import check_priority
 from ..access.permissions import may_read, not_found
 from ..access.ratelimit import raise_if_denied
+from ..access.ratelimit.limiter import LIMITER
 from ..errors import BadRequest, ConveyorError, PayloadTooLarge
-from ..keys import LIMITER, QUEUE, RUNNER, SETTINGS
+from ..keys import QUEUE, RUNNER, SETTINGS
 from ..queue.records import record_bytes
 from .api import client_of, json_response, read_json
 from .payloads import parse_run

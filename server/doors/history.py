@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import BackendUnavailable, BadRequest
-from ..keys import HISTORY, QUEUE, SETTINGS
+from ..keys import QUEUE, SETTINGS
 from ..queue import QueueBackend
 from ..queue.loops import raise_if_cancelling, stop_task
 from ..queue.redispool import command_pool
@@ -232,6 +232,9 @@ class HistorySampler:
             "now": int(now * 1000),
             "series": columns(samples, self.interval_s),
         }
+
+
+HISTORY = web.AppKey("history", HistorySampler)
 
 
 def columns(samples: list[Sample], interval_s: float) -> dict[str, list[float | None]]:

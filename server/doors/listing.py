@@ -7,13 +7,15 @@ get ids (see access.py and docs/security.md).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..keys import HUB, QUEUE, SETTINGS
+from ..hub.hub import HUB
+from ..keys import QUEUE, SETTINGS
 from ..queue.jobs import Job, JobStatus
 from .api import client_of, json_response
 
@@ -67,10 +69,20 @@ def _sorted(jobs: list[Job], sort: str, descending: bool) -> list[Job]:
     return sorted(present, key=key, reverse=descending) + missing
 
 
-async def list_jobs(request: web.Request) -> web.Response:
-    """GET /queue/jobs?status=&language=&q=&sort=&order=&page=&pageSize=: one page of the job list, the count of
-    each status (over the language and search filters) and the languages present, for the dashboard's tabs."""
-    query = request.query
+@dataclass(frozen=True, slots=True)
+class _ListQuery:
+    """The job list's query string, checked."""
+
+    status: str
+    sort: str
+    descending: bool
+    page: int
+    size: int
+    language: str
+    needle: str
+
+
+def _list_query(query: Mapping[str, str]) -> _ListQuery:
     status = _choice(query, "status", "all", (*STATUSES, "all"))
     sort = _choice(query, "sort", "createdAt", tuple(SORTS))
     descending = _choice(query, "order", "desc", ("asc", "desc")) == "desc"
@@ -80,40 +92,53 @@ async def list_jobs(request: web.Request) -> web.Response:
     needle = query.get("q", "").strip().lower()
     if len(needle) > 64:
         raise BadRequest("q must be at most 64 characters.", field="q")
+    return _ListQuery(status, sort, descending, page, size, language, needle)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /queue/jobs?status=&language=&q=&sort=&order=&page=&pageSize=: one page of the job list, the count of
+    each status (over the language and search filters) and the languages present, for the dashboard's tabs."""
+    asked = _list_query(request.query)
     admin = client_of(request).admin
     handles = request.app[HUB].handles
     window = await request.app[QUEUE].listing(LIST_WINDOW)
     named = [(job, handles(job.id)) for job in window]
     languages = sorted({job.language for job in window})
-    # A viewer searches handles only: matching on ids would let anyone probe for an id's first digits.
-    chosen = [
-        (job, handle)
-        for job, handle in named
-        if (not language or job.language == language)
-        and (not needle or handle.startswith(needle) or (admin and job.id.startswith(needle)))
-    ]
+    chosen = [(job, handle) for job, handle in named if _chosen(job, handle, asked, admin)]
     counts = Counter(job.status.value for job, _ in chosen)
-    matching = [pair for pair in chosen if status == "all" or pair[0].status.value == status]
-    handle_of = dict((job.id, handle) for job, handle in matching)
-    ordered = _sorted([job for job, _ in matching], sort, descending)
-    shown = ordered[(page - 1) * size : page * size]
-    rows = []
-    for job in shown:
-        summary = {**job.summary(), "handle": handle_of[job.id]}
-        if not admin:
-            del summary["id"]
-        rows.append(summary)
+    matching = [pair for pair in chosen if asked.status == "all" or pair[0].status.value == asked.status]
     return json_response(
         {
-            "jobs": rows,
-            "page": page,
-            "pageSize": size,
+            "jobs": _page_rows(matching, asked, admin),
+            "page": asked.page,
+            "pageSize": asked.size,
             "total": len(matching),
             "counts": {**{name: counts.get(name, 0) for name in STATUSES}, "all": len(chosen)},
             "languages": languages,
             "window": LIST_WINDOW,
         }
     )
+
+
+def _chosen(job: Job, handle: str, asked: _ListQuery, admin: bool) -> bool:
+    """Does the job pass the language and search filters? A viewer searches handles only: matching on ids would
+    let anyone probe for an id's first digits."""
+    if asked.language and job.language != asked.language:
+        return False
+    return not asked.needle or handle.startswith(asked.needle) or (admin and job.id.startswith(asked.needle))
+
+
+def _page_rows(matching: list[tuple[Job, str]], asked: _ListQuery, admin: bool) -> list[dict[str, Any]]:
+    """The asked page of the matching jobs, sorted, as summaries with handles (and ids, for an admin)."""
+    handle_of = dict((job.id, handle) for job, handle in matching)
+    ordered = _sorted([job for job, _ in matching], asked.sort, asked.descending)
+    rows = []
+    for job in ordered[(asked.page - 1) * asked.size : asked.page * asked.size]:
+        summary = {**job.summary(), "handle": handle_of[job.id]}
+        if not admin:
+            del summary["id"]
+        rows.append(summary)
+    return rows
 
 
 async def list_instances(request: web.Request) -> web.Response:

@@ -14,7 +14,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from ..keys import CALLBACKS, EVENTS, HUB, METRICS, QUEUE, RUNNER
+from ..callbacks.sender import CALLBACKS
+from ..hub.hub import HUB
+from ..keys import EVENTS, QUEUE, RUNNER
 from ..queue.events import Event
 from ..queue.jobs import TERMINAL_TYPES
 
@@ -208,6 +210,9 @@ class Metrics:
         wait_ms = event.get("waitTimeMs")
         if wait_ms is not None:
             self.wait_time.labels(language=language).observe(wait_ms / 1000.0)
+
+
+METRICS = web.AppKey("metrics", Metrics)
 
 
 class CacheScan:

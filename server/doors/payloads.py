@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,17 +10,13 @@ from ..errors import BadRequest, PayloadTooLarge
 from ..queue.jobs import Job, Limits, Runner, SourceFile, TestCase
 from ..sandbox.languages import language_definitions
 from ..settings import Settings
+from .fields import read_bounded, read_field, refuse_unknown
+from .sources import ENCODINGS, sources
 
 MAX_ARGS = 64
 MAX_ARG_BYTES = 4096
-MAX_FILES = 32
-MAX_FILE_NAME_BYTES = 255
-MAX_PATH_DEPTH = 8
 MAX_COMPILER_OPTIONS = 32
 MAX_COMPILER_OPTION_BYTES = 256
-ENCODINGS = ("utf8", "base64")
-# Names the sandbox itself uses at the top of the work dir.
-RESERVED_NAMES = frozenset({"tmp"})
 # Every field a submission may carry: any other is refused by name (a typo such as `stdn` must not run without input).
 RUN_FIELDS = frozenset(
     {
@@ -45,7 +39,6 @@ RUN_FIELDS = frozenset(
         "outputEncoding",
     }
 )
-FILE_FIELDS = frozenset({"name", "content", "encoding"})
 TEST_FIELDS = frozenset({"stdin", "expectedOutput"})
 
 
@@ -99,39 +92,22 @@ def parse_run(
     `envelope`: the fields of the message around it (a WebSocket `run`'s type and requestId)."""
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.")
-    _refuse_unknown([name for name in data if name not in RUN_FIELDS and name not in envelope], RUN_FIELDS)
+    refuse_unknown([name for name in data if name not in RUN_FIELDS and name not in envelope], RUN_FIELDS)
     language = _language(data, runner)
-    files = _sources(data, settings)
-    stdin = _field(data, "stdin", str, default="")
-    args = _field(data, "args", list, default=[])
-    priority = _field(data, "priority", int, default=0)
-    timeout_ms = _bounded(data, "timeoutMs", settings.job_timeout_ms, settings.job_timeout_ms)
-    interactive = _field(data, "interactive", bool, default=False) if allow_interactive else False
-    if len(stdin.encode("utf-8", "surrogatepass")) > settings.max_stdin_bytes:
-        raise PayloadTooLarge(f"stdin is larger than {settings.max_stdin_bytes} bytes.", field="stdin")
-    _check_args(args)
-    if priority < 0:
-        raise BadRequest("priority must be a non-negative integer.", field="priority")
+    files = sources(data, settings)
+    stdin, args, priority, timeout_ms, interactive = _run_options(data, settings, allow_interactive)
     limits = Limits(
-        cpu_time_ms=_bounded(data, "cpuTimeLimitMs", None, settings.cpu_time_limit_s * 1000),
-        memory_mb=_bounded(data, "memoryLimitMb", None, settings.memory_limit_mb),
-        compile_timeout_ms=_bounded(data, "compileTimeoutMs", None, settings.compile_timeout_ms),
+        cpu_time_ms=read_bounded(data, "cpuTimeLimitMs", None, settings.cpu_time_limit_s * 1000),
+        memory_mb=read_bounded(data, "memoryLimitMb", None, settings.memory_limit_mb),
+        compile_timeout_ms=read_bounded(data, "compileTimeoutMs", None, settings.compile_timeout_ms),
     )
     compiler_options = _compiler_options(data, runner, language)
-    expected = _field(data, "expectedOutput", str, default=None)
-    if expected is not None and len(expected.encode("utf-8", "surrogatepass")) > settings.max_output_bytes:
-        raise PayloadTooLarge(
-            f"expectedOutput is larger than {settings.max_output_bytes} bytes.", field="expectedOutput"
-        )
+    expected = _expected_output(data, settings)
     tests = _tests(data, settings)
     if tests is not None:
-        for name, given in (("stdin", bool(stdin)), ("expectedOutput", expected is not None)):
-            if given:
-                raise BadRequest(f"{name} goes in each test when tests are given.", field=name)
-        if interactive:
-            raise BadRequest("A run with tests cannot be interactive.", field="interactive")
-    callback = _field(data, "callbackUrl", str, default=None)
-    encoding = _field(data, "outputEncoding", str, default="utf8")
+        _refuse_beside_tests(stdin, expected, interactive)
+    callback = read_field(data, "callbackUrl", str, default=None)
+    encoding = read_field(data, "outputEncoding", str, default="utf8")
     if encoding not in ENCODINGS:
         raise BadRequest("outputEncoding must be utf8 or base64.", field="outputEncoding")
     return RunRequest(
@@ -151,21 +127,46 @@ def parse_run(
     )
 
 
-def _refuse_unknown(unknown: list[str], known: frozenset[str]) -> None:
-    if unknown:
-        shown = ", ".join(repr(name[:64]) for name in unknown[:8])
-        raise BadRequest(
-            f"Unknown field{'s' if len(unknown) > 1 else ''} {shown}. Known fields: {', '.join(sorted(known))}.",
-            field=unknown[0][:64],
-            unknown=[name[:64] for name in unknown[:8]],
+def _run_options(
+    data: dict[str, Any], settings: Settings, allow_interactive: bool
+) -> tuple[str, list[Any], int, int, bool]:
+    """stdin, args, priority, timeoutMs and interactive, each checked."""
+    stdin = read_field(data, "stdin", str, default="")
+    args = read_field(data, "args", list, default=[])
+    priority = read_field(data, "priority", int, default=0)
+    timeout_ms = read_bounded(data, "timeoutMs", settings.job_timeout_ms, settings.job_timeout_ms)
+    interactive = read_field(data, "interactive", bool, default=False) if allow_interactive else False
+    if len(stdin.encode("utf-8", "surrogatepass")) > settings.max_stdin_bytes:
+        raise PayloadTooLarge(f"stdin is larger than {settings.max_stdin_bytes} bytes.", field="stdin")
+    _check_args(args)
+    if priority < 0:
+        raise BadRequest("priority must be a non-negative integer.", field="priority")
+    return stdin, args, priority, timeout_ms, interactive
+
+
+def _expected_output(data: dict[str, Any], settings: Settings) -> str | None:
+    expected: str | None = read_field(data, "expectedOutput", str, default=None)
+    if expected is not None and len(expected.encode("utf-8", "surrogatepass")) > settings.max_output_bytes:
+        raise PayloadTooLarge(
+            f"expectedOutput is larger than {settings.max_output_bytes} bytes.", field="expectedOutput"
         )
+    return expected
+
+
+def _refuse_beside_tests(stdin: str, expected: str | None, interactive: bool) -> None:
+    """With tests, stdin and expectedOutput go in each test, and the run cannot be interactive."""
+    for name, given in (("stdin", bool(stdin)), ("expectedOutput", expected is not None)):
+        if given:
+            raise BadRequest(f"{name} goes in each test when tests are given.", field=name)
+    if interactive:
+        raise BadRequest("A run with tests cannot be interactive.", field="interactive")
 
 
 MAX_LANGUAGE_NAME = 64  # longer than any language name or alias; what an error may echo of one
 
 
 def _language(data: dict[str, Any], runner: Runner) -> str:
-    name = _field(data, "language", str, required=True)
+    name = read_field(data, "language", str, required=True)
     language = runner.resolve(name) if len(name) <= MAX_LANGUAGE_NAME else None
     if language is None and len(name) > MAX_LANGUAGE_NAME:
         name = name[:MAX_LANGUAGE_NAME] + "..."  # echoed bounded: a 2 MB name was answered back whole
@@ -177,102 +178,6 @@ def _language(data: dict[str, Any], runner: Runner) -> str:
     return language
 
 
-def _sources(data: dict[str, Any], settings: Settings) -> list[SourceFile]:
-    """`code` (one file under the language's own name) or `files` (the first, or `main`, is the entry point)."""
-    has_code, has_files = data.get("code") is not None, data.get("files") is not None
-    if has_code and has_files:
-        raise BadRequest("Send code or files, not both.", field="files")
-    if not has_files:
-        code = _field(data, "code", str, required=True)
-        size = len(code.encode("utf-8", "surrogatepass"))
-        if size > settings.max_code_bytes:
-            raise PayloadTooLarge(
-                f"code is {size} bytes; the maximum is {settings.max_code_bytes}.",
-                field="code",
-                maxBytes=settings.max_code_bytes,
-            )
-        if not code.strip():
-            raise BadRequest("code must not be empty.", field="code")
-        if data.get("main") is not None:
-            raise BadRequest("main names one of files; it does not go with code.", field="main")
-        return [SourceFile(name="", content=code)]
-    files = [_source_file(item, index) for index, item in enumerate(_field(data, "files", list, kind_name="a list"))]
-    if not 1 <= len(files) <= MAX_FILES:
-        raise BadRequest(f"files must hold from 1 to {MAX_FILES} files.", field="files")
-    total = sum(f.size for f in files)
-    if total > settings.max_code_bytes:
-        raise PayloadTooLarge(
-            f"files hold {total} bytes; the maximum is {settings.max_code_bytes}.",
-            field="files",
-            maxBytes=settings.max_code_bytes,
-        )
-    _check_layout(files)
-    main = _field(data, "main", str, default=None)
-    if main is not None:
-        chosen = [f for f in files if f.name == main]
-        if not chosen:
-            raise BadRequest(f"main names {main!r}, which is not one of files.", field="main")
-        files.remove(chosen[0])
-        files.insert(0, chosen[0])
-    if not files[0].raw.strip():
-        raise BadRequest(f"The entry point {files[0].name!r} is empty.", field="files", file=files[0].name)
-    return files
-
-
-def _source_file(item: Any, index: int) -> SourceFile:
-    where = f"files[{index}]"
-    if not isinstance(item, dict):
-        raise BadRequest(f"{where} must be an object with name and content.", field="files", index=index)
-    _refuse_unknown([f"{where}.{name}" for name in item if name not in FILE_FIELDS], FILE_FIELDS)
-    name, content, encoding = item.get("name"), item.get("content"), item.get("encoding", "utf8")
-    if not isinstance(name, str) or not isinstance(content, str):
-        raise BadRequest(f"{where} needs a name and a content, both strings.", field="files", index=index)
-    reason = _bad_name(name)
-    if reason is not None:
-        raise BadRequest(f"{where}: the name {name!r} {reason}.", field="files", file=name, index=index)
-    if encoding not in ENCODINGS:
-        raise BadRequest(f"{where}: encoding must be utf8 or base64.", field="files", file=name, index=index)
-    if encoding == "base64":
-        try:
-            base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest(f"{where}: content is not valid base64.", field="files", file=name, index=index) from None
-    return SourceFile(name=name, content=content, encoding=encoding)
-
-
-def _bad_name(name: str) -> str | None:
-    """Why a file name cannot be used, or None: relative paths inside the work dir only."""
-    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
-        return f"must be 1 to {MAX_FILE_NAME_BYTES} bytes"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name) or "\\" in name:
-        return "must not contain control characters or backslashes"
-    if name.startswith("/"):
-        return "must be a relative path"
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "must not contain empty, . or .. components"
-    if len(parts) > MAX_PATH_DEPTH:
-        return f"must be at most {MAX_PATH_DEPTH} directories deep"
-    if parts[0] in RESERVED_NAMES or parts[0].startswith("."):
-        return "is reserved"
-    return None
-
-
-def _check_layout(files: list[SourceFile]) -> None:
-    """No two files with one name, and no file where another needs a directory (`a` and `a/b`)."""
-    names = {f.name for f in files}
-    if len(names) != len(files):
-        twice = next(f.name for f in files if [g.name for g in files].count(f.name) > 1)
-        raise BadRequest(f"files names {twice!r} more than once.", field="files", file=twice)
-    for f in files:
-        parts = f.name.split("/")
-        for depth in range(1, len(parts)):
-            if "/".join(parts[:depth]) in names:
-                raise BadRequest(
-                    f"{f.name!r} needs {parts[depth - 1]!r} to be a directory.", field="files", file=f.name
-                )
-
-
 def _check_args(args: list[Any]) -> None:
     if len(args) > MAX_ARGS or not all(isinstance(a, str) and len(a.encode()) <= MAX_ARG_BYTES for a in args):
         raise BadRequest(
@@ -282,15 +187,8 @@ def _check_args(args: list[Any]) -> None:
         raise BadRequest("args must not contain NUL characters.", field="args")
 
 
-def _bounded(data: dict[str, Any], name: str, default: int | None, maximum: int) -> Any:
-    value = _field(data, name, int, default=default)
-    if value is not None and not 1 <= value <= maximum:
-        raise BadRequest(f"{name} must be an integer from 1 to {maximum}.", field=name, max=maximum)
-    return value
-
-
 def _compiler_options(data: dict[str, Any], runner: Runner, language: str) -> list[str]:
-    options = _field(data, "compilerOptions", list, default=[])
+    options = read_field(data, "compilerOptions", list, default=[])
     if not options:
         return []
     if not any(r["language"] == language and r.get("compiled") for r in runner.runtimes()):
@@ -320,7 +218,7 @@ def _compiler_options(data: dict[str, Any], runner: Runner, language: str) -> li
 
 
 def _tests(data: dict[str, Any], settings: Settings) -> list[TestCase] | None:
-    items = _field(data, "tests", list, default=None, kind_name="a list")
+    items = read_field(data, "tests", list, default=None, kind_name="a list")
     if items is None:
         return None
     if not 1 <= len(items) <= settings.max_tests:
@@ -331,7 +229,7 @@ def _tests(data: dict[str, Any], settings: Settings) -> list[TestCase] | None:
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise BadRequest(f"tests[{index}] must be an object.", field="tests", index=index)
-        _refuse_unknown([f"tests[{index}].{name}" for name in item if name not in TEST_FIELDS], TEST_FIELDS)
+        refuse_unknown([f"tests[{index}].{name}" for name in item if name not in TEST_FIELDS], TEST_FIELDS)
         stdin, expected = item.get("stdin", ""), item.get("expectedOutput")
         if not isinstance(stdin, str) or not isinstance(expected, str | None):
             raise BadRequest(f"tests[{index}]: stdin and expectedOutput must be strings.", field="tests", index=index)
@@ -345,26 +243,3 @@ def _tests(data: dict[str, Any], settings: Settings) -> list[TestCase] | None:
             )
         tests.append(TestCase(stdin=stdin, expected_output=expected))
     return tests
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list of strings", bool: "a boolean"}
-
-
-def _field(
-    data: dict[str, Any],
-    name: str,
-    kind: type,
-    *,
-    required: bool = False,
-    default: Any = None,
-    kind_name: str | None = None,
-) -> Any:
-    if name not in data or data[name] is None:
-        if required:
-            raise BadRequest(f"{name} is required.", field=name)
-        return default
-    value = data[name]
-    # bool is a subclass of int: `"priority": true` is a type error, not priority 1.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadRequest(f"{name} must be {kind_name or _TYPE_NAMES[kind]}.", field=name)
-    return value

@@ -15,10 +15,13 @@ from aiohttp import web
 
 from ..access.identity import Client
 from ..access.ratelimit import Decision
+from ..access.ratelimit.limiter import LIMITER
 from ..callbacks import Armed, BodyOf, CallbackSender, callback_sender, recovering
+from ..callbacks.sender import CALLBACKS
 from ..errors import BackendUnavailable, BadRequest, QueueFull, TooManyRequests
+from ..hub.hub import HUB
 from ..hub.watch import job_watch
-from ..keys import CALLBACKS, HUB, LIMITER, QUEUE, SETTINGS, SUBMITTERS
+from ..keys import QUEUE, SETTINGS, SUBMITTERS
 from ..queue.events import Event
 from ..queue.jobs import TERMINAL_TYPES, Job
 from ..settings import Settings

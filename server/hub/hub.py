@@ -1,27 +1,28 @@
-"""The WebSocket hub: routes queue events to sockets, keeps per-job logs for replay, pushes queue stats."""
+"""The WebSocket hub: routes queue events to sockets, replays a job's logged events, pushes queue stats.
+
+The sockets' door (`GET /ws` and the client's messages, where access is checked) is server.doors.websocket; the hub
+knows who a socket is (`Client`) and shows job handles, nothing more of access.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 
 import orjson
 from aiohttp import WSCloseCode, web
 
-from ..access.identity import Client, anonymous, peer_ip
-from ..access.lockout import AuthLockout
-from ..access.permissions import Handles, may_read
-from ..errors import BackendUnavailable, Forbidden, TooManyRequests
-from ..keys import CLIENT, HUB
+from ..access.permissions import Handles
+from ..errors import BackendUnavailable
 from ..queue import QueueBackend
 from ..queue.events import Event, topic_event
-from ..queue.jobs import TERMINAL_TYPES, Job, Runner
+from ..queue.jobs import TERMINAL_TYPES, Job
 from ..queue.loops import raise_if_cancelling, stop_task
 from ..settings import Settings
-from .connection import Connection, handle_ws
+from .connection import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ ORPHAN_GRACE_S = 10.0
 # Topic messages kept after a snapshot was built, sent after it to later subscribers; past this it is rebuilt.
 SNAPSHOT_TAIL = 256
 
-# Draws one token from the client's bucket (submit or read); raises TooManyRequests past it, counted.
-BucketCheck = Callable[[Client], Awaitable[None]]
-KeyAuth = Callable[[str, str], Client]
-
 
 class Hub:
     """Fan-out of queue events to WebSocket connections.
@@ -44,28 +41,9 @@ class Hub:
     interested connection's bounded send queue, so no socket can slow the queue or another socket.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        queue: QueueBackend,
-        *,
-        runner: Runner,
-        check_submit: BucketCheck | None = None,
-        check_read: BucketCheck | None = None,
-        authenticate_key: KeyAuth | None = None,
-        lockout: AuthLockout | None = None,
-        submit: Callable[[Job, Client], Awaitable[Job]] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, queue: QueueBackend) -> None:
         self.settings = settings
         self.queue = queue
-        self.runner = runner
-        self.check_submit = check_submit
-        # A replay sends a job's whole log (up to MAX_OUTPUT_BYTES) for one short message: it is a read.
-        self.check_read = check_read
-        self.authenticate_key = authenticate_key
-        self.lockout = lockout
-        # How a `run` message is queued: the app's one submission path (callbacks followed), else the queue's own.
-        self.submit = submit or (lambda job, _client: queue.submit(job))
         self.handles = Handles()
         self.snapshot_builds = 0
         self._snapshot: _Snapshot | None = None
@@ -123,11 +101,17 @@ class Hub:
         else:
             self._per_ip.pop(ip, None)
 
-    def register(self, ws: web.WebSocketResponse, request: web.Request, client: Client) -> Connection:
-        conn = Connection(self, next(self._ids), ws, request, client, self.settings.ws_send_queue_size)
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def next_id(self) -> int:
+        """The id of the next connection (its `hello` says it)."""
+        return next(self._ids)
+
+    def register(self, conn: Connection) -> None:
         self.connections.add(conn)
-        self._per_ip[client.ip] = self._per_ip.get(client.ip, 0) + 1
-        return conn
+        self._per_ip[conn.client.ip] = self._per_ip.get(conn.client.ip, 0) + 1
 
     async def unregister(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -228,17 +212,10 @@ class Hub:
         conn.in_topic = False
         self._topic.discard(conn)
 
-    async def reidentify(self, conn: Connection, client: Client) -> None:
-        """The connection authenticated as someone else: drop what it may no longer watch, and give it the queue
-        topic as its new audience sees it (an admin gets ids, a viewer handles)."""
-        before, conn.client = conn.client, client
-        # Only a key user or an admin can have been watching a job that others may not read.
-        if (before.user is not None or before.admin) and (before.owner, before.admin) != (client.owner, client.admin):
-            for job_id in list(conn.jobs):
-                job = await self.queue.get(job_id)
-                if job is not None and not may_read(client, job):
-                    self.unwatch(conn, job_id)
-        if conn.in_topic and before.admin != client.admin:
+    async def readdress(self, conn: Connection, *, was_admin: bool) -> None:
+        """The connection authenticated as someone else: give it the queue topic as its new audience sees it (an
+        admin gets ids, a viewer handles)."""
+        if conn.in_topic and was_admin != conn.client.admin:
             self.unsubscribe_topic(conn)
             await self.subscribe_topic(conn)
 
@@ -304,36 +281,44 @@ class Hub:
         data = orjson.dumps(event)
         watchers = self._by_job.get(job_id)
         if watchers:
-            replaying = self._replaying
-            seq = event.get("seq")
-            for conn in tuple(watchers):
-                held = replaying.get((conn, job_id)) if replaying else None
-                if held is not None:
-                    held.append((event["seq"], data))
-                    continue
-                if seq is not None:
-                    if seq <= conn.sent.get(job_id, 0):
-                        continue  # the replay sent it already
-                    conn.sent[job_id] = seq
-                conn.send(data)
+            self._to_watchers(watchers, job_id, event, data)
         if kind not in ("output", "test"):
-            # Lifecycle metadata only (events.topic_event): the queue topic never carries code, stdin, output or a
-            # test's fields, and only admins get the id (a capability); everyone else a display handle.
-            shown = topic_event(event) if self._topic or self._snapshot is not None else None
-            if shown is not None:
-                handle = self.handles(job_id)
-                viewer = {k: v for k, v in shown.items() if k != "jobId"}
-                viewer["handle"] = handle
-                self._to_topic(orjson.dumps({**shown, "handle": handle}), orjson.dumps(viewer))
-            self._stats_dirty.set()
-            if self._positions:  # a start, an end or a higher-priority arrival moves the line
-                self._positions_dirty.set()
+            self._lifecycle(event, job_id)
         if kind in TERMINAL_TYPES:
             orphan = self._orphans.pop(job_id, None)
             if orphan is not None:
                 orphan.cancel()
             for conn in tuple(watchers or ()):
                 conn.interactive.discard(job_id)
+
+    def _to_watchers(self, watchers: set[Connection], job_id: str, event: Event, data: bytes) -> None:
+        """A job's event to its watchers: held for those being replayed to, skipped by those that have it."""
+        replaying = self._replaying
+        seq = event.get("seq")
+        for conn in tuple(watchers):
+            held = replaying.get((conn, job_id)) if replaying else None
+            if held is not None:
+                held.append((event["seq"], data))
+                continue
+            if seq is not None:
+                if seq <= conn.sent.get(job_id, 0):
+                    continue  # the replay sent it already
+                conn.sent[job_id] = seq
+            conn.send(data)
+
+    def _lifecycle(self, event: Event, job_id: str) -> None:
+        """A lifecycle event: to the queue topic (metadata only), and the stats and positions marked dirty."""
+        # Lifecycle metadata only (events.topic_event): the queue topic never carries code, stdin, output or a
+        # test's fields, and only admins get the id (a capability); everyone else a display handle.
+        shown = topic_event(event) if self._topic or self._snapshot is not None else None
+        if shown is not None:
+            handle = self.handles(job_id)
+            viewer = {k: v for k, v in shown.items() if k != "jobId"}
+            viewer["handle"] = handle
+            self._to_topic(orjson.dumps({**shown, "handle": handle}), orjson.dumps(viewer))
+        self._stats_dirty.set()
+        if self._positions:  # a start, an end or a higher-priority arrival moves the line
+            self._positions_dirty.set()
 
     async def _positions_loop(self) -> None:
         """Tell watchers of queued jobs when their place in line moved. One pass at a time, so a position computed
@@ -384,6 +369,9 @@ class Hub:
             await asyncio.sleep(interval)
 
 
+HUB = web.AppKey("hub", Hub)
+
+
 class _Snapshot:
     """One queue-topic snapshot in both encodings, and the topic messages sent since it was built."""
 
@@ -397,24 +385,3 @@ class _Snapshot:
         self.viewer_tail: list[bytes] = []
         self.built_at = 0.0
         self.changed = False
-
-
-async def open_socket(request: web.Request) -> web.StreamResponse:
-    """GET /ws: refuse cross-origin upgrades (cross-site WebSocket hijacking) and too many sockets per address."""
-    hub = request.app[HUB]
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        allowed = hub.settings.allowed_origins or (f"{request.scheme}://{request.host}",)
-        if origin not in allowed:
-            raise Forbidden(f"Origin {origin!r} may not open a WebSocket here.", origin=origin)
-    if hub._closing:
-        raise web.HTTPServiceUnavailable(text="The server is shutting down.")
-    client = request.get(CLIENT) or anonymous(peer_ip(request))
-    if not hub.admit(client.ip):
-        hub.note_rate_limited()
-        raise TooManyRequests(
-            f"At most {hub.settings.ws_max_connections_per_ip} WebSocket connections per address.",
-            headers={"Retry-After": "5"},
-            retryAfter=5,
-        )
-    return await handle_ws(request, hub, client)

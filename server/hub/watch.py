@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from ..keys import QUEUE, WATCH
+from ..keys import QUEUE
 from ..queue.events import Event, Listener
 
 
@@ -41,6 +41,9 @@ class JobWatch:
 
     def __len__(self) -> int:
         return len(self._by_job)
+
+
+WATCH = web.AppKey("watch", JobWatch)
 
 
 def job_watch(app: web.Application) -> JobWatch:

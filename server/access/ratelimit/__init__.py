@@ -1,4 +1,5 @@
-"""Rate limiting: token buckets per client (address or API-key user), standard headers and the aiohttp middleware.
+"""Rate limiting: token buckets per client (address or API-key user) and their standard headers; the aiohttp
+middleware that draws from them is server.access.middleware.
 
 Buckets live in a `LimiterStore`: `MemoryLimiterStore` in one process (default), or `RedisLimiterStore` when
 `REDIS_URL` is set, so that several instances share one limit. The Redis store is imported lazily from
@@ -10,7 +11,6 @@ from __future__ import annotations
 from .base import Bucket, Decision, LimiterStore, Policy, Take, decision_headers, make_policy, raise_if_denied
 from .limiter import RateLimiter
 from .memory import MemoryLimiterStore
-from .middleware import bucket_for, ratelimit_middleware
 
 __all__ = [
     "Bucket",
@@ -20,9 +20,7 @@ __all__ = [
     "Policy",
     "RateLimiter",
     "Take",
-    "bucket_for",
     "decision_headers",
     "make_policy",
     "raise_if_denied",
-    "ratelimit_middleware",
 ]

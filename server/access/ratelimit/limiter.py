@@ -9,6 +9,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from aiohttp import web
+
 from ...errors import BackendUnavailable
 from ...settings import Settings
 from ..identity import Client
@@ -149,6 +151,9 @@ class RateLimiter:
                 logger.exception("rate limiter sweep failed")
             else:
                 logger.debug("rate limiter sweep dropped %d full buckets", removed)
+
+
+LIMITER = web.AppKey("limiter", RateLimiter)
 
 
 def _store_for(settings: Settings, pool: Any) -> LimiterStore:

@@ -6,19 +6,17 @@ import datetime
 import os
 import platform
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from ...doors.api import client_of, json_response
 from ...doors.listing import LIST_WINDOW
 from ...keys import QUEUE, RUNNER, SETTINGS
-from .catalog import VERSION
+from .attributes import Extras
+from .catalog import VERSION, Catalog, Judge0Config
 from .status import listed_status
-from .submission import Extras
-
-if TYPE_CHECKING:
-    from .routes import Judge0Api
 
 ABOUT = {
     "version": VERSION,
@@ -34,9 +32,12 @@ def _text(body: str) -> web.Response:
 
 
 class Judge0Info:
-    def __init__(self, app: web.Application, api: Judge0Api) -> None:
+    """The information routes; `catalog` gives the runner's languages as Judge0 numbers them (read when asked)."""
+
+    def __init__(self, app: web.Application, catalog: Callable[[], Catalog], config: Judge0Config) -> None:
         self.app = app
-        self.api = api
+        self.catalog = catalog
+        self.config = config
 
     def setup(self) -> None:
         router = self.app.router
@@ -60,23 +61,23 @@ class Judge0Info:
         return web.Response()
 
     async def languages(self, request: web.Request) -> web.Response:
-        entries = sorted(self.api.catalog.offered(), key=lambda e: (e.name, e.id))
+        entries = sorted(self.catalog().offered(), key=lambda e: (e.name, e.id))
         return json_response([e.brief() for e in entries])
 
     async def all_languages(self, request: web.Request) -> web.Response:
-        entries = sorted(self.api.catalog.offered(), key=lambda e: (e.name, e.id))
+        entries = sorted(self.catalog().offered(), key=lambda e: (e.name, e.id))
         return json_response([{**e.brief(), "is_archived": False} for e in entries])
 
     async def language(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
         # ASCII digits only: str.isdigit() is true of "²", which int() refuses.
-        entry = self.api.catalog.by_id(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) <= 10 else None
+        entry = self.catalog().by_id(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) <= 10 else None
         if entry is None:
             return json_response({"status": 404, "error": "Not Found"}, status=404)
         return json_response(entry.to_dict())
 
     async def statuses(self, request: web.Request) -> web.Response:
-        return json_response([{"id": i, "description": d} for i, d in sorted(self.api.catalog.statuses.items())])
+        return json_response([{"id": i, "description": d} for i, d in sorted(self.catalog().statuses.items())])
 
     async def about(self, request: web.Request) -> web.Response:
         return json_response(ABOUT)
@@ -94,7 +95,7 @@ class Judge0Info:
         return _text(LICENSE)
 
     async def config_info(self, request: web.Request) -> web.Response:
-        return json_response(self.api.config.info(self.app[SETTINGS]))
+        return json_response(self.config.info(self.app[SETTINGS]))
 
     async def system_info(self, request: web.Request) -> web.Response:
         """What Judge0 takes from lscpu and free, from the same kernel files."""
@@ -120,7 +121,7 @@ class Judge0Info:
         stats = await queue.stats()
         # Summaries (metadata and the brief result), never whole jobs: any caller may ask.
         jobs = await queue.listing(LIST_WINDOW)
-        catalog = self.api.catalog
+        catalog = self.catalog()
         languages: Counter[tuple[int, str]] = Counter()
         statuses: Counter[int] = Counter()
         for job in jobs:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,31 +13,31 @@ from aiohttp import web
 from ...access import permissions as access
 from ...access.identity import Client, check_priority
 from ...access.ratelimit import raise_if_denied
+from ...access.ratelimit.limiter import LIMITER
 from ...callbacks import check_callback_url
 from ...doors.api import client_of, json_response, read_json
 from ...doors.listing import LIST_WINDOW, MAX_PAGE_SIZE
 from ...doors.payloads import parse_run
 from ...doors.submissions import register_callback_body, submit
 from ...errors import BadRequest, ConveyorError, QueueFull, UnsupportedMediaType
-from ...keys import LIMITER, QUEUE, RUNNER, SETTINGS
+from ...keys import QUEUE, RUNNER, SETTINGS
 from ...queue.jobs import Job
 from ...sandbox.languages import load_languages
-from .catalog import Catalog, Judge0Config
-from .status import decimal_text, outcome
-from .submission import (
+from .attributes import (
     CONVERSION_ERROR,
     DEFAULT_FIELDS,
     FIELDS,
-    TEXT_FIELDS,
     Extras,
     Unconvertible,
     Unprocessable,
     job_id_of,
-    native_error_field,
-    parse_submission,
-    ruby_encode64,
     token_of,
 )
+from .catalog import Catalog, Judge0Config
+from .info import Judge0Info
+from .serializer import serialize
+from .status import outcome
+from .submission import native_error_field, parse_submission
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def drivable_job(client: Client, job: Job) -> bool:
 
 
 class Judge0Api:
-    """The submissions half of `/judge0`; the information routes are in judge0_info.py."""
+    """The submissions half of `/judge0`; the information routes are in info.py."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
@@ -115,61 +114,7 @@ class Judge0Api:
 
     def serialize(self, job: Job, fields: Iterable[str], base64_encoded: bool) -> dict[str, Any]:
         """The submission's requested attributes; raises Unconvertible for text that is not UTF-8 in text mode."""
-        extras = Extras.from_json(job.dialect)
-        found = outcome(job, extras)
-        catalog = self.catalog
-        entry = catalog.by_id(extras.language_id) if extras.language_id else catalog.for_language(job.language)
-        summary = job.summary()
-        test = job.tests[0] if job.tests else None
-        values: dict[str, Any] = {
-            "language_id": entry.id if entry else None,
-            "status_id": found.status,
-            "created_at": summary["createdAt"],
-            "finished_at": summary["finishedAt"],
-            "time": decimal_text(found.time),
-            "memory": int(found.memory) if found.memory is not None else None,
-            "token": token_of(job.id),
-            "number_of_runs": len(job.tests) if job.tests else extras.number_of_runs,
-            "cpu_time_limit": decimal_text((job.limits.cpu_time_ms or self.config.cpu_time_limit * 1000) / 1000),
-            "cpu_extra_time": decimal_text(extras.cpu_extra_time),
-            "wall_time_limit": decimal_text(job.timeout_ms / 1000),
-            "memory_limit": job.limits.memory_mb * 1024 if job.limits.memory_mb else self.config.memory_limit,
-            "stack_limit": extras.stack_limit if extras.stack_limit is not None else self.config.stack_limit,
-            "max_processes_and_or_threads": extras.max_processes or self.config.max_processes,
-            "enable_per_process_and_thread_time_limit": False,
-            "enable_per_process_and_thread_memory_limit": False,
-            "max_file_size": extras.max_file_size if extras.max_file_size is not None else self.config.max_file_size,
-            "exit_code": found.exit_code,
-            "exit_signal": found.exit_signal,
-            "message": found.message,
-            "wall_time": decimal_text(found.wall_time),
-            "compiler_options": extras.compiler_options or (" ".join(job.compiler_options) or None),
-            "command_line_arguments": extras.command_line_arguments or (shlex.join(job.args) or None),
-            "redirect_stderr_to_stdout": extras.redirect_stderr_to_stdout,
-            "callback_url": extras.callback_url,
-            "additional_files": None,
-            "enable_network": False,
-            "status": {"id": found.status, "description": catalog.statuses[found.status]},
-            "language": entry.brief() if entry else None,
-        }
-        texts: dict[str, bytes | str | None] = {
-            "source_code": job.files[0].raw if job.files else job.code.encode(),
-            "stdin": test.stdin if test else job.stdin,
-            "expected_output": test.expected_output if test else job.expected_output,
-            "stdout": found.stdout,
-            "stderr": found.stderr,
-            "compile_output": found.compile_output,
-        }
-        out: dict[str, Any] = {}
-        for name in fields:
-            if name in TEXT_FIELDS:
-                lossy = found.lossy and name in ("stdout", "stderr")
-                out[name] = _text_value(texts[name], base64_encoded, lossy)
-            elif name == "message" and base64_encoded and found.message is not None:
-                out[name] = ruby_encode64(found.message.encode())
-            else:
-                out[name] = values[name]
-        return out
+        return serialize(job, fields, base64_encoded, catalog=self.catalog, config=self.config)
 
     # -- submissions -----------------------------------------------------------------------------------------
 
@@ -254,7 +199,6 @@ class Judge0Api:
             key=lambda job: (job.created_at, job.id),
             reverse=True,
         )
-        total_pages = -(-len(mine) // per_page) if per_page else 0
         chosen = [
             job
             for job in [await queue.get(summary.id) for summary in mine[(page - 1) * per_page : page * per_page]]
@@ -264,14 +208,7 @@ class Judge0Api:
             submissions = [self.serialize(job, fields, base64_encoded) for job in chosen]
         except Unconvertible:
             return judge0_error(CONVERSION_ERROR.replace("this submission", "one or more submissions"), 400)
-        meta = {
-            "current_page": page,
-            "next_page": page + 1 if page < total_pages else None,
-            "prev_page": page - 1 if page > 1 else None,
-            "total_pages": total_pages,
-            "total_count": len(mine),
-        }
-        return json_response({"submissions": submissions, "meta": meta})
+        return json_response({"submissions": submissions, "meta": _page_meta(page, per_page, len(mine))})
 
     async def destroy(self, request: web.Request) -> web.Response:
         """Checks who may delete and when, as Judge0 does; deleting itself waits for a native delete."""
@@ -342,18 +279,16 @@ class Judge0Api:
         return json_response({"submissions": submissions})
 
 
-def _text_value(value: bytes | str | None, base64_encoded: bool, lossy: bool) -> str | None:
-    if value is None:
-        return None
-    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
-    if base64_encoded:
-        return ruby_encode64(raw)
-    if lossy:
-        raise Unconvertible
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Unconvertible from None
+def _page_meta(page: int, per_page: int, total: int) -> dict[str, int | None]:
+    """The pagination attributes Judge0's index answers with."""
+    total_pages = -(-total // per_page) if per_page else 0
+    return {
+        "current_page": page,
+        "next_page": page + 1 if page < total_pages else None,
+        "prev_page": page - 1 if page > 1 else None,
+        "total_pages": total_pages,
+        "total_count": total,
+    }
 
 
 def _int(raw: str | None, default: int) -> int:
@@ -371,8 +306,6 @@ def _int(raw: str | None, default: int) -> int:
 
 def setup_judge0(app: web.Application) -> None:
     """Serve Judge0 CE 1.13.1 under /judge0."""
-    from .info import Judge0Info
-
     api = Judge0Api(app)
     register_callback_body(app, "judge0", api.callback_body)
 
@@ -383,4 +316,4 @@ def setup_judge0(app: web.Application) -> None:
     router.add_get("/judge0/submissions/batch", api.batch_show)
     router.add_get("/judge0/submissions/{token}", api.show)
     router.add_delete("/judge0/submissions/{token}", api.destroy)
-    Judge0Info(app, api).setup()
+    Judge0Info(app, lambda: api.catalog, api.config).setup()

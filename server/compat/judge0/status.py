@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from ...judging.verdicts import outputs_match
 from ...queue.jobs import ExecutionResult, Job, JobStatus
 from ..common import accounting, signal_number
-from .submission import Extras
+from .attributes import Extras
 
 # Status ids (app/enumerations/status.rb) and the runtime errors isolate's signals map to.
 QUEUED, PROCESSING, ACCEPTED, WRONG_ANSWER, TLE, COMPILE_ERROR = 1, 2, 3, 4, 5, 6
@@ -56,6 +57,11 @@ def outcome(job: Job, extras: Extras) -> Outcome:
         return Outcome(COMPILE_ERROR, compile_output=text or None)
     if job.tests is not None and result.tests:
         return _tests_outcome(job, result)
+    return _run_outcome(job, result, extras)
+
+
+def _run_outcome(job: Job, result: ExecutionResult, extras: Extras) -> Outcome:
+    """One run's attributes, its status by isolate's words or Judge0's comparison."""
     stdout, stderr = result.stdout, result.stderr
     if extras.redirect_stderr_to_stdout:
         stdout, stderr = stdout + stderr, ""
@@ -108,16 +114,13 @@ def _status(result: ExecutionResult, expected: str | None, stdout: str) -> tuple
 
 def _tests_outcome(job: Job, result: ExecutionResult) -> Outcome:
     """number_of_runs: Judge0 stops at the first run that is not accepted and averages time and memory."""
-    tests = result.tests or []
     ran = []
-    for test in tests:
+    for test in result.tests or []:
         ran.append(test)
         if test.get("verdict") != "accepted":
             break
     last = ran[-1]
-    times = [t["cpuTimeMs"] for t in ran if isinstance(t.get("cpuTimeMs"), int | float)]
-    walls = [t["timeMs"] for t in ran if isinstance(t.get("timeMs"), int | float)]
-    memories = [t["memoryPeakBytes"] for t in ran if isinstance(t.get("memoryPeakBytes"), int | float)]
+    cpu, wall, memory = (_mean(ran, key) for key in ("cpuTimeMs", "timeMs", "memoryPeakBytes"))
     status = _VERDICT_STATUS.get(str(last.get("verdict")), INTERNAL)
     number = signal_number(last.get("signal"))
     if number is not None:
@@ -127,12 +130,18 @@ def _tests_outcome(job: Job, result: ExecutionResult) -> Outcome:
         stdout=last.get("stdout") or None,
         stderr=last.get("stderr") or None,
         compile_output=result.compile_output or None,
-        time=sum(times) / len(times) / 1000 if times else None,
-        wall_time=sum(walls) / len(walls) / 1000 if walls else None,
-        memory=sum(memories) / len(memories) // 1024 if memories else None,
+        time=cpu / 1000 if cpu is not None else None,
+        wall_time=wall / 1000 if wall is not None else None,
+        memory=memory // 1024 if memory is not None else None,
         exit_code=last.get("exitCode") if last.get("exitCode") is not None else 0,
         exit_signal=number,
     )
+
+
+def _mean(tests: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of a numeric field over the tests that have it."""
+    values = [t[key] for t in tests if isinstance(t.get(key), int | float)]
+    return sum(values) / len(values) if values else None
 
 
 def decimal_text(seconds: float | Decimal | None) -> str | None:

@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
 from ...access.identity import Client, check_priority
 from ...access.ratelimit import raise_if_denied
+from ...access.ratelimit.limiter import LIMITER
 from ...doors.api import client_of
 from ...doors.payloads import parse_run
 from ...doors.submissions import submit
 from ...errors import BadRequest, Conflict, ConveyorError, Forbidden, PayloadTooLarge, TooManyRequests
 from ...hub.budget import MessageBudget, Spend
+from ...hub.hub import HUB
 from ...hub.watch import job_watch
-from ...keys import HUB, LIMITER, QUEUE, RUNNER, SETTINGS
+from ...keys import QUEUE, RUNNER, SETTINGS
 from ...queue.events import Event
 from ...queue.jobs import TERMINAL_TYPES, ExecutionResult, Job
-from .routes import PistonRuntime, compile_stage, parse_execute, run_stage
-
-if TYPE_CHECKING:
-    from .routes import PistonApi
+from .result import compile_stage, run_stage
+from .runtimes import PistonRuntime, Runtimes
+from .submission import parse_execute
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +67,9 @@ Item = dict[str, Any] | Close | Finished
 class PistonSockets:
     """The sockets of `/api/v2/connect`: admission (origin, per-address count) and shutdown."""
 
-    def __init__(self, app: web.Application, api: PistonApi) -> None:
+    def __init__(self, app: web.Application, runtimes: Callable[[], Runtimes]) -> None:
         self.app = app
-        self.api = api
+        self.runtimes = runtimes
         self.sessions: set[Session] = set()
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -268,7 +270,7 @@ class Session:
 
     async def init(self, message: dict[str, Any]) -> None:
         app, settings = self.app, self.app[SETTINGS]
-        rt, native = parse_execute(message, self.sockets.api.runtimes, settings)
+        rt, native = parse_execute(message, self.sockets.runtimes(), settings)
         # Piston's socket never writes init's stdin; here it is the program's first input, sent as given.
         native["stdin"] = message.get("stdin") or ""
         native["interactive"] = True

@@ -19,11 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from ..jobs import Job
 from . import rows
-from .rows import FINISHED, QUEUED, RUNNING, Recovered
+from .rows import FINISHED, QUEUED, RUNNING, Op, Recovered
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +41,6 @@ ACK_TIMEOUT_S = 2.0
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # At close, a failing journal is retried this long before what it holds is given up (logged).
 CLOSE_TIMEOUT_S = 5.0
-_UPSERT = (
-    "INSERT INTO jobs (id, state, owner, finished_at, seq_hi, size, job, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at, "
-    "seq_hi = max(seq_hi, excluded.seq_hi), size = excluded.size, job = excluded.job, log = excluded.log"
-)
-_RESERVE = "UPDATE jobs SET state = ?, seq_hi = max(seq_hi, ?) WHERE id = ? AND state != 'finished'"
-
-
-@dataclass(slots=True)
-class _Op:
-    """A job's pending write: the whole row (`job` set) or only its state and reserved seq (`job` None)."""
-
-    state: str
-    job: Job | None
-    log: bytes | None
-    seq_hi: int
 
 
 @dataclass(slots=True)
@@ -93,7 +75,7 @@ class Journal:
         self._max_pending = max_pending
         self._clock = clock
         self._lock = threading.Lock()
-        self._pending: dict[str, _Op] = {}
+        self._pending: dict[str, Op] = {}
         self._inflight = 0  # writes the writer has taken and not yet committed (they return on a failure)
         self._wake = threading.Event()
         self._closing = False
@@ -182,7 +164,7 @@ class Journal:
                 return None
             self._known.add(job.id)
             # Seqs reserved from the first write: a job that starts before its claim is written still has them.
-            self._merge(job.id, _Op(QUEUED, job, None, job.seq + SEQ_RESERVE))
+            self._merge(job.id, Op(QUEUED, job, None, job.seq + SEQ_RESERVE))
             self._urgent.set()
             batch = self._taken + 1
         self._wake.set()
@@ -221,7 +203,7 @@ class Journal:
         self._ceilings[job.id] = ceiling
         if job.id in self._known:
             with self._lock:
-                self._merge(job.id, _Op(RUNNING, None, None, ceiling))
+                self._merge(job.id, Op(RUNNING, None, None, ceiling))
             self._wake.set()
 
     def emitted(self, job: Job) -> None:
@@ -238,7 +220,7 @@ class Journal:
                 self._drop(job)
                 return
             self._known.discard(job.id)
-            self._merge(job.id, _Op(FINISHED, job, log, 0))
+            self._merge(job.id, Op(FINISHED, job, log, 0))
         self._wake.set()
 
     def _behind(self) -> bool:
@@ -255,7 +237,7 @@ class Journal:
                 self.stats.dropped,
             )
 
-    def _merge(self, job_id: str, op: _Op) -> None:
+    def _merge(self, job_id: str, op: Op) -> None:
         """Under the lock: a job's newer write over its older pending one. A whole row stays whole (its row may
         not exist yet); a state-only write then only moves its state and reservation."""
         old = self._pending.get(job_id)
@@ -309,13 +291,7 @@ class Journal:
             if not self._closing and self._wake.wait(SWEEP_S):
                 self._urgent.wait(GATHER_S)  # gather state changes, unless a submission waits (now or meanwhile)
             self._wake.clear()
-            with self._lock:
-                batch, self._pending = self._pending, {}
-                self._inflight = len(batch)
-                closing = self._closing
-                self._urgent.clear()
-                self._taken += 1
-                number = self._taken
+            batch, closing, number = self._take()
             ok = self._commit(batch) if batch else True
             if ok:
                 self._acknowledge(number)
@@ -335,33 +311,27 @@ class Journal:
                     logger.error("job journal: %d writes could not be stored before exit", len(self._pending))
                     break
             time.sleep(BACKOFF_S[min(failures, len(BACKOFF_S)) - 1])
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Fold the write-ahead log into the file, leaving it empty (a clean close)."""
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _commit(self, batch: dict[str, _Op]) -> bool:
-        puts, states, deletes = [], [], []
-        for job_id, op in batch.items():
-            if op.job is None:
-                states.append((op.state, op.seq_hi, job_id))
-            elif op.state == FINISHED and (self._retention_s <= 0 or self._max_bytes <= 0):
-                deletes.append((job_id,))
-            else:
-                try:
-                    data = orjson.dumps(op.job)  # one C call under the GIL: a consistent snapshot of the job
-                except TypeError as exc:
-                    logger.error("job %s: cannot be journaled (%s)", job_id, exc)
-                    continue
-                size = len(data) + len(op.log or b"") + rows.ROW_OVERHEAD
-                done = op.job.finished_at if op.state == FINISHED else None
-                puts.append((job_id, op.state, op.job.owner, done, op.seq_hi, size, data, op.log))
+    def _take(self) -> tuple[dict[str, Op], bool, int]:
+        """The pending writes (now in flight), whether the journal is closing, and the batch's number."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+            self._inflight = len(batch)
+            self._urgent.clear()
+            self._taken += 1
+            return batch, self._closing, self._taken
+
+    def _commit(self, batch: dict[str, Op]) -> bool:
         try:
             assert self._db is not None
-            self._db.execute("BEGIN IMMEDIATE")
-            for statement, values in ((_UPSERT, puts), (_RESERVE, states), ("DELETE FROM jobs WHERE id = ?", deletes)):
-                if values:
-                    self._db.executemany(statement, values)
-            self._db.execute("COMMIT")
+            rows.write_batch(self._db, batch, keep_finished=self._retention_s > 0 and self._max_bytes > 0)
         except sqlite3.Error as exc:
             self._failed(exc)
             with self._lock:  # back under the writes that came meanwhile, to be retried
@@ -378,36 +348,12 @@ class Journal:
         return True
 
     def _sweep(self) -> bool:
-        """Retention on disk: finished rows past their age go, then, past `max_bytes`, the oldest of the owner
-        holding the most (down to the next holder), until the rest fits."""
+        """Retention on disk (rows.sweep)."""
         assert self._db is not None
-        db = self._db
-        horizon_ms = (self._clock() - self._retention_s) * 1000.0
         try:
-            db.execute("BEGIN IMMEDIATE")
-            deleted = db.execute("DELETE FROM jobs WHERE state = 'finished' AND finished_at < ?", (horizon_ms,))
-            swept = max(0, deleted.rowcount)
-            (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM jobs WHERE state = 'finished'").fetchone()
-            while total > self._max_bytes:
-                holders = db.execute(
-                    "SELECT owner, SUM(size) AS held FROM jobs WHERE state = 'finished' GROUP BY owner "
-                    "ORDER BY held DESC LIMIT 2"
-                ).fetchall()
-                (owner, held), floor = holders[0], holders[1][1] if len(holders) > 1 else 0
-                victims = []
-                for job_id, size in db.execute(
-                    "SELECT id, size FROM jobs WHERE state = 'finished' AND owner = ? ORDER BY finished_at",
-                    (owner,),
-                ):
-                    victims.append((job_id,))
-                    total, held = total - size, held - size
-                    if total <= self._max_bytes or held < floor:
-                        break
-                db.executemany("DELETE FROM jobs WHERE id = ?", victims)
-                swept += len(victims)
-            db.execute("COMMIT")
-            if swept:
-                db.execute("PRAGMA incremental_vacuum")  # the freed pages go back to the disk
+            swept = rows.sweep(
+                self._db, horizon_ms=(self._clock() - self._retention_s) * 1000.0, max_bytes=self._max_bytes
+            )
         except sqlite3.Error as exc:
             self._failed(exc)
             return False

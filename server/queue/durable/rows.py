@@ -163,6 +163,13 @@ def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload
     A row whose JSON is newer than its state (the process died between the two writes) is judged by its JSON: a
     job that has its result is finished, one that had started was running."""
     out = Recovered()
+    _recover_active(db, out, now_ms)
+    _recover_finished(db, out, horizon_ms, preload, preload_bytes)
+    out.queued.sort(key=lambda job: (-job.priority, job.created_at))
+    return out
+
+
+def _recover_active(db: sqlite3.Connection, out: Recovered, now_ms: float) -> None:
     finished_late: list[tuple[str, float | None]] = []
     for job_id, state, seq_hi, data in db.execute("SELECT id, state, seq_hi, job FROM jobs WHERE state != 'finished'"):
         try:
@@ -182,6 +189,11 @@ def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload
         db.executemany(
             "UPDATE jobs SET state = 'finished', finished_at = ? WHERE id = ?", [(t, i) for i, t in finished_late]
         )
+
+
+def _recover_finished(
+    db: sqlite3.Connection, out: Recovered, horizon_ms: float, preload: int, preload_bytes: int
+) -> None:
     # Sizes first (the blobs stay on disk): the disk may hold far more than memory keeps (DATA_MAX_MB, a GB).
     chosen, held = [], 0
     for job_id, size in db.execute(
@@ -199,5 +211,78 @@ def recover(db: sqlite3.Connection, *, now_ms: float, horizon_ms: float, preload
         except (ValueError, TypeError, KeyError):
             logger.error("job %s: its journal row cannot be read; skipped", job_id)
             out.unreadable += 1
-    out.queued.sort(key=lambda job: (-job.priority, job.created_at))
-    return out
+
+
+# -- writing --------------------------------------------------------------------------------------------------
+
+_UPSERT = (
+    "INSERT INTO jobs (id, state, owner, finished_at, seq_hi, size, job, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET state = excluded.state, finished_at = excluded.finished_at, "
+    "seq_hi = max(seq_hi, excluded.seq_hi), size = excluded.size, job = excluded.job, log = excluded.log"
+)
+_RESERVE = "UPDATE jobs SET state = ?, seq_hi = max(seq_hi, ?) WHERE id = ? AND state != 'finished'"
+
+
+@dataclass(slots=True)
+class Op:
+    """A job's pending write: the whole row (`job` set) or only its state and reserved seq (`job` None)."""
+
+    state: str
+    job: Job | None
+    log: bytes | None
+    seq_hi: int
+
+
+def write_batch(db: sqlite3.Connection, batch: dict[str, Op], *, keep_finished: bool) -> None:
+    """One transaction for a batch of pending writes: whole rows, state-only updates, and (when nothing finished is
+    kept) deletes. A job that cannot be encoded is logged and left out; sqlite3.Error rolls nothing back here."""
+    puts, states, deletes = [], [], []
+    for job_id, op in batch.items():
+        if op.job is None:
+            states.append((op.state, op.seq_hi, job_id))
+        elif op.state == FINISHED and not keep_finished:
+            deletes.append((job_id,))
+        else:
+            try:
+                data = orjson.dumps(op.job)  # one C call under the GIL: a consistent snapshot of the job
+            except TypeError as exc:
+                logger.error("job %s: cannot be journaled (%s)", job_id, exc)
+                continue
+            size = len(data) + len(op.log or b"") + ROW_OVERHEAD
+            done = op.job.finished_at if op.state == FINISHED else None
+            puts.append((job_id, op.state, op.job.owner, done, op.seq_hi, size, data, op.log))
+    db.execute("BEGIN IMMEDIATE")
+    for statement, values in ((_UPSERT, puts), (_RESERVE, states), ("DELETE FROM jobs WHERE id = ?", deletes)):
+        if values:
+            db.executemany(statement, values)
+    db.execute("COMMIT")
+
+
+def sweep(db: sqlite3.Connection, *, horizon_ms: float, max_bytes: int) -> int:
+    """Retention on disk: finished rows past their age go, then, past `max_bytes`, the oldest of the owner holding
+    the most (down to the next holder), until the rest fits. Returns how many rows went."""
+    db.execute("BEGIN IMMEDIATE")
+    deleted = db.execute("DELETE FROM jobs WHERE state = 'finished' AND finished_at < ?", (horizon_ms,))
+    swept = max(0, deleted.rowcount)
+    (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM jobs WHERE state = 'finished'").fetchone()
+    while total > max_bytes:
+        holders = db.execute(
+            "SELECT owner, SUM(size) AS held FROM jobs WHERE state = 'finished' GROUP BY owner "
+            "ORDER BY held DESC LIMIT 2"
+        ).fetchall()
+        (owner, held), floor = holders[0], holders[1][1] if len(holders) > 1 else 0
+        victims = []
+        for job_id, size in db.execute(
+            "SELECT id, size FROM jobs WHERE state = 'finished' AND owner = ? ORDER BY finished_at",
+            (owner,),
+        ):
+            victims.append((job_id,))
+            total, held = total - size, held - size
+            if total <= max_bytes or held < floor:
+                break
+        db.executemany("DELETE FROM jobs WHERE id = ?", victims)
+        swept += len(victims)
+    db.execute("COMMIT")
+    if swept:
+        db.execute("PRAGMA incremental_vacuum")  # the freed pages go back to the disk
+    return swept

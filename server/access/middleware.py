@@ -1,24 +1,20 @@
-"""The aiohttp middleware: identify every caller, limit the API routes, stamp the rate-limit headers."""
+"""The access middleware: identify every caller, limit the API routes, stamp the rate-limit headers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from ...errors import ConveyorError, TooManyRequests, Unauthorized
-from ...keys import CLIENT
-from ...settings import Settings
-from ..apikeys import JUDGE0_AUTH_HEADER, ApiKeys, authenticate
-from ..identity import Client, client_ip, parse_networks
-from ..sessions import session_client
-from .base import Bucket, Decision, decision_headers, raise_if_denied
-from .limiter import RateLimiter
-
-if TYPE_CHECKING:
-    from ..lockout import AuthLockout
+from ..errors import ConveyorError, TooManyRequests, Unauthorized
+from ..settings import Settings
+from .apikeys import JUDGE0_AUTH_HEADER, ApiKeys, authenticate
+from .identity import CLIENT, Client, client_ip, parse_networks
+from .lockout import AuthLockout
+from .ratelimit.base import Bucket, Decision, decision_headers, raise_if_denied
+from .ratelimit.limiter import RateLimiter
+from .sessions import session_client
 
 _READ_PATHS = frozenset({"/queue", "/runs", "/runtimes", "/cache/status", "/openapi.json", "/ws", "/metrics"})
 # The Piston and Judge0 compat APIs draw from the same buckets as the native routes (a Judge0 batch draws one
@@ -67,44 +63,40 @@ def ratelimit_middleware(
     With `lockout`, a request that presents a key is refused (429) while its address is locked out, and a failed
     authentication counts towards the lockout.
     """
+    return _RateLimit(limiter, keys, settings, on_denied or (lambda: None), lockout)
 
-    denied = on_denied or (lambda: None)
 
-    async def identify(request: web.Request) -> Client:
-        if presents_key(request):
-            if lockout is None:
-                return authenticate(request, keys, settings)
-            return await _identify_past_lockout(request, keys, settings, lockout, denied)
-        # No key: the pages' sign-in cookie if there is a good one, else anonymous by address and owner token.
-        client = authenticate(request, keys, settings)
-        return session_client(request, keys, client.ip) or client
+class _RateLimit:
+    """The middleware itself (new-style: aiohttp reads `__middleware_version__`)."""
 
-    async def draw(client: Client, bucket: Bucket) -> Decision:
-        return await _draw(limiter, client, bucket)
+    __middleware_version__ = 1
 
-    async def settle(client: Client, bucket: Bucket, decision: Decision, status: int) -> tuple[Bucket, Decision]:
-        """The bucket and decision an error answer ends with: 401/403 give the token back; a malformed
-        submission gives its submit token back and costs a read instead."""
-        if status in _QUOTA_FREE_STATUSES:
-            return bucket, await limiter.refund(client, bucket)
-        if status in _MALFORMED_STATUSES and bucket == "submit":
-            await limiter.refund(client, bucket)
-            return "read", await draw(client, "read")
-        return bucket, decision
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        keys: ApiKeys,
+        settings: Settings,
+        denied: Callable[[], None],
+        lockout: AuthLockout | None,
+    ) -> None:
+        self.limiter = limiter
+        self.keys = keys
+        self.settings = settings
+        self.denied = denied
+        self.lockout = lockout
 
-    @web.middleware
-    async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         # Before any bucket: a bad key is a 401 that costs no quota (but counts towards the address's lockout).
-        client = await identify(request)
+        client = await self._identify(request)
         request[CLIENT] = client
         bucket = bucket_for(request.method, request.path)
         if bucket is None:
             return await handler(request)
-        decision = await draw(client, bucket)
+        decision = await _draw(self.limiter, client, bucket)
         try:
             response = await handler(request)
         except (ConveyorError, web.HTTPException) as exc:
-            bucket, decision = await settle(client, bucket, decision, exc.status)
+            bucket, decision = await self._settle(client, bucket, decision, exc.status)
             _merge(exc.headers, decision_headers(decision, bucket))
             raise
         # A prepared response (a WebSocket, a stream) has sent its headers already.
@@ -112,7 +104,25 @@ def ratelimit_middleware(
             _merge(response.headers, decision_headers(decision, bucket))
         return response
 
-    return ratelimit
+    async def _identify(self, request: web.Request) -> Client:
+        keys, settings = self.keys, self.settings
+        if presents_key(request):
+            if self.lockout is None:
+                return authenticate(request, keys, settings)
+            return await _identify_past_lockout(request, keys, settings, self.lockout, self.denied)
+        # No key: the pages' sign-in cookie if there is a good one, else anonymous by address and owner token.
+        client = authenticate(request, keys, settings)
+        return session_client(request, keys, client.ip) or client
+
+    async def _settle(self, client: Client, bucket: Bucket, decision: Decision, status: int) -> tuple[Bucket, Decision]:
+        """The bucket and decision an error answer ends with: 401/403 give the token back; a malformed
+        submission gives its submit token back and costs a read instead."""
+        if status in _QUOTA_FREE_STATUSES:
+            return bucket, await self.limiter.refund(client, bucket)
+        if status in _MALFORMED_STATUSES and bucket == "submit":
+            await self.limiter.refund(client, bucket)
+            return "read", await _draw(self.limiter, client, "read")
+        return bucket, decision
 
 
 async def _identify_past_lockout(
