@@ -4,7 +4,7 @@
 (() => {
   const { el, fmtBytes, fmtMs, fmtNumber, Socket } = Conveyor;
   const { TimeChart, fmtAxisMs } = Charts;
-  const { JobTable, FINAL } = Jobs;
+  const { FINAL } = JobRecord;
   const config = Conveyor.config();
 
   const RANGES = { "15m": 15 * 60_000, "1h": 3_600_000, "24h": 86_400_000 };
@@ -146,7 +146,7 @@
   }
 
   function openLinkedJob() {
-    const id = JobTable.hashId();
+    const id = JobDetail.hashId();
     if (id && state.admin) table.openId(id);
   }
   window.addEventListener("hashchange", openLinkedJob);
