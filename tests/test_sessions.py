@@ -206,3 +206,35 @@ async def test_a_shorter_session_ttl_ends_longer_sessions_made_before_it(
     client = await app_client(api_keys_file=path, session_ttl_s=3600)
     assert await _who(client, month) == {"user": None, "admin": False}
     assert await _who(client, issue(ops, time.time(), 3600)) == {"user": "ops", "admin": True}
+
+
+@pytest.mark.parametrize(
+    ("headers", "secure"),
+    [
+        ({"X-Forwarded-Proto": "https"}, True),
+        ({"X-Forwarded-Proto": "http, https"}, True),  # each proxy appends: the right-most is the one next to us
+        ({"X-Forwarded-Proto": "https, http"}, False),
+        ({"Forwarded": "for=192.0.2.7;proto=https"}, True),
+        ({}, False),
+    ],
+)
+async def test_behind_a_trusted_tls_proxy_both_cookies_are_secure(
+    app_client: AppClientFactory, tmp_path: Path, headers: dict[str, str], secure: bool
+) -> None:
+    # The proxy ends TLS and speaks plain HTTP to us: only its word says the browser used https, and only a trusted
+    # proxy's word counts. A cookie without Secure would be sent by the browser over plain http too.
+    client = await app_client(api_keys_file=_keys(tmp_path), trusted_proxies=("127.0.0.0/8", "::1/128"))
+    signed_in = await client.post("/session", headers={"Authorization": f"Bearer {ADMIN_KEY}", **headers})
+    assert bool(SimpleCookie(signed_in.headers["Set-Cookie"])[SESSION_COOKIE]["secure"]) is secure
+    client.session.cookie_jar.clear()
+    page = await client.get("/", headers=headers)
+    owner = next(m for m in SimpleCookie(page.headers["Set-Cookie"]).values())
+    assert bool(owner["secure"]) is secure
+    signed_out = await client.delete("/session", headers=headers)
+    assert bool(SimpleCookie(signed_out.headers["Set-Cookie"])[SESSION_COOKIE]["secure"]) is secure
+
+
+async def test_an_untrusted_caller_cannot_claim_https(app_client: AppClientFactory, tmp_path: Path) -> None:
+    client = await app_client(api_keys_file=_keys(tmp_path))  # no TRUSTED_PROXIES: the caller's headers are its own
+    resp = await client.post("/session", headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Forwarded-Proto": "https"})
+    assert not SimpleCookie(resp.headers["Set-Cookie"])[SESSION_COOKIE]["secure"]

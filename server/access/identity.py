@@ -145,6 +145,22 @@ def client_ip(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> str:
     return ip_key(peer)
 
 
+def served_over_https(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> bool:
+    """Did the browser reach us over HTTPS: our own TLS, or a trusted proxy's word (its right-most
+    `X-Forwarded-Proto`, else its last `Forwarded: proto=`). An untrusted caller's headers say nothing: a cookie
+    marked Secure on its say-so would only stop working, but the same rule keeps every forwarded header honest."""
+    if request.secure:
+        return True
+    peer = _parse_ip(request.remote or "")
+    if peer is None or not trusted or not _is_trusted(peer, trusted):
+        return False
+    protos = [part.strip() for value in request.headers.getall("X-Forwarded-Proto", []) for part in value.split(",")]
+    if protos:
+        return protos[-1].lower() == "https"
+    forwarded = request.forwarded
+    return bool(forwarded) and str(forwarded[-1].get("proto", "")).lower() == "https"
+
+
 def ip_key(address: IPAddress) -> str:
     """The quota key for an address: IPv4 as is, IPv6 collapsed to its /56."""
     if isinstance(address, ipaddress.IPv6Address):

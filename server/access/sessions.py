@@ -25,7 +25,7 @@ from aiohttp import web
 from ..errors import Forbidden, Unauthorized
 from ..keys import SETTINGS
 from .apikeys import ApiKeyEntry, ApiKeys
-from .identity import CLIENT, Client
+from .identity import CLIENT, Client, parse_networks, served_over_https
 
 SESSION_COOKIE = "conveyor_session"
 # A real cookie is ~130 characters (a 64-character user name at most); anything much longer is not ours.
@@ -108,7 +108,7 @@ async def sign_in(request: web.Request) -> web.Response:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_https(request),
     )
     return response
 
@@ -121,7 +121,7 @@ async def signed_in(request: web.Request) -> web.Response:
 async def sign_out(request: web.Request) -> web.Response:
     """DELETE /session: forget the cookie in this browser (the key itself stays valid until the keys file drops it)."""
     response = web.json_response({"user": None, "admin": False})
-    response.del_cookie(SESSION_COOKIE, path="/", samesite="Strict", secure=request.secure, httponly=True)
+    response.del_cookie(SESSION_COOKIE, path="/", samesite="Strict", secure=_https(request), httponly=True)
     return response
 
 
@@ -137,3 +137,7 @@ def setup_sessions(app: web.Application, keys: ApiKeys) -> None:
     app.router.add_post("/session", sign_in)
     app.router.add_get("/session", signed_in)
     app.router.add_delete("/session", sign_out)
+
+
+def _https(request: web.Request) -> bool:
+    return served_over_https(request, parse_networks(request.app[SETTINGS].trusted_proxies))

@@ -9,7 +9,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from ..access.identity import OWNER_COOKIE, OWNER_TOKEN, new_owner_token
+from ..access.identity import OWNER_COOKIE, OWNER_TOKEN, new_owner_token, parse_networks, served_over_https
 from ..keys import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,12 @@ def _give_owner_token(request: web.Request, response: web.Response) -> None:
     if current is not None and OWNER_TOKEN.fullmatch(current):
         return
     response.set_cookie(
-        OWNER_COOKIE, new_owner_token(), path="/", httponly=True, samesite="Strict", secure=request.secure
+        OWNER_COOKIE,
+        new_owner_token(),
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=served_over_https(request, parse_networks(request.app[SETTINGS].trusted_proxies)),
     )
 
 

@@ -78,7 +78,10 @@ HELP = {
         "worker slot time one submit token buys: a submission books (its tests, or 1) x its timeout and costs that "
         "over this, at least one token (400 when more than the bucket holds)"
     ),
-    "TRUSTED_PROXIES": "CIDRs whose `X-Forwarded-For`/`Forwarded` are believed (right-most untrusted hop wins)",
+    "TRUSTED_PROXIES": (
+        "CIDRs whose `X-Forwarded-For`/`Forwarded` are believed (right-most untrusted hop wins), "
+        "and whose `X-Forwarded-Proto: https` marks the cookies Secure"
+    ),
     "API_KEYS_FILE": "TOML file of API keys (see below)",
     "SESSION_TTL_S": (
         "how long a sign-in from the pages lasts (`POST /session`: an HttpOnly cookie, no key kept in the page)"
