@@ -89,7 +89,7 @@ async def _drive(variant: str, jobs: int, budget_mb: int, idle_s: float, concurr
     elapsed = time.perf_counter() - started
     stop.set()
     await sampler
-    retained = store._finished_bytes
+    retained = store._retention.bytes
     end_of_run = _rss()
     # Past the retention age: the next sweep evicts everything still held.
     now[0] += 10 * 3600

@@ -352,7 +352,7 @@ async def test_memory_retention_is_counted_in_the_bytes_it_holds() -> None:
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    retained = len(store._finished)
+    retained = len(store._retention)
     await store.close()
     assert 0 < retained < 200
     assert held <= bound * 1.05, f"{retained} jobs hold {held} bytes against a bound of {bound}"
