@@ -119,11 +119,17 @@ class Retention:
             elif self.bytes > self.max_bytes:
                 victim = self._oldest_of(max(self._owned_bytes, key=self._owned_bytes.__getitem__))
             elif len(finished) > self.count:
-                victim = self._oldest_of(max(self._owned, key=lambda owner: len(self._owned[owner])))
+                victim = self._oldest_of(self._most_jobs())
             else:
                 break
             self._forget(victim)
         self.trimmer.maybe_trim()
+
+    def _most_jobs(self) -> str:
+        owned = self._owned
+        if len(owned) == 1:
+            return next(iter(owned))
+        return max(owned, key=lambda owner: len(owned[owner]))
 
     def _oldest_of(self, owner: str) -> Record:
         return next(iter(self._owned[owner].values()))

@@ -1,23 +1,23 @@
 """The worker: one implementation of the queue for every store. Claims jobs, runs each in its own task, finishes
-under `asyncio.shield` with retries, and owns stop requests, stdin budgets, waiters and shutdown."""
+where no stop can interrupt it, with retries, and owns stop requests, stdin budgets, waiters and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import OrderedDict
 from contextlib import suppress
 from typing import Any
 
 from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
-from . import transitions
-from .base import InstanceRecord, OutputCoalescer, Store, execute
+from .base import InstanceRecord, Store, backstop_s
+from .deadlines import Deadlines
 from .events import Event, EventEmitter
 from .handoff import Claimed, ClaimsOnFinish, FinishBatcher
-from .jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
+from .jobs import ExecutionResult, Executor, Job, JobStatus
 from .loops import raise_if_cancelling, stop_task
-from .records import held_bytes
+from .running import Running, RunState, StdinChannel
+from .waiters import Waiters
 
 logger = logging.getLogger(__name__)
 
@@ -26,59 +26,11 @@ TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
 WAIT_RECHECK_S = 2.0
 # A store's wake-up may be missed (a Redis blip): an idle worker looks for work at least this often.
 WAKE_TIMEOUT_S = 1.0
-# Jobs finished here, kept for waiters whose job the store no longer holds (retention 0, a lost Redis): a few, and
-# few bytes, since they are outside the store's retention budget.
-FINISHED_HERE = 256
-FINISHED_HERE_BYTES = 8 * 1024 * 1024
 # Stop notifications for jobs not (yet) registered here: a claim in flight registers them on arrival.
 EARLY_STOPS = 1024
 FINISH_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
 # About seven minutes of retries: longer than any Redis restart worth waiting for.
 FINISH_ATTEMPTS = 200
-
-
-class RunState(enum.Enum):
-    RUNNING = "running"
-    FINISHING = "finishing"
-
-
-class StdinChannel(asyncio.Queue[bytes | None]):
-    """The program's live input. The executor reads it like any asyncio.Queue; each read gives the bytes back to
-    the job's budget in the store."""
-
-    def __init__(self, on_read: Any) -> None:
-        super().__init__()
-        self._on_read = on_read
-
-    def _get(self) -> bytes | None:
-        item: bytes | None = super()._get()
-        if item:
-            self._on_read(len(item))
-        return item
-
-
-class Running:
-    """One job this instance runs: the executor's task (the only one a stop cancels) and its stop reason."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.state = RunState.RUNNING
-        self.stop_reason: str | None = None
-        self.task: asyncio.Task[tuple[JobStatus, ExecutionResult]] | None = None
-        self.stdin: StdinChannel | None = None
-        # Live events (output, a test's result) in the order the run made them, published by one task.
-        self.outputs: asyncio.Queue[Event | None] | None = None
-        self.publisher: asyncio.Task[None] | None = None
-        # Deliveries of input from the store, one at a time: two in flight could hand it over out of order.
-        self.stdin_lock = asyncio.Lock()
-
-    def stop(self, reason: str) -> None:
-        if self.state is not RunState.RUNNING:
-            return  # finishing: the result stands, the stop came too late
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
 
 
 class Worker:
@@ -108,11 +60,10 @@ class Worker:
         self._grace_s = timeout_grace_ms / 1000.0
         self._stdin_budget = max_stdin_bytes
         self._running: dict[str, Running] = {}
+        self._deadlines = Deadlines(self._running)
         self._finishing: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._finished_here: OrderedDict[str, Job] = OrderedDict()
-        self._finished_here_bytes = 0
+        self._waiters = Waiters()
         self._early_stops: OrderedDict[str, str] = OrderedDict()
         self._freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -178,7 +129,8 @@ class Worker:
                 await asyncio.sleep(0.01)
         with suppress(Exception):
             await self.store.drain(2.0)  # our terminal events reach the hub before it closes the sockets
-        self._release_waiters()
+        self._waiters.wake_all()
+        self._deadlines.close()
         for task in [*self._loops, *self._background]:
             task.cancel()
         if self._unsubscribe is not None:
@@ -265,13 +217,11 @@ class Worker:
         """Wait for the final state. Never on one event alone: on every wake-up and every WAIT_RECHECK_S the store
         is read again, and close() wakes every waiter."""
         while True:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiters = self._waiters.setdefault(job_id, [])
-            waiters.append(future)
+            future = self._waiters.add(job_id)
             try:
                 job = await self.store.get(job_id)  # registered first: a terminal event in between is not missed
                 if job is None:
-                    job = self._finished_here.get(job_id)
+                    job = self._waiters.recall(job_id)
                     if job is None:
                         raise NotFound(f"No job with id {job_id!r} (it may have been lost with the job store).")
                 if job.status.finished:
@@ -289,23 +239,11 @@ class Worker:
                     async with asyncio.timeout(WAIT_RECHECK_S):
                         await future
             finally:
-                if future in waiters:
-                    waiters.remove(future)
-                if not waiters:
-                    self._waiters.pop(job_id, None)
-
-    def _wake(self, job_id: str) -> None:
-        for future in self._waiters.get(job_id, ()):
-            if not future.done():
-                future.set_result(None)
-
-    def _release_waiters(self) -> None:
-        for job_id in list(self._waiters):
-            self._wake(job_id)
+                self._waiters.discard(job_id, future)
 
     def _on_event(self, event: Event) -> None:
         if event["type"] in TERMINAL:
-            self._wake(event["jobId"])
+            self._waiters.wake(event["jobId"])
 
     # -- stdin -----------------------------------------------------------------------------------------------
 
@@ -444,88 +382,79 @@ class Worker:
         return len(jobs) == free
 
     def _start(self, job: Job, stop: str | None) -> None:
-        run = Running(job)
+        run = Running(job, self.store.append_event)
         self._running[job.id] = run
         if job.interactive:
             # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-        run.task = asyncio.create_task(self._execute(run), name=f"job-{job.id}")
+        run.task = asyncio.create_task(self._run(run), name=f"job-{job.id}")
         run.task.add_done_callback(lambda _: self._after_run(run))
+        self._deadlines.watch(run, backstop_s(job, self._grace_s))
         stop = stop or self._early_stops.pop(job.id, None)
         if stop:
             run.stop(stop)
         if job.interactive:
             self._spawn(self._deliver_stdin(job.id))  # input written before the claim is waiting in the store
 
-    async def _execute(self, run: Running) -> tuple[JobStatus, ExecutionResult]:
-        job = run.job
-        coalescer = OutputCoalescer(lambda stream, data: self._output(run, stream, data))
-
-        def on_event(event: Event) -> None:
-            coalescer.flush()  # output printed before the event goes before it
-            self._live(run, {**event, "jobId": job.id})
-
-        io = JobIO(on_output=coalescer, stdin=run.stdin, on_event=on_event)
-        try:
-            return await execute(self._executor, job, io, self._grace_s, lambda: run.stop_reason or "shutdown")
-        finally:
-            coalescer.flush()
-
-    def _output(self, run: Running, stream: Stream, data: str) -> None:
-        if data:
-            self._live(run, transitions.output_event(run.job.id, stream, data))
-
-    def _live(self, run: Running, event: Event) -> None:
-        # Bounded by the run itself: its output within MAX_OUTPUT_BYTES, one event per test.
-        if run.outputs is None:  # most jobs print little or nothing: no task until they do
-            run.outputs = asyncio.Queue()
-            run.publisher = asyncio.create_task(self._publish_output(run, run.outputs))
-        run.outputs.put_nowait(event)
-
-    async def _publish_output(self, run: Running, outputs: asyncio.Queue[Event | None]) -> None:
-        job = run.job
-        while (event := await outputs.get()) is not None:
-            try:
-                await self.store.append_event(job, event)
-            except Exception as exc:
-                # Live output is best effort; the result (with the whole output) is what must not be lost.
-                logger.warning("job %s: an output event was not published (%s)", job.id, exc)
+    async def _run(self, run: Running) -> None:
+        """The job's task: the executor's work (the only part a stop cancels), then its finish. From the moment the
+        work ends the run is FINISHING, which no stop and no shutdown cancels (`Running.stop`), so the finish needs
+        no task of its own; if the task is cancelled anyway (from outside), `_after_run` finishes in another."""
+        run.outcome = await run.execute(self._executor)
+        run.state = RunState.FINISHING
+        await self._finish(run, *run.outcome)
 
     def _after_run(self, run: Running) -> None:
-        """The executor's task ended: finish in a task of its own under shield, so neither a stop nor a shutdown
-        nor a cancelled caller can interrupt storing the result."""
+        """The job's task ended. If it ended before its finish was stored (cancelled from outside, or a failure),
+        finish in a task of its own under shield, so nothing else can interrupt storing the result."""
+        task = run.task
+        if self._running.get(run.job.id) is not run or task is None:
+            return  # finished and released
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("finishing job %s failed; finishing again", run.job.id, exc_info=error)
         run.state = RunState.FINISHING
-        task = asyncio.ensure_future(self._finish(run))
+        task = asyncio.ensure_future(self._finish_again(run))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    async def _finish(self, run: Running) -> None:
-        job = run.job
+    async def _finish_again(self, run: Running) -> None:
         assert run.task is not None
         try:
-            if run.task.cancelled():
-                status, result = JobStatus.CANCELLED, ExecutionResult(reason=run.stop_reason or "shutdown")
-            else:
-                status, result = run.task.result()
-            if run.outputs is not None and run.publisher is not None:
-                run.outputs.put_nowait(None)
-                await asyncio.shield(run.publisher)  # output events go out before the terminal one
-            await asyncio.shield(self._store_result(run, status, result))
+            if run.outcome is None:
+                run.outcome = JobStatus.CANCELLED, ExecutionResult(reason=run.stop_reason or "shutdown")
+            await asyncio.shield(self._finish(run, *run.outcome))
         except Exception:
-            logger.exception("finishing job %s failed", job.id)
+            logger.exception("finishing job %s failed", run.job.id)
         finally:
             self._release(run)
 
-    def _release(self, run: Running) -> None:
+    async def _finish(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
+        """Output events out, then the result stored (retried), then the freed slot takes the next job at once: in
+        the same call on Redis (finish-and-claim), else by a claim right after."""
+        await run.output_sent()  # output events go out before the terminal one
+        if await self._store_result(run, status, result):
+            self._waiters.finished(run.job)
+        if self._batcher is not None or self._closing:
+            self._release(run)
+            return
+        # The claim loop is woken only if the claim right after leaves a slot free: a busy worker's slots pass
+        # from job to job here, and the loop sleeps.
+        self._release(run, wake_claims=False)
+        with suppress(Exception):
+            await self._fill()
+        if self._free() > 0:
+            self._freed.set()
+
+    def _release(self, run: Running, *, wake_claims: bool = True) -> None:
         if self._running.get(run.job.id) is run:
             del self._running[run.job.id]
-            self._freed.set()
-        self._wake(run.job.id)
+            if wake_claims:
+                self._freed.set()
+        self._waiters.wake(run.job.id)
 
-    async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
+    async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> bool:
         """FINISH, retried while the store is unreachable (it is idempotent for the lease holder); our lease is
-        renewed meanwhile, since the job stays registered here until this returns. The freed slot takes the
-        next job at once: in the same call on Redis (finish-and-claim), else by a claim right after."""
+        renewed meanwhile, since the job stays registered here until this returns. False if it gave up."""
         job = run.job
         attempt = 0
         while True:
@@ -536,24 +465,15 @@ class Worker:
                     stored = await self.store.finish(job, status, result)
                 if not stored:
                     logger.warning("job %s: lease lost before its result was stored", job.id)
-                break
+                return True
             except Exception as exc:
                 delay = FINISH_BACKOFF_S[min(attempt, len(FINISH_BACKOFF_S) - 1)]
                 attempt += 1
                 if attempt > FINISH_ATTEMPTS:
                     logger.error("job %s: result not stored after %d attempts (%s)", job.id, attempt, exc)
-                    return
+                    return False
                 logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
                 await asyncio.sleep(delay)
-        self._finished_here[job.id] = job
-        self._finished_here_bytes += held_bytes(job)
-        while len(self._finished_here) > FINISHED_HERE or self._finished_here_bytes > FINISHED_HERE_BYTES:
-            _, old = self._finished_here.popitem(last=False)
-            self._finished_here_bytes -= held_bytes(old)
-        self._release(run)
-        if self._batcher is None and not self._closing:
-            with suppress(Exception):
-                await self._fill()
 
     async def _heartbeat(self) -> None:
         """This instance's record (its slots), alive for one lease: an instance that stops beating for that long
