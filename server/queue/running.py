@@ -117,12 +117,21 @@ class Running:
             self.flush()
         return status_of(result), result
 
-    @property
-    def stdin_lock(self) -> asyncio.Lock:
-        """Deliveries of input from the store, one at a time: two in flight could hand it over out of order."""
+    async def take_input(self, take: Callable[[str], Awaitable[list[bytes | None]]]) -> None:
+        """Move the input waiting in the store to the program's channel. One delivery at a time (the lock comes
+        with the first): two in flight could hand it over out of order."""
+        if self.stdin is None:
+            return
         if self._stdin_lock is None:
             self._stdin_lock = asyncio.Lock()
-        return self._stdin_lock
+        async with self._stdin_lock:
+            try:
+                items = await take(self.job.id)
+            except Exception:
+                logger.warning("job %s: could not take its input from the store", self.job.id)
+                return
+            for item in items:
+                self.stdin.put_nowait(item)
 
     # -- live output -----------------------------------------------------------------------------------------
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
+from ..errors import NotFound, ShuttingDown
 from .jobs import Job
 from .records import held_bytes
+
+# A waiter re-reads the store this often even without news: a missed or trimmed terminal event costs this much.
+WAIT_RECHECK_S = 2.0
 
 # Jobs finished here, kept for waiters whose job the store no longer holds (retention 0, a lost Redis): a few, and
 # few bytes, since they are outside the store's retention budget.
@@ -22,6 +28,36 @@ class Waiters:
         self._futures: dict[str, list[asyncio.Future[None]]] = {}
         self._finished: OrderedDict[str, tuple[Job, int]] = OrderedDict()
         self._finished_bytes = 0
+
+    async def wait(
+        self, job_id: str, read: Callable[[str], Awaitable[Job | None]], abandoned: Callable[[], bool]
+    ) -> Job:
+        """The job once finished, read with `read` at every wake-up and every WAIT_RECHECK_S; NotFound when neither
+        the store nor this instance has it, ShuttingDown when `abandoned()` (closing, and not running here)."""
+        while True:
+            future = self.add(job_id)
+            try:
+                job = await read(job_id)  # registered first: a terminal event in between is not missed
+                if job is None:
+                    job = self.recall(job_id)
+                    if job is None:
+                        raise NotFound(f"No job with id {job_id!r} (it may have been lost with the job store).")
+                if job.status.finished:
+                    return job
+                if future.done():
+                    continue  # news arrived while we read: read again
+                if abandoned():
+                    raise ShuttingDown(
+                        f"The server is shutting down; job {job_id} is {job.status.value}. Fetch it later from "
+                        f"/queue/job/{job_id}.",
+                        retryAfter=5,
+                        jobId=job_id,
+                    )
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(WAIT_RECHECK_S):
+                        await future
+            finally:
+                self.discard(job_id, future)
 
     def add(self, job_id: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -11,21 +11,19 @@ from typing import Any
 
 from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
 from .base import InstanceRecord, Store, backstop_s
+from .claiming import WAKE_TIMEOUT_S, ClaimLoop
 from .deadlines import Deadlines
 from .events import Event, EventEmitter
 from .handoff import Claimed, ClaimsOnFinish, FinishBatcher
 from .jobs import ExecutionResult, Executor, Job, JobStatus
-from .loops import raise_if_cancelling, stop_task
+from .leases import Leases
+from .loops import stop_task
 from .running import Running, RunState, StdinChannel
 from .waiters import Waiters
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
-# A waiter re-reads the store this often even without news: a missed or trimmed terminal event costs this much.
-WAIT_RECHECK_S = 2.0
-# A store's wake-up may be missed (a Redis blip): an idle worker looks for work at least this often.
-WAKE_TIMEOUT_S = 1.0
 # Stop notifications for jobs not (yet) registered here: a claim in flight registers them on arrival.
 EARLY_STOPS = 1024
 FINISH_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
@@ -60,18 +58,15 @@ class Worker:
         self._grace_s = timeout_grace_ms / 1000.0
         self._stdin_budget = max_stdin_bytes
         self._running: dict[str, Running] = {}
+        self._leases = Leases(store, self._running, slots=self._slots, lease_ms=lease_timeout_ms, retry=retry_lost_jobs)
         self._deadlines = Deadlines(self._running)
         self._finishing: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._waiters = Waiters()
         self._early_stops: OrderedDict[str, str] = OrderedDict()
-        self._freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
-        # Set by close(): wakes the claim loop wherever it idles, so shutdown does not wait out WAKE_TIMEOUT_S.
-        self._close_requested = asyncio.Event()
-        # The store's wait for work, in a task of its own so the claim loop can leave it without cancelling it.
-        self._work_wait: asyncio.Task[None] | None = None
+        self._claims = ClaimLoop(store, free=self._free, fill=self._fill, drained=self._drained)
         self._unsubscribe: Any = None
         # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
         self._reserved = 0
@@ -94,10 +89,10 @@ class Worker:
         self._unsubscribe = self.events.subscribe(self._on_event)
         await self.store.start()
         with suppress(BackendUnavailable):
-            await self._heartbeat()  # in the instances view from the start, not after the first lease interval
-        self._loops.append(asyncio.create_task(self._lease_loop(), name="conveyor-leases"))
+            await self._leases.heartbeat()  # in the instances view from the start, not after the first lease interval
+        self._loops.append(asyncio.create_task(self._leases.run(), name="conveyor-leases"))
         if self._slots > 0:
-            self._loops.append(asyncio.create_task(self._claim_loop(), name="conveyor-claim"))
+            self._loops.append(asyncio.create_task(self._claims.run(), name="conveyor-claim"))
 
     async def close(self, grace_s: float = 0.0) -> None:
         if self._closing:
@@ -106,7 +101,7 @@ class Worker:
         # Take no new work. The claim loop is woken, not cancelled (cancelling redis-py inside a blocking pop was
         # seen to hang): it leaves the store's wait pending, and store.close() below ends that wait. A claim in
         # flight registers its jobs first, so they are stopped below with the others.
-        self._close_requested.set()
+        self._claims.close()
         if len(self._loops) > 1:
             await asyncio.wait(self._loops[1:], timeout=WAKE_TIMEOUT_S + 1)
         with suppress(Exception):
@@ -139,8 +134,8 @@ class Worker:
         # cancellation until its socket answers).
         await self.store.close()
         left = [*self._loops, *self._background]
-        if self._work_wait is not None:
-            left.append(self._work_wait)
+        if self._claims.store_wait is not None:
+            left.append(self._claims.store_wait)
         for task in left:
             await stop_task(task)
 
@@ -216,30 +211,7 @@ class Worker:
     async def wait(self, job_id: str) -> Job:
         """Wait for the final state. Never on one event alone: on every wake-up and every WAIT_RECHECK_S the store
         is read again, and close() wakes every waiter."""
-        while True:
-            future = self._waiters.add(job_id)
-            try:
-                job = await self.store.get(job_id)  # registered first: a terminal event in between is not missed
-                if job is None:
-                    job = self._waiters.recall(job_id)
-                    if job is None:
-                        raise NotFound(f"No job with id {job_id!r} (it may have been lost with the job store).")
-                if job.status.finished:
-                    return job
-                if future.done():
-                    continue  # news arrived while we read: read again
-                if self._closing and job_id not in self._running:
-                    raise ShuttingDown(
-                        f"The server is shutting down; job {job_id} is {job.status.value}. Fetch it later from "
-                        f"/queue/job/{job_id}.",
-                        retryAfter=5,
-                        jobId=job_id,
-                    )
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(WAIT_RECHECK_S):
-                        await future
-            finally:
-                self._waiters.discard(job_id, future)
+        return await self._waiters.wait(job_id, self.store.get, lambda: self._closing and job_id not in self._running)
 
     def _on_event(self, event: Event) -> None:
         if event["type"] in TERMINAL:
@@ -252,16 +224,8 @@ class Worker:
 
     async def _deliver_stdin(self, job_id: str) -> None:
         run = self._running.get(job_id)
-        if run is None or run.stdin is None:
-            return
-        async with run.stdin_lock:
-            try:
-                items = await self.store.take_stdin(job_id)
-            except Exception:
-                logger.warning("job %s: could not take its input from the store", job_id)
-                return
-            for item in items:
-                run.stdin.put_nowait(item)
+        if run is not None:
+            await run.take_input(self.store.take_stdin)
 
     def _ack_stdin(self, job_id: str, size: int) -> None:
         self._spawn(self._ack_quietly(job_id, size))
@@ -287,55 +251,6 @@ class Worker:
                     self._early_stops.popitem(last=False)
 
     # -- claiming and running --------------------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        while not self._closing:
-            if self._free() <= 0:
-                self._freed.clear()
-                await self._idle(asyncio.ensure_future(self._freed.wait()), WAKE_TIMEOUT_S, cancel=True)
-                continue
-            try:
-                # A finish that just claimed found the queue empty: wait for news rather than ask again.
-                filled = False if self._drained() else await self._fill()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise_if_cancelling()
-                if self._closing:
-                    return
-                logger.warning("claiming jobs failed (%s); retrying", exc)
-                await self._idle(None, 1.0)
-                continue
-            if not filled:
-                try:
-                    await self._wait_for_work()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    raise_if_cancelling()
-                    await self._idle(None, WAKE_TIMEOUT_S)
-
-    async def _wait_for_work(self) -> None:
-        """The store's wait for work, or less: close() ends it at once for this loop. The store's own wait is left
-        running then (never cancelled here: see close()), and the next call waits on the same one."""
-        if self._work_wait is None:
-            self._work_wait = asyncio.create_task(self.store.wait_for_work(WAKE_TIMEOUT_S), name="conveyor-wake")
-        await self._idle(self._work_wait, WAKE_TIMEOUT_S + 1)
-        if self._work_wait.done():
-            done, self._work_wait = self._work_wait, None
-            done.result()  # the store's error goes to the claim loop's handler
-
-    async def _idle(self, waiting: asyncio.Future[Any] | None, timeout: float, *, cancel: bool = False) -> None:
-        """Wait for `waiting` (or only the time, when None) at most `timeout` seconds, ending early when close()
-        begins. `cancel` cancels `waiting` if it is still pending then; otherwise it is left to its owner."""
-        closing = asyncio.ensure_future(self._close_requested.wait())
-        aws: list[asyncio.Future[Any]] = [closing] if waiting is None else [closing, waiting]
-        try:
-            await asyncio.wait(aws, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closing.cancel()
-            if cancel and waiting is not None:
-                waiting.cancel()
 
     def _free(self) -> int:
         return self._slots - len(self._running) - self._reserved
@@ -431,7 +346,8 @@ class Worker:
     async def _finish(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
         """Output events out, then the result stored (retried), then the freed slot takes the next job at once: in
         the same call on Redis (finish-and-claim), else by a claim right after."""
-        await run.output_sent()  # output events go out before the terminal one
+        if run.outputs is not None:
+            await run.output_sent()  # output events go out before the terminal one
         if await self._store_result(run, status, result):
             self._waiters.finished(run.job)
         if self._batcher is not None or self._closing:
@@ -443,13 +359,13 @@ class Worker:
         with suppress(Exception):
             await self._fill()
         if self._free() > 0:
-            self._freed.set()
+            self._claims.freed()
 
     def _release(self, run: Running, *, wake_claims: bool = True) -> None:
         if self._running.get(run.job.id) is run:
             del self._running[run.job.id]
             if wake_claims:
-                self._freed.set()
+                self._claims.freed()
         self._waiters.wake(run.job.id)
 
     async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> bool:
@@ -474,30 +390,3 @@ class Worker:
                     return False
                 logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
                 await asyncio.sleep(delay)
-
-    async def _heartbeat(self) -> None:
-        """This instance's record (its slots), alive for one lease: an instance that stops beating for that long
-        has lost its leases too."""
-        await self.store.heartbeat(slots=self._slots, ttl_ms=self._lease_ms)
-
-    async def _lease_loop(self) -> None:
-        """Renew our leases (reading stop requests recorded on our jobs) and reclaim expired ones."""
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000.0)
-            try:
-                if self._running:
-                    stops = await self.store.renew(list(self._running), lease_ms=self._lease_ms)
-                    for job_id, reason in stops.items():
-                        run = self._running.get(job_id)
-                        if run is not None:
-                            run.stop(reason)
-                lost = await self.store.reclaim(retry=self._retry, lease_ms=self._lease_ms)
-                for job_id in lost:
-                    logger.warning("job %s lost its worker (lease expired)", job_id)
-                await self._heartbeat()  # last: a view's record never delays keeping leases
-            except BackendUnavailable as exc:
-                raise_if_cancelling()
-                logger.warning("lease renewal, reclaim or heartbeat failed: %s", exc.message)
-            except Exception:
-                raise_if_cancelling()
-                logger.exception("lease renewal, reclaim or heartbeat failed")
