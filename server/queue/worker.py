@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -302,8 +303,9 @@ class Worker:
         if job.interactive:
             # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-        run.task = asyncio.create_task(self._run(run), name=f"job-{job.id}")
-        run.task.add_done_callback(lambda _: self._after_run(run))
+        after: Callable[[object], None] = lambda _: self._after_run(run)  # noqa: E731 (removed by identity)
+        run.task = asyncio.create_task(self._run(run, after), name=f"job-{job.id}")
+        run.task.add_done_callback(after)
         self._deadlines.watch(run, backstop_s(job, self._grace_s))
         stop = stop or self._early_stops.pop(job.id, None)
         if stop:
@@ -311,13 +313,16 @@ class Worker:
         if job.interactive:
             self._spawn(self._deliver_stdin(job.id))  # input written before the claim is waiting in the store
 
-    async def _run(self, run: Running) -> None:
+    async def _run(self, run: Running, after: Callable[[object], None]) -> None:
         """The job's task: the executor's work (the only part a stop cancels), then its finish. From the moment the
         work ends the run is FINISHING, which no stop and no shutdown cancels (`Running.stop`), so the finish needs
-        no task of its own; if the task is cancelled anyway (from outside), `_after_run` finishes in another."""
+        no task of its own. Until it is stored, `after` (`_after_run`) watches the task: cancelled before it began
+        (an early stop) or anyway (from outside), or failed, the run is finished in another task."""
         run.outcome = await run.execute(self._executor)
         run.state = RunState.FINISHING
         await self._finish(run, *run.outcome)
+        if run.task is not None:
+            run.task.remove_done_callback(after)  # finished here: nothing is left for it
 
     def _after_run(self, run: Running) -> None:
         """The job's task ended. If it ended before its finish was stored (cancelled from outside, or a failure),
