@@ -115,6 +115,9 @@ class Running:
             return JobStatus.FAILED, ExecutionResult(reason="internal_error")
         finally:
             self.flush()
+            # The coalescer's emit is this run's own method: dropped, the run and its result are freed by reference
+            # counting as soon as the worker lets go of them, not at the next full garbage collection.
+            self._coalescer = None
         return status_of(result), result
 
     async def take_input(self, take: Callable[[str], Awaitable[list[bytes | None]]]) -> None:
