@@ -474,7 +474,7 @@ async def _retain_and_evict(jobs: int) -> tuple[int, int, int]:
         for job in batch:
             await queue.wait(job.id)
     full = _rss()
-    store._retention_count = 0
+    store._retention.count = 0
     store._evict()
     await asyncio.sleep(1)
     after = _rss()

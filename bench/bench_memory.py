@@ -49,6 +49,17 @@ async def _batch(queue: Worker) -> None:
         orjson.dumps(done.to_dict())
 
 
+async def _big(job: Job, io: JobIO) -> ExecutionResult:
+    """1 MiB of text, different for every job (nothing shared or interned), written as 64 writes like a chatty
+    program's; the coalescer and the event log see it as they would a real run's."""
+    seed = int(job.id[:8], 16)
+    parts = [chr(97 + (seed + i) % 26) * CHUNK for i in range(64)]
+    for part in parts:
+        io.on_output("stdout", part)
+        await asyncio.sleep(0)
+    return ExecutionResult(exit_code=0, stdout="".join(parts))
+
+
 async def _drive(variant: str, jobs: int, budget_mb: int, idle_s: float, concurrency: int) -> dict[str, Any]:
     now = [0.0]
     options: dict[str, Any] = {}
@@ -60,17 +71,7 @@ async def _drive(variant: str, jobs: int, budget_mb: int, idle_s: float, concurr
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
     store = MemoryStore(retention_bytes=budget_mb * MB, retention_count=10_000, clock=lambda: now[0], **options)
 
-    async def big(job: Job, io: JobIO) -> ExecutionResult:
-        # 1 MiB of text, different for every job (nothing shared or interned), written as 64 writes like a chatty
-        # program's; the coalescer and the event log see it as they would a real run's.
-        seed = int(job.id[:8], 16)
-        parts = [chr(97 + (seed + i) % 26) * CHUNK for i in range(64)]
-        for part in parts:
-            io.on_output("stdout", part)
-            await asyncio.sleep(0)
-        return ExecutionResult(exit_code=0, stdout="".join(parts))
-
-    queue = Worker(store, executor=big, max_concurrent=concurrency, max_queue_size=jobs)
+    queue = Worker(store, executor=_big, max_concurrent=concurrency, max_queue_size=jobs)
     await queue.start()
     peak = baseline = _rss()
     stop = asyncio.Event()
@@ -89,7 +90,7 @@ async def _drive(variant: str, jobs: int, budget_mb: int, idle_s: float, concurr
     elapsed = time.perf_counter() - started
     stop.set()
     await sampler
-    retained = store._finished_bytes
+    retained = store._retention.bytes
     end_of_run = _rss()
     # Past the retention age: the next sweep evicts everything still held.
     now[0] += 10 * 3600

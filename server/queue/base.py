@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypedDict
 
 from .events import Event, EventEmitter
-from .jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, OutputCallback, Stream
+from .jobs import ExecutionResult, Job, JobStatus, OutputCallback, Stream
 
 logger = logging.getLogger(__name__)
 
@@ -170,33 +170,10 @@ class Store(Protocol):
         """Wait until events this instance published have come back through `events` (Redis), at most `timeout`."""
 
 
-async def execute(
-    executor: Executor, job: Job, io: JobIO, grace_s: float, stop_reason: Callable[[], str | None]
-) -> tuple[JobStatus, ExecutionResult]:
-    """Run one job through the executor with the queue's backstop timeout; map the outcome to a final status.
-
-    Cancellation counts as a stop only when `stop_reason()` names one (stop, shutdown); any other cancellation
-    propagates. An executor that raises is an internal error, logged with the job id, never a crashed queue.
-    """
-    try:
-        # Each test runs within the job's timeout, and their build (compile, then pack) within the grace.
-        async with asyncio.timeout(job.timeout_ms * job.runs / 1000.0 + grace_s * (2 if job.tests else 1)):
-            result = await executor(job, io)
-        return status_of(result), result
-    except TimeoutError:
-        return JobStatus.TIMEOUT, ExecutionResult(reason="timeout", signal="SIGKILL")
-    except asyncio.CancelledError:
-        reason = stop_reason()
-        if reason is None:
-            raise
-        # Our own stop (not a cancellation of the caller): report it as a result.
-        current = asyncio.current_task()
-        if current is not None:
-            current.uncancel()
-        return JobStatus.CANCELLED, ExecutionResult(reason=reason, signal="SIGKILL")
-    except Exception:
-        logger.exception("executor failed on job %s", job.id)
-        return JobStatus.FAILED, ExecutionResult(reason="internal_error")
+def backstop_s(job: Job, grace_s: float) -> float:
+    """The queue's own timeout for a run, a backstop behind the executor's limits: each test runs within the job's
+    timeout, and their build (compile, then pack) within the grace."""
+    return job.timeout_ms * job.runs / 1000.0 + grace_s * (2 if job.tests else 1)
 
 
 def status_of(result: ExecutionResult) -> JobStatus:

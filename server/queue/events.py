@@ -58,21 +58,25 @@ class EventEmitter:
 
     def __init__(self) -> None:
         self._listeners: list[tuple[Listener, bool]] = []
+        # What emit() iterates: a copy made when the listeners change, not at every event, so a listener may
+        # unsubscribe itself while being called.
+        self._snapshot: tuple[tuple[Listener, bool], ...] = ()
 
     def subscribe(self, listener: Listener, *, here_only: bool = False) -> Callable[[], None]:
         """Add a listener; returns a function that removes it."""
         entry = (listener, here_only)
         self._listeners.append(entry)
+        self._snapshot = tuple(self._listeners)
 
         def unsubscribe() -> None:
             if entry in self._listeners:
                 self._listeners.remove(entry)
+                self._snapshot = tuple(self._listeners)
 
         return unsubscribe
 
     def emit(self, event: Event, *, here: bool = True) -> None:
-        # Iterate over a snapshot: a listener may unsubscribe itself while being called.
-        for listener, here_only in tuple(self._listeners):
+        for listener, here_only in self._snapshot:
             if here_only and not here:
                 continue
             try:

@@ -71,6 +71,9 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
+_NO_LIMITS = Limits()
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     """One submission and, once finished, its result."""
@@ -96,7 +99,8 @@ class Job:
     # Judge features (all optional): several files, per-run limits, compiler options, an expected output or
     # tests compiled once, a callback, and how output is encoded.
     files: list[SourceFile] | None = None
-    limits: Limits = field(default_factory=Limits)
+    # Shared while unset: a Limits is frozen, so one empty one serves every job that asks for none.
+    limits: Limits = _NO_LIMITS
     compiler_options: list[str] = field(default_factory=list)
     expected_output: str | None = None
     tests: list[TestCase] | None = None

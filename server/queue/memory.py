@@ -7,14 +7,11 @@ import heapq
 import itertools
 import logging
 import os
-import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
-
-import orjson
 
 from ..errors import Conflict, InputBacklog, NotFound, QueueFull
 from . import transitions
@@ -22,28 +19,12 @@ from .allocator import Trimmer
 from .base import ControlHandler, InstanceRecord
 from .events import Event, EventEmitter
 from .jobs import ExecutionResult, Job, JobStatus, now_ms
-from .records import held_bytes
+from .retention import Record, Retention
 from .stats import QueueStats
 
 logger = logging.getLogger(__name__)
 
 RETENTION_SWEEP_SECONDS = 5.0
-
-
-class _Record:
-    """A job and what the store keeps beside it: its event log, pending input, a stop request."""
-
-    __slots__ = ("input", "input_bytes", "job", "log", "log_blob", "size", "stop", "stored_at")
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.log: list[Event] = []
-        self.log_blob = b""  # once finished: the log as one object, so evicting it gives the memory back
-        self.input: deque[bytes | None] = deque()
-        self.input_bytes = 0
-        self.stop: str | None = None
-        self.size = 0
-        self.stored_at = 0.0
 
 
 class MemoryStore:
@@ -69,23 +50,22 @@ class MemoryStore:
         self.events = events if events is not None else EventEmitter()
         self.instance = f"memory:{os.getpid()}"
         self.on_control: ControlHandler | None = None
-        self._retention_seconds = retention_seconds
-        self._retention_count = retention_count
-        self._retention_bytes = retention_bytes
         self._clock = clock
         self._trimmer = trimmer if trimmer is not None else Trimmer()
+        self._retention = Retention(
+            seconds=retention_seconds,
+            count=retention_count,
+            max_bytes=retention_bytes,
+            clock=clock,
+            trimmer=self._trimmer,
+        )
         self._retired = False  # a job finished since the last retention sweep
         self._stats = QueueStats(clock=clock)
         self._heap: list[tuple[int, int, Job]] = []
         self._arrival = itertools.count()
         self._queued = 0  # live (not cancelled) entries in the heap
-        self._active: dict[str, _Record] = {}  # queued and running, by id
+        self._active: dict[str, Record] = {}  # queued and running, by id
         self._running = 0
-        self._finished: OrderedDict[str, _Record] = OrderedDict()
-        self._finished_bytes = 0
-        # Each owner's finished jobs (oldest first) and their bytes: past a bound the largest holder gives way.
-        self._owned: dict[str, OrderedDict[str, _Record]] = {}
-        self._owned_bytes: dict[str, int] = {}
         self._work = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._started_at = now_ms()
@@ -113,7 +93,7 @@ class MemoryStore:
     # -- jobs ------------------------------------------------------------------------------------------------
 
     async def enqueue(self, job: Job, *, max_queue_size: int, max_concurrent: int) -> Job:
-        if job.id in self._active or job.id in self._finished:
+        if job.id in self._active or job.id in self._retention:
             return job
         # As on Redis: the waiting room plus the slots free right now (a job that will start at once never waits).
         if self._queued >= max_queue_size + max(0, max_concurrent - self._running):
@@ -125,16 +105,21 @@ class MemoryStore:
                 retryAfter=retry,
             )
         event = transitions.enqueue(job)
-        record = _Record(job)
-        self._active[job.id] = record
+        event["seq"] = seq = job.next_seq()
+        # The first event of a job is rebuilt from it when read (Record): a waiting job holds no copy.
+        self._active[job.id] = Record(job, None if seq == 1 else [event])
         heapq.heappush(self._heap, (-job.priority, next(self._arrival), job))
         self._queued += 1
         self._stats.on_queued()
-        self._emit(record, event)
+        self.events.emit(event)
         self._work.set()
         return job
 
     async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
+        return self.claim_now(count, lease_ms=lease_ms, max_concurrent=max_concurrent)
+
+    def claim_now(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
+        """`claim`, done before it returns (`SettlesAtOnce`)."""
         claimed: list[tuple[Job, str | None]] = []
         while len(claimed) < count and self._running < max_concurrent and self._queued:
             _, _, job = heapq.heappop(self._heap)
@@ -167,6 +152,10 @@ class MemoryStore:
         self._work.clear()
 
     async def finish(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
+        return self.finish_now(job, status, result)
+
+    def finish_now(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
+        """`finish`, done before it returns (`SettlesAtOnce`)."""
         record = self._active.get(job.id)
         if record is None or job.status is not JobStatus.RUNNING:
             return job.status.finished  # already finished: a retry is a success
@@ -178,7 +167,7 @@ class MemoryStore:
     async def cancel(self, job_id: str, reason: str) -> tuple[str, Job | None]:
         record = self._active.get(job_id)
         if record is None:
-            finished = self._finished.get(job_id)
+            finished = self._retention.get(job_id)
             return ("missing", None) if finished is None else (finished.job.status.value, finished.job)
         status = record.job.status.value
         if record.job.status is JobStatus.QUEUED:
@@ -195,7 +184,7 @@ class MemoryStore:
             self.on_control("_stop", job_id, reason)
         return "running", record.job
 
-    def _cancel_queued(self, record: _Record, reason: str) -> None:
+    def _cancel_queued(self, record: Record, reason: str) -> None:
         event = transitions.cancel(record.job, reason, now_ms())
         self._queued -= 1
         # Lazy removal: compact once dead entries dominate, so the heap stays O(live).
@@ -204,32 +193,22 @@ class MemoryStore:
             heapq.heapify(self._heap)
         self._retire(record, event)
 
-    def _retire(self, record: _Record, event: Event) -> None:
+    def _retire(self, record: Record, event: Event) -> None:
         """Keep a finished job (its state and terminal event already decided) and announce its end."""
         job = record.job
         self._active.pop(job.id, None)
         self._stats.on_finished(job)
         self._emit(record, event)
-        # One bytes object per finished log instead of many small dicts and strings: freed in one piece, and the
-        # allocator gives it back (measured in bench/bench_faults.py: RSS after evicting 2,000 1 MiB results).
-        record.log_blob = b"\n".join(orjson.dumps(e) for e in record.log)
-        record.log = []
-        record.input.clear()
-        # Counted as it is held (a character of output may take 4 bytes here), not as characters.
-        record.size = held_bytes(job) + sys.getsizeof(record.log_blob)
-        record.stored_at = self._clock()
+        record.seal(self._clock())
         self._retired = True
-        self._finished[job.id] = record
-        self._finished_bytes += record.size
-        self._owned.setdefault(job.owner, OrderedDict())[job.id] = record
-        self._owned_bytes[job.owner] = self._owned_bytes.get(job.owner, 0) + record.size
-        self._evict()
+        self._retention.keep(record)
+        self._retention.evict()
 
     # -- events, input ---------------------------------------------------------------------------------------
 
-    def _emit(self, record: _Record, event: Event) -> None:
+    def _emit(self, record: Record, event: Event) -> None:
         event["seq"] = record.job.next_seq()
-        record.log.append(event)
+        record.append(event)
         self.events.emit(event)
 
     async def append_event(self, job: Job, event: Event) -> None:
@@ -238,11 +217,10 @@ class MemoryStore:
             self._emit(record, event)
 
     async def read_events(self, job_id: str, since: int) -> list[Event]:
-        record = self._active.get(job_id) or self._finished.get(job_id)
+        record = self._active.get(job_id) or self._retention.get(job_id)
         if record is None:
             return []
-        events = record.log if record.log else [orjson.loads(line) for line in record.log_blob.split(b"\n") if line]
-        return [dict(e) for e in events if e["seq"] > since]
+        return [dict(e) for e in record.events() if e["seq"] > since]
 
     async def push_stdin(self, job_id: str, data: bytes | None, budget: int) -> None:
         record = self._active.get(job_id)
@@ -260,6 +238,8 @@ class MemoryStore:
                 maxBytes=budget,
                 pendingBytes=record.input_bytes,
             )
+        if record.input is None:
+            record.input = deque()
         record.input.append(data)
         record.input_bytes += size
         if self.on_control is not None:
@@ -267,7 +247,7 @@ class MemoryStore:
 
     async def take_stdin(self, job_id: str) -> list[bytes | None]:
         record = self._active.get(job_id)
-        if record is None:
+        if record is None or record.input is None:
             return []
         items = list(record.input)
         record.input.clear()
@@ -281,7 +261,7 @@ class MemoryStore:
     # -- reads -----------------------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> Job | None:
-        record = self._active.get(job_id) or self._finished.get(job_id)
+        record = self._active.get(job_id) or self._retention.get(job_id)
         return None if record is None else record.job
 
     async def positions(self, job_ids: list[str]) -> dict[str, int | None]:
@@ -297,11 +277,11 @@ class MemoryStore:
 
     async def recent(self, limit: int, *, whole: bool = True) -> list[Job]:
         active = sorted((r.job for r in self._active.values()), key=lambda j: j.created_at)
-        finished = [r.job for r in itertools.islice(reversed(self._finished.values()), limit)][::-1]
+        finished = [r.job for r in self._retention.newest(limit)][::-1]
         return (finished + active)[-limit:]
 
     async def listing(self, finished: int) -> list[Job]:
-        done = [r.job for r in itertools.islice(reversed(self._finished.values()), finished)]
+        done = [r.job for r in self._retention.newest(finished)]
         return [*(r.job for r in self._active.values()), *done]
 
     async def heartbeat(self, *, slots: int, ttl_ms: int) -> None:
@@ -337,38 +317,7 @@ class MemoryStore:
     # -- retention -------------------------------------------------------------------------------------------
 
     def _evict(self) -> None:
-        """Past its age a job goes, oldest first. Past the count or byte bound the owner holding the most (jobs, or
-        bytes) gives up its own oldest: one client's flood evicts its own jobs, not everyone else's."""
-        finished = self._finished
-        horizon = self._clock() - self._retention_seconds
-        while finished:
-            record = next(iter(finished.values()))
-            if record.stored_at <= horizon:
-                victim = record
-            elif self._finished_bytes > self._retention_bytes:
-                victim = self._oldest_of(max(self._owned_bytes, key=self._owned_bytes.__getitem__))
-            elif len(finished) > self._retention_count:
-                victim = self._oldest_of(max(self._owned, key=lambda owner: len(self._owned[owner])))
-            else:
-                break
-            self._forget(victim)
-        self._trimmer.maybe_trim()
-
-    def _oldest_of(self, owner: str) -> _Record:
-        return next(iter(self._owned[owner].values()))
-
-    def _forget(self, record: _Record) -> None:
-        job = record.job
-        del self._finished[job.id]
-        self._finished_bytes -= record.size
-        owned = self._owned[job.owner]
-        del owned[job.id]
-        self._trimmer.freed(record.size)
-        left = self._owned_bytes.pop(job.owner) - record.size
-        if owned:
-            self._owned_bytes[job.owner] = left
-        else:
-            del self._owned[job.owner]
+        self._retention.evict()
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -97,25 +97,28 @@ def record_bytes(job: Job) -> int:
 
 
 # What a finished job costs in this process beside its strings and event log: the Job, its result, their small
-# fields, the store's record and index entries (tracemalloc: about 1.8 KB; tests/test_queue.py checks the sum).
-HELD_OVERHEAD = 1792
+# fields, the store's record and index entries (tracemalloc: about 1 KB since a record holds no input deque when
+# finished, 1.8 KB before; tests/test_queue.py checks the sum).
+HELD_OVERHEAD = 1024
 
 
 def held_bytes(job: Job) -> int:
     """What a finished job really costs to keep in this process: its strings as Python stores them (1, 2 or 4 bytes
     a character, whichever the widest character needs, plus the object), for the embedded store's byte retention.
-    `record_bytes` counts characters, about what the job's JSON needs at least; this can be 4 times that."""
-    size = HELD_OVERHEAD + _held(job.code) + _held(job.stdin) + _held(job.expected_output)
-    size += sum(_held(f.content) + _held(f.name) for f in job.files or ())
-    size += sum(_held(t.stdin) + _held(t.expected_output) + 128 for t in job.tests or ())
+    `record_bytes` counts characters, about what the job's JSON needs at least; this can be 4 times that.
+    Short strings are often shared (interned names, the empty string): counted at the object's size anyway."""
+    size = HELD_OVERHEAD + sys.getsizeof(job.code) + sys.getsizeof(job.stdin) + _held(job.expected_output)
+    if job.files:
+        size += sum(sys.getsizeof(f.content) + sys.getsizeof(f.name) for f in job.files)
+    if job.tests:
+        size += sum(sys.getsizeof(t.stdin) + _held(t.expected_output) + 128 for t in job.tests)
     result = job.result
     if result is not None:
-        size += _held(result.stdout) + _held(result.stderr) + _held(result.compile_output)
+        size += sys.getsizeof(result.stdout) + sys.getsizeof(result.stderr) + _held(result.compile_output)
         for test in result.tests or ():
-            size += sys.getsizeof(test) + sum(_held(v) for v in test.values() if isinstance(v, str))
+            size += sys.getsizeof(test) + sum(sys.getsizeof(v) for v in test.values() if isinstance(v, str))
     return size
 
 
 def _held(text: str | None) -> int:
-    # Short strings are often shared (interned names, the empty string): counted at the object's size anyway.
     return 0 if text is None else sys.getsizeof(text)

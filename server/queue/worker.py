@@ -1,84 +1,35 @@
 """The worker: one implementation of the queue for every store. Claims jobs, runs each in its own task, finishes
-under `asyncio.shield` with retries, and owns stop requests, stdin budgets, waiters and shutdown."""
+where no stop can interrupt it, with retries, and owns stop requests, stdin budgets, waiters and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
 from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
-from . import transitions
-from .base import InstanceRecord, OutputCoalescer, Store, execute
+from .base import InstanceRecord, Store, backstop_s
+from .claiming import WAKE_TIMEOUT_S, ClaimLoop
+from .deadlines import Deadlines
 from .events import Event, EventEmitter
 from .handoff import Claimed, ClaimsOnFinish, FinishBatcher
-from .jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
-from .loops import raise_if_cancelling, stop_task
-from .records import held_bytes
+from .jobs import ExecutionResult, Executor, Job, JobStatus
+from .leases import Leases
+from .loops import stop_task
+from .running import Running, RunState, StdinChannel
+from .waiters import Waiters
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
-# A waiter re-reads the store this often even without news: a missed or trimmed terminal event costs this much.
-WAIT_RECHECK_S = 2.0
-# A store's wake-up may be missed (a Redis blip): an idle worker looks for work at least this often.
-WAKE_TIMEOUT_S = 1.0
-# Jobs finished here, kept for waiters whose job the store no longer holds (retention 0, a lost Redis): a few, and
-# few bytes, since they are outside the store's retention budget.
-FINISHED_HERE = 256
-FINISHED_HERE_BYTES = 8 * 1024 * 1024
 # Stop notifications for jobs not (yet) registered here: a claim in flight registers them on arrival.
 EARLY_STOPS = 1024
 FINISH_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
 # About seven minutes of retries: longer than any Redis restart worth waiting for.
 FINISH_ATTEMPTS = 200
-
-
-class RunState(enum.Enum):
-    RUNNING = "running"
-    FINISHING = "finishing"
-
-
-class StdinChannel(asyncio.Queue[bytes | None]):
-    """The program's live input. The executor reads it like any asyncio.Queue; each read gives the bytes back to
-    the job's budget in the store."""
-
-    def __init__(self, on_read: Any) -> None:
-        super().__init__()
-        self._on_read = on_read
-
-    def _get(self) -> bytes | None:
-        item: bytes | None = super()._get()
-        if item:
-            self._on_read(len(item))
-        return item
-
-
-class Running:
-    """One job this instance runs: the executor's task (the only one a stop cancels) and its stop reason."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.state = RunState.RUNNING
-        self.stop_reason: str | None = None
-        self.task: asyncio.Task[tuple[JobStatus, ExecutionResult]] | None = None
-        self.stdin: StdinChannel | None = None
-        # Live events (output, a test's result) in the order the run made them, published by one task.
-        self.outputs: asyncio.Queue[Event | None] | None = None
-        self.publisher: asyncio.Task[None] | None = None
-        # Deliveries of input from the store, one at a time: two in flight could hand it over out of order.
-        self.stdin_lock = asyncio.Lock()
-
-    def stop(self, reason: str) -> None:
-        if self.state is not RunState.RUNNING:
-            return  # finishing: the result stands, the stop came too late
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
 
 
 class Worker:
@@ -108,19 +59,15 @@ class Worker:
         self._grace_s = timeout_grace_ms / 1000.0
         self._stdin_budget = max_stdin_bytes
         self._running: dict[str, Running] = {}
+        self._leases = Leases(store, self._running, slots=self._slots, lease_ms=lease_timeout_ms, retry=retry_lost_jobs)
+        self._deadlines = Deadlines(self._running)
         self._finishing: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._finished_here: OrderedDict[str, Job] = OrderedDict()
-        self._finished_here_bytes = 0
+        self._waiters = Waiters()
         self._early_stops: OrderedDict[str, str] = OrderedDict()
-        self._freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
-        # Set by close(): wakes the claim loop wherever it idles, so shutdown does not wait out WAKE_TIMEOUT_S.
-        self._close_requested = asyncio.Event()
-        # The store's wait for work, in a task of its own so the claim loop can leave it without cancelling it.
-        self._work_wait: asyncio.Task[None] | None = None
+        self._claims = ClaimLoop(store, free=self._free, fill=self._fill, drained=self._drained)
         self._unsubscribe: Any = None
         # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
         self._reserved = 0
@@ -143,10 +90,10 @@ class Worker:
         self._unsubscribe = self.events.subscribe(self._on_event)
         await self.store.start()
         with suppress(BackendUnavailable):
-            await self._heartbeat()  # in the instances view from the start, not after the first lease interval
-        self._loops.append(asyncio.create_task(self._lease_loop(), name="conveyor-leases"))
+            await self._leases.heartbeat()  # in the instances view from the start, not after the first lease interval
+        self._loops.append(asyncio.create_task(self._leases.run(), name="conveyor-leases"))
         if self._slots > 0:
-            self._loops.append(asyncio.create_task(self._claim_loop(), name="conveyor-claim"))
+            self._loops.append(asyncio.create_task(self._claims.run(), name="conveyor-claim"))
 
     async def close(self, grace_s: float = 0.0) -> None:
         if self._closing:
@@ -155,7 +102,7 @@ class Worker:
         # Take no new work. The claim loop is woken, not cancelled (cancelling redis-py inside a blocking pop was
         # seen to hang): it leaves the store's wait pending, and store.close() below ends that wait. A claim in
         # flight registers its jobs first, so they are stopped below with the others.
-        self._close_requested.set()
+        self._claims.close()
         if len(self._loops) > 1:
             await asyncio.wait(self._loops[1:], timeout=WAKE_TIMEOUT_S + 1)
         with suppress(Exception):
@@ -178,7 +125,8 @@ class Worker:
                 await asyncio.sleep(0.01)
         with suppress(Exception):
             await self.store.drain(2.0)  # our terminal events reach the hub before it closes the sockets
-        self._release_waiters()
+        self._waiters.wake_all()
+        self._deadlines.close()
         for task in [*self._loops, *self._background]:
             task.cancel()
         if self._unsubscribe is not None:
@@ -187,8 +135,8 @@ class Worker:
         # cancellation until its socket answers).
         await self.store.close()
         left = [*self._loops, *self._background]
-        if self._work_wait is not None:
-            left.append(self._work_wait)
+        if self._claims.store_wait is not None:
+            left.append(self._claims.store_wait)
         for task in left:
             await stop_task(task)
 
@@ -264,48 +212,11 @@ class Worker:
     async def wait(self, job_id: str) -> Job:
         """Wait for the final state. Never on one event alone: on every wake-up and every WAIT_RECHECK_S the store
         is read again, and close() wakes every waiter."""
-        while True:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiters = self._waiters.setdefault(job_id, [])
-            waiters.append(future)
-            try:
-                job = await self.store.get(job_id)  # registered first: a terminal event in between is not missed
-                if job is None:
-                    job = self._finished_here.get(job_id)
-                    if job is None:
-                        raise NotFound(f"No job with id {job_id!r} (it may have been lost with the job store).")
-                if job.status.finished:
-                    return job
-                if future.done():
-                    continue  # news arrived while we read: read again
-                if self._closing and job_id not in self._running:
-                    raise ShuttingDown(
-                        f"The server is shutting down; job {job_id} is {job.status.value}. Fetch it later from "
-                        f"/queue/job/{job_id}.",
-                        retryAfter=5,
-                        jobId=job_id,
-                    )
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(WAIT_RECHECK_S):
-                        await future
-            finally:
-                if future in waiters:
-                    waiters.remove(future)
-                if not waiters:
-                    self._waiters.pop(job_id, None)
-
-    def _wake(self, job_id: str) -> None:
-        for future in self._waiters.get(job_id, ()):
-            if not future.done():
-                future.set_result(None)
-
-    def _release_waiters(self) -> None:
-        for job_id in list(self._waiters):
-            self._wake(job_id)
+        return await self._waiters.wait(job_id, self.store.get, lambda: self._closing and job_id not in self._running)
 
     def _on_event(self, event: Event) -> None:
         if event["type"] in TERMINAL:
-            self._wake(event["jobId"])
+            self._waiters.wake(event["jobId"])
 
     # -- stdin -----------------------------------------------------------------------------------------------
 
@@ -314,16 +225,8 @@ class Worker:
 
     async def _deliver_stdin(self, job_id: str) -> None:
         run = self._running.get(job_id)
-        if run is None or run.stdin is None:
-            return
-        async with run.stdin_lock:
-            try:
-                items = await self.store.take_stdin(job_id)
-            except Exception:
-                logger.warning("job %s: could not take its input from the store", job_id)
-                return
-            for item in items:
-                run.stdin.put_nowait(item)
+        if run is not None:
+            await run.take_input(self.store.take_stdin)
 
     def _ack_stdin(self, job_id: str, size: int) -> None:
         self._spawn(self._ack_quietly(job_id, size))
@@ -349,55 +252,6 @@ class Worker:
                     self._early_stops.popitem(last=False)
 
     # -- claiming and running --------------------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        while not self._closing:
-            if self._free() <= 0:
-                self._freed.clear()
-                await self._idle(asyncio.ensure_future(self._freed.wait()), WAKE_TIMEOUT_S, cancel=True)
-                continue
-            try:
-                # A finish that just claimed found the queue empty: wait for news rather than ask again.
-                filled = False if self._drained() else await self._fill()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise_if_cancelling()
-                if self._closing:
-                    return
-                logger.warning("claiming jobs failed (%s); retrying", exc)
-                await self._idle(None, 1.0)
-                continue
-            if not filled:
-                try:
-                    await self._wait_for_work()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    raise_if_cancelling()
-                    await self._idle(None, WAKE_TIMEOUT_S)
-
-    async def _wait_for_work(self) -> None:
-        """The store's wait for work, or less: close() ends it at once for this loop. The store's own wait is left
-        running then (never cancelled here: see close()), and the next call waits on the same one."""
-        if self._work_wait is None:
-            self._work_wait = asyncio.create_task(self.store.wait_for_work(WAKE_TIMEOUT_S), name="conveyor-wake")
-        await self._idle(self._work_wait, WAKE_TIMEOUT_S + 1)
-        if self._work_wait.done():
-            done, self._work_wait = self._work_wait, None
-            done.result()  # the store's error goes to the claim loop's handler
-
-    async def _idle(self, waiting: asyncio.Future[Any] | None, timeout: float, *, cancel: bool = False) -> None:
-        """Wait for `waiting` (or only the time, when None) at most `timeout` seconds, ending early when close()
-        begins. `cancel` cancels `waiting` if it is still pending then; otherwise it is left to its owner."""
-        closing = asyncio.ensure_future(self._close_requested.wait())
-        aws: list[asyncio.Future[Any]] = [closing] if waiting is None else [closing, waiting]
-        try:
-            await asyncio.wait(aws, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closing.cancel()
-            if cancel and waiting is not None:
-                waiting.cancel()
 
     def _free(self) -> int:
         return self._slots - len(self._running) - self._reserved
@@ -444,88 +298,84 @@ class Worker:
         return len(jobs) == free
 
     def _start(self, job: Job, stop: str | None) -> None:
-        run = Running(job)
+        run = Running(job, self.store.append_event)
         self._running[job.id] = run
         if job.interactive:
             # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-        run.task = asyncio.create_task(self._execute(run), name=f"job-{job.id}")
-        run.task.add_done_callback(lambda _: self._after_run(run))
+        after: Callable[[object], None] = lambda _: self._after_run(run)  # noqa: E731 (removed by identity)
+        run.task = asyncio.create_task(self._run(run, after), name=f"job-{job.id}")
+        run.task.add_done_callback(after)
+        self._deadlines.watch(run, backstop_s(job, self._grace_s))
         stop = stop or self._early_stops.pop(job.id, None)
         if stop:
             run.stop(stop)
         if job.interactive:
             self._spawn(self._deliver_stdin(job.id))  # input written before the claim is waiting in the store
 
-    async def _execute(self, run: Running) -> tuple[JobStatus, ExecutionResult]:
-        job = run.job
-        coalescer = OutputCoalescer(lambda stream, data: self._output(run, stream, data))
-
-        def on_event(event: Event) -> None:
-            coalescer.flush()  # output printed before the event goes before it
-            self._live(run, {**event, "jobId": job.id})
-
-        io = JobIO(on_output=coalescer, stdin=run.stdin, on_event=on_event)
-        try:
-            return await execute(self._executor, job, io, self._grace_s, lambda: run.stop_reason or "shutdown")
-        finally:
-            coalescer.flush()
-
-    def _output(self, run: Running, stream: Stream, data: str) -> None:
-        if data:
-            self._live(run, transitions.output_event(run.job.id, stream, data))
-
-    def _live(self, run: Running, event: Event) -> None:
-        # Bounded by the run itself: its output within MAX_OUTPUT_BYTES, one event per test.
-        if run.outputs is None:  # most jobs print little or nothing: no task until they do
-            run.outputs = asyncio.Queue()
-            run.publisher = asyncio.create_task(self._publish_output(run, run.outputs))
-        run.outputs.put_nowait(event)
-
-    async def _publish_output(self, run: Running, outputs: asyncio.Queue[Event | None]) -> None:
-        job = run.job
-        while (event := await outputs.get()) is not None:
-            try:
-                await self.store.append_event(job, event)
-            except Exception as exc:
-                # Live output is best effort; the result (with the whole output) is what must not be lost.
-                logger.warning("job %s: an output event was not published (%s)", job.id, exc)
+    async def _run(self, run: Running, after: Callable[[object], None]) -> None:
+        """The job's task: the executor's work (the only part a stop cancels), then its finish. From the moment the
+        work ends the run is FINISHING, which no stop and no shutdown cancels (`Running.stop`), so the finish needs
+        no task of its own. Until it is stored, `after` (`_after_run`) watches the task: cancelled before it began
+        (an early stop) or anyway (from outside), or failed, the run is finished in another task."""
+        run.outcome = await run.execute(self._executor)
+        run.state = RunState.FINISHING
+        await self._finish(run, *run.outcome)
+        if run.task is not None:
+            run.task.remove_done_callback(after)  # finished here: nothing is left for it
 
     def _after_run(self, run: Running) -> None:
-        """The executor's task ended: finish in a task of its own under shield, so neither a stop nor a shutdown
-        nor a cancelled caller can interrupt storing the result."""
+        """The job's task ended. If it ended before its finish was stored (cancelled from outside, or a failure),
+        finish in a task of its own under shield, so nothing else can interrupt storing the result."""
+        task = run.task
+        if self._running.get(run.job.id) is not run or task is None:
+            return  # finished and released
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error("finishing job %s failed; finishing again", run.job.id, exc_info=error)
         run.state = RunState.FINISHING
-        task = asyncio.ensure_future(self._finish(run))
+        task = asyncio.ensure_future(self._finish_again(run))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    async def _finish(self, run: Running) -> None:
-        job = run.job
+    async def _finish_again(self, run: Running) -> None:
         assert run.task is not None
         try:
-            if run.task.cancelled():
-                status, result = JobStatus.CANCELLED, ExecutionResult(reason=run.stop_reason or "shutdown")
-            else:
-                status, result = run.task.result()
-            if run.outputs is not None and run.publisher is not None:
-                run.outputs.put_nowait(None)
-                await asyncio.shield(run.publisher)  # output events go out before the terminal one
-            await asyncio.shield(self._store_result(run, status, result))
+            if run.outcome is None:
+                run.outcome = JobStatus.CANCELLED, ExecutionResult(reason=run.stop_reason or "shutdown")
+            await asyncio.shield(self._finish(run, *run.outcome))
         except Exception:
-            logger.exception("finishing job %s failed", job.id)
+            logger.exception("finishing job %s failed", run.job.id)
         finally:
             self._release(run)
 
-    def _release(self, run: Running) -> None:
+    async def _finish(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
+        """Output events out, then the result stored (retried), then the freed slot takes the next job at once: in
+        the same call on Redis (finish-and-claim), else by a claim right after."""
+        if run.outputs is not None:
+            await run.output_sent()  # output events go out before the terminal one
+        if await self._store_result(run, status, result):
+            self._waiters.finished(run.job)
+        if self._batcher is not None or self._closing:
+            self._release(run)
+            return
+        # The claim loop is woken only if the claim right after leaves a slot free: a busy worker's slots pass
+        # from job to job here, and the loop sleeps.
+        self._release(run, wake_claims=False)
+        with suppress(Exception):
+            await self._fill()
+        if self._free() > 0:
+            self._claims.freed()
+
+    def _release(self, run: Running, *, wake_claims: bool = True) -> None:
         if self._running.get(run.job.id) is run:
             del self._running[run.job.id]
-            self._freed.set()
-        self._wake(run.job.id)
+            if wake_claims:
+                self._claims.freed()
+        self._waiters.wake(run.job.id)
 
-    async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
+    async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> bool:
         """FINISH, retried while the store is unreachable (it is idempotent for the lease holder); our lease is
-        renewed meanwhile, since the job stays registered here until this returns. The freed slot takes the
-        next job at once: in the same call on Redis (finish-and-claim), else by a claim right after."""
+        renewed meanwhile, since the job stays registered here until this returns. False if it gave up."""
         job = run.job
         attempt = 0
         while True:
@@ -536,48 +386,12 @@ class Worker:
                     stored = await self.store.finish(job, status, result)
                 if not stored:
                     logger.warning("job %s: lease lost before its result was stored", job.id)
-                break
+                return True
             except Exception as exc:
                 delay = FINISH_BACKOFF_S[min(attempt, len(FINISH_BACKOFF_S) - 1)]
                 attempt += 1
                 if attempt > FINISH_ATTEMPTS:
                     logger.error("job %s: result not stored after %d attempts (%s)", job.id, attempt, exc)
-                    return
+                    return False
                 logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
                 await asyncio.sleep(delay)
-        self._finished_here[job.id] = job
-        self._finished_here_bytes += held_bytes(job)
-        while len(self._finished_here) > FINISHED_HERE or self._finished_here_bytes > FINISHED_HERE_BYTES:
-            _, old = self._finished_here.popitem(last=False)
-            self._finished_here_bytes -= held_bytes(old)
-        self._release(run)
-        if self._batcher is None and not self._closing:
-            with suppress(Exception):
-                await self._fill()
-
-    async def _heartbeat(self) -> None:
-        """This instance's record (its slots), alive for one lease: an instance that stops beating for that long
-        has lost its leases too."""
-        await self.store.heartbeat(slots=self._slots, ttl_ms=self._lease_ms)
-
-    async def _lease_loop(self) -> None:
-        """Renew our leases (reading stop requests recorded on our jobs) and reclaim expired ones."""
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000.0)
-            try:
-                if self._running:
-                    stops = await self.store.renew(list(self._running), lease_ms=self._lease_ms)
-                    for job_id, reason in stops.items():
-                        run = self._running.get(job_id)
-                        if run is not None:
-                            run.stop(reason)
-                lost = await self.store.reclaim(retry=self._retry, lease_ms=self._lease_ms)
-                for job_id in lost:
-                    logger.warning("job %s lost its worker (lease expired)", job_id)
-                await self._heartbeat()  # last: a view's record never delays keeping leases
-            except BackendUnavailable as exc:
-                raise_if_cancelling()
-                logger.warning("lease renewal, reclaim or heartbeat failed: %s", exc.message)
-            except Exception:
-                raise_if_cancelling()
-                logger.exception("lease renewal, reclaim or heartbeat failed")

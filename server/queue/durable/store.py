@@ -6,15 +6,15 @@ import asyncio
 import heapq
 import logging
 import sys
-from collections import OrderedDict
 from typing import Any
 
 import orjson
 
 from ..events import Event
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
-from ..memory import MemoryStore, _Record
+from ..memory import MemoryStore
 from ..records import held_bytes
+from ..retention import Record
 from .journal import Journal
 from .rows import Recovered
 
@@ -34,7 +34,8 @@ class DurableStore(MemoryStore):
         self.journal = journal
 
     async def start(self) -> None:
-        recovered = await asyncio.to_thread(self.journal.open, self._retention_count, self._retention_bytes)
+        retention = self._retention
+        recovered = await asyncio.to_thread(self.journal.open, retention.count, retention.max_bytes)
         self.journal.start()
         await self._restore(recovered)
         await super().start()
@@ -49,7 +50,7 @@ class DurableStore(MemoryStore):
     # -- the changes the journal follows ---------------------------------------------------------------------
 
     async def enqueue(self, job: Job, *, max_queue_size: int, max_concurrent: int) -> Job:
-        known = job.id in self._active or job.id in self._finished
+        known = job.id in self._active or job.id in self._retention
         job = await super().enqueue(job, max_queue_size=max_queue_size, max_concurrent=max_concurrent)
         if not known:
             # Answered once written: an accepted job (a 202, a `queued`) survives a crash from then on.
@@ -58,17 +59,17 @@ class DurableStore(MemoryStore):
                 logger.warning("job %s accepted before the job journal could write it (the disk is behind)", job.id)
         return job
 
-    async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
-        claimed = await super().claim(count, lease_ms=lease_ms, max_concurrent=max_concurrent)
+    def claim_now(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
+        claimed = super().claim_now(count, lease_ms=lease_ms, max_concurrent=max_concurrent)
         for job, _ in claimed:
             self.journal.running(job)
         return claimed
 
-    async def finish(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
+    def finish_now(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
         # The record outlives its eviction from memory: its event log goes to the journal either way.
         record = self._active.get(job.id)
         ending = record is not None and job.status is JobStatus.RUNNING
-        done = await super().finish(job, status, result)
+        done = super().finish_now(job, status, result)
         if ending and record is not None:
             self.journal.finished(job, record.log_blob)
         return done
@@ -95,7 +96,7 @@ class DurableStore(MemoryStore):
         return job
 
     async def read_events(self, job_id: str, since: int) -> list[Event]:
-        if job_id in self._active or job_id in self._finished:
+        if job_id in self._active or job_id in self._retention:
             return await super().read_events(job_id, since)
         stored = await self.journal.read(job_id)
         if stored is None:
@@ -114,17 +115,13 @@ class DurableStore(MemoryStore):
             self._keep(job, log, age_s=max(0.0, now - (job.finished_at or now)) / 1000.0)
         for job in recovered.queued:
             job.status = JobStatus.QUEUED
-            record = _Record(job)
-            record.log = [_queued_event(job)]
-            self._active[job.id] = record
+            self._active[job.id] = Record(job)  # its log: the queued event, seq 1
             heapq.heappush(self._heap, (-job.priority, next(self._arrival), job))
             self._queued += 1
             self._stats.on_queued()
         for job in recovered.lost:
             job.status = JobStatus.RUNNING
-            record = _Record(job)
-            record.log = [_queued_event(job)]
-            self._active[job.id] = record
+            self._active[job.id] = Record(job)
             self._running += 1
             logger.warning("job %s lost its worker (the server stopped while it ran)", job.id)
             await self.finish(job, JobStatus.FAILED, ExecutionResult(reason="worker_lost"))
@@ -141,22 +138,8 @@ class DurableStore(MemoryStore):
             self._work.set()
 
     def _keep(self, job: Job, log: bytes, *, age_s: float) -> None:
-        record = _Record(job)
+        record = Record(job, [])
         record.log_blob = log
         record.size = held_bytes(job) + sys.getsizeof(log)
         record.stored_at = self._clock() - age_s
-        self._finished[job.id] = record
-        self._finished_bytes += record.size
-        self._owned.setdefault(job.owner, OrderedDict())[job.id] = record
-        self._owned_bytes[job.owner] = self._owned_bytes.get(job.owner, 0) + record.size
-
-
-def _queued_event(job: Job) -> Event:
-    return {
-        "type": "queued",
-        "jobId": job.id,
-        "language": job.language,
-        "priority": job.priority,
-        "createdAt": job.created_at,
-        "seq": 1,
-    }
+        self._retention.keep(record)
