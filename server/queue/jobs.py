@@ -45,7 +45,7 @@ Executor = Callable[["Job", JobIO], Awaitable[ExecutionResult]]
 
 
 class Runner(Protocol):
-    """The executor plus what the API needs to know about it (the sandbox implements this)."""
+    """The executor plus what the API needs to know about it (`server.judging.executor.Judge` implements this)."""
 
     async def __call__(self, job: Job, io: JobIO) -> ExecutionResult: ...
 
