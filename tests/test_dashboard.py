@@ -13,12 +13,10 @@ import pytest
 from playwright.async_api import Locator, Page, Route, expect
 
 from server.keys import SETTINGS
-from tests.browser import screenshot
+from tests.browser import Pages, ServerFactory, handle, row, screenshot, submit
 from tests.conftest import keys_file
-from tests.test_pages import Pages, ServerFactory, browser, handle, pages, row, serve, submit
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
 ADMIN_KEY = "cvy_dashboard-list-admin-key"
 
 

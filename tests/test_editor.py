@@ -14,18 +14,14 @@ from playwright.async_api import Page, expect
 
 from server.keys import SETTINGS
 from server.sandbox.languages import LANGUAGES_FILE
-from tests.browser import screenshot
-from tests.test_pages import (
-    SLEEP,
+from tests.browser import (
     Pages,
     ServerFactory,
-    browser,
     code_of,
     editor_ready,
     expect_code,
     origin_of,
-    pages,
-    serve,
+    screenshot,
     set_code,
     stop_as_owner,
     stop_server,
@@ -34,7 +30,7 @@ from tests.test_pages import (
 from tests.test_sandbox import PROMPT_WITHOUT_FFLUSH
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
+SLEEP = "import time\ntime.sleep(60)"
 KEY = "cvy_editor-share-key"
 
 LANGUAGES = {
