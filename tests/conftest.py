@@ -200,11 +200,13 @@ async def pages(browser: Browser) -> AsyncIterator[Pages]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def serve(sandbox: Runner) -> AsyncIterator[ServerFactory]:
     """Factory: a real server on 127.0.0.1 (the browser connects over TCP) running a fresh app, on the real
-    sandbox unless `runner` is given; stopped when the test ends."""
+    sandbox unless `runner` is given; stopped when the test ends. Its jobs may run two minutes: a test's sleeping
+    job must still be running when the page, slower on a loaded machine, gets to stop or cancel it."""
     servers: list[TestServer] = []
 
     async def make(*, port: int | None = None, runner: Runner | None = None, **overrides: Any) -> TestServer:
-        app = create_app(make_settings(**overrides), runner=runner or sandbox)
+        settings = make_settings(**{"job_timeout_ms": scaled_ms(120_000), **overrides})
+        app = create_app(settings, runner=runner or sandbox)
         server = TestServer(app, host="127.0.0.1", port=port)
         servers.append(server)
         await server.start_server()
