@@ -39,6 +39,9 @@ VIEWPORT: ViewportSize = {"width": 1400, "height": 860}
 # end as soon as the DOM condition holds, so this costs nothing when things are fast.
 expect.set_options(timeout=60_000)
 ServerFactory = Callable[..., Awaitable[TestServer]]
+# For servers whose test keeps a sleeping job running while the page acts on it (stops it, cancels it, shows it
+# running): the tests' 5 s job timeout could end it first on a loaded machine. Pass as serve(job_timeout_ms=...).
+LONG_JOB_MS = 120_000
 OWNER = new_owner_token()
 
 

@@ -49,8 +49,10 @@ def scaled_ms(ms: int) -> int:
     return round(ms * TIME_SCALE)
 
 
-# Fixtures that live on the session's event loop (one Chromium per worker): a test using one runs on that loop too.
-SESSION_LOOP_FIXTURES = frozenset({"browser", "pages", "serve"})
+# Fixtures that live on the session's event loop (one Chromium per worker): a test using one runs on that loop too,
+# and so does this file's `serve`, which every browser test takes with `pages` (tests/test_edge.py has a `serve` of
+# its own, on the test's loop).
+SESSION_LOOP_FIXTURES = frozenset({"browser", "pages"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -200,13 +202,11 @@ async def pages(browser: Browser) -> AsyncIterator[Pages]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def serve(sandbox: Runner) -> AsyncIterator[ServerFactory]:
     """Factory: a real server on 127.0.0.1 (the browser connects over TCP) running a fresh app, on the real
-    sandbox unless `runner` is given; stopped when the test ends. Its jobs may run two minutes: a test's sleeping
-    job must still be running when the page, slower on a loaded machine, gets to stop or cancel it."""
+    sandbox unless `runner` is given; stopped when the test ends."""
     servers: list[TestServer] = []
 
     async def make(*, port: int | None = None, runner: Runner | None = None, **overrides: Any) -> TestServer:
-        settings = make_settings(**{"job_timeout_ms": scaled_ms(120_000), **overrides})
-        app = create_app(settings, runner=runner or sandbox)
+        app = create_app(make_settings(**overrides), runner=runner or sandbox)
         server = TestServer(app, host="127.0.0.1", port=port)
         servers.append(server)
         await server.start_server()

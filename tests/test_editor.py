@@ -15,6 +15,7 @@ from playwright.async_api import Page, expect
 from server.keys import SETTINGS
 from server.sandbox.languages import LANGUAGES_FILE
 from tests.browser import (
+    LONG_JOB_MS,
     Pages,
     ServerFactory,
     code_of,
@@ -339,7 +340,7 @@ async def test_a_share_link_nobody_may_read_says_so(serve: ServerFactory, pages:
 
 
 async def test_a_shared_running_job_is_watched_not_driven(serve: ServerFactory, pages: Pages) -> None:
-    server = await serve()
+    server = await serve(job_timeout_ms=LONG_JOB_MS)
     job = await submit(server, "print('started', flush=True)\n" + SLEEP)
     page = await pages.open(server, f"/?job={job['jobId']}")
     await expect(page.locator("#output .out-stdout")).to_have_text("started\n", use_inner_text=True)

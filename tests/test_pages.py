@@ -14,6 +14,7 @@ from server.access.identity import new_owner_token
 from server.keys import HUB
 from server.queue.jobs import Runner
 from tests.browser import (
+    LONG_JOB_MS,
     Pages,
     ServerFactory,
     editor_ready,
@@ -101,7 +102,7 @@ async def test_editor_sends_typed_input_and_eof(serve: ServerFactory, pages: Pag
 
 
 async def test_editor_stop_ends_an_infinite_loop(serve: ServerFactory, pages: Pages) -> None:
-    page = await pages.open(await serve(), "/")
+    page = await pages.open(await serve(job_timeout_ms=LONG_JOB_MS), "/")
     await editor_ready(page)
     code = (
         "import itertools\nfor i in itertools.count():\n    if i % 500000 == 0:\n        print('tick', i, flush=True)"
@@ -117,7 +118,7 @@ async def test_editor_stop_ends_an_infinite_loop(serve: ServerFactory, pages: Pa
 
 
 async def test_editor_shows_its_place_in_line(serve: ServerFactory, pages: Pages) -> None:
-    server = await serve(max_concurrent_jobs=1)
+    server = await serve(max_concurrent_jobs=1, job_timeout_ms=LONG_JOB_MS)
     page = await pages.open(server, "/")
     await editor_ready(page)
     sleeper = await submit(server, SLEEP)
@@ -250,7 +251,7 @@ async def test_viewer_is_read_only_and_admin_stops_jobs(serve: ServerFactory, pa
     keys = tmp_path / "keys.toml"
     digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
     keys.write_text(f'[[keys]]\nname = "ops"\nsha256 = "{digest}"\nadmin = true\n')
-    server = await serve(api_keys_file=str(keys), max_concurrent_jobs=1)
+    server = await serve(api_keys_file=str(keys), max_concurrent_jobs=1, job_timeout_ms=LONG_JOB_MS)
     viewer = await pages.open(server, "/dashboard")
     admin = await pages.open(server, "/dashboard")
     await admin.fill("#api-key", "cvy_wrong-key")
