@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Browser, async_playwright
 
 from bench import redisserver
 from server.app import create_app
 from server.queue.jobs import Runner
 from server.settings import Settings
+from tests.browser import Pages, ServerFactory, launch
 from tests.queues import Gate, build_queue
 
 AppClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -46,8 +49,18 @@ def scaled_ms(ms: int) -> int:
     return round(ms * TIME_SCALE)
 
 
+# Fixtures that live on the session's event loop (one Chromium per worker): a test using one runs on that loop too,
+# and so does this file's `serve`, which every browser test takes with `pages` (tests/test_edge.py has a `serve` of
+# its own, on the test's loop).
+SESSION_LOOP_FIXTURES = frozenset({"browser", "pages"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Stretches each test's pytest-timeout (its own marker's, else the configured one) by TIME_SCALE."""
+    """Puts the browser tests on the session's event loop, and stretches each test's pytest-timeout (its own
+    marker's, else the configured one) by TIME_SCALE."""
+    for item in items:
+        if SESSION_LOOP_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
     if TIME_SCALE == 1:
         return
     configured = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
@@ -160,6 +173,48 @@ async def app_client(aiohttp_client: Any, sandbox: Runner) -> AsyncIterator[AppC
 @pytest.fixture
 async def client(app_client: AppClientFactory) -> TestClient[web.Request, web.Application]:
     return await app_client()
+
+
+# -- browser tests: one Chromium per worker on the session's loop, fresh contexts and a fresh server per test -------
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, launched once per worker (41 launches cost a minute); each test opens its own contexts."""
+    async with async_playwright() as playwright:
+        chromium = await launch(playwright)
+        yield chromium
+        await chromium.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pages(browser: Browser) -> AsyncIterator[Pages]:
+    opened = Pages(browser)
+    yield opened
+    await opened.close()
+    # Every test also proves the pages stayed on their own server, threw no script errors and broke no CSP rule.
+    for recorder, origin in opened.recorders.values():
+        assert recorder.outside(origin) == []
+        assert recorder.errors == []
+        assert recorder.csp == []
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def serve(sandbox: Runner) -> AsyncIterator[ServerFactory]:
+    """Factory: a real server on 127.0.0.1 (the browser connects over TCP) running a fresh app, on the real
+    sandbox unless `runner` is given; stopped when the test ends."""
+    servers: list[TestServer] = []
+
+    async def make(*, port: int | None = None, runner: Runner | None = None, **overrides: Any) -> TestServer:
+        app = create_app(make_settings(**overrides), runner=runner or sandbox)
+        server = TestServer(app, host="127.0.0.1", port=port)
+        servers.append(server)
+        await server.start_server()
+        return server
+
+    yield make
+    while servers:
+        await servers.pop().close()
 
 
 # -- queue suites: every test runs on both backends (Redis on the session's real redis-server) ---------------

@@ -10,11 +10,9 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.browser import ARTIFACTS
-from tests.test_pages import Pages, ServerFactory, browser, editor_ready, pages, serve
+from tests.browser import ARTIFACTS, Pages, ServerFactory, editor_ready
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
 
 AXE = Path(__file__).parent / "npm" / "node_modules" / "axe-core" / "axe.min.js"
 TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.clients import call, wait_for_status
 from tests.conftest import AppClientFactory, keys_file
-from tests.test_api import call, wait_for_status
 from tests.test_ownership import bearer
 
 OPS, ALICE = "cvy_actions-ops-key-0123456789", "cvy_actions-alice-key-0123456789"

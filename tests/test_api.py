@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import re
-from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from jsonschema import Draft202012Validator
 
 from server.keys import QUEUE
+from tests.clients import Client, call, wait_for_status
 from tests.conftest import AppClientFactory
 from tests.queues import eventually
 
-Client = TestClient[web.Request, web.Application]
-SPEC: dict[str, Any] = orjson.loads((Path(__file__).parent.parent / "server" / "doors" / "openapi.json").read_bytes())
 HELLO = {"language": "python", "code": "print('hello')"}
 SLEEP = {"language": "python", "code": "import time\ntime.sleep(30)"}
-
-
-def _template_matches(template: str, path: str) -> bool:
-    return re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path) is not None
-
-
-def _response_schema(path: str, method: str, status: int) -> dict[str, Any]:
-    template = next((p for p in SPEC["paths"] if _template_matches(p, path)), None)
-    assert template is not None, f"{path} is not in openapi.json"
-    operation = SPEC["paths"][template][method.lower()]
-    response = operation["responses"].get(str(status))
-    assert response is not None, f"{method} {template} does not document status {status}"
-    if "$ref" in response:
-        response = SPEC["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
-    schema: dict[str, Any] = response["content"]["application/json"]["schema"]
-    return schema
-
-
-async def call(client: Client, method: str, path: str, status: int, **kwargs: Any) -> Any:
-    """Make a request, assert its status, and validate the JSON body against openapi.json."""
-    resp = await client.request(method, path, **kwargs)
-    body = await resp.json()
-    assert resp.status == status, body
-    assert resp.content_type == "application/json"
-    schema = _response_schema(path.split("?")[0], method, status)
-    Draft202012Validator({**schema, "components": SPEC["components"]}).validate(body)
-    return body
-
-
-async def wait_for_status(
-    client: Client, job_id: str, statuses: set[str], timeout: float = 20, headers: dict[str, str] | None = None
-) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            job = await call(client, "GET", f"/queue/job/{job_id}", 200, headers=headers)
-            if job["status"] in statuses:
-                return job  # type: ignore[no-any-return]
-            await asyncio.sleep(0.05)
 
 
 async def test_run_waits_and_returns_the_job(client: Client) -> None:

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.clients import call
 from tests.conftest import AppClientFactory
-from tests.test_api import call
 from tests.test_ownership import ALICE, BOB, OPS, Client, bearer
 from tests.test_ownership import app_client as app_client  # both backends, with keys alice, bob and ops
 

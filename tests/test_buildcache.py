@@ -24,8 +24,8 @@ from server.judging.executor import Judge
 from server.keys import RUNNER
 from server.queue.jobs import Runner
 from server.sandbox.buildcache import HASH_LINE, SUFFIX, BuildCache, CachedBuild, build_key
+from tests.clients import Client, call
 from tests.conftest import make_settings
-from tests.test_api import Client, call
 
 ROOT = Path(__file__).resolve().parent.parent
 

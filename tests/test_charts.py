@@ -11,11 +11,9 @@ from playwright.async_api import expect
 
 from server.doors.history import HISTORY, sample_from
 from server.keys import QUEUE
-from tests.browser import screenshot
-from tests.test_pages import Pages, ServerFactory, browser, pages, serve, submit
+from tests.browser import Pages, ServerFactory, screenshot, submit
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
 
 
 async def test_charts_are_full_when_the_page_opens_and_switch_ranges(serve: ServerFactory, pages: Pages) -> None:

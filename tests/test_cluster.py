@@ -76,8 +76,11 @@ async def wait_status(
 
 
 async def test_submit_on_a_watch_and_stop_on_a_run_on_b(cluster: Callable[..., Instance]) -> None:
-    front = await cluster(WORKER_SLOTS="0").start()  # executes nothing: every job runs on the worker
-    worker = await cluster(WORKER_SLOTS="2").start()
+    # Started side by side: a start probes every language, the longest wait of these tests.
+    front, worker = await asyncio.gather(
+        cluster(WORKER_SLOTS="0").start(),  # executes nothing: every job runs on the worker
+        cluster(WORKER_SLOTS="2").start(),
+    )
     async with aiohttp.ClientSession() as session, session.ws_connect(f"{front.url}/ws") as ws:
         assert orjson.loads((await ws.receive()).data)["type"] == "hello"
         code = "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.2)"
@@ -110,8 +113,7 @@ async def test_submit_on_a_watch_and_stop_on_a_run_on_b(cluster: Callable[..., I
 
 
 async def test_the_rate_limit_is_shared(cluster: Callable[..., Instance]) -> None:
-    a = await cluster(RATE_LIMIT_REQUESTS="3").start()
-    b = await cluster(RATE_LIMIT_REQUESTS="3").start()
+    a, b = await asyncio.gather(cluster(RATE_LIMIT_REQUESTS="3").start(), cluster(RATE_LIMIT_REQUESTS="3").start())
     hello = {"language": "bash", "code": "echo hi"}
     async with aiohttp.ClientSession() as session:
         statuses = []
@@ -122,8 +124,7 @@ async def test_the_rate_limit_is_shared(cluster: Callable[..., Instance]) -> Non
 
 
 async def test_a_killed_worker_is_detected_within_the_lease(cluster: Callable[..., Instance]) -> None:
-    front = await cluster(WORKER_SLOTS="0").start()
-    worker = await cluster(WORKER_SLOTS="1").start()
+    front, worker = await asyncio.gather(cluster(WORKER_SLOTS="0").start(), cluster(WORKER_SLOTS="1").start())
     async with aiohttp.ClientSession() as session:
         job_id = (await post_run(session, front, SLEEP))["jobId"]
         await wait_status(session, front, job_id, {"running"})
@@ -138,8 +139,9 @@ async def test_a_killed_worker_is_detected_within_the_lease(cluster: Callable[..
 
 async def test_a_lost_job_is_retried_once_when_asked(cluster: Callable[..., Instance]) -> None:
     # A cluster-wide choice: every instance's sweeper may be the one that finds the lost job.
-    front = await cluster(WORKER_SLOTS="0", RETRY_LOST_JOBS="1").start()
-    doomed = await cluster(WORKER_SLOTS="1", RETRY_LOST_JOBS="1").start()
+    front, doomed = await asyncio.gather(
+        cluster(WORKER_SLOTS="0", RETRY_LOST_JOBS="1").start(), cluster(WORKER_SLOTS="1", RETRY_LOST_JOBS="1").start()
+    )
     async with aiohttp.ClientSession() as session:
         job_id = (await post_run(session, front, {"language": "bash", "code": "sleep 1; echo done"}))["jobId"]
         await wait_status(session, front, job_id, {"running"})
@@ -159,8 +161,7 @@ async def test_queued_jobs_survive_a_restart_and_run_once(cluster: Callable[...,
         front.signal(signal.SIGTERM)
         assert front.wait() == 0
         # Every instance was down; new ones find the queue as it was.
-        worker = await cluster(WORKER_SLOTS="2").start()
-        await cluster(WORKER_SLOTS="2").start()
+        worker, _ = await asyncio.gather(cluster(WORKER_SLOTS="2").start(), cluster(WORKER_SLOTS="2").start())
         for i, job_id in enumerate(ids):
             job = await wait_status(session, worker, job_id, TERMINAL)
             assert (job["status"], job["stdout"]) == ("completed", f"job {i}\n")

@@ -13,12 +13,10 @@ import pytest
 from playwright.async_api import Locator, Page, Route, expect
 
 from server.keys import SETTINGS
-from tests.browser import screenshot
+from tests.browser import LONG_JOB_MS, Pages, ServerFactory, handle, row, screenshot, submit
 from tests.conftest import keys_file
-from tests.test_pages import Pages, ServerFactory, browser, handle, pages, row, serve, submit
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
 ADMIN_KEY = "cvy_dashboard-list-admin-key"
 
 
@@ -76,7 +74,8 @@ async def test_job_list_pages_sorts_and_counts_by_status(serve: ServerFactory, p
 
 
 async def test_admin_runs_again_and_cancels_in_bulk(serve: ServerFactory, pages: Pages, tmp_path: Path) -> None:
-    server = await serve(api_keys_file=keys_file(tmp_path, {"ops": (ADMIN_KEY, True)}), max_concurrent_jobs=1)
+    keys = keys_file(tmp_path, {"ops": (ADMIN_KEY, True)})
+    server = await serve(api_keys_file=keys, max_concurrent_jobs=1, job_timeout_ms=LONG_JOB_MS)
     done = await submit(server, "print('again', input())  # CODE-4d1e", wait=True, stdin="IN-7a2b")
     viewer = await pages.open(server, "/dashboard")
     admin = await pages.open(server, "/dashboard")
@@ -150,7 +149,7 @@ async def test_a_sign_in_survives_a_reload_and_the_page_never_holds_the_key(
 
 
 async def test_instances_in_redis_mode(serve: ServerFactory, pages: Pages, redis_url: str) -> None:
-    first = await serve(redis_url=redis_url, worker_slots=1)
+    first = await serve(redis_url=redis_url, worker_slots=1, job_timeout_ms=LONG_JOB_MS)
     await serve(redis_url=redis_url, worker_slots=2)
     page = await pages.open(first, "/dashboard")
     instances = page.locator("#instances-list .instance")
@@ -227,7 +226,7 @@ async def test_a_whole_page_is_cancelled_past_the_batch_limit_after_a_confirmati
     serve: ServerFactory, pages: Pages, tmp_path: Path
 ) -> None:
     keys = keys_file(tmp_path, {"ops": (ADMIN_KEY, True)})
-    server = await serve(api_keys_file=keys, max_concurrent_jobs=1, max_queue_size=30)
+    server = await serve(api_keys_file=keys, max_concurrent_jobs=1, max_queue_size=30, job_timeout_ms=LONG_JOB_MS)
     limit = server.app[SETTINGS].max_batch_size
     jobs = [await submit(server, "import time\ntime.sleep(60)") for _ in range(25)]  # one runs, 24 wait
     admin = await pages.open(server, "/dashboard")

@@ -10,11 +10,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from playwright.async_api import expect
 
-from tests.browser import screenshot
+from tests.browser import Pages, ServerFactory, origin_of, screenshot
 from tests.conftest import AppClientFactory
-from tests.test_pages import Pages, ServerFactory, browser, origin_of, pages, serve
 
-__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
 ROOT = Path(__file__).resolve().parent.parent
 SPEC: dict[str, Any] = orjson.loads((ROOT / "server" / "doors" / "openapi.json").read_bytes())
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from server.keys import RUNNER
-from tests.test_api import Client, call
+from tests.clients import Client, call
 
 C_MAIN = '#include <stdio.h>\n#include "util.h"\nint main(void) { printf("%d\\n", twice(21)); return 0; }\n'
 C_UTIL = '#include "util.h"\nint twice(int x) { return 2 * x; }\n'

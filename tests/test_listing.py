@@ -15,9 +15,9 @@ from server.hub.hub import HUB
 from server.queue import redis as redis_store
 from server.queue.jobs import ExecutionResult
 from server.queue.redis import RedisStore
+from tests.clients import call, wait_for_status
 from tests.conftest import AppClientFactory, keys_file
 from tests.queues import Gate, build_queue, eventually, job, started
-from tests.test_api import call, wait_for_status
 
 ADMIN = "cvy_listing-admin-key-0123456789"
 

@@ -17,9 +17,9 @@ from server.access.identity import new_owner_token
 from server.app import create_app
 from server.hub.hub import HUB
 from server.queue.jobs import Runner
+from tests.clients import call, recv, until, wait_for_status
 from tests.conftest import AppClientFactory, make_settings
-from tests.test_api import call, wait_for_status
-from tests.test_hub import recv, until
+from tests.queues import eventually
 
 Client = TestClient[web.Request, web.Application]
 TERMINAL = {"completed", "failed", "timeout", "cancelled"}
@@ -202,8 +202,9 @@ async def test_rest_stop_for_the_owner_and_admins_only(app_client: AppClientFact
 async def test_a_reloaded_page_takes_back_its_running_job(
     app_client: AppClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("server.hub.hub.ORPHAN_GRACE_S", 0.5)
+    monkeypatch.setattr("server.hub.hub.ORPHAN_GRACE_S", 3600)  # the reload is within it however slow it is
     client = await app_client()
+    hub = client.app[HUB]
     cookie = {"Cookie": f"conveyor_owner={new_owner_token()}"}
     page, hello = await connect(client, headers=cookie)
     assert "ownerToken" not in hello  # the cookie is HttpOnly: page scripts never see the token
@@ -211,12 +212,18 @@ async def test_a_reloaded_page_takes_back_its_running_job(
     job_id = (await recv(page))["jobId"]
     await until(page, "running")
     await page.close()
+    await eventually(lambda: job_id in hub._orphans)  # the grace's timer is set: the job is an orphan
+    grace = hub._orphans[job_id]
     stranger, _ = await connect(client)
+    await stranger.send_json({"type": "subscribe", "jobId": job_id, "since": 0})
+    await until(stranger, "subscribed")
+    assert not grace.cancelled()  # a stranger watching does not take it
     reloaded, _ = await connect(client, headers=cookie)
-    for ws in (stranger, reloaded):
-        await ws.send_json({"type": "subscribe", "jobId": job_id, "since": 0})
-        await until(ws, "subscribed")
-    await asyncio.sleep(0.8)  # past the grace: the reloaded page took it back, so it still runs
+    await reloaded.send_json({"type": "subscribe", "jobId": job_id, "since": 0})
+    await until(reloaded, "subscribed")
+    # The reloaded page took it back: the timer is cancelled, so the job outlives the grace (no sleep past a short
+    # grace, which a loaded machine could spend on the reload itself).
+    assert grace.cancelled() and job_id not in hub._orphans
     assert await ws_answer(stranger, {"type": "stdin", "jobId": job_id, "data": "x\n"}) == unknown_answer(job_id)
     await reloaded.send_json({"type": "stdin", "jobId": job_id, "data": "again\n"})
     await reloaded.send_json({"type": "eof", "jobId": job_id})

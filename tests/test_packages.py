@@ -21,8 +21,8 @@ from server.app import create_app
 from server.judging.executor import Judge
 from server.sandbox.packages import MANIFEST, load_packages_file
 from server.settings import Settings
+from tests.clients import Client, call
 from tests.conftest import make_settings
-from tests.test_api import Client, call
 
 ROOT = Path(__file__).resolve().parent.parent
 # Small, pure: termcolor has no dependencies; is-odd brings is-number (dependencies are listed too).

@@ -2,173 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
-from pytest_aiohttp.plugin import AiohttpServer
+from playwright.async_api import expect
 
 from server.access.identity import new_owner_token
-from server.app import create_app
 from server.hub.hub import HUB
 from server.queue.jobs import Runner
-from tests.browser import VIEWPORT, Recorder, launch, screenshot
-from tests.conftest import make_settings
+from tests.browser import (
+    LONG_JOB_MS,
+    Pages,
+    ServerFactory,
+    editor_ready,
+    expect_code,
+    handle,
+    origin_of,
+    row,
+    screenshot,
+    set_code,
+    stop_as_owner,
+    stop_server,
+    submit,
+)
 
 pytestmark = pytest.mark.browser
-# Generous: the first run of a language in a session may compile or warm caches. Waits end as soon as the DOM
-# condition holds, so this costs nothing when things are fast.
-expect.set_options(timeout=20_000)
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
 ADMIN_KEY = "cvy_dashboard-admin-key"
 SLEEP = "import time\ntime.sleep(60)"
-OWNER = new_owner_token()
-
-
-@pytest.fixture
-async def serve(aiohttp_server: AiohttpServer, sandbox: Runner) -> ServerFactory:
-    """Factory: a real server on 127.0.0.1 (the browser connects over TCP) running a fresh app."""
-
-    async def make(*, port: int | None = None, **overrides: Any) -> TestServer:
-        app = create_app(make_settings(**overrides), runner=sandbox)
-        server: TestServer = await (aiohttp_server(app, port=port) if port else aiohttp_server(app))
-        return server
-
-    return make
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    # One browser per test: async Playwright lives on the test's event loop (function-scoped under pytest-aiohttp).
-    # A launch costs well under a second.
-    async with async_playwright() as playwright:
-        chromium = await launch(playwright)
-        yield chromium
-        await chromium.close()
-
-
-class Pages:
-    """Opens pages in fresh browser contexts and records what each one requested."""
-
-    def __init__(self, browser: Browser) -> None:
-        self.browser = browser
-        self.recorders: dict[Page, tuple[Recorder, str]] = {}
-
-    async def open(
-        self, server: TestServer, path: str, *, viewport: ViewportSize = VIEWPORT, wait_socket: bool = True
-    ) -> Page:
-        context = await self.browser.new_context(viewport=viewport)
-        page = await context.new_page()
-        recorder = Recorder()
-        recorder.attach(page)
-        origin = origin_of(server)
-        self.recorders[page] = (recorder, origin)
-        await page.goto(origin + path)
-        if wait_socket:
-            await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
-        return page
-
-    def recorder(self, page: Page) -> Recorder:
-        return self.recorders[page][0]
-
-    async def close(self) -> None:
-        for page in self.recorders:
-            await page.context.close()
-
-
-@pytest.fixture
-async def pages(browser: Browser) -> AsyncIterator[Pages]:
-    opened = Pages(browser)
-    yield opened
-    await opened.close()
-    # Every test also proves the pages stayed on their own server, threw no script errors and broke no CSP rule.
-    for recorder, origin in opened.recorders.values():
-        assert recorder.outside(origin) == []
-        assert recorder.errors == []
-        assert recorder.csp == []
-
-
-def origin_of(server: TestServer) -> str:
-    return str(server.make_url("/")).rstrip("/")
-
-
-async def submit(
-    server: TestServer, code: str, language: str = "python", *, wait: bool = False, stdin: str = ""
-) -> dict[str, Any]:
-    """POST /run as an anonymous REST client holding the owner token OWNER (so that it may stop its jobs)."""
-    async with aiohttp.ClientSession() as session:
-        url = server.make_url("/run").with_query(wait="true" if wait else "false")
-        run = {"language": language, "code": code, "stdin": stdin}
-        async with session.post(url, json=run, headers={"X-Owner-Token": OWNER}) as resp:
-            body: dict[str, Any] = await resp.json()
-            body["httpStatus"] = resp.status
-            return body
-
-
-async def stop_as_owner(server: TestServer, job_id: str) -> None:
-    """Stop a job `submit` queued, with its owner token (REST)."""
-    async with aiohttp.ClientSession() as session:
-        url = server.make_url(f"/queue/job/{job_id}/stop")
-        async with session.post(url, headers={"X-Owner-Token": OWNER}) as resp:
-            assert resp.status == 200, await resp.text()
-
-
-async def stop_server(server: TestServer) -> None:
-    """Stop like a deploy does. The hub closes its sockets (1001) in a cleanup context, which aiohttp runs only
-    after waiting up to 60 s for open handlers, WebSockets included; closing them first (what an on_shutdown hook
-    in app.py would do) keeps the test quick. Reported to the hub's owner."""
-    await server.app[HUB].close()
-    await server.close()
-
-
-# -- editor -------------------------------------------------------------------------------------------------------
-
-
-async def editor_ready(page: Page) -> None:
-    await expect(page.locator("#language")).to_have_value("python")
-    await expect(page.locator("#run")).to_be_enabled()
-
-
-EDITOR_VIEW = "CM.EditorView.findFromDOM(document.querySelector('#code-editor').shadowRoot.querySelector('.cm-editor'))"
-
-
-async def set_code(page: Page, text: str) -> None:
-    """Replace the editor's text as a paste would (Playwright's fill types into the contenteditable through the
-    browser's editing commands, which add style attributes the pages' CSP refuses)."""
-    await page.evaluate(
-        f"(text) => {{ const view = {EDITOR_VIEW}; "
-        "view.dispatch({changes: {from: 0, to: view.state.doc.length, insert: text}, userEvent: 'input.paste'}); }",
-        text,
-    )
-    await expect_code(page, text)
-
-
-async def code_of(page: Page) -> str:
-    """The editor's text, from CodeMirror's state (the DOM shows only the visible lines)."""
-    text: str = await page.evaluate(f"{EDITOR_VIEW}.state.doc.toString()")
-    return text
-
-
-async def expect_code(page: Page, expected: str | re.Pattern[str]) -> None:
-    """Wait until the editor's text equals `expected` (or matches it, for a pattern)."""
-    text = ""
-    try:
-        async with asyncio.timeout(20):
-            while True:
-                text = await code_of(page)
-                if expected.search(text) if isinstance(expected, re.Pattern) else text == expected:
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"editor text {text!r} never became {expected!r}") from None
 
 
 async def test_editor_runs_python_hello_with_keyboard(serve: ServerFactory, pages: Pages) -> None:
@@ -239,7 +102,7 @@ async def test_editor_sends_typed_input_and_eof(serve: ServerFactory, pages: Pag
 
 
 async def test_editor_stop_ends_an_infinite_loop(serve: ServerFactory, pages: Pages) -> None:
-    page = await pages.open(await serve(), "/")
+    page = await pages.open(await serve(job_timeout_ms=LONG_JOB_MS), "/")
     await editor_ready(page)
     code = (
         "import itertools\nfor i in itertools.count():\n    if i % 500000 == 0:\n        print('tick', i, flush=True)"
@@ -255,7 +118,7 @@ async def test_editor_stop_ends_an_infinite_loop(serve: ServerFactory, pages: Pa
 
 
 async def test_editor_shows_its_place_in_line(serve: ServerFactory, pages: Pages) -> None:
-    server = await serve(max_concurrent_jobs=1)
+    server = await serve(max_concurrent_jobs=1, job_timeout_ms=LONG_JOB_MS)
     page = await pages.open(server, "/")
     await editor_ready(page)
     sleeper = await submit(server, SLEEP)
@@ -318,19 +181,8 @@ async def test_a_reloaded_editor_takes_back_its_running_job(serve: ServerFactory
 # -- dashboard ----------------------------------------------------------------------------------------------------
 
 
-def handle(server: TestServer, job_id: str) -> str:
-    """The display handle a dashboard shows for `job_id` (viewers never get the id itself)."""
-    return server.app[HUB].handles(job_id)
-
-
-def row(page: Page, server: TestServer, job_id: str) -> Any:
-    return page.locator(f'#jobs-body tr[data-handle="{handle(server, job_id)}"]')
-
-
-async def test_dashboard_shows_the_build_cache(
-    aiohttp_server: AiohttpServer, cached_sandbox: Runner, serve: ServerFactory, pages: Pages
-) -> None:
-    server: TestServer = await aiohttp_server(create_app(make_settings(), runner=cached_sandbox))
+async def test_dashboard_shows_the_build_cache(cached_sandbox: Runner, serve: ServerFactory, pages: Pages) -> None:
+    server = await serve(runner=cached_sandbox)
     before = cached_sandbox.cache_status()["builds"]
     page = await pages.open(server, "/dashboard")
     await expect(page.locator("#stat-cache")).to_have_text(str(before["hits"]))
@@ -399,7 +251,7 @@ async def test_viewer_is_read_only_and_admin_stops_jobs(serve: ServerFactory, pa
     keys = tmp_path / "keys.toml"
     digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
     keys.write_text(f'[[keys]]\nname = "ops"\nsha256 = "{digest}"\nadmin = true\n')
-    server = await serve(api_keys_file=str(keys), max_concurrent_jobs=1)
+    server = await serve(api_keys_file=str(keys), max_concurrent_jobs=1, job_timeout_ms=LONG_JOB_MS)
     viewer = await pages.open(server, "/dashboard")
     admin = await pages.open(server, "/dashboard")
     await admin.fill("#api-key", "cvy_wrong-key")

@@ -8,11 +8,9 @@ import re
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.browser import screenshot
-from tests.test_pages import Pages, ServerFactory, browser, editor_ready, origin_of, pages, serve, set_code
+from tests.browser import Pages, ServerFactory, editor_ready, origin_of, screenshot, set_code
 
 pytestmark = pytest.mark.browser
-__all__ = ["browser", "pages", "serve"]  # fixtures, used by name
 
 SUM = """import time
 line = input()
