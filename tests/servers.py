@@ -26,7 +26,8 @@ class ServerProcess:
     def __init__(self, tmp_path: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(self.port), **env}
+        # Two languages are probed at start-up, not all fifty: these tests' jobs are bash and python.
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(self.port), "LANGUAGES": "bash,python", **env}
         self.log = tmp_path / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

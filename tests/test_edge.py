@@ -210,6 +210,7 @@ async def test_a_job_never_fails_for_want_of_descriptors(tmp_path: Path) -> None
                 "FD_RESERVE": "64",
                 "MAX_OPEN_FILES": "64",
                 "HTTP_MAX_CONNECTIONS_PER_IP": "100000",
+                "LANGUAGES": "python",
             },
             cwd=tmp_path,
             stdout=out,

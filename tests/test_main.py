@@ -30,7 +30,14 @@ async def start_server(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv or [sys.executable, "-m", "server"],
-            env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(port), "LOG_LEVEL": "warning", **env},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "PORT": str(port),
+                "LOG_LEVEL": "warning",
+                "LANGUAGES": "bash,python",  # probed at start-up: the jobs here need no others
+                **env,
+            },
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -165,6 +172,39 @@ def test_start_up_refuses_without_bubblewrap(tmp_path: Path) -> None:
     # Log lines may come first (start-up housekeeping); the refusal itself is one line naming the fix.
     refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
     assert len(refusal) == 1 and "apt-get install bubblewrap" in refusal[0], proc.stderr
+
+
+async def test_languages_limits_what_is_offered_and_probed(tmp_path: Path) -> None:
+    proc, url = await start_server(tmp_path, LANGUAGES="bash,c")
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/runtimes") as resp:
+                offered = {item["language"] for item in await resp.json()}
+            async with session.post(f"{url}/run", json={"language": "python", "code": "print(1)"}) as resp:
+                refused = resp.status, await resp.json()
+            async with session.post(f"{url}/run", json={"language": "bash", "code": "echo hi"}) as resp:
+                ran = await resp.json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert offered == {"bash", "c"}
+    assert refused[0] == 400, refused
+    assert ran["stdout"] == "hi\n", ran
+
+
+def test_start_up_refuses_a_language_it_does_not_know(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "server"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(free_port()), "LANGUAGES": "bash,cobol-2077"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
+    assert len(refusal) == 1 and "cobol-2077" in refusal[0] and "bash" not in refusal[0], proc.stderr
 
 
 def without_cgroups(*argv: str) -> list[str]:

@@ -93,7 +93,12 @@ class Sandbox:
         Raises SandboxUnavailable with a one-line fix when jobs cannot run safely here.
         """
         defs = load_languages()
+        languages = languages if languages is not None else (settings.languages or None)
         if languages is not None:
+            if unknown := sorted(set(languages) - defs.keys()):
+                raise SandboxUnavailable(
+                    f"LANGUAGES names {', '.join(unknown)}, not in languages.toml (python -m server languages list)"
+                )
             defs = {name: lang for name, lang in defs.items() if name in languages}
         syscall_filter, groups = await startup.prerequisites(settings, cgroups=cgroups)
         sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter, helper=helper)

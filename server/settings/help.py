@@ -25,6 +25,10 @@ HELP = {
     ),
     "SHUTDOWN_GRACE_MS": "on SIGTERM/SIGINT, running jobs get this long before they are cancelled (`shutdown`)",
     "SANDBOX": "`bwrap`; `none` is for development only and logs a loud warning on every start",
+    "LANGUAGES": (
+        "languages to offer, by name (`python,bash,c`); empty: every language of `server/sandbox/languages.toml` "
+        "whose toolchain works here. Only these are probed at start-up"
+    ),
     "COMPILE_TIMEOUT_MS": "wall time of a compile stage",
     "MEMORY_LIMIT_MB": "memory of one job (cgroup memory controller; see `ALLOW_PER_PROCESS_LIMITS`)",
     "CPU_TIME_LIMIT_S": (

@@ -43,6 +43,8 @@ class Settings:
 
     # Sandbox
     sandbox: str = env("SANDBOX", choice("bwrap", "none"), "bwrap")
+    # Empty: every language of languages.toml whose toolchain works here (each probed at start-up).
+    languages: tuple[str, ...] = env("LANGUAGES", csv, ())
     compile_timeout_ms: int = env("COMPILE_TIMEOUT_MS", int_range(100, 600_000), 10_000)
     memory_limit_mb: int = env("MEMORY_LIMIT_MB", int_range(16, 65_536), 256)
     cpu_time_limit_s: int = env("CPU_TIME_LIMIT_S", int_range(1, 3600), 10)
