@@ -2,8 +2,12 @@
 
 Run by hand: `python -m bench.bench_redis`. It starts its own redis-server on a free 127.0.0.1 port (no persistence)
 and stops it at the end; every contender runs against that one server in the same run, the DB flushed in between.
-Each run: the workers are up, then PRODUCERS coroutines enqueue N_JOBS no-op jobs; the clock runs from the first
-enqueue until the last job is recorded as finished. A second, instrumented pass counts Redis round trips per job.
+Every contender runs the same way, each part in a process of its own: the consumers (Conveyor instances, the SAQ or
+arq worker) and one producer process whose PRODUCERS coroutines enqueue N_JOBS no-op jobs (it starts no worker and
+reads no events). The clock runs from the producer's start until the consumers have counted the last job finished
+(a counter in shared memory, one slot per consumer, polled by this process). Each part reports its CPU time, so a
+run says where the CPU went and what the host's cores allow. A second, instrumented pass counts Redis round trips
+per job in every process.
 """
 
 from __future__ import annotations
@@ -16,8 +20,15 @@ import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+    suppress,
+)
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -38,6 +49,7 @@ SLOTS = 32  # jobs one worker process runs at once: Conveyor worker_slots, SAQ c
 MAX_CONCURRENT = 64  # Conveyor's global cap: two instances x SLOTS, so the cap never binds
 PREFIX = "bench"
 RUN_TIMEOUT_S = 300.0
+POLL_S = 0.002  # how often this process reads the consumers' counters
 NOOP_RESULT = ExecutionResult(exit_code=0)
 
 
@@ -47,7 +59,17 @@ class Run:
 
     jobs_per_s: float
     redis_cpu_us: float
-    client_cpu_us: float
+    producer_cpu_us: float
+    consumer_cpu_us: float  # all consumers together
+    # The producer's time over the run's: near 1, the consumers kept up with it (it was the ceiling); well below 1,
+    # jobs waited in the queue after the last enqueue (the consumers were).
+    producing: float
+
+    @property
+    def ceiling(self) -> float:
+        """Jobs/s this host's cores allow at this CPU per job, if every part could use any core."""
+        total = self.redis_cpu_us + self.producer_cpu_us + self.consumer_cpu_us
+        return (os.cpu_count() or 1) * 1e6 / total
 
 
 # -- the redis-server ---------------------------------------------------------------------------------------------
@@ -62,171 +84,237 @@ def redis_server() -> Iterator[str]:
         yield url
 
 
-def _flush(url: str) -> None:
-    redisserver.flush(url)
-
-
 def _redis_cpu_s(url: str) -> float:
     with redis.Redis.from_url(url) as client:
         info: dict[str, Any] = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def _produce(enqueue: Callable[[], Awaitable[object]], n: int) -> None:
-    """Enqueue n jobs from PRODUCERS concurrent coroutines."""
+# -- the contenders: a consumer (started, counting its finished jobs) and a producer (an enqueue function) -------
 
-    async def producer(count: int) -> None:
-        for _ in range(count):
-            await enqueue()
-
-    share, extra = divmod(n, PRODUCERS)
-    await asyncio.gather(*(producer(share + (i < extra)) for i in range(PRODUCERS)))
-
-
-class _Finish:
-    """Counts finished jobs; `done` is set at the n-th."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.count = 0
-        self.done = asyncio.Event()
-
-    def add(self) -> None:
-        self.count += 1
-        if self.count == self.n:
-            self.done.set()
-
-
-# -- Conveyor -----------------------------------------------------------------------------------------------------
+Consumer = Callable[[str, int, Callable[[], None]], AbstractAsyncContextManager[None]]
+Producer = Callable[[str, int], AbstractAsyncContextManager[Callable[[], Any]]]
 
 
 async def noop(job: Job, io: JobIO) -> ExecutionResult:
     return NOOP_RESULT
 
 
-def _conveyor_queue(url: str, n: int) -> Worker:
-    return Worker(
+@asynccontextmanager
+async def conveyor_consumer(url: str, n: int, done: Callable[[], None]) -> AsyncIterator[None]:
+    """One Conveyor instance: a worker on the Redis store; a job counts once its `completed` event is back here."""
+    queue = Worker(
         RedisStore(url, prefix=PREFIX), executor=noop, max_concurrent=MAX_CONCURRENT, max_queue_size=n, slots=SLOTS
     )
-
-
-def _instance_main(url: str, n: int, conn: Connection) -> None:
-    """A second Conveyor instance in its own process: a consumer only, until told to stop; sends back its CPU time."""
-
-    async def serve() -> None:
-        queue = _conveyor_queue(url, n)
-        await queue.start()
-        conn.send("ready")
-        cpu = time.process_time()
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        cpu = time.process_time() - cpu
-        await queue.close()
-        conn.send(cpu)
-
-    asyncio.run(serve())
-
-
-async def bench_conveyor(url: str, n: int, instances: int = 1) -> Run:
-    """This process is one instance (consumer + producer); the others are separate processes on the same prefix."""
-    queue = _conveyor_queue(url, n)
-    finish = _Finish(n)
-    queue.events.subscribe(lambda event: finish.add() if event["type"] == "completed" else None)
+    queue.events.subscribe(lambda event: done() if event["type"] == "completed" else None, here_only=True)
     await queue.start()
-    loop = asyncio.get_running_loop()
-    context = multiprocessing.get_context("spawn")
-    helpers: list[tuple[Any, Connection]] = []
-    for _ in range(instances - 1):
-        ours, theirs = context.Pipe()
-        proc = context.Process(target=_instance_main, args=(url, n, theirs), daemon=True)
-        proc.start()
-        helpers.append((proc, ours))
-    for _, conn in helpers:
-        if await loop.run_in_executor(None, conn.recv) != "ready":
-            raise RuntimeError("a Conveyor instance did not start")
-    redis_cpu, cpu, start = _redis_cpu_s(url), time.process_time(), time.perf_counter()
-    async with asyncio.timeout(RUN_TIMEOUT_S):
-        await _produce(lambda: queue.submit(Job(language="python", code="")), n)
-        await finish.done.wait()
-    elapsed = time.perf_counter() - start
-    cpu, redis_cpu = time.process_time() - cpu, _redis_cpu_s(url) - redis_cpu
-    for proc, conn in helpers:
-        conn.send("stop")
-        cpu += await loop.run_in_executor(None, conn.recv)
-        await loop.run_in_executor(None, proc.join, 30)
-    await queue.close()
-    return Run(n / elapsed, redis_cpu / n * 1e6, cpu / n * 1e6)
+    try:
+        yield
+    finally:
+        await queue.close()
 
 
-# -- SAQ ----------------------------------------------------------------------------------------------------------
+@asynccontextmanager
+async def conveyor_producer(url: str, n: int) -> AsyncIterator[Callable[[], Any]]:
+    """The store's enqueue alone, as a web instance's submit calls it (no worker, no event reader started)."""
+    store = RedisStore(url, prefix=PREFIX)
+    try:
+        yield lambda: store.enqueue(Job(language="python", code=""), max_queue_size=n, max_concurrent=MAX_CONCURRENT)
+    finally:
+        await store.close()
 
 
 async def saq_noop(ctx: Any) -> None:
     return None
 
 
-async def bench_saq(url: str, n: int) -> Run:
+@asynccontextmanager
+async def saq_consumer(url: str, n: int, done: Callable[[], None]) -> AsyncIterator[None]:
     """SAQ's documented use: `Queue.from_url`, a `Worker(queue, functions, concurrency=...)` started in-process."""
-    from saq import Queue, Worker
+    from saq import Queue
+    from saq import Worker as SaqWorker
     from saq.job import Status
 
     logging.getLogger("saq").setLevel(logging.ERROR)  # its stop() warns that it cancelled the idle dequeuers
     queue = Queue.from_url(url)
-    finish = _Finish(n)
 
     async def after_process(ctx: Any) -> None:  # runs after the job's result is stored
         if ctx["job"].status == Status.COMPLETE:
-            finish.add()
+            done()
 
-    worker = Worker(queue, functions=[saq_noop], concurrency=SLOTS, after_process=after_process)
+    worker = SaqWorker(queue, functions=[saq_noop], concurrency=SLOTS, after_process=after_process)
     await queue.connect()
     task = asyncio.create_task(worker.start())
     await asyncio.sleep(0.2)  # let the worker's dequeuers block on BLMOVE, as Conveyor's claim loop is up
-    redis_cpu, cpu, start = _redis_cpu_s(url), time.process_time(), time.perf_counter()
-    async with asyncio.timeout(RUN_TIMEOUT_S):
-        await _produce(lambda: queue.enqueue("saq_noop"), n)
-        await finish.done.wait()
-    elapsed = time.perf_counter() - start
-    cpu, redis_cpu = time.process_time() - cpu, _redis_cpu_s(url) - redis_cpu
-    await worker.stop()
-    await task
-    await queue.disconnect()
-    return Run(n / elapsed, redis_cpu / n * 1e6, cpu / n * 1e6)
+    try:
+        yield
+    finally:
+        await worker.stop()
+        await task
+        await queue.disconnect()
 
 
-# -- arq ----------------------------------------------------------------------------------------------------------
+@asynccontextmanager
+async def saq_producer(url: str, n: int) -> AsyncIterator[Callable[[], Any]]:
+    from saq import Queue
+
+    queue = Queue.from_url(url)
+    await queue.connect()
+    try:
+        yield lambda: queue.enqueue("saq_noop")
+    finally:
+        await queue.disconnect()
 
 
 async def arq_noop(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> None:
     return None
 
 
-async def bench_arq(url: str, n: int) -> Run:
-    """arq's documented use: `create_pool` to enqueue, a `Worker(functions, max_jobs=...)` run in-process."""
+@asynccontextmanager
+async def arq_consumer(url: str, n: int, done: Callable[[], None]) -> AsyncIterator[None]:
+    """arq's documented use: a `Worker(functions, max_jobs=...)` run in-process."""
     from arq import create_pool
     from arq.connections import RedisSettings
-    from arq.worker import Worker
+    from arq.worker import Worker as ArqWorker
 
     pool = await create_pool(RedisSettings.from_dsn(url))
-    finish = _Finish(n)
 
     async def after_job_end(ctx: dict[Any, Any]) -> None:  # runs after the result is stored
-        finish.add()
+        done()
 
-    worker = Worker(
+    worker = ArqWorker(
         functions=[arq_noop], redis_pool=pool, max_jobs=SLOTS, handle_signals=False, after_job_end=after_job_end
     )
     task = asyncio.create_task(worker.async_run())
     await asyncio.sleep(0.2)
-    redis_cpu, cpu, start = _redis_cpu_s(url), time.process_time(), time.perf_counter()
-    async with asyncio.timeout(RUN_TIMEOUT_S):
-        await _produce(lambda: pool.enqueue_job("arq_noop"), n)
-        await finish.done.wait()
-    elapsed = time.perf_counter() - start
-    cpu, redis_cpu = time.process_time() - cpu, _redis_cpu_s(url) - redis_cpu
-    await worker.close()  # cancels the worker's main task and closes the pool
-    with suppress(asyncio.CancelledError):
-        await task
-    return Run(n / elapsed, redis_cpu / n * 1e6, cpu / n * 1e6)
+    try:
+        yield
+    finally:
+        await worker.close()  # cancels the worker's main task and closes the pool
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+@asynccontextmanager
+async def arq_producer(url: str, n: int) -> AsyncIterator[Callable[[], Any]]:
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    pool = await create_pool(RedisSettings.from_dsn(url))
+    try:
+        yield lambda: pool.enqueue_job("arq_noop")
+    finally:
+        await pool.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    consumer: Consumer
+    producer: Producer
+    consumers: int = 1
+
+
+CONTENDERS: dict[str, Contender] = {
+    "conveyor-1": Contender(conveyor_consumer, conveyor_producer),
+    "conveyor-2": Contender(conveyor_consumer, conveyor_producer, consumers=2),
+    "saq": Contender(saq_consumer, saq_producer),
+    "arq": Contender(arq_consumer, arq_producer),
+}
+
+
+# -- the processes ------------------------------------------------------------------------------------------------
+
+
+def _round_trips(trace: bool) -> AbstractContextManager[Counter[str]]:
+    return count_round_trips() if trace else nullcontext(Counter())
+
+
+async def _recv(conn: Connection) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+
+def _consumer_main(name: str, url: str, n: int, counts: Any, slot: int, conn: Connection, trace: bool) -> None:
+    """A consumer process: ready, then counts from "go" to "stop"; sends back its CPU time and round trips."""
+
+    def done() -> None:
+        counts[slot] += 1
+
+    async def serve() -> None:
+        with _round_trips(trace) as trips:
+            async with CONTENDERS[name].consumer(url, n, done):
+                conn.send("ready")
+                await _recv(conn)
+                cpu = time.process_time()
+                await _recv(conn)
+                cpu = time.process_time() - cpu
+        conn.send((cpu, dict(trips), 0.0))
+
+    asyncio.run(serve())
+
+
+def _producer_main(name: str, url: str, n: int, conn: Connection, trace: bool) -> None:
+    """The producer process: ready, then on "go" enqueues n jobs; sends back its CPU time and round trips."""
+
+    async def produce() -> None:
+        with _round_trips(trace) as trips:
+            async with CONTENDERS[name].producer(url, n) as enqueue:
+                conn.send("ready")
+                await _recv(conn)
+                cpu, wall = time.process_time(), time.perf_counter()
+                share, extra = divmod(n, PRODUCERS)
+                await asyncio.gather(*(_enqueue(enqueue, share + (i < extra)) for i in range(PRODUCERS)))
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        conn.send((cpu, dict(trips), wall))
+
+    asyncio.run(produce())
+
+
+async def _enqueue(enqueue: Callable[[], Any], count: int) -> None:
+    for _ in range(count):
+        await enqueue()
+
+
+def measure(name: str, url: str, n: int, *, trace: bool = False) -> tuple[Run, Counter[str]]:
+    """One run of a contender; with `trace`, also its Redis round trips (every process's, summed)."""
+    context = multiprocessing.get_context("spawn")
+    consumers = CONTENDERS[name].consumers
+    counts = context.Array("q", consumers, lock=False)  # one slot per consumer: no two processes write one
+    procs: list[tuple[Any, Connection]] = []
+    for slot in range(consumers):
+        ours, theirs = context.Pipe()
+        procs.append((context.Process(target=_consumer_main, args=(name, url, n, counts, slot, theirs, trace)), ours))
+    ours, theirs = context.Pipe()
+    procs.append((context.Process(target=_producer_main, args=(name, url, n, theirs, trace)), ours))
+    for proc, _ in procs:
+        proc.daemon = True
+        proc.start()
+    try:
+        for _, conn in procs:
+            if not conn.poll(60) or conn.recv() != "ready":
+                raise RuntimeError(f"{name}: a process did not start")
+        redis_cpu, start = _redis_cpu_s(url), time.perf_counter()
+        for _, conn in procs:
+            conn.send("go")
+        while sum(counts) < n:
+            if time.perf_counter() - start > RUN_TIMEOUT_S:
+                raise TimeoutError(f"{name}: {sum(counts)} of {n} jobs finished in {RUN_TIMEOUT_S:.0f} s")
+            time.sleep(POLL_S)
+        elapsed = time.perf_counter() - start
+        redis_cpu = _redis_cpu_s(url) - redis_cpu
+        cpus, trips = [], Counter[str]()
+        for _, conn in procs[:-1]:
+            conn.send("stop")
+        for _, conn in procs:
+            cpu, counted, producing = conn.recv()
+            cpus.append(cpu)
+            trips.update(counted)
+    finally:
+        for proc, _ in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    run = Run(n / elapsed, redis_cpu / n * 1e6, cpus[-1] / n * 1e6, sum(cpus[:-1]) / n * 1e6, producing / elapsed)
+    return run, trips
 
 
 # -- round trips --------------------------------------------------------------------------------------------------
@@ -267,22 +355,15 @@ def count_round_trips() -> Iterator[Counter[str]]:
 
 # -- the run ------------------------------------------------------------------------------------------------------
 
-CONTENDERS: dict[str, Callable[[str, int], Coroutine[Any, Any, Run]]] = {
-    "conveyor-1": lambda url, n: bench_conveyor(url, n, 1),
-    "conveyor-2": lambda url, n: bench_conveyor(url, n, 2),
-    "saq": bench_saq,
-    "arq": bench_arq,
-}
 
-
-def _chosen() -> dict[str, Callable[[str, int], Coroutine[Any, Any, Run]]]:
+def _chosen() -> list[str]:
     """BENCH_CONTENDERS (comma-separated names) narrows the run, e.g. to `conveyor-1,conveyor-2,saq` (arq alone takes
     most of the time); SAQ is always measured, the ratios are against it."""
     names = [n.strip() for n in os.environ.get("BENCH_CONTENDERS", "").split(",") if n.strip()] or list(CONTENDERS)
     unknown = set(names) - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"BENCH_CONTENDERS: unknown {sorted(unknown)}; expected some of {list(CONTENDERS)}")
-    return {name: CONTENDERS[name] for name in CONTENDERS if name in names or name == "saq"}
+    return [name for name in CONTENDERS if name in names or name == "saq"]
 
 
 def main() -> dict[str, Any]:
@@ -293,56 +374,74 @@ def main() -> dict[str, Any]:
     traces: dict[str, Counter[str]] = {}
     with redis_server() as url:
         for _ in range(rounds):
-            for name, bench in contenders.items():
-                _flush(url)
-                runs[name].append(asyncio.run(bench(url, N_JOBS)))
-        for name in [n for n in ("conveyor-1", "saq", "arq") if n in contenders]:
-            _flush(url)
-            with count_round_trips() as counts:
-                asyncio.run(CONTENDERS[name](url, N_TRACED))
-            traces[name] = counts
+            for name in contenders:
+                redisserver.flush(url)
+                runs[name].append(measure(name, url, N_JOBS)[0])
+        for name in contenders:
+            redisserver.flush(url)
+            traces[name] = measure(name, url, N_TRACED, trace=True)[1]
     load_after = os.getloadavg()[0]
-    fields = ("jobs_per_s", "redis_cpu_us", "client_cpu_us")
-    medians = {name: Run(*(statistics.median(getattr(r, f) for r in rs) for f in fields)) for name, rs in runs.items()}
-    print(
-        f"no-op jobs, {N_JOBS:,} per run, median of {rounds}; {PRODUCERS} concurrent producers, "
-        f"{SLOTS} concurrent jobs per worker process; {os.cpu_count()} CPUs, load average {load_before:.1f} before, "
-        f"{load_after:.1f} after"
-    )
-    header = f"{'':<12}{'jobs/s median':>14}{'best':>8}{'worst':>8}{'redis CPU us/job':>18}{'client CPU us/job':>19}"
-    print(header + f"{'round trips/job':>17}")
-    best = {name: max(r.jobs_per_s for r in rs) for name, rs in runs.items()}
-    for name, run in medians.items():
-        worst = min(r.jobs_per_s for r in runs[name])
-        trips = f"{sum(traces[name].values()) / N_TRACED:.1f}" if name in traces else "-"
-        print(
-            f"{name:<12}{run.jobs_per_s:>14,.0f}{best[name]:>8,.0f}{worst:>8,.0f}{run.redis_cpu_us:>18.0f}"
-            f"{run.client_cpu_us:>19.0f}{trips:>17}"
-        )
+    _report(runs, traces, rounds, (load_before, load_after))
+    medians = {name: _median(rs) for name, rs in runs.items()}
     ours = [name for name in ("conveyor-1", "conveyor-2") if name in medians]
-    ratios = {name: medians[name].jobs_per_s / medians["saq"].jobs_per_s for name in ours}
-    best_ratios = {name: best[name] / best["saq"] for name in ours}
-    print(
-        "conveyor/saq (goal 2.5x): "
-        + "; ".join(f"{name} {ratios[name]:.2f}x median, {best_ratios[name]:.2f}x best" for name in ours)
-    )
-    if len(ours) == 2:
-        gain = medians["conveyor-2"].jobs_per_s / medians["conveyor-1"].jobs_per_s - 1
-        print(f"a second instance adds {gain:+.0%} (median; goal +50 %)")
-    for name, counts in traces.items():
-        per_job = ", ".join(f"{cmd} {c / N_TRACED:.2f}" for cmd, c in counts.most_common())
-        print(f"round trips per job, {name}: {per_job}")
     return {
         "jobs_per_s": {name: run.jobs_per_s for name, run in medians.items()},
-        "redis_cpu_us_per_job": {name: run.redis_cpu_us for name, run in medians.items()},
-        "client_cpu_us_per_job": {name: run.client_cpu_us for name, run in medians.items()},
-        "ratio_vs_saq": ratios,
-        "best_jobs_per_s": best,
-        "best_ratio_vs_saq": best_ratios,
+        "cpu_us_per_job": {
+            name: {"redis": r.redis_cpu_us, "producer": r.producer_cpu_us, "consumers": r.consumer_cpu_us}
+            for name, r in medians.items()
+        },
+        "ceiling_jobs_per_s": {name: run.ceiling for name, run in medians.items()},
+        "ratio_vs_saq": {name: medians[name].jobs_per_s / medians["saq"].jobs_per_s for name in ours},
         "round_trips_per_job": {name: {k: v / N_TRACED for k, v in c.items()} for name, c in traces.items()},
         "load_average": (load_before, load_after),
         "all_runs": {name: [r.jobs_per_s for r in rs] for name, rs in runs.items()},
     }
+
+
+def _median(runs: list[Run]) -> Run:
+    fields = ("jobs_per_s", "redis_cpu_us", "producer_cpu_us", "consumer_cpu_us", "producing")
+    return Run(*(statistics.median(getattr(r, f) for r in runs) for f in fields))
+
+
+def _report(
+    runs: dict[str, list[Run]], traces: dict[str, Counter[str]], rounds: int, load: tuple[float, float]
+) -> None:
+    print(
+        f"no-op jobs, {N_JOBS:,} per run, median of {rounds}; one producer process of {PRODUCERS} coroutines, "
+        f"{SLOTS} concurrent jobs per consumer process; {os.cpu_count()} CPUs, load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after"
+    )
+    print(
+        f"{'':<12}{'jobs/s median':>14}{'best':>8}{'worst':>8}   CPU us/job: {'redis':>6}{'producer':>9}"
+        f"{'consumers':>10}   {'cores allow':>11}{'producing':>10}{'round trips/job':>17}"
+    )
+    medians = {name: _median(rs) for name, rs in runs.items()}
+    for name, run in medians.items():
+        speeds = [r.jobs_per_s for r in runs[name]]
+        trips = f"{sum(traces[name].values()) / N_TRACED:.1f}" if name in traces else "-"
+        print(
+            f"{name:<12}{run.jobs_per_s:>14,.0f}{max(speeds):>8,.0f}{min(speeds):>8,.0f}{'':>15}"
+            f"{run.redis_cpu_us:>6.0f}{run.producer_cpu_us:>9.0f}{run.consumer_cpu_us:>10.0f}   "
+            f"{run.ceiling:>11,.0f}{run.producing:>10.0%}{trips:>17}"
+        )
+    for name in (n for n in ("conveyor-1", "conveyor-2") if n in runs):
+        per_round = [ours.jobs_per_s / saq.jobs_per_s for ours, saq in zip(runs[name], runs["saq"], strict=True)]
+        print(
+            f"{name}/saq: {medians[name].jobs_per_s / medians['saq'].jobs_per_s:.2f}x median, "
+            f"{min(per_round):.2f}-{max(per_round):.2f}x round by round (goal 2.5x)"
+        )
+    if "conveyor-1" in runs and "conveyor-2" in runs:
+        gains = [
+            two.jobs_per_s / one.jobs_per_s - 1 for one, two in zip(runs["conveyor-1"], runs["conveyor-2"], strict=True)
+        ]
+        gain = medians["conveyor-2"].jobs_per_s / medians["conveyor-1"].jobs_per_s - 1
+        print(
+            f"a second instance adds {gain:+.0%} (median; round by round {min(gains):+.0%} to {max(gains):+.0%}; "
+            "goal +50 %)"
+        )
+    for name, counts in traces.items():
+        per_job = ", ".join(f"{cmd} {c / N_TRACED:.2f}" for cmd, c in counts.most_common())
+        print(f"round trips per job, {name}: {per_job}")
 
 
 if __name__ == "__main__":
