@@ -3,8 +3,8 @@
 Run by hand: `python -m bench.bench_redis`. It starts its own redis-server on a free 127.0.0.1 port (no persistence)
 and stops it at the end; every contender runs against that one server in the same run, the DB flushed in between.
 Every contender runs the same way, each part in a process of its own: the consumers (Conveyor instances, the SAQ or
-arq worker) and one producer process whose PRODUCERS coroutines enqueue N_JOBS no-op jobs (it starts no worker and
-reads no events). The clock runs from the producer's start until the consumers have counted the last job finished
+arq worker) and the producer process(es), whose PRODUCERS coroutines enqueue N_JOBS no-op jobs (they start no worker
+and read no events). The clock runs from the producer's start until the consumers have counted the last job finished
 (a counter in shared memory, one slot per consumer, polled by this process). Each part reports its CPU time, so a
 run says where the CPU went and what the host's cores allow. A second, instrumented pass counts Redis round trips
 per job in every process.
@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import multiprocessing
 import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import (
-    AbstractAsyncContextManager,
     AbstractContextManager,
-    asynccontextmanager,
     contextmanager,
     nullcontext,
-    suppress,
 )
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -37,20 +33,16 @@ import redis
 from redis.asyncio.connection import AbstractConnection
 
 from bench import redisserver
-from server.queue import Worker, scripts
-from server.queue.jobs import ExecutionResult, Job, JobIO
-from server.queue.redis import RedisStore
+from bench.redis_contenders import CONTENDERS, SLOTS
+from server.queue import scripts
 
 N_JOBS = 5000
 N_TRACED = 1000  # jobs in the instrumented (round-trip counting) pass
 ROUNDS = 5  # the table shows the median of these
 PRODUCERS = 20  # concurrent enqueuers, as in SAQ's own benchmark (a semaphore of 20)
-SLOTS = 32  # jobs one worker process runs at once: Conveyor worker_slots, SAQ concurrency, arq max_jobs
-MAX_CONCURRENT = 64  # Conveyor's global cap: two instances x SLOTS, so the cap never binds
-PREFIX = "bench"
+PRODUCER_PROCESSES = 1  # the processes they are spread over (BENCH_PRODUCER_PROCESSES)
 RUN_TIMEOUT_S = 300.0
 POLL_S = 0.002  # how often this process reads the consumers' counters
-NOOP_RESULT = ExecutionResult(exit_code=0)
 
 
 @dataclass(slots=True)
@@ -90,138 +82,6 @@ def _redis_cpu_s(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-# -- the contenders: a consumer (started, counting its finished jobs) and a producer (an enqueue function) -------
-
-Consumer = Callable[[str, int, Callable[[], None]], AbstractAsyncContextManager[None]]
-Producer = Callable[[str, int], AbstractAsyncContextManager[Callable[[], Any]]]
-
-
-async def noop(job: Job, io: JobIO) -> ExecutionResult:
-    return NOOP_RESULT
-
-
-@asynccontextmanager
-async def conveyor_consumer(url: str, n: int, done: Callable[[], None]) -> AsyncIterator[None]:
-    """One Conveyor instance: a worker on the Redis store; a job counts once its `completed` event is back here."""
-    queue = Worker(
-        RedisStore(url, prefix=PREFIX), executor=noop, max_concurrent=MAX_CONCURRENT, max_queue_size=n, slots=SLOTS
-    )
-    queue.events.subscribe(lambda event: done() if event["type"] == "completed" else None, here_only=True)
-    await queue.start()
-    try:
-        yield
-    finally:
-        await queue.close()
-
-
-@asynccontextmanager
-async def conveyor_producer(url: str, n: int) -> AsyncIterator[Callable[[], Any]]:
-    """The store's enqueue alone, as a web instance's submit calls it (no worker, no event reader started)."""
-    store = RedisStore(url, prefix=PREFIX)
-    try:
-        yield lambda: store.enqueue(Job(language="python", code=""), max_queue_size=n, max_concurrent=MAX_CONCURRENT)
-    finally:
-        await store.close()
-
-
-async def saq_noop(ctx: Any) -> None:
-    return None
-
-
-@asynccontextmanager
-async def saq_consumer(url: str, n: int, done: Callable[[], None]) -> AsyncIterator[None]:
-    """SAQ's documented use: `Queue.from_url`, a `Worker(queue, functions, concurrency=...)` started in-process."""
-    from saq import Queue
-    from saq import Worker as SaqWorker
-    from saq.job import Status
-
-    logging.getLogger("saq").setLevel(logging.ERROR)  # its stop() warns that it cancelled the idle dequeuers
-    queue = Queue.from_url(url)
-
-    async def after_process(ctx: Any) -> None:  # runs after the job's result is stored
-        if ctx["job"].status == Status.COMPLETE:
-            done()
-
-    worker = SaqWorker(queue, functions=[saq_noop], concurrency=SLOTS, after_process=after_process)
-    await queue.connect()
-    task = asyncio.create_task(worker.start())
-    await asyncio.sleep(0.2)  # let the worker's dequeuers block on BLMOVE, as Conveyor's claim loop is up
-    try:
-        yield
-    finally:
-        await worker.stop()
-        await task
-        await queue.disconnect()
-
-
-@asynccontextmanager
-async def saq_producer(url: str, n: int) -> AsyncIterator[Callable[[], Any]]:
-    from saq import Queue
-
-    queue = Queue.from_url(url)
-    await queue.connect()
-    try:
-        yield lambda: queue.enqueue("saq_noop")
-    finally:
-        await queue.disconnect()
-
-
-async def arq_noop(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> None:
-    return None
-
-
-@asynccontextmanager
-async def arq_consumer(url: str, n: int, done: Callable[[], None]) -> AsyncIterator[None]:
-    """arq's documented use: a `Worker(functions, max_jobs=...)` run in-process."""
-    from arq import create_pool
-    from arq.connections import RedisSettings
-    from arq.worker import Worker as ArqWorker
-
-    pool = await create_pool(RedisSettings.from_dsn(url))
-
-    async def after_job_end(ctx: dict[Any, Any]) -> None:  # runs after the result is stored
-        done()
-
-    worker = ArqWorker(
-        functions=[arq_noop], redis_pool=pool, max_jobs=SLOTS, handle_signals=False, after_job_end=after_job_end
-    )
-    task = asyncio.create_task(worker.async_run())
-    await asyncio.sleep(0.2)
-    try:
-        yield
-    finally:
-        await worker.close()  # cancels the worker's main task and closes the pool
-        with suppress(asyncio.CancelledError):
-            await task
-
-
-@asynccontextmanager
-async def arq_producer(url: str, n: int) -> AsyncIterator[Callable[[], Any]]:
-    from arq import create_pool
-    from arq.connections import RedisSettings
-
-    pool = await create_pool(RedisSettings.from_dsn(url))
-    try:
-        yield lambda: pool.enqueue_job("arq_noop")
-    finally:
-        await pool.aclose()
-
-
-@dataclass(frozen=True, slots=True)
-class Contender:
-    consumer: Consumer
-    producer: Producer
-    consumers: int = 1
-
-
-CONTENDERS: dict[str, Contender] = {
-    "conveyor-1": Contender(conveyor_consumer, conveyor_producer),
-    "conveyor-2": Contender(conveyor_consumer, conveyor_producer, consumers=2),
-    "saq": Contender(saq_consumer, saq_producer),
-    "arq": Contender(arq_consumer, arq_producer),
-}
-
-
 # -- the processes ------------------------------------------------------------------------------------------------
 
 
@@ -252,8 +112,9 @@ def _consumer_main(name: str, url: str, n: int, counts: Any, slot: int, conn: Co
     asyncio.run(serve())
 
 
-def _producer_main(name: str, url: str, n: int, conn: Connection, trace: bool) -> None:
-    """The producer process: ready, then on "go" enqueues n jobs; sends back its CPU time and round trips."""
+def _producer_main(name: str, url: str, n: int, coroutines: int, conn: Connection, trace: bool) -> None:
+    """A producer process: ready, then on "go" enqueues n jobs from `coroutines` concurrent coroutines; sends back
+    its CPU time, round trips and how long it took."""
 
     async def produce() -> None:
         with _round_trips(trace) as trips:
@@ -261,12 +122,16 @@ def _producer_main(name: str, url: str, n: int, conn: Connection, trace: bool) -
                 conn.send("ready")
                 await _recv(conn)
                 cpu, wall = time.process_time(), time.perf_counter()
-                share, extra = divmod(n, PRODUCERS)
-                await asyncio.gather(*(_enqueue(enqueue, share + (i < extra)) for i in range(PRODUCERS)))
+                await asyncio.gather(*(_enqueue(enqueue, count) for count in _shares(n, coroutines)))
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         conn.send((cpu, dict(trips), wall))
 
     asyncio.run(produce())
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    share, extra = divmod(total, parts)
+    return [share + (i < extra) for i in range(parts)]
 
 
 async def _enqueue(enqueue: Callable[[], Any], count: int) -> None:
@@ -277,14 +142,15 @@ async def _enqueue(enqueue: Callable[[], Any], count: int) -> None:
 def measure(name: str, url: str, n: int, *, trace: bool = False) -> tuple[Run, Counter[str]]:
     """One run of a contender; with `trace`, also its Redis round trips (every process's, summed)."""
     context = multiprocessing.get_context("spawn")
-    consumers = CONTENDERS[name].consumers
+    consumers, producers = CONTENDERS[name].consumers, _producer_processes()
     counts = context.Array("q", consumers, lock=False)  # one slot per consumer: no two processes write one
     procs: list[tuple[Any, Connection]] = []
     for slot in range(consumers):
         ours, theirs = context.Pipe()
         procs.append((context.Process(target=_consumer_main, args=(name, url, n, counts, slot, theirs, trace)), ours))
-    ours, theirs = context.Pipe()
-    procs.append((context.Process(target=_producer_main, args=(name, url, n, theirs, trace)), ours))
+    for jobs, coroutines in zip(_shares(n, producers), _shares(PRODUCERS, producers), strict=True):
+        ours, theirs = context.Pipe()
+        procs.append((context.Process(target=_producer_main, args=(name, url, jobs, coroutines, theirs, trace)), ours))
     for proc, _ in procs:
         proc.daemon = True
         proc.start()
@@ -292,29 +158,37 @@ def measure(name: str, url: str, n: int, *, trace: bool = False) -> tuple[Run, C
         for _, conn in procs:
             if not conn.poll(60) or conn.recv() != "ready":
                 raise RuntimeError(f"{name}: a process did not start")
-        redis_cpu, start = _redis_cpu_s(url), time.perf_counter()
-        for _, conn in procs:
-            conn.send("go")
-        while sum(counts) < n:
-            if time.perf_counter() - start > RUN_TIMEOUT_S:
-                raise TimeoutError(f"{name}: {sum(counts)} of {n} jobs finished in {RUN_TIMEOUT_S:.0f} s")
-            time.sleep(POLL_S)
-        elapsed = time.perf_counter() - start
+        redis_cpu, elapsed = _redis_cpu_s(url), _run(name, n, counts, [conn for _, conn in procs])
         redis_cpu = _redis_cpu_s(url) - redis_cpu
-        cpus, trips = [], Counter[str]()
-        for _, conn in procs[:-1]:
+        for _, conn in procs[:consumers]:
             conn.send("stop")
-        for _, conn in procs:
-            cpu, counted, producing = conn.recv()
-            cpus.append(cpu)
-            trips.update(counted)
+        replies = [conn.recv() for _, conn in procs]
     finally:
         for proc, _ in procs:
             proc.join(30)
             if proc.is_alive():
                 proc.kill()
-    run = Run(n / elapsed, redis_cpu / n * 1e6, cpus[-1] / n * 1e6, sum(cpus[:-1]) / n * 1e6, producing / elapsed)
-    return run, trips
+    cpus = [cpu / n * 1e6 for cpu, _, _ in replies]
+    trips = sum((Counter(counted) for _, counted, _ in replies), Counter[str]())
+    producing = max(wall for _, _, wall in replies[consumers:]) / elapsed
+    return Run(n / elapsed, redis_cpu / n * 1e6, sum(cpus[consumers:]), sum(cpus[:consumers]), producing), trips
+
+
+def _run(name: str, n: int, counts: Any, conns: list[Connection]) -> float:
+    """Start every process (the consumers first) and wait for the n-th finished job; returns the seconds taken."""
+    start = time.perf_counter()
+    for conn in conns:
+        conn.send("go")
+    while sum(counts) < n:
+        if time.perf_counter() - start > RUN_TIMEOUT_S:
+            raise TimeoutError(f"{name}: {sum(counts)} of {n} jobs finished in {RUN_TIMEOUT_S:.0f} s")
+        time.sleep(POLL_S)
+    return time.perf_counter() - start
+
+
+def _producer_processes() -> int:
+    """BENCH_PRODUCER_PROCESSES spreads the PRODUCERS coroutines (and the jobs) over that many processes."""
+    return max(1, min(PRODUCERS, int(os.environ.get("BENCH_PRODUCER_PROCESSES", PRODUCER_PROCESSES))))
 
 
 # -- round trips --------------------------------------------------------------------------------------------------
@@ -407,7 +281,8 @@ def _report(
     runs: dict[str, list[Run]], traces: dict[str, Counter[str]], rounds: int, load: tuple[float, float]
 ) -> None:
     print(
-        f"no-op jobs, {N_JOBS:,} per run, median of {rounds}; one producer process of {PRODUCERS} coroutines, "
+        f"no-op jobs, {N_JOBS:,} per run, median of {rounds}; {PRODUCERS} producer coroutines in "
+        f"{_producer_processes()} process(es), "
         f"{SLOTS} concurrent jobs per consumer process; {os.cpu_count()} CPUs, load average {load[0]:.1f} before, "
         f"{load[1]:.1f} after"
     )

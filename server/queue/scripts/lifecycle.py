@@ -35,7 +35,7 @@ return {1, queued + 1, now}
 """
 )
 
-# KEYS: queued, running, stats, events, recent_wait. ARGV: origin (the worker), lease_ms, max_concurrent, maxlen,
+# KEYS: queued, running, stats, events, recent_wait, wake. ARGV: origin (the worker), lease_ms, max_concurrent, maxlen,
 # logmax, count, prefix, status, event template, its stamps (JSON). Claims up to `count` jobs (one call fills every
 # free slot of an instance); returns their hashes, each as a flat list (with `stop` if a stop was requested).
 CLAIM = (
@@ -106,7 +106,7 @@ for i = 0, (#KEYS - 11) / 3 - 1 do
   flags[#flags + 1] = finish_one(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2],
     tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6])
 end
-local claimed = claim_jobs(P, {queued, running, stats, events, recent_wait}, worker, tonumber(ARGV[9]),
+local claimed = claim_jobs(P, {queued, running, stats, events, recent_wait, wake_key}, worker, tonumber(ARGV[9]),
   tonumber(ARGV[10]), maxlen, logmax, tonumber(ARGV[8]), ARGV[11], ARGV[12], cjson.decode(ARGV[13]))
 -- Freed places are news only to a worker that can take what is still waiting.
 if redis.call('ZCARD', queued) > 0 then wake(wake_key) end

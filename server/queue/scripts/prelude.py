@@ -103,9 +103,9 @@ local function stamp(template, stamps, values)
   return table.concat(parts)
 end
 -- Pops up to COUNT queued jobs for WORKER while the cluster runs fewer than MAXC (the highest priority first, FIFO
--- within it), under a lease; returns their hashes. Q: {queued, running, stats, events, recent_wait}.
+-- within it), under a lease; returns their hashes. Q: {queued, running, stats, events, recent_wait, wake}.
 local function claim_jobs(P, Q, worker, lease, maxc, maxlen, logmax, count, status, template, stamps)
-  local queued_key, running_key, stats, events, recent_wait = Q[1], Q[2], Q[3], Q[4], Q[5]
+  local queued_key, running_key, stats, events, recent_wait, wake_key = Q[1], Q[2], Q[3], Q[4], Q[5], Q[6]
   local running = redis.call('ZCARD', running_key)
   local claimed = {}
   local now = now_ms()
@@ -125,6 +125,9 @@ local function claim_jobs(P, Q, worker, lease, maxc, maxlen, logmax, count, stat
     running = running + 1
   end
   if #claimed > 0 then redis.call('LTRIM', recent_wait, 0, 999) end
+  -- An empty queue leaves no wake-ups behind: a stale one sends an idle instance to claim nothing (with two
+  -- instances, a round trip for each job an enqueue announced and the other one took).
+  if redis.call('EXISTS', queued_key) == 0 then redis.call('DEL', wake_key) end
   return claimed
 end
 -- Nobody reached Redis for longer than half a lease: Redis itself stalled (SIGSTOP, a long fork) or every instance
