@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.queue import Worker
-from server.queue.jobs import ExecutionResult, Job, JobIO
+from server.queue.handoff import Finished
+from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
 from server.queue.redis import RedisStore
 
 SLOTS = 32  # jobs one worker process runs at once: Conveyor worker_slots, SAQ concurrency, arq max_jobs
@@ -27,13 +28,33 @@ async def noop(job: Job, io: JobIO) -> ExecutionResult:
     return NOOP_RESULT
 
 
+class _CountingStore(RedisStore):
+    """The Redis store, counting the jobs it stored as completed (as SAQ's `after_process` and arq's
+    `after_job_end` run once the result is stored). Not the `completed` events: the shared stream is for live
+    readers, and one that falls 10,000 entries behind (a consumer starved of CPU) misses the oldest."""
+
+    def __init__(self, url: str, done: Callable[[], None]) -> None:
+        super().__init__(url, prefix=PREFIX)
+        self._done = done
+
+    async def finish_and_claim(
+        self, finished: list[Finished], *, claim: int, lease_ms: int, max_concurrent: int
+    ) -> tuple[list[bool], list[tuple[Job, str | None]]]:
+        flags, claimed = await super().finish_and_claim(
+            finished, claim=claim, lease_ms=lease_ms, max_concurrent=max_concurrent
+        )
+        for (_, status, _), applied in zip(finished, flags, strict=True):
+            if applied and status is JobStatus.COMPLETED:
+                self._done()
+        return flags, claimed
+
+
 @asynccontextmanager
 async def conveyor_consumer(url: str, n: int, done: Callable[[], None]) -> AsyncIterator[None]:
-    """One Conveyor instance: a worker on the Redis store; a job counts once its `completed` event is back here."""
+    """One Conveyor instance: a worker on the Redis store; a job counts once its result is stored."""
     queue = Worker(
-        RedisStore(url, prefix=PREFIX), executor=noop, max_concurrent=MAX_CONCURRENT, max_queue_size=n, slots=SLOTS
+        _CountingStore(url, done), executor=noop, max_concurrent=MAX_CONCURRENT, max_queue_size=n, slots=SLOTS
     )
-    queue.events.subscribe(lambda event: done() if event["type"] == "completed" else None, here_only=True)
     await queue.start()
     try:
         yield
