@@ -58,9 +58,10 @@ def command_pool(url: str, *, pool_size: int = 64, timeout_ms: int = 3000) -> An
 
 def packing_in_c(pool: Any) -> None:
     """Make `pool`'s connections pack commands with hiredis (C) rather than redis-py's asyncio packer (Python): a
-    job's ENQUEUE carries some 60 arguments and a batched FINISH hundreds, and packing them in Python was a third
-    of a busy instance's CPU. The bytes sent are the same; an argument hiredis refuses falls back to redis-py,
-    which raises its own error. The connection class stays the one the URL chose (TCP, TLS, Unix socket)."""
+    job's ENQUEUE carries some 60 arguments and a batched FINISH hundreds, and packing them in Python took 15-39 %
+    of an instance's CPU (profiled; docs/benchmarks.md). The bytes sent are the same; an argument hiredis refuses
+    falls back to redis-py, which raises its own error. The connection class stays the one the URL chose (TCP, TLS,
+    Unix socket)."""
     try:
         import hiredis
     except ImportError:  # the redis extra installs it; without it, redis-py's packer is slower but the same
