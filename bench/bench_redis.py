@@ -2,22 +2,29 @@
 
 Run by hand: `python -m bench.bench_redis`. It starts its own redis-server on a free 127.0.0.1 port (no persistence)
 and stops it at the end; every contender runs against that one server in the same run, the DB flushed in between.
-Each run: the workers are up, then PRODUCERS coroutines enqueue N_JOBS no-op jobs; the clock runs from the first
-enqueue until the last job is recorded as finished. A second, instrumented pass counts Redis round trips per job.
+Every contender runs the same way, each part in a process of its own: the consumers (Conveyor instances, the SAQ or
+arq worker) and the producer process(es), whose PRODUCERS coroutines enqueue N_JOBS no-op jobs (they start no worker
+and read no events). The clock runs from the producer's start until the consumers have counted the last job finished
+(a counter in shared memory, one slot per consumer, polled by this process). Each part reports its CPU time, so a
+run says where the CPU went and what the host's cores allow. A second, instrumented pass counts Redis round trips
+per job in every process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import multiprocessing
 import os
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import (
+    AbstractContextManager,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -26,19 +33,16 @@ import redis
 from redis.asyncio.connection import AbstractConnection
 
 from bench import redisserver
-from server.queue import Worker, scripts
-from server.queue.jobs import ExecutionResult, Job, JobIO
-from server.queue.redis import RedisStore
+from bench.redis_contenders import CONTENDERS, SLOTS
+from server.queue import scripts
 
 N_JOBS = 5000
 N_TRACED = 1000  # jobs in the instrumented (round-trip counting) pass
 ROUNDS = 5  # the table shows the median of these
 PRODUCERS = 20  # concurrent enqueuers, as in SAQ's own benchmark (a semaphore of 20)
-SLOTS = 32  # jobs one worker process runs at once: Conveyor worker_slots, SAQ concurrency, arq max_jobs
-MAX_CONCURRENT = 64  # Conveyor's global cap: two instances x SLOTS, so the cap never binds
-PREFIX = "bench"
+PRODUCER_PROCESSES = 1  # the processes they are spread over (BENCH_PRODUCER_PROCESSES)
 RUN_TIMEOUT_S = 300.0
-NOOP_RESULT = ExecutionResult(exit_code=0)
+POLL_S = 0.002  # how often this process reads the consumers' counters
 
 
 @dataclass(slots=True)
@@ -47,7 +51,17 @@ class Run:
 
     jobs_per_s: float
     redis_cpu_us: float
-    client_cpu_us: float
+    producer_cpu_us: float
+    consumer_cpu_us: float  # all consumers together
+    # The producer's time over the run's: near 1, the consumers kept up with it (it was the ceiling); well below 1,
+    # jobs waited in the queue after the last enqueue (the consumers were).
+    producing: float
+
+    @property
+    def ceiling(self) -> float:
+        """Jobs/s this host's cores allow at this CPU per job, if every part could use any core."""
+        total = self.redis_cpu_us + self.producer_cpu_us + self.consumer_cpu_us
+        return (os.cpu_count() or 1) * 1e6 / total
 
 
 # -- the redis-server ---------------------------------------------------------------------------------------------
@@ -62,171 +76,119 @@ def redis_server() -> Iterator[str]:
         yield url
 
 
-def _flush(url: str) -> None:
-    redisserver.flush(url)
-
-
 def _redis_cpu_s(url: str) -> float:
     with redis.Redis.from_url(url) as client:
         info: dict[str, Any] = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def _produce(enqueue: Callable[[], Awaitable[object]], n: int) -> None:
-    """Enqueue n jobs from PRODUCERS concurrent coroutines."""
-
-    async def producer(count: int) -> None:
-        for _ in range(count):
-            await enqueue()
-
-    share, extra = divmod(n, PRODUCERS)
-    await asyncio.gather(*(producer(share + (i < extra)) for i in range(PRODUCERS)))
+# -- the processes ------------------------------------------------------------------------------------------------
 
 
-class _Finish:
-    """Counts finished jobs; `done` is set at the n-th."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.count = 0
-        self.done = asyncio.Event()
-
-    def add(self) -> None:
-        self.count += 1
-        if self.count == self.n:
-            self.done.set()
+def _round_trips(trace: bool) -> AbstractContextManager[Counter[str]]:
+    return count_round_trips() if trace else nullcontext(Counter())
 
 
-# -- Conveyor -----------------------------------------------------------------------------------------------------
+async def _recv(conn: Connection) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
 
-async def noop(job: Job, io: JobIO) -> ExecutionResult:
-    return NOOP_RESULT
+def _consumer_main(name: str, url: str, n: int, counts: Any, slot: int, conn: Connection, trace: bool) -> None:
+    """A consumer process: ready, then counts from "go" to "stop"; sends back its CPU time and round trips."""
 
-
-def _conveyor_queue(url: str, n: int) -> Worker:
-    return Worker(
-        RedisStore(url, prefix=PREFIX), executor=noop, max_concurrent=MAX_CONCURRENT, max_queue_size=n, slots=SLOTS
-    )
-
-
-def _instance_main(url: str, n: int, conn: Connection) -> None:
-    """A second Conveyor instance in its own process: a consumer only, until told to stop; sends back its CPU time."""
+    def done() -> None:
+        counts[slot] += 1
 
     async def serve() -> None:
-        queue = _conveyor_queue(url, n)
-        await queue.start()
-        conn.send("ready")
-        cpu = time.process_time()
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        cpu = time.process_time() - cpu
-        await queue.close()
-        conn.send(cpu)
+        with _round_trips(trace) as trips:
+            async with CONTENDERS[name].consumer(url, n, done):
+                conn.send("ready")
+                await _recv(conn)
+                cpu = time.process_time()
+                await _recv(conn)
+                cpu = time.process_time() - cpu
+        conn.send((cpu, dict(trips), 0.0))
 
     asyncio.run(serve())
 
 
-async def bench_conveyor(url: str, n: int, instances: int = 1) -> Run:
-    """This process is one instance (consumer + producer); the others are separate processes on the same prefix."""
-    queue = _conveyor_queue(url, n)
-    finish = _Finish(n)
-    queue.events.subscribe(lambda event: finish.add() if event["type"] == "completed" else None)
-    await queue.start()
-    loop = asyncio.get_running_loop()
+def _producer_main(name: str, url: str, n: int, coroutines: int, conn: Connection, trace: bool) -> None:
+    """A producer process: ready, then on "go" enqueues n jobs from `coroutines` concurrent coroutines; sends back
+    its CPU time, round trips and how long it took."""
+
+    async def produce() -> None:
+        with _round_trips(trace) as trips:
+            async with CONTENDERS[name].producer(url, n) as enqueue:
+                conn.send("ready")
+                await _recv(conn)
+                cpu, wall = time.process_time(), time.perf_counter()
+                await asyncio.gather(*(_enqueue(enqueue, count) for count in _shares(n, coroutines)))
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        conn.send((cpu, dict(trips), wall))
+
+    asyncio.run(produce())
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    share, extra = divmod(total, parts)
+    return [share + (i < extra) for i in range(parts)]
+
+
+async def _enqueue(enqueue: Callable[[], Any], count: int) -> None:
+    for _ in range(count):
+        await enqueue()
+
+
+def measure(name: str, url: str, n: int, *, trace: bool = False) -> tuple[Run, Counter[str]]:
+    """One run of a contender; with `trace`, also its Redis round trips (every process's, summed)."""
     context = multiprocessing.get_context("spawn")
-    helpers: list[tuple[Any, Connection]] = []
-    for _ in range(instances - 1):
+    consumers, producers = CONTENDERS[name].consumers, _producer_processes()
+    counts = context.Array("q", consumers, lock=False)  # one slot per consumer: no two processes write one
+    procs: list[tuple[Any, Connection]] = []
+    for slot in range(consumers):
         ours, theirs = context.Pipe()
-        proc = context.Process(target=_instance_main, args=(url, n, theirs), daemon=True)
+        procs.append((context.Process(target=_consumer_main, args=(name, url, n, counts, slot, theirs, trace)), ours))
+    for jobs, coroutines in zip(_shares(n, producers), _shares(PRODUCERS, producers), strict=True):
+        ours, theirs = context.Pipe()
+        procs.append((context.Process(target=_producer_main, args=(name, url, jobs, coroutines, theirs, trace)), ours))
+    for proc, _ in procs:
+        proc.daemon = True
         proc.start()
-        helpers.append((proc, ours))
-    for _, conn in helpers:
-        if await loop.run_in_executor(None, conn.recv) != "ready":
-            raise RuntimeError("a Conveyor instance did not start")
-    redis_cpu, cpu, start = _redis_cpu_s(url), time.process_time(), time.perf_counter()
-    async with asyncio.timeout(RUN_TIMEOUT_S):
-        await _produce(lambda: queue.submit(Job(language="python", code="")), n)
-        await finish.done.wait()
-    elapsed = time.perf_counter() - start
-    cpu, redis_cpu = time.process_time() - cpu, _redis_cpu_s(url) - redis_cpu
-    for proc, conn in helpers:
-        conn.send("stop")
-        cpu += await loop.run_in_executor(None, conn.recv)
-        await loop.run_in_executor(None, proc.join, 30)
-    await queue.close()
-    return Run(n / elapsed, redis_cpu / n * 1e6, cpu / n * 1e6)
+    try:
+        for _, conn in procs:
+            if not conn.poll(60) or conn.recv() != "ready":
+                raise RuntimeError(f"{name}: a process did not start")
+        redis_cpu, elapsed = _redis_cpu_s(url), _run(name, n, counts, [conn for _, conn in procs])
+        redis_cpu = _redis_cpu_s(url) - redis_cpu
+        for _, conn in procs[:consumers]:
+            conn.send("stop")
+        replies = [conn.recv() for _, conn in procs]
+    finally:
+        for proc, _ in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    cpus = [cpu / n * 1e6 for cpu, _, _ in replies]
+    trips = sum((Counter(counted) for _, counted, _ in replies), Counter[str]())
+    producing = max(wall for _, _, wall in replies[consumers:]) / elapsed
+    return Run(n / elapsed, redis_cpu / n * 1e6, sum(cpus[consumers:]), sum(cpus[:consumers]), producing), trips
 
 
-# -- SAQ ----------------------------------------------------------------------------------------------------------
+def _run(name: str, n: int, counts: Any, conns: list[Connection]) -> float:
+    """Start every process (the consumers first) and wait for the n-th finished job; returns the seconds taken."""
+    start = time.perf_counter()
+    for conn in conns:
+        conn.send("go")
+    while sum(counts) < n:
+        if time.perf_counter() - start > RUN_TIMEOUT_S:
+            raise TimeoutError(f"{name}: {sum(counts)} of {n} jobs finished in {RUN_TIMEOUT_S:.0f} s")
+        time.sleep(POLL_S)
+    return time.perf_counter() - start
 
 
-async def saq_noop(ctx: Any) -> None:
-    return None
-
-
-async def bench_saq(url: str, n: int) -> Run:
-    """SAQ's documented use: `Queue.from_url`, a `Worker(queue, functions, concurrency=...)` started in-process."""
-    from saq import Queue, Worker
-    from saq.job import Status
-
-    logging.getLogger("saq").setLevel(logging.ERROR)  # its stop() warns that it cancelled the idle dequeuers
-    queue = Queue.from_url(url)
-    finish = _Finish(n)
-
-    async def after_process(ctx: Any) -> None:  # runs after the job's result is stored
-        if ctx["job"].status == Status.COMPLETE:
-            finish.add()
-
-    worker = Worker(queue, functions=[saq_noop], concurrency=SLOTS, after_process=after_process)
-    await queue.connect()
-    task = asyncio.create_task(worker.start())
-    await asyncio.sleep(0.2)  # let the worker's dequeuers block on BLMOVE, as Conveyor's claim loop is up
-    redis_cpu, cpu, start = _redis_cpu_s(url), time.process_time(), time.perf_counter()
-    async with asyncio.timeout(RUN_TIMEOUT_S):
-        await _produce(lambda: queue.enqueue("saq_noop"), n)
-        await finish.done.wait()
-    elapsed = time.perf_counter() - start
-    cpu, redis_cpu = time.process_time() - cpu, _redis_cpu_s(url) - redis_cpu
-    await worker.stop()
-    await task
-    await queue.disconnect()
-    return Run(n / elapsed, redis_cpu / n * 1e6, cpu / n * 1e6)
-
-
-# -- arq ----------------------------------------------------------------------------------------------------------
-
-
-async def arq_noop(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> None:
-    return None
-
-
-async def bench_arq(url: str, n: int) -> Run:
-    """arq's documented use: `create_pool` to enqueue, a `Worker(functions, max_jobs=...)` run in-process."""
-    from arq import create_pool
-    from arq.connections import RedisSettings
-    from arq.worker import Worker
-
-    pool = await create_pool(RedisSettings.from_dsn(url))
-    finish = _Finish(n)
-
-    async def after_job_end(ctx: dict[Any, Any]) -> None:  # runs after the result is stored
-        finish.add()
-
-    worker = Worker(
-        functions=[arq_noop], redis_pool=pool, max_jobs=SLOTS, handle_signals=False, after_job_end=after_job_end
-    )
-    task = asyncio.create_task(worker.async_run())
-    await asyncio.sleep(0.2)
-    redis_cpu, cpu, start = _redis_cpu_s(url), time.process_time(), time.perf_counter()
-    async with asyncio.timeout(RUN_TIMEOUT_S):
-        await _produce(lambda: pool.enqueue_job("arq_noop"), n)
-        await finish.done.wait()
-    elapsed = time.perf_counter() - start
-    cpu, redis_cpu = time.process_time() - cpu, _redis_cpu_s(url) - redis_cpu
-    await worker.close()  # cancels the worker's main task and closes the pool
-    with suppress(asyncio.CancelledError):
-        await task
-    return Run(n / elapsed, redis_cpu / n * 1e6, cpu / n * 1e6)
+def _producer_processes() -> int:
+    """BENCH_PRODUCER_PROCESSES spreads the PRODUCERS coroutines (and the jobs) over that many processes."""
+    return max(1, min(PRODUCERS, int(os.environ.get("BENCH_PRODUCER_PROCESSES", PRODUCER_PROCESSES))))
 
 
 # -- round trips --------------------------------------------------------------------------------------------------
@@ -267,22 +229,15 @@ def count_round_trips() -> Iterator[Counter[str]]:
 
 # -- the run ------------------------------------------------------------------------------------------------------
 
-CONTENDERS: dict[str, Callable[[str, int], Coroutine[Any, Any, Run]]] = {
-    "conveyor-1": lambda url, n: bench_conveyor(url, n, 1),
-    "conveyor-2": lambda url, n: bench_conveyor(url, n, 2),
-    "saq": bench_saq,
-    "arq": bench_arq,
-}
 
-
-def _chosen() -> dict[str, Callable[[str, int], Coroutine[Any, Any, Run]]]:
+def _chosen() -> list[str]:
     """BENCH_CONTENDERS (comma-separated names) narrows the run, e.g. to `conveyor-1,conveyor-2,saq` (arq alone takes
     most of the time); SAQ is always measured, the ratios are against it."""
     names = [n.strip() for n in os.environ.get("BENCH_CONTENDERS", "").split(",") if n.strip()] or list(CONTENDERS)
     unknown = set(names) - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"BENCH_CONTENDERS: unknown {sorted(unknown)}; expected some of {list(CONTENDERS)}")
-    return {name: CONTENDERS[name] for name in CONTENDERS if name in names or name == "saq"}
+    return [name for name in CONTENDERS if name in names or name == "saq"]
 
 
 def main() -> dict[str, Any]:
@@ -293,56 +248,75 @@ def main() -> dict[str, Any]:
     traces: dict[str, Counter[str]] = {}
     with redis_server() as url:
         for _ in range(rounds):
-            for name, bench in contenders.items():
-                _flush(url)
-                runs[name].append(asyncio.run(bench(url, N_JOBS)))
-        for name in [n for n in ("conveyor-1", "saq", "arq") if n in contenders]:
-            _flush(url)
-            with count_round_trips() as counts:
-                asyncio.run(CONTENDERS[name](url, N_TRACED))
-            traces[name] = counts
+            for name in contenders:
+                redisserver.flush(url)
+                runs[name].append(measure(name, url, N_JOBS)[0])
+        for name in contenders:
+            redisserver.flush(url)
+            traces[name] = measure(name, url, N_TRACED, trace=True)[1]
     load_after = os.getloadavg()[0]
-    fields = ("jobs_per_s", "redis_cpu_us", "client_cpu_us")
-    medians = {name: Run(*(statistics.median(getattr(r, f) for r in rs) for f in fields)) for name, rs in runs.items()}
-    print(
-        f"no-op jobs, {N_JOBS:,} per run, median of {rounds}; {PRODUCERS} concurrent producers, "
-        f"{SLOTS} concurrent jobs per worker process; {os.cpu_count()} CPUs, load average {load_before:.1f} before, "
-        f"{load_after:.1f} after"
-    )
-    header = f"{'':<12}{'jobs/s median':>14}{'best':>8}{'worst':>8}{'redis CPU us/job':>18}{'client CPU us/job':>19}"
-    print(header + f"{'round trips/job':>17}")
-    best = {name: max(r.jobs_per_s for r in rs) for name, rs in runs.items()}
-    for name, run in medians.items():
-        worst = min(r.jobs_per_s for r in runs[name])
-        trips = f"{sum(traces[name].values()) / N_TRACED:.1f}" if name in traces else "-"
-        print(
-            f"{name:<12}{run.jobs_per_s:>14,.0f}{best[name]:>8,.0f}{worst:>8,.0f}{run.redis_cpu_us:>18.0f}"
-            f"{run.client_cpu_us:>19.0f}{trips:>17}"
-        )
+    _report(runs, traces, rounds, (load_before, load_after))
+    medians = {name: _median(rs) for name, rs in runs.items()}
     ours = [name for name in ("conveyor-1", "conveyor-2") if name in medians]
-    ratios = {name: medians[name].jobs_per_s / medians["saq"].jobs_per_s for name in ours}
-    best_ratios = {name: best[name] / best["saq"] for name in ours}
-    print(
-        "conveyor/saq (goal 2.5x): "
-        + "; ".join(f"{name} {ratios[name]:.2f}x median, {best_ratios[name]:.2f}x best" for name in ours)
-    )
-    if len(ours) == 2:
-        gain = medians["conveyor-2"].jobs_per_s / medians["conveyor-1"].jobs_per_s - 1
-        print(f"a second instance adds {gain:+.0%} (median; goal +50 %)")
-    for name, counts in traces.items():
-        per_job = ", ".join(f"{cmd} {c / N_TRACED:.2f}" for cmd, c in counts.most_common())
-        print(f"round trips per job, {name}: {per_job}")
     return {
         "jobs_per_s": {name: run.jobs_per_s for name, run in medians.items()},
-        "redis_cpu_us_per_job": {name: run.redis_cpu_us for name, run in medians.items()},
-        "client_cpu_us_per_job": {name: run.client_cpu_us for name, run in medians.items()},
-        "ratio_vs_saq": ratios,
-        "best_jobs_per_s": best,
-        "best_ratio_vs_saq": best_ratios,
+        "cpu_us_per_job": {
+            name: {"redis": r.redis_cpu_us, "producer": r.producer_cpu_us, "consumers": r.consumer_cpu_us}
+            for name, r in medians.items()
+        },
+        "ceiling_jobs_per_s": {name: run.ceiling for name, run in medians.items()},
+        "ratio_vs_saq": {name: medians[name].jobs_per_s / medians["saq"].jobs_per_s for name in ours},
         "round_trips_per_job": {name: {k: v / N_TRACED for k, v in c.items()} for name, c in traces.items()},
         "load_average": (load_before, load_after),
         "all_runs": {name: [r.jobs_per_s for r in rs] for name, rs in runs.items()},
     }
+
+
+def _median(runs: list[Run]) -> Run:
+    fields = ("jobs_per_s", "redis_cpu_us", "producer_cpu_us", "consumer_cpu_us", "producing")
+    return Run(*(statistics.median(getattr(r, f) for r in runs) for f in fields))
+
+
+def _report(
+    runs: dict[str, list[Run]], traces: dict[str, Counter[str]], rounds: int, load: tuple[float, float]
+) -> None:
+    print(
+        f"no-op jobs, {N_JOBS:,} per run, median of {rounds}; {PRODUCERS} producer coroutines in "
+        f"{_producer_processes()} process(es), "
+        f"{SLOTS} concurrent jobs per consumer process; {os.cpu_count()} CPUs, load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after"
+    )
+    print(
+        f"{'':<12}{'jobs/s median':>14}{'best':>8}{'worst':>8}   CPU us/job: {'redis':>6}{'producer':>9}"
+        f"{'consumers':>10}   {'cores allow':>11}{'producing':>10}{'round trips/job':>17}"
+    )
+    medians = {name: _median(rs) for name, rs in runs.items()}
+    for name, run in medians.items():
+        speeds = [r.jobs_per_s for r in runs[name]]
+        trips = f"{sum(traces[name].values()) / N_TRACED:.1f}" if name in traces else "-"
+        print(
+            f"{name:<12}{run.jobs_per_s:>14,.0f}{max(speeds):>8,.0f}{min(speeds):>8,.0f}{'':>15}"
+            f"{run.redis_cpu_us:>6.0f}{run.producer_cpu_us:>9.0f}{run.consumer_cpu_us:>10.0f}   "
+            f"{run.ceiling:>11,.0f}{run.producing:>10.0%}{trips:>17}"
+        )
+    for name in (n for n in ("conveyor-1", "conveyor-2") if n in runs):
+        per_round = [ours.jobs_per_s / saq.jobs_per_s for ours, saq in zip(runs[name], runs["saq"], strict=True)]
+        print(
+            f"{name}/saq: {medians[name].jobs_per_s / medians['saq'].jobs_per_s:.2f}x median, "
+            f"{min(per_round):.2f}-{max(per_round):.2f}x round by round (goal 2.5x)"
+        )
+    if "conveyor-1" in runs and "conveyor-2" in runs:
+        gains = [
+            two.jobs_per_s / one.jobs_per_s - 1 for one, two in zip(runs["conveyor-1"], runs["conveyor-2"], strict=True)
+        ]
+        gain = medians["conveyor-2"].jobs_per_s / medians["conveyor-1"].jobs_per_s - 1
+        print(
+            f"a second instance adds {gain:+.0%} (median; round by round {min(gains):+.0%} to {max(gains):+.0%}; "
+            "goal +50 %)"
+        )
+    for name, counts in traces.items():
+        per_job = ", ".join(f"{cmd} {c / N_TRACED:.2f}" for cmd, c in counts.most_common())
+        print(f"round trips per job, {name}: {per_job}")
 
 
 if __name__ == "__main__":

@@ -199,3 +199,28 @@ async def test_jobs_claimed_by_a_finish_in_flight_at_shutdown_are_stopped_with_t
             await check.close()
     finally:
         await queue.close()
+
+
+async def test_a_claim_that_empties_the_queue_leaves_no_wake_ups_behind(redis_url: str) -> None:
+    """Each enqueue leaves a wake-up for the idle instances; once a claim (or a finish's claim) took every queued job,
+    those left over would send an instance to claim nothing, so they go with the last job. While jobs wait, they
+    stay."""
+    store = await _store(redis_url)
+    wake = store._key("wake")
+    try:
+        for n in range(3):
+            await store.enqueue(job(f"j{n}"), max_queue_size=10, max_concurrent=10)
+        assert await store._redis.llen(wake) == 3
+        first = await _claim_one(store)
+        assert await store._redis.llen(wake) == 3  # two jobs still wait: the wake-ups stay for them
+        done, claimed = await store.finish_and_claim(
+            [(first, JobStatus.COMPLETED, DONE)], claim=1, lease_ms=60_000, max_concurrent=10
+        )
+        assert done == [True] and len(claimed) == 1
+        assert await store._redis.llen(wake) > 0  # one job still waits
+        assert len(await store.claim(5, lease_ms=60_000, max_concurrent=10)) == 1
+        assert await store._redis.llen(wake) == 0
+        await store.enqueue(job("late"), max_queue_size=10, max_concurrent=10)
+        assert await store._redis.llen(wake) == 1  # a new job is news again
+    finally:
+        await store.close()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import DataError
 
 from bench import redisserver
+from server.queue.redispool import command_pool
 from tests.conftest import AppClientFactory
 
 pytestmark = pytest.mark.redis
@@ -26,3 +31,37 @@ async def test_an_instance_holds_its_pool_size_and_no_more(app_client: AppClient
             held = len(direct.client_list()) - 1  # not this one
         # REDIS_POOL_SIZE for commands, plus the job store's two blocking readers (events, wake-ups).
         assert held <= 4 + 2, f"{held} connections"
+
+
+def test_commands_are_packed_by_hiredis_into_the_bytes_redis_py_sends() -> None:
+    pool = command_pool("redis://127.0.0.1:1/0")
+    ours = pool.connection_class(**pool.connection_kwargs)
+    theirs = Connection()
+    for args in [
+        ("EVALSHA", "abc", 3, b"x", 1.5, 0.1, 1796634651277.7854, "é", memoryview(b"mv"), 2**70),
+        ("CLIENT SETNAME", "name"),  # a command of two words, split as redis-py does
+        (b"CONFIG GET", b"maxmemory"),
+    ]:
+        assert ours.pack_command(*args) == [b"".join(bytes(chunk) for chunk in theirs.pack_command(*args))]
+    # One buffer for a large argument, where redis-py's packer sends it in chunks: the C packer is the one used.
+    assert len(ours.pack_command("SET", "k", "x" * 10_000)) == 1 < len(theirs.pack_command("SET", "k", "x" * 10_000))
+    with pytest.raises(DataError):  # what hiredis refuses, redis-py refuses with its own error
+        ours.pack_command("SET", "k", None)
+    with pytest.raises(UnicodeEncodeError):
+        ours.pack_command("SET", "k", "\udc80")
+
+
+def test_the_url_still_chooses_the_connection_class() -> None:
+    assert issubclass(command_pool("unix:///tmp/conveyor-none.sock").connection_class, UnixDomainSocketConnection)
+    assert issubclass(command_pool("rediss://127.0.0.1:1/0").connection_class, SSLConnection)
+
+
+async def test_values_packed_in_c_come_back_from_redis_as_sent() -> None:
+    with redisserver.redis_server() as url:
+        client: Any = aioredis.Redis(connection_pool=command_pool(url))
+        try:
+            await client.hset("h", mapping={"float": 0.1, "int": 2**62, "text": "é—😀", "bytes": b"\x00\xff"})
+            assert await client.hmget("h", ["float", "int", "text"]) == ["0.1", str(2**62), "é—😀"]
+            assert await client.hstrlen("h", "bytes") == 2
+        finally:
+            await client.aclose(close_connection_pool=True)

@@ -137,7 +137,7 @@ class RedisStore(RedisDecisions, RedisReads):
     @unavailable_on_redis_error
     async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
         batch = await self._scripts["CLAIM"](
-            keys=self._keys("queued", "running", "stats", "events", "recent_wait"),
+            keys=self._keys("queued", "running", "stats", "events", "recent_wait", "wake"),
             args=[self.instance, lease_ms, max_concurrent, STREAM_MAXLEN, LOG_MAXLEN, count, self._p, *CLAIM_EVENT],
         )
         return claimed_jobs(batch)

@@ -22,7 +22,7 @@ from .base import ControlHandler
 from .events import EventEmitter
 from .jobs import Job, now_ms
 from .records import job_from_hash
-from .redispool import command_pool
+from .redispool import command_pool, packing_in_c
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class RedisCore:
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),
         )
+        packing_in_c(self._blocking.connection_pool)
         self._retention = (retention_seconds, retention_count, retention_bytes)
         self._p = prefix
         self._scripts = {
