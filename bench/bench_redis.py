@@ -34,7 +34,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from bench import redisserver
 from bench.redis_contenders import CONTENDERS, SLOTS
-from server.queue import scripts
+from server.queue.redis import scripts
 
 N_JOBS = 5000
 N_TRACED = 1000  # jobs in the instrumented (round-trip counting) pass

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.queue import Worker
-from server.queue.handoff import Finished
 from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue.redis import RedisStore
+from server.queue.redis.handoff import Finished
+from server.queue.redis.store import RedisStore
 
 SLOTS = 32  # jobs one worker process runs at once: Conveyor worker_slots, SAQ concurrency, arq max_jobs
 MAX_CONCURRENT = 64  # Conveyor's global cap: two instances x SLOTS, so the cap never binds

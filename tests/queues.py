@@ -8,7 +8,7 @@ from typing import Any
 
 from server.queue import MemoryStore, Worker
 from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue.redis import RedisStore
+from server.queue.redis.store import RedisStore
 
 
 class Gate:

@@ -8,7 +8,7 @@ from typing import Any
 
 from server.queue import Worker
 from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue.redis import RedisStore
+from server.queue.redis.store import RedisStore
 from tests.queues import Gate, build_queue, eventually, job, started, status_of
 from tests.test_worker import SlowFinish
 

@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.hub.hub import HUB
-from server.queue import redis as redis_store
 from server.queue.jobs import ExecutionResult
-from server.queue.redis import RedisStore
+from server.queue.redis import store as redis_store
+from server.queue.redis.store import RedisStore
 from tests.clients import call, wait_for_status
 from tests.conftest import AppClientFactory, keys_file
 from tests.queues import Gate, build_queue, eventually, job, started

@@ -17,8 +17,8 @@ from server.queue import MemoryStore, Worker
 from server.queue.allocator import Trimmer
 from server.queue.events import Event
 from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue.running import Running
 from server.queue.stats import seconds_until_a_place
+from server.queue.worker.running import Running
 from tests.conftest import free_port
 from tests.queues import Clock, Gate, build_queue, eventually, job, memory_queue, settle, started, status_of
 

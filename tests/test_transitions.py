@@ -14,7 +14,7 @@ import pytest
 from server.queue import Worker
 from server.queue.events import Event
 from server.queue.jobs import Job, JobStatus, Runner, TestCase
-from server.queue.redis import RedisStore
+from server.queue.redis.store import RedisStore
 from tests.conftest import scaled, scaled_ms
 from tests.queues import build_queue, eventually
 

@@ -9,7 +9,7 @@ from .base import QueueBackend, Store
 from .events import EventEmitter
 from .jobs import Executor
 from .memory import MemoryStore
-from .worker import Worker
+from .worker.worker import Worker
 
 __all__ = ["MemoryStore", "QueueBackend", "Store", "Worker", "create_queue", "create_store"]
 
@@ -23,7 +23,7 @@ def create_store(settings: Settings, *, events: EventEmitter | None = None, redi
     }
     if settings.redis_url:
         # Imported lazily: the redis client is an optional extra, and the embedded default needs none of it.
-        from .redis import RedisStore
+        from .redis.store import RedisStore
 
         return RedisStore(
             settings.redis_url,

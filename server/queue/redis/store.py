@@ -9,14 +9,13 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from ..errors import Conflict, InputBacklog, NotFound, QueueFull, SettingsError
-from . import transitions
-from .base import InstanceRecord
-from .events import Event
-from .handoff import Finished
-from .jobs import ExecutionResult, Job, JobStatus, now_ms
-from .records import brief_dict, job_to_hash, record_bytes, result_dict
-from .redis_core import (
+from ...errors import Conflict, InputBacklog, NotFound, QueueFull, SettingsError
+from .. import transitions
+from ..base import InstanceRecord
+from ..events import Event
+from ..jobs import ExecutionResult, Job, JobStatus, now_ms
+from ..records import brief_dict, job_to_hash, record_bytes, result_dict
+from .core import (
     CLAIM_EVENT,
     LOG_MAXLEN,
     READ_BLOCK_MS,
@@ -24,8 +23,9 @@ from .redis_core import (
     claimed_jobs,
     unavailable_on_redis_error,
 )
-from .redis_decisions import RedisDecisions
-from .redis_reads import RedisReads
+from .decisions import RedisDecisions
+from .handoff import Finished
+from .reads import RedisReads
 
 logger = logging.getLogger(__name__)
 

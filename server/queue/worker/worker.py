@@ -10,15 +10,15 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from ..errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
-from .base import InstanceRecord, Store, backstop_s
+from ...errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
+from ..base import InstanceRecord, Store, backstop_s
+from ..events import Event, EventEmitter
+from ..jobs import ExecutionResult, Executor, Job, JobStatus
+from ..loops import stop_task
+from ..redis.handoff import Claimed, ClaimsOnFinish, FinishBatcher
 from .claiming import WAKE_TIMEOUT_S, ClaimLoop
 from .deadlines import Deadlines
-from .events import Event, EventEmitter
-from .handoff import Claimed, ClaimsOnFinish, FinishBatcher
-from .jobs import ExecutionResult, Executor, Job, JobStatus
 from .leases import Leases
-from .loops import stop_task
 from .running import Running, RunState, StdinChannel
 from .waiters import Waiters
 

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from .jobs import ExecutionResult, Job, JobStatus
+from ..jobs import ExecutionResult, Job, JobStatus
 
 # A job's finish as the worker hands it over: the job, its final status and its result.
 Finished = tuple[Job, JobStatus, ExecutionResult]

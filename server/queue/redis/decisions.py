@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import orjson
 
-from . import transitions
-from .jobs import Job, JobStatus
-from .records import job_from_hash, record_bytes, result_dict
-from .redis_core import LOG_MAXLEN, STREAM_MAXLEN, RedisCore, unavailable_on_redis_error
+from .. import transitions
+from ..jobs import Job, JobStatus
+from ..records import job_from_hash, record_bytes, result_dict
+from .core import LOG_MAXLEN, STREAM_MAXLEN, RedisCore, unavailable_on_redis_error
 
 # Reads and decisions of one stop or cancel at most: each retry means the job changed meanwhile (a claim, a finish).
 _DECISION_ATTEMPTS = 5

@@ -9,10 +9,10 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import transitions
-from .base import OutputCoalescer, status_of
-from .events import Event
-from .jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
+from .. import transitions
+from ..base import OutputCoalescer, status_of
+from ..events import Event
+from ..jobs import ExecutionResult, Executor, Job, JobIO, JobStatus, Stream
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .jobs import Job
-from .records import LISTED_FIELDS, job_from_hash, listed_job_from_hash
-from .redis_core import RedisCore, unavailable_on_redis_error
-from .stats import build_snapshot, seconds_until_a_place
+from ..jobs import Job
+from ..records import LISTED_FIELDS, job_from_hash, listed_job_from_hash
+from ..stats import build_snapshot, seconds_until_a_place
+from .core import RedisCore, unavailable_on_redis_error
 
 # The latest finishes a full queue's Retry-After is estimated from (one gap between them is the wait for a place).
 RETRY_FINISHES = 100

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .base import Store
-from .loops import raise_if_cancelling
+from ..base import Store
+from ..loops import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 

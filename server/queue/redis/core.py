@@ -16,13 +16,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ..errors import BackendUnavailable
-from . import scripts, transitions
-from .base import ControlHandler
-from .events import EventEmitter
-from .jobs import Job, now_ms
-from .records import job_from_hash
-from .redispool import command_pool, packing_in_c
+from ...errors import BackendUnavailable
+from .. import transitions
+from ..base import ControlHandler
+from ..events import EventEmitter
+from ..jobs import Job, now_ms
+from ..records import job_from_hash
+from ..redispool import command_pool, packing_in_c
+from . import scripts
 
 logger = logging.getLogger(__name__)
 

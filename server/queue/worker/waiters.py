@@ -7,9 +7,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from ..errors import NotFound, ShuttingDown
-from .jobs import Job
-from .records import held_bytes
+from ...errors import NotFound, ShuttingDown
+from ..jobs import Job
+from ..records import held_bytes
 
 # A waiter re-reads the store this often even without news: a missed or trimmed terminal event costs this much.
 WAIT_RECHECK_S = 2.0

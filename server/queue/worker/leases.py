@@ -6,9 +6,9 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from ..errors import BackendUnavailable
-from .base import Store
-from .loops import raise_if_cancelling
+from ...errors import BackendUnavailable
+from ..base import Store
+from ..loops import raise_if_cancelling
 from .running import Running
 
 logger = logging.getLogger(__name__)
