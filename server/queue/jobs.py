@@ -159,39 +159,45 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         """The full job, for its owner: includes code, output and compile output."""
         data = self.summary()
-        result = self.result
+        result = self.result or _NO_RESULT  # before it ends: the empty result's fields
         data.update(
             {
                 "code": self.code,
                 "stdin": self.stdin,
                 "args": self.args,
                 "timeoutMs": self.timeout_ms,
-                "stdout": result.stdout if result else "",
-                "stderr": result.stderr if result else "",
-                "compileOutput": result.compile_output if result else None,
-                "compileTimeMs": _round(result.compile_time_ms) if result else None,
-                "compileCached": result.compile_cached if result else False,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "compileOutput": result.compile_output,
+                "compileTimeMs": _round(result.compile_time_ms),
+                "compileCached": result.compile_cached,
                 "files": [f.to_dict() for f in self.files] if self.files else None,
                 "compilerOptions": self.compiler_options,
                 **self.limits.to_dict(),
                 "expectedOutput": self.expected_output,
                 "outputEncoding": self.output_encoding,
                 "callbackUrl": self.callback_url,
-                "verdict": result.verdict if result else None,
-                "stdoutLossy": result.stdout_lossy if result else False,
-                "stderrLossy": result.stderr_lossy if result else False,
+                "verdict": result.verdict,
+                "stdoutLossy": result.stdout_lossy,
+                "stderrLossy": result.stderr_lossy,
             }
         )
         if self.tests is not None:
-            data["tests"] = (result.tests if result and result.tests is not None else None) or [
-                t.to_dict() for t in self.tests
-            ]
-            if result is not None and result.tests is not None:
-                passed = sum(1 for t in result.tests if t.get("verdict") == "accepted")
-                data["summary"] = {"passed": passed, "total": len(self.tests)}
+            data.update(self._tests_dict(result.tests))
         if self.status is JobStatus.QUEUED:
             data["position"] = self.position
         return data
+
+    def _tests_dict(self, results: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The tests as defined, or once run their results and how many passed."""
+        assert self.tests is not None
+        if results is None:
+            return {"tests": [t.to_dict() for t in self.tests]}
+        passed = sum(1 for t in results if t.get("verdict") == "accepted")
+        return {
+            "tests": results or [t.to_dict() for t in self.tests],
+            "summary": {"passed": passed, "total": len(self.tests)},
+        }
 
 
 _NO_RESULT = ExecutionResult()
