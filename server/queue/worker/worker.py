@@ -112,8 +112,16 @@ class Worker:
             await asyncio.wait(runs, timeout=grace_s)
         for run in list(self._running.values()):
             run.stop("shutdown")
-        # Every finish runs under shield and retries: wait for them, so each job's terminal state is stored. If
-        # the store stays unreachable, give up after a lease: the job then ends as worker_lost elsewhere.
+        await self._finish_all()
+        with suppress(Exception):
+            await self.store.drain(2.0)  # our terminal events reach the hub before it closes the sockets
+        self._waiters.wake_all()
+        self._deadlines.close()
+        await self._stop_tasks()
+
+    async def _finish_all(self) -> None:
+        """Wait for every run and finish, so each job's terminal state is stored (finishes retry). If the store
+        stays unreachable, give up after a lease: the job then ends as worker_lost elsewhere."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._lease_ms / 1000.0 + 5
         while (self._running or self._finishing) and loop.time() < deadline:
@@ -123,10 +131,8 @@ class Worker:
                 await asyncio.wait(pending, timeout=1.0)
             else:
                 await asyncio.sleep(0.01)
-        with suppress(Exception):
-            await self.store.drain(2.0)  # our terminal events reach the hub before it closes the sockets
-        self._waiters.wake_all()
-        self._deadlines.close()
+
+    async def _stop_tasks(self) -> None:
         for task in [*self._loops, *self._background]:
             task.cancel()
         if self._unsubscribe is not None:
