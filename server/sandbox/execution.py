@@ -64,8 +64,15 @@ class Run:
         assert proc is not None
         status = await self._reader(status_fd, limit=STATUS_LINE_LIMIT)
         self._stages.status_pipe = self._transports[-1]
-        self._readers.append(asyncio.ensure_future(self._output.collect(await self._reader(compile_fd))))
-        self._feeder = asyncio.create_task(self._feed())
+        if self._two_stages:
+            self._readers.append(asyncio.ensure_future(self._output.collect(await self._reader(compile_fd))))
+        else:  # nothing writes there without a compile stage (the driver ignores SIGPIPE)
+            self._raw_fds.remove(compile_fd)
+            os.close(compile_fd)
+        if self._writes_stdin:
+            self._feeder = asyncio.create_task(self._feed())
+        elif proc.stdin is not None:
+            proc.stdin.close()  # what _feed() would do with nothing to write
         await self._stages.supervise(status)
         self._stages.stop_watching()
         # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
@@ -79,6 +86,15 @@ class Run:
         out.returncode = proc.returncode
         out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
         return out
+
+    @property
+    def _two_stages(self) -> bool:
+        """Whether the driver runs a compile stage (a build to unpack is one) before the run stage."""
+        return bool(self._spec.compile) or self._spec.artifact is not None
+
+    @property
+    def _writes_stdin(self) -> bool:
+        return bool(self._spec.stdin) or (self._io is not None and self._io.stdin is not None)
 
     async def _settle(self) -> None:
         """Wait until the process has exited and its pipes are drained, killing harder if that does not happen.
@@ -163,14 +179,19 @@ class Run:
 
     async def _attach(self, warm: Warm, message: bytes) -> WarmProcess:
         """Take over a warm sandbox: its job message first (written at once as far as the pipe has room, so that the
-        driver works on it while the rest is set up), then its pipes on this loop."""
+        driver works on it while the rest is set up), then its pipes on this loop. The job pipe stays open only to
+        carry the rest of the message or a later stage's go-ahead."""
         rest = _write_now(warm.job, message)
-        job = await writer(warm.job)
-        self._transports.append(job.transport)
-        self._stages.gate = job
-        if rest:
-            self._sender = asyncio.create_task(_send(job, rest))
-        proc, transports = await attach(warm)
+        if rest or self._two_stages:
+            job = await writer(warm.job)
+            self._transports.append(job.transport)
+            self._stages.gate = job
+            if rest:
+                self._sender = asyncio.create_task(_send(job, rest))
+        else:
+            # All of it written, and it ends with the only stage's go-ahead: the driver reads nothing more there.
+            os.close(warm.job)
+        proc, transports = await attach(warm, stdin=self._writes_stdin)
         self._transports += transports
         return proc
 

@@ -28,7 +28,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .cgroups import JobCgroup
@@ -100,8 +99,8 @@ class Warm:
 class WarmProcess:
     """A taken sandbox's launcher as the run sees it: what it uses of an asyncio.subprocess.Process."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader,
-                 stderr: asyncio.StreamReader) -> None:  # fmt: skip
+    def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter | None,
+                 stdout: asyncio.StreamReader, stderr: asyncio.StreamReader) -> None:  # fmt: skip
         self._popen = popen
         self.pid = popen.pid
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
@@ -131,12 +130,17 @@ class WarmProcess:
         return self._popen.wait()
 
 
-async def attach(warm: Warm) -> tuple[WarmProcess, list[asyncio.BaseTransport]]:
-    """Hand a taken sandbox's stdio to the running loop; returns the process and the transports to close."""
+async def attach(warm: Warm, *, stdin: bool) -> tuple[WarmProcess, list[asyncio.BaseTransport]]:
+    """Hand a taken sandbox's stdio to the running loop; returns the process and the transports to close. Without
+    `stdin` (the job writes none) the program's stdin is closed at once: it reads EOF, as after a cold run's feeder
+    has written nothing and closed it."""
     stdout, stdout_pipe = await reader(warm.stdout)
     stderr, stderr_pipe = await reader(warm.stderr)
-    stdin = await writer(warm.stdin)
-    return WarmProcess(warm.popen, stdin, stdout, stderr), [stdout_pipe, stderr_pipe, stdin.transport]
+    if not stdin:
+        os.close(warm.stdin)
+        return WarmProcess(warm.popen, None, stdout, stderr), [stdout_pipe, stderr_pipe]
+    feed = await writer(warm.stdin)
+    return WarmProcess(warm.popen, feed, stdout, stderr), [stdout_pipe, stderr_pipe, feed.transport]
 
 
 async def reader(fd: int, limit: int = 65536) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
@@ -380,6 +384,12 @@ def end(popen: subprocess.Popen[bytes], cgroup: JobCgroup | None) -> None:
 def children(pid: int) -> list[int]:
     """The children of a running process (its main thread's; bwrap's monitor is single-threaded)."""
     try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return [int(child) for child in os.read(fd, 65536).split()]
     except (OSError, ValueError):
         return []
+    finally:
+        os.close(fd)
