@@ -57,6 +57,7 @@ class Run:
         self._feeder: asyncio.Task[None] | None = None
         self._spawning: asyncio.Future[asyncio.subprocess.Process | WarmProcess] | None = None  # cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
+        self._ended = False  # killed, exited and its pipes drained (start_and_wait)
 
     async def start_and_wait(self) -> Outcome:
         status_fd, compile_fd = await self._spawn()
@@ -79,7 +80,7 @@ class Run:
         # bwrap's monitor exit and --die-with-parent takes pid 1 and every background process with it; killing pid
         # 1 now does the same without trusting the driver's report. Output already written stays readable.
         self.kill()
-        await self._settle()
+        self._ended = await self._settle()
         self._stages.finish()
         self._output.finish()
         out = self._out
@@ -96,8 +97,9 @@ class Run:
     def _writes_stdin(self) -> bool:
         return bool(self._spec.stdin) or (self._io is not None and self._io.stdin is not None)
 
-    async def _settle(self) -> None:
-        """Wait until the process has exited and its pipes are drained, killing harder if that does not happen.
+    async def _settle(self) -> bool:
+        """Wait until the process has exited and its pipes are drained, killing harder if that does not happen;
+        True once they have.
 
         Once bwrap's pid 1 is gone the kernel has killed every process of the job's pid namespace, so the pipes
         close at once; only SANDBOX=none (without cgroups) can leave stragglers holding them.
@@ -105,10 +107,11 @@ class Run:
         for _ in range(2):
             _, pending = await asyncio.wait(self._readers, timeout=EXIT_GRACE_S)
             if not pending:
-                return
+                return True
             logger.warning("%s: still running or holding its pipes after it was ended; killing", self._spec.name)
             self._kill_all()
         logger.error("%s: process tree did not go away", self._spec.name)
+        return False
 
     async def _spawn(self) -> tuple[int, int]:
         """Start the launcher (or take a warm sandbox) and the output pumps; returns the read ends of the status and
@@ -265,6 +268,12 @@ class Run:
         proc = self._proc
         if self._host.backend == "none":
             self._kill_all()
+            return
+        if self._ended:
+            # The launcher is reaped and nothing holds the job's pipes: a child bwrap never released would (it holds
+            # them from the monitor), and every other process is in the pid namespace that pid 1's SIGKILL ends.
+            # What may still be exiting is cleanup()'s: it removes the cgroups, and the kernel refuses while any
+            # process is in them, so it kills them first.
             return
         running = proc is not None and proc.returncode is None
         child_pid = self._stages.child_pid
