@@ -26,7 +26,7 @@ class JobCgroup:
     def __init__(self, name: str, dirs: list[tuple[Hierarchy, Path]]) -> None:
         self.name = name
         self._dirs = dirs
-        self._procs = [str(path / "cgroup.procs") for _, path in dirs]
+        self._procs = [f"{path}/cgroup.procs" for _, path in dirs]
         memory = next(((h, path) for h, path in dirs if "memory" in h.controllers), None)
         self._oom: str | None = None  # memory.events (v2) or memory.oom_control (v1): the oom_kill counter
         self._peak: str | None = None
@@ -34,19 +34,19 @@ class JobCgroup:
         if memory is not None:
             hierarchy, path = memory
             v2 = hierarchy.version == 2
-            self._oom = str(path / ("memory.events" if v2 else "memory.oom_control"))
-            self._peak = str(path / ("memory.peak" if v2 else "memory.max_usage_in_bytes"))
+            self._oom = f"{path}/{'memory.events' if v2 else 'memory.oom_control'}"
+            self._peak = f"{path}/{'memory.peak' if v2 else 'memory.max_usage_in_bytes'}"
             self._reset = None if v2 else self._peak
         self._cpu: str | None = None  # cpuacct.usage (v1, ns) or cpu.stat (v2, usage_usec)
         self._cpu_v2 = False
         for hierarchy, path in dirs:
             if "cpuacct" in hierarchy.controllers:
-                self._cpu = str(path / "cpuacct.usage")
+                self._cpu = f"{path}/cpuacct.usage"
                 break
         else:
             unified = next((path for h, path in dirs if h.version == 2), None)
             if unified is not None:
-                self._cpu, self._cpu_v2 = str(unified / "cpu.stat"), True
+                self._cpu, self._cpu_v2 = f"{unified}/cpu.stat", True
 
     @property
     def procs_files(self) -> list[str]:
@@ -206,7 +206,7 @@ class Cgroups:
         try:
             for hierarchy, base in self._bases:
                 path = base / name
-                path.mkdir()
+                os.mkdir(f"{base}/{name}")
                 dirs.append((hierarchy, path))
                 self._limit(hierarchy, path, min(memory_bytes or self._memory_bytes, self._memory_bytes))
         except OSError:
@@ -223,16 +223,16 @@ class Cgroups:
 
     def _limit(self, hierarchy: Hierarchy, path: Path, memory_bytes: int) -> None:
         if "pids" in hierarchy.controllers:
-            write(path / "pids.max", str(self._max_tasks))
+            _write(f"{path}/pids.max", b"%d" % self._max_tasks)
         if "memory" not in hierarchy.controllers:
             return
         if hierarchy.version == 2:
-            write(path / "memory.max", str(memory_bytes))
-            _optional_write(path / "memory.swap.max", "0")
+            _write(f"{path}/memory.max", b"%d" % memory_bytes)
+            _optional_write(f"{path}/memory.swap.max", b"0")
         else:
-            write(path / "memory.limit_in_bytes", str(memory_bytes))
+            _write(f"{path}/memory.limit_in_bytes", b"%d" % memory_bytes)
             # Without this the job could spill past the limit into swap (when swap accounting is on).
-            _optional_write(path / "memory.memsw.limit_in_bytes", str(memory_bytes))
+            _optional_write(f"{path}/memory.memsw.limit_in_bytes", b"%d" % memory_bytes)
 
     def close(self) -> None:
         """Remove this server's directories (job cgroups are removed as their jobs end)."""
@@ -285,10 +285,10 @@ def _counter(data: bytes | None, key: bytes, default: int = 0) -> int:
     return default
 
 
-def _optional_write(path: Path, value: str) -> None:
-    if path.exists():
-        with contextlib.suppress(OSError):
-            write(path, value)
+def _optional_write(path: str, data: bytes) -> None:
+    """Write a file the kernel may not have (swap accounting off): one open that may fail, no stat first."""
+    with contextlib.suppress(OSError):
+        _write(path, data)
 
 
 def job_cgroup(cgroups: Cgroups | None, name: str, memory_mb: int | None = None) -> JobCgroup | None:
