@@ -10,13 +10,14 @@ import shutil
 import signal
 from typing import Any
 
-from . import command
+from . import command, process
 from .cgroups import Cgroups, JobCgroup, job_cgroup
 from .command import Host
 from .contract import JobIO
 from .driver import STATUS_LINE_LIMIT
 from .output import READ_SIZE, Output
-from .pool import Warm, WarmPool, WarmProcess, attach, children, reader, writer
+from .pool import Warm, WarmPool, attach, children
+from .process import SandboxProcess, reader, writer
 from .result import Outcome
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
 from .spec import RunSpec
@@ -47,7 +48,7 @@ class Run:
         self._out = Outcome()
         self._output = Output(spec.output_cap or host.settings.max_output_bytes, io, self._out, self.stop)
         self._stages = Stages(spec, self._out, self.stop, bwrap=host.backend == "bwrap")
-        self._proc: asyncio.subprocess.Process | WarmProcess | None = None
+        self._proc: SandboxProcess | None = None
         self._warm: Warm | None = None  # the warm sandbox this run took, if it did
         self._sender: asyncio.Task[None] | None = None  # writes the job message to a warm sandbox
         self._cgroup: JobCgroup | None = None
@@ -55,7 +56,7 @@ class Run:
         self._transports: list[asyncio.BaseTransport] = []
         self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
         self._feeder: asyncio.Task[None] | None = None
-        self._spawning: asyncio.Future[asyncio.subprocess.Process | WarmProcess] | None = None  # cancelled midway
+        self._spawning: asyncio.Future[SandboxProcess] | None = None  # cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
         self._ended = False  # killed, exited and its pipes drained (start_and_wait)
 
@@ -144,10 +145,11 @@ class Run:
         return await self._settled_spawn(self._start(argv, env, theirs))
 
     async def _settled_spawn(self, start: Any) -> tuple[int, int]:
-        # A cancelled create_subprocess_exec SIGKILLs the launcher's pid alone and then waits for its pipes to close.
-        # By then that pid may be bwrap's monitor, and a child it has not released yet outlives it, blocked for ever
-        # (see kill()) and holding those pipes: the wait never ends, and nothing kills the child. So the spawn (or a
-        # warm sandbox's hand-over) always runs to its end, and a cancelled one is finished and killed by cleanup().
+        # The spawn (or a warm sandbox's hand-over) always runs to its end: cancelled between the launch and the
+        # attach, the launcher would run on with nobody reading its pipes or knowing its pid, and a child bwrap has
+        # not released yet would outlive it, blocked for ever (see kill()). A cancelled one is finished and killed by
+        # cleanup(). (asyncio's create_subprocess_exec, cancelled, SIGKILLs the launcher's pid alone and then waits
+        # for its pipes to close, which such a child holds: it is not used for this reason too.)
         spawn = asyncio.ensure_future(start)
         try:
             self._proc = proc = await asyncio.shield(spawn)
@@ -180,7 +182,7 @@ class Run:
             await asyncio.to_thread(warm.discard)
             return None
 
-    async def _attach(self, warm: Warm, message: bytes) -> WarmProcess:
+    async def _attach(self, warm: Warm, message: bytes) -> SandboxProcess:
         """Take over a warm sandbox: its job message first (written at once as far as the pipe has room, so that the
         driver works on it while the rest is set up), then its pipes on this loop. The job pipe stays open only to
         carry the rest of the message or a later stage's go-ahead."""
@@ -198,23 +200,19 @@ class Run:
         self._transports += transports
         return proc
 
-    async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> asyncio.subprocess.Process:
+    async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> SandboxProcess:
         try:
-            return await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=theirs,
-                start_new_session=True,
-                env=env,
-                cwd=self._workdir or "/",
-            )
+            popen, stdin, stdout, stderr = process.launch(argv, env=env, cwd=self._workdir or "/", pass_fds=theirs)
         finally:
             for fd in theirs:  # the launcher has its own copies now (or never started)
                 os.close(fd)
+        if not self._writes_stdin:
+            os.close(stdin)  # the program reads EOF, as from a pipe its feeder wrote nothing to and closed
+        proc, transports = await process.attach(popen, stdin if self._writes_stdin else None, stdout, stderr)
+        self._transports += transports
+        return proc
 
-    def _watch(self, proc: asyncio.subprocess.Process | WarmProcess) -> None:
+    def _watch(self, proc: SandboxProcess) -> None:
         """Pumps for the output pipes and the process exit: from here on cleanup() can drain the pipes to their end."""
         assert proc.stdout is not None and proc.stderr is not None
         self._readers = [
