@@ -28,10 +28,13 @@ def dirs(cgroup: JobCgroup) -> list[Path]:
 
 
 def joined(cgroup: JobCgroup, argv: list[str]) -> subprocess.Popen[bytes]:
-    """A process put into the job's cgroups (the launcher's way: its pid into every cgroup.procs)."""
-    proc = subprocess.Popen(argv, start_new_session=True)
+    """A process put into the job's cgroups (the launcher's way: its pid into every cgroup.procs); its stdin is
+    closed once it is in them, for a program that waits for that before it works."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
     for procs in cgroup.procs_files:
         Path(procs).write_text(str(proc.pid))
+    assert proc.stdin is not None
+    proc.stdin.close()
     return proc
 
 
@@ -70,7 +73,7 @@ async def test_remove_kills_what_is_left_even_when_it_keeps_forking(cgroups: Cgr
 
 def test_a_new_cgroup_has_its_limits_and_counts_from_zero(cgroups: Cgroups) -> None:
     """The limits the server set, and the figures the stages read: CPU time from zero, rising with the work of a
-    process in it, a memory peak, no OOM kill."""
+    process in it, a memory peak past what that process wrote, no OOM kill."""
     cgroup = cgroups.create(f"test-{secrets.token_hex(4)}", memory_bytes=64 << 20)
     try:
         files = {file.name: file for path in dirs(cgroup) for file in path.iterdir()}
@@ -79,12 +82,13 @@ def test_a_new_cgroup_has_its_limits_and_counts_from_zero(cgroups: Cgroups) -> N
         assert int(limit.read_text()) == 64 << 20
         accounted = cgroups.cpu_accounting() is not None
         assert cgroup.cpu_ns() == (0 if accounted else None)
-        proc = joined(cgroup, [sys.executable, "-c", "x = sum(range(3_000_000))"])
+        work = "import sys; sys.stdin.read(); data = b'x' * (16 << 20); x = sum(range(3_000_000))"
+        proc = joined(cgroup, [sys.executable, "-c", work])
         assert proc.wait(timeout=60) == 0
         used = cgroup.cpu_ns()
         assert (used is not None and used > 0) if accounted else used is None
         peak = cgroup.memory_peak()
-        assert peak is not None and peak > 0
+        assert peak is not None and peak >= 16 << 20
         assert cgroup.oom_killed() is False
     finally:
         cgroup.remove_now()
