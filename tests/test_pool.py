@@ -156,6 +156,29 @@ async def test_a_warm_sandbox_runs_one_job_only(sandbox: Judge) -> None:
     assert lines[0] == "[]" and "sleep" not in lines[1], second.stdout
 
 
+NO_INPUT = {
+    "python": "import os, stat, sys\nprint(stat.S_ISFIFO(os.fstat(0).st_mode), repr(sys.stdin.read()))\n",
+    "c": (
+        "#include <stdio.h>\n#include <sys/stat.h>\n"
+        "int main(void) { struct stat st; fstat(0, &st);\n"
+        '  printf("%s %d\\n", S_ISFIFO(st.st_mode) ? "True" : "False", getchar()); return 0; }\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("language", NO_INPUT)
+async def test_a_job_without_input_reads_the_end_of_an_empty_pipe_warm_or_cold(
+    sandbox: Judge, cold: Judge, language: str
+) -> None:
+    """No stdin and not interactive: a warm sandbox's stdin pipe is closed as soon as it is taken, as a cold run's is
+    once its (empty) input is written; c's build is unpacked by a compile stage first, with the job pipe kept for
+    the run stage's go-ahead."""
+    want = await run(cold, Job(language=language, code=NO_INPUT[language]))
+    got = await warm_run(sandbox, Job(language=language, code=NO_INPUT[language]))
+    end = "''" if language == "python" else "-1"
+    assert (got.stdout, got.stderr, got.exit_code) == (want.stdout, want.stderr, 0) == (f"True {end}\n", "", 0)
+
+
 async def test_tests_compiled_once_run_in_warm_sandboxes(sandbox: Judge) -> None:
     """The build reaches each test's warm sandbox, unpacked in the work dir, and the packed copy is not left there."""
     code = (

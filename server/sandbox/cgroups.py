@@ -11,59 +11,78 @@ import signal
 import time
 from pathlib import Path
 
-from .bases import EMPTY_WAIT_S, Guard, make_base, procs, remove_tree
+from .bases import EMPTY_WAIT_S, Guard, make_base, remove_tree
 from .hierarchies import Hierarchy, find_hierarchies, write
 
 logger = logging.getLogger(__name__)
 
 
 class JobCgroup:
-    """The cgroups of one job: the launcher writes its own pid into `procs_files` before it execs bwrap."""
+    """The cgroups of one job: the launcher writes its own pid into `procs_files` before it execs bwrap.
+
+    The files read on every job are found once, here, and read with plain os calls: a job reads them a handful of
+    times, and pathlib's parsing and text wrappers cost more than the reads."""
 
     def __init__(self, name: str, dirs: list[tuple[Hierarchy, Path]]) -> None:
         self.name = name
         self._dirs = dirs
+        self._procs = [f"{path}/cgroup.procs" for _, path in dirs]
+        memory = next(((h, path) for h, path in dirs if "memory" in h.controllers), None)
+        self._oom: str | None = None  # memory.events (v2) or memory.oom_control (v1): the oom_kill counter
+        self._peak: str | None = None
+        self._reset: str | None = None  # v1's max_usage_in_bytes, reset per stage
+        if memory is not None:
+            hierarchy, path = memory
+            v2 = hierarchy.version == 2
+            self._oom = f"{path}/{'memory.events' if v2 else 'memory.oom_control'}"
+            self._peak = f"{path}/{'memory.peak' if v2 else 'memory.max_usage_in_bytes'}"
+            self._reset = None if v2 else self._peak
+        self._cpu: str | None = None  # cpuacct.usage (v1, ns) or cpu.stat (v2, usage_usec)
+        self._cpu_v2 = False
+        for hierarchy, path in dirs:
+            if "cpuacct" in hierarchy.controllers:
+                self._cpu = f"{path}/cpuacct.usage"
+                break
+        else:
+            unified = next((path for h, path in dirs if h.version == 2), None)
+            if unified is not None:
+                self._cpu, self._cpu_v2 = f"{unified}/cpu.stat", True
 
     @property
     def procs_files(self) -> list[str]:
-        return [str(path / "cgroup.procs") for _, path in self._dirs]
+        return list(self._procs)
 
     def oom_killed(self) -> bool:
         """Whether the kernel OOM-killed a process of this job because of the memory limit."""
-        for hierarchy, path in self._dirs:
-            if "memory" in hierarchy.controllers:
-                name = "memory.events" if hierarchy.version == 2 else "memory.oom_control"
-                return _read_counter(path / name, "oom_kill") > 0
-        return False
+        return self._oom is not None and _counter(_read(self._oom), b"oom_kill") > 0
 
     def pids(self) -> set[int]:
-        return procs(path for _, path in self._dirs)
+        found: set[int] = set()
+        for name in self._procs:
+            with contextlib.suppress(ValueError):
+                found.update(int(p) for p in (_read(name) or b"").split())
+        return found
 
     def cpu_ns(self) -> int | None:
         """CPU time used by every process the job has had (the dead ones too), or None when not accounted."""
-        for hierarchy, path in self._dirs:
-            if "cpuacct" in hierarchy.controllers:
-                return _read_int(path / "cpuacct.usage")
-        for hierarchy, path in self._dirs:
-            if hierarchy.version == 2:
-                usec = _read_counter(path / "cpu.stat", "usage_usec", default=-1)
-                return None if usec < 0 else usec * 1000
-        return None
+        if self._cpu is None:
+            return None
+        data = _read(self._cpu)
+        if not self._cpu_v2:
+            return _int(data)
+        usec = _counter(data, b"usage_usec", default=-1)
+        return None if usec < 0 else usec * 1000
 
     def memory_peak(self) -> int | None:
         """The job's highest memory use (page cache and tmpfs files included) since start_stage(), in bytes."""
-        for hierarchy, path in self._dirs:
-            if "memory" in hierarchy.controllers:
-                return _read_int(path / ("memory.peak" if hierarchy.version == 2 else "memory.max_usage_in_bytes"))
-        return None
+        return None if self._peak is None else _int(_read(self._peak))
 
     def start_stage(self) -> None:
         """Restart the memory peak from the current use, so the run stage's peak is not the compiler's. cgroup v2
         cannot reset memory.peak this way (before Linux 6.12 not at all): there it stays the whole job's peak."""
-        for hierarchy, path in self._dirs:
-            if "memory" in hierarchy.controllers and hierarchy.version == 1:
-                with contextlib.suppress(OSError):
-                    write(path / "memory.max_usage_in_bytes", "0")
+        if self._reset is not None:
+            with contextlib.suppress(OSError):
+                _write(self._reset, b"0")
 
     def kill(self) -> bool:
         """SIGKILL every process in the job's cgroups; a few passes catch processes forked meanwhile. True when the
@@ -83,6 +102,8 @@ class JobCgroup:
 
     async def remove(self) -> None:
         """Kill what is left, wait for the cgroups to empty, and remove them."""
+        if self._rmdir_if_empty():
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + EMPTY_WAIT_S
         while not self.kill() and loop.time() < deadline:
@@ -91,10 +112,27 @@ class JobCgroup:
 
     def remove_now(self) -> None:
         """remove(), blocking: for the warm pool's threads, which have no event loop."""
+        if self._rmdir_if_empty():
+            return
         deadline = time.monotonic() + EMPTY_WAIT_S
         while not self.kill() and time.monotonic() < deadline:
             time.sleep(0.01)
         self._rmdir()
+
+    def _rmdir_if_empty(self) -> bool:
+        """Remove the cgroups that are empty already (the usual end of a job: its pid namespace died with its pid 1);
+        True when none is left. The kernel refuses to remove one with a process in it (EBUSY) and then nothing
+        changes, so this needs no read of cgroup.procs first, and no process can be in a removed cgroup."""
+        left = []
+        for hierarchy, path in self._dirs:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                left.append((hierarchy, path))
+        self._dirs = left
+        return not left
 
     def _rmdir(self) -> None:
         for _, path in self._dirs:
@@ -168,7 +206,7 @@ class Cgroups:
         try:
             for hierarchy, base in self._bases:
                 path = base / name
-                path.mkdir()
+                os.mkdir(f"{base}/{name}")
                 dirs.append((hierarchy, path))
                 self._limit(hierarchy, path, min(memory_bytes or self._memory_bytes, self._memory_bytes))
         except OSError:
@@ -185,16 +223,16 @@ class Cgroups:
 
     def _limit(self, hierarchy: Hierarchy, path: Path, memory_bytes: int) -> None:
         if "pids" in hierarchy.controllers:
-            write(path / "pids.max", str(self._max_tasks))
+            _write(f"{path}/pids.max", b"%d" % self._max_tasks)
         if "memory" not in hierarchy.controllers:
             return
         if hierarchy.version == 2:
-            write(path / "memory.max", str(memory_bytes))
-            _optional_write(path / "memory.swap.max", "0")
+            _write(f"{path}/memory.max", b"%d" % memory_bytes)
+            _optional_write(f"{path}/memory.swap.max", b"0")
         else:
-            write(path / "memory.limit_in_bytes", str(memory_bytes))
+            _write(f"{path}/memory.limit_in_bytes", b"%d" % memory_bytes)
             # Without this the job could spill past the limit into swap (when swap accounting is on).
-            _optional_write(path / "memory.memsw.limit_in_bytes", str(memory_bytes))
+            _optional_write(f"{path}/memory.memsw.limit_in_bytes", b"%d" % memory_bytes)
 
     def close(self) -> None:
         """Remove this server's directories (job cgroups are removed as their jobs end)."""
@@ -209,26 +247,48 @@ class Cgroups:
             self._guard = None
 
 
-def _read_counter(path: Path, key: str, default: int = 0) -> int:
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key and value.strip().isdigit():
-                return int(value)
-    return default
-
-
-def _read_int(path: Path) -> int | None:
+def _read(path: str) -> bytes | None:
+    """A cgroup file's contents (small: one read), or None when it cannot be read."""
     try:
-        return int(path.read_text())
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _int(data: bytes | None) -> int | None:
+    try:
+        return None if data is None else int(data)
+    except ValueError:
         return None
 
 
-def _optional_write(path: Path, value: str) -> None:
-    if path.exists():
-        with contextlib.suppress(OSError):
-            write(path, value)
+def _counter(data: bytes | None, key: bytes, default: int = 0) -> int:
+    """A `key value` line's value in a flat-keyed cgroup file (memory.events, cpu.stat, memory.oom_control)."""
+    for line in (data or b"").splitlines():
+        name, _, value = line.partition(b" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return default
+
+
+def _optional_write(path: str, data: bytes) -> None:
+    """Write a file the kernel may not have (swap accounting off): one open that may fail, no stat first."""
+    with contextlib.suppress(OSError):
+        _write(path, data)
 
 
 def job_cgroup(cgroups: Cgroups | None, name: str, memory_mb: int | None = None) -> JobCgroup | None:

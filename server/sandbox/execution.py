@@ -10,13 +10,14 @@ import shutil
 import signal
 from typing import Any
 
-from . import command
+from . import command, process
 from .cgroups import Cgroups, JobCgroup, job_cgroup
 from .command import Host
 from .contract import JobIO
 from .driver import STATUS_LINE_LIMIT
 from .output import READ_SIZE, Output
-from .pool import Warm, WarmPool, WarmProcess, attach, children, reader, writer
+from .pool import Warm, WarmPool, attach, children
+from .process import SandboxProcess, reader, writer
 from .result import Outcome
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
 from .spec import RunSpec
@@ -47,7 +48,7 @@ class Run:
         self._out = Outcome()
         self._output = Output(spec.output_cap or host.settings.max_output_bytes, io, self._out, self.stop)
         self._stages = Stages(spec, self._out, self.stop, bwrap=host.backend == "bwrap")
-        self._proc: asyncio.subprocess.Process | WarmProcess | None = None
+        self._proc: SandboxProcess | None = None
         self._warm: Warm | None = None  # the warm sandbox this run took, if it did
         self._sender: asyncio.Task[None] | None = None  # writes the job message to a warm sandbox
         self._cgroup: JobCgroup | None = None
@@ -55,8 +56,9 @@ class Run:
         self._transports: list[asyncio.BaseTransport] = []
         self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
         self._feeder: asyncio.Task[None] | None = None
-        self._spawning: asyncio.Future[asyncio.subprocess.Process | WarmProcess] | None = None  # cancelled midway
+        self._spawning: asyncio.Future[SandboxProcess] | None = None  # cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
+        self._ended = False  # killed, exited and its pipes drained (start_and_wait)
 
     async def start_and_wait(self) -> Outcome:
         status_fd, compile_fd = await self._spawn()
@@ -64,15 +66,22 @@ class Run:
         assert proc is not None
         status = await self._reader(status_fd, limit=STATUS_LINE_LIMIT)
         self._stages.status_pipe = self._transports[-1]
-        self._readers.append(asyncio.ensure_future(self._output.collect(await self._reader(compile_fd))))
-        self._feeder = asyncio.create_task(self._feed())
+        if self._two_stages:
+            self._readers.append(asyncio.ensure_future(self._output.collect(await self._reader(compile_fd))))
+        else:  # nothing writes there without a compile stage (the driver ignores SIGPIPE)
+            self._raw_fds.remove(compile_fd)
+            os.close(compile_fd)
+        if self._writes_stdin:
+            self._feeder = asyncio.create_task(self._feed())
+        elif proc.stdin is not None:
+            proc.stdin.close()  # what _feed() would do with nothing to write
         await self._stages.supervise(status)
         self._stages.stop_watching()
         # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
         # bwrap's monitor exit and --die-with-parent takes pid 1 and every background process with it; killing pid
         # 1 now does the same without trusting the driver's report. Output already written stays readable.
         self.kill()
-        await self._settle()
+        self._ended = await self._settle()
         self._stages.finish()
         self._output.finish()
         out = self._out
@@ -80,8 +89,18 @@ class Run:
         out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
         return out
 
-    async def _settle(self) -> None:
-        """Wait until the process has exited and its pipes are drained, killing harder if that does not happen.
+    @property
+    def _two_stages(self) -> bool:
+        """Whether the driver runs a compile stage (a build to unpack is one) before the run stage."""
+        return bool(self._spec.compile) or self._spec.artifact is not None
+
+    @property
+    def _writes_stdin(self) -> bool:
+        return bool(self._spec.stdin) or (self._io is not None and self._io.stdin is not None)
+
+    async def _settle(self) -> bool:
+        """Wait until the process has exited and its pipes are drained, killing harder if that does not happen;
+        True once they have.
 
         Once bwrap's pid 1 is gone the kernel has killed every process of the job's pid namespace, so the pipes
         close at once; only SANDBOX=none (without cgroups) can leave stragglers holding them.
@@ -89,10 +108,11 @@ class Run:
         for _ in range(2):
             _, pending = await asyncio.wait(self._readers, timeout=EXIT_GRACE_S)
             if not pending:
-                return
+                return True
             logger.warning("%s: still running or holding its pipes after it was ended; killing", self._spec.name)
             self._kill_all()
         logger.error("%s: process tree did not go away", self._spec.name)
+        return False
 
     async def _spawn(self) -> tuple[int, int]:
         """Start the launcher (or take a warm sandbox) and the output pumps; returns the read ends of the status and
@@ -125,10 +145,11 @@ class Run:
         return await self._settled_spawn(self._start(argv, env, theirs))
 
     async def _settled_spawn(self, start: Any) -> tuple[int, int]:
-        # A cancelled create_subprocess_exec SIGKILLs the launcher's pid alone and then waits for its pipes to close.
-        # By then that pid may be bwrap's monitor, and a child it has not released yet outlives it, blocked for ever
-        # (see kill()) and holding those pipes: the wait never ends, and nothing kills the child. So the spawn (or a
-        # warm sandbox's hand-over) always runs to its end, and a cancelled one is finished and killed by cleanup().
+        # The spawn (or a warm sandbox's hand-over) always runs to its end: cancelled between the launch and the
+        # attach, the launcher would run on with nobody reading its pipes or knowing its pid, and a child bwrap has
+        # not released yet would outlive it, blocked for ever (see kill()). A cancelled one is finished and killed by
+        # cleanup(). (asyncio's create_subprocess_exec, cancelled, SIGKILLs the launcher's pid alone and then waits
+        # for its pipes to close, which such a child holds: it is not used for this reason too.)
         spawn = asyncio.ensure_future(start)
         try:
             self._proc = proc = await asyncio.shield(spawn)
@@ -161,36 +182,37 @@ class Run:
             await asyncio.to_thread(warm.discard)
             return None
 
-    async def _attach(self, warm: Warm, message: bytes) -> WarmProcess:
+    async def _attach(self, warm: Warm, message: bytes) -> SandboxProcess:
         """Take over a warm sandbox: its job message first (written at once as far as the pipe has room, so that the
-        driver works on it while the rest is set up), then its pipes on this loop."""
+        driver works on it while the rest is set up), then its pipes on this loop. The job pipe stays open only to
+        carry the rest of the message or a later stage's go-ahead."""
         rest = _write_now(warm.job, message)
-        job = await writer(warm.job)
-        self._transports.append(job.transport)
-        self._stages.gate = job
-        if rest:
-            self._sender = asyncio.create_task(_send(job, rest))
-        proc, transports = await attach(warm)
+        if rest or self._two_stages:
+            job = await writer(warm.job)
+            self._transports.append(job.transport)
+            self._stages.gate = job
+            if rest:
+                self._sender = asyncio.create_task(_send(job, rest))
+        else:
+            # All of it written, and it ends with the only stage's go-ahead: the driver reads nothing more there.
+            os.close(warm.job)
+        proc, transports = await attach(warm, stdin=self._writes_stdin)
         self._transports += transports
         return proc
 
-    async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> asyncio.subprocess.Process:
+    async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> SandboxProcess:
         try:
-            return await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=theirs,
-                start_new_session=True,
-                env=env,
-                cwd=self._workdir or "/",
-            )
+            popen, stdin, stdout, stderr = process.launch(argv, env=env, cwd=self._workdir or "/", pass_fds=theirs)
         finally:
             for fd in theirs:  # the launcher has its own copies now (or never started)
                 os.close(fd)
+        if not self._writes_stdin:
+            os.close(stdin)  # the program reads EOF, as from a pipe its feeder wrote nothing to and closed
+        proc, transports = await process.attach(popen, stdin if self._writes_stdin else None, stdout, stderr)
+        self._transports += transports
+        return proc
 
-    def _watch(self, proc: asyncio.subprocess.Process | WarmProcess) -> None:
+    def _watch(self, proc: SandboxProcess) -> None:
         """Pumps for the output pipes and the process exit: from here on cleanup() can drain the pipes to their end."""
         assert proc.stdout is not None and proc.stderr is not None
         self._readers = [
@@ -244,6 +266,12 @@ class Run:
         proc = self._proc
         if self._host.backend == "none":
             self._kill_all()
+            return
+        if self._ended:
+            # The launcher is reaped and nothing holds the job's pipes: a child bwrap never released would (it holds
+            # them from the monitor), and every other process is in the pid namespace that pid 1's SIGKILL ends.
+            # What may still be exiting is cleanup()'s: it removes the cgroups, and the kernel refuses while any
+            # process is in them, so it kills them first.
             return
         running = proc is not None and proc.returncode is None
         child_pid = self._stages.child_pid

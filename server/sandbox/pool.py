@@ -28,11 +28,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from . import process
 from .cgroups import JobCgroup
 from .driver import CHILD_PID
+from .process import SandboxProcess
 
 logger = logging.getLogger(__name__)
 
@@ -97,64 +98,12 @@ class Warm:
                 os.close(fd)
 
 
-class WarmProcess:
-    """A taken sandbox's launcher as the run sees it: what it uses of an asyncio.subprocess.Process."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader,
-                 stderr: asyncio.StreamReader) -> None:  # fmt: skip
-        self._popen = popen
-        self.pid = popen.pid
-        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    async def wait(self) -> int:
-        """Wait for the launcher to exit and reap it, through a pidfd on the running loop (no thread, no SIGCHLD)."""
-        if self._popen.returncode is not None:
-            return self._popen.returncode
-        loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(self.pid)
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, readable)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        return self._popen.wait()
-
-
-async def attach(warm: Warm) -> tuple[WarmProcess, list[asyncio.BaseTransport]]:
-    """Hand a taken sandbox's stdio to the running loop; returns the process and the transports to close."""
-    stdout, stdout_pipe = await reader(warm.stdout)
-    stderr, stderr_pipe = await reader(warm.stderr)
-    stdin = await writer(warm.stdin)
-    return WarmProcess(warm.popen, stdin, stdout, stderr), [stdout_pipe, stderr_pipe, stdin.transport]
-
-
-async def reader(fd: int, limit: int = 65536) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
-    """A StreamReader over a pipe's read end (whose transport then owns it)."""
-    loop = asyncio.get_running_loop()
-    stream = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(stream, loop=loop)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
-    return stream, transport
-
-
-async def writer(fd: int) -> asyncio.StreamWriter:
-    """A StreamWriter over a pipe's write end (which it then owns)."""
-    loop = asyncio.get_running_loop()
-    pipe = os.fdopen(fd, "wb", buffering=0)
-    transport, protocol = await loop.connect_write_pipe(lambda: asyncio.streams.FlowControlMixin(loop=loop), pipe)
-    return asyncio.StreamWriter(transport, protocol, None, loop)
+async def attach(warm: Warm, *, stdin: bool) -> tuple[SandboxProcess, list[asyncio.BaseTransport]]:
+    """Hand a taken sandbox's stdio to the running loop; returns the process and the transports to close. Without
+    `stdin` (the job writes none) the program's stdin is closed at once: it reads EOF, as a cold run's does."""
+    if not stdin:
+        os.close(warm.stdin)
+    return await process.attach(warm.popen, warm.stdin if stdin else None, warm.stdout, warm.stderr)
 
 
 class Demand:
@@ -380,6 +329,12 @@ def end(popen: subprocess.Popen[bytes], cgroup: JobCgroup | None) -> None:
 def children(pid: int) -> list[int]:
     """The children of a running process (its main thread's; bwrap's monitor is single-threaded)."""
     try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return [int(child) for child in os.read(fd, 65536).split()]
     except (OSError, ValueError):
         return []
+    finally:
+        os.close(fd)

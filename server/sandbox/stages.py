@@ -199,8 +199,10 @@ class Stages:
         """
         limit = self._spec.cpu_time_ms * 1_000_000
         cpus = os.cpu_count() or 1
-        while (used := cgroup.cpu_ns()) is not None and used - base < limit:
+        used: int | None = base  # read as the stage began: the first check is due after the whole limit / cpus
+        while used is not None and used - base < limit:
             await asyncio.sleep(max((limit - (used - base)) / 1e9 / cpus, CPU_POLL_S))
+            used = cgroup.cpu_ns()
         if used is not None:
             logger.info("%s: used %.0f ms of CPU, over its limit; ending it", self._spec.name, (used - base) / 1e6)
             self._stop("cpu_limit")
