@@ -43,8 +43,9 @@ def test_commands_are_packed_by_hiredis_into_the_bytes_redis_py_sends() -> None:
         (b"CONFIG GET", b"maxmemory"),
     ]:
         assert ours.pack_command(*args) == [b"".join(bytes(chunk) for chunk in theirs.pack_command(*args))]
-    # One buffer for a large argument, where redis-py's packer sends it in chunks: the C packer is the one used.
-    assert len(ours.pack_command("SET", "k", "x" * 10_000)) == 1 < len(theirs.pack_command("SET", "k", "x" * 10_000))
+    # One buffer for a large argument: the C packer is the one used (redis-py's Python packer sends it in chunks;
+    # a redis-py recent enough to pack with hiredis itself sends one buffer too).
+    assert len(ours.pack_command("SET", "k", "x" * 10_000)) == 1
     with pytest.raises(DataError):  # what hiredis refuses, redis-py refuses with its own error
         ours.pack_command("SET", "k", None)
     with pytest.raises(UnicodeEncodeError):
