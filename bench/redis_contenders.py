@@ -12,8 +12,8 @@ from typing import Any
 
 from server.queue import Worker
 from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
-from server.queue.redis.handoff import Finished
 from server.queue.redis.store import RedisStore
+from server.queue.worker.handoff import Finished
 
 SLOTS = 32  # jobs one worker process runs at once: Conveyor worker_slots, SAQ concurrency, arq max_jobs
 MAX_CONCURRENT = 64  # Conveyor's global cap: two instances x SLOTS, so the cap never binds

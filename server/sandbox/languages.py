@@ -9,11 +9,12 @@ import re
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import SandboxUnavailable
 from .packages import Layer
 
 LANGUAGES_FILE = Path(__file__).with_name("languages.toml")
@@ -339,3 +340,14 @@ def runtimes(index: LanguageIndex, versions: Mapping[str, str], layers: Mapping[
         }
         for lang in index
     ]
+
+
+def chosen(defs: dict[str, Language], names: Collection[str] | None) -> dict[str, Language]:
+    """The definitions named (LANGUAGES), all of them for None; a name languages.toml lacks refuses to start."""
+    if names is None:
+        return defs
+    if unknown := sorted(set(names) - defs.keys()):
+        raise SandboxUnavailable(
+            f"LANGUAGES names {', '.join(unknown)}, not in languages.toml (python -m server languages list)"
+        )
+    return {name: lang for name, lang in defs.items() if name in names}

@@ -19,7 +19,7 @@ from .cgroups import Cgroups
 from .command import JOIN_FAILED, Host, privdrop
 from .contract import Build, ExecutionResult, JobIO, Request
 from .execution import Run
-from .languages import Language, LanguageIndex, load_languages, runtimes
+from .languages import Language, LanguageIndex, chosen, load_languages, runtimes
 from .pool import WarmPool
 from .result import Outcome, cached_build, result_of
 from .spawn import HostUids
@@ -92,14 +92,7 @@ class Sandbox:
         `helper=False` starts jobs through the perl helpers even where the C helper is built (tests, benchmarks).
         Raises SandboxUnavailable with a one-line fix when jobs cannot run safely here.
         """
-        defs = load_languages()
-        languages = languages if languages is not None else (settings.languages or None)
-        if languages is not None:
-            if unknown := sorted(set(languages) - defs.keys()):
-                raise SandboxUnavailable(
-                    f"LANGUAGES names {', '.join(unknown)}, not in languages.toml (python -m server languages list)"
-                )
-            defs = {name: lang for name, lang in defs.items() if name in languages}
+        defs = chosen(load_languages(), languages if languages is not None else (settings.languages or None))
         syscall_filter, groups = await startup.prerequisites(settings, cgroups=cgroups)
         sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter, helper=helper)
         try:

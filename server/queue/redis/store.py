@@ -15,6 +15,7 @@ from ..base import InstanceRecord
 from ..events import Event
 from ..jobs import ExecutionResult, Job, JobStatus, now_ms
 from ..records import brief_dict, job_to_hash, record_bytes, result_dict
+from ..worker.handoff import Finished
 from .core import (
     CLAIM_EVENT,
     LOG_MAXLEN,
@@ -24,7 +25,6 @@ from .core import (
     unavailable_on_redis_error,
 )
 from .decisions import RedisDecisions
-from .handoff import Finished
 from .reads import RedisReads
 
 logger = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from ..base import InstanceRecord, Store, backstop_s
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobStatus
 from ..loops import stop_task
-from ..redis.handoff import Claimed, ClaimsOnFinish, FinishBatcher
 from .claiming import WAKE_TIMEOUT_S, ClaimLoop
 from .deadlines import Deadlines
+from .handoff import Claimed, ClaimsOnFinish, FinishBatcher, store_result
 from .leases import Leases
 from .running import Running, RunState, StdinChannel
 from .waiters import Waiters
@@ -27,9 +27,6 @@ logger = logging.getLogger(__name__)
 TERMINAL = frozenset(s.value for s in JobStatus if s.finished)
 # Stop notifications for jobs not (yet) registered here: a claim in flight registers them on arrival.
 EARLY_STOPS = 1024
-FINISH_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
-# About seven minutes of retries: longer than any Redis restart worth waiting for.
-FINISH_ATTEMPTS = 200
 
 
 class Worker:
@@ -359,7 +356,7 @@ class Worker:
         the same call on Redis (finish-and-claim), else by a claim right after."""
         if run.outputs is not None:
             await run.output_sent()  # output events go out before the terminal one
-        if await self._store_result(run, status, result):
+        if await store_result(self.store, self._batcher, run.job, status, result):
             self._waiters.finished(run.job)
         if self._batcher is not None or self._closing:
             self._release(run)
@@ -378,26 +375,3 @@ class Worker:
             if wake_claims:
                 self._claims.freed()
         self._waiters.wake(run.job.id)
-
-    async def _store_result(self, run: Running, status: JobStatus, result: ExecutionResult) -> bool:
-        """FINISH, retried while the store is unreachable (it is idempotent for the lease holder); our lease is
-        renewed meanwhile, since the job stays registered here until this returns. False if it gave up."""
-        job = run.job
-        attempt = 0
-        while True:
-            try:
-                if self._batcher is not None and attempt == 0:
-                    stored = await self._batcher.finish(job, status, result)
-                else:  # retries claim nothing: jobs claimed by a call whose reply was lost wait for their lease
-                    stored = await self.store.finish(job, status, result)
-                if not stored:
-                    logger.warning("job %s: lease lost before its result was stored", job.id)
-                return True
-            except Exception as exc:
-                delay = FINISH_BACKOFF_S[min(attempt, len(FINISH_BACKOFF_S) - 1)]
-                attempt += 1
-                if attempt > FINISH_ATTEMPTS:
-                    logger.error("job %s: result not stored after %d attempts (%s)", job.id, attempt, exc)
-                    return False
-                logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
-                await asyncio.sleep(delay)

@@ -4,14 +4,21 @@ free take the next queued jobs in the same call, so a busy worker makes no claim
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from ..base import Store
 from ..jobs import ExecutionResult, Job, JobStatus
+
+logger = logging.getLogger(__name__)
 
 # A job's finish as the worker hands it over: the job, its final status and its result.
 Finished = tuple[Job, JobStatus, ExecutionResult]
 Claimed = list[tuple[Job, str | None]]
+FINISH_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
+# About seven minutes of retries: longer than any Redis restart worth waiting for.
+FINISH_ATTEMPTS = 200
 # Finishes in one call at most: a script call holds Redis for its whole run, and each finish may evict records.
 MAX_BATCH = 64
 
@@ -88,3 +95,28 @@ class FinishBatcher:
             for (_, future), applied in zip(batch, done, strict=True):
                 if not future.done():
                     future.set_result(applied)
+
+
+async def store_result(
+    store: Store, batcher: FinishBatcher | None, job: Job, status: JobStatus, result: ExecutionResult
+) -> bool:
+    """FINISH, retried while the store is unreachable (it is idempotent for the lease holder); the worker renews
+    the lease meanwhile, since the job stays registered there until this returns. False if it gave up."""
+    attempt = 0
+    while True:
+        try:
+            if batcher is not None and attempt == 0:
+                stored = await batcher.finish(job, status, result)
+            else:  # retries claim nothing: jobs claimed by a call whose reply was lost wait for their lease
+                stored = await store.finish(job, status, result)
+            if not stored:
+                logger.warning("job %s: lease lost before its result was stored", job.id)
+            return True
+        except Exception as exc:
+            delay = FINISH_BACKOFF_S[min(attempt, len(FINISH_BACKOFF_S) - 1)]
+            attempt += 1
+            if attempt > FINISH_ATTEMPTS:
+                logger.error("job %s: result not stored after %d attempts (%s)", job.id, attempt, exc)
+                return False
+            logger.warning("job %s: storing the result failed (%s); retrying in %.2f s", job.id, exc, delay)
+            await asyncio.sleep(delay)
