@@ -12,8 +12,8 @@ run: system-run install
 	$(BIN)/python -m server
 
 # Two workers (pytest-xdist), each taking whole test files: module fixtures stay per file, and each worker launches
-# one Chromium for all its browser tests. Under 7 minutes on a quiet 2-core host, where a start of `python -m server`
-# (tests/servers.py) is the largest wait left: it probes every language. PYTEST_ARGS="-n 0" runs it in one process.
+# one Chromium for all its browser tests. About 5 minutes on a quiet 2-core host (the real servers of the tests
+# probe only the languages they use: LANGUAGES). PYTEST_ARGS="-n 0" runs it in one process.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 test: system-test install-test
 	$(BIN)/python -m pytest -m "not languages" $(PYTEST_ARGS)
