@@ -155,23 +155,28 @@ async def test_client_mistakes_are_one_line_each_never_a_traceback(tmp_path: Pat
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
-def test_start_up_refuses_without_bubblewrap(tmp_path: Path) -> None:
-    # A PATH without bwrap: the server must refuse with one line, never fall back to running code unsandboxed.
-    empty = tmp_path / "bin"
-    empty.mkdir()
+def refusal_of(argv: list[str], tmp_path: Path, **env: str) -> str:
+    """The one line a server that refuses to start prints (exit 2, no traceback; log lines may come first)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "server"],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PATH": str(empty), "PORT": str(free_port())},
+        argv,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(free_port()), **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=scaled(60),
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    # Log lines may come first (start-up housekeeping); the refusal itself is one line naming the fix.
     refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
-    assert len(refusal) == 1 and "apt-get install bubblewrap" in refusal[0], proc.stderr
+    assert len(refusal) == 1, proc.stderr
+    return refusal[0]
+
+
+def test_start_up_refuses_without_bubblewrap(tmp_path: Path) -> None:
+    # A PATH without bwrap: the server must refuse with one line, never fall back to running code unsandboxed.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    assert "apt-get install bubblewrap" in refusal_of([sys.executable, "-m", "server"], tmp_path, PATH=str(empty))
 
 
 async def test_languages_limits_what_is_offered_and_probed(tmp_path: Path) -> None:
@@ -193,18 +198,8 @@ async def test_languages_limits_what_is_offered_and_probed(tmp_path: Path) -> No
 
 
 def test_start_up_refuses_a_language_it_does_not_know(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "server"],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(free_port()), "LANGUAGES": "bash,cobol-2077"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=scaled(60),
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
-    assert len(refusal) == 1 and "cobol-2077" in refusal[0] and "bash" not in refusal[0], proc.stderr
+    refusal = refusal_of([sys.executable, "-m", "server"], tmp_path, LANGUAGES="bash,cobol-2077")
+    assert "cobol-2077" in refusal and "bash" not in refusal
 
 
 def without_cgroups(*argv: str) -> list[str]:
@@ -216,20 +211,9 @@ def without_cgroups(*argv: str) -> list[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")
 def test_start_up_refuses_without_per_job_memory_limits(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        without_cgroups(sys.executable, "-m", "server"),
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": str(free_port())},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=scaled(60),
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    refusal = [line for line in proc.stderr.splitlines() if line.startswith("conveyor:")]
-    assert len(refusal) == 1, proc.stderr
+    refusal = refusal_of(without_cgroups(sys.executable, "-m", "server"), tmp_path)
     for way_out in ("as root", "user manager delegates memory", "Delegate=yes", "ALLOW_PER_PROCESS_LIMITS=1"):
-        assert way_out in refusal[0]
+        assert way_out in refusal
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")

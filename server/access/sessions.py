@@ -108,7 +108,7 @@ async def sign_in(request: web.Request) -> web.Response:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=_https(request),
+        secure=over_https(request),
     )
     return response
 
@@ -121,7 +121,7 @@ async def signed_in(request: web.Request) -> web.Response:
 async def sign_out(request: web.Request) -> web.Response:
     """DELETE /session: forget the cookie in this browser (the key itself stays valid until the keys file drops it)."""
     response = web.json_response({"user": None, "admin": False})
-    response.del_cookie(SESSION_COOKIE, path="/", samesite="Strict", secure=_https(request), httponly=True)
+    response.del_cookie(SESSION_COOKIE, path="/", samesite="Strict", secure=over_https(request), httponly=True)
     return response
 
 
@@ -139,5 +139,6 @@ def setup_sessions(app: web.Application, keys: ApiKeys) -> None:
     app.router.add_delete("/session", sign_out)
 
 
-def _https(request: web.Request) -> bool:
+def over_https(request: web.Request) -> bool:
+    """Whether this request reached us over HTTPS (ours, or a TRUSTED_PROXIES proxy's word): cookies are then Secure."""
     return served_over_https(request, parse_networks(request.app[SETTINGS].trusted_proxies))

@@ -9,7 +9,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from ..access.identity import OWNER_COOKIE, OWNER_TOKEN, new_owner_token, parse_networks, served_over_https
+from ..access.identity import OWNER_COOKIE, OWNER_TOKEN, new_owner_token
+from ..access.sessions import over_https
 from ..keys import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,7 @@ def _give_owner_token(request: web.Request, response: web.Response) -> None:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=served_over_https(request, parse_networks(request.app[SETTINGS].trusted_proxies)),
+        secure=over_https(request),
     )
 
 
