@@ -16,6 +16,7 @@ from server.app import create_app
 from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, Limits, SourceFile
 from server.sandbox import command, driver
+from server.sandbox.languages import load_languages
 from server.sandbox.spec import RunSpec
 from tests.conftest import make_settings
 from tests.test_pool import run, until, warm_run
@@ -248,3 +249,18 @@ async def test_post_run_with_stdin_through_a_pre_started_node(
     assert messages and preloaded(messages[-1])
     assert answers[1] == answers[0] and answers[0]["exitCode"] == 1, answers
     assert "TypeError: boom" in answers[0]["stderr"], answers
+
+
+def test_every_pre_started_interpreter_has_its_code() -> None:
+    """A language's `preload` names an interpreter whose code sandbox/helper has, by exactly one placeholder, and
+    less that code it is how the language's run command begins (so that its jobs can take it)."""
+    preloads = {lang.name: lang for lang in load_languages().values() if lang.preload is not None}
+    assert {"python", "javascript"} <= set(preloads)
+    for name, lang in preloads.items():
+        assert lang.preload is not None
+        assert lang.preload[0] in command.PRELOADS, name
+        marks = [part for part in lang.preload if part in (command.PRELOAD_TEXT, command.PRELOAD_FILE)]
+        assert len(marks) == 1, name
+        started = [part.replace("{heap_mb}", "64") for part in command.without_code(lang.preload)]
+        run = lang.run_argv([], heap_mb=64)
+        assert run[: len(started)] == started, (name, run, started)

@@ -93,13 +93,13 @@ def job_message(host: Host, spec: RunSpec, *, warm_env: Mapping[str, str] | None
     # no compile stage, and the environment it booted with (python reads PYTHON* and the locale at start-up, node
     # NODE_OPTIONS). It is sent what follows the interpreter's name.
     if preloaded and spec.preload and not spec.compile and env == warm_env:
-        started = _without_code(spec.preload)
+        started = without_code(spec.preload)
         if spec.run[: len(started)] == started:
             preload = list(spec.run[1:])
     return driver.job_message(drive_args(host, spec), env, files, preload)
 
 
-def _without_code(preload: tuple[str, ...]) -> tuple[str, ...]:
+def without_code(preload: tuple[str, ...]) -> tuple[str, ...]:
     """A pre-started interpreter's command without its code: the placeholder and the option before it."""
     at = next(i for i, part in enumerate(preload) if part in (PRELOAD_TEXT, PRELOAD_FILE))
     return preload[: at - 1] + preload[at + 1 :]
