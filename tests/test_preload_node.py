@@ -108,6 +108,25 @@ ENDINGS: dict[str, tuple[dict[str, str], str]] = {
         },
         "1\n2\n39\n",
     ),
+    "no input, read at once": (
+        {"main.js": "const fs = require('fs');\nconsole.log(fs.fstatSync(0).isFIFO(), fs.readFileSync(0, 'utf8'));\n"},
+        "",
+    ),
+    "input read from /dev/stdin": (
+        {
+            "main.js": "const [a, b] = require('fs').readFileSync('/dev/stdin', 'utf8').split(' ').map(Number);\n"
+            "console.log(a + b);\n"
+        },
+        "40 2\n",
+    ),
+    "the order of ticks, promises and timers": (
+        {
+            "main.js": "setTimeout(() => console.log('timeout'), 20);\n"
+            "Promise.resolve().then(() => console.log('promise'));\n"
+            "process.nextTick(() => console.log('tick'));\nconsole.log('main');\n"
+        },
+        "",
+    ),
     "killed by a signal": ({"main.js": "console.log('bye');\nprocess.kill(process.pid, 'SIGTERM');\n"}, ""),
     "beforeExit and exit": (
         {
