@@ -18,7 +18,7 @@ from server.queue.jobs import ExecutionResult, Job, Limits, SourceFile
 from server.sandbox import command, driver
 from server.sandbox.languages import load_languages
 from server.sandbox.spec import RunSpec
-from tests.conftest import make_settings
+from tests.conftest import make_settings, scaled_ms
 from tests.test_pool import run, until, warm_run
 
 pytestmark = [
@@ -221,6 +221,30 @@ async def test_a_pre_started_node_ends_as_node_main_js(
     want = await run(cold, job(files, stdin))
     got = await pre_started_run(warm, job(files, stdin), messages)
     assert [getattr(got, f) for f in FIELDS] == [getattr(want, f) for f in FIELDS]
+
+
+# Each a program, its wall time (ms) and why it ends.
+LIMITS = {
+    "timeout": ("console.log('spin');\nfor (;;) {}\n", 500, "timeout"),
+    "heap out of memory": (
+        "const keep = [];\nfor (;;) keep.push(new Array(1 << 20).fill(1.5));\n",
+        scaled_ms(10_000),
+        "memory_limit",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", LIMITS)
+async def test_a_pre_started_node_meets_the_jobs_limits(
+    warm: Judge, cold: Judge, messages: list[tuple[RunSpec, bytes]], name: str
+) -> None:
+    """Its wall time and heap are the job's: a program past them ends for the same reason as a cold one."""
+    code, timeout_ms, reason = LIMITS[name]
+    spinning = job({"main.js": code}, timeout_ms=timeout_ms)
+    want = await run(cold, spinning)
+    got = await pre_started_run(warm, spinning, messages)
+    assert (got.reason, got.signal, got.exit_code) == (want.reason, want.signal, want.exit_code), (got, want)
+    assert got.reason == reason, got
 
 
 async def test_only_a_job_with_the_default_heap_takes_the_pre_started_node(
