@@ -46,6 +46,8 @@ show('modules', process.moduleLoadList);
 show('files', [fs.readdirSync('/').sort(), fs.readdirSync('.').sort(), fs.readdirSync('/tmp')]);
 show('events', [process.eventNames(), process.exitCode, process.stdin.isTTY, process.stdout.isTTY]);
 show('fds', fs.readdirSync('/proc/self/fd').map(Number).sort((a, b) => a - b));
+const pooled = Buffer.allocUnsafe(16);  // Buffer's shared pool: where the program's first small buffer is, and what
+show('buffer pool', [pooled.byteOffset, Buffer.from(pooled.buffer, 0, 256).toString('latin1')]);  // the pool holds
 let input = '';
 process.stdin.setEncoding('utf8');
 process.stdin.on('data', (chunk) => { input += chunk; });
@@ -76,7 +78,11 @@ ENDINGS: dict[str, tuple[dict[str, str], str]] = {
         },
         "",
     ),
-    "exit flushes stdout": ({"main.js": "process.stdout.write('x'.repeat(100000) + '\\n');\nprocess.exit(0);\n"}, ""),
+    # Within the pipe's 64 KiB: past them node's process.exit drops what the pipe has no room for, cold or warm.
+    "exit flushes stdout": (
+        {"main.js": "for (let i = 0; i < 60; i++) process.stdout.write('x'.repeat(999) + '\\n');\nprocess.exit(0);\n"},
+        "",
+    ),
     "stack of the main module": ({"main.js": "console.log(new Error('here').stack);\n"}, ""),
     "crypto and the globals of a module": (
         {
@@ -221,6 +227,19 @@ async def test_a_pre_started_node_ends_as_node_main_js(
     want = await run(cold, job(files, stdin))
     got = await pre_started_run(warm, job(files, stdin), messages)
     assert [getattr(got, f) for f in FIELDS] == [getattr(want, f) for f in FIELDS]
+
+
+async def test_a_pre_started_node_gets_every_argument(
+    warm: Judge, cold: Judge, messages: list[tuple[RunSpec, bytes]]
+) -> None:
+    """Arguments as large as the API allows (64 of 4096 bytes, past what the pre-started node reads at once), UTF-8."""
+    args = [f"{i}:" + "é" * 2040 for i in range(64)]
+    code = "const a = process.argv.slice(2);\nconsole.log(a.length, a.join('').length, a[63].slice(0, 5));\n"
+    echo = job({"main.js": code}, args=args)
+    want = await run(cold, echo)
+    got = await pre_started_run(warm, echo, messages)
+    assert (got.stdout, got.stderr, got.exit_code) == (want.stdout, want.stderr, 0), (got, want)
+    assert want.stdout == f"64 {sum(len(a) for a in args)} 63:éé\n", want
 
 
 # Each a program, its wall time (ms) and why it ends.

@@ -8,7 +8,7 @@
 // Module.runMain): require.main, module.paths, relative requires, ES modules, uncaught exceptions and rejections
 // (printed with the same stack), process.exit and process.exitCode, stdin and the flush of stdout at exit are node's
 // own. Before it returns it uses only modules node has loaded at start-up (fs, path), so process.moduleLoadList is a
-// cold start's.
+// cold start's, and no buffer of Buffer's shared pool.
 // The job runs here only when its command is the one node was started with: the same heap flag (the server's default
 // memory limit; a job with a memory limit of its own has another) and main.js as the entry point (server/sandbox/
 // command.py job_message); else the driver discards this node and starts the program itself.
@@ -24,13 +24,20 @@
   const Module = module.constructor;
   const [argvFd, bootedFd] = process.argv.slice(2).map(Number);
   fs.closeSync(bootedFd); // booted
-  const chunks = [];
-  const buffer = Buffer.allocUnsafe(65536);
-  for (let n; (n = fs.readSync(argvFd, buffer, 0, buffer.length, null)) > 0; ) {
-    chunks.push(Buffer.from(buffer.subarray(0, n)));
+  // Buffers of their own (allocUnsafeSlow): Buffer's shared pool stays as the program would find it (its first small
+  // buffer at the same offset, and none of this in the pool's memory).
+  let data = Buffer.allocUnsafeSlow(65536);
+  let size = 0;
+  for (let n; (n = fs.readSync(argvFd, data, size, data.length - size, null)) > 0; ) {
+    size += n;
+    if (size === data.length) {
+      const bigger = Buffer.allocUnsafeSlow(data.length * 2);
+      data.copy(bigger);
+      data = bigger;
+    }
   }
   fs.closeSync(argvFd);
-  const data = Buffer.concat(chunks);
+  data = data.subarray(0, size);
   if (data.length === 0) {
     process.exit(0); // discarded before it got a job
   }
