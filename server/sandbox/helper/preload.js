@@ -13,9 +13,10 @@
 // memory limit; a job with a memory limit of its own has another) and main.js as the entry point (server/sandbox/
 // command.py job_message); else the driver discards this node and starts the program itself.
 // What stays visible: /proc/self/cmdline (node's own argv, with --require, this file and the descriptors), this file
-// at /.conveyor-preload.js (read-only, in cold javascript sandboxes too), the process's start time and
-// performance.timeOrigin (performance.now() and process.uptime() count the wait for the job), and that node's start-up
-// is not in the job's CPU time.
+// at /.conveyor-preload.js (read-only, in cold javascript sandboxes too), the process's start time,
+// performance.timeOrigin and performance.nodeTiming (performance.now() and process.uptime() count the wait for the
+// job), this code's garbage in process.memoryUsage() until node collects it (about 1 KiB of arrayBuffers, 30 KiB
+// of heap), and that node's start-up is not in the job's CPU time.
 'use strict';
 
 (() => {
@@ -25,8 +26,9 @@
   const [argvFd, bootedFd] = process.argv.slice(2).map(Number);
   fs.closeSync(bootedFd); // booted
   // Buffers of their own (allocUnsafeSlow): Buffer's shared pool stays as the program would find it (its first small
-  // buffer at the same offset, and none of this in the pool's memory).
-  let data = Buffer.allocUnsafeSlow(65536);
+  // buffer at the same offset, and none of this in the pool's memory). Small, as they count in
+  // process.memoryUsage().arrayBuffers until node collects them.
+  let data = Buffer.allocUnsafeSlow(1024);
   let size = 0;
   for (let n; (n = fs.readSync(argvFd, data, size, data.length - size, null)) > 0; ) {
     size += n;
