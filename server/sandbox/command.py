@@ -31,8 +31,14 @@ HELPER_IN_BOX = "/.conveyor-run"  # where the sandbox sees the C helper (read-on
 # stage unpacks it into the work dir and deletes it (a cold one gets the build read-only at /ARTIFACT).
 WARM_ARTIFACT = f"/tmp/{ARTIFACT}"
 WARM_UNPACK = ("/bin/sh", "-c", 'tar -xf "$0" && exec rm -f "$0"', WARM_ARTIFACT)
-# The pre-started interpreter's code (languages.toml `preload`, `{preload}`).
-PRELOAD = (Path(__file__).with_name("helper") / "preload.py").read_text()
+# The pre-started interpreters' code (languages.toml `preload`), by interpreter. `{preload}` stands for its text
+# (python3 -c), `{preload_file}` for where the sandbox sees it: bound read-only into every sandbox of the language,
+# cold ones too (the same root either way), for node's --require (node then runs the program by its own main-module
+# path, which -e would replace by its eval path).
+HELPER_DIR = Path(__file__).with_name("helper")
+PRELOADS = {"python3": HELPER_DIR / "preload.py", "node": HELPER_DIR / "preload.js"}
+PRELOAD_TEXTS = {interpreter: path.read_text() for interpreter, path in PRELOADS.items()}
+PRELOAD_TEXT, PRELOAD_FILE = "{preload}", "{preload_file}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +77,8 @@ def warm_argv(host: Host, spec: RunSpec, fds: Fds, cgroup: JobCgroup | None, job
     assert host.bwrap is not None and spec.language is not None
     wait = [HELPER_IN_BOX, "wait", str(job_fd), str(fds.status), str(fds.compile)]
     if spec.preload:
-        wait += [part.replace("{preload}", PRELOAD) for part in spec.preload]
+        text, inside = PRELOAD_TEXTS[spec.preload[0]], preload_file(spec)[1]
+        wait += [text if part == PRELOAD_TEXT else inside if part == PRELOAD_FILE else part for part in spec.preload]
     return [*_launch(host, cgroup, nice=nice), "--", host.bwrap, *bwrap_args(host, spec, fds), "--", *wait]
 
 
@@ -81,12 +88,28 @@ def job_message(host: Host, spec: RunSpec, *, warm_env: Mapping[str, str] | None
     files, env, preload = list(spec.files), env_of(spec, None), None
     if spec.artifact is not None:
         files, spec = [(WARM_ARTIFACT, spec.artifact)], dataclasses.replace(spec, compile=WARM_UNPACK)
-    # The pre-started interpreter runs the job only when the job is what it was started for: the same program,
-    # no compile stage, and the environment it booted with (python reads PYTHON* and the locale at start-up).
+    # The pre-started interpreter runs the job only when the job is what it was started for: its command without its
+    # code begins the job's run command (python3; node with the heap flag of the server's memory limit, and main.js),
+    # no compile stage, and the environment it booted with (python reads PYTHON* and the locale at start-up, node
+    # NODE_OPTIONS). It is sent what follows the interpreter's name.
     if preloaded and spec.preload and not spec.compile and env == warm_env:
-        if spec.run[0] == spec.preload[0]:
+        started = without_code(spec.preload)
+        if spec.run[: len(started)] == started:
             preload = list(spec.run[1:])
     return driver.job_message(drive_args(host, spec), env, files, preload)
+
+
+def without_code(preload: tuple[str, ...]) -> tuple[str, ...]:
+    """A pre-started interpreter's command without its code: the placeholder and the option before it."""
+    at = next(i for i, part in enumerate(preload) if part in (PRELOAD_TEXT, PRELOAD_FILE))
+    return preload[: at - 1] + preload[at + 1 :]
+
+
+def preload_file(spec: RunSpec) -> tuple[str, str]:
+    """The pre-started interpreter's code as a file: its host path and where the sandbox sees it."""
+    assert spec.preload is not None
+    host = PRELOADS[spec.preload[0]]
+    return str(host), f"/.conveyor-preload{host.suffix}"
 
 
 def env_of(spec: RunSpec, workdir: str | None) -> dict[str, str]:
@@ -209,6 +232,8 @@ def _bound_fds(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
         args += ["--seccomp", str(fds.seccomp)]
     if host.helper is not None:
         args += ["--ro-bind", host.helper, HELPER_IN_BOX]
+    if spec.preload is not None and PRELOAD_FILE in spec.preload:
+        args += ["--ro-bind", *preload_file(spec)]
     # bwrap's own tmpfs for / and /dev is owned by the sandbox user: make them read-only, so the only
     # writable places are the size-capped /box, /tmp and /dev/shm.
     return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]

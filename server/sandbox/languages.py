@@ -83,8 +83,9 @@ class Language:
     etc: tuple[str, ...] = ()
     out_of_memory: tuple[str, ...] = ()
     address_space_headroom_mb: int = 0
-    # A pre-started interpreter for warm sandboxes (sandbox/helper/preload.py): its command, `{preload}` standing for
-    # that file's text. It runs a job whose run command starts with the same program and that has no compile stage.
+    # A pre-started interpreter for warm sandboxes (sandbox/helper/preload.*): its command, `{preload}` standing for
+    # its code's text or `{preload_file}` for that code as a file (sandbox/command.py). It runs a job that has no
+    # compile stage and whose run command begins with this command less its code.
     preload: tuple[str, ...] | None = None
     # What the editor shows (its name, CodeMirror mode and starter) and the Debian packages that provide it.
     display: str = ""

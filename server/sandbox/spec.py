@@ -155,7 +155,7 @@ class Specs:
             name=name,
             run=tuple(run),
             language=None if probe else lang.name,
-            preload=lang.preload,
+            preload=self._preload(lang),
             env=MappingProxyType(env),
             etc=self._etc_paths(lang),
             layers=tuple(layers),
@@ -163,6 +163,14 @@ class Specs:
             compile_timeout_ms=self._settings.compile_timeout_ms,
             cpu_time_ms=self._settings.cpu_time_limit_s * 1000,
         )
+
+    def _preload(self, lang: Language) -> tuple[str, ...] | None:
+        """The pre-started interpreter's command, with the heap of a job without a memory limit of its own: what a warm
+        sandbox starts, and what a job's run command must begin with to be run by it."""
+        if lang.preload is None:
+            return None
+        heap_mb = min(self._settings.memory_limit_mb, self._memory_mb) // 2
+        return tuple(part.replace("{heap_mb}", str(heap_mb)) for part in lang.preload)
 
     def _etc_paths(self, lang: Language) -> tuple[str, ...]:
         """The language's /etc entries, globbed once (about 1 ms of CPU a job otherwise)."""

@@ -18,7 +18,7 @@
  *
  *   conveyor-run wait JOB_FD STATUS_FD COMPILE_FD [PRELOAD...]
  *     The same driver in a warm sandbox (server/sandbox/pool.py), started before its job exists: makes itself not dumpable,
- *     starts PRELOAD if given (a pre-started interpreter, server/sandbox/helper/preload.py), reports "ready" on STATUS_FD,
+ *     starts PRELOAD if given (a pre-started interpreter, server/sandbox/helper/preload.*), reports "ready" on STATUS_FD,
  *     then reads one job from JOB_FD (server/sandbox/driver.py `job_message`: drive's arguments, the environment, the files,
  *     the interpreter's argv), writes the files into the work dir, closes JOB_FD and goes on as drive: the run
  *     stage is the pre-started interpreter when the job says so (its limits set with prlimit), else it is discarded.
