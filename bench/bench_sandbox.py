@@ -255,10 +255,14 @@ class Server:
 
 async def start_servers(cores: int, log: IO[bytes], procs: list[asyncio.subprocess.Process]) -> dict[str, Server]:
     """The warm server, the cold one (WARM_POOL=0), and with BENCH_BASELINE the warm one of that checkout."""
-    wanted: dict[str, tuple[int, str | None]] = {"warm": (Settings().warm_pool, None), "cold": (0, None)}
+    # The pool gives its budget to the languages in most demand (ties by name): the bench rotates python and four
+    # other languages, and at the default budget of 4 one of them (javascript) never got a warm sandbox. Sized to
+    # fit, as a deployment serving five languages would size it.
+    budget = max(Settings().warm_pool, len(OTHER_HELLOS) + 1)
+    wanted: dict[str, tuple[int, str | None]] = {"warm": (budget, None), "cold": (0, None)}
     baseline = os.environ.get("BENCH_BASELINE")
     if baseline:
-        wanted["base"] = (Settings().warm_pool, str(Path(baseline).resolve()))
+        wanted["base"] = (budget, str(Path(baseline).resolve()))
     servers = {}
     for name, (warm_pool, tree) in wanted.items():
         proc, url = await start_server(cores, log, warm_pool, tree)
