@@ -1,5 +1,6 @@
 """Sandbox benchmark: a python hello world through `POST /run` against a bare bubblewrap spawn, latency and jobs/s,
-with the warm pool (WARM_POOL, at least 6: the five languages it runs fit) and without it (WARM_POOL=0, every job a cold sandbox).
+with the warm pool (WARM_POOL, at least 6: the five languages it runs fit) and without it (WARM_POOL=0, every job
+a cold sandbox).
 
 Run by hand from the repo root: `python -m bench.bench_sandbox`. The servers are the real one, `python -m server` in
 subprocesses (production settings except generous rate limits and MAX_CONCURRENT_JOBS = cores), so the client's work
