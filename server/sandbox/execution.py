@@ -11,7 +11,7 @@ import signal
 from typing import Any
 
 from . import command, process
-from .cgroups import Cgroups, JobCgroup, job_cgroup
+from .cgroups import Cgroups, JobCgroup, Reaper, job_cgroup
 from .command import Host
 from .contract import JobIO
 from .driver import STATUS_LINE_LIMIT
@@ -39,12 +39,14 @@ class Run:
         *,
         cgroups: Cgroups | None = None,
         pool: WarmPool | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self._spec = spec
         self._host = host
         self._io = io
         self._cgroups = cgroups
         self._pool = pool
+        self._reaper = reaper
         self._out = Outcome()
         self._output = Output(spec.output_cap or host.settings.max_output_bytes, io, self._out, self.stop)
         self._stages = Stages(spec, self._out, self.stop, bwrap=host.backend == "bwrap")
@@ -323,12 +325,21 @@ class Run:
             transport.close()
         for fd in self._raw_fds:
             os.close(fd)
-        if self._cgroup is not None:
-            await self._cgroup.remove()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
-        if self._warm is not None:
-            self._warm.on_done()
+        done = self._warm.on_done if self._warm is not None else _nothing
+        if self._cgroup is not None and self._reaper is not None and self._warm is not None and self._ended:
+            # A warm run that ended (pid 1 reaped, pipes drained): its cgroups, named after no job, go after the
+            # result (see Reaper), and the pool counts the sandbox in use until they have.
+            self._reaper.remove(self._cgroup, done)
+            return
+        if self._cgroup is not None:
+            await self._cgroup.remove()
+        done()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _write_now(fd: int, message: bytes) -> bytes:
