@@ -7,11 +7,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
 import signal
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from .bases import EMPTY_WAIT_S, Guard, make_base, remove_tree
@@ -145,39 +142,6 @@ class JobCgroup:
                 pass
             except OSError as exc:
                 logger.warning("cannot remove cgroup %s of job %s: %s", path, self.name, exc)
-
-
-class Reaper:
-    """Removes the cgroups of ended warm runs in a thread of its own, after their result has gone out.
-
-    A v1 rmdir waits for cgroup_mutex, which a sandbox starting meanwhile (the pool's refill joining its cgroups)
-    holds across an RCU grace period: 1-2 ms back to back, ~10 ms after a quiet spell, on the result's path and
-    blocking the event loop. The run is over when it is handed here (its pid 1 reaped, its pipes at EOF); what is left
-    is the kernel's teardown. `then` runs once the cgroups are gone (the pool counts the sandbox in use until then),
-    and close() waits for every removal handed in before it."""
-
-    def __init__(self) -> None:
-        self._work: queue.SimpleQueue[tuple[JobCgroup, Callable[[], None]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="conveyor-cgroup-reaper", daemon=True)
-        self._thread.start()
-
-    def remove(self, cgroup: JobCgroup, then: Callable[[], None]) -> None:
-        self._work.put((cgroup, then))
-
-    def _loop(self) -> None:
-        while (item := self._work.get()) is not None:
-            cgroup, then = item
-            try:
-                cgroup.remove_now()
-            except Exception:
-                logger.exception("removing the cgroups of %s failed", cgroup.name)
-            finally:
-                then()
-
-    def close(self) -> None:
-        """Finish the removals handed in so far and stop the thread."""
-        self._work.put(None)
-        self._thread.join()
 
 
 class Cgroups:

@@ -11,13 +11,14 @@ import signal
 from typing import Any
 
 from . import command, process
-from .cgroups import Cgroups, JobCgroup, Reaper, job_cgroup
+from .cgroups import Cgroups, JobCgroup, job_cgroup
 from .command import Host
 from .contract import JobIO
 from .driver import STATUS_LINE_LIMIT
 from .output import READ_SIZE, Output
 from .pool import Warm, WarmPool, attach, children
 from .process import SandboxProcess, reader, writer
+from .reaper import Reaper
 from .result import Outcome
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
 from .spec import RunSpec
@@ -327,12 +328,21 @@ class Run:
             os.close(fd)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
-        done = self._warm.on_done if self._warm is not None else _nothing
-        if self._cgroup is not None and self._reaper is not None and self._warm is not None and self._ended:
-            # A warm run that ended (pid 1 reaped, pipes drained): its cgroups, named after no job, go after the
-            # result (see Reaper), and the pool counts the sandbox in use until they have.
-            self._reaper.remove(self._cgroup, done)
+        await self._release()
+
+    async def _release(self) -> None:
+        """Last in cleanup(): a warm sandbox's mount namespace and the cgroups, then the pool's count."""
+        warm, held = self._warm, []
+        if warm is not None and warm.mount_ns is not None:
+            held, warm.mount_ns = [warm.mount_ns], None
+        done = warm.on_done if warm is not None else _nothing
+        if self._reaper is not None and warm is not None and self._ended:
+            # A warm run that ended (pid 1 reaped, pipes drained): its mount namespace and its cgroups, named after
+            # no job, go after the result (see Reaper), and the pool counts the sandbox in use until they have.
+            self._reaper.release(self._cgroup, held, done)
             return
+        for fd in held:
+            os.close(fd)
         if self._cgroup is not None:
             await self._cgroup.remove()
         done()

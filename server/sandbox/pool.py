@@ -68,6 +68,8 @@ class Warm:
     status: int  # read ends
     compile: int
     niced: bool
+    # Pid 1's mount namespace, held so that its teardown is not pid 1's exit (see reaper.Reaper), or None.
+    mount_ns: int | None = None
     # Set by the sandbox: the environment it started with, and whether an interpreter was started in it.
     env: dict[str, str] = field(default_factory=dict)
     preloaded: bool = False
@@ -75,7 +77,8 @@ class Warm:
 
     @property
     def fds(self) -> list[int]:
-        return [self.job, self.stdin, self.stdout, self.stderr, self.status, self.compile]
+        pipes = [self.job, self.stdin, self.stdout, self.stderr, self.status, self.compile]
+        return pipes if self.mount_ns is None else [*pipes, self.mount_ns]
 
     def renice(self) -> None:
         """Back to the priority of a cold job, for the launcher's tree: two process groups, the launcher's (bwrap's

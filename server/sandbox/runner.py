@@ -15,12 +15,13 @@ from ..errors import SandboxUnavailable
 from ..settings import Settings
 from . import health, hostpaths, packages, pool, seccomp, startup
 from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
-from .cgroups import Cgroups, Reaper
+from .cgroups import Cgroups
 from .command import JOIN_FAILED, Host, privdrop
 from .contract import Build, ExecutionResult, JobIO, Request
 from .execution import Run
 from .languages import Language, LanguageIndex, chosen, load_languages, runtimes
 from .pool import WarmPool
+from .reaper import Reaper
 from .result import Outcome, cached_build, result_of
 from .spawn import HostUids
 from .spec import RunSpec, Specs
@@ -68,7 +69,7 @@ class Sandbox:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
         self.pool: WarmPool | None = None
-        self._reaper: Reaper | None = None  # removes ended warm runs' cgroups (with the pool)
+        self._reaper: Reaper | None = None  # releases what ended warm runs leave (with the pool)
         self._probe_failures: dict[str, str] = {}
         self.builds = 0  # compile-and-pack runs, for tests and statistics
         self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
@@ -109,7 +110,7 @@ class Sandbox:
         self._host, self._specs = self._current_host(), self._current_specs()
         await self._probe_languages()
         if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
-            self._reaper = Reaper() if self._cgroups is not None else None
+            self._reaper = Reaper()
             self.pool = WarmPool(
                 WarmStarter(self._host, self._cgroups, self._specs, self._index),
                 # No cap per language below the budget: a language alone in demand may hold all of it, since jobs
