@@ -64,6 +64,8 @@ def start_warm(host: Host, cgroups: Cgroups | None, spec: RunSpec, *, nice: int)
         os.close(fd)
     try:
         child_pid = wait_ready(popen, ours["status"])
+        if cgroup is not None:
+            cgroup.start_stage()  # its memory peak from here, where it idles until its job (see Stages.arm)
     except BaseException:
         end(popen, cgroup)
         for fd in ours.values():
