@@ -209,6 +209,25 @@ PYTHON_PROGRAMS = {
     ),
     "input()": "print(input('> '))\nprint(input())\n",
     "the importer cache": "import sys\nprint(sorted(sys.path_importer_cache))\n",
+    # What the interpreter's exit runs (the pre-started python skips that exit when it has nothing to do).
+    "__del__ at exit": "class A:\n    def __del__(self): print('bye')\na = A()\n",
+    "a suspended generator's finally": (
+        "def g():\n    try:\n        yield 1\n    finally:\n        print('f')\nx = g()\nnext(x)\n"
+    ),
+    "a weak reference's callback": (
+        "import _weakref\nclass A: pass\na = A()\nw = _weakref.ref(a, lambda r: print('cb'))\n"
+    ),
+    "a file left open": "f = open('/dev/stdout', 'w')\nf.write('late\\n')\n",
+    "atexit": "import atexit\natexit.register(print, 'at exit')\n",
+    "an audit hook": (
+        "import sys\nsys.addaudithook(lambda e, a: print(e) if e.startswith(('gc.', 'cpython.')) else None)\n"
+    ),
+    "a profiler": (
+        "import sys\nsys.setprofile(lambda f, e, a: print(e, getattr(a, '__name__', '')) if e[:2] == 'c_' else 0)\n"
+    ),
+    "stdout buffered": "import sys\nsys.stdout.reconfigure(write_through=False)\nsys.stdout.write('x')\n",
+    "abc caches": "import abc\nclass B(abc.ABC): pass\nclass C(B): pass\nprint(isinstance(C(), B))\n",
+    "a metaclass's __getattr__": "class M(type):\n    def __getattr__(c, n): print(n)\nclass K(metaclass=M): pass\n",
 }
 
 

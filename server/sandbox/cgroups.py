@@ -21,7 +21,10 @@ class JobCgroup:
     """The cgroups of one job: the launcher writes its own pid into `procs_files` before it execs bwrap.
 
     The files read on every job are found once, here, and read with plain os calls: a job reads them a handful of
-    times, and pathlib's parsing and text wrappers cost more than the reads."""
+    times, and pathlib's parsing and text wrappers cost more than the reads. The accounting files (CPU, memory peak,
+    OOM kills) are opened here too and re-read at offset 0: a warm sandbox's are then opened by the pool's thread,
+    and an open (a walk through the cgroup filesystem, which waits while another cgroup is made or removed) is not on
+    the job's path. close_files() closes them (remove() and remove_now() do)."""
 
     def __init__(self, name: str, dirs: list[tuple[Hierarchy, Path]]) -> None:
         self.name = name
@@ -47,6 +50,27 @@ class JobCgroup:
             unified = next((path for h, path in dirs if h.version == 2), None)
             if unified is not None:
                 self._cpu, self._cpu_v2 = f"{unified}/cpu.stat", True
+        self._files: dict[str, int] = {}
+        for kept in (self._cpu, self._peak, self._oom):
+            if kept is not None:
+                with contextlib.suppress(OSError):
+                    self._files[kept] = os.open(kept, os.O_RDONLY | os.O_CLOEXEC)
+
+    def _read_kept(self, name: str) -> bytes | None:
+        """An accounting file's contents, through its kept descriptor (re-read from the start each time)."""
+        fd = self._files.get(name)
+        if fd is None:
+            return _read(name)
+        try:
+            return os.pread(fd, 65536, 0)
+        except OSError:
+            return None
+
+    def close_files(self) -> None:
+        """Close the kept accounting files (the figures are read by then)."""
+        files, self._files = self._files, {}
+        for fd in files.values():
+            os.close(fd)
 
     @property
     def procs_files(self) -> list[str]:
@@ -54,7 +78,7 @@ class JobCgroup:
 
     def oom_killed(self) -> bool:
         """Whether the kernel OOM-killed a process of this job because of the memory limit."""
-        return self._oom is not None and _counter(_read(self._oom), b"oom_kill") > 0
+        return self._oom is not None and _counter(self._read_kept(self._oom), b"oom_kill") > 0
 
     def pids(self) -> set[int]:
         found: set[int] = set()
@@ -67,7 +91,7 @@ class JobCgroup:
         """CPU time used by every process the job has had (the dead ones too), or None when not accounted."""
         if self._cpu is None:
             return None
-        data = _read(self._cpu)
+        data = self._read_kept(self._cpu)
         if not self._cpu_v2:
             return _int(data)
         usec = _counter(data, b"usage_usec", default=-1)
@@ -75,7 +99,7 @@ class JobCgroup:
 
     def memory_peak(self) -> int | None:
         """The job's highest memory use (page cache and tmpfs files included) since start_stage(), in bytes."""
-        return None if self._peak is None else _int(_read(self._peak))
+        return None if self._peak is None else _int(self._read_kept(self._peak))
 
     def start_stage(self) -> None:
         """Restart the memory peak from the current use, so the run stage's peak is not the compiler's. cgroup v2
@@ -102,6 +126,7 @@ class JobCgroup:
 
     async def remove(self) -> None:
         """Kill what is left, wait for the cgroups to empty, and remove them."""
+        self.close_files()
         if self._rmdir_if_empty():
             return
         loop = asyncio.get_running_loop()
@@ -112,6 +137,7 @@ class JobCgroup:
 
     def remove_now(self) -> None:
         """remove(), blocking: for the warm pool's threads, which have no event loop."""
+        self.close_files()
         if self._rmdir_if_empty():
             return
         deadline = time.monotonic() + EMPTY_WAIT_S

@@ -18,6 +18,7 @@ from .driver import STATUS_LINE_LIMIT
 from .output import READ_SIZE, Output
 from .pool import Warm, WarmPool, attach, children
 from .process import SandboxProcess, reader, writer
+from .reaper import Reaper
 from .result import Outcome
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
 from .spec import RunSpec
@@ -39,12 +40,14 @@ class Run:
         *,
         cgroups: Cgroups | None = None,
         pool: WarmPool | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self._spec = spec
         self._host = host
         self._io = io
         self._cgroups = cgroups
         self._pool = pool
+        self._reaper = reaper
         self._out = Outcome()
         self._output = Output(spec.output_cap or host.settings.max_output_bytes, io, self._out, self.stop)
         self._stages = Stages(spec, self._out, self.stop, bwrap=host.backend == "bwrap")
@@ -323,12 +326,30 @@ class Run:
             transport.close()
         for fd in self._raw_fds:
             os.close(fd)
-        if self._cgroup is not None:
-            await self._cgroup.remove()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
-        if self._warm is not None:
-            self._warm.on_done()
+        await self._release()
+
+    async def _release(self) -> None:
+        """Last in cleanup(): a warm sandbox's mount namespace and the cgroups, then the pool's count."""
+        warm, held = self._warm, []
+        if warm is not None and warm.mount_ns is not None:
+            held, warm.mount_ns = [warm.mount_ns], None
+        done = warm.on_done if warm is not None else _nothing
+        if self._reaper is not None and warm is not None and self._ended:
+            # A warm run that ended (pid 1 reaped, pipes drained): its mount namespace and its cgroups, named after
+            # no job, go after the result (see Reaper), and the pool counts the sandbox in use until they have.
+            self._reaper.release(self._cgroup, held, done)
+            return
+        for fd in held:
+            os.close(fd)
+        if self._cgroup is not None:
+            await self._cgroup.remove()
+        done()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _write_now(fd: int, message: bytes) -> bytes:

@@ -21,6 +21,7 @@ from .contract import Build, ExecutionResult, JobIO, Request
 from .execution import Run
 from .languages import Language, LanguageIndex, chosen, load_languages, runtimes
 from .pool import WarmPool
+from .reaper import Reaper
 from .result import Outcome, cached_build, result_of
 from .spawn import HostUids
 from .spec import RunSpec, Specs
@@ -68,6 +69,7 @@ class Sandbox:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
         self.pool: WarmPool | None = None
+        self._reaper: Reaper | None = None  # releases what ended warm runs leave (with the pool)
         self._probe_failures: dict[str, str] = {}
         self.builds = 0  # compile-and-pack runs, for tests and statistics
         self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
@@ -108,6 +110,7 @@ class Sandbox:
         self._host, self._specs = self._current_host(), self._current_specs()
         await self._probe_languages()
         if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
+            self._reaper = Reaper()
             self.pool = WarmPool(
                 WarmStarter(self._host, self._cgroups, self._specs, self._index),
                 # No cap per language below the budget: a language alone in demand may hold all of it, since jobs
@@ -313,7 +316,7 @@ class Sandbox:
         return lang
 
     async def _execute(self, spec: RunSpec, io: JobIO | None, host: Host | None = None) -> Outcome:
-        run = Run(spec, host or self._host, io, cgroups=self._cgroups, pool=self.pool)
+        run = Run(spec, host or self._host, io, cgroups=self._cgroups, pool=self.pool, reaper=self._reaper)
         try:
             return await run.start_and_wait()
         finally:
@@ -394,5 +397,8 @@ class Sandbox:
         pending = [t for t in self._cleanups if t.get_loop() is loop]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._reaper is not None:
+            await asyncio.to_thread(self._reaper.close)
+            self._reaper = None
         if self._cgroups is not None:
             self._cgroups.close()

@@ -36,12 +36,15 @@ class Stages:
         self._armed_at: float | None = None  # when that stage was let go: its clock starts there, not at the report
         self._cpu_base: int | None = None  # the job's cgroup CPU time when that stage started
         self._cpu_watch: asyncio.Task[None] | None = None
+        self._peak_started = False  # the next stage's memory peak restarted already (a warm sandbox's, when ready)
 
     def arm(self) -> None:
         """A warm sandbox's first stage: its accounting starts before its job exists in the sandbox (the driver is
-        idle until the message arrives), and the message ends with that stage's go-ahead: one round trip fewer."""
+        idle until the message arrives), and the message ends with that stage's go-ahead: one round trip fewer. Its
+        memory peak restarted when the sandbox became ready (warm.start_warm), idle since: not on the job's path."""
         self._armed = "compile" if self._spec.compile else "run"
         self._armed_at = asyncio.get_running_loop().time()
+        self._peak_started = True
         self._begin_stage(self._armed)
 
     async def supervise(self, status: asyncio.StreamReader) -> None:
@@ -156,7 +159,9 @@ class Stages:
         cgroup = self.cgroup
         if cgroup is None:
             return
-        cgroup.start_stage()
+        if not self._peak_started:
+            cgroup.start_stage()
+        self._peak_started = False
         self._stage, self._cpu_base = stage, cgroup.cpu_ns()
         if stage == "run" and self._cpu_base is not None:
             self._cpu_watch = asyncio.create_task(self._watch_cpu(cgroup, self._cpu_base))

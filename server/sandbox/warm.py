@@ -64,6 +64,8 @@ def start_warm(host: Host, cgroups: Cgroups | None, spec: RunSpec, *, nice: int)
         os.close(fd)
     try:
         child_pid = wait_ready(popen, ours["status"])
+        if cgroup is not None:
+            cgroup.start_stage()  # its memory peak from here, where it idles until its job (see Stages.arm)
     except BaseException:
         end(popen, cgroup)
         for fd in ours.values():
@@ -81,7 +83,17 @@ def start_warm(host: Host, cgroups: Cgroups | None, spec: RunSpec, *, nice: int)
         status=ours["status"],
         compile=ours["compile"],
         niced=nice != 0,
+        mount_ns=_mount_ns(child_pid),
     )
+
+
+def _mount_ns(pid: int) -> int | None:
+    """A descriptor of the sandbox's mount namespace (pid 1's, alive and unreaped here), or None where it cannot be
+    opened: the sandbox then unmounts as its pid 1 exits, as a cold one does. Close-on-exec: no sandbox inherits it."""
+    try:
+        return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _popen(

@@ -8,13 +8,40 @@
 # A source this cannot compile as the interpreter reads it (a NUL byte) is handed to a fresh `python3` by exec.
 # What stays visible: two frames of this code below the program's (sys._getframe().f_back), this code in
 # /proc/self/cmdline, the process's start time, and that the interpreter's start-up is not in the job's CPU time.
+# A program that ends normally leaving nothing for the interpreter's exit to do (see _conveyor_settled) ends with
+# os._exit(0): the interpreter's teardown takes 1.5-3 ms and would only free memory. For that check this code keeps
+# an audit hook (a C method that keeps nothing; no interface lists them) and gc, out of sys.modules.
+TYPE_CHECKING = False  # mypy reads it as typing's (no import here: see above)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+
+    Check = Callable[..., bool]
+    StreamsOf = Callable[[ModuleType], "dict[int, object] | None"]
+
+
 def _conveyor_preload() -> None:
     import os
     import sys
 
     import __main__
 
-    uncaught = _conveyor_uncaught  # the module's globals are the program's from here on
+    # gc, for the exit check, is taken back out of sys.modules: the program finds the modules it would find.
+    known = "gc" in sys.modules
+    import gc
+
+    if not known:
+        del sys.modules["gc"]
+    uncaught, settled = _conveyor_uncaught, _conveyor_settled  # the module's globals are the program's from here on
+    # compile()'s first call builds the ast module's types (~0.6 ms): before the job, not in it. The program finds
+    # them built either way (its source is compiled with compile() below, before it runs).
+    compile("", "", "exec")
+    boot = set(sys.modules)
+    # Records that a program set an audit hook, a profiler or a tracer (each would see the exit check), keeping
+    # nothing: dict.pop(event, args) removes only these keys, and a C method has no frame for a tracer to see.
+    unseen = dict.fromkeys(("sys.addaudithook", "sys.setprofile", "sys.settrace"))
+    none_seen = dict(unseen)
+    sys.addaudithook(unseen.pop)
     fd = int(sys.argv[1])
     os.close(int(sys.argv[2]))  # booted
     data = b""
@@ -27,6 +54,7 @@ def _conveyor_preload() -> None:
     path = os.path.join(os.getcwd(), argv[0])
     with open(path, "rb") as source:
         text = source.read()
+    del source  # closed, but an open file's kind to the exit check
     if b"\0" in text:  # the interpreter's reader stops at a NUL, compile() refuses it: let the interpreter do it
         os.execv(sys.executable, [sys.orig_argv[0], *argv])
     sys.argv[:] = argv
@@ -56,6 +84,91 @@ def _conveyor_preload() -> None:
         failed = exc
     if failed is not None:  # outside the except block: the hook runs with no exception being handled, as it does
         uncaught(failed)
+    elif unseen == none_seen and settled(os, sys, gc, boot):  # `==`, not a call, before that: a profiler sees calls
+        os._exit(0)
+
+
+def _conveyor_abc_only(objects: "list[object]", kinds: "list[type]", kind: type, weak: "ModuleType") -> bool:
+    """Whether every weak reference of `kind` has no callback or abc's cache callback (_abc.c: a C method `_destroy`
+    of a weak reference to the cache, which drops the entry)."""
+    at = -1
+    while True:
+        try:
+            at = kinds.index(kind, at + 1)
+        except ValueError:
+            return True
+        callback = objects[at].__callback__  # type: ignore[attr-defined]
+        if callback is None:
+            continue
+        if type(callback) is not type(len) or callback.__name__ != "_destroy":
+            return False
+        if type(getattr(callback, "__self__", None)) is not weak.ReferenceType:
+            return False
+
+
+def _conveyor_nothing_left(
+    sys: "ModuleType", gc: "ModuleType", streams: "dict[int, object]", abc_only: "Check" = _conveyor_abc_only
+) -> bool:
+    """Whether the only objects with finalizers are the standard streams (every instance of a class is tracked by gc
+    in this python, so every object with a __del__ is listed) and every weak reference's callback is abc's own."""
+    objects = gc.get_objects()
+    kinds = list(map(type, objects))
+    weak = sys.modules["_weakref"]
+    if not all(gc.is_tracked(layer) for layer in streams.values()):
+        return False
+    for kind in set(kinds):
+        if kind in (weak.ProxyType, weak.CallableProxyType):
+            return False
+        # Looked up in the classes' own dicts: a metaclass's __getattr__ would run the program's code.
+        mro = type.__getattribute__(kind, "__mro__")
+        if any("__del__" in type.__getattribute__(k, "__dict__") for k in mro):
+            if kinds.count(kind) != sum(type(layer) is kind for layer in streams.values()):
+                return False
+        if issubclass(kind, weak.ReferenceType) and not abc_only(objects, kinds, kind, weak):
+            return False
+    return True
+
+
+def _conveyor_streams(sys: "ModuleType") -> "dict[int, object] | None":
+    """The standard streams and their layers as the interpreter set them up (by id), or None when a program replaced
+    one or made stdout's or stderr's flush do something."""
+    io, streams = sys.modules["_io"], dict[int, object]()
+    for name in ("stdin", "stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not getattr(sys, f"__{name}__") or type(stream) is not io.TextIOWrapper or stream.closed:
+            return None
+        if name != "stdin" and not (stream.write_through and type(stream.buffer) is io.FileIO):
+            return None
+        layers = [stream, stream.buffer, getattr(stream.buffer, "raw", None)]
+        streams.update((id(layer), layer) for layer in layers if layer is not None)
+    return streams
+
+
+def _conveyor_settled(
+    os: "ModuleType",
+    sys: "ModuleType",
+    gc: "ModuleType",
+    boot: "set[str]",
+    streams_of: "StreamsOf" = _conveyor_streams,
+    nothing_left: "Check" = _conveyor_nothing_left,
+) -> bool:
+    """Whether the interpreter's exit would do nothing the program could see, so os._exit(0) ends it the same: no
+    module imported (so no atexit callback, no threading to join, no extension's exit function), stdout and stderr
+    written through to their descriptors (their flush has nothing to do), gc without callbacks, debug flags or
+    frozen objects, and nothing left that runs code as it is destroyed: no object with a finalizer (__del__, a
+    suspended generator, an open file) but the standard streams, no weak reference with a callback but those of
+    abc's caches, and no thread but this one. (No audit hook, profiler or tracer: the caller checked.)"""
+    try:
+        if set(sys.modules) != boot or gc.callbacks or gc.garbage:
+            return False
+        if os.stat("/proc/self/task").st_nlink != 3:  # another thread, which may still run while the interpreter exits
+            return False
+        if gc.get_debug() or gc.get_freeze_count():
+            return False
+        streams = streams_of(sys)  # (defaults: the module's globals are the program's by now)
+        return streams is not None and nothing_left(sys, gc, streams)
+    except Exception:
+        return False
 
 
 def _conveyor_uncaught(exc: BaseException) -> None:
