@@ -258,8 +258,8 @@ async def start_servers(cores: int, log: IO[bytes], procs: list[asyncio.subproce
     """The warm server, the cold one (WARM_POOL=0), and with BENCH_BASELINE the warm one of that checkout."""
     # The pool gives its budget to the languages in most demand (ties by name): the bench rotates python and four
     # other languages, and at the default budget of 4 one of them (javascript) never got a warm sandbox. Sized to
-    # fit, as a deployment serving five languages would size it.
-    budget = max(Settings().warm_pool, len(OTHER_HELLOS) + 1)
+    # fit, as a deployment serving five languages would size it. BENCH_WARM_POOL sets it (another budget's figures).
+    budget = int(os.environ.get("BENCH_WARM_POOL") or max(Settings().warm_pool, len(OTHER_HELLOS) + 1))
     wanted: dict[str, tuple[int, str | None]] = {"warm": (budget, None), "cold": (0, None)}
     baseline = os.environ.get("BENCH_BASELINE")
     if baseline:
