@@ -105,7 +105,7 @@ class MemoryStore:
                 retryAfter=retry,
             )
         event = transitions.enqueue(job)
-        event["seq"] = seq = job.next_seq()
+        job.seq = event["seq"] = seq = job.seq + 1
         # The first event of a job is rebuilt from it when read (Record): a waiting job holds no copy.
         self._active[job.id] = Record(job, None if seq == 1 else [event])
         heapq.heappush(self._heap, (-job.priority, next(self._arrival), job))
@@ -121,16 +121,20 @@ class MemoryStore:
     def claim_now(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
         """`claim`, done before it returns (`SettlesAtOnce`)."""
         claimed: list[tuple[Job, str | None]] = []
-        while len(claimed) < count and self._running < max_concurrent and self._queued:
-            _, _, job = heapq.heappop(self._heap)
+        heap, emit, started = self._heap, self.events.emit, self._stats.on_started
+        while count > 0 and self._running < max_concurrent and self._queued:
+            job = heapq.heappop(heap)[2]
             if job.status is not JobStatus.QUEUED:
-                continue
+                continue  # cancelled while it waited
+            count -= 1
             self._queued -= 1
             self._running += 1
-            event = transitions.claim(job, now_ms())
-            self._stats.on_started(job)
+            event = transitions.claim(job, time.time() * 1000.0)
+            started(job)
             record = self._active[job.id]
-            self._emit(record, event)
+            job.seq = event["seq"] = job.seq + 1
+            record.lifecycle(event)
+            emit(event)
             claimed.append((job, record.stop))
         return claimed
 
@@ -160,7 +164,7 @@ class MemoryStore:
         if record is None or job.status is not JobStatus.RUNNING:
             return job.status.finished  # already finished: a retry is a success
         self._running -= 1
-        self._retire(record, transitions.finish(job, status, result, now_ms()))
+        self._retire(record, transitions.finish(job, status, result, time.time() * 1000.0))
         self._work.set()
         return True
 
@@ -198,7 +202,9 @@ class MemoryStore:
         job = record.job
         self._active.pop(job.id, None)
         self._stats.on_finished(job)
-        self._emit(record, event)
+        job.seq = event["seq"] = job.seq + 1
+        record.lifecycle(event)
+        self.events.emit(event)
         record.seal(self._clock())
         self._retired = True
         self._retention.keep(record)

@@ -73,13 +73,15 @@ class QueueStats:
         self.total_rate_limited += 1
 
     def on_started(self, job: Job) -> None:
-        wait = job.wait_time_ms
-        if wait is not None:
+        started = job.started_at
+        if started is not None:
+            wait = started - job.created_at
             self._wait_sum += wait
             self._wait_count += 1
             self._recent_wait.append(wait)
 
     def on_finished(self, job: Job) -> None:
+        # Once per job: the status by identity and the figures without the Job's properties (Python calls).
         status = job.status
         if status is JobStatus.CANCELLED:
             self.total_cancelled += 1
@@ -91,14 +93,19 @@ class QueueStats:
             self.total_failed += 1
         elif status is JobStatus.TIMEOUT:
             self.total_timeout += 1
-        execution = job.execution_time_ms
-        if execution is not None:
+        started, finished = job.started_at, job.finished_at
+        if started is not None and finished is not None:
+            result = job.result
+            run_time = None if result is None else result.run_time_ms
+            execution = finished - started if run_time is None else run_time
             self._exec_sum += execution
             self._exec_count += 1
             self._recent_exec.append(execution)
         now = self._clock()
-        self._finish_times.append(now)
-        self._trim(now)
+        times = self._finish_times
+        times.append(now)
+        if times[0] < now - THROUGHPUT_SECONDS:
+            self._trim(now)
 
     def _trim(self, now: float) -> None:
         horizon = now - THROUGHPUT_SECONDS

@@ -84,7 +84,7 @@ class Worker:
 
     async def start(self) -> None:
         self.store.on_control = self._on_control
-        self._unsubscribe = self.events.subscribe(self._on_event)
+        self._unsubscribe = self.events.subscribe(self._on_event, types=TERMINAL)
         await self.store.start()
         with suppress(BackendUnavailable):
             await self._leases.heartbeat()  # in the instances view from the start, not after the first lease interval
@@ -218,8 +218,7 @@ class Worker:
         return await self._waiters.wait(job_id, self.store.get, lambda: self._closing and job_id not in self._running)
 
     def _on_event(self, event: Event) -> None:
-        if event["type"] in TERMINAL:
-            self._waiters.wake(event["jobId"])
+        self._waiters.wake(event["jobId"])  # a terminal one (subscribed to those only)
 
     # -- stdin -----------------------------------------------------------------------------------------------
 
@@ -289,7 +288,7 @@ class Worker:
     async def _fill(self) -> bool:
         """Claim as many jobs as there are free slots here and start them; True when it filled them all (more
         may be waiting). Called by the claim loop, and right after a finish on a store that does not claim then."""
-        free = self._free()
+        free = self._slots - len(self._running) - self._reserved  # _free(), once per job
         if free <= 0 or self._closing:
             return False
         self._reserved += free
@@ -297,7 +296,8 @@ class Worker:
             jobs = await self.store.claim(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent)
         finally:
             self._reserved -= free
-        self._start_claimed(jobs)
+        for job, stop in jobs:
+            self._start(job, stop)
         return len(jobs) == free
 
     def _start(self, job: Job, stop: str | None) -> None:
@@ -364,9 +364,11 @@ class Worker:
         # The claim loop is woken only if the claim right after leaves a slot free: a busy worker's slots pass
         # from job to job here, and the loop sleeps.
         self._release(run, wake_claims=False)
-        with suppress(Exception):
+        try:
             await self._fill()
-        if self._free() > 0:
+        except Exception:
+            pass  # the claim loop, woken below, tries again
+        if self._slots - len(self._running) - self._reserved > 0:  # _free()
             self._claims.freed()
 
     def _release(self, run: Running, *, wake_claims: bool = True) -> None:
