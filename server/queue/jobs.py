@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,8 +63,8 @@ class Runner(Protocol):
 
 
 def new_job_id() -> str:
-    """A random, unguessable id (128 bits, hex)."""
-    return secrets.token_hex(16)
+    """A random, unguessable id (128 bits, hex): what secrets.token_hex(16) gives, without its three wrappers."""
+    return os.urandom(16).hex()
 
 
 def now_ms() -> float:

@@ -201,14 +201,15 @@ class MemoryStore:
         """Keep a finished job (its state and terminal event already decided) and announce its end."""
         job = record.job
         self._active.pop(job.id, None)
-        self._stats.on_finished(job)
+        now = self._clock()  # one reading for the stats, the record and its eviction
+        self._stats.on_finished(job, now)
         job.seq = event["seq"] = job.seq + 1
         record.lifecycle(event)
         self.events.emit(event)
-        record.seal(self._clock())
+        record.seal(now)
         self._retired = True
         self._retention.keep(record)
-        self._retention.evict()
+        self._retention.evict(now)
 
     # -- events, input ---------------------------------------------------------------------------------------
 

@@ -147,9 +147,10 @@ class Retention:
         owned[job_id] = record
         self._owned_bytes[owner] += size
 
-    def evict(self) -> None:
+    def evict(self, now: float | None = None) -> None:
+        """Let go of what is past a bound; `now` is this clock's time, when the caller has read it already."""
         finished = self._finished
-        horizon = self.clock() - self.seconds
+        horizon = (self.clock() if now is None else now) - self.seconds
         while finished:
             record = next(iter(finished.values()))
             if record.stored_at <= horizon:

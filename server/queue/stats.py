@@ -80,7 +80,8 @@ class QueueStats:
             self._wait_count += 1
             self._recent_wait.append(wait)
 
-    def on_finished(self, job: Job) -> None:
+    def on_finished(self, job: Job, now: float | None = None) -> None:
+        """Count a job's end; `now` is this clock's time, when the caller has read it already."""
         # Once per job: the status by identity and the figures without the Job's properties (Python calls).
         status = job.status
         if status is JobStatus.CANCELLED:
@@ -101,7 +102,8 @@ class QueueStats:
             self._exec_sum += execution
             self._exec_count += 1
             self._recent_exec.append(execution)
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         times = self._finish_times
         times.append(now)
         if times[0] < now - THROUGHPUT_SECONDS:

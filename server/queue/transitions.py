@@ -129,7 +129,10 @@ def enqueue(job: Job) -> Event:
 
 def claim(job: Job, now: float) -> Event:
     """A worker takes the job."""
-    _move(job, JobStatus.RUNNING)
+    if job.status is JobStatus.QUEUED:  # the way every job goes, checked without _move's lookups
+        job.status = JobStatus.RUNNING
+    else:
+        _move(job, JobStatus.RUNNING)
     job.started_at = now
     return running_event(job)
 
@@ -138,7 +141,10 @@ def finish(job: Job, status: JobStatus, result: ExecutionResult, now: float) -> 
     """The run ended with `status` (completed, failed, timeout, or cancelled by a stop)."""
     if status is JobStatus.QUEUED or status is JobStatus.RUNNING:
         raise IllegalTransition(f"job {job.id}: {status.value} does not end a job")
-    _move(job, status)
+    if job.status is JobStatus.RUNNING:  # any end may follow a run
+        job.status = status
+    else:
+        _move(job, status)
     job.result = result
     job.finished_at = now
     return terminal_event(job)

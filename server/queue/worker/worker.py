@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from typing import Any
 
@@ -66,6 +66,7 @@ class Worker:
         self._closing = False
         self._claims = ClaimLoop(store, free=self._free, fill=self._fill, drained=self._drained)
         self._unsubscribe: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from start(): one lookup less a job
         # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
         self._reserved = 0
         # A store that can claim as it finishes (Redis) gets its finishes batched, and claims with them.
@@ -83,6 +84,7 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.store.on_control = self._on_control
         self._unsubscribe = self.events.subscribe(self._on_event, types=TERMINAL)
         await self.store.start()
@@ -150,10 +152,11 @@ class Worker:
 
     # -- the queue's public side -----------------------------------------------------------------------------
 
-    async def submit(self, job: Job) -> Job:
+    def submit(self, job: Job) -> Coroutine[Any, Any, Job]:
+        """`QueueBackend.submit`: the store's enqueue itself, awaited by the caller (no coroutine of its own)."""
         if self._closing:
             raise ShuttingDown("The server is shutting down; try another instance or retry shortly.", retryAfter=5)
-        return await self.store.enqueue(job, max_queue_size=self.max_queue_size, max_concurrent=self.max_concurrent)
+        return self.store.enqueue(job, max_queue_size=self.max_queue_size, max_concurrent=self.max_concurrent)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)
@@ -307,10 +310,12 @@ class Worker:
             # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
         after: Callable[[object], None] = lambda _: self._after_run(run)  # noqa: E731 (removed by identity)
-        run.task = asyncio.create_task(self._run(run, after), name=f"job-{job.id}")
+        loop = self._loop or asyncio.get_running_loop()
+        run.task = loop.create_task(self._run(run, after), name=f"job-{job.id}")
         run.task.add_done_callback(after)
-        self._deadlines.watch(run, backstop_s(job, self._grace_s))
-        stop = stop or self._early_stops.pop(job.id, None)
+        self._deadlines.watch(run, backstop_s(job, self._grace_s), loop)
+        if not stop and self._early_stops:
+            stop = self._early_stops.pop(job.id, None)
         if stop:
             run.stop(stop)
         if job.interactive:
@@ -354,11 +359,26 @@ class Worker:
     async def _finish(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
         """Output events out, then the result stored (retried), then the freed slot takes the next job at once: in
         the same call on Redis (finish-and-claim), else by a claim right after."""
+        job = run.job
         if run.outputs is not None:
             await run.output_sent()  # output events go out before the terminal one
-        if await store_result(self.store, self._batcher, run.job, status, result):
-            self._waiters.finished(run.job)
-        if self._batcher is not None or self._closing:
+        if self._batcher is not None:
+            if await store_result(self.store, self._batcher, job, status, result):
+                self._waiters.finished(job)
+            self._release(run)
+            return
+        try:  # the first attempt made here (one coroutine less a job); store_result retries
+            stored = await self.store.finish(job, status, result)
+        except Exception as exc:
+            logger.warning("job %s: storing the result failed (%s); retrying", job.id, exc)
+            stored = await store_result(self.store, None, job, status, result)
+        else:
+            if not stored:
+                logger.warning("job %s: lease lost before its result was stored", job.id)
+                stored = True  # as store_result answers it: finished here, by whoever holds it now
+        if stored:
+            self._waiters.finished(job)
+        if self._closing:
             self._release(run)
             return
         # The claim loop is woken only if the claim right after leaves a slot free: a busy worker's slots pass
