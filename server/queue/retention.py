@@ -151,6 +151,7 @@ class Retention:
         """Let go of what is past a bound; `now` is this clock's time, when the caller has read it already."""
         finished = self._finished
         horizon = (self.clock() if now is None else now) - self.seconds
+        freed = 0
         while finished:
             record = next(iter(finished.values()))
             if record.stored_at <= horizon:
@@ -162,8 +163,10 @@ class Retention:
                 victim = record if len(self._owned) == 1 else self._oldest_of(self._most_jobs())
             else:
                 break
-            self._forget(victim)
-        self.trimmer.maybe_trim()
+            freed += self._forget(victim)
+        if freed:
+            self.trimmer.freed(freed)
+            self.trimmer.maybe_trim()
 
     def _most_jobs(self) -> str:
         owned = self._owned
@@ -174,15 +177,15 @@ class Retention:
     def _oldest_of(self, owner: str) -> Record:
         return next(iter(self._owned[owner].values()))
 
-    def _forget(self, record: Record) -> None:
+    def _forget(self, record: Record) -> int:
         job = record.job
-        del self._finished[job.id]
-        self.bytes -= record.size
-        owned = self._owned[job.owner]
-        del owned[job.id]
-        self.trimmer.freed(record.size)
-        left = self._owned_bytes.pop(job.owner) - record.size
+        job_id, owner, size = job.id, job.owner, record.size
+        del self._finished[job_id]
+        self.bytes -= size
+        owned = self._owned[owner]
+        del owned[job_id]
         if owned:
-            self._owned_bytes[job.owner] = left
+            self._owned_bytes[owner] -= size
         else:
-            del self._owned[job.owner]
+            del self._owned[owner], self._owned_bytes[owner]
+        return size

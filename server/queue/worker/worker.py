@@ -11,7 +11,7 @@ from contextlib import suppress
 from typing import Any
 
 from ...errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
-from ..base import InstanceRecord, Store, backstop_s
+from ..base import InstanceRecord, SettlesAtOnce, Store, backstop_s
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobStatus
 from ..loops import stop_task
@@ -69,6 +69,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from start(): one lookup less a job
         # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
         self._reserved = 0
+        # A store that claims at once (memory) is claimed from right after a finish without awaiting it.
+        self._claim_now = store.claim_now if isinstance(store, SettlesAtOnce) else None
         # A store that can claim as it finishes (Redis) gets its finishes batched, and claims with them.
         self._batcher: FinishBatcher | None = None
         if isinstance(store, ClaimsOnFinish):
@@ -303,6 +305,13 @@ class Worker:
             self._start(job, stop)
         return len(jobs) == free
 
+    def _fill_now(self, claim_now: Callable[..., Claimed]) -> None:
+        """`_fill` on a store that settles at once: the same claim, without awaiting it."""
+        free = self._slots - len(self._running) - self._reserved
+        if free > 0 and not self._closing:
+            for job, stop in claim_now(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent):
+                self._start(job, stop)
+
     def _start(self, job: Job, stop: str | None) -> None:
         run = Running(job, self.store.append_event)
         self._running[job.id] = run
@@ -385,7 +394,10 @@ class Worker:
         # from job to job here, and the loop sleeps.
         self._release(run, wake_claims=False)
         try:
-            await self._fill()
+            if self._claim_now is not None:
+                self._fill_now(self._claim_now)
+            else:
+                await self._fill()
         except Exception:
             pass  # the claim loop, woken below, tries again
         if self._slots - len(self._running) - self._reserved > 0:  # _free()
