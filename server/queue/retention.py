@@ -165,8 +165,7 @@ class Retention:
                 break
             freed += self._forget(victim)
         if freed:
-            self.trimmer.freed(freed)
-            self.trimmer.maybe_trim()
+            self.trimmer.freed(freed)  # and trims if they add up
 
     def _most_jobs(self) -> str:
         owned = self._owned

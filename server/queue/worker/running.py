@@ -102,7 +102,8 @@ class Running:
         """
         job = self.job
         try:
-            result = await executor(job, self.io())
+            # The executor's side (as io() builds it), here: once per job, so a call less.
+            result = await executor(job, JobIO(on_output=self._on_output, stdin=self.stdin, on_event=self._on_event))
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -114,10 +115,13 @@ class Running:
             logger.exception("executor failed on job %s", job.id)
             return JobStatus.FAILED, ExecutionResult(reason="internal_error")
         finally:
-            self.flush()
-            # The coalescer's emit is this run's own method: dropped, the run and its result are freed by reference
-            # counting as soon as the worker lets go of them, not at the next full garbage collection.
-            self._coalescer = None
+            if self._coalescer is not None:  # flush(), for the runs that printed
+                self._coalescer.flush()
+                # The coalescer's emit is this run's own method: dropped, the run and its result are freed by
+                # reference counting as soon as the worker lets go of them, not at the next full collection.
+                self._coalescer = None
+        if result.reason is None and result.exit_code == 0 and result.signal is None:
+            return JobStatus.COMPLETED, result  # status_of's first case, the usual one, without the call
         return status_of(result), result
 
     async def take_input(self, take: Callable[[str], Awaitable[list[bytes | None]]]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from ...errors import NotFound, ShuttingDown
+from ..events import Event
 from ..jobs import Job
 from ..records import held_bytes
 
@@ -75,6 +76,12 @@ class Waiters:
 
     def wake(self, job_id: str) -> None:
         for future in self._futures.get(job_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def on_terminal(self, event: Event) -> None:
+        """A listener of terminal events: the job's waiters read the store again."""
+        for future in self._futures.get(event["jobId"], ()):
             if not future.done():
                 future.set_result(None)
 

@@ -88,7 +88,7 @@ class Worker:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.store.on_control = self._on_control
-        self._unsubscribe = self.events.subscribe(self._on_event, types=TERMINAL)
+        self._unsubscribe = self.events.subscribe(self._waiters.on_terminal, types=TERMINAL)
         await self.store.start()
         with suppress(BackendUnavailable):
             await self._leases.heartbeat()  # in the instances view from the start, not after the first lease interval
@@ -222,9 +222,6 @@ class Worker:
         is read again, and close() wakes every waiter."""
         return await self._waiters.wait(job_id, self.store.get, lambda: self._closing and job_id not in self._running)
 
-    def _on_event(self, event: Event) -> None:
-        self._waiters.wake(event["jobId"])  # a terminal one (subscribed to those only)
-
     # -- stdin -----------------------------------------------------------------------------------------------
 
     async def write_stdin(self, job_id: str, data: bytes | None) -> None:
@@ -322,7 +319,9 @@ class Worker:
         loop = self._loop or asyncio.get_running_loop()
         run.task = loop.create_task(self._run(run, after), name=f"job-{job.id}")
         run.task.add_done_callback(after)
-        self._deadlines.watch(run, backstop_s(job, self._grace_s), loop)
+        # backstop_s() for a job without tests (most), without its two calls.
+        seconds = backstop_s(job, self._grace_s) if job.tests else job.timeout_ms / 1000.0 + self._grace_s
+        self._deadlines.watch(run, seconds, loop)
         if not stop and self._early_stops:
             stop = self._early_stops.pop(job.id, None)
         if stop:
@@ -391,8 +390,9 @@ class Worker:
             self._release(run)
             return
         # The claim loop is woken only if the claim right after leaves a slot free: a busy worker's slots pass
-        # from job to job here, and the loop sleeps.
-        self._release(run, wake_claims=False)
+        # from job to job here, and the loop sleeps. A stored result's terminal event, emitted as it was stored
+        # here, has woken the job's waiters already.
+        self._release(run, wake_claims=False, wake_waiters=not stored)
         try:
             if self._claim_now is not None:
                 self._fill_now(self._claim_now)
@@ -403,9 +403,10 @@ class Worker:
         if self._slots - len(self._running) - self._reserved > 0:  # _free()
             self._claims.freed()
 
-    def _release(self, run: Running, *, wake_claims: bool = True) -> None:
+    def _release(self, run: Running, *, wake_claims: bool = True, wake_waiters: bool = True) -> None:
         if self._running.get(run.job.id) is run:
             del self._running[run.job.id]
             if wake_claims:
                 self._claims.freed()
-        self._waiters.wake(run.job.id)
+        if wake_waiters:
+            self._waiters.wake(run.job.id)
