@@ -61,7 +61,9 @@ class MemoryStore:
         )
         self._retired = False  # a job finished since the last retention sweep
         self._stats = QueueStats(clock=clock)
-        self._heap: list[tuple[int, int, Job]] = []
+        # Entries name their job by id: a tuple of ints and a string is one the garbage collector stops tracking,
+        # so 100,000 waiting jobs cost a full collection 100,000 objects fewer to walk (one in five of theirs).
+        self._heap: list[tuple[int, int, str]] = []
         self._arrival = itertools.count()
         self._queued = 0  # live (not cancelled) entries in the heap
         self._active: dict[str, Record] = {}  # queued and running, by id
@@ -108,12 +110,21 @@ class MemoryStore:
         job.seq = event["seq"] = seq = job.seq + 1
         # The first event of a job is rebuilt from it when read (Record): a waiting job holds no copy.
         self._active[job.id] = Record(job, None if seq == 1 else [event])
-        heapq.heappush(self._heap, (-job.priority, next(self._arrival), job))
-        self._queued += 1
+        self._line_up(job)
         self._stats.total_queued += 1  # on_queued(), without its call
         self.events.emit(event)
         self._work.set()
         return job
+
+    def _line_up(self, job: Job) -> None:
+        """Put a queued job (registered in `_active`) in line, behind those of its priority."""
+        heapq.heappush(self._heap, (-job.priority, next(self._arrival), job.id))
+        self._queued += 1
+
+    def _waiting(self, job_id: str) -> Record | None:
+        """The record of a job still in line (a heap entry's may have been cancelled since)."""
+        record = self._active.get(job_id)
+        return record if record is not None and record.job.status is JobStatus.QUEUED else None
 
     async def claim(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]:
         return self.claim_now(count, lease_ms=lease_ms, max_concurrent=max_concurrent)
@@ -122,16 +133,17 @@ class MemoryStore:
         """`claim`, done before it returns (`SettlesAtOnce`)."""
         claimed: list[tuple[Job, str | None]] = []
         heap, emit, started = self._heap, self.events.emit, self._stats.on_started
+        active = self._active
         while count > 0 and self._running < max_concurrent and self._queued:
-            job = heapq.heappop(heap)[2]
-            if job.status is not JobStatus.QUEUED:
+            record = active.get(heapq.heappop(heap)[2])
+            if record is None or record.job.status is not JobStatus.QUEUED:
                 continue  # cancelled while it waited
+            job = record.job
             count -= 1
             self._queued -= 1
             self._running += 1
             event = transitions.claim(job, time.time() * 1000.0)
             started(job)
-            record = self._active[job.id]
             job.seq = event["seq"] = job.seq + 1
             record.lifecycle(event)
             emit(event)
@@ -193,7 +205,7 @@ class MemoryStore:
         self._queued -= 1
         # Lazy removal: compact once dead entries dominate, so the heap stays O(live).
         if len(self._heap) > 64 and len(self._heap) > 2 * self._queued:
-            self._heap = [entry for entry in self._heap if entry[2].status is JobStatus.QUEUED]
+            self._heap = [entry for entry in self._heap if self._waiting(entry[2]) is not None]
             heapq.heapify(self._heap)
         self._retire(record, event)
 
@@ -276,7 +288,7 @@ class MemoryStore:
         wanted = {job_id for job_id in job_ids if (r := self._active.get(job_id)) and r.job.status is JobStatus.QUEUED}
         places: dict[str, int | None] = dict.fromkeys(job_ids)
         if wanted:
-            live = sorted((p, a, j.id) for p, a, j in self._heap if j.status is JobStatus.QUEUED)
+            live = sorted(entry for entry in self._heap if self._waiting(entry[2]) is not None)
             for rank, (_, _, job_id) in enumerate(live, 1):
                 if job_id in wanted:
                     places[job_id] = rank
