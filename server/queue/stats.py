@@ -38,8 +38,18 @@ def seconds_until_a_place(finish_times: Iterable[float], now: float, *, unit_s: 
     recent = sorted(t for t in finish_times if t >= horizon)
     if len(recent) < 2:
         return RETRY_UNKNOWN_S
-    gap_s = (recent[-1] - recent[0]) / (len(recent) - 1) * unit_s
+    return _place_in(recent[0], recent[-1], len(recent), unit_s)
+
+
+def _place_in(first: float, last: float, count: int, unit_s: float) -> int:
+    """One gap between `count` finishes from `first` to `last` (in `unit_s` seconds), in whole seconds, 1 to 60."""
+    gap_s = (last - first) / (count - 1) * unit_s
     return max(1, min(60, math.ceil(gap_s)))
+
+
+# The finishes of the last minute are counted per tenth of a second: [tenth, count, first, last], oldest first. A
+# time per job held 60 s of them (2.4 million floats at 40,000 jobs/s), and a full queue's Retry-After sorted them.
+TICK_S = 0.1
 
 
 class QueueStats:
@@ -61,7 +71,7 @@ class QueueStats:
         self._exec_count = 0
         self._recent_wait: deque[float] = deque(maxlen=WINDOW)
         self._recent_exec: deque[float] = deque(maxlen=WINDOW)
-        self._finish_times: deque[float] = deque()
+        self._finishes: deque[list[float]] = deque()
 
     def on_queued(self) -> None:
         self.total_queued += 1
@@ -104,24 +114,34 @@ class QueueStats:
             self._recent_exec.append(execution)
         if now is None:
             now = self._clock()
-        times = self._finish_times
-        times.append(now)
-        if times[0] < now - THROUGHPUT_SECONDS:
+        tick = now // TICK_S
+        finishes = self._finishes
+        if finishes and finishes[-1][0] == tick:
+            latest = finishes[-1]
+            latest[1] += 1
+            latest[3] = now
+        else:
+            finishes.append([tick, 1, now, now])
             self._trim(now)
 
     def _trim(self, now: float) -> None:
         horizon = now - THROUGHPUT_SECONDS
-        times = self._finish_times
-        while times and times[0] < horizon:
-            times.popleft()
+        finishes = self._finishes
+        while finishes and finishes[0][3] < horizon:
+            finishes.popleft()
 
     def retry_after(self) -> int:
-        """Seconds until a place in a full queue frees up, as `seconds_until_a_place` estimates it."""
-        return seconds_until_a_place(self._finish_times, self._clock())
+        """Seconds until a place in a full queue frees up, as `seconds_until_a_place` estimates it (to a tick)."""
+        self._trim(self._clock())
+        finishes = self._finishes
+        count = int(sum(ticked[1] for ticked in finishes))
+        if count < 2:
+            return RETRY_UNKNOWN_S
+        return _place_in(finishes[0][2], finishes[-1][3], count, 1.0)
 
     def jobs_per_second(self) -> float:
         self._trim(self._clock())
-        return len(self._finish_times) / THROUGHPUT_SECONDS
+        return sum(ticked[1] for ticked in self._finishes) / THROUGHPUT_SECONDS
 
     def snapshot(self, *, queue_length: int, running: int, max_concurrent: int, max_queue_size: int) -> dict[str, Any]:
         counters = {
