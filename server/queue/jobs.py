@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -106,7 +106,9 @@ class Job:
     language: str
     code: str
     stdin: str = ""
-    args: list[str] = field(default_factory=list)
+    # Sequences, () when none: a job without arguments or options (most) allocates no lists for them, two objects
+    # fewer for the garbage collector to walk per waiting job.
+    args: Sequence[str] = ()
     priority: int = 0
     owner: str = ""
     timeout_ms: int = 10_000
@@ -126,7 +128,7 @@ class Job:
     files: list[SourceFile] | None = None
     # Shared while unset: a Limits is frozen, so one empty one serves every job that asks for none.
     limits: Limits = _NO_LIMITS
-    compiler_options: list[str] = field(default_factory=list)
+    compiler_options: Sequence[str] = ()
     expected_output: str | None = None
     tests: list[TestCase] | None = None
     callback_url: str | None = None
@@ -189,7 +191,7 @@ class Job:
             {
                 "code": self.code,
                 "stdin": self.stdin,
-                "args": self.args,
+                "args": list(self.args),
                 "timeoutMs": self.timeout_ms,
                 "stdout": result.stdout,
                 "stderr": result.stderr,
@@ -197,7 +199,7 @@ class Job:
                 "compileTimeMs": _round(result.compile_time_ms),
                 "compileCached": result.compile_cached,
                 "files": [f.to_dict() for f in self.files] if self.files else None,
-                "compilerOptions": self.compiler_options,
+                "compilerOptions": list(self.compiler_options),
                 **self.limits.to_dict(),
                 "expectedOutput": self.expected_output,
                 "outputEncoding": self.output_encoding,
