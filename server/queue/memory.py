@@ -59,6 +59,8 @@ class MemoryStore:
             clock=clock,
             trimmer=self._trimmer,
         )
+        # The finished records by id (the retention's own mapping): read on every enqueue, without a call.
+        self._kept = self._retention.records
         self._retired = False  # a job finished since the last retention sweep
         self._stats = QueueStats(clock=clock)
         # Entries name their job by id: a tuple of ints and a string is one the garbage collector stops tracking,
@@ -95,10 +97,11 @@ class MemoryStore:
     # -- jobs ------------------------------------------------------------------------------------------------
 
     async def enqueue(self, job: Job, *, max_queue_size: int, max_concurrent: int) -> Job:
-        if job.id in self._active or job.id in self._retention:
+        if job.id in self._active or job.id in self._kept:
             return job
         # As on Redis: the waiting room plus the slots free right now (a job that will start at once never waits).
-        if self._queued >= max_queue_size + max(0, max_concurrent - self._running):
+        free = max_concurrent - self._running
+        if self._queued >= max_queue_size + (free if free > 0 else 0):
             self._stats.on_rejected()
             retry = self._stats.retry_after()
             raise QueueFull(
@@ -110,7 +113,8 @@ class MemoryStore:
         job.seq = event["seq"] = seq = job.seq + 1
         # The first event of a job is rebuilt from it when read (Record): a waiting job holds no copy.
         self._active[job.id] = Record(job, None if seq == 1 else [event])
-        self._line_up(job)
+        heapq.heappush(self._heap, (-job.priority, next(self._arrival), job.id))  # _line_up(), without its call
+        self._queued += 1
         self._stats.total_queued += 1  # on_queued(), without its call
         self.events.emit(event)
         self._work.set()

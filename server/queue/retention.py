@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import orjson
 
@@ -117,6 +117,8 @@ class Retention:
         self.trimmer = trimmer
         self.bytes = 0
         self._finished: OrderedDict[str, Record] = OrderedDict()
+        # Read-only for others (`job_id in records`): the records kept, oldest first.
+        self.records: Mapping[str, Record] = self._finished
         # Each owner's finished jobs (oldest first) and their bytes: past a bound the largest holder gives way.
         self._owned: dict[str, OrderedDict[str, Record]] = {}
         self._owned_bytes: dict[str, int] = {}
