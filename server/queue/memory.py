@@ -70,7 +70,10 @@ class MemoryStore:
         self._queued = 0  # live (not cancelled) entries in the heap
         self._active: dict[str, Record] = {}  # queued and running, by id
         self._running = 0
-        self._work = asyncio.Event()
+        # News of work (an enqueue, a finish) since the claim loop last looked, and the loop's wait for it if it
+        # waits: a flag, not an asyncio.Event, so the enqueue and finish of every job set it without a call.
+        self._work = False
+        self._work_waiter: asyncio.Future[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._started_at = now_ms()
         self._beat: tuple[int, float] | None = None  # slots, time of the last heartbeat
@@ -117,7 +120,9 @@ class MemoryStore:
         self._queued += 1
         self._stats.total_queued += 1  # on_queued(), without its call
         self.events.emit(event)
-        self._work.set()
+        self._work = True
+        if self._work_waiter is not None:
+            self._wake()
         return job
 
     def _line_up(self, job: Job) -> None:
@@ -166,10 +171,22 @@ class MemoryStore:
         return []  # jobs die with this process: nothing can hold a lease here and be gone
 
     async def wait_for_work(self, timeout: float) -> None:
-        with suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._work.wait()
-        self._work.clear()
+        if not self._work:
+            waiter = self._work_waiter = asyncio.get_running_loop().create_future()
+            try:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await waiter
+            finally:
+                self._work_waiter = None
+        self._work = False
+
+    def _wake(self) -> None:
+        """There is work: the claim loop looks for it now if it waits, else next time it would."""
+        self._work = True
+        waiter = self._work_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def finish(self, job: Job, status: JobStatus, result: ExecutionResult) -> bool:
         return self.finish_now(job, status, result)
@@ -181,7 +198,9 @@ class MemoryStore:
             return job.status.finished  # already finished: a retry is a success
         self._running -= 1
         self._retire(record, transitions.finish(job, status, result, time.time() * 1000.0))
-        self._work.set()
+        self._work = True
+        if self._work_waiter is not None:
+            self._wake()
         return True
 
     async def cancel(self, job_id: str, reason: str) -> tuple[str, Job | None]:

@@ -133,7 +133,7 @@ class DurableStore(MemoryStore):
                 len(recovered.finished),
             )
         if recovered.queued:
-            self._work.set()
+            self._wake()
 
     def _keep(self, job: Job, log: bytes, *, age_s: float) -> None:
         record = Record(job, [])
