@@ -317,7 +317,7 @@ class Worker:
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
         after: Callable[[object], None] = lambda _: self._after_run(run)  # noqa: E731 (removed by identity)
         loop = self._loop or asyncio.get_running_loop()
-        run.task = loop.create_task(self._run(run, after), name=f"job-{job.id}")
+        run.task = loop.create_task(run.run(self._executor, self._finish, after), name=f"job-{job.id}")
         run.task.add_done_callback(after)
         # backstop_s() for a job without tests (most), without its two calls.
         seconds = backstop_s(job, self._grace_s) if job.tests else job.timeout_ms / 1000.0 + self._grace_s
@@ -328,17 +328,6 @@ class Worker:
             run.stop(stop)
         if job.interactive:
             self._spawn(self._deliver_stdin(job.id))  # input written before the claim is waiting in the store
-
-    async def _run(self, run: Running, after: Callable[[object], None]) -> None:
-        """The job's task: the executor's work (the only part a stop cancels), then its finish. From the moment the
-        work ends the run is FINISHING, which no stop and no shutdown cancels (`Running.stop`), so the finish needs
-        no task of its own. Until it is stored, `after` (`_after_run`) watches the task: cancelled before it began
-        (an early stop) or anyway (from outside), or failed, the run is finished in another task."""
-        run.outcome = await run.execute(self._executor)
-        run.state = RunState.FINISHING
-        await self._finish(run, *run.outcome)
-        if run.task is not None:
-            run.task.remove_done_callback(after)  # finished here: nothing is left for it
 
     def _after_run(self, run: Running) -> None:
         """The job's task ended. If it ended before its finish was stored (cancelled from outside, or a failure),
