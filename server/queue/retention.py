@@ -154,6 +154,11 @@ class Retention:
         finished = self._finished
         horizon = (self.clock() if now is None else now) - self.seconds
         freed = 0
+        if len(self._owned) == 1:
+            # One owner (the usual case: one client, or none): whichever bound is passed, the oldest goes first, so
+            # past the count or bytes it goes without a look at its age.
+            while finished and (len(finished) > self.count or self.bytes > self.max_bytes):
+                freed += self._forget(finished.popitem(last=False)[1], listed=False)
         while finished:
             record = next(iter(finished.values()))
             if record.stored_at <= horizon:
@@ -161,8 +166,7 @@ class Retention:
             elif self.bytes > self.max_bytes:
                 victim = self._oldest_of(max(self._owned_bytes, key=self._owned_bytes.__getitem__))
             elif len(finished) > self.count:
-                # One owner (the usual case: one client, or none): the oldest of all is its oldest.
-                victim = record if len(self._owned) == 1 else self._oldest_of(self._most_jobs())
+                victim = self._oldest_of(self._most_jobs())
             else:
                 break
             freed += self._forget(victim)
@@ -178,10 +182,12 @@ class Retention:
     def _oldest_of(self, owner: str) -> Record:
         return next(iter(self._owned[owner].values()))
 
-    def _forget(self, record: Record) -> int:
+    def _forget(self, record: Record, *, listed: bool = True) -> int:
+        """Let go of `record` (`listed`: still in `_finished`); returns its bytes."""
         job = record.job
         job_id, owner, size = job.id, job.owner, record.size
-        del self._finished[job_id]
+        if listed:
+            del self._finished[job_id]
         self.bytes -= size
         owned = self._owned[owner]
         del owned[job_id]
