@@ -110,7 +110,7 @@ class Running:
         job = self.job
         outcome: tuple[JobStatus, ExecutionResult]
         try:
-            # The executor's side (as io() builds it), here: once per job, so a call less.
+            # What the executor gets: output and events go out live, input comes from the channel.
             result = await executor(job, JobIO(on_output=self._on_output, stdin=self.stdin, on_event=self._on_event))
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -157,10 +157,6 @@ class Running:
                 self.stdin.put_nowait(item)
 
     # -- live output -----------------------------------------------------------------------------------------
-
-    def io(self) -> JobIO:
-        """What the executor gets: output and events go out live, input comes from the channel."""
-        return JobIO(on_output=self._on_output, stdin=self.stdin, on_event=self._on_event)
 
     def _on_output(self, stream: Stream, data: str) -> None:
         if self._coalescer is None:

@@ -4,6 +4,7 @@ where no stop can interrupt it, with retries, and owns stop requests, stdin budg
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -276,10 +277,6 @@ class Worker:
     def _unreserve(self, count: int) -> None:
         self._reserved -= count
 
-    def _start_claimed(self, jobs: Claimed) -> None:
-        for job, stop in jobs:
-            self._start(job, stop)
-
     def _start_claimed_on_finish(self, jobs: Claimed) -> None:
         # A finish-and-claim sent before close() began can answer after close() stopped the running jobs (close()
         # waits for the claim loop, not for finishes): what it claimed is stopped too, not left running (and
@@ -315,7 +312,7 @@ class Worker:
         if job.interactive:
             # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-        after: Callable[[object], None] = lambda _: self._after_run(run)  # noqa: E731 (removed by identity)
+        after = functools.partial(self._after_run, run)  # removed by identity; lighter than a closure
         loop = self._loop or asyncio.get_running_loop()
         run.task = loop.create_task(run.run(self._executor, self._finish, after), name=f"job-{job.id}")
         run.task.add_done_callback(after)
@@ -329,7 +326,7 @@ class Worker:
         if job.interactive:
             self._spawn(self._deliver_stdin(job.id))  # input written before the claim is waiting in the store
 
-    def _after_run(self, run: Running) -> None:
+    def _after_run(self, run: Running, _task: object = None) -> None:
         """The job's task ended. If it ended before its finish was stored (cancelled from outside, or a failure),
         finish in a task of its own under shield, so nothing else can interrupt storing the result."""
         task = run.task
