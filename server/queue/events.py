@@ -58,10 +58,12 @@ class EventEmitter:
 
     def __init__(self) -> None:
         self._listeners: list[tuple[Listener, bool, frozenset[str] | None]] = []
-        # What emit() iterates, per (here, event type): the listeners that take it, worked out at the first such
+        # What emit() iterates, per event type for events caused here and elsewhere: the listeners that take it,
+        # worked out at the first such
         # event after the listeners change, not at every event (a job makes three), so a listener may unsubscribe
         # itself while being called.
-        self._routes: tuple[dict[str, tuple[Listener, ...]], dict[str, tuple[Listener, ...]]] = ({}, {})
+        self._here: dict[str, tuple[Listener, ...]] = {}
+        self._elsewhere: dict[str, tuple[Listener, ...]] = {}
 
     def subscribe(
         self, listener: Listener, *, here_only: bool = False, types: frozenset[str] | None = None
@@ -69,18 +71,18 @@ class EventEmitter:
         """Add a listener (of every event, or of `types` only); returns a function that removes it."""
         entry = (listener, here_only, types)
         self._listeners.append(entry)
-        self._routes = ({}, {})
+        self._here, self._elsewhere = {}, {}
 
         def unsubscribe() -> None:
             if entry in self._listeners:
                 self._listeners.remove(entry)
-                self._routes = ({}, {})
+                self._here, self._elsewhere = {}, {}
 
         return unsubscribe
 
     def emit(self, event: Event, *, here: bool = True) -> None:
         kind = event["type"]
-        listeners = self._routes[here].get(kind)
+        listeners = (self._here if here else self._elsewhere).get(kind)
         if listeners is None:
             listeners = self._route(here, kind)
         for listener in listeners:
@@ -97,7 +99,7 @@ class EventEmitter:
             for listener, here_only, types in self._listeners
             if (here or not here_only) and (types is None or kind in types)
         )
-        routes = self._routes[here]
+        routes = self._here if here else self._elsewhere
         # Bounded: a few event types (a stray one from a newer instance on Redis adds one entry).
         if len(routes) < 64:
             routes[kind] = listeners

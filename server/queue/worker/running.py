@@ -111,7 +111,7 @@ class Running:
         outcome: tuple[JobStatus, ExecutionResult]
         try:
             # What the executor gets: output and events go out live, input comes from the channel.
-            result = await executor(job, JobIO(on_output=self._on_output, stdin=self.stdin, on_event=self._on_event))
+            result = await executor(job, JobIO(self._on_output, self.stdin, self._on_event))
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
