@@ -58,10 +58,9 @@ class EventEmitter:
 
     def __init__(self) -> None:
         self._listeners: list[tuple[Listener, bool, frozenset[str] | None]] = []
-        # What emit() iterates, per event type for events caused here and elsewhere: the listeners that take it,
-        # worked out at the first such
-        # event after the listeners change, not at every event (a job makes three), so a listener may unsubscribe
-        # itself while being called.
+        # What emit() iterates, per event type, for events caused here and elsewhere: the listeners that take it,
+        # worked out at the first such event after the listeners change, not at every event (a job makes three),
+        # so a listener may unsubscribe itself while being called.
         self._here: dict[str, tuple[Listener, ...]] = {}
         self._elsewhere: dict[str, tuple[Listener, ...]] = {}
 
