@@ -61,7 +61,11 @@ class Trimmer:
         self.trims = 0
 
     def freed(self, size: int) -> None:
+        """Count evicted bytes, and trim if they add up (maybe_trim's own first test, made here without its call
+        while they do not: an eviction per finished job is the usual case)."""
         self._freed += size
+        if self._freed >= self._after:
+            self.maybe_trim()
 
     def maybe_trim(self, *, idle: bool = False) -> None:
         """Trim if the evicted bytes reach the bound and the last trim is `interval_s` old, or, when `idle` (the

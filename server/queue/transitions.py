@@ -15,11 +15,13 @@ from .jobs import ExecutionResult, Job, JobStatus, Stream
 
 WORKER_LOST = "worker_lost"
 
-# What may follow what. A requeue (running -> queued) happens only to a job whose worker was lost.
-_NEXT: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
-    JobStatus.RUNNING: frozenset(s for s in JobStatus if s.finished) | {JobStatus.QUEUED},
+# What may follow what, by status value. A requeue (running -> queued) happens only to a job whose worker was lost.
+# Values, not members: an Enum member's hash and `.value` are Python calls, and these are checked on every job.
+_NEXT: dict[str, frozenset[str]] = {
+    JobStatus.QUEUED.value: frozenset({JobStatus.RUNNING.value, JobStatus.CANCELLED.value}),
+    JobStatus.RUNNING.value: frozenset(s.value for s in JobStatus if s.finished) | {JobStatus.QUEUED.value},
 }
+_NOWHERE: frozenset[str] = frozenset()
 
 # Fields of an event that a Redis script fills in from what only Redis knows as it persists: the job it popped
 # (`id`), its clock (`now`) and the time since the job was created by that clock (`wait`). Every other field comes
@@ -57,23 +59,42 @@ def queued_event(job: Job, *, retried: bool = False) -> Event:
 
 
 def running_event(job: Job) -> Event:
-    return {"type": "running", "jobId": job.id, "startedAt": job.started_at, "waitTimeMs": ms(job.wait_time_ms)}
+    started, wait = job.started_at, None
+    if started is not None:
+        wait = round(started - job.created_at, 1)
+    return {"type": "running", "jobId": job.id, "startedAt": started, "waitTimeMs": wait}
 
 
 def terminal_event(job: Job) -> Event:
     """The one event that ends a job, whatever ended it (its result, a stop, a timeout, a lost worker)."""
+    # Built on every job's end: the figures are read once, without the properties and helpers that give them.
     result = job.result or _NO_RESULT
+    created, started, finished = job.created_at, job.started_at, job.finished_at
+    wait = execution = None
+    if started is not None:
+        wait = round(started - created, 1)
+        if finished is not None:
+            run_time = result.run_time_ms
+            execution = round(finished - started if run_time is None else run_time, 1)
+    elif finished is not None:  # cancelled while queued
+        wait = round(finished - created, 1)
+    compile_ms, cpu_ms = result.compile_time_ms, result.cpu_time_ms
+    compile_cpu_ms = result.compile_cpu_time_ms
     return {
-        "type": job.status.value,
+        "type": job.status._value_,
         "jobId": job.id,
         "exitCode": result.exit_code,
         "signal": result.signal,
         "reason": result.reason,
         "truncated": result.truncated,
-        "waitTimeMs": ms(job.wait_time_ms),
-        "executionTimeMs": ms(job.execution_time_ms),
-        "compileTimeMs": ms(result.compile_time_ms),
-        **result.usage(),
+        "waitTimeMs": wait,
+        "executionTimeMs": execution,
+        "compileTimeMs": None if compile_ms is None else round(compile_ms, 1),
+        # As ExecutionResult.usage() spells them.
+        "cpuTimeMs": None if cpu_ms is None else round(cpu_ms, 1),
+        "memoryPeakBytes": result.memory_peak_bytes,
+        "compileCpuTimeMs": None if compile_cpu_ms is None else round(compile_cpu_ms, 1),
+        "compileMemoryPeakBytes": result.compile_memory_peak_bytes,
         "language": job.language,
     }
 
@@ -95,7 +116,7 @@ _NO_RESULT = ExecutionResult()
 
 
 def _move(job: Job, to: JobStatus) -> None:
-    if to not in _NEXT.get(job.status, frozenset()):
+    if to._value_ not in _NEXT.get(job.status._value_, _NOWHERE):
         raise IllegalTransition(f"job {job.id}: {job.status.value} cannot become {to.value}")
     job.status = to
 
@@ -108,16 +129,22 @@ def enqueue(job: Job) -> Event:
 
 def claim(job: Job, now: float) -> Event:
     """A worker takes the job."""
-    _move(job, JobStatus.RUNNING)
+    if job.status is JobStatus.QUEUED:  # the way every job goes, checked without _move's lookups
+        job.status = JobStatus.RUNNING
+    else:
+        _move(job, JobStatus.RUNNING)
     job.started_at = now
     return running_event(job)
 
 
 def finish(job: Job, status: JobStatus, result: ExecutionResult, now: float) -> Event:
     """The run ended with `status` (completed, failed, timeout, or cancelled by a stop)."""
-    if not status.finished:
+    if status is JobStatus.QUEUED or status is JobStatus.RUNNING:
         raise IllegalTransition(f"job {job.id}: {status.value} does not end a job")
-    _move(job, status)
+    if job.status is JobStatus.RUNNING:  # any end may follow a run
+        job.status = status
+    else:
+        _move(job, status)
     job.result = result
     job.finished_at = now
     return terminal_event(job)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import sys
 from typing import Any
@@ -116,8 +115,7 @@ class DurableStore(MemoryStore):
         for job in recovered.queued:
             job.status = JobStatus.QUEUED
             self._active[job.id] = Record(job)  # its log: the queued event, seq 1
-            heapq.heappush(self._heap, (-job.priority, next(self._arrival), job))
-            self._queued += 1
+            self._line_up(job)
             self._stats.on_queued()
         for job in recovered.lost:
             job.status = JobStatus.RUNNING
@@ -135,7 +133,7 @@ class DurableStore(MemoryStore):
                 len(recovered.finished),
             )
         if recovered.queued:
-            self._work.set()
+            self._wake()
 
     def _keep(self, job: Job, log: bytes, *, age_s: float) -> None:
         record = Record(job, [])

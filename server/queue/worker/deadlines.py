@@ -20,9 +20,9 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._at = math.inf
 
-    def watch(self, run: Running, seconds: float) -> None:
-        """`run` (registered in `runs`) expires `seconds` from now unless it has ended by then."""
-        loop = asyncio.get_running_loop()
+    def watch(self, run: Running, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+        """`run` (registered in `runs`) expires `seconds` from now (by `loop`, the running one) unless it has ended
+        by then."""
         run.deadline = deadline = loop.time() + seconds
         if deadline < self._at:
             self._arm(loop, deadline)

@@ -39,6 +39,8 @@ class StdinChannel(asyncio.Queue[bytes | None]):
 
 # Publishes one live event of a run to the store (its log, its watchers).
 Publish = Callable[[Job, Event], Awaitable[None]]
+# Stores a run's final status and result (the worker's finish).
+Finish = Callable[["Running", JobStatus, ExecutionResult], Awaitable[None]]
 
 
 class Running:
@@ -94,31 +96,49 @@ class Running:
             self.expired = True
             self.stop("timeout")
 
-    async def execute(self, executor: Executor) -> tuple[JobStatus, ExecutionResult]:
-        """Run the job through the executor in this (the run's) task; map the outcome to a final status.
+    async def run(self, executor: Executor, finish: Finish, after: Callable[[object], None]) -> None:
+        """The job's task: the executor's work (the only part a stop cancels), then `finish` (the worker's), in one
+        coroutine (a no-op job's cost is mostly such steps). From the moment the work ends the run is FINISHING,
+        which no stop and no shutdown cancels (`stop`), so the finish needs no task of its own. Until it is stored,
+        `after` (the worker's) watches the task: cancelled before it began (an early stop) or anyway (from outside),
+        or failed, the run is finished in another task.
 
-        Every cancellation here is a stop: one asked for (its reason), the backstop's (`timeout`), or the process
-        shutting down. An executor that raises is an internal error, logged with the job id, never a crashed queue.
+        Every cancellation of the work is a stop: one asked for (its reason), the backstop's (`timeout`), or the
+        process shutting down. An executor that raises is an internal error, logged with the job id, never a
+        crashed queue.
         """
         job = self.job
+        outcome: tuple[JobStatus, ExecutionResult]
         try:
-            result = await executor(job, self.io())
+            # What the executor gets: output and events go out live, input comes from the channel.
+            result = await executor(job, JobIO(self._on_output, self.stdin, self._on_event))
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()  # our own stop (not a cancellation of the caller): reported as a result
             if self.expired:
-                return JobStatus.TIMEOUT, ExecutionResult(reason="timeout", signal="SIGKILL")
-            return JobStatus.CANCELLED, ExecutionResult(reason=self.stop_reason or "shutdown", signal="SIGKILL")
+                outcome = JobStatus.TIMEOUT, ExecutionResult(reason="timeout", signal="SIGKILL")
+            else:
+                outcome = JobStatus.CANCELLED, ExecutionResult(reason=self.stop_reason or "shutdown", signal="SIGKILL")
         except Exception:
             logger.exception("executor failed on job %s", job.id)
-            return JobStatus.FAILED, ExecutionResult(reason="internal_error")
+            outcome = JobStatus.FAILED, ExecutionResult(reason="internal_error")
+        else:
+            if result.reason is None and result.exit_code == 0 and result.signal is None:
+                outcome = JobStatus.COMPLETED, result  # status_of's first case, the usual one, without the call
+            else:
+                outcome = status_of(result), result
         finally:
-            self.flush()
-            # The coalescer's emit is this run's own method: dropped, the run and its result are freed by reference
-            # counting as soon as the worker lets go of them, not at the next full garbage collection.
-            self._coalescer = None
-        return status_of(result), result
+            if self._coalescer is not None:  # flush(), for the runs that printed
+                self._coalescer.flush()
+                # The coalescer's emit is this run's own method: dropped, the run and its result are freed by
+                # reference counting as soon as the worker lets go of them, not at the next full collection.
+                self._coalescer = None
+        self.outcome = outcome
+        self.state = RunState.FINISHING
+        await finish(self, *outcome)
+        if self.task is not None:
+            self.task.remove_done_callback(after)  # finished here: nothing is left for it
 
     async def take_input(self, take: Callable[[str], Awaitable[list[bytes | None]]]) -> None:
         """Move the input waiting in the store to the program's channel. One delivery at a time (the lock comes
@@ -137,10 +157,6 @@ class Running:
                 self.stdin.put_nowait(item)
 
     # -- live output -----------------------------------------------------------------------------------------
-
-    def io(self) -> JobIO:
-        """What the executor gets: output and events go out live, input comes from the channel."""
-        return JobIO(on_output=self._on_output, stdin=self.stdin, on_event=self._on_event)
 
     def _on_output(self, stream: Stream, data: str) -> None:
         if self._coalescer is None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from ...errors import NotFound, ShuttingDown
+from ..events import Event
 from ..jobs import Job
 from ..records import held_bytes
 
@@ -78,6 +79,12 @@ class Waiters:
             if not future.done():
                 future.set_result(None)
 
+    def on_terminal(self, event: Event) -> None:
+        """A listener of terminal events: the job's waiters read the store again."""
+        for future in self._futures.get(event["jobId"], ()):
+            if not future.done():
+                future.set_result(None)
+
     def wake_all(self) -> None:
         for job_id in list(self._futures):
             self.wake(job_id)
@@ -85,14 +92,13 @@ class Waiters:
     def finished(self, job: Job) -> None:
         """Keep a job finished here (bounded by FINISHED_HERE jobs and FINISHED_HERE_BYTES)."""
         size = held_bytes(job)
-        old = self._finished.pop(job.id, None)
-        if old is not None:
-            self._finished_bytes -= old[1]
-        self._finished[job.id] = (job, size)
+        finished = self._finished
+        if job.id in finished:  # finished again (a retry): counted once
+            self._finished_bytes -= finished.pop(job.id)[1]
+        finished[job.id] = (job, size)
         self._finished_bytes += size
-        while len(self._finished) > FINISHED_HERE or self._finished_bytes > FINISHED_HERE_BYTES:
-            _, (_, gone) = self._finished.popitem(last=False)
-            self._finished_bytes -= gone
+        while len(finished) > FINISHED_HERE or self._finished_bytes > FINISHED_HERE_BYTES:
+            self._finished_bytes -= finished.popitem(last=False)[1][1]
 
     def recall(self, job_id: str) -> Job | None:
         """A job finished here, if still kept."""

@@ -4,14 +4,15 @@ where no stop can interrupt it, with retries, and owns stop requests, stdin budg
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from typing import Any
 
 from ...errors import BackendUnavailable, Conflict, NotFound, ShuttingDown
-from ..base import InstanceRecord, Store, backstop_s
+from ..base import InstanceRecord, SettlesAtOnce, Store, backstop_s
 from ..events import Event, EventEmitter
 from ..jobs import ExecutionResult, Executor, Job, JobStatus
 from ..loops import stop_task
@@ -66,8 +67,11 @@ class Worker:
         self._closing = False
         self._claims = ClaimLoop(store, free=self._free, fill=self._fill, drained=self._drained)
         self._unsubscribe: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from start(): one lookup less a job
         # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
         self._reserved = 0
+        # A store that claims at once (memory) is claimed from right after a finish without awaiting it.
+        self._claim_now = store.claim_now if isinstance(store, SettlesAtOnce) else None
         # A store that can claim as it finishes (Redis) gets its finishes batched, and claims with them.
         self._batcher: FinishBatcher | None = None
         if isinstance(store, ClaimsOnFinish):
@@ -83,8 +87,9 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.store.on_control = self._on_control
-        self._unsubscribe = self.events.subscribe(self._on_event)
+        self._unsubscribe = self.events.subscribe(self._waiters.on_terminal, types=TERMINAL)
         await self.store.start()
         with suppress(BackendUnavailable):
             await self._leases.heartbeat()  # in the instances view from the start, not after the first lease interval
@@ -150,10 +155,11 @@ class Worker:
 
     # -- the queue's public side -----------------------------------------------------------------------------
 
-    async def submit(self, job: Job) -> Job:
+    def submit(self, job: Job) -> Coroutine[Any, Any, Job]:
+        """`QueueBackend.submit`: the store's enqueue itself, awaited by the caller (no coroutine of its own)."""
         if self._closing:
             raise ShuttingDown("The server is shutting down; try another instance or retry shortly.", retryAfter=5)
-        return await self.store.enqueue(job, max_queue_size=self.max_queue_size, max_concurrent=self.max_concurrent)
+        return self.store.enqueue(job, max_queue_size=self.max_queue_size, max_concurrent=self.max_concurrent)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)
@@ -217,10 +223,6 @@ class Worker:
         is read again, and close() wakes every waiter."""
         return await self._waiters.wait(job_id, self.store.get, lambda: self._closing and job_id not in self._running)
 
-    def _on_event(self, event: Event) -> None:
-        if event["type"] in TERMINAL:
-            self._waiters.wake(event["jobId"])
-
     # -- stdin -----------------------------------------------------------------------------------------------
 
     async def write_stdin(self, job_id: str, data: bytes | None) -> None:
@@ -275,10 +277,6 @@ class Worker:
     def _unreserve(self, count: int) -> None:
         self._reserved -= count
 
-    def _start_claimed(self, jobs: Claimed) -> None:
-        for job, stop in jobs:
-            self._start(job, stop)
-
     def _start_claimed_on_finish(self, jobs: Claimed) -> None:
         # A finish-and-claim sent before close() began can answer after close() stopped the running jobs (close()
         # waits for the claim loop, not for finishes): what it claimed is stopped too, not left running (and
@@ -289,7 +287,7 @@ class Worker:
     async def _fill(self) -> bool:
         """Claim as many jobs as there are free slots here and start them; True when it filled them all (more
         may be waiting). Called by the claim loop, and right after a finish on a store that does not claim then."""
-        free = self._free()
+        free = self._slots - len(self._running) - self._reserved  # _free(), once per job
         if free <= 0 or self._closing:
             return False
         self._reserved += free
@@ -297,8 +295,16 @@ class Worker:
             jobs = await self.store.claim(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent)
         finally:
             self._reserved -= free
-        self._start_claimed(jobs)
+        for job, stop in jobs:
+            self._start(job, stop)
         return len(jobs) == free
+
+    def _fill_now(self, claim_now: Callable[..., Claimed]) -> None:
+        """`_fill` on a store that settles at once: the same claim, without awaiting it."""
+        free = self._slots - len(self._running) - self._reserved
+        if free > 0 and not self._closing:
+            for job, stop in claim_now(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent):
+                self._start(job, stop)
 
     def _start(self, job: Job, stop: str | None) -> None:
         run = Running(job, self.store.append_event)
@@ -306,28 +312,21 @@ class Worker:
         if job.interactive:
             # Live input only: the runner writes the submission's stdin first, then this channel.
             run.stdin = StdinChannel(lambda size: self._ack_stdin(job.id, size))
-        after: Callable[[object], None] = lambda _: self._after_run(run)  # noqa: E731 (removed by identity)
-        run.task = asyncio.create_task(self._run(run, after), name=f"job-{job.id}")
+        after = functools.partial(self._after_run, run)  # removed by identity; lighter than a closure
+        loop = self._loop or asyncio.get_running_loop()
+        run.task = loop.create_task(run.run(self._executor, self._finish, after), name=f"job-{job.id}")
         run.task.add_done_callback(after)
-        self._deadlines.watch(run, backstop_s(job, self._grace_s))
-        stop = stop or self._early_stops.pop(job.id, None)
+        # backstop_s() for a job without tests (most), without its two calls.
+        seconds = backstop_s(job, self._grace_s) if job.tests else job.timeout_ms / 1000.0 + self._grace_s
+        self._deadlines.watch(run, seconds, loop)
+        if not stop and self._early_stops:
+            stop = self._early_stops.pop(job.id, None)
         if stop:
             run.stop(stop)
         if job.interactive:
             self._spawn(self._deliver_stdin(job.id))  # input written before the claim is waiting in the store
 
-    async def _run(self, run: Running, after: Callable[[object], None]) -> None:
-        """The job's task: the executor's work (the only part a stop cancels), then its finish. From the moment the
-        work ends the run is FINISHING, which no stop and no shutdown cancels (`Running.stop`), so the finish needs
-        no task of its own. Until it is stored, `after` (`_after_run`) watches the task: cancelled before it began
-        (an early stop) or anyway (from outside), or failed, the run is finished in another task."""
-        run.outcome = await run.execute(self._executor)
-        run.state = RunState.FINISHING
-        await self._finish(run, *run.outcome)
-        if run.task is not None:
-            run.task.remove_done_callback(after)  # finished here: nothing is left for it
-
-    def _after_run(self, run: Running) -> None:
+    def _after_run(self, run: Running, _task: object = None) -> None:
         """The job's task ended. If it ended before its finish was stored (cancelled from outside, or a failure),
         finish in a task of its own under shield, so nothing else can interrupt storing the result."""
         task = run.task
@@ -354,24 +353,46 @@ class Worker:
     async def _finish(self, run: Running, status: JobStatus, result: ExecutionResult) -> None:
         """Output events out, then the result stored (retried), then the freed slot takes the next job at once: in
         the same call on Redis (finish-and-claim), else by a claim right after."""
+        job = run.job
         if run.outputs is not None:
             await run.output_sent()  # output events go out before the terminal one
-        if await store_result(self.store, self._batcher, run.job, status, result):
-            self._waiters.finished(run.job)
-        if self._batcher is not None or self._closing:
+        if self._batcher is not None:
+            if await store_result(self.store, self._batcher, job, status, result):
+                self._waiters.finished(job)
+            self._release(run)
+            return
+        try:  # the first attempt made here (one coroutine less a job); store_result retries
+            stored = await self.store.finish(job, status, result)
+        except Exception as exc:
+            logger.warning("job %s: storing the result failed (%s); retrying", job.id, exc)
+            stored = await store_result(self.store, None, job, status, result)
+        else:
+            if not stored:
+                logger.warning("job %s: lease lost before its result was stored", job.id)
+                stored = True  # as store_result answers it: finished here, by whoever holds it now
+        if stored:
+            self._waiters.finished(job)
+        if self._closing:
             self._release(run)
             return
         # The claim loop is woken only if the claim right after leaves a slot free: a busy worker's slots pass
-        # from job to job here, and the loop sleeps.
-        self._release(run, wake_claims=False)
-        with suppress(Exception):
-            await self._fill()
-        if self._free() > 0:
+        # from job to job here, and the loop sleeps. A stored result's terminal event, emitted as it was stored
+        # here, has woken the job's waiters already.
+        self._release(run, wake_claims=False, wake_waiters=not stored)
+        try:
+            if self._claim_now is not None:
+                self._fill_now(self._claim_now)
+            else:
+                await self._fill()
+        except Exception:
+            pass  # the claim loop, woken below, tries again
+        if self._slots - len(self._running) - self._reserved > 0:  # _free()
             self._claims.freed()
 
-    def _release(self, run: Running, *, wake_claims: bool = True) -> None:
+    def _release(self, run: Running, *, wake_claims: bool = True, wake_waiters: bool = True) -> None:
         if self._running.get(run.job.id) is run:
             del self._running[run.job.id]
             if wake_claims:
                 self._claims.freed()
-        self._waiters.wake(run.job.id)
+        if wake_waiters:
+            self._waiters.wake(run.job.id)
