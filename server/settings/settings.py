@@ -56,7 +56,7 @@ class Settings:
     # Build cache (docs/cache.md)
     cache_dir: str = env("CACHE_DIR", text, "")
     cache_max_mb: int = env("CACHE_MAX_MB", int_range(0, 1_048_576), 512)
-    warm_pool: int = env("WARM_POOL", int_range(0, 64), 4)
+    warm_pool: int = env("WARM_POOL", int_range(0, 64), 12)
     packages_file: str = env("PACKAGES_FILE", text, "")
     cgroup_manager: str = env("CGROUP_MANAGER", choice("auto", "systemd", "cgroupfs"), "auto")
     # The range, SANDBOX_UIDS at most, ends below (uid_t)-1.
