@@ -1,6 +1,10 @@
 """Queue benchmarks: no-op throughput against a bare heapq+task loop, enqueue/dequeue cost by depth, memory.
 
 Run by hand: `python -m bench.bench_queue` (or `make bench`). Figures are ratios measured in one run.
+
+BENCH_BASELINE=<directory of another checkout> adds before/after rounds: this file's no-op throughput run on that
+checkout's queue and on this one's, each in a fresh interpreter, taking turns (BASELINE_ROUNDS each), so that other
+load on the host hits both alike.
 """
 
 from __future__ import annotations
@@ -9,7 +13,12 @@ import asyncio
 import gc
 import heapq
 import itertools
+import json
+import os
 import sqlite3
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -23,6 +32,13 @@ from server.queue.jobs import ExecutionResult, Job, JobIO
 NOOP_RESULT = ExecutionResult(exit_code=0)
 # Concurrent submitters in the throughput runs.
 PRODUCERS = 64
+BASELINE_ROUNDS = 3
+# One throughput run in a fresh interpreter: this file's code over the queue of the checkout first on sys.path.
+ONE_RUN = (
+    "import asyncio, json, runpy, sys; sys.path.insert(0, sys.argv[1]); bench = runpy.run_path(sys.argv[2]); "
+    "n, c = int(sys.argv[3]), int(sys.argv[4]); "
+    "print(json.dumps([asyncio.run(bench['queue_throughput'](n, c)), asyncio.run(bench['bare_throughput'](n, c))]))"
+)
 
 
 async def noop(job: Job, io: JobIO) -> ExecutionResult:
@@ -213,8 +229,40 @@ def memory_per_job(n: int = 100_000) -> float:
     return asyncio.run(run())
 
 
+def fresh_run(tree: str, n: int, concurrency: int) -> tuple[float, float]:
+    """Queue and bare jobs/s of one throughput run over `tree`'s queue, in an interpreter of its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_RUN, tree, __file__, str(n), str(concurrency)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": tree},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    queue, bare = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(queue), float(bare)
+
+
+def against_baseline(baseline: str, n: int, concurrency: int) -> dict[str, list[float]]:
+    """Ratios to the bare loop for this checkout and BENCH_BASELINE's, in alternating fresh-interpreter rounds."""
+    trees = {"this": str(Path(__file__).resolve().parent.parent), "baseline": str(Path(baseline).resolve())}
+    ratios: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(BASELINE_ROUNDS):
+        for name, tree in trees.items():
+            queue, bare = fresh_run(tree, n, concurrency)
+            ratios[name].append(queue / bare)
+            print(f"  {name:<8} queue {queue:>9,.0f} jobs/s   bare {bare:>9,.0f}   ratio {queue / bare:.2f}")
+    this, base = statistics.median(ratios["this"]), statistics.median(ratios["baseline"])
+    print(f"median ratio: this {this:.2f}, baseline {base:.2f}: {this / base:.2f}x the baseline's")
+    return ratios
+
+
 def main() -> dict[str, Any]:
     n, concurrency = 100_000, 5
+    baseline = os.environ.get("BENCH_BASELINE")
+    if baseline:
+        print(f"no-op throughput, this checkout and {baseline}, {BASELINE_ROUNDS} alternating rounds:")
+        against_baseline(baseline, n, concurrency)
     bare = asyncio.run(bare_throughput(n, concurrency))
     real = asyncio.run(queue_throughput(n, concurrency))
     print(f"no-op jobs/s   queue {real:,.0f}   bare heapq+task {bare:,.0f}   ratio {real / bare:.2f}")
