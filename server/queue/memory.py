@@ -116,9 +116,8 @@ class MemoryStore:
         job.seq = event["seq"] = seq = job.seq + 1
         # The first event of a job is rebuilt from it when read (Record): a waiting job holds no copy.
         self._active[job.id] = Record(job, None if seq == 1 else [event])
-        heapq.heappush(self._heap, (-job.priority, next(self._arrival), job.id))  # _line_up(), without its call
-        self._queued += 1
-        self._stats.total_queued += 1  # on_queued(), without its call
+        self._line_up(job)
+        self._stats.on_queued()
         self.events.emit(event)
         self._work = True
         if self._work_waiter is not None:
