@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from . import command, process
@@ -15,9 +16,10 @@ from .cgroups import Cgroups, JobCgroup, job_cgroup
 from .command import Host
 from .contract import JobIO
 from .driver import STATUS_LINE_LIMIT
-from .output import READ_SIZE, Output
+from .output import Output
+from .pipes import Lines, Pipes
 from .pool import Warm, WarmPool, attach, children
-from .process import SandboxProcess, reader, writer
+from .process import SandboxProcess, writer
 from .reaper import Reaper
 from .result import Outcome
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
@@ -56,21 +58,23 @@ class Run:
         self._sender: asyncio.Task[None] | None = None  # writes the job message to a warm sandbox
         self._cgroup: JobCgroup | None = None
         self._workdir: str | None = None
-        self._transports: list[asyncio.BaseTransport] = []
-        self._readers: list[asyncio.Future[Any]] = []  # output pumps and the process exit
+        self._transports: list[asyncio.BaseTransport] = []  # writers: stdin, a warm sandbox's job pipe
+        self._pipes = Pipes()  # the read ends: stdout, stderr, the compiler's output, the status pipe
+        self._readers: list[asyncio.Future[Any]] = []  # the output pipes drained, and the process exit
         self._feeder: asyncio.Task[None] | None = None
         self._spawning: asyncio.Future[SandboxProcess] | None = None  # cancelled midway
-        self._raw_fds: list[int] = []  # pipe read ends not yet handed to a transport
+        self._raw_fds: list[int] = []  # pipe read ends not yet handed to Pipes
         self._ended = False  # killed, exited and its pipes drained (start_and_wait)
 
     async def start_and_wait(self) -> Outcome:
         status_fd, compile_fd = await self._spawn()
         proc = self._proc
         assert proc is not None
-        status = await self._reader(status_fd, limit=STATUS_LINE_LIMIT)
-        self._stages.status_pipe = self._transports[-1]
+        status = Lines(STATUS_LINE_LIMIT)
+        self._read(status_fd, status.feed, awaited=False)
+        self._stages.close_status = lambda: self._pipes.close(status_fd)
         if self._two_stages:
-            self._readers.append(asyncio.ensure_future(self._output.collect(await self._reader(compile_fd))))
+            self._read(compile_fd, self._output.collect)  # with stdout's and stderr's, before any could end
         else:  # nothing writes there without a compile stage (the driver ignores SIGPIPE)
             self._raw_fds.remove(compile_fd)
             os.close(compile_fd)
@@ -109,6 +113,8 @@ class Run:
         close at once; only SANDBOX=none (without cgroups) can leave stragglers holding them.
         """
         for _ in range(2):
+            if all(future.done() for future in self._readers):
+                return True
             _, pending = await asyncio.wait(self._readers, timeout=EXIT_GRACE_S)
             if not pending:
                 return True
@@ -216,19 +222,15 @@ class Run:
         return proc
 
     def _watch(self, proc: SandboxProcess) -> None:
-        """Pumps for the output pipes and the process exit: from here on cleanup() can drain the pipes to their end."""
-        assert proc.stdout is not None and proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._output.pump(proc.stdout, "stdout")),
-            asyncio.ensure_future(self._output.pump(proc.stderr, "stderr")),
-            asyncio.ensure_future(proc.wait()),
-        ]
+        """The output pipes read and the process exit watched: from here on cleanup() can drain the pipes to their
+        end."""
+        self._pipes.add(proc.stdout, self._output.sink("stdout"))
+        self._pipes.add(proc.stderr, self._output.sink("stderr"))
+        self._readers = [self._pipes.drained, proc.exited()]
 
-    async def _reader(self, fd: int, limit: int = READ_SIZE) -> asyncio.StreamReader:
-        self._raw_fds.remove(fd)  # its transport owns it from here on, and closes it
-        stream, transport = await reader(fd, limit)
-        self._transports.append(transport)
-        return stream
+    def _read(self, fd: int, sink: Callable[[bytes], bool], *, awaited: bool = True) -> None:
+        self._raw_fds.remove(fd)  # Pipes owns it from here on, and closes it
+        self._pipes.add(fd, sink, awaited=awaited)
 
     async def _feed(self) -> None:
         """Write job.stdin, then live input for interactive jobs until None; then close the program's stdin."""
@@ -312,7 +314,7 @@ class Run:
                 self._watch(self._proc)
             self.kill()
         self._output.draining = True  # pumps keep reading to EOF (a paused pipe never reports it) but keep nothing
-        await self._stages.close()
+        self._stages.stop_watching()
         for task in (self._feeder, self._sender):
             if task is not None:
                 task.cancel()
@@ -324,6 +326,7 @@ class Run:
         await asyncio.gather(*self._readers, return_exceptions=True)
         for transport in self._transports:
             transport.close()
+        self._pipes.close_all()
         for fd in self._raw_fds:
             os.close(fd)
         if self._workdir is not None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 from collections.abc import Callable
 
 from .contract import JobIO, Stream
 from .result import Outcome, text_of
 
-READ_SIZE = 65536
 CHUNK = 16384  # largest piece handed to on_output, so one flood cannot become one huge event
 
 
@@ -26,35 +24,46 @@ class Output:
         self._compile_output = bytearray()
         self.draining = False  # set at teardown: pumps keep reading to EOF but keep nothing
 
-    async def pump(self, reader: asyncio.StreamReader, stream: Stream) -> None:
-        """Forward one output pipe as it arrives, decoded incrementally, within the shared output cap."""
+    def sink(self, stream: Stream) -> Callable[[bytes], bool]:
+        """What one output pipe's data goes to (Pipes): forwarded as it arrives, decoded incrementally, within the
+        shared output cap; b"" is the pipe's end. Past the cap, or once draining, the rest is read and dropped until
+        the killed tree closes the pipe."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         on_output = self._on_output
         raw = self._raw[stream]
-        while data := await reader.read(READ_SIZE):
-            if self._out.truncated or self.draining:
-                continue  # read until the killed tree closes the pipe
+        out = self._out
+
+        def take(data: bytes) -> bool:
+            if not data:
+                if on_output is not None and not out.truncated and not self.draining:
+                    tail = decoder.decode(b"", final=True)
+                    if tail:
+                        on_output(stream, tail)
+                return True
+            if out.truncated or self.draining:
+                return True
             room = self._cap - self._used
             if len(data) > room:
                 data = data[:room]
-                self._out.truncated = True
+                out.truncated = True
             self._used += len(data)
-            raw += data
+            raw.extend(data)
             if on_output is not None:
                 for start in range(0, len(data), CHUNK):
                     text = decoder.decode(data[start : start + CHUNK])
                     if text:
                         on_output(stream, text)
-            if self._out.truncated:
+            if out.truncated:
                 self._stop("output_limit")
-        tail = "" if on_output is None or self._out.truncated or self.draining else decoder.decode(b"", final=True)
-        if tail and on_output is not None:
-            on_output(stream, tail)
+            return True
 
-    async def collect(self, reader: asyncio.StreamReader) -> None:
-        """Compiler output: kept up to the output cap, the rest read and dropped so the compiler never blocks."""
-        while data := await reader.read(READ_SIZE):
-            self._compile_output += data[: max(0, self._cap - len(self._compile_output))]
+        return take
+
+    def collect(self, data: bytes) -> bool:
+        """Compiler output (a sink): kept up to the output cap, the rest read and dropped so the compiler never
+        blocks."""
+        self._compile_output += data[: max(0, self._cap - len(self._compile_output))]
+        return True
 
     def finish(self) -> None:
         """Put what was kept into the outcome, as bytes and as text."""

@@ -1,5 +1,6 @@
-"""Process: a sandbox's launcher as a run sees it, warm or cold: its exit through a pidfd and its stdio as streams
-on the running loop. No child-watcher thread per launcher and no subprocess transport: a plain Popen (vfork)."""
+"""Process: a sandbox's launcher as a run sees it, warm or cold: its exit through a pidfd on the running loop, its
+stdin as a stream, its stdout and stderr as raw read ends (for Pipes). No child-watcher thread per launcher and no
+subprocess transport: a plain Popen (vfork)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ class SandboxProcess:
     """A launcher as the run sees it: what it uses of an asyncio.subprocess.Process."""
 
     def __init__(self, popen: subprocess.Popen[bytes], stdin: asyncio.StreamWriter | None,
-                 stdout: asyncio.StreamReader, stderr: asyncio.StreamReader) -> None:  # fmt: skip
+                 stdout: int, stderr: int) -> None:  # fmt: skip
         self._popen = popen
         self.pid = popen.pid
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
@@ -21,29 +22,36 @@ class SandboxProcess:
     def returncode(self) -> int | None:
         return self._popen.returncode
 
-    async def wait(self) -> int:
-        """Wait for the launcher to exit and reap it, through a pidfd on the running loop (no thread, no SIGCHLD);
-        in a thread on a kernel without pidfds (before Linux 5.3)."""
-        if self._popen.returncode is not None:
-            return self._popen.returncode
+    def exited(self) -> asyncio.Future[int]:
+        """The launcher's exit status once it has exited and is reaped, through a pidfd on the running loop (no
+        thread, no SIGCHLD, no task); in a thread on a kernel without pidfds (before Linux 5.3). Cancelling the future
+        stops watching."""
         loop = asyncio.get_running_loop()
+        popen = self._popen
+        if popen.returncode is not None:
+            done: asyncio.Future[int] = loop.create_future()
+            done.set_result(popen.returncode)
+            return done
         try:
             pidfd = os.pidfd_open(self.pid)
         except OSError:
-            return await asyncio.to_thread(self._popen.wait)
-        exited: asyncio.Future[None] = loop.create_future()
+            return asyncio.ensure_future(asyncio.to_thread(popen.wait))
+        exited: asyncio.Future[int] = loop.create_future()
 
         def readable() -> None:
             if not exited.done():
-                exited.set_result(None)
+                try:
+                    exited.set_result(popen.wait())  # it has exited: this reaps it without blocking
+                except Exception as exc:
+                    exited.set_exception(exc)
 
-        loop.add_reader(pidfd, readable)
-        try:
-            await exited
-        finally:
+        def unwatch(_: asyncio.Future[int]) -> None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-        return self._popen.wait()
+
+        loop.add_reader(pidfd, readable)
+        exited.add_done_callback(unwatch)
+        return exited
 
 
 def launch(
@@ -82,24 +90,12 @@ def launch(
 async def attach(
     popen: subprocess.Popen[bytes], stdin: int | None, stdout: int, stderr: int
 ) -> tuple[SandboxProcess, list[asyncio.BaseTransport]]:
-    """Hand a launcher's stdio pipe ends to the running loop (`stdin` None: closed already); returns the process
-    and the transports to close."""
-    out, out_pipe = await reader(stdout)
-    err, err_pipe = await reader(stderr)
+    """Hand a launcher's stdin pipe end to the running loop (`stdin` None: closed already); stdout's and stderr's
+    read ends stay raw, the run's to read (Pipes). Returns the process and the transports to close."""
     if stdin is None:
-        return SandboxProcess(popen, None, out, err), [out_pipe, err_pipe]
+        return SandboxProcess(popen, None, stdout, stderr), []
     feed = await writer(stdin)
-    return SandboxProcess(popen, feed, out, err), [out_pipe, err_pipe, feed.transport]
-
-
-async def reader(fd: int, limit: int = 65536) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
-    """A StreamReader over a pipe's read end (whose transport then owns it)."""
-    loop = asyncio.get_running_loop()
-    stream = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(stream, loop=loop)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
-    return stream, transport
+    return SandboxProcess(popen, feed, stdout, stderr), [feed.transport]
 
 
 async def writer(fd: int) -> asyncio.StreamWriter:

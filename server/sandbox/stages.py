@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from .cgroups import JobCgroup
 from .driver import CHILD_PID, EXIT_CODE, STAGE_END, STATUS_LINE_LIMIT
+from .pipes import Lines
 from .result import Outcome
 from .spec import RunSpec
 
@@ -30,12 +31,12 @@ class Stages:
         self.cgroup: JobCgroup | None = None
         self.child_pid: int | None = None  # bwrap's pid 1, from --json-status-fd
         self.gate: asyncio.StreamWriter | None = None  # a warm sandbox's job pipe: a stage's go-ahead
-        self.status_pipe: asyncio.BaseTransport | None = None
+        self.close_status: Callable[[], None] | None = None  # stop reading the status pipe and close it
         self._stage: str | None = None  # the stage being accounted, from its start report to its end
         self._armed: str | None = None  # a warm sandbox's first stage, begun and let go before its start report
         self._armed_at: float | None = None  # when that stage was let go: its clock starts there, not at the report
         self._cpu_base: int | None = None  # the job's cgroup CPU time when that stage started
-        self._cpu_watch: asyncio.Task[None] | None = None
+        self._cpu_watch: asyncio.TimerHandle | None = None  # the job-wide CPU limit's next check
         self._peak_started = False  # the next stage's memory peak restarted already (a warm sandbox's, when ready)
 
     def arm(self) -> None:
@@ -47,7 +48,7 @@ class Stages:
         self._peak_started = True
         self._begin_stage(self._armed)
 
-    async def supervise(self, status: asyncio.StreamReader) -> None:
+    async def supervise(self, status: Lines) -> None:
         """Follow the driver's stage reports and stop the run when a stage outlives its deadline.
 
         The status pipe carries a handful of short lines, each expected in its order: bwrap's pid report, the
@@ -83,15 +84,14 @@ class Stages:
                 return
             stage, started = "run", now
 
-    async def _next_line(self, status: asyncio.StreamReader, stage: str, started: float) -> bytes | None:
+    async def _next_line(self, status: Lines, stage: str, started: float) -> bytes | None:
         """The status pipe's next line, or None once the run is stopped: the stage past its deadline, or a line
         longer than STATUS_LINE_LIMIT."""
         loop = asyncio.get_running_loop()
         try:
             # Not wait_for: on Python 3.11 it swallows a cancellation that arrives as the line does, and the
-            # cancelled job would then run on to its end.
-            async with asyncio.timeout_at(started + self._limit_s(stage)):
-                return await status.readline()
+            # cancelled job would then run on to its end. Lines' deadline is a timer on its own waiter.
+            return await status.readline(started + self._limit_s(stage))
         except TimeoutError:
             self._record_time(stage, loop.time() - started)
             self._stop("compile_timeout" if stage == "compile" else "timeout")
@@ -133,8 +133,8 @@ class Stages:
         self._stop("internal_error")
         # Nothing more is read from it: closed, so that a writer (bwrap's monitor reporting the exit, once the pipe
         # is full) fails at once rather than blocking, and the job's teardown does not wait on it.
-        if self.status_pipe is not None:
-            self.status_pipe.close()
+        if self.close_status is not None:
+            self.close_status()
 
     def _stage_started(self, stage: str, now: float) -> float:
         """Begin a stage's accounting and let it go; returns when its clock started. A stage let go with the job
@@ -164,7 +164,7 @@ class Stages:
         self._peak_started = False
         self._stage, self._cpu_base = stage, cgroup.cpu_ns()
         if stage == "run" and self._cpu_base is not None:
-            self._cpu_watch = asyncio.create_task(self._watch_cpu(cgroup, self._cpu_base))
+            self._check_cpu(cgroup, self._cpu_base, self._cpu_base)
 
     def account(self) -> None:
         """Record the stage's CPU time and memory peak, read from the job's cgroup."""
@@ -184,33 +184,39 @@ class Stages:
             self.account()
 
     def stop_watching(self) -> None:
-        """The run is ending: no more CPU checks."""
+        """The run is ending (or torn down): no more CPU checks."""
         if self._cpu_watch is not None:
             self._cpu_watch.cancel()
+            self._cpu_watch = None
 
-    async def close(self) -> None:
-        """At teardown: the CPU check cancelled and awaited."""
-        if self._cpu_watch is not None:
-            self._cpu_watch.cancel()
-            await asyncio.gather(self._cpu_watch, return_exceptions=True)
-
-    async def _watch_cpu(self, cgroup: JobCgroup, base: int) -> None:
+    def _check_cpu(self, cgroup: JobCgroup, base: int, used: int | None) -> None:
         """End the job with reason cpu_limit once its whole process tree has used its CPU time (CPU_TIME_LIMIT_S, or
         less when the job asked).
 
         RLIMIT_CPU is per process: a job that keeps forking short-lived spinners never meets it. The job cannot use
         more than one CPU-second per CPU each second, so the next check is due no sooner than the CPU time left
-        divided by the CPUs: few reads, and the overrun is at most CPU_POLL_S on each CPU.
+        divided by the CPUs: few reads, and the overrun is at most CPU_POLL_S on each CPU. A timer, not a task: one
+        callback per check (the first, due after the whole limit / cpus, is all a short job ever schedules).
         """
+        self._cpu_watch = None
+        if used is None:
+            return
         limit = self._spec.cpu_time_ms * 1_000_000
-        cpus = os.cpu_count() or 1
-        used: int | None = base  # read as the stage began: the first check is due after the whole limit / cpus
-        while used is not None and used - base < limit:
-            await asyncio.sleep(max((limit - (used - base)) / 1e9 / cpus, CPU_POLL_S))
+        if used - base < limit:
+            delay = max((limit - (used - base)) / 1e9 / (os.cpu_count() or 1), CPU_POLL_S)
+            self._cpu_watch = asyncio.get_running_loop().call_later(delay, self._recheck_cpu, cgroup, base)
+            return
+        logger.info("%s: used %.0f ms of CPU, over its limit; ending it", self._spec.name, (used - base) / 1e6)
+        self._stop("cpu_limit")
+
+    def _recheck_cpu(self, cgroup: JobCgroup, base: int) -> None:
+        try:
             used = cgroup.cpu_ns()
-        if used is not None:
-            logger.info("%s: used %.0f ms of CPU, over its limit; ending it", self._spec.name, (used - base) / 1e6)
-            self._stop("cpu_limit")
+        except Exception:  # the task's old failure mode: the check ends, logged, and the run goes on
+            logger.exception("%s: reading the job's CPU time failed", self._spec.name)
+            self._cpu_watch = None
+            return
+        self._check_cpu(cgroup, base, used)
 
     def _limit_s(self, stage: str) -> float:
         return (self._spec.compile_timeout_ms if stage == "compile" else self._spec.run_timeout_ms) / 1000.0
