@@ -134,7 +134,15 @@ class Run:
             self._stages.cgroup, self._stages.child_pid = warm.cgroup, warm.child_pid
             self._raw_fds = [warm.status, warm.compile]
             self._stages.arm()
-            return await self._settled_spawn(self._attach(warm, message + GO))
+            rest = _write_now(warm.job, message + GO)
+            if rest or self._two_stages or self._writes_stdin:
+                return await self._settled_spawn(self._attach(warm, rest))
+            # All of the message written, and it ends with the only stage's go-ahead: the driver reads nothing more
+            # on the job pipe, and the program's stdin is closed (it reads EOF, as pool.attach does without stdin).
+            # Nothing here awaits, so nothing can cancel the hand-over midway: no task to shield it.
+            os.close(warm.job)
+            os.close(warm.stdin)
+            return self._settled(SandboxProcess(warm.popen, None, warm.stdout, warm.stderr))
         self._cgroup = self._stages.cgroup = job_cgroup(self._cgroups, spec.name, spec.memory_mb)
         status_r, status_w = os.pipe()
         compile_r, compile_w = os.pipe()
@@ -161,10 +169,14 @@ class Run:
         # for its pipes to close, which such a child holds: it is not used for this reason too.)
         spawn = asyncio.ensure_future(start)
         try:
-            self._proc = proc = await asyncio.shield(spawn)
+            proc = await asyncio.shield(spawn)
         except asyncio.CancelledError:
             self._spawning = spawn
             raise
+        return self._settled(proc)
+
+    def _settled(self, proc: SandboxProcess) -> tuple[int, int]:
+        self._proc = proc
         self._watch(proc)
         status_r, compile_r = self._raw_fds
         return status_r, compile_r
@@ -191,11 +203,10 @@ class Run:
             await asyncio.to_thread(warm.discard)
             return None
 
-    async def _attach(self, warm: Warm, message: bytes) -> SandboxProcess:
-        """Take over a warm sandbox: its job message first (written at once as far as the pipe has room, so that the
-        driver works on it while the rest is set up), then its pipes on this loop. The job pipe stays open only to
-        carry the rest of the message or a later stage's go-ahead."""
-        rest = _write_now(warm.job, message)
+    async def _attach(self, warm: Warm, rest: bytes) -> SandboxProcess:
+        """Take over a warm sandbox whose job message was written as far as the pipe had room (so that the driver
+        works on it while the rest is set up): its pipes on this loop. The job pipe stays open only to carry the
+        `rest` of the message or a later stage's go-ahead."""
         if rest or self._two_stages:
             job = await writer(warm.job)
             self._transports.append(job.transport)
@@ -226,7 +237,7 @@ class Run:
         end."""
         self._pipes.add(proc.stdout, self._output.sink("stdout"))
         self._pipes.add(proc.stderr, self._output.sink("stderr"))
-        self._readers = [self._pipes.drained, proc.exited()]
+        self._readers = [self._pipes.drained, proc.exited(self._pipes.poller)]
 
     def _read(self, fd: int, sink: Callable[[bytes], bool], *, awaited: bool = True) -> None:
         self._raw_fds.remove(fd)  # Pipes owns it from here on, and closes it

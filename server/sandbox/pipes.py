@@ -1,12 +1,14 @@
-"""Pipes: a run's read ends (stdout, stderr, the compiler's output, the status pipe) read straight from the loop's
-selector, each into a plain callback: no transport, protocol, stream or task per pipe (those were about half of a
-warm hello's Python calls on the event loop)."""
+"""Pipes: a run's read ends (stdout, stderr, the compiler's output, the status pipe, the launcher's pidfd) watched by
+one epoll per event loop, which the loop watches as one reader, each into a plain callback: no transport, protocol,
+stream, task or loop reader per pipe (those were about half of a warm hello's Python calls on the event loop)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import select
+import weakref
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -18,12 +20,83 @@ READ_SIZE = 65536
 Sink = Callable[[bytes], bool]
 
 
+class Poller:
+    """Readiness of the sandboxes' pipes on one event loop: an epoll of its own (level-triggered, like the loop's),
+    itself one reader of the loop, shared by the loop's runs and closed when the last of them ends (so no descriptor
+    outlives them). Registering a pipe here is one epoll_ctl, not a loop handle and selector key."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = weakref.ref(loop)
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+        self.users = 0
+        # Not a method of self: the loop's reference to the callback must not keep the poller (which a weak
+        # per-loop table holds) from going with its loop.
+        loop.add_reader(self._epoll.fileno(), _dispatch, weakref.ref(self))
+
+    @property
+    def closed(self) -> bool:
+        return self._epoll.closed
+
+    def watch(self, fd: int, callback: Callable[[int], None]) -> None:
+        """Call `callback(fd)` on the loop while `fd` is readable (or at its end), until unwatch()."""
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def unwatch(self, fd: int) -> None:
+        """Before `fd` is closed: a closed descriptor leaves an epoll only once no copy of it is left open."""
+        if self._callbacks.pop(fd, None) is not None and not self._epoll.closed:
+            self._epoll.unregister(fd)
+
+    def release(self) -> None:
+        """A run is done with it: the last one closes it."""
+        self.users -= 1
+        if self.users > 0 or self._epoll.closed:
+            return
+        self._callbacks.clear()
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+    def ready(self) -> None:
+        """The loop's reader: each readable pipe's callback."""
+        for fd, _ in self._epoll.poll(0):
+            # One callback may have unwatched (and closed) another pipe of the same batch: skip what is gone. A
+            # descriptor number reused since is only woken spuriously (every callback tolerates that).
+            callback = self._callbacks.get(fd)
+            if callback is not None:
+                callback(fd)
+
+
+def _dispatch(ref: weakref.ref[Poller]) -> None:
+    poller = ref()
+    if poller is not None and not poller.closed:
+        poller.ready()
+
+
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Poller] = weakref.WeakKeyDictionary()
+
+
+def _acquire() -> Poller:
+    """The running loop's poller, for one more run (made if none is open)."""
+    loop = asyncio.get_running_loop()
+    found = _pollers.get(loop)
+    if found is None or found.closed:
+        found = _pollers[loop] = Poller()
+    found.users += 1
+    return found
+
+
 class Pipes:
     """A run's read ends on the running loop. `drained` is done once every pipe added with `awaited` has reached its
     end (or was closed)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.poller = _acquire()
+        self._released = False
         self._sinks: dict[int, Sink] = {}
         self._awaited: set[int] = set()
         self._open: set[int] = set()  # ours to close, read or not
@@ -37,7 +110,7 @@ class Pipes:
         self._sinks[fd] = sink
         if awaited:
             self._awaited.add(fd)
-        self._loop.add_reader(fd, self._readable, fd)
+        self.poller.watch(fd, self._readable)
 
     def _readable(self, fd: int) -> None:
         try:
@@ -59,7 +132,7 @@ class Pipes:
 
     def _stop_reading(self, fd: int) -> None:
         if self._sinks.pop(fd, None) is not None:
-            self._loop.remove_reader(fd)
+            self.poller.unwatch(fd)
         self._awaited.discard(fd)
         if not self._awaited and not self.drained.done():
             self.drained.set_result(None)
@@ -72,8 +145,12 @@ class Pipes:
             os.close(fd)
 
     def close_all(self) -> None:
+        """At the run's end: every pipe closed, and the poller let go."""
         for fd in list(self._open):
             self.close(fd)
+        if not self._released:
+            self._released = True
+            self.poller.release()
 
 
 class Lines:

@@ -8,6 +8,8 @@ import asyncio
 import os
 import subprocess
 
+from .pipes import Poller
+
 
 class SandboxProcess:
     """A launcher as the run sees it: what it uses of an asyncio.subprocess.Process."""
@@ -22,10 +24,10 @@ class SandboxProcess:
     def returncode(self) -> int | None:
         return self._popen.returncode
 
-    def exited(self) -> asyncio.Future[int]:
-        """The launcher's exit status once it has exited and is reaped, through a pidfd on the running loop (no
-        thread, no SIGCHLD, no task); in a thread on a kernel without pidfds (before Linux 5.3). Cancelling the future
-        stops watching."""
+    def exited(self, poller: Poller) -> asyncio.Future[int]:
+        """The launcher's exit status once it has exited and is reaped, through a pidfd in `poller` (no thread, no
+        SIGCHLD, no task); in a thread on a kernel without pidfds (before Linux 5.3). Cancelling the future stops
+        watching."""
         loop = asyncio.get_running_loop()
         popen = self._popen
         if popen.returncode is not None:
@@ -38,18 +40,22 @@ class SandboxProcess:
             return asyncio.ensure_future(asyncio.to_thread(popen.wait))
         exited: asyncio.Future[int] = loop.create_future()
 
-        def readable() -> None:
-            if not exited.done():
-                try:
-                    exited.set_result(popen.wait())  # it has exited: this reaps it without blocking
-                except Exception as exc:
-                    exited.set_exception(exc)
+        def readable(_: int) -> None:
+            if exited.done():
+                return
+            try:
+                returncode = popen.poll()  # reaps it; None only on a spurious wake-up (see Poller)
+            except Exception as exc:
+                exited.set_exception(exc)
+                return
+            if returncode is not None:
+                exited.set_result(returncode)
 
         def unwatch(_: asyncio.Future[int]) -> None:
-            loop.remove_reader(pidfd)
+            poller.unwatch(pidfd)
             os.close(pidfd)
 
-        loop.add_reader(pidfd, readable)
+        poller.watch(pidfd, readable)
         exited.add_done_callback(unwatch)
         return exited
 

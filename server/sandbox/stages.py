@@ -17,6 +17,7 @@ from .spec import RunSpec
 logger = logging.getLogger(__name__)
 
 CPU_POLL_S = 0.01  # the job-wide CPU check's shortest interval, as the job nears its limit
+CPUS = os.cpu_count() or 1  # read once: os.cpu_count() reads /sys each time, and CPUs come and go rarely
 GO = b"g"  # a stage's go-ahead on a warm sandbox's job pipe (conveyor-run.c await_gate)
 
 
@@ -203,7 +204,7 @@ class Stages:
             return
         limit = self._spec.cpu_time_ms * 1_000_000
         if used - base < limit:
-            delay = max((limit - (used - base)) / 1e9 / (os.cpu_count() or 1), CPU_POLL_S)
+            delay = max((limit - (used - base)) / 1e9 / CPUS, CPU_POLL_S)
             self._cpu_watch = asyncio.get_running_loop().call_later(delay, self._recheck_cpu, cgroup, base)
             return
         logger.info("%s: used %.0f ms of CPU, over its limit; ending it", self._spec.name, (used - base) / 1e6)
