@@ -171,12 +171,13 @@ class MemoryStore:
 
     async def wait_for_work(self, timeout: float) -> None:
         if not self._work:
-            waiter = self._work_waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._work_waiter = loop.create_future()
+            timer = loop.call_later(timeout, _settle, waiter)  # a timer, not asyncio.timeout: cheaper, once per job
             try:
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._work_waiter = None
         self._work = False
 
@@ -370,3 +371,8 @@ class MemoryStore:
                 self._retired = False
             except Exception:
                 logger.exception("retention sweep failed")
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -34,25 +34,27 @@ class ClaimLoop:
         self._fill = fill
         self._drained = drained
         self.closing = False
-        self._freed = asyncio.Event()
-        # Set by close(): wakes the loop wherever it idles, so shutdown does not wait out WAKE_TIMEOUT_S.
-        self._close_requested = asyncio.Event()
+        # Plain futures rather than Events: waiting on an Event takes a task each time, and the loop idles once or
+        # twice per job. Done by freed(), made when the loop waits for a slot.
+        self._freed: asyncio.Future[None] | None = None
+        # Done by close(): wakes the loop wherever it idles, so shutdown does not wait out WAKE_TIMEOUT_S.
+        self._close_requested: asyncio.Future[None] | None = None
         # The store's wait for work, in a task of its own so the loop can leave it without cancelling it.
         self.store_wait: asyncio.Task[None] | None = None
 
     def freed(self) -> None:
         """A slot is free (and the worker found no job for it): look for work."""
-        self._freed.set()
+        _settle(self._freed)
 
     def close(self) -> None:
         self.closing = True
-        self._close_requested.set()
+        _settle(self._close_requested)
 
     async def run(self) -> None:
         while not self.closing:
             if self._free() <= 0:
-                self._freed.clear()
-                await self._idle(asyncio.ensure_future(self._freed.wait()), WAKE_TIMEOUT_S, cancel=True)
+                self._freed = asyncio.get_running_loop().create_future()
+                await self._idle(self._freed, WAKE_TIMEOUT_S, cancel=True)
                 continue
             try:
                 # A finish that just claimed found the queue empty: wait for news rather than ask again.
@@ -88,11 +90,19 @@ class ClaimLoop:
     async def _idle(self, waiting: asyncio.Future[Any] | None, timeout: float, *, cancel: bool = False) -> None:
         """Wait for `waiting` (or only the time, when None) at most `timeout` seconds, ending early when close()
         begins. `cancel` cancels `waiting` if it is still pending then; otherwise it is left to its owner."""
-        closing = asyncio.ensure_future(self._close_requested.wait())
+        closing = self._close_requested
+        if closing is None:
+            closing = self._close_requested = asyncio.get_running_loop().create_future()
+            if self.closing:
+                closing.set_result(None)
         aws: list[asyncio.Future[Any]] = [closing] if waiting is None else [closing, waiting]
         try:
             await asyncio.wait(aws, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            closing.cancel()
             if cancel and waiting is not None:
                 waiting.cancel()
+
+
+def _settle(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
