@@ -124,8 +124,8 @@ class Run:
         return False
 
     async def _spawn(self) -> tuple[int, int]:
-        """Start the launcher (or take a warm sandbox) and the output pumps; returns the read ends of the status and
-        compiler pipes."""
+        """Start the launcher (or take a warm sandbox) and read its output pipes; returns the read ends of the status
+        and compiler pipes."""
         host, spec = self._host, self._spec
         taken = await self._take_warm()
         if taken is not None:
@@ -324,7 +324,7 @@ class Run:
                 self._proc = spawning.result()
                 self._watch(self._proc)
             self.kill()
-        self._output.draining = True  # pumps keep reading to EOF (a paused pipe never reports it) but keep nothing
+        self._output.draining = True  # still read to their end (the tree is gone then), nothing kept
         self._stages.stop_watching()
         for task in (self._feeder, self._sender):
             if task is not None:

@@ -1,4 +1,4 @@
-"""Output: a run's stdout and stderr pumped as they arrive within one shared cap, and its compiler's output."""
+"""Output: a run's stdout and stderr taken as they arrive within one shared cap, and its compiler's output."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Output:
         self._stop = stop
         self._raw: dict[Stream, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._compile_output = bytearray()
-        self.draining = False  # set at teardown: pumps keep reading to EOF but keep nothing
+        self.draining = False  # set at teardown: the pipes are read to EOF but nothing is kept
 
     def sink(self, stream: Stream) -> Callable[[bytes], bool]:
         """What one output pipe's data goes to (Pipes): forwarded as it arrives, decoded incrementally, within the
