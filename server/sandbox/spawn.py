@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -77,14 +78,28 @@ def above_stdio(fd: int) -> int:
 KEY_USERS = "/proc/key-users"
 
 
+# A line of /proc/key-users begins with its uid, right-aligned, and a colon ("  1000:     5 5/5 ...").
+_KEY_USER = re.compile(rb"^ *(\d+):", re.MULTILINE)
+
+
 def _uids_with_keys() -> set[int]:
     """The host uids that hold keys now: every live sandbox holds its session keyring (the launcher joins a new one
-    before bwrap, every process inherits it, and seccomp refuses keyctl, so none can leave it)."""
+    before bwrap, every process inherits it, and seccomp refuses keyctl, so none can leave it). Read for every
+    sandbox started, with a line per uid holding keys (tens on a busy host): raw bytes and one regex, where a text
+    file parsed line by line cost ~1/3 more (33 against 25 us with 24 lines; the kernel's listing is the rest)."""
     try:
-        with open(KEY_USERS, encoding="ascii") as listing:
-            return {int(line.split(":", 1)[0]) for line in listing if ":" in line}
-    except (OSError, ValueError):
+        fd = os.open(KEY_USERS, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return set()
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except OSError:
+        return set()
+    finally:
+        os.close(fd)
+    return {int(uid) for uid in _KEY_USER.findall(data)}
 
 
 class HostUids:
