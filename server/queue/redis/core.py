@@ -22,7 +22,7 @@ from ..base import ControlHandler
 from ..events import EventEmitter
 from ..jobs import Job, now_ms
 from ..records import job_from_hash
-from ..redispool import command_pool, packing_in_c
+from ..redispool import command_client, command_pool, packing_in_c
 from . import scripts
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class RedisCore:
         if pool is None:
             pool = command_pool(url, pool_size=pool_size, timeout_ms=timeout_ms)
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command.
-        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        self._redis: Any = command_client(pool)
         # Blocking reads (XREAD BLOCK, BLPOP) get their own client, with room for the block in the timeout
         # (a plain pool: two users, the event reader and the idle claim loop; cancelling a wait for a pooled
         # connection of a BlockingConnectionPool was seen to hang).
