@@ -24,6 +24,7 @@ from ..jobs import Job, now_ms
 from ..records import job_from_hash
 from ..redispool import command_client, command_pool, packing_in_c
 from . import scripts
+from .autopipeline import AutoPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class RedisCore:
         self._scripts = {
             name: self._redis.register_script(getattr(scripts, name)) for name in SCRIPTS + SCRIPTS_OF_INPUT_AND_VIEWS
         }
+        # Submissions arrive together (a burst, a batch): their ENQUEUEs share round trips.
+        self._enqueues = AutoPipeline(self._redis, self._scripts["ENQUEUE"])
         self._started_at = now_ms()
         self._reader: asyncio.Task[None] | None = None
         self._seen = (0, 0)
