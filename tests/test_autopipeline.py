@@ -10,6 +10,7 @@ import redis
 
 from server.errors import QueueFull
 from server.queue.jobs import Job
+from server.queue.redis.autopipeline import MAX_BATCH
 from server.queue.redis.store import RedisStore
 
 pytestmark = pytest.mark.redis
@@ -58,3 +59,11 @@ async def test_a_caller_that_gives_up_leaves_the_others_answered(store: RedisSto
     answers = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(answers[3], asyncio.CancelledError)
     assert [a for i, a in enumerate(answers) if i != 3] == [j for i, j in enumerate(jobs) if i != 3]
+
+
+async def test_a_burst_past_one_pipeline_goes_in_the_next(store: RedisStore) -> None:
+    jobs = [Job(language="python", code=str(i)) for i in range(MAX_BATCH + 44)]
+    answers = await asyncio.gather(*(store.enqueue(job, max_queue_size=1000, max_concurrent=0) for job in jobs))
+    assert answers == jobs
+    places = await store.positions([job.id for job in jobs])
+    assert [places[job.id] for job in jobs] == list(range(1, len(jobs) + 1))

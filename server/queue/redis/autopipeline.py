@@ -29,6 +29,7 @@ class AutoPipeline:
         self._client = client
         self._script = script
         self._deadline_s: float = client.connection_pool.deadline_s
+        # One entry per call not yet sent: as many as callers waiting, each gone within the deadline.
         self._waiting: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
 
