@@ -16,7 +16,8 @@ from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, Set
 from server.queue import MemoryStore, Worker
 from server.queue.allocator import Trimmer
 from server.queue.events import Event
-from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
+from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus, Limits, SourceFile, TestCase
+from server.queue.records import JOB_FIELDS
 from server.queue.stats import seconds_until_a_place
 from server.queue.worker.running import Running
 from tests.conftest import free_port
@@ -304,6 +305,35 @@ async def test_many_cancellations_keep_the_heap_small(gate: Gate) -> None:
     assert len(queue.store._heap) < 200  # type: ignore[attr-defined]
     assert await queue.position(jobs[-1]) == 1
     await queue.close()
+
+
+async def test_every_submission_field_comes_back_as_submitted(make_queue: Callable[..., Any]) -> None:
+    """Set or left at its default: the Redis store leaves a job's default fields out of its hash."""
+    queue = await make_queue()
+    full = Job(
+        language="python",
+        code="print(1)",
+        stdin="in",
+        args=["a"],
+        priority=3,
+        owner="k1",
+        timeout_ms=1234,
+        interactive=True,
+        files=[SourceFile("m.py", "x")],
+        limits=Limits(cpu_time_ms=5),
+        compiler_options=["-O"],
+        expected_output="1",
+        tests=[TestCase("t", "u")],
+        callback_url="http://127.0.0.1:9/",
+        output_encoding="base64",
+        dialect={"language_id": 71},
+    )
+    for sent in (full, Job(language="python", code="")):
+        await queue.submit(sent)
+        back = await queue.get(sent.id)
+        assert back is not None
+        for name in set(JOB_FIELDS) - {"created_at", "started_at", "finished_at"}:  # the store's own clock's
+            assert getattr(back, name) == getattr(sent, name), name
 
 
 async def test_redis_outage_is_a_clear_error(tmp_path: Any) -> None:

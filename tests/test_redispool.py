@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
 from bench import redisserver
-from server.queue.redispool import command_pool
+from server.errors import BackendUnavailable
+from server.queue.jobs import Job
+from server.queue.redis.store import RedisStore
+from server.queue.redispool import command_client, command_pool
 from tests.conftest import AppClientFactory
 
 pytestmark = pytest.mark.redis
@@ -59,10 +61,40 @@ def test_the_url_still_chooses_the_connection_class() -> None:
 
 async def test_values_packed_in_c_come_back_from_redis_as_sent() -> None:
     with redisserver.redis_server() as url:
-        client: Any = aioredis.Redis(connection_pool=command_pool(url))
+        client: Any = command_client(command_pool(url))
         try:
             await client.hset("h", mapping={"float": 0.1, "int": 2**62, "text": "é—😀", "bytes": b"\x00\xff"})
             assert await client.hmget("h", ["float", "int", "text"]) == ["0.1", str(2**62), "é—😀"]
             assert await client.hstrlen("h", "bytes") == 2
         finally:
+            await client.aclose(close_connection_pool=True)
+
+
+async def test_a_stalled_redis_ends_every_command_within_the_pool_timeout() -> None:
+    """One deadline per command (the wait for a connection, the send and the reply), for plain commands, scripts and
+    pipelines alike; a stalled connection is dropped, never handed out again with its late reply."""
+    with redisserver.redis_server() as url:
+        client: Any = command_client(command_pool(url, pool_size=2, timeout_ms=200))
+        store = RedisStore(url, prefix="stall", timeout_ms=200)
+        await store.start()
+        try:
+            await client.set("k", "before")
+            with redis.Redis.from_url(url) as direct:
+                direct.client_pause(3000, all=False)  # writes and scripts stall 15 timeouts; reads go on
+                try:
+                    with pytest.raises(redis.exceptions.TimeoutError):
+                        await client.set("k", "during")
+                    with pytest.raises(redis.exceptions.TimeoutError):
+                        await client.eval("return redis.call('SET', KEYS[1], 'script')", 1, "k")
+                    pipe = client.pipeline(transaction=True)
+                    pipe.set("k", "pipeline")
+                    with pytest.raises(redis.exceptions.TimeoutError):
+                        await pipe.execute()
+                    with pytest.raises(BackendUnavailable):
+                        await store.enqueue(Job(language="python", code=""), max_queue_size=10, max_concurrent=1)
+                    assert [await client.get("k") for _ in range(4)] == ["before"] * 4
+                finally:
+                    direct.client_unpause()
+        finally:
+            await store.close()
             await client.aclose(close_connection_pool=True)

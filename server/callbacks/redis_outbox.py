@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from ..queue.redispool import command_client
 from .outbox import CLAIM_SCAN, Armed, Claim, Delivery, Entry, OutboxStore
 
 # KEYS: due, entries, hosts, attempts, armed, checks (every script takes them all, in this order).
@@ -117,9 +118,7 @@ class RedisOutbox(OutboxStore):
     """The shared outbox. `pool` is the instance's Redis pool (its owner closes it)."""
 
     def __init__(self, pool: Any, *, prefix: str, now: Any) -> None:
-        import redis.asyncio as aioredis  # the redis client is an optional extra
-
-        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        self._redis: Any = command_client(pool)
         self._now = now
         p = f"{prefix}:callbacks"
         self._due, self._entries = f"{p}:due", f"{p}:entries"

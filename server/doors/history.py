@@ -20,7 +20,7 @@ from ..errors import BackendUnavailable, BadRequest
 from ..keys import QUEUE, SETTINGS
 from ..queue import QueueBackend
 from ..queue.loops import raise_if_cancelling, stop_task
-from ..queue.redispool import command_pool
+from ..queue.redispool import command_client, command_pool
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +132,13 @@ class RedisHistory:
     def __init__(
         self, url: str, *, prefix: str = "conveyor", capacity: int = CAPACITY, timeout_ms: int = 3000, pool: Any = None
     ) -> None:
-        import redis.asyncio as aioredis  # the redis client is an optional extra
-
         self.capacity = capacity
         # The instance's pool when given (its owner closes it), so REDIS_POOL_SIZE and REDIS_TIMEOUT_MS hold here too.
         self._owns_pool = pool is None
         if pool is None:
             pool = command_pool(url, pool_size=2, timeout_ms=timeout_ms)
         # Typed loosely, as the queue's client: redis-py's stubs union sync/async returns.
-        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        self._redis: Any = command_client(pool)
         self.key = f"{prefix}:history"
         self._append = self._redis.register_script(_APPEND)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ...errors import BackendUnavailable
-from ...queue.redispool import command_pool
+from ...queue.redispool import command_client, command_pool
 from .base import Take
 
 # Shared head of both scripts. KEYS[1] is the bucket, holding the time at which it is full again; ARGV[1] is the
@@ -86,7 +85,7 @@ class RedisLimiterStore:
         self._owns_pool = pool is None
         if pool is None:
             pool = command_pool(url, pool_size=pool_size, timeout_ms=timeout_ms)
-        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        self._redis: Any = command_client(pool)
         self._prefix = f"{prefix}:ratelimit:"
         self._take = self._redis.register_script(TAKE)
         self._refund = self._redis.register_script(REFUND)

@@ -22,8 +22,9 @@ from ..base import ControlHandler
 from ..events import EventEmitter
 from ..jobs import Job, now_ms
 from ..records import job_from_hash
-from ..redispool import command_pool, packing_in_c
+from ..redispool import command_client, command_pool, packing_in_c
 from . import scripts
+from .autopipeline import AutoPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class RedisCore:
         if pool is None:
             pool = command_pool(url, pool_size=pool_size, timeout_ms=timeout_ms)
         # Typed loosely: redis-py's stubs union sync/async and bytes/str returns for every command.
-        self._redis: Any = aioredis.Redis(connection_pool=pool)
+        self._redis: Any = command_client(pool)
         # Blocking reads (XREAD BLOCK, BLPOP) get their own client, with room for the block in the timeout
         # (a plain pool: two users, the event reader and the idle claim loop; cancelling a wait for a pooled
         # connection of a BlockingConnectionPool was seen to hang).
@@ -116,6 +117,8 @@ class RedisCore:
         self._scripts = {
             name: self._redis.register_script(getattr(scripts, name)) for name in SCRIPTS + SCRIPTS_OF_INPUT_AND_VIEWS
         }
+        # Submissions arrive together (a burst, a batch): their ENQUEUEs share round trips.
+        self._enqueues = AutoPipeline(self._redis, self._scripts["ENQUEUE"])
         self._started_at = now_ms()
         self._reader: asyncio.Task[None] | None = None
         self._seen = (0, 0)

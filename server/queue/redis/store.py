@@ -106,7 +106,7 @@ class RedisStore(RedisDecisions, RedisReads):
         flat: list[Any] = [x for pair in fields.items() for x in pair]
         inverted = MAX_PRIORITY - min(max(job.priority, 0), MAX_PRIORITY)
         template, stamps = transitions.stamped(transitions.enqueue(job))
-        accepted, queued, created = await self._scripts["ENQUEUE"](
+        accepted, queued, created = await self._enqueues(
             keys=[*self._keys("queued", "running", "stats", "events", "wake", "arrival"), *self._job_keys(job.id)[:2]],
             args=[
                 self.instance,
