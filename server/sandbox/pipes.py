@@ -1,6 +1,9 @@
 """Pipes: a run's read ends (stdout, stderr, the compiler's output, the status pipe, the launcher's pidfd) watched by
 one epoll per event loop, which the loop watches as one reader, each into a plain callback: no transport, protocol,
-stream, task or loop reader per pipe (those were about half of a warm hello's Python calls on the event loop)."""
+stream, task or loop reader per pipe (those were about half of a warm hello's Python calls on the event loop).
+asyncio offers nothing lighter for raw pipes than a loop reader per descriptor (connect_read_pipe builds a transport
+and a protocol); one epoll registered as a single reader is written here for that, measured in
+docs/benchmarks-sandbox.md."""
 
 from __future__ import annotations
 

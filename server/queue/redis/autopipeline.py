@@ -23,6 +23,9 @@ class AutoPipeline:
     gets redis-py's TimeoutError, as for a command of its own (its call may still reach Redis, as a command whose
     reply was lost may; the script must be idempotent for that, as ENQUEUE is). Scripts only: no transaction
     across calls, each is atomic on its own.
+
+    Written here because redis-py (5.x and 8.x) has no automatic pipelining: its pipelines batch only what one caller
+    puts in them.
     """
 
     def __init__(self, client: Any, script: Any) -> None:
