@@ -21,7 +21,7 @@ from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, JobIO, Limits, SourceFile, Stream
 from server.sandbox.pool import Warm
 from tests.conftest import make_settings
-from tests.test_pool import gone, run, until, warm_run
+from tests.test_pool import ended, gone, run, until, warm_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -46,6 +46,15 @@ def warm() -> Iterator[Judge]:
 
 def server_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def fd_targets() -> dict[str, str]:
+    """What each of the server's descriptors is (for a failure's message: which kind was left behind)."""
+    targets = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+    return targets
 
 
 def ready_sandboxes(sandbox: Judge) -> list[Warm]:
@@ -396,7 +405,7 @@ async def test_a_failed_warm_hand_over_leaks_no_descriptor() -> None:
         await full(sandbox)
         assert server_fds() == before
         for warm in taken:
-            assert warm.popen.returncode is not None and gone(warm.child_pid)
+            assert warm.popen.returncode is not None and ended(warm.child_pid)
             assert warm.cgroup is None or not any(Path(p).exists() for p in warm.cgroup.procs_files)
     finally:
         await sandbox.close()
@@ -431,13 +440,13 @@ async def test_cancelling_a_run_at_each_step_of_a_warm_take_leaves_nothing() -> 
     finally:
         await sandbox.close()
     for warm in taken:
-        assert warm.popen.returncode is not None and gone(warm.child_pid), warm
+        assert warm.popen.returncode is not None and ended(warm.child_pid), warm
 
 
 async def test_bursts_across_languages_leave_nothing_behind_once_closed() -> None:
     """Alternating bursts of three languages against a budget of two: the pool churns (stale sandboxes discarded,
     others started), and after close() the server has the descriptors and threads it had, and no sandbox is left."""
-    fds, threads = server_fds(), set(threading.enumerate())
+    fds, threads, targets = server_fds(), set(threading.enumerate()), fd_targets()
     sandbox = await Judge.create(make_settings(warm_pool=2, max_concurrent_jobs=4), languages=("python", "bash"))
     seen: set[Warm] = set()
     try:
@@ -449,7 +458,7 @@ async def test_bursts_across_languages_leave_nothing_behind_once_closed() -> Non
         assert sandbox.pool_status()["hits"] >= 2
     finally:
         await sandbox.close()
-    assert server_fds() == fds
+    assert server_fds() == fds, {fd: what for fd, what in fd_targets().items() if targets.get(fd) != what}
     assert not [thread.name for thread in set(threading.enumerate()) - threads if thread.name.startswith("conveyor-")]
     for warm in seen:
-        assert warm.popen.returncode is not None and gone(warm.child_pid), warm
+        assert warm.popen.returncode is not None and ended(warm.child_pid), warm
