@@ -18,6 +18,14 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+def settle(*futures: asyncio.Future[None] | None) -> None:
+    """Wake whoever awaits these futures (those still pending): the queue's one-shot signals, where an
+    asyncio.Event would cost a task per wait."""
+    for future in futures:
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
 async def stop_task(task: asyncio.Task[object], *, timeout_s: float = 5.0) -> None:
     """Cancel `task` and wait for it, cancelling again while it runs on (at most `timeout_s`)."""
     loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ from .allocator import Trimmer
 from .base import ControlHandler, InstanceRecord
 from .events import Event, EventEmitter
 from .jobs import ExecutionResult, Job, JobStatus, now_ms
+from .loops import settle
 from .retention import Record, Retention
 from .stats import QueueStats
 
@@ -173,7 +174,7 @@ class MemoryStore:
         if not self._work:
             loop = asyncio.get_running_loop()
             waiter = self._work_waiter = loop.create_future()
-            timer = loop.call_later(timeout, _settle, waiter)  # a timer, not asyncio.timeout: cheaper, once per job
+            timer = loop.call_later(timeout, settle, waiter)  # a timer, not asyncio.timeout: cheaper, once per job
             try:
                 await waiter
             finally:
@@ -371,8 +372,3 @@ class MemoryStore:
                 self._retired = False
             except Exception:
                 logger.exception("retention sweep failed")
-
-
-def _settle(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

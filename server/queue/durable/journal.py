@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..jobs import Job
+from ..loops import settle
 from . import rows
 from .rows import FINISHED, QUEUED, RUNNING, Op, Recovered
 
@@ -195,7 +196,7 @@ class Journal:
             loop = self._loop
         if ready and loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_settle, ready)
+                loop.call_soon_threadsafe(settle, *ready)
 
     def running(self, job: Job) -> None:
         """Claimed (or past half its reserved seqs): the row says running, with seqs reserved ahead."""
@@ -380,9 +381,3 @@ class Journal:
         if self.stats.failing:
             self.stats.failing = False
             logger.warning("job journal %s: writing again (after %d failed attempts)", self.path, self.stats.failures)
-
-
-def _settle(futures: list[asyncio.Future[None]]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_result(None)

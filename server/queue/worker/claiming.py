@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..base import Store
-from ..loops import raise_if_cancelling
+from ..loops import raise_if_cancelling, settle
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ class ClaimLoop:
 
     def freed(self) -> None:
         """A slot is free (and the worker found no job for it): look for work."""
-        _settle(self._freed)
+        settle(self._freed)
 
     def close(self) -> None:
         self.closing = True
-        _settle(self._close_requested)
+        settle(self._close_requested)
 
     async def run(self) -> None:
         while not self.closing:
@@ -101,8 +101,3 @@ class ClaimLoop:
         finally:
             if cancel and waiting is not None:
                 waiting.cancel()
-
-
-def _settle(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
