@@ -25,8 +25,9 @@ from server.sandbox.cgroups import JobCgroup
 from server.sandbox.command import Host
 from server.sandbox.execution import Run
 from server.sandbox.runner import Sandbox
-from server.sandbox.spawn import Fds, HostUids
+from server.sandbox.spawn import Fds
 from server.sandbox.spec import RunSpec
+from server.sandbox.uids import HostUids
 from tests.conftest import scaled_ms
 from tests.test_sandbox import SETTINGS, make_job, open_sandbox, run_job, start_sandbox
 

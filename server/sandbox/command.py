@@ -13,8 +13,9 @@ from pathlib import Path
 from ..settings import Settings
 from . import driver
 from .cgroups import JobCgroup
-from .spawn import Fds, HostUids
+from .spawn import Fds
 from .spec import ARTIFACT, BOX, SANDBOX_UID, RunSpec
+from .uids import HostUids
 
 PATH = "/usr/bin:/bin"  # toolchains from the host's /usr only (not /usr/local, ~/.cargo, pyenv shims ...)
 # Our own tasks in a job's cgroup (bwrap's monitor and pid-1 reaper, the stage driver), on top of max_processes.

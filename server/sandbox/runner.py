@@ -23,8 +23,8 @@ from .languages import Language, LanguageIndex, chosen, load_languages, runtimes
 from .pool import WarmPool
 from .reaper import Reaper
 from .result import Outcome, cached_build, result_of
-from .spawn import HostUids
 from .spec import RunSpec, Specs
+from .uids import HostUids, close_host_claims, open_host_claims
 from .warm import WarmStarter
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class Sandbox:
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
         # As root, jobs do not run as root unless bwrap works only for root here (_check_bwrap's warned fallback).
         self._as_root = False
-        self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids)
+        self._claims = open_host_claims() if settings.sandbox_uids else None  # closed by close()
+        self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids, claims=self._claims)
         self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
         self._roots = startup.root_links()
         self._cleanups: set[asyncio.Task[None]] = set()
@@ -402,3 +403,6 @@ class Sandbox:
             self._reaper = None
         if self._cgroups is not None:
             self._cgroups.close()
+        if self._claims is not None:
+            close_host_claims(self._claims)
+            self._claims = None

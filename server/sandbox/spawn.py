@@ -6,10 +6,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import tempfile
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,52 +70,6 @@ def above_stdio(fd: int) -> int:
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     os.close(fd)
     return moved
-
-
-KEY_USERS = "/proc/key-users"
-
-
-# A line of /proc/key-users begins with its uid, right-aligned, and a colon ("  1000:     5 5/5 ...").
-_KEY_USER = re.compile(rb"^ *(\d+):", re.MULTILINE)
-
-
-def _uids_with_keys() -> set[int]:
-    """The host uids that hold keys now: every live sandbox holds its session keyring (the launcher joins a new one
-    before bwrap, every process inherits it, and seccomp refuses keyctl, so none can leave it). Read for every
-    sandbox started: raw bytes and one regex (33 against 25 us with 24 lines, against a text file split by line)."""
-    try:
-        with open(KEY_USERS, "rb") as listing:
-            data = listing.read()
-    except OSError:
-        return set()
-    return {int(uid) for uid in _KEY_USER.findall(data)}
-
-
-class HostUids:
-    """Host uids for sandboxes, one each (as isolate gives each box its own): a job then sees no other sandbox's
-    keyrings in /proc/keys or its key quota in /proc/key-users, and shares no per-uid count or limit with it.
-    Handed out in turn through the range, skipping those still held by a live sandbox (they hold keys), so a uid
-    comes back only after `count` others and never while its previous sandbox lives. Thread-safe: the pool's threads
-    start warm sandboxes. A range with every uid alive (fewer uids than sandboxes) shares one, with a warning."""
-
-    def __init__(self, base: int, count: int, *, in_use: Callable[[], set[int]] = _uids_with_keys) -> None:
-        self.base, self.count = base, count
-        self._in_use = in_use
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> int:
-        if self.count == 0:
-            return SANDBOX_UID
-        with self._lock:
-            busy = self._in_use()
-            for _ in range(self.count):
-                uid = self.base + self._next
-                self._next = (self._next + 1) % self.count
-                if uid not in busy:
-                    return uid
-        logger.warning("all %d SANDBOX_UIDS belong to live sandboxes: uid %d is shared", self.count, uid)
-        return uid
 
 
 def memfd(data: bytes) -> int:
