@@ -25,13 +25,14 @@ from tests.test_sandbox_security import host_processes_with, marker
 
 BASE = 3_000_000_000
 
-# Another server. argv: the lock file, how many uids to take at once, claim_s, the range's base. It takes uids from
-# the same range through its own claims on the same file and prints them, then takes one more for each line of stdin.
+# Another server. argv: the lock file, how many uids to take at once, claim_s, the range's base and size. It takes
+# uids from the same range through its own claims on the same file and prints them, then one more for each line of
+# stdin.
 OTHER_SERVER = r"""
 import sys
 from server.sandbox.uids import HostUids, UidClaims
 claims = UidClaims(sys.argv[1], claim_s=float(sys.argv[3]))
-uids = HostUids(int(sys.argv[4]), 4, in_use=set, claims=claims)
+uids = HostUids(int(sys.argv[4]), int(sys.argv[5]), in_use=set, claims=claims)
 print(*(uids.take() for _ in range(int(sys.argv[2]))), flush=True)
 for line in sys.stdin:
     print(uids.take(), flush=True)
@@ -43,8 +44,8 @@ def lock_file(tmp_path: Path) -> str:
     return str(tmp_path / "run" / "sandbox-uids.lock")
 
 
-def start_other_server(lock_file: str, take: int, claim_s: float) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-c", OTHER_SERVER, lock_file, str(take), str(claim_s), str(BASE)]
+def start_other_server(lock_file: str, take: int, claim_s: float, uids: int = 4) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", OTHER_SERVER, lock_file, str(take), str(claim_s), str(BASE), str(uids)]
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -105,6 +106,21 @@ def test_a_claim_ends_at_the_claimers_next_take_after_claim_s(lock_file: str, cl
         proc.kill()
 
 
+def test_a_uid_handed_out_again_is_claimed_anew(lock_file: str, claims: UidClaims) -> None:
+    """A range of two: the other server hands out BASE and BASE + 1 at 0 s, BASE again at 0.3 s and BASE + 1 again at
+    0.6 s, which expires what is past 0.5 s: the first claims, not BASE's renewed one."""
+    with start_other_server(lock_file, 2, 0.5, uids=2) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline().split() == [str(BASE), str(BASE + 1)]
+        for uid in (BASE, BASE + 1):
+            time.sleep(0.3)
+            proc.stdin.write("take\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().split() == [str(uid)]
+        assert HostUids(BASE, 3, in_use=set, claims=claims).take() == BASE + 2
+        proc.kill()
+
+
 def test_two_servers_in_one_process_keep_apart_and_neither_is_held_back_by_its_own_claims(claims: UidClaims) -> None:
     """Record locks never conflict within a process, so the claims are also kept by owner."""
     first, second = HostUids(BASE, 4, in_use=set, claims=claims), HostUids(BASE, 4, in_use=set, claims=claims)
@@ -133,7 +149,7 @@ async def test_a_server_starts_its_sandbox_as_a_uid_another_server_is_not_starti
     if os.geteuid() != 0:
         pytest.skip("only a root server chooses sandbox uids")
     base, tag = 2_050_000_000 + secrets.randbelow(1 << 20) * 4, marker()  # below 2^31, as SANDBOX_UID_BASE
-    argv = [sys.executable, "-c", OTHER_SERVER, CLAIMS_FILE, "3", "600", str(base)]
+    argv = [sys.executable, "-c", OTHER_SERVER, CLAIMS_FILE, "3", "600", str(base), "4"]
     with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as other:
         assert other.stdout is not None
         assert other.stdout.readline().split() == [str(base + i) for i in range(3)]

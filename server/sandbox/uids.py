@@ -56,31 +56,34 @@ class UidClaims:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._claim_s = claim_s
-        self._held: dict[int, object] = {}  # uid -> the HostUids that claimed it
-        self._order: collections.deque[tuple[float, int]] = collections.deque()  # (when, uid), oldest first
+        self._held: dict[int, tuple[object, float]] = {}  # uid -> the HostUids that claimed it, and when
+        # (when, uid), oldest first; an entry older than its uid's claim was renewed since and is skipped.
+        self._order: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
 
     def claim(self, uid: int, owner: object) -> bool:
-        """Claim `uid` for `owner`; False when another server, or another owner here, claimed it and still holds it."""
+        """Claim `uid` for `owner` (again: renewed); False when another server, or another owner here, holds it."""
         now = time.monotonic()
         with self._lock:
             self._expire(now)
-            holder = self._held.get(uid)
-            if holder is not None:
-                return holder is owner
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, uid)
-            except OSError:  # EAGAIN or EACCES: another server's
+            held = self._held.get(uid)
+            if held is not None and held[0] is not owner:
                 return False
-            self._held[uid] = owner
+            if held is None:
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, uid)
+                except OSError:  # EAGAIN or EACCES: another server's
+                    return False
+            self._held[uid] = (owner, now)
             self._order.append((now, uid))
             return True
 
     def _expire(self, now: float) -> None:
         while self._order and now - self._order[0][0] > self._claim_s:
-            _, uid = self._order.popleft()
-            del self._held[uid]
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, uid)
+            when, uid = self._order.popleft()
+            if self._held[uid][1] == when:
+                del self._held[uid]
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, uid)
 
     def close(self) -> None:
         """Drop every claim (closing the descriptor releases the process's record locks on the file)."""
