@@ -241,6 +241,36 @@ async def test_a_cached_build_with_a_member_no_sandbox_is_given_is_rebuilt_never
     assert (await run(client, language="c", code=code))["compileCached"] is True
 
 
+def pax_header(payload: bytes) -> bytes:
+    """A pax extended header (kind `x`) carrying `payload`, as its blocks in a tar."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(payload)
+    return info.tobuf(tarfile.USTAR_FORMAT) + payload + bytes(-len(payload) % 512)
+
+
+# 100 KB of digits: CPython's tarfile before 3.11.10 parses it with a regular expression that backtracks
+# quadratically (CVE-2024-6232): 16.8 s on this host's 3.11.7 (at load 12), holding the GIL (the event loop with it).
+SLOW_PAX = pax_header(b"1" * 100_000)
+
+
+async def test_a_cached_build_with_a_pax_header_is_refused_before_it_is_parsed_while_the_server_answers(
+    client: Client,
+) -> None:
+    """The entry's tar begins with a pathological pax header (under a valid content hash): refused by its kind before
+    tarfile reads it, counted corrupt and rebuilt, while a request made at the same time is answered."""
+    judge = judge_of(client)
+    assert judge.sandbox.cache is not None
+    code = PORTRAIT_C % secrets.token_hex(8)
+    path = await crafted(client, code, [])
+    stored = _decode(path.read_bytes())
+    assert stored is not None
+    path.write_bytes(_encode(CachedBuild(compile_output=stored.compile_output, artifact=SLOW_PAX + stored.artifact)))
+    corrupt = judge.sandbox.cache.corrupt
+    job, health = await asyncio.gather(run(client, language="c", code=code), call(client, "GET", "/health", 200))
+    assert job["status"] == "completed" and job["compileCached"] is False, job
+    assert judge.sandbox.cache.corrupt == corrupt + 1 and health["status"] == "ok", health
+
+
 # -- unpack() itself -----------------------------------------------------------------------------------------------
 
 
@@ -276,6 +306,27 @@ def test_unpack_refuses_a_file_where_a_directory_must_be_and_what_is_not_a_tar()
     whole = tar_of([(member("./main"), b"x" * 4096)])
     with pytest.raises(ArtifactRefused):
         unpack(whole[:1024])  # cut inside the file's content
+
+
+def test_unpack_refuses_every_header_kind_but_files_directories_and_long_names_before_parsing() -> None:
+    honest = tar_of([(member("./main", mode=0o755), b"\x7fELF")])
+    with pytest.raises(ArtifactRefused, match="kind b'x': not a regular file"):
+        unpack(SLOW_PAX + honest)
+    with pytest.raises(ArtifactRefused, match="kind b'g': not a regular file"):
+        unpack(_global_header() + honest)
+    long_name = "./" + "d" * 150 + "/main"  # GNU's long-name header (kind L), as the pack stage writes it
+    assert [f.name for f in unpack(tar_of([(member(long_name), b"x")])).files] == [long_name[2:]]
+    base256 = bytearray(honest)
+    base256[124:136] = b"\x80" + bytes(10) + b"\x01"  # GNU's binary size: refused, not read
+    base256[148:156] = b"%06o\0 " % (sum(base256[:148]) + 8 * 32 + sum(base256[156:512]))
+    with pytest.raises(ArtifactRefused, match="octal"):
+        unpack(bytes(base256))
+
+
+def _global_header() -> bytes:
+    info = tarfile.TarInfo("pax_global_header")
+    info.type = tarfile.XGLTYPE
+    return info.tobuf(tarfile.USTAR_FORMAT)
 
 
 def test_unpack_refuses_more_entries_than_the_warm_driver_takes() -> None:
