@@ -137,7 +137,7 @@ def drive_warm(binary: Path, cwd: Path, job_message: bytes) -> tuple[int, bytes,
 
 
 def hostile_messages() -> Iterator[bytes]:
-    well_formed = message([b"/bin/true"], b"1\0made\0" + b"2\0ok")
+    well_formed = message([b"/bin/true"], b"1\0made\x00100644\0" + b"2\0ok")
     for n in [*OVERFLOWING, *NOT_NUMBERS]:
         args = [b"10", b"1000000", b"256", b"-", b"-", n.encode(), b"/bin/true"]
         yield b"".join(f + b"\0" for f in [b"7", *args, b"0", b"0", b"0"])
@@ -145,8 +145,10 @@ def hostile_messages() -> Iterator[bytes]:
         yield count.encode() + b"\0"
         yield message([b"/bin/true"])[:-2] + count.encode() + b"\0"
         yield message([b"/bin/true"], count.encode() + b"\0")
-    yield message([b"/bin/true"], b"1\0big\0" + b"9223372036854775807\0x")
-    yield message([b"/bin/true"], b"1\0big\0" + b"9223372036854775808\0x")
+    yield message([b"/bin/true"], b"1\0big\x00100644\0" + b"9223372036854775807\0x")
+    yield message([b"/bin/true"], b"1\0big\x00100644\0" + b"9223372036854775808\0x")
+    for mode in OVERFLOWING + NOT_NUMBERS + ["99", "1777777", "177777777777777777777777"]:  # as a file's mode
+        yield message([b"/bin/true"], b"1\0m\0" + mode.encode() + b"\x001\0x")
     for end in range(1, len(well_formed) - 1):  # every truncation of a well-formed message
         yield well_formed[:end]
     # No "/" in random bytes: a message that happened to be well formed must not name a file outside its work dir.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -402,10 +403,17 @@ def message(run: list[bytes], files: bytes = b"0\0") -> bytes:
 HOSTILE_MESSAGES = {
     "an argument past 1 MiB": message([b"true", b"x" * (1 << 20)]),
     "more than 65,536 arguments": message([b"true", *([b"x"] * 65536)]),
-    "more than 65,536 files": message([b"true"], b"65537\0" + b"".join(b"f%d\x001\0x" % i for i in range(65537))),
-    "a file shorter than its size": message([b"true"], b"1\0made\0" + b"100\0short")[:-2],
-    "a file over a directory": message([b"true"], b"1\0sub\0" + b"1\0x"),
+    "more than 65,536 files": message(
+        [b"true"], b"65537\0" + b"".join(b"f%d\x00100644\x001\0x" % i for i in range(65537))
+    ),
+    "a file shorter than its size": message([b"true"], b"1\0made\x00100644\0" + b"100\0short")[:-2],
+    "a file over a directory": message([b"true"], b"1\0sub\x00100644\0" + b"1\0x"),
     "a file count that is not a number": message([b"true"], b"-1\0"),
+    "a file without a mode": message([b"true"], b"1\0made\0" + b"2\0ok"),
+    "a set-uid file": message([b"true"], b"1\0made\x00104755\0" + b"2\0ok"),
+    "a symbolic link": message([b"true"], b"1\0made\x00120777\0" + b"2\0ok"),
+    "a fifo": message([b"true"], b"1\0made\x00010644\0" + b"0\0"),
+    "a directory with content": message([b"true"], b"1\0made\x00040755\0" + b"2\0ok"),
 }
 
 
@@ -436,9 +444,21 @@ def drive_warm(cwd: Path, job_message: bytes) -> tuple[int, bytes]:
 
 
 def test_the_warm_driver_runs_a_well_formed_job_message(tmp_path: Path) -> None:
-    """The control for the test below: the same message, well formed, runs its program."""
-    assert drive_warm(tmp_path, message([b"true"], b"1\0made\0" + b"2\0ok")) == (0, b"run-start\nrun-end exit 0\n")
-    assert (tmp_path / "made").read_bytes() == b"ok"
+    """The control for the test below: the same message, well formed, runs its program; its files and directories
+    are written with their modes (an executable stays one), whatever the umask."""
+    files = (
+        b"4\0made\x00100644\0"
+        + b"2\0ok"
+        + b"run\x00100755\0"
+        + b"0\0"
+        + b"d/e\x00040755\x000\0"
+        + b"d/f/g\x00100600\x001\0g"
+    )
+    assert drive_warm(tmp_path, message([b"true"], files)) == (0, b"run-start\nrun-end exit 0\n")
+    assert (tmp_path / "made").read_bytes() == b"ok" and (tmp_path / "d/f/g").read_bytes() == b"g"
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("made", "run", "d/e", "d/f", "d/f/g")}
+    assert modes == {"made": 0o644, "run": 0o755, "d/e": 0o755, "d/f": 0o755, "d/f/g": 0o600}
+    assert (tmp_path / "d/e").is_dir()
 
 
 @pytest.mark.parametrize("name", HOSTILE_MESSAGES)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..settings import Settings
+from .artifact import Artifact, ArtifactRefused, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,22 @@ class BuildCache:
         self._touch(path)
         self._count(hit=True)
         return build
+
+    def files(self, key: str, owner: str = "") -> tuple[CachedBuild, Artifact] | None:
+        """get(), with the build's tar read into the files a sandbox is given (artifact.unpack). An entry that passed
+        its content check but holds what no sandbox is given (a link, a path out of the work dir) is deleted and
+        counted like a corrupt one, and missed: it is rebuilt, never run."""
+        build = self.get(key, owner)
+        if build is None:
+            return None
+        try:
+            return build, unpack(build.artifact)
+        except ArtifactRefused as exc:
+            logger.warning("build cache: entry %s refused (%s); deleted, it will be rebuilt", key, exc)
+            self._path(key, owner).unlink(missing_ok=True)
+            with self._lock:
+                self.hits, self.misses, self.corrupt = self.hits - 1, self.misses + 1, self.corrupt + 1
+            return None
 
     def put(self, key: str, build: CachedBuild, owner: str = "") -> bool:
         """Store a build for `owner`, then evict past the bound (the largest holder's least recently used first);

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ..settings import Settings
 from . import driver
+from .artifact import SOURCE_MODE
 from .cgroups import JobCgroup
 from .spawn import Fds, HostUids
-from .spec import ARTIFACT, BOX, SANDBOX_UID, RunSpec
+from .spec import BOX, SANDBOX_UID, RunSpec
 
 PATH = "/usr/bin:/bin"  # toolchains from the host's /usr only (not /usr/local, ~/.cargo, pyenv shims ...)
 # Our own tasks in a job's cgroup (bwrap's monitor and pid-1 reaper, the stage driver), on top of max_processes.
@@ -27,10 +28,6 @@ ETC_PATHS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
 # from its first instruction (no window where a fork escapes), then execs the rest of the command line.
 JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; shift; done; shift; exec "$@"'
 HELPER_IN_BOX = "/.conveyor-run"  # where the sandbox sees the C helper (read-only)
-# A warm sandbox's root is read-only by the time its job arrives: its driver writes a build to /tmp, and the compile
-# stage unpacks it into the work dir and deletes it (a cold one gets the build read-only at /ARTIFACT).
-WARM_ARTIFACT = f"/tmp/{ARTIFACT}"
-WARM_UNPACK = ("/bin/sh", "-c", 'tar -xf "$0" && exec rm -f "$0"', WARM_ARTIFACT)
 # The pre-started interpreters' code (languages.toml `preload`), by interpreter. `{preload}` stands for its text
 # (python3 -c), `{preload_file}` for where the sandbox sees it: bound read-only into every sandbox of the language,
 # cold ones too (the same root either way), for node's --require (node then runs the program by its own main-module
@@ -83,11 +80,9 @@ def warm_argv(host: Host, spec: RunSpec, fds: Fds, cgroup: JobCgroup | None, job
 
 
 def job_message(host: Host, spec: RunSpec, *, warm_env: Mapping[str, str] | None, preloaded: bool) -> bytes:
-    """What a warm sandbox's driver reads: the spec's driver arguments, environment and files (a build goes to
-    WARM_ARTIFACT, unpacked by the compile stage)."""
-    files, env, preload = list(spec.files), env_of(spec, None), None
-    if spec.artifact is not None:
-        files, spec = [(WARM_ARTIFACT, spec.artifact)], dataclasses.replace(spec, compile=WARM_UNPACK)
+    """What a warm sandbox's driver reads: the spec's driver arguments, environment, directories and files (a
+    build's as well as a job's own)."""
+    env, preload = env_of(spec, None), None
     # The pre-started interpreter runs the job only when the job is what it was started for: its command without its
     # code begins the job's run command (python3; node with the heap flag of the server's memory limit, and main.js),
     # no compile stage, and the environment it booted with (python reads PYTHON* and the locale at start-up, node
@@ -96,7 +91,7 @@ def job_message(host: Host, spec: RunSpec, *, warm_env: Mapping[str, str] | None
         started = without_code(spec.preload)
         if spec.run[: len(started)] == started:
             preload = list(spec.run[1:])
-    return driver.job_message(drive_args(host, spec), env, files, preload)
+    return driver.job_message(drive_args(host, spec), env, spec.files, preload, dirs=spec.dirs)
 
 
 def without_code(preload: tuple[str, ...]) -> tuple[str, ...]:
@@ -214,6 +209,14 @@ def bwrap_args(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
     return args + _bound_fds(host, spec, fds)
 
 
+def _perms(host: Host, mode: int) -> list[str]:
+    """bwrap's option for a file's mode (a build's executable), or nothing for a submitted file's (--file's own). bwrap
+    older than 0.5 has no --perms: a build's files get --file's mode there, and its program is not executable."""
+    if mode == SOURCE_MODE or "--perms" not in host.bwrap_help:
+        return []
+    return ["--perms", f"{mode:04o}"]
+
+
 def _bound_fds(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
     """The in-memory files copied in, bwrap's status and filter descriptors, and the read-only helper; last, the
     root and /dev made read-only."""
@@ -226,10 +229,8 @@ def _bound_fds(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
         args += [*copy, str(fd), f"/etc/{name}"]
     for directory in spec.directories:
         args += ["--dir", f"{BOX}/{directory}"]
-    for (name, _), fd in zip(spec.files, fds.files, strict=True):
-        args += ["--file", str(fd), f"{BOX}/{name}"]
-    if fds.artifact is not None:
-        args += ["--ro-bind-data", str(fds.artifact), f"/{ARTIFACT}"]
+    for file, fd in zip(spec.files, fds.files, strict=True):
+        args += [*_perms(host, file.mode), "--file", str(fd), f"{BOX}/{file.name}"]
     if fds.bwrap_status is not None:
         args += ["--json-status-fd", str(fds.bwrap_status)]
     if fds.seccomp is not None:

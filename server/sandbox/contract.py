@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from .artifact import Artifact
+
 Stream = Literal["stdout", "stderr"]
 
 
@@ -157,7 +159,7 @@ class Request:
 
 @dataclass(slots=True)
 class Build:
-    """A compiled program: the compile stage's result, and the packed work dir when it succeeded."""
+    """A compiled program: the compile stage's result, and the work dir's files when it succeeded."""
 
     result: ExecutionResult
-    artifact: bytes | None
+    artifact: Artifact | None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from collections.abc import Sequence
+
+from .artifact import WorkFile
 
 # sandbox/helper/conveyor-run.c (`drive`) does the same as SOURCE and NEW_KEYRING (`launch`) in one exec each, and
 # writes the same reports; this perl is what runs on a host where `make install` found no C compiler.
@@ -53,6 +58,7 @@ STATUS_LINE_LIMIT = 1024
 CHILD_PID = re.compile(rb'\{ "child-pid": (\d+)[^\n]*\}\n')  # bwrap's first report
 EXIT_CODE = re.compile(rb'\{ "exit-code": \d+ \}\n')  # bwrap's last, once its pid 1 has ended
 STAGE_END = re.compile(r"(exit|signal) \d{1,3}|error")
+DIR_MODE = 0o755  # a work dir's directories, as bwrap --dir makes them
 
 
 KEYRING_FAILED = 124
@@ -79,15 +85,24 @@ def new_keyring(keyctl: int, argv: list[str]) -> list[str]:
 
 
 def job_message(
-    args: list[str], env: dict[str, str], files: list[tuple[str, bytes]], preload: list[str] | None = None
+    args: list[str],
+    env: dict[str, str],
+    files: Sequence[WorkFile],
+    preload: list[str] | None = None,
+    *,
+    dirs: Sequence[str] = (),
 ) -> bytes:
     """What a warm sandbox's driver (conveyor-run wait) reads: NUL-terminated fields, a count before each list:
-    drive's arguments, the environment (KEY=value), each file's path and size followed by its bytes, and the argv
-    for its pre-started interpreter (none: the driver discards it and runs the program itself)."""
+    drive's arguments, the environment (KEY=value), the work dir's entries (each one's path, mode in octal with its
+    type, S_IFDIR or S_IFREG, and size, followed by its bytes: directories first, parents before children), and the
+    argv for its pre-started interpreter (none: the driver discards it and runs the program itself)."""
     fields = [str(len(args)), *args, str(len(env)), *(f"{key}={value}" for key, value in env.items())]
-    parts = [b"".join(f.encode() + b"\0" for f in fields), str(len(files)).encode() + b"\0"]
-    for name, content in files:
-        parts += [name.encode() + b"\0" + str(len(content)).encode() + b"\0", content]
+    parts = [b"".join(f.encode() + b"\0" for f in fields), str(len(dirs) + len(files)).encode() + b"\0"]
+    entry = b"%s\0%o\0%d\0"  # path, mode, size
+    for directory in dirs:
+        parts.append(entry % (os.fsencode(directory), stat.S_IFDIR | DIR_MODE, 0))
+    for file in files:
+        parts += [entry % (os.fsencode(file.name), stat.S_IFREG | file.mode, len(file.content)), file.content]
     preload = preload or []
     parts += [f.encode() + b"\0" for f in (str(len(preload)), *preload)]
     return b"".join(parts)

@@ -98,8 +98,8 @@ class Run:
 
     @property
     def _two_stages(self) -> bool:
-        """Whether the driver runs a compile stage (a build to unpack is one) before the run stage."""
-        return bool(self._spec.compile) or self._spec.artifact is not None
+        """Whether the driver runs a compile stage before the run stage."""
+        return bool(self._spec.compile)
 
     @property
     def _writes_stdin(self) -> bool:

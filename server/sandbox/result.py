@@ -7,6 +7,7 @@ import codecs
 import signal
 from dataclasses import dataclass
 
+from .artifact import Artifact
 from .buildcache import CachedBuild
 from .contract import Build, ExecutionResult
 from .languages import Language
@@ -88,12 +89,13 @@ def _end(result: ExecutionResult, out: Outcome) -> None:
         result.reason = "internal_error"
 
 
-def cached_build(cached: CachedBuild, lookup_ms: float, encoding: str) -> Build:
-    """A build from the cache: the compile stage's result as it was (its output), with the lookup as its time."""
+def cached_build(cached: CachedBuild, files: Artifact, lookup_ms: float, encoding: str) -> Build:
+    """A build from the cache (its tar read into `files`): the compile stage's result as it was (its output), with
+    the lookup as its time."""
     output = cached.compile_output
     text = base64.b64encode(output).decode() if encoding == "base64" else output.decode(errors="replace")
     result = ExecutionResult(exit_code=0, compile_output=text, compile_time_ms=lookup_ms, compile_cached=True)
-    return Build(result=result, artifact=cached.artifact)
+    return Build(result=result, artifact=files)
 
 
 def text_of(data: bytes, truncated: bool) -> str:

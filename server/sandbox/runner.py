@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import SandboxUnavailable
 from ..settings import Settings
 from . import health, hostpaths, packages, pool, seccomp, startup
+from .artifact import ArtifactRefused, unpack
 from .buildcache import BUILD_COUNTERS, BuildCache, CachedBuild, build_key, builds_dir
 from .cgroups import Cgroups
 from .command import JOIN_FAILED, Host, privdrop
@@ -274,22 +275,29 @@ class Sandbox:
                 version=self._versions[lang.name],
                 compile_argv=spec.compile,
                 env=spec.env,
-                files=spec.files,
+                files=[(f.name, f.content) for f in spec.files],
                 owner=request.owner,
             )
             started = time.perf_counter()
-            cached = await asyncio.to_thread(self.cache.get, key, request.owner)
+            cached = await asyncio.to_thread(self.cache.files, key, request.owner)
             if cached is not None:
-                return cached_build(cached, (time.perf_counter() - started) * 1000.0, request.output_encoding)
+                lookup_ms = (time.perf_counter() - started) * 1000.0
+                return cached_build(*cached, lookup_ms, request.output_encoding)
         self.builds += 1
         out = await self._execute(spec, None)
         result = result_of(lang, out, request.output_encoding)
         if out.compile_status == "exit 0" and result.reason is None and result.exit_code == 0:
             result.stdout = result.stderr = ""
+            try:
+                files = await asyncio.to_thread(unpack, out.stdout_bytes)
+            except ArtifactRefused as exc:
+                logger.error("job %s: the build holds what no sandbox is given: %s", request.name, exc)
+                result.reason = "internal_error"
+                return Build(result=result, artifact=None)
             if self.cache is not None and key is not None:
                 entry = CachedBuild(compile_output=out.compile_output_bytes, artifact=out.stdout_bytes)
                 await asyncio.to_thread(self.cache.put, key, entry, request.owner)
-            return Build(result=result, artifact=out.stdout_bytes)
+            return Build(result=result, artifact=files)
         if result.reason is None or result.reason in ("runtime_error", "output_limit"):
             logger.error("job %s: packing the build failed: %s", request.name, out.stderr[-500:])
             result.reason = "internal_error"
@@ -298,7 +306,7 @@ class Sandbox:
     async def run(
         self, request: Request, io: JobIO | None, *, stdin: bytes, build: Build | None = None
     ) -> ExecutionResult:
-        """Run the request's program once: compiling its files first, or unpacking a build made by build(). On
+        """Run the request's program once: compiling its files first, or given the files of a build made by build(). On
         cancellation the process tree, cgroup and work dir are gone before re-raise."""
         lang = self._language(request.language)
         artifact = build.artifact if build is not None else None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .spec import ARTIFACT, BOX, SANDBOX_UID, RunSpec
+from .spec import BOX, SANDBOX_UID, RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,11 @@ class Fds:
     bwrap_status: int | None = None
     seccomp: int | None = None  # the syscall filter's BPF, for bwrap --seccomp
     files: list[int] = field(default_factory=list)  # the job's files, in RunSpec.files order
-    artifact: int | None = None
     etc: dict[str, int] = field(default_factory=dict)  # generated /etc files (passwd, group, hosts)
 
 
 def sandbox_fds(seccomp_bpf: bytes | None, fds: Fds, spec: RunSpec) -> list[int]:
-    """The in-memory files bwrap copies in (the syscall filter, the job's files and build, /etc files) and bwrap's
+    """The in-memory files bwrap copies in (the syscall filter, the job's files, /etc files) and bwrap's
     own status fd, added to `fds`; returns them, for the launcher to inherit and the caller to close."""
     theirs: list[int] = []
     try:
@@ -50,12 +49,9 @@ def sandbox_fds(seccomp_bpf: bytes | None, fds: Fds, spec: RunSpec) -> list[int]
         if seccomp_bpf is not None:
             fds.seccomp = above_stdio(memfd(seccomp_bpf))
             theirs.append(fds.seccomp)
-        for _, content in spec.files:
-            fds.files.append(above_stdio(memfd(content)))
+        for file in spec.files:
+            fds.files.append(above_stdio(memfd(file.content)))
             theirs.append(fds.files[-1])
-        if spec.artifact is not None:
-            fds.artifact = above_stdio(memfd(spec.artifact))
-            theirs.append(fds.artifact)
         for name, text in ETC_FILES.items():
             fds.etc[name] = above_stdio(memfd(text.encode()))
             theirs.append(fds.etc[name])
@@ -132,19 +128,18 @@ def memfd(data: bytes) -> int:
 
 
 def workdir(spec: RunSpec, *, chown: bool) -> str:
-    """SANDBOX=none: a host temp dir with the files and a tmp/ dir, owned by the uid the job runs as."""
+    """SANDBOX=none: a host temp dir with the files (each with its mode) and a tmp/ dir, owned by the uid the job runs
+    as."""
     path = tempfile.mkdtemp(prefix=f"conveyor-{spec.name}-")
     made = [path, f"{path}/tmp"]
     os.mkdir(made[-1])
     for directory in spec.directories:
         made.append(f"{path}/{directory}")
         os.mkdir(made[-1])
-    for name, content in spec.files:
-        made.append(f"{path}/{name}")
-        Path(made[-1]).write_bytes(content)
-    if spec.artifact is not None:
-        made.append(f"{path}/{ARTIFACT}")
-        Path(made[-1]).write_bytes(spec.artifact)
+    for file in spec.files:
+        made.append(f"{path}/{file.name}")
+        Path(made[-1]).write_bytes(file.content)
+        os.chmod(made[-1], file.mode)
     if chown:
         for item in made:
             os.chown(item, SANDBOX_UID, SANDBOX_UID)

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from ..settings import Settings
 from . import packages
+from .artifact import Artifact, WorkFile
 from .contract import Request
 from .languages import Language
 
@@ -19,10 +20,10 @@ from .languages import Language
 # Otherwise each bwrap sandbox of a root server has a host uid of its own (HostUids, SANDBOX_UID_BASE).
 SANDBOX_UID = 65534
 BOX = "/box"  # the job's work dir inside the sandbox
-# A build handed to a fresh sandbox: a tar of the work dir after the compile stage, unpacked there before the run
-# (inside the sandbox: nothing on the host ever parses what a job produced).
-ARTIFACT = ".conveyor-build.tar"
-PACK = ("tar", "--exclude=./tmp", f"--exclude=./{ARTIFACT}", "-cf", "-", ".")
+# A build: the work dir after the compile stage, packed (a tar on stdout) for fresh sandboxes to run. The host reads
+# it into files and directories (artifact.unpack, every member checked) that a run of the build is given like a job's
+# own files: no unpack stage.
+PACK = ("tar", "--exclude=./tmp", "-cf", "-", ".")
 PROBE_TIMEOUT_MS = 10_000  # generous for a cold JVM start on a busy two-core host
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -37,10 +38,10 @@ class RunSpec:
     compile: tuple[str, ...] | None = None
     language: str | None = None  # a job's (a warm sandbox of it may run the job); None for a start-up probe
     preload: tuple[str, ...] | None = None  # the language's pre-started interpreter (languages.toml `preload`)
-    # The job's files, relative to the work dir (validated by payloads: no absolute paths, no `..`).
-    files: tuple[tuple[str, bytes], ...] = ()
-    # A build to unpack into the work dir before the program runs (in place of the compile stage).
-    artifact: bytes | None = None
+    # The job's files, relative to the work dir (validated by payloads, or a build's by artifact.unpack: no absolute
+    # paths, no `..`), and directories to make besides their parents (a build's, empty ones included).
+    files: tuple[WorkFile, ...] = ()
+    dirs: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     etc: tuple[str, ...] = ()
     # Read-only directories mounted into the sandbox: (host path, path inside), e.g. a package layer.
@@ -55,10 +56,10 @@ class RunSpec:
 
     @property
     def directories(self) -> list[str]:
-        """The directories the files need, parents first."""
+        """The directories the files need and those asked for, parents first."""
         dirs = {
             "/".join(parts[:depth])
-            for name, _ in self.files
+            for name in [*(f.name for f in self.files), *(f"{d}/" for d in self.dirs)]
             for parts in [name.split("/")]
             for depth in range(1, len(parts))
         }
@@ -93,8 +94,9 @@ class Specs:
         """A warm sandbox of the language, for its next job."""
         return self._spec(lang, f"warm-{secrets.token_hex(8)}", [])
 
-    def job(self, lang: Language, request: Request, *, stdin: bytes, artifact: bytes | None = None) -> RunSpec:
-        """One run of the request's program: compiling its files first, or unpacking a build made by build()."""
+    def job(self, lang: Language, request: Request, *, stdin: bytes, artifact: Artifact | None = None) -> RunSpec:
+        """One run of the request's program: compiling its files first, or given the files of a build made by
+        build()."""
         return self._job(lang, request, stdin=stdin, timeout_ms=request.timeout_ms, artifact=artifact)
 
     def build(self, lang: Language, request: Request) -> RunSpec:
@@ -109,16 +111,19 @@ class Specs:
         *,
         stdin: bytes,
         timeout_ms: int,
-        artifact: bytes | None = None,
+        artifact: Artifact | None = None,
         build: bool = False,
     ) -> RunSpec:
         limits = request.limits
         memory_mb = min(limits.memory_mb or self._settings.memory_limit_mb, self._memory_mb)
         heap_mb = memory_mb // 2
         files = (
-            tuple((f.name, f.raw) for f in request.files) if request.files else ((lang.source, request.code.encode()),)
+            tuple(WorkFile(f.name, f.raw) for f in request.files)
+            if request.files
+            else (WorkFile(lang.source, request.code.encode()),)
         )
-        program = lang.program([name for name, _ in files], request.compiler_options)
+        dirs: tuple[str, ...] = ()
+        program = lang.program([f.name for f in files], request.compiler_options)
         compile_argv = lang.compile_argv(heap_mb=heap_mb, program=program)
         run = lang.run_argv(request.args, heap_mb=heap_mb, program=program, interactive=request.interactive)
         # The id names the job's cgroup and (SANDBOX=none) its temp dir: only use it when it is a safe file name.
@@ -126,13 +131,13 @@ class Specs:
         if build:
             name, run = f"{name}-build", list(PACK)
         elif artifact is not None:
-            name, files = f"{name}-{secrets.token_hex(3)}", ()  # one cgroup per test
-            compile_argv = ["tar", "-xf", ARTIFACT if self._backend == "none" else f"/{ARTIFACT}"]
+            name = f"{name}-{secrets.token_hex(3)}"  # one cgroup per test
+            files, dirs, compile_argv = artifact.files, artifact.dirs, None
         return dataclasses.replace(
             self._spec(lang, name, run),
             compile=None if compile_argv is None else tuple(compile_argv),
             files=files,
-            artifact=artifact,
+            dirs=dirs,
             stdin=stdin,
             run_timeout_ms=timeout_ms,
             address_space_mb=memory_mb + lang.address_space_headroom_mb,

@@ -19,8 +19,8 @@
  *   conveyor-run wait JOB_FD STATUS_FD COMPILE_FD [PRELOAD...]
  *     The same driver in a warm sandbox (server/sandbox/pool.py), started before its job exists: makes itself not dumpable,
  *     starts PRELOAD if given (a pre-started interpreter, server/sandbox/helper/preload.*), reports "ready" on STATUS_FD,
- *     then reads one job from JOB_FD (server/sandbox/driver.py `job_message`: drive's arguments, the environment, the files,
- *     the interpreter's argv), writes the files into the work dir, closes JOB_FD and goes on as drive: the run
+ *     then reads one job from JOB_FD (server/sandbox/driver.py `job_message`: drive's arguments, the environment, the files
+ *     and directories with their modes, the interpreter's argv), writes them into the work dir, closes JOB_FD and goes on as drive: the run
  *     stage is the pre-started interpreter when the job says so (its limits set with prlimit), else it is discarded.
  *     JOB_FD closed with nothing on it (a pool shutting down) ends it quietly.
  */
@@ -315,12 +315,12 @@ static int parents(char *path) {
     return 0;
 }
 
-/* SIZE bytes of IN into a new file PATH, with bwrap --file's mode (0666, whatever the umask). */
-static int write_file(FILE *in, char *path, long long size) {
+/* SIZE bytes of IN into a new file PATH with permission bits PERMS (set exactly, whatever the umask). */
+static int write_file(FILE *in, char *path, long long size, mode_t perms) {
     if (parents(path) != 0) return -1;
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
-    if (fchmod(fd, 0666) != 0) {
+    if (fchmod(fd, perms) != 0) {
         close(fd);
         return -1;
     }
@@ -338,6 +338,31 @@ static int write_file(FILE *in, char *path, long long size) {
     return close(fd);
 }
 
+/* A directory PATH with bwrap --dir's mode (0755, whatever the umask); one already made as a parent is kept. */
+static int make_dir(char *path) {
+    if (parents(path) != 0) return -1;
+    if (mkdir(path, 0755) == 0) return chmod(path, 0755);
+    return errno == EEXIST ? 0 : -1;
+}
+
+/* One entry of the work dir: PATH (validated by the server), its MODE in octal (S_IFREG or S_IFDIR and permission
+ * bits, no set-id or sticky bit), SIZE, then SIZE bytes (none for a directory). Anything else ends the job. */
+static int write_entry(FILE *in, char *path) {
+    char *text = field(in), *rest;
+    long size = count(in, LONG_MAX), mode = -1;
+    if (text != NULL && *text >= '0' && *text <= '7') {
+        errno = 0;
+        mode = strtol(text, &rest, 8);
+        if (errno != 0 || *rest != 0) mode = -1;
+    }
+    free(text);
+    errno = EINVAL;
+    if (mode < 0 || size < 0 || (mode & ~(long)(S_IFMT | 0777)) != 0) return -1;
+    if (S_ISDIR((mode_t)mode) && size == 0) return make_dir(path);
+    if (S_ISREG((mode_t)mode)) return write_file(in, path, size, (mode_t)mode & 0777);
+    return -1;
+}
+
 /* A NULL-terminated list of COUNT fields. */
 static char **fields(FILE *in) {
     long n = count(in, COUNT_MAX);
@@ -349,7 +374,8 @@ static char **fields(FILE *in) {
     return list;
 }
 
-/* drive's arguments (NULL-terminated, from argv[1] on: argv[0] is unused), the environment, the files, and the
+/* drive's arguments (NULL-terminated, from argv[1] on: argv[0] is unused), the environment, the work dir's entries
+ * (a build's directories and files, or the job's own files), and the
  * argv for a pre-started interpreter (empty: run the program as drive does). */
 static char **read_job(FILE *in, char ***preload) {
     long nargs = count(in, COUNT_MAX);
@@ -372,8 +398,7 @@ static char **read_job(FILE *in, char ***preload) {
     long nfiles = count(in, COUNT_MAX);
     for (long i = 0; i < nfiles; i++) {
         char *path = field(in);
-        long size = count(in, LONG_MAX);
-        if (path == NULL || size < 0 || write_file(in, path, size) != 0) {
+        if (path == NULL || write_entry(in, path) != 0) {
             fprintf(stderr, "conveyor driver: cannot write %s: %s\n", path ? path : "a file", strerror(errno));
             return NULL;
         }
