@@ -1,0 +1,278 @@
+"""Artifact: a build reaches its sandbox as plain files (modes kept) and directories, warm or cold, and a tar member
+that is not a regular file or directory inside the work dir is never given to one.
+
+The user's path first (C, C++, Java in a package and Rust through POST /run, twice: the second is a cache hit with
+the same output), then a crafted cache entry (its content hash valid, as a build that made a link would leave it),
+then unpack() itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+import tarfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.judging.executor import Judge
+from server.keys import RUNNER
+from server.sandbox.artifact import MAX_ENTRIES, Artifact, ArtifactRefused, WorkFile, unpack
+from server.sandbox.buildcache import SUFFIX, CachedBuild, _decode, _encode
+from tests.clients import Client, call
+from tests.conftest import make_settings
+
+LANGUAGES = ("c", "cpp", "java", "rust")
+# Prints its work dir as the program finds it: its own mode, its source's, and what a crafted build may add.
+PORTRAIT_C = r"""#include <stdio.h>
+#include <sys/stat.h>
+/* %s */
+static void show(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) { printf("%%s missing\n", path); return; }
+    printf("%%s %%s %%o\n", path, S_ISDIR(st.st_mode) ? "dir" : "file", st.st_mode & 07777);
+}
+int main(void) {
+    show("main"); show("main.c"); show("empty"); show("sub"); show("sub/deep"); show("sub/deep/data.txt");
+    FILE *f = fopen("sub/deep/data.txt", "r");
+    char line[64];
+    if (f != NULL && fgets(line, sizeof line, f) != NULL) printf("data %%s", line);
+    return 0;
+}
+"""
+JAVA_MAIN = (
+    'public class Main {{ public static void main(String[] a) {{ System.out.println(Greeter.greet("{m}")); }} }}\n'
+)
+JAVA_GREETER = 'public class Greeter {{ public static String greet(String m) {{ return "java " + m; }} }}\n'
+HELLOS = {
+    "cpp": [("main.cpp", '#include <iostream>\n// {m}\nint main() {{ std::cout << "cpp {m}" << std::endl; }}\n')],
+    "rust": [("main.rs", 'fn main() {{ println!("rust {m}"); }}\n')],
+    "java": [
+        ("Main.java", "import app.util.Greeter;\n" + JAVA_MAIN),
+        ("app/util/Greeter.java", "package app.util;\n" + JAVA_GREETER),
+    ],
+}
+
+
+@pytest.fixture(scope="module", params=["warm", "cold"])
+def judge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Judge]:
+    """A real sandbox with the build cache on: a warm pool (a cache hit is written by conveyor-run wait), or none
+    (by bwrap)."""
+    settings = make_settings(
+        cache_dir=str(tmp_path_factory.mktemp("cache")), cache_max_mb=64, warm_pool=4 if request.param == "warm" else 0
+    )
+    runner = asyncio.run(Judge.create(settings, languages=LANGUAGES))
+    yield runner
+    asyncio.run(runner.close())
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, judge: Judge) -> AsyncIterator[Client]:
+    test_client: TestClient[web.Request, web.Application] = await aiohttp_client(
+        create_app(make_settings(cache_max_mb=64), runner=judge)
+    )
+    yield test_client
+
+
+async def run(client: Client, **body: Any) -> Any:
+    return await call(client, "POST", "/run", 200, json=body)
+
+
+def judge_of(client: Client) -> Judge:
+    runner = client.app[RUNNER]
+    assert isinstance(runner, Judge) and runner.sandbox.cache is not None
+    return runner
+
+
+def entries(judge: Judge) -> set[Path]:
+    assert judge.sandbox.cache is not None
+    return set(judge.sandbox.cache.root.rglob(f"*{SUFFIX}"))
+
+
+async def rerun(client: Client, **body: Any) -> Any:
+    """The job again, after a run that left its build in the cache. With a warm pool, in a warm sandbox (waited for):
+    the files are then written by the warm driver; without one, by bwrap."""
+    pool = judge_of(client).sandbox.pool
+    if pool is None:
+        return await run(client, **body)
+    for _ in range(500):
+        if pool.stats()["languages"].get(body["language"], {}).get("ready", 0) > 0:
+            break
+        await asyncio.sleep(0.02)
+    hits = pool.stats()["hits"]
+    job = await run(client, **body)
+    assert pool.stats()["hits"] == hits + 1, "the cache hit did not run in a warm sandbox"
+    return job
+
+
+async def twice(client: Client, **body: Any) -> tuple[Any, Any]:
+    """The job, then the same job again: the second takes the first's build from the cache."""
+    first = await run(client, **body)
+    second = await rerun(client, **body)
+    assert first["compileCached"] is False and second["compileCached"] is True, (first, second)
+    return first, second
+
+
+async def test_a_cached_c_build_runs_with_its_files_as_a_compile_in_place_leaves_them(client: Client) -> None:
+    """The executable keeps its mode, the source its own; the run from the cache sees what the compiled run saw."""
+    code = PORTRAIT_C % secrets.token_hex(8)
+    first, second = await twice(client, language="c", code=code)
+    assert first["status"] == second["status"] == "completed", (first, second)
+    assert second["stdout"] == first["stdout"]
+    lines = second["stdout"].splitlines()
+    assert lines[:3] == ["main file 755", "main.c file 666", "empty missing"], second["stdout"]
+
+
+@pytest.mark.parametrize("language", sorted(HELLOS))
+async def test_a_cached_build_runs_the_same_program(client: Client, language: str) -> None:
+    """C++ and Rust binaries, and Java classes in a package directory (app/util/Greeter.class)."""
+    marker = secrets.token_hex(8)
+    files = [{"name": name, "content": text.format(m=marker)} for name, text in HELLOS[language]]
+    first, second = await twice(client, language=language, files=files)
+    assert first["stdout"] == second["stdout"] == f"{language} {marker}\n", (first, second)
+    assert second["status"] == "completed" and second["compileOutput"] == first["compileOutput"]
+
+
+def tar_of(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for info, content in members:
+            info.size = len(content) if info.isreg() else 0
+            archive.addfile(info, io.BytesIO(content) if info.isreg() else None)
+    return out.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, link
+    return info
+
+
+def members_of(tar: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+    found = []
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for info in archive:
+            content = archive.extractfile(info) if info.isreg() else None
+            found.append((info, content.read() if content is not None else b""))
+    return found
+
+
+async def crafted(client: Client, code: str, extra: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    """Build `code` once, then rewrite its cache entry: its tar with `extra` members added, under a valid content
+    hash (as a build that left them would have stored it). Returns the entry's path."""
+    judge = judge_of(client)
+    before = entries(judge)
+    assert (await run(client, language="c", code=code))["compileCached"] is False
+    (path,) = entries(judge) - before
+    stored = _decode(path.read_bytes())
+    assert stored is not None
+    tar = tar_of(members_of(stored.artifact) + extra)
+    path.write_bytes(_encode(CachedBuild(compile_output=stored.compile_output, artifact=tar)))
+    return path
+
+
+async def test_a_cache_hit_brings_directories_empty_ones_too_and_file_modes(client: Client) -> None:
+    code = PORTRAIT_C % secrets.token_hex(8)
+    extra = [
+        (member("./empty", tarfile.DIRTYPE, 0o700), b""),
+        (member("./sub", tarfile.DIRTYPE, 0o755), b""),
+        (member("./sub/deep", tarfile.DIRTYPE, 0o755), b""),
+        (member("./sub/deep/data.txt", mode=0o640), b"crafted\n"),
+    ]
+    await crafted(client, code, extra)
+    second = await rerun(client, language="c", code=code)
+    assert second["compileCached"] is True, second
+    # Directories as bwrap --dir makes them (0755), files with their own mode.
+    assert second["stdout"].splitlines()[2:] == [
+        "empty dir 755",
+        "sub dir 755",
+        "sub/deep dir 755",
+        "sub/deep/data.txt file 640",
+        "data crafted",
+    ], second["stdout"]
+
+
+HOSTILE = {
+    "a path out of the work dir": [(member("../escape"), b"x")],
+    "an absolute path": [(member("/tmp/escape"), b"x")],
+    "a symbolic link out": [(member("./link", tarfile.SYMTYPE, link="/etc/shadow"), b"")],
+    "a symbolic link in": [(member("./link", tarfile.SYMTYPE, link="main"), b"")],
+    "a hard link": [(member("./hard", tarfile.LNKTYPE, link="./main"), b"")],
+    "a device": [(member("./dev", tarfile.CHRTYPE), b"")],
+    "a fifo": [(member("./fifo", tarfile.FIFOTYPE), b"")],
+    "a file named twice": [(member("./main", mode=0o755), b"#!/bin/sh\necho replaced\n")],
+    "the sandbox's tmp": [(member("./tmp/x"), b"x")],
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+async def test_a_cached_build_with_a_member_no_sandbox_is_given_is_rebuilt_never_run(client: Client, name: str) -> None:
+    """The entry passes its content check, but its tar holds something other than regular files and directories
+    inside the work dir: deleted, counted corrupt, rebuilt from the source (the honest program runs), and the next
+    run is a hit again."""
+    judge = judge_of(client)
+    assert judge.sandbox.cache is not None
+    code = PORTRAIT_C % secrets.token_hex(8)
+    path = await crafted(client, code, HOSTILE[name])
+    corrupt, builds = judge.sandbox.cache.corrupt, judge.sandbox.builds
+    job = await run(client, language="c", code=code)
+    assert job["status"] == "completed" and job["compileCached"] is False, job
+    assert job["stdout"].splitlines()[:2] == ["main file 755", "main.c file 666"], job["stdout"]
+    assert judge.sandbox.cache.corrupt == corrupt + 1 and judge.sandbox.builds == builds + 1
+    stored = _decode(path.read_bytes())  # rebuilt: the honest build again
+    assert stored is not None and sorted(info.name for info, _ in members_of(stored.artifact)) == [
+        ".",
+        "./main",
+        "./main.c",
+    ]
+    assert (await run(client, language="c", code=code))["compileCached"] is True
+
+
+# -- unpack() itself -----------------------------------------------------------------------------------------------
+
+
+def test_unpack_keeps_modes_and_directories_and_drops_the_work_dir_itself() -> None:
+    tar = tar_of(
+        [
+            (member(".", tarfile.DIRTYPE, 0o755), b""),
+            (member("./main", mode=0o4755), b"\x7fELF"),
+            (member("./pkg", tarfile.DIRTYPE), b""),
+            (member("./pkg/A.class", mode=0o600), b"cafe"),
+            (member("./pkg/empty/", tarfile.DIRTYPE), b""),
+        ]
+    )
+    # The set-uid bit is dropped (nothing in a sandbox may carry it); directories parents first.
+    assert unpack(tar) == Artifact(
+        files=(WorkFile("main", b"\x7fELF", 0o755), WorkFile("pkg/A.class", b"cafe", 0o600)),
+        dirs=("pkg", "pkg/empty"),
+    )
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_unpack_refuses(name: str) -> None:
+    honest = [(member("./main", mode=0o755), b"\x7fELF")]
+    with pytest.raises(ArtifactRefused):
+        unpack(tar_of(honest + HOSTILE[name]))
+
+
+def test_unpack_refuses_a_file_where_a_directory_must_be_and_what_is_not_a_tar() -> None:
+    with pytest.raises(ArtifactRefused, match="directory"):
+        unpack(tar_of([(member("./a"), b"x"), (member("./a/b"), b"y")]))
+    with pytest.raises(ArtifactRefused, match="not a tar"):
+        unpack(b"\x00garbage" * 100)
+    whole = tar_of([(member("./main"), b"x" * 4096)])
+    with pytest.raises(ArtifactRefused):
+        unpack(whole[:1024])  # cut inside the file's content
+
+
+def test_unpack_refuses_more_entries_than_the_warm_driver_takes() -> None:
+    dirs = [(member(f"./d{i}", tarfile.DIRTYPE), b"") for i in range(MAX_ENTRIES + 1)]
+    with pytest.raises(ArtifactRefused, match="entries"):
+        unpack(tar_of(dirs))
+    assert len(unpack(tar_of(dirs[:MAX_ENTRIES])).dirs) == MAX_ENTRIES
