@@ -19,6 +19,7 @@
 
 #define LM_CLASS 1 /* LauncherHelper's mode for a main class given by name */
 #define MAX_JOB (1 << 20)
+#define USAGE_FAILED 120 /* as conveyor-run's */
 
 static jclass launcher(JNIEnv *env) { return (*env)->FindClass(env, "sun/launcher/LauncherHelper"); }
 
@@ -84,7 +85,7 @@ static char **read_job(int fd, int *n) {
         else if (errno != EINTR) return NULL;
     }
     close(fd);
-    if (data == NULL) return NULL;
+    if (data == NULL || size == MAX_JOB) return NULL; /* the API's bounds keep a job's command far below */
     if (size == 0) _exit(0); /* discarded before it got a job */
     *n = 0;
     for (size_t i = 0; i < size; i++) *n += data[i] == 0;
@@ -157,10 +158,8 @@ JNIEXPORT void JNICALL Java_conveyor_preload_Preload_run(JNIEnv *env, jclass sel
     close(booted_fd); /* booted */
     int n = 0;
     char **argv = read_job(argv_fd, &n);
-    if (argv == NULL || n < 3 || strcmp(argv[1], "-c") != 0) {
-        (*env)->FatalError(env, "conveyor preload: no job for it");
-        return;
-    }
+    if (argv == NULL) _exit(USAGE_FAILED);
+    if (n < 3 || strcmp(argv[1], "-c") != 0) run_command(argv); /* not the command it stands for: run it as it is */
     char *name = main_class(argv[3]);
     if (name == NULL) run_command(argv);
     char **args = &argv[4];
