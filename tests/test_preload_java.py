@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, Limits, SourceFile
 from server.sandbox import command
 from server.sandbox.languages import load_languages
-from server.sandbox.spec import PRELOADS, RunSpec
+from server.sandbox.spec import PRELOADS, RunSpec, Specs
 from tests.conftest import make_settings, scaled_ms
 from tests.test_pool import run, until
 from tests.test_preload_node import preloaded
@@ -352,3 +353,18 @@ def test_the_pre_started_jvm_has_the_run_commands_flags() -> None:
     preload = [part.replace("{heap_mb}", "64") for part in java.preload]
     boot = f"-Xbootclasspath/a:{command.PRELOAD_FILE}"
     assert preload == ["java", *flags, boot, "-cp", ".", "conveyor.preload.Preload", command.PRELOAD_FILE], preload
+
+
+def test_without_the_built_launcher_java_has_no_pre_started_jvm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make helper` builds the launcher only where javac and cc are: without it no java sandbox binds or starts it."""
+    java = load_languages()["java"]
+    settings = make_settings()
+    built = Specs(settings, backend="bwrap", layers={}, memory_mb=256).warm(java)
+    assert built.preload is not None and built.preload_runs == tuple(
+        java.run_argv([], heap_mb=settings.memory_limit_mb // 2)[:3]
+    )
+    monkeypatch.setitem(PRELOADS, "java", tmp_path / "never-built")
+    missing = Specs(settings, backend="bwrap", layers={}, memory_mb=256).warm(java)
+    assert missing.preload is None and missing.preload_runs == ()
