@@ -86,22 +86,40 @@ $(BIN)/python:
 # job's uid, and parses what the server sends it. tests/test_helper.py builds it again with ASan and UBSan.
 # Without a C compiler the server still works, starting jobs through perl helpers.
 HELPER := server/sandbox/helper/conveyor-run
+JAVA_PRELOAD := server/sandbox/helper/java/conveyor/preload/Preload.class
+HELPERS := $(HELPER) $(JAVA_PRELOAD)
 HELPER_CFLAGS := -O2 -Wall -Wextra -Werror -Wformat=2 -D_FORTIFY_SOURCE=3 -fstack-protector-strong \
   -fstack-clash-protection -fPIE
 HELPER_LDFLAGS := -Wl,-z,relro,-z,now
-helper: $(HELPER)
+helper: $(HELPERS)
 $(HELPER): server/sandbox/helper/conveyor-run.c Makefile
 	@if command -v cc >/dev/null; then \
 	  cc $(HELPER_CFLAGS) -static-pie $(HELPER_LDFLAGS) -o $@ $< 2>/dev/null || \
 	  cc $(HELPER_CFLAGS) -pie $(HELPER_LDFLAGS) -o $@ $<; \
 	else echo "conveyor: no C compiler (cc): jobs start through setpriv, prlimit and perl (apt-get install gcc)" >&2; fi
 
-install: $(VENV)/.stamp-install $(HELPER)
+# The launcher of warm java sandboxes' pre-started JVM (server/sandbox/spec.py PRELOADS): Preload.java compiled by the
+# host's javac and its native half built against that JDK's jni.h, both into helper/java/ (the boot class path the
+# sandbox sees). main is marked @Hidden (jdk.internal.vm.annotation, which the JVM honours for boot class path code).
+# Without javac or cc java has no pre-started JVM.
+JAVA_PRELOAD_DIR := server/sandbox/helper/java
+$(JAVA_PRELOAD): server/sandbox/helper/Preload.java server/sandbox/helper/preload-java.c Makefile
+	@rm -rf $(JAVA_PRELOAD_DIR)
+	@if command -v javac >/dev/null && command -v cc >/dev/null; then \
+	  jdk=$$(dirname "$$(dirname "$$(readlink -f "$$(command -v javac)")")") && mkdir -p $(JAVA_PRELOAD_DIR) && \
+	  cc -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=3 -fstack-protector-strong -fPIC -shared $(HELPER_LDFLAGS) \
+	    -I"$$jdk/include" -I"$$jdk/include/linux" -o $(JAVA_PRELOAD_DIR)/libconveyor-preload.so \
+	    server/sandbox/helper/preload-java.c -lpthread && \
+	  javac -XDignore.symbol.file -nowarn --add-exports java.base/jdk.internal.vm.annotation=ALL-UNNAMED \
+	    -d $(JAVA_PRELOAD_DIR) $< || rm -rf $(JAVA_PRELOAD_DIR); \
+	fi
+
+install: $(VENV)/.stamp-install $(HELPER)S
 $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	@touch $@
 
-install-test: $(VENV)/.stamp-test $(NPM_STAMP) $(HELPER)
+install-test: $(VENV)/.stamp-test $(NPM_STAMP) $(HELPER)S
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis]'
 	@touch $@ $(VENV)/.stamp-install
@@ -113,7 +131,7 @@ $(NPM_STAMP): tests/npm/package.json tests/npm/package-lock.json
 	  npm ci --prefix tests/npm --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "conveyor: npm not found: tests/test_piston.py drives the npm piston-client (install nodejs)" >&2; fi
 
-install-bench: $(VENV)/.stamp-bench $(HELPER)
+install-bench: $(VENV)/.stamp-bench $(HELPER)S
 $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis,bench]'
 	@touch $@ $(VENV)/.stamp-install $(VENV)/.stamp-test

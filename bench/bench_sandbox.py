@@ -205,6 +205,9 @@ async def start_server(
         "WARM_POOL": str(warm_pool),
         # One data directory per server: the job journal locks its own (the servers run side by side).
         "DATA_DIR": tempfile.mkdtemp(prefix="conveyor-bench-"),
+        # And a build cache of its own: each server compiles a C, C++ or Java hello once, then takes it from the
+        # cache (a user re-running the same program), with no build of another checkout's making.
+        "CACHE_DIR": tempfile.mkdtemp(prefix="conveyor-bench-cache-"),
     }
     if tree is not None:
         env["PYTHONPATH"] = tree

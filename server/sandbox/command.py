@@ -8,14 +8,13 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..settings import Settings
 from . import driver
 from .artifact import SOURCE_MODE
 from .cgroups import JobCgroup
 from .spawn import Fds
-from .spec import BOX, SANDBOX_UID, RunSpec
+from .spec import BOX, PRELOADS, SANDBOX_UID, RunSpec
 from .uids import HostUids
 
 PATH = "/usr/bin:/bin"  # toolchains from the host's /usr only (not /usr/local, ~/.cargo, pyenv shims ...)
@@ -29,13 +28,11 @@ ETC_PATHS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
 # from its first instruction (no window where a fork escapes), then execs the rest of the command line.
 JOIN_CGROUPS = f'while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; shift; done; shift; exec "$@"'
 HELPER_IN_BOX = "/.conveyor-run"  # where the sandbox sees the C helper (read-only)
-# The pre-started interpreters' code (languages.toml `preload`), by interpreter. `{preload}` stands for its text
-# (python3 -c), `{preload_file}` for where the sandbox sees it: bound read-only into every sandbox of the language,
-# cold ones too (the same root either way), for node's --require (node then runs the program by its own main-module
-# path, which -e would replace by its eval path).
-HELPER_DIR = Path(__file__).with_name("helper")
-PRELOADS = {"python3": HELPER_DIR / "preload.py", "node": HELPER_DIR / "preload.js"}
-PRELOAD_TEXTS = {interpreter: path.read_text() for interpreter, path in PRELOADS.items()}
+# The pre-started interpreters' code (spec.PRELOADS). `{preload}` stands for its text (python3 -c), `{preload_file}`
+# for where the sandbox sees it: bound read-only into every sandbox of the language, cold ones too (the same root
+# either way), for node's --require (node then runs the program by its own main-module path, which -e would replace
+# by its eval path) and java's boot class path (a directory: java's is a compiled class).
+PRELOAD_TEXTS = {interpreter: path.read_text() for interpreter, path in PRELOADS.items() if path.is_file()}
 PRELOAD_TEXT, PRELOAD_FILE = "{preload}", "{preload_file}"
 
 
@@ -75,8 +72,8 @@ def warm_argv(host: Host, spec: RunSpec, fds: Fds, cgroup: JobCgroup | None, job
     assert host.bwrap is not None and spec.language is not None
     wait = [HELPER_IN_BOX, "wait", str(job_fd), str(fds.status), str(fds.compile)]
     if spec.preload:
-        text, inside = PRELOAD_TEXTS[spec.preload[0]], preload_file(spec)[1]
-        wait += [text if part == PRELOAD_TEXT else inside if part == PRELOAD_FILE else part for part in spec.preload]
+        text, inside = PRELOAD_TEXTS.get(spec.preload[0], ""), preload_file(spec)[1]
+        wait += [text if part == PRELOAD_TEXT else part.replace(PRELOAD_FILE, inside) for part in spec.preload]
     return [*_launch(host, cgroup, nice=nice), "--", host.bwrap, *bwrap_args(host, spec, fds), "--", *wait]
 
 
@@ -87,9 +84,10 @@ def job_message(host: Host, spec: RunSpec, *, warm_env: Mapping[str, str] | None
     # The pre-started interpreter runs the job only when the job is what it was started for: its command without its
     # code begins the job's run command (python3; node with the heap flag of the server's memory limit, and main.js),
     # no compile stage, and the environment it booted with (python reads PYTHON* and the locale at start-up, node
-    # NODE_OPTIONS). It is sent what follows the interpreter's name.
+    # NODE_OPTIONS). It is sent what follows the interpreter's name. A pre-started JVM stands for java's run command's
+    # shell (spec.preload_runs: the same script, so the same heap flag).
     if preloaded and spec.preload and not spec.compile and env == warm_env:
-        started = without_code(spec.preload)
+        started = spec.preload_runs or without_code(spec.preload)
         if spec.run[: len(started)] == started:
             preload = list(spec.run[1:])
     return driver.job_message(drive_args(host, spec), env, spec.files, preload, dirs=spec.dirs)
@@ -238,7 +236,7 @@ def _bound_fds(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
         args += ["--seccomp", str(fds.seccomp)]
     if host.helper is not None:
         args += ["--ro-bind", host.helper, HELPER_IN_BOX]
-    if spec.preload is not None and PRELOAD_FILE in spec.preload:
+    if spec.preload is not None and any(PRELOAD_FILE in part for part in spec.preload):
         args += ["--ro-bind", *preload_file(spec)]
     # bwrap's own tmpfs for / and /dev is owned by the sandbox user: make them read-only, so the only
     # writable places are the size-capped /box, /tmp and /dev/shm.

@@ -31,6 +31,7 @@ _KNOWN = {
     "out_of_memory",
     "address_space_headroom_mb",
     "preload",
+    "preload_runs",
     "display",
     "packages",
     "mode",
@@ -85,8 +86,11 @@ class Language:
     address_space_headroom_mb: int = 0
     # A pre-started interpreter for warm sandboxes (sandbox/helper/preload.*): its command, `{preload}` standing for
     # its code's text or `{preload_file}` for that code as a file (sandbox/command.py). It runs a job that has no
-    # compile stage and whose run command begins with this command less its code.
+    # compile stage and whose run command begins with this command less its code, or (preload_runs = N) with the
+    # run command's own first N arguments: what the interpreter stands for when it is not its own command (java's
+    # shell that picks the class).
     preload: tuple[str, ...] | None = None
+    preload_runs: int = 0
     # What the editor shows (its name, CodeMirror mode and starter) and the Debian packages that provide it.
     display: str = ""
     packages: tuple[str, ...] = ()
@@ -204,6 +208,7 @@ def _parse(name: str, raw: dict[str, Any], path: Path) -> Language:
         out_of_memory=_strs(raw.get("out_of_memory", []), name, "out_of_memory"),
         address_space_headroom_mb=_int(raw.get("address_space_headroom_mb", 0), name, "address_space_headroom_mb"),
         preload=_argv(raw["preload"], name, "preload") if "preload" in raw else None,
+        preload_runs=_int(raw.get("preload_runs", 0), name, "preload_runs"),
         display=_str(raw.get("display", name), name, "display"),
         packages=_strs(raw.get("packages", []), name, "packages"),
         mode=_str(raw.get("mode", ""), name, "mode"),

@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from ..settings import Settings
@@ -26,6 +27,10 @@ BOX = "/box"  # the job's work dir inside the sandbox
 PACK = ("tar", "--exclude=./tmp", "-cf", "-", ".")
 PROBE_TIMEOUT_MS = 10_000  # generous for a cold JVM start on a busy two-core host
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The pre-started interpreters' code (languages.toml `preload`, sandbox/command.py), by interpreter: java's is the
+# class `make helper` compiles with javac (none where there is no javac: java then has no pre-started JVM).
+HELPER_DIR = Path(__file__).with_name("helper")
+PRELOADS = {"python3": HELPER_DIR / "preload.py", "node": HELPER_DIR / "preload.js", "java": HELPER_DIR / "java"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,8 @@ class RunSpec:
     compile: tuple[str, ...] | None = None
     language: str | None = None  # a job's (a warm sandbox of it may run the job); None for a start-up probe
     preload: tuple[str, ...] | None = None  # the language's pre-started interpreter (languages.toml `preload`)
+    # What a job's run command must begin with to be run by it, when not its command less its code (`preload_runs`).
+    preload_runs: tuple[str, ...] = ()
     # The job's files, relative to the work dir (validated by payloads, or a build's by artifact.unpack: no absolute
     # paths, no `..`), and directories to make besides their parents (a build's, empty ones included).
     files: tuple[WorkFile, ...] = ()
@@ -78,6 +85,7 @@ class Specs:
         self._layers = layers
         self._memory_mb = memory_mb  # one job's (or without a memory cgroup one process's) memory
         self._etc: dict[str, tuple[str, ...]] = {}
+        self._preloads: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {}
 
     def compile_ms(self, lang: Language) -> int:
         """COMPILE_TIMEOUT_MS, or more for a compiler that needs it (languages.toml `compile_timeout_ms`)."""
@@ -156,11 +164,13 @@ class Specs:
             inside = str(layer.path) if self._backend == "none" else packages.MOUNT
             layers.append((str(layer.path), inside))
             env.update(layer.env(inside))
+        preload, preload_runs = self._preload(lang)
         return RunSpec(
             name=name,
             run=tuple(run),
             language=None if probe else lang.name,
-            preload=self._preload(lang),
+            preload=preload,
+            preload_runs=preload_runs,
             env=MappingProxyType(env),
             etc=self._etc_paths(lang),
             layers=tuple(layers),
@@ -169,13 +179,20 @@ class Specs:
             cpu_time_ms=self._settings.cpu_time_limit_s * 1000,
         )
 
-    def _preload(self, lang: Language) -> tuple[str, ...] | None:
-        """The pre-started interpreter's command, with the heap of a job without a memory limit of its own: what a warm
-        sandbox starts, and what a job's run command must begin with to be run by it."""
-        if lang.preload is None:
-            return None
-        heap_mb = min(self._settings.memory_limit_mb, self._memory_mb) // 2
-        return tuple(part.replace("{heap_mb}", str(heap_mb)) for part in lang.preload)
+    def _preload(self, lang: Language) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+        """The pre-started interpreter's command, with the heap of a job without a memory limit of its own (what a warm
+        sandbox starts), and what else than that command less its code a job's run command must begin with to be run
+        by it (`preload_runs`); none when its code is not there (java's class, built where javac is). Found once."""
+        found = self._preloads.get(lang.name)
+        if found is None:
+            heap_mb = min(self._settings.memory_limit_mb, self._memory_mb) // 2
+            if lang.preload is None or not PRELOADS[lang.preload[0]].exists():
+                found = (None, ())
+            else:
+                runs = tuple(lang.run_argv([], heap_mb=heap_mb)[: lang.preload_runs])
+                found = (tuple(part.replace("{heap_mb}", str(heap_mb)) for part in lang.preload), runs)
+            self._preloads[lang.name] = found
+        return found
 
     def _etc_paths(self, lang: Language) -> tuple[str, ...]:
         """The language's /etc entries, globbed once (about 1 ms of CPU a job otherwise)."""

@@ -37,7 +37,7 @@ class WarmStarter:
         assert lang is not None
         spec = self.specs.warm(lang)
         warm = start_warm(self.host, self.cgroups, spec, nice=REFILL_NICE if os.geteuid() == 0 and not urgent else 0)
-        warm.env, warm.preloaded = command.env_of(spec, None), lang.preload is not None
+        warm.env, warm.preloaded = command.env_of(spec, None), spec.preload is not None
         return warm
 
 
