@@ -114,12 +114,12 @@ $(JAVA_PRELOAD): server/sandbox/helper/Preload.java server/sandbox/helper/preloa
 	    -d $(JAVA_PRELOAD_DIR) $< || rm -rf $(JAVA_PRELOAD_DIR); \
 	fi
 
-install: $(VENV)/.stamp-install $(HELPER)S
+install: $(VENV)/.stamp-install $(HELPERS)
 $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	@touch $@
 
-install-test: $(VENV)/.stamp-test $(NPM_STAMP) $(HELPER)S
+install-test: $(VENV)/.stamp-test $(NPM_STAMP) $(HELPERS)
 $(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis]'
 	@touch $@ $(VENV)/.stamp-install
@@ -131,7 +131,7 @@ $(NPM_STAMP): tests/npm/package.json tests/npm/package-lock.json
 	  npm ci --prefix tests/npm --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "conveyor: npm not found: tests/test_piston.py drives the npm piston-client (install nodejs)" >&2; fi
 
-install-bench: $(VENV)/.stamp-bench $(HELPER)S
+install-bench: $(VENV)/.stamp-bench $(HELPERS)
 $(VENV)/.stamp-bench: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[test,redis,bench]'
 	@touch $@ $(VENV)/.stamp-install $(VENV)/.stamp-test
