@@ -173,7 +173,10 @@ class Store(Protocol):
 @runtime_checkable
 class SettlesAtOnce(Protocol):
     """A store whose claim is done before it returns (the embedded ones): a worker's finish claims the next jobs
-    from it without a coroutine (two a job fewer)."""
+    from it without a coroutine (two a job fewer), and the worker hears of new work through `on_work`, called at
+    once by the store, rather than through a claim loop woken by `wait_for_work`."""
+
+    on_work: Callable[[], None] | None
 
     def claim_now(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]: ...
 
