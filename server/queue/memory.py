@@ -258,6 +258,10 @@ class MemoryStore:
         self.events.emit(event)
 
     async def append_event(self, job: Job, event: Event) -> None:
+        self.append_event_now(job, event)
+
+    def append_event_now(self, job: Job, event: Event) -> None:
+        """`append_event`, done before it returns (`SettlesAtOnce`)."""
         record = self._active.get(job.id)
         if record is not None:
             self._emit(record, event)

@@ -75,6 +75,7 @@ class Worker:
         self._settles = store if isinstance(store, SettlesAtOnce) else None
         self._claim_now = self._settles.claim_now if self._settles is not None else None
         self._news: asyncio.Handle | None = None  # a claim on news of work, due on the loop's next turn
+        self._append_now = self._settles.append_event_now if self._settles is not None else None
         # A store that can claim as it finishes (Redis) gets its finishes batched, and claims with them.
         self._batcher: FinishBatcher | None = None
         if isinstance(store, ClaimsOnFinish):
@@ -329,7 +330,7 @@ class Worker:
                 self._start(job, stop)
 
     def _start(self, job: Job, stop: str | None) -> None:
-        run = Running(job, self.store.append_event)
+        run = Running(job, self.store.append_event, self._append_now)
         self._running[job.id] = run
         if job.interactive:
             # Live input only: the runner writes the submission's stdin first, then this channel.
