@@ -65,16 +65,17 @@ class Worker:
         self._early_stops: OrderedDict[str, str] = OrderedDict()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
-        self._claims = ClaimLoop(store, free=self._free, fill=self._fill, drained=self._drained)
+        self._claims = ClaimLoop(
+            store, free=self._free, fill=self._fill, drained=self._drained, fill_now=self._fill_now
+        )
         self._unsubscribe: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from start(): one lookup less a job
         # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
         self._reserved = 0
         # A store that claims at once (memory) is claimed from right after a finish without awaiting it, and on its
-        # news of work (`_on_work`) without the claim loop.
+        # news of work (`ClaimLoop.news`) without the claim loop's task.
         self._settles = store if isinstance(store, SettlesAtOnce) else None
         self._claim_now = self._settles.claim_now if self._settles is not None else None
-        self._news: asyncio.Handle | None = None  # a claim on news of work, due on the loop's next turn
         self._append_now = self._settles.append_event_now if self._settles is not None else None
         # A store that can claim as it finishes (Redis) gets its finishes batched, and claims with them.
         self._batcher: FinishBatcher | None = None
@@ -94,7 +95,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self.store.on_control = self._on_control
         if self._settles is not None:
-            self._settles.on_work = self._on_work
+            self._settles.on_work = self._claims.news
         self._unsubscribe = self.events.subscribe(self._waiters.on_terminal, types=TERMINAL)
         await self.store.start()
         with suppress(BackendUnavailable):
@@ -305,27 +306,11 @@ class Worker:
             self._start(job, stop)
         return len(jobs) == free
 
-    def _on_work(self) -> None:
-        """News of work from a store that settles at once: claimed on the loop's next turn, once the step that
-        brought it is done (an enqueue is journaled before its job's claim), with no claim loop woken for it (a job
-        costs three task steps, a task and two timers fewer). News that finds every slot taken is dropped: a slot
-        frees only in a finish, which claims right after storing its result."""
-        if self._news is None and self._slots - len(self._running) - self._reserved > 0 and not self._closing:
-            self._news = (self._loop or asyncio.get_running_loop()).call_soon(self._claim_news)
-
-    def _claim_news(self) -> None:
-        self._news = None
-        if self._claim_now is None:
-            return
-        try:
-            self._fill_now(self._claim_now)
-        except Exception:
-            logger.exception("claiming jobs failed; the claim loop tries again")
-
-    def _fill_now(self, claim_now: Callable[..., Claimed]) -> None:
+    def _fill_now(self, claim_now: Callable[..., Claimed] | None = None) -> None:
         """`_fill` on a store that settles at once: the same claim, without awaiting it."""
+        claim_now = claim_now or self._claim_now
         free = self._slots - len(self._running) - self._reserved
-        if free > 0 and not self._closing:
+        if free > 0 and not self._closing and claim_now is not None:
             for job, stop in claim_now(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent):
                 self._start(job, stop)
 
@@ -399,7 +384,7 @@ class Worker:
             self._release(run)
             return
         # The claim loop is woken only if the claim right after leaves a slot free (never on a store that settles
-        # at once: its news of work comes to `_on_work`): a busy worker's slots pass from job to job here, and the
+        # at once: its news of work comes to `ClaimLoop.news`): a busy worker's slots pass from job to job here, and the
         # loop sleeps. A stored result's terminal event, emitted as it was stored here, has woken the job's
         # waiters already.
         self._release(run, wake_claims=False, wake_waiters=not stored)
