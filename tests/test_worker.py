@@ -117,6 +117,32 @@ async def test_a_stop_request_is_durable_state_read_at_renewal(make_queue: MakeQ
     assert done.status is JobStatus.CANCELLED and gate.cancelled == ["loop"]
 
 
+async def test_the_embedded_store_tells_the_worker_of_work_without_its_claim_loop(gate: Gate) -> None:
+    """On a store that settles at once, an enqueue is news to the worker itself (the claim loop stays asleep): with
+    the claim loop gone, a job still starts, and one that found every slot taken starts as a slot frees, by the
+    finish of a run or of one stopped before it began."""
+    queue = build_queue("memory", executor=gate, max_concurrent=1)
+    await queue.start()
+    try:
+        await asyncio.sleep(0)  # the claim loop's first look, then it is gone
+        queue._loops[1].cancel()
+        first = await queue.submit(job("first"))
+        await started(gate, 1)
+        second, third, fourth = [await queue.submit(job(code)) for code in ("second", "third", "fourth")]
+        queue._on_control("_stop", second.id, "stopped")  # as a store's stop for a job not running here yet
+        gate.finish("first")  # its finish claims the second, stopped before its run began
+        assert (await queue.wait(second.id)).status is JobStatus.CANCELLED
+        await started(gate, 2)
+        gate.finish("third")
+        await started(gate, 3)
+        gate.finish("fourth")
+        assert (await queue.wait(fourth.id)).status is JobStatus.COMPLETED
+        assert gate.started == ["first", "third", "fourth"] and (await queue.wait(first.id)).status.finished
+        assert (await queue.wait(third.id)).status is JobStatus.COMPLETED
+    finally:
+        await queue.close()
+
+
 # -- 3, 13: waiters never hang -----------------------------------------------------------------------------
 
 

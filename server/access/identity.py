@@ -137,12 +137,20 @@ def client_ip(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> str:
     remote = request.remote
     if not remote:
         return "unknown"
-    peer = _parse_ip(remote)
+    peer = _peer(remote)
     if peer is None:
         return remote  # not an IP socket (a Unix socket path): nothing to group
-    if trusted and _is_trusted(peer, trusted):
-        peer = _forwarded_client(request, peer, trusted)
-    return ip_key(peer)
+    if trusted and _is_trusted(peer[0], trusted):
+        return ip_key(_forwarded_client(request, peer[0], trusted))
+    return peer[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer(remote: str) -> tuple[IPAddress, str] | None:
+    """A socket peer's address and its quota key, worked out once per address (every request of a connection, and
+    of a client, names the same one), for the most recent 4096 addresses."""
+    address = _parse_ip(remote)
+    return None if address is None else (address, ip_key(address))
 
 
 def served_over_https(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> bool:

@@ -33,13 +33,16 @@ def client_of(request: web.Request) -> Client:
 async def read_json(request: web.Request) -> Any:
     if request.content_type not in ("application/json", "application/octet-stream", ""):
         raise UnsupportedMediaType(f"Send JSON with Content-Type: application/json, not {request.content_type}.")
-    try:
-        # aiohttp waits for a body as long as the client likes; a client trickling (or never sending) the bytes it
-        # announced would hold the connection and its handler forever.
-        async with asyncio.timeout(request.app[SETTINGS].http_body_timeout_ms / 1000.0):
-            body = await request.read()
-    except TimeoutError:
-        raise RequestTimeout("The request body did not arrive in time.") from None
+    if request.content.is_eof():  # all of it came with the headers (a run request, as a rule): nothing to wait for
+        body = await request.read()
+    else:
+        try:
+            # aiohttp waits for a body as long as the client likes; a client trickling (or never sending) the bytes
+            # it announced would hold the connection and its handler forever.
+            async with asyncio.timeout(request.app[SETTINGS].http_body_timeout_ms / 1000.0):
+                body = await request.read()
+        except TimeoutError:
+            raise RequestTimeout("The request body did not arrive in time.") from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -31,6 +31,12 @@ MEMORY_BUCKETS = tuple(float(1 << (20 + i)) for i in range(13))
 # The event's figures for each stage: (CPU time in ms, memory peak in bytes).
 STAGE_USAGE = {"run": ("cpuTimeMs", "memoryPeakBytes"), "compile": ("compileCpuTimeMs", "compileMemoryPeakBytes")}
 
+# Labelled series remembered by their label values (`Metrics.child`): a language has a few; on Redis other instances'
+# events may name more, and past this many the rest are looked up each time.
+MAX_CHILDREN = 1024
+# The events the metrics count (a running or output event is no news to them).
+COUNTED_TYPES = frozenset({"queued", *TERMINAL_TYPES})
+
 # Seconds between two scans of the build cache directory for /metrics and /cache/status (Prometheus scrapes every
 # 15 s or so; the cache's counters move slowly).
 CACHE_SCAN_S = 10.0
@@ -177,15 +183,28 @@ class Metrics:
             MEMORY_BUCKETS,
         )
 
+        self._children: dict[tuple[object, ...], Any] = {}
+
     def _histogram(self, name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]) -> Histogram:
         return Histogram(name, documentation, labels, namespace=NAMESPACE, buckets=buckets, registry=self.registry)
+
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: labels() checks and sorts its arguments at every call, six times a
+        job; the series it returns is the same every time."""
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            if len(self._children) < MAX_CHILDREN:
+                self._children[key] = child
+        return child
 
     def on_event(self, event: Event) -> None:
         """The queue listener. Runs on the queue's path: synchronous, O(1) and never raises."""
         try:
             kind = event.get("type")
             if kind == "queued" and not event.get("retried"):  # a lost job requeued was submitted once
-                self.submitted.labels(language=str(event.get("language"))).inc()
+                self.child(self.submitted, str(event.get("language"))).inc()
             elif kind in TERMINAL_TYPES:
                 self._on_finished(kind, event)
         except Exception:
@@ -194,22 +213,22 @@ class Metrics:
 
     def _on_finished(self, kind: str, event: Event) -> None:
         language = str(event.get("language"))
-        self.finished.labels(status=kind, language=language).inc()
+        self.child(self.finished, kind, language).inc()
         for stage, (cpu_key, memory_key) in STAGE_USAGE.items():
             cpu_ms, peak = event.get(cpu_key), event.get(memory_key)
             if cpu_ms is not None:
-                self.cpu_time.labels(language=language, stage=stage).observe(cpu_ms / 1000.0)
+                self.child(self.cpu_time, language, stage).observe(cpu_ms / 1000.0)
             if peak is not None:
-                self.memory_peak.labels(language=language, stage=stage).observe(peak)
+                self.child(self.memory_peak, language, stage).observe(peak)
         execution_ms = event.get("executionTimeMs")
         # Both are observed when the job ends, so a job counts once and nothing is remembered between events; a job
         # cancelled while queued never ran, so its wait is not a wait for a slot (the stats percentiles agree).
         if execution_ms is None:
             return
-        self.execution_time.labels(language=language).observe(execution_ms / 1000.0)
+        self.child(self.execution_time, language).observe(execution_ms / 1000.0)
         wait_ms = event.get("waitTimeMs")
         if wait_ms is not None:
-            self.wait_time.labels(language=language).observe(wait_ms / 1000.0)
+            self.child(self.wait_time, language).observe(wait_ms / 1000.0)
 
 
 METRICS = web.AppKey("metrics", Metrics)
@@ -257,7 +276,7 @@ def setup_metrics(app: web.Application) -> None:
 
     async def listen(app: web.Application) -> AsyncIterator[None]:
         # Each job is counted by the one instance that caused its event, so a sum over instances is the truth.
-        unsubscribe = app[EVENTS].subscribe(metrics.on_event, here_only=True)
+        unsubscribe = app[EVENTS].subscribe(metrics.on_event, here_only=True, types=COUNTED_TYPES)
         try:
             yield
         finally:

@@ -278,10 +278,9 @@ class Hub:
         """The queue's listener: route and mark stats dirty. Never awaits."""
         job_id: str = event["jobId"]
         kind = event["type"]
-        data = orjson.dumps(event)
         watchers = self._by_job.get(job_id)
-        if watchers:
-            self._to_watchers(watchers, job_id, event, data)
+        if watchers:  # encoded once for all of them; most jobs have none (a POST /run waits for its answer)
+            self._to_watchers(watchers, job_id, event, orjson.dumps(event))
         if kind not in ("output", "test"):
             self._lifecycle(event, job_id)
         if kind in TERMINAL_TYPES:

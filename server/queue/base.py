@@ -173,7 +173,13 @@ class Store(Protocol):
 @runtime_checkable
 class SettlesAtOnce(Protocol):
     """A store whose claim is done before it returns (the embedded ones): a worker's finish claims the next jobs
-    from it without a coroutine (two a job fewer)."""
+    from it without a coroutine (two a job fewer), the worker hears of new work through `on_work`, called at once
+    by the store, rather than through a claim loop woken by `wait_for_work`, and a run's live events are appended
+    as they come, in their order, with no task to publish them."""
+
+    on_work: Callable[[], None] | None
+
+    def append_event_now(self, job: Job, event: Event) -> None: ...
 
     def claim_now(self, count: int, *, lease_ms: int, max_concurrent: int) -> list[tuple[Job, str | None]]: ...
 

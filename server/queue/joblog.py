@@ -88,10 +88,8 @@ def log_finished_jobs(
     """
 
     def on_event(event: Event) -> None:
-        if event.get("type") not in TERMINAL_TYPES:
-            return
         who = submitters.pop(event.get("jobId")) if submitters is not None else None
         if log.isEnabledFor(logging.INFO):
             log.info("%s%s", format_finished(event), f" {who}" if who else "")
 
-    return events.subscribe(on_event)
+    return events.subscribe(on_event, types=TERMINAL_TYPES)

@@ -75,6 +75,9 @@ class MemoryStore:
         # waits: a flag, not an asyncio.Event, so the enqueue and finish of every job set it without a call.
         self._work = False
         self._work_waiter: asyncio.Future[None] | None = None
+        # The worker's own ear for that news, when it claims from this store by itself (`SettlesAtOnce`): told at
+        # once, in place of the claim loop.
+        self.on_work: Callable[[], None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._started_at = now_ms()
         self._beat: tuple[int, float] | None = None  # slots, time of the last heartbeat
@@ -120,9 +123,7 @@ class MemoryStore:
         self._line_up(job)
         self._stats.on_queued()
         self.events.emit(event)
-        self._work = True
-        if self._work_waiter is not None:
-            self._wake()
+        self._wake()
         return job
 
     def _line_up(self, job: Job) -> None:
@@ -183,7 +184,11 @@ class MemoryStore:
         self._work = False
 
     def _wake(self) -> None:
-        """There is work: the claim loop looks for it now if it waits, else next time it would."""
+        """There is work: the worker's hook hears it now; else the claim loop looks for it now if it waits, else
+        next time it would."""
+        if self.on_work is not None:
+            self.on_work()
+            return
         self._work = True
         waiter = self._work_waiter
         if waiter is not None and not waiter.done():
@@ -199,9 +204,7 @@ class MemoryStore:
             return job.status.finished  # already finished: a retry is a success
         self._running -= 1
         self._retire(record, transitions.finish(job, status, result, time.time() * 1000.0))
-        self._work = True
-        if self._work_waiter is not None:
-            self._wake()
+        self._wake()
         return True
 
     async def cancel(self, job_id: str, reason: str) -> tuple[str, Job | None]:
@@ -255,6 +258,10 @@ class MemoryStore:
         self.events.emit(event)
 
     async def append_event(self, job: Job, event: Event) -> None:
+        self.append_event_now(job, event)
+
+    def append_event_now(self, job: Job, event: Event) -> None:
+        """`append_event`, done before it returns (`SettlesAtOnce`)."""
         record = self._active.get(job.id)
         if record is not None:
             self._emit(record, event)

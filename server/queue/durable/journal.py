@@ -180,12 +180,12 @@ class Journal:
             future: asyncio.Future[None] = loop.create_future()
             self._acks.append((batch, future))
             self._loop = loop
+        timer = loop.call_later(timeout, settle, future)  # a timer, not asyncio.timeout: cheaper, once per job
         try:
-            async with asyncio.timeout(timeout):
-                await future
-        except TimeoutError:
-            return False
-        return True
+            await future
+        finally:
+            timer.cancel()
+        return self._written >= batch
 
     def _acknowledge(self, batch: int) -> None:
         """In the writer: batch number `batch` is written; wake the submissions waiting for it or an earlier one."""

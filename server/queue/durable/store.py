@@ -82,8 +82,8 @@ class DurableStore(MemoryStore):
             return stored[0].status.value, stored[0]
         return status, job
 
-    async def append_event(self, job: Job, event: Event) -> None:
-        await super().append_event(job, event)
+    def append_event_now(self, job: Job, event: Event) -> None:
+        super().append_event_now(job, event)
         self.journal.emitted(job)
 
     # -- reads past memory -----------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ class StdinChannel(asyncio.Queue[bytes | None]):
         return item
 
 
-# Publishes one live event of a run to the store (its log, its watchers).
+# Publishes one live event of a run to the store (its log, its watchers); `PublishNow` on a store that settles at once.
 Publish = Callable[[Job, Event], Awaitable[None]]
+PublishNow = Callable[[Job, Event], None]
 # Stores a run's final status and result (the worker's finish).
 Finish = Callable[["Running", JobStatus, ExecutionResult], Awaitable[None]]
 
@@ -46,11 +47,13 @@ Finish = Callable[["Running", JobStatus, ExecutionResult], Awaitable[None]]
 class Running:
     """One job this instance runs: its task (the only one a stop cancels, and only while the work runs), its stop
     reason, and its live side. Most jobs print little or nothing, so the coalescer, the output queue and its
-    publishing task come with the first output, and the input lock with the first input."""
+    publishing task come with the first output (on a store that settles at once, none: each event is appended as
+    it comes), and the input lock with the first input."""
 
     __slots__ = (
         "_coalescer",
         "_publish",
+        "_publish_now",
         "_stdin_lock",
         "deadline",
         "expired",
@@ -64,7 +67,7 @@ class Running:
         "task",
     )
 
-    def __init__(self, job: Job, publish: Publish) -> None:
+    def __init__(self, job: Job, publish: Publish, publish_now: PublishNow | None = None) -> None:
         self.job = job
         self.state = RunState.RUNNING
         self.stop_reason: str | None = None
@@ -79,6 +82,7 @@ class Running:
         self.outputs: asyncio.Queue[Event | None] | None = None
         self.publisher: asyncio.Task[None] | None = None
         self._publish = publish
+        self._publish_now = publish_now
         self._coalescer: OutputCoalescer | None = None
         self._stdin_lock: asyncio.Lock | None = None
 
@@ -176,6 +180,12 @@ class Running:
             self._live(transitions.output_event(self.job.id, stream, data))
 
     def _live(self, event: Event) -> None:
+        if self._publish_now is not None:
+            try:
+                self._publish_now(self.job, event)
+            except Exception as exc:
+                logger.warning("job %s: an output event was not published (%s)", self.job.id, exc)
+            return
         # Bounded by the run itself: its output within MAX_OUTPUT_BYTES, one event per test.
         if self.outputs is None:
             self.outputs = asyncio.Queue()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 
 from ...errors import NotFound, ShuttingDown
 from ..events import Event
 from ..jobs import Job
+from ..loops import settle
 from ..records import held_bytes
 
 # A waiter re-reads the store this often even without news: a missed or trimmed terminal event costs this much.
@@ -54,9 +54,13 @@ class Waiters:
                         retryAfter=5,
                         jobId=job_id,
                     )
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(WAIT_RECHECK_S):
-                        await future
+                # A timer that settles the future, not asyncio.timeout (cheaper, once per job): a wake-up carries
+                # no state, so the recheck is one more wake-up.
+                timer = asyncio.get_running_loop().call_later(WAIT_RECHECK_S, settle, future)
+                try:
+                    await future
+                finally:
+                    timer.cancel()
             finally:
                 self.discard(job_id, future)
 

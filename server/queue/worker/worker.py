@@ -65,13 +65,18 @@ class Worker:
         self._early_stops: OrderedDict[str, str] = OrderedDict()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
-        self._claims = ClaimLoop(store, free=self._free, fill=self._fill, drained=self._drained)
+        self._claims = ClaimLoop(
+            store, free=self._free, fill=self._fill, drained=self._drained, fill_now=self._fill_now
+        )
         self._unsubscribe: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, from start(): one lookup less a job
         # Slots promised to a claim in flight: two claims at once (the loop's, a finish's) never take the same slot.
         self._reserved = 0
-        # A store that claims at once (memory) is claimed from right after a finish without awaiting it.
-        self._claim_now = store.claim_now if isinstance(store, SettlesAtOnce) else None
+        # A store that claims at once (memory) is claimed from right after a finish without awaiting it, and on its
+        # news of work (`ClaimLoop.news`) without the claim loop's task.
+        self._settles = store if isinstance(store, SettlesAtOnce) else None
+        self._claim_now = self._settles.claim_now if self._settles is not None else None
+        self._append_now = self._settles.append_event_now if self._settles is not None else None
         # A store that can claim as it finishes (Redis) gets its finishes batched, and claims with them.
         self._batcher: FinishBatcher | None = None
         if isinstance(store, ClaimsOnFinish):
@@ -89,6 +94,8 @@ class Worker:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.store.on_control = self._on_control
+        if self._settles is not None:
+            self._settles.on_work = self._claims.news
         self._unsubscribe = self.events.subscribe(self._waiters.on_terminal, types=TERMINAL)
         await self.store.start()
         with suppress(BackendUnavailable):
@@ -299,15 +306,16 @@ class Worker:
             self._start(job, stop)
         return len(jobs) == free
 
-    def _fill_now(self, claim_now: Callable[..., Claimed]) -> None:
+    def _fill_now(self, claim_now: Callable[..., Claimed] | None = None) -> None:
         """`_fill` on a store that settles at once: the same claim, without awaiting it."""
+        claim_now = claim_now or self._claim_now
         free = self._slots - len(self._running) - self._reserved
-        if free > 0 and not self._closing:
+        if free > 0 and not self._closing and claim_now is not None:
             for job, stop in claim_now(free, lease_ms=self._lease_ms, max_concurrent=self.max_concurrent):
                 self._start(job, stop)
 
     def _start(self, job: Job, stop: str | None) -> None:
-        run = Running(job, self.store.append_event)
+        run = Running(job, self.store.append_event, self._append_now)
         self._running[job.id] = run
         if job.interactive:
             # Live input only: the runner writes the submission's stdin first, then this channel.
@@ -375,15 +383,16 @@ class Worker:
         if self._closing:
             self._release(run)
             return
-        # The claim loop is woken only if the claim right after leaves a slot free: a busy worker's slots pass
-        # from job to job here, and the loop sleeps. A stored result's terminal event, emitted as it was stored
-        # here, has woken the job's waiters already.
+        # The claim loop is woken only if the claim right after leaves a slot free (never on a store that settles
+        # at once: its news of work comes to `ClaimLoop.news`): a busy worker's slots pass from job to job here, and the
+        # loop sleeps. A stored result's terminal event, emitted as it was stored here, has woken the job's
+        # waiters already.
         self._release(run, wake_claims=False, wake_waiters=not stored)
         try:
             if self._claim_now is not None:
                 self._fill_now(self._claim_now)
-            else:
-                await self._fill()
+                return
+            await self._fill()
         except Exception:
             pass  # the claim loop, woken below, tries again
         if self._slots - len(self._running) - self._reserved > 0:  # _free()
