@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app
 from server.judging.executor import Judge
 from server.keys import RUNNER
+from server.queue.jobs import Job, JobIO
 from server.sandbox.artifact import MAX_ENTRIES, Artifact, ArtifactRefused, WorkFile, unpack
 from server.sandbox.buildcache import SUFFIX, CachedBuild, _decode, _encode
 from tests.clients import Client, call
@@ -334,3 +335,23 @@ def test_unpack_refuses_more_entries_than_the_warm_driver_takes() -> None:
     with pytest.raises(ArtifactRefused, match="entries"):
         unpack(tar_of(dirs))
     assert len(unpack(tar_of(dirs[:MAX_ENTRIES])).dirs) == MAX_ENTRIES
+
+
+async def test_a_bubblewrap_without_perms_still_gives_a_builds_files_their_modes(tmp_path: Path) -> None:
+    """bwrap older than 0.5 has no --perms: a cold sandbox's files are all 0666, and a build's program would not be
+    executable. Here a real bwrap is told to be such a one (its --help without --perms): the run of the build sets
+    its files' modes in a stage of its own first, and the program runs with the modes a compile in place leaves."""
+    settings = make_settings(cache_dir=str(tmp_path), cache_max_mb=64, warm_pool=0)
+    runner = await Judge.create(settings, languages=("c",))
+    try:
+        sandbox = runner.sandbox
+        sandbox._bwrap_help = sandbox._bwrap_help.replace("--perms", "--no-perms-here")
+        sandbox._host, sandbox._specs = sandbox._current_host(), sandbox._current_specs()
+        code = PORTRAIT_C % secrets.token_hex(8)
+        for _ in range(2):  # compiled and run, then from the cache
+            result = await runner(Job(language="c", code=code), JobIO(on_output=lambda stream, text: None))
+            assert result.exit_code == 0, result
+            assert result.stdout.splitlines()[:2] == ["main file 755", "main.c file 666"], result.stdout
+        assert sandbox.cache is not None and sandbox.cache.hits == 1
+    finally:
+        await runner.close()

@@ -210,7 +210,7 @@ def bwrap_args(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
 
 def _perms(host: Host, mode: int) -> list[str]:
     """bwrap's option for a file's mode (a build's executable), or nothing for a submitted file's (--file's own). bwrap
-    older than 0.5 has no --perms: a build's files get --file's mode there, and its program is not executable."""
+    older than 0.5 has no --perms: a build's files get --file's mode there, and a stage sets theirs (spec.CHMOD)."""
     if mode == SOURCE_MODE or "--perms" not in host.bwrap_help:
         return []
     return ["--perms", f"{mode:04o}"]

@@ -247,7 +247,11 @@ class Sandbox:
         )
 
     def _current_specs(self) -> Specs:
-        return Specs(self.settings, backend=self.backend, layers=self._layers, memory_mb=self._memory_mb)
+        # bwrap gives a file its mode with --perms (0.5 and later); with an older one a build run sets them in a stage.
+        modes = self.backend != "bwrap" or "--perms" in self._bwrap_help
+        return Specs(
+            self.settings, backend=self.backend, layers=self._layers, memory_mb=self._memory_mb, file_modes=modes
+        )
 
     # -- runs ------------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from ..settings import Settings
 from . import packages
-from .artifact import Artifact, WorkFile
+from .artifact import SOURCE_MODE, Artifact, WorkFile
 from .contract import Request
 from .languages import Language
 
@@ -25,6 +25,9 @@ BOX = "/box"  # the job's work dir inside the sandbox
 # it into files and directories (artifact.unpack, every member checked) that a run of the build is given like a job's
 # own files: no unpack stage.
 PACK = ("tar", "--exclude=./tmp", "-cf", "-", ".")
+# Where a cold sandbox cannot be given a file's mode (bwrap older than 0.5 has no --perms: every file is 0666), a run
+# of a build first sets its files' modes with this stage: `sh -c CHMOD sh MODE NAME MODE NAME ...`.
+CHMOD = 'while [ "$#" -gt 1 ]; do chmod -- "$1" "$2" || exit; shift 2; done'
 PROBE_TIMEOUT_MS = 10_000  # generous for a cold JVM start on a busy two-core host
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The pre-started interpreters' code (languages.toml `preload`, sandbox/command.py), by interpreter: java's is the
@@ -78,9 +81,16 @@ class Specs:
     for a start-up probe. The server's limits and the package layers found at start-up are fixed here."""
 
     def __init__(
-        self, settings: Settings, *, backend: str, layers: Mapping[str, packages.Layer], memory_mb: int
+        self,
+        settings: Settings,
+        *,
+        backend: str,
+        layers: Mapping[str, packages.Layer],
+        memory_mb: int,
+        file_modes: bool = True,
     ) -> None:
         self._settings = settings
+        self._file_modes = file_modes  # a cold sandbox is given each file's mode (else: a CHMOD stage for a build)
         self._backend = backend
         self._layers = layers
         self._memory_mb = memory_mb  # one job's (or without a memory cgroup one process's) memory
@@ -140,7 +150,7 @@ class Specs:
             name, run = f"{name}-build", list(PACK)
         elif artifact is not None:
             name = f"{name}-{secrets.token_hex(3)}"  # one cgroup per test
-            files, dirs, compile_argv = artifact.files, artifact.dirs, None
+            files, dirs, compile_argv = artifact.files, artifact.dirs, self._chmod(artifact)
         return dataclasses.replace(
             self._spec(lang, name, run),
             compile=None if compile_argv is None else tuple(compile_argv),
@@ -154,6 +164,11 @@ class Specs:
             cpu_time_ms=self._settings.cpu_time_limit_s * 1000 if limits.cpu_time_ms is None else limits.cpu_time_ms,
             output_cap=self._settings.workdir_size_mb << 20 if build else None,
         )
+
+    def _chmod(self, artifact: Artifact) -> list[str] | None:
+        """A stage giving a build's files their modes where a cold sandbox cannot be given them, or None."""
+        modes = [part for f in artifact.files if f.mode != SOURCE_MODE for part in (f"{f.mode:o}", f.name)]
+        return None if self._file_modes or not modes else ["/bin/sh", "-c", CHMOD, "sh", *modes]
 
     def _spec(self, lang: Language, name: str, run: list[str], *, probe: bool = False) -> RunSpec:
         """The spec with the language's environment, package layer and /etc entries, and the server's limits."""
