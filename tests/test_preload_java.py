@@ -5,6 +5,7 @@ heap flag and environment) takes it."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -340,6 +341,23 @@ async def test_post_run_with_stdin_through_a_pre_started_jvm(
     assert messages and preloaded(messages[-1])
     assert answers[1] == answers[0] and answers[0]["exitCode"] == 1, answers
     assert "IllegalStateException: x,y z" in answers[0]["stderr"], answers
+
+
+async def test_a_new_programs_build_starts_cold_and_its_run_takes_the_pre_started_jvm(
+    warm: Judge, messages: list[tuple[RunSpec, bytes]]
+) -> None:
+    """A program not in the build cache: javac would discard a warm sandbox's JVM, so the build starts cold (no take,
+    no miss) and the run, the only take, is served by a pre-started JVM."""
+    assert warm.sandbox.pool is not None
+    status = warm.sandbox.pool.stats
+    await run(warm, job({"Main.java": main("System.out.println(1);")}))  # demand for java
+    await until(lambda: status()["languages"].get("java", {}).get("ready", 0) > 0, timeout=30)
+    before, sent = status(), len(messages)
+    result = await run(warm, job({"Main.java": main(f'System.out.println("{secrets.token_hex(8)}");')}))
+    after = status()
+    assert result.exit_code == 0 and not result.compile_cached, result
+    assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"]), (before, after)
+    assert len(messages) == sent + 1 and preloaded(messages[-1]), "the run did not take the pre-started JVM"
 
 
 def test_the_pre_started_jvm_has_the_run_commands_flags() -> None:

@@ -186,7 +186,9 @@ class Run:
         or None, to start cold. One that cannot take the job (a memory limit below what it already holds: the kernel
         refuses with EBUSY) is destroyed unused, and the job starts cold as it would without a pool."""
         spec = self._spec
-        if self._pool is None or spec.language is None:
+        # A compile stage (a build: javac) would discard the runtime a warm sandbox started ahead (the JVM, 30-40 ms of
+        # the refill's CPU): the build starts cold and leaves the ready sandbox to the run that follows it.
+        if self._pool is None or spec.language is None or (spec.compile and spec.preload is not None):
             return None
         warm = self._pool.take(spec.language)
         if warm is None:
