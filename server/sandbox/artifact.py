@@ -21,6 +21,8 @@ SOURCE_MODE = 0o666  # a submitted file's mode (bwrap --file's default, and the 
 # writes these). Every other kind is refused before tarfile reads the tar (_plain_headers).
 BLOCK = 512
 PLAIN_KINDS = frozenset((b"0", b"\0", b"5", b"L"))
+# The longest name taken (Linux's PATH_MAX): a bound on each path's depth too, so that nothing per path grows past it.
+MAX_NAME = 4096
 
 
 class WorkFile(NamedTuple):
@@ -72,8 +74,10 @@ def unpack(tar: bytes) -> Artifact:
                     files.append(WorkFile(name, content.read(), stat.S_IMODE(member.mode) & 0o777))
                 else:
                     raise ArtifactRefused(f"{name!r} is not a regular file or a directory")
-    except tarfile.TarError as exc:
-        raise ArtifactRefused(f"not a tar: {exc}") from None
+    except ArtifactRefused:
+        raise
+    except Exception as exc:  # tarfile's own (TarError, EOFError, ...): whatever it is, the build is not taken
+        raise ArtifactRefused(f"not a tar: {exc!r}") from None
     _check_layout(files, dirs)
     return Artifact(files=tuple(files), dirs=tuple(sorted(dirs, key=lambda d: (d.count("/"), d))))
 
@@ -85,7 +89,7 @@ def _plain_headers(tar: bytes) -> None:
     quadratically (CVE-2024-6232; measured here on 3.11.7: 100 KB of digits, 16.8 s holding the GIL, so 1 MB would
     stall the event loop for about half an hour), and older ones loop on a negative offset (CVE-2025-8194). The
     pack stage's GNU tar never writes either, so a build gives nothing up."""
-    offset = 0
+    offset, long_name = 0, False
     while offset + BLOCK <= len(tar):
         header = tar[offset : offset + BLOCK]
         if not header.strip(b"\0"):
@@ -97,6 +101,14 @@ def _plain_headers(tar: bytes) -> None:
             raise ArtifactRefused(f"a member of kind {kind!r}: not a regular file or a directory")
         if size is None:
             raise ArtifactRefused(f"a tar header's size is not an octal number: {header[124:136]!r}")
+        # tarfile skips the data of regular files and long names only: a directory's size must be 0, or headers hidden
+        # in its "data" would reach tarfile unwalked (an old-style file whose name ends in / is a directory to it).
+        if size and (kind == b"5" or (kind == b"\0" and header[:100].split(b"\0", 1)[0].endswith(b"/"))):
+            raise ArtifactRefused("a directory with content")
+        # tarfile reads the member after a long name by recursion: one long name each, and at most MAX_NAME.
+        if kind == b"L" and (long_name or size > MAX_NAME + 1):
+            raise ArtifactRefused("a GNU long name past the longest name taken, or two in a row")
+        long_name = kind == b"L"
         offset += BLOCK + -(-size // BLOCK) * BLOCK
 
 
@@ -113,6 +125,8 @@ def _name(raw: str) -> str | None:
     name = raw.removeprefix("./").removesuffix("/")
     if name in ("", "."):
         return None
+    if len(name.encode()) > MAX_NAME:
+        raise ArtifactRefused(f"a name longer than {MAX_NAME} bytes: {raw[:64]!r}...")
     parts = name.split("/")
     if raw.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\0" in name:
         raise ArtifactRefused(f"{raw!r} is not a relative path inside the work dir")
@@ -122,10 +136,11 @@ def _name(raw: str) -> str | None:
 
 
 def _check_layout(files: list[WorkFile], dirs: list[str]) -> None:
-    """Every file's parents are directories, not files: `a` a file and `a/b` would need `a` to be both."""
-    names = {f.name for f in files}
+    """Every entry's parent is a directory of the build (GNU tar lists each directory it packs): not a file, which
+    would have to be both, nor missing. Linear in the names' length (a prefix of each path at each depth was cubic in
+    the depth of a tree)."""
+    directories = set(dirs)
     for path in [f.name for f in files] + dirs:
-        parts = path.split("/")
-        for depth in range(1, len(parts)):
-            if "/".join(parts[:depth]) in names:
-                raise ArtifactRefused(f"{path!r} needs {parts[depth - 1]!r} to be a directory")
+        parent = path.rpartition("/")[0]
+        if parent and parent not in directories:
+            raise ArtifactRefused(f"{path!r} needs {parent!r} to be a directory of the build")

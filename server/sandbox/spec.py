@@ -66,13 +66,14 @@ class RunSpec:
 
     @property
     def directories(self) -> list[str]:
-        """The directories the files need and those asked for, parents first."""
-        dirs = {
-            "/".join(parts[:depth])
-            for name in [*(f.name for f in self.files), *(f"{d}/" for d in self.dirs)]
-            for parts in [name.split("/")]
-            for depth in range(1, len(parts))
-        }
+        """The directories the files need and those asked for, parents first. Each is found once, walking up from a
+        path until a directory already found (every prefix of every path was cubic in the depth of a tree)."""
+        dirs: set[str] = set()
+        for name in [*(f.name for f in self.files), *(f"{d}/" for d in self.dirs)]:
+            parent = name.rpartition("/")[0]
+            while parent and parent not in dirs:
+                dirs.add(parent)
+                parent = parent.rpartition("/")[0]
         return sorted(dirs, key=lambda d: (d.count("/"), d))
 
 
