@@ -101,17 +101,21 @@ $(HELPER): server/sandbox/helper/conveyor-run.c Makefile
 # The launcher of warm java sandboxes' pre-started JVM (server/sandbox/spec.py PRELOADS): Preload.java compiled by the
 # host's javac and its native half built against that JDK's jni.h, both into helper/java/ (the boot class path the
 # sandbox sees). main is marked @Hidden (jdk.internal.vm.annotation, which the JVM honours for boot class path code).
-# Without javac or cc java has no pre-started JVM.
+# Without javac or cc java has no pre-started JVM, nor with a JDK other than 17 or 18: JDK 19 dropped the field the
+# native half reads to keep the main thread's identity hash codes a cold start's (every warm run would fall back to a
+# cold start), and JDK 24 prints a warning for System.load. helper/java/jdk names the JDK it was built for: a server
+# whose `java` is another JDK (a switched alternative) starts no JVM ahead (server/sandbox/spec.py).
 JAVA_PRELOAD_DIR := server/sandbox/helper/java
 $(JAVA_PRELOAD): server/sandbox/helper/Preload.java server/sandbox/helper/preload-java.c Makefile
 	@rm -rf $(JAVA_PRELOAD_DIR)
-	@if command -v javac >/dev/null && command -v cc >/dev/null; then \
+	@if command -v javac >/dev/null && command -v cc >/dev/null && \
+	  javac -version 2>&1 | grep -Eq '^javac (17|18)[.]'; then \
 	  jdk=$$(dirname "$$(dirname "$$(readlink -f "$$(command -v javac)")")") && mkdir -p $(JAVA_PRELOAD_DIR) && \
 	  cc -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=3 -fstack-protector-strong -fPIC -shared $(HELPER_LDFLAGS) \
 	    -I"$$jdk/include" -I"$$jdk/include/linux" -o $(JAVA_PRELOAD_DIR)/libconveyor-preload.so \
 	    server/sandbox/helper/preload-java.c -lpthread && \
 	  javac -XDignore.symbol.file -nowarn --add-exports java.base/jdk.internal.vm.annotation=ALL-UNNAMED \
-	    -d $(JAVA_PRELOAD_DIR) $< || rm -rf $(JAVA_PRELOAD_DIR); \
+	    -d $(JAVA_PRELOAD_DIR) $< && echo "$$jdk" > $(JAVA_PRELOAD_DIR)/jdk || rm -rf $(JAVA_PRELOAD_DIR); \
 	fi
 
 install: $(VENV)/.stamp-install $(HELPERS)

@@ -19,7 +19,7 @@ from server.judging.executor import Judge
 from server.queue.jobs import ExecutionResult, Job, Limits, SourceFile
 from server.sandbox import command
 from server.sandbox.languages import load_languages
-from server.sandbox.spec import PRELOADS, RunSpec, Specs
+from server.sandbox.spec import HELPER_DIR, PRELOADS, RunSpec, Specs, preload_built
 from tests.conftest import make_settings, scaled_ms
 from tests.test_pool import run, until
 from tests.test_preload_node import preloaded
@@ -27,7 +27,7 @@ from tests.test_preload_node import preloaded
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
     pytest.mark.skipif(shutil.which("javac") is None, reason="java needs a JDK"),
-    pytest.mark.skipif(not PRELOADS["java"].exists(), reason="the launcher is built by `make helper` (javac)"),
+    pytest.mark.skipif(not preload_built("java"), reason="the launcher is built by `make helper` (javac 17 or 18)"),
 ]
 
 # What a program can see of how the JVM started it, except what differs between any two runs (pids, times, the
@@ -386,3 +386,21 @@ def test_without_the_built_launcher_java_has_no_pre_started_jvm(
     monkeypatch.setitem(PRELOADS, "java", tmp_path / "never-built")
     missing = Specs(settings, backend="bwrap", layers={}, memory_mb=256).warm(java)
     assert missing.preload is None and missing.preload_runs == ()
+    half_built = tmp_path / "half-built"  # an interrupted `make helper`: the directory without the native half
+    shutil.copytree(HELPER_DIR / "java", half_built)
+    (half_built / "libconveyor-preload.so").unlink()
+    monkeypatch.setitem(PRELOADS, "java", half_built)
+    assert Specs(settings, backend="bwrap", layers={}, memory_mb=256).warm(java).preload is None
+
+
+def test_a_launcher_built_for_another_jdk_than_the_sandboxs_java_is_not_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built by one JDK's javac, run by the `java` another JDK provides (a switched alternative): JDK 19 dropped the
+    field the launcher reads and JDK 24 warns on System.load, so no JVM is started ahead for it."""
+    java = load_languages()["java"]
+    other = tmp_path / "java"
+    shutil.copytree(HELPER_DIR / "java", other)
+    (other / "jdk").write_text("/usr/lib/jvm/some-other-jdk\n")
+    monkeypatch.setitem(PRELOADS, "java", other)
+    assert Specs(make_settings(), backend="bwrap", layers={}, memory_mb=256).warm(java).preload is None

@@ -4,6 +4,7 @@ rest of the sandbox."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -34,6 +35,21 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # class `make helper` compiles with javac (none where there is no javac: java then has no pre-started JVM).
 HELPER_DIR = Path(__file__).with_name("helper")
 PRELOADS = {"python3": HELPER_DIR / "preload.py", "node": HELPER_DIR / "preload.js", "java": HELPER_DIR / "java"}
+
+
+def preload_built(interpreter: str) -> bool:
+    """Whether the interpreter's pre-start code is there: java's launcher built whole (its class and native half), for
+    the JDK the sandbox's `java` is (the Makefile writes helper/java/jdk; built for another, it would not run)."""
+    path = PRELOADS[interpreter]
+    if interpreter != "java":
+        return path.exists()
+    try:
+        built_for = (path / "jdk").read_text().strip()
+    except OSError:
+        return False
+    home = Path(os.path.realpath("/usr/bin/java")).parent.parent
+    parts = (path / "conveyor/preload/Preload.class", path / "libconveyor-preload.so")
+    return str(home) == built_for and all(part.exists() for part in parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +218,7 @@ class Specs:
         found = self._preloads.get(lang.name)
         if found is None:
             heap_mb = min(self._settings.memory_limit_mb, self._memory_mb) // 2
-            if lang.preload is None or not PRELOADS[lang.preload[0]].exists():
+            if lang.preload is None or not preload_built(lang.preload[0]):
                 found = (None, ())
             else:
                 runs = tuple(lang.run_argv([], heap_mb=heap_mb)[: lang.preload_runs])

@@ -50,11 +50,14 @@ static jobjectArray platform_strings(JNIEnv *env, char **strv, int n) {
     return array;
 }
 
-/* The run command itself (`sh -c SCRIPT CLASS ARGS...`) in place of this JVM, with the signal mask it had. */
+/* The run command itself (`sh -c SCRIPT CLASS ARGS...`) in place of this JVM, with the signal mask it had and none of
+ * the JVM's descriptors (its modules image, its argv pipe): the program then has what a cold start's has. */
 static void run_command(char **argv) {
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
+    if (close_range(3, ~0U, 0) != 0)
+        for (int fd = 3; fd < 65536; fd++) close(fd); /* a kernel before 5.9 */
     execvp("sh", argv);
     _exit(127);
 }
