@@ -179,6 +179,15 @@ def test_hostile_job_messages_never_crash_the_warm_driver(sanitized: Path, tmp_p
             assert reports.startswith(b"ready\nrun-start\nrun-end "), (case[:100], reports)
 
 
+def test_a_directory_over_a_file_already_written_is_refused(sanitized: Path, tmp_path: Path) -> None:
+    """A file `a`, then a directory `a`: the work dir cannot hold both (the server's layout check refuses such a
+    build before; the driver refuses it too rather than take the file for the directory)."""
+    entries = b"2\0a\x00100644\0" + b"1\0x" + b"a\x0040755\x000\0"
+    code, reports, err = drive_warm(sanitized, tmp_path, message([b"/bin/true"], entries))
+    assert (code, reports) == (USAGE_FAILED, b"ready\n"), err.decode()
+    assert b"cannot write a" in err and (tmp_path / "a").read_bytes() == b"x"
+
+
 def test_a_preloaded_interpreter_that_dies_after_booting_is_reported_as_itself(tmp_path: Path) -> None:
     """The driver hands the program's argv to the pre-started interpreter after the go-ahead; if the interpreter
     is gone by then (killed, crashed), that write used to kill the driver with SIGPIPE, the run's end was never

@@ -60,11 +60,14 @@ class UidClaims:
         # (when, uid), oldest first; an entry older than its uid's claim was renewed since and is skipped.
         self._order: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
+        self._closed = False
 
     def claim(self, uid: int, owner: object) -> bool:
         """Claim `uid` for `owner` (again: renewed); False when another server, or another owner here, holds it."""
         now = time.monotonic()
         with self._lock:
+            if self._closed:  # its descriptor (and every claim) is gone: a uid handed out now is not claimed
+                return True
             self._expire(now)
             held = self._held.get(uid)
             if held is not None and held[0] is not owner:
@@ -90,6 +93,7 @@ class UidClaims:
         with self._lock:
             self._held.clear()
             self._order.clear()
+            self._closed = True
             os.close(self._fd)
 
 

@@ -338,11 +338,16 @@ static int write_file(FILE *in, char *path, long long size, mode_t perms) {
     return close(fd);
 }
 
-/* A directory PATH with bwrap --dir's mode (0755, whatever the umask); one already made as a parent is kept. */
+/* A directory PATH with bwrap --dir's mode (0755, whatever the umask); one already made as a parent is kept, a file or
+ * anything else already there is refused. */
 static int make_dir(char *path) {
+    struct stat st;
     if (parents(path) != 0) return -1;
     if (mkdir(path, 0755) == 0) return chmod(path, 0755);
-    return errno == EEXIST ? 0 : -1;
+    if (errno != EEXIST) return -1;
+    if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) return 0;
+    errno = EEXIST;
+    return -1;
 }
 
 /* One entry of the work dir: PATH (validated by the server), its MODE in octal (S_IFREG or S_IFDIR and permission
