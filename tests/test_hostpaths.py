@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -15,8 +16,10 @@ import pytest
 from server.errors import SandboxUnavailable
 from server.sandbox import hostpaths
 from server.sandbox import runner as sandbox_module
+from server.sandbox.spec import PRELOADS
 from tests.test_sandbox import SETTINGS, open_sandbox, run_job
 
+JAVA_HELLO = 'public class Main { public static void main(String[] a) { System.out.println("java"); } }'
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="only root drops jobs to another uid")
 
 
@@ -52,6 +55,33 @@ async def test_a_checkout_in_a_private_home_runs_jobs(tmp_path: Path, monkeypatc
         assert hostpaths.unreachable(Path(box.sandbox.helper)) is None
         run = await run_job(box, "python", "print('hello from a private checkout')")
     assert run.result.stdout == "hello from a private checkout\n", run.result
+
+
+@as_root
+async def test_the_pre_started_runtimes_code_in_a_private_checkout_reaches_the_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """node's preload.js and java's launcher are bound into every sandbox of their language, its probe's too. From a
+    checkout in a private home, bubblewrap (as the job's uid) could not open them: javascript and java were not
+    offered at all ("Can't find source path ... Permission denied", seen in the cgroup v2 VM's root scenario)."""
+    helper = _private_checkout(tmp_path)
+    monkeypatch.setattr(sandbox_module, "HELPER", helper)
+    for interpreter in ("node", "java"):
+        if not PRELOADS[interpreter].exists():
+            continue
+        private = helper.parent / PRELOADS[interpreter].name
+        copy = shutil.copytree if PRELOADS[interpreter].is_dir() else shutil.copy2
+        copy(PRELOADS[interpreter], private)
+        monkeypatch.setitem(PRELOADS, interpreter, private)
+    settings = dataclasses.replace(SETTINGS, warm_pool=2)
+    async with open_sandbox(settings, languages=["javascript", "java"]) as box:
+        assert box.sandbox.offers("javascript") and box.sandbox.offers("java"), box.sandbox.runtimes()
+        node = await run_job(box, "javascript", "console.log('node from a private checkout')")
+        java = await run_job(
+            box, "java", 'public class Main { public static void main(String[] a) { System.out.println("java"); } }'
+        )
+    assert node.result.stdout == "node from a private checkout\n", node.result
+    assert java.result.stdout == "java\n", java.result
 
 
 @as_root

@@ -53,6 +53,8 @@ class Host:
     syscalls: Mapping[str, int] = dataclasses.field(default_factory=dict)  # native numbers of prctl and keyctl
     pids_enforced: bool = False  # by a pids cgroup (else RLIMIT_NPROC)
     memory_enforced: bool = False  # by a memory cgroup (else RLIMIT_AS)
+    # Where each pre-started interpreter's code is bound from, when not spec.PRELOADS (hostpaths.reachable_tree).
+    preloads: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def argv(host: Host, spec: RunSpec, fds: Fds, cgroup: JobCgroup | None) -> list[str]:
@@ -72,7 +74,7 @@ def warm_argv(host: Host, spec: RunSpec, fds: Fds, cgroup: JobCgroup | None, job
     assert host.bwrap is not None and spec.language is not None
     wait = [HELPER_IN_BOX, "wait", str(job_fd), str(fds.status), str(fds.compile)]
     if spec.preload:
-        text, inside = PRELOAD_TEXTS.get(spec.preload[0], ""), preload_file(spec)[1]
+        text, inside = PRELOAD_TEXTS.get(spec.preload[0], ""), preload_file(host, spec)[1]
         wait += [text if part == PRELOAD_TEXT else part.replace(PRELOAD_FILE, inside) for part in spec.preload]
     return [*_launch(host, cgroup, nice=nice), "--", host.bwrap, *bwrap_args(host, spec, fds), "--", *wait]
 
@@ -99,11 +101,12 @@ def without_code(preload: tuple[str, ...]) -> tuple[str, ...]:
     return preload[: at - 1] + preload[at + 1 :]
 
 
-def preload_file(spec: RunSpec) -> tuple[str, str]:
-    """The pre-started interpreter's code as a file: its host path and where the sandbox sees it."""
+def preload_file(host: Host, spec: RunSpec) -> tuple[str, str]:
+    """The pre-started interpreter's code as a file: its host path (a copy the jobs' uid reaches, where the checkout is
+    closed to it: Host.preloads) and where the sandbox sees it."""
     assert spec.preload is not None
-    host = PRELOADS[spec.preload[0]]
-    return str(host), f"/.conveyor-preload{host.suffix}"
+    path = PRELOADS[spec.preload[0]]
+    return host.preloads.get(spec.preload[0], str(path)), f"/.conveyor-preload{path.suffix}"
 
 
 def env_of(spec: RunSpec, workdir: str | None) -> dict[str, str]:
@@ -237,7 +240,7 @@ def _bound_fds(host: Host, spec: RunSpec, fds: Fds) -> list[str]:
     if host.helper is not None:
         args += ["--ro-bind", host.helper, HELPER_IN_BOX]
     if spec.preload is not None and any(PRELOAD_FILE in part for part in spec.preload):
-        args += ["--ro-bind", *preload_file(spec)]
+        args += ["--ro-bind", *preload_file(host, spec)]
     # bwrap's own tmpfs for / and /dev is owned by the sandbox user: make them read-only, so the only
     # writable places are the size-capped /box, /tmp and /dev/shm.
     return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", BOX]

@@ -24,7 +24,7 @@ from .languages import Language, LanguageIndex, chosen, load_languages, runtimes
 from .pool import WarmPool
 from .reaper import Reaper
 from .result import Outcome, cached_build, result_of
-from .spec import RunSpec, Specs
+from .spec import PRELOADS, RunSpec, Specs
 from .uids import HostUids, close_host_claims, open_host_claims
 from .warm import WarmStarter
 
@@ -64,6 +64,7 @@ class Sandbox:
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
         # As root, jobs do not run as root unless bwrap works only for root here (_check_bwrap's warned fallback).
         self._as_root = False
+        self._preloads: dict[str, str] = {}  # reachable copies of spec.PRELOADS (_check_host)
         self._claims = open_host_claims() if settings.sandbox_uids else None  # closed by close()
         self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids, claims=self._claims)
         self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
@@ -139,8 +140,15 @@ class Sandbox:
             try:
                 copy = await asyncio.to_thread(hostpaths.reachable_helper, Path(self._helper), self.settings.cache_path)
                 self._helper = str(copy)
+                self._preloads = await asyncio.to_thread(self._reachable_preloads)
             except OSError as exc:
                 raise SandboxUnavailable(str(exc)) from None
+
+    def _reachable_preloads(self) -> dict[str, str]:
+        """The pre-started interpreters' code bound into sandboxes (preload.js, java's launcher), copied where the
+        jobs' uid reaches it when the checkout is closed to it (a clone in /root)."""
+        cache = self.settings.cache_path
+        return {name: str(hostpaths.reachable_tree(path, cache)) for name, path in PRELOADS.items() if path.exists()}
 
     async def _probe_languages(self) -> None:
         """Offer the languages whose version command works inside the sandbox."""
@@ -244,6 +252,7 @@ class Sandbox:
             syscalls=self._filter.numbers,
             pids_enforced=self._enforcer("pids") is not None,
             memory_enforced=self._enforcer("memory") is not None,
+            preloads=self._preloads,
         )
 
     def _current_specs(self) -> Specs:
