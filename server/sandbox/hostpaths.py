@@ -93,10 +93,7 @@ def _install_tree(directory: Path, name: str, files: list[tuple[str, bytes]]) ->
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    blocked = unreachable(target)
-    if blocked is not None:
-        raise OSError(f"{blocked} is closed to other users")
-    return target
+    return _checked(target)
 
 
 def _own_directory(directory: Path) -> None:
@@ -126,6 +123,11 @@ def _install(directory: Path, name: str, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return _checked(target)
+
+
+def _checked(target: Path) -> Path:
+    """`target`, once others can reach it (else OSError naming what closes it)."""
     blocked = unreachable(target)
     if blocked is not None:
         raise OSError(f"{blocked} is closed to other users")
