@@ -119,6 +119,8 @@ def check_all(base: str) -> None:
     check_hello(base, "python", 'print("hello from python")\n')
     check_hello(base, "c", C_HELLO)
     check_hello(base, "java", JAVA_HELLO)
+    # node (pre-started in warm sandboxes) needs its preload.js reachable by the job's uid, as java its launcher.
+    check_hello(base, "javascript", 'console.log("hello from javascript")\n')
     check_memory(base)
     job = run(base, {"language": "python", "code": FORK_BOMB})
     ok = job.get("stdout") == "refused: Resource temporarily unavailable\n" and job.get("exitCode") == 0
