@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from server.app import create_app
-from server.doors.metrics import METRICS
+from server.doors.metrics import MAX_CHILDREN, METRICS
 from server.keys import RUNNER
 from server.queue.jobs import Runner
 from tests.conftest import AppClientFactory, make_settings
@@ -165,3 +165,17 @@ async def test_two_instances_on_one_redis_count_each_job_once(
             )
         )
     assert totals == [(2, 0), (0, 2)]
+
+
+def test_labelled_series_past_the_remembered_bound_still_count(sandbox: Runner) -> None:
+    """Metrics.child remembers at most MAX_CHILDREN labelled series (on Redis other instances' events may name
+    languages this one does not offer); past it each is looked up again, and every count still lands."""
+    metrics = create_app(make_settings(), runner=sandbox)[METRICS]
+    for i in range(MAX_CHILDREN + 100):
+        metrics.on_event({"type": "queued", "language": f"lang-{i}"})
+    metrics.on_event({"type": "queued", "language": f"lang-{MAX_CHILDREN + 99}"})
+    assert len(metrics._children) == MAX_CHILDREN
+    counted = {
+        s.labels["language"]: s.value for s in metrics.submitted.collect()[0].samples if s.name.endswith("_total")
+    }
+    assert len(counted) == MAX_CHILDREN + 100 and counted[f"lang-{MAX_CHILDREN + 99}"] == 2.0
