@@ -24,6 +24,8 @@ from playwright.async_api import Browser, async_playwright
 from bench import redisserver
 from server.app import create_app
 from server.queue.jobs import Runner
+from server.sandbox import command
+from server.sandbox.spec import RunSpec
 from server.settings import Settings
 from tests.browser import Pages, ServerFactory, launch
 from tests.queues import Gate, build_queue
@@ -246,3 +248,19 @@ async def make_queue(gate: Gate, backend: str, request: pytest.FixtureRequest) -
     yield make
     for queue in queues:
         await queue.close()
+
+
+@pytest.fixture
+def messages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[RunSpec, bytes]]:
+    """Every job message a warm sandbox was sent, with its spec (command.job_message, itself, recorded): for the tests
+    of the pre-started interpreters."""
+    sent: list[tuple[RunSpec, bytes]] = []
+    real = command.job_message
+
+    def recording(host: command.Host, spec: RunSpec, **kwargs: Any) -> bytes:
+        message = real(host, spec, **kwargs)
+        sent.append((spec, message))
+        return message
+
+    monkeypatch.setattr(command, "job_message", recording)
+    return sent

@@ -22,13 +22,14 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.judging.executor import Judge
-from server.keys import RUNNER
 from server.queue.jobs import Job, JobIO
 from server.sandbox.artifact import MAX_ENTRIES, Artifact, ArtifactRefused, WorkFile, unpack
-from server.sandbox.buildcache import SUFFIX, CachedBuild, _decode, _encode
+from server.sandbox.buildcache import CachedBuild, _decode, _encode
 from server.sandbox.spec import RunSpec
 from tests.clients import Client, call
 from tests.conftest import make_settings
+from tests.test_buildcache import entries, run
+from tests.test_buildcache import sandbox_of as judge_of
 
 LANGUAGES = ("c", "cpp", "java", "rust")
 # Prints its work dir as the program finds it: its own mode, its source's, and what a crafted build may add.
@@ -80,21 +81,6 @@ async def client(aiohttp_client: Any, judge: Judge) -> AsyncIterator[Client]:
         create_app(make_settings(cache_max_mb=64), runner=judge)
     )
     yield test_client
-
-
-async def run(client: Client, **body: Any) -> Any:
-    return await call(client, "POST", "/run", 200, json=body)
-
-
-def judge_of(client: Client) -> Judge:
-    runner = client.app[RUNNER]
-    assert isinstance(runner, Judge) and runner.sandbox.cache is not None
-    return runner
-
-
-def entries(judge: Judge) -> set[Path]:
-    assert judge.sandbox.cache is not None
-    return set(judge.sandbox.cache.root.rglob(f"*{SUFFIX}"))
 
 
 async def rerun(client: Client, **body: Any) -> Any:

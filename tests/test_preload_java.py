@@ -210,21 +210,6 @@ def warm() -> Iterator[Judge]:
         asyncio.run(sandbox.close())
 
 
-@pytest.fixture
-def messages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[RunSpec, bytes]]:
-    """Every job message a warm sandbox was sent, with its spec (command.job_message, itself, recorded)."""
-    sent: list[tuple[RunSpec, bytes]] = []
-    real = command.job_message
-
-    def recording(host: command.Host, spec: RunSpec, **kwargs: Any) -> bytes:
-        message = real(host, spec, **kwargs)
-        sent.append((spec, message))
-        return message
-
-    monkeypatch.setattr(command, "job_message", recording)
-    return sent
-
-
 async def warm_run(warm: Judge, job: Job) -> ExecutionResult:
     """The job in a warm sandbox, its build from the build cache (as a user's second run of the same program): the
     job once, for its build and the demand for java, then again once a java sandbox is ready."""

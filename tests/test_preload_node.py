@@ -170,21 +170,6 @@ def warm() -> Iterator[Judge]:
     asyncio.run(sandbox.close())
 
 
-@pytest.fixture
-def messages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[RunSpec, bytes]]:
-    """Every job message a warm sandbox was sent, with its spec (command.job_message, itself, recorded)."""
-    sent: list[tuple[RunSpec, bytes]] = []
-    real = command.job_message
-
-    def recording(host: command.Host, spec: RunSpec, **kwargs: Any) -> bytes:
-        message = real(host, spec, **kwargs)
-        sent.append((spec, message))
-        return message
-
-    monkeypatch.setattr(command, "job_message", recording)
-    return sent
-
-
 def preloaded(sent: tuple[RunSpec, bytes]) -> bool:
     """Whether the message hands the job to the pre-started node: it ends with node's argv (driver.job_message)."""
     spec, message = sent
