@@ -111,6 +111,39 @@ async def test_a_warm_run_is_a_cold_run(sandbox: Judge, cold: Judge) -> None:
     assert (got.stdout, got.stderr, got.exit_code, got.reason) == (want.stdout, want.stderr, 3, None)
 
 
+POLL_STDIN = r"""
+#include <poll.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    struct pollfd in = {0, POLLIN, 0};
+    int ready = poll(&in, 1, 0);
+    char buf[100];
+    ssize_t got = read(0, buf, sizeof buf), more = read(0, buf, sizeof buf);
+    printf("ready %d read %zd then %zd\n", ready, got, more);
+    return 0;
+}
+"""
+
+
+async def test_a_warm_runs_program_finds_its_stdin_waiting_as_it_starts(cached_sandbox: Judge, cold: Judge) -> None:
+    """A program that polls its stdin at once (poll, a non-blocking read, Java's System.in.available()) finds the
+    job's input there, as a cold run's program, slower to start, does; then reads it to EOF. A cached C build starts
+    within a millisecond of its go-ahead."""
+    job = Job(language="c", code=POLL_STDIN, stdin="typed\n")
+    want = await run(cold, job)
+    assert want.stdout == "ready 1 read 6 then 0\n", want
+    assert cached_sandbox.sandbox.pool is not None
+    status = cached_sandbox.sandbox.pool.stats
+    await run(cached_sandbox, job)  # its build cached, and demand for c
+    for _ in range(5):
+        await until(lambda: status()["languages"].get("c", {}).get("ready", 0) > 0)
+        hits = status()["hits"]
+        got = await run(cached_sandbox, job)
+        assert status()["hits"] == hits + 1 and got.compile_cached, "not a cached build in a warm sandbox"
+        assert (got.stdout, got.stderr, got.exit_code) == (want.stdout, "", 0), got
+
+
 PYTHON_ENDINGS = {
     "traceback": "def f():\n    raise ValueError('bad')\nprint('out')\nf()\n",
     "syntax error": "print('never'\n",

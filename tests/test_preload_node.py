@@ -288,7 +288,8 @@ async def test_post_run_with_stdin_through_a_pre_started_node(
         client = await aiohttp_client(create_app(make_settings(), runner=runner))
         if runner is warm:
             assert warm.sandbox.pool is not None
-            await client.post("/run", json={"language": "javascript", "code": ""})  # demand for javascript
+            demand = await client.post("/run", json={"language": "javascript", "code": "0"})  # demand for javascript
+            assert demand.status == 200, await demand.text()
             await until(lambda: warm.pool_status()["languages"].get("javascript", {}).get("ready", 0) > 0)
         async with client.post("/run", json=body) as resp:
             assert resp.status == 200

@@ -58,6 +58,7 @@ class Run:
         self._sender: asyncio.Task[None] | None = None  # writes the job message to a warm sandbox
         self._cgroup: JobCgroup | None = None
         self._workdir: str | None = None
+        self._stdin = spec.stdin  # what of job.stdin is still to be written
         self._transports: list[asyncio.BaseTransport] = []  # writers: stdin, a warm sandbox's job pipe
         self._pipes = Pipes()  # the read ends: stdout, stderr, the compiler's output, the status pipe
         self._readers: list[asyncio.Future[Any]] = []  # the output pipes drained, and the process exit
@@ -103,7 +104,7 @@ class Run:
 
     @property
     def _writes_stdin(self) -> bool:
-        return bool(self._spec.stdin) or (self._io is not None and self._io.stdin is not None)
+        return bool(self._stdin) or (self._io is not None and self._io.stdin is not None)
 
     async def _settle(self) -> bool:
         """Wait until the process has exited and its pipes are drained, killing harder if that does not happen;
@@ -134,6 +135,9 @@ class Run:
             self._stages.cgroup, self._stages.child_pid = warm.cgroup, warm.child_pid
             self._raw_fds = [warm.status, warm.compile]
             self._stages.arm()
+            # Job.stdin first, as much as the pipe takes: a program started at once finds it there as a cold run's
+            # program, slower to start, does (System.in.available(), select, a non-blocking read).
+            self._stdin = _write_now(warm.stdin, self._stdin) if self._stdin else b""
             rest = _write_now(warm.job, message + GO)
             if rest or self._two_stages or self._writes_stdin:
                 return await self._settled_spawn(self._attach(warm, rest))
@@ -228,6 +232,7 @@ class Run:
         finally:
             for fd in theirs:  # the launcher has its own copies now (or never started)
                 os.close(fd)
+        self._stdin = _write_now(stdin, self._stdin) if self._stdin else b""  # no feeder task for what fits
         if not self._writes_stdin:
             os.close(stdin)  # the program reads EOF, as from a pipe its feeder wrote nothing to and closed
         proc, transports = await process.attach(popen, stdin if self._writes_stdin else None, stdout, stderr)
@@ -250,8 +255,8 @@ class Run:
         assert self._proc is not None and self._proc.stdin is not None
         writer = self._proc.stdin
         try:
-            if self._spec.stdin:
-                writer.write(self._spec.stdin)
+            if self._stdin:
+                writer.write(self._stdin)
                 await writer.drain()
             live = self._io.stdin if self._io is not None else None
             while live is not None and (item := await live.get()) is not None:
