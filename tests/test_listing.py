@@ -52,6 +52,7 @@ async def test_redis_instances_beat_expire_and_stay_bounded(
     two = build_queue("redis", redis_url, executor=gate, max_concurrent=4, slots=3, lease_timeout_ms=600_000)
     await one.start()
     await two.start()
+    ghost: RedisStore | None = None
     try:
         first = await one.submit(job("held"))
         await started(gate, 1)
@@ -90,12 +91,15 @@ async def test_redis_instances_beat_expire_and_stay_bounded(
         assert ghost.instance not in {r["name"] for r in await one.instances()}
 
         # Past MAX_INSTANCES the stalest records go: many instances (or restarts) never grow the keys.
+        # (A beat's score is its millisecond: beats a millisecond apart, or ties are trimmed by name.)
         monkeypatch.setattr(redis_store, "MAX_INSTANCES", 2)
         for n in range(4):
+            await asyncio.sleep(0.002)
             ghost.instance = f"ghost-{n}"
             await ghost.heartbeat(slots=1, ttl_ms=60_000)
         assert {r["name"] for r in await one.instances()} == {"ghost-2", "ghost-3"}
         await ghost.close()
+        ghost = None
 
         # A closing instance takes its record with it.
         monkeypatch.setattr(redis_store, "MAX_INSTANCES", 256)
@@ -104,6 +108,8 @@ async def test_redis_instances_beat_expire_and_stay_bounded(
         await two.close()
         assert two.store.instance not in {r["name"] for r in await one.instances()}
     finally:
+        if ghost is not None:
+            await ghost.close()
         await one.close()
         await two.close()
 

@@ -30,7 +30,6 @@ from .warm import WarmStarter
 
 logger = logging.getLogger(__name__)
 
-PROBE_CONCURRENCY = 4  # start-up probes at once: 50 languages take about 4 s this way on 2 cores
 # The C helper (sandbox/helper/conveyor-run.c, built by `make install`) that launches a sandbox and drives its
 # stages in one exec per side of bwrap; without it (no C compiler) jobs start through sh, setpriv, perl and prlimit.
 HELPER = Path(__file__).with_name("helper") / "conveyor-run"
@@ -152,33 +151,14 @@ class Sandbox:
 
     async def _probe_languages(self) -> None:
         """Offer the languages whose version command works inside the sandbox."""
-        langs = list(self._all.values())
-        # A few at a time: fifty sandboxes at once took more descriptors than a 256-file limit (every probe then
-        # failed with EMFILE) and started a dozen JVMs on two cores.
-        gate = asyncio.Semaphore(PROBE_CONCURRENCY)
 
-        async def probe(lang: Language) -> str | None:
-            async with gate:
-                return await self._probe(lang)
+        async def probe(lang: Language) -> Outcome:
+            return await self._execute(self._specs.probe(lang), None)
 
-        found = await asyncio.gather(*(probe(lang) for lang in langs))
-        self._versions = {lang.name: version for lang, version in zip(langs, found, strict=True) if version}
+        self._versions, self._probe_failures = await startup.probe_languages(self._all, probe, backend=self.backend)
         self._index = LanguageIndex(lang for lang in self._all.values() if lang.name in self._versions)
         if not self._versions:
             raise SandboxUnavailable(self._no_toolchain())
-        logger.info(
-            "sandbox %s ready: %d languages: %s",
-            self.backend,
-            len(self._versions),
-            ", ".join(f"{n} {v}" for n, v in sorted(self._versions.items())),
-        )
-        missing = sorted(set(self._all) - set(self._versions))
-        if missing:
-            logger.info(
-                "languages configured but not offered: %s (python -m server languages install %s)",
-                ", ".join(missing),
-                " ".join(missing),
-            )
 
     async def _check_cgroups(self) -> None:
         """Jobs must join their cgroups, and a job's memory must be bounded as a whole (or the operator accepted
@@ -221,20 +201,6 @@ class Sandbox:
         self._bwrap_version, self._bwrap_help = found.version, found.help
         if found.root_only:
             self._setpriv, self._as_root = None, True
-
-    async def _probe(self, lang: Language) -> str | None:
-        """Run the version command inside the sandbox; the language is offered only if it works."""
-        try:
-            out = await self._execute(self._specs.probe(lang), None)
-        except OSError as exc:  # the launcher itself could not start (a noexec mount, a missing binary)
-            self._probe_failures[lang.name] = str(exc)
-            logger.info("language %s unavailable: %s", lang.name, exc)
-            return None
-        version, said = startup.version_of(out)
-        if version is None:
-            self._probe_failures[lang.name] = said
-            logger.info("language %s unavailable: %s", lang.name, said)
-        return version
 
     def _current_host(self) -> Host:
         """How a sandbox is started here, as the start-up checks have found it so far."""
