@@ -9,20 +9,24 @@ import os
 import socket
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
+from server.access.identity import Client as AccessClient
 from server.app import create_app
 from server.doors import websocket as websocket_module
+from server.hub import connection as connection_module
 from server.hub.connection import Connection
 from server.hub.hub import HUB
 from server.keys import QUEUE
+from server.queue import base as queue_base
 from server.queue.jobs import Runner
 from tests.clients import TERMINAL, Client, recv, until
-from tests.conftest import AppClientFactory, keys_file, make_settings
+from tests.conftest import AppClientFactory, keys_file, make_settings, scaled
 from tests.queues import eventually
 
 
@@ -98,6 +102,56 @@ async def test_output_streams_while_the_program_runs(client: Client) -> None:
     # One write or two ("err", then the newline): how the text is cut into messages is the merge window's business.
     assert {m["stream"] for m in outputs} == {"stderr"} and "".join(m["data"] for m in outputs) == "err\n", outputs
     assert rest[-1]["type"] == "completed"
+
+
+async def test_a_line_printed_after_a_pause_reaches_the_client_at_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt line, then the program waits: the line reaches the editor without waiting for the output merge
+    window or the socket's write window (both made an hour long here: only a line that goes at once arrives)."""
+    monkeypatch.setattr(queue_base, "COALESCE_S", 3600.0)
+    monkeypatch.setattr(connection_module, "WRITE_COALESCE_S", 3600.0)
+    ws = await connect(client)
+    code = "print('name?', flush=True)\nprint('hello', input())\n"
+    await ws.send_json({"type": "run", "language": "python", "code": code, "interactive": True})
+    job_id = (await recv(ws))["jobId"]
+    before = await until(ws, "output", timeout=scaled(30))
+    assert before[-1]["data"] == "name?\n", before
+    await ws.send_json({"type": "stdin", "jobId": job_id, "data": "Ada\n"})
+    rest = await until(ws, TERMINAL)
+    assert "".join(m["data"] for m in rest if m["type"] == "output") == "hello Ada\n", rest
+    assert rest[-1]["type"] == "completed"
+
+
+def recorded_connection(written: list[bytes], crowd: int) -> Connection:
+    """A hub connection over a transport that records each write, serving as if the hub had `crowd` sockets."""
+    transport = SimpleNamespace(write=written.append, is_closing=lambda: False, get_write_buffer_size=lambda: 0)
+    ws: Any = SimpleNamespace(closed=False)
+    request: Any = SimpleNamespace(transport=transport)
+    return Connection(1, ws, request, AccessClient(key="ip:127.0.0.1", ip="127.0.0.1"), 16, lambda: crowd)
+
+
+async def test_in_a_crowd_messages_within_the_write_window_share_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a thousand sockets one send() per event per socket saturates a core: in a crowd, messages for one socket
+    queued within the window go out in one write; with a few sockets, at the next turn of the loop."""
+    monkeypatch.setattr(connection_module, "WRITE_COALESCE_S", 0.2)
+    crowded: list[bytes] = []
+    few: list[bytes] = []
+    conns = [recorded_connection(crowded, connection_module.CROWDED), recorded_connection(few, 1)]
+    try:
+        for n in range(3):
+            for conn in conns:
+                conn.send(b"%d" % n)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        assert few == [b"\x81\x010", b"\x81\x011", b"\x81\x012"]  # each at the next turn
+        async with asyncio.timeout(scaled(30)):
+            while not crowded:
+                await asyncio.sleep(0.01)
+        assert crowded == [b"\x81\x010\x81\x011\x81\x012"]
+    finally:
+        for conn in conns:
+            conn._writer.cancel()
 
 
 async def test_interactive_input_round_trip_and_eof(client: Client) -> None:

@@ -14,7 +14,9 @@ import redis
 
 from server.errors import BackendUnavailable, Conflict, NotFound, QueueFull, SettingsError, ShuttingDown
 from server.queue import MemoryStore, Worker
+from server.queue import base as queue_base
 from server.queue.allocator import Trimmer
+from server.queue.base import OutputCoalescer
 from server.queue.events import Event
 from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus, Limits, SourceFile, TestCase
 from server.queue.records import JOB_FIELDS
@@ -446,6 +448,29 @@ async def test_retry_after_on_a_full_redis_queue_is_the_wait_for_one_place(redis
         assert info.value.body()["retryAfter"] == 3 and info.value.headers["Retry-After"] == "3"
     finally:
         await queue.close()
+
+
+async def test_output_merges_writes_but_a_line_after_a_quiet_spell_goes_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """print() writes the text, then the newline: one event. A whole line after a quiet spell goes at once; what
+    follows within the merge window (an hour here) waits for it, or for a flush (the run's end); a prompt without
+    its newline waits too."""
+    monkeypatch.setattr(queue_base, "COALESCE_S", 3600.0)
+    emitted: list[tuple[str, str]] = []
+    merge = OutputCoalescer(lambda stream, text: emitted.append((stream, text)))
+    merge("stdout", "1")
+    assert emitted == []
+    merge("stdout", "\n")
+    assert emitted == [("stdout", "1\n")]
+    merge("stdout", "2\n")
+    merge("stdout", "Name? ")
+    merge("stderr", "warn\n")  # stdout and stderr stay apart and in order
+    assert emitted == [("stdout", "1\n"), ("stdout", "2\nName? ")]
+    merge.flush()
+    assert emitted[-1] == ("stderr", "warn\n") and len(emitted) == 3
+    merge("stderr", "x" * (queue_base.MAX_CHUNK + 1))  # past a chunk: at once, split
+    assert [len(text) for _, text in emitted[3:]] == [queue_base.MAX_CHUNK, 1]
 
 
 async def test_a_finished_run_is_freed_without_the_garbage_collector() -> None:

@@ -127,7 +127,8 @@ class Socket(Connection):
         request: web.Request,
         client: Client,
     ) -> None:
-        super().__init__(conn_id, ws, request, client, door.settings.ws_send_queue_size)
+        crowd = hub.connections.__len__
+        super().__init__(conn_id, ws, request, client, door.settings.ws_send_queue_size, crowd)
         self.door = door
         self.hub = hub
         self.runner = runner

@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 # A stalled client whose close handshake does not finish in this time has its transport aborted.
 CLOSE_TIMEOUT_S = 1.0
 TRY_AGAIN_LATER = 1013
-# Messages for one socket that arrive within this window go out in one write (live output stays well under 20 ms).
+# While the hub serves CROWDED sockets or more, messages for one socket that arrive within this window go out in one
+# write (live output stays well under 20 ms); with fewer, each goes out at the next turn of the loop.
 WRITE_COALESCE_S = 0.004
+CROWDED = 64
 HIGH_WATER = 256 * 1024
 
 
@@ -39,9 +41,16 @@ class Connection:
     """A connected browser or client. `send` never awaits: it enqueues bytes for the writer task."""
 
     def __init__(
-        self, conn_id: int, ws: web.WebSocketResponse, request: web.Request, client: Client, size: int
+        self,
+        conn_id: int,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        client: Client,
+        size: int,
+        crowd: Callable[[], int] = lambda: 0,
     ) -> None:
         self.id = conn_id
+        self._crowd = crowd  # how many sockets the hub serves
         self.ws = ws
         self.request = request
         self.client = client
@@ -89,13 +98,14 @@ class Connection:
 
     async def _write_loop(self) -> None:
         """Write what is queued, many frames per write: with a thousand sockets, one send() per event per socket
-        is what saturates a core, so messages arriving within a few ms share one write (and one TCP segment)."""
+        is what saturates a core, so in a crowd messages arriving within a few ms share one write (and one TCP
+        segment). With a few sockets those ms are only latency: what one turn of the loop queued shares a write."""
         transport = self._transport
         if transport is None:
             return
         while True:
             await self._pending.wait()
-            await asyncio.sleep(WRITE_COALESCE_S)
+            await asyncio.sleep(WRITE_COALESCE_S if self._crowd() >= CROWDED else 0)
             self._pending.clear()
             frames = []
             while self._outbox:
