@@ -139,10 +139,13 @@ async def refilled(server: Server, timeout: float = 5.0) -> None:
     jobs, a streaming run that found the pool drained started cold, and the first byte came 10 ms later."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
+        while True:
             async with session.get(f"http://127.0.0.1:{server.port}/health") as resp:
                 status = (await resp.json())["pool"]
             if not status["enabled"] or all(lang["ready"] >= lang["target"] for lang in status["languages"].values()):
+                return
+            if time.monotonic() >= deadline:
+                print(f"  (the pool did not refill within {timeout:.0f} s: {status['languages']})")
                 return
             await asyncio.sleep(0.01)
 

@@ -282,11 +282,14 @@ async def refilled(servers: dict[str, Server], timeout: float = POOL_SETTLE_S) -
     another server's pool still boots a JVM or node for its last job pays for that server's refill. Timed one
     after another without this, the server measured first after the baseline ran 1-6 ms slower than the same code
     measured second (BENCH_BASELINE=. on 2 cores)."""
-    deadline = time.monotonic() + timeout
-    for server in servers.values():
-        while time.monotonic() < deadline:
+    for name, server in servers.items():
+        deadline = time.monotonic() + timeout
+        while True:
             status = await pool(server.session, server.url)
             if not status["enabled"] or all(lang["ready"] >= lang["target"] for lang in status["languages"].values()):
+                break
+            if time.monotonic() >= deadline:
+                print(f"  ({name}: the pool did not refill within {timeout:.0f} s: {status['languages']})")
                 break
             await asyncio.sleep(0.01)
 

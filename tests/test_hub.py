@@ -108,9 +108,8 @@ async def test_a_line_printed_after_a_pause_reaches_the_client_at_once(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A prompt line, then the program waits: the line reaches the editor without waiting for the output merge
-    window or the socket's write window (both made an hour long here: only a line that goes at once arrives)."""
+    window (an hour long here: only a line that goes at once arrives); the socket's writes take it at once too."""
     monkeypatch.setattr(queue_base, "COALESCE_S", 3600.0)
-    monkeypatch.setattr(connection_module, "WRITE_COALESCE_S", 3600.0)
     ws = await connect(client)
     code = "print('name?', flush=True)\nprint('hello', input())\n"
     await ws.send_json({"type": "run", "language": "python", "code": code, "interactive": True})
@@ -123,35 +122,41 @@ async def test_a_line_printed_after_a_pause_reaches_the_client_at_once(
     assert rest[-1]["type"] == "completed"
 
 
-def recorded_connection(written: list[bytes], crowd: int) -> Connection:
-    """A hub connection over a transport that records each write, serving as if the hub had `crowd` sockets."""
+def recorded_connection(written: list[bytes]) -> Connection:
+    """A hub connection over a transport that records each write."""
     transport = SimpleNamespace(write=written.append, is_closing=lambda: False, get_write_buffer_size=lambda: 0)
     ws: Any = SimpleNamespace(closed=False)
     request: Any = SimpleNamespace(transport=transport)
-    return Connection(1, ws, request, AccessClient(key="ip:127.0.0.1", ip="127.0.0.1"), 16, lambda: crowd)
+    return Connection(1, ws, request, AccessClient(key="ip:127.0.0.1", ip="127.0.0.1"), 16)
 
 
-async def test_in_a_crowd_messages_within_the_write_window_share_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a thousand sockets one send() per event per socket saturates a core: in a crowd, messages for one socket
-    queued within the window go out in one write; with a few sockets, at the next turn of the loop."""
-    monkeypatch.setattr(connection_module, "WRITE_COALESCE_S", 0.2)
-    crowded: list[bytes] = []
-    few: list[bytes] = []
-    conns = [recorded_connection(crowded, connection_module.CROWDED), recorded_connection(few, 1)]
+async def test_a_socket_writes_a_burst_at_once_then_one_write_per_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a thousand sockets one send() per event per socket saturates a core: past a burst, a socket's messages
+    wait for the write window (an hour here) and share one write; what one turn of the loop queued shares a write,
+    and a quiet socket's first messages (a run's queued, running, output and end) go at the next turn."""
+    monkeypatch.setattr(connection_module, "WRITE_COALESCE_S", 3600.0)
+    written: list[bytes] = []
+    conn = recorded_connection(written)
     try:
-        for n in range(3):
-            for conn in conns:
-                conn.send(b"%d" % n)
+        for batch in ([b"a", b"b"], [b"c"], [b"d"], [b"e"], [b"f"], [b"g"]):
+            for message in batch:
+                conn.send(message)
             for _ in range(3):
                 await asyncio.sleep(0)
-        assert few == [b"\x81\x010", b"\x81\x011", b"\x81\x012"]  # each at the next turn
-        async with asyncio.timeout(scaled(30)):
-            while not crowded:
-                await asyncio.sleep(0.01)
-        assert crowded == [b"\x81\x010\x81\x011\x81\x012"]
+        assert connection_module.WRITE_BURST == 4
+        assert written == [b"\x81\x01a\x81\x01b", b"\x81\x01c", b"\x81\x01d", b"\x81\x01e"]  # f, g: waiting
     finally:
-        for conn in conns:
-            conn._writer.cancel()
+        await conn.shutdown()
+
+
+def test_the_write_pacer_refills_one_write_per_window() -> None:
+    pacer = connection_module.Pacer(0.0)
+    window = connection_module.WRITE_COALESCE_S
+    assert [pacer.take(0.0) for _ in range(connection_module.WRITE_BURST)] == [0.0] * connection_module.WRITE_BURST
+    assert pacer.take(0.0) == pytest.approx(window)  # the next one waits a whole window
+    assert pacer.take(window) == pytest.approx(window)  # and it used the one that window refilled
+    assert pacer.take(100 * window) == 0.0  # a quiet socket gets its burst back, and no more
+    assert [pacer.take(100 * window) for _ in range(4)][-1] == pytest.approx(window)
 
 
 async def test_interactive_input_round_trip_and_eof(client: Client) -> None:

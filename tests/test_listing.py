@@ -50,6 +50,7 @@ async def test_redis_instances_beat_expire_and_stay_bounded(
     # Long leases: the only heartbeats are the ones at start and the ones this test makes.
     one = build_queue("redis", redis_url, executor=gate, max_concurrent=4, slots=1, lease_timeout_ms=600_000)
     two = build_queue("redis", redis_url, executor=gate, max_concurrent=4, slots=3, lease_timeout_ms=600_000)
+    beating = build_queue("redis", redis_url, executor=gate, max_concurrent=4, slots=0, lease_timeout_ms=300)
     await one.start()
     await two.start()
     ghost: RedisStore | None = None
@@ -67,7 +68,6 @@ async def test_redis_instances_beat_expire_and_stay_bounded(
         await one.wait(first.id)
 
         # The lease loop beats on its own (every third of a lease: here 100 ms).
-        beating = build_queue("redis", redis_url, executor=gate, max_concurrent=4, slots=0, lease_timeout_ms=300)
         await beating.start()
 
         async def beat_of() -> float:
@@ -112,6 +112,7 @@ async def test_redis_instances_beat_expire_and_stay_bounded(
             await ghost.close()
         await one.close()
         await two.close()
+        await beating.close()  # closing twice, or a queue never started, is a no-op
 
 
 # -- GET /queue/jobs and /queue/instances -----------------------------------------------------------------------

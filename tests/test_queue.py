@@ -469,8 +469,10 @@ async def test_output_merges_writes_but_a_line_after_a_quiet_spell_goes_at_once(
     assert emitted == [("stdout", "1\n"), ("stdout", "2\nName? ")]
     merge.flush()
     assert emitted[-1] == ("stderr", "warn\n") and len(emitted) == 3
-    merge("stderr", "x" * (queue_base.MAX_CHUNK + 1))  # past a chunk: at once, split
-    assert [len(text) for _, text in emitted[3:]] == [queue_base.MAX_CHUNK, 1]
+    merge("stderr", "again\n")  # a line, but an event went within the window: it waits (one event per window)
+    assert len(emitted) == 3
+    merge("stderr", "x" * queue_base.MAX_CHUNK)  # past a chunk: at once, split
+    assert [len(text) for _, text in emitted[3:]] == [queue_base.MAX_CHUNK, len("again\n")]
 
 
 async def test_a_finished_run_is_freed_without_the_garbage_collector() -> None:

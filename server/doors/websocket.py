@@ -127,8 +127,7 @@ class Socket(Connection):
         request: web.Request,
         client: Client,
     ) -> None:
-        crowd = hub.connections.__len__
-        super().__init__(conn_id, ws, request, client, door.settings.ws_send_queue_size, crowd)
+        super().__init__(conn_id, ws, request, client, door.settings.ws_send_queue_size)
         self.door = door
         self.hub = hub
         self.runner = runner

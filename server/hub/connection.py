@@ -21,10 +21,10 @@ logger = logging.getLogger(__name__)
 # A stalled client whose close handshake does not finish in this time has its transport aborted.
 CLOSE_TIMEOUT_S = 1.0
 TRY_AGAIN_LATER = 1013
-# While the hub serves CROWDED sockets or more, messages for one socket that arrive within this window go out in one
-# write (live output stays well under 20 ms); with fewer, each goes out at the next turn of the loop.
+# A socket's writes: WRITE_BURST at once (a quiet socket's run: queued, running, its first output, its end), then at
+# most one per WRITE_COALESCE_S, what comes meanwhile sharing it (live output stays well under 20 ms).
 WRITE_COALESCE_S = 0.004
-CROWDED = 64
+WRITE_BURST = 4
 HIGH_WATER = 256 * 1024
 
 
@@ -37,6 +37,28 @@ def _text_frame_header(length: int) -> bytes:
     return bytes((0x81, 127)) + length.to_bytes(8, "big")
 
 
+class Pacer:
+    """A socket's writes as a token bucket: WRITE_BURST at once, then one per WRITE_COALESCE_S. Without it a socket
+    watching the queue topic would cost a send() per event; with a fixed wait before every write, a quiet socket's
+    messages would wait for nothing."""
+
+    __slots__ = ("_at", "_tokens")
+
+    def __init__(self, now: float) -> None:
+        self._tokens = float(WRITE_BURST)
+        self._at = now
+
+    def take(self, now: float) -> float:
+        """Seconds to wait before the next write (0: at the next turn of the loop); the write is counted."""
+        tokens = min(float(WRITE_BURST), self._tokens + (now - self._at) / WRITE_COALESCE_S)
+        if tokens >= 1.0:
+            self._tokens, self._at = tokens - 1.0, now
+            return 0.0
+        wait = (1.0 - tokens) * WRITE_COALESCE_S
+        self._tokens, self._at = 0.0, now + wait
+        return wait
+
+
 class Connection:
     """A connected browser or client. `send` never awaits: it enqueues bytes for the writer task."""
 
@@ -47,10 +69,8 @@ class Connection:
         request: web.Request,
         client: Client,
         size: int,
-        crowd: Callable[[], int] = lambda: 0,
     ) -> None:
         self.id = conn_id
-        self._crowd = crowd  # how many sockets the hub serves
         self.ws = ws
         self.request = request
         self.client = client
@@ -98,14 +118,16 @@ class Connection:
 
     async def _write_loop(self) -> None:
         """Write what is queued, many frames per write: with a thousand sockets, one send() per event per socket
-        is what saturates a core, so in a crowd messages arriving within a few ms share one write (and one TCP
-        segment). With a few sockets those ms are only latency: what one turn of the loop queued shares a write."""
+        is what saturates a core, so past a short burst the messages arriving within a few ms share one write (and
+        one TCP segment); what one turn of the loop queued always does."""
         transport = self._transport
         if transport is None:
             return
+        loop = asyncio.get_running_loop()
+        pacer = Pacer(loop.time())
         while True:
             await self._pending.wait()
-            await asyncio.sleep(WRITE_COALESCE_S if self._crowd() >= CROWDED else 0)
+            await asyncio.sleep(pacer.take(loop.time()))
             self._pending.clear()
             frames = []
             while self._outbox:

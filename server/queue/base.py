@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
@@ -209,8 +210,9 @@ MAX_CHUNK = 16 * 1024
 class OutputCoalescer:
     """Merges a program's small writes (print() writes the text and the newline separately) into one output event
     per ~8 ms and stream, and splits large ones, so a chatty program costs few events and none waits long. A whole
-    line written after a quiet spell (a run's first line, a line after a pause) goes at once: a watcher sees it as
-    it is printed, not up to 8 ms later; at most one event goes at once per 8 ms."""
+    line written 8 ms or more after the last event (a run's first line, a line after a pause) goes at once: a
+    watcher sees it as it is printed, not up to 8 ms later. Still at most one event per 8 ms and stream, but for a
+    change of stream and chunks past MAX_CHUNK."""
 
     def __init__(self, emit: OutputCallback) -> None:
         self._emit = emit
@@ -218,7 +220,7 @@ class OutputCoalescer:
         self._parts: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._quiet_from = 0.0  # loop time from which a whole line may go at once
+        self._quiet_from = 0.0  # time.monotonic() from which a whole line may go at once
 
     def __call__(self, stream: Stream, data: str) -> None:
         if not data:
@@ -231,12 +233,10 @@ class OutputCoalescer:
         if self._size >= MAX_CHUNK:
             self.flush()
             return
-        loop = asyncio.get_running_loop()
-        if data[-1] == "\n" and (now := loop.time()) >= self._quiet_from:
-            self._quiet_from = now + COALESCE_S
+        if data[-1] == "\n" and time.monotonic() >= self._quiet_from:
             self.flush()
         elif self._timer is None:
-            self._timer = loop.call_later(COALESCE_S, self.flush)
+            self._timer = asyncio.get_running_loop().call_later(COALESCE_S, self.flush)
 
     def flush(self) -> None:
         if self._timer is not None:
@@ -246,5 +246,6 @@ class OutputCoalescer:
             return
         text, stream = "".join(self._parts), self._stream
         self._parts, self._size = [], 0
+        self._quiet_from = time.monotonic() + COALESCE_S
         for start in range(0, len(text), MAX_CHUNK):
             self._emit(stream, text[start : start + MAX_CHUNK])

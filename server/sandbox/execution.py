@@ -251,7 +251,8 @@ class Run:
         self._pipes.add(fd, sink, awaited=awaited)
 
     async def _feed(self) -> None:
-        """Write job.stdin, then live input for interactive jobs until None; then close the program's stdin."""
+        """Write what is left of job.stdin (what the pipe did not take before the start), then live input for
+        interactive jobs until None; then close the program's stdin."""
         assert self._proc is not None and self._proc.stdin is not None
         writer = self._proc.stdin
         try:
@@ -374,8 +375,8 @@ def _nothing() -> None:
 
 
 def _write_now(fd: int, message: bytes) -> bytes:
-    """Write what the pipe takes without blocking; returns the rest (all of it past a sandbox that is gone: the
-    status pipe's EOF then ends the run)."""
+    """Write what the pipe takes without blocking; returns the rest. Past a sandbox that is gone it returns nothing,
+    as if all was written: the status pipe's EOF then ends the run."""
     os.set_blocking(fd, False)
     view = memoryview(message)
     try:
