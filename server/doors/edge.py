@@ -23,6 +23,9 @@ HEADER_END = b"\r\n\r\n"
 # How long a count of open descriptors is trusted; connections accepted meanwhile are added to it.
 FD_COUNT_TTL_S = 0.1
 RETRY_AFTER_S = 5
+# aiohttp's lingering close: a client still sending a body the server answered early (a 413) may finish sending and
+# read the answer before the connection closes. A 408 closes at once instead (doors.middlewares).
+LINGERING_S = 10.0
 
 
 def raise_nofile_limit() -> tuple[int, int]:
@@ -228,9 +231,13 @@ def _address(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 
 
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
-    """The app's runner with the edge's keep-alive timeout."""
+    """The app's runner with the edge's keep-alive timeout, and aiohttp's lingering close."""
     return web.AppRunner(
-        app, handle_signals=False, access_log=None, keepalive_timeout=settings.http_keepalive_timeout_ms / 1000.0
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=settings.http_keepalive_timeout_ms / 1000.0,
+        lingering_time=LINGERING_S,
     )
 
 

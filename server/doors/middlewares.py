@@ -25,14 +25,20 @@ def _dumps(obj: object) -> str:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map ConveyorError and aiohttp's HTTP exceptions to JSON; log and hide anything unexpected."""
+    """Map ConveyorError and aiohttp's HTTP exceptions to JSON; log and hide anything unexpected. A 408 of any door
+    (a body that did not arrive in time) is sent, then its connection closed."""
+    response = await _answer(request, handler)
+    if response.status == 408 and isinstance(response, web.Response) and not response.prepared:
+        return await _sent_then_closed(request, response)
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ConveyorError as exc:
         response = web.json_response(exc.body(), status=exc.status, dumps=_dumps)
         response.headers.update(exc.headers)
-        if exc.status == 408:
-            response.force_close()  # what is left of a late body must not be read as the next request
         return response
     except web.HTTPException as exc:
         if exc.status < 400 or exc.empty_body:
@@ -55,6 +61,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_body(500, "Internal server error", "Something went wrong on our side; it has been logged.")
+
+
+async def _sent_then_closed(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection. What is left of a late body must not be read as the next request,
+    and aiohttp would read it for up to 10 s before closing (its lingering close, for a client still sending): a
+    client that stopped sending would hold the connection that long past its body's deadline."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the response is written: the transport flushes it, then closes
+    return response
 
 
 def host_middleware(settings: Settings) -> Middleware:
