@@ -20,6 +20,7 @@ import pytest
 
 from server.queue import Worker
 from server.queue.durable import DurableStore, Journal
+from server.queue.durable import journal as journal_module
 from server.queue.durable import rows as durable_rows
 from server.queue.durable.rows import Recovered
 from server.queue.jobs import ExecutionResult, Job, JobIO, JobStatus
@@ -332,7 +333,11 @@ async def test_retention_deletes_rows_by_age_and_past_the_disk_bound_from_the_la
     await worker.close()
 
 
-async def test_pending_writes_are_bounded_while_the_disk_is_held(tmp_path: Path) -> None:
+async def test_pending_writes_are_bounded_while_the_disk_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each submission waits for its write this long before it is answered anyway: the same path, in less time.
+    monkeypatch.setattr(journal_module, "ACK_TIMEOUT_S", 0.2)
     worker = make_worker(tmp_path, max_pending=8)
     journal = journal_of(worker)
     await worker.start()
