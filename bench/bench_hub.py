@@ -35,6 +35,7 @@ from typing import IO, Any
 import aiohttp
 import orjson
 
+from bench.bench_sandbox import pool_refilled
 from server.queue.stats import percentile
 
 CLIENTS = 1000
@@ -137,17 +138,8 @@ async def wait_ready(server: Server, timeout: float = 30.0) -> None:
 async def refilled(server: Server, timeout: float = 5.0) -> None:
     """Until the server's warm pool has every language it keeps ready again (or `timeout`): after the subscribers'
     jobs, a streaming run that found the pool drained started cold, and the first byte came 10 ms later."""
-    deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
-        while True:
-            async with session.get(f"http://127.0.0.1:{server.port}/health") as resp:
-                status = (await resp.json())["pool"]
-            if not status["enabled"] or all(lang["ready"] >= lang["target"] for lang in status["languages"].values()):
-                return
-            if time.monotonic() >= deadline:
-                print(f"  (the pool did not refill within {timeout:.0f} s: {status['languages']})")
-                return
-            await asyncio.sleep(0.01)
+        await pool_refilled(session, f"http://127.0.0.1:{server.port}", timeout, "the server")
 
 
 def raise_nofile(needed: int) -> int:

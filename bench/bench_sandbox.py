@@ -283,15 +283,20 @@ async def refilled(servers: dict[str, Server], timeout: float = POOL_SETTLE_S) -
     after another without this, the server measured first after the baseline ran 1-6 ms slower than the same code
     measured second (BENCH_BASELINE=. on 2 cores)."""
     for name, server in servers.items():
-        deadline = time.monotonic() + timeout
-        while True:
-            status = await pool(server.session, server.url)
-            if not status["enabled"] or all(lang["ready"] >= lang["target"] for lang in status["languages"].values()):
-                break
-            if time.monotonic() >= deadline:
-                print(f"  ({name}: the pool did not refill within {timeout:.0f} s: {status['languages']})")
-                break
-            await asyncio.sleep(0.01)
+        await pool_refilled(server.session, server.url, timeout, name)
+
+
+async def pool_refilled(session: aiohttp.ClientSession, url: str, timeout: float, name: str) -> None:
+    """Until the server's warm pool has every language it keeps ready (or `timeout`, said as `name`'s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await pool(session, url)
+        if not status["enabled"] or all(lang["ready"] >= lang["target"] for lang in status["languages"].values()):
+            return
+        if time.monotonic() >= deadline:
+            print(f"  ({name}: the pool did not refill within {timeout:.0f} s: {status['languages']})")
+            return
+        await asyncio.sleep(0.01)
 
 
 async def other_hellos(servers: dict[str, Server]) -> dict[str, list[float]]:

@@ -63,12 +63,7 @@ class Connection:
     """A connected browser or client. `send` never awaits: it enqueues bytes for the writer task."""
 
     def __init__(
-        self,
-        conn_id: int,
-        ws: web.WebSocketResponse,
-        request: web.Request,
-        client: Client,
-        size: int,
+        self, conn_id: int, ws: web.WebSocketResponse, request: web.Request, client: Client, size: int
     ) -> None:
         self.id = conn_id
         self.ws = ws

@@ -171,9 +171,8 @@ class Journal:
         self._wake.set()
         return batch
 
-    async def written(self, batch: int, timeout: float | None = None) -> bool:
-        """Wait until batch number `batch` is in the file (True), or `timeout` (ACK_TIMEOUT_S; False: the disk is
-        behind)."""
+    async def written(self, batch: int) -> bool:
+        """Wait until batch number `batch` is in the file (True), or ACK_TIMEOUT_S (False: the disk is behind)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._written >= batch:
@@ -181,9 +180,7 @@ class Journal:
             future: asyncio.Future[None] = loop.create_future()
             self._acks.append((batch, future))
             self._loop = loop
-        timer = loop.call_later(
-            ACK_TIMEOUT_S if timeout is None else timeout, settle, future
-        )  # a timer, not asyncio.timeout: cheaper, once per job
+        timer = loop.call_later(ACK_TIMEOUT_S, settle, future)  # a timer, not asyncio.timeout: cheaper, once per job
         try:
             await future
         finally:
