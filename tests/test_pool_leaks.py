@@ -32,6 +32,13 @@ def server_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+async def settled(box: Judge) -> None:
+    """Until the pool is full and what ended runs left is released: a run's cgroup files are closed by the reaper's
+    thread after its result (reaper.Reaper), so a cold run's may still be open when a test counts."""
+    await full(box)
+    await box.sandbox.released()
+
+
 def fd_targets() -> dict[str, str]:
     """What each of the server's descriptors is (for a failure's message: which kind was left behind)."""
     targets = {}
@@ -53,10 +60,11 @@ async def test_files_past_the_work_dirs_size_fail_a_warm_run_as_a_cold_one() -> 
         job = Job(language="python", code="", files=[SourceFile("main.py", "print(1)\n"), big])
         want = await run(cold_box, job)
         await run(warm_box, Job(language="python", code="pass"))
-        await full(warm_box)
+        await cold_box.sandbox.released()
+        await settled(warm_box)
         before = server_fds()
         got = await warm_run(warm_box, job)
-        await full(warm_box)
+        await settled(warm_box)
         assert server_fds() == before
     finally:
         await warm_box.close()
@@ -72,7 +80,7 @@ async def test_a_failed_warm_hand_over_leaks_no_descriptor() -> None:
     sandbox = await Judge.create(make_settings(warm_pool=2), languages=("python",))
     try:
         await run(sandbox, Job(language="python", code="pass"))
-        await full(sandbox)
+        await settled(sandbox)
         before = server_fds()
         taken: list[Warm] = []
         for _ in range(3):
@@ -80,7 +88,7 @@ async def test_a_failed_warm_hand_over_leaks_no_descriptor() -> None:
             taken.append(ready_sandboxes(sandbox)[0])
             with contextlib.suppress(Exception):
                 await warm_run(sandbox, Job(language="python", code="print(1)\n", limits=Limits(memory_mb=1)))
-        await full(sandbox)
+        await settled(sandbox)
         assert server_fds() == before
         for warm in taken:
             assert warm.popen.returncode is not None and ended(warm.child_pid)
@@ -99,7 +107,7 @@ async def test_cancelling_a_run_at_each_step_of_a_warm_take_leaves_nothing() -> 
     taken: list[Warm] = []
     try:
         await run(sandbox, Job(language="python", code="pass"))
-        await full(sandbox)
+        await settled(sandbox)
         before = server_fds()
         code = "import time\nprint('started', flush=True)\ntime.sleep(30)\n"
         job = Job(language="python", code=code, stdin="x" * 200_000)
@@ -112,7 +120,7 @@ async def test_cancelling_a_run_at_each_step_of_a_warm_take_leaves_nothing() -> 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await full(sandbox)
+        await settled(sandbox)
         assert server_fds() == before
         assert sandbox.pool_status()["hits"] == len(taken)
     finally:

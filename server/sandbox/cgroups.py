@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -240,6 +241,14 @@ class Cgroups:
     def create(self, name: str, *, memory_bytes: int | None = None) -> JobCgroup:
         """mkdir the job's cgroups and write their limits (a job may ask for less memory than the server's limit).
         Raises OSError if the host refuses."""
+        try:
+            return self._create(name, memory_bytes)
+        except FileExistsError:
+            # One of that name is still there: an ended run's cgroups go after its result (reaper.Reaper), and the
+            # same job may be run again at once (a retry). This run's get a name of their own.
+            return self._create(f"{name}-{secrets.token_hex(3)}", memory_bytes)
+
+    def _create(self, name: str, memory_bytes: int | None) -> JobCgroup:
         dirs: list[tuple[Hierarchy, str]] = []
         try:
             for hierarchy, base in self._roots:

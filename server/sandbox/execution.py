@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -127,7 +128,6 @@ class Run:
     async def _spawn(self) -> tuple[int, int]:
         """Start the launcher (or take a warm sandbox) and read its output pipes; returns the read ends of the status
         and compiler pipes."""
-        host, spec = self._host, self._spec
         taken = await self._take_warm()
         if taken is not None:
             warm, message = taken
@@ -147,23 +147,7 @@ class Run:
             os.close(warm.job)
             os.close(warm.stdin)
             return self._settled(SandboxProcess(warm.popen, None, warm.stdout, warm.stderr))
-        self._cgroup = self._stages.cgroup = job_cgroup(self._cgroups, spec.name, spec.memory_mb)
-        status_r, status_w = os.pipe()
-        compile_r, compile_w = os.pipe()
-        self._raw_fds = [status_r, compile_r]
-        fds = Fds(status=above_stdio(status_w), compile=above_stdio(compile_w))
-        theirs = [fds.status, fds.compile]
-        try:
-            if host.backend == "bwrap":
-                theirs += sandbox_fds(host.seccomp_bpf, fds, spec)
-            else:
-                self._workdir = workdir(spec, chown=host.drops_privileges)
-            argv, env = command.argv(host, spec, fds, self._cgroup), command.env_of(spec, self._workdir)
-        except BaseException:
-            for fd in theirs:
-                os.close(fd)
-            raise
-        return await self._settled_spawn(self._start(argv, env, theirs))
+        return await self._settled_spawn(self._start())
 
     async def _settled_spawn(self, start: Any) -> tuple[int, int]:
         # The spawn (or a warm sandbox's hand-over) always runs to its end: cancelled between the launch and the
@@ -226,18 +210,37 @@ class Run:
         self._transports += transports
         return proc
 
-    async def _start(self, argv: list[str], env: dict[str, str], theirs: list[int]) -> SandboxProcess:
-        try:
-            popen, stdin, stdout, stderr = process.launch(argv, env=env, cwd=self._workdir or "/", pass_fds=theirs)
-        finally:
-            for fd in theirs:  # the launcher has its own copies now (or never started)
-                os.close(fd)
+    async def _start(self) -> SandboxProcess:
+        """A cold start: the launcher started in a thread (_launch), then its pipes on this loop."""
+        popen, stdin, stdout, stderr = await asyncio.to_thread(self._launch)
         self._stdin = _write_now(stdin, self._stdin) if self._stdin else b""  # no feeder task for what fits
         if not self._writes_stdin:
             os.close(stdin)  # the program reads EOF, as from a pipe its feeder wrote nothing to and closed
         proc, transports = await process.attach(popen, stdin if self._writes_stdin else None, stdout, stderr)
         self._transports += transports
         return proc
+
+    def _launch(self) -> tuple[subprocess.Popen[bytes], int, int, int]:
+        """In a thread: the job's cgroups made, its files copied to memory, the launcher started. Each of these
+        blocks (a cgroup v1 mkdir waits for the cgroup mutex, a fork for the exec): 2 ms of the event loop's time a
+        cold job when done there. Its end is always awaited (_settled_spawn), so cleanup() finds what it made."""
+        host, spec = self._host, self._spec
+        self._cgroup = self._stages.cgroup = job_cgroup(self._cgroups, spec.name, spec.memory_mb)
+        status_r, status_w = os.pipe()
+        compile_r, compile_w = os.pipe()
+        self._raw_fds = [status_r, compile_r]
+        fds = Fds(status=above_stdio(status_w), compile=above_stdio(compile_w))
+        theirs = [fds.status, fds.compile]
+        try:
+            if host.backend == "bwrap":
+                theirs += sandbox_fds(host.seccomp_bpf, fds, spec)
+            else:
+                self._workdir = workdir(spec, chown=host.drops_privileges)
+            argv, env = command.argv(host, spec, fds, self._cgroup), command.env_of(spec, self._workdir)
+            return process.launch(argv, env=env, cwd=self._workdir or "/", pass_fds=theirs)
+        finally:
+            for fd in theirs:  # the launcher has its own copies now (or never started)
+                os.close(fd)
 
     def _watch(self, proc: SandboxProcess) -> None:
         """The output pipes read and the process exit watched: from here on cleanup() can drain the pipes to their
@@ -358,9 +361,10 @@ class Run:
         if warm is not None and warm.mount_ns is not None:
             held, warm.mount_ns = [warm.mount_ns], None
         done = warm.on_done if warm is not None else _nothing
-        if self._reaper is not None and warm is not None and self._ended:
-            # A warm run that ended (pid 1 reaped, pipes drained): its mount namespace and its cgroups, named after
-            # no job, go after the result (see Reaper), and the pool counts the sandbox in use until they have.
+        if self._reaper is not None and self._ended:
+            # A run that ended (pid 1 reaped, pipes drained): its cgroups (and a warm sandbox's mount namespace) go
+            # after the result (see Reaper); the pool counts a warm sandbox in use until they have. A cold run's
+            # cgroups are named after its job: a run of the same name meanwhile gets another (Cgroups.create).
             self._reaper.release(self._cgroup, held, done)
             return
         for fd in held:

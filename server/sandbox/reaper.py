@@ -1,4 +1,4 @@
-"""Reaper: what is left of an ended warm run once its result is out, released by a thread of its own."""
+"""Reaper: what is left of an ended run once its result is out, released by a thread of its own."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ logger = logging.getLogger(__name__)
 
 
 class Reaper:
-    """Releases what ended warm runs leave: their mount namespace and their cgroups, in a thread of its own after the
-    result has gone out. The run is over when it is handed here (its pid 1 reaped, its pipes at EOF): what is left is
-    the kernel's teardown, which would otherwise sit on the result's path or block the event loop.
+    """Releases what ended runs leave: their cgroups (and a warm sandbox's mount namespace), in a thread of its own
+    after the result has gone out. The run is over when it is handed here (its pid 1 reaped, its pipes at EOF): what
+    is left is the kernel's teardown, which would otherwise sit on the result's path and block the event loop (a cold
+    run's three v1 rmdirs held the loop for 2.2 ms a job under load).
 
     - The mount namespace (held by a descriptor since the sandbox was ready, see warm.start_warm): pid 1, its last
       process, would otherwise unmount the sandbox's filesystems as it exits (an RCU wait among them), and its pipes
@@ -37,6 +38,12 @@ class Reaper:
     def release(self, cgroup: JobCgroup | None, held: list[int], then: Callable[[], None]) -> None:
         """Close `held` (descriptors that keep the sandbox's namespaces), remove `cgroup`, then call `then`."""
         self._work.put((cgroup, held, then))
+
+    def caught_up(self) -> threading.Event:
+        """An event set once everything handed in before this call is released."""
+        done = threading.Event()
+        self._work.put((None, [], done.set))
+        return done
 
     def _loop(self) -> None:
         while (item := self._work.get()) is not None:

@@ -71,7 +71,7 @@ class Sandbox:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._layers: dict[str, packages.Layer] = {}
         self.pool: WarmPool | None = None
-        self._reaper: Reaper | None = None  # releases what ended warm runs leave (with the pool)
+        self._reaper: Reaper | None = None  # releases the cgroups ended runs leave (with cgroups)
         self._probe_failures: dict[str, str] = {}
         self.builds = 0  # compile-and-pack runs, for tests and statistics
         self.cache = BuildCache(builds_dir(settings), settings.cache_max_mb << 20) if settings.cache_max_mb else None
@@ -111,8 +111,9 @@ class Sandbox:
         self._layers = await asyncio.to_thread(packages.find_layers, self.settings)
         self._host, self._specs = self._current_host(), self._current_specs()
         await self._probe_languages()
-        if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
+        if self._cgroups is not None:
             self._reaper = Reaper()
+        if self.settings.warm_pool and self.backend == "bwrap" and self._helper is not None:
             self.pool = WarmPool(
                 WarmStarter(self._host, self._cgroups, self._specs, self._index),
                 # No cap per language below the budget: a language alone in demand may hold all of it, since jobs
@@ -375,6 +376,11 @@ class Sandbox:
             bwrap_version=self._bwrap_version,
             syscall_filter=self._filter,
         )
+
+    async def released(self) -> None:
+        """Until what the runs ended so far left behind (their cgroups, see reaper.Reaper) is released."""
+        if self._reaper is not None:
+            await asyncio.to_thread(self._reaper.caught_up().wait)
 
     async def close(self) -> None:
         """Destroy the warm pool, finish cleanups still running and remove this server's cgroups."""
