@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -358,6 +359,44 @@ async def test_pending_writes_are_bounded_while_the_disk_is_held(
     assert 0 < 31 - rows(tmp_path) <= journal.stats.dropped  # what was taken was written; what was not, was said
     for job_id in ids:
         assert (await worker.get(job_id)) is not None  # memory served them all along
+
+
+async def test_a_submission_is_answered_without_waiting_for_a_large_finished_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that printed a megabyte finishes as another is submitted: both land in one batch, and the submission's
+    answer must not wait for the large row (10-25 ms to write here; held below until the answer came)."""
+    monkeypatch.setattr(journal_module, "GATHER_S", 5.0)  # the writer waits for the submission: one batch, always
+    held = threading.Event()
+    write_batch = durable_rows.write_batch
+
+    def slow_large_rows(db: sqlite3.Connection, batch: dict[str, durable_rows.Op], **options: Any) -> None:
+        if any(op.state == durable_rows.FINISHED and op.job and len(op.job.code) > 1000 for op in batch.values()):
+            assert held.wait(10)
+        write_batch(db, batch, **options)
+
+    monkeypatch.setattr(durable_rows, "write_batch", slow_large_rows)
+    worker = make_worker(tmp_path, slots=0)
+    journal = journal_of(worker)
+    await worker.start()
+    try:
+        large = Job(language="python", code="x" * (1 << 20))
+        assert await journal.written(journal.queued(large) or 0)
+        large.status, large.finished_at = JobStatus.COMPLETED, time.time() * 1000.0
+        large.result = ExecutionResult(exit_code=0, stdout=large.code)
+        journal.finished(large, b"")
+        number = journal.queued(Job(language="python", code="print(1)"))
+        assert number is not None
+        assert await journal.written(number)  # answered while the large row is still being written
+        assert rows(tmp_path) == 2
+    finally:
+        held.set()
+    await flushed(journal)
+    monkeypatch.undo()  # the usual gathering again, for the close
+    await worker.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as db:
+        states = sorted(state for (state,) in db.execute("SELECT state FROM jobs"))
+    assert states == ["finished", "queued"]
 
 
 async def test_a_full_disk_degrades_to_memory_and_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -165,7 +165,7 @@ class Journal:
                 return None
             self._known.add(job.id)
             # Seqs reserved from the first write: a job that starts before its claim is written still has them.
-            self._merge(job.id, Op(QUEUED, job, None, job.seq + SEQ_RESERVE))
+            self._merge(job.id, Op(QUEUED, job, None, job.seq + SEQ_RESERVE, awaited=True))
             self._urgent.set()
             batch = self._taken + 1
         self._wake.set()
@@ -249,6 +249,7 @@ class Journal:
                     old.state = op.state
                 return
             op.seq_hi = max(op.seq_hi, old.seq_hi)
+            op.awaited = op.awaited or old.awaited
         self._pending[job_id] = op
 
     # -- reads -----------------------------------------------------------------------------------------------
@@ -293,9 +294,12 @@ class Journal:
                 self._urgent.wait(GATHER_S)  # gather state changes, unless a submission waits (now or meanwhile)
             self._wake.clear()
             batch, closing, number = self._take()
-            ok = self._commit(batch) if batch else True
+            first, later = rows.split(batch)
+            ok = self._commit(first, later) if first else True
             if ok:
                 self._acknowledge(number)
+            if ok and later:
+                ok = self._commit(later, {})
             if ok and time.monotonic() >= next_sweep:
                 ok = self._sweep()
                 next_sweep = time.monotonic() + SWEEP_S
@@ -329,20 +333,21 @@ class Journal:
             self._taken += 1
             return batch, self._closing, self._taken
 
-    def _commit(self, batch: dict[str, Op]) -> bool:
+    def _commit(self, batch: dict[str, Op], after: dict[str, Op]) -> bool:
+        """One transaction; `after` is the rest of the batch taken, still to write (returned with it on a failure)."""
         try:
             assert self._db is not None
             rows.write_batch(self._db, batch, keep_finished=self._retention_s > 0 and self._max_bytes > 0)
         except sqlite3.Error as exc:
             self._failed(exc)
             with self._lock:  # back under the writes that came meanwhile, to be retried
-                newer, self._pending = self._pending, batch
+                newer, self._pending = self._pending, {**batch, **after}
                 for job_id, op in newer.items():
                     self._merge(job_id, op)
                 self._inflight = 0
             return False
         with self._lock:
-            self._inflight = 0
+            self._inflight = len(after)
         self.stats.commits += 1
         self.stats.rows += len(batch)
         self._succeeded()
