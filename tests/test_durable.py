@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from server.queue import Worker
-from server.queue.durable import DurableStore, Journal
+from server.queue.durable import DurableStore, Journal, checkpoints
 from server.queue.durable import journal as journal_module
 from server.queue.durable import rows as durable_rows
 from server.queue.durable.rows import Recovered
@@ -370,10 +370,10 @@ async def test_a_submission_is_answered_without_waiting_for_a_large_finished_row
     held = threading.Event()
     write_batch = durable_rows.write_batch
 
-    def slow_large_rows(db: sqlite3.Connection, batch: dict[str, durable_rows.Op], **options: Any) -> None:
+    def slow_large_rows(db: sqlite3.Connection, batch: dict[str, durable_rows.Op], **options: Any) -> int:
         if any(op.state == durable_rows.FINISHED and op.job and len(op.job.code) > 1000 for op in batch.values()):
             assert held.wait(10)
-        write_batch(db, batch, **options)
+        return write_batch(db, batch, **options)
 
     monkeypatch.setattr(durable_rows, "write_batch", slow_large_rows)
     worker = make_worker(tmp_path, slots=0)
@@ -397,6 +397,87 @@ async def test_a_submission_is_answered_without_waiting_for_a_large_finished_row
     with sqlite3.connect(tmp_path / "jobs.db") as db:
         states = sorted(state for (state,) in db.execute("SELECT state FROM jobs"))
     assert states == ["finished", "queued"]
+
+
+def wal_bytes(directory: Path) -> int:
+    wal = directory / "jobs.db-wal"
+    return wal.stat().st_size if wal.exists() else 0
+
+
+class StalledCheckpoints:
+    """The checkpointer's connection, each checkpoint held until `release` (a slow disk)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = threading.Event()
+        connect = sqlite3.connect
+        monkeypatch.setattr(checkpoints, "_connect", lambda path: self._Held(connect(path), self.release))
+
+    class _Held:
+        def __init__(self, db: sqlite3.Connection, release: threading.Event) -> None:
+            self.db, self.release = db, release
+
+        def execute(self, sql: str) -> Any:
+            self.release.wait(30)
+            return self.db.execute(sql)
+
+        def close(self) -> None:
+            self.db.close()
+
+
+async def test_the_log_is_copied_into_the_database_beside_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large results past SQLite's own checkpoint point (1,000 pages, 4 MiB): the writer's commits no longer copy the
+    log into the database (a commit that did held every submission behind it 10-20 ms), the checkpointer's thread
+    does. Held here: the database file does not grow until it is let go."""
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_BYTES", 256 << 10)
+    stalled = StalledCheckpoints(monkeypatch)
+    worker = make_worker(tmp_path)
+    journal = journal_of(worker)
+    await worker.start()
+    database = tmp_path / "jobs.db"
+    try:
+        await run_all(worker, 1)
+        await flushed(journal)
+        before = database.stat().st_size
+        for _ in range(20):
+            await run_all(worker, 2, size=64 << 10)  # a job's row holds its code and its echo
+            await flushed(journal)
+        assert wal_bytes(tmp_path) > 4 << 20  # past the point where SQLite would have copied it in the commit
+        assert database.stat().st_size == before
+    finally:
+        stalled.release.set()
+    assert journal.checkpointer is not None
+    while journal.checkpointer.checkpoints == 0:
+        await asyncio.sleep(0.01)
+    assert database.stat().st_size > before + (2 << 20)
+    await worker.close()
+    assert rows(tmp_path) == 41 and wal_bytes(tmp_path) == 0  # a clean close folds the log in
+
+
+async def test_a_stalled_checkpointer_leaves_the_log_bounded_by_the_writers_own_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer stalls (a slow disk): past WAL_MAX_PAGES SQLite's own checkpoint runs in the writer's
+    commit, as it always did past its default, and the log stays bounded."""
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_BYTES", 64 << 10)
+    monkeypatch.setattr(checkpoints, "WAL_MAX_PAGES", 256)  # 1 MiB
+    stalled = StalledCheckpoints(monkeypatch)
+    worker = make_worker(tmp_path)
+    journal = journal_of(worker)
+    await worker.start()
+    try:
+        largest = 0
+        for _ in range(10):
+            await run_all(worker, 2, size=64 << 10)
+            await flushed(journal)
+            largest = max(largest, wal_bytes(tmp_path))
+        assert journal.checkpointer is not None and journal.checkpointer.checkpoints == 0  # still stalled
+        assert largest < (1 << 20) + (1 << 20)  # the bound and one batch: 4 MiB of rows were written
+    finally:
+        stalled.release.set()
+    await worker.close()
+    assert rows(tmp_path) == 20
 
 
 async def test_a_full_disk_degrades_to_memory_and_recovers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..jobs import Job
 from ..loops import settle
 from . import rows
+from .checkpoints import Checkpointer
 from .rows import FINISHED, QUEUED, RUNNING, Op, Recovered
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._thread: threading.Thread | None = None
+        self.checkpointer: Checkpointer | None = None  # the writer's, while it runs
         self._reader: ThreadPoolExecutor | None = None
         self._reader_db: sqlite3.Connection | None = None
 
@@ -127,6 +129,7 @@ class Journal:
         return recovered
 
     def start(self) -> None:
+        self.checkpointer = Checkpointer(self.path)
         self._thread = threading.Thread(target=self._run, name="conveyor-journal", daemon=True)
         self._thread.start()
         # Reads of evicted results: one thread with its own connection (WAL lets it read while the writer writes).
@@ -320,6 +323,8 @@ class Journal:
 
     def _checkpoint(self) -> None:
         """Fold the write-ahead log into the file, leaving it empty (a clean close)."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -337,7 +342,7 @@ class Journal:
         """One transaction; `after` is the rest of the batch taken, still to write (returned with it on a failure)."""
         try:
             assert self._db is not None
-            rows.write_batch(self._db, batch, keep_finished=self._retention_s > 0 and self._max_bytes > 0)
+            size = rows.write_batch(self._db, batch, keep_finished=self._retention_s > 0 and self._max_bytes > 0)
         except sqlite3.Error as exc:
             self._failed(exc)
             with self._lock:  # back under the writes that came meanwhile, to be retried
@@ -348,6 +353,8 @@ class Journal:
             return False
         with self._lock:
             self._inflight = len(after)
+        if self.checkpointer is not None:
+            self.checkpointer.committed(size)
         self.stats.commits += 1
         self.stats.rows += len(batch)
         self._succeeded()

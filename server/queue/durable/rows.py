@@ -18,6 +18,7 @@ import orjson
 from ...errors import SettingsError
 from ..jobs import Job, JobStatus, Limits, SourceFile, TestCase
 from ..records import record_bytes, result_from
+from . import checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,9 @@ def connect(path: Path) -> sqlite3.Connection:
         # A commit survives the process (SIGKILL included) without an fsync each: only a power loss can take the
         # last ones, and the WAL is fsynced at every checkpoint.
         db.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoints are the Checkpointer's, in a thread of its own; SQLite's in the commit only past the bound.
+        db.execute(f"PRAGMA wal_autocheckpoint = {checkpoints.WAL_MAX_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit = {checkpoints.CHECKPOINT_BYTES}")
         (check,) = db.execute("PRAGMA quick_check(1)").fetchone()
         if check != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {check}")
@@ -250,10 +254,12 @@ def split(batch: dict[str, Op]) -> tuple[dict[str, Op], dict[str, Op]]:
     return {job_id: op for job_id, op in batch.items() if job_id not in later}, later
 
 
-def write_batch(db: sqlite3.Connection, batch: dict[str, Op], *, keep_finished: bool) -> None:
+def write_batch(db: sqlite3.Connection, batch: dict[str, Op], *, keep_finished: bool) -> int:
     """One transaction for a batch of pending writes: whole rows, state-only updates, and (when nothing finished is
-    kept) deletes. A job that cannot be encoded is logged and left out; sqlite3.Error rolls nothing back here."""
+    kept) deletes; returns about how many bytes it wrote. A job that cannot be encoded is logged and left out;
+    sqlite3.Error rolls nothing back here."""
     puts, states, deletes = [], [], []
+    written = 0
     for job_id, op in batch.items():
         if op.job is None:
             states.append((op.state, op.seq_hi, job_id))
@@ -268,11 +274,13 @@ def write_batch(db: sqlite3.Connection, batch: dict[str, Op], *, keep_finished: 
             size = len(data) + len(op.log or b"") + ROW_OVERHEAD
             done = op.job.finished_at if op.state == FINISHED else None
             puts.append((job_id, op.state, op.job.owner, done, op.seq_hi, size, data, op.log))
+            written += size
     db.execute("BEGIN IMMEDIATE")
     for statement, values in ((_UPSERT, puts), (_RESERVE, states), ("DELETE FROM jobs WHERE id = ?", deletes)):
         if values:
             db.executemany(statement, values)
     db.execute("COMMIT")
+    return written + ROW_OVERHEAD * (len(states) + len(deletes))
 
 
 def sweep(db: sqlite3.Connection, *, horizon_ms: float, max_bytes: int) -> int:
