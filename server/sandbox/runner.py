@@ -61,8 +61,7 @@ class Sandbox:
         # As root, drop to an unprivileged host uid before bwrap: the job's processes are then "nobody" on the host
         # too (not root in a user namespace), and RLIMIT_NPROC is not waived for them as it is for root.
         self._setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
-        # As root, jobs do not run as root unless bwrap works only for root here (_check_bwrap's warned fallback).
-        self._as_root = False
+        self._as_root = False  # jobs run as root only if bwrap works only for root here (_check_bwrap, warned)
         self._preloads: dict[str, str] = {}  # reachable copies of spec.PRELOADS (_check_host)
         self._claims = open_host_claims() if settings.sandbox_uids else None  # closed by close()
         self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids, claims=self._claims)
