@@ -92,3 +92,21 @@ def test_a_new_cgroup_has_its_limits_and_counts_from_zero(cgroups: Cgroups) -> N
         assert cgroup.oom_killed() is False
     finally:
         cgroup.remove_now()
+
+
+def test_a_name_whose_cgroups_are_still_there_gets_cgroups_of_its_own(cgroups: Cgroups) -> None:
+    """An ended run's cgroups are removed by the reaper after its result: the same job run again at once (a retry)
+    finds them still there, and its own are made beside them, each with its own limits and processes."""
+    name = f"test-{secrets.token_hex(4)}"
+    first = cgroups.create(name)
+    second = cgroups.create(name, memory_bytes=64 << 20)
+    try:
+        assert second.name != first.name and second.name.startswith(f"{name}-")
+        assert set(dirs(first)).isdisjoint(dirs(second)) and all(path.is_dir() for path in dirs(second))
+        proc = joined(second, ["sleep", "300"])
+        assert second.pids() == {proc.pid} and first.pids() == set()
+    finally:
+        second.remove_now()
+        first.remove_now()
+    assert proc.wait(timeout=10) == -9
+    assert not any(path.exists() for path in [*dirs(first), *dirs(second)])
