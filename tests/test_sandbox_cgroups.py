@@ -5,11 +5,13 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from server.sandbox import reaper
 from server.sandbox.cgroups import Cgroups, JobCgroup
 
 
@@ -110,3 +112,26 @@ def test_a_name_whose_cgroups_are_still_there_gets_cgroups_of_its_own(cgroups: C
         first.remove_now()
     assert proc.wait(timeout=10) == -9
     assert not any(path.exists() for path in [*dirs(first), *dirs(second)])
+
+
+def test_a_held_up_reaper_takes_no_more_than_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its thread held (rmdirs queued on the kernel's cgroup mutex): past MAX_PENDING it refuses, and the run
+    releases its own cgroups, so nothing piles up; once it catches up it takes work again."""
+    monkeypatch.setattr(reaper, "MAX_PENDING", 8)
+    held, done = threading.Event(), []
+    box = reaper.Reaper()
+
+    def hold() -> None:
+        held.wait(10)
+
+    try:
+        assert box.release(None, [], hold)
+        taken = [box.release(None, [], lambda: done.append(1)) for _ in range(20)]
+        assert taken == [True] * 7 + [False] * 13
+        held.set()
+        assert box.caught_up().wait(10)
+        assert len(done) == 7 and box.release(None, [], lambda: done.append(1))
+    finally:
+        held.set()
+        box.close()
+    assert len(done) == 8

@@ -361,11 +361,9 @@ class Run:
         if warm is not None and warm.mount_ns is not None:
             held, warm.mount_ns = [warm.mount_ns], None
         done = warm.on_done if warm is not None else _nothing
-        if self._reaper is not None and self._ended:
-            # A run that ended (pid 1 reaped, pipes drained): its cgroups (and a warm sandbox's mount namespace) go
-            # after the result (see Reaper); the pool counts a warm sandbox in use until they have. A cold run's
-            # cgroups are named after its job: a run of the same name meanwhile gets another (Cgroups.create).
-            self._reaper.release(self._cgroup, held, done)
+        if self._reaper is not None and self._ended and self._reaper.release(self._cgroup, held, done):
+            # An ended run (pid 1 reaped, pipes drained): its cgroups and a warm sandbox's mount namespace go after
+            # the result (Reaper; the pool counts it in use until then; a name reused meanwhile: Cgroups.create).
             return
         for fd in held:
             os.close(fd)

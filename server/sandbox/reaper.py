@@ -13,6 +13,11 @@ from .cgroups import JobCgroup
 
 logger = logging.getLogger(__name__)
 
+# Ended runs waiting for their release, at most: past it a run releases its own (on the event loop, as before the
+# reaper), so a reaper held up (v1 rmdirs queue on one kernel mutex) slows the jobs instead of piling up their
+# cgroups and descriptors.
+MAX_PENDING = 256
+
 
 class Reaper:
     """Releases what ended runs leave: their cgroups (and a warm sandbox's mount namespace), in a thread of its own
@@ -32,16 +37,24 @@ class Reaper:
     def __init__(self) -> None:
         self._work: queue.SimpleQueue[tuple[JobCgroup | None, list[int], Callable[[], None]] | None]
         self._work = queue.SimpleQueue()
+        # Handed in (by the event loop) and released (by the thread): each written by one thread only.
+        self._handed = self._released = 0
         self._thread = threading.Thread(target=self._loop, name="conveyor-reaper", daemon=True)
         self._thread.start()
 
-    def release(self, cgroup: JobCgroup | None, held: list[int], then: Callable[[], None]) -> None:
-        """Close `held` (descriptors that keep the sandbox's namespaces), remove `cgroup`, then call `then`."""
+    def release(self, cgroup: JobCgroup | None, held: list[int], then: Callable[[], None]) -> bool:
+        """Close `held` (descriptors that keep the sandbox's namespaces), remove `cgroup`, then call `then`; False
+        (nothing taken) past MAX_PENDING waiting."""
+        if self._handed - self._released >= MAX_PENDING:
+            return False
+        self._handed += 1
         self._work.put((cgroup, held, then))
+        return True
 
     def caught_up(self) -> threading.Event:
         """An event set once everything handed in before this call is released."""
         done = threading.Event()
+        self._handed += 1
         self._work.put((None, [], done.set))
         return done
 
@@ -57,6 +70,7 @@ class Reaper:
             except Exception:
                 logger.exception("releasing an ended sandbox failed")
             finally:
+                self._released += 1
                 then()
 
     def close(self) -> None:
