@@ -220,6 +220,19 @@ PYTHON_PROGRAMS = {
     "stdout buffered": "import sys\nsys.stdout.reconfigure(write_through=False)\nsys.stdout.write('x')\n",
     "abc caches": "import abc\nclass B(abc.ABC): pass\nclass C(B): pass\nprint(isinstance(C(), B))\n",
     "a metaclass's __getattr__": "class M(type):\n    def __getattr__(c, n): print(n)\nclass K(metaclass=M): pass\n",
+    # The exit check looks at the boot's objects before the job, and at the exit only at younger ones: each of these
+    # leaves a finalizer among the old ones.
+    "a suspended generator the program's collections made old": (
+        "def g():\n    try:\n        yield 1\n    finally:\n        print('f')\nx = g()\nnext(x)\n"
+        "junk = [[] for _ in range(100000)]\nprint('end')\n"
+    ),
+    "an object of the boot given a class that finalizes": (
+        "import os, sys\nspec = sys.modules['os'].__spec__\nclass S(type(spec)):\n"
+        "    def __del__(self, write=os.write):\n        write(1, b'bye\\n')\nspec.__class__ = S\ndel S, spec\n"
+    ),
+    "a class of the boot given __del__": (
+        "import sys\ntype(sys.modules['sys'].__spec__).__del__ = lambda s: print('bye') if s.name == 'sys' else None\n"
+    ),
 }
 
 
