@@ -151,7 +151,7 @@ class Services:
             return
         from .judging.executor import Judge
 
-        sandbox = await Judge.create(self.settings)
+        sandbox = await Judge.create(self.settings, one_loop=True)  # the app's loop runs its jobs, and closes it
         app[RUNNER] = sandbox
         try:
             yield

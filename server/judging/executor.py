@@ -27,9 +27,12 @@ class Judge:
         cgroups: bool = True,
         languages: Collection[str] | None = None,
         helper: bool = True,
+        one_loop: bool = False,
     ) -> Judge:
         """The executor over a sandbox checked and probed on this host (see Sandbox.create)."""
-        return cls(await Sandbox.create(settings, cgroups=cgroups, languages=languages, helper=helper))
+        return cls(
+            await Sandbox.create(settings, cgroups=cgroups, languages=languages, helper=helper, one_loop=one_loop)
+        )
 
     async def __call__(self, job: Job, io: JobIO) -> ExecutionResult:
         """Run one job to its end. On cancellation the process tree, cgroup and work dir are gone before re-raise."""

@@ -20,7 +20,7 @@ from .driver import STATUS_LINE_LIMIT
 from .output import Output
 from .pipes import Lines, Pipes
 from .pool import Warm, WarmPool, attach, children
-from .process import SandboxProcess, writer
+from .process import SandboxProcess, send, write_now, writer
 from .reaper import Reaper
 from .result import Outcome
 from .spawn import Fds, above_stdio, sandbox_fds, workdir
@@ -67,6 +67,8 @@ class Run:
         self._spawning: asyncio.Future[SandboxProcess] | None = None  # cancelled midway
         self._raw_fds: list[int] = []  # pipe read ends not yet handed to Pipes
         self._ended = False  # killed, exited and its pipes drained (start_and_wait)
+        # Its result whole before its tree is gone: the teardown is cleanup()'s, which need not be awaited first.
+        self.teardown_after = False
 
     async def start_and_wait(self) -> Outcome:
         status_fd, compile_fd = await self._spawn()
@@ -86,17 +88,29 @@ class Run:
             proc.stdin.close()  # what _feed() would do with nothing to write
         await self._stages.supervise(status)
         self._stages.stop_watching()
+        self.teardown_after = self._whole_at_its_end()
         # The program has ended, failed to compile, or is being stopped. Left alone, the driver's exit makes
         # bwrap's monitor exit and --die-with-parent takes pid 1 and every background process with it; killing pid
         # 1 now does the same without trusting the driver's report. Output already written stays readable.
         self.kill()
-        self._ended = await self._settle()
+        if self.teardown_after:
+            self._pipes.read_now()
+            self._output.draining = True
+        else:
+            self._ended = await self._settle()
         self._stages.finish()
         self._output.finish()
         out = self._out
         out.returncode = proc.returncode
         out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
         return out
+
+    def _whole_at_its_end(self) -> bool:
+        """Whether the result is whole at the run stage's reported end, before the tree is gone: no stop, and only the
+        warm sandbox's own processes left (Warm.alone). Its output is then read as far as it goes, and the teardown
+        (1-1.5 ms of waiting for the kernel to end pid 1 and the monitor to exit) goes after the result."""
+        out = self._out
+        return self._warm is not None and out.run_status is not None and out.reason is None and self._warm.alone()
 
     @property
     def _two_stages(self) -> bool:
@@ -137,8 +151,8 @@ class Run:
             self._stages.arm()
             # Job.stdin first, as much as the pipe takes: a program started at once finds it there as a cold run's
             # program, slower to start, does (System.in.available(), select, a non-blocking read).
-            self._stdin = _write_now(warm.stdin, self._stdin) if self._stdin else b""
-            rest = _write_now(warm.job, message + GO)
+            self._stdin = write_now(warm.stdin, self._stdin) if self._stdin else b""
+            rest = write_now(warm.job, message + GO)
             if rest or self._two_stages or self._writes_stdin:
                 return await self._settled_spawn(self._attach(warm, rest))
             # All of the message written, and it ends with the only stage's go-ahead: the driver reads nothing more
@@ -202,7 +216,7 @@ class Run:
             self._transports.append(job.transport)
             self._stages.gate = job
             if rest:
-                self._sender = asyncio.create_task(_send(job, rest))
+                self._sender = asyncio.create_task(send(job, rest))
         else:
             # All of it written, and it ends with the only stage's go-ahead: the driver reads nothing more there.
             os.close(warm.job)
@@ -213,7 +227,7 @@ class Run:
     async def _start(self) -> SandboxProcess:
         """A cold start: the launcher started in a thread (_launch), then its pipes on this loop."""
         popen, stdin, stdout, stderr = await asyncio.to_thread(self._launch)
-        self._stdin = _write_now(stdin, self._stdin) if self._stdin else b""  # no feeder task for what fits
+        self._stdin = write_now(stdin, self._stdin) if self._stdin else b""  # no feeder task for what fits
         if not self._writes_stdin:
             os.close(stdin)  # the program reads EOF, as from a pipe its feeder wrote nothing to and closed
         proc, transports = await process.attach(popen, stdin if self._writes_stdin else None, stdout, stderr)
@@ -342,7 +356,8 @@ class Run:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if self._readers:
-            await self._settle()
+            ended = await self._settle()
+            self._ended = self._ended or (self.teardown_after and ended)
         for future in self._readers:
             future.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
@@ -374,27 +389,3 @@ class Run:
 
 def _nothing() -> None:
     pass
-
-
-def _write_now(fd: int, message: bytes) -> bytes:
-    """Write what the pipe takes without blocking; returns the rest. Past a sandbox that is gone it returns nothing,
-    as if all was written: the status pipe's EOF then ends the run."""
-    os.set_blocking(fd, False)
-    view = memoryview(message)
-    try:
-        while view:
-            view = view[os.write(fd, view) :]
-    except BlockingIOError:
-        pass
-    except OSError:
-        return b""
-    return bytes(view)
-
-
-async def _send(job: asyncio.StreamWriter, message: bytes) -> None:
-    """Write a warm sandbox's job message (the pipe stays open for the stages' go-aheads: see Run._release)."""
-    try:
-        job.write(message)
-        await job.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        job.close()  # the sandbox is gone: the status pipe's EOF ends the run

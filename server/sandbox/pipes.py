@@ -116,10 +116,14 @@ class Pipes:
         self.poller.watch(fd, self._readable)
 
     def _readable(self, fd: int) -> None:
+        self._read(fd)
+
+    def _read(self, fd: int) -> bool:
+        """One read of `fd` into its sink; whether there may be more to read now."""
         try:
             data = os.read(fd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         sink = self._sinks[fd]
@@ -132,6 +136,16 @@ class Pipes:
             self.close(fd)
         elif not keep:
             self._stop_reading(fd)
+        return bool(data) and keep
+
+    def read_now(self) -> None:
+        """Every awaited pipe read as far as it is written, and each sink told of its end, now: when its writers are
+        known to be gone (Run.teardown_after). What still comes before a pipe's real end is read as ever."""
+        for fd in list(self._awaited):
+            while self._read(fd):
+                pass
+            if fd in self._awaited:
+                self._sinks[fd](b"")
 
     def _stop_reading(self, fd: int) -> None:
         if self._sinks.pop(fd, None) is not None:

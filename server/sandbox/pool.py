@@ -71,6 +71,9 @@ class Warm:
     niced: bool
     # Pid 1's mount namespace, held so that its teardown is not pid 1's exit (see reaper.Reaper), or None.
     mount_ns: int | None = None
+    # The driver (pid 1's one child before any job), or None when that was not clear: with the launcher and pid 1,
+    # the processes of the sandbox's own (see execution.Run._whole_at_its_end).
+    driver_pid: int | None = None
     # Set by the sandbox: the environment it started with, and whether an interpreter was started in it.
     env: dict[str, str] = field(default_factory=dict)
     preloaded: bool = False
@@ -90,6 +93,17 @@ class Warm:
         for group in (self.popen.pid, self.child_pid):
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PGRP, group, 0)
+
+    def alone(self) -> bool:
+        """Whether no process is left in it but its own: the launcher (bwrap's monitor), pid 1 and the driver, none of
+        which writes to the job's output. A process of the job's is pid 1's child (orphans are reparented to it) or
+        the driver's. The driver's pid, were it freed by then, could be reused only by a process of the job made
+        after its end, and it has none left to fork one."""
+        if self.driver_pid is None:
+            return False
+        driven = children_or_none(self.driver_pid)  # before pid 1's: the driver's children are pid 1's once it exits
+        left = children_or_none(self.child_pid)
+        return left is not None and set(left) <= {self.driver_pid} and not driven
 
     def discard(self) -> None:
         """Kill it and release everything it holds (never taken: nothing of a job's is lost)."""
@@ -333,13 +347,18 @@ def end(popen: subprocess.Popen[bytes], cgroup: JobCgroup | None) -> None:
 
 def children(pid: int) -> list[int]:
     """The children of a running process (its main thread's; bwrap's monitor is single-threaded)."""
+    return children_or_none(pid) or []
+
+
+def children_or_none(pid: int) -> list[int] | None:
+    """`children`, or None when they could not be read (the process gone, or /proc refusing)."""
     try:
         fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return []
+        return None
     try:
         return [int(child) for child in os.read(fd, 65536).split()]
     except (OSError, ValueError):
-        return []
+        return None
     finally:
         os.close(fd)

@@ -110,3 +110,27 @@ async def writer(fd: int) -> asyncio.StreamWriter:
     pipe = os.fdopen(fd, "wb", buffering=0)
     transport, protocol = await loop.connect_write_pipe(lambda: asyncio.streams.FlowControlMixin(loop=loop), pipe)
     return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+def write_now(fd: int, message: bytes) -> bytes:
+    """Write what the pipe takes without blocking; returns the rest. Past a sandbox that is gone it returns nothing,
+    as if all was written: the status pipe's EOF then ends the run."""
+    os.set_blocking(fd, False)
+    view = memoryview(message)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except BlockingIOError:
+        pass
+    except OSError:
+        return b""
+    return bytes(view)
+
+
+async def send(job: asyncio.StreamWriter, message: bytes) -> None:
+    """Write a warm sandbox's job message (the pipe stays open for the stages' go-aheads: see Run._release)."""
+    try:
+        job.write(message)
+        await job.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        job.close()  # the sandbox is gone: the status pipe's EOF ends the run

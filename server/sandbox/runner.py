@@ -25,6 +25,7 @@ from .pool import WarmPool
 from .reaper import Reaper
 from .result import Outcome, cached_build, result_of
 from .spec import PRELOADS, RunSpec, Specs
+from .teardowns import TEARDOWNS_AFTER, Teardowns
 from .uids import HostUids, close_host_claims, open_host_claims
 from .warm import WarmStarter
 
@@ -67,7 +68,7 @@ class Sandbox:
         self._uids = HostUids(settings.sandbox_uid_base, settings.sandbox_uids, claims=self._claims)
         self._helper = str(HELPER) if helper and os.access(HELPER, os.X_OK) else None
         self._roots = startup.root_links()
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self.teardowns = Teardowns()  # see create()
         self._layers: dict[str, packages.Layer] = {}
         self.pool: WarmPool | None = None
         self._reaper: Reaper | None = None  # releases the cgroups ended runs leave (with cgroups)
@@ -88,16 +89,20 @@ class Sandbox:
         cgroups: bool = True,
         languages: Collection[str] | None = None,
         helper: bool = True,
+        one_loop: bool = False,
     ) -> Sandbox:
         """Check the sandbox works on this host and find the toolchains that work inside it.
 
         `cgroups=False` forces the rlimit fallbacks, `languages` limits probing to some languages, and
         `helper=False` starts jobs through the perl helpers even where the C helper is built (tests, benchmarks).
-        Raises SandboxUnavailable with a one-line fix when jobs cannot run safely here.
+        `one_loop`: every run and close() on one event loop (the server's), which then tears runs down after their
+        results (TEARDOWNS_AFTER); a loop that ends would leave them unfinished. Raises SandboxUnavailable with a
+        one-line fix when jobs cannot run safely here.
         """
         defs = chosen(load_languages(), languages if languages is not None else (settings.languages or None))
         syscall_filter, groups = await startup.prerequisites(settings, cgroups=cgroups)
         sandbox = cls(settings, defs, cgroups=groups, syscall_filter=syscall_filter, helper=helper)
+        sandbox.teardowns.after = TEARDOWNS_AFTER if one_loop else 0
         try:
             await sandbox._start()
         except BaseException:
@@ -308,13 +313,7 @@ class Sandbox:
         try:
             return await run.start_and_wait()
         finally:
-            # Kill first (synchronously), then clean up in a task that a second cancellation cannot interrupt;
-            # close() waits for any such task still running.
-            run.kill()
-            cleanup = asyncio.ensure_future(run.cleanup())
-            self._cleanups.add(cleanup)
-            cleanup.add_done_callback(self._cleanups.discard)
-            await asyncio.shield(cleanup)
+            await self.teardowns.end(run)
 
     # -- what the API shows ----------------------------------------------------------------------------------
 
@@ -377,7 +376,9 @@ class Sandbox:
         )
 
     async def released(self) -> None:
-        """Until what the runs ended so far left behind (their cgroups, see reaper.Reaper) is released."""
+        """Until what the runs ended so far left behind (their trees being torn down, their cgroups: see
+        reaper.Reaper) is released."""
+        await self.teardowns.finished()
         if self._reaper is not None:
             await asyncio.to_thread(self._reaper.caught_up().wait)
 
@@ -386,10 +387,7 @@ class Sandbox:
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
             self.pool = None
-        loop = asyncio.get_running_loop()
-        pending = [t for t in self._cleanups if t.get_loop() is loop]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.teardowns.finished()
         if self._reaper is not None:
             await asyncio.to_thread(self._reaper.close)
             self._reaper = None

@@ -11,7 +11,7 @@ from . import command
 from .cgroups import Cgroups, JobCgroup, job_cgroup
 from .command import Host
 from .languages import LanguageIndex
-from .pool import REFILL_NICE, Warm, end, wait_ready
+from .pool import REFILL_NICE, Warm, children, end, wait_ready
 from .spawn import Fds, above_stdio, sandbox_fds
 from .spec import RunSpec, Specs
 
@@ -64,6 +64,7 @@ def start_warm(host: Host, cgroups: Cgroups | None, spec: RunSpec, *, nice: int)
         os.close(fd)
     try:
         child_pid = wait_ready(popen, ours["status"])
+        drivers = children(child_pid)  # nothing of a job has run in it: the driver alone
         if cgroup is not None:
             cgroup.start_stage()  # its memory peak from here, where it idles until its job (see Stages.arm)
     except BaseException:
@@ -84,6 +85,7 @@ def start_warm(host: Host, cgroups: Cgroups | None, spec: RunSpec, *, nice: int)
         compile=ours["compile"],
         niced=nice != 0,
         mount_ns=_mount_ns(child_pid),
+        driver_pid=drivers[0] if len(drivers) == 1 else None,
     )
 
 
