@@ -1,7 +1,8 @@
 """What a zygote would cost (issue 25's direction, measured, not built): a booted python forking a single-use child
 into fresh user, mount, network, IPC, UTS and pid namespaces (its own uid mapped, a private mount tree, a tmpfs /tmp,
 then pid 1 of its pid namespace running the program), against one bare bwrap + python3 start. The child here has no
-seccomp filter, cgroup, rlimits or bind-mounted root: the floor of the design, not its cost.
+seccomp filter, cgroup, rlimits or bind-mounted root (its uid map is written by the parent, as bwrap's helper or a real
+zygote would): the floor of the design, not its cost.
 
 Run by hand, as root (it maps an arbitrary uid): `python -m bench zygote`. Ratios in one run: wall time per start
 (median of ROUNDS x STARTS, alternating) and the host's busy CPU per start (/proc/stat, all processes).
@@ -31,12 +32,15 @@ def _check(result: int) -> None:
         raise OSError(error, os.strerror(error))
 
 
-def _child(code: str) -> None:
-    """In the forked child: its namespaces, its uid, its mounts; then pid 1 of its pid namespace runs `code`."""
+def _child(code: str, unshared: int, mapped: int) -> None:
+    """In the forked child: its namespaces, its uid (mapped by the parent: a process may map only its own uid into a
+    namespace it made), its mounts; then pid 1 of its pid namespace runs `code`."""
     _check(libc.unshare(NEWUSER | NEWNS | NEWNET | NEWIPC | NEWUTS | NEWPID))
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {UID} 1"), ("gid_map", f"0 {UID} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
+    os.write(unshared, b"u")
+    if os.read(mapped, 1) != b"m":
+        os._exit(98)
+    os.setresgid(0, 0, 0)  # from host root to the mapped uid: 0 in the namespace, UID on the host
+    os.setresuid(0, 0, 0)
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None))
     _check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, b"size=16m"))
     pid = os.fork()
@@ -49,15 +53,28 @@ def _child(code: str) -> None:
 
 def zygote_start() -> None:
     read, write = os.pipe()
+    unshared_r, unshared_w = os.pipe()
+    mapped_r, mapped_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.dup2(write, 1)
         try:
-            _child("print(1)")
+            _child("print(1)", unshared_w, mapped_r)
         except BaseException as exc:
             os.write(2, repr(exc).encode())
             os._exit(99)
-    os.close(write)
+    for fd in (write, unshared_w, mapped_r):
+        os.close(fd)
+    if os.read(unshared_r, 1) == b"u":
+        for name, text in (("setgroups", b"deny"), ("uid_map", b"0 %d 1" % UID), ("gid_map", b"0 %d 1" % UID)):
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        os.write(mapped_w, b"m")
+    os.close(unshared_r)
+    os.close(mapped_w)
     out = b""
     while chunk := os.read(read, 4096):
         out += chunk
