@@ -230,6 +230,8 @@ PYTHON_PROGRAMS = {
         "import os, sys\nspec = sys.modules['os'].__spec__\nclass S(type(spec)):\n"
         "    def __del__(self, write=os.write):\n        write(1, b'bye\\n')\nspec.__class__ = S\ndel S, spec\n"
     ),
+    # The check's functions run after the module's globals have become the program's: its own builtins' names.
+    "a program's own any()": "def any(_):\n    return False\nclass A:\n    def __del__(self): print('bye')\na = A()\n",
     "a class of the boot given __del__": (
         "import sys\ntype(sys.modules['sys'].__spec__).__del__ = lambda s: print('bye') if s.name == 'sys' else None\n"
     ),

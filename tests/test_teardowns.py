@@ -100,3 +100,21 @@ async def test_a_run_leaving_a_process_behind_is_torn_down_before_it_answers(
     await one_loop.sandbox.released()
     assert teardowns.after[-1] is False
     assert (result.stdout, result.exit_code) == ("parent\n", 0)
+
+
+async def test_a_teardown_failing_after_the_result_is_logged_with_its_run(
+    one_loop: Judge, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody awaits a teardown that follows its result: its failure is logged there, with the run's name."""
+    cleanup = Run.cleanup
+
+    async def failing(run: Run) -> None:
+        await cleanup(run)
+        if run.teardown_after:
+            raise RuntimeError("the teardown broke")
+
+    monkeypatch.setattr(Run, "cleanup", failing)
+    result = await warm_run(one_loop, Job(language="python", code="print(1)"))
+    await one_loop.sandbox.released()
+    assert result.stdout == "1\n"
+    assert "tearing its sandbox down after its result failed" in caplog.text and "the teardown broke" in caplog.text

@@ -105,6 +105,10 @@ class Run:
         out.oom_killed = self._cgroup is not None and self._cgroup.oom_killed()
         return out
 
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
     def _whole_at_its_end(self) -> bool:
         """Whether the result is whole at the run stage's reported end, before the tree is gone: no stop, and only the
         warm sandbox's own processes left (Warm.alone). Its output is then read as far as it goes, and the teardown

@@ -145,7 +145,10 @@ class Pipes:
             while self._read(fd):
                 pass
             if fd in self._awaited:
-                self._sinks[fd](b"")
+                try:
+                    self._sinks[fd](b"")
+                except Exception:
+                    logger.exception("reading a sandbox's pipe failed")
 
     def _stop_reading(self, fd: int) -> None:
         if self._sinks.pop(fd, None) is not None:

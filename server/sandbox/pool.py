@@ -102,8 +102,15 @@ class Warm:
         if self.driver_pid is None:
             return False
         driven = children_or_none(self.driver_pid)  # before pid 1's: the driver's children are pid 1's once it exits
+        # Twice: the kernel lists a process's children one at a time, and one reaped meanwhile (the driver, exiting)
+        # can make it skip the next (get_children_pid).
         left = children_or_none(self.child_pid)
-        return left is not None and set(left) <= {self.driver_pid} and not driven
+        return (
+            left is not None
+            and left == children_or_none(self.child_pid)
+            and set(left) <= {self.driver_pid}
+            and not driven
+        )
 
     def discard(self) -> None:
         """Kill it and release everything it holds (never taken: nothing of a job's is lost)."""

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 
 from .execution import Run
+
+logger = logging.getLogger(__name__)
 
 # Runs whose teardown may still be pending after their result (Run.teardown_after): past these a run's result waits
 # for its own, so a kernel slow to end sandboxes slows the jobs instead of piling them up.
@@ -31,6 +35,8 @@ class Teardowns:
         cleanup.add_done_callback(self._pending.discard)
         if not run.teardown_after or len(self._pending) > self.after:
             await asyncio.shield(cleanup)
+        else:  # nobody awaits it: its failure is told here
+            cleanup.add_done_callback(functools.partial(_told, run.name))
 
     async def finished(self) -> None:
         """Until the teardowns begun on this event loop are done (another loop's cannot be waited for here)."""
@@ -38,3 +44,8 @@ class Teardowns:
         pending = [task for task in self._pending if task.get_loop() is loop]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _told(name: str, task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("%s: tearing its sandbox down after its result failed", name, exc_info=error)

@@ -19,6 +19,7 @@ TYPE_CHECKING = False  # mypy reads it as typing's (no import here: see above)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import ModuleType
+    from typing import Any
 
     Check = Callable[..., bool]
     StreamsOf = Callable[[ModuleType], "dict[int, object] | None"]
@@ -40,12 +41,13 @@ def _conveyor_preload() -> None:
 
     if not known:
         del sys.modules["gc"]
-    uncaught, settled = _conveyor_uncaught, _conveyor_settled  # the module's globals are the program's from here on
+    uncaught, checks = _conveyor_uncaught, _conveyor_private(sys)  # the module's globals are the program's from here on
+    settled = checks["_conveyor_settled"]
     # compile()'s first call builds the ast module's types (~0.6 ms): before the job, not in it. The program finds
     # them built either way (its source is compiled with compile() below, before it runs).
     compile("", "", "exec")
     boot = set(sys.modules)
-    old = _conveyor_old_checked(sys, gc)  # before the job: its exit looks at what is younger
+    old = checks["_conveyor_old_checked"](sys, gc)  # before the job: its exit looks at what is younger
     # Records that a program set an audit hook, a profiler or a tracer (each would see the exit check), keeping
     # nothing: dict.pop(event, args) removes only these keys, and a C method has no frame for a tracer to see.
     unseen = dict.fromkeys(("sys.addaudithook", "sys.setprofile", "sys.settrace"))
@@ -95,6 +97,26 @@ def _conveyor_preload() -> None:
         uncaught(failed)
     elif unseen == none_seen and settled(os, sys, gc, boot, old):  # `==`, not a call, first: a profiler sees calls
         os._exit(0)
+
+
+def _conveyor_private(sys: "ModuleType") -> "dict[str, Callable[..., Any]]":
+    """The exit check's functions again, with globals of their own holding only the builtins: they run once the
+    module's globals have become the program's (__main__'s), where `all` or `id` may be the program's own."""
+    private: dict[str, Any] = {"__builtins__": sys.modules["builtins"]}
+    made: dict[int, object] = {}
+    for name in (  # each after those its defaults name
+        "_conveyor_abc_only",
+        "_conveyor_finalizing",
+        "_conveyor_nothing_left",
+        "_conveyor_streams",
+        "_conveyor_old_checked",
+        "_conveyor_young_settled",
+        "_conveyor_settled",
+    ):
+        function = globals()[name]
+        defaults = tuple(made.get(id(value), value) for value in function.__defaults__ or ())
+        made[id(function)] = private[name] = type(function)(function.__code__, private, name, defaults)
+    return private
 
 
 def _conveyor_abc_only(objects: "list[object]", kinds: "list[type]", kind: type, weak: "ModuleType") -> bool:
@@ -169,17 +191,21 @@ def _conveyor_old_checked(
     nothing_left: "Check" = _conveyor_nothing_left,
 ) -> "Old | None":
     """Before the job: every object of the boot to the oldest generation, and what the exit check needs to know of
-    them (None when the boot left something it must look at again: then the exit looks at everything)."""
-    gc.collect()
-    streams = streams_of(sys)
-    if streams is None or not nothing_left(sys, gc, streams):
+    them (None when the boot left something it must look at again, or the check failed: then the exit looks at
+    everything)."""
+    try:
+        gc.collect()
+        streams = streams_of(sys)
+        if streams is None or not nothing_left(sys, gc, streams):
+            return None
+        get = type.__getattribute__
+        # The classes of the boot (static types cannot change) and what decides whether theirs finalize.
+        classes = tuple(c for c in gc.get_objects() if issubclass(type(c), type))
+        shapes = tuple(("__del__" in get(c, "__dict__"), get(c, "__bases__")) for c in classes)
+        layers = tuple(streams.values())  # kept: the stream layers stay these objects, none freed
+        return layers, classes, shapes, [generation["collections"] for generation in gc.get_stats()[1:]]
+    except Exception:
         return None
-    get = type.__getattribute__
-    # The classes of the boot (static types cannot change) and what decides whether theirs finalize.
-    classes = tuple(c for c in gc.get_objects() if issubclass(type(c), type))
-    shapes = tuple(("__del__" in get(c, "__dict__"), get(c, "__bases__")) for c in classes)
-    layers = tuple(streams.values())  # kept: the stream layers stay these objects, none freed
-    return layers, classes, shapes, [generation["collections"] for generation in gc.get_stats()[1:]]
 
 
 def _conveyor_young_settled(
@@ -206,13 +232,17 @@ def _conveyor_young_settled(
     objects = gc.get_objects(0) + gc.get_objects(1)
     kinds = list(map(type, objects))
     weak = sys.modules["_weakref"]
-    for kind in set(kinds):
-        if kind in (weak.ProxyType, weak.CallableProxyType) or finalizing(kind):
+    for kind in {id(kind): kind for kind in kinds}.values():  # by id: a metaclass's __hash__ is the program's code
+        if kind is weak.ProxyType or kind is weak.CallableProxyType or finalizing(kind):
             return False  # the stream layers are old: a young object that finalizes is the program's
         if issubclass(kind, weak.ReferenceType) and not abc_only(objects, kinds, kind, weak):
             return False
         if issubclass(kind, type) and any(finalizing(c) for c, k in zip(objects, kinds, strict=True) if k is kind):
             return None
+    # This check's own objects may have started a collection (one runs inside the allocation that passes the
+    # threshold), moving the program's young objects among the old before they were listed: then they were not seen.
+    if [generation["collections"] for generation in gc.get_stats()[1:]] != collections:
+        return None
     return True
 
 
