@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from server.app import create_app
 from server.judging.executor import Judge
+from server.keys import RUNNER
 from server.queue.jobs import Job
 from server.sandbox.execution import Run
 from tests.conftest import make_settings, scaled
@@ -118,3 +121,30 @@ async def test_a_teardown_failing_after_the_result_is_logged_with_its_run(
     await one_loop.sandbox.released()
     assert result.stdout == "1\n"
     assert "tearing its sandbox down after its result failed" in caplog.text and "the teardown broke" in caplog.text
+
+
+async def test_the_editors_run_with_stdin_on_the_servers_own_sandbox(aiohttp_client: Any) -> None:
+    """The user's path with the early answer on: an app whose sandbox is its own (one loop), the editor's Run over the
+    WebSocket with stdin and then live input, twice (the second in a warm sandbox): each sees its input once, whole."""
+    app = create_app(make_settings(warm_pool=2, languages=("python",)))
+    client = await aiohttp_client(app)
+    code = "print(input())\nprint(input())\n"
+    for attempt in range(2):
+        async with client.ws_connect("/ws") as ws:
+            await ws.receive_json()  # hello
+            await ws.send_json(
+                {"type": "run", "language": "python", "code": code, "stdin": "first\n", "interactive": True}
+            )
+            job_id, out, end = None, "", None
+            while end is None:
+                event = await ws.receive_json(timeout=scaled(30))
+                if event["type"] == "queued":
+                    job_id = event["jobId"]
+                    await ws.send_json({"type": "stdin", "jobId": job_id, "data": f"live {attempt}\n"})
+                elif event["type"] == "output":
+                    out += event["data"]
+                elif event["type"] in ("completed", "failed", "timeout", "cancelled", "error"):
+                    end = event
+            assert (end["type"], out) == ("completed", f"first\nlive {attempt}\n"), (end, out)
+        await until(lambda: app[RUNNER].pool_status()["languages"].get("python", {}).get("ready", 0) > 0)
+    assert app[RUNNER].pool_status()["hits"] >= 1

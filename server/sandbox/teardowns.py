@@ -23,9 +23,6 @@ class Teardowns:
         self.after = after
         self._pending: set[asyncio.Task[None]] = set()
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     async def end(self, run: Run) -> None:
         """Kill the run's tree (synchronously), then clean up; wait for that unless its result is whole already
         (Run.teardown_after) and fewer than `after` teardowns are pending."""
